@@ -1,0 +1,26 @@
+"""Error families.
+
+``CrowdlearnError`` is the root for problems a user can fix (bad configuration, missing data, a
+model the partitioner cannot handle); the CLI turns it into a message and exit status 2.  Bugs in
+the simulator raise ordinary Python exceptions.  A peer that misbehaves inside a simulation is not
+an error at all: the machine drops the message and records it.
+"""
+
+from __future__ import annotations
+
+
+class CrowdlearnError(Exception):
+    """A problem the user can fix; its message says what is wrong and how to fix it."""
+
+
+class ConfigError(CrowdlearnError):
+    """A configuration with one or more problems; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class DatasetNotFoundError(CrowdlearnError):
+    """A dataset that is not on this machine; the message lists where we looked and how to get it."""
