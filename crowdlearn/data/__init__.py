@@ -1,0 +1,13 @@
+"""Datasets and their split across devices (see ``docs/design.md``, section "Data")."""
+
+from crowdlearn.data.datasets import Dataset, fashion_mnist_available, load_dataset
+from crowdlearn.data.partition import PARTITIONERS, partition, partition_stats
+
+__all__ = [
+    "PARTITIONERS",
+    "Dataset",
+    "fashion_mnist_available",
+    "load_dataset",
+    "partition",
+    "partition_stats",
+]

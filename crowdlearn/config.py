@@ -1,0 +1,370 @@
+"""Experiment configuration: a TOML file, validated all at once.
+
+The schema below is the single source of truth: defaults, types, ranges and the documentation
+of every key (the README's configuration reference is generated from it by
+:func:`reference_markdown`).  :func:`load` collects **every** problem (unknown sections or keys,
+wrong types, impossible values, missing files) and raises one :class:`ConfigError` listing them.
+
+Examples
+--------
+>>> cfg = from_dict({"rounds": 3, "fedavg": {"lr": 0.1}})
+>>> cfg.rounds, cfg.fedavg.lr, cfg.data.dataset
+(3, 0.1, 'digits')
+>>> from_dict({"rounds": 0, "fedavg": {"lrr": 1}})
+Traceback (most recent call last):
+...
+crowdlearn.errors.ConfigError: invalid configuration (2 problem(s)):
+  - rounds: must be >= 1; got 0
+  - fedavg.lrr: unknown key; did you mean 'lr'? (valid: batch_size, clients_per_round, deadline_s, fraction, local_epochs, lr, min_clients, over_selection)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from crowdlearn.errors import ConfigError
+
+PROTOCOLS = ("fedavg", "centralized", "standalone")
+DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist")
+TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple
+    default: Any
+    doc: str
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False            # min is exclusive
+    choices: tuple | None = None
+    item_type: type | None = None     # for lists
+
+
+MBPS = "Mbit/s"
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "": {
+        "protocol": Key(str, "fedavg", "Protocol to run.", choices=PROTOCOLS),
+        "seed": Key(int, 0, "Master seed: every random stream (data split, fleet, sampling, "
+                    "availability, training batches, weight initialisation) derives from it.", min=0),
+        "rounds": Key(int, 20, "Rounds (FedAvg) or epoch blocks (baselines) to run.", min=1),
+        "max_sim_time_s": Key(float, math.inf, "Stop the simulation at this simulated time "
+                              "(seconds).", min=0, min_open=True),
+        "name": Key(str, "", "Free-form run name, copied into the results."),
+    },
+    "data": {
+        "dataset": Key(str, "digits", "Dataset.", choices=DATASETS),
+        "path": Key(str, "", "Local copy of the dataset (Fashion-MNIST: a directory of IDX files "
+                    "or a Keras-format .npz). Empty: look in the standard places."),
+        "partition": Key(str, "iid", "How training samples are split across devices.",
+                         choices=("iid", "dirichlet", "shards", "quantity")),
+        "alpha": Key(float, 0.5, "Dirichlet concentration (partition = dirichlet); smaller is "
+                     "more label skew.", min=0, min_open=True),
+        "shards_per_device": Key(int, 2, "Shards per device (partition = shards).", min=1),
+        "sigma": Key(float, 1.0, "Log-normal spread of sizes (partition = quantity).", min=0,
+                     min_open=True),
+        "min_size": Key(int, 1, "Fewest samples a device may get (dirichlet, quantity).", min=1),
+    },
+    "training": {
+        "backend": Key(str, "batched", "How device training runs: 'batched' (all the devices "
+                       "of a round in one TensorFlow computation), 'keras' (one Keras model per "
+                       "device: the slow reference path), 'none' (no training: weights pass "
+                       "through unchanged, for simulator-only studies; jobs are still charged).",
+                       choices=("batched", "keras", "none")),
+    },
+    "model": {
+        "arch": Key(str, "mlp", "Model family.", choices=("mlp", "cnn", "linear")),
+        "hidden": Key(list, [64], "Hidden layer widths (mlp).", item_type=int),
+        "activation": Key(str, "relu", "Hidden activation.", choices=("relu", "tanh", "sigmoid")),
+        "filters": Key(list, [16, 32], "Convolution filters per conv block (cnn).", item_type=int),
+        "kernel": Key(int, 3, "Convolution kernel size (cnn).", min=1),
+        "dense": Key(list, [64], "Dense widths after the conv blocks (cnn).", item_type=int),
+    },
+    "fleet": {
+        "devices": Key(int, 100, "Number of devices.", min=1),
+        "mix": Key((dict, str), {"low_end": 0.3, "mid_range": 0.4, "flagship": 0.2, "tablet": 0.1},
+                   "Tier mix: a table of tier = weight, or one tier name. Tiers: "
+                   + ", ".join(TIERS) + "."),
+        "jitter": Key(float, 0.25, "Log-normal spread of speeds and bandwidths around the tier "
+                      "values (0 = exact tier values).", min=0),
+        "cells": Key(int, 4, "Access points / cells the devices are spread over.", min=1),
+        "backhaul_mbps": Key(float, 1000.0, f"Cell ↔ core link capacity ({MBPS}).", min=0,
+                             min_open=True),
+        "server_mbps": Key(float, 10000.0, f"Core ↔ server link capacity ({MBPS}).", min=0,
+                           min_open=True),
+        "server_tier": Key(str, "edge_server", "Profile of the server (it computes for the "
+                           "centralized baseline).", choices=TIERS),
+    },
+    "availability": {
+        "model": Key(str, "always", "Availability model.", choices=("always", "sessions", "trace")),
+        "mean_online_s": Key(float, 3600.0, "Mean online session (sessions).", min=0,
+                             min_open=True),
+        "mean_offline_s": Key(float, 1800.0, "Mean offline gap (sessions).", min=0,
+                              min_open=True),
+        "diurnal_amplitude": Key(float, 0.0, "Day/night modulation of session rates, in [0, 1).",
+                                 min=0, max=0.999),
+        "peak_hour": Key(float, 20.0, "Hour of day when devices are most often online.", min=0,
+                         max=24),
+        "trace": Key(str, "", "CSV of online intervals (device,start_s,end_s) for model = trace."),
+        "churn": Key(float, 0.0, "Probability that a device drops out during a training task.",
+                     min=0, max=1),
+        "churn_offline_s": Key(float, 600.0, "Mean time a churned device stays away.", min=0,
+                               min_open=True),
+        "battery": Key(bool, False, "Drain batteries (energy per FLOP and per byte); flat "
+                       "devices drop out until recharged."),
+        "battery_min_fraction": Key(float, 0.05, "Battery fraction under which a device drops "
+                                    "out.", min=0, max=1),
+        "recharge_s": Key(float, 3600.0, "Time a flat device needs before it returns.", min=0,
+                          min_open=True),
+        "initial_battery": Key(list, [1.0, 1.0], "Initial charge, uniform in [low, high].",
+                               item_type=float),
+    },
+    "fedavg": {
+        "clients_per_round": Key(int, 0, "Updates the server waits for per round (m); 0 = use "
+                                 "fraction.", min=0),
+        "fraction": Key(float, 0.1, "Fraction C of devices per round when clients_per_round = 0.",
+                        min=0, max=1, min_open=True),
+        "local_epochs": Key(int, 1, "Local epochs E per round.", min=1),
+        "batch_size": Key(int, 32, "Local mini-batch size B (0 = full batch).", min=0),
+        "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
+        "deadline_s": Key(float, math.inf, "Round deadline in simulated seconds; the server "
+                          "aggregates what arrived by then.", min=0, min_open=True),
+        "over_selection": Key(float, 0.0, "Select this fraction more devices than needed and "
+                              "keep the first m updates.", min=0),
+        "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
+    },
+}
+
+
+class Section:
+    """Attribute access to one resolved section."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        return f"Section({self.__dict__!r})"
+
+
+class Config:
+    """A validated configuration; ``cfg.section.key`` and ``cfg.to_dict()``."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+        for k, v in values.items():
+            setattr(self, k, Section(v) if isinstance(v, dict) and k in SCHEMA else v)
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._values)
+
+    def to_json(self) -> str:
+        return json.dumps(self._values, indent=2, sort_keys=True, default=_json_default)
+
+    @property
+    def clients_per_round(self) -> int:
+        f = self.fedavg
+        return f.clients_per_round or max(1, round(f.fraction * self.fleet.devices))
+
+
+def _json_default(v):
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    raise TypeError(type(v))
+
+
+def _check(path: str, key: Key, value: Any, problems: list[str]) -> Any:
+    want = key.type if isinstance(key.type, tuple) else (key.type,)
+    if float in want and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and bool not in want:
+        problems.append(f"{path}: expected {_names(want)}; got a boolean {value!r}")
+        return key.default
+    if not isinstance(value, want):
+        problems.append(f"{path}: expected {_names(want)}; got {type(value).__name__} {value!r}")
+        return key.default
+    if key.choices is not None and value not in key.choices:
+        hint = difflib.get_close_matches(str(value), key.choices, n=1)
+        problems.append(f"{path}: must be one of {', '.join(key.choices)}; got {value!r}"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            problems.append(f"{path}: must be a number; got nan")
+        if key.min is not None and (value < key.min or (key.min_open and value == key.min)):
+            problems.append(f"{path}: must be {'>' if key.min_open else '>='} {key.min:g}; got {value}")
+        if key.max is not None and value > key.max:
+            problems.append(f"{path}: must be <= {key.max:g}; got {value}")
+    if isinstance(value, list) and key.item_type is not None:
+        items = []
+        for i, item in enumerate(value):
+            if key.item_type is float and isinstance(item, int) and not isinstance(item, bool):
+                item = float(item)
+            if not isinstance(item, key.item_type) or isinstance(item, bool):
+                problems.append(f"{path}[{i}]: expected {key.item_type.__name__}; got {item!r}")
+            elif isinstance(item, (int, float)) and item <= 0 and key.item_type is int:
+                problems.append(f"{path}[{i}]: must be > 0; got {item}")
+            items.append(item)
+        value = items
+    return value
+
+
+def _names(types: tuple) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
+    """Validate a raw mapping (as parsed from TOML) and resolve defaults."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    top = SCHEMA[""]
+    sections = [s for s in SCHEMA if s]
+    for k, v in raw.items():
+        if k in top:
+            continue
+        if k in SCHEMA and isinstance(v, dict):
+            continue
+        valid = sorted(list(top) + sections)
+        hint = difflib.get_close_matches(k, valid, n=1)
+        problems.append(f"{k}: unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                        + f" (valid top-level keys and sections: {', '.join(valid)})")
+    for k, key in top.items():
+        values[k] = _check(k, key, raw[k], problems) if k in raw else copy.deepcopy(key.default)
+    for sec in sections:
+        given = raw.get(sec, {})
+        if not isinstance(given, dict):
+            problems.append(f"{sec}: must be a table ([{sec}]); got {given!r}")
+            given = {}
+        schema = SCHEMA[sec]
+        out = {}
+        for k, v in given.items():
+            if k not in schema:
+                hint = difflib.get_close_matches(k, list(schema), n=1)
+                problems.append(f"{sec}.{k}: unknown key"
+                                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                + f" (valid: {', '.join(sorted(schema))})")
+        for k, key in schema.items():
+            out[k] = _check(f"{sec}.{k}", key, given[k], problems) if k in given \
+                else copy.deepcopy(key.default)
+        values[sec] = out
+    _cross_checks(values, problems, base_dir or Path.cwd())
+    if problems:
+        raise ConfigError(problems)
+    return Config(values)
+
+
+def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
+    fleet, fed, av, data, model = v["fleet"], v["fedavg"], v["availability"], v["data"], v["model"]
+    mix = fleet["mix"]
+    if isinstance(mix, str):
+        mix = {mix: 1.0}
+    if isinstance(mix, dict):
+        for tier, w in mix.items():
+            if tier not in TIERS:
+                problems.append(f"fleet.mix.{tier}: unknown tier (valid: {', '.join(TIERS)})")
+            elif not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+                problems.append(f"fleet.mix.{tier}: weight must be a number >= 0; got {w!r}")
+        if mix and all(isinstance(w, (int, float)) and w == 0 for w in mix.values()):
+            problems.append("fleet.mix: at least one tier needs a positive weight")
+    if fed["clients_per_round"] > fleet["devices"]:
+        problems.append(f"fedavg.clients_per_round: {fed['clients_per_round']} is more than "
+                        f"fleet.devices = {fleet['devices']}")
+    lo_hi = av["initial_battery"]
+    if len(lo_hi) != 2 or not all(isinstance(x, float) and 0 < x <= 1 for x in lo_hi) \
+            or lo_hi[0] > lo_hi[1]:
+        problems.append(f"availability.initial_battery: must be [low, high] with "
+                        f"0 < low <= high <= 1; got {lo_hi!r}")
+    if av["model"] == "trace":
+        if not av["trace"]:
+            problems.append("availability.trace: model = 'trace' needs a CSV path")
+        elif not _resolve(av["trace"], base).is_file():
+            problems.append(f"availability.trace: no such file {av['trace']!r}")
+    if data["path"] and data["dataset"] in ("digits", "breast_cancer", "diabetes"):
+        problems.append(f"data.path: {data['dataset']} is bundled with scikit-learn and takes no "
+                        "path; remove data.path")
+    elif data["path"] and not _resolve(data["path"], base).exists():
+        problems.append(f"data.path: no such file or directory {data['path']!r}; point it at the "
+                        "dataset's files or leave it empty to use the standard locations")
+    if data["dataset"] == "diabetes" and data["partition"] in ("dirichlet", "shards"):
+        problems.append(f"data.partition: {data['partition']!r} splits by label and diabetes is "
+                        "a regression set; use 'iid' or 'quantity'")
+    if model["arch"] == "cnn" and data["dataset"] in ("breast_cancer", "diabetes"):
+        problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
+                        "(use 'mlp' or 'linear')")
+    if v["protocol"] == "standalone" and fleet["devices"] > 2000:
+        problems.append("fleet.devices: the standalone baseline evaluates every device's model; "
+                        "use at most 2000 devices")
+
+
+def _resolve(p: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(p))
+    return path if path.is_absolute() else base / path
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"fedavg.lr=0.1"`` → (["fedavg", "lr"], 0.1); the value is read as TOML when it can be."""
+    if "=" not in item:
+        raise ConfigError([f"--set {item!r}: expected KEY=VALUE, e.g. --set fedavg.lr=0.1"])
+    key, _, text = item.partition("=")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"--set {item!r}: {part!r} is not a section"])
+        node[path[-1]] = value
+    return raw
+
+
+def load(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML config (or the defaults when ``path`` is None), apply ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"{path}: no such config file"])
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        base = p.resolve().parent
+    raw = apply_overrides(raw, list(overrides))
+    cfg = from_dict(raw, base_dir=base)
+    cfg.base_dir = base
+    return cfg
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a Markdown table (used for the README)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for sec, keys in SCHEMA.items():
+        for k, key in keys.items():
+            name = f"{sec}.{k}" if sec else k
+            default = json.dumps(key.default, default=_json_default)
+            doc = key.doc + (f" One of: {', '.join(key.choices)}." if key.choices else "")
+            lines.append(f"| `{name}` | `{default}` | {doc} |")
+    return "\n".join(lines)

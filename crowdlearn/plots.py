@@ -1,0 +1,70 @@
+"""Plots of runs (matplotlib, Agg backend): curves against simulated time and bytes, device load."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _metric(rows) -> str:
+    return "accuracy" if any("accuracy" in r for r in rows) else "rmse"
+
+
+def curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike) -> Path:
+    """Accuracy (or RMSE) against simulated time and against total bytes, one line per run."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rows in runs:
+        m = _metric(rows)
+        ys = [r[m] for r in rows if m in r]
+        t = [r["time_s"] for r in rows if m in r]
+        b = [r["bytes_total"] / 1e6 for r in rows if m in r]
+        axes[0].plot(t, ys, marker=".", label=label)
+        axes[1].plot(b, ys, marker=".", label=label)
+    m = _metric(runs[0][1]) if runs else "accuracy"
+    axes[0].set_xlabel("simulated time (s)")
+    axes[1].set_xlabel("bytes on the wire (MB)")
+    for ax in axes:
+        ax.set_ylabel(f"test {m}")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def device_load(devices: list[dict], path: str | os.PathLike) -> Path:
+    """Per-device busy time, bytes and missed rounds, sorted by busy time and coloured by tier."""
+    devs = sorted(devices, key=lambda d: -d["busy_s"])
+    tiers = sorted({d["tier"] for d in devs})
+    colours = {t: f"C{i}" for i, t in enumerate(tiers)}
+    x = range(len(devs))
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    axes[0].bar(x, [d["busy_s"] for d in devs], color=[colours[d["tier"]] for d in devs])
+    axes[0].set_ylabel("busy (s)")
+    axes[1].bar(x, [(d["bytes_sent"] + d["bytes_received"]) / 1e6 for d in devs],
+                color=[colours[d["tier"]] for d in devs])
+    axes[1].set_ylabel("MB sent+received")
+    axes[2].bar(x, [d["rounds_missed"] for d in devs], color=[colours[d["tier"]] for d in devs])
+    axes[2].set_ylabel("rounds missed")
+    axes[2].set_xlabel("devices (sorted by busy time)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[t]) for t in tiers]
+    axes[0].legend(handles, tiers, fontsize=8, ncol=len(tiers))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def run_plots(results, folder: Path) -> None:
+    if results.metrics:
+        curves([(results.summary.get("protocol", "run"), results.metrics)],
+               folder / "curves.png")
+    if results.devices:
+        device_load(results.devices, folder / "device_load.png")

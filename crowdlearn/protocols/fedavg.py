@@ -1,0 +1,286 @@
+"""Federated averaging as sans-I/O machines, plus the centralized and standalone baselines.
+
+References: H. B. McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017.
+
+The server learns which devices are present from ``PeerJoined``/``PeerLost``; each round it samples
+``ceil(m · (1 + over_selection))`` present devices, sends them the global weights, and closes the
+round when ``m`` updates have arrived or at the deadline, averaging what arrived weighted by sample
+counts.  Devices that go offline, fail their job or are too slow simply miss the round.
+
+Examples
+--------
+Machines are driven by hand in tests; here one round with one client:
+
+>>> import numpy as np
+>>> from crowdlearn.protocols.io import PeerJoined, Received, Start
+>>> server = FedAvgServer("server", [np.zeros(2, np.float32)], FedAvgParams(rounds=1,
+...                       clients_per_round=1), rng=np.random.default_rng(0))
+>>> server.handle(Start(), 0.0)
+[]
+>>> [type(e).__name__ for e in server.handle(PeerJoined(7), 0.0)]
+['Send']
+>>> upd = Update(0, (np.ones(2, np.float32),), 5)
+>>> [type(e).__name__ for e in server.handle(Received(7, upd), 1.0)]
+['Report', 'Report', 'Halt']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from crowdlearn.protocols.aggregate import weighted_average
+from crowdlearn.protocols.io import (
+    CancelJob,
+    Disconnected,
+    Effect,
+    Halt,
+    Input,
+    JobDone,
+    JobFailed,
+    Machine,
+    NodeId,
+    PeerJoined,
+    PeerLost,
+    Received,
+    Report,
+    RunJob,
+    Send,
+    Start,
+    TimerFired,
+)
+from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
+
+SERVER: NodeId = "server"
+
+
+@dataclass(frozen=True)
+class FedAvgParams:
+    rounds: int
+    clients_per_round: int
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    deadline_s: float = math.inf
+    over_selection: float = 0.0
+    min_clients: int = 1
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1; got {self.rounds}")
+        if self.clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1; got {self.clients_per_round}")
+        if self.over_selection < 0:
+            raise ValueError(f"over_selection must be >= 0; got {self.over_selection}")
+        if self.deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0; got {self.deadline_s}")
+        if self.min_clients < 1:
+            raise ValueError(f"min_clients must be >= 1; got {self.min_clients}")
+
+    @property
+    def selected_per_round(self) -> int:
+        return math.ceil(self.clients_per_round * (1 + self.over_selection))
+
+
+class FedAvgServer(Machine):
+    """The FedAvg parameter server (trains nothing)."""
+
+    def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator):
+        super().__init__(node_id)
+        self.weights = [np.asarray(w) for w in weights]
+        self.params = params
+        self.rng = rng
+        self.present: set[NodeId] = set()
+        self.round = 0
+        self.phase = "idle"               # idle | waiting | training | done
+        self.selected: tuple = ()
+        self.updates: dict[NodeId, Update] = {}
+        self.gone: set[NodeId] = set()      # selected this round but lost or declined
+        self.round_started = 0.0
+        self._deadline: float | None = None
+
+    def next_timer(self) -> float | None:
+        return self._deadline if self.phase == "training" else None
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        if isinstance(event, Start):
+            self.phase = "waiting"
+            return self._try_start(now)
+        if isinstance(event, PeerJoined):
+            self.present.add(event.peer)
+            return self._try_start(now) if self.phase == "waiting" else []
+        if isinstance(event, PeerLost):
+            self.present.discard(event.peer)
+            return self._on_gone(event.peer, now)
+        if isinstance(event, Received) and isinstance(event.message, Update):
+            return self._on_update(event.src, event.message, now)
+        if isinstance(event, Received) and isinstance(event.message, Decline):
+            if event.message.round != self.round:
+                return []
+            return self._on_gone(event.src, now)
+        if isinstance(event, TimerFired) and self.phase == "training":
+            return self._close_round(now, reason="deadline")
+        return []
+
+    def _try_start(self, now: float) -> list[Effect]:
+        if len(self.present) < self.params.min_clients:
+            return []
+        p = self.params
+        pool = sorted(self.present, key=str)
+        k = min(p.selected_per_round, len(pool))
+        chosen = self.rng.choice(len(pool), size=k, replace=False)
+        self.selected = tuple(sorted((pool[i] for i in chosen), key=str))
+        self.updates = {}
+        self.gone = set()
+        self.phase = "training"
+        self.round_started = now
+        self._deadline = now + p.deadline_s if math.isfinite(p.deadline_s) else None
+        msg = RoundStart(self.round, tuple(self.weights), p.local_epochs, p.batch_size, p.lr)
+        return [Send(d, msg) for d in self.selected]
+
+    def _on_update(self, src: NodeId, msg: Update, now: float) -> list[Effect]:
+        if self.phase != "training" or msg.round != self.round or src not in self.selected \
+                or src in self.updates:
+            return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
+        self.updates[src] = msg
+        if len(self.updates) >= self.params.clients_per_round:
+            return self._close_round(now, reason="complete")
+        return []
+
+    def _on_gone(self, peer: NodeId, now: float) -> list[Effect]:
+        """A selected device will not deliver; close early once nobody is left to wait for."""
+        if self.phase != "training" or peer not in self.selected or peer in self.updates:
+            return []
+        self.gone.add(peer)
+        if len(self.updates) + len(self.gone) >= len(self.selected):
+            return self._close_round(now, reason="dropouts")
+        return []
+
+    def _close_round(self, now: float, *, reason: str) -> list[Effect]:
+        used = tuple(self.updates)
+        if used:
+            ups = [self.updates[d] for d in used]
+            if sum(u.num_samples for u in ups) > 0:
+                self.weights = weighted_average([u.weights for u in ups],
+                                                [u.num_samples for u in ups])
+        info = {"round": self.round, "start_s": self.round_started, "end_s": now,
+                "selected": self.selected, "aggregated": used, "closed_by": reason}
+        effects: list[Effect] = [
+            Report("round", info),
+            Report("global_model", tuple(self.weights), (("round", self.round),)),
+        ]
+        self.round += 1
+        self.updates = {}
+        if self.round >= self.params.rounds:
+            self.phase = "done"
+            effects.append(Halt())
+        else:
+            self.phase = "waiting"
+            effects.extend(self._try_start(now))
+        return effects
+
+
+class FedAvgClient(Machine):
+    """A device: trains the weights it receives on its own samples and sends them back."""
+
+    def __init__(self, node_id: NodeId, spec: ModelSpec, indices: np.ndarray, *,
+                 rng: np.random.Generator, server: NodeId = SERVER):
+        super().__init__(node_id)
+        self.spec = spec
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.rng = rng
+        self.server = server
+        self.job_round: int | None = None
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        if isinstance(event, Received) and isinstance(event.message, RoundStart):
+            m = event.message
+            effects: list[Effect] = []
+            if self.job_round is not None:
+                effects.append(CancelJob(self.job_round))
+            self.job_round = m.round
+            job = TrainJob.build(self.spec, m.weights, self.indices, epochs=m.epochs,
+                                 batch_size=m.batch_size, lr=m.lr, rng=self.rng)
+            effects.append(RunJob(m.round, job))
+            return effects
+        if isinstance(event, JobDone) and event.job_id == self.job_round:
+            self.job_round = None
+            # the result may be deferred: pass it on unread so that the round trains in one batch
+            return [Send(self.server, Update(event.job_id, event.result, len(self.indices)))]
+        if isinstance(event, JobFailed) and event.job_id == self.job_round:
+            self.job_round = None
+            return [Report("job_failed", event.reason, (("device", self.node_id),)),
+                    Send(self.server, Decline(event.job_id, event.reason))]
+        if isinstance(event, Disconnected):
+            self.job_round = None
+        return []
+
+
+class CentralizedTrainer(Machine):
+    """Baseline: the server trains on the union of all devices' data, ``epochs`` per round."""
+
+    def __init__(self, node_id: NodeId, spec: ModelSpec, weights, indices: np.ndarray, *,
+                 rounds: int, epochs: int, batch_size: int, lr: float, rng: np.random.Generator):
+        super().__init__(node_id)
+        self.spec, self.indices, self.rng = spec, np.asarray(indices, np.int64), rng
+        self.weights = tuple(weights)
+        self.rounds, self.epochs, self.batch_size, self.lr = rounds, epochs, batch_size, lr
+        self.round = 0
+        self.started = 0.0
+
+    def _job(self, now: float) -> list[Effect]:
+        self.started = now
+        job = TrainJob.build(self.spec, self.weights, self.indices, epochs=self.epochs,
+                             batch_size=self.batch_size, lr=self.lr, rng=self.rng)
+        return [RunJob(self.round, job)]
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        if isinstance(event, Start):
+            return self._job(now)
+        if isinstance(event, JobDone) and event.job_id == self.round:
+            self.weights = tuple(event.result)
+            info = {"round": self.round, "start_s": self.started, "end_s": now,
+                    "selected": (), "aggregated": (), "closed_by": "complete"}
+            effects: list[Effect] = [Report("round", info),
+                                     Report("global_model", self.weights, (("round", self.round),))]
+            self.round += 1
+            if self.round >= self.rounds:
+                return effects + [Halt()]
+            return effects + self._job(now)
+        return []
+
+
+class StandaloneClient(Machine):
+    """Baseline: a device that trains alone on its own data, ``epochs`` per round.
+
+    It keeps its model across disconnections (only the running job is lost) and reports its
+    model after each round as ``local_model``; the monitor averages their accuracies.
+    """
+
+    def __init__(self, node_id: NodeId, spec: ModelSpec, weights, indices: np.ndarray, *,
+                 rounds: int, epochs: int, batch_size: int, lr: float, rng: np.random.Generator):
+        super().__init__(node_id)
+        self.spec, self.indices, self.rng = spec, np.asarray(indices, np.int64), rng
+        self.weights = tuple(weights)
+        self.rounds, self.epochs, self.batch_size, self.lr = rounds, epochs, batch_size, lr
+        self.round = 0
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        if isinstance(event, Start) and self.round < self.rounds:
+            job = TrainJob.build(self.spec, self.weights, self.indices, epochs=self.epochs,
+                                 batch_size=self.batch_size, lr=self.lr, rng=self.rng)
+            return [RunJob(self.round, job)]
+        if isinstance(event, JobDone) and event.job_id == self.round:
+            self.weights = tuple(event.result)
+            effects: list[Effect] = [Report("local_model", self.weights,
+                                            (("round", self.round), ("device", self.node_id)))]
+            self.round += 1
+            if self.round < self.rounds:
+                effects.extend(self.handle(Start(), now))
+            return effects
+        return []

@@ -1,0 +1,157 @@
+"""Costly work as values: what a job computes, what it costs, and who runs it.
+
+A protocol machine returns ``RunJob(job_id, TrainJob(...))``.  The driver charges the job's
+``flops`` on the device's CPU in simulated time *before* anything runs; the real computation is
+done by an :class:`Executor` the first time a result is needed, and then every pending job of the
+same kind runs together (all the devices of a round in one batched TensorFlow computation).
+
+This module is pure (numpy only); the TensorFlow-backed runners live in ``fleet_trainer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crowdlearn.training.batching import TrainTask, count_samples, make_batches
+from crowdlearn.training.models import ModelSpec
+
+
+@dataclass(frozen=True, eq=False)
+class TrainJob:
+    """Mini-batch SGD on one device's samples, starting from ``task.weights``."""
+
+    task: TrainTask
+    flops: float
+    memory_bytes: int
+    num_samples: int          # distinct samples the device holds (the FedAvg weight n_k)
+    kind: str = field(default="train", init=False)
+
+    @classmethod
+    def build(cls, spec: ModelSpec, weights, indices: np.ndarray, *, epochs: int,
+              batch_size: int, lr: float, rng: np.random.Generator) -> TrainJob:
+        """Draw this job's batch schedule and price it from the model spec."""
+        batches = make_batches(indices, epochs=epochs, batch_size=batch_size, rng=rng)
+        processed = count_samples(batches)
+        b = batches.shape[1] if batches.size else 0
+        return cls(task=TrainTask(tuple(weights), batches, float(lr)),
+                   flops=float(processed * spec.train_flops_per_sample()),
+                   memory_bytes=int(spec.train_memory_bytes(b)),
+                   num_samples=int(len(indices)))
+
+
+@dataclass(frozen=True, eq=False)
+class EvalJob:
+    """Evaluate ``weights`` on ``num_samples`` held-out samples."""
+
+    weights: tuple
+    flops: float
+    memory_bytes: int
+    kind: str = field(default="eval", init=False)
+
+
+Runner = Callable[[Sequence[Any]], list[Any]]
+
+
+class Handle:
+    """A submitted job; ``result`` is filled when its batch has run."""
+
+    __slots__ = ("job", "result", "state")
+
+    def __init__(self, job: Any):
+        self.job = job
+        self.result: Any = None
+        self.state = "pending"          # pending | done | cancelled
+
+
+class Deferred(Sequence):
+    """A job's result, computed on first access (then shared by every reader).
+
+    Machines pass it on like the list of arrays it stands for; reading an element runs the job
+    together with every other pending job of its kind.  ``shapes`` and ``dtypes`` are known
+    in advance, so the wire can size a message carrying it without computing it.
+    """
+
+    __slots__ = ("_executor", "_handle", "shapes", "dtypes")
+
+    def __init__(self, executor: Executor, handle: Handle, shapes, dtypes):
+        self._executor, self._handle = executor, handle
+        self.shapes, self.dtypes = tuple(shapes), tuple(dtypes)
+
+    @property
+    def ready(self) -> bool:
+        return self._handle.state == "done"
+
+    def value(self) -> list:
+        return self._executor.result(self._handle)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i):
+        return self.value()[i]
+
+    def __iter__(self):
+        return iter(self.value())
+
+
+class Executor:
+    """Runs jobs lazily, in batches of one kind.
+
+    ``runners`` maps a job kind to a function taking a list of jobs and returning their results
+    in order.  :meth:`result` runs every still-pending job of the requested kind in one call.
+
+    Examples
+    --------
+    >>> ex = Executor({"double": lambda jobs: [2 * j.x for j in jobs]})
+    >>> class J:
+    ...     kind = "double"
+    ...     def __init__(self, x): self.x = x
+    >>> a, b = ex.submit(J(1)), ex.submit(J(2))
+    >>> ex.result(a), ex.batches_run, ex.result(b), ex.batches_run
+    (2, 1, 4, 1)
+    """
+
+    def __init__(self, runners: dict[str, Runner]):
+        self.runners = dict(runners)
+        self._pending: dict[str, list[Handle]] = {}
+        self.batches_run = 0
+        self.jobs_run = 0
+        self.batch_sizes: list[int] = []
+
+    def submit(self, job: Any) -> Handle:
+        if job.kind not in self.runners:
+            raise KeyError(f"no runner for job kind {job.kind!r}; have {sorted(self.runners)}")
+        h = Handle(job)
+        self._pending.setdefault(job.kind, []).append(h)
+        return h
+
+    def deferred(self, h: Handle) -> Deferred:
+        """The result of ``h`` as a :class:`Deferred` (shapes taken from the job's weights)."""
+        ws = h.job.task.weights
+        return Deferred(self, h, [np.shape(w) for w in ws], [np.float32] * len(ws))
+
+    def cancel(self, h: Handle) -> None:
+        if h.state == "pending":
+            h.state = "cancelled"
+
+    def result(self, h: Handle) -> Any:
+        if h.state == "cancelled":
+            raise RuntimeError("result of a cancelled job")
+        if h.state == "pending":
+            self._run_kind(h.job.kind)
+        return h.result
+
+    def _run_kind(self, kind: str) -> None:
+        batch = [h for h in self._pending.pop(kind, []) if h.state == "pending"]
+        if not batch:
+            return
+        results = self.runners[kind]([h.job for h in batch])
+        for h, r in zip(batch, results, strict=True):
+            h.result, h.state = r, "done"
+        self.batches_run += 1
+        self.jobs_run += len(batch)
+        self.batch_sizes.append(len(batch))

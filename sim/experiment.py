@@ -1,0 +1,285 @@
+"""Composition root: build a whole simulation from a :class:`~crowdlearn.config.Config` and run it.
+
+Examples
+--------
+>>> from crowdlearn.config import from_dict
+>>> res = run(from_dict({"rounds": 2, "fleet": {"devices": 10}}))     # doctest: +SKIP
+>>> res.summary["final_accuracy"]                                       # doctest: +SKIP
+0.83
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from crowdlearn.config import Config
+from crowdlearn.data import load_dataset, partition
+from crowdlearn.protocols.fedavg import (
+    SERVER,
+    CentralizedTrainer,
+    FedAvgClient,
+    FedAvgParams,
+    FedAvgServer,
+    StandaloneClient,
+)
+from crowdlearn.training import models
+from crowdlearn.training.jobs import Executor
+from sim.availability import make_availability
+from sim.driver import Driver, FaultParams
+from sim.monitor import Monitor
+from sim.network import Network, build_topology
+from sim.profiles import TIERS, sample_fleet
+
+MBPS = 1e6 / 8  # bytes per second in one Mbit/s
+
+#: Seed-stream names, in spawn order (appending keeps earlier streams stable).
+STREAMS = ("data", "fleet", "model", "protocol", "faults", "devices")
+
+
+@dataclass
+class Context:
+    """Everything a protocol builder may use."""
+
+    config: Config
+    dataset: Any
+    spec: models.ModelSpec
+    parts: list[np.ndarray]
+    init_weights: list[np.ndarray]
+    rngs: dict[str, np.random.Generator]
+    device_rngs: list[np.random.Generator]
+
+    @property
+    def devices(self) -> list[int]:
+        return list(range(len(self.parts)))
+
+
+def _build_fedavg(ctx: Context) -> dict:
+    cfg = ctx.config
+    f = cfg.fedavg
+    params = FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
+                          local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
+                          deadline_s=f.deadline_s, over_selection=f.over_selection,
+                          min_clients=f.min_clients)
+    machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params,
+                                           rng=ctx.rngs["protocol"])}
+    for d in ctx.devices:
+        machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
+    return machines
+
+
+def _build_centralized(ctx: Context) -> dict:
+    cfg, f = ctx.config, ctx.config.fedavg
+    union = np.sort(np.concatenate(ctx.parts))
+    return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
+                                       rounds=cfg.rounds, epochs=f.local_epochs,
+                                       batch_size=f.batch_size, lr=f.lr, rng=ctx.rngs["protocol"])}
+
+
+def _build_standalone(ctx: Context) -> dict:
+    cfg, f = ctx.config, ctx.config.fedavg
+    return {d: StandaloneClient(d, ctx.spec, ctx.init_weights, ctx.parts[d], rounds=cfg.rounds,
+                                epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
+                                rng=ctx.device_rngs[d])
+            for d in ctx.devices}
+
+
+#: protocol name → builder(Context) -> {node: Machine}.  Later protocols register here.
+PROTOCOLS: dict[str, Callable[[Context], dict]] = {
+    "fedavg": _build_fedavg,
+    "centralized": _build_centralized,
+    "standalone": _build_standalone,
+}
+
+
+def build_model(cfg: Config, dataset) -> models.ModelSpec:
+    m = cfg.model
+    outputs = dataset.num_classes if dataset.task == "classification" else 1
+    loss = "sparse_ce" if dataset.task == "classification" else "mse"
+    if m.arch == "mlp":
+        return models.mlp(dataset.num_features, m.hidden, outputs, activation=m.activation,
+                          loss=loss)
+    if m.arch == "linear":
+        return models.linear(dataset.num_features, outputs, loss=loss)
+    return models.cnn(dataset.image_shape, filters=m.filters, kernel=m.kernel, dense=m.dense,
+                      num_outputs=outputs, activation=m.activation, loss=loss)
+
+
+class NullTrainer:
+    """``training.backend = "none"``: weights pass through unchanged; nothing is evaluated.
+
+    Jobs are still priced and charged in simulated time, so a simulator-only study (network,
+    availability, scheduling) measures everything but accuracy.
+    """
+
+    def __init__(self, spec, x, y):
+        self.spec = spec
+
+    def train(self, tasks):
+        return [[np.asarray(w, np.float32) for w in t.weights] for t in tasks]
+
+    def evaluate(self, weight_lists, x, y):
+        return [(math.nan, math.nan) for _ in weight_lists]
+
+
+def _batched():
+    from crowdlearn.training.fleet_trainer import FleetTrainer
+    return FleetTrainer
+
+
+def _keras():
+    from crowdlearn.training.keras_ref import KerasReferenceTrainer
+    return KerasReferenceTrainer
+
+
+#: training.backend → a zero-argument loader of the trainer class (imports TensorFlow lazily).
+TRAINERS: dict[str, Callable[[], type]] = {
+    "batched": _batched, "keras": _keras, "none": lambda: NullTrainer}
+
+
+@dataclass
+class Results:
+    config: Config
+    metrics: list[dict]
+    devices: list[dict]
+    rounds: list[dict]
+    summary: dict
+    interrupted: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Simulation:
+    """A built, not yet run, simulation (exposed for notebooks and tests)."""
+
+    def __init__(self, cfg: Config, *, on_row: Callable[[dict], None] | None = None,
+                 trainer_factory: Callable | None = None):
+        self.config = cfg
+        root = np.random.SeedSequence(cfg.seed)
+        children = root.spawn(len(STREAMS))
+        self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, children)}
+        n = cfg.fleet.devices
+        self.dataset = load_dataset(cfg.data.dataset, path=cfg.data.path or None, seed=cfg.seed)
+        params = {"iid": {}, "quantity": {"sigma": cfg.data.sigma, "min_size": cfg.data.min_size},
+                  "dirichlet": {"alpha": cfg.data.alpha, "min_size": cfg.data.min_size},
+                  "shards": {"shards_per_device": cfg.data.shards_per_device}}[cfg.data.partition]
+        self.parts = partition(self.dataset.y_train, n, method=cfg.data.partition,
+                               rng=self.rngs["data"], **params)
+        self.spec = build_model(cfg, self.dataset)
+        init = self.spec.init_weights(self.rngs["model"])
+        device_rngs = [np.random.default_rng(s) for s in children[-1].spawn(n)]
+        self.ctx = Context(cfg, self.dataset, self.spec, self.parts, init, self.rngs, device_rngs)
+
+        self.profiles = sample_fleet(n, cfg.fleet.mix, rng=self.rngs["fleet"],
+                                     jitter=cfg.fleet.jitter)
+        server_profile = TIERS[cfg.fleet.server_tier]
+        self.env = simpy.Environment()
+        graph = build_topology(
+            n,
+            device_up_bps=np.array([p.up_bps for p in self.profiles]),
+            device_down_bps=np.array([p.down_bps for p in self.profiles]),
+            device_latency_s=np.array([p.latency_s for p in self.profiles]),
+            cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
+            server_bps=cfg.fleet.server_mbps * MBPS)
+        self.network = Network(self.env, graph)
+
+        if trainer_factory is None:
+            trainer_factory = TRAINERS[cfg.training.backend]()
+        self.trainer = trainer_factory(self.spec, self.dataset.x_train, self.dataset.y_train)
+        self.executor = Executor({"train": lambda jobs: self.trainer.train([j.task for j in jobs])})
+        self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row)
+
+        av = cfg.availability
+        if av.model == "sessions":
+            availability = make_availability("sessions", mean_online_s=av.mean_online_s,
+                                             mean_offline_s=av.mean_offline_s,
+                                             diurnal_amplitude=av.diurnal_amplitude,
+                                             peak_hour=av.peak_hour)
+        elif av.model == "trace":
+            from pathlib import Path
+            trace = Path(av.trace)
+            if not trace.is_absolute():
+                trace = getattr(cfg, "base_dir", Path.cwd()) / trace
+            availability = make_availability("trace", path=str(trace))
+        else:
+            availability = make_availability("always")
+        faults = FaultParams(churn=av.churn, churn_offline_s=av.churn_offline_s,
+                             battery=av.battery, battery_min_fraction=av.battery_min_fraction,
+                             recharge_s=av.recharge_s,
+                             initial_battery=tuple(av.initial_battery))
+        machines = PROTOCOLS[cfg.protocol](self.ctx)
+        profiles = {d: self.profiles[d] for d in range(n)}
+        profiles[SERVER] = server_profile
+        self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,
+                             monitor=self.monitor, availability=availability, faults=faults,
+                             rng=self.rngs["faults"],
+                             server=SERVER if SERVER in machines else None)
+
+    def _evaluate(self, weight_lists: list) -> list[dict]:
+        ds = self.dataset
+        scores = self.trainer.evaluate(weight_lists, ds.x_test, ds.y_test)
+        if ds.task == "classification":
+            return [{"accuracy": acc, "loss": loss} for loss, acc in scores]
+        return [{"rmse": rmse, "loss": mse} for mse, rmse in scores]
+
+    def run(self) -> Results:
+        cfg = self.config
+        wall0 = time.perf_counter()
+        interrupted = False
+        self.driver.start()
+        try:
+            self.driver.run(until=cfg.max_sim_time_s)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.driver.finish()
+        self.monitor.flush(self.env.now)
+        wall = time.perf_counter() - wall0
+        return self._results(wall, interrupted)
+
+    def _results(self, wall: float, interrupted: bool) -> Results:
+        cfg, mon = self.config, self.monitor
+        rows = mon.rows
+        metric = "accuracy" if self.dataset.task == "classification" else "rmse"
+        values = [r[metric] for r in rows if metric in r and not math.isnan(r[metric])]
+        best = (max(values) if metric == "accuracy" else min(values)) if values else None
+        summary = {
+            "protocol": cfg.protocol,
+            "name": cfg.name,
+            "dataset": cfg.data.dataset,
+            "devices": cfg.fleet.devices,
+            "rounds_completed": len(rows),
+            "rounds_planned": cfg.rounds,
+            f"final_{metric}": values[-1] if values else None,
+            f"best_{metric}": best,
+            "sim_time_s": float(self.env.now),
+            "wall_time_s": wall,
+            "bytes_up": int(mon.bytes_up),
+            "bytes_down": int(mon.bytes_down),
+            "bytes_total": int(mon.bytes_total),
+            "messages": int(mon.messages),
+            "messages_dropped": int(mon.messages_dropped),
+            "late_updates": int(mon.late_updates),
+            "device_flops": float(mon.flops),
+            "device_compute_s": float(mon.compute_s),
+            "energy_j": float(mon.energy_j),
+            "model_params": int(self.spec.num_params()),
+            "train_batches_run": self.executor.batches_run,
+            "train_jobs_run": self.executor.jobs_run,
+            "events_handled": self.driver.events_handled,
+            "interrupted": interrupted,
+        }
+        if metric == "accuracy" and not values:
+            summary["final_accuracy"] = summary["best_accuracy"] = None
+        devices = mon.device_rows(self.driver.devices, float(self.env.now))
+        return Results(cfg, rows, devices, mon.rounds, summary, interrupted)
+
+
+def run(cfg: Config, *, on_row: Callable[[dict], None] | None = None) -> Results:
+    """Build and run one simulation."""
+    return Simulation(cfg, on_row=on_row).run()
+

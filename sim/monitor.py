@@ -1,0 +1,151 @@
+"""Turns what happened in a run into tables.  Never prints.
+
+The driver calls ``on_*`` hooks for transfers, compute, energy and presence; machines' ``Report``
+effects arrive through :meth:`Monitor.on_report`.  Every evaluation point becomes a row of
+``metrics`` (the future ``metrics.csv``); per-device totals become ``device_rows()``.
+
+Evaluation is delegated to ``evaluator(list_of_weight_lists) -> list[dict]`` so the monitor stays
+free of TensorFlow.  ``global_model`` reports are evaluated at once; ``local_model`` reports of the
+standalone baseline are collected per round and evaluated together when every device has reported
+(or at :meth:`flush`), their metrics averaged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from crowdlearn.protocols.io import NodeId, Report
+
+Evaluator = Callable[[list], list[dict]]
+
+DEVICE_FIELDS = ("device", "tier", "bytes_sent", "bytes_received", "flops", "busy_s", "energy_j",
+                 "online_fraction", "rounds_selected", "rounds_aggregated", "rounds_missed",
+                 "drops_availability", "drops_battery", "drops_churn", "jobs_failed")
+
+
+class Monitor:
+    def __init__(self, devices: Iterable[NodeId], *, evaluator: Evaluator | None = None,
+                 server: NodeId = "server", on_row: Callable[[dict], None] | None = None):
+        self.server = server
+        self.evaluator = evaluator
+        self.on_row = on_row
+        self.devices = list(devices)
+        self.rows: list[dict] = []
+        self.bytes_up = 0          # bytes sent by devices
+        self.bytes_down = 0        # bytes received by devices
+        self.bytes_total = 0       # every delivered message, once
+        self.messages = 0
+        self.messages_dropped = 0
+        self.flops = 0.0
+        self.compute_s = 0.0
+        self.energy_j = 0.0
+        self.late_updates = 0
+        self.dev: dict[NodeId, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.rounds: list[dict] = []
+        self._pending_round: dict | None = None
+        self._local: dict[int, list] = defaultdict(list)
+        self.reports: dict[str, int] = defaultdict(int)
+
+    # ------------------------------------------------------------ driver hooks
+    def on_transfer(self, src: NodeId, dst: NodeId, nbytes: int, now: float) -> None:
+        self.messages += 1
+        self.bytes_total += nbytes
+        if src != self.server:
+            self.bytes_up += nbytes
+            self.dev[src]["bytes_sent"] += nbytes
+        if dst != self.server:
+            self.bytes_down += nbytes
+            self.dev[dst]["bytes_received"] += nbytes
+
+    def on_message_dropped(self, src, dst, nbytes) -> None:
+        self.messages_dropped += 1
+
+    def on_compute(self, node: NodeId, flops: float, seconds: float, energy_j: float) -> None:
+        self.flops += flops
+        self.compute_s += seconds
+        d = self.dev[node]
+        d["flops"] += flops
+        d["busy_s"] += seconds
+
+    def on_energy(self, node: NodeId, joules: float) -> None:
+        self.energy_j += joules
+        self.dev[node]["energy_j"] += joules
+
+    def on_offline(self, node: NodeId, reason: str, now: float) -> None:
+        pass  # counted by the driver's DeviceState.drops
+
+    def on_job_failed(self, node: NodeId, reason: str) -> None:
+        self.dev[node]["jobs_failed"] += 1
+
+    # ------------------------------------------------------------ reports
+    def on_report(self, node: NodeId, rep: Report, now: float) -> None:
+        self.reports[rep.name] += 1
+        if rep.name == "round":
+            info = dict(rep.value)
+            for d in info["selected"]:
+                self.dev[d]["rounds_selected"] += 1
+            for d in info["aggregated"]:
+                self.dev[d]["rounds_aggregated"] += 1
+            self.rounds.append(info)
+            self._pending_round = info
+        elif rep.name == "global_model":
+            self._row(now, rep.tag("round"), [rep.value])
+        elif rep.name == "local_model":
+            r = rep.tag("round")
+            self._local[r].append(rep.value)
+            if len(self._local[r]) == len(self.devices):
+                self._row(now, r, self._local.pop(r))
+        elif rep.name == "late_update":
+            self.late_updates += 1
+
+    def flush(self, now: float) -> None:
+        """Evaluate standalone rounds that not every device finished."""
+        for r in sorted(self._local):
+            self._row(now, r, self._local.pop(r))
+
+    def _row(self, now: float, rnd: Any, models: list) -> None:
+        row: dict[str, Any] = {"time_s": now, "round": rnd}
+        if self.evaluator is not None:
+            scores = self.evaluator(models)
+            for key in scores[0]:
+                row[key] = float(np.mean([s[key] for s in scores]))
+        info = self._pending_round if self._pending_round and self._pending_round["round"] == rnd \
+            else None
+        row["clients_selected"] = len(info["selected"]) if info else len(models)
+        row["clients_aggregated"] = len(info["aggregated"]) if info else len(models)
+        row.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down,
+                   bytes_total=self.bytes_total, messages=self.messages, flops=self.flops,
+                   compute_s=self.compute_s, energy_j=self.energy_j)
+        self.rows.append(row)
+        if self.on_row is not None:
+            self.on_row(row)
+
+    # ------------------------------------------------------------ tables
+    def device_rows(self, states: dict, sim_time: float) -> list[dict]:
+        out = []
+        for node in self.devices:
+            d = self.dev.get(node, {})
+            st = states.get(node)
+            sel, agg = int(d.get("rounds_selected", 0)), int(d.get("rounds_aggregated", 0))
+            out.append({
+                "device": node,
+                "tier": st.profile.tier if st else "",
+                "bytes_sent": int(d.get("bytes_sent", 0)),
+                "bytes_received": int(d.get("bytes_received", 0)),
+                "flops": float(d.get("flops", 0.0)),
+                "busy_s": float(d.get("busy_s", 0.0)),
+                "energy_j": float(d.get("energy_j", 0.0)),
+                "online_fraction": (st.online_s / sim_time) if st and sim_time > 0 else 1.0,
+                "rounds_selected": sel,
+                "rounds_aggregated": agg,
+                "rounds_missed": sel - agg,
+                "drops_availability": st.drops["availability"] if st else 0,
+                "drops_battery": st.drops["battery"] if st else 0,
+                "drops_churn": st.drops["churn"] if st else 0,
+                "jobs_failed": int(d.get("jobs_failed", 0)),
+            })
+        return out

@@ -1,0 +1,434 @@
+"""Device profiles: what a phone, tablet or edge server can compute, hold, spend and send.
+
+A :class:`DeviceProfile` is a frozen record of the figures the simulator charges time and energy
+against (units: FLOP/s, bytes, joules, bytes per second, seconds).  :data:`TIERS` holds one profile
+per device class, each figure with the public measurement it comes from; :func:`sample_fleet`
+draws a heterogeneous fleet from a tier mix with log-normal jitter around the tier figures.
+
+The tier figures are *order-of-magnitude* estimates from public sources, cited next to each one.
+They are meant to make relative comparisons (a low-end phone is several times slower than a
+flagship, uploads cost several times more energy than downloads) realistic, not to model any one
+handset.  Override any figure with :func:`with_overrides`.
+
+This module is ring 0 (pure): it imports only the standard library, NumPy and
+:mod:`crowdlearn.errors`.
+
+Examples
+--------
+>>> import numpy as np
+>>> fleet = sample_fleet(4, {"low_end": 1, "flagship": 1}, rng=np.random.default_rng(0))
+>>> len(fleet), sorted({d.tier for d in fleet}) <= ["flagship", "low_end"]
+(4, True)
+>>> TIERS["flagship"].flops > TIERS["low_end"].flops
+True
+>>> with_overrides(TIERS["mid_range"], latency_s=0.1).latency_s
+0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from crowdlearn.errors import CrowdlearnError
+
+__all__ = [
+    "DeviceProfile",
+    "ProfileError",
+    "TIERS",
+    "parse_mix",
+    "sample_fleet",
+    "with_overrides",
+]
+
+
+class ProfileError(CrowdlearnError, ValueError):
+    """A bad device profile, tier name or tier mix (a ``ValueError`` and a ``CrowdlearnError``)."""
+
+
+_FLOAT_FIELDS = (
+    "flops", "battery_j", "j_per_flop", "j_per_byte_up", "j_per_byte_down",
+    "up_bps", "down_bps", "latency_s",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """The capabilities and costs of one device.
+
+    Parameters
+    ----------
+    tier : str
+        Name of the device class (a key of :data:`TIERS` for sampled devices).
+    flops : float
+        Sustained FLOP/s available to a training job.
+    memory_bytes : int
+        Memory budget available to a training job (what an app may use, not total RAM).
+    battery_j : float
+        Full battery energy in joules; ``math.inf`` for mains power.
+    j_per_flop : float
+        Energy per FLOP of training compute (J).
+    j_per_byte_up, j_per_byte_down : float
+        Radio energy per byte sent / received (J).
+    up_bps, down_bps : float
+        Uplink / downlink throughput in **bytes** per second.
+    latency_s : float
+        One-way access latency (s).
+
+    Every number must be positive and finite, except ``battery_j`` which may be ``inf``.
+    Violations raise :class:`ProfileError` (a ``ValueError``) echoing the bad value.
+
+    Examples
+    --------
+    >>> p = DeviceProfile("toy", 1e9, 2**28, 5e4, 5e-10, 4e-6, 6e-7, 1.25e6, 6.25e6, 0.03)
+    >>> p.up_bps
+    1250000.0
+    >>> DeviceProfile("toy", -1.0, 2**28, 5e4, 5e-10, 4e-6, 6e-7, 1.25e6, 6.25e6, 0.03)
+    Traceback (most recent call last):
+    ...
+    sim.profiles.ProfileError: DeviceProfile 'toy': flops must be a positive finite number; got -1.0
+    """
+
+    tier: str
+    flops: float
+    memory_bytes: int
+    battery_j: float
+    j_per_flop: float
+    j_per_byte_up: float
+    j_per_byte_down: float
+    up_bps: float
+    down_bps: float
+    latency_s: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tier, str) or not self.tier:
+            raise ProfileError(f"DeviceProfile tier must be a non-empty string; got {self.tier!r}")
+        where = f"DeviceProfile {self.tier!r}"
+        mem = self.memory_bytes
+        if isinstance(mem, bool) or not isinstance(mem, numbers.Real):
+            raise ProfileError(f"{where}: memory_bytes must be a positive integer; got {mem!r}")
+        if not isinstance(mem, numbers.Integral):
+            if not (math.isfinite(mem) and float(mem).is_integer()):
+                raise ProfileError(
+                    f"{where}: memory_bytes must be a positive integer; got {mem!r}")
+        if mem <= 0:
+            raise ProfileError(f"{where}: memory_bytes must be a positive integer; got {mem!r}")
+        object.__setattr__(self, "memory_bytes", int(mem))
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if ok:
+                value = float(value)
+                allow_inf = name == "battery_j"
+                ok = value > 0 and (math.isfinite(value) or (allow_inf and value == math.inf))
+            if not ok:
+                extra = " (or inf for mains power)" if name == "battery_j" else ""
+                raise ProfileError(
+                    f"{where}: {name} must be a positive finite number{extra}; got {value!r}")
+            object.__setattr__(self, name, value)
+
+
+def with_overrides(profile: DeviceProfile, **fields: object) -> DeviceProfile:
+    """Return a copy of ``profile`` with some fields replaced (and re-validated).
+
+    Raises :class:`ProfileError` for a field name that ``DeviceProfile`` does not have.
+
+    Examples
+    --------
+    >>> slow = with_overrides(TIERS["flagship"], flops=1e9, tier="throttled")
+    >>> slow.tier, slow.flops, slow.up_bps == TIERS["flagship"].up_bps
+    ('throttled', 1000000000.0, True)
+    """
+    valid = [f.name for f in dataclasses.fields(DeviceProfile)]
+    unknown = sorted(set(fields) - set(valid))
+    if unknown:
+        raise ProfileError(
+            f"unknown DeviceProfile field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}")
+    return dataclasses.replace(profile, **fields)
+
+
+# --------------------------------------------------------------------------------------------
+# Tier figures.  Every number below is approximate and comes from the public source named next
+# to it; where a figure is derived (energy = power / throughput) the inputs are cited instead.
+# --------------------------------------------------------------------------------------------
+
+_MIB = 2**20
+_GIB = 2**30
+_MBPS = 1e6 / 8  # bytes/s in one megabit/s
+
+
+def _battery_j(mah: float, volts: float) -> float:
+    """Battery energy in joules from a spec-sheet capacity: mAh × V × 3.6 J/mWh."""
+    return mah * volts * 3.6
+
+
+# Radio power model of Huang et al., "A close examination of performance and power
+# characteristics of 4G LTE networks", MobiSys 2012: while transferring, P = α_u·t_u + α_d·t_d + β
+# with throughputs t in Mbit/s.  Their fitted parameters (approximately):
+#   LTE : α_u ≈ 438 mW/Mbps, α_d ≈ 52 mW/Mbps, β ≈ 1288 mW
+#   WiFi: α_u ≈ 283 mW/Mbps, α_d ≈ 137 mW/Mbps, β ≈ 133 mW
+# Energy per byte at a sustained rate r (bytes/s) is then 8·α·1e-9 + β/r  (α in mW/Mbps = nJ/bit,
+# β in W).  We ignore the RRC tail energy the paper also measures (it matters for short
+# transfers, which training rounds are not), and evaluate at each tier's nominal rate; jittered
+# devices keep their tier's per-byte energy.
+_LTE = (438.39, 51.97, 1.28804)   # α_u mW/Mbps, α_d mW/Mbps, β W   (Huang et al. 2012, LTE)
+_WIFI = (283.17, 137.01, 0.13286)  # same paper, WiFi
+
+
+def _radio_j_per_byte(alpha_mw_per_mbps: float, beta_w: float, rate_bps: float) -> float:
+    return 8 * alpha_mw_per_mbps * 1e-9 + beta_w / rate_bps
+
+
+def _tier(tier: str, *, flops: float, cpu_w: float, memory_bytes: int, battery_j: float,
+          radio: tuple[float, float, float], up_bps: float, down_bps: float,
+          latency_s: float) -> DeviceProfile:
+    alpha_u, alpha_d, beta = radio
+    return DeviceProfile(
+        tier=tier,
+        flops=flops,
+        memory_bytes=memory_bytes,
+        battery_j=battery_j,
+        j_per_flop=cpu_w / flops,
+        j_per_byte_up=_radio_j_per_byte(alpha_u, beta, up_bps),
+        j_per_byte_down=_radio_j_per_byte(alpha_d, beta, down_bps),
+        up_bps=up_bps,
+        down_bps=down_bps,
+        latency_s=latency_s,
+    )
+
+
+# Compute.  Phone CPU peaks are tens of GFLOP/s in SGEMM-style kernels (Geekbench 5 SGEMM
+# sub-scores; AI-Benchmark CPU-mode float results, Ignatov et al., ICCV Workshops 2019), but
+# sustained-load tests (AnandTech / GSMArena throttling runs) show phones settle at roughly half
+# of peak within minutes, and backprop on small models is memory bound.  We therefore take
+# sustained *training* throughput of order 1–20 GFLOP/s for phones.  CPU power under sustained
+# all-core load: roughly 1–2 W for budget/efficiency cores up to ~4–5 W for flagship big-core
+# clusters (AnandTech SoC reviews' SPEC power measurements, approximate); j_per_flop = W / FLOP/s.
+#
+# Memory.  An app's budget, not total RAM: Android's ActivityManager.getMemoryClass() is
+# typically 128–256 MB on 2–3 GB devices and 256–512 MB on 4–12 GB devices (dalvik.vm.heapgrowthlimit
+# in device build.prop files); native (TFLite) allocations can exceed it, but the low-memory killer
+# reclaims large apps first.  iOS jetsam limits are roughly half of RAM.
+#
+# Network.  Ookla Speedtest Global Index (2023–2024, approximate): global median mobile download
+# ≈ 50–55 Mbit/s, upload ≈ 10–12 Mbit/s; fixed broadband ≈ 90 / 40 Mbit/s.  Lower-ranked markets
+# report mobile medians of ~10–20 Mbit/s down; leading 5G markets 100–200 Mbit/s down.
+# Converted to bytes/s with _MBPS.  Latencies are tens of ms on cellular, ~10 ms on fixed lines.
+
+TIERS: dict[str, DeviceProfile] = {
+    "low_end": _tier(
+        "low_end",
+        flops=2e9,                    # ~2 GFLOP/s sustained: A53/A55-class cores (see above)
+        cpu_w=1.5,                    # ~1.5 W sustained (AnandTech, efficiency-core clusters)
+        memory_bytes=256 * _MIB,      # getMemoryClass() ~128–256 MB on 2–3 GB-RAM phones
+        battery_j=_battery_j(4000, 3.85),  # 4000 mAh × 3.85 V ≈ 55 kJ (budget spec sheets: 4000–5000 mAh)
+        radio=_LTE,                   # LTE, Huang et al. 2012
+        up_bps=4 * _MBPS,             # ~4 Mbit/s up: Ookla lower-ranked mobile markets
+        down_bps=15 * _MBPS,          # ~15 Mbit/s down: Ookla lower-ranked mobile markets
+        latency_s=0.060,              # ~60 ms: Ookla latency in lower-ranked mobile markets (approx.)
+    ),
+    "mid_range": _tier(
+        "mid_range",
+        flops=6e9,                    # ~6 GFLOP/s sustained: A78-class mid-range SoC (see above)
+        cpu_w=2.5,                    # ~2.5 W sustained (AnandTech, mid-range SoCs)
+        memory_bytes=512 * _MIB,      # getMemoryClass() ~256–512 MB on 4–6 GB-RAM phones
+        battery_j=_battery_j(5000, 3.85),  # 5000 mAh × 3.85 V ≈ 69 kJ (e.g. Galaxy A54 spec sheet)
+        radio=_LTE,                   # LTE, Huang et al. 2012
+        up_bps=10 * _MBPS,            # ~10 Mbit/s up: Ookla global mobile median
+        down_bps=50 * _MBPS,          # ~50 Mbit/s down: Ookla global mobile median
+        latency_s=0.030,              # ~30 ms: Ookla global mobile median latency (approx.)
+    ),
+    "flagship": _tier(
+        "flagship",
+        flops=15e9,                   # ~15 GFLOP/s sustained: X-series/A-series big cores, throttled
+        cpu_w=4.0,                    # ~4 W sustained (AnandTech flagship SoC power measurements)
+        memory_bytes=1 * _GIB,        # large-heap / native budget ~1 GB on 8–12 GB-RAM phones
+        battery_j=_battery_j(4500, 3.85),  # 4500 mAh × 3.85 V ≈ 62 kJ (Pixel 8 4575 mAh, Galaxy S24 4000 mAh)
+        radio=_LTE,                   # LTE power model (5G NSA anchors on LTE), Huang et al. 2012
+        up_bps=20 * _MBPS,            # ~20 Mbit/s up: Ookla medians in leading 5G markets
+        down_bps=150 * _MBPS,         # ~150 Mbit/s down: Ookla medians in leading 5G markets
+        latency_s=0.025,              # ~25 ms: Ookla 5G-market latency (approx.)
+    ),
+    "tablet": _tier(
+        "tablet",
+        flops=20e9,                   # ~20 GFLOP/s: flagship-class SoC, larger chassis throttles less
+        cpu_w=5.0,                    # ~5 W sustained (tablet SoCs run at higher sustained power)
+        memory_bytes=1536 * _MIB,     # ~1.5 GB: roughly half of RAM under iOS jetsam on 3–4 GB iPads
+        battery_j=28.6 * 3600,        # 28.6 Wh ≈ 103 kJ (Apple iPad 10th gen spec sheet)
+        radio=_WIFI,                  # home Wi-Fi, Huang et al. 2012 WiFi parameters
+        up_bps=30 * _MBPS,            # ~30 Mbit/s: a little below Ookla fixed median (~40) for Wi-Fi loss
+        down_bps=80 * _MBPS,          # ~80 Mbit/s: a little below Ookla fixed median (~90) for Wi-Fi loss
+        latency_s=0.015,              # ~15 ms: Ookla fixed-broadband latency (~10 ms) plus Wi-Fi hop
+    ),
+    "edge_server": DeviceProfile(
+        tier="edge_server",
+        flops=5e11,                   # ~0.5 TFLOP/s: 16-core AVX-512 Xeon peaks ~2–3 TFLOP/s fp32
+                                      # (Intel ark: cores × GHz × 64 FLOP/cycle); ~20% sustained in training
+        memory_bytes=16 * _GIB,       # a 16 GiB slice of a 64–256 GB server
+        battery_j=math.inf,           # mains power
+        j_per_flop=200.0 / 5e11,      # ~200 W package power (Intel Xeon TDP 150–250 W) / 0.5 TFLOP/s
+        j_per_byte_up=8e-9,           # ~1 W per 1 GbE port (NIC datasheets) / 1.25e8 B/s
+        j_per_byte_down=8e-9,         # same
+        up_bps=1000 * _MBPS,          # 1 Gbit/s wired uplink
+        down_bps=1000 * _MBPS,        # 1 Gbit/s wired downlink
+        latency_s=0.001,              # ~1 ms: same-metro edge site / LAN round trips are ~1–2 ms
+    ),
+}
+
+
+def _tier_list() -> str:
+    return ", ".join(TIERS)
+
+
+def parse_mix(value: Mapping[str, float] | str) -> dict[str, float]:
+    """Validate a tier mix and return it normalised to sum to 1.
+
+    Parameters
+    ----------
+    value : mapping or str
+        ``{tier: weight}`` with non-negative finite weights (at least one positive), a single tier
+        name (``"flagship"`` → ``{"flagship": 1.0}``), or a comma-separated string
+        ``"low_end:0.3,flagship:0.7"``.
+
+    Returns
+    -------
+    dict[str, float]
+        Tiers with positive weight, in :data:`TIERS` order, weights summing to 1.
+
+    Raises
+    ------
+    ProfileError
+        Unknown tier (the message lists the valid ones), negative / non-finite weight, or all
+        weights zero.
+
+    Examples
+    --------
+    >>> parse_mix("flagship")
+    {'flagship': 1.0}
+    >>> parse_mix({"flagship": 1, "low_end": 3})
+    {'low_end': 0.75, 'flagship': 0.25}
+    >>> parse_mix("low_end:1,mid_range:1")
+    {'low_end': 0.5, 'mid_range': 0.5}
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if ":" not in text and "," not in text:
+            value = {text: 1.0}
+        else:
+            parsed: dict[str, float] = {}
+            for part in text.split(","):
+                name, sep, weight = part.partition(":")
+                name = name.strip()
+                if not sep:
+                    raise ProfileError(
+                        f"tier mix {value!r}: entry {part.strip()!r} has no weight; "
+                        f"write 'tier:weight,tier:weight' (tiers: {_tier_list()})")
+                try:
+                    parsed[name] = parsed.get(name, 0.0) + float(weight)
+                except ValueError:
+                    raise ProfileError(
+                        f"tier mix {value!r}: weight {weight.strip()!r} of {name!r} is not a "
+                        "number") from None
+            value = parsed
+    if not isinstance(value, Mapping):
+        raise ProfileError(
+            f"tier mix must be a mapping {{tier: weight}} or a tier name; got {value!r}")
+    if not value:
+        raise ProfileError(f"tier mix is empty; give at least one of: {_tier_list()}")
+    unknown = [k for k in value if k not in TIERS]
+    if unknown:
+        raise ProfileError(
+            f"unknown tier(s) {', '.join(map(repr, unknown))} in mix; valid tiers: {_tier_list()}")
+    weights: dict[str, float] = {}
+    for name, w in value.items():
+        try:
+            wf = float(w)
+        except (TypeError, ValueError):
+            raise ProfileError(f"tier mix weight for {name!r} must be a number; got {w!r}") from None
+        if not math.isfinite(wf) or wf < 0:
+            raise ProfileError(
+                f"tier mix weight for {name!r} must be finite and >= 0; got {w!r}")
+        weights[name] = wf
+    total = sum(weights.values())
+    if total <= 0:
+        raise ProfileError(f"tier mix weights are all zero: {dict(value)!r}; make one positive")
+    return {name: weights[name] / total for name in TIERS if weights.get(name, 0.0) > 0}
+
+
+def sample_fleet(n: int, mix: Mapping[str, float] | str, *, rng: np.random.Generator,
+                 jitter: float = 0.25) -> list[DeviceProfile]:
+    """Draw ``n`` device profiles from a tier mix, jittering the continuous figures.
+
+    Each device's tier is drawn independently with probability proportional to its weight in
+    ``mix`` (see :func:`parse_mix`).  Then ``flops``, ``up_bps``, ``down_bps`` and ``latency_s``
+    are each multiplied by an independent log-normal factor ``exp(N(0, jitter²))``, which keeps
+    the tier figure as the median.  ``memory_bytes``, ``battery_j`` and the per-FLOP / per-byte
+    energies are not jittered.  ``jitter=0`` reproduces the tier figures exactly.
+
+    The result depends only on ``n``, the mix (not the order of its keys) and the state of
+    ``rng``.
+
+    Parameters
+    ----------
+    n : int
+        Number of devices (>= 0).
+    mix : mapping or str
+        Tier weights, normalised; see :func:`parse_mix`.
+    rng : numpy.random.Generator
+        Source of randomness; advanced by the call.
+    jitter : float, default 0.25
+        Log-normal sigma of the per-device factors (>= 0).
+
+    Returns
+    -------
+    list[DeviceProfile]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fleet = sample_fleet(3, "mid_range", rng=np.random.default_rng(1), jitter=0)
+    >>> all(d == TIERS["mid_range"] for d in fleet)
+    True
+    >>> a = sample_fleet(5, {"low_end": .5, "tablet": .5}, rng=np.random.default_rng(7))
+    >>> b = sample_fleet(5, {"tablet": .5, "low_end": .5}, rng=np.random.default_rng(7))
+    >>> a == b
+    True
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ProfileError(f"fleet size must be a non-negative integer; got {n!r}")
+    try:
+        jitter = float(jitter)
+    except (TypeError, ValueError):
+        raise ProfileError(f"jitter must be a number >= 0; got {jitter!r}") from None
+    if not math.isfinite(jitter) or jitter < 0:
+        raise ProfileError(f"jitter must be a finite number >= 0; got {jitter!r}")
+    weights = parse_mix(mix)
+    names = list(weights)
+    n = int(n)
+    if n == 0:
+        return []
+    idx = rng.choice(len(names), size=n, p=np.array([weights[k] for k in names]))
+    if jitter > 0:
+        factors = np.exp(rng.normal(0.0, jitter, size=(n, 4)))
+    else:
+        factors = None
+    fleet: list[DeviceProfile] = []
+    for i in range(n):
+        base = TIERS[names[int(idx[i])]]
+        if factors is None:
+            fleet.append(base)
+            continue
+        f = factors[i]
+        fleet.append(dataclasses.replace(
+            base,
+            flops=base.flops * float(f[0]),
+            up_bps=base.up_bps * float(f[1]),
+            down_bps=base.down_bps * float(f[2]),
+            latency_s=base.latency_s * float(f[3]),
+        ))
+    return fleet
