@@ -166,8 +166,8 @@ class Sessions:
     diurnal_amplitude : float, default 0.0
         ``a`` in ``[0, 1)``.
     peak_hour : float, default 20.0
-        Hour of day in ``[0, 24)`` at which devices are most available (simulation time 0 is
-        midnight).
+        Hour of day in ``[0, 24]`` at which devices are most available (simulation time 0 is
+        midnight; 24 is the same as 0).
 
     Examples
     --------
@@ -198,8 +198,8 @@ class Sessions:
         if not 0.0 <= a < 1.0:
             raise AvailabilityError(
                 f"diurnal_amplitude must be in [0, 1) (0 = no daily rhythm); got {self.diurnal_amplitude!r}")
-        if not 0.0 <= h < 24.0:
-            raise AvailabilityError(f"peak_hour must be an hour of day in [0, 24); got {self.peak_hour!r}")
+        if not 0.0 <= h <= 24.0:
+            raise AvailabilityError(f"peak_hour must be an hour of day in [0, 24]; got {self.peak_hour!r}")
         object.__setattr__(self, "diurnal_amplitude", a)
         object.__setattr__(self, "peak_hour", h)
 

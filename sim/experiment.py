@@ -158,7 +158,8 @@ class Simulation:
     """A built, not yet run, simulation (exposed for notebooks and tests)."""
 
     def __init__(self, cfg: Config, *, on_row: Callable[[dict], None] | None = None,
-                 trainer_factory: Callable | None = None):
+                 trainer_factory: Callable | None = None,
+                 parts: list[np.ndarray] | None = None):
         self.config = cfg
         root = np.random.SeedSequence(cfg.seed)
         children = root.spawn(len(STREAMS))
@@ -168,8 +169,13 @@ class Simulation:
         params = {"iid": {}, "quantity": {"sigma": cfg.data.sigma, "min_size": cfg.data.min_size},
                   "dirichlet": {"alpha": cfg.data.alpha, "min_size": cfg.data.min_size},
                   "shards": {"shards_per_device": cfg.data.shards_per_device}}[cfg.data.partition]
-        self.parts = partition(self.dataset.y_train, n, method=cfg.data.partition,
-                               rng=self.rngs["data"], **params)
+        if parts is not None:     # a caller's own split (e.g. more devices than samples)
+            if len(parts) != n:
+                raise ValueError(f"parts has {len(parts)} entries for {n} devices")
+            self.parts = [np.asarray(p, np.int64) for p in parts]
+        else:
+            self.parts = partition(self.dataset.y_train, n, method=cfg.data.partition,
+                                   rng=self.rngs["data"], **params)
         self.spec = build_model(cfg, self.dataset)
         init = self.spec.init_weights(self.rngs["model"])
         device_rngs = [np.random.default_rng(s) for s in children[-1].spawn(n)]

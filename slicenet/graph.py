@@ -259,7 +259,7 @@ class ModelDescription:
 
     input_shape: tuple[int, ...]
     layers: tuple[Layer, ...]
-    name: str = "model"
+    name: str = field(default="model", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))

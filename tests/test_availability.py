@@ -50,7 +50,7 @@ def test_always_on():
     (dict(mean_online_s="x", mean_offline_s=1), "mean_online_s.*'x'"),
     (dict(mean_online_s=1, mean_offline_s=1, diurnal_amplitude=1.0), r"\[0, 1\).*1\.0"),
     (dict(mean_online_s=1, mean_offline_s=1, diurnal_amplitude=-0.1), "diurnal_amplitude"),
-    (dict(mean_online_s=1, mean_offline_s=1, peak_hour=24), "peak_hour.*24"),
+    (dict(mean_online_s=1, mean_offline_s=1, peak_hour=24.5), "peak_hour.*24.5"),
 ])
 def test_sessions_validation(kw, msg):
     with pytest.raises(CrowdlearnError, match=msg):
@@ -130,6 +130,11 @@ def test_sessions_without_rhythm_ignore_time_of_day():
     at_peak = np.mean([s.next_change(0, 20 * HOUR, False, rng) - 20 * HOUR for _ in range(5000)])
     at_trough = np.mean([s.next_change(0, 8 * HOUR, False, rng) - 8 * HOUR for _ in range(5000)])
     assert abs(at_peak / at_trough - 1) < 0.08
+
+
+def test_peak_hour_24_is_midnight():
+    assert Sessions(1, 1, 0.5, 24.0).modulation(0.0) == pytest.approx(0.5)
+    assert Sessions(1, 1, 0.5, 0.0).modulation(12 * HOUR) == pytest.approx(-0.5)
 
 
 def test_next_change_strictly_after_now_even_for_huge_now():

@@ -126,3 +126,16 @@ def test_executor_runs_pending_jobs_of_a_kind_in_one_batch():
     with pytest.raises(RuntimeError):
         ex.result(handles[1])
     assert math.isclose(jobs[0].flops, 4 * spec.train_flops_per_sample())
+
+
+def test_round_closes_when_the_last_outstanding_device_answers_after_others_dropped():
+    s = server(m=3)
+    s.params = FedAvgParams(rounds=2, clients_per_round=3)
+    s.handle(PeerJoined(4), 0.0)
+    chosen = [e.dst for e in sends(s.handle(Start(), 0.0))]
+    s.handle(PeerLost(chosen[0]), 1.0)
+    s.handle(Received(chosen[1], upd(0, 2.0, 1)), 2.0)
+    eff = s.handle(Received(chosen[2], upd(0, 4.0, 1)), 3.0)
+    info = next(e for e in eff if isinstance(e, Report) and e.name == "round").value
+    assert info["closed_by"] == "dropouts" and len(info["aggregated"]) == 2
+    np.testing.assert_allclose(s.weights[0], 3.0)

@@ -148,15 +148,19 @@ class FedAvgServer(Machine):
                 or src in self.updates:
             return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
         self.updates[src] = msg
-        if len(self.updates) >= self.params.clients_per_round:
-            return self._close_round(now, reason="complete")
-        return []
+        return self._maybe_close(now)
 
     def _on_gone(self, peer: NodeId, now: float) -> list[Effect]:
         """A selected device will not deliver; close early once nobody is left to wait for."""
         if self.phase != "training" or peer not in self.selected or peer in self.updates:
             return []
         self.gone.add(peer)
+        return self._maybe_close(now)
+
+    def _maybe_close(self, now: float) -> list[Effect]:
+        """Close when m updates are in, or when nobody is left to wait for."""
+        if len(self.updates) >= self.params.clients_per_round:
+            return self._close_round(now, reason="complete")
         if len(self.updates) + len(self.gone) >= len(self.selected):
             return self._close_round(now, reason="dropouts")
         return []

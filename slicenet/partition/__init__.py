@@ -12,6 +12,7 @@ One entry point, :func:`partition`, and a registry of strategies (:data:`STRATEG
 Every strategy is followed by the same checks: no piece is left empty, and with
 ``memory_limits`` pieces over their limit are repaired by moving vertices (boundary vertices
 first) to pieces with room; what cannot be repaired is reported in ``SlicePlan.violations``.
+After a memory repair, METIS plans get one more balance repair that respects the memory limits.
 
 Examples
 --------
@@ -34,7 +35,7 @@ import numpy as np
 
 from crowdlearn.errors import CrowdlearnError
 from slicenet.graph import CostGraph
-from slicenet.partition._common import TrafficState, caps, fill_empty, repair_memory
+from slicenet.partition._common import TrafficState, caps, fill_empty, repair_balance, repair_memory
 from slicenet.partition.metis import metis_assignment
 from slicenet.partition.simple import contiguous_assignment, layerwise_assignment, random_assignment
 from slicenet.plan import SlicePlan
@@ -146,7 +147,10 @@ def partition(
     violations: list[str] = []
     if limits is not None:
         cap = caps(int(graph.compute.sum()), t, imbalance)
-        violations = repair_memory(st, limits, cap, np.random.default_rng(seed + 1))
+        rng = np.random.default_rng(seed + 1)
+        violations = repair_memory(st, limits, cap, rng)
+        if method == "metis":
+            repair_balance(st, cap, rng, limits=limits)
     return SlicePlan.from_assignment(
         graph, st.a, n, method=method, objective=objective if method == "metis" else None,
         targets=t, memory_limits=None if limits is None else limits.tolist(), violations=violations)

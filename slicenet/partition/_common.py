@@ -35,9 +35,9 @@ class TrafficState:
     >>> from slicenet.graph import CostGraph, Dense, traffic_per_sample
     >>> g = CostGraph.from_layers((3,), [Dense(2), Dense(2), Dense(1)])
     >>> s = TrafficState(g, np.array([0, 1, 0, 1]), 2)
-    >>> d = s.delta(1)          # moving vertex 1 to piece 0 saves 2 floats each way
+    >>> d = s.delta(1)          # moving vertex 1 to piece 0 saves 1 float each way
     >>> int(d[0]), traffic_per_sample(g, [0, 0, 0, 1]).floats - traffic_per_sample(g, [0, 1, 0, 1]).floats
-    (-4, -4)
+    (-2, -2)
     """
 
     def __init__(self, graph: CostGraph, assignment: np.ndarray, n: int):
@@ -157,11 +157,12 @@ def _candidates(st: TrafficState, piece: int, rng: np.random.Generator, k: int =
 
 
 def repair_balance(st: TrafficState, cap: np.ndarray, rng: np.random.Generator,
-                   max_moves: int | None = None) -> None:
+                   max_moves: int | None = None, limits: np.ndarray | None = None) -> None:
     """Move vertices out of the piece most over its compute cap until none is over (if possible).
 
     A move must keep the receiver under its cap, or at least leave the receiver's load/cap ratio
-    below the donor's current one.  Among allowed moves the one adding least traffic wins.
+    below the donor's current one, and respect ``limits`` (memory) if given.  Among allowed moves
+    the one adding least traffic wins.
     """
     max_moves = max_moves or 4 * len(st.a) + 10
     for _ in range(max_moves):
@@ -175,6 +176,8 @@ def repair_balance(st: TrafficState, cap: np.ndarray, rng: np.random.Generator,
             new = (st.load + c) / cap
             under = st.load + c <= cap
             ok = under | (new < ratio[a] - 1e-12)
+            if limits is not None:
+                ok &= st.mem + st.memv[v] <= limits
             ok[a] = False
             if not ok.any():
                 continue
@@ -192,9 +195,9 @@ def repair_memory(st: TrafficState, limits: np.ndarray, cap: np.ndarray,
                   rng: np.random.Generator) -> list[str]:
     """Move vertices out of pieces over their memory limit; return the violations left.
 
-    Preference order for a move ``v → b`` (``b`` must have room for ``v``): ``v`` is a boundary
-    vertex (``b`` already holds a neighbour of ``v``), ``b`` stays under its compute cap, least
-    added traffic.  A piece is never emptied.
+    Preference order for a move ``v → b`` (``b`` must have room for ``v``): ``b`` stays under its
+    compute cap (else: the lowest resulting load/cap), ``v`` is a boundary vertex (``b`` already
+    holds a neighbour of ``v``), least added traffic.  A piece is never emptied.
     """
     stuck: set[int] = set()
     for _ in range(4 * len(st.a) + 10):
@@ -214,17 +217,19 @@ def repair_memory(st: TrafficState, limits: np.ndarray, cap: np.ndarray,
                 nb = st.neighbour_pieces(int(v))
                 under = st.load + st.comp[v] <= cap
                 for b in np.flatnonzero(room):
-                    key = (not nb[b], not under[b], int(d[b]), -int(st.memv[v]))
+                    over_ratio = 0.0 if under[b] else float((st.load[b] + st.comp[v]) / cap[b])
+                    key = (over_ratio, not nb[b], int(d[b]), -int(st.memv[v]))
                     if best is None or key < best[0]:
                         best = (key, int(v), int(b))
         if best is None:
             stuck.add(a)
             continue
         st.move(best[1], best[2])
+    short = "" if int(st.mem.sum()) <= int(limits.sum()) else (
+        f" (the pieces need {int(st.mem.sum())} bytes in all, the limits allow {int(limits.sum())})")
     return [
         f"piece {p} needs {int(st.mem[p])} bytes of memory but its limit is {int(limits[p])} "
-        f"bytes; no move fits (raise the limit, add pieces, or use granularity='block' with "
-        f"smaller blocks)"
+        f"bytes and no vertex move fits{short}; raise the memory limits or use more pieces"
         for p in np.flatnonzero(st.mem > limits)
     ]
 
@@ -242,19 +247,17 @@ def split_contiguous(weights: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     if k > m:
         raise ValueError("more ranges than elements")
     pref = np.cumsum(weights, dtype=np.float64)
-    total = pref[-1]
-    goals = np.cumsum(fractions)[:-1] / np.sum(fractions) * total
-    bounds = []
+    goals = np.cumsum(fractions)[:-1] / np.sum(fractions) * pref[-1]
+    labels = np.zeros(m, dtype=np.int64)
     prev = 0
     for i, goal in enumerate(goals):
-        idx = int(np.searchsorted(pref, goal))          # first prefix ≥ goal → count idx+1
-        lo, hi = idx, idx + 1                            # candidate counts
-        cnt = lo if lo >= 1 and abs(pref[lo - 1] - goal) <= abs(pref[min(hi, m) - 1] - goal) else hi
-        cnt = max(cnt, prev + 1)
-        cnt = min(cnt, m - (k - 1 - i))
-        bounds.append(cnt)
+        idx = int(np.searchsorted(pref, goal))          # pref[idx] is the first prefix ≥ goal
+        # keep idx elements (sum pref[idx-1]) or idx+1 elements (sum pref[idx]), the closer one
+        if idx >= 1 and (idx >= m or abs(pref[idx - 1] - goal) <= abs(pref[idx] - goal)):
+            cnt = idx
+        else:
+            cnt = idx + 1
+        cnt = min(max(cnt, prev + 1), m - (k - 1 - i))
+        labels[cnt:] += 1
         prev = cnt
-    labels = np.zeros(m, dtype=np.int64)
-    for b in bounds:
-        labels[b:] += 1
     return labels

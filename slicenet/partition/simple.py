@@ -22,10 +22,11 @@ def layerwise_assignment(graph: CostGraph, n: int, *, objective: str, targets: n
 
     ``n ≤`` hidden layers: whole layers, cut into ``n`` contiguous groups (in order, piece ``k``
     gets group ``k``) minimising ``max_k compute_k / target_k`` (exact dynamic programme).
-    ``n >`` hidden layers: every layer gets at least one piece and each further piece goes to the
-    layer with the largest compute per piece (never more pieces than vertices); pieces are taken in
-    index order, layer by layer, and a layer is cut into contiguous index ranges of
-    target-proportional compute.  So every piece holds part of exactly one layer.
+    ``n >`` hidden layers: every piece holds part of exactly one layer.  Pieces, largest target
+    first, join the layer with the most compute per unit of target already given to it (every
+    layer gets at least one piece, none more pieces than vertices); moves and swaps of pieces
+    between layers then lower ``max_layer compute / targets`` while they can.  A layer is cut into
+    contiguous index ranges of target-proportional compute, its pieces taken in index order.
 
     Examples
     --------
@@ -58,17 +59,59 @@ def layerwise_assignment(graph: CostGraph, n: int, *, objective: str, targets: n
             group[j:i] = k - 1
             i = j
         return group[graph.layer].astype(np.int64)
-    k = np.ones(L, dtype=np.int64)
-    for _ in range(n - L):
-        score = np.where(k < nv, lc / k, -1.0)
-        k[int(np.argmax(score))] += 1
-    nxt = 0
+    members = _pieces_per_layer(lc, nv, targets)
     for layer in range(L):
         sl = graph.layer_slice(layer)
-        pieces = np.arange(nxt, nxt + k[layer])
+        pieces = np.flatnonzero(members == layer)
         out[sl] = pieces[split_contiguous(graph.compute[sl], targets[pieces])]
-        nxt += k[layer]
     return out
+
+
+def _pieces_per_layer(lc: np.ndarray, nv: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Layer of every piece (n > L): greedy, then hill-climbing on max(compute / target sum)."""
+    L, n = len(lc), len(targets)
+    layer_of = np.empty(n, dtype=np.int64)
+    tsum = np.zeros(L)
+    cnt = np.zeros(L, dtype=np.int64)
+    for i, p in enumerate(np.argsort(-targets, kind="stable")):
+        empty = np.flatnonzero(cnt == 0)
+        cand = empty if n - i == len(empty) else np.flatnonzero(cnt < nv)
+        with np.errstate(divide="ignore"):
+            score = np.where(tsum[cand] > 0, lc[cand] / np.maximum(tsum[cand], 1e-300),
+                             lc[cand] / targets[p])
+        layer = int(cand[int(np.argmax(score))])
+        layer_of[p] = layer
+        tsum[layer] += targets[p]
+        cnt[layer] += 1
+
+    def cost(lo: np.ndarray) -> float:
+        c = np.bincount(lo, minlength=L)
+        if np.any(c == 0) or np.any(c > nv):
+            return float("inf")
+        return float((lc / np.bincount(lo, weights=targets, minlength=L)).max())
+
+    best = cost(layer_of)
+    for _ in range(4 * n):
+        trial_best, trial = best, None
+        for p in range(n):
+            for layer in range(L):
+                if layer != layer_of[p]:
+                    t = layer_of.copy()
+                    t[p] = layer
+                    c = cost(t)
+                    if c < trial_best - 1e-12:
+                        trial_best, trial = c, t
+            for q in range(p + 1, n):
+                if layer_of[q] != layer_of[p] and targets[q] != targets[p]:
+                    t = layer_of.copy()
+                    t[p], t[q] = layer_of[q], layer_of[p]
+                    c = cost(t)
+                    if c < trial_best - 1e-12:
+                        trial_best, trial = c, t
+        if trial is None:
+            break
+        best, layer_of = trial_best, trial
+    return layer_of
 
 
 def contiguous_assignment(graph: CostGraph, n: int, *, objective: str, targets: np.ndarray,
@@ -96,7 +139,7 @@ def random_assignment(graph: CostGraph, n: int, *, objective: str, targets: np.n
     >>> from slicenet.graph import paper_mlp_description
     >>> g = paper_mlp_description().graph()
     >>> a = random_assignment(g, 4, objective="cut", targets=np.full(4, .25), seed=1, imbalance=0)
-    >>> np.bincount(a, weights=g.compute).max() / (g.compute.sum() / 4) < 1.01
+    >>> bool(np.bincount(a, weights=g.compute).max() / (g.compute.sum() / 4) < 1.01)
     True
     """
     rng = np.random.default_rng(seed)
