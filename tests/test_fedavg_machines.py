@@ -139,3 +139,34 @@ def test_round_closes_when_the_last_outstanding_device_answers_after_others_drop
     info = next(e for e in eff if isinstance(e, Report) and e.name == "round").value
     assert info["closed_by"] == "dropouts" and len(info["aggregated"]) == 2
     np.testing.assert_allclose(s.weights[0], 3.0)
+
+
+def test_chained_deferred_jobs_run_in_dependency_waves():
+    spec = mlp(2, [2], 2)
+    w = spec.init_weights(np.random.default_rng(0))
+    waves = []
+
+    def runner(jobs):
+        waves.append(len(jobs))
+        return [[np.asarray(a) + 1 for a in j.task.weights] for j in jobs]
+
+    ex = Executor({"train": runner})
+
+    def job(start):
+        return TrainJob.build(spec, start, np.arange(4), epochs=1, batch_size=2, lr=0.1,
+                              rng=np.random.default_rng(0))
+
+    # two devices, three chained jobs each: a1 -> a2 -> a3, b1 -> b2 -> b3
+    chains = []
+    for _ in range(2):
+        h = ex.submit(job(w))
+        hs = [h]
+        for _ in range(2):
+            h = ex.submit(job(ex.deferred(h)))
+            hs.append(h)
+        chains.append(hs)
+    out = ex.result(chains[0][2])
+    assert waves == [2, 2, 2]                  # one batch per link, both devices together
+    np.testing.assert_allclose(out[0], w[0] + 3, rtol=1e-6)
+    np.testing.assert_allclose(ex.result(chains[1][2])[1], w[1] + 3, rtol=1e-6)
+    assert waves == [2, 2, 2]

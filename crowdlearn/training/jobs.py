@@ -37,7 +37,9 @@ class TrainJob:
         batches = make_batches(indices, epochs=epochs, batch_size=batch_size, rng=rng)
         processed = count_samples(batches)
         b = batches.shape[1] if batches.size else 0
-        return cls(task=TrainTask(tuple(weights), batches, float(lr)),
+        # a Deferred start point (the unfinished result of an earlier job) stays deferred
+        start = weights if isinstance(weights, Deferred) else tuple(weights)
+        return cls(task=TrainTask(start, batches, float(lr)),
                    flops=float(processed * spec.train_flops_per_sample()),
                    memory_bytes=int(spec.train_memory_bytes(b)),
                    num_samples=int(len(indices)))
@@ -132,21 +134,43 @@ class Executor:
     def deferred(self, h: Handle) -> Deferred:
         """The result of ``h`` as a :class:`Deferred` (shapes taken from the job's weights)."""
         ws = h.job.task.weights
-        return Deferred(self, h, [np.shape(w) for w in ws], [np.float32] * len(ws))
+        shapes = ws.shapes if isinstance(ws, Deferred) else [np.shape(w) for w in ws]
+        return Deferred(self, h, shapes, [np.float32] * len(shapes))
 
     def cancel(self, h: Handle) -> None:
         if h.state == "pending":
             h.state = "cancelled"
 
     def result(self, h: Handle) -> Any:
+        """Compute (if needed) and return the result of ``h``.
+
+        Jobs may start from another job's deferred result.  Pending jobs then run in waves:
+        each wave is every pending job of the kind whose inputs are ready, in one batch, so a
+        chain of dependent jobs across many devices costs one batch per link of the chain.
+        """
         if h.state == "cancelled":
             raise RuntimeError("result of a cancelled job")
-        if h.state == "pending":
-            self._run_kind(h.job.kind)
+        while h.state == "pending":
+            root = h
+            while (dep := _input_handle(root.job)) is not None and dep.state == "pending":
+                root = dep
+            if root is not h and _input_handle(root.job) is not None \
+                    and _input_handle(root.job).state == "cancelled":
+                raise RuntimeError("a job's input comes from a cancelled job")
+            self._run_kind(root.job.kind)
+        if h.state == "cancelled":
+            raise RuntimeError("result of a cancelled job")
         return h.result
 
     def _run_kind(self, kind: str) -> None:
-        batch = [h for h in self._pending.pop(kind, []) if h.state == "pending"]
+        queue = self._pending.get(kind, [])
+        batch, rest = [], []
+        for h in queue:
+            if h.state != "pending":
+                continue
+            dep = _input_handle(h.job)
+            (batch if dep is None or dep.state == "done" else rest).append(h)
+        self._pending[kind] = rest
         if not batch:
             return
         results = self.runners[kind]([h.job for h in batch])
@@ -155,3 +179,10 @@ class Executor:
         self.batches_run += 1
         self.jobs_run += len(batch)
         self.batch_sizes.append(len(batch))
+
+
+def _input_handle(job: Any) -> Handle | None:
+    """The handle of the job whose result ``job`` starts from, if it is deferred."""
+    task = getattr(job, "task", None)
+    w = getattr(task, "weights", None)
+    return w._handle if isinstance(w, Deferred) else None
