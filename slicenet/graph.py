@@ -55,10 +55,9 @@ Data Privacy", IEEE SECON 2018.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -170,7 +169,7 @@ class Dropout:
     rate: float = 0.5
 
 
-Layer = Union[Dense, Conv2D, MaxPool2D, Flatten, BatchNorm, Activation, Dropout]
+Layer = Dense | Conv2D | MaxPool2D | Flatten | BatchNorm | Activation | Dropout
 _LAYER_TYPES = (Dense, Conv2D, MaxPool2D, Flatten, BatchNorm, Activation, Dropout)
 
 
@@ -584,8 +583,8 @@ class CostGraph:
         nxt = stages[1:]  # the stage each hidden layer feeds
         fan_out_w = np.array([s.channels * s.pair_weights for s in nxt], dtype=np.int64)
         fan_out_c = np.array([s.channels * s.pair_connections for s in nxt], dtype=np.int64)
-        prev = [inp] + hidden[:-1]
-        fan_in_c = np.array([p.channels * s.pair_connections for p, s in zip(prev, hidden)],
+        prev = ([inp] + hidden)[:len(hidden)]
+        fan_in_c = np.array([p.channels * s.pair_connections for p, s in zip(prev, hidden, strict=True)],
                             dtype=np.int64)
         if V:
             units = size * upc[layer]
@@ -615,7 +614,9 @@ class CostGraph:
             dsts.append(d)
             ws.append(sz * hidden[li + 1].pair_weights)
             cs.append(sz * hidden[li + 1].pair_connections)
-        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
+        def cat(xs: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(xs) if xs else np.zeros(0, np.int64)
+
         esrc, edst, ew, ec = cat(srcs), cat(dsts), cat(ws), cat(cs)
 
         # undirected CSR
@@ -732,6 +733,10 @@ class CostGraph:
         cut = a[self.edge_src] != a[self.edge_dst]
         return int(self.edge_weights[cut].sum())
 
+    def traffic(self, assignment: Sequence[int] | np.ndarray, n: int | None = None) -> Traffic:
+        """Shorthand for :func:`traffic_per_sample` on this graph."""
+        return traffic_per_sample(self, assignment, n)
+
     def to_networkx(self, *, max_edges: int = 200_000):
         """A ``networkx.DiGraph`` of the vertices (source → target), with the vertex arrays and the
         edge ``weights``/``connections`` as attributes.  Meant for small graphs.
@@ -755,7 +760,8 @@ class CostGraph:
                        units=int(self.units[i]))
         g.add_edges_from(
             (int(s), int(d), {"weights": int(w), "connections": int(c)})
-            for s, d, w, c in zip(self.edge_src, self.edge_dst, self.edge_weights, self.edge_connections)
+            for s, d, w, c in zip(self.edge_src, self.edge_dst, self.edge_weights, self.edge_connections,
+                                     strict=True)
         )
         return g
 

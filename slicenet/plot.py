@@ -77,7 +77,7 @@ def plot_plan(graph: CostGraph, plan: SlicePlan, path: str | Path, *, max_points
     ax.set_xticks([-0.5] + [i + 0.5 for i in range(L)] + [L + 0.5])
     ax.set_xticklabels(
         [f"input\n{graph.dominator.input_units}"]
-        + [f"{k} {s}\n" for k, s in zip(graph.layer_kinds, graph.layer_sizes)]
+        + [f"{k} {s}\n" for k, s in zip(graph.layer_kinds, graph.layer_sizes, strict=True)]
         + [f"output\n{graph.output_units}"], fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-1, L + 1)

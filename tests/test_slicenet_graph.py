@@ -61,7 +61,7 @@ def test_csr_is_symmetric_and_consistent(mlp):
     V = mlp.num_vertices
     assert len(mlp.xadj) == V + 1 and mlp.xadj[-1] == 2 * mlp.num_edges == len(mlp.adjncy)
     src = np.repeat(np.arange(V), np.diff(mlp.xadj))
-    fwd = set(zip(src.tolist(), mlp.adjncy.tolist()))
+    fwd = set(zip(src.tolist(), mlp.adjncy.tolist(), strict=True))
     assert all((b, a) in fwd for a, b in itertools.islice(fwd, 2000))
     assert np.all(mlp.eweights == 1)  # paper: 1 per model edge
     assert np.all(mlp.edge_weights[mlp.edge_id] == mlp.eweights)
@@ -180,13 +180,13 @@ def test_traffic_by_hand(toy):
     assert t.piece_floats.tolist() == [20, 16, 16]
     assert t.dominator_floats == 16
     assert int(t.piece_floats.sum()) + t.dominator_floats == 2 * t.floats
-    assert toy.edge_cut(a) == sum(1 for s, d in zip(toy.edge_src, toy.edge_dst) if a[s] != a[d])
+    assert toy.edge_cut(a) == sum(1 for s, d in zip(toy.edge_src, toy.edge_dst, strict=True) if a[s] != a[d])
 
 
 def _brute_force_floats(g: CostGraph, a: np.ndarray) -> int:
     """Enumerate messages: (sender, receiver, target) triples, forward; backward mirrors them."""
     msgs = set()
-    for s, d in zip(g.edge_src.tolist(), g.edge_dst.tolist()):
+    for s, d in zip(g.edge_src.tolist(), g.edge_dst.tolist(), strict=True):
         if a[s] != a[d]:
             msgs.add((a[s], d))
     fw = sum(int(g.units[d]) for _, d in msgs)
@@ -260,6 +260,27 @@ def test_keras_functional_chain_and_errors(keras):
     branched = keras.Model(x, L.Dense(1)(L.Add(name="add")([a, b])))
     with pytest.raises(CrowdlearnError):
         from_keras(branched)
+
+
+def test_load_keras_file(keras, tmp_path):
+    from slicenet.keras_io import load_keras, paper_mlp
+
+    desc, build = paper_mlp()
+    path = tmp_path / "mlp.keras"
+    build().save(path)
+    loaded = load_keras(path)
+    assert loaded == desc and loaded.name == "mlp"
+
+
+def test_import_pulls_in_no_tensorflow_or_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, slicenet, slicenet.cli, slicenet.partition; "
+            "print([m for m in ('tensorflow', 'keras', 'matplotlib', 'simpy', 'asyncio', 'socket') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_description_equality_ignores_name():

@@ -39,7 +39,13 @@ from __future__ import annotations
 import numpy as np
 
 from slicenet.graph import CostGraph
-from slicenet.partition._common import TrafficState, caps, fill_empty, refine_traffic, repair_balance
+from slicenet.partition._common import (
+    TrafficState,
+    caps,
+    fill_empty,
+    refine_traffic,
+    repair_balance,
+)
 
 __all__ = ["metis_assignment", "traffic_graph"]
 
