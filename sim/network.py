@@ -22,10 +22,11 @@ How the bookkeeping stays cheap with ~1000 concurrent flows
   the rates are exact at every instant in which bytes move.
 * Exactly one SimPy timeout is live at a time, for the earliest completion; a version counter
   turns older ones into no-ops.
-* Progressive filling (:func:`max_min_rates`) is vectorised over a flows x path-links index
-  matrix, and freezes in one step every flow limited by a link it has to itself (its access
-  link, usually), so the number of iterations grows with the number of *shared* bottleneck
-  links (cells, backhauls, the server), not with the number of flows.
+* Progressive filling (:func:`max_min_rates`) is vectorised over a path-links x flows index
+  matrix.  Links crossed by one flow only (access links, usually) become per-flow caps, and
+  each iteration freezes every bottleneck that is *locally* the lowest, not just the global
+  minimum, so a recomputation takes a few iterations even when every cell's backhaul
+  saturates at a different level (3 instead of 45 with 1000 uploads in 50 uneven cells).
 
 References: D. Bertsekas and R. Gallager, *Data Networks*, 2nd ed., sec. 6.5.2 (max-min fairness
 and the progressive filling algorithm).
@@ -37,6 +38,7 @@ import math
 import operator
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import networkx as nx
@@ -217,7 +219,7 @@ def build_topology(
         g.add_node(i, kind="device", cell=cell_idx[i])
         g.add_edge(i, cell, bandwidth=up[i], latency=lat[i])
         g.add_edge(cell, i, bandwidth=down[i], latency=lat[i])
-    for (i, j), b, lt in zip(pairs, d2d_b, d2d_l):
+    for (i, j), b, lt in zip(pairs, d2d_b, d2d_l, strict=True):
         i, j = int(i), int(j)
         g.add_edge(i, j, bandwidth=b, latency=lt)
         g.add_edge(j, i, bandwidth=b, latency=lt)
@@ -225,44 +227,59 @@ def build_topology(
 
 
 # ---------------------------------------------------------------------------------- max-min
-def _progressive_filling(lk: np.ndarray, rc: np.ndarray) -> np.ndarray:
-    """Max-min fair rates; ``lk`` (F, P) link indices padded with ``len(rc) - 1``, whose
-    capacity must be ``inf``; ``rc`` (L,) capacities, **overwritten** with what is left."""
-    n_links = rc.shape[0]
+def _progressive_filling(lk: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Max-min fair rates of ``lk.shape[1]`` flows.
+
+    ``lk`` is ``(P, F)``: column f lists flow f's link indices, padded with ``len(cap) - 1``,
+    whose capacity must be ``inf``.  (Flows are columns so that per-flow reductions run along
+    axis 0, which numpy vectorises well; along a short axis 1 it loops row by row.)
+    """
+    n_links = cap.shape[0]
     pad = n_links - 1
-    width = lk.shape[1]
-    rate = np.empty(lk.shape[0])
-    idx = np.arange(lk.shape[0])
-    sub = lk
-    share = np.empty(n_links)
+    cnt = np.bincount(lk.ravel(), minlength=n_links)
+    cnt[pad] = 0
+    # A link crossed by one flow only is a fixed cap of that flow (usually its access link).
+    cap_flow = np.where(cnt == 1, cap, np.inf)[lk].min(axis=0, initial=np.inf)
+    # Shared links are renumbered 0..k-1; k is the new padding, with capacity inf.
+    shared = cnt >= 2
+    k = int(np.count_nonzero(shared))
+    renum = np.full(n_links, k, dtype=np.intp)
+    renum[shared] = np.arange(k)
+    sub = renum[lk]
+    used_rows = (sub != k).any(axis=1)
+    if not used_rows.all():
+        sub = np.compress(used_rows, sub, axis=0)
+    rc = np.append(cap[shared], np.inf)
+    rate = np.empty(lk.shape[1])
+    idx = np.arange(lk.shape[1])
+    share = np.empty(k + 1)
     while idx.size:
-        # Every unfrozen flow runs at the same level t; link l saturates at t = rc_l / cnt_l.
-        cnt = np.bincount(sub.ravel(), minlength=n_links)
-        cnt[pad] = 0
+        # Unfrozen flows all rise at one level; link l would fill at level rc_l / cnt_l.
+        cnt = np.bincount(sub.ravel(), minlength=k + 1)
+        cnt[k] = 0
         share.fill(np.inf)
-        used = cnt > 0
-        np.divide(rc, cnt, out=share, where=used)
-        shared = cnt >= 2
-        t_shared = share.min(where=shared, initial=np.inf)
-        # Links used by one unfrozen flow are caps of that flow alone.  Freezing flows whose cap
-        # is below the lowest shared-link level cannot lower any link's level, so all of them
-        # freeze in one step (progressive filling would freeze them one by one, same result).
-        cnt_sub = cnt[sub]
-        private_cap = np.where(cnt_sub == 1, share[sub], np.inf).min(axis=1)
-        freeze = private_cap <= t_shared
-        if freeze.any():
-            r = private_cap[freeze]
-            rc -= np.bincount(sub[freeze].ravel(), weights=np.repeat(r, width), minlength=n_links)
-        else:
-            tight = shared & (share <= t_shared * (1.0 + 1e-12))
-            freeze = tight[sub].any(axis=1)
-            r = t_shared
-            rc -= np.bincount(sub[freeze].ravel(), minlength=n_links) * t_shared
-        rc[pad] = np.inf
+        np.divide(rc, cnt, out=share, where=cnt > 0)
+        level = share[sub]
+        lowest = level.min(axis=0, initial=np.inf)  # each flow's tightest link
+        # Levels only rise as flows freeze, so an event nothing nearby can pre-empt happens as
+        # in progressive filling, whatever happens elsewhere first.  Freeze, in one step:
+        # * every flow whose own cap is at or below all its links' levels, at its cap;
+        # * every flow on a link that is the tightest link of all the flows crossing it, none
+        #   of which is capped below it, at that link's level.
+        capped = cap_flow <= lowest
+        off = (level > lowest * (1.0 + 1e-12)) | capped
+        ripe = np.bincount(sub[off], minlength=k + 1) == 0
+        ripe[k] = False
+        freeze = capped | ripe[sub].any(axis=0)
+        r = np.where(capped, cap_flow, lowest)[freeze]
+        fr = np.compress(freeze, sub, axis=1)  # much faster than sub[:, freeze]
+        rc -= np.bincount(fr.ravel(), weights=np.tile(r, fr.shape[0]), minlength=k + 1)
+        rc[k] = np.inf
         rate[idx[freeze]] = r
         keep = ~freeze
         idx = idx[keep]
-        sub = sub[keep]
+        sub = np.compress(keep, sub, axis=1)
+        cap_flow = cap_flow[keep]
     return rate
 
 
@@ -295,25 +312,26 @@ def max_min_rates(flow_links: np.ndarray | Sequence[Sequence[int]],
     [1.0, 5.0]
     """
     cap = np.asarray(capacity, dtype=float)
+    if cap.ndim != 1:
+        raise ValueError(f"capacity must be one-dimensional; got shape {cap.shape}")
+    _check_values("capacity", cap, allow_zero=False)
     links = np.asarray(flow_links, dtype=np.intp)
     if links.ndim != 2:
         links = links.reshape(len(links), -1) if links.size else links.reshape(len(links), 0)
     if links.size and (links.max() >= cap.size or links.min() < -1):
         raise ValueError(f"flow_links must hold link indices in [-1, {cap.size}); "
                          f"got range [{links.min()}, {links.max()}]")
-    rc = np.append(cap, np.inf)
-    lk = np.where(links < 0, cap.size, links)
+    lk = np.where(links < 0, cap.size, links).T
     with np.errstate(invalid="ignore"):
-        return _progressive_filling(lk, rc)
+        return _progressive_filling(lk, np.append(cap, np.inf))
 
 
 # ---------------------------------------------------------------------------------- transfers
 class _Route:
-    __slots__ = ("path", "edges", "links", "latency", "bottleneck")
+    __slots__ = ("path", "links", "latency", "bottleneck")
 
-    def __init__(self, path, edges, links, latency, bottleneck):
+    def __init__(self, path, links, latency, bottleneck):
         self.path = path              # tuple of nodes
-        self.edges = edges            # tuple of (u, v)
         self.links = links            # np.ndarray[intp] of link indices
         self.latency = latency        # sum of edge latencies (s)
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
@@ -436,6 +454,13 @@ class Network:
       shape, use :func:`networkx.shortest_path`.
     * A transfer waits its path latency, then flows.  Zero-byte transfers complete after the
       latency alone.  ``src == dst`` is rejected.
+    * Starts and ends are coalesced per instant: the rates are recomputed once, after every
+      other event of that instant, so :attr:`Transfer.rate` of a flow that began at this very
+      instant reads 0 until then (no simulated time passes in between).
+    * :meth:`cancel` and :meth:`cancel_all` remove flows at once and speed the others up.  A
+      cancelled transfer's ``done`` is **never triggered** (``cancelled`` becomes true), so a
+      process that may see its transfer cancelled should wait on ``done | other_event`` or
+      attach ``done.callbacks`` rather than ``yield done`` alone.
     * Accounting: ``bytes_sent[node]`` / ``bytes_received[node]`` count the bytes of
       **completed** transfers by source and destination; ``bytes_partial_sent`` /
       ``bytes_partial_received`` count the (floored) bytes that cancelled transfers had already
@@ -483,7 +508,7 @@ class Network:
             self._link_index[(u, v)] = k
             self._edges.append((u, v))
             self._latency.append(float(lt))
-        caps[-1] = np.inf  # padding link of the flow x link matrix
+        caps[-1] = np.inf  # the padding "link" of the path-links x flows matrix
         self._cap = caps
         self._pad = len(edges)
         self._link_bytes = np.zeros(len(edges), dtype=np.int64)
@@ -504,12 +529,12 @@ class Network:
             self._parent = parent
         self._routes: dict[tuple[Node, Node], _Route] = {}
 
-        # Flowing transfers: dense slots [0, _n) in insertion-agnostic order.
+        # Flowing transfers in dense slots [0, _n); a freed slot takes the last flow.
         self._n = 0
         self._flows: list[Transfer] = []
         self._rem = np.zeros(64)
         self._rate = np.zeros(64)
-        self._lk = np.full((64, 4), self._pad, dtype=np.intp)
+        self._lk = np.full((4, 64), self._pad, dtype=np.intp)  # (path link, slot)
         self._t_last = env.now
         self._version = 0
         self._dirty = False
@@ -526,13 +551,17 @@ class Network:
     # ------------------------------------------------------------------ routes
     def _tree_path(self, src: Node, dst: Node) -> list[Node] | None:
         parent = self._parent
-        if parent is None or src not in parent and src != "server" \
-                or dst not in parent and dst != "server":
+        if parent is None:
             return None
+        for node in (src, dst):
+            if node not in parent and node != "server":
+                return None  # a node that is not part of the tree
+        # A d2d link can shorten a device's route to another device or to a cell (never to
+        # the core or the server): let networkx search those.
         d2d = self._d2d
         if (src in d2d and dst not in ("server", "core")) or \
                 (dst in d2d and src not in ("server", "core")):
-            return None  # a direct link might make a shorter route than the tree's
+            return None
         up_src = [src]
         while up_src[-1] in parent:
             up_src.append(parent[up_src[-1]])
@@ -557,16 +586,16 @@ class Network:
                 raise ValueError(f"node {node!r} is not in the network")
         path = self._tree_path(src, dst)
         index = self._link_index
-        if path is not None and not all((u, v) in index for u, v in zip(path, path[1:])):
+        if path is not None and not all((u, v) in index for u, v in pairwise(path)):
             path = None  # the graph was edited away from the tree shape
         if path is None:
             try:
                 path = nx.shortest_path(self.graph, src, dst)
             except nx.NetworkXNoPath:
                 raise ValueError(f"no path from {src!r} to {dst!r}") from None
-        edges = tuple(zip(path, path[1:]))
-        links = np.fromiter((index[e] for e in edges), dtype=np.intp, count=len(edges))
-        route = _Route(tuple(path), edges, links,
+        links = np.fromiter((index[e] for e in pairwise(path)), dtype=np.intp,
+                            count=len(path) - 1)
+        route = _Route(tuple(path), links,
                        float(sum(self._latency[k] for k in links)),
                        float(self._cap[links].min()))
         self._routes[key] = route
@@ -663,8 +692,8 @@ class Network:
 
     @property
     def bytes_on_link(self) -> Counter:
-        """``{(u, v): bytes}`` that crossed each link: completed transfers plus the delivered
-        part of cancelled ones."""
+        """A snapshot ``{(u, v): bytes}`` of what crossed each link: completed transfers plus
+        the delivered part of cancelled ones."""
         nz = np.flatnonzero(self._link_bytes)
         return Counter({self._edges[k]: int(self._link_bytes[k]) for k in nz})
 
@@ -706,18 +735,17 @@ class Network:
         self._advance()
         n = self._n
         if n == self._rem.shape[0]:
-            grow = n
-            self._rem = np.concatenate([self._rem, np.zeros(grow)])
-            self._rate = np.concatenate([self._rate, np.zeros(grow)])
+            self._rem = np.concatenate([self._rem, np.zeros(n)])
+            self._rate = np.concatenate([self._rate, np.zeros(n)])
             self._lk = np.concatenate(
-                [self._lk, np.full((grow, self._lk.shape[1]), self._pad, dtype=np.intp)])
+                [self._lk, np.full((self._lk.shape[0], n), self._pad, dtype=np.intp)], axis=1)
         links = t._route.links
-        if links.size > self._lk.shape[1]:
-            extra = links.size - self._lk.shape[1]
+        if links.size > self._lk.shape[0]:
+            extra = links.size - self._lk.shape[0]
             self._lk = np.concatenate(
-                [self._lk, np.full((self._lk.shape[0], extra), self._pad, dtype=np.intp)], axis=1)
-        self._lk[n, :links.size] = links
-        self._lk[n, links.size:] = self._pad
+                [self._lk, np.full((extra, self._lk.shape[1]), self._pad, dtype=np.intp)])
+        self._lk[:links.size, n] = links
+        self._lk[links.size:, n] = self._pad
         self._rem[n] = t.nbytes
         self._rate[n] = 0.0
         self._flows.append(t)
@@ -735,7 +763,7 @@ class Network:
             moved._slot = slot
             self._rem[slot] = self._rem[last]
             self._rate[slot] = self._rate[last]
-            self._lk[slot] = self._lk[last]
+            self._lk[:, slot] = self._lk[:, last]
         self._flows.pop()
         self._rate[last] = 0.0
         self._n = last
@@ -749,7 +777,7 @@ class Network:
         if not n:
             return
         self.recomputations += 1
-        rate = _progressive_filling(self._lk[:n], self._cap.copy())
+        rate = _progressive_filling(self._lk[:, :n], self._cap)
         self._rate[:n] = rate
         with np.errstate(divide="ignore"):
             due = self._rem[:n] / rate

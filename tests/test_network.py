@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -49,7 +51,7 @@ def test_topology_shape_and_attributes():
     assert g.edges["server", "core"]["latency"] == 0.001
     assert g.edges[1, 3] == g.edges[3, 1] == {"bandwidth": 7e6, "latency": 0.003}
     assert g.nodes[2] == {"kind": "device", "cell": 1}
-    assert all(isinstance(d, int) for d in range(5) if d in g)
+    assert set(g) == {"server", "core", "cell0", "cell1", 0, 1, 2, 3, 4}
     # 5 devices x 2 + 2 cells x 2 + server x 2 + d2d x 2
     assert g.number_of_edges() == 10 + 4 + 2 + 2
 
@@ -105,7 +107,7 @@ def test_tree_routes_are_shortest_paths():
                 continue
             p = net.path(s, d)
             assert p[0] == s and p[-1] == d
-            assert all(g.has_edge(u, v) for u, v in zip(p, p[1:]))
+            assert all(g.has_edge(u, v) for u, v in pairwise(p))
             assert len(p) - 1 == nx.shortest_path_length(g, s, d), (s, d, p)
     assert net.path(4, "server") == [4, "cell1", "core", "server"]
     assert net.path("server", 6) == ["server", "core", "cell0", 6]
@@ -288,17 +290,27 @@ def test_d2d_route_bypasses_the_server():
 def check_max_min(rates, flows, capacity, rel=1e-9):
     """Feasible and every flow has a saturated link where its rate is the largest."""
     load = {}
-    for r, links in zip(rates, flows):
+    for r, links in zip(rates, flows, strict=True):
         for link in links:
             load[link] = load.get(link, 0.0) + r
     for link, total in load.items():
         assert total <= capacity[link] * (1 + rel), (link, total, capacity[link])
-    for f, (r, links) in enumerate(zip(rates, flows)):
+    for f, (r, links) in enumerate(zip(rates, flows, strict=True)):
         assert r > 0
         assert any(load[link] >= capacity[link] * (1 - rel)
                    and all(r >= rates[g] * (1 - rel) for g, other in enumerate(flows)
                            if link in other)
                    for link in links), (f, r, links)
+
+
+def test_max_min_rates_by_hand():
+    # Link 0 (cap 2) carries flows 0 and 1, link 1 (cap 9) flows 1, 2 and 3.  Link 0 fills first
+    # at 1 each; link 1 has 8 left for flows 2 and 3: 4 each.  Link 2 caps flow 3 alone at 3,
+    # which leaves 5 for flow 2.
+    assert max_min_rates([[0, -1], [0, 1], [1, -1], [1, -1]], [2.0, 9.0]).tolist() == [1, 1, 4, 4]
+    assert max_min_rates([[0, -1], [0, 1], [1, -1], [1, 2]], [2.0, 9.0, 3.0]).tolist() == \
+        [1, 1, 5, 3]
+    assert max_min_rates(np.zeros((0, 2), dtype=int), [1.0]).shape == (0,)
 
 
 @st.composite
@@ -357,7 +369,7 @@ def test_network_rates_are_feasible_and_max_min_at_all_times(case):
         active = net.active
         if not active:
             return
-        paths = [list(zip(t.path, t.path[1:])) for t in active]
+        paths = [list(pairwise(t.path)) for t in active]
         cap = {e: net.capacity(*e) for p in paths for e in p}
         check_max_min([t.rate for t in active], paths, cap)
 
@@ -373,6 +385,6 @@ def test_network_rates_are_feasible_and_max_min_at_all_times(case):
     link_bytes = {}
     for t in started:
         moved = t.nbytes if t.completed else int(t.delivered)
-        for e in zip(t.path, t.path[1:]):
+        for e in pairwise(t.path):
             link_bytes[e] = link_bytes.get(e, 0) + moved
     assert net.bytes_on_link == {e: b for e, b in link_bytes.items() if b}
