@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from crowdlearn.errors import ConfigError
 
-PROTOCOLS = ("fedavg", "centralized", "standalone")
+PROTOCOLS = ("fedavg", "centralized", "standalone", "crowdlearning", "ssgd")
 DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist")
 TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
 
@@ -107,6 +107,31 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            min_open=True),
         "server_tier": Key(str, "edge_server", "Profile of the server (it computes for the "
                            "centralized baseline).", choices=TIERS),
+        "d2d_mbps": Key(float, 50.0, f"Device-to-device link capacity ({MBPS}), for "
+                        "peer-to-peer modes.", min=0, min_open=True),
+        "d2d_latency_s": Key(float, 0.002, "Device-to-device link latency (s).", min=0),
+    },
+    "slicenet": {
+        "group_size": Key(int, 5, "Devices per group, n (crowdlearning). ssgd uses 1.", min=1),
+        "pieces": Key(int, 0, "Pieces the hidden layers are cut into; 0 = group_size - 1 "
+                      "(fewer pieces leave dummies).", min=0),
+        "theta": Key(float, 0.5, "Fraction θ of its owned weights a device uploads per epoch "
+                     "(largest accumulated |gradient| first).", min=0, max=1),
+        "tau": Key(float, 0.5, "Download threshold τ: a weight is sent when its upload count in "
+                   "the window exceeds ω·τ (τ = 1: groups do not collaborate).", min=0, max=1),
+        "omega": Key(int, 0, "Sliding window ω in group uploads; 0 = number of groups.", min=0),
+        "strategy": Key(str, "metis", "Partitioner.", choices=("metis", "layerwise", "random",
+                                                               "contiguous")),
+        "objective": Key(str, "cut", "METIS objective: edge cut (the paper) or communication "
+                         "volume under the weighted-sum refinement.", choices=("cut", "volume")),
+        "grouping": Key(str, "random", "How devices are grouped: at random (the paper) or by "
+                        "network proximity (same cell first).", choices=("random", "proximity")),
+        "peer_to_peer": Key(bool, False, "Route slice traffic over device-to-device links "
+                            "instead of relaying it through the server."),
+        "pipeline_latency": Key(bool, True, "A pass lasts at least the pipeline's latency "
+                                "chain (each batch crosses every layer boundary both ways)."),
+        "batch_size": Key(int, 32, "Mini-batch size of intra-group SGD.", min=1),
+        "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
     },
     "availability": {
         "model": Key(str, "always", "Availability model.", choices=("always", "sessions", "trace")),
@@ -304,6 +329,18 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
     if model["arch"] == "cnn" and data["dataset"] in ("breast_cancer", "diabetes"):
         problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
                         "(use 'mlp' or 'linear')")
+    sl = v["slicenet"]
+    if v["protocol"] == "crowdlearning":
+        if sl["group_size"] > fleet["devices"]:
+            problems.append(f"slicenet.group_size: {sl['group_size']} is more than fleet.devices "
+                            f"= {fleet['devices']}")
+        if sl["pieces"] > max(sl["group_size"] - 1, 0) or (sl["group_size"] > 1
+                                                           and sl["pieces"] == 0
+                                                           and sl["group_size"] - 1 < 1):
+            problems.append(f"slicenet.pieces: at most group_size - 1 = {sl['group_size'] - 1} "
+                            f"pieces (one device is the dominator); got {sl['pieces']}")
+    if v["protocol"] in ("crowdlearning", "ssgd") and model["arch"] != "mlp":
+        problems.append(f"model.arch: {v['protocol']} slices dense models; use arch = 'mlp'")
     if v["protocol"] == "standalone" and fleet["devices"] > 2000:
         problems.append("fleet.devices: the standalone baseline evaluates every device's model; "
                         "use at most 2000 devices")

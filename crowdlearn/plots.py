@@ -6,19 +6,21 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# Figures are built with the object API (no pyplot, no global backend switch), so importing
+# this module leaves a notebook's inline backend alone; each function returns its Figure.
 
 
 def _metric(rows) -> str:
     return "accuracy" if any("accuracy" in r for r in rows) else "rmse"
 
 
-def curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike) -> Path:
+def curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike | None = None) -> Figure:
     """Accuracy (or RMSE) against simulated time and against total bytes, one line per run."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for label, rows in runs:
         m = _metric(rows)
         ys = [r[m] for r in rows if m in r]
@@ -34,18 +36,19 @@ def curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike) -> P
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
 
 
-def device_load(devices: list[dict], path: str | os.PathLike) -> Path:
+def device_load(devices: list[dict], path: str | os.PathLike | None = None) -> Figure:
     """Per-device busy time, bytes and missed rounds, sorted by busy time and coloured by tier."""
     devs = sorted(devices, key=lambda d: -d["busy_s"])
     tiers = sorted({d["tier"] for d in devs})
     colours = {t: f"C{i}" for i, t in enumerate(tiers)}
     x = range(len(devs))
-    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    fig = Figure(figsize=(10, 7))
+    axes = fig.subplots(3, 1, sharex=True)
     axes[0].bar(x, [d["busy_s"] for d in devs], color=[colours[d["tier"]] for d in devs])
     axes[0].set_ylabel("busy (s)")
     axes[1].bar(x, [(d["bytes_sent"] + d["bytes_received"]) / 1e6 for d in devs],
@@ -54,12 +57,12 @@ def device_load(devices: list[dict], path: str | os.PathLike) -> Path:
     axes[2].bar(x, [d["rounds_missed"] for d in devs], color=[colours[d["tier"]] for d in devs])
     axes[2].set_ylabel("rounds missed")
     axes[2].set_xlabel("devices (sorted by busy time)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[t]) for t in tiers]
+    handles = [Rectangle((0, 0), 1, 1, color=colours[t]) for t in tiers]
     axes[0].legend(handles, tiers, fontsize=8, ncol=len(tiers))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
 
 
 def run_plots(results, folder: Path) -> None:

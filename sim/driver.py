@@ -291,7 +291,7 @@ class Driver:
         dev.jobs.pop(job_id, None)
         # Training results stay deferred until a machine reads them, so that all the jobs of a
         # round are computed in one batch; other kinds are computed now.
-        result = (self.executor.deferred(handle) if job.kind == "train"
+        result = (self.executor.deferred(handle) if hasattr(job, "task")
                   else self.executor.result(handle))
         self._charge_compute(dev, job.flops, duration)
         if dev.online:

@@ -20,6 +20,7 @@ import numpy as np
 import simpy
 
 from crowdlearn.config import Config
+from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.data import load_dataset, partition
 from crowdlearn.protocols.fedavg import (
     SERVER,
@@ -54,6 +55,13 @@ class Context:
     init_weights: list[np.ndarray]
     rngs: dict[str, np.random.Generator]
     device_rngs: list[np.random.Generator]
+    graph: Any = None                       # the topology (networkx), for latencies and cells
+    d2d_pairs: list = field(default_factory=list)   # builders may ask for device-device links
+    extra: dict = field(default_factory=dict)       # builders' objects for reports and tests
+
+    def path_latency(self, src, dst) -> float:
+        import networkx as nx
+        return nx.shortest_path_length(self.graph, src, dst, weight="latency")
 
     @property
     def devices(self) -> list[int]:
@@ -90,11 +98,71 @@ def _build_standalone(ctx: Context) -> dict:
             for d in ctx.devices}
 
 
+def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
+    """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group)."""
+    from slicenet import protocol as sp
+    from slicenet.graph import Activation, CostGraph, Dense
+    from slicenet.partition import partition as slice_partition
+
+    cfg, sc = ctx.config, ctx.config.slicenet
+    n = 1 if alone else sc.group_size
+    pieces = 0 if n == 1 else (sc.pieces or n - 1)
+    rng = ctx.rngs["protocol"]
+    devices = ctx.devices
+    if sc.grouping == "proximity":   # same cell first, random within a cell
+        cells = {d: next(iter(ctx.graph.successors(d))) for d in devices}
+        order = sorted(devices, key=lambda d: (str(cells[d]), rng.random()))
+    else:
+        order = [devices[i] for i in rng.permutation(len(devices))]
+    g = max(1, len(order) // n)
+    groups = [order[i * n:(i + 1) * n] for i in range(g)]
+    for k, d in enumerate(order[g * n:]):         # leftovers join groups round-robin [ours]
+        groups[k % g].append(d)
+    spec = ctx.spec
+    if pieces:
+        layers = []
+        for layer in spec.layers:
+            if layer.kind == "dense":
+                layers.append(Dense(layer.units))
+                if layer.activation:
+                    layers.append(Activation(layer.activation))
+        graph = CostGraph.from_layers(spec.input_shape, layers)
+        plan = slice_partition(graph, pieces, method=sc.strategy, objective=sc.objective,
+                               seed=cfg.seed)
+        layout = sp.layout_from_plan(spec, graph, plan)
+        ctx.extra["plan"] = plan
+    else:
+        layout = sp.whole_model_layout(spec)
+    params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
+                            tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
+                            peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
+    fused = sp.FusedGroups(ctx.init_weights, len(groups))
+    ring = KeyRing(seed=cfg.seed)
+    if sc.peer_to_peer and n > 1:
+        ctx.d2d_pairs = [(a, b) for grp in groups for i, a in enumerate(grp) for b in grp[i + 1:]]
+        latency = {d: cfg.fleet.d2d_latency_s / 2 for d in devices}
+    else:
+        latency = {d: ctx.path_latency(d, SERVER) for d in devices} if n > 1 else \
+            {d: 0.0 for d in devices}
+    ctx.extra.update(groups=groups, layout=layout, fused=fused)
+    machines: dict = {SERVER: sp.SlicingServer(
+        SERVER, layout, groups, params, fused,
+        data_sizes={d: len(ctx.parts[d]) for d in devices}, latency=latency, ring=ring,
+        rng=rng, spec=spec)}
+    for gid, grp in enumerate(groups):
+        for d in grp:
+            machines[d] = sp.SliceDevice(d, layout, fused, gid, ctx.parts[d], params, ring=ring,
+                                         rng=ctx.device_rngs[d], spec=spec)
+    return machines
+
+
 #: protocol name → builder(Context) -> {node: Machine}.  Later protocols register here.
 PROTOCOLS: dict[str, Callable[[Context], dict]] = {
     "fedavg": _build_fedavg,
     "centralized": _build_centralized,
     "standalone": _build_standalone,
+    "crowdlearning": _build_crowdlearning,
+    "ssgd": lambda ctx: _build_crowdlearning(ctx, alone=True),
 }
 
 
@@ -185,19 +253,17 @@ class Simulation:
                                      jitter=cfg.fleet.jitter)
         server_profile = TIERS[cfg.fleet.server_tier]
         self.env = simpy.Environment()
-        graph = build_topology(
-            n,
-            device_up_bps=np.array([p.up_bps for p in self.profiles]),
-            device_down_bps=np.array([p.down_bps for p in self.profiles]),
-            device_latency_s=np.array([p.latency_s for p in self.profiles]),
-            cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
-            server_bps=cfg.fleet.server_mbps * MBPS)
-        self.network = Network(self.env, graph)
+        self.ctx.graph = self._topology(())
 
         if trainer_factory is None:
             trainer_factory = TRAINERS[cfg.training.backend]()
         self.trainer = trainer_factory(self.spec, self.dataset.x_train, self.dataset.y_train)
-        self.executor = Executor({"train": lambda jobs: self.trainer.train([j.task for j in jobs])})
+        self.executor = Executor({
+            "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
+            "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
+                                                          with_abs_grad=True),
+            "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
+        })
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row)
 
         av = cfg.availability
@@ -219,12 +285,26 @@ class Simulation:
                              recharge_s=av.recharge_s,
                              initial_battery=tuple(av.initial_battery))
         machines = PROTOCOLS[cfg.protocol](self.ctx)
+        if self.ctx.d2d_pairs:
+            self.ctx.graph = self._topology(self.ctx.d2d_pairs)
+        self.network = Network(self.env, self.ctx.graph)
         profiles = {d: self.profiles[d] for d in range(n)}
         profiles[SERVER] = server_profile
         self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,
                              monitor=self.monitor, availability=availability, faults=faults,
                              rng=self.rngs["faults"],
                              server=SERVER if SERVER in machines else None)
+
+    def _topology(self, d2d_pairs):
+        cfg = self.config
+        return build_topology(
+            cfg.fleet.devices,
+            device_up_bps=np.array([p.up_bps for p in self.profiles]),
+            device_down_bps=np.array([p.down_bps for p in self.profiles]),
+            device_latency_s=np.array([p.latency_s for p in self.profiles]),
+            cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
+            server_bps=cfg.fleet.server_mbps * MBPS, d2d_pairs=d2d_pairs,
+            d2d_bps=cfg.fleet.d2d_mbps * MBPS, d2d_latency_s=cfg.fleet.d2d_latency_s)
 
     def _evaluate(self, weight_lists: list) -> list[dict]:
         ds = self.dataset
@@ -238,11 +318,13 @@ class Simulation:
         wall0 = time.perf_counter()
         interrupted = False
         self.driver.start()
+        halted = False
         try:
-            self.driver.run(until=cfg.max_sim_time_s)
+            halted = self.driver.run(until=cfg.max_sim_time_s)
         except KeyboardInterrupt:
             interrupted = True
             self.driver.finish()
+        self.halted = halted
         self.monitor.flush(self.env.now)
         wall = time.perf_counter() - wall0
         return self._results(wall, interrupted)
@@ -274,11 +356,19 @@ class Simulation:
             "device_compute_s": float(mon.compute_s),
             "energy_j": float(mon.energy_j),
             "model_params": int(self.spec.num_params()),
-            "train_batches_run": self.executor.batches_run,
-            "train_jobs_run": self.executor.jobs_run,
+            "batches_run": dict(self.executor.batches_run),
+            "jobs_run": dict(self.executor.jobs_run),
             "events_handled": self.driver.events_handled,
             "interrupted": interrupted,
+            # False when the run stopped early: interrupted, out of simulated time, or stalled
+            # (e.g. every device offline for good)
+            "completed": bool(len(rows) >= cfg.rounds and not interrupted),
+            "takeovers": int(mon.takeovers),
         }
+        if "plan" in self.ctx.extra:
+            plan = self.ctx.extra["plan"]
+            summary["slice_balance"] = float(plan.balance)
+            summary["slice_traffic_bytes_per_sample"] = int(plan.traffic_bytes_per_sample)
         if metric == "accuracy" and not values:
             summary["final_accuracy"] = summary["best_accuracy"] = None
         devices = mon.device_rows(self.driver.devices, float(self.env.now))

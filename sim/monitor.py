@@ -44,6 +44,7 @@ class Monitor:
         self.compute_s = 0.0
         self.energy_j = 0.0
         self.late_updates = 0
+        self.takeovers = 0
         self.dev: dict[NodeId, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.rounds: list[dict] = []
         self._pending_round: dict | None = None
@@ -94,13 +95,16 @@ class Monitor:
             self._pending_round = info
         elif rep.name == "global_model":
             self._row(now, rep.tag("round"), [rep.value])
-        elif rep.name == "local_model":
+        elif rep.name in ("local_model", "group_model"):
+            # one model per device (standalone) or per group (crowdlearning); averaged per round
             r = rep.tag("round")
             self._local[r].append(rep.value)
-            if len(self._local[r]) == len(self.devices):
+            if len(self._local[r]) == rep.tag("of", len(self.devices)):
                 self._row(now, r, self._local.pop(r))
         elif rep.name == "late_update":
             self.late_updates += 1
+        elif rep.name == "takeover":
+            self.takeovers += 1
 
     def flush(self, now: float) -> None:
         """Evaluate standalone rounds that not every device finished."""

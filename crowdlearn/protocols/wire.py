@@ -112,6 +112,8 @@ def _size(v: Any) -> int:
         return 3 + 4 * v.ndim + v.nbytes
     if isinstance(v, (tuple, list)):
         return 5 + sum(_size(x) for x in v)
+    if hasattr(v, "wire_len"):
+        return 5 + v.wire_len()
     if _is_deferred(v):
         return 5 + sum(3 + 4 * len(s) + int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
                        for s, d in zip(v.shapes, v.dtypes))
@@ -132,8 +134,9 @@ def _put(out: list[bytes], v: Any) -> None:
     elif isinstance(v, str):
         raw = v.encode()
         out.append(b"s" + struct.pack("<I", len(raw)) + raw)
-    elif isinstance(v, (bytes, bytearray, memoryview)):
-        raw = bytes(v)
+    elif isinstance(v, (bytes, bytearray, memoryview)) or hasattr(v, "wire_bytes"):
+        # objects with wire_bytes()/wire_len() (e.g. sealed payloads) travel as opaque bytes
+        raw = v.wire_bytes() if hasattr(v, "wire_bytes") else bytes(v)
         out.append(b"b" + struct.pack("<I", len(raw)) + raw)
     elif isinstance(v, np.ndarray):
         dt = v.dtype.newbyteorder("<")

@@ -77,18 +77,25 @@ class Deferred(Sequence):
     in advance, so the wire can size a message carrying it without computing it.
     """
 
-    __slots__ = ("_executor", "_handle", "shapes", "dtypes")
+    __slots__ = ("_executor", "_handle", "shapes", "dtypes", "_start")
 
-    def __init__(self, executor: Executor, handle: Handle, shapes, dtypes):
+    def __init__(self, executor: Executor, handle: Handle, shapes, dtypes, start: int = 0):
         self._executor, self._handle = executor, handle
         self.shapes, self.dtypes = tuple(shapes), tuple(dtypes)
+        self._start = start
+
+    def part(self, start: int, stop: int) -> Deferred:
+        """The entries ``start:stop`` of this result, still deferred."""
+        return Deferred(self._executor, self._handle, self.shapes[start:stop],
+                        self.dtypes[start:stop], self._start + start)
 
     @property
     def ready(self) -> bool:
         return self._handle.state == "done"
 
     def value(self) -> list:
-        return self._executor.result(self._handle)
+        full = self._executor.result(self._handle)
+        return list(full[self._start:self._start + len(self.shapes)])
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -114,15 +121,14 @@ class Executor:
     ...     def __init__(self, x): self.x = x
     >>> a, b = ex.submit(J(1)), ex.submit(J(2))
     >>> ex.result(a), ex.batches_run, ex.result(b), ex.batches_run
-    (2, 1, 4, 1)
+    (2, {'double': 1}, 4, {'double': 1})
     """
 
     def __init__(self, runners: dict[str, Runner]):
         self.runners = dict(runners)
         self._pending: dict[str, list[Handle]] = {}
-        self.batches_run = 0
-        self.jobs_run = 0
-        self.batch_sizes: list[int] = []
+        self.batches_run: dict[str, int] = {}
+        self.jobs_run: dict[str, int] = {}
 
     def submit(self, job: Any) -> Handle:
         if job.kind not in self.runners:
@@ -135,6 +141,7 @@ class Executor:
         """The result of ``h`` as a :class:`Deferred` (shapes taken from the job's weights)."""
         ws = h.job.task.weights
         shapes = ws.shapes if isinstance(ws, Deferred) else [np.shape(w) for w in ws]
+        shapes = list(shapes) * getattr(h.job, "result_copies", 1)
         return Deferred(self, h, shapes, [np.float32] * len(shapes))
 
     def cancel(self, h: Handle) -> None:
@@ -176,9 +183,8 @@ class Executor:
         results = self.runners[kind]([h.job for h in batch])
         for h, r in zip(batch, results, strict=True):
             h.result, h.state = r, "done"
-        self.batches_run += 1
-        self.jobs_run += len(batch)
-        self.batch_sizes.append(len(batch))
+        self.batches_run[kind] = self.batches_run.get(kind, 0) + 1
+        self.jobs_run[kind] = self.jobs_run.get(kind, 0) + len(batch)
 
 
 def _input_handle(job: Any) -> Handle | None:

@@ -1,0 +1,829 @@
+"""Crowdlearning (SliceNet) as sans-I/O machines: groups of phones train model-parallel slices.
+
+References: L. Chen, T. Jung, H. Du, J. Qian, J. Hou, X.-Y. Li, "Crowdlearning: Crowded Deep
+Learning with Data Privacy", IEEE SECON 2018.  ``docs/design.md`` lists every choice the paper
+leaves open (marked [ours] there and here).
+
+Pieces of the design:
+
+* :class:`Layout` — which piece (or the dominator) owns every parameter of a dense model under a
+  :class:`~slicenet.plan.SlicePlan` (source ownership), the boundary traffic per sample between
+  owners, and each owner's share of the training FLOPs.
+* :class:`FusedGroups` — the numeric state of every group (the fused path: a pass is the group's
+  whole network trained on the dominator's batches; proven equal to piece-by-piece execution).
+* :class:`SlicingServer` / :class:`SliceDevice` — the protocol: passes with shuffling and weight
+  hand-over, relayed (or peer-to-peer) sealed traffic, dummy take-over, top-θ sharing through a
+  sliding-window parameter server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from crowdlearn.crypto.sealing import KeyRing, Sealed
+from crowdlearn.protocols.io import (
+    CancelJob,
+    Disconnected,
+    Effect,
+    Halt,
+    Input,
+    JobDone,
+    JobFailed,
+    Machine,
+    NodeId,
+    PeerJoined,
+    PeerLost,
+    Received,
+    Report,
+    RunJob,
+    Send,
+    Start,
+    TimerFired,
+)
+from crowdlearn.protocols.wire import message
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
+
+SERVER: NodeId = "server"
+DOMINATOR = -1            # owner id of the dominator's parameters
+
+
+# ====================================================================== layout
+class Layout:
+    """Ownership of a dense model's parameters under a slice plan, and its traffic.
+
+    ``owner[k]`` (one int array per parameter tensor, same shape) is the piece owning each entry,
+    or ``DOMINATOR``.  Source ownership (spec §1): the kernel row of a hidden neuron belongs to
+    the piece holding that neuron; input → hidden-1 kernels and the output bias belong to the
+    dominator; a hidden neuron's bias (and BatchNorm parameters) to its piece.
+
+    ``pair_floats[a, b]`` is the number of floats owner ``a`` sends owner ``b`` per training
+    sample (forward partial sums + backward errors), indices shifted by one so that row/column 0
+    is the dominator.
+    """
+
+    def __init__(self, spec: ModelSpec, piece_of_unit: Sequence[np.ndarray], pieces: int):
+        dense = [i for i, layer in enumerate(spec.layers) if layer.kind == "dense"]
+        if any(layer.kind not in ("dense", "batchnorm") for layer in spec.layers):
+            raise ValueError("Crowdlearning slices dense models (MLPs) only")
+        hidden = dense[:-1]
+        if len(piece_of_unit) != len(hidden):
+            raise ValueError(f"{len(piece_of_unit)} hidden assignments for {len(hidden)} layers")
+        self.spec = spec
+        self.pieces = int(pieces)
+        self.piece_of_unit = [np.asarray(p, np.int64) for p in piece_of_unit]
+        shapes = [tuple(s) for s in spec.param_shapes()]
+        owner: list[np.ndarray] = []
+        k = 0
+        hidden_pos = {layer: h for h, layer in enumerate(hidden)}
+        prev_hidden: int | None = None        # hidden index feeding the current layer
+        for li, layer in enumerate(spec.layers):
+            if layer.kind == "dense":
+                kshape, bshape = shapes[k], shapes[k + 1]
+                if prev_hidden is None:
+                    kern = np.full(kshape, DOMINATOR, np.int64)
+                else:
+                    kern = np.repeat(self.piece_of_unit[prev_hidden][:, None], kshape[1], axis=1)
+                h = hidden_pos.get(li)
+                bias = (np.full(bshape, DOMINATOR, np.int64) if h is None
+                        else self.piece_of_unit[h].copy())
+                owner += [kern, bias]
+                k += 2
+                prev_hidden = h
+            else:  # batchnorm: gamma, beta, moving mean, moving variance of the preceding units
+                src = np.full(shapes[k], DOMINATOR, np.int64) if prev_hidden is None \
+                    else self.piece_of_unit[prev_hidden]
+                owner += [np.asarray(src).copy() for _ in range(4)]
+                k += 4
+        self.owner = owner
+        self.shapes = shapes
+        self.sizes = [int(np.prod(s)) for s in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
+        self.num_params = int(self.offsets[-1])
+        self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
+        self.pair_floats = self._traffic(hidden)
+        self.hidden_layers = len(hidden)
+
+    def _traffic(self, hidden: list[int]) -> np.ndarray:
+        spec = self.spec
+        t = np.zeros((self.pieces + 1, self.pieces + 1), np.int64)
+        units = [spec.layers[i].units for i in hidden]
+        if not hidden:
+            return t
+        # dominator -> hidden-1 weighted sums, one per neuron; errors back
+        np.add.at(t[0], self.piece_of_unit[0] + 1, 1)
+        np.add.at(t[:, 0], self.piece_of_unit[0] + 1, 1)
+        # hidden l -> hidden l+1: one partial sum per (target neuron, foreign source piece)
+        for h in range(len(hidden) - 1):
+            src_pieces = np.unique(self.piece_of_unit[h])
+            for j_piece in np.unique(self.piece_of_unit[h + 1]):
+                targets = int(np.sum(self.piece_of_unit[h + 1] == j_piece))
+                for q in src_pieces:
+                    if q != j_piece:     # dense: every source piece feeds every target
+                        t[q + 1, j_piece + 1] += targets
+                        t[j_piece + 1, q + 1] += targets
+        # last hidden -> output: each holder sends output-many partial sums; errors back
+        out_units = spec.num_outputs
+        for q in np.unique(self.piece_of_unit[-1]):
+            t[q + 1, 0] += out_units
+            t[0, q + 1] += out_units
+        del units
+        return t
+
+    def owned_flat(self, owners: Sequence[int]) -> np.ndarray:
+        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``)."""
+        return np.flatnonzero(np.isin(self.flat_owner, np.asarray(list(owners), np.int64)))
+
+    def flops_share(self, owners: Sequence[int]) -> float:
+        """Fraction of a training step's FLOPs done by ``owners`` [ours: ∝ parameters owned]."""
+        n = sum(int(self.params_per_owner[o + 1]) for o in owners)
+        return n / self.num_params
+
+
+def layout_from_plan(spec: ModelSpec, graph, plan) -> Layout:
+    """A :class:`Layout` from a neuron-granularity :class:`~slicenet.graph.CostGraph` plan."""
+    pieces_of_layer = []
+    for layer in range(len(graph.layer_sizes)):
+        sl = graph.layer_slice(layer)
+        size = np.asarray(graph.size[sl])
+        pieces_of_layer.append(np.repeat(np.asarray(plan.assignment[sl]), size))
+    return Layout(spec, pieces_of_layer, plan.pieces if isinstance(plan.pieces, int)
+                  else len(plan.pieces))
+
+
+def whole_model_layout(spec: ModelSpec) -> Layout:
+    """No slicing (S-SGD): the single device owns everything as dominator."""
+    hidden = [layer for layer in spec.layers if layer.kind == "dense"][:-1]
+    return Layout(spec, [np.full(layer.units, DOMINATOR, np.int64) for layer in hidden], 0)
+
+
+# ====================================================================== fused numerics
+class FusedGroups:
+    """The numeric state of every group: weights (possibly deferred) and |gradient| sums.
+
+    This is the fused execution path: the group's pieces live on different devices, but their
+    values are kept here as the whole network so that all groups' passes train in one batched
+    computation.  Machines never read values except to build uploads and apply downloads.
+    """
+
+    def __init__(self, init_weights: Sequence[np.ndarray], groups: int):
+        w = tuple(np.asarray(a, np.float32) for a in init_weights)
+        self.state: list[Any] = [w for _ in range(groups)]
+        self.acc: list[list[Any]] = [[] for _ in range(groups)]
+        self.pending: dict[int, Any] = {}
+        self.nparams = len(w)
+        self._epoch_acc: dict = {}
+
+    def commit(self, g: int) -> None:
+        """Make the pass result stored by the dominator the group's state."""
+        result = self.pending.pop(g, None)
+        if result is None:
+            return
+        self.state[g] = result.part(0, self.nparams)
+        self.acc[g].append(result.part(self.nparams, 2 * self.nparams))
+
+    def abandon(self, g: int) -> None:
+        self.pending.pop(g, None)
+
+    def weights(self, g: int) -> list[np.ndarray]:
+        return [np.asarray(a, np.float32) for a in self.state[g]]
+
+    def epoch_acc(self, g: int, epoch: int) -> np.ndarray | None:
+        """Σ |mean gradient| over the group's passes of ``epoch``, flat (computed once; every
+        member reads the entries it owns)."""
+        key = (g, epoch)
+        if key not in self._epoch_acc:
+            flat = None
+            for p in self.acc[g]:
+                v = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in p])
+                flat = v if flat is None else flat + v
+            self.acc[g] = []
+            self._epoch_acc = {k: v for k, v in self._epoch_acc.items() if k[0] != g}
+            self._epoch_acc[key] = flat
+        return self._epoch_acc[key]
+
+    def set_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
+        self.state[g] = tuple(np.asarray(a, np.float32) for a in weights)
+
+
+@dataclass(frozen=True, eq=False)
+class PieceJob:
+    """A follower's share of a pass: charged in simulated time; the fused job computes."""
+
+    flops: float
+    memory_bytes: int
+    kind: str = field(default="piece", init=False)
+
+
+# ====================================================================== messages
+@message(0x0301)
+@dataclass(frozen=True)
+class PassPlan:
+    """Server → participant: your part in one pass."""
+
+    group: int
+    attempt: int             # unique per (group, pass attempt); stale messages carry old ids
+    role: str                # "dominator" | "follower" | "dummy"
+    pieces: tuple            # pieces this device holds in the pass
+    send_handover: tuple     # ((dst, nbytes), ...) piece weights to hand over before the pass
+    expect_handover: int     # hand-over payloads to receive before computing
+    send_boundary: tuple     # ((dst, nbytes), ...) this pass's boundary traffic
+    expect_boundary: int     # boundary payloads to receive during the pass
+    flops: float
+    memory_bytes: int
+    min_duration_s: float    # the pipeline's latency chain (spec §3)
+
+
+@message(0x0302)
+@dataclass(frozen=True)
+class Relay:
+    """Device → server: forward ``payload`` (sealed for ``dst``) to ``dst``."""
+
+    group: int
+    attempt: int
+    dst: int
+    kind: str                # "handover" | "boundary" | "checkpoint"
+    payload: Any
+
+
+@message(0x0303)
+@dataclass(frozen=True)
+class Relayed:
+    """Server → device (or device → device in peer-to-peer mode): a sealed payload."""
+
+    group: int
+    attempt: int
+    src: int
+    kind: str
+    payload: Any
+
+
+@message(0x0304)
+@dataclass(frozen=True)
+class PassDone:
+    group: int
+    attempt: int
+
+
+@message(0x0305)
+@dataclass(frozen=True)
+class Abort:
+    group: int
+    attempt: int
+
+
+@message(0x0306)
+@dataclass(frozen=True)
+class ShareRequest:
+    """Server → member: upload the top θ of the weights you own, then ask for the global ones."""
+
+    group: int
+    epoch: int
+    owners: tuple            # pieces held (DOMINATOR for the dominator's layers)
+
+
+@message(0x0307)
+@dataclass(frozen=True)
+class Upload:
+    group: int
+    epoch: int
+    indices: np.ndarray      # int32 flat parameter indices
+    values: np.ndarray       # float32 plain weight values
+
+
+@message(0x0308)
+@dataclass(frozen=True)
+class DownloadRequest:
+    group: int
+    epoch: int
+
+
+@message(0x0309)
+@dataclass(frozen=True)
+class Download:
+    group: int
+    epoch: int
+    indices: np.ndarray
+    values: np.ndarray
+
+
+# ====================================================================== parameters
+@dataclass(frozen=True)
+class SliceParams:
+    epochs: int
+    group_size: int
+    pieces: int
+    theta: float = 0.5
+    tau: float = 0.5
+    omega: int = 0                # 0 → number of groups
+    batch_size: int = 32
+    lr: float = 0.05
+    peer_to_peer: bool = False
+    pipeline_latency: bool = True
+
+    def __post_init__(self):
+        if not 0 <= self.theta <= 1:
+            raise ValueError(f"theta must be in [0, 1]; got {self.theta}")
+        if not 0 <= self.tau <= 1:
+            raise ValueError(f"tau must be in [0, 1]; got {self.tau}")
+        if self.group_size < 1 or self.pieces < 0 or self.epochs < 1:
+            raise ValueError("group_size >= 1, pieces >= 0, epochs >= 1 required")
+
+
+# ====================================================================== server
+class SlidingWindow:
+    """Per weight, the values uploaded during the last ω ticks (spec §6, [ours] ticks).
+
+    Examples
+    --------
+    >>> w = SlidingWindow(np.zeros(3, np.float32), omega=2)
+    >>> w.upload(np.array([0, 1]), np.array([1.0, 2.0]), tick=1)
+    >>> w.upload(np.array([0]), np.array([3.0]), tick=2)
+    >>> idx, val = w.query(np.arange(3), tick=2, min_count=0)
+    >>> idx.tolist(), val.tolist()
+    ([0, 1], [2.0, 2.0])
+    >>> w.query(np.arange(3), tick=3, min_count=0)[0].tolist()   # tick 1 left the window
+    [0]
+    """
+
+    def __init__(self, init: np.ndarray, omega: int):
+        self.omega = int(omega)
+        n = len(init)
+        self.values = np.zeros((self.omega, n), np.float32)
+        self.ticks = np.full((self.omega, n), -(10 ** 9), np.int64)
+        self.pos = np.zeros(n, np.int64)
+
+    def upload(self, idx: np.ndarray, vals: np.ndarray, tick: int) -> None:
+        idx = np.asarray(idx, np.int64)
+        if idx.size == 0:
+            return
+        p = self.pos[idx]
+        self.values[p, idx] = vals
+        self.ticks[p, idx] = tick
+        self.pos[idx] = (p + 1) % self.omega
+
+    def query(self, idx: np.ndarray, tick: int, min_count: float) -> tuple[np.ndarray, np.ndarray]:
+        """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means."""
+        idx = np.asarray(idx, np.int64)
+        live = self.ticks[:, idx] > tick - self.omega
+        count = live.sum(axis=0)
+        keep = count > min_count
+        if min_count <= 0:
+            keep &= count > 0
+        sums = np.where(live[:, keep], self.values[:, idx[keep]], 0.0).sum(axis=0)
+        return idx[keep], (sums / count[keep]).astype(np.float32)
+
+
+@dataclass
+class _Group:
+    gid: int
+    members: list
+    epoch: int = 0
+    order: list = field(default_factory=list)
+    turn: int = 0
+    holders: dict = field(default_factory=dict)     # piece -> device
+    dominator: Any = None
+    attempt: int = 0
+    phase: str = "idle"        # idle | pass | share | waiting | done
+    participants: set = field(default_factory=set)
+    done: set = field(default_factory=set)
+    sharing: set = field(default_factory=set)
+    passes_run: int = 0
+    takeovers: int = 0
+
+
+class SlicingServer(Machine):
+    """The Crowdlearning parameter server: slices, groups, relays, shares.  Trains nothing."""
+
+    def __init__(self, node_id: NodeId, layout: Layout, groups: Sequence[Sequence[int]],
+                 params: SliceParams, fused: FusedGroups, *, data_sizes: dict,
+                 latency: dict, ring: KeyRing, rng: np.random.Generator, spec: ModelSpec):
+        super().__init__(node_id)
+        self.layout, self.params, self.fused, self.rng = layout, params, fused, rng
+        self.spec, self.ring = spec, ring
+        self.data_sizes, self.latency = data_sizes, latency
+        self.groups = [_Group(g, list(m)) for g, m in enumerate(groups)]
+        self.group_of = {d: g for g, m in enumerate(groups) for d in m}
+        self.present: set = set()
+        omega = params.omega or len(groups)
+        flat = np.concatenate([np.asarray(a, np.float32).reshape(-1)
+                               for a in fused.state[0]])
+        self.window = SlidingWindow(flat, omega)
+        self.min_count = omega * params.tau
+        self.tick = 0
+        self.checkpoints: dict = {}    # (group, piece) -> sealed bytes kept for take-over
+        self.piece_bytes = [4 * int(layout.params_per_owner[p + 1])
+                            for p in range(-1, layout.pieces)]
+        self.finished_groups = 0
+        self.reported_epochs: dict[int, int] = {}
+
+    # -------------------------------------------------------------- dispatch
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        if isinstance(event, PeerJoined):
+            self.present.add(event.peer)
+            g = self.groups[self.group_of[event.peer]] if event.peer in self.group_of else None
+            if g is not None and g.phase == "waiting":
+                return self._next_pass(g, now)
+            return []
+        if isinstance(event, PeerLost):
+            self.present.discard(event.peer)
+            return self._on_lost(event.peer, now)
+        if isinstance(event, Start):
+            out: list[Effect] = []
+            for g in self.groups:
+                out += self._start_epoch(g, now)
+            return out
+        if isinstance(event, Received):
+            m = event.message
+            if isinstance(m, Relay):
+                return self._relay(event.src, m)
+            if isinstance(m, PassDone):
+                return self._pass_done(event.src, m, now)
+            if isinstance(m, Upload):
+                return self._upload(event.src, m)
+            if isinstance(m, DownloadRequest):
+                return self._download(event.src, m, now)
+        return []
+
+    # -------------------------------------------------------------- passes
+    def _start_epoch(self, g: _Group, now: float) -> list[Effect]:
+        g.order = [g.members[i] for i in self.rng.permutation(len(g.members))]
+        g.turn = 0
+        return self._next_pass(g, now)
+
+    def _online(self, g: _Group) -> list:
+        return [d for d in g.members if d in self.present]
+
+    def _next_pass(self, g: _Group, now: float) -> list[Effect]:
+        while g.turn < len(g.order) and g.order[g.turn] not in self.present:
+            g.turn += 1                              # an offline dominator's turn is skipped
+        if g.turn >= len(g.order):
+            return self._start_share(g, now)
+        online = self._online(g)
+        if len(online) < min(2, len(g.members)) and self.layout.pieces > 0:
+            g.phase = "waiting"
+            return []
+        dom = g.order[g.turn]
+        followers = [d for d in online if d != dom]
+        self.rng.shuffle(followers)
+        old_holders, old_dom = dict(g.holders), g.dominator
+        new_holders = {p: followers[p % len(followers)] for p in range(self.layout.pieces)} \
+            if followers else {}
+        g.holders, g.dominator = new_holders, dom
+        return self._launch(g, now, old_holders, old_dom)
+
+    def _launch(self, g: _Group, now: float, old_holders: dict, old_dom: Any) -> list[Effect]:
+        """Send every participant its PassPlan for a new attempt."""
+        g.attempt += 1
+        g.phase = "pass"
+        lay, dom = self.layout, g.dominator
+        owners_of: dict = {dom: [DOMINATOR]}
+        for p, d in g.holders.items():
+            owners_of.setdefault(d, []).append(p)
+        g.participants = set(owners_of)
+        g.done = set()
+        samples = int(self.data_sizes[dom])
+        batches = math.ceil(samples / self.params.batch_size) if self.params.batch_size else 1
+        # hand-over: each owner id whose holder changed moves its weights (or, if the old holder
+        # is gone, the new holder fetches the server's checkpoint)
+        hand_send: dict = {}
+        hand_expect: dict = {d: 0 for d in owners_of}
+        fetch: list = []
+        moves = [(DOMINATOR, old_dom, dom)] + [(p, old_holders.get(p), d)
+                                               for p, d in g.holders.items()]
+        for owner, old, new in moves:
+            if old is None or old == new:
+                continue
+            nbytes = self.piece_bytes[owner + 1]
+            if old in self.present and old in self.group_of:
+                hand_send.setdefault(old, []).append((new, nbytes))
+                hand_expect[new] += 1
+            else:
+                fetch.append((new, owner, nbytes))
+                hand_expect[new] += 1
+        # boundary traffic of the pass: per device pair, the sum over the owners they hold
+        pair = lay.pair_floats
+        bsend: dict = {d: {} for d in owners_of}
+        for a, oa in owners_of.items():
+            for b, ob in owners_of.items():
+                if a == b:
+                    continue
+                floats = int(sum(pair[x + 1, y + 1] for x in oa for y in ob))
+                if floats:
+                    bsend[a][b] = 4 * floats * samples
+        bexpect = {d: sum(1 for a in owners_of if d in bsend[a]) for d in owners_of}
+        # the pipeline's latency chain: every batch crosses each layer boundary forth and back
+        min_dur = 0.0
+        if self.params.pipeline_latency and g.holders:
+            hop = max((self.latency[a] + self.latency[b]) for a in owners_of for b in bsend[a]) \
+                if any(bsend.values()) else 0.0
+            min_dur = batches * 2 * (lay.hidden_layers + 1) * hop
+        out: list[Effect] = []
+        total_flops = self.spec.train_flops_per_sample() * samples
+        for d, owners in owners_of.items():
+            role = "dominator" if d == dom else "follower"
+            share = lay.flops_share(owners)
+            mem = 12 * sum(int(lay.params_per_owner[o + 1]) for o in owners)
+            out.append(Send(d, PassPlan(
+                g.gid, g.attempt, role, tuple(int(o) for o in owners),
+                tuple(hand_send.get(d, ())), hand_expect[d],
+                tuple(sorted(bsend[d].items())), bexpect[d],
+                share * total_flops, mem, min_dur if d == dom else 0.0)))
+        for new, owner, nbytes in fetch:     # dummy take-over: the server's sealed checkpoint
+            blob = self.checkpoints.get((g.gid, owner))
+            payload = Sealed.opaque(self.ring, ("group", g.gid), new, nbytes) if blob is None \
+                else blob
+            out.append(Send(new, Relayed(g.gid, g.attempt, -1, "checkpoint", payload)))
+        if len(g.participants) == 1 and not g.holders:
+            pass   # S-SGD: a lone dominator; the pass ends with its PassDone
+        return out
+
+    def _relay(self, src, m: Relay) -> list[Effect]:
+        g = self.groups[m.group]
+        if m.attempt != g.attempt or m.dst not in self.present:
+            return []
+        if m.kind == "handover":                    # keep the last sealed copy per owner
+            owner = self._owner_of_handover(g, m.dst, src)
+            if owner is not None:
+                self.checkpoints[(g.gid, owner)] = m.payload
+        return [Send(m.dst, Relayed(m.group, m.attempt, src, m.kind, m.payload))]
+
+    def _owner_of_handover(self, g: _Group, dst, src):
+        if dst == g.dominator:
+            return DOMINATOR
+        for p, d in g.holders.items():
+            if d == dst:
+                return p
+        return None
+
+    def _pass_done(self, src, m: PassDone, now: float) -> list[Effect]:
+        g = self.groups[m.group]
+        if m.attempt != g.attempt or g.phase != "pass":
+            return []
+        g.done.add(src)
+        if g.done < g.participants:
+            return []
+        self.fused.commit(g.gid)
+        g.passes_run += 1
+        g.turn += 1
+        return self._next_pass(g, now)
+
+    def _on_lost(self, peer, now: float) -> list[Effect]:
+        if peer not in self.group_of:
+            return []
+        g = self.groups[self.group_of[peer]]
+        if g.phase == "share" and peer in g.sharing:
+            g.sharing.discard(peer)
+            return self._maybe_finish_share(g, now)
+        if g.phase != "pass" or peer not in g.participants:
+            return []
+        # abandon the attempt; its job results are never committed
+        self.fused.abandon(g.gid)
+        out: list[Effect] = [Send(d, Abort(g.gid, g.attempt)) for d in g.participants
+                             if d != peer and d in self.present]
+        if peer == g.dominator:
+            g.turn += 1                               # its data is gone for this epoch
+            return out + self._next_pass(g, now)
+        # a follower: its pieces go to a dummy, or to the least-loaded follower [ours]
+        lost = [p for p, d in g.holders.items() if d == peer]
+        online = [d for d in self._online(g) if d != g.dominator]
+        if not online:
+            g.phase = "waiting"
+            return out
+        idle = [d for d in online if d not in g.holders.values()]
+        load = {d: sum(1 for h in g.holders.values() if h == d) for d in online}
+        old = dict(g.holders)
+        for p in lost:
+            target = idle.pop(0) if idle else min(online, key=lambda d: (load[d], str(d)))
+            load[target] = load.get(target, 0) + 1
+            g.holders[p] = target
+        g.takeovers += 1
+        old_for_launch = {p: (peer if p in lost else d) for p, d in old.items()}
+        return out + [Report("takeover", 1, (("group", g.gid), ("device", peer)))] + \
+            self._launch(g, now, old_for_launch, g.dominator)
+
+    # -------------------------------------------------------------- sharing (spec §5–6)
+    def _start_share(self, g: _Group, now: float) -> list[Effect]:
+        g.phase = "share"
+        self.tick += 1
+        owners_of: dict = {}
+        if g.dominator is not None:
+            owners_of[g.dominator] = [DOMINATOR]
+        for p, d in g.holders.items():
+            owners_of.setdefault(d, []).append(p)
+        g.sharing = {d for d in owners_of if d in self.present}
+        g.share_tick = self.tick
+        if not g.sharing:
+            return self._finish_epoch(g, now)
+        return [Send(d, ShareRequest(g.gid, g.epoch, tuple(owners_of[d]))) for d in
+                sorted(g.sharing, key=str)]
+
+    def _upload(self, src, m: Upload) -> list[Effect]:
+        g = self.groups[m.group]
+        if g.phase != "share" or m.epoch != g.epoch:
+            return []
+        self.window.upload(m.indices, m.values, g.share_tick)
+        return []
+
+    def _download(self, src, m: DownloadRequest, now: float) -> list[Effect]:
+        g = self.groups[m.group]
+        if g.phase != "share" or m.epoch != g.epoch or src not in g.sharing:
+            return []
+        owners = [DOMINATOR] if src == g.dominator else []
+        owners += [p for p, d in g.holders.items() if d == src]
+        idx, vals = self.window.query(self.layout.owned_flat(owners), self.tick, self.min_count)
+        g.sharing.discard(src)
+        return [Send(src, Download(g.gid, g.epoch, idx.astype(np.int32), vals))] + \
+            self._maybe_finish_share(g, now)
+
+    def _maybe_finish_share(self, g: _Group, now: float) -> list[Effect]:
+        return self._finish_epoch(g, now) if not g.sharing else []
+
+    def _finish_epoch(self, g: _Group, now: float) -> list[Effect]:
+        out: list[Effect] = [Report("group_model", _LazyWeights(self.fused, g.gid),
+                                    (("round", g.epoch), ("group", g.gid),
+                                     ("of", len(self.groups))))]
+        g.epoch += 1
+        if g.epoch >= self.params.epochs:
+            g.phase = "done"
+            self.finished_groups += 1
+            if self.finished_groups == len(self.groups):
+                out.append(Halt())
+            return out
+        return out + self._start_epoch(g, now)
+
+
+class _LazyWeights(Sequence):
+    """The group's weights at report time (downloads applied by the members before)."""
+
+    def __init__(self, fused: FusedGroups, g: int):
+        self._w = fused.state[g]
+
+    def __len__(self):
+        return len(self._w)
+
+    def __getitem__(self, i):
+        return np.asarray(self._w[i], np.float32)
+
+
+# ====================================================================== device
+class SliceDevice(Machine):
+    """A group member: dominator, follower or dummy, as each PassPlan says."""
+
+    def __init__(self, node_id: NodeId, layout: Layout, fused: FusedGroups, group: int,
+                 indices: np.ndarray, params: SliceParams, *, ring: KeyRing,
+                 rng: np.random.Generator, spec: ModelSpec, server: NodeId = SERVER):
+        super().__init__(node_id)
+        self.layout, self.fused, self.group, self.params = layout, fused, group, params
+        self.indices = np.asarray(indices, np.int64)
+        self.ring, self.rng, self.spec, self.server = ring, rng, spec, server
+        self._reset()
+
+    def _reset(self):
+        self.plan: PassPlan | None = None
+        self.hand_in = 0
+        self.bound_in = 0
+        self.job_done = False
+        self.computing = False
+        self.started = 0.0
+        self.sent_done = False
+        self._deadline: float | None = None
+
+    def next_timer(self) -> float | None:
+        return self._deadline
+
+    def _send_payload(self, dst, kind: str, nbytes: int, fill=None) -> Effect:
+        payload = Sealed.opaque(self.ring, self.node_id, dst, nbytes) if fill is None else \
+            Sealed.of_arrays(self.ring, self.node_id, dst, fill, nbytes)
+        p = self.plan
+        if self.params.peer_to_peer:
+            return Send(dst, Relayed(p.group, p.attempt, self.node_id, kind, payload))
+        return Send(self.server, Relay(p.group, p.attempt, dst, kind, payload))
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        if isinstance(event, Received):
+            m = event.message
+            if isinstance(m, PassPlan):
+                return self._on_plan(m, now)
+            if isinstance(m, Relayed):
+                return self._on_payload(m, now)
+            if isinstance(m, Abort):
+                if self.plan is not None and m.attempt == self.plan.attempt:
+                    eff = [CancelJob(self.plan.attempt)] if self.computing else []
+                    self._reset()
+                    return eff
+                return []
+            if isinstance(m, ShareRequest):
+                return self._share(m)
+            if isinstance(m, Download):
+                return self._apply_download(m)
+        if isinstance(event, JobDone) and self.plan is not None \
+                and event.job_id == self.plan.attempt:
+            self.computing = False
+            self.job_done = True
+            if self.plan.role == "dominator":
+                self.fused.pending[self.group] = event.result
+            return self._maybe_done(now)
+        if isinstance(event, JobFailed) and self.plan is not None:
+            self.computing = False
+            return [Report("job_failed", event.reason, (("device", self.node_id),))]
+        if isinstance(event, TimerFired):
+            self._deadline = None
+            return self._maybe_done(now)
+        if isinstance(event, Disconnected):
+            self._reset()
+        return []
+
+    def _on_plan(self, m: PassPlan, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        if self.plan is not None and self.computing:
+            out.append(CancelJob(self.plan.attempt))
+        self._reset()
+        self.plan = m
+        self.started = now
+        weights_fill = None
+        for dst, nbytes in m.send_handover:
+            out.append(self._send_payload(dst, "handover", nbytes, weights_fill))
+        self.hand_in = 0
+        self.bound_in = 0
+        return out + self._maybe_compute(now)
+
+    def _on_payload(self, m: Relayed, now: float) -> list[Effect]:
+        if self.plan is None or m.attempt != self.plan.attempt:
+            return []
+        if m.kind == "boundary":
+            self.bound_in += 1
+            return self._maybe_done(now)
+        self.hand_in += 1
+        return self._maybe_compute(now)
+
+    def _maybe_compute(self, now: float) -> list[Effect]:
+        p = self.plan
+        if p is None or self.computing or self.job_done or self.hand_in < p.expect_handover:
+            return []
+        self.computing = True
+        if p.role == "dominator":
+            job = TrainJob.build(self.spec, self.fused.state[self.group], self.indices,
+                                 epochs=1, batch_size=self.params.batch_size,
+                                 lr=self.params.lr, rng=self.rng)
+            job = replace(job, flops=p.flops, memory_bytes=p.memory_bytes)
+            job = SlicePassJob(job.task, job.flops, job.memory_bytes, job.num_samples)
+        else:
+            job = PieceJob(p.flops, p.memory_bytes)
+        out: list[Effect] = [RunJob(p.attempt, job)]
+        for dst, nbytes in p.send_boundary:
+            out.append(self._send_payload(dst, "boundary", nbytes))
+        return out
+
+    def _maybe_done(self, now: float) -> list[Effect]:
+        p = self.plan
+        if p is None or self.sent_done or not self.job_done or self.bound_in < p.expect_boundary:
+            return []
+        if now < self.started + p.min_duration_s:
+            # the latency chain is longer than compute and transfers: finish when it ends
+            self._deadline = self.started + p.min_duration_s
+            return []
+        self._deadline = None
+        self.sent_done = True
+        return [Send(self.server, PassDone(p.group, p.attempt))]
+
+    # -------------------------------------------------------------- sharing
+    def _share(self, m: ShareRequest) -> list[Effect]:
+        lay = self.layout
+        idx = lay.owned_flat(m.owners)
+        acc = self.fused.epoch_acc(self.group, m.epoch)
+        k = int(round(self.params.theta * len(idx)))
+        if k and acc is not None:
+            top = idx[np.argsort(-acc[idx], kind="stable")[:k]]
+            top.sort()
+        else:
+            top = idx[:0]
+        flat = np.concatenate([a.reshape(-1) for a in self.fused.weights(self.group)])
+        return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32), flat[top])),
+                Send(self.server, DownloadRequest(m.group, m.epoch))]
+
+    def _apply_download(self, m: Download) -> list[Effect]:
+        if len(m.indices) == 0:
+            return []
+        w = self.fused.weights(self.group)
+        flat = np.concatenate([a.reshape(-1) for a in w])
+        flat[np.asarray(m.indices, np.int64)] = m.values
+        lay = self.layout
+        self.fused.set_weights(self.group, [flat[lay.offsets[i]:lay.offsets[i + 1]].reshape(s)
+                                            for i, s in enumerate(lay.shapes)])
+        return []
+
+
+@dataclass(frozen=True, eq=False)
+class SlicePassJob(TrainJob):
+    """The dominator's fused pass (kind ``slice_pass``): its result is the new weights followed
+    by Σ over the pass's mini-batches of |mean gradient| per weight (spec §5)."""
+
+    kind: str = field(default="slice_pass", init=False)
+    result_copies: int = field(default=2, init=False)

@@ -1,0 +1,132 @@
+"""Crowdlearning in the fleet: layout, sliding window, and full runs on small fleets."""
+import numpy as np
+import pytest
+
+from crowdlearn.protocols import wire
+from crowdlearn.training.models import mlp
+from slicenet.graph import Activation, CostGraph, Dense, traffic_per_sample
+from slicenet.partition import partition
+from slicenet.protocol import DOMINATOR, SlidingWindow, layout_from_plan, whole_model_layout
+from sim.experiment import Simulation
+from tests.conftest import small_config
+
+
+def paper_layers():
+    return [Dense(400), Activation("relu"), Dense(200), Activation("relu"), Dense(100),
+            Activation("relu"), Dense(10)]
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_layout_traffic_and_ownership_match_the_plan(n):
+    spec = mlp(784, [400, 200, 100], 10)
+    graph = CostGraph.from_layers((784,), paper_layers())
+    plan = partition(graph, n)
+    lay = layout_from_plan(spec, graph, plan)
+    assert lay.pair_floats.sum() == traffic_per_sample(graph, plan.assignment).floats
+    # source ownership: the dominator holds input->hidden-1 (313,600) and the output bias
+    assert lay.params_per_owner[DOMINATOR + 1] == 784 * 400 + 10
+    assert lay.params_per_owner.sum() == spec.num_params()
+    # a piece owns its neurons' outgoing weights and biases
+    for p in range(n):
+        owned = plan.pieces[p].weights if hasattr(plan.pieces[p], "weights") else None
+        if owned is not None:
+            biases = int(sum(np.sum(u == p) for u in lay.piece_of_unit))
+            assert lay.params_per_owner[p + 1] == owned + biases
+    assert np.all(np.diag(lay.pair_floats) == 0)
+    assert lay.flops_share([DOMINATOR] + list(range(n))) == pytest.approx(1.0)
+
+
+def test_whole_model_layout_has_no_traffic():
+    lay = whole_model_layout(mlp(64, [32], 10))
+    assert lay.pair_floats.sum() == 0 and lay.params_per_owner[0] == lay.num_params
+
+
+def test_sliding_window_counts_and_threshold():
+    w = SlidingWindow(np.zeros(4, np.float32), omega=3)
+    w.upload(np.array([0, 1, 2]), np.array([1.0, 1.0, 1.0]), tick=1)
+    w.upload(np.array([0, 1]), np.array([3.0, 5.0]), tick=2)
+    w.upload(np.array([0]), np.array([5.0]), tick=3)
+    idx, val = w.query(np.arange(4), tick=3, min_count=0)     # tau = 0: all in the window
+    assert idx.tolist() == [0, 1, 2] and val.tolist() == [3.0, 3.0, 1.0]
+    idx, _ = w.query(np.arange(4), tick=3, min_count=1.5)     # more than 1.5 uploads
+    assert idx.tolist() == [0, 1]
+    assert w.query(np.arange(4), tick=3, min_count=3)[0].size == 0   # tau = 1: nothing
+    idx, val = w.query(np.arange(4), tick=4, min_count=0)     # tick 1 slid out
+    assert idx.tolist() == [0, 1] and val.tolist() == [4.0, 5.0]
+    w.upload(np.array([0]), np.array([7.0]), tick=4)          # ring buffer overwrites oldest
+    assert w.query(np.array([0]), tick=4, min_count=0)[1].tolist() == [5.0]
+
+
+def crowd_config(**kw):
+    base = {"protocol": "crowdlearning", "rounds": 2, "fleet.devices": 10,
+            "model.hidden": [32, 16], "slicenet.group_size": 5, "slicenet.lr": 0.1}
+    base.update(kw)
+    return small_config(**base)
+
+
+def test_crowdlearning_run_trains_groups_and_counts_relayed_traffic():
+    sim = Simulation(crowd_config(rounds=3))
+    sent = []
+    orig = sim.network.transfer
+    sim.network.transfer = lambda s, d, n: (sent.append(n), orig(s, d, n))[1]
+    res = sim.run()
+    assert res.summary["completed"] and len(res.metrics) == 3
+    acc = [r["accuracy"] for r in res.metrics]
+    assert acc[-1] > acc[0] and acc[-1] > 0.3
+    # every byte counted is a delivered message's encoded size (nothing was cancelled here)
+    assert res.summary["bytes_total"] == sum(sent)
+    # 2 groups x 5 passes x 3 epochs, batched across groups
+    assert res.summary["jobs_run"]["slice_pass"] == 30
+    assert res.summary["batches_run"]["slice_pass"] < 30
+    plan = sim.ctx.extra["plan"]
+    # relayed boundary traffic at least the plan's traffic per sample x samples, twice (2 hops)
+    samples = sum(len(p) for p in sim.parts)
+    assert res.summary["bytes_total"] > 2 * plan.traffic_bytes_per_sample * samples * 3 * 0.9
+
+
+def test_peer_to_peer_mode_keeps_slice_traffic_off_the_server():
+    relayed = Simulation(crowd_config()).run().summary
+    p2p_sim = Simulation(crowd_config(**{"slicenet.peer_to_peer": True}))
+    p2p = p2p_sim.run().summary
+    assert p2p["completed"]
+    server_bytes = p2p_sim.network.bytes_received.get("server", 0) + \
+        p2p_sim.network.bytes_sent.get("server", 0)
+    assert server_bytes < 0.2 * p2p["bytes_total"]
+    assert p2p["bytes_total"] < relayed["bytes_total"]
+
+
+def test_a_disconnected_follower_is_replaced_by_a_dummy_and_training_continues():
+    # 3 pieces in groups of 5: each group keeps one dummy; churn knocks followers out mid-pass
+    cfg = crowd_config(**{"rounds": 3, "slicenet.pieces": 3, "availability.churn": 0.3,
+                          "availability.churn_offline_s": 30.0})
+    sim = Simulation(cfg)
+    res = sim.run()
+    assert res.summary["takeovers"] > 0
+    assert res.summary["completed"] and len(res.metrics) == 3
+    assert res.metrics[-1]["accuracy"] > 0.2
+
+
+def test_ssgd_baseline_has_no_slice_traffic():
+    res = Simulation(crowd_config(protocol="ssgd")).run()
+    s = res.summary
+    assert s["completed"] and "slice_balance" not in s
+    # only sharing traffic: each device uploads theta of all weights and downloads
+    n_params = 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+    assert s["bytes_up"] < 10 * 2 * (8 * n_params + 200)
+
+
+def test_same_seed_same_crowdlearning_metrics():
+    a = Simulation(crowd_config()).run().metrics
+    b = Simulation(crowd_config()).run().metrics
+    assert a == b
+
+
+def test_tau_one_and_theta_zero_both_mean_no_collaboration():
+    """τ = 1 downloads nothing and θ = 0 uploads nothing: the groups train alone either way."""
+    no_down = Simulation(crowd_config(**{"slicenet.tau": 1.0})).run()
+    no_up = Simulation(crowd_config(**{"slicenet.theta": 0.0})).run()
+    shared = Simulation(crowd_config(**{"slicenet.tau": 0.0})).run()
+    acc = [[r["accuracy"] for r in res.metrics] for res in (no_down, no_up, shared)]
+    assert acc[0] == acc[1]
+    assert acc[2] != acc[0]
+    assert no_down.summary["bytes_up"] > no_up.summary["bytes_up"]
