@@ -366,7 +366,14 @@ class Driver:
         now = self.env.now
         dev.online = False
         dev.online_s += now - dev.online_since
-        self.network.cancel_all(dev.node)
+        for tr in self.network.cancel_all(dev.node):
+            # bytes pushed before the cut cost radio energy but deliver no message
+            sent = float(tr.delivered)
+            self.monitor.on_partial_transfer(tr.src, tr.dst, sent)
+            for node, per_byte in ((tr.src, "j_per_byte_up"), (tr.dst, "j_per_byte_down")):
+                d = self.devices.get(node)
+                if d is not None and sent:
+                    self._spend(d, sent * getattr(d.profile, per_byte))
         for job_id in list(dev.jobs):
             self._cancel_job(dev.node, job_id)
         self.monitor.on_offline(dev.node, reason, now)

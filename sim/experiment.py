@@ -351,6 +351,7 @@ class Simulation:
             "bytes_total": int(mon.bytes_total),
             "messages": int(mon.messages),
             "messages_dropped": int(mon.messages_dropped),
+            "bytes_lost_to_dropouts": int(mon.bytes_lost),
             "late_updates": int(mon.late_updates),
             "device_flops": float(mon.flops),
             "device_compute_s": float(mon.compute_s),

@@ -40,6 +40,7 @@ class Monitor:
         self.bytes_total = 0       # every delivered message, once
         self.messages = 0
         self.messages_dropped = 0
+        self.bytes_lost = 0.0      # partial transfers cut off by drop-outs
         self.flops = 0.0
         self.compute_s = 0.0
         self.energy_j = 0.0
@@ -61,6 +62,10 @@ class Monitor:
         if dst != self.server:
             self.bytes_down += nbytes
             self.dev[dst]["bytes_received"] += nbytes
+
+    def on_partial_transfer(self, src, dst, nbytes: float) -> None:
+        """A transfer cut off by a drop-out: its bytes used the radio but delivered nothing."""
+        self.bytes_lost += nbytes
 
     def on_message_dropped(self, src, dst, nbytes) -> None:
         self.messages_dropped += 1
