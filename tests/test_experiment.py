@@ -78,8 +78,6 @@ def test_churn_drops_devices_and_records_missed_rounds():
         assert d["rounds_missed"] == d["rounds_selected"] - d["rounds_aggregated"]
     assert any(r["closed_by"] == "dropouts" or len(r["aggregated"]) < len(r["selected"])
                for r in res.rounds)
-    # transfers cut off mid-way are not counted as delivered bytes but are reported
-    assert res.summary["bytes_lost_to_dropouts"] >= 0
 
 
 def test_deadline_cuts_off_stragglers():
@@ -117,6 +115,8 @@ def test_sessions_availability_and_trace_run():
                                      "availability.mean_offline_s": 0.5})).run()
     assert res.summary["rounds_completed"] == 3
     assert any(d["drops_availability"] > 0 for d in res.devices)
+    # sessions this short cut transfers mid-way: those bytes are reported, not counted delivered
+    assert res.summary["bytes_lost_to_dropouts"] > 0
     fractions = [d["online_fraction"] for d in res.devices]
     assert all(0 <= f <= 1 for f in fractions) and min(fractions) < 1
 
