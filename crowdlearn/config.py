@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from crowdlearn.errors import ConfigError
 
-PROTOCOLS = ("fedavg", "centralized", "standalone", "crowdlearning", "ssgd")
+PROTOCOLS = ("fedavg", "centralized", "standalone", "crowdlearning", "ssgd", "dssgd")
 DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist")
 TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
 
@@ -60,7 +60,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "protocol": Key(str, "fedavg", "Protocol to run.", choices=PROTOCOLS),
         "seed": Key(int, 0, "Master seed: every random stream (data split, fleet, sampling, "
                     "availability, training batches, weight initialisation) derives from it.", min=0),
-        "rounds": Key(int, 20, "Rounds (FedAvg) or epoch blocks (baselines) to run.", min=1),
+        "rounds": Key(int, 20, "Rounds (FedAvg), epochs (crowdlearning, ssgd), epochs per "
+                      "participant (DSSGD) or epoch blocks (baselines) to run.", min=1),
         "max_sim_time_s": Key(float, math.inf, "Stop the simulation at this simulated time "
                               "(seconds).", min=0, min_open=True),
         "name": Key(str, "", "Free-form run name, copied into the results."),
@@ -172,6 +173,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
     },
 }
+
+
+from crowdlearn.protocols import dssgd as _dssgd  # noqa: E402  (it imports Key from here)
+
+SCHEMA["dssgd"] = _dssgd.CONFIG_SECTION
 
 
 class Section:
@@ -329,6 +335,7 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
     if model["arch"] == "cnn" and data["dataset"] in ("breast_cancer", "diabetes"):
         problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
                         "(use 'mlp' or 'linear')")
+    problems.extend(_dssgd.cross_check(v["dssgd"]))
     sl = v["slicenet"]
     if v["protocol"] == "crowdlearning":
         if sl["group_size"] > fleet["devices"]:

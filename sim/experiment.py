@@ -21,6 +21,7 @@ import simpy
 
 from crowdlearn.config import Config
 from crowdlearn.crypto.sealing import KeyRing
+from crowdlearn.protocols import dssgd
 from crowdlearn.data import load_dataset, partition
 from crowdlearn.protocols.fedavg import (
     SERVER,
@@ -163,6 +164,7 @@ PROTOCOLS: dict[str, Callable[[Context], dict]] = {
     "standalone": _build_standalone,
     "crowdlearning": _build_crowdlearning,
     "ssgd": lambda ctx: _build_crowdlearning(ctx, alone=True),
+    "dssgd": dssgd.build,
 }
 
 

@@ -46,6 +46,8 @@ class Monitor:
         self.energy_j = 0.0
         self.late_updates = 0
         self.takeovers = 0
+        self.epsilon: float | None = None
+        self.privacy_ledger = None
         self.dev: dict[NodeId, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.rounds: list[dict] = []
         self._pending_round: dict | None = None
@@ -108,6 +110,10 @@ class Monitor:
                 self._row(now, r, self._local.pop(r))
         elif rep.name == "late_update":
             self.late_updates += 1
+        elif rep.name == "epsilon":
+            self.epsilon = float(rep.value)      # the accountant's composed ε so far
+        elif rep.name == "privacy_ledger":
+            self.privacy_ledger = rep.value
         elif rep.name == "takeover":
             self.takeovers += 1
 
@@ -126,6 +132,8 @@ class Monitor:
             else None
         row["clients_selected"] = len(info["selected"]) if info else len(models)
         row["clients_aggregated"] = len(info["aggregated"]) if info else len(models)
+        if self.epsilon is not None:
+            row["epsilon"] = self.epsilon
         row.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down,
                    bytes_total=self.bytes_total, messages=self.messages, flops=self.flops,
                    compute_s=self.compute_s, energy_j=self.energy_j)

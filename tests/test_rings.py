@@ -5,7 +5,10 @@ import sys
 RING0 = ["crowdlearn.protocols.io", "crowdlearn.protocols.wire", "crowdlearn.protocols.messages",
          "crowdlearn.protocols.fedavg", "crowdlearn.protocols.aggregate",
          "crowdlearn.data.partition", "crowdlearn.training.models", "crowdlearn.training.batching",
-         "crowdlearn.training.jobs", "crowdlearn.config", "sim.profiles", "sim.availability"]
+         "crowdlearn.training.jobs", "crowdlearn.config", "sim.profiles", "sim.availability",
+         "crowdlearn.protocols.dssgd", "crowdlearn.privacy.mechanisms",
+         "crowdlearn.privacy.accountant", "slicenet.graph", "slicenet.plan", "slicenet.partition",
+         "slicenet.protocol", "crowdlearn.crypto.sealing"]
 FORBIDDEN = ["simpy", "tensorflow", "keras", "asyncio", "socket"]
 
 

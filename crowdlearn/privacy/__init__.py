@@ -1,0 +1,23 @@
+"""Privacy mechanisms and accounting (ring 0: numpy only; ``dp-accounting`` is imported lazily).
+
+* :mod:`crowdlearn.privacy.mechanisms`: Laplace noise, clipping, the sparse vector technique of
+  DSSGD (:func:`svt_select`, vectorised, with its literal reference walk);
+* :mod:`crowdlearn.privacy.accountant`: the per-participant ε ledger (the paper's per-parameter
+  figure, basic composition, and a composed (ε, δ) from the ``dp-accounting`` PLD accountant).
+
+References: R. Shokri, V. Shmatikov, "Privacy-Preserving Deep Learning", ACM CCS 2015.
+"""
+
+from crowdlearn.privacy.accountant import PrivacyLedger, composed_epsilon, turn_event, turns_event
+from crowdlearn.privacy.mechanisms import (
+    SVTDraws,
+    clip,
+    laplace,
+    svt_draws,
+    svt_scales,
+    svt_select,
+    svt_select_reference,
+)
+
+__all__ = ["PrivacyLedger", "SVTDraws", "clip", "composed_epsilon", "laplace", "svt_draws",
+           "svt_scales", "svt_select", "svt_select_reference", "turn_event", "turns_event"]
