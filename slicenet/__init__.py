@@ -43,7 +43,18 @@ from slicenet.partition import OBJECTIVES, STRATEGIES, partition
 from slicenet.plan import PieceStats, SlicePlan
 from slicenet.plot import plot_plan
 
+_EXECUTION = ("DOMINATOR", "Message", "PiecewiseNetwork", "WeightSpec", "count_floats",
+              "monolithic_step", "piecewise_step", "weight_specs")
+
+
+def __getattr__(name):  # the execution API imports TensorFlow lazily, on first use
+    if name in _EXECUTION:
+        from slicenet import execution
+        return getattr(execution, name)
+    raise AttributeError(f"module 'slicenet' has no attribute {name!r}")
+
 __all__ = [
+    *_EXECUTION,
     "BYTES_PER_VALUE",
     "OBJECTIVES",
     "STRATEGIES",

@@ -169,9 +169,11 @@ def build_keras(desc: ModelDescription, *, seed: int | None = None) -> Any:
     import keras
 
     L = keras.layers
-    init = {} if seed is None else {"kernel_initializer": keras.initializers.GlorotUniform(seed)}
     out: list[Any] = [keras.Input(desc.input_shape)]
-    for lay in desc.layers:
+    for i, lay in enumerate(desc.layers):
+        # a distinct seed per layer: one shared seed would give every kernel the same stream
+        init = {} if seed is None else {
+            "kernel_initializer": keras.initializers.GlorotUniform(seed * 1009 + i)}
         if isinstance(lay, Dense):
             out.append(L.Dense(lay.units, activation=lay.activation, use_bias=lay.use_bias, **init))
         elif isinstance(lay, Conv2D):
