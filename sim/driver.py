@@ -247,7 +247,7 @@ class Driver:
         tr.done.callbacks.append(lambda _ev: self._delivered(src, dst, msg, nbytes))
 
     def _delivered(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int) -> None:
-        self.monitor.on_transfer(src, dst, nbytes, self.env.now)
+        self.monitor.on_transfer(src, dst, nbytes, self.env.now, msg)
         s, d = self.devices.get(src), self.devices.get(dst)
         if s is not None:
             self._spend(s, nbytes * s.profile.j_per_byte_up)

@@ -367,7 +367,10 @@ class Simulation:
             # (e.g. every device offline for good)
             "completed": bool(len(rows) >= cfg.rounds and not interrupted),
             "takeovers": int(mon.takeovers),
+            "bytes_by_kind": dict(sorted(mon.bytes_by_kind.items())),
         }
+        if mon.bytes_by_role:
+            summary["bytes_sent_by_role"] = dict(sorted(mon.bytes_by_role.items()))
         if "plan" in self.ctx.extra:
             plan = self.ctx.extra["plan"]
             summary["slice_balance"] = float(plan.balance)

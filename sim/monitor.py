@@ -41,6 +41,8 @@ class Monitor:
         self.messages = 0
         self.messages_dropped = 0
         self.bytes_lost = 0.0      # partial transfers cut off by drop-outs
+        self.bytes_by_kind: dict[str, int] = defaultdict(int)
+        self.bytes_by_role: dict[str, int] = defaultdict(int)
         self.flops = 0.0
         self.compute_s = 0.0
         self.energy_j = 0.0
@@ -55,9 +57,13 @@ class Monitor:
         self.reports: dict[str, int] = defaultdict(int)
 
     # ------------------------------------------------------------ driver hooks
-    def on_transfer(self, src: NodeId, dst: NodeId, nbytes: int, now: float) -> None:
+    def on_transfer(self, src: NodeId, dst: NodeId, nbytes: int, now: float,
+                    msg: Any = None) -> None:
         self.messages += 1
         self.bytes_total += nbytes
+        if msg is not None:   # by message kind: boundary / handover / Upload / RoundStart ...
+            kind = getattr(msg, "kind", None)
+            self.bytes_by_kind[kind if isinstance(kind, str) else type(msg).__name__] += nbytes
         if src != self.server:
             self.bytes_up += nbytes
             self.dev[src]["bytes_sent"] += nbytes
@@ -114,6 +120,8 @@ class Monitor:
             self.epsilon = float(rep.value)      # the accountant's composed ε so far
         elif rep.name == "privacy_ledger":
             self.privacy_ledger = rep.value
+        elif rep.name == "role_bytes":
+            self.bytes_by_role[rep.tag("role")] += int(rep.value)
         elif rep.name == "takeover":
             self.takeovers += 1
 

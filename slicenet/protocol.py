@@ -45,6 +45,7 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
+from crowdlearn.protocols import wire
 from crowdlearn.protocols.wire import message
 from crowdlearn.training.jobs import TrainJob
 from crowdlearn.training.models import ModelSpec
@@ -552,7 +553,8 @@ class SlicingServer(Machine):
             owner = self._owner_of_handover(g, m.dst, src)
             if owner is not None:
                 self.checkpoints[(g.gid, owner)] = m.payload
-        return [Send(m.dst, Relayed(m.group, m.attempt, src, m.kind, m.payload))]
+        out = Relayed(m.group, m.attempt, src, m.kind, m.payload)
+        return [Send(m.dst, out), Report("role_bytes", wire.size(out), (("role", "server"),))]
 
     def _owner_of_handover(self, g: _Group, dst, src):
         if dst == g.dominator:
@@ -698,13 +700,19 @@ class SliceDevice(Machine):
     def next_timer(self) -> float | None:
         return self._deadline
 
-    def _send_payload(self, dst, kind: str, nbytes: int, fill=None) -> Effect:
+    def _send_payload(self, dst, kind: str, nbytes: int, fill=None) -> list[Effect]:
         payload = Sealed.opaque(self.ring, self.node_id, dst, nbytes) if fill is None else \
             Sealed.of_arrays(self.ring, self.node_id, dst, fill, nbytes)
         p = self.plan
         if self.params.peer_to_peer:
-            return Send(dst, Relayed(p.group, p.attempt, self.node_id, kind, payload))
-        return Send(self.server, Relay(p.group, p.attempt, dst, kind, payload))
+            msg: Any = Relayed(p.group, p.attempt, self.node_id, kind, payload)
+            return [Send(dst, msg), self._role_bytes(msg)]
+        msg = Relay(p.group, p.attempt, dst, kind, payload)
+        return [Send(self.server, msg), self._role_bytes(msg)]
+
+    def _role_bytes(self, msg: Any) -> Report:
+        """Traffic per role (spec: dominator / follower / dummy), what this device sends."""
+        return Report("role_bytes", wire.size(msg), (("role", self.plan.role),))
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received):
@@ -749,7 +757,7 @@ class SliceDevice(Machine):
         self.started = now
         weights_fill = None
         for dst, nbytes in m.send_handover:
-            out.append(self._send_payload(dst, "handover", nbytes, weights_fill))
+            out += self._send_payload(dst, "handover", nbytes, weights_fill)
         self.hand_in = 0
         self.bound_in = 0
         return out + self._maybe_compute(now)
@@ -778,7 +786,7 @@ class SliceDevice(Machine):
             job = PieceJob(p.flops, p.memory_bytes)
         out: list[Effect] = [RunJob(p.attempt, job)]
         for dst, nbytes in p.send_boundary:
-            out.append(self._send_payload(dst, "boundary", nbytes))
+            out += self._send_payload(dst, "boundary", nbytes)
         return out
 
     def _maybe_done(self, now: float) -> list[Effect]:
