@@ -136,9 +136,7 @@ class ModelSpec:
                 "(H, W, C) with positive sizes for images"
             )
         if self.loss not in LOSSES:
-            raise CrowdlearnError(
-                f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}"
-            )
+            raise CrowdlearnError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         if not self.layers:
             raise CrowdlearnError("model has no layers: add at least one dense output layer")
         out: list[tuple[int, ...]] = []
@@ -270,7 +268,7 @@ class ModelSpec:
         [(4, 3), (3,), (3, 2), (2,)]
         """
         shapes: list[tuple[int, ...]] = []
-        for layer, ins in zip(self.layers, self._input_shapes()):
+        for layer, ins in zip(self.layers, self._input_shapes(), strict=True):
             if layer.kind == "dense":
                 shapes += [(ins[0], layer.units), (layer.units,)]
             elif layer.kind == "conv2d":
@@ -321,7 +319,9 @@ class ModelSpec:
         218762
         """
         total = 0
-        for layer, ins, outs in zip(self.layers, self._input_shapes(), self.output_shapes()):
+        for layer, ins, outs in zip(
+            self.layers, self._input_shapes(), self.output_shapes(), strict=True
+        ):
             if layer.kind == "dense":
                 total += 2 * ins[0] * layer.units + layer.units
             elif layer.kind == "conv2d":
@@ -362,7 +362,9 @@ class ModelSpec:
         >>> mlp(784, [128, 64], 10).train_memory_bytes(32)
         1364344
         """
-        return 4 * (3 * self.num_params() + 2 * int(batch_size) * self.activation_floats_per_sample())
+        return 4 * (
+            3 * self.num_params() + 2 * int(batch_size) * self.activation_floats_per_sample()
+        )
 
 
 # ---------------------------------------------------------------------- constructors
@@ -407,7 +409,9 @@ def cnn(
     """
     layers: list[LayerSpec] = []
     for f in filters:
-        layers.append(LayerSpec("conv2d", filters=int(f), kernel=int(kernel), activation=activation))
+        layers.append(
+            LayerSpec("conv2d", filters=int(f), kernel=int(kernel), activation=activation)
+        )
         if pool > 1:
             layers.append(LayerSpec("maxpool", pool=int(pool)))
     layers.append(LayerSpec("flatten"))
