@@ -133,6 +133,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                 "chain (each batch crosses every layer boundary both ways)."),
         "batch_size": Key(int, 32, "Mini-batch size of intra-group SGD.", min=1),
         "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
+        "model": Key(str, "config", "'config': the [model] MLP; 'paper-mlp': the paper's "
+                     "784-400-200-100-10 with BatchNorm (needs 784 features, 10 classes).",
+                     choices=("config", "paper-mlp")),
+        "batchnorm": Key(bool, False, "Add BatchNorm (input and before every activation) to "
+                         "the [model] MLP, as in the paper's network."),
     },
     "availability": {
         "model": Key(str, "always", "Availability model.", choices=("always", "sessions", "trace")),
@@ -346,6 +351,10 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
                                                            and sl["group_size"] - 1 < 1):
             problems.append(f"slicenet.pieces: at most group_size - 1 = {sl['group_size'] - 1} "
                             f"pieces (one device is the dominator); got {sl['pieces']}")
+    if v["protocol"] in ("crowdlearning", "ssgd") and sl["model"] == "paper-mlp" \
+            and data["dataset"] != "fashion_mnist":
+        problems.append("slicenet.model: 'paper-mlp' takes 28x28 inputs and 10 classes; use "
+                        "dataset 'fashion_mnist' (or model 'config')")
     if v["protocol"] in ("crowdlearning", "ssgd") and model["arch"] != "mlp":
         problems.append(f"model.arch: {v['protocol']} slices dense models; use arch = 'mlp'")
     if v["protocol"] == "standalone" and fleet["devices"] > 2000:

@@ -55,8 +55,8 @@ class FaultParams:
     """Drop-outs that depend on what a device does.
 
     churn
-        Probability that a device given a training job disconnects at a uniformly random moment
-        of that job.
+        Probability that a device given a task (any job: local training, a slice of a pass)
+        disconnects at a uniformly random moment of that task.
     churn_offline_s
         Mean (exponential) time a churned device stays away.
     battery
@@ -274,7 +274,7 @@ class Driver:
         try:
             yield req
             started = self.env.now
-            if (self.faults.churn > 0 and self.is_device[dev.node] and job.kind == "train"
+            if (self.faults.churn > 0 and self.is_device[dev.node] and duration > 0
                     and self.rng.random() < self.faults.churn):
                 at = self.rng.uniform(0.0, duration)
                 ev = self.env.timeout(at)

@@ -102,7 +102,8 @@ def _build_standalone(ctx: Context) -> dict:
 def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
     """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group)."""
     from slicenet import protocol as sp
-    from slicenet.graph import Activation, CostGraph, Dense
+    from slicenet.fused import FusedTrainer
+    from slicenet.graph import paper_mlp_description
     from slicenet.partition import partition as slice_partition
 
     cfg, sc = ctx.config, ctx.config.slicenet
@@ -119,25 +120,28 @@ def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
     groups = [order[i * n:(i + 1) * n] for i in range(g)]
     for k, d in enumerate(order[g * n:]):         # leftovers join groups round-robin [ours]
         groups[k % g].append(d)
-    spec = ctx.spec
+    ds = ctx.dataset
+    if sc.model == "paper-mlp":
+        desc = paper_mlp_description()
+    else:
+        desc = sp.description_for(cfg.model.hidden, ds.num_features, ds.num_classes,
+                                  activation=cfg.model.activation, batchnorm=sc.batchnorm)
+    # the fused path: every group's network trained together, BatchNorm included
+    trainer = FusedTrainer(desc, ds.x_train, ds.y_train)
+    init = trainer.init_weights(ctx.rngs["model"])
+    ctx.extra.update(trainer=trainer, desc=desc)
     if pieces:
-        layers = []
-        for layer in spec.layers:
-            if layer.kind == "dense":
-                layers.append(Dense(layer.units))
-                if layer.activation:
-                    layers.append(Activation(layer.activation))
-        graph = CostGraph.from_layers(spec.input_shape, layers)
+        graph = desc.graph()
         plan = slice_partition(graph, pieces, method=sc.strategy, objective=sc.objective,
                                seed=cfg.seed)
-        layout = sp.layout_from_plan(spec, graph, plan)
+        layout = sp.layout_from_plan(desc, graph, plan)
         ctx.extra["plan"] = plan
     else:
-        layout = sp.whole_model_layout(spec)
+        layout = sp.whole_model_layout(desc)
     params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
                             tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
                             peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
-    fused = sp.FusedGroups(ctx.init_weights, len(groups))
+    fused = sp.FusedGroups(init, len(groups))
     ring = KeyRing(seed=cfg.seed)
     if sc.peer_to_peer and n > 1:
         ctx.d2d_pairs = [(a, b) for grp in groups for i, a in enumerate(grp) for b in grp[i + 1:]]
@@ -149,11 +153,11 @@ def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
     machines: dict = {SERVER: sp.SlicingServer(
         SERVER, layout, groups, params, fused,
         data_sizes={d: len(ctx.parts[d]) for d in devices}, latency=latency, ring=ring,
-        rng=rng, spec=spec)}
+        rng=rng)}
     for gid, grp in enumerate(groups):
         for d in grp:
             machines[d] = sp.SliceDevice(d, layout, fused, gid, ctx.parts[d], params, ring=ring,
-                                         rng=ctx.device_rngs[d], spec=spec)
+                                         rng=ctx.device_rngs[d])
     return machines
 
 
@@ -257,9 +261,17 @@ class Simulation:
         self.env = simpy.Environment()
         self.ctx.graph = self._topology(())
 
-        if trainer_factory is None:
-            trainer_factory = TRAINERS[cfg.training.backend]()
-        self.trainer = trainer_factory(self.spec, self.dataset.x_train, self.dataset.y_train)
+        machines = PROTOCOLS[cfg.protocol](self.ctx)
+        if self.ctx.d2d_pairs:
+            self.ctx.graph = self._topology(self.ctx.d2d_pairs)
+        self.network = Network(self.env, self.ctx.graph)
+        if "trainer" in self.ctx.extra:          # a protocol with its own compute path
+            self.trainer = self.ctx.extra["trainer"]
+        else:
+            if trainer_factory is None:
+                trainer_factory = TRAINERS[cfg.training.backend]()
+            self.trainer = trainer_factory(self.spec, self.dataset.x_train,
+                                           self.dataset.y_train)
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
             "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
@@ -286,10 +298,6 @@ class Simulation:
                              battery=av.battery, battery_min_fraction=av.battery_min_fraction,
                              recharge_s=av.recharge_s,
                              initial_battery=tuple(av.initial_battery))
-        machines = PROTOCOLS[cfg.protocol](self.ctx)
-        if self.ctx.d2d_pairs:
-            self.ctx.graph = self._topology(self.ctx.d2d_pairs)
-        self.network = Network(self.env, self.ctx.graph)
         profiles = {d: self.profiles[d] for d in range(n)}
         profiles[SERVER] = server_profile
         self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,

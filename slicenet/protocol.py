@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from crowdlearn.crypto.sealing import KeyRing, Sealed
+from crowdlearn.errors import CrowdlearnError
 from crowdlearn.protocols.io import (
     CancelJob,
     Disconnected,
@@ -47,8 +48,9 @@ from crowdlearn.protocols.io import (
 )
 from crowdlearn.protocols import wire
 from crowdlearn.protocols.wire import message
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
+from crowdlearn.training.batching import TrainTask, count_samples, make_batches
+from crowdlearn.training.jobs import Deferred, TrainJob
+from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
 
 SERVER: NodeId = "server"
 DOMINATOR = -1            # owner id of the dominator's parameters
@@ -58,70 +60,80 @@ DOMINATOR = -1            # owner id of the dominator's parameters
 class Layout:
     """Ownership of a dense model's parameters under a slice plan, and its traffic.
 
-    ``owner[k]`` (one int array per parameter tensor, same shape) is the piece owning each entry,
-    or ``DOMINATOR``.  Source ownership (spec §1): the kernel row of a hidden neuron belongs to
-    the piece holding that neuron; input → hidden-1 kernels and the output bias belong to the
-    dominator; a hidden neuron's bias (and BatchNorm parameters) to its piece.
+    ``owner[k]`` (one int array per entry of :func:`slicenet.execution.weight_specs`, same
+    shape) is the piece owning each entry, or ``DOMINATOR``.  Source ownership (spec §1): the
+    kernel row of a hidden neuron belongs to the piece holding that neuron; input → hidden-1
+    kernels, the input BatchNorm and the output bias belong to the dominator; a hidden neuron's
+    bias and BatchNorm parameters to its piece.
 
     ``pair_floats[a, b]`` is the number of floats owner ``a`` sends owner ``b`` per training
     sample (forward partial sums + backward errors), indices shifted by one so that row/column 0
     is the dominator.
     """
 
-    def __init__(self, spec: ModelSpec, piece_of_unit: Sequence[np.ndarray], pieces: int):
-        dense = [i for i, layer in enumerate(spec.layers) if layer.kind == "dense"]
-        if any(layer.kind not in ("dense", "batchnorm") for layer in spec.layers):
-            raise ValueError("Crowdlearning slices dense models (MLPs) only")
+    def __init__(self, desc: ModelDescription, piece_of_unit: Sequence[np.ndarray], pieces: int):
+        from slicenet.execution import weight_specs
+
+        dense = [i for i, layer in enumerate(desc.layers) if isinstance(layer, Dense)]
+        if not dense:
+            raise CrowdlearnError("Crowdlearning needs a model with at least one Dense layer")
         hidden = dense[:-1]
         if len(piece_of_unit) != len(hidden):
             raise ValueError(f"{len(piece_of_unit)} hidden assignments for {len(hidden)} layers")
-        self.spec = spec
+        self.desc = desc
         self.pieces = int(pieces)
         self.piece_of_unit = [np.asarray(p, np.int64) for p in piece_of_unit]
-        shapes = [tuple(s) for s in spec.param_shapes()]
-        owner: list[np.ndarray] = []
-        k = 0
+        self.specs = weight_specs(desc)
         hidden_pos = {layer: h for h, layer in enumerate(hidden)}
-        prev_hidden: int | None = None        # hidden index feeding the current layer
-        for li, layer in enumerate(spec.layers):
-            if layer.kind == "dense":
-                kshape, bshape = shapes[k], shapes[k + 1]
-                if prev_hidden is None:
-                    kern = np.full(kshape, DOMINATOR, np.int64)
-                else:
-                    kern = np.repeat(self.piece_of_unit[prev_hidden][:, None], kshape[1], axis=1)
-                h = hidden_pos.get(li)
-                bias = (np.full(bshape, DOMINATOR, np.int64) if h is None
-                        else self.piece_of_unit[h].copy())
-                owner += [kern, bias]
-                k += 2
-                prev_hidden = h
-            else:  # batchnorm: gamma, beta, moving mean, moving variance of the preceding units
-                src = np.full(shapes[k], DOMINATOR, np.int64) if prev_hidden is None \
-                    else self.piece_of_unit[prev_hidden]
-                owner += [np.asarray(src).copy() for _ in range(4)]
-                k += 4
+        owner: list[np.ndarray] = []
+        current: np.ndarray | None = None    # owners of the units the next layer reads
+        for spec in self.specs:
+            layer = desc.layers[spec.layer]
+            if isinstance(layer, Dense):
+                h = hidden_pos.get(spec.layer)
+                if spec.role == "kernel":
+                    owner.append(np.full(spec.shape, DOMINATOR, np.int64) if current is None
+                                 else np.repeat(current[:, None], spec.shape[1], axis=1))
+                if spec.role == "bias" or (spec.role == "kernel" and not layer.use_bias):
+                    if spec.role == "bias":
+                        owner.append(np.full(spec.shape, DOMINATOR, np.int64) if h is None
+                                     else self.piece_of_unit[h].copy())
+                    current = None if h is None else self.piece_of_unit[h]
+            else:   # BatchNorm parameters follow the units they normalise
+                owner.append(np.full(spec.shape, DOMINATOR, np.int64) if current is None
+                             else current.copy())
         self.owner = owner
-        self.shapes = shapes
-        self.sizes = [int(np.prod(s)) for s in shapes]
+        self.shapes = [s.shape for s in self.specs]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
         self.num_params = int(self.offsets[-1])
         self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
-        self.pair_floats = self._traffic(hidden)
         self.hidden_layers = len(hidden)
+        self.num_outputs = desc.layers[dense[-1]].units
+        self.pair_floats = self._traffic()
+        # training FLOPs per sample: 3 × forward (2 per multiply-add, 1 per bias / activation
+        # output, 4 per BatchNorm output)
+        fwd, width = 0, int(np.prod(desc.input_shape))
+        for layer in desc.layers:
+            if isinstance(layer, Dense):
+                fwd += 2 * width * layer.units + layer.units
+                width = layer.units
+            elif isinstance(layer, BatchNorm):
+                fwd += 4 * width
+            elif isinstance(layer, Activation):
+                fwd += width
+        self.train_flops_per_sample = 3 * fwd
 
-    def _traffic(self, hidden: list[int]) -> np.ndarray:
-        spec = self.spec
+    def _traffic(self) -> np.ndarray:
         t = np.zeros((self.pieces + 1, self.pieces + 1), np.int64)
-        units = [spec.layers[i].units for i in hidden]
-        if not hidden:
+        if not self.hidden_layers:
             return t
         # dominator -> hidden-1 weighted sums, one per neuron; errors back
         np.add.at(t[0], self.piece_of_unit[0] + 1, 1)
         np.add.at(t[:, 0], self.piece_of_unit[0] + 1, 1)
         # hidden l -> hidden l+1: one partial sum per (target neuron, foreign source piece)
-        for h in range(len(hidden) - 1):
+        for h in range(self.hidden_layers - 1):
             src_pieces = np.unique(self.piece_of_unit[h])
             for j_piece in np.unique(self.piece_of_unit[h + 1]):
                 targets = int(np.sum(self.piece_of_unit[h + 1] == j_piece))
@@ -130,11 +142,10 @@ class Layout:
                         t[q + 1, j_piece + 1] += targets
                         t[j_piece + 1, q + 1] += targets
         # last hidden -> output: each holder sends output-many partial sums; errors back
-        out_units = spec.num_outputs
         for q in np.unique(self.piece_of_unit[-1]):
-            t[q + 1, 0] += out_units
-            t[0, q + 1] += out_units
-        del units
+            t[q + 1, 0] += self.num_outputs
+            t[0, q + 1] += self.num_outputs
+        np.fill_diagonal(t, 0)      # units an owner holds itself cost no traffic
         return t
 
     def owned_flat(self, owners: Sequence[int]) -> np.ndarray:
@@ -147,21 +158,35 @@ class Layout:
         return n / self.num_params
 
 
-def layout_from_plan(spec: ModelSpec, graph, plan) -> Layout:
-    """A :class:`Layout` from a neuron-granularity :class:`~slicenet.graph.CostGraph` plan."""
+def layout_from_plan(desc: ModelDescription, graph, plan) -> Layout:
+    """A :class:`Layout` from a :class:`~slicenet.graph.CostGraph` plan (neuron or block
+    granularity)."""
     pieces_of_layer = []
     for layer in range(len(graph.layer_sizes)):
         sl = graph.layer_slice(layer)
-        size = np.asarray(graph.size[sl])
-        pieces_of_layer.append(np.repeat(np.asarray(plan.assignment[sl]), size))
-    return Layout(spec, pieces_of_layer, plan.pieces if isinstance(plan.pieces, int)
-                  else len(plan.pieces))
+        pieces_of_layer.append(np.repeat(np.asarray(plan.assignment[sl]),
+                                         np.asarray(graph.size[sl])))
+    return Layout(desc, pieces_of_layer, len(plan.pieces))
 
 
-def whole_model_layout(spec: ModelSpec) -> Layout:
+def whole_model_layout(desc: ModelDescription) -> Layout:
     """No slicing (S-SGD): the single device owns everything as dominator."""
-    hidden = [layer for layer in spec.layers if layer.kind == "dense"][:-1]
-    return Layout(spec, [np.full(layer.units, DOMINATOR, np.int64) for layer in hidden], 0)
+    hidden = [layer for layer in desc.layers if isinstance(layer, Dense)][:-1]
+    return Layout(desc, [np.full(layer.units, DOMINATOR, np.int64) for layer in hidden], 0)
+
+
+def description_for(hidden: Sequence[int], inputs: int, outputs: int, *,
+                    activation: str = "relu", batchnorm: bool = False) -> ModelDescription:
+    """A dense model description ``inputs → hidden... → outputs`` (optionally BatchNorm before
+    every activation and on the input, as in the paper's MLP)."""
+    layers: list = [BatchNorm()] if batchnorm else []
+    for units in hidden:
+        layers.append(Dense(int(units)))
+        if batchnorm:
+            layers.append(BatchNorm())
+        layers.append(Activation(activation))
+    layers.append(Dense(int(outputs)))
+    return ModelDescription((int(inputs),), tuple(layers), name="mlp")
 
 
 # ====================================================================== fused numerics
@@ -314,6 +339,15 @@ class Download:
     values: np.ndarray
 
 
+@message(0x030A)
+@dataclass(frozen=True)
+class ShareDone:
+    """Member → server: the download is applied; the epoch may close."""
+
+    group: int
+    epoch: int
+
+
 # ====================================================================== parameters
 @dataclass(frozen=True)
 class SliceParams:
@@ -404,10 +438,10 @@ class SlicingServer(Machine):
 
     def __init__(self, node_id: NodeId, layout: Layout, groups: Sequence[Sequence[int]],
                  params: SliceParams, fused: FusedGroups, *, data_sizes: dict,
-                 latency: dict, ring: KeyRing, rng: np.random.Generator, spec: ModelSpec):
+                 latency: dict, ring: KeyRing, rng: np.random.Generator):
         super().__init__(node_id)
         self.layout, self.params, self.fused, self.rng = layout, params, fused, rng
-        self.spec, self.ring = spec, ring
+        self.ring = ring
         self.data_sizes, self.latency = data_sizes, latency
         self.groups = [_Group(g, list(m)) for g, m in enumerate(groups)]
         self.group_of = {d: g for g, m in enumerate(groups) for d in m}
@@ -450,6 +484,12 @@ class SlicingServer(Machine):
                 return self._upload(event.src, m)
             if isinstance(m, DownloadRequest):
                 return self._download(event.src, m, now)
+            if isinstance(m, ShareDone):
+                g = self.groups[m.group]
+                if g.phase == "share" and m.epoch == g.epoch and event.src in g.sharing:
+                    g.sharing.discard(event.src)
+                    return self._maybe_finish_share(g, now)
+                return []
         return []
 
     # -------------------------------------------------------------- passes
@@ -526,7 +566,7 @@ class SlicingServer(Machine):
                 if any(bsend.values()) else 0.0
             min_dur = batches * 2 * (lay.hidden_layers + 1) * hop
         out: list[Effect] = []
-        total_flops = self.spec.train_flops_per_sample() * samples
+        total_flops = lay.train_flops_per_sample * samples
         for d, owners in owners_of.items():
             role = "dominator" if d == dom else "follower"
             share = lay.flops_share(owners)
@@ -640,9 +680,7 @@ class SlicingServer(Machine):
         owners = [DOMINATOR] if src == g.dominator else []
         owners += [p for p, d in g.holders.items() if d == src]
         idx, vals = self.window.query(self.layout.owned_flat(owners), self.tick, self.min_count)
-        g.sharing.discard(src)
-        return [Send(src, Download(g.gid, g.epoch, idx.astype(np.int32), vals))] + \
-            self._maybe_finish_share(g, now)
+        return [Send(src, Download(g.gid, g.epoch, idx.astype(np.int32), vals))]
 
     def _maybe_finish_share(self, g: _Group, now: float) -> list[Effect]:
         return self._finish_epoch(g, now) if not g.sharing else []
@@ -680,11 +718,12 @@ class SliceDevice(Machine):
 
     def __init__(self, node_id: NodeId, layout: Layout, fused: FusedGroups, group: int,
                  indices: np.ndarray, params: SliceParams, *, ring: KeyRing,
-                 rng: np.random.Generator, spec: ModelSpec, server: NodeId = SERVER):
+                 rng: np.random.Generator, server: NodeId = SERVER):
         super().__init__(node_id)
         self.layout, self.fused, self.group, self.params = layout, fused, group, params
         self.indices = np.asarray(indices, np.int64)
-        self.ring, self.rng, self.spec, self.server = ring, rng, spec, server
+        self.ring, self.rng, self.server = ring, rng, server
+        self.early: dict[int, list] = {}    # payloads that overtook their PassPlan
         self._reset()
 
     def _reset(self):
@@ -760,10 +799,21 @@ class SliceDevice(Machine):
             out += self._send_payload(dst, "handover", nbytes, weights_fill)
         self.hand_in = 0
         self.bound_in = 0
-        return out + self._maybe_compute(now)
+        for payload in self.early.pop(m.attempt, []):
+            if payload.kind == "boundary":
+                self.bound_in += 1
+            else:
+                self.hand_in += 1
+        self.early = {a: v for a, v in self.early.items() if a > m.attempt}
+        return out + self._maybe_compute(now) + self._maybe_done(now)
 
     def _on_payload(self, m: Relayed, now: float) -> list[Effect]:
-        if self.plan is None or m.attempt != self.plan.attempt:
+        if self.plan is None or m.attempt > self.plan.attempt:
+            # a peer's payload can overtake the server's PassPlan (peer-to-peer links are
+            # faster than the path through the server): keep it for that attempt
+            self.early.setdefault(m.attempt, []).append(m)
+            return []
+        if m.attempt != self.plan.attempt:
             return []
         if m.kind == "boundary":
             self.bound_in += 1
@@ -777,11 +827,12 @@ class SliceDevice(Machine):
             return []
         self.computing = True
         if p.role == "dominator":
-            job = TrainJob.build(self.spec, self.fused.state[self.group], self.indices,
-                                 epochs=1, batch_size=self.params.batch_size,
-                                 lr=self.params.lr, rng=self.rng)
-            job = replace(job, flops=p.flops, memory_bytes=p.memory_bytes)
-            job = SlicePassJob(job.task, job.flops, job.memory_bytes, job.num_samples)
+            start = self.fused.state[self.group]
+            batches = make_batches(self.indices, epochs=1, batch_size=self.params.batch_size,
+                                   rng=self.rng)
+            job = SlicePassJob(TrainTask(start if isinstance(start, Deferred) else tuple(start),
+                                         batches, self.params.lr),
+                               p.flops, p.memory_bytes, len(self.indices))
         else:
             job = PieceJob(p.flops, p.memory_bytes)
         out: list[Effect] = [RunJob(p.attempt, job)]
@@ -817,15 +868,16 @@ class SliceDevice(Machine):
                 Send(self.server, DownloadRequest(m.group, m.epoch))]
 
     def _apply_download(self, m: Download) -> list[Effect]:
+        done = [Send(self.server, ShareDone(m.group, m.epoch))]
         if len(m.indices) == 0:
-            return []
+            return done
         w = self.fused.weights(self.group)
         flat = np.concatenate([a.reshape(-1) for a in w])
         flat[np.asarray(m.indices, np.int64)] = m.values
         lay = self.layout
         self.fused.set_weights(self.group, [flat[lay.offsets[i]:lay.offsets[i + 1]].reshape(s)
                                             for i, s in enumerate(lay.shapes)])
-        return []
+        return done
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,29 +3,25 @@ import numpy as np
 import pytest
 
 from crowdlearn.protocols import wire
-from crowdlearn.training.models import mlp
-from slicenet.graph import Activation, CostGraph, Dense, traffic_per_sample
+from slicenet.graph import paper_mlp_description, traffic_per_sample
 from slicenet.partition import partition
-from slicenet.protocol import DOMINATOR, SlidingWindow, layout_from_plan, whole_model_layout
+from slicenet.protocol import (
+    DOMINATOR, SlidingWindow, description_for, layout_from_plan, whole_model_layout,
+)
 from sim.experiment import Simulation
 from tests.conftest import small_config
 
 
-def paper_layers():
-    return [Dense(400), Activation("relu"), Dense(200), Activation("relu"), Dense(100),
-            Activation("relu"), Dense(10)]
-
-
 @pytest.mark.parametrize("n", [5, 10])
 def test_layout_traffic_and_ownership_match_the_plan(n):
-    spec = mlp(784, [400, 200, 100], 10)
-    graph = CostGraph.from_layers((784,), paper_layers())
+    desc = description_for([400, 200, 100], 784, 10)
+    graph = desc.graph()
     plan = partition(graph, n)
-    lay = layout_from_plan(spec, graph, plan)
+    lay = layout_from_plan(desc, graph, plan)
     assert lay.pair_floats.sum() == traffic_per_sample(graph, plan.assignment).floats
     # source ownership: the dominator holds input->hidden-1 (313,600) and the output bias
     assert lay.params_per_owner[DOMINATOR + 1] == 784 * 400 + 10
-    assert lay.params_per_owner.sum() == spec.num_params()
+    assert lay.params_per_owner.sum() == 784 * 400 + 400 * 200 + 200 * 100 + 100 * 10 + 710
     # a piece owns its neurons' outgoing weights and biases
     for p in range(n):
         owned = plan.pieces[p].weights if hasattr(plan.pieces[p], "weights") else None
@@ -36,8 +32,21 @@ def test_layout_traffic_and_ownership_match_the_plan(n):
     assert lay.flops_share([DOMINATOR] + list(range(n))) == pytest.approx(1.0)
 
 
+def test_paper_mlp_batchnorm_parameters_follow_their_neurons():
+    desc = paper_mlp_description()
+    graph = desc.graph()
+    plan = partition(graph, 5)
+    lay = layout_from_plan(desc, graph, plan)
+    # dominator: input BN (4 x 784), input->hidden-1 kernel, output bias
+    assert lay.params_per_owner[0] == 4 * 784 + 784 * 400 + 10
+    for p in range(5):      # each piece: its neurons' outgoing rows, biases and 4 BN values
+        units = sum(int(np.sum(u == p)) for u in lay.piece_of_unit)
+        outgoing = sum(int(np.sum(u == p)) * w for u, w in zip(lay.piece_of_unit, (200, 100, 10)))
+        assert lay.params_per_owner[p + 1] == outgoing + 5 * units
+
+
 def test_whole_model_layout_has_no_traffic():
-    lay = whole_model_layout(mlp(64, [32], 10))
+    lay = whole_model_layout(description_for([32], 64, 10))
     assert lay.pair_floats.sum() == 0 and lay.params_per_owner[0] == lay.num_params
 
 

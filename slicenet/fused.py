@@ -1,0 +1,199 @@
+"""The fused path: every group's whole network trained in one batched TensorFlow computation.
+
+A Crowdlearning pass is, numerically, SGD of the group's whole network on the dominator's batches
+(spec §3; ``tests/test_slicenet_execution.py`` proves the piece-by-piece step equal to
+:func:`slicenet.execution.monolithic_step`).  :class:`FusedTrainer` runs the passes of many groups
+together: weights stacked along a leading group axis, dense layers as batched matmuls, BatchNorm in
+training mode with per-group masked batch statistics (padding rows excluded), Keras' defaults
+(momentum 0.99, epsilon 1e-3, biased variance).  It also returns, per weight, the sum over the
+pass's mini-batches of |mean gradient| (spec §5, the ranking for top-θ sharing).
+
+``tests/test_slicenet_fused.py`` proves a fused pass equal to repeated ``monolithic_step`` calls.
+
+References: Chen et al., "Crowdlearning: Crowded Deep Learning with Data Privacy", SECON 2018.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from crowdlearn.errors import CrowdlearnError
+from slicenet.execution import BN_EPSILON, BN_MOMENTUM, weight_specs
+from slicenet.graph import Activation, BatchNorm, Dense, Dropout, Flatten, ModelDescription
+
+_ACTS = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid, "linear": tf.identity,
+         None: tf.identity}
+
+
+class FusedTrainer:
+    """Batched training and evaluation of many copies of one dense model (with BatchNorm).
+
+    ``train(tasks, with_abs_grad=True)`` takes :class:`~crowdlearn.training.batching.TrainTask`s
+    (weights in :func:`slicenet.execution.weight_specs` order, batches ``[steps, B]`` with ``-1``
+    padding) and returns per task the new weights followed, if asked, by Σ|mean gradient| per
+    weight (zeros for moving statistics).
+    """
+
+    def __init__(self, desc: ModelDescription, x: np.ndarray, y: np.ndarray):
+        self.desc = desc
+        self.specs = weight_specs(desc)
+        for layer in desc.layers:
+            if not isinstance(layer, (Dense, BatchNorm, Activation, Dropout, Flatten)):
+                raise CrowdlearnError(f"the fused path trains dense models; {layer} is not "
+                                      "supported (use a Dense/BatchNorm/Activation chain)")
+            if isinstance(layer, Dropout) and layer.rate > 0:
+                raise CrowdlearnError("the fused path does not model dropout; use rate 0")
+        self._x = tf.constant(np.asarray(x, np.float32).reshape(len(x), -1))
+        self._y = tf.constant(np.asarray(y, np.int32))
+        self._trainable = [s.trainable for s in self.specs]
+        sig = [tf.TensorSpec([None, *s.shape], tf.float32) for s in self.specs]
+        self._train_fn = tf.function(self._train_loop, input_signature=[
+            sig, tf.TensorSpec([None, None, None], tf.int32), tf.TensorSpec([None], tf.float32)],
+            reduce_retracing=True)
+        self._eval_fn = tf.function(self._eval, input_signature=[
+            sig, tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)],
+            reduce_retracing=True)
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, ps, h, mask, count, training):
+        """``h``: [K, B, d]; returns logits and, in training, the new moving statistics."""
+        k = 0
+        moving = {}
+        layers = self.desc.layers
+        for li, layer in enumerate(layers):
+            if isinstance(layer, Dense):
+                h = tf.einsum("kbi,kio->kbo", h, ps[k])
+                k += 1
+                if layer.use_bias:
+                    h = h + ps[k][:, None, :]
+                    k += 1
+                h = _ACTS[layer.activation](h) if layer.activation != "log_softmax" else h
+            elif isinstance(layer, BatchNorm):
+                gamma, beta, mm, mv = ps[k], ps[k + 1], ps[k + 2], ps[k + 3]
+                if training:
+                    w = mask[:, :, None]
+                    n = tf.maximum(count, 1.0)[:, None, None]
+                    mean = tf.reduce_sum(h * w, axis=1, keepdims=True) / n
+                    var = tf.reduce_sum(tf.square(h - mean) * w, axis=1, keepdims=True) / n
+                    moving[k + 2] = mm * BN_MOMENTUM + mean[:, 0] * (1 - BN_MOMENTUM)
+                    moving[k + 3] = mv * BN_MOMENTUM + var[:, 0] * (1 - BN_MOMENTUM)
+                else:
+                    mean, var = mm[:, None, :], mv[:, None, :]
+                h = (h - mean) * tf.math.rsqrt(var + BN_EPSILON) * gamma[:, None, :] \
+                    + beta[:, None, :]
+                k += 4
+            elif isinstance(layer, Activation):
+                if layer.name not in ("log_softmax", "softmax") or li != len(layers) - 1:
+                    h = _ACTS[layer.name](h)
+            # Flatten / Dropout(0): nothing on flat inputs
+        return h, moving
+
+    def _train_loop(self, params, batches, lr):
+        steps = tf.shape(batches)[0]
+        trainable = self._trainable
+        acc0 = [tf.zeros_like(p) for p in params]
+
+        def body(s, ps, acc):
+            idx = batches[s]
+            valid = idx >= 0
+            mask = tf.cast(valid, tf.float32)
+            count = tf.reduce_sum(mask, axis=1)
+            xb = tf.gather(self._x, tf.maximum(idx, 0))
+            yb = tf.gather(self._y, tf.maximum(idx, 0))
+            ps = list(ps)
+            watched = [p for p, t in zip(ps, trainable) if t]
+            with tf.GradientTape() as tape:
+                tape.watch(watched)
+                logits, moving = self._forward(ps, xb, mask, count, True)
+                per = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits) * mask
+                loss = tf.reduce_sum(tf.reduce_sum(per, axis=1) / tf.maximum(count, 1.0))
+            grads = iter(tape.gradient(loss, watched))
+            active = tf.cast(count > 0, tf.float32)
+            new, new_acc = [], []
+            for i, (p, a) in enumerate(zip(ps, acc)):
+                shape = [-1] + [1] * (len(p.shape) - 1)
+                on = tf.reshape(active, shape)
+                if trainable[i]:
+                    g = next(grads)
+                    new.append(p - tf.reshape(lr * active, shape) * g)
+                    new_acc.append(a + on * tf.abs(g))
+                else:   # moving statistics change only on steps that had data
+                    new.append(on * moving[i] + (1 - on) * p)
+                    new_acc.append(a)
+            return s + 1, new, new_acc
+
+        _, out, acc = tf.while_loop(lambda s, ps, a: s < steps, body,
+                                    (tf.constant(0), list(params), acc0),
+                                    parallel_iterations=1)
+        return out, acc
+
+    def _eval(self, params, x, y):
+        k = tf.shape(params[0])[0]
+        xb = tf.broadcast_to(x[None], [k, tf.shape(x)[0], tf.shape(x)[1]])
+        logits, _ = self._forward(list(params), xb, None, None, False)
+        yb = tf.broadcast_to(y[None], [k, tf.shape(y)[0]])
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits), axis=1)
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb),
+                                     tf.float32), axis=1)
+        return loss, acc
+
+    # ------------------------------------------------------------------ public
+    def train(self, tasks: Sequence, *, with_abs_grad: bool = True) -> list[list[np.ndarray]]:
+        """Run the tasks' SGD steps together; see the class docstring for the result layout."""
+        if not tasks:
+            return []
+        out: list = [None] * len(tasks)
+        by_b: dict[int, list[int]] = {}
+        for i, t in enumerate(tasks):
+            by_b.setdefault(int(np.asarray(t.batches).shape[1]), []).append(i)
+        for b, members in by_b.items():
+            steps = max(len(tasks[i].batches) for i in members)
+            sched = np.full((steps, len(members), b), -1, np.int32)
+            for j, i in enumerate(members):
+                sched[:len(tasks[i].batches), j] = tasks[i].batches
+            params = [tf.constant(np.stack([np.asarray(tasks[i].weights[p], np.float32)
+                                            for i in members]))
+                      for p in range(len(self.specs))]
+            lr = tf.constant(np.array([tasks[i].lr for i in members], np.float32))
+            new, acc = self._train_fn(params, tf.constant(sched), lr)
+            new = [t.numpy() for t in new]
+            acc = [t.numpy() for t in acc]
+            for j, i in enumerate(members):
+                w = [a[j] for a in new]
+                out[i] = w + [a[j] for a in acc] if with_abs_grad else w
+        return out
+
+    def evaluate(self, weight_lists: Sequence[Sequence[np.ndarray]], x: np.ndarray,
+                 y: np.ndarray, chunk: int = 4096) -> list[tuple[float, float]]:
+        """(mean loss, accuracy) per model, BatchNorm in inference mode."""
+        if not weight_lists:
+            return []
+        params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in weight_lists]))
+                  for p in range(len(self.specs))]
+        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        y = np.asarray(y, np.int32)
+        tot_loss = np.zeros(len(weight_lists))
+        tot_acc = np.zeros(len(weight_lists))
+        for s in range(0, len(x), chunk):
+            loss, acc = self._eval_fn(params, tf.constant(x[s:s + chunk]),
+                                      tf.constant(y[s:s + chunk]))
+            n = min(chunk, len(x) - s)
+            tot_loss += loss.numpy() * n
+            tot_acc += acc.numpy() * n
+        return [(float(a), float(b)) for a, b in zip(tot_loss / len(x), tot_acc / len(x))]
+
+    def init_weights(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Glorot-uniform kernels, zero biases, BN gamma 1 / beta 0 / mean 0 / variance 1."""
+        out = []
+        for s in self.specs:
+            if s.role == "kernel":
+                lim = np.sqrt(6.0 / (s.shape[0] + s.shape[1]))
+                out.append(rng.uniform(-lim, lim, s.shape).astype(np.float32))
+            elif s.role in ("gamma", "moving_variance"):
+                out.append(np.ones(s.shape, np.float32))
+            else:
+                out.append(np.zeros(s.shape, np.float32))
+        return out

@@ -1,0 +1,74 @@
+"""The fused path (all groups batched) equals the proven monolithic step, BatchNorm included."""
+import numpy as np
+import pytest
+
+from crowdlearn.training.batching import TrainTask, make_batches
+from slicenet.execution import monolithic_step, weight_specs
+from slicenet.fused import FusedTrainer
+from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription, paper_mlp_description
+
+
+def small_bn_mlp():
+    return ModelDescription((20,), (BatchNorm(), Dense(16), BatchNorm(), Activation("relu"),
+                                    Dense(8), BatchNorm(), Activation("relu"), Dense(4)))
+
+
+def perturbed_init(trainer, rng):
+    w = trainer.init_weights(rng)
+    # move biases, BN parameters and statistics off their trivial values
+    return [a + rng.normal(0, 0.1, a.shape).astype(np.float32) if s.role != "moving_variance"
+            else a * rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
+            for a, s in zip(w, trainer.specs)]
+
+
+@pytest.mark.parametrize("desc_fn", [small_bn_mlp, paper_mlp_description])
+def test_fused_passes_equal_repeated_monolithic_steps(desc_fn):
+    desc = desc_fn()
+    rng = np.random.default_rng(0)
+    d = desc.input_shape[0]
+    x = rng.normal(size=(300, d)).astype(np.float32)
+    y = rng.integers(0, desc.layers[-2 if isinstance(desc.layers[-1], Activation) else -1].units,
+                     300)
+    trainer = FusedTrainer(desc, x, y)
+    tasks = []
+    # different lengths, one with a padded last batch (8 of 16; a 2-sample batch would make
+    # BatchNorm divide by a tiny variance and amplify float rounding)
+    for g, (lo, hi) in enumerate([(0, 72), (72, 120)]):
+        w = perturbed_init(trainer, rng)
+        batches = make_batches(np.arange(lo, hi), epochs=1, batch_size=16, rng=rng)
+        tasks.append(TrainTask(tuple(w), batches, 0.1))
+    out = trainer.train(tasks, with_abs_grad=True)
+    n = len(weight_specs(desc))
+    for task, res in zip(tasks, out):
+        w = [np.asarray(a) for a in task.weights]
+        acc = [np.zeros_like(a) for a in w]
+        for batch in task.batches:
+            idx = batch[batch >= 0]
+            new, _ = monolithic_step(desc, w, x[idx], y[idx], 0.1)
+            for i, s in enumerate(weight_specs(desc)):
+                if s.trainable:   # one SGD step: |g| = |Δw| / lr
+                    acc[i] += np.abs(np.asarray(new[i]) - w[i]) / 0.1
+            w = [np.asarray(a) for a in new]
+        for i in range(n):
+            np.testing.assert_allclose(res[i], w[i], atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(res[n + i], acc[i], atol=5e-3, rtol=5e-3)
+
+
+def test_evaluate_uses_moving_statistics():
+    desc = small_bn_mlp()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 64)
+    t = FusedTrainer(desc, x, y)
+    w = perturbed_init(t, rng)
+    import keras
+
+    from slicenet.keras_io import build_keras
+    model = build_keras(desc)
+    model.set_weights(w)
+    logits = model(x, training=False).numpy()
+    loss_ref = float(np.mean(keras.losses.sparse_categorical_crossentropy(y, logits,
+                                                                          from_logits=True)))
+    acc_ref = float(np.mean(np.argmax(logits, 1) == y))
+    (loss, acc), = t.evaluate([w], x, y)
+    assert loss == pytest.approx(loss_ref, rel=1e-5) and acc == pytest.approx(acc_ref)
