@@ -41,17 +41,7 @@ DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist")
 TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
 
 
-@dataclass(frozen=True)
-class Key:
-    type: type | tuple
-    default: Any
-    doc: str
-    min: float | None = None
-    max: float | None = None
-    min_open: bool = False            # min is exclusive
-    choices: tuple | None = None
-    item_type: type | None = None     # for lists
-
+from crowdlearn.schema import Key  # noqa: E402  (protocol modules import it too)
 
 MBPS = "Mbit/s"
 

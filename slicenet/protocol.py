@@ -257,7 +257,7 @@ class PassPlan:
     attempt: int             # unique per (group, pass attempt); stale messages carry old ids
     role: str                # "dominator" | "follower" | "dummy"
     pieces: tuple            # pieces this device holds in the pass
-    send_handover: tuple     # ((dst, nbytes), ...) piece weights to hand over before the pass
+    send_handover: tuple     # ((dst, nbytes, owner), ...) weights to hand over before the pass
     expect_handover: int     # hand-over payloads to receive before computing
     send_boundary: tuple     # ((dst, nbytes), ...) this pass's boundary traffic
     expect_boundary: int     # boundary payloads to receive during the pass
@@ -543,7 +543,7 @@ class SlicingServer(Machine):
                 continue
             nbytes = self.piece_bytes[owner + 1]
             if old in self.present and old in self.group_of:
-                hand_send.setdefault(old, []).append((new, nbytes))
+                hand_send.setdefault(old, []).append((new, nbytes, owner))
                 hand_expect[new] += 1
             else:
                 fetch.append((new, owner, nbytes))
@@ -794,9 +794,11 @@ class SliceDevice(Machine):
         self._reset()
         self.plan = m
         self.started = now
-        weights_fill = None
-        for dst, nbytes in m.send_handover:
-            out += self._send_payload(dst, "handover", nbytes, weights_fill)
+        state = self.fused.state[self.group]      # the last committed pass
+        for dst, nbytes, owner in m.send_handover:
+            # the real weights of the owner's share, sealed lazily (computed only if encoded)
+            out += self._send_payload(dst, "handover", nbytes,
+                                      lambda st=state, o=owner: [self._owned_values(st, o)])
         self.hand_in = 0
         self.bound_in = 0
         for payload in self.early.pop(m.attempt, []):
@@ -820,6 +822,10 @@ class SliceDevice(Machine):
             return self._maybe_done(now)
         self.hand_in += 1
         return self._maybe_compute(now)
+
+    def _owned_values(self, state, owner: int) -> np.ndarray:
+        flat = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in state])
+        return flat[self.layout.owned_flat([owner])]
 
     def _maybe_compute(self, now: float) -> list[Effect]:
         p = self.plan

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from crowdlearn.protocols import wire
+from crowdlearn.protocols.io import Received
 from slicenet.graph import paper_mlp_description, traffic_per_sample
 from slicenet.partition import partition
 from slicenet.protocol import (
@@ -139,3 +140,29 @@ def test_tau_one_and_theta_zero_both_mean_no_collaboration():
     assert acc[0] == acc[1]
     assert acc[2] != acc[0]
     assert no_down.summary["bytes_up"] > no_up.summary["bytes_up"]
+
+
+def test_handover_payload_decrypts_to_the_pieces_real_weights():
+    from crowdlearn.crypto.sealing import KeyRing
+    from slicenet.protocol import FusedGroups, PassPlan, Relay, SliceDevice, SliceParams
+
+    desc = description_for([6, 4], 5, 3)
+    graph = desc.graph()
+    plan = partition(graph, 2, method="contiguous")
+    lay = layout_from_plan(desc, graph, plan)
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=s).astype(np.float32) for s in lay.shapes]
+    fused = FusedGroups(weights, 1)
+    ring = KeyRing(seed=3)
+    dev = SliceDevice(7, lay, fused, 0, np.arange(4), SliceParams(epochs=1, group_size=3,
+                                                                  pieces=2), ring=ring, rng=rng)
+    nbytes = 4 * int(lay.params_per_owner[1 + 1])
+    eff = dev.handle(Received("server", PassPlan(0, 1, "follower", (0,), ((9, nbytes, 1),), 0,
+                                                 (), 0, 10.0, 100, 0.0)), 0.0)
+    relay = next(e.message for e in eff if hasattr(e, "message") and isinstance(e.message, Relay))
+    data = wire.encode(relay)
+    assert len(data) == wire.size(relay)
+    sealed = wire.decode(data).payload
+    plain = np.frombuffer(ring.open(7, 9, sealed), np.float32)
+    flat = np.concatenate([w.reshape(-1) for w in weights])
+    np.testing.assert_array_equal(plain, flat[lay.owned_flat([1])])

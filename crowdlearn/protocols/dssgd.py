@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.config import Key
+from crowdlearn.schema import Key
 from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.privacy.mechanisms import clip, svt_select
 from crowdlearn.protocols.io import (
