@@ -102,6 +102,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "peer-to-peer modes.", min=0, min_open=True),
         "d2d_latency_s": Key(float, 0.002, "Device-to-device link latency (s).", min=0),
     },
+    "privacy": {
+        "attacks": Key(bool, False, "After the run, attack what the protocol's observers saw "
+                       "(reconstruction from uploads, membership inference on the final "
+                       "models) and add the scores to summary.json."),
+    },
     "slicenet": {
         "group_size": Key(int, 5, "Devices per group, n (crowdlearning). ssgd uses 1.", min=1),
         "pieces": Key(int, 0, "Pieces the hidden layers are cut into; 0 = group_size - 1 "

@@ -328,6 +328,10 @@ class Simulation:
         wall0 = time.perf_counter()
         interrupted = False
         self.driver.start()
+        probe = None
+        if cfg.privacy.attacks:
+            from crowdlearn.privacy.attacks.views import PrivacyProbe
+            probe = PrivacyProbe(self)
         halted = False
         try:
             halted = self.driver.run(until=cfg.max_sim_time_s)
@@ -337,7 +341,11 @@ class Simulation:
         self.halted = halted
         self.monitor.flush(self.env.now)
         wall = time.perf_counter() - wall0
-        return self._results(wall, interrupted)
+        results = self._results(wall, interrupted)
+        if probe is not None and not interrupted:
+            from crowdlearn.privacy.attacks.views import privacy_report
+            results.summary.update(privacy_report(self, probe, seed=cfg.seed))
+        return results
 
     def _results(self, wall: float, interrupted: bool) -> Results:
         cfg, mon = self.config, self.monitor

@@ -190,3 +190,10 @@ def test_cli_run_and_compare_write_results(tmp_path):
     assert "standalone" in r.stdout and "fedavg" in r.stdout
     bad = cli("compare", str(tmp_path / "nope"), cwd=tmp_path)
     assert bad.returncode == 2 and "not a results folder" in bad.stderr
+
+
+def test_privacy_attacks_add_scores_to_the_summary():
+    res = Simulation(small_config(**{"privacy.attacks": True, "rounds": 2})).run()
+    s = res.summary
+    assert s["membership_target"] == "global" and "membership_auc" in s
+    assert s["reconstruction_best_psnr"] > s["reconstruction_baseline_psnr"]
