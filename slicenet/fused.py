@@ -167,10 +167,16 @@ class FusedTrainer:
         return out
 
     def evaluate(self, weight_lists: Sequence[Sequence[np.ndarray]], x: np.ndarray,
-                 y: np.ndarray, chunk: int = 4096) -> list[tuple[float, float]]:
-        """(mean loss, accuracy) per model, BatchNorm in inference mode."""
+                 y: np.ndarray, max_floats: int = 2 ** 24) -> list[tuple[float, float]]:
+        """(mean loss, accuracy) per model, BatchNorm in inference mode.
+
+        Rows are taken in chunks so that the per-model activations stay under ``max_floats``.
+        """
         if not weight_lists:
             return []
+        widest = max([int(np.prod(self.desc.input_shape))]
+                     + [layer.units for layer in self.desc.layers if isinstance(layer, Dense)])
+        chunk = max(1, max_floats // (len(weight_lists) * widest))
         params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in weight_lists]))
                   for p in range(len(self.specs))]
         x = np.asarray(x, np.float32).reshape(len(x), -1)
