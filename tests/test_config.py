@@ -59,3 +59,9 @@ def test_bad_files():
 def test_reference_covers_every_key():
     ref = reference_markdown()
     assert "`fedavg.lr`" in ref and "`availability.churn`" in ref and "`seed`" in ref
+
+
+def test_readme_configuration_reference_is_current():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert reference_markdown() in readme, "regenerate the README table from reference_markdown()"
