@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from crowdlearn.errors import ConfigError
 
-PROTOCOLS = ("fedavg", "centralized", "standalone", "crowdlearning", "ssgd", "dssgd")
+PROTOCOLS = ("fedavg", "centralized", "standalone", "crowdlearning", "ssgd", "dssgd", "fm")
 DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist")
 TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
 
@@ -178,6 +178,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
 from crowdlearn.protocols import dssgd as _dssgd  # noqa: E402  (it imports Key from here)
 
 SCHEMA["dssgd"] = _dssgd.CONFIG_SECTION
+
+from crowdlearn.data import quality as _quality  # noqa: E402
+from crowdlearn.protocols import fm as _fm  # noqa: E402
+
+SCHEMA["fm"] = _fm.CONFIG_SECTION
+SCHEMA["quality"] = _quality.CONFIG_SECTION
 
 
 class Section:
@@ -336,6 +342,8 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
         problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
                         "(use 'mlp' or 'linear')")
     problems.extend(_dssgd.cross_check(v["dssgd"]))
+    problems.extend(_fm.cross_check(v["fm"], protocol=v["protocol"], model=v["model"],
+                                    data=v["data"], quality=v["quality"]))
     sl = v["slicenet"]
     if v["protocol"] == "crowdlearning":
         if sl["group_size"] > fleet["devices"]:

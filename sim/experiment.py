@@ -21,7 +21,7 @@ import simpy
 
 from crowdlearn.config import Config
 from crowdlearn.crypto.sealing import KeyRing
-from crowdlearn.protocols import dssgd
+from crowdlearn.protocols import dssgd, fm
 from crowdlearn.data import load_dataset, partition
 from crowdlearn.protocols.fedavg import (
     SERVER,
@@ -169,6 +169,7 @@ PROTOCOLS: dict[str, Callable[[Context], dict]] = {
     "crowdlearning": _build_crowdlearning,
     "ssgd": lambda ctx: _build_crowdlearning(ctx, alone=True),
     "dssgd": dssgd.build,
+    "fm": fm.build,
 }
 
 
@@ -277,6 +278,7 @@ class Simulation:
             "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
                                                           with_abs_grad=True),
             "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
+            **fm.runners(self),
         })
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row)
 

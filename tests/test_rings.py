@@ -7,7 +7,8 @@ RING0 = ["crowdlearn.protocols.io", "crowdlearn.protocols.wire", "crowdlearn.pro
          "crowdlearn.data.partition", "crowdlearn.training.models", "crowdlearn.training.batching",
          "crowdlearn.training.jobs", "crowdlearn.config", "sim.profiles", "sim.availability",
          "crowdlearn.protocols.dssgd", "crowdlearn.privacy.mechanisms",
-         "crowdlearn.privacy.accountant", "slicenet.graph", "slicenet.plan", "slicenet.partition",
+         "crowdlearn.privacy.accountant", "crowdlearn.privacy.functional", "crowdlearn.data.quality",
+         "crowdlearn.protocols.fm", "slicenet.graph", "slicenet.plan", "slicenet.partition",
          "slicenet.protocol", "crowdlearn.crypto.sealing"]
 FORBIDDEN = ["simpy", "tensorflow", "keras", "asyncio", "socket"]
 
