@@ -358,6 +358,9 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
             and data["dataset"] != "fashion_mnist":
         problems.append("slicenet.model: 'paper-mlp' takes 28x28 inputs and 10 classes; use "
                         "dataset 'fashion_mnist' (or model 'config')")
+    if v["protocol"] in ("crowdlearning", "ssgd") and v["training"]["backend"] != "batched":
+        problems.append(f"training.backend: {v['protocol']} always trains on its fused batched "
+                        f"path; remove training.backend = {v['training']['backend']!r}")
     if v["protocol"] in ("crowdlearning", "ssgd") and model["arch"] != "mlp":
         problems.append(f"model.arch: {v['protocol']} slices dense models; use arch = 'mlp'")
     if v["protocol"] == "standalone" and fleet["devices"] > 2000:

@@ -127,7 +127,8 @@ def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
         desc = sp.description_for(cfg.model.hidden, ds.num_features, ds.num_classes,
                                   activation=cfg.model.activation, batchnorm=sc.batchnorm)
     # the fused path: every group's network trained together, BatchNorm included
-    trainer = FusedTrainer(desc, ds.x_train, ds.y_train)
+    key = ("fused", desc, ds.name, cfg.data.path, cfg.seed, ds.x_train.shape)
+    trainer = _cached(key, lambda: FusedTrainer(desc, ds.x_train, ds.y_train))
     init = trainer.init_weights(ctx.rngs["model"])
     ctx.extra.update(trainer=trainer, desc=desc)
     if pieces:
@@ -218,6 +219,29 @@ TRAINERS: dict[str, Callable[[], type]] = {
     "batched": _batched, "keras": _keras, "none": lambda: NullTrainer}
 
 
+_TRAINER_CACHE: dict = {}
+
+
+def _cached_trainer(cfg: Config, spec: models.ModelSpec, dataset):
+    """Reuse a trainer (and its traced TensorFlow function and the training set it holds on the
+    TF side) across simulations of the same model and data, as notebooks and sweeps run many.
+    Trainers keep no state between ``train`` calls; the cache holds at most two."""
+    key = (cfg.training.backend, spec, dataset.name, cfg.data.path, cfg.seed,
+           dataset.x_train.shape)
+    return _cached(key, lambda: TRAINERS[cfg.training.backend]()(spec, dataset.x_train,
+                                                                 dataset.y_train))
+
+
+def _cached(key, make):
+    trainer = _TRAINER_CACHE.get(key)
+    if trainer is None:
+        trainer = make()
+        while len(_TRAINER_CACHE) >= 2:
+            _TRAINER_CACHE.pop(next(iter(_TRAINER_CACHE)))
+        _TRAINER_CACHE[key] = trainer
+    return trainer
+
+
 @dataclass
 class Results:
     config: Config
@@ -268,11 +292,10 @@ class Simulation:
         self.network = Network(self.env, self.ctx.graph)
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
+        elif trainer_factory is not None:
+            self.trainer = trainer_factory(self.spec, self.dataset.x_train, self.dataset.y_train)
         else:
-            if trainer_factory is None:
-                trainer_factory = TRAINERS[cfg.training.backend]()
-            self.trainer = trainer_factory(self.spec, self.dataset.x_train,
-                                           self.dataset.y_train)
+            self.trainer = _cached_trainer(cfg, self.spec, self.dataset)
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
             "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
@@ -386,6 +409,7 @@ class Simulation:
             "completed": bool(len(rows) >= cfg.rounds and not interrupted),
             "takeovers": int(mon.takeovers),
             "bytes_by_kind": dict(sorted(mon.bytes_by_kind.items())),
+            "messages_by_kind": dict(sorted(mon.messages_by_kind.items())),
         }
         if mon.bytes_by_role:
             summary["bytes_sent_by_role"] = dict(sorted(mon.bytes_by_role.items()))

@@ -43,6 +43,7 @@ class Monitor:
         self.bytes_lost = 0.0      # partial transfers cut off by drop-outs
         self.bytes_by_kind: dict[str, int] = defaultdict(int)
         self.bytes_by_role: dict[str, int] = defaultdict(int)
+        self.messages_by_kind: dict[str, int] = defaultdict(int)
         self.flops = 0.0
         self.compute_s = 0.0
         self.energy_j = 0.0
@@ -63,7 +64,9 @@ class Monitor:
         self.bytes_total += nbytes
         if msg is not None:   # by message kind: boundary / handover / Upload / RoundStart ...
             kind = getattr(msg, "kind", None)
-            self.bytes_by_kind[kind if isinstance(kind, str) else type(msg).__name__] += nbytes
+            key = kind if isinstance(kind, str) else type(msg).__name__
+            self.bytes_by_kind[key] += nbytes
+            self.messages_by_kind[key] += 1
         if src != self.server:
             self.bytes_up += nbytes
             self.dev[src]["bytes_sent"] += nbytes

@@ -777,7 +777,14 @@ class Network:
         if not n:
             return
         self.recomputations += 1
-        rate = _progressive_filling(self._lk[:, :n], self._cap)
+        # work only on the links the active flows cross (a fleet has far more links than flows);
+        # the padding link has the largest index, so it stays last, as _progressive_filling needs
+        lk = self._lk[:, :n]
+        used, inv = np.unique(lk, return_inverse=True)
+        cap = self._cap[used]
+        if used[-1] != self._pad:
+            cap = np.append(cap, np.inf)
+        rate = _progressive_filling(inv.reshape(lk.shape), cap)
         self._rate[:n] = rate
         with np.errstate(divide="ignore"):
             due = self._rem[:n] / rate

@@ -323,13 +323,6 @@ class Upload:
     values: np.ndarray       # float32 plain weight values
 
 
-@message(0x0308)
-@dataclass(frozen=True)
-class DownloadRequest:
-    group: int
-    epoch: int
-
-
 @message(0x0309)
 @dataclass(frozen=True)
 class Download:
@@ -482,8 +475,6 @@ class SlicingServer(Machine):
                 return self._pass_done(event.src, m, now)
             if isinstance(m, Upload):
                 return self._upload(event.src, m)
-            if isinstance(m, DownloadRequest):
-                return self._download(event.src, m, now)
             if isinstance(m, ShareDone):
                 g = self.groups[m.group]
                 if g.phase == "share" and m.epoch == g.epoch and event.src in g.sharing:
@@ -667,16 +658,17 @@ class SlicingServer(Machine):
                 sorted(g.sharing, key=str)]
 
     def _upload(self, src, m: Upload) -> list[Effect]:
-        g = self.groups[m.group]
-        if g.phase != "share" or m.epoch != g.epoch:
-            return []
-        self.window.upload(m.indices, m.values, g.share_tick)
-        return []
-
-    def _download(self, src, m: DownloadRequest, now: float) -> list[Effect]:
+        """Apply a member's upload, then answer with its download: the upload is the request,
+        so a download always reflects the member's own upload (a separate request message
+        could overtake the larger upload on the wire)."""
         g = self.groups[m.group]
         if g.phase != "share" or m.epoch != g.epoch or src not in g.sharing:
             return []
+        self.window.upload(m.indices, m.values, g.share_tick)
+        return self._download(src, m)
+
+    def _download(self, src, m) -> list[Effect]:
+        g = self.groups[m.group]
         owners = [DOMINATOR] if src == g.dominator else []
         owners += [p for p, d in g.holders.items() if d == src]
         idx, vals = self.window.query(self.layout.owned_flat(owners), self.tick, self.min_count)
@@ -870,8 +862,8 @@ class SliceDevice(Machine):
         else:
             top = idx[:0]
         flat = np.concatenate([a.reshape(-1) for a in self.fused.weights(self.group)])
-        return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32), flat[top])),
-                Send(self.server, DownloadRequest(m.group, m.epoch))]
+        # the server answers the upload with this member's download
+        return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32), flat[top]))]
 
     def _apply_download(self, m: Download) -> list[Effect]:
         done = [Send(self.server, ShareDone(m.group, m.epoch))]

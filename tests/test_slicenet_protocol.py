@@ -166,3 +166,15 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     plain = np.frombuffer(ring.open(7, 9, sealed), np.float32)
     flat = np.concatenate([w.reshape(-1) for w in weights])
     np.testing.assert_array_equal(plain, flat[lay.owned_flat([1])])
+
+
+def test_every_sharing_member_gets_a_download_that_includes_its_groups_upload():
+    # two groups, omega = 2, tau = 0: a weight uploaded by either group is sent back; before the
+    # upload answered the download, a separate request overtook the upload and downloads were empty
+    sim = Simulation(crowd_config(**{"slicenet.tau": 0.0, "slicenet.omega": 2}))
+    res = sim.run()
+    k = res.summary["messages_by_kind"]
+    assert k["Download"] == k["Upload"] > 0
+    from slicenet.protocol import Download
+    empty = wire.size(Download(0, 0, np.zeros(0, np.int32), np.zeros(0, np.float32)))
+    assert res.summary["bytes_by_kind"]["Download"] > 10 * empty * k["Download"]
