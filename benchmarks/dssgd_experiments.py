@@ -1,0 +1,209 @@
+"""Experiments of distributed selective SGD (``protocol = "dssgd"``, Shokri & Shmatikov 2015).
+
+Produces the table of ``docs/experiments/dssgd.md``.  Every number is one full simulated run
+(``sim.experiment.Simulation``) in this one process, seed 0, Fashion-MNIST, MLP 784-128-64-10,
+30 participants (iid, 2,000 samples each), batch 32, the same lr for every run:
+
+* ``centralized`` (one model on the union of the participants' data, ``R`` epochs);
+* DSSGD round robin with θu = 1, 0.1, 0.01 (θd = 1, top-k selection, γ clipping);
+* ``standalone`` (each participant alone, ``R`` epochs; the mean of the 30 models);
+* DSSGD θu = 0.1 with the sparse vector technique at a few ε per parameter;
+* DSSGD θu = 0.1 with the random and asynchronous orders of access (skip with ``--no-orders``).
+
+``R`` (``--rounds``) is the number of epochs per participant (DSSGD) or of epochs (baselines).
+
+Usage::
+
+    .venv/bin/python benchmarks/dssgd_experiments.py --rounds 10                # print the table
+    .venv/bin/python benchmarks/dssgd_experiments.py --rounds 10 --write-docs   # + rewrite the doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from crowdlearn.config import from_dict  # noqa: E402
+from sim.experiment import Simulation  # noqa: E402
+
+DOC = ROOT / "docs" / "experiments" / "dssgd.md"
+DEVICES = 30
+LR = 0.05
+BATCH = 32
+GAMMA = 0.05
+DP_EPSILONS = (0.1, 1.0, 10.0)
+BEGIN, END = "<!-- BEGIN MEASURED (benchmarks/dssgd_experiments.py) -->", "<!-- END MEASURED -->"
+
+
+def base(protocol: str, rounds: int, seed: int) -> dict:
+    raw = {"protocol": protocol, "rounds": rounds, "seed": seed, "name": protocol,
+           "data": {"dataset": "fashion_mnist", "partition": "iid"},
+           "model": {"arch": "mlp", "hidden": [128, 64]},
+           "fleet": {"devices": DEVICES, "cells": 3}}
+    if protocol in ("centralized", "standalone"):
+        raw["fedavg"] = {"local_epochs": 1, "batch_size": BATCH, "lr": LR}
+    return raw
+
+
+def dssgd(rounds: int, seed: int, *, theta_u: float, order: str = "round_robin",
+          epsilon: float | None = None) -> dict:
+    raw = base("dssgd", rounds, seed)
+    raw["dssgd"] = {"order": order, "theta_u": theta_u, "theta_d": 1.0, "selection": "topk",
+                    "gamma": GAMMA, "local_epochs": 1, "batch_size": BATCH, "lr": LR}
+    if epsilon is not None:
+        raw["dssgd"].update(dp=True, epsilon=epsilon)
+    return raw
+
+
+def plan(rounds: int, seed: int, orders: bool) -> list[tuple[str, dict]]:
+    runs = [("centralized", base("centralized", rounds, seed))]
+    runs += [(f"DSSGD round robin θu = {t:g}", dssgd(rounds, seed, theta_u=t))
+             for t in (1.0, 0.1, 0.01)]
+    runs.append(("standalone", base("standalone", rounds, seed)))
+    runs += [(f"DSSGD θu = 0.1, DP ε = {e:g} per parameter",
+              dssgd(rounds, seed, theta_u=0.1, epsilon=e)) for e in DP_EPSILONS]
+    if orders:
+        runs += [(f"DSSGD {o.replace('_', ' ')} θu = 0.1", dssgd(rounds, seed, theta_u=0.1, order=o))
+                 for o in ("random_order", "asynchronous")]
+    return runs
+
+
+def composed_epsilon(sim, res) -> float | None:
+    """The largest composed ε over participants (dp-accounting PLD, at dssgd.delta)."""
+    if res.summary.get("epsilon") is not None:
+        return float(res.summary["epsilon"])
+    ledger = getattr(sim.monitor, "privacy_ledger", None)
+    if ledger:
+        return max(float(r["epsilon"]) for r in ledger)
+    eps = [r["epsilon"] for r in res.metrics if r.get("epsilon") is not None]
+    return float(eps[-1]) if eps else None
+
+
+def run_one(label: str, raw: dict) -> dict:
+    cfg = from_dict(raw)
+    t0 = time.perf_counter()
+    sim = Simulation(cfg)
+    res = sim.run()
+    s = res.summary
+    row = {"label": label, "final": s["final_accuracy"], "best": s["best_accuracy"],
+           "up": s["bytes_up"], "down": s["bytes_down"], "sim_s": s["sim_time_s"],
+           "eps": composed_epsilon(sim, res), "wall": time.perf_counter() - t0,
+           "rounds": s["rounds_completed"], "completed": s["completed"]}
+    print(f"{label:45s} final {fmt_acc(row['final'])} best {fmt_acc(row['best'])} "
+          f"up {row['up'] / 1e6:9.1f} MB down {row['down'] / 1e6:9.1f} MB "
+          f"sim {row['sim_s']:8.1f} s ε {fmt_eps(row['eps'])} wall {row['wall']:6.1f} s",
+          flush=True)
+    return row
+
+
+def fmt_acc(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f} %"
+
+
+def fmt_eps(v) -> str:
+    return "—" if v is None else ("∞" if math.isinf(v) else f"{v:.4g}")
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| run | final acc. | best acc. | bytes up | bytes down | simulated time | "
+           "composed ε (δ = 1e-5) | wall |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['label']} | {fmt_acc(r['final'])} | {fmt_acc(r['best'])} | "
+                   f"{r['up'] / 1e6:.1f} MB | {r['down'] / 1e6:.1f} MB | {r['sim_s']:.0f} s | "
+                   f"{fmt_eps(r['eps'])} | {r['wall']:.0f} s |")
+    return "\n".join(out)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    by = {r["label"]: r["final"] for r in rows}
+    c = by.get("centralized")
+    t10, t1 = by.get("DSSGD round robin θu = 0.1"), by.get("DSSGD round robin θu = 0.01")
+    s = by.get("standalone")
+    out = []
+    if None not in (c, t10, t1, s):
+        pts = lambda a, b: f"{100 * (a - b):+.2f} points"  # noqa: E731
+        checks = [
+            ("centralized ≥ DSSGD θu = 10 %", c >= t10, pts(c, t10)),
+            ("DSSGD θu = 10 % within 2 points of centralized", c - t10 <= 0.02, pts(t10, c)),
+            ("DSSGD θu = 10 % > DSSGD θu = 1 %", t10 > t1, pts(t10, t1)),
+            ("DSSGD θu = 1 % > standalone", t1 > s, pts(t1, s)),
+        ]
+        for name, ok, diff in checks:
+            out.append(f"* {name}: **{'holds' if ok else 'FAILS'}** ({diff})")
+    dp = [(float(r["label"].split("ε = ")[1].split()[0]), r["final"]) for r in rows
+          if "DP ε" in r["label"] and r["final"] is not None]
+    if len(dp) >= 2:
+        dp.sort()
+        ok = all(b[1] > a[1] for a, b in zip(dp, dp[1:], strict=False))
+        seq = " → ".join(f"{100 * a:.2f} % (ε = {e:g})" for e, a in dp)
+        out.append(f"* DP accuracy rises with ε: **{'holds' if ok else 'FAILS'}** ({seq})")
+    return out
+
+
+def measured(rows: list[dict], args, total_wall: float) -> str:
+    return "\n".join([
+        BEGIN,
+        f"Command: `.venv/bin/python benchmarks/dssgd_experiments.py --rounds {args.rounds}"
+        f"{' --no-orders' if not args.orders else ''} --write-docs` — R = {args.rounds} "
+        f"epochs per participant / baseline epochs, seed {args.seed}; total wall time "
+        f"{total_wall / 60:.1f} min on 2 CPU cores shared with other jobs "
+        f"({platform.python_version()}, {time.strftime('%Y-%m-%d')}).",
+        "",
+        table(rows),
+        "",
+        "Acceptance ordering (final accuracy):",
+        "",
+        *verdicts(rows),
+        END,
+    ])
+
+
+def write_docs(text: str) -> None:
+    doc = DOC.read_text() if DOC.exists() else ""
+    if BEGIN in doc and END in doc:
+        head, rest = doc.split(BEGIN, 1)
+        doc = head + text + rest.split(END, 1)[1]
+    else:
+        doc = doc + "\n" + text + "\n"
+    DOC.write_text(doc)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10, help="epochs per participant (default 10)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-orders", dest="orders", action="store_false",
+                    help="skip the random-order and asynchronous runs")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="rewrite the measured block of docs/experiments/dssgd.md "
+                         "(after every run, so a cut-short run still leaves its rows)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = []
+    for label, raw in plan(args.rounds, args.seed, args.orders):
+        rows.append(run_one(label, raw))
+        if args.write_docs:
+            write_docs(measured(rows, args, time.perf_counter() - t0))
+    total = time.perf_counter() - t0
+    print()
+    print(table(rows))
+    print()
+    print("\n".join(verdicts(rows)))
+    print(f"\ntotal wall time {total:.0f} s")
+    if args.write_docs:
+        write_docs(measured(rows, args, total))
+
+
+if __name__ == "__main__":
+    main()
