@@ -178,3 +178,12 @@ def test_every_sharing_member_gets_a_download_that_includes_its_groups_upload():
     from slicenet.protocol import Download
     empty = wire.size(Download(0, 0, np.zeros(0, np.int32), np.zeros(0, np.float32)))
     assert res.summary["bytes_by_kind"]["Download"] > 10 * empty * k["Download"]
+
+
+def test_proximity_grouping_puts_devices_of_a_cell_together():
+    sim = Simulation(crowd_config(**{"slicenet.grouping": "proximity", "rounds": 1}))
+    cell = {d: next(iter(sim.ctx.graph.successors(d))) for d in range(10)}
+    groups = sim.ctx.extra["groups"]
+    assert all(len({cell[d] for d in g}) == 1 for g in groups)     # 2 cells of 5, groups of 5
+    rnd = Simulation(crowd_config(**{"rounds": 1})).ctx.extra["groups"]
+    assert any(len({cell[d] for d in g}) > 1 for g in rnd)
