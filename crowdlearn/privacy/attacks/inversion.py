@@ -63,6 +63,7 @@ import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
 from crowdlearn.privacy.attacks import metrics
+from crowdlearn.training.fleet_trainer import _forward_single
 
 __all__ = [
     "InversionResult",
@@ -75,36 +76,16 @@ __all__ = [
     "per_sample_losses",
 ]
 
-_ACT = {None: None, "relu": tf.nn.relu, "tanh": tf.math.tanh, "sigmoid": tf.math.sigmoid}
 
 
 # ---------------------------------------------------------------- the model in TF
 def forward_logits(spec, params: Sequence, x) -> tf.Tensor:
     """Logits ``[B, out]`` of a :class:`~crowdlearn.training.models.ModelSpec` on flat ``x``.
 
-    Same operations as :mod:`crowdlearn.training.fleet_trainer` (dense = matmul + bias,
-    conv2d valid stride 1, maxpool valid, flatten), so the gradients are those the trainers
-    compute.
+    It *is* the fleet trainer's single-model forward pass, so the gradients attacked are
+    exactly those the trainers compute.
     """
-    h = tf.convert_to_tensor(x, tf.float32)
-    if spec.is_image:
-        h = tf.reshape(h, [-1, *spec.input_shape])
-    p = 0
-    for layer in spec.layers:
-        if layer.kind == "dense":
-            h = tf.linalg.matmul(h, params[p]) + params[p + 1]
-            p += 2
-        elif layer.kind == "conv2d":
-            h = tf.nn.conv2d(h, params[p], 1, "VALID") + params[p + 1]
-            p += 2
-        elif layer.kind == "maxpool":
-            h = tf.nn.max_pool2d(h, layer.pool, layer.pool, "VALID")
-        else:
-            h = tf.reshape(h, [tf.shape(h)[0], -1])
-        act = _ACT[layer.activation]
-        if act is not None:
-            h = act(h)
-    return h
+    return _forward_single(spec, list(params), tf.convert_to_tensor(x, tf.float32))
 
 
 def _per_sample_loss(spec, logits, y) -> tf.Tensor:
