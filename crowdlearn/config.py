@@ -25,7 +25,6 @@ import difflib
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +286,7 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
             given = {}
         schema = SCHEMA[sec]
         out = {}
-        for k, v in given.items():
+        for k in given:
             if k not in schema:
                 hint = difflib.get_close_matches(k, list(schema), n=1)
                 problems.append(f"{sec}.{k}: unknown key"

@@ -21,8 +21,8 @@ import simpy
 
 from crowdlearn.config import Config
 from crowdlearn.crypto.sealing import KeyRing
-from crowdlearn.protocols import dssgd, fm
 from crowdlearn.data import load_dataset, partition
+from crowdlearn.protocols import dssgd, fm
 from crowdlearn.protocols.fedavg import (
     SERVER,
     CentralizedTrainer,

@@ -27,6 +27,7 @@ import numpy as np
 
 from crowdlearn.crypto.sealing import KeyRing, Sealed
 from crowdlearn.errors import CrowdlearnError
+from crowdlearn.protocols import wire
 from crowdlearn.protocols.io import (
     CancelJob,
     Disconnected,
@@ -46,9 +47,8 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols import wire
 from crowdlearn.protocols.wire import message
-from crowdlearn.training.batching import TrainTask, count_samples, make_batches
+from crowdlearn.training.batching import TrainTask, make_batches
 from crowdlearn.training.jobs import Deferred, TrainJob
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
 

@@ -6,8 +6,18 @@ import pytest
 
 from crowdlearn.protocols.fedavg import FedAvgClient, FedAvgParams, FedAvgServer
 from crowdlearn.protocols.io import (
-    Disconnected, Halt, JobDone, JobFailed, PeerJoined, PeerLost, Received, Report, RunJob, Send,
-    Start, TimerFired,
+    Disconnected,
+    Halt,
+    JobDone,
+    JobFailed,
+    PeerJoined,
+    PeerLost,
+    Received,
+    Report,
+    RunJob,
+    Send,
+    Start,
+    TimerFired,
 )
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
 from crowdlearn.training.jobs import Executor, TrainJob

@@ -33,7 +33,7 @@ def test_fused_passes_equal_repeated_monolithic_steps(desc_fn):
     tasks = []
     # different lengths, one with a padded last batch (8 of 16; a 2-sample batch would make
     # BatchNorm divide by a tiny variance and amplify float rounding)
-    for g, (lo, hi) in enumerate([(0, 72), (72, 120)]):
+    for lo, hi in [(0, 72), (72, 120)]:
         w = perturbed_init(trainer, rng)
         batches = make_batches(np.arange(lo, hi), epochs=1, batch_size=16, rng=rng)
         tasks.append(TrainTask(tuple(w), batches, 0.1))

@@ -4,12 +4,16 @@ import pytest
 
 from crowdlearn.protocols import wire
 from crowdlearn.protocols.io import Received
+from sim.experiment import Simulation
 from slicenet.graph import paper_mlp_description, traffic_per_sample
 from slicenet.partition import partition
 from slicenet.protocol import (
-    DOMINATOR, SlidingWindow, description_for, layout_from_plan, whole_model_layout,
+    DOMINATOR,
+    SlidingWindow,
+    description_for,
+    layout_from_plan,
+    whole_model_layout,
 )
-from sim.experiment import Simulation
 from tests.conftest import small_config
 
 

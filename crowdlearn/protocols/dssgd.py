@@ -73,7 +73,6 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.schema import Key
 from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.privacy.mechanisms import clip, svt_select
 from crowdlearn.protocols.io import (
@@ -96,6 +95,7 @@ from crowdlearn.protocols.io import (
     TimerFired,
 )
 from crowdlearn.protocols.wire import message
+from crowdlearn.schema import Key
 from crowdlearn.training.jobs import TrainJob
 from crowdlearn.training.models import ModelSpec
 
