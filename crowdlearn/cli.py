@@ -25,13 +25,24 @@ def _run(args: argparse.Namespace) -> int:
     from sim.experiment import Simulation  # heavy imports only once the config is valid
 
     bar = None
-    if not args.quiet:
+    tty = sys.stderr.isatty()
+    if not args.quiet and tty:
         from tqdm import tqdm
         bar = tqdm(total=cfg.rounds, unit="round", file=sys.stderr, dynamic_ncols=True,
-                   desc=f"{cfg.protocol}", disable=None)
+                   desc=f"{cfg.protocol}")
+    last_line = [0.0]
 
     def on_row(row: dict) -> None:
-        if bar is None:
+        if args.quiet:
+            return
+        if bar is None:   # not a terminal (a log file, CI): a plain line at most every 10 s
+            now = time.monotonic()
+            if now - last_line[0] >= 10 or row["round"] == cfg.rounds - 1:
+                last_line[0] = now
+                metric = next((f"{k} {row[k]:.4f}" for k in ("accuracy", "rmse") if k in row), "")
+                print(f"{cfg.protocol}: round {row['round'] + 1}/{cfg.rounds}, simulated "
+                      f"{_fmt_time(row['time_s'])}, {metric}, {row['bytes_total'] / 1e6:.1f} MB",
+                      file=sys.stderr, flush=True)
             return
         post = {"sim": _fmt_time(row["time_s"])}
         if "accuracy" in row:

@@ -196,3 +196,10 @@ def test_privacy_attacks_add_scores_to_the_summary():
     s = res.summary
     assert s["membership_target"] == "global" and "membership_auc" in s
     assert s["reconstruction_best_psnr"] > s["reconstruction_baseline_psnr"]
+
+
+def test_cli_prints_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
+    r = cli("run", "--set", "rounds=2", "--set", "fleet.devices=6",
+            "--set", "fedavg.clients_per_round=3", "--out", str(tmp_path / "p"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fedavg: round 2/2, simulated" in r.stderr and "accuracy" in r.stderr
