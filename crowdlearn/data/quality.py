@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crowdlearn.schema import Key
+
 __all__ = ["KINDS", "Corrupted", "assignment", "corrupt", "cross_check",
            "from_config", "stream"]
 
@@ -240,7 +242,6 @@ def _underrepresent(labels, num_classes, keep_fraction, classes, rng):
 
 # ---------------------------------------------------------------- configuration
 def _section() -> dict:
-    from crowdlearn.config import Key
 
     return {
         "fraction": Key(float, 0.0, "Fraction of the fleet that is unreliable (devices drawn at "
@@ -261,18 +262,8 @@ def _section() -> dict:
     }
 
 
-_CACHE: dict = {}
-
-
-def __getattr__(name: str):
-    # ``CONFIG_SECTION`` (the ``[quality]`` section) is built on first access, so that this
-    # module never imports ``crowdlearn.config`` at import time (config imports the modules
-    # whose sections it registers; importing it from here would make a cycle).
-    if name == "CONFIG_SECTION":
-        if name not in _CACHE:
-            _CACHE[name] = _section()
-        return _CACHE[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: the ``[quality]`` config section (registered by :mod:`crowdlearn.config`)
+CONFIG_SECTION: dict = _section()
 
 
 def cross_check(section: dict, *, task: str | None = None) -> list[str]:

@@ -225,8 +225,8 @@ class FedAvgClient(Machine):
         return []
 
 
-class CentralizedTrainer(Machine):
-    """Baseline: the server trains on the union of all devices' data, ``epochs`` per round."""
+class _LocalTrainer(Machine):
+    """A node that trains its own samples, ``epochs`` per round, for ``rounds`` rounds."""
 
     def __init__(self, node_id: NodeId, spec: ModelSpec, weights, indices: np.ndarray, *,
                  rounds: int, epochs: int, batch_size: int, lr: float, rng: np.random.Generator):
@@ -235,17 +235,22 @@ class CentralizedTrainer(Machine):
         self.weights = tuple(weights)
         self.rounds, self.epochs, self.batch_size, self.lr = rounds, epochs, batch_size, lr
         self.round = 0
-        self.started = 0.0
 
-    def _job(self, now: float) -> list[Effect]:
-        self.started = now
-        job = TrainJob.build(self.spec, self.weights, self.indices, epochs=self.epochs,
-                             batch_size=self.batch_size, lr=self.lr, rng=self.rng)
-        return [RunJob(self.round, job)]
+    def _job(self) -> RunJob:
+        return RunJob(self.round, TrainJob.build(self.spec, self.weights, self.indices,
+                                                 epochs=self.epochs, batch_size=self.batch_size,
+                                                 lr=self.lr, rng=self.rng))
+
+
+class CentralizedTrainer(_LocalTrainer):
+    """Baseline: the server trains on the union of all devices' data, ``epochs`` per round."""
+
+    started = 0.0
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Start):
-            return self._job(now)
+            self.started = now
+            return [self._job()]
         if isinstance(event, JobDone) and event.job_id == self.round:
             self.weights = tuple(event.result)
             info = {"round": self.round, "start_s": self.started, "end_s": now,
@@ -255,36 +260,27 @@ class CentralizedTrainer(Machine):
             self.round += 1
             if self.round >= self.rounds:
                 return effects + [Halt()]
-            return effects + self._job(now)
+            self.started = now
+            return effects + [self._job()]
         return []
 
 
-class StandaloneClient(Machine):
+class StandaloneClient(_LocalTrainer):
     """Baseline: a device that trains alone on its own data, ``epochs`` per round.
 
     It keeps its model across disconnections (only the running job is lost) and reports its
     model after each round as ``local_model``; the monitor averages their accuracies.
     """
 
-    def __init__(self, node_id: NodeId, spec: ModelSpec, weights, indices: np.ndarray, *,
-                 rounds: int, epochs: int, batch_size: int, lr: float, rng: np.random.Generator):
-        super().__init__(node_id)
-        self.spec, self.indices, self.rng = spec, np.asarray(indices, np.int64), rng
-        self.weights = tuple(weights)
-        self.rounds, self.epochs, self.batch_size, self.lr = rounds, epochs, batch_size, lr
-        self.round = 0
-
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Start) and self.round < self.rounds:
-            job = TrainJob.build(self.spec, self.weights, self.indices, epochs=self.epochs,
-                                 batch_size=self.batch_size, lr=self.lr, rng=self.rng)
-            return [RunJob(self.round, job)]
+            return [self._job()]
         if isinstance(event, JobDone) and event.job_id == self.round:
             self.weights = tuple(event.result)
             effects: list[Effect] = [Report("local_model", self.weights,
                                             (("round", self.round), ("device", self.node_id)))]
             self.round += 1
             if self.round < self.rounds:
-                effects.extend(self.handle(Start(), now))
+                effects.append(self._job())
             return effects
         return []

@@ -129,6 +129,7 @@ from crowdlearn.protocols.io import (
     TimerFired,
 )
 from crowdlearn.protocols.wire import message
+from crowdlearn.schema import Key
 
 __all__ = [
     "AGGREGATIONS", "FMDecline", "FMFitJob", "FMModel", "FMParams", "FMParticipant", "FMRound",
@@ -794,7 +795,6 @@ class LinearEvaluator:
 
 # ---------------------------------------------------------------- configuration
 def _section() -> dict:
-    from crowdlearn.config import Key
 
     return {
         "epsilon": Key(float, 1.0, "Functional-mechanism budget ε of each participant, spent once "
@@ -842,17 +842,8 @@ def _section() -> dict:
     }
 
 
-_CACHE: dict = {}
-
-
-def __getattr__(name: str):
-    # ``CONFIG_SECTION`` (the ``[fm]`` section) is built on first access: this module must not
-    # import ``crowdlearn.config`` at import time (config imports the protocols it registers).
-    if name == "CONFIG_SECTION":
-        if name not in _CACHE:
-            _CACHE[name] = _section()
-        return _CACHE[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: the ``[fm]`` config section (registered by :mod:`crowdlearn.config`)
+CONFIG_SECTION: dict = _section()
 
 
 def cross_check(section: dict, *, protocol: str = "fm", model: dict | None = None,
@@ -954,7 +945,7 @@ def register(protocols: dict | None = None) -> None:
     from crowdlearn import config
     from crowdlearn.data import quality as q
 
-    config.SCHEMA.setdefault("fm", __getattr__("CONFIG_SECTION"))
+    config.SCHEMA.setdefault("fm", CONFIG_SECTION)
     config.SCHEMA.setdefault("quality", q.CONFIG_SECTION)
     if "fm" not in config.PROTOCOLS:
         config.PROTOCOLS = (*config.PROTOCOLS, "fm")
