@@ -298,6 +298,12 @@ class Simulation:
             self.trainer = trainer_factory(self.spec, self.dataset.x_train, self.dataset.y_train)
         else:
             self.trainer = _cached_trainer(cfg, self.spec, self.dataset)
+        if cfg.training.executor == "ray" and "trainer" not in self.ctx.extra:
+            from crowdlearn.training.ray_trainer import RayShardedTrainer
+            self.trainer = RayShardedTrainer(
+                TRAINERS[cfg.training.backend], self.spec, self.dataset.x_train,
+                self.dataset.y_train, actors=cfg.training.ray_actors,
+                address=cfg.training.ray_address, local=self.trainer)
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
             "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],

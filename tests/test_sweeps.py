@@ -202,3 +202,35 @@ def test_cli_sweep_and_its_errors(tmp_path):
     assert not (tmp_path / "b").exists()
     bad_seeds = _cli("sweep", str(cfg), "--seeds", "0", cwd=tmp_path)
     assert bad_seeds.returncode == 2 and "--seeds" in bad_seeds.stderr
+
+
+def test_ray_training_executor_gives_the_weights_of_the_in_process_trainer():
+    pytest.importorskip("ray", reason="the Ray extra is not installed (pip install .[ray])")
+    import numpy as np
+
+    from crowdlearn.config import from_dict
+    from crowdlearn.training.ray_trainer import RayShardedTrainer
+    from sim.experiment import SERVER, Simulation
+
+    raw = {**BASE, "fleet": {"devices": 7}, "fedavg": {"clients_per_round": 5}}
+    local = Simulation(from_dict(raw))
+    res_local = local.run()
+    ray_sim = Simulation(from_dict({**raw, "training": {"executor": "ray", "ray_actors": 2}}))
+    assert isinstance(ray_sim.trainer, RayShardedTrainer)
+    res_ray = ray_sim.run()
+    try:
+        assert ray_sim.trainer.calls == 2           # one sharded call per round, 5 devices each
+        for a, b in zip(local.driver.machines[SERVER].weights,
+                        ray_sim.driver.machines[SERVER].weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert res_local.metrics == res_ray.metrics
+    finally:
+        ray_sim.trainer.close()
+        import ray
+        ray.shutdown()
+
+
+def test_ray_training_executor_is_refused_where_it_cannot_apply():
+    from crowdlearn.config import from_dict
+    with pytest.raises(ConfigError, match="training.executor"):
+        from_dict({"protocol": "crowdlearning", "training": {"executor": "ray"}})
