@@ -1,4 +1,4 @@
-"""Command line: ``crowdlearn run``, ``crowdlearn compare``, ``crowdlearn partition``.
+"""Command line: ``crowdlearn run``, ``crowdlearn sweep``, ``crowdlearn compare``, ``crowdlearn partition``.
 
 Exit status: 0 on success, 2 on a problem the user can fix (bad configuration, missing data),
 130 when interrupted (the results measured so far are still written).
@@ -73,6 +73,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from crowdlearn import config as config_mod
+    from crowdlearn.sweeps import cli_progress, parse_grid, sweep
+
+    if args.seeds < 1:
+        raise CrowdlearnError(f"--seeds must be >= 1; got {args.seeds}")
+    if args.jobs is not None and args.jobs < 1:
+        raise CrowdlearnError(f"--jobs must be >= 1; got {args.jobs}")
+    grid = parse_grid(args.grid or [])
+    cfg = config_mod.load(args.config, args.set or [])
+    stem = Path(args.config).stem if args.config else "default"
+    out = Path(args.out) if args.out else Path("results") / f"sweep-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    df = sweep(cfg, grid, args.seeds, out=out, backend=args.backend, jobs=jobs,
+               address=args.address, cpus_per_run=args.cpus_per_run, plots=not args.no_plots,
+               progress=None if args.quiet else cli_progress)
+    failed = int((df["status"] == "failed").sum()) if "status" in df else 0
+    skipped = int((df["status"] == "skipped").sum()) if "status" in df else 0
+    print(f"sweep: {len(df)} runs ({len(df) - failed - skipped} ran, {skipped} already finished, "
+          f"{failed} failed); table: {out / 'sweep.csv'}")
+    return 1 if failed else 0
+
+
 def _fmt_time(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.1f}s"
@@ -128,6 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dirs", nargs="+", help="results folders")
     c.add_argument("--out", default="compare.png", help="PNG to write (default compare.png)")
     c.set_defaults(func=_compare)
+
+    w = sub.add_parser("sweep", help="run a config over a grid of values and seeds",
+                       description="Run the cartesian product of the --grid values times the "
+                       "seeds; each run goes to OUT/runs/<id>/, one row per run to OUT/sweep.csv, "
+                       "and a plot of each metric against each grid key (mean and 95 %% interval "
+                       "over seeds) to OUT/sweep_<key>.png. Re-running the same command skips "
+                       "finished runs; a failed run is recorded and the others go on.")
+    w.add_argument("config", nargs="?", help="TOML config (omit for all defaults)")
+    w.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                   help="values of one key, read like --set values (repeatable: the product)")
+    w.add_argument("--seeds", type=int, default=1,
+                   help="seeds per grid point: seed, seed+1, ... (default 1)")
+    w.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the base config (repeatable)")
+    w.add_argument("--out", help="sweep folder (default results/sweep-<config>-<time>); an "
+                   "earlier sweep folder of the same config is resumed")
+    w.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local process pool (default) or a Ray cluster")
+    w.add_argument("--jobs", type=int, help="runs at once (default: CPU count; local: 1 = in "
+                   "this process; ray: CPUs of the local cluster it starts)")
+    w.add_argument("--address", help="Ray cluster to join: auto or ray://HOST:PORT (default: "
+                   "start a local one)")
+    w.add_argument("--cpus-per-run", type=float, default=1.0,
+                   help="CPUs each Ray task requests (default 1)")
+    w.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    w.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    w.set_defaults(func=_sweep)
 
     try:
         from slicenet.cli import add_partition_parser

@@ -74,6 +74,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "device: the slow reference path), 'none' (no training: weights pass "
                        "through unchanged, for simulator-only studies; jobs are still charged).",
                        choices=("batched", "keras", "none")),
+        "executor": Key(str, "local", "Where a round's training jobs run: 'local' (this "
+                        "process) or 'ray' (split by device shards over Ray actors that each hold "
+                        "the training set; needs the ray extra; same weights as local).",
+                        choices=("local", "ray")),
+        "ray_actors": Key(int, 2, "Ray actors (one CPU each) for training.executor = 'ray'.",
+                          min=1),
+        "ray_address": Key(str, "", "Ray cluster for training.executor = 'ray' ('auto', "
+                           "'ray://HOST:PORT'); empty: start a local one."),
     },
     "model": {
         "arch": Key(str, "mlp", "Model family.", choices=("mlp", "cnn", "linear")),
@@ -357,6 +365,9 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
             and data["dataset"] != "fashion_mnist":
         problems.append("slicenet.model: 'paper-mlp' takes 28x28 inputs and 10 classes; use "
                         "dataset 'fashion_mnist' (or model 'config')")
+    if v["training"]["executor"] == "ray" and v["protocol"] in ("crowdlearning", "ssgd", "fm"):
+        problems.append(f"training.executor: 'ray' splits train jobs; {v['protocol']} runs its "
+                        "own compute path in this process; remove training.executor = 'ray'")
     if v["protocol"] in ("crowdlearning", "ssgd") and v["training"]["backend"] != "batched":
         problems.append(f"training.backend: {v['protocol']} always trains on its fused batched "
                         f"path; remove training.backend = {v['training']['backend']!r}")

@@ -258,13 +258,15 @@ class Simulation:
 
     def __init__(self, cfg: Config, *, on_row: Callable[[dict], None] | None = None,
                  trainer_factory: Callable | None = None,
-                 parts: list[np.ndarray] | None = None):
+                 parts: list[np.ndarray] | None = None, dataset=None):
         self.config = cfg
         root = np.random.SeedSequence(cfg.seed)
         children = root.spawn(len(STREAMS))
         self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, children)}
         n = cfg.fleet.devices
-        self.dataset = load_dataset(cfg.data.dataset, path=cfg.data.path or None, seed=cfg.seed)
+        # a caller's preloaded copy (sweeps share one per dataset, e.g. from Ray's object store)
+        self.dataset = dataset if dataset is not None else load_dataset(
+            cfg.data.dataset, path=cfg.data.path or None, seed=cfg.seed)
         params = {"iid": {}, "quantity": {"sigma": cfg.data.sigma, "min_size": cfg.data.min_size},
                   "dirichlet": {"alpha": cfg.data.alpha, "min_size": cfg.data.min_size},
                   "shards": {"shards_per_device": cfg.data.shards_per_device}}[cfg.data.partition]
@@ -296,6 +298,12 @@ class Simulation:
             self.trainer = trainer_factory(self.spec, self.dataset.x_train, self.dataset.y_train)
         else:
             self.trainer = _cached_trainer(cfg, self.spec, self.dataset)
+        if cfg.training.executor == "ray" and "trainer" not in self.ctx.extra:
+            from crowdlearn.training.ray_trainer import RayShardedTrainer
+            self.trainer = RayShardedTrainer(
+                TRAINERS[cfg.training.backend], self.spec, self.dataset.x_train,
+                self.dataset.y_train, actors=cfg.training.ray_actors,
+                address=cfg.training.ray_address, local=self.trainer)
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
             "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],

@@ -1,0 +1,236 @@
+"""Sweeps: grid parsing, the local and Ray backends, resuming, failures, the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import crowdlearn
+from crowdlearn import sweeps
+from crowdlearn.errors import ConfigError, CrowdlearnError
+
+BASE = {"rounds": 2, "fleet": {"devices": 6}, "fedavg": {"clients_per_round": 3}}
+GRID = {"fedavg.lr": [0.02, 0.05]}
+
+
+def test_parse_grid_reads_values_like_set_and_splits_only_top_level_commas():
+    grid = sweeps.parse_grid(["fedavg.lr=0.02,0.05", "model.hidden=[64],[32,16]",
+                              "slicenet.strategy=metis,\"random\"", "privacy.attacks=true,false"])
+    assert grid == {"fedavg.lr": [0.02, 0.05], "model.hidden": [[64], [32, 16]],
+                    "slicenet.strategy": ["metis", "random"], "privacy.attacks": [True, False]}
+
+
+def test_parse_grid_lists_every_malformed_item():
+    with pytest.raises(ConfigError) as err:
+        sweeps.parse_grid(["fedavg.lr", "=1,2", "fleet.devices=5,,6", "a=1", "a=2"])
+    text = str(err.value)
+    assert "'fedavg.lr'" in text and "'=1,2'" in text and "stray comma" in text
+    assert "given twice" in text
+
+
+def test_grid_expands_to_product_times_seeds_with_stable_distinct_ids():
+    specs = sweeps.expand_grid({"a.x": [1, 2], "b.y": ["u", "v", "w"]}, seeds=[0, 1])
+    assert len(specs) == 12
+    assert len({s.run_id for s in specs}) == 12
+    assert specs == sweeps.expand_grid({"a.x": [1, 2], "b.y": ["u", "v", "w"]}, seeds=[0, 1])
+    assert specs[0].overrides() == {"a.x": 1, "b.y": "u", "seed": 0}
+    long = sweeps.expand_grid({"model.hidden": [[512] * 40]}, seeds=[3])[0]
+    assert len(long.run_id) <= 113 and "/" not in long.run_id
+
+
+def test_interval95_is_the_student_t_interval():
+    from scipy import stats
+    xs = [0.81, 0.84, 0.79, 0.88, 0.83]
+    mean, half = sweeps.interval95(xs)
+    lo, hi = stats.t.interval(0.95, len(xs) - 1, loc=mean, scale=stats.sem(xs))
+    assert mean == pytest.approx(sum(xs) / 5)
+    assert half == pytest.approx((hi - lo) / 2)
+    assert sweeps.interval95([2.0]) == (2.0, 0.0)
+
+
+def test_local_sweep_writes_runs_table_and_plots_then_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "sw"
+    df = crowdlearn.sweep(BASE, GRID, seeds=2, out=out, jobs=1)
+    assert len(df) == 4 and set(df["status"]) == {"ok"}
+    assert sorted(df["seed"]) == [0, 0, 1, 1]
+    assert sorted(df["fedavg.lr"]) == [0.02, 0.02, 0.05, 0.05]
+    for run_id in df["run"]:
+        folder = out / "runs" / run_id
+        summary = json.loads((folder / "summary.json").read_text())
+        row = df[df["run"] == run_id].iloc[0]
+        assert row["final_accuracy"] == summary["final_accuracy"]
+        assert row["bytes_total"] == summary["bytes_total"]
+        assert json.loads((folder / "config.json").read_text())["config"]["seed"] == row["seed"]
+    table = (out / "sweep.csv").read_text().splitlines()
+    assert len(table) == 5 and table[0].startswith("run,fedavg.lr,seed,status,error")
+    assert (out / "sweep_fedavg.lr.png").stat().st_size > 0
+    # different seeds give different runs; the lr matters
+    assert df["final_accuracy"].nunique() > 1
+
+    calls = []
+    real = sweeps.run_point
+    monkeypatch.setattr(sweeps, "run_point", lambda cfg, dataset=None: calls.append(cfg) or
+                        real(cfg, dataset))
+    again = crowdlearn.sweep(BASE, {"fedavg.lr": [0.02, 0.05, 0.1]}, seeds=2, out=out, jobs=1)
+    assert len(calls) == 2                        # only the new lr's two seeds ran
+    assert list(again["status"]).count("skipped") == 4
+    assert again.set_index("run").loc[df["run"], "final_accuracy"].tolist() == \
+        df["final_accuracy"].tolist()
+
+
+def test_a_failing_run_is_recorded_the_others_finish_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    real = sweeps.run_point
+
+    def flaky(cfg, dataset=None):
+        if cfg.fedavg.lr == 0.05 and cfg.seed == 0:
+            raise RuntimeError("boom in run")
+        return real(cfg, dataset)
+
+    monkeypatch.setattr(sweeps, "run_point", flaky)
+    out = tmp_path / "sw"
+    df = crowdlearn.sweep(BASE, GRID, seeds=2, out=out, jobs=1, plots=False)
+    failed = df[df["status"] == "failed"]
+    assert len(failed) == 1 and "boom in run" in failed.iloc[0]["error"]
+    assert (df["status"] == "ok").sum() == 3
+    assert not (out / "runs" / failed.iloc[0]["run"] / "summary.json").exists()
+    assert "boom in run" in (out / "sweep.csv").read_text()
+
+    monkeypatch.setattr(sweeps, "run_point", real)
+    df2 = crowdlearn.sweep(BASE, GRID, seeds=2, out=out, jobs=1, plots=False)
+    assert list(df2["status"]).count("ok") == 1 and list(df2["status"]).count("skipped") == 3
+
+
+def test_ctrl_c_keeps_what_finished_and_the_interrupted_run_is_not_marked_done(tmp_path,
+                                                                                monkeypatch):
+    real = sweeps.run_point
+    seen = []
+
+    def interrupt_second(cfg, dataset=None):
+        seen.append(cfg)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, dataset)
+
+    monkeypatch.setattr(sweeps, "run_point", interrupt_second)
+    out = tmp_path / "sw"
+    with pytest.raises(KeyboardInterrupt):
+        crowdlearn.sweep(BASE, GRID, seeds=2, out=out, jobs=1, plots=False)
+    rows = (out / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 2                           # header + the one finished run
+    assert len(list((out / "runs").glob("*/summary.json"))) == 1
+
+
+def test_invalid_grid_points_are_all_rejected_before_anything_runs(tmp_path):
+    out = tmp_path / "sw"
+    with pytest.raises(ConfigError) as err:
+        crowdlearn.sweep(BASE, {"fedavg.lr": [0.1, -1.0], "fleet.devices": [6, 0]}, seeds=1, out=out)
+    text = str(err.value)
+    assert "fedavg.lr" in text and "fleet.devices" in text
+    assert not out.exists()
+
+
+def test_a_foreign_folder_is_refused_and_left_untouched(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(CrowdlearnError, match="not a crowdlearn sweep folder"):
+        crowdlearn.sweep(BASE, GRID, seeds=1, out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_resuming_with_another_base_config_is_refused(tmp_path):
+    out = tmp_path / "sw"
+    crowdlearn.sweep(BASE, {"fedavg.lr": [0.05]}, seeds=1, out=out, plots=False)
+    other = {**BASE, "rounds": 3}
+    with pytest.raises(CrowdlearnError, match="different base config"):
+        crowdlearn.sweep(other, {"fedavg.lr": [0.05]}, seeds=1, out=out, plots=False)
+
+
+def test_process_pool_gives_the_same_results_as_in_process(tmp_path):
+    serial = crowdlearn.sweep(BASE, GRID, seeds=1, jobs=1)
+    pooled = crowdlearn.sweep(BASE, GRID, seeds=1, out=tmp_path / "p", jobs=2, plots=False)
+    cols = ["run", "final_accuracy", "bytes_total", "sim_time_s", "energy_j"]
+    assert serial[cols].sort_values("run").values.tolist() == \
+        pooled[cols].sort_values("run").values.tolist()
+
+
+def test_ray_backend_runs_every_point_shares_the_dataset_and_matches_local(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install .[ray])")
+    puts = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda obj, **kw: puts.append(type(obj).__name__) or
+                        real_put(obj, **kw))
+    base = {**BASE, "data": {"dataset": "breast_cancer"}, "model": {"arch": "linear"}}
+    out = tmp_path / "ray"
+    df = crowdlearn.sweep(base, GRID, seeds=2, out=out, backend="ray", jobs=2, plots=False)
+    assert not ray.is_initialized()               # the local cluster it started is gone
+    assert len(df) == 4 and set(df["status"]) == {"ok"}
+    assert len((out / "sweep.csv").read_text().splitlines()) == 5
+    assert len(list((out / "runs").glob("*/summary.json"))) == 4
+    assert puts == ["Dataset", "Dataset"]         # one per distinct (dataset, split seed)
+    local = crowdlearn.sweep(base, GRID, seeds=2, jobs=1)
+    cols = ["run", "final_accuracy", "bytes_total"]
+    assert df[cols].sort_values("run").values.tolist() == \
+        local[cols].sort_values("run").values.tolist()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "crowdlearn.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_sweep_and_its_errors(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    cfg = root / "examples" / "default.toml"
+    out = tmp_path / "sw"
+    sets = ["--set", "rounds=2", "--set", "fleet.devices=6", "--set", "fedavg.clients_per_round=3"]
+    ok = _cli("sweep", str(cfg), *sets, "--grid", "fedavg.lr=0.02,0.05", "--seeds", "2",
+              "--out", str(out), "--jobs", "1", "--no-plots", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "4 runs (4 ran, 0 already finished, 0 failed)" in ok.stdout
+    assert len((out / "sweep.csv").read_text().splitlines()) == 5
+    again = _cli("sweep", str(cfg), *sets, "--grid", "fedavg.lr=0.02,0.05", "--seeds", "2",
+                 "--out", str(out), "--jobs", "1", "--no-plots", cwd=tmp_path)
+    assert again.returncode == 0 and "4 already finished" in again.stdout
+
+    bad = _cli("sweep", str(cfg), "--grid", "fedavg.lr=0.1,-3", "--out", str(tmp_path / "b"),
+               cwd=tmp_path)
+    assert bad.returncode == 2 and "fedavg.lr" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b").exists()
+    bad_seeds = _cli("sweep", str(cfg), "--seeds", "0", cwd=tmp_path)
+    assert bad_seeds.returncode == 2 and "--seeds" in bad_seeds.stderr
+
+
+def test_ray_training_executor_gives_the_weights_of_the_in_process_trainer():
+    pytest.importorskip("ray", reason="the Ray extra is not installed (pip install .[ray])")
+    import numpy as np
+
+    from crowdlearn.config import from_dict
+    from crowdlearn.training.ray_trainer import RayShardedTrainer
+    from sim.experiment import SERVER, Simulation
+
+    raw = {**BASE, "fleet": {"devices": 7}, "fedavg": {"clients_per_round": 5}}
+    local = Simulation(from_dict(raw))
+    res_local = local.run()
+    ray_sim = Simulation(from_dict({**raw, "training": {"executor": "ray", "ray_actors": 2}}))
+    assert isinstance(ray_sim.trainer, RayShardedTrainer)
+    res_ray = ray_sim.run()
+    try:
+        assert ray_sim.trainer.calls == 2           # one sharded call per round, 5 devices each
+        for a, b in zip(local.driver.machines[SERVER].weights,
+                        ray_sim.driver.machines[SERVER].weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert res_local.metrics == res_ray.metrics
+    finally:
+        ray_sim.trainer.close()
+        import ray
+        ray.shutdown()
+
+
+def test_ray_training_executor_is_refused_where_it_cannot_apply():
+    from crowdlearn.config import from_dict
+    with pytest.raises(ConfigError, match="training.executor"):
+        from_dict({"protocol": "crowdlearning", "training": {"executor": "ray"}})
