@@ -267,3 +267,28 @@ def test_cli_errors(tmp_path, argv, match):
 def test_cli_memory_violation_exit_status(capsys):
     assert run_partition(_args("--pieces", "2", "--memory-mib", "0.01")) == 1
     assert "violation" in capsys.readouterr().out
+
+
+def test_metis_volume_never_loses_to_the_contiguous_plan():
+    """Issue: at n = 18 METIS (volume) sent more than the contiguous plan it could start from.
+
+    The volume objective now also refines the contiguous plan and keeps the one with less exact
+    traffic; it may only lose to a contiguous plan that is less balanced than its own."""
+    from slicenet.graph import paper_mlp_description
+    g = paper_mlp_description().graph()
+    for n in range(2, 41):
+        pm = partition(g, n, method="metis", objective="volume", seed=0)
+        pc = partition(g, n, method="contiguous", seed=0)
+        assert pm.traffic_bytes_per_sample <= pc.traffic_bytes_per_sample \
+            or pm.balance < pc.balance, (n, pm.traffic_bytes_per_sample,
+                                         pc.traffic_bytes_per_sample, pm.balance, pc.balance)
+    assert partition(g, 18, method="metis", objective="volume", seed=0).traffic_bytes_per_sample \
+        <= partition(g, 18, method="contiguous", seed=0).traffic_bytes_per_sample
+
+
+def test_contiguous_ranges_respect_the_compute_cap_when_they_can():
+    from slicenet.graph import paper_mlp_description
+    g = paper_mlp_description().graph()
+    for n in (5, 10, 18, 20):
+        plan = partition(g, n, method="contiguous", seed=0)
+        assert plan.balance <= 1.03 + 1e-9, (n, plan.balance)

@@ -234,7 +234,8 @@ def repair_memory(st: TrafficState, limits: np.ndarray, cap: np.ndarray,
     ]
 
 
-def split_contiguous(weights: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+def split_contiguous(weights: np.ndarray, fractions: np.ndarray,
+                     caps: np.ndarray | None = None) -> np.ndarray:
     """Cut a sequence into ``len(fractions)`` non-empty contiguous ranges whose sums are as close as
     possible to ``fractions · total``; return the range label of each element.
 
@@ -242,6 +243,15 @@ def split_contiguous(weights: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     --------
     >>> split_contiguous(np.array([1, 1, 1, 1, 4]), np.array([0.5, 0.5])).tolist()
     [0, 0, 0, 0, 1]
+
+    With ``caps`` (the most each range may sum to), each cut is the one closest to its goal among
+    those that keep this range under its cap and leave the rest able to fit under theirs; when no
+    cut can (the caps are infeasible for contiguous ranges) the uncapped cuts are returned:
+
+    >>> split_contiguous(np.array([3, 2, 2, 1]), np.array([0.5, 0.5])).tolist()
+    [0, 1, 1, 1]
+    >>> split_contiguous(np.array([3, 2, 2, 1]), np.array([0.5, 0.5]), np.array([6, 4.5])).tolist()
+    [0, 0, 1, 1]
     """
     m, k = len(weights), len(fractions)
     if k > m:
@@ -258,6 +268,16 @@ def split_contiguous(weights: np.ndarray, fractions: np.ndarray) -> np.ndarray:
         else:
             cnt = idx + 1
         cnt = min(max(cnt, prev + 1), m - (k - 1 - i))
+        if caps is not None:
+            base = pref[prev - 1] if prev else 0.0
+            ends = np.arange(prev + 1, m - (k - 1 - i) + 1)      # candidate counts
+            fits = (pref[ends - 1] - base <= caps[i]) & \
+                (pref[-1] - pref[ends - 1] <= float(np.sum(caps[i + 1:])))
+            if fits.any() and not fits[cnt - prev - 1]:
+                ok = ends[fits]
+                cnt = int(ok[np.argmin(np.abs(pref[ok - 1] - goal))])
         labels[cnt:] += 1
         prev = cnt
+    if caps is not None and np.any(np.bincount(labels, weights=weights, minlength=k) > caps):
+        return split_contiguous(weights, fractions)
     return labels

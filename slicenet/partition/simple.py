@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from slicenet.graph import CostGraph
-from slicenet.partition._common import split_contiguous
+from slicenet.partition._common import caps, split_contiguous
 
 __all__ = ["contiguous_assignment", "layerwise_assignment", "random_assignment"]
 
@@ -116,7 +116,9 @@ def _pieces_per_layer(lc: np.ndarray, nv: np.ndarray, targets: np.ndarray) -> np
 
 def contiguous_assignment(graph: CostGraph, n: int, *, objective: str, targets: np.ndarray,
                           seed: int, imbalance: float) -> np.ndarray:
-    """Vertices in order (layer, index) cut into ``n`` ranges of target-proportional compute.
+    """Vertices in order (layer, index) cut into ``n`` ranges of target-proportional compute,
+    each within the same compute cap ``(1 + imbalance) · target`` as the other strategies when
+    contiguous ranges can meet it.
 
     Examples
     --------
@@ -126,7 +128,8 @@ def contiguous_assignment(graph: CostGraph, n: int, *, objective: str, targets: 
     ...                       imbalance=0).tolist()
     [0, 0, 1, 1]
     """
-    return split_contiguous(graph.compute, targets)
+    return split_contiguous(graph.compute, targets,
+                            caps(int(graph.compute.sum()), targets, imbalance))
 
 
 def random_assignment(graph: CostGraph, n: int, *, objective: str, targets: np.ndarray, seed: int,
