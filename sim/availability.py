@@ -58,6 +58,7 @@ __all__ = [
     "Trace",
     "make_availability",
     "online_fraction",
+    "online_share",
 ]
 
 _CSV_COLUMNS = ("device", "start_s", "end_s")
@@ -604,3 +605,30 @@ def online_fraction(av: Availability, device: int, horizon_s: float,
             up += end - t
         t, online = end, not online
     return up / horizon
+
+
+def online_share(av: Availability, devices: int, times: Sequence[float] | np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """The share of devices ``0 .. devices-1`` online at each of the sorted ``times`` (s), each
+    device simulated from time 0 as the driver does.  Meant for tests and documentation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Sessions(mean_online_s=3600, mean_offline_s=10800, diurnal_amplitude=0.8)
+    >>> share = online_share(s, 2000, [8 * 3600.0, 20 * 3600.0], np.random.default_rng(0))
+    >>> [round(float(x), 2) for x in share]        # q(08:00) = 0.05, q(20:00) = 0.45
+    [0.05, 0.45]
+    """
+    times = np.asarray(times, dtype=float)
+    if times.ndim != 1 or times.size == 0 or np.any(np.diff(times) < 0) or times[0] < 0:
+        raise ValueError("times must be a non-empty sorted 1-d sequence of times >= 0")
+    count = np.zeros(len(times))
+    for d in range(int(devices)):
+        online, t = bool(av.initially_online(d, rng)), 0.0
+        while t <= times[-1]:
+            nxt = av.next_change(d, t, online, rng)
+            if online:
+                count[np.searchsorted(times, t):np.searchsorted(times, nxt)] += 1
+            t, online = nxt, not online
+    return count / max(int(devices), 1)

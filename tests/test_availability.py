@@ -19,6 +19,7 @@ from sim.availability import (
     Trace,
     make_availability,
     online_fraction,
+    online_share,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "traces" / "availability_example.csv"
@@ -142,17 +143,8 @@ def test_rates_carry_the_probability_along_the_curve(a, means):
 
 def _online_grid(s, n, days, step, seed):
     """Share of ``n`` devices online at every ``step`` s over ``days`` days, from time 0."""
-    rng = np.random.default_rng(seed)
     times = np.arange(0.0, days * 24 * HOUR, step)
-    count = np.zeros(len(times))
-    for d in range(n):
-        online, t = s.initially_online(d, rng), 0.0
-        while t < times[-1]:
-            nxt = s.next_change(d, t, online, rng)
-            if online:
-                count[np.searchsorted(times, t):np.searchsorted(times, nxt)] += 1
-            t, online = nxt, not online
-    return times, count / n
+    return times, online_share(s, n, times, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("a", [0.3, 0.6, 0.9])
