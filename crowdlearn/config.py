@@ -101,8 +101,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cells": Key(int, 4, "Access points / cells the devices are spread over.", min=1),
         "backhaul_mbps": Key(float, 1000.0, f"Cell ↔ core link capacity ({MBPS}).", min=0,
                              min_open=True),
-        "server_mbps": Key(float, 10000.0, f"Core ↔ server link capacity ({MBPS}).", min=0,
-                           min_open=True),
+        "server_mbps": Key(float, 0.0, f"Core ↔ server link capacity ({MBPS}); 0 = the "
+                           "server tier's own rates (edge_server: 10 Gbit/s each way).", min=0),
         "server_tier": Key(str, "edge_server", "Profile of the server (it computes for the "
                            "centralized baseline).", choices=TIERS),
         "d2d_mbps": Key(float, 50.0, f"Device-to-device link capacity ({MBPS}), for "
@@ -147,12 +147,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              min_open=True),
         "mean_offline_s": Key(float, 1800.0, "Mean offline gap (sessions).", min=0,
                               min_open=True),
-        "diurnal_amplitude": Key(float, 0.0, "Day/night modulation of session rates, in [0, 1).",
+        "diurnal_amplitude": Key(float, 0.0, "Relative day/night swing a of the online "
+                                 "probability, in [0, 1): it follows π + a·min(π, 1 − π)·"
+                                 "cos(2π(h − peak_hour)/24), π = mean_online_s / (mean_online_s + "
+                                 "mean_offline_s), its daily mean.",
                                  min=0, max=0.999),
-        "peak_hour": Key(float, 20.0, "Hour of day when devices are most often online.", min=0,
+        "peak_hour": Key(float, 20.0, "Hour of day when devices are most often online (the "
+                         "online probability peaks; simulated time 0 is midnight).", min=0,
                          max=24),
         "trace": Key(str, "", "CSV of online intervals (device,start_s,end_s) for model = trace."),
-        "churn": Key(float, 0.0, "Probability that a device drops out during a training task.",
+        "churn": Key(float, 0.0, "Probability that a device drops out during a training task "
+                     "(at a uniform moment of it; a task cancelled first takes its drop-out "
+                     "with it).",
                      min=0, max=1),
         "churn_offline_s": Key(float, 600.0, "Mean time a churned device stays away.", min=0,
                                min_open=True),

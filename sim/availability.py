@@ -58,6 +58,7 @@ __all__ = [
     "Trace",
     "make_availability",
     "online_fraction",
+    "online_share",
 ]
 
 _CSV_COLUMNS = ("device", "start_s", "end_s")
@@ -131,6 +132,10 @@ def _positive_finite(name: str, value: object) -> float:
     return v
 
 
+_DAY_S = 86400.0
+_OMEGA = 2.0 * math.pi / _DAY_S   # the daily angular frequency (rad/s)
+
+
 @dataclass(frozen=True)
 class Sessions:
     """Alternating online / offline sessions with exponential durations and a daily rhythm.
@@ -138,41 +143,56 @@ class Sessions:
     Without a daily rhythm (``diurnal_amplitude = 0``) each device alternates between online
     periods of mean ``mean_online_s`` and offline periods of mean ``mean_offline_s``, all
     independent and exponentially distributed; the long-run online fraction is
-    ``mean_online_s / (mean_online_s + mean_offline_s)``.
+    ``π = mean_online_s / (mean_online_s + mean_offline_s)``.
 
-    With amplitude ``a`` in ``[0, 1)`` the two transition rates vary over the day as a
-    non-homogeneous Poisson process (NHPP)::
+    **Daily rhythm.**  With amplitude ``a`` in ``[0, 1)`` it is the *probability of being
+    online* that follows the day, not the transition rates::
 
-        m(t)         = a · cos(2π (t / 3600 − peak_hour) / 24)     (t in seconds since midnight)
-        rate_on(t)   = (1 + m(t)) / mean_offline_s                 offline → online
-        rate_off(t)  = (1 − m(t)) / mean_online_s                  online → offline
+        q(t) = π + a · min(π, 1 − π) · cos(2π (t / 3600 − peak_hour) / 24)   (t in s since midnight)
 
-    so near ``peak_hour`` devices come online faster and stay longer, and 12 hours away the
-    opposite.  The modulation is mirrored (``1 ± m``) rather than reciprocal so that both rates
-    average to their nominal values over a day.  The waiting time is sampled exactly by thinning
-    (Lewis & Shedler, 1979): candidate events are drawn from a homogeneous process at the maximum
-    rate ``(1 + a) / mean`` and each is kept with probability ``rate(t) / max rate``; the first kept
-    candidate is the next toggle.  The expected number of candidates per toggle is at most
-    ``(1 + a) / (1 − a)``.
+    so ``q`` peaks at ``peak_hour`` exactly, its daily mean is exactly ``π`` for every ``a``, and
+    it stays inside ``(0, 1)`` (``a`` is the relative swing of the smaller of the online and
+    offline probabilities: with ``π = 0.25`` and ``a = 0.8`` the online probability runs from
+    0.05 at the trough to 0.45 at the peak).  The two rates of the on/off process are chosen so
+    that a device started online with probability ``q(0)`` is online at every later ``t`` with
+    probability ``q(t)``: with ``r(t) = λ(t) + μ(t)`` the total rate,
 
-    :meth:`initially_online` draws the state at time 0 with the stationary probability of the
-    homogeneous process, ``mean_online_s / (mean_online_s + mean_offline_s)``, ignoring the
-    daily rhythm; with a strong rhythm the first hours of a run are therefore a warm-up.
+        rate_on(t)  = λ(t) = r(t) · q(t) + q′(t)             offline → online
+        rate_off(t) = μ(t) = r(t) · (1 − q(t)) − q′(t)       online → offline
+
+    solves ``dq/dt = λ (1 − q) − μ q``.  The total rate is kept at its homogeneous value
+    ``r₀ = 1 / mean_online_s + 1 / mean_offline_s`` (the process's relaxation rate) wherever
+    both rates stay non-negative, so that ``λ`` and ``μ`` then average to exactly
+    ``1 / mean_offline_s`` and ``1 / mean_online_s`` over a day; where the curve moves faster
+    than sessions that long could follow (long sessions, large ``a``), ``r(t)`` is raised just
+    enough (``max(r₀, −q′/q, q′/(1 − q))``) that one rate touches zero and ``q`` is still
+    followed exactly.
+
+    The waiting time of this non-homogeneous Poisson process is sampled exactly by thinning
+    (Lewis & Shedler, 1979): candidates are drawn at a constant rate that bounds the true one
+    and each is kept with probability ``rate(t) / bound``; the first kept candidate is the next
+    toggle.
+
+    :meth:`initially_online` draws the state at time 0 with probability ``q(0)``, so there is
+    no warm-up: the fleet is on its daily curve from the first second.
 
     Parameters
     ----------
     mean_online_s, mean_offline_s : float
-        Nominal mean session lengths (s), positive and finite.
+        Mean session lengths (s) of the process without rhythm, positive and finite; they set
+        the daily mean online probability ``π`` and the relaxation rate ``r₀``.
     diurnal_amplitude : float, default 0.0
-        ``a`` in ``[0, 1)``.
+        ``a`` in ``[0, 1)``: relative swing of the online probability over the day.
     peak_hour : float, default 20.0
-        Hour of day in ``[0, 24]`` at which devices are most available (simulation time 0 is
+        Hour of day in ``[0, 24]`` at which the online probability peaks (simulation time 0 is
         midnight; 24 is the same as 0).
 
     Examples
     --------
     >>> import numpy as np
-    >>> s = Sessions(mean_online_s=1800, mean_offline_s=5400, diurnal_amplitude=0.5)
+    >>> s = Sessions(mean_online_s=1800, mean_offline_s=5400, diurnal_amplitude=0.8)
+    >>> round(s.online_probability(20 * 3600), 3), round(s.online_probability(8 * 3600), 3)
+    (0.45, 0.05)
     >>> rng = np.random.default_rng(3)
     >>> on = s.initially_online(0, rng)
     >>> s.next_change(0, 0.0, on, rng) > 0.0
@@ -205,30 +225,54 @@ class Sessions:
 
     @property
     def stationary_online(self) -> float:
-        """``mean_online_s / (mean_online_s + mean_offline_s)``."""
+        """``π = mean_online_s / (mean_online_s + mean_offline_s)``: the daily mean of ``q``."""
         return self.mean_online_s / (self.mean_online_s + self.mean_offline_s)
 
-    def modulation(self, t: float) -> float:
-        """``m(t) = a·cos(2π (t/3600 − peak_hour)/24)``, in ``[−a, a]``."""
-        return self.diurnal_amplitude * math.cos(
-            2.0 * math.pi * (t / 3600.0 - self.peak_hour) / 24.0)
+    @property
+    def swing(self) -> float:
+        """``A = a · min(π, 1 − π)``: the amplitude of the online probability ``q(t)``."""
+        pi = self.stationary_online
+        return self.diurnal_amplitude * min(pi, 1.0 - pi)
+
+    def _phase(self, t: float) -> float:
+        return _OMEGA * (t - self.peak_hour * 3600.0)
+
+    def online_probability(self, t: float) -> float:
+        """``q(t) = π + A·cos(2π (t/3600 − peak_hour)/24)``: P(online at ``t``), in ``(0, 1)``."""
+        return self.stationary_online + self.swing * math.cos(self._phase(t))
+
+    def rates(self, t: float) -> tuple[float, float]:
+        """``(λ(t), μ(t))``: the offline → online and online → offline rates at ``t`` (1/s)."""
+        r0 = 1.0 / self.mean_online_s + 1.0 / self.mean_offline_s
+        phase = self._phase(t)
+        q = self.stationary_online + self.swing * math.cos(phase)
+        dq = -self.swing * _OMEGA * math.sin(phase)
+        r = max(r0, -dq / q, dq / (1.0 - q))
+        return max(0.0, r * q + dq), max(0.0, r * (1.0 - q) - dq)
+
+    def _rate_bounds(self) -> tuple[float, float]:
+        """Constant upper bounds of ``λ`` and ``μ``, for thinning."""
+        r0 = 1.0 / self.mean_online_s + 1.0 / self.mean_offline_s
+        pi, big_a = self.stationary_online, self.swing
+        slope = big_a * _OMEGA
+        floor = min(pi, 1.0 - pi) - big_a          # q and 1 − q never fall below this (> 0)
+        r_max = max(r0, slope / floor)
+        return r_max * (pi + big_a) + slope, r_max * (1.0 - pi + big_a) + slope
 
     def initially_online(self, device: int, rng: np.random.Generator) -> bool:
-        return bool(rng.random() < self.stationary_online)
+        return bool(rng.random() < self.online_probability(0.0))
 
     def next_change(self, device: int, now: float, online: bool,
                     rng: np.random.Generator) -> float:
         now = _check_now(now)
-        mean = self.mean_online_s if online else self.mean_offline_s
-        a = self.diurnal_amplitude
-        if a == 0.0:
+        if self.diurnal_amplitude == 0.0:
+            mean = self.mean_online_s if online else self.mean_offline_s
             return _after(now, now + float(rng.exponential(mean)))
-        sign = -1.0 if online else 1.0
-        max_factor = 1.0 + a
+        bound = self._rate_bounds()[1 if online else 0]
         t = now
-        while True:  # Lewis–Shedler thinning against the max rate (1 + a) / mean
-            t += float(rng.exponential(mean / max_factor))
-            if rng.random() * max_factor < 1.0 + sign * self.modulation(t):
+        while True:  # Lewis–Shedler thinning against the constant bound
+            t += float(rng.exponential(1.0 / bound))
+            if rng.random() * bound < self.rates(t)[1 if online else 0]:
                 return _after(now, t)
 
 
@@ -535,7 +579,8 @@ def make_availability(kind: str, **params: object) -> Availability:
 
 def online_fraction(av: Availability, device: int, horizon_s: float,
                     rng: np.random.Generator) -> float:
-    """Simulate ``device``'s on/off sequence over ``[0, horizon_s]``; return the time online.
+    """Simulate ``device``'s on/off sequence over ``[0, horizon_s]``; return the fraction of
+    that time it is online (a number in ``[0, 1]``).
 
     Starts in :meth:`~Availability.initially_online` and follows
     :meth:`~Availability.next_change`, as the driver does.  Meant for tests and documentation.
@@ -560,3 +605,30 @@ def online_fraction(av: Availability, device: int, horizon_s: float,
             up += end - t
         t, online = end, not online
     return up / horizon
+
+
+def online_share(av: Availability, devices: int, times: Sequence[float] | np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """The share of devices ``0 .. devices-1`` online at each of the sorted ``times`` (s), each
+    device simulated from time 0 as the driver does.  Meant for tests and documentation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = Sessions(mean_online_s=3600, mean_offline_s=10800, diurnal_amplitude=0.8)
+    >>> share = online_share(s, 2000, [8 * 3600.0, 20 * 3600.0], np.random.default_rng(0))
+    >>> [round(float(x), 2) for x in share]        # q(08:00) = 0.05, q(20:00) = 0.45
+    [0.05, 0.45]
+    """
+    times = np.asarray(times, dtype=float)
+    if times.ndim != 1 or times.size == 0 or np.any(np.diff(times) < 0) or times[0] < 0:
+        raise ValueError("times must be a non-empty sorted 1-d sequence of times >= 0")
+    count = np.zeros(len(times))
+    for d in range(int(devices)):
+        online, t = bool(av.initially_online(d, rng)), 0.0
+        while t <= times[-1]:
+            nxt = av.next_change(d, t, online, rng)
+            if online:
+                count[np.searchsorted(times, t):np.searchsorted(times, nxt)] += 1
+            t, online = nxt, not online
+    return count / max(int(devices), 1)

@@ -56,7 +56,10 @@ class FaultParams:
 
     churn
         Probability that a device given a task (any job: local training, a slice of a pass)
-        disconnects at a uniformly random moment of that task.
+        disconnects at a uniformly random moment of that task.  The drop-out belongs to the
+        task: a task that ends first (cancelled as a straggler, or cut by the device going
+        offline for another reason) takes its pending drop-out with it, so churn never strikes
+        an idle device and a device cut mid-task returns when its availability says so.
     churn_offline_s
         Mean (exponential) time a churned device stays away.
     battery
@@ -274,17 +277,22 @@ class Driver:
         try:
             yield req
             started = self.env.now
-            if (self.faults.churn > 0 and self.is_device[dev.node] and duration > 0
-                    and self.rng.random() < self.faults.churn):
-                at = self.rng.uniform(0.0, duration)
-                ev = self.env.timeout(at)
-                ev.callbacks.append(lambda _ev, n=dev.node: self._set_flag(n, "churn_out", True))
+            churn_at = self._churn_moment(dev, duration)
+            if churn_at is not None:
+                # The drop-out is part of this task: it waits inside the job's own process,
+                # so cancelling the job (a straggler cut off, the device going offline)
+                # cancels the drop-out with it, and it can never fire on an idle device.
+                yield self.env.timeout(churn_at)
+                dev.jobs.pop(job_id, None)          # gone before going offline cancels it
+                self._abandon(dev, job, handle, started, duration)
+                self._set_flag(dev.node, "churn_out", True)
+                return
             yield self.env.timeout(duration)
         except simpy.Interrupt:
-            self.executor.cancel(handle)
-            if started is not None:   # charge the part of the job that ran
-                frac = (self.env.now - started) / duration if duration > 0 else 0.0
-                self._charge_compute(dev, frac * job.flops, self.env.now - started)
+            if started is not None:
+                self._abandon(dev, job, handle, started, duration)
+            else:
+                self.executor.cancel(handle)
             return
         finally:
             dev.cpu.release(req)
@@ -296,6 +304,27 @@ class Driver:
         self._charge_compute(dev, job.flops, duration)
         if dev.online:
             self.deliver(dev.node, JobDone(job_id, result))
+
+    def _churn_moment(self, dev: DeviceState, duration: float) -> float | None:
+        """With probability ``churn``, the offset into a task of ``duration`` seconds at which
+        the device drops out (uniform over the task); None if it does not.
+
+        Only an online device doing a task of positive length can churn; the draws are made
+        from the driver's generator in a fixed order (one uniform, then one more if chosen).
+        """
+        if not (self.faults.churn > 0 and self.is_device[dev.node] and dev.online
+                and duration > 0):
+            return None
+        if self.rng.random() >= self.faults.churn:
+            return None
+        return float(self.rng.uniform(0.0, duration))
+
+    def _abandon(self, dev: DeviceState, job: Any, handle: Any, started: float,
+                 duration: float) -> None:
+        """Drop a job that started but will not finish; charge the part of it that ran."""
+        self.executor.cancel(handle)
+        frac = (self.env.now - started) / duration if duration > 0 else 0.0
+        self._charge_compute(dev, frac * job.flops, self.env.now - started)
 
     def _cancel_job(self, node: NodeId, job_id: Any) -> None:
         dev = self.devices[node]

@@ -253,6 +253,16 @@ class Results:
     extra: dict = field(default_factory=dict)
 
 
+def _server_link(cfg: Config) -> dict:
+    """The core <-> server link from the server tier's profile (its rates and its own one-way
+    latency); ``fleet.server_mbps > 0`` overrides the rate in both directions."""
+    prof = TIERS[cfg.fleet.server_tier]
+    up, down = prof.up_bps, prof.down_bps
+    if cfg.fleet.server_mbps > 0:
+        up = down = cfg.fleet.server_mbps * MBPS
+    return {"server_bps": up, "server_down_bps": down, "server_latency_s": prof.latency_s}
+
+
 class Simulation:
     """A built, not yet run, simulation (exposed for notebooks and tests)."""
 
@@ -346,7 +356,7 @@ class Simulation:
             device_down_bps=np.array([p.down_bps for p in self.profiles]),
             device_latency_s=np.array([p.latency_s for p in self.profiles]),
             cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
-            server_bps=cfg.fleet.server_mbps * MBPS, d2d_pairs=d2d_pairs,
+            **_server_link(cfg), d2d_pairs=d2d_pairs,
             d2d_bps=cfg.fleet.d2d_mbps * MBPS, d2d_latency_s=cfg.fleet.d2d_latency_s)
 
     def _evaluate(self, weight_lists: list) -> list[dict]:

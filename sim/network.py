@@ -100,6 +100,7 @@ def build_topology(
     backhaul_latency_s: float = 0.005,
     server_bps: float = 1.25e9,
     server_latency_s: float = 0.001,
+    server_down_bps: float | None = None,
     d2d_pairs: Iterable[tuple[int, int]] = (),
     d2d_bps: Sequence[float] | np.ndarray | float = 6.25e6,
     d2d_latency_s: Sequence[float] | np.ndarray | float = 0.002,
@@ -117,7 +118,8 @@ def build_topology(
     device i -> its cell          ``device_up_bps[i]``   ``device_latency_s[i]``
     cell -> device i              ``device_down_bps[i]`` ``device_latency_s[i]``
     cell <-> core                 ``backhaul_bps``       ``backhaul_latency_s``
-    core <-> server               ``server_bps``         ``server_latency_s``
+    server -> core                ``server_bps``         ``server_latency_s``
+    core -> server                ``server_down_bps``    ``server_latency_s``
     device i <-> device j (d2d)   ``d2d_bps[k]``         ``d2d_latency_s[k]``
     ============================  =====================  ======================
 
@@ -136,6 +138,9 @@ def build_topology(
         Each cell's link to the core, per direction.
     server_bps, server_latency_s
         The server's link to the core, per direction (its up- and downlink).
+    server_down_bps
+        The server's downlink (core -> server) when it differs from its uplink; ``None``
+        (default) = ``server_bps``.
     d2d_pairs
         Device pairs ``(i, j)`` joined by a direct device-to-device link (both directions).
     d2d_bps, d2d_latency_s
@@ -177,7 +182,9 @@ def build_topology(
     for name, value, allow_zero in [("backhaul_bps", backhaul_bps, False),
                                     ("backhaul_latency_s", backhaul_latency_s, True),
                                     ("server_bps", server_bps, False),
-                                    ("server_latency_s", server_latency_s, True)]:
+                                    ("server_latency_s", server_latency_s, True),
+                                    ("server_down_bps", server_bps if server_down_bps is None
+                                     else server_down_bps, False)]:
         _check_values(name, np.asarray(value, dtype=float), allow_zero=allow_zero)
     if cell_of is None:
         cell_idx = [i % cells for i in range(num_devices)]
@@ -207,7 +214,8 @@ def build_topology(
     g.add_node("core", kind="core")
     bh, bhl = float(backhaul_bps), float(backhaul_latency_s)
     sv, svl = float(server_bps), float(server_latency_s)
-    g.add_edge("core", "server", bandwidth=sv, latency=svl)
+    sv_down = sv if server_down_bps is None else float(server_down_bps)
+    g.add_edge("core", "server", bandwidth=sv_down, latency=svl)
     g.add_edge("server", "core", bandwidth=sv, latency=svl)
     for c in range(cells):
         name = f"cell{c}"

@@ -38,10 +38,16 @@ import numpy as np
 from crowdlearn.errors import CrowdlearnError
 
 __all__ = [
+    "CORE_ONE_WAY_S",
     "DeviceProfile",
+    "MEASURED_RTT_S",
     "ProfileError",
+    "RADIO",
+    "RadioModel",
     "TIERS",
+    "TIER_RADIO",
     "parse_mix",
+    "radio_power_w",
     "sample_fleet",
     "with_overrides",
 ]
@@ -78,7 +84,8 @@ class DeviceProfile:
     up_bps, down_bps : float
         Uplink / downlink throughput in **bytes** per second.
     latency_s : float
-        One-way access latency (s).
+        One-way latency (s) of the device's own link (for a phone, its access network to the
+        cell; the tiers derive it from a measured round trip, see :data:`MEASURED_RTT_S`).
 
     Every number must be positive and finite, except ``battery_j`` which may be ``inf``.
     Violations raise :class:`ProfileError` (a ``ValueError``) echoing the bad value.
@@ -167,38 +174,107 @@ def _battery_j(mah: float, volts: float) -> float:
     return mah * volts * 3.6
 
 
-# Radio power model of Huang et al., "A close examination of performance and power
-# characteristics of 4G LTE networks", MobiSys 2012: while transferring, P = α_u·t_u + α_d·t_d + β
-# with throughputs t in Mbit/s.  Their fitted parameters (approximately):
-#   LTE : α_u ≈ 438 mW/Mbps, α_d ≈ 52 mW/Mbps, β ≈ 1288 mW
-#   WiFi: α_u ≈ 283 mW/Mbps, α_d ≈ 137 mW/Mbps, β ≈ 133 mW
-# Energy per byte at a sustained rate r (bytes/s) is then 8·α·1e-9 + β/r  (α in mW/Mbps = nJ/bit,
-# β in W).  We ignore the RRC tail energy the paper also measures (it matters for short
-# transfers, which training rounds are not), and evaluate at each tier's nominal rate; jittered
-# devices keep their tier's per-byte energy.
-_LTE = (438.39, 51.97, 1.28804)   # α_u mW/Mbps, α_d mW/Mbps, β W   (Huang et al. 2012, LTE)
-_WIFI = (283.17, 137.01, 0.13286)  # same paper, WiFi
+# Radio energy: the linear power model capped at a measured ceiling.
+#
+# Huang et al., "A close examination of performance and power characteristics of 4G LTE
+# networks", MobiSys 2012, fit the power a phone draws while transferring as
+#     P = α_u·t_u + α_d·t_d + β          (t in Mbit/s; Table 3 of the paper)
+#   LTE : α_u = 438.39 mW/Mbps, α_d = 51.97 mW/Mbps, β = 1288.04 mW
+#   WiFi: α_u = 283.17 mW/Mbps, α_d = 137.01 mW/Mbps, β = 132.86 mW
+# on 2011 handsets at the rates they measured (LTE median 13 Mbit/s down, 6 up).  Extrapolated to
+# today's 20–150 Mbit/s the slope makes radios draw 5–11 W, which no phone does: the marginal
+# power per Mbit/s falls as modems get faster (wider channels and higher-order modulation move
+# more bits per joule).  So the power is the linear model *capped at a measured ceiling*:
+#     P(r) = min(β + α·r, P_max),    energy per byte = P(r) / (bytes/s)
+#   LTE  P_max ≈ 2.5 W: the whole cellular subsystem of LTE smartphones draws up to about
+#        2.5 W at the maximum transmit power of 23 dBm, and markedly less at lower transmit
+#        power whatever the rate (Lauridsen et al., "An empirical LTE smartphone power model
+#        with a view to energy efficiency evolution", Intel Technology Journal 18(1), 2014,
+#        approximate); the 5G NR phones Signals Research Group measured draw more current than
+#        on LTE but move more bits per joule at high rates ("5G: The Greatest Show on Earth!
+#        Vol. 6", 2019), so the LTE ceiling is kept for the 5G tier too (conservative).
+#   WiFi P_max ≈ 1.2 W: 802.11n/ac smartphone interfaces draw of order 1 W at saturation
+#        throughput (Saha et al., "Revisiting 802.11 power consumption modeling in
+#        smartphones", WoWMoM 2016, approximate).
+# With these figures every tier's radio draws 0.5–4 W at its nominal rate (tests), and a tablet
+# on Wi-Fi spends less energy per byte than a phone on LTE, in both directions.
+# We ignore the RRC tail (LTE: ≈ 1.06 W for 11.6 s after the last packet, Huang et al. 2012,
+# Table 3): it is paid once per burst, and training traffic comes in long transfers.
+# A jittered device's per-byte energy is recomputed from the model at its own rates.
 
 
-def _radio_j_per_byte(alpha_mw_per_mbps: float, beta_w: float, rate_bps: float) -> float:
-    return 8 * alpha_mw_per_mbps * 1e-9 + beta_w / rate_bps
+@dataclass(frozen=True, slots=True)
+class RadioModel:
+    """Power drawn while transferring: ``min(base_w + α · rate, max_w)`` (rate in Mbit/s).
+
+    Examples
+    --------
+    >>> lte = RADIO["lte"]
+    >>> round(lte.power_w("down", 15 * _MBPS), 3), lte.power_w("up", 20 * _MBPS)
+    (2.068, 2.5)
+    >>> round(lte.j_per_byte("up", 20 * _MBPS) * 1e9)       # nJ per byte at 20 Mbit/s
+    1000
+    """
+
+    alpha_up_w_per_mbps: float
+    alpha_down_w_per_mbps: float
+    base_w: float
+    max_w: float
+
+    def power_w(self, direction: str, rate_bps: float) -> float:
+        """Power (W) while sending (``"up"``) or receiving (``"down"``) at ``rate_bps`` bytes/s."""
+        if direction not in ("up", "down"):
+            raise ProfileError(f"radio direction must be 'up' or 'down'; got {direction!r}")
+        alpha = self.alpha_up_w_per_mbps if direction == "up" else self.alpha_down_w_per_mbps
+        return min(self.base_w + alpha * rate_bps / _MBPS, self.max_w)
+
+    def j_per_byte(self, direction: str, rate_bps: float) -> float:
+        """Energy per byte (J) at a sustained ``rate_bps`` (bytes/s): power / rate."""
+        return self.power_w(direction, rate_bps) / rate_bps
+
+
+#: Radio power models by access technology (sources in the comment above).
+RADIO: dict[str, RadioModel] = {
+    "lte": RadioModel(0.43839, 0.05197, 1.28804, 2.5),    # Huang et al. 2012; cap Lauridsen et al. 2014
+    "wifi": RadioModel(0.28317, 0.13701, 0.13286, 1.2),   # Huang et al. 2012; cap Saha et al. 2016
+    # A server's wired 10 GbE port: ~2 W per port whatever the load (Intel Ethernet X710
+    # datasheet: ~3.7 W typical for two 10 GbE ports), so energy per byte = 2 W / rate.
+    "wired": RadioModel(0.0, 0.0, 2.0, 2.0),
+}
+
+# Latency.  Ookla reports *round-trip* pings from the phone to a nearby test server (same
+# metro, like an edge server).  The simulated path device → cell → core → server adds, one way,
+# the backhaul (5 ms, the default of sim.network.build_topology) and the server's own link (the
+# server tier's latency_s, 0.5 ms), so a device's access latency is
+#     latency_s = RTT / 2 − CORE_ONE_WAY_S
+# and the modelled round trip to the server equals the measured one (tested).
+CORE_ONE_WAY_S = 0.005 + 0.0005
+
+#: Measured round trips (s) to a nearby server per tier (Ookla Speedtest Global Index
+#: 2023–2024, approximate medians): the tier's ``latency_s`` is derived from these.
+MEASURED_RTT_S: dict[str, float] = {
+    "low_end": 0.060,     # lower-ranked mobile markets
+    "mid_range": 0.030,   # global mobile median
+    "flagship": 0.025,    # leading 5G markets
+    "tablet": 0.015,      # fixed broadband (~10 ms) plus a home Wi-Fi hop
+    "edge_server": 0.001,  # LAN / same-site: round trips of ~1 ms
+}
 
 
 def _tier(tier: str, *, flops: float, cpu_w: float, memory_bytes: int, battery_j: float,
-          radio: tuple[float, float, float], up_bps: float, down_bps: float,
-          latency_s: float) -> DeviceProfile:
-    alpha_u, alpha_d, beta = radio
+          radio: str, up_bps: float, down_bps: float) -> DeviceProfile:
+    model = RADIO[radio]
     return DeviceProfile(
         tier=tier,
         flops=flops,
         memory_bytes=memory_bytes,
         battery_j=battery_j,
         j_per_flop=cpu_w / flops,
-        j_per_byte_up=_radio_j_per_byte(alpha_u, beta, up_bps),
-        j_per_byte_down=_radio_j_per_byte(alpha_d, beta, down_bps),
+        j_per_byte_up=model.j_per_byte("up", up_bps),
+        j_per_byte_down=model.j_per_byte("down", down_bps),
         up_bps=up_bps,
         down_bps=down_bps,
-        latency_s=latency_s,
+        latency_s=MEASURED_RTT_S[tier] / 2 - CORE_ONE_WAY_S,
     )
 
 
@@ -218,7 +294,11 @@ def _tier(tier: str, *, flops: float, cpu_w: float, memory_bytes: int, battery_j
 # Network.  Ookla Speedtest Global Index (2023–2024, approximate): global median mobile download
 # ≈ 50–55 Mbit/s, upload ≈ 10–12 Mbit/s; fixed broadband ≈ 90 / 40 Mbit/s.  Lower-ranked markets
 # report mobile medians of ~10–20 Mbit/s down; leading 5G markets 100–200 Mbit/s down.
-# Converted to bytes/s with _MBPS.  Latencies are tens of ms on cellular, ~10 ms on fixed lines.
+# Converted to bytes/s with _MBPS.  Latencies: see MEASURED_RTT_S above.
+
+#: Tier name → radio model name, for recomputing a jittered device's per-byte energy.
+TIER_RADIO: dict[str, str] = {"low_end": "lte", "mid_range": "lte", "flagship": "lte",
+                              "tablet": "wifi", "edge_server": "wired"}
 
 TIERS: dict[str, DeviceProfile] = {
     "low_end": _tier(
@@ -227,10 +307,9 @@ TIERS: dict[str, DeviceProfile] = {
         cpu_w=1.5,                    # ~1.5 W sustained (AnandTech, efficiency-core clusters)
         memory_bytes=256 * _MIB,      # getMemoryClass() ~128–256 MB on 2–3 GB-RAM phones
         battery_j=_battery_j(4000, 3.85),  # 4000 mAh × 3.85 V ≈ 55 kJ (budget spec sheets: 4000–5000 mAh)
-        radio=_LTE,                   # LTE, Huang et al. 2012
+        radio=TIER_RADIO["low_end"],  # LTE (see RADIO)
         up_bps=4 * _MBPS,             # ~4 Mbit/s up: Ookla lower-ranked mobile markets
         down_bps=15 * _MBPS,          # ~15 Mbit/s down: Ookla lower-ranked mobile markets
-        latency_s=0.060,              # ~60 ms: Ookla latency in lower-ranked mobile markets (approx.)
     ),
     "mid_range": _tier(
         "mid_range",
@@ -238,10 +317,9 @@ TIERS: dict[str, DeviceProfile] = {
         cpu_w=2.5,                    # ~2.5 W sustained (AnandTech, mid-range SoCs)
         memory_bytes=512 * _MIB,      # getMemoryClass() ~256–512 MB on 4–6 GB-RAM phones
         battery_j=_battery_j(5000, 3.85),  # 5000 mAh × 3.85 V ≈ 69 kJ (e.g. Galaxy A54 spec sheet)
-        radio=_LTE,                   # LTE, Huang et al. 2012
+        radio=TIER_RADIO["mid_range"],  # LTE (see RADIO)
         up_bps=10 * _MBPS,            # ~10 Mbit/s up: Ookla global mobile median
         down_bps=50 * _MBPS,          # ~50 Mbit/s down: Ookla global mobile median
-        latency_s=0.030,              # ~30 ms: Ookla global mobile median latency (approx.)
     ),
     "flagship": _tier(
         "flagship",
@@ -249,10 +327,9 @@ TIERS: dict[str, DeviceProfile] = {
         cpu_w=4.0,                    # ~4 W sustained (AnandTech flagship SoC power measurements)
         memory_bytes=1 * _GIB,        # large-heap / native budget ~1 GB on 8–12 GB-RAM phones
         battery_j=_battery_j(4500, 3.85),  # 4500 mAh × 3.85 V ≈ 62 kJ (Pixel 8 4575 mAh, Galaxy S24 4000 mAh)
-        radio=_LTE,                   # LTE power model (5G NSA anchors on LTE), Huang et al. 2012
+        radio=TIER_RADIO["flagship"],  # LTE ceiling kept for 5G (see RADIO)
         up_bps=20 * _MBPS,            # ~20 Mbit/s up: Ookla medians in leading 5G markets
         down_bps=150 * _MBPS,         # ~150 Mbit/s down: Ookla medians in leading 5G markets
-        latency_s=0.025,              # ~25 ms: Ookla 5G-market latency (approx.)
     ),
     "tablet": _tier(
         "tablet",
@@ -260,10 +337,9 @@ TIERS: dict[str, DeviceProfile] = {
         cpu_w=5.0,                    # ~5 W sustained (tablet SoCs run at higher sustained power)
         memory_bytes=1536 * _MIB,     # ~1.5 GB: roughly half of RAM under iOS jetsam on 3–4 GB iPads
         battery_j=28.6 * 3600,        # 28.6 Wh ≈ 103 kJ (Apple iPad 10th gen spec sheet)
-        radio=_WIFI,                  # home Wi-Fi, Huang et al. 2012 WiFi parameters
+        radio=TIER_RADIO["tablet"],   # home Wi-Fi (see RADIO)
         up_bps=30 * _MBPS,            # ~30 Mbit/s: a little below Ookla fixed median (~40) for Wi-Fi loss
         down_bps=80 * _MBPS,          # ~80 Mbit/s: a little below Ookla fixed median (~90) for Wi-Fi loss
-        latency_s=0.015,              # ~15 ms: Ookla fixed-broadband latency (~10 ms) plus Wi-Fi hop
     ),
     "edge_server": DeviceProfile(
         tier="edge_server",
@@ -272,13 +348,29 @@ TIERS: dict[str, DeviceProfile] = {
         memory_bytes=16 * _GIB,       # a 16 GiB slice of a 64–256 GB server
         battery_j=math.inf,           # mains power
         j_per_flop=200.0 / 5e11,      # ~200 W package power (Intel Xeon TDP 150–250 W) / 0.5 TFLOP/s
-        j_per_byte_up=8e-9,           # ~1 W per 1 GbE port (NIC datasheets) / 1.25e8 B/s
-        j_per_byte_down=8e-9,         # same
-        up_bps=1000 * _MBPS,          # 1 Gbit/s wired uplink
-        down_bps=1000 * _MBPS,        # 1 Gbit/s wired downlink
-        latency_s=0.001,              # ~1 ms: same-metro edge site / LAN round trips are ~1–2 ms
+        j_per_byte_up=RADIO["wired"].j_per_byte("up", 10_000 * _MBPS),    # 2 W / 10 Gbit/s
+        j_per_byte_down=RADIO["wired"].j_per_byte("down", 10_000 * _MBPS),
+        up_bps=10_000 * _MBPS,        # one 10 GbE port, the common server NIC
+        down_bps=10_000 * _MBPS,
+        latency_s=MEASURED_RTT_S["edge_server"] / 2,   # its own link: half a ~1 ms LAN round trip
     ),
 }
+
+
+def radio_power_w(profile: DeviceProfile, direction: str) -> float:
+    """Power (W) the device's radio draws while transferring at its own rate in ``direction``:
+    energy per byte × bytes per second.
+
+    Examples
+    --------
+    >>> round(radio_power_w(TIERS["tablet"], "down"), 3)
+    1.2
+    """
+    if direction == "up":
+        return profile.j_per_byte_up * profile.up_bps
+    if direction == "down":
+        return profile.j_per_byte_down * profile.down_bps
+    raise ProfileError(f"radio direction must be 'up' or 'down'; got {direction!r}")
 
 
 def _tier_list() -> str:
@@ -367,8 +459,11 @@ def sample_fleet(n: int, mix: Mapping[str, float] | str, *, rng: np.random.Gener
     Each device's tier is drawn independently with probability proportional to its weight in
     ``mix`` (see :func:`parse_mix`).  Then ``flops``, ``up_bps``, ``down_bps`` and ``latency_s``
     are each multiplied by an independent log-normal factor ``exp(N(0, jitter²))``, which keeps
-    the tier figure as the median.  ``memory_bytes``, ``battery_j`` and the per-FLOP / per-byte
-    energies are not jittered.  ``jitter=0`` reproduces the tier figures exactly.
+    the tier figure as the median.  The per-byte energies follow the jittered rates through the
+    tier's radio power model (:data:`RADIO`: power at the device's own rate ÷ that rate), so a
+    faster device spends less per byte and no radio draws more than its ceiling.
+    ``memory_bytes``, ``battery_j`` and the per-FLOP energy are not jittered.  ``jitter=0``
+    reproduces the tier figures exactly.
 
     The result depends only on ``n``, the mix (not the order of its keys) and the state of
     ``rng``.
@@ -424,11 +519,15 @@ def sample_fleet(n: int, mix: Mapping[str, float] | str, *, rng: np.random.Gener
             fleet.append(base)
             continue
         f = factors[i]
+        radio = RADIO[TIER_RADIO[base.tier]]
+        up, down = base.up_bps * float(f[1]), base.down_bps * float(f[2])
         fleet.append(dataclasses.replace(
             base,
             flops=base.flops * float(f[0]),
-            up_bps=base.up_bps * float(f[1]),
-            down_bps=base.down_bps * float(f[2]),
+            up_bps=up,
+            down_bps=down,
             latency_s=base.latency_s * float(f[3]),
+            j_per_byte_up=radio.j_per_byte("up", up),
+            j_per_byte_down=radio.j_per_byte("down", down),
         ))
     return fleet

@@ -19,6 +19,7 @@ from sim.availability import (
     Trace,
     make_availability,
     online_fraction,
+    online_share,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "traces" / "availability_example.csv"
@@ -63,11 +64,15 @@ def test_sessions_long_run_fraction():
     assert abs(frac - 0.4) < 0.02
 
 
-def test_sessions_initial_state_is_stationary():
+def test_sessions_initial_state_follows_the_daily_curve():
     s = Sessions(mean_online_s=100.0, mean_offline_s=300.0, diurnal_amplitude=0.5)
     rng = np.random.default_rng(2)
     share = np.mean([s.initially_online(d, rng) for d in range(20000)])
-    assert abs(share - 0.25) < 0.015
+    # q(0) = 0.25 + 0.5 * 0.25 * cos(2π (0 − 20) / 24) = 0.25 + 0.125 * 0.5
+    assert s.online_probability(0.0) == pytest.approx(0.3125)
+    assert abs(share - 0.3125) < 0.015
+    flat = Sessions(mean_online_s=100.0, mean_offline_s=300.0)
+    assert abs(np.mean([flat.initially_online(d, rng) for d in range(20000)]) - 0.25) < 0.015
 
 
 def test_sessions_durations_are_exponential_with_the_right_means():
@@ -79,49 +84,88 @@ def test_sessions_durations_are_exponential_with_the_right_means():
     assert abs(np.std(on) / on.mean() - 1) < 0.05          # exponential: cv = 1
 
 
-def _survival(base_mean, a, peak, now, s, sign):
-    """P(no toggle in (now, now + s]) for the NHPP rate (1 + sign·a·cos(ω(t − peak)))/mean."""
+def _reference_rates(mean_on, mean_off, a, peak, t):
+    """(λ, μ) at times ``t`` written out from the docstring's formulas (independent of the class)."""
     w = 2 * math.pi / (24 * HOUR)
-    ph = peak * HOUR
-    integral = s + sign * a / w * (math.sin(w * (now + s - ph)) - math.sin(w * (now - ph)))
-    return math.exp(-integral / base_mean)
+    pi = mean_on / (mean_on + mean_off)
+    amp = a * min(pi, 1 - pi)
+    q = pi + amp * np.cos(w * (t - peak * HOUR))
+    dq = -amp * w * np.sin(w * (t - peak * HOUR))
+    r = np.maximum.reduce([np.full_like(t, 1 / mean_on + 1 / mean_off), -dq / q, dq / (1 - q)])
+    return r * q + dq, r * (1 - q) - dq
 
 
 @pytest.mark.parametrize("online", [False, True])
-def test_sessions_thinning_matches_exact_nhpp_survival(online):
-    """The waiting time has exactly the survival function of the non-homogeneous process."""
-    s = Sessions(mean_online_s=5 * HOUR, mean_offline_s=5 * HOUR, diurnal_amplitude=0.9,
+@pytest.mark.parametrize("means", [(5 * HOUR, 5 * HOUR), (HOUR, 3 * HOUR)])
+def test_sessions_thinning_matches_exact_nhpp_survival(online, means):
+    """The waiting time has exactly the survival function exp(-∫ rate) of the process."""
+    mean_on, mean_off = means
+    s = Sessions(mean_online_s=mean_on, mean_offline_s=mean_off, diurnal_amplitude=0.9,
                  peak_hour=20.0)
     rng = np.random.default_rng(4 + online)
     now = 6 * HOUR
     waits = np.array([s.next_change(0, now, online, rng) - now for _ in range(20000)])
-    sign = -1.0 if online else 1.0
-    for hours in (3, 8, 14, 20):
-        expected = _survival(5 * HOUR, 0.9, 20.0, now, hours * HOUR, sign)
+    grid = now + np.linspace(0.0, 30 * HOUR, 300_001)
+    lam, mu = _reference_rates(mean_on, mean_off, 0.9, 20.0, grid)
+    assert np.all(lam >= -1e-15) and np.all(mu >= -1e-15)
+    rate = mu if online else lam
+    cum = np.concatenate([[0.0], np.cumsum((rate[1:] + rate[:-1]) / 2 * np.diff(grid))])
+    for hours in (1, 3, 8, 14):
+        expected = math.exp(-np.interp(now + hours * HOUR, grid, cum))
         observed = np.mean(waits > hours * HOUR)
         assert abs(observed - expected) < 0.015, (hours, observed, expected)
-    # and the rhythm matters: homogeneous survival at 3 h would be exp(-3/5) ≈ 0.55, while from
-    # 06:00 the offline->online rate is low (survival ≈ 0.93) and the online->offline rate high (≈ 0.33)
-    assert abs(np.mean(waits > 3 * HOUR) - math.exp(-3 / 5)) > 0.2
+    # the model's own rates are the reference ones
+    ts = np.linspace(0, 2 * 24 * HOUR, 97)
+    got = np.array([s.rates(t) for t in ts])
+    want = np.stack(_reference_rates(mean_on, mean_off, 0.9, 20.0, ts), axis=1)
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-18)
 
 
-def test_diurnal_peak_has_more_devices_online():
-    s = Sessions(mean_online_s=HOUR, mean_offline_s=3 * HOUR, diurnal_amplitude=0.8,
-                 peak_hour=20.0)
-    rng = np.random.default_rng(6)
-    probes = {"peak": 44 * HOUR, "trough": 32 * HOUR}      # day 2, 20:00 and 08:00
-    counts = dict.fromkeys(probes, 0)
-    n = 1500
-    for d in range(n):
-        online, t = s.initially_online(d, rng), 0.0
-        pending = sorted(probes.items(), key=lambda kv: kv[1])
-        while pending:
-            nxt = s.next_change(d, t, online, rng)
-            while pending and pending[0][1] < nxt:
-                counts[pending.pop(0)[0]] += online
-            t, online = nxt, not online
-    p_peak, p_trough = counts["peak"] / n, counts["trough"] / n
-    assert p_peak > 0.5 > 0.15 > p_trough, (p_peak, p_trough)
+@pytest.mark.parametrize("a", [0.0, 0.3, 0.9, 0.99])
+@pytest.mark.parametrize("means", [(HOUR, 3 * HOUR), (3 * HOUR, HOUR), (8 * HOUR, 8 * HOUR)])
+def test_rates_carry_the_probability_along_the_curve(a, means):
+    """dq/dt = λ(1 − q) − μq holds, so P(online) = q(t) exactly (Euler on a fine grid)."""
+    s = Sessions(*means, diurnal_amplitude=a, peak_hour=20.0)
+    dt = 5.0
+    ts = np.arange(0.0, 2 * 24 * HOUR, dt)
+    p = s.online_probability(0.0)
+    worst = 0.0
+    for t in ts:
+        lam, mu = s.rates(t)
+        assert lam >= 0 and mu >= 0
+        # midpoint rule, second order
+        lam2, mu2 = s.rates(t + dt / 2)
+        half = p + dt / 2 * (lam * (1 - p) - mu * p)
+        p = p + dt * (lam2 * (1 - half) - mu2 * half)
+        worst = max(worst, abs(p - s.online_probability(t + dt)))
+    assert worst < 1e-4
+
+
+def _online_grid(s, n, days, step, seed):
+    """Share of ``n`` devices online at every ``step`` s over ``days`` days, from time 0."""
+    times = np.arange(0.0, days * 24 * HOUR, step)
+    return times, online_share(s, n, times, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("a", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("means,peak", [((HOUR, 3 * HOUR), 20.0), ((2 * HOUR, HOUR), 7.5)])
+def test_diurnal_curve_peaks_at_peak_hour_and_keeps_its_mean(a, means, peak):
+    """Empirically over 2,500 devices and 3 days: the fitted daily harmonic of the online share
+    peaks at ``peak_hour`` within 15 minutes, its amplitude is ``a·min(π, 1 − π)``, and the mean
+    online share is ``π`` for every amplitude."""
+    s = Sessions(*means, diurnal_amplitude=a, peak_hour=peak)
+    times, share = _online_grid(s, 2500, 3, 300.0, seed=int(a * 10) + int(peak))
+    phase = 2 * math.pi * times / (24 * HOUR)
+    c, si = 2 * np.mean(share * np.cos(phase)), 2 * np.mean(share * np.sin(phase))
+    fitted_peak = (math.atan2(si, c) * 24 / (2 * math.pi)) % 24
+    error_min = (fitted_peak - peak + 12) % 24 * 60 - 12 * 60
+    pi = means[0] / sum(means)
+    assert abs(error_min) < 15, (fitted_peak, peak)
+    assert math.hypot(c, si) == pytest.approx(a * min(pi, 1 - pi), abs=0.01)
+    assert np.mean(share) == pytest.approx(pi, abs=0.01)
+    # and the share follows q(t) point by point (binomial noise at 2,500 devices: sd <= 0.01)
+    q = np.array([s.online_probability(t) for t in times])
+    assert np.max(np.abs(share - q)) < 0.05
 
 
 def test_sessions_without_rhythm_ignore_time_of_day():
@@ -133,8 +177,9 @@ def test_sessions_without_rhythm_ignore_time_of_day():
 
 
 def test_peak_hour_24_is_midnight():
-    assert Sessions(1, 1, 0.5, 24.0).modulation(0.0) == pytest.approx(0.5)
-    assert Sessions(1, 1, 0.5, 0.0).modulation(12 * HOUR) == pytest.approx(-0.5)
+    assert Sessions(1, 1, 0.5, 24.0).online_probability(0.0) == pytest.approx(0.75)
+    assert Sessions(1, 1, 0.5, 0.0).online_probability(12 * HOUR) == pytest.approx(0.25)
+    assert Sessions(3, 1, 0.5, 0.0).online_probability(0.0) == pytest.approx(0.875)
 
 
 def test_next_change_strictly_after_now_even_for_huge_now():

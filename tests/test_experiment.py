@@ -80,13 +80,13 @@ def test_churn_drops_devices_and_records_missed_rounds():
 
 
 def test_deadline_cuts_off_stragglers():
-    # a round takes ~0.17 s in this fleet; a 0.1 s deadline keeps only the fast devices and the
+    # a round takes ~0.1 s in this fleet; a 0.06 s deadline keeps only the fast devices and the
     # slow ones' updates arrive late and are dropped
-    cfg = small_config(**{"fedavg.deadline_s": 0.1, "rounds": 4})
+    cfg = small_config(**{"fedavg.deadline_s": 0.06, "rounds": 4})
     res = Simulation(cfg).run()
     assert [r["closed_by"] for r in res.rounds] == ["deadline"] * 4
     assert all(0 < len(r["aggregated"]) < len(r["selected"]) for r in res.rounds)
-    assert all(math.isclose(r["end_s"] - r["start_s"], 0.1) for r in res.rounds)
+    assert all(math.isclose(r["end_s"] - r["start_s"], 0.06) for r in res.rounds)
     assert res.summary["late_updates"] > 0
 
 
@@ -110,8 +110,8 @@ def test_battery_drain_takes_devices_offline():
 
 def test_sessions_availability_and_trace_run():
     res = Simulation(small_config(**{"availability.model": "sessions",
-                                     "availability.mean_online_s": 0.5,
-                                     "availability.mean_offline_s": 0.5})).run()
+                                     "availability.mean_online_s": 0.1,
+                                     "availability.mean_offline_s": 0.1})).run()
     assert res.summary["rounds_completed"] == 3
     assert any(d["drops_availability"] > 0 for d in res.devices)
     # sessions this short cut transfers mid-way: those bytes are reported, not counted delivered

@@ -388,3 +388,36 @@ def test_network_rates_are_feasible_and_max_min_at_all_times(case):
         for e in pairwise(t.path):
             link_bytes[e] = link_bytes.get(e, 0) + moved
     assert net.bytes_on_link == {e: b for e, b in link_bytes.items() if b}
+
+
+def test_server_downlink_may_differ_from_its_uplink():
+    g = tree(2, server=3e6, server_down_bps=1e6, sv_lat=0.002)
+    assert g.edges["server", "core"]["bandwidth"] == 3e6
+    assert g.edges["core", "server"]["bandwidth"] == 1e6
+    assert g.edges["core", "server"]["latency"] == g.edges["server", "core"]["latency"] == 0.002
+    assert tree(1, server=3e6).edges["core", "server"]["bandwidth"] == 3e6
+    with pytest.raises(ValueError, match="server_down_bps"):
+        tree(1, server_down_bps=0.0)
+    # an upload to the server is limited by the server's downlink (1 MB/s): 2 MB in 2 s
+    env = simpy.Environment()
+    net = Network(env, tree(1, up=10e6, backhaul=10e6, server=3e6, server_down_bps=1e6))
+    tr = net.transfer(0, "server", 2_000_000)
+    env.run()
+    assert tr.end_time == approx(2.0)
+
+
+def test_experiment_server_link_follows_the_server_profile():
+    from crowdlearn.config import from_dict
+    from sim.experiment import MBPS, _server_link
+    from sim.profiles import TIERS
+
+    edge = TIERS["edge_server"]
+    link = _server_link(from_dict({}))
+    assert link == {"server_bps": edge.up_bps, "server_down_bps": edge.down_bps,
+                    "server_latency_s": edge.latency_s}
+    tab = TIERS["tablet"]
+    link = _server_link(from_dict({"fleet": {"server_tier": "tablet"}}))
+    assert (link["server_bps"], link["server_down_bps"]) == (tab.up_bps, tab.down_bps)
+    link = _server_link(from_dict({"fleet": {"server_mbps": 2000.0}}))
+    assert link["server_bps"] == link["server_down_bps"] == 2000.0 * MBPS
+    assert link["server_latency_s"] == edge.latency_s

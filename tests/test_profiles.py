@@ -9,7 +9,20 @@ import numpy as np
 import pytest
 
 from crowdlearn.errors import CrowdlearnError
-from sim.profiles import TIERS, DeviceProfile, parse_mix, sample_fleet, with_overrides
+from sim.network import build_topology
+from sim.profiles import (
+    CORE_ONE_WAY_S,
+    MEASURED_RTT_S,
+    RADIO,
+    TIER_RADIO,
+    TIERS,
+    DeviceProfile,
+    ProfileError,
+    parse_mix,
+    radio_power_w,
+    sample_fleet,
+    with_overrides,
+)
 
 GOOD = dict(tier="toy", flops=1e9, memory_bytes=2**28, battery_j=5e4, j_per_flop=5e-10,
             j_per_byte_up=4e-6, j_per_byte_down=6e-7, up_bps=1.25e6, down_bps=6.25e6,
@@ -100,7 +113,7 @@ def test_tier_figures_positive_and_plausible(name):
     for f in FLOAT_FIELDS:
         assert getattr(p, f) > 0
     assert p.memory_bytes > 0
-    assert 1e-3 <= p.latency_s <= 0.2
+    assert 1e-4 <= p.latency_s <= 0.2
     if name != "edge_server":
         assert 1e9 <= p.flops <= 25e9            # phones/tablets: order 1–20 GFLOP/s sustained
         assert 20e3 <= p.battery_j <= 200e3      # 4000 mAh × 3.85 V ≈ 55 kJ
@@ -180,8 +193,13 @@ def test_jitter_zero_is_exact():
 def test_jitter_only_touches_continuous_figures():
     fleet = sample_fleet(2000, "mid_range", rng=np.random.default_rng(5), jitter=0.25)
     base = TIERS["mid_range"]
-    for f in ["memory_bytes", "battery_j", "j_per_flop", "j_per_byte_up", "j_per_byte_down"]:
+    for f in ["memory_bytes", "battery_j", "j_per_flop"]:
         assert all(getattr(d, f) == getattr(base, f) for d in fleet)
+    # per-byte energies follow each device's own rates through the tier's radio model
+    lte = RADIO["lte"]
+    for d in fleet:
+        assert d.j_per_byte_up == lte.j_per_byte("up", d.up_bps)
+        assert d.j_per_byte_down == lte.j_per_byte("down", d.down_bps)
     for f in JITTERED:
         logs = np.log([getattr(d, f) / getattr(base, f) for d in fleet])
         assert abs(np.median(logs)) < 0.03          # tier figure stays the median
@@ -212,3 +230,65 @@ def test_fleet_size_and_jitter_validation():
             sample_fleet(3, "tablet", rng=rng, jitter=bad)
     with pytest.raises(ValueError, match="valid tiers"):
         sample_fleet(3, {"gpu_box": 1}, rng=rng)
+
+
+# --- radio power and latency ----------------------------------------------------------------
+
+MBPS = 1e6 / 8
+
+
+def test_radio_model_is_huang_linear_capped_at_the_ceiling():
+    lte, wifi = RADIO["lte"], RADIO["wifi"]
+    # below the ceiling: P = β + α·r (Huang et al. 2012, Table 3), by hand
+    assert lte.power_w("down", 15 * MBPS) == pytest.approx(1.28804 + 0.05197 * 15)
+    assert lte.power_w("up", 2 * MBPS) == pytest.approx(1.28804 + 0.43839 * 2)
+    assert wifi.power_w("up", 3 * MBPS) == pytest.approx(0.13286 + 0.28317 * 3)
+    # above it: the ceiling, whatever the rate
+    for rate in (20, 150, 1000):
+        assert lte.power_w("up", rate * MBPS) == lte.max_w == 2.5
+        assert wifi.power_w("down", rate * MBPS) == wifi.max_w == 1.2
+    assert lte.j_per_byte("down", 50 * MBPS) == pytest.approx(2.5 / (50 * MBPS))
+    with pytest.raises(ProfileError, match="'up' or 'down'.*sideways"):
+        lte.power_w("sideways", 1.0)
+
+
+@pytest.mark.parametrize("name", list(TIERS))
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_every_tier_radio_draws_half_to_four_watts_at_its_nominal_rate(name, direction):
+    p = TIERS[name]
+    watts = radio_power_w(p, direction)
+    assert 0.5 <= watts <= 4.0, (name, direction, watts)
+    rate = p.up_bps if direction == "up" else p.down_bps
+    assert watts == pytest.approx(RADIO[TIER_RADIO[name]].power_w(direction, rate))
+
+
+def test_jittered_radios_never_exceed_their_ceiling():
+    fleet = sample_fleet(3000, {"low_end": 1, "mid_range": 1, "flagship": 1, "tablet": 1},
+                         rng=np.random.default_rng(9), jitter=0.5)
+    for d in fleet:
+        cap = RADIO[TIER_RADIO[d.tier]].max_w
+        for direction in ("up", "down"):
+            assert radio_power_w(d, direction) <= cap * (1 + 1e-12)
+
+
+def test_wifi_tablet_spends_less_per_byte_than_lte_phones():
+    tab = TIERS["tablet"]
+    for phone in ("low_end", "mid_range", "flagship"):
+        p = TIERS[phone]
+        assert tab.j_per_byte_up < p.j_per_byte_up, phone
+        assert tab.j_per_byte_down < p.j_per_byte_down, phone
+
+
+@pytest.mark.parametrize("name", ["low_end", "mid_range", "flagship", "tablet"])
+def test_modelled_round_trip_to_the_server_is_the_measured_one(name):
+    """Device -> cell -> core -> server and back, with build_topology's default backhaul latency
+    and the edge server's own link latency, adds up to the tier's measured (Ookla) round trip."""
+    import networkx as nx
+    p, server = TIERS[name], TIERS["edge_server"]
+    g = build_topology(1, device_up_bps=p.up_bps, device_down_bps=p.down_bps,
+                       device_latency_s=p.latency_s, server_latency_s=server.latency_s)
+    rtt = (nx.shortest_path_length(g, 0, "server", weight="latency")
+           + nx.shortest_path_length(g, "server", 0, weight="latency"))
+    assert rtt == pytest.approx(MEASURED_RTT_S[name], rel=1e-12)
+    assert p.latency_s == pytest.approx(MEASURED_RTT_S[name] / 2 - CORE_ONE_WAY_S)
+    assert server.latency_s == pytest.approx(MEASURED_RTT_S["edge_server"] / 2)
