@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.crypto.sealing import CARD, Card, Header, KeyRing, SealError, Sealed, escrow_len
+from crowdlearn.crypto.sealing import CARD, Card, Header, KeyRing, Sealed, SealError, escrow_len
 from crowdlearn.errors import CrowdlearnError
 from crowdlearn.protocols import wire
 from crowdlearn.protocols.io import (
@@ -999,7 +999,7 @@ class SliceDevice(Machine):
     def _learn(self, src, m: KeyDirectory) -> list[Effect]:
         if src != self.server:
             return [misbehaved(src, "key directory not from the server")]
-        for node, card in zip(m.nodes, m.cards):
+        for node, card in zip(m.nodes, m.cards, strict=True):
             self.ring.learn(self.server if node == SERVER_SRC else int(node),
                             Card.from_bytes(card))
         return []

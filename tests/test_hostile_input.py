@@ -4,14 +4,27 @@ import numpy as np
 import pytest
 
 from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
-from crowdlearn.protocols.dssgd import DSSGDParams, DSSGDServer, DownloadRequest, SparseUpdate
+from crowdlearn.protocols.dssgd import DownloadRequest, DSSGDParams, DSSGDServer, SparseUpdate
 from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
 from crowdlearn.protocols.io import PeerJoined, Received, Report, Send, Start
 from crowdlearn.protocols.messages import Update
 from slicenet.partition import partition
-from slicenet.protocol import (Download, FusedGroups, KeyAnnounce, PassDone, PassPlan, Relay,
-                               ShareDone, ShareRequest, SliceDevice, SliceParams, SlicingServer,
-                               Upload, description_for, layout_from_plan)
+from slicenet.protocol import (
+    Download,
+    FusedGroups,
+    KeyAnnounce,
+    PassDone,
+    PassPlan,
+    Relay,
+    ShareDone,
+    ShareRequest,
+    SliceDevice,
+    SliceParams,
+    SlicingServer,
+    Upload,
+    description_for,
+    layout_from_plan,
+)
 
 
 def names(effects):
@@ -65,9 +78,9 @@ def state(s):
 
 def assert_unchanged(s, before):
     after = state(s)
-    for a, b in zip(before[:2], after[:2]):
+    for a, b in zip(before[:2], after[:2], strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(before[2], after[2]):
+    for a, b in zip(before[2], after[2], strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -158,7 +171,7 @@ def test_device_applies_only_downloads_of_what_it_owns():
         out = dev.handle(Received("server", Download(0, 0, np.array(idx, np.int32),
                                                      np.array(val, np.float32))), 1.0)
         assert "peer_misbehaved" in names(out)
-        for a, b in zip(before, fused.weights(0)):
+        for a, b in zip(before, fused.weights(0), strict=True):
             np.testing.assert_array_equal(a, b)
     out = dev.handle(Received("server", Download(1, 0, owned[:1].astype(np.int32),
                                                  np.ones(1, np.float32))), 1.0)

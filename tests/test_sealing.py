@@ -5,14 +5,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crowdlearn.crypto.sealing import (NONCE, Header, KeyRing, SealError, Sealed, escrow_len,
-                                       party_label)
+from crowdlearn.crypto.sealing import (
+    NONCE,
+    Header,
+    KeyRing,
+    Sealed,
+    SealError,
+    escrow_len,
+    party_label,
+)
 from crowdlearn.protocols import wire
 from crowdlearn.protocols.io import Received, Report
 from sim.experiment import Simulation
 from slicenet.partition import partition
-from slicenet.protocol import (FusedGroups, KeyDirectory, PassPlan, Relay, Relayed, SliceDevice,
-                               SliceParams, description_for, layout_from_plan)
+from slicenet.protocol import (
+    FusedGroups,
+    KeyDirectory,
+    PassPlan,
+    Relay,
+    Relayed,
+    SliceDevice,
+    SliceParams,
+    description_for,
+    layout_from_plan,
+)
 from tests.test_slicenet_protocol import crowd_config
 
 H = Header("boundary", group=0, attempt=3)
@@ -113,7 +129,7 @@ def test_sizes_are_exact():
 def _session_keys(sim):
     """Every sending channel key of every Crowdlearning machine after a run."""
     keys = set()
-    for node, m in sim.driver.machines.items():
+    for m in sim.driver.machines.values():
         for peer in m.ring.peers():
             keys.add(m.ring.channel_key(peer, sending=True))
     return keys
@@ -177,3 +193,37 @@ def test_a_dummy_opens_the_checkpoint_the_server_kept_and_rejects_a_tampered_one
     # and a relay that claims another sender gets nothing opened
     spoof = dummy.handle(Received("server", Relayed(0, 2, 9, "checkpoint", blob)), 3.0)
     assert [e.name for e in spoof if isinstance(e, Report)] == ["peer_misbehaved"]
+
+
+def test_traffic_of_a_real_run_opens_only_for_its_recipients():
+    """Encode what the devices of a Crowdlearning run actually sent: the recipient opens it;
+    the server, and an outsider who rebuilds keys from the config, cannot."""
+    cfg = crowd_config(rounds=1)
+    sim = Simulation(cfg)
+    sent = []
+    for node, m in sim.driver.machines.items():
+        if node != "server":
+            def spy(event, now, _h=m.handle, _n=node):
+                out = _h(event, now)
+                sent.extend((_n, e.message) for e in out if isinstance(getattr(e, "message",
+                                                                               None), Relay))
+                return out
+            m.handle = spy
+    sim.run()
+    rings = {n: m.ring for n, m in sim.driver.machines.items()}
+    kinds = {}
+    for src, relay in sent:
+        kinds.setdefault(relay.kind, (src, relay))
+    assert set(kinds) == {"boundary", "handover"}
+    for kind, (src, relay) in kinds.items():
+        blob = wire.decode(wire.encode(relay)).payload
+        h = Header(kind, relay.group, relay.attempt)
+        outsider = KeyRing(relay.dst, deterministic_seed=cfg.seed)
+        outsider.learn(src, rings[src].card())
+        rings["server"].learn(src, rings[src].card())    # the server holds every card
+        opener = (lambda r, b=blob, h=h, s=src: r.open(s, h, b)) if kind == "boundary" else \
+            (lambda r, b=blob, h=h, s=src: r.open_escrow(s, h, b))
+        for intruder in (rings["server"], outsider):
+            with pytest.raises(SealError):
+                opener(intruder)
+        assert len(opener(rings[relay.dst])) == relay.payload.length

@@ -148,8 +148,14 @@ def test_tau_one_and_theta_zero_both_mean_no_collaboration():
 
 def test_handover_payload_decrypts_to_the_pieces_real_weights():
     from crowdlearn.crypto.sealing import Header, KeyRing, SealError
-    from slicenet.protocol import (FusedGroups, KeyDirectory, PassPlan, Relay, SliceDevice,
-                                   SliceParams)
+    from slicenet.protocol import (
+        FusedGroups,
+        KeyDirectory,
+        PassPlan,
+        Relay,
+        SliceDevice,
+        SliceParams,
+    )
 
     desc = description_for([6, 4], 5, 3)
     graph = desc.graph()

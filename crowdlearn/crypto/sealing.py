@@ -273,7 +273,7 @@ class KeyRing:
         seqs = [self.reserve(m, "escrow") for m in roster] if seqs is None else list(seqs)
         key = self._content_key()
         out = [_ESCROW_HEAD.pack(int(header.attempt), len(roster))]
-        for m, seq in zip(roster, seqs):
+        for m, seq in zip(roster, seqs, strict=True):
             nonce = seq.to_bytes(NONCE, "big")
             ad = _ad(self.label, party_label(m), header, seq)
             out.append(nonce + self._aead(m, sending=True, purpose="escrow").encrypt(nonce, key, ad))

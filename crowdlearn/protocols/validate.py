@@ -102,7 +102,7 @@ def check_weights(weights: Any, shapes: Sequence[tuple], *, num_samples: Any = 0
     if not isinstance(weights, (tuple, list)) or len(weights) != len(shapes):
         return f"{len(weights) if hasattr(weights, '__len__') else '?'} weight arrays for " \
                f"{len(shapes)}"
-    for i, (w, s) in enumerate(zip(weights, shapes)):
+    for i, (w, s) in enumerate(zip(weights, shapes, strict=True)):
         if not isinstance(w, np.ndarray) or w.dtype.kind != "f" or tuple(w.shape) != tuple(s):
             return f"weight {i}: {getattr(w, 'dtype', type(w).__name__)} " \
                    f"{getattr(w, 'shape', '')}, expected float {tuple(s)}"

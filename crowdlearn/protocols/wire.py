@@ -167,7 +167,7 @@ _DECODED_AS: dict = {int: (int,), float: (int, float), str: (str,), bool: (bool,
 
 
 def _check_types(cls: type, values: list) -> None:
-    for name, accepted, v in zip(cls.__wire_fields__, _field_checks(cls), values):
+    for name, accepted, v in zip(cls.__wire_fields__, _field_checks(cls), values, strict=True):
         if accepted is None:
             continue
         if not isinstance(v, accepted) or (isinstance(v, bool) and bool not in accepted):
