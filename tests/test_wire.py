@@ -209,3 +209,12 @@ def test_a_one_megabyte_input_needs_a_small_multiple_of_its_size(make):
     assert len(data) >= 1 << 20
     peak = _peak(lambda: wire.decode(data))
     assert peak <= 3 * len(data), (peak, len(data))
+
+
+def test_every_registered_message_has_checkable_field_types():
+    import typing
+    for cls in wire._BY_TAG.values():
+        if cls.__module__ == "crowdlearn.protocols.wire":
+            continue       # the doctest's example message
+        hints = typing.get_type_hints(cls)        # resolvable, so decode checks every field
+        assert set(cls.__wire_fields__) <= set(hints), cls

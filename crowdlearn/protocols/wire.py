@@ -139,7 +139,10 @@ def _field_checks(cls: type) -> tuple:
     dataclass annotations (computed once per class)."""
     checks = cls.__dict__.get("__wire_checks__")
     if checks is None:
-        hints = typing.get_type_hints(cls)
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):     # unresolvable annotations: only __post_init__ checks
+            hints = {}
         checks = tuple(_accepts(hints.get(name, Any)) for name in cls.__wire_fields__)
         cls.__wire_checks__ = checks
     return checks
