@@ -88,7 +88,9 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) 
     UTF-8, nesting deeper than ``max_depth`` lists and messages, a field whose type does not
     match its annotation, or values the message's own validation (``__post_init__``) rejects.
     Declared lengths are checked against the buffer before anything is allocated, and nested
-    messages are decoded from views of the input, so time and memory stay linear in its length.
+    messages are decoded from views of the input, so time and memory stay linear in its length:
+    arrays and bytes need about their own size, and the worst case, a list of one-byte values
+    (``None``, booleans), about 9 bytes per input byte (one 8-byte pointer per item).
 
     Examples
     --------
@@ -307,9 +309,14 @@ def _get(view: memoryview, pos: int, depth: int, max_depth: int) -> tuple[Any, i
         _need(view, pos, n)             # every item takes at least one byte
         if depth >= max_depth:
             raise WireError(f"malformed message: nested deeper than {max_depth}")
-        items = []
-        for _ in range(n):
-            item, pos = _get(view, pos, depth + 1, max_depth)
-            items.append(item)
-        return tuple(items), pos
+        end = [pos]
+
+        def items():
+            for _ in range(n):
+                item, end[0] = _get(view, end[0], depth + 1, max_depth)
+                yield item
+
+        # tuple() of a generator grows one buffer: a list first would double the peak, which
+        # matters for a list of one-byte values (None, bools), whose items cost a pointer each
+        return tuple(items()), end[0]
     raise WireError(f"malformed message: unknown value code {code:#04x} at byte {pos - 1}")
