@@ -14,6 +14,13 @@ Pieces of the design:
 * :class:`SlicingServer` / :class:`SliceDevice` — the protocol: passes with shuffling and weight
   hand-over, relayed (or peer-to-peer) sealed traffic, dummy take-over, top-θ sharing through a
   sliding-window parameter server.
+* Keys and checks: every device has its own :class:`~crowdlearn.crypto.KeyRing` and announces
+  only its public card (:class:`KeyAnnounce`); the server vouches for the cards of a group
+  (:class:`KeyDirectory`) and never holds a key that opens device traffic: boundary payloads are
+  sealed device to device, hand-overs (the server's take-over checkpoints) escrowed for the
+  group's members.  The server checks membership, ownership, ranges, sizes and finiteness of
+  everything a device sends, and a device checks its downloads; what fails is recorded as
+  ``peer_misbehaved`` and dropped (``docs/design.md``, *Secure channels and hostile input*).
 """
 
 from __future__ import annotations
