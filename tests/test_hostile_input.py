@@ -2,12 +2,15 @@
 nothing changes the model, each is recorded as ``peer_misbehaved`` (DSSGD: ``bad_update``)."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
 from crowdlearn.protocols.dssgd import DownloadRequest, DSSGDParams, DSSGDServer, SparseUpdate
 from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
 from crowdlearn.protocols.io import PeerJoined, Received, Report, Send, Start
 from crowdlearn.protocols.messages import Update
+from crowdlearn.protocols.validate import check_sparse
 from slicenet.partition import partition
 from slicenet.protocol import (
     Download,
@@ -224,3 +227,29 @@ def test_fedavg_server_drops_hostile_updates(weights, n):
     # the honest device's update is then the round's whole average
     s.handle(Received(b, Update(0, (np.full(3, 2.0, np.float32),), 4)), 2.0)
     np.testing.assert_array_equal(s.weights[0], np.full(3, 2.0, np.float32))
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_any_upload_changes_at_most_the_senders_own_finite_entries(data):
+    s, eff = crowd_server()
+    req = to_share_phase(s, eff)[0]
+    owned = s.layout.owned_flat(req.message.owners)
+    honest = data.draw(st.booleans())
+    idx = data.draw(st.lists(st.sampled_from(owned.tolist()), unique=True, max_size=8)
+                    if honest else st.lists(st.integers(-5, 200), max_size=12))
+    vals = data.draw(st.lists(st.floats(allow_nan=not honest, allow_infinity=not honest,
+                                        width=32), min_size=len(idx), max_size=len(idx)))
+    before = state(s)
+    out = s.handle(Received(req.dst, upload(idx, vals)), 50.0)
+    changed = np.flatnonzero(np.any(s.window.ticks != before[1], axis=0))
+    assert set(changed.tolist()) <= set(owned.tolist())
+    assert np.all(np.isfinite(s.window.values))
+    ok = "peer_misbehaved" not in names(out)
+    assert ok == (check_sparse(np.asarray(idx, np.int32), np.asarray(vals, np.float32),
+                               size=s.layout.num_params, allowed=owned) is None)
+    if honest:
+        assert ok and sorted(changed.tolist()) == sorted(idx)
+    else:
+        if not ok:
+            assert_unchanged(s, before)
