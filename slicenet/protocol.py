@@ -840,16 +840,15 @@ class SlicingServer(Machine):
             return [misbehaved(src, f"Upload: {bad}", group=g.gid)] + \
                 self._maybe_finish_share(g, now)
         self.window.upload(m.indices, m.values, g.share_tick)
-        return self._download(src, m)
+        return self._download(src, m, owned)
 
     @staticmethod
     def _owners(g: _Group, src) -> list:
         owners = [DOMINATOR] if src == g.dominator else []
         return owners + [p for p, d in g.holders.items() if d == src]
 
-    def _download(self, src, m) -> list[Effect]:
+    def _download(self, src, m, owned: np.ndarray) -> list[Effect]:
         g = self.groups[m.group]
-        owned = self.layout.owned_flat(self._owners(g, src))
         idx, vals = self.window.query(owned, self.tick, self.min_count)
         return [Send(src, Download(g.gid, g.epoch, idx.astype(np.int32), vals))]
 
