@@ -110,6 +110,23 @@ def test_any_single_bit_flip_is_rejected(plain, flip):
         r[2].open(1, H, bytes(blob))
 
 
+@settings(max_examples=40, deadline=None)
+@given(items=st.lists(st.tuples(st.binary(max_size=40), st.sampled_from(["boundary", "handover"]),
+                                st.integers(0, 5), st.integers(0, 2**31)), min_size=1, max_size=6),
+       escrow=st.booleans())
+def test_what_is_sealed_in_order_opens_in_order_to_the_same_bytes(items, escrow):
+    r = pair(1, 2, 3)
+    for plain, kind, group, attempt in items:
+        h = Header(kind, group, attempt)
+        if escrow:
+            blob = Sealed.of_bytes(r[1], 2, h, plain, roster=[2, 3]).wire_bytes()
+            assert r[3].open_escrow(1, h, blob) == r[2].open_escrow(1, h, blob) == plain
+        else:
+            blob = Sealed.of_bytes(r[1], 2, h, plain).wire_bytes()
+            assert r[2].open(1, h, blob) == plain
+        assert len(blob) == (escrow_len(len(plain), 2) if escrow else 12 + len(plain) + 16)
+
+
 def test_keys_are_per_direction_and_party_names_are_canonical():
     r = pair(7, 9)
     assert r[7].channel_key(9, sending=True) != r[7].channel_key(9, sending=False)
