@@ -133,6 +133,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "instead of relaying it through the server."),
         "pipeline_latency": Key(bool, True, "A pass lasts at least the pipeline's latency "
                                 "chain (each batch crosses every layer boundary both ways)."),
+        "deterministic_keys": Key(bool, False, "INSECURE, for reproducible tests only: derive "
+                                  "every node's key pair and session salt from the seed instead "
+                                  "of the OS's randomness (anyone with the config can then open "
+                                  "every sealed payload)."),
         "batch_size": Key(int, 32, "Mini-batch size of intra-group SGD.", min=1),
         "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
         "model": Key(str, "config", "'config': the [model] MLP; 'paper-mlp': the paper's "

@@ -3,7 +3,8 @@
 ``CrowdlearnError`` is the root for problems a user can fix (bad configuration, missing data, a
 model the partitioner cannot handle); the CLI turns it into a message and exit status 2.  Bugs in
 the simulator raise ordinary Python exceptions.  A peer that misbehaves inside a simulation is not
-an error at all: the machine drops the message and records it.
+an error of ours: a machine that receives bytes which do not decode (:class:`WireError`) or a sealed
+payload that does not open (:class:`SealError`) drops the message and records it.
 """
 
 from __future__ import annotations
@@ -24,3 +25,14 @@ class ConfigError(CrowdlearnError):
 
 class DatasetNotFoundError(CrowdlearnError):
     """A dataset that is not on this machine; the message lists where we looked and how to get it."""
+
+
+class WireError(CrowdlearnError, ValueError):
+    """Bytes that are not a valid message: :func:`crowdlearn.protocols.wire.decode` raises this,
+    and only this, for every malformed input.  Inside a protocol it means "the peer misbehaved":
+    the receiver records it and drops the message.  (A ``ValueError`` too, for older callers.)"""
+
+
+class SealError(CrowdlearnError, ValueError):
+    """A sealed payload that does not open: forged, corrupted, re-labelled, bounced, replayed,
+    out of order, or from a party whose key was never vouched for.  The receiver drops it."""

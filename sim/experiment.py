@@ -143,7 +143,10 @@ def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
                             tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
                             peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
     fused = sp.FusedGroups(init, len(groups))
-    ring = KeyRing(seed=cfg.seed)
+    # every node generates its own key pair; only public keys travel (insecure derivation from
+    # the seed only when slicenet.deterministic_keys is set, for reproducible crypto tests)
+    det = cfg.seed if sc.deterministic_keys else None
+    rings = {node: KeyRing(node, deterministic_seed=det) for node in [SERVER, *devices]}
     if sc.peer_to_peer and n > 1:
         ctx.d2d_pairs = [(a, b) for grp in groups for i, a in enumerate(grp) for b in grp[i + 1:]]
         latency = {d: cfg.fleet.d2d_latency_s / 2 for d in devices}
@@ -153,12 +156,12 @@ def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
     ctx.extra.update(groups=groups, layout=layout, fused=fused)
     machines: dict = {SERVER: sp.SlicingServer(
         SERVER, layout, groups, params, fused,
-        data_sizes={d: len(ctx.parts[d]) for d in devices}, latency=latency, ring=ring,
-        rng=rng)}
+        data_sizes={d: len(ctx.parts[d]) for d in devices}, latency=latency,
+        ring=rings[SERVER], rng=rng)}
     for gid, grp in enumerate(groups):
         for d in grp:
-            machines[d] = sp.SliceDevice(d, layout, fused, gid, ctx.parts[d], params, ring=ring,
-                                         rng=ctx.device_rngs[d])
+            machines[d] = sp.SliceDevice(d, layout, fused, gid, ctx.parts[d], params,
+                                         ring=rings[d], rng=ctx.device_rngs[d])
     return machines
 
 

@@ -14,6 +14,13 @@ Pieces of the design:
 * :class:`SlicingServer` / :class:`SliceDevice` — the protocol: passes with shuffling and weight
   hand-over, relayed (or peer-to-peer) sealed traffic, dummy take-over, top-θ sharing through a
   sliding-window parameter server.
+* Keys and checks: every device has its own :class:`~crowdlearn.crypto.KeyRing` and announces
+  only its public card (:class:`KeyAnnounce`); the server vouches for the cards of a group
+  (:class:`KeyDirectory`) and never holds a key that opens device traffic: boundary payloads are
+  sealed device to device, hand-overs (the server's take-over checkpoints) escrowed for the
+  group's members.  The server checks membership, ownership, ranges, sizes and finiteness of
+  everything a device sends, and a device checks its downloads; what fails is recorded as
+  ``peer_misbehaved`` and dropped (``docs/design.md``, *Secure channels and hostile input*).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.crypto.sealing import KeyRing, Sealed
+from crowdlearn.crypto.sealing import CARD, Card, Header, KeyRing, Sealed, SealError, escrow_len
 from crowdlearn.errors import CrowdlearnError
 from crowdlearn.protocols import wire
 from crowdlearn.protocols.io import (
@@ -47,6 +54,7 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
+from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
 from crowdlearn.protocols.wire import message
 from crowdlearn.training.batching import TrainTask, make_batches
 from crowdlearn.training.jobs import Deferred, TrainJob
@@ -54,6 +62,10 @@ from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
 
 SERVER: NodeId = "server"
 DOMINATOR = -1            # owner id of the dominator's parameters
+SERVER_SRC = -1           # ``Relayed.src`` / ``KeyDirectory.nodes`` entry meaning the server
+ROLES = ("dominator", "follower", "dummy")
+DEVICE_KINDS = ("handover", "boundary")     # what a device may ask the server to relay
+KINDS = DEVICE_KINDS + ("checkpoint",)
 
 
 # ====================================================================== layout
@@ -265,6 +277,12 @@ class PassPlan:
     memory_bytes: int
     min_duration_s: float    # the pipeline's latency chain (spec §3)
 
+    def __post_init__(self):
+        _non_negative(self, "group", "attempt", "expect_handover", "expect_boundary", "flops",
+                      "memory_bytes", "min_duration_s")
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}; got {self.role!r}")
+
 
 @message(0x0302)
 @dataclass(frozen=True)
@@ -274,8 +292,12 @@ class Relay:
     group: int
     attempt: int
     dst: int
-    kind: str                # "handover" | "boundary" | "checkpoint"
-    payload: Any
+    kind: str                # "handover" | "boundary"
+    payload: Any             # bytes on a real wire, a :class:`Sealed` in a simulation
+
+    def __post_init__(self):
+        _non_negative(self, "group", "attempt")
+        _kind(self.kind, DEVICE_KINDS)
 
 
 @message(0x0303)
@@ -285,9 +307,13 @@ class Relayed:
 
     group: int
     attempt: int
-    src: int
+    src: int                 # the sealing device, or SERVER_SRC
     kind: str
     payload: Any
+
+    def __post_init__(self):
+        _non_negative(self, "group", "attempt")
+        _kind(self.kind, KINDS)
 
 
 @message(0x0304)
@@ -296,12 +322,18 @@ class PassDone:
     group: int
     attempt: int
 
+    def __post_init__(self):
+        _non_negative(self, "group", "attempt")
+
 
 @message(0x0305)
 @dataclass(frozen=True)
 class Abort:
     group: int
     attempt: int
+
+    def __post_init__(self):
+        _non_negative(self, "group", "attempt")
 
 
 @message(0x0306)
@@ -313,23 +345,36 @@ class ShareRequest:
     epoch: int
     owners: tuple            # pieces held (DOMINATOR for the dominator's layers)
 
+    def __post_init__(self):
+        _non_negative(self, "group", "epoch")
+        if not all(isinstance(o, (int, np.integer)) and o >= DOMINATOR for o in self.owners):
+            raise ValueError(f"owners must be piece numbers or {DOMINATOR}; got {self.owners}")
+
 
 @message(0x0307)
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Upload:
     group: int
     epoch: int
     indices: np.ndarray      # int32 flat parameter indices
     values: np.ndarray       # float32 plain weight values
 
+    def __post_init__(self):
+        _non_negative(self, "group", "epoch")
+        sparse_vector(self.indices, self.values)
+
 
 @message(0x0309)
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Download:
     group: int
     epoch: int
     indices: np.ndarray
     values: np.ndarray
+
+    def __post_init__(self):
+        _non_negative(self, "group", "epoch")
+        sparse_vector(self.indices, self.values)
 
 
 @message(0x030A)
@@ -339,6 +384,54 @@ class ShareDone:
 
     group: int
     epoch: int
+
+    def __post_init__(self):
+        _non_negative(self, "group", "epoch")
+
+
+@message(0x030B)
+@dataclass(frozen=True)
+class KeyAnnounce:
+    """Device → server: my public key and session salt (a :class:`~crowdlearn.crypto.Card`).
+    The private key never leaves the device."""
+
+    card: bytes
+
+    def __post_init__(self):
+        if len(self.card) != CARD:
+            raise ValueError(f"a card is {CARD} bytes; got {len(self.card)}")
+
+
+@message(0x030C)
+@dataclass(frozen=True)
+class KeyDirectory:
+    """Server → member: the cards of the group's members (``SERVER_SRC`` is the server's own),
+    vouched for by the server as belonging to those node ids."""
+
+    group: int
+    nodes: tuple
+    cards: tuple
+
+    def __post_init__(self):
+        _non_negative(self, "group")
+        if len(self.nodes) != len(self.cards) or \
+                not all(isinstance(c, bytes) and len(c) == CARD for c in self.cards) or \
+                not all(isinstance(n, (int, np.integer)) for n in self.nodes):
+            raise ValueError(f"a directory pairs int node ids with {CARD}-byte cards; got "
+                             f"{len(self.nodes)} nodes, {len(self.cards)} cards")
+
+
+def _non_negative(msg: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(msg, name)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) \
+                or not v >= 0:
+            raise ValueError(f"{type(msg).__name__}.{name} must be a number >= 0; got {v!r}")
+
+
+def _kind(kind: str, allowed: tuple) -> None:
+    if kind not in allowed:
+        raise ValueError(f"kind must be one of {allowed}; got {kind!r}")
 
 
 # ====================================================================== parameters
@@ -424,6 +517,8 @@ class _Group:
     sharing: set = field(default_factory=set)
     passes_run: int = 0
     takeovers: int = 0
+    boundary: dict = field(default_factory=dict)    # (src, dst) -> bytes of this attempt
+    handover: dict = field(default_factory=dict)    # (src, dst) -> [(nbytes, owner), ...]
 
 
 class SlicingServer(Machine):
@@ -434,7 +529,8 @@ class SlicingServer(Machine):
                  latency: dict, ring: KeyRing, rng: np.random.Generator):
         super().__init__(node_id)
         self.layout, self.params, self.fused, self.rng = layout, params, fused, rng
-        self.ring = ring
+        self.ring = ring            # the server's own key pair (it seals only placeholders)
+        self.cards: dict = {}       # device -> card bytes it announced (what the server vouches)
         self.data_sizes, self.latency = data_sizes, latency
         self.groups = [_Group(g, list(m)) for g, m in enumerate(groups)]
         self.group_of = {d: g for g, m in enumerate(groups) for d in m}
@@ -445,7 +541,7 @@ class SlicingServer(Machine):
         self.window = SlidingWindow(flat, omega)
         self.min_count = omega * params.tau
         self.tick = 0
-        self.checkpoints: dict = {}    # (group, piece) -> sealed bytes kept for take-over
+        self.checkpoints: dict = {}    # (group, piece) -> (sealing device, escrowed payload)
         self.piece_bytes = [4 * int(layout.params_per_owner[p + 1])
                             for p in range(-1, layout.pieces)]
         self.finished_groups = 0
@@ -455,33 +551,83 @@ class SlicingServer(Machine):
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, PeerJoined):
             self.present.add(event.peer)
-            g = self.groups[self.group_of[event.peer]] if event.peer in self.group_of else None
-            if g is not None and g.phase == "waiting":
-                return self._next_pass(g, now)
-            return []
+            return self._maybe_resume(event.peer, now)
         if isinstance(event, PeerLost):
             self.present.discard(event.peer)
-            return self._on_lost(event.peer, now)
+            out = self._on_lost(event.peer, now)
+            g = self.groups[self.group_of[event.peer]] if event.peer in self.group_of else None
+            return out + (self._maybe_begin(g, now) if g is not None else [])
         if isinstance(event, Start):
             out: list[Effect] = []
             for g in self.groups:
-                out += self._start_epoch(g, now)
+                g.phase = "keys"
+                out += self._maybe_begin(g, now)
             return out
         if isinstance(event, Received):
-            m = event.message
+            m, src = event.message, event.src
+            if isinstance(m, KeyAnnounce):
+                return self._on_card(src, m, now)
+            g = self._group_of_message(src, m)
+            if g is None:
+                return [misbehaved(src, f"{type(m).__name__} for group "
+                                        f"{getattr(m, 'group', None)!r} it is not a member of")]
             if isinstance(m, Relay):
-                return self._relay(event.src, m)
+                return self._relay(src, m)
             if isinstance(m, PassDone):
-                return self._pass_done(event.src, m, now)
+                return self._pass_done(src, m, now)
             if isinstance(m, Upload):
-                return self._upload(event.src, m)
+                return self._upload(src, m, now)
             if isinstance(m, ShareDone):
-                g = self.groups[m.group]
-                if g.phase == "share" and m.epoch == g.epoch and event.src in g.sharing:
-                    g.sharing.discard(event.src)
+                if g.phase == "share" and m.epoch == g.epoch and src in g.sharing:
+                    g.sharing.discard(src)
                     return self._maybe_finish_share(g, now)
                 return []
+            return [misbehaved(src, f"unexpected {type(m).__name__}")]
         return []
+
+    def _group_of_message(self, src, m) -> _Group | None:
+        """The sender's group if the message names it (group numbers come from the message:
+        an unknown group, or another group than the sender's, is misbehaviour)."""
+        gid = self.group_of.get(src)
+        if gid is None or getattr(m, "group", None) != gid:
+            return None
+        return self.groups[gid]
+
+    # -------------------------------------------------------------- keys
+    def _ready(self, d) -> bool:
+        """Online and its key vouched for: a device may take part in passes."""
+        return d in self.present and d in self.cards
+
+    def _on_card(self, src, m: KeyAnnounce, now: float) -> list[Effect]:
+        """Bind the announced card to the node the transport delivered it from, send the
+        announcer its group's directory and the other members the new card."""
+        if src not in self.group_of:
+            return [misbehaved(src, "key announcement from a node in no group")]
+        g = self.groups[self.group_of[src]]
+        changed = self.cards.get(src) != m.card
+        self.cards[src] = m.card
+        keyed = [d for d in g.members if d in self.cards and d != src]
+        out: list[Effect] = [Send(src, KeyDirectory(
+            g.gid, tuple([SERVER_SRC] + keyed),
+            tuple([self.ring.card().to_bytes()] + [self.cards[d] for d in keyed])))]
+        if changed:
+            out += [Send(d, KeyDirectory(g.gid, (src,), (m.card,))) for d in keyed
+                    if d in self.present]
+        return out + self._maybe_resume(src, now)
+
+    def _maybe_resume(self, peer, now: float) -> list[Effect]:
+        g = self.groups[self.group_of[peer]] if peer in self.group_of else None
+        if g is None:
+            return []
+        if g.phase == "waiting" and self._ready(peer):
+            return self._next_pass(g, now)
+        return self._maybe_begin(g, now)
+
+    def _maybe_begin(self, g: _Group, now: float) -> list[Effect]:
+        """Start a group's first epoch once every online member's key is known."""
+        if g.phase != "keys" or not all(d in self.cards for d in g.members if d in self.present):
+            return []
+        return self._start_epoch(g, now)
 
     # -------------------------------------------------------------- passes
     def _start_epoch(self, g: _Group, now: float) -> list[Effect]:
@@ -490,10 +636,10 @@ class SlicingServer(Machine):
         return self._next_pass(g, now)
 
     def _online(self, g: _Group) -> list:
-        return [d for d in g.members if d in self.present]
+        return [d for d in g.members if self._ready(d)]
 
     def _next_pass(self, g: _Group, now: float) -> list[Effect]:
-        while g.turn < len(g.order) and g.order[g.turn] not in self.present:
+        while g.turn < len(g.order) and not self._ready(g.order[g.turn]):
             g.turn += 1                              # an offline dominator's turn is skipped
         if g.turn >= len(g.order):
             return self._start_share(g, now)
@@ -550,6 +696,11 @@ class SlicingServer(Machine):
                 if floats:
                     bsend[a][b] = 4 * floats * samples
         bexpect = {d: sum(1 for a in owners_of if d in bsend[a]) for d in owners_of}
+        g.boundary = {(a, b): n for a in bsend for b, n in bsend[a].items()}
+        g.handover = {}
+        for a, sends in hand_send.items():
+            for b, n, owner in sends:
+                g.handover.setdefault((a, b), []).append((n, owner))
         # the pipeline's latency chain: every batch crosses each layer boundary forth and back
         min_dur = 0.0
         if self.params.pipeline_latency and g.holders:
@@ -567,38 +718,54 @@ class SlicingServer(Machine):
                 tuple(hand_send.get(d, ())), hand_expect[d],
                 tuple(sorted(bsend[d].items())), bexpect[d],
                 share * total_flops, mem, min_dur if d == dom else 0.0)))
-        for new, owner, nbytes in fetch:     # dummy take-over: the server's sealed checkpoint
-            blob = self.checkpoints.get((g.gid, owner))
-            payload = Sealed.opaque(self.ring, ("group", g.gid), new, nbytes) if blob is None \
-                else blob
-            out.append(Send(new, Relayed(g.gid, g.attempt, -1, "checkpoint", payload)))
+        for new, owner, nbytes in fetch:
+            # dummy take-over: the last hand-over of the piece, escrowed for the group's members
+            # (the server cannot open it); without one, a placeholder the server seals itself
+            src, payload = self.checkpoints.get((g.gid, owner), (SERVER_SRC, None))
+            if payload is None:
+                payload = Sealed.opaque(self.ring, new, Header("checkpoint", g.gid, g.attempt),
+                                        nbytes)
+            out.append(Send(new, Relayed(g.gid, g.attempt, src, "checkpoint", payload)))
         if len(g.participants) == 1 and not g.holders:
             pass   # S-SGD: a lone dominator; the pass ends with its PassDone
         return out
 
     def _relay(self, src, m: Relay) -> list[Effect]:
         g = self.groups[m.group]
-        if m.attempt != g.attempt or m.dst not in self.present:
+        if m.attempt != g.attempt:
+            return []                                # stale: an aborted attempt's traffic
+        if g.phase != "pass" or src not in g.participants or m.dst not in g.participants:
+            return [misbehaved(src, f"relay {src!r} -> {m.dst!r} outside the pass's "
+                                    f"participants", group=g.gid)]
+        size = _payload_len(m.payload)
+        owner = None
+        if m.kind == "boundary":
+            want = g.boundary.get((src, m.dst))
+            if want is None or size != 12 + want + 16:
+                return [misbehaved(src, f"boundary payload of {size} bytes, planned "
+                                        f"{want}", group=g.gid)]
+        else:
+            sends = g.handover.get((src, m.dst), [])
+            fits = [(n, o) for n, o in sends
+                    if escrow_len(n, 0) <= size <= escrow_len(n, len(g.members))]
+            if not fits:
+                return [misbehaved(src, f"hand-over of {size} bytes not in the plan",
+                                   group=g.gid)]
+            sends.remove(fits[0])
+            owner = fits[0][1]
+        if m.dst not in self.present:
             return []
-        if m.kind == "handover":                    # keep the last sealed copy per owner
-            owner = self._owner_of_handover(g, m.dst, src)
-            if owner is not None:
-                self.checkpoints[(g.gid, owner)] = m.payload
+        if owner is not None:                       # keep the last escrowed copy per owner
+            self.checkpoints[(g.gid, owner)] = (src, m.payload)
         out = Relayed(m.group, m.attempt, src, m.kind, m.payload)
         return [Send(m.dst, out), Report("role_bytes", wire.size(out), (("role", "server"),))]
-
-    def _owner_of_handover(self, g: _Group, dst, src):
-        if dst == g.dominator:
-            return DOMINATOR
-        for p, d in g.holders.items():
-            if d == dst:
-                return p
-        return None
 
     def _pass_done(self, src, m: PassDone, now: float) -> list[Effect]:
         g = self.groups[m.group]
         if m.attempt != g.attempt or g.phase != "pass":
             return []
+        if src not in g.participants:
+            return [misbehaved(src, "PassDone from a non-participant", group=g.gid)]
         g.done.add(src)
         if g.done < g.participants:
             return []
@@ -657,21 +824,32 @@ class SlicingServer(Machine):
         return [Send(d, ShareRequest(g.gid, g.epoch, tuple(owners_of[d]))) for d in
                 sorted(g.sharing, key=str)]
 
-    def _upload(self, src, m: Upload) -> list[Effect]:
+    def _upload(self, src, m: Upload, now: float) -> list[Effect]:
         """Apply a member's upload, then answer with its download: the upload is the request,
         so a download always reflects the member's own upload (a separate request message
-        could overtake the larger upload on the wire)."""
+        could overtake the larger upload on the wire).  An upload with indices out of range,
+        repeated, or not owned by the sender, or with non-finite values, changes nothing: it is
+        recorded, and the member forfeits this epoch's share (the epoch is not held up)."""
         g = self.groups[m.group]
         if g.phase != "share" or m.epoch != g.epoch or src not in g.sharing:
             return []
+        owned = self.layout.owned_flat(self._owners(g, src))
+        bad = check_sparse(m.indices, m.values, size=self.layout.num_params, allowed=owned)
+        if bad is not None:
+            g.sharing.discard(src)
+            return [misbehaved(src, f"Upload: {bad}", group=g.gid)] + \
+                self._maybe_finish_share(g, now)
         self.window.upload(m.indices, m.values, g.share_tick)
-        return self._download(src, m)
+        return self._download(src, m, owned)
 
-    def _download(self, src, m) -> list[Effect]:
-        g = self.groups[m.group]
+    @staticmethod
+    def _owners(g: _Group, src) -> list:
         owners = [DOMINATOR] if src == g.dominator else []
-        owners += [p for p, d in g.holders.items() if d == src]
-        idx, vals = self.window.query(self.layout.owned_flat(owners), self.tick, self.min_count)
+        return owners + [p for p, d in g.holders.items() if d == src]
+
+    def _download(self, src, m, owned: np.ndarray) -> list[Effect]:
+        g = self.groups[m.group]
+        idx, vals = self.window.query(owned, self.tick, self.min_count)
         return [Send(src, Download(g.gid, g.epoch, idx.astype(np.int32), vals))]
 
     def _maybe_finish_share(self, g: _Group, now: float) -> list[Effect]:
@@ -689,6 +867,15 @@ class SlicingServer(Machine):
                 out.append(Halt())
             return out
         return out + self._start_epoch(g, now)
+
+
+def _payload_len(payload: Any) -> int:
+    """Bytes a relayed payload occupies on the wire (a :class:`Sealed` or raw bytes)."""
+    if hasattr(payload, "wire_len"):
+        return int(payload.wire_len())
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return len(payload)
+    return -1
 
 
 class _LazyWeights(Sequence):
@@ -714,8 +901,9 @@ class SliceDevice(Machine):
         super().__init__(node_id)
         self.layout, self.fused, self.group, self.params = layout, fused, group, params
         self.indices = np.asarray(indices, np.int64)
-        self.ring, self.rng, self.server = ring, rng, server
+        self.ring, self.rng, self.server = ring, rng, server   # ring: this device's own keys
         self.early: dict[int, list] = {}    # payloads that overtook their PassPlan
+        self.share_owners: dict[int, tuple] = {}    # epoch -> owners of its ShareRequest
         self._reset()
 
     def _reset(self):
@@ -732,9 +920,15 @@ class SliceDevice(Machine):
         return self._deadline
 
     def _send_payload(self, dst, kind: str, nbytes: int, fill=None) -> list[Effect]:
-        payload = Sealed.opaque(self.ring, self.node_id, dst, nbytes) if fill is None else \
-            Sealed.of_arrays(self.ring, self.node_id, dst, fill, nbytes)
+        """Seal for ``dst`` (boundary: a direct channel; hand-over: escrowed for every group
+        member whose key the server vouched for, so that it can serve as a checkpoint)."""
         p = self.plan
+        header = Header(kind, p.group, p.attempt)
+        if kind == "handover":
+            roster = [d for d in self.ring.peers() if d != self.server and d != self.node_id]
+            payload = Sealed.of_arrays(self.ring, dst, header, fill, nbytes, roster=roster)
+        else:
+            payload = Sealed.opaque(self.ring, dst, header, nbytes)
         if self.params.peer_to_peer:
             msg: Any = Relayed(p.group, p.attempt, self.node_id, kind, payload)
             return [Send(dst, msg), self._role_bytes(msg)]
@@ -746,8 +940,15 @@ class SliceDevice(Machine):
         return Report("role_bytes", wire.size(msg), (("role", self.plan.role),))
 
     def handle(self, event: Input, now: float) -> list[Effect]:
+        if isinstance(event, Start):     # (re)connected: announce this device's public key
+            return [Send(self.server, KeyAnnounce(self.ring.card().to_bytes()))]
         if isinstance(event, Received):
             m = event.message
+            if getattr(m, "group", self.group) != self.group:
+                return [misbehaved(event.src, f"{type(m).__name__} for group {m.group}, "
+                                              f"this device is in {self.group}")]
+            if isinstance(m, KeyDirectory):
+                return self._learn(event.src, m)
             if isinstance(m, PassPlan):
                 return self._on_plan(m, now)
             if isinstance(m, Relayed):
@@ -801,7 +1002,36 @@ class SliceDevice(Machine):
         self.early = {a: v for a, v in self.early.items() if a > m.attempt}
         return out + self._maybe_compute(now) + self._maybe_done(now)
 
+    def _learn(self, src, m: KeyDirectory) -> list[Effect]:
+        if src != self.server:
+            return [misbehaved(src, "key directory not from the server")]
+        for node, card in zip(m.nodes, m.cards, strict=True):
+            self.ring.learn(self.server if node == SERVER_SRC else int(node),
+                            Card.from_bytes(card))
+        return []
+
+    def _open(self, m: Relayed) -> bytes:
+        """Open a payload that arrived as bytes (a real wire); :class:`SealError` if it does
+        not open under its header."""
+        if m.kind == "boundary":
+            return self.ring.open(m.src, Header("boundary", m.group, m.attempt), m.payload)
+        if m.kind == "checkpoint" and m.src == SERVER_SRC:
+            return self.ring.open(self.server, Header("checkpoint", m.group, m.attempt),
+                                  m.payload)
+        attempt = m.attempt if m.kind == "handover" else KeyRing.escrow_attempt(m.payload)
+        if attempt > m.attempt:
+            raise SealError(f"checkpoint sealed in attempt {attempt} > {m.attempt}")
+        return self.ring.open_escrow(m.src, Header("handover", m.group, attempt), m.payload)
+
     def _on_payload(self, m: Relayed, now: float) -> list[Effect]:
+        if isinstance(m.payload, (bytes, bytearray, memoryview)):
+            # bytes from a real wire are opened (and dropped if they do not open); in a
+            # simulation the payload is the sender's Sealed object and values move in the
+            # fused state (issue #8)
+            try:
+                self._open(m)
+            except SealError as exc:
+                return [misbehaved(m.src, str(exc), group=m.group)]
         if self.plan is None or m.attempt > self.plan.attempt:
             # a peer's payload can overtake the server's PassPlan (peer-to-peer links are
             # faster than the path through the server): keep it for that attempt
@@ -862,11 +1092,19 @@ class SliceDevice(Machine):
         else:
             top = idx[:0]
         flat = np.concatenate([a.reshape(-1) for a in self.fused.weights(self.group)])
+        self.share_owners = {m.epoch: tuple(m.owners)}
         # the server answers the upload with this member's download
         return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32), flat[top]))]
 
     def _apply_download(self, m: Download) -> list[Effect]:
         done = [Send(self.server, ShareDone(m.group, m.epoch))]
+        owners = self.share_owners.get(m.epoch)
+        if owners is None:
+            return [misbehaved(self.server, f"Download for epoch {m.epoch} not asked for")]
+        bad = check_sparse(m.indices, m.values, size=self.layout.num_params,
+                           allowed=self.layout.owned_flat(owners))
+        if bad is not None:        # applied nothing; the epoch still closes
+            return [misbehaved(self.server, f"Download: {bad}")] + done
         if len(m.indices) == 0:
             return done
         w = self.fused.weights(self.group)

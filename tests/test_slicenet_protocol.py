@@ -147,8 +147,15 @@ def test_tau_one_and_theta_zero_both_mean_no_collaboration():
 
 
 def test_handover_payload_decrypts_to_the_pieces_real_weights():
-    from crowdlearn.crypto.sealing import KeyRing
-    from slicenet.protocol import FusedGroups, PassPlan, Relay, SliceDevice, SliceParams
+    from crowdlearn.crypto.sealing import Header, KeyRing, SealError
+    from slicenet.protocol import (
+        FusedGroups,
+        KeyDirectory,
+        PassPlan,
+        Relay,
+        SliceDevice,
+        SliceParams,
+    )
 
     desc = description_for([6, 4], 5, 3)
     graph = desc.graph()
@@ -157,9 +164,14 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     rng = np.random.default_rng(0)
     weights = [rng.normal(size=s).astype(np.float32) for s in lay.shapes]
     fused = FusedGroups(weights, 1)
-    ring = KeyRing(seed=3)
+    rings = {n: KeyRing(n) for n in ("server", 7, 9, 11)}
     dev = SliceDevice(7, lay, fused, 0, np.arange(4), SliceParams(epochs=1, group_size=3,
-                                                                  pieces=2), ring=ring, rng=rng)
+                                                                  pieces=2), ring=rings[7], rng=rng)
+    # the server vouches for the group's cards
+    dev.handle(Received("server", KeyDirectory(0, (-1, 9, 11), tuple(
+        rings[n].card().to_bytes() for n in ("server", 9, 11)))), 0.0)
+    for n in (9, 11):
+        rings[n].learn(7, rings[7].card())
     nbytes = 4 * int(lay.params_per_owner[1 + 1])
     eff = dev.handle(Received("server", PassPlan(0, 1, "follower", (0,), ((9, nbytes, 1),), 0,
                                                  (), 0, 10.0, 100, 0.0)), 0.0)
@@ -167,9 +179,15 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     data = wire.encode(relay)
     assert len(data) == wire.size(relay)
     sealed = wire.decode(data).payload
-    plain = np.frombuffer(ring.open(7, 9, sealed), np.float32)
     flat = np.concatenate([w.reshape(-1) for w in weights])
-    np.testing.assert_array_equal(plain, flat[lay.owned_flat([1])])
+    h = Header("handover", 0, 1)
+    # the recipient and the other member (a future dummy) open it; the server cannot
+    for n in (9, 11):
+        plain = np.frombuffer(rings[n].open_escrow(7, h, sealed), np.float32)
+        np.testing.assert_array_equal(plain, flat[lay.owned_flat([1])])
+    rings["server"].learn(7, rings[7].card())
+    with pytest.raises(SealError):
+        rings["server"].open_escrow(7, h, sealed)
 
 
 def test_every_sharing_member_gets_a_download_that_includes_its_groups_upload():

@@ -1,5 +1,5 @@
 """Cryptographic building blocks (real primitives from ``cryptography``)."""
 
-from crowdlearn.crypto.sealing import KeyRing, Sealed
+from crowdlearn.crypto.sealing import Card, Header, KeyRing, Sealed, SealError, party_label
 
-__all__ = ["KeyRing", "Sealed"]
+__all__ = ["Card", "Header", "KeyRing", "SealError", "Sealed", "party_label"]

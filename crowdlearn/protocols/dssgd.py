@@ -94,6 +94,7 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
+from crowdlearn.protocols.validate import check_bounded
 from crowdlearn.protocols.wire import message
 from crowdlearn.schema import Key
 from crowdlearn.training.jobs import TrainJob
@@ -563,6 +564,8 @@ class DSSGDServer(Machine):
             reason = "repeated index"
         elif not np.all(np.isfinite(vals)):
             reason = "non-finite value"
+        else:   # participants release clip(·, γ): anything larger is not theirs to send
+            reason = check_bounded(vals, bound=self.params.gamma)
         if reason is not None:
             return False, [Report("bad_update", reason, (("device", src), ("turn", msg.turn)))]
         self.weights[idx] += vals

@@ -53,6 +53,7 @@ from crowdlearn.protocols.io import (
     TimerFired,
 )
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from crowdlearn.protocols.validate import check_weights, misbehaved
 from crowdlearn.training.jobs import TrainJob
 from crowdlearn.training.models import ModelSpec
 
@@ -147,6 +148,10 @@ class FedAvgServer(Machine):
         if self.phase != "training" or msg.round != self.round or src not in self.selected \
                 or src in self.updates:
             return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
+        bad = check_weights(msg.weights, [np.shape(w) for w in self.weights],
+                            num_samples=msg.num_samples)
+        if bad is not None:      # dropped: the device counts as gone for this round
+            return [misbehaved(src, f"Update: {bad}", round=msg.round)] + self._on_gone(src, now)
         self.updates[src] = msg
         return self._maybe_close(now)
 

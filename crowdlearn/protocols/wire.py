@@ -24,10 +24,22 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
+import types
+import typing
 from typing import Any
 
 import numpy as np
+
+from crowdlearn.errors import WireError
+
+__all__ = ["MAX_DEPTH", "WireError", "decode", "encode", "message", "size"]
+
+#: lists and messages nested deeper than this are rejected by :func:`decode`
+MAX_DEPTH = 32
+#: arrays with more dimensions are rejected by :func:`decode`
+MAX_NDIM = 32
 
 _BY_TAG: dict[int, type] = {}
 _TAG_OF: dict[type, int] = {}
@@ -68,19 +80,105 @@ def encode(msg: Any) -> bytes:
     return b"".join(out)
 
 
-def decode(data: bytes) -> Any:
-    """Decode bytes produced by :func:`encode`."""
-    view = memoryview(data)
+def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode bytes produced by :func:`encode`; untrusted input is safe to pass.
+
+    Every malformed input raises :class:`WireError` (and nothing else): a short or oversized
+    buffer, an unknown tag or value code, a declared length larger than what is left, invalid
+    UTF-8, nesting deeper than ``max_depth`` lists and messages, a field whose type does not
+    match its annotation, or values the message's own validation (``__post_init__``) rejects.
+    Declared lengths are checked against the buffer before anything is allocated, and nested
+    messages are decoded from views of the input, so time and memory stay linear in its length:
+    arrays and bytes need about their own size, and the worst case, a list of one-byte values
+    (``None``, booleans), about 9 bytes per input byte (one 8-byte pointer per item).
+
+    Examples
+    --------
+    >>> from crowdlearn.protocols.messages import Decline
+    >>> decode(encode(Decline(2, "memory")))
+    Decline(round=2, reason='memory')
+    >>> decode(b"\\xff")
+    Traceback (most recent call last):
+    ...
+    crowdlearn.errors.WireError: malformed message: need 2 bytes at byte 0, 1 left
+    """
+    try:
+        view = memoryview(data).cast("B")
+    except TypeError as exc:
+        raise WireError(f"malformed message: not a byte buffer ({type(data).__name__})") from exc
+    return _decode_view(view, 0, max_depth)
+
+
+def _decode_view(view: memoryview, depth: int, max_depth: int) -> Any:
+    end = len(view)
+    _need(view, 0, 2)
     (tag,) = struct.unpack_from("<H", view, 0)
-    cls = _BY_TAG[tag]
+    cls = _BY_TAG.get(tag)
+    if cls is None:
+        raise WireError(f"malformed message: unknown wire tag {tag:#06x}")
     pos = 2
     values = []
     for _ in cls.__wire_fields__:
-        value, pos = _get(view, pos)
+        value, pos = _get(view, pos, depth, max_depth)
         values.append(value)
-    if pos != len(data):
-        raise ValueError(f"{len(data) - pos} trailing bytes after {cls.__name__}")
-    return cls(*values)
+    if pos != end:
+        raise WireError(f"malformed {cls.__name__}: {end - pos} trailing bytes")
+    _check_types(cls, values)
+    try:
+        return cls(*values)
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError) as exc:
+        raise WireError(f"malformed {cls.__name__}: {exc}") from exc
+
+
+def _need(view: memoryview, pos: int, n: int) -> None:
+    if n > len(view) - pos:
+        raise WireError(f"malformed message: need {n} bytes at byte {pos}, "
+                        f"{len(view) - pos} left")
+
+
+def _field_checks(cls: type) -> tuple:
+    """Per field, the accepted Python types after decoding (``None``: anything), from the
+    dataclass annotations (computed once per class)."""
+    checks = cls.__dict__.get("__wire_checks__")
+    if checks is None:
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):     # unresolvable annotations: only __post_init__ checks
+            hints = {}
+        checks = tuple(_accepts(hints.get(name, Any)) for name in cls.__wire_fields__)
+        cls.__wire_checks__ = checks
+    return checks
+
+
+def _accepts(hint: Any) -> tuple | None:
+    if hint is Any:
+        return None
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        out: tuple = ()
+        for a in args:
+            acc = _accepts(a)
+            if acc is None:
+                return None
+            out += acc
+        return out
+    origin = typing.get_origin(hint) or hint
+    return _DECODED_AS.get(origin)     # unknown annotations are not checked
+
+
+_DECODED_AS: dict = {int: (int,), float: (int, float), str: (str,), bool: (bool,),
+                     bytes: (bytes,), tuple: (tuple,), list: (tuple,), np.ndarray: (np.ndarray,),
+                     type(None): (type(None),)}
+
+
+def _check_types(cls: type, values: list) -> None:
+    for name, accepted, v in zip(cls.__wire_fields__, _field_checks(cls), values, strict=True):
+        if accepted is None:
+            continue
+        if not isinstance(v, accepted) or (isinstance(v, bool) and bool not in accepted):
+            raise WireError(f"malformed {cls.__name__}: field {name} is a {type(v).__name__}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise WireError(f"malformed {cls.__name__}: field {name} is {v}")
 
 
 def size(msg: Any) -> int:
@@ -158,41 +256,67 @@ def _put(out: list[bytes], v: Any) -> None:
         raise TypeError(f"cannot encode a {type(v).__name__} on the wire")
 
 
-def _get(view: memoryview, pos: int) -> tuple[Any, int]:
-    code = bytes(view[pos:pos + 1])
+def _get(view: memoryview, pos: int, depth: int, max_depth: int) -> tuple[Any, int]:
+    _need(view, pos, 1)
+    code = view[pos]
     pos += 1
-    if code == b"n":
+    if code == 0x6E:      # n
         return None, pos
-    if code == b"T":
+    if code == 0x54:      # T
         return True, pos
-    if code == b"F":
+    if code == 0x46:      # F
         return False, pos
-    if code == b"i":
-        return struct.unpack_from("<q", view, pos)[0], pos + 8
-    if code == b"f":
-        return struct.unpack_from("<d", view, pos)[0], pos + 8
-    if code in (b"s", b"b", b"m"):
+    if code in (0x69, 0x66):       # i, f
+        _need(view, pos, 8)
+        return struct.unpack_from("<q" if code == 0x69 else "<d", view, pos)[0], pos + 8
+    if code in (0x73, 0x62, 0x6D):     # s, b, m
+        _need(view, pos, 4)
         (n,) = struct.unpack_from("<I", view, pos)
-        raw = bytes(view[pos + 4:pos + 4 + n])
-        pos += 4 + n
-        if code == b"s":
-            return raw.decode(), pos
-        return (raw, pos) if code == b"b" else (decode(raw), pos)
-    if code == b"a":
+        pos += 4
+        _need(view, pos, n)
+        raw = view[pos:pos + n]        # a view: nothing is copied yet
+        pos += n
+        if code == 0x73:
+            try:
+                return str(raw, "utf-8"), pos
+            except UnicodeDecodeError as exc:
+                raise WireError(f"malformed message: string at byte {pos - n} is not UTF-8") \
+                    from exc
+        if code == 0x62:
+            return bytes(raw), pos
+        if depth >= max_depth:
+            raise WireError(f"malformed message: nested deeper than {max_depth}")
+        return _decode_view(raw, depth + 1, max_depth), pos
+    if code == 0x61:      # a
+        _need(view, pos, 2)
         dcode, ndim = struct.unpack_from("<BB", view, pos)
         pos += 2
+        if dcode >= len(_DTYPES) or ndim > MAX_NDIM:
+            raise WireError(f"malformed message: array dtype code {dcode} / {ndim} dimensions "
+                            f"at byte {pos - 2}")
+        _need(view, pos, 4 * ndim)
         shape = struct.unpack_from(f"<{ndim}I", view, pos)
         pos += 4 * ndim
         dt = _DTYPES[dcode]
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        nbytes = math.prod(shape) * dt.itemsize      # Python ints: no overflow
+        _need(view, pos, nbytes)
         arr = np.frombuffer(view[pos:pos + nbytes], dtype=dt).reshape(shape).copy()
         return arr, pos + nbytes
-    if code == b"l":
+    if code == 0x6C:      # l
+        _need(view, pos, 4)
         (n,) = struct.unpack_from("<I", view, pos)
         pos += 4
-        items = []
-        for _ in range(n):
-            item, pos = _get(view, pos)
-            items.append(item)
-        return tuple(items), pos
-    raise ValueError(f"unknown wire code {code!r} at byte {pos - 1}")
+        _need(view, pos, n)             # every item takes at least one byte
+        if depth >= max_depth:
+            raise WireError(f"malformed message: nested deeper than {max_depth}")
+        end = [pos]
+
+        def items():
+            for _ in range(n):
+                item, end[0] = _get(view, end[0], depth + 1, max_depth)
+                yield item
+
+        # tuple() of a generator grows one buffer: a list first would double the peak, which
+        # matters for a list of one-byte values (None, bools), whose items cost a pointer each
+        return tuple(items()), end[0]
+    raise WireError(f"malformed message: unknown value code {code:#04x} at byte {pos - 1}")
