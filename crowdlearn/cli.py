@@ -181,13 +181,13 @@ def _check_plot_path(path: Path, option: str) -> Path:
 
     from crowdlearn.results import check_writable_parent
     formats = Figure().canvas.get_supported_filetypes()
+    if path.is_dir():
+        raise CrowdlearnError(f"{option} {path}: is a folder; name the image file to write, "
+                              f"e.g. {option} {path / 'compare.png'}")
     if path.suffix.lstrip(".").lower() not in formats:
         raise CrowdlearnError(f"{option} {path}: unknown image type {path.suffix or '(none)'!r}; "
                               f"end the name with one of .{', .'.join(sorted(formats))}, "
                               "e.g. compare.png")
-    if path.is_dir():
-        raise CrowdlearnError(f"{option} {path}: is a folder; name the image file to write, "
-                              f"e.g. {option} {path / 'compare.png'}")
     check_writable_parent(path, option)
     return path
 

@@ -90,10 +90,19 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def _marker_text() -> str:
-    return json.dumps({"written_by": "crowdlearn", "format": 1,
+def _marker_text(files: list[str]) -> str:
+    return json.dumps({"written_by": "crowdlearn", "format": 1, "files": sorted(files),
                        "note": "crowdlearn results folder; `crowdlearn run --overwrite` may "
-                               "replace it"}) + "\n"
+                               "replace it if it holds only these files"}, indent=2) + "\n"
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Entries of a marked results folder that its marker does not list (added by someone)."""
+    try:
+        listed = set(json.loads((folder / MARKER).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        return sorted(p.name for p in folder.iterdir() if p.name != MARKER)
+    return sorted(p.name for p in folder.iterdir() if p.name != MARKER and p.name not in listed)
 
 
 def is_results_folder(path: str | os.PathLike) -> bool:
@@ -150,6 +159,13 @@ def check_out(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
             raise CrowdlearnError(
                 f"--out {out}: holds the results of an earlier run; add --overwrite to replace "
                 f"them, or name a new folder, {eg}")
+        foreign = _foreign_files(out)
+        if foreign:
+            raise CrowdlearnError(
+                f"--out {out}: is an earlier results folder, but {', '.join(foreign[:5])} "
+                f"{'was' if len(foreign) == 1 else 'were'} added to it since, and --overwrite "
+                f"never deletes what crowdlearn did not write; move them away, or name a new "
+                f"folder, {eg}")
     check_writable_parent(out, "--out")
     return out
 
@@ -206,7 +222,7 @@ def write(results, out_dir: str | os.PathLike, *, plots: bool = True,
         if plots:
             from crowdlearn import plots as plotting
             plotting.run_plots(results, tmp)
-        (tmp / MARKER).write_text(_marker_text())
+        (tmp / MARKER).write_text(_marker_text([p.name for p in tmp.iterdir()]))
         old = None
         if out.exists():    # empty, or a marked results folder (check_out said so)
             old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
