@@ -127,8 +127,11 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return exit_status(held.received[0])
     if s["rounds_completed"] == 0:
-        print(f"crowdlearn: no round completed: {_why_no_progress(s, cfg)}", file=sys.stderr)
+        print(f"crowdlearn: no round completed: {_why_stopped(s, cfg)}", file=sys.stderr)
         return EXIT_NO_PROGRESS
+    if not s["completed"]:
+        print(f"crowdlearn: note: stopped after {s['rounds_completed']} of {s['rounds_planned']} "
+              f"rounds: {_why_stopped(s, cfg)}", file=sys.stderr)
     return 0
 
 
@@ -146,15 +149,15 @@ def _write(results, out: Path, args: argparse.Namespace) -> Path:
                               f"to {folder} instead: move them where you want them") from None
 
 
-def _why_no_progress(s: dict, cfg) -> str:
-    stopped = s.get("stopped_by")
-    if stopped == "max_sim_time_s":
-        return (f"max_sim_time_s = {cfg.max_sim_time_s:g} s of simulated time ended the run "
-                "before the first round finished; raise max_sim_time_s")
+def _why_stopped(s: dict, cfg) -> str:
+    """Why a run ended before its planned rounds, and what to change."""
+    if s.get("stopped_by") == "max_sim_time_s":
+        return (f"max_sim_time_s = {cfg.max_sim_time_s:g} s of simulated time ended the run; "
+                "raise max_sim_time_s")
     return (f"the simulation ran out of things to do at simulated time "
-            f"{_fmt_time(s['sim_time_s'])} before any round finished (too few devices present or "
-            "able to finish: check fedavg.min_clients and clients_per_round, the availability "
-            "and battery settings, and deadlines)")
+            f"{_fmt_time(s['sim_time_s'])}: no further round could start or finish (too few "
+            "devices present or able to finish: check fedavg.min_clients and clients_per_round, "
+            "the availability and battery settings, and deadlines)")
 
 
 def _signum(name: str) -> int:

@@ -449,8 +449,8 @@ IMAGE_SIDE = {"digits": 8, "fashion_mnist": 28}
 def _cnn_check(model: dict[str, Any], dataset: str) -> list[str]:
     """The CNN's conv blocks (kernel k, then a 2x2 max-pool each) must fit the dataset's images.
 
-    >>> _cnn_check({"arch": "cnn", "filters": [16, 32], "kernel": 3}, "digits")[0][:60]
-    'model.filters: 2 conv blocks (a 3x3 convolution and a 2x2 max'
+    >>> _cnn_check({"arch": "cnn", "filters": [16, 32], "kernel": 3}, "digits")[0][:59]
+    'model.filters: 2 conv blocks (a 3x3 convolution and a 2x2 m'
     >>> _cnn_check({"arch": "cnn", "filters": [16], "kernel": 3}, "digits")
     []
     """
