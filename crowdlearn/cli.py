@@ -208,8 +208,15 @@ def _compare(args: argparse.Namespace) -> int:
             problems.append(f"{d}: not a results folder (no metrics.csv or summary.json); give "
                             "folders written by `crowdlearn run`")
             continue
-        s = read_summary(p)
-        runs.append((f"{p.name} ({s.get('protocol', '?')})", read_metrics(p), s))
+        try:
+            s = read_summary(p)
+            missing = [k for k in ("sim_time_s", "bytes_total") if k not in s]
+            if missing:
+                raise KeyError(f"summary.json lacks {', '.join(missing)}")
+            runs.append((f"{p.name} ({s.get('protocol', '?')})", read_metrics(p), s))
+        except (OSError, ValueError, KeyError) as exc:
+            problems.append(f"{d}: a damaged results folder ({type(exc).__name__}: {exc}); "
+                            "run it again or leave it out")
     if problems:
         raise CrowdlearnError("cannot compare:\n" + "\n".join(f"  - {p}" for p in problems))
     out.parent.mkdir(parents=True, exist_ok=True)

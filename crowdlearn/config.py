@@ -524,9 +524,14 @@ def load(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
         if not p.is_file():
             raise ConfigError([f"{path}: no such config file"])
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{path}: not a text file in UTF-8 ({exc.reason} at byte "
+                               f"{exc.start}); give a TOML config file"]) from None
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot be read ({exc.strerror})"]) from None
         base = p.resolve().parent
     raw = apply_overrides(raw, list(overrides))
     return from_dict(raw, base_dir=base)

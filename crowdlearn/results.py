@@ -313,10 +313,14 @@ def _load_one(folder: Path) -> tuple[dict, dict, dict]:
     if not (folder / "summary.json").is_file() or not (folder / "metrics.csv").is_file():
         raise CrowdlearnError(f"{folder}: not a crowdlearn results folder (no summary.json or "
                               "metrics.csv); give folders written by `crowdlearn run`")
-    summary = read_summary(folder)
-    cfg_path = folder / "config.json"
-    config = json.loads(cfg_path.read_text()).get("config", {}) if cfg_path.is_file() else {}
-    tables = {p.stem: _table(p) for p in sorted(folder.glob("*.csv"))}
+    try:
+        summary = read_summary(folder)
+        cfg_path = folder / "config.json"
+        config = json.loads(cfg_path.read_text()).get("config", {}) if cfg_path.is_file() else {}
+        tables = {p.stem: _table(p) for p in sorted(folder.glob("*.csv"))}
+    except (OSError, ValueError) as exc:
+        raise CrowdlearnError(f"{folder}: a damaged results folder ({type(exc).__name__}: "
+                              f"{exc}); run it again or leave it out") from None
     tables["traffic"] = _traffic(summary)
     return summary, config, tables
 

@@ -183,6 +183,12 @@ def run_partition(args: argparse.Namespace) -> int:
     Returns 0, or 2 when memory violations remain (the plan is still printed, then a message
     that names the fixes): like every problem the user can fix.
     """
+    if args.plot:        # a bad --plot is refused before the work, not after it
+        from crowdlearn.results import check_writable_parent
+        if Path(args.plot).is_dir():
+            raise CrowdlearnError(f"--plot {args.plot}: is a folder; name the PNG file to write, "
+                                  f"e.g. --plot {Path(args.plot) / 'plan.png'}")
+        check_writable_parent(args.plot, "--plot")
     graph, plan = plan_for_args(args)
     if args.json:
         out = plan.to_dict()

@@ -426,3 +426,23 @@ def test_progress_bar_updates_under_a_pseudo_terminal(tmp_path):
     assert "simulated" not in text.split("\n")[0] and "round 1/" not in text   # no plain lines
     assert not TF_LOG.search(text)
     assert b"results: tty" in out
+
+
+def test_other_fixable_failures_exit_2_without_traceback(tmp_path, two_runs, capsys):
+    """A damaged results folder, a config that is not text, a --plot under a file: exit 2."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "metrics.csv").write_text("time_s,round\n")
+    (damaged / "summary.json").write_text("{")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "f").write_text("")
+    for argv, needle in (
+            (["compare", str(damaged), str(two_runs[0]), "--out", str(tmp_path / "c.png")],
+             "damaged results folder"),
+            (["run", str(binary)], "not a text file in UTF-8"),
+            (["partition", "--plot", str(tmp_path / "f" / "plan.png")], "is a file")):
+        assert cli.main(argv) == 2, argv
+        assert needle in capsys.readouterr().err
+    with pytest.raises(CrowdlearnError, match="damaged results folder"):
+        load_results(damaged)
