@@ -67,9 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(stem)
     check_out(out, overwrite=args.overwrite)      # before anything runs, not after
 
-    if not args.verbose and (cfg.training.backend != "none"
-                             or cfg.protocol in ("crowdlearning", "ssgd")):
-        _import_tensorflow_quietly()
+    if cfg.training.backend != "none" or cfg.protocol in ("crowdlearning", "ssgd"):
+        import_tensorflow_quietly()
     from sim.experiment import Simulation  # heavy imports only once the config is valid
 
     bar = None
@@ -297,16 +296,17 @@ def _quiet_tensorflow(verbose: bool) -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
     """Import TensorFlow with file descriptor 2 pointed at a temporary file.
 
     Its C++ start-up lines (oneDNN, "All log messages before absl::InitializeLog()") are written
     straight to descriptor 2 during the import, before ``TF_CPP_MIN_LOG_LEVEL`` is read; they are
-    dropped, unless the import fails, in which case they are replayed with the error.
+    dropped, unless the import fails, in which case they are replayed with the error.  With
+    ``TF_CPP_MIN_LOG_LEVEL=0`` (``--verbose`` sets it) nothing is hidden.
     """
     import importlib
     import tempfile
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         return
     sys.stderr.flush()
     saved = os.dup(2)

@@ -446,3 +446,14 @@ def test_other_fixable_failures_exit_2_without_traceback(tmp_path, two_runs, cap
         assert needle in capsys.readouterr().err
     with pytest.raises(CrowdlearnError, match="damaged results folder"):
         load_results(damaged)
+
+
+def test_partition_of_a_keras_file_is_quiet_and_works(tmp_path):
+    import keras
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)])
+    model.save(tmp_path / "m.keras")
+    r = run_cli("partition", "--model", "m.keras", "--pieces", "2", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not TF_LOG.search(r.stderr), r.stderr
+    assert len(json.loads(r.stdout)["assignment"]) == 12
