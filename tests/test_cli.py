@@ -457,3 +457,16 @@ def test_partition_of_a_keras_file_is_quiet_and_works(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not TF_LOG.search(r.stderr), r.stderr
     assert len(json.loads(r.stdout)["assignment"]) == 12
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits; the /proc "
+                    "case of test_out_misuse_never_touches_a_users_files covers root")
+def test_read_only_parent_is_refused_before_the_run(tmp_path, capsys, no_simulation):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert cli.main(["run", *SMALL, "--out", str(ro / "out")]) == 2
+        assert "cannot write in" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
