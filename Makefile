@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/crowdlearn run examples/default.toml --out results/default
+	$(VENV)/bin/crowdlearn run examples/default.toml --out results/default --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

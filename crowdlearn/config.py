@@ -26,6 +26,7 @@ import json
 import math
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 try:
@@ -203,29 +204,93 @@ SCHEMA["fm"] = _fm.CONFIG_SECTION
 SCHEMA["quality"] = _quality.CONFIG_SECTION
 
 
-class Section:
-    """Attribute access to one resolved section."""
+def _frozen(v: Any) -> Any:
+    """A read-only view of a resolved value: lists become tuples, tables read-only mappings."""
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, dict):
+        return MappingProxyType({k: _frozen(x) for k, x in v.items()})
+    return v
 
-    def __init__(self, values: dict[str, Any]):
-        self.__dict__.update(values)
+
+_IMMUTABLE = ("configs are immutable, so that what runs is what config.json records; derive a "
+              "changed, validated copy with cfg.replace({{{key!r}: ...}})")
+
+
+class Section:
+    """Read-only attribute access to one resolved section."""
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        object.__setattr__(self, "_name", name)
+        for k, v in values.items():
+            object.__setattr__(self, k, _frozen(v))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(_IMMUTABLE.format(key=f"{self._name}.{key}"))
+
+    __delattr__ = __setattr__
 
     def __repr__(self) -> str:
-        return f"Section({self.__dict__!r})"
+        return f"Section({ {k: v for k, v in self.__dict__.items() if k != '_name'}!r})"
 
 
 class Config:
-    """A validated configuration; ``cfg.section.key`` and ``cfg.to_dict()``."""
+    """A validated, immutable configuration; ``cfg.section.key``, ``cfg.to_dict()``.
 
-    def __init__(self, values: dict[str, Any]):
-        self._values = values
+    Change a copy with :meth:`replace` (validated like a file); assigning raises.
+
+    Examples
+    --------
+    >>> cfg = from_dict({"rounds": 3})
+    >>> cfg.replace({"fedavg.lr": 0.1, "fleet": {"devices": 7}}).fleet.devices
+    7
+    >>> cfg.rounds = 2
+    Traceback (most recent call last):
+    ...
+    AttributeError: configs are immutable, so that what runs is what config.json records; derive a changed, validated copy with cfg.replace({'rounds': ...})
+    """
+
+    def __init__(self, values: dict[str, Any], *, base_dir: Path | None = None):
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "base_dir", base_dir or Path.cwd())
         for k, v in values.items():
-            setattr(self, k, Section(v) if isinstance(v, dict) and k in SCHEMA else v)
+            object.__setattr__(self, k, Section(k, v) if isinstance(v, dict) and k in SCHEMA
+                               else _frozen(v))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(_IMMUTABLE.format(key=key))
+
+    __delattr__ = __setattr__
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self._values)
 
     def to_json(self) -> str:
         return json.dumps(self._values, indent=2, sort_keys=True, default=_json_default)
+
+    def replace(self, changes: dict[str, Any] | None = None, /, *,
+                overrides: list[str] = ()) -> Config:
+        """A new, validated Config with ``changes`` applied; this one is left unchanged.
+
+        ``changes`` maps dotted keys (``"fedavg.lr"``) or sections (``"fleet": {"devices": 7}``,
+        merged key by key) to values; ``overrides`` are ``--set`` strings (``"fedavg.lr=0.1"``).
+        Every problem is reported at once in a :class:`ConfigError`, as for a file.
+        """
+        raw = self.to_dict()
+        for dotted, value in (changes or {}).items():
+            path = _split_key(str(dotted), f"replace: {dotted!r}")
+            node = raw
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError([f"replace: {dotted!r}: {part!r} is not a section"])
+            if isinstance(value, dict) and isinstance(node.get(path[-1]), dict) \
+                    and ".".join(path) in SCHEMA:
+                node[path[-1]].update(copy.deepcopy(value))
+            else:
+                node[path[-1]] = copy.deepcopy(value)
+        raw = apply_overrides(raw, list(overrides))
+        return from_dict(raw, base_dir=self.base_dir)
 
     @property
     def clients_per_round(self) -> int:
@@ -289,7 +354,7 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     for k, v in raw.items():
         if k in top:
             continue
-        if k in SCHEMA and isinstance(v, dict):
+        if k in SCHEMA:      # a section; a non-table value is reported below
             continue
         valid = sorted(list(top) + sections)
         hint = difflib.get_close_matches(k, valid, n=1)
@@ -300,7 +365,10 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     for sec in sections:
         given = raw.get(sec, {})
         if not isinstance(given, dict):
-            problems.append(f"{sec}: must be a table ([{sec}]); got {given!r}")
+            example = next(iter(SCHEMA[sec]))
+            problems.append(f"{sec}: is a section, not a value; got {given!r}. Set one of its "
+                            f"keys instead, e.g. --set {sec}.{example}=... or [{sec}] "
+                            f"{example} = ... in the file (keys: {', '.join(sorted(SCHEMA[sec]))})")
             given = {}
         schema = SCHEMA[sec]
         out = {}
@@ -317,7 +385,7 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     _cross_checks(values, problems, base_dir or Path.cwd())
     if problems:
         raise ConfigError(problems)
-    return Config(values)
+    return Config(values, base_dir=base_dir)
 
 
 def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
@@ -333,9 +401,16 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
                 problems.append(f"fleet.mix.{tier}: weight must be a number >= 0; got {w!r}")
         if mix and all(isinstance(w, (int, float)) and w == 0 for w in mix.values()):
             problems.append("fleet.mix: at least one tier needs a positive weight")
-    if fed["clients_per_round"] > fleet["devices"]:
+    devices_ok = fleet["devices"] >= 1     # else fleet.devices is reported already
+    if devices_ok and fed["clients_per_round"] > fleet["devices"]:
         problems.append(f"fedavg.clients_per_round: {fed['clients_per_round']} is more than "
                         f"fleet.devices = {fleet['devices']}")
+    if devices_ok and v["protocol"] == "fedavg" and fed["min_clients"] > fleet["devices"]:
+        problems.append(f"fedavg.min_clients: {fed['min_clients']} devices must be present to "
+                        f"start a round but the fleet has fleet.devices = {fleet['devices']}, so "
+                        f"no round could ever start; lower min_clients to at most "
+                        f"{fleet['devices']} or add devices")
+    problems.extend(_cnn_check(model, data["dataset"]))
     lo_hi = av["initial_battery"]
     if len(lo_hi) != 2 or not all(isinstance(x, float) and 0 < x <= 1 for x in lo_hi) \
             or lo_hi[0] > lo_hi[1]:
@@ -363,7 +438,7 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
                                     data=v["data"], quality=v["quality"]))
     sl = v["slicenet"]
     if v["protocol"] == "crowdlearning":
-        if sl["group_size"] > fleet["devices"]:
+        if devices_ok and sl["group_size"] > fleet["devices"]:
             problems.append(f"slicenet.group_size: {sl['group_size']} is more than fleet.devices "
                             f"= {fleet['devices']}")
         if sl["pieces"] > max(sl["group_size"] - 1, 0) or (sl["group_size"] > 1
@@ -388,6 +463,40 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
                         "use at most 2000 devices")
 
 
+#: Side of the square images of the image datasets (the CNN shape check needs it before loading).
+IMAGE_SIDE = {"digits": 8, "fashion_mnist": 28}
+
+
+def _cnn_check(model: dict[str, Any], dataset: str) -> list[str]:
+    """The CNN's conv blocks (kernel k, then a 2x2 max-pool each) must fit the dataset's images.
+
+    >>> _cnn_check({"arch": "cnn", "filters": [16, 32], "kernel": 3}, "digits")[0][:59]
+    'model.filters: 2 conv blocks (a 3x3 convolution and a 2x2 m'
+    >>> _cnn_check({"arch": "cnn", "filters": [16], "kernel": 3}, "digits")
+    []
+    """
+    side = IMAGE_SIDE.get(dataset)
+    filters, k = model["filters"], model["kernel"]
+    if model["arch"] != "cnn" or side is None or not isinstance(k, int) or k < 1:
+        return []
+    fits, h = 0, side
+    for _ in filters:
+        if h < k or h - k + 1 < 2:    # the convolution, then the 2x2 pool, must fit
+            break
+        h = (h - k + 1) // 2
+        fits += 1
+    if fits == len(filters):
+        return []
+    if fits == 0:
+        fix = "use a smaller model.kernel"
+    else:
+        fix = (f"use at most {fits} block(s), e.g. model.filters = {list(filters[:fits])}, or a "
+               "smaller model.kernel")
+    return [f"model.filters: {len(filters)} conv blocks (a {k}x{k} convolution and a 2x2 max-pool "
+            f"each) do not fit the {side}x{side} images of {dataset}: block {fits + 1} has too small "
+            f"an input; {fix}"]
+
+
 def _resolve(p: str, base: Path) -> Path:
     path = Path(os.path.expanduser(p))
     return path if path.is_absolute() else base / path
@@ -402,7 +511,16 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
-    return key.strip().split("."), value
+    return _split_key(key.strip(), f"--set {item!r}"), value
+
+
+def _split_key(key: str, where: str) -> list[str]:
+    """``"fedavg.lr"`` → ``["fedavg", "lr"]``; an empty key or part is a ConfigError."""
+    parts = key.split(".")
+    if not key or not all(p.strip() for p in parts):
+        raise ConfigError([f"{where}: the key is empty or has an empty part; name a key, e.g. "
+                           "fedavg.lr=0.1 or rounds=5"])
+    return [p.strip() for p in parts]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -427,14 +545,17 @@ def load(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
         if not p.is_file():
             raise ConfigError([f"{path}: no such config file"])
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{path}: not a text file in UTF-8 ({exc.reason} at byte "
+                               f"{exc.start}); give a TOML config file"]) from None
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot be read ({exc.strerror})"]) from None
         base = p.resolve().parent
     raw = apply_overrides(raw, list(overrides))
-    cfg = from_dict(raw, base_dir=base)
-    cfg.base_dir = base
-    return cfg
+    return from_dict(raw, base_dir=base)
 
 
 def reference_markdown() -> str:

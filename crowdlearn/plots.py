@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 # Figures are built with the object API (no pyplot, no global backend switch), so importing
 # this module leaves a notebook's inline backend alone; each function returns its Figure.
@@ -42,21 +43,39 @@ def curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike | Non
 
 
 def device_load(devices: list[dict], path: str | os.PathLike | None = None) -> Figure:
-    """Per-device busy time, bytes and missed rounds, sorted by busy time and coloured by tier."""
+    """Per-device busy time, bytes and missed rounds, sorted by busy time and coloured by tier.
+
+    The "rounds missed" panel is left out when no device missed a round (the title says so);
+    tick labels on the device axis and on the missed-rounds axis are integers.
+
+    Examples
+    --------
+    >>> devs = [{"device": i, "tier": "mid_range", "busy_s": 1.0 + i, "bytes_sent": 10,
+    ...          "bytes_received": 20, "rounds_missed": 0} for i in range(3)]
+    >>> len(device_load(devs).axes)
+    2
+    """
     devs = sorted(devices, key=lambda d: -d["busy_s"])
     tiers = sorted({d["tier"] for d in devs})
     colours = {t: f"C{i}" for i, t in enumerate(tiers)}
     x = range(len(devs))
-    fig = Figure(figsize=(10, 7))
-    axes = fig.subplots(3, 1, sharex=True)
+    missed = any(d["rounds_missed"] for d in devs)
+    fig = Figure(figsize=(10, 7 if missed else 5))
+    axes = fig.subplots(3 if missed else 2, 1, sharex=True)
     axes[0].bar(x, [d["busy_s"] for d in devs], color=[colours[d["tier"]] for d in devs])
     axes[0].set_ylabel("busy (s)")
     axes[1].bar(x, [(d["bytes_sent"] + d["bytes_received"]) / 1e6 for d in devs],
                 color=[colours[d["tier"]] for d in devs])
     axes[1].set_ylabel("MB sent+received")
-    axes[2].bar(x, [d["rounds_missed"] for d in devs], color=[colours[d["tier"]] for d in devs])
-    axes[2].set_ylabel("rounds missed")
-    axes[2].set_xlabel("devices (sorted by busy time)")
+    if missed:
+        axes[2].bar(x, [d["rounds_missed"] for d in devs],
+                    color=[colours[d["tier"]] for d in devs])
+        axes[2].set_ylabel("rounds missed")
+        axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        axes[0].set_title("no device missed a round", fontsize=9)
+    axes[-1].set_xlabel("devices, by rank of busy time (0 = busiest)")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = [Rectangle((0, 0), 1, 1, color=colours[t]) for t in tiers]
     axes[0].legend(handles, tiers, fontsize=8, ncol=len(tiers))
     fig.tight_layout()

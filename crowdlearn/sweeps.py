@@ -172,9 +172,7 @@ def _point_config(raw: dict, base: Path, spec: RunSpec):
             if not isinstance(node, dict):
                 raise ConfigError([f"{key}: {part!r} is not a section"])
         node[leaf] = copy.deepcopy(value)
-    cfg = config_mod.from_dict(point, base_dir=base)
-    cfg.base_dir = base
-    return cfg
+    return config_mod.from_dict(point, base_dir=base)
 
 
 def _dataset_key(cfg) -> tuple:
@@ -376,11 +374,8 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
         if error is None:
             if folder is not None:
                 from crowdlearn.results import write
-                target = folder.run_dir(run_id)
-                if target.exists():       # a failed attempt's leftovers: ours to replace
-                    import shutil
-                    shutil.rmtree(target)
-                write(results, target, plots=plots)
+                # overwrite replaces only an unfinished crowdlearn results folder of this run
+                write(results, folder.run_dir(run_id), plots=plots, overwrite=True)
             rows[run_id] = _row(spec, "ok", summary=results.summary)
         else:
             rows[run_id] = _row(spec, "failed", error=error)

@@ -31,6 +31,7 @@ from crowdlearn.protocols.fedavg import (
     FedAvgServer,
     StandaloneClient,
 )
+from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor
 from sim.availability import make_availability
@@ -379,19 +380,35 @@ class Simulation:
             from crowdlearn.privacy.attacks.views import PrivacyProbe
             probe = PrivacyProbe(self)
         halted = False
+        self.signal = None
         try:
-            halted = self.driver.run(until=cfg.max_sim_time_s)
-        except KeyboardInterrupt:
+            with as_interrupts():      # SIGTERM and SIGHUP end a run like Ctrl-C does
+                halted = self.driver.run(until=cfg.max_sim_time_s)
+        except KeyboardInterrupt as exc:
             interrupted = True
+            self.signal = signal_of(exc)[1]
             self.driver.finish()
         self.halted = halted
         self.monitor.flush(self.env.now)
         wall = time.perf_counter() - wall0
         results = self._results(wall, interrupted)
+        results.summary["signal"] = self.signal
+        results.summary["stopped_by"] = self._stopped_by(results)
         if probe is not None and not interrupted:
             from crowdlearn.privacy.attacks.views import privacy_report
             results.summary.update(privacy_report(self, probe, seed=cfg.seed))
         return results
+
+    def _stopped_by(self, results: Results) -> str:
+        """Why the run ended: ``completed``, the signal's name, ``max_sim_time_s``, or
+        ``stalled`` (no event left: no round could start or finish, e.g. too few devices)."""
+        if self.signal is not None:
+            return self.signal
+        if results.summary["completed"]:
+            return "completed"
+        if self.env.now >= self.config.max_sim_time_s:
+            return "max_sim_time_s"
+        return "stalled"
 
     def _results(self, wall: float, interrupted: bool) -> Results:
         cfg, mon = self.config, self.monitor

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,11 @@ Evaluator = Callable[[list], list[dict]]
 DEVICE_FIELDS = ("device", "tier", "bytes_sent", "bytes_received", "flops", "busy_s", "energy_j",
                  "online_fraction", "rounds_selected", "rounds_aggregated", "rounds_missed",
                  "drops_availability", "drops_battery", "drops_churn", "jobs_failed")
+
+
+def _id_order(node: NodeId) -> tuple:
+    """Sort key: integer device ids numerically, then any other node names as text."""
+    return (0, int(node), "") if isinstance(node, Integral) else (1, 0, str(node))
 
 
 class Monitor:
@@ -103,6 +109,9 @@ class Monitor:
         self.reports[rep.name] += 1
         if rep.name == "round":
             info = dict(rep.value)
+            for k in ("selected", "aggregated"):     # rounds.csv lists ids in numeric order
+                if k in info:
+                    info[k] = sorted(info[k], key=_id_order)
             for d in info["selected"]:
                 self.dev[d]["rounds_selected"] += 1
             for d in info["aggregated"]:

@@ -37,14 +37,20 @@ __all__ = ["add_partition_parser", "load_fleet", "resolve_model", "run_partition
 
 PRESETS = {"paper-mlp": paper_mlp_description, "paper-cnn": paper_cnn_description}
 MIB = 1024 * 1024
+DEFAULT_BLOCK = 16
 
 
-def add_partition_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``partition`` sub-command to an ``argparse`` sub-parser set (``func=run_partition``)."""
+def add_partition_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add the ``partition`` sub-command to an ``argparse`` sub-parser set (``func=run_partition``).
+
+    ``kwargs`` go to ``add_parser`` (e.g. ``parents`` with options shared by every command).
+    """
     p = subparsers.add_parser(
         "partition", help="slice a model's hidden layers into pieces (SliceNet) and print the plan",
         description="Slice a model's hidden units into pieces with balanced compute and little "
-                    "traffic (SliceNet, Chen et al. SECON 2018) and print one row per piece.")
+                    "traffic (SliceNet, Chen et al. SECON 2018) and print one row per piece. "
+                    "Exit status 2 when a piece cannot meet its memory limit (the plan is still "
+                    "printed).", **kwargs)
     p.add_argument("--model", default="paper-mlp",
                    help="paper-mlp, paper-cnn or a path to a .keras file (default paper-mlp)")
     p.add_argument("--pieces", "-n", type=int, default=5, help="number of pieces (default 5)")
@@ -60,7 +66,8 @@ def add_partition_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="memory limit of every piece in MiB (overrides the fleet file)")
     p.add_argument("--granularity", default="neuron", choices=("neuron", "block"),
                    help="dense layers: one vertex per neuron, or per --block-size neurons")
-    p.add_argument("--block-size", type=int, default=16, help="neurons per vertex with --granularity block")
+    p.add_argument("--block-size", type=int, default=None,
+                   help=f"neurons per vertex with --granularity block (default {DEFAULT_BLOCK})")
     p.add_argument("--cost-model", default="paper", choices=("paper", "general"),
                    help="vertex compute: paper (1 + fan_out per neuron) or general ((fan_in + fan_out)·f)")
     p.add_argument("--imbalance", type=float, default=0.03,
@@ -80,9 +87,29 @@ def resolve_model(spec: str) -> ModelDescription:
     if path.suffix not in (".keras", ".h5"):
         raise CrowdlearnError(
             f"unknown model {spec!r}; use {', '.join(PRESETS)} or a path to a .keras file")
+    if not path.is_file():
+        raise CrowdlearnError(f"--model {spec}: no model file there; give {', '.join(PRESETS)} or the "
+                              "path of a model saved with model.save('name.keras')")
+    if not _looks_like_keras(path):
+        kind = "a zip archive" if path.suffix == ".keras" else "an HDF5 file"
+        raise CrowdlearnError(
+            f"--model {spec}: the file exists but is not a Keras model (a {path.suffix} file is "
+            f"{kind}; this one is not, so it is damaged or of another kind); save the model again "
+            "with model.save('name.keras')")
+    from crowdlearn.cli import import_tensorflow_quietly
     from slicenet.keras_io import load_keras
 
+    import_tensorflow_quietly()
     return load_keras(path)
+
+
+def _looks_like_keras(path: Path) -> bool:
+    """A ``.keras`` file is a zip archive; an ``.h5`` file starts with the HDF5 signature."""
+    import zipfile
+    if path.suffix == ".keras":
+        return zipfile.is_zipfile(path)
+    with path.open("rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def load_fleet(path: str | Path, n: int) -> tuple[list[float] | None, list[int] | None]:
@@ -127,9 +154,16 @@ def load_fleet(path: str | Path, n: int) -> tuple[list[float] | None, list[int] 
 
 def plan_for_args(args: argparse.Namespace) -> tuple[CostGraph, SlicePlan]:
     """Build the graph and the plan the arguments ask for."""
+    if args.block_size is not None and args.granularity != "block":
+        print(f"crowdlearn partition: warning: --block-size {args.block_size} only applies with "
+              "--granularity block; ignored (one vertex per neuron). Add --granularity block to "
+              "use it.", file=sys.stderr)
+    if args.block_size is not None and args.block_size < 1:
+        raise CrowdlearnError(f"--block-size must be at least 1, got {args.block_size}")
     desc = resolve_model(args.model)
+    block = DEFAULT_BLOCK if args.block_size is None else args.block_size
     graph = CostGraph.from_layers(desc.input_shape, desc.layers, granularity=args.granularity,
-                                  block_size=args.block_size, cost_model=args.cost_model,
+                                  block_size=block, cost_model=args.cost_model,
                                   name=desc.name)
     targets = limits = None
     if args.fleet:
@@ -146,12 +180,22 @@ def plan_for_args(args: argparse.Namespace) -> tuple[CostGraph, SlicePlan]:
 def run_partition(args: argparse.Namespace) -> int:
     """Run ``crowdlearn partition``; print the table (or JSON) and write the plot if asked.
 
-    Returns 0, or 1 when memory violations remain (the plan is still printed).
+    Returns 0, or 2 when memory violations remain (the plan is still printed, then a message
+    that names the fixes): like every problem the user can fix.
     """
+    if args.plot:        # a bad --plot is refused before the work, not after it
+        from crowdlearn.results import check_writable_parent
+        if Path(args.plot).is_dir():
+            raise CrowdlearnError(f"--plot {args.plot}: is a folder; name the PNG file to write, "
+                                  f"e.g. --plot {Path(args.plot) / 'plan.png'}")
+        check_writable_parent(args.plot, "--plot")
     graph, plan = plan_for_args(args)
     if args.json:
         out = plan.to_dict()
         out["model"] = graph.description.name
+        out["traffic_note"] = ("traffic_bytes_per_sample of a piece counts what it sends plus "
+                               "what it receives (both directions, forward and backward)")
+        out["assignment"] = vertex_assignment(graph, plan)
         out["graph"] = {"vertices": graph.num_vertices, "edges": graph.num_edges,
                         "neurons": graph.total_neurons, "weights": graph.total_weights,
                         "granularity": graph.granularity, "cost_model": graph.cost_model,
@@ -170,4 +214,20 @@ def run_partition(args: argparse.Namespace) -> int:
 
         written = plot_plan(graph, plan, args.plot)
         print(f"plot: {written}", file=sys.stderr if args.json else sys.stdout)
-    return 1 if plan.violations else 0
+    if plan.violations:
+        print(f"crowdlearn partition: error: {len(plan.violations)} piece(s) exceed their memory "
+              "limit (see the violations above); raise --memory-mib (or memory_mib in the fleet "
+              "file), use more --pieces, or a finer --granularity", file=sys.stderr)
+        return 2
+    return 0
+
+
+def vertex_assignment(graph: CostGraph, plan: SlicePlan) -> list[dict[str, Any]]:
+    """One entry per graph vertex: its hidden layer, the units (neurons, or channels of a conv
+    layer) it holds (``first`` .. ``first + size - 1``), and the piece it goes to."""
+    kinds = graph.layer_kinds
+    return [{"vertex": v, "layer": int(graph.layer[v]),
+             "unit": "neuron" if kinds[int(graph.layer[v])] == "dense" else "channel",
+             "first": int(graph.first[v]), "size": int(graph.size[v]),
+             "piece": int(plan.assignment[v])}
+            for v in range(graph.num_vertices)]

@@ -219,10 +219,10 @@ class SlicePlan:
         >>> from slicenet.graph import CostGraph, Dense
         >>> g = CostGraph.from_layers((3,), [Dense(2), Dense(2), Dense(1)])
         >>> print(SlicePlan.from_assignment(g, [0, 1, 0, 1], 2).table().splitlines()[0])
-        piece  vertices  neurons  weights  compute  target  memory (B)  traffic/sample (B)
+        piece  vertices  neurons  weights  compute  target  memory (B)  sent+received/sample (B)
         """
         head = ("piece", "vertices", "neurons", "weights", "compute", "target", "memory (B)",
-                "traffic/sample (B)")
+                "sent+received/sample (B)")
         rows = [
             (str(i), str(p.vertices), str(p.neurons), str(p.weights), str(p.compute),
              f"{self.targets[i] * self.total_compute:.0f}", str(p.memory_bytes),

@@ -292,3 +292,34 @@ def test_contiguous_ranges_respect_the_compute_cap_when_they_can():
     for n in (5, 10, 18, 20):
         plan = partition(g, n, method="contiguous", seed=0)
         assert plan.balance <= 1.03 + 1e-9, (n, plan.balance)
+    """A memory violation is a problem the user can fix: exit 2 (documented), plan printed, fix named."""
+    assert run_partition(_args("--pieces", "2", "--memory-mib", "0.01")) == 2
+    out, err = capsys.readouterr()
+    assert "violation" in out and "raise --memory-mib" in err
+
+
+def test_cli_corrupt_keras_file_is_named_as_such(tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_text("not a zip")
+    with pytest.raises(CrowdlearnError, match="exists but is not a Keras model") as exc:
+        run_partition(_args("--model", str(bad)))
+    assert "not found" not in str(exc.value).lower()
+
+
+def test_cli_block_size_without_block_granularity_warns(capsys):
+    assert run_partition(_args("--pieces", "2", "--block-size", "50")) == 0
+    assert "--block-size 50 only applies with --granularity block" in capsys.readouterr().err
+    assert run_partition(_args("--pieces", "2", "--granularity", "block", "--block-size", "50")) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_cli_json_assigns_every_vertex_to_a_piece(capsys):
+    assert run_partition(_args("--model", "paper-mlp", "--pieces", "4", "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    a = out["assignment"]
+    assert len(a) == out["graph"]["vertices"] == 700
+    assert [e["vertex"] for e in a] == list(range(700)) and {e["unit"] for e in a} == {"neuron"}
+    for k, piece in enumerate(out["pieces"]):     # the assignment agrees with the piece table
+        mine = [e for e in a if e["piece"] == k]
+        assert len(mine) == piece["vertices"] and sum(e["size"] for e in mine) == piece["neurons"]
+    assert "both directions" in out["traffic_note"]

@@ -1,0 +1,109 @@
+"""Termination signals as interrupts: a run stopped by SIGTERM or SIGHUP ends like Ctrl-C.
+
+``timeout``, batch schedulers and ``docker stop`` send SIGTERM; a closed terminal sends SIGHUP.
+Inside :func:`as_interrupts` both raise :class:`Interrupted` (a ``KeyboardInterrupt``), so the
+code that already turns Ctrl-C into "write what was measured" handles them too.  A signal that
+the process ignores on entry (``nohup`` ignores SIGHUP) stays ignored.  :func:`deferred` holds
+SIGINT, SIGTERM and SIGHUP while results are being written, so a second signal cannot tear a
+results folder in half; the caller acts on :attr:`Deferred.received` afterwards.
+
+The exit status of a process ended this way is ``128 + signal number`` (130 for SIGINT, 143 for
+SIGTERM, 129 for SIGHUP), as a shell reports for a process killed by that signal.
+
+Examples
+--------
+>>> import os, signal
+>>> try:
+...     with as_interrupts():
+...         os.kill(os.getpid(), signal.SIGTERM)
+... except Interrupted as exc:
+...     print(exc.name, exit_status(exc.signum))
+SIGTERM 143
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: Signals turned into :class:`Interrupted` during a run (SIGINT already raises KeyboardInterrupt).
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run ended by a signal; ``signum`` and ``name`` (e.g. ``"SIGTERM"``) say which."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+
+def signal_of(exc: BaseException) -> tuple[int, str]:
+    """(number, name) of the signal behind a KeyboardInterrupt (plain Ctrl-C: SIGINT)."""
+    if isinstance(exc, Interrupted):
+        return exc.signum, exc.name
+    return int(signal.SIGINT), "SIGINT"
+
+
+def exit_status(signum: int) -> int:
+    """The conventional exit status of a process ended by ``signum``: 128 + its number."""
+    return 128 + int(signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def as_interrupts(signums=TERMINATING) -> Iterator[None]:
+    """Within the block, each of ``signums`` raises :class:`Interrupted` (main thread only)."""
+    if not _main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    old = {}
+    for s in signums:
+        if signal.getsignal(s) is signal.SIG_IGN:
+            continue        # ignored on purpose (nohup): keep it so
+        old[s] = signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Deferred:
+    """Signals received while :func:`deferred` held them, in order."""
+
+    def __init__(self):
+        self.received: list[int] = []
+
+
+@contextmanager
+def deferred(signums=(signal.SIGINT, *TERMINATING)) -> Iterator[Deferred]:
+    """Record ``signums`` instead of acting on them until the block ends (main thread only)."""
+    box = Deferred()
+    if not _main_thread():
+        yield box
+        return
+
+    def handler(signum, frame):
+        box.received.append(int(signum))
+
+    old = {}
+    for s in signums:
+        if signal.getsignal(s) is signal.SIG_IGN:
+            continue
+        old[s] = signal.signal(s, handler)
+    try:
+        yield box
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
