@@ -262,6 +262,13 @@ class Config:
 
     __delattr__ = __setattr__
 
+    def __reduce__(self):
+        # picklable (process pools, Ray tasks) although its sections are read-only views
+        return (Config, (copy.deepcopy(self._values),), {"base_dir": self.base_dir})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "base_dir", state["base_dir"])
+
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self._values)
 

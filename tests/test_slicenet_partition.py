@@ -265,8 +265,10 @@ def test_cli_errors(tmp_path, argv, match):
 
 
 def test_cli_memory_violation_exit_status(capsys):
-    assert run_partition(_args("--pieces", "2", "--memory-mib", "0.01")) == 1
-    assert "violation" in capsys.readouterr().out
+    """A memory violation is a problem the user can fix: exit 2 (documented), plan printed, fix named."""
+    assert run_partition(_args("--pieces", "2", "--memory-mib", "0.01")) == 2
+    out, err = capsys.readouterr()
+    assert "violation" in out and "raise --memory-mib" in err
 
 
 def test_metis_volume_never_loses_to_the_contiguous_plan():
