@@ -431,8 +431,9 @@ class Simulation:
         ``epsilon``: the largest composed ε of a device at ``delta``, from every release charged;
         ``accountant``/``accountant_fallback_to_basic``: how it was composed;
         ``epsilon_guarantee``: ``"dp"``, ``"nominal"`` (a release whose ε is not a guarantee,
-        DSSGD's ``release = "paper"``; ``epsilon_audit`` then holds the auditor's measured lower
-        bound on the per-parameter ε) or ``"none"``; ``epsilon_quality_scores``: FM's scoring.
+        DSSGD's ``release = "paper"``) or ``"none"``; ``epsilon_audit``: where the protocol
+        offers one (DSSGD under DP), the auditor's measured lower bound on the per-parameter ε
+        at the largest value the run released; ``epsilon_quality_scores``: FM's scoring.
         """
         mon = self.monitor
         decl = self.ctx.extra.get("privacy") or {}

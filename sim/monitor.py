@@ -61,7 +61,7 @@ class Monitor:
         self.privacy_ledger = None
         self.ledger = None                     # the run's ε ledger, from privacy_charge reports
         self.privacy_subjects: set = set()     # ledger keys that are not devices ("validation")
-        self.max_released_value = 0.0          # largest |value| a nominal-ε release added noise to
+        self.max_released_value = 0.0          # largest |value| released (before its noise)
         self.dev: dict[NodeId, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.rounds: list[dict] = []
         self._pending_round: dict | None = None
@@ -153,9 +153,8 @@ class Monitor:
         self.ledger.record(subject, epsilon_turn=float(v["epsilon_turn"]), c=v.get("c"),
                            mechanism=v.get("mechanism", "svt"),
                            guarantee=bool(v.get("guarantee", True)))
-        if not v.get("guarantee", True):
-            self.max_released_value = max(self.max_released_value,
-                                          float(v.get("max_abs_value", 0.0)))
+        self.max_released_value = max(self.max_released_value,
+                                      float(v.get("max_abs_value", 0.0)))
 
     def device_epsilon(self) -> float | None:
         """The largest composed ε of a device so far (``None`` before any device charge)."""

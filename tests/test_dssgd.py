@@ -509,7 +509,8 @@ def test_fleet_with_dp_metrics_summary_and_privacy_csv_agree_with_the_ledger(reg
     assert summary["epsilon_guarantee"] == "dp" and summary["privacy_mechanism"] == "svt"
     assert summary["accountant_fallback_to_basic"] is False
     assert summary["epsilon_per_parameter"] == pytest.approx(0.001)
-    assert summary["epsilon_audit"] is None
+    audit = summary["epsilon_audit"]                        # beside the proven ε: within it
+    assert audit["claimed_epsilon"] == 0.001 and not audit["refutes_claim"]
     rows = results_io.read_privacy(out)
     uploads = {}
     for node, m in sent:

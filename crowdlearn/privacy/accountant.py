@@ -108,8 +108,10 @@ def turns_event(epsilons: Sequence[float]):
 def composition(epsilons: Sequence[float], delta: float) -> tuple[float, str]:
     """``(ε, accountant)``: ε at ``delta`` of the composition of pure ``epsilons[i]``-DP turns.
 
-    ``accountant`` is ``"pld"`` (the PLD accountant) or ``"basic"`` (``sum(epsilons)``: a turn's
-    ε is beyond what the PLD can represent, or the PLD figure is not below the sum).
+    ``accountant`` is ``"pld"`` (the PLD accountant's figure, capped at ``sum(epsilons)``, which
+    is also a valid bound and wins by a hair when the PLD's pessimistic discretisation lands
+    above it) or ``"basic"`` (the fallback: a turn's ε is beyond what the PLD can represent, and
+    the figure is basic composition ``sum(epsilons)``).
     """
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1); got {delta}")
@@ -123,8 +125,7 @@ def composition(epsilons: Sequence[float], delta: float) -> tuple[float, str]:
 
     acc = PLDAccountant(NeighboringRelation.REPLACE_ONE)
     acc.compose(turns_event(epsilons))
-    pld = float(acc.get_epsilon(delta))
-    return (pld, "pld") if pld < basic else (basic, "basic")
+    return min(float(acc.get_epsilon(delta)), basic), "pld"
 
 
 def composed_epsilon(epsilons: Sequence[float], delta: float) -> float:

@@ -855,8 +855,7 @@ def build(ctx) -> dict:
         ctx.extra["privacy"] = {
             "mechanism": "svt", "delta": params.delta,
             "guarantee": "nominal" if params.release == "paper" else "dp",
-            "audit": (lambda value, rng: audit_release(params, value, rng=rng))
-            if params.release == "paper" else None}
+            "audit": lambda value, rng: audit_release(params, value, rng=rng)}
     machines: dict = {SERVER: DSSGDServer(SERVER, ctx.init_weights, ctx.devices, params,
                                           rng=ctx.rngs["protocol"])}
     for d in ctx.devices:
