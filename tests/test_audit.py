@@ -160,7 +160,7 @@ def _row_coefficients(kind, z, y, K=None):
     return _monomials(p, kind)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adversarial_pair(kind, d, K=None, starts=4, seed=0):
     """Two unit-ball rows (and targets) whose coefficient vectors are as far apart in L1 as a
     local search from several starts finds: the worst case Δ must cover."""
@@ -176,7 +176,7 @@ def _adversarial_pair(kind, d, K=None, starts=4, seed=0):
 
     best = (-1.0, None)
     for ya, yb in labels:
-        def neg(v):
+        def neg(v, ya=ya, yb=yb):
             z0, z1 = unit(v[:d]), unit(v[d:])
             return -np.abs(_row_coefficients(kind, z0, ya, K)
                            - _row_coefficients(kind, z1, yb, K)).sum()
