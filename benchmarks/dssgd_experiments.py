@@ -48,6 +48,10 @@ RELEASES = ("clipped", "paper")
 BEGIN, END = "<!-- BEGIN MEASURED (benchmarks/dssgd_experiments.py) -->", "<!-- END MEASURED -->"
 DP_BEGIN = "<!-- BEGIN MEASURED DP (benchmarks/dssgd_experiments.py --dp-only) -->"
 DP_END = "<!-- END MEASURED DP -->"
+AUDIT_BEGIN = "<!-- BEGIN MEASURED AUDIT (benchmarks/dssgd_experiments.py --audit-only) -->"
+AUDIT_END = "<!-- END MEASURED AUDIT -->"
+AUDIT_VALUES = (0.05, 0.1, 0.166, 0.5, 1.0)
+AUDIT_TRIALS = 100_000
 
 
 def base(protocol: str, rounds: int, seed: int) -> dict:
@@ -143,13 +147,13 @@ def dp_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def block(begin: str, end: str, flags: str, what: str, body: list[str], args,
+def block(begin: str, end: str, flags: str, setting: str, body: list[str], args,
           total_wall: float) -> str:
     """A measured block of the doc: the command that produced it, then ``body``."""
     return "\n".join([
         begin,
         f"Command: `.venv/bin/python benchmarks/dssgd_experiments.py --rounds {args.rounds}"
-        f"{flags} --write-docs` — R = {args.rounds} {what}, seed {args.seed}; total wall time "
+        f"{flags} --write-docs` — {setting}; total wall time "
         f"{total_wall / 60:.1f} min on 2 CPU cores shared with other jobs "
         f"({platform.python_version()}, {time.strftime('%Y-%m-%d')}).",
         "",
@@ -159,7 +163,8 @@ def block(begin: str, end: str, flags: str, what: str, body: list[str], args,
 
 
 def dp_measured(rows: list[dict], args, total_wall: float) -> str:
-    return block(DP_BEGIN, DP_END, " --dp-only", "epochs per participant",
+    return block(DP_BEGIN, DP_END, " --dp-only",
+                 f"R = {args.rounds} epochs per participant, seed {args.seed}",
                  [dp_table(rows), "", *verdicts(rows)], args, total_wall)
 
 
@@ -208,7 +213,7 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 def measured(rows: list[dict], args, total_wall: float) -> str:
     return block(BEGIN, END, "" if args.orders else " --no-orders",
-                 "epochs per participant / baseline epochs",
+                 f"R = {args.rounds} epochs per participant / baseline epochs, seed {args.seed}",
                  [table(rows), "", "Acceptance ordering (final accuracy):", "",
                   *verdicts(rows)], args, total_wall)
 
@@ -224,6 +229,36 @@ def write_docs(text: str, begin: str = BEGIN, end: str = END) -> None:
     print(f"wrote {DOC.relative_to(ROOT)}")
 
 
+def audit_rows(seed: int) -> list[dict]:
+    """The auditor on the one-value SVT of a DSSGD turn (ε_p = 1, γ = 0.05), neighbours ±v."""
+    import numpy as np
+
+    from crowdlearn.protocols.dssgd import DSSGDParams, audit_release
+
+    out = []
+    for release in RELEASES:
+        for v in AUDIT_VALUES:
+            t0 = time.perf_counter()
+            p = DSSGDParams(rounds=1, dp=True, epsilon=1.0, gamma=GAMMA, release=release)
+            r = audit_release(p, v, rng=np.random.default_rng(seed), trials=AUDIT_TRIALS)
+            out.append({"release": release, "value": v, "res": r,
+                        "wall": time.perf_counter() - t0})
+            print(f"audit {release:7s} ±{v:<5g}: ε_p ≥ {r.epsilon_lower_bound:.3f} "
+                  f"(estimate {r.epsilon_estimate:.3f}, event {r.event})", flush=True)
+    return out
+
+
+def audit_table(rows: list[dict]) -> str:
+    out = ["| release | neighbours Δw = ±v | v / γ | ε_p lower bound (95 %) | point estimate | "
+           "claimed ε_p | refuted |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        a = r["res"]
+        out.append(f"| {r['release']} | ±{r['value']:g} | {r['value'] / GAMMA:g} | "
+                   f"{a.epsilon_lower_bound:.3f} | {a.epsilon_estimate:.3f} | "
+                   f"{a.claimed_epsilon:g} | {'**yes**' if a.refutes_claim else 'no'} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10, help="epochs per participant (default 10)")
@@ -235,9 +270,21 @@ def main(argv=None) -> None:
                          "(after every run, so a cut-short run still leaves its rows)")
     ap.add_argument("--dp-only", action="store_true",
                     help="only the DP rows (both releases); --write-docs rewrites their block")
+    ap.add_argument("--audit-only", action="store_true",
+                    help="only the auditor on one released value (both releases)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = []
+    if args.audit_only:
+        table_text = audit_table(audit_rows(args.seed))
+        print(table_text)
+        if args.write_docs:
+            write_docs(block(AUDIT_BEGIN, AUDIT_END, " --audit-only",
+                           f"one DSSGD turn's single-value SVT at ε_p = 1, γ = {GAMMA}, τ = 1e-3, "
+                           f"seed {args.seed}, {AUDIT_TRIALS:,} runs per neighbour (a quarter "
+                           "choose the event)", [table_text], args, time.perf_counter() - t0),
+                       AUDIT_BEGIN, AUDIT_END)
+        return
     if args.dp_only:
         for label, raw in dp_plan(args.rounds, args.seed):
             rows.append(run_one(label, raw))
