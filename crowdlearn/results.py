@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-METRIC_FIELDS = ("time_s", "round", "accuracy", "rmse", "loss", "epsilon", "clients_selected",
+METRIC_FIELDS = ("time_s", "round", "accuracy", "rmse", "loss", "epsilon", "epsilon_nominal",
+                 "clients_selected",
                  "clients_aggregated", "bytes_up", "bytes_down", "bytes_total", "messages",
                  "flops", "compute_s", "energy_j")
 

@@ -9,7 +9,8 @@ Privacy: a machine that releases something under differential privacy reports
 ``device`` that released or carrying a ``subject`` such as FM's ``"validation"``) at the moment
 of the release; the monitor charges it to the run's :class:`~crowdlearn.privacy.accountant.
 PrivacyLedger`, and every row's ``epsilon`` is the largest composed ε of a *device* at that
-moment, i.e. everything released up to the model the row evaluates.
+moment, i.e. everything released up to the model the row evaluates (``epsilon_nominal`` instead
+when a release's ε is not a guarantee).
 
 Evaluation is delegated to ``evaluator(list_of_weight_lists) -> list[dict]`` so the monitor stays
 free of TensorFlow.  ``global_model`` reports are evaluated at once; ``local_model`` reports of the
@@ -156,6 +157,12 @@ class Monitor:
         self.max_released_value = max(self.max_released_value,
                                       float(v.get("max_abs_value", 0.0)))
 
+    @property
+    def nominal(self) -> bool:
+        """Whether a device's charged ε is only nominal (not a differential-privacy guarantee)."""
+        return self.ledger is not None and not all(
+            self.ledger.guaranteed(p) for p in self.ledger.participants)
+
     def device_epsilon(self) -> float | None:
         """The largest composed ε of a device so far (``None`` before any device charge)."""
         if self.ledger is None:
@@ -181,7 +188,8 @@ class Monitor:
         row["clients_aggregated"] = len(info["aggregated"]) if info else len(models)
         eps = self.device_epsilon()
         if eps is not None:
-            row["epsilon"] = eps
+            # a release whose ε is no guarantee (DSSGD's release = "paper") names its column so
+            row["epsilon_nominal" if self.nominal else "epsilon"] = eps
         row.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down,
                    bytes_total=self.bytes_total, messages=self.messages, flops=self.flops,
                    compute_s=self.compute_s, energy_j=self.energy_j)

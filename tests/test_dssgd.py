@@ -532,6 +532,9 @@ def test_fleet_with_the_paper_release_marks_its_epsilon_nominal_beside_the_audit
     assert s["epsilon_guarantee"] == "nominal" and s["dp"] is True
     assert s["accountant_fallback_to_basic"] is False
     assert all(r["guarantee"] == "nominal" for r in res.privacy)
+    # metrics.csv does not call a nominal figure "epsilon"
+    assert all("epsilon" not in r and r["epsilon_nominal"] > 0 for r in res.metrics)
+    assert res.metrics[-1]["epsilon_nominal"] == s["epsilon"]
     a = s["epsilon_audit"]
     assert a["claimed_epsilon"] == 1.0 and a["value"] == sim.monitor.max_released_value > 0
     assert 0 <= a["epsilon_lower_bound"] <= a["epsilon_estimate"] + 0.5
