@@ -546,3 +546,23 @@ def test_fleet_without_dp_says_so(registered):
     s = res.summary
     assert s["dp"] is False and s["epsilon"] is None and s["epsilon_guarantee"] == "none"
     assert res.privacy == [] and all("epsilon" not in r for r in res.metrics)
+
+
+def test_fleet_charges_uploads_the_server_finds_late(registered):
+    """A turn timeout shorter than a turn: the server drops the uploads as late, yet each one
+    left its participant and is in the run's ledger (summary.json and privacy.csv)."""
+    sim, res, sent = run_counting_sends(fleet(**{"dssgd.dp": True, "dssgd.epsilon": 0.001,
+                                                 "dssgd.turn_timeout_s": 0.2, "rounds": 2,
+                                                 "fleet.devices": 4}))
+    uploads = {}
+    for node, m in sent:
+        if isinstance(m, SparseUpdate):
+            uploads[node] = uploads.get(node, 0) + 1
+    server = sim.driver.machines["server"]
+    late = res.summary["late_updates"]
+    assert late > 0 and server.uploads + late == sum(uploads.values())
+    assert {r["participant"]: r["releases"] for r in res.privacy} == uploads
+    eps_turn = 0.001 * server.c
+    from crowdlearn.privacy import composed_epsilon
+    assert res.summary["epsilon"] == pytest.approx(
+        composed_epsilon([eps_turn] * max(uploads.values()), 1e-5), rel=1e-9)
