@@ -1,6 +1,7 @@
 """Write a run's results atomically, check where they may go, and load them back with pandas.
 
 A results folder holds ``config.json``, ``metrics.csv``, ``devices.csv``, ``rounds.csv``,
+``privacy.csv`` (the per-participant ε ledger; a header only without differential privacy),
 ``summary.json``, PNG plots and the marker file :data:`MARKER` (``.crowdlearn-results``), which
 says that crowdlearn wrote the folder.  Everything is written into a temporary sibling folder that
 is renamed into place at the end, so a folder either is complete or does not exist.
@@ -42,10 +43,16 @@ from crowdlearn.errors import CrowdlearnError
 #: Marker file written into every results folder; ``--overwrite`` replaces only folders with it.
 MARKER = ".crowdlearn-results"
 
-METRIC_FIELDS = ("time_s", "round", "accuracy", "rmse", "loss", "epsilon", "clients_selected",
+METRIC_FIELDS = ("time_s", "round", "accuracy", "rmse", "loss", "epsilon", "epsilon_nominal",
+                 "clients_selected",
                  "clients_aggregated", "bytes_up", "bytes_down", "bytes_total", "messages",
                  "flops", "compute_s", "energy_j")
 ROUND_FIELDS = ("round", "start_s", "end_s", "closed_by", "selected", "aggregated")
+
+
+#: Columns of ``privacy.csv`` (:meth:`crowdlearn.privacy.accountant.PrivacyLedger.rows`).
+PRIVACY_FIELDS = ("participant", "mechanism", "releases", "epsilon", "delta", "accountant",
+                  "epsilon_basic", "epsilon_per_parameter", "guarantee")
 
 
 def _jsonable(v: Any) -> Any:
@@ -217,6 +224,7 @@ def write(results, out_dir: str | os.PathLike, *, plots: bool = True,
         _write_csv(tmp / "devices.csv", results.devices,
                    None if results.devices else DEVICE_FIELDS)
         _write_csv(tmp / "rounds.csv", results.rounds, ROUND_FIELDS)
+        _write_csv(tmp / "privacy.csv", getattr(results, "privacy", []), PRIVACY_FIELDS)
         (tmp / "summary.json").write_text(json.dumps(_jsonable(results.summary), indent=2,
                                                      sort_keys=True) + "\n")
         if plots:
@@ -239,6 +247,18 @@ def write(results, out_dir: str | os.PathLike, *, plots: bool = True,
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float]]:
     with open(Path(run_dir) / "metrics.csv", newline="") as fh:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def read_privacy(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of ``privacy.csv`` (numbers as floats, empty cells as ``None``)."""
+    def value(k, v):
+        if v == "":
+            return None
+        if k in ("participant", "mechanism", "accountant", "guarantee"):
+            return v
+        return float(v)
+    with open(Path(run_dir) / "privacy.csv", newline="") as fh:
+        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict:

@@ -255,6 +255,7 @@ class Results:
     summary: dict
     interrupted: bool = False
     extra: dict = field(default_factory=dict)
+    privacy: list[dict] = field(default_factory=list)   # the ε ledger, one row per participant
 
 
 def _server_link(cfg: Config) -> dict:
@@ -457,8 +458,50 @@ class Simulation:
             summary["slice_traffic_bytes_per_sample"] = int(plan.traffic_bytes_per_sample)
         if metric == "accuracy" and not values:
             summary["final_accuracy"] = summary["best_accuracy"] = None
+        summary.update(self._privacy_summary())
         devices = mon.device_rows(self.driver.devices, float(self.env.now))
-        return Results(cfg, rows, devices, mon.rounds, summary, interrupted)
+        return Results(cfg, rows, devices, mon.rounds, summary, interrupted,
+                       privacy=self.monitor.ledger.rows() if self.monitor.ledger else [])
+
+    def _privacy_summary(self) -> dict:
+        """The summary's ε fields, for every protocol (``dp = false`` and ``None`` without DP).
+
+        ``epsilon``: the largest composed ε of a device at ``delta``, from every release charged;
+        ``accountant``/``accountant_fallback_to_basic``: how it was composed;
+        ``epsilon_guarantee``: ``"dp"``, ``"nominal"`` (a release whose ε is not a guarantee,
+        DSSGD's ``release = "paper"``) or ``"none"``; ``epsilon_audit``: where the protocol
+        offers one (DSSGD under DP), the auditor's measured lower bound on the per-parameter ε
+        at the largest value the run released; ``epsilon_quality_scores``: FM's scoring.
+        """
+        mon = self.monitor
+        decl = self.ctx.extra.get("privacy") or {}
+        rows = mon.ledger.rows() if mon.ledger else []
+        dev = [r for r in rows if r["participant"] not in mon.privacy_subjects]
+        scores = [r["epsilon"] for r in rows if r["participant"] == "validation"]
+        out = {"dp": bool(decl or dev), "epsilon": None, "delta": None,
+               "accountant": None, "accountant_fallback_to_basic": None,
+               "epsilon_guarantee": "none", "privacy_mechanism": None,
+               "epsilon_per_parameter": None,
+               "epsilon_quality_scores": scores[0] if scores else None,
+               "epsilon_audit": None}
+        if not out["dp"]:
+            return out
+        out.update(epsilon=max((r["epsilon"] for r in dev), default=0.0),
+                   delta=mon.ledger.delta if mon.ledger else decl.get("delta"),
+                   accountant="dp-accounting PLD (replace-one), basic composition beyond it",
+                   accountant_fallback_to_basic=any(r["accountant"] == "basic" for r in dev),
+                   privacy_mechanism=decl.get("mechanism"),
+                   epsilon_guarantee="nominal" if decl.get("guarantee") == "nominal"
+                   or any(r["guarantee"] == "nominal" for r in dev) else "dp")
+        per = [r["epsilon_per_parameter"] for r in dev if r["epsilon_per_parameter"] is not None]
+        if per:
+            out["epsilon_per_parameter"] = max(per)
+        if decl.get("audit") is not None and mon.max_released_value > 0:
+            # a fixed stream of its own: auditing never shifts the run's random streams
+            rng = np.random.default_rng([self.config.seed, 0xA0D17])
+            res = decl["audit"](mon.max_released_value, rng)
+            out["epsilon_audit"] = {"value": mon.max_released_value, **res.as_dict()}
+        return out
 
 
 def run(cfg: Config, *, on_row: Callable[[dict], None] | None = None) -> Results:

@@ -4,6 +4,14 @@ The driver calls ``on_*`` hooks for transfers, compute, energy and presence; mac
 effects arrive through :meth:`Monitor.on_report`.  Every evaluation point becomes a row of
 ``metrics`` (the future ``metrics.csv``); per-device totals become ``device_rows()``.
 
+Privacy: a machine that releases something under differential privacy reports
+``privacy_charge`` (``{"epsilon_turn", "c", "mechanism", "guarantee"}``, tagged with the
+``device`` that released or carrying a ``subject`` such as FM's ``"validation"``) at the moment
+of the release; the monitor charges it to the run's :class:`~crowdlearn.privacy.accountant.
+PrivacyLedger`, and every row's ``epsilon`` is the largest composed ε of a *device* at that
+moment, i.e. everything released up to the model the row evaluates (``epsilon_nominal`` instead
+when a release's ε is not a guarantee).
+
 Evaluation is delegated to ``evaluator(list_of_weight_lists) -> list[dict]`` so the monitor stays
 free of TensorFlow.  ``global_model`` reports are evaluated at once; ``local_model`` reports of the
 standalone baseline are collected per round and evaluated together when every device has reported
@@ -19,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.protocols.io import NodeId, Report
 
 Evaluator = Callable[[list], list[dict]]
@@ -55,8 +64,11 @@ class Monitor:
         self.energy_j = 0.0
         self.late_updates = 0
         self.takeovers = 0
-        self.epsilon: float | None = None
+        self.epsilon: float | None = None      # a protocol's own "epsilon" report, if any
         self.privacy_ledger = None
+        self.ledger = None                     # the run's ε ledger, from privacy_charge reports
+        self.privacy_subjects: set = set()     # ledger keys that are not devices ("validation")
+        self.max_released_value = 0.0          # largest |value| released (before its noise)
         self.dev: dict[NodeId, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.rounds: list[dict] = []
         self._pending_round: dict | None = None
@@ -128,6 +140,8 @@ class Monitor:
                 self._row(now, r, self._local.pop(r))
         elif rep.name == "late_update":
             self.late_updates += 1
+        elif rep.name == "privacy_charge":
+            self._charge(node, rep)
         elif rep.name == "epsilon":
             self.epsilon = float(rep.value)      # the accountant's composed ε so far
         elif rep.name == "privacy_ledger":
@@ -136,6 +150,35 @@ class Monitor:
             self.bytes_by_role[rep.tag("role")] += int(rep.value)
         elif rep.name == "takeover":
             self.takeovers += 1
+
+    def _charge(self, node: NodeId, rep: Report) -> None:
+        v = rep.value
+        if self.ledger is None:
+            self.ledger = PrivacyLedger(delta=float(v.get("delta", 1e-5)))
+        subject = v.get("subject")
+        if subject is not None:
+            self.privacy_subjects.add(subject)
+        else:
+            subject = rep.tag("device", node)
+        self.ledger.record(subject, epsilon_turn=float(v["epsilon_turn"]), c=v.get("c"),
+                           mechanism=v.get("mechanism", "svt"),
+                           guarantee=bool(v.get("guarantee", True)))
+        self.max_released_value = max(self.max_released_value,
+                                      float(v.get("max_abs_value", 0.0)))
+
+    @property
+    def nominal(self) -> bool:
+        """Whether a device's charged ε is only nominal (not a differential-privacy guarantee)."""
+        return self.ledger is not None and not all(
+            self.ledger.guaranteed(p) for p in self.ledger.participants)
+
+    def device_epsilon(self) -> float | None:
+        """The largest composed ε of a device so far (``None`` before any device charge)."""
+        if self.ledger is None:
+            return self.epsilon
+        eps = [self.ledger.composed_epsilon(p) for p in self.ledger.participants
+               if p not in self.privacy_subjects]
+        return max(eps) if eps else self.epsilon
 
     def flush(self, now: float) -> None:
         """Evaluate standalone rounds that not every device finished."""
@@ -152,8 +195,10 @@ class Monitor:
             else None
         row["clients_selected"] = len(info["selected"]) if info else len(models)
         row["clients_aggregated"] = len(info["aggregated"]) if info else len(models)
-        if self.epsilon is not None:
-            row["epsilon"] = self.epsilon
+        eps = self.device_epsilon()
+        if eps is not None:
+            # a release whose ε is no guarantee (DSSGD's release = "paper") names its column so
+            row["epsilon_nominal" if self.nominal else "epsilon"] = eps
         row.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down,
                    bytes_total=self.bytes_total, messages=self.messages, flops=self.flops,
                    compute_s=self.compute_s, energy_j=self.energy_j)

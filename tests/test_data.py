@@ -106,14 +106,35 @@ def test_feature_scaling():
     digits = load_dataset("digits")
     assert digits.x_train.min() == 0.0 and digits.x_train.max() == 1.0
     for name in ("breast_cancer", "diabetes"):
+        # default: the constants come from the public (test) part, never the participants' rows
         ds = load_dataset(name)
-        np.testing.assert_allclose(ds.x_train.mean(axis=0), 0.0, atol=1e-5)
-        np.testing.assert_allclose(ds.x_train.std(axis=0), 1.0, atol=1e-4)
-        # test part uses the training statistics, so it is only roughly standardised
-        assert np.all(np.abs(ds.x_test.mean(axis=0)) < 0.5)
+        np.testing.assert_allclose(ds.x_test.mean(axis=0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(ds.x_test.std(axis=0), 1.0, atol=1e-4)
+        assert np.all(np.abs(ds.x_train.mean(axis=0)) < 0.5)
+        # ... so the training rows' scaled values do not depend on the other training rows:
+        # the old (train-statistics) scaling maps back to the same raw rows by a different map
+        tr = load_dataset(name, standardise="train")
+        np.testing.assert_allclose(tr.x_train.mean(axis=0), 0.0, atol=1e-5)
+        assert not np.allclose(ds.x_train, tr.x_train)
     diabetes = load_dataset("diabetes")
-    assert abs(float(diabetes.y_train.mean())) < 1e-5
-    assert abs(float(diabetes.y_train.std()) - 1.0) < 1e-4
+    assert abs(float(diabetes.y_test.mean())) < 1e-5
+    assert abs(float(diabetes.y_test.std()) - 1.0) < 1e-4
+    with pytest.raises(CrowdlearnError, match="standardise"):
+        load_dataset("diabetes", standardise="all")
+
+
+def test_public_standardisation_ignores_a_changed_training_row():
+    """Replace one training row: with public constants every other row's features are unchanged
+    (the preprocessing is outside no participant's guarantee); with train statistics they move."""
+    from crowdlearn.data.datasets import _standardise
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(5, 3, (50, 4)), rng.normal(5, 3, (20, 4))
+    other = train.copy()
+    other[0] = 1e3
+    for source, same in (("public", True), ("train", False)):
+        a, _ = _standardise(train, test, source)
+        b, _ = _standardise(other, test, source)
+        assert np.allclose(a[1:], b[1:]) is same
 
 
 def test_names_are_normalised_and_unknown_names_list_the_valid_ones():

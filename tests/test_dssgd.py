@@ -329,31 +329,96 @@ def test_participant_declines_a_failed_job_and_forgets_a_turn_when_disconnected(
     assert p.handle(Received("server", ParamsDownload(3, None, w0)), 4.0) == []
 
 
-def test_participant_with_dp_releases_through_the_svt_reproducibly():
-    outs = []
-    for _ in range(2):
-        p, w0 = participant(theta_u=0.5, gamma=0.1, dp=True, epsilon=0.5)
-        dw = np.random.default_rng(4).normal(0, 0.2, w0.size)
-        outs.append(p.select(dw))
-    (i1, v1), (i2, v2) = outs
-    assert np.array_equal(i1, i2) and np.array_equal(v1, v2)
-    assert len(i1) <= p.c == 11 and np.all(np.diff(i1) > 0) and np.all(np.abs(v1) <= 0.1)
+def test_participant_with_dp_releases_exactly_the_clipped_svt_output():
+    """The participant's DP upload is the SVT's clipped release at its turn's budget split; a
+    participant without DP (or with the paper's release) uploads something else."""
+    from crowdlearn.privacy.mechanisms import svt_select
+    dw = np.random.default_rng(4).normal(0, 1.0, 23)          # mostly far above γ = 0.1
+    p, _ = participant(theta_u=0.5, gamma=0.1, dp=True, epsilon=20.0)   # noise scale 0.04
+    assert p.params.release == "clipped"                      # the default under DP
+    ref_rng = np.random.default_rng(1)                        # the participant's generator
+    idx, vals = p.select(dw)
+    eps_turn, eps1, eps2 = p.params.turn_budget(dw.size)
+    assert (eps_turn, eps1, eps2) == (20.0 * 11, 10.0 * 11, 10.0 * 11)
+    r_idx, r_vals = svt_select(dw, c=11, tau=p.params.tau, gamma=0.1, eps1=eps1, eps2=eps2,
+                               rng=ref_rng, release="clipped")
+    order = np.argsort(r_idx)
+    assert np.array_equal(idx, r_idx[order]) and np.array_equal(vals, r_vals[order])
+    # the noise is really there: with |Δw| >> γ the plain top-k clip gives exactly ±γ
+    plain, _ = participant(theta_u=0.5, gamma=0.1)
+    _, plain_vals = plain.select(dw)
+    assert np.all(np.abs(plain_vals) == np.float32(0.1))
+    assert np.mean(np.abs(vals) < 0.0999) > 0.3
+    # and the paper's release, from the same generator state, differs
+    paper, _ = participant(theta_u=0.5, gamma=0.1, dp=True, epsilon=20.0, release="paper")
+    assert not np.array_equal(paper.select(dw)[1], vals)
 
 
-def test_server_ledger_records_every_dp_upload():
-    s = make_server(n=100, participants=(0, 1), rounds=2, theta_u=0.1, dp=True, epsilon=0.2)
-    eff = s.handle(Start(), 0.0)
-    t = 0.0
-    while not any(isinstance(e, Halt) for e in eff):
-        (g,) = sends(eff)
-        t += 1
-        _, eff = take_turn(s, g.dst, [1], [0.01], now=t)
-    rows = {r["participant"]: r for r in s.privacy_rows()}
-    assert rows[0]["turns"] == rows[1]["turns"] == 2
-    assert rows[0]["epsilon_per_parameter"] == pytest.approx(0.2)
-    assert rows[0]["epsilon_nominal"] == pytest.approx(2 * 0.2 * 10)
-    assert reports(eff, "privacy_ledger")[0].value == s.privacy_rows()
-    assert reports(eff, "epsilon")[0].value == pytest.approx(rows[0]["epsilon"])
+def dp_turn(p, w0, turn, now, grow=2.0):
+    """Drive a coordinated DP participant through one turn; returns the effects of JobDone."""
+    p.handle(Received("server", TurnGrant(turn)), now)
+    (run,) = p.handle(Received("server", ParamsDownload(turn, None, w0)), now)
+    start = flatten(run.job.task.weights)
+    return p.handle(JobDone(turn, list(unflatten(start + grow, p.shapes))), now + 1)
+
+
+def test_dp_participant_charges_its_release_before_sending_it():
+    p, w0 = participant(theta_u=0.2, dp=True, epsilon=0.5)    # c = 4
+    eff = dp_turn(p, w0, 3, 0.0)
+    names = [getattr(e, "name", type(e).__name__) for e in eff]
+    assert names == ["dssgd_turn", "privacy_charge", "Send"]  # charged, then released
+    charge = reports(eff, "privacy_charge")[0]
+    assert charge.tag("device") == 5
+    assert charge.value["epsilon_turn"] == pytest.approx(0.5 * 4) and charge.value["c"] == 4
+    assert charge.value["guarantee"] is True and charge.value["max_abs_value"] == pytest.approx(2.0)
+    (row,) = p.privacy_rows()
+    assert row["releases"] == 1 and row["epsilon_per_parameter"] == pytest.approx(0.5)
+    assert row["guarantee"] == "dp"
+    paper, _ = participant(theta_u=0.2, dp=True, epsilon=0.5, release="paper")
+    assert reports(dp_turn(paper, w0, 3, 0.0), "privacy_charge")[0].value["guarantee"] is False
+    assert paper.privacy_rows()[0]["guarantee"] == "nominal"
+    plain, _ = participant(theta_u=0.2)
+    assert not reports(dp_turn(plain, w0, 3, 0.0), "privacy_charge")
+    assert plain.privacy_rows() == []
+
+
+@pytest.mark.parametrize("how", ["timeout", "peer_lost", "out_of_turn"])
+def test_a_late_or_unexpected_upload_is_charged_although_the_server_drops_it(how):
+    """The server drops the upload (late / after PeerLost / out of turn in asynchronous mode),
+    but the value has left the participant: the run's ledger charges it."""
+    from sim.monitor import Monitor
+    order = "asynchronous" if how == "out_of_turn" else "round_robin"
+    kw = dict(rounds=1, theta_u=0.2, dp=True, epsilon=0.5, order=order, turn_timeout_s=5.0)
+    w = SPEC.init_weights(np.random.default_rng(0))
+    server = DSSGDServer("server", w, [5, 6], DSSGDParams(**kw), rng=np.random.default_rng(0))
+    p = DSSGDParticipant(5, SPEC, w, np.arange(10), DSSGDParams(**kw),
+                         rng=np.random.default_rng(1))
+    mon = Monitor([5, 6])
+    for q in (5, 6):
+        server.handle(PeerJoined(q), 0.0)
+    server.handle(Start(), 0.0)
+    if how == "out_of_turn":          # an upload of a turn the server never served
+        p.phase, p.turn, p.start = "training", 99, flatten(w)
+        eff = p.handle(JobDone(99, list(unflatten(flatten(w) + 2.0, p.shapes))), 1.0)
+    else:
+        (req,) = sends(p.handle(Received("server", TurnGrant(0)), 0.0))
+        (dl,) = sends(server.handle(Received(5, req.message), 0.0))
+        (run,) = p.handle(Received("server", dl.message), 0.0)
+        if how == "timeout":
+            server.handle(TimerFired(), 6.0)
+        else:
+            server.handle(PeerLost(5), 6.0)
+        start = flatten(run.job.task.weights)
+        eff = p.handle(JobDone(0, list(unflatten(start + 2.0, p.shapes))), 7.0)
+    for e in eff:
+        if isinstance(e, Report):
+            mon.on_report(5, e, 7.0)
+    (up,) = [e for e in sends(eff) if isinstance(e.message, SparseUpdate)]
+    assert reports(server.handle(Received(5, up.message), 8.0), "late_update")
+    assert server.uploads == 0                                  # not applied ...
+    assert mon.ledger.turns(5) == 1                             # ... but charged
+    from crowdlearn.privacy import composed_epsilon
+    assert mon.device_epsilon() == composed_epsilon([0.5 * p.c], 1e-5) > 0
 
 
 def test_config_section_and_params_agree(registered):
@@ -425,14 +490,81 @@ def test_fleet_learns_and_bytes_are_the_encoded_sizes(registered, order):
         assert all(d["rounds_aggregated"] == 3 for d in res.devices)
 
 
-def test_fleet_with_dp_reports_the_ledger(registered):
-    sim, res, _ = run_counting_sends(fleet(**{"dssgd.dp": True, "dssgd.epsilon": 0.5,
-                                              "rounds": 2}))
-    server = sim.driver.machines["server"]
-    rows = server.privacy_rows()
-    assert len(rows) == 6 and all(r["turns"] == 2 for r in rows)
-    eps_turn = 0.5 * server.c
-    assert rows[0]["epsilon_nominal"] == pytest.approx(2 * eps_turn)
+def test_fleet_with_dp_metrics_summary_and_privacy_csv_agree_with_the_ledger(registered,
+                                                                           tmp_path):
+    """5 turns per participant: each metrics.csv row carries the ε spent up to its model (the
+    k-th row: k turns composed), and the last row, summary.json and privacy.csv agree."""
+    from crowdlearn import results as results_io
     from crowdlearn.privacy import composed_epsilon
-    assert rows[0]["epsilon"] == composed_epsilon([eps_turn] * 2, 1e-5)
-    assert sim.monitor.reports["privacy_ledger"] == 1
+    sim, res, sent = run_counting_sends(fleet(**{"dssgd.dp": True, "dssgd.epsilon": 0.001,
+                                                 "rounds": 5, "fleet.devices": 4}))
+    c = sim.driver.machines["server"].c
+    eps_turn = 0.001 * c
+    expected = [composed_epsilon([eps_turn] * k, 1e-5) for k in range(1, 6)]
+    assert eps_turn < 700                                    # the PLD, not the fallback
+    out = results_io.write(res, tmp_path / "run", plots=False)
+    metrics = results_io.read_metrics(out)
+    assert [r["epsilon"] for r in metrics] == pytest.approx(expected, rel=1e-9)
+    summary = results_io.read_summary(out)
+    assert summary["epsilon"] == pytest.approx(expected[-1], rel=1e-9)
+    assert summary["dp"] is True and summary["delta"] == 1e-5
+    assert summary["epsilon_guarantee"] == "dp" and summary["privacy_mechanism"] == "svt"
+    assert summary["accountant_fallback_to_basic"] is False
+    assert summary["epsilon_per_parameter"] == pytest.approx(0.001)
+    audit = summary["epsilon_audit"]                        # beside the proven ε: within it
+    assert audit["claimed_epsilon"] == 0.001 and not audit["refutes_claim"]
+    rows = results_io.read_privacy(out)
+    uploads = {}
+    for node, m in sent:
+        if isinstance(m, SparseUpdate):
+            uploads[node] = uploads.get(node, 0) + 1
+    assert {int(r["participant"]): r["releases"] for r in rows} == uploads
+    assert all(r["releases"] == 5 and r["accountant"] == "pld" for r in rows)
+    assert all(r["epsilon"] == pytest.approx(expected[-1], rel=1e-9) for r in rows)
+    # every participant's own ledger says the same
+    for d in range(4):
+        assert sim.driver.machines[d].privacy_rows()[0]["epsilon"] == pytest.approx(expected[-1])
+
+
+def test_fleet_with_the_paper_release_marks_its_epsilon_nominal_beside_the_audit(registered):
+    sim, res, _ = run_counting_sends(fleet(**{"dssgd.dp": True, "dssgd.epsilon": 1.0,
+                                              "dssgd.release": "paper", "rounds": 1,
+                                              "fleet.devices": 4}))
+    s = res.summary
+    assert s["epsilon_guarantee"] == "nominal" and s["dp"] is True
+    assert s["accountant_fallback_to_basic"] is False
+    assert all(r["guarantee"] == "nominal" for r in res.privacy)
+    # metrics.csv does not call a nominal figure "epsilon"
+    assert all("epsilon" not in r and r["epsilon_nominal"] > 0 for r in res.metrics)
+    assert res.metrics[-1]["epsilon_nominal"] == s["epsilon"]
+    a = s["epsilon_audit"]
+    assert a["claimed_epsilon"] == 1.0 and a["value"] == sim.monitor.max_released_value > 0
+    assert 0 <= a["epsilon_lower_bound"] <= a["epsilon_estimate"] + 0.5
+    assert a["trials"] > 1000 and a["confidence"] == 0.95
+
+
+def test_fleet_without_dp_says_so(registered):
+    _, res, _ = run_counting_sends(fleet(**{"rounds": 1, "fleet.devices": 4}))
+    s = res.summary
+    assert s["dp"] is False and s["epsilon"] is None and s["epsilon_guarantee"] == "none"
+    assert res.privacy == [] and all("epsilon" not in r for r in res.metrics)
+
+
+def test_fleet_charges_uploads_the_server_finds_late(registered):
+    """A turn timeout shorter than a turn: the server drops the uploads as late, yet each one
+    left its participant and is in the run's ledger (summary.json and privacy.csv)."""
+    sim, res, sent = run_counting_sends(fleet(**{"dssgd.dp": True, "dssgd.epsilon": 0.001,
+                                                 "dssgd.turn_timeout_s": 0.2, "rounds": 2,
+                                                 "fleet.devices": 4}))
+    uploads = {}
+    for node, m in sent:
+        if isinstance(m, SparseUpdate):
+            uploads[node] = uploads.get(node, 0) + 1
+    server = sim.driver.machines["server"]
+    late = res.summary["late_updates"]
+    assert late > 0 and server.uploads + late == sum(uploads.values())
+    assert {r["participant"]: r["releases"] for r in res.privacy} == uploads
+    eps_turn = 0.001 * server.c
+    from crowdlearn.privacy import composed_epsilon
+    assert res.summary["epsilon"] == pytest.approx(
+        composed_epsilon([eps_turn] * max(uploads.values()), 1e-5), rel=1e-9)

@@ -7,9 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.privacy import (
+    RELEASES,
     PrivacyLedger,
     clip,
     composed_epsilon,
+    composition,
     laplace,
     svt_draws,
     svt_scales,
@@ -66,16 +68,17 @@ def _both(dw, seed, **kw):
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(1, 400), c_frac=st.floats(0.001, 1.0), tau=st.floats(0.0, 0.3),
        gamma=st.floats(0.01, 1.0), log_eps=st.floats(-2.0, 8.0), share=st.floats(0.1, 0.9),
-       seed=st.integers(0, 2**32 - 1), preclip=st.booleans(), spread=st.floats(1e-4, 2.0))
+       seed=st.integers(0, 2**32 - 1), release=st.sampled_from(RELEASES),
+       spread=st.floats(1e-4, 2.0))
 def test_vectorised_svt_equals_the_literal_walk(n, c_frac, tau, gamma, log_eps, share, seed,
-                                                preclip, spread):
+                                                release, spread):
     # small ε: noise dominates and segments are short (the Python probe); large ε: the noisy
     # test is close to |Δw| ≥ τ and long segments go through the numpy search
     dw = np.random.default_rng(seed ^ 0x5EED).normal(0.0, spread, n)
     c = max(1, int(c_frac * n))
     eps = 10.0 ** log_eps
     (fi, fv), (si, sv) = _both(dw, seed, c=c, tau=tau, gamma=gamma, eps1=share * eps,
-                               eps2=(1 - share) * eps, preclip=preclip)
+                               eps2=(1 - share) * eps, release=release)
     assert np.array_equal(fi, si)
     assert np.array_equal(fv, sv)
 
@@ -115,15 +118,38 @@ def test_svt_without_noise_is_the_threshold_walk():
     np.testing.assert_allclose(vals, np.clip(dw[idx], -gamma, gamma), atol=1e-6)
 
 
-def test_svt_preclip_bounds_the_noised_value_sensitivity():
-    # the paper adds the release noise to the unclipped value: a huge Δw_j stays at +γ whatever
-    # the noise, while preclip releases clip(γ + noise), which can land anywhere in [-γ, γ]
-    dw = np.full(200, 50.0)
-    kw = dict(c=200, tau=0.0, gamma=0.1, eps1=200.0, eps2=200.0)
-    _, paper = svt_select(dw, rng=np.random.default_rng(0), **kw)
-    _, pre = svt_select(dw, rng=np.random.default_rng(0), preclip=True, **kw)
-    assert np.all(paper == np.float32(0.1))
-    assert pre.min() < 0.05
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), scale=st.floats(1.0, 1e4), gamma=st.floats(0.01, 1.0))
+def test_the_default_release_depends_on_the_clipped_change_only(seed, scale, gamma):
+    """Same draws, Δw and clip(Δw, γ) give the *same* output under the default release: no
+    value leaves with a sensitivity above the clipping bound, however large Δw is.  The
+    paper's release does not have this property (its noise is added to the unclipped Δw)."""
+    dw = np.random.default_rng(seed ^ 0xD0).normal(0.0, scale * gamma, 300)
+    kw = dict(c=60, tau=0.0, gamma=gamma, eps1=30.0, eps2=30.0)
+    out = svt_select(dw, rng=np.random.default_rng(seed), **kw)
+    clipped = svt_select(clip(dw, gamma), rng=np.random.default_rng(seed), **kw)
+    assert np.array_equal(out[0], clipped[0]) and np.array_equal(out[1], clipped[1])
+    explicit = svt_select(dw, rng=np.random.default_rng(seed), release="clipped", **kw)
+    assert np.array_equal(out[1], explicit[1])                # "clipped" is the default
+    # the paper's form: a far-out Δw_j is pinned at ±γ whatever the noise
+    kw.update(c=200, eps1=4000.0, eps2=4000.0)               # release noise scale γ/5
+    paper = svt_select(np.full(200, 50.0 * gamma), rng=np.random.default_rng(seed),
+                       release="paper", **kw)[1]
+    assert np.all(paper == np.float32(gamma))
+    ours = svt_select(np.full(200, 50.0 * gamma), rng=np.random.default_rng(seed), **kw)[1]
+    assert np.mean(ours < np.float32(gamma)) > 0.3
+    with pytest.raises(ValueError, match="release"):
+        svt_select(dw, rng=np.random.default_rng(0), release="preclip", **kw)
+
+
+def test_svt_release_noise_has_the_documented_scale():
+    """Released values of Δw = 0 are clip(Lap(2cΔf/ε2)): their mean |value| pins the scale, so
+    removing or mis-scaling the noise fails here (c = 50, Δf = 2γ = 2, ε2 = 100: b = 2)."""
+    kw = dict(c=50, tau=-1e9, gamma=1e3, eps1=1e12, eps2=100.0, sensitivity=2.0)
+    vals = np.concatenate([svt_select(np.zeros(50), rng=np.random.default_rng(s), **kw)[1]
+                           for s in range(400)])
+    assert vals.size == 20_000
+    assert np.mean(np.abs(vals)) == pytest.approx(2.0, rel=0.04)        # E|Lap(b)| = b
 
 
 def test_svt_stops_after_c_releases_and_may_release_fewer():
@@ -140,40 +166,62 @@ def test_svt_stops_after_c_releases_and_may_release_fewer():
 
 
 # ---------------------------------------------------------------- the ε ledger
-def _direct(epsilons, delta):
-    """ε of pure-DP turns composed by dp-accounting directly, without the ledger."""
-    import dp_accounting
-    from dp_accounting.pld import PLDAccountant
-    from dp_accounting.privacy_accountant import NeighboringRelation
-
-    acc = PLDAccountant(NeighboringRelation.REPLACE_ONE)
+def _optimal_composition(epsilons, delta):
+    """ε at δ of the composition of pure ε_j-DP mechanisms, computed exactly and independently
+    of dp-accounting: every ε-DP mechanism is dominated by binary randomized response
+    (Kairouz, Oh & Viswanath 2015), whose privacy loss is ±ε_j with probabilities
+    e^ε/(1+e^ε), 1/(1+e^ε); the k-fold loss L is their convolution and
+    δ(ε') = E[max(0, 1 − e^(ε' − L))].  ε(δ) by bisection."""
+    dist = {0.0: 1.0}
     for e in epsilons:
-        acc.compose(dp_accounting.RandomizedResponseDpEvent(
-            noise_parameter=2.0 / (1.0 + math.exp(e)), num_buckets=2))
-    return acc.get_epsilon(delta)
+        p = 1.0 / (1.0 + math.exp(-e))
+        nxt: dict = {}
+        for loss, pr in dist.items():
+            for step, q in ((e, p), (-e, 1.0 - p)):
+                key = round(loss + step, 9)
+                nxt[key] = nxt.get(key, 0.0) + pr * q
+        dist = nxt
+
+    def hockey(eps):
+        return sum(pr * (1.0 - math.exp(eps - loss)) for loss, pr in dist.items() if loss > eps)
+
+    lo, hi = 0.0, float(sum(epsilons))
+    if hockey(0.0) <= delta:
+        return 0.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if hockey(mid) <= delta else (mid, hi)
+    return hi
 
 
-def test_ledger_composed_epsilon_equals_dp_accounting_directly():
+@pytest.mark.parametrize("epsilons,delta", [([0.5] * 100, 1e-5), ([0.3] * 40, 1e-5),
+                                            ([0.3] * 40, 1e-3), ([0.2, 1.0, 0.5], 1e-5),
+                                            ([2.0] * 5 + [0.1] * 10, 1e-6)])
+def test_ledger_matches_an_independent_optimal_composition(epsilons, delta):
+    exact = _optimal_composition(epsilons, delta)
+    ledger = PrivacyLedger(delta=delta)
+    for e in epsilons:
+        ledger.record("a", epsilon_turn=e, c=10)
+    got = ledger.composed_epsilon("a")
+    # the PLD discretises pessimistically: never below the exact figure, and within 1e-3
+    assert exact - 1e-9 <= got <= exact * (1 + 1e-3)
+
+
+def test_ledger_rows_say_what_was_composed_and_how():
     ledger = PrivacyLedger(delta=1e-5)
     for _ in range(40):
         ledger.record("a", epsilon_turn=0.3, c=100)
-    for e in (0.2, 1.0, 0.5):
-        ledger.record("b", epsilon_turn=e, c=10)
-    assert ledger.composed_epsilon("a") == pytest.approx(_direct([0.3] * 40, 1e-5), rel=1e-9)
-    # three unequal turns: the PLD's pessimistic discretisation lands a hair above the basic
-    # sum, which is itself a valid bound, so the ledger reports the smaller of the two
-    assert ledger.composed_epsilon("b") == pytest.approx(
-        min(_direct([0.2, 1.0, 0.5], 1e-5), 1.7), rel=1e-9)
-    assert ledger.composed_epsilon("a", 1e-3) == pytest.approx(_direct([0.3] * 40, 1e-3),
-                                                               rel=1e-9)
-    # the paper's figure and basic composition
-    assert ledger.per_parameter_epsilon("a") == pytest.approx(0.003)
-    assert ledger.nominal_epsilon("a") == pytest.approx(12.0)
-    # advanced composition beats the basic sum over many small turns, never exceeds it
-    assert ledger.composed_epsilon("a") < 0.8 * ledger.nominal_epsilon("a")
-    assert ledger.composed_epsilon("b") <= ledger.nominal_epsilon("b") + 1e-9
+    ledger.record("fm", epsilon_turn=1.0, mechanism="functional_mechanism")
+    ledger.record("paper", epsilon_turn=800.0, c=10, guarantee=False)
     rows = {r["participant"]: r for r in ledger.rows()}
-    assert rows["a"]["turns"] == 40 and rows["b"]["turns"] == 3
+    assert rows["a"]["releases"] == 40 and rows["a"]["accountant"] == "pld"
+    assert rows["a"]["epsilon_per_parameter"] == pytest.approx(0.003)
+    assert rows["a"]["epsilon_basic"] == pytest.approx(12.0)
+    assert rows["a"]["epsilon"] < 0.8 * rows["a"]["epsilon_basic"]   # composition pays off
+    assert rows["fm"]["epsilon_per_parameter"] is None                # no per-parameter figure
+    assert rows["fm"]["mechanism"] == "functional_mechanism" and rows["fm"]["guarantee"] == "dp"
+    assert rows["paper"]["accountant"] == "basic" and rows["paper"]["guarantee"] == "nominal"
+    assert rows["paper"]["epsilon"] == 800.0
     assert ledger.composed_epsilon("nobody") == 0.0 and ledger.turns("nobody") == 0
 
 
@@ -191,7 +239,8 @@ def test_one_turn_is_exactly_epsilon_dp_and_laplace_would_understate_composition
 
 
 def test_huge_turn_budgets_fall_back_to_basic_composition():
-    assert composed_epsilon([5000.0, 5000.0], 1e-5) == 10_000.0
+    assert composition([5000.0, 5000.0], 1e-5) == (10_000.0, "basic")
+    assert composition([0.5] * 10, 1e-5)[1] == "pld"
     with pytest.raises(ValueError):
         PrivacyLedger(delta=0.0)
     with pytest.raises(ValueError):

@@ -142,15 +142,27 @@ def _split(x: np.ndarray, y: np.ndarray, *, seed: int, stratify: bool):
     )
 
 
-def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale both parts with the training part's mean and std (a constant column stays 0)."""
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
+#: Where the scikit-learn tables' standardisation constants come from (see :func:`load_dataset`).
+STANDARDISE = ("public", "train")
+
+
+def _standardise(train: np.ndarray, test: np.ndarray,
+                 source: str = "public") -> tuple[np.ndarray, np.ndarray]:
+    """Scale both parts with the mean and std of ``source``'s part (a constant column stays 0).
+
+    ``"public"``: the held-out test part, which no participant holds, so the scaling reveals
+    nothing about the participants' rows (a differentially private run's guarantee needs this);
+    ``"train"``: the training part (participants' rows included; not covered by any DP
+    guarantee).
+    """
+    ref = test if source == "public" else train
+    mean = ref.mean(axis=0)
+    std = ref.std(axis=0)
     std = np.where(std > 0, std, 1.0)
     return ((train - mean) / std).astype(np.float32), ((test - mean) / std).astype(np.float32)
 
 
-def _load_digits(seed: int) -> Dataset:
+def _load_digits(seed: int, standardise: str = "public") -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -160,31 +172,31 @@ def _load_digits(seed: int) -> Dataset:
     return Dataset("digits", x_tr, y_tr, x_te, y_te, 10, (8, 8, 1), "classification")
 
 
-def _load_breast_cancer(seed: int) -> Dataset:
+def _load_breast_cancer(seed: int, standardise: str = "public") -> Dataset:
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer()
     y = bunch.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = _split(bunch.data.astype(np.float64), y, seed=seed, stratify=True)
-    x_tr, x_te = _standardise(x_tr, x_te)
+    x_tr, x_te = _standardise(x_tr, x_te, standardise)
     return Dataset("breast_cancer", x_tr, y_tr, x_te, y_te, 2, None, "classification")
 
 
-def _load_diabetes(seed: int) -> Dataset:
+def _load_diabetes(seed: int, standardise: str = "public") -> Dataset:
     from sklearn.datasets import load_diabetes
 
     bunch = load_diabetes(scaled=False)
     x_tr, x_te, y_tr, y_te = _split(
         bunch.data.astype(np.float64), bunch.target.astype(np.float64), seed=seed, stratify=False
     )
-    x_tr, x_te = _standardise(x_tr, x_te)
-    y_tr, y_te = _standardise(y_tr[:, None], y_te[:, None])
+    x_tr, x_te = _standardise(x_tr, x_te, standardise)
+    y_tr, y_te = _standardise(y_tr[:, None], y_te[:, None], standardise)
     return Dataset(
         "diabetes", x_tr, y_tr[:, 0].copy(), x_te, y_te[:, 0].copy(), 0, None, "regression"
     )
 
 
-_SKLEARN_LOADERS: dict[str, Callable[[int], Dataset]] = {
+_SKLEARN_LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": _load_digits,
     "breast_cancer": _load_breast_cancer,
     "diabetes": _load_diabetes,
@@ -429,7 +441,8 @@ def _load_fashion_cached(source: str, stamp: tuple) -> Dataset:
 # public entry point
 
 
-def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
+def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int = 0,
+                 standardise: str = "public") -> Dataset:
     """Load a dataset by name.
 
     Parameters
@@ -448,13 +461,21 @@ def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int 
     seed : int, default 0
         Seed of the 75/25 train/test split of the scikit-learn sets (stratified for
         classification).  Fashion-MNIST keeps its official 60 000 / 10 000 split and ignores it.
+    standardise : {"public", "train"}, default "public"
+        Where ``breast_cancer`` and ``diabetes`` take the mean and std they are standardised
+        with: ``"public"``, the held-out test part (declared public: no participant holds it),
+        so that the preprocessing depends on no participant's row and a differentially private
+        run's guarantee (e.g. the functional mechanism's "public constants only" scaling) covers
+        everything done to those rows; ``"train"``, the training part (the usual ML practice,
+        but the participants' rows then shape every row's scaling, outside any DP guarantee).
+        The other sets are scaled by constants (1/16, 1/255) and ignore it.
 
     Returns
     -------
     Dataset
         Flat ``float32`` features with read-only arrays.  ``digits`` is scaled by 1/16 and has
-        ``image_shape=(8, 8, 1)``; ``breast_cancer`` and ``diabetes`` are standardised with the
-        training part's mean and std (``diabetes``' target too; it is a regression set with
+        ``image_shape=(8, 8, 1)``; ``breast_cancer`` and ``diabetes`` are standardised
+        (``standardise``; ``diabetes``' target too; it is a regression set with
         ``num_classes=0``); Fashion-MNIST pixels are scaled to [0, 1] with
         ``image_shape=(28, 28, 1)``.  Fashion-MNIST is cached in-process per source (it is
         about 200 MB), so repeated calls return the same object.
@@ -489,6 +510,9 @@ def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int 
             f"dataset {key!r} ships with scikit-learn and takes no path (got {str(path)!r}); "
             "data.path only applies to fashion_mnist"
         )
-    ds = _SKLEARN_LOADERS[key](int(seed))
+    if standardise not in STANDARDISE:
+        raise CrowdlearnError(f"standardise must be one of {', '.join(STANDARDISE)}; got "
+                              f"{standardise!r}")
+    ds = _SKLEARN_LOADERS[key](int(seed), standardise)
     _readonly(ds.x_train, ds.y_train, ds.x_test, ds.y_test)
     return ds

@@ -3,13 +3,22 @@
 * :mod:`crowdlearn.privacy.mechanisms`: Laplace noise, clipping, the sparse vector technique of
   DSSGD (:func:`svt_select`, vectorised, with its literal reference walk);
 * :mod:`crowdlearn.privacy.accountant`: the per-participant ε ledger (the paper's per-parameter
-  figure, basic composition, and a composed (ε, δ) from the ``dp-accounting`` PLD accountant).
+  figure, basic composition, and a composed (ε, δ) from the ``dp-accounting`` PLD accountant);
+* :mod:`crowdlearn.privacy.audit`: an empirical auditor (a Clopper-Pearson lower bound on the ε a
+  mechanism spends, measured on neighbouring inputs), for these mechanisms and any other.
 
 References: R. Shokri, V. Shmatikov, "Privacy-Preserving Deep Learning", ACM CCS 2015.
 """
 
-from crowdlearn.privacy.accountant import PrivacyLedger, composed_epsilon, turn_event, turns_event
+from crowdlearn.privacy.accountant import (
+    PrivacyLedger,
+    composed_epsilon,
+    composition,
+    turn_event,
+    turns_event,
+)
 from crowdlearn.privacy.mechanisms import (
+    RELEASES,
     SVTDraws,
     clip,
     laplace,
@@ -19,5 +28,6 @@ from crowdlearn.privacy.mechanisms import (
     svt_select_reference,
 )
 
-__all__ = ["PrivacyLedger", "SVTDraws", "clip", "composed_epsilon", "laplace", "svt_draws",
+__all__ = ["RELEASES", "PrivacyLedger", "SVTDraws", "clip", "composed_epsilon", "composition",
+           "laplace", "svt_draws",
            "svt_scales", "svt_select", "svt_select_reference", "turn_event", "turns_event"]

@@ -6,7 +6,7 @@ parameter" and ``c = θu·|w|`` the number of releases.  The ledger records the 
 participant and reports
 
 * ``per_parameter``: ``ε_turn / c``, the figure the paper plots accuracy against;
-* ``nominal``: ``Σ ε_turn``, basic composition over the participant's turns (δ = 0);
+* ``basic``: ``Σ ε_turn``, basic composition over the participant's turns (δ = 0);
 * ``composed``: ε at the ledger's δ from the ``dp-accounting`` PLD accountant.
 
 What we compose, precisely
@@ -30,16 +30,25 @@ composes the event once).  When ``ε_turn`` is too large for the PLD to represen
 parameter underflows, ε_turn ≳ 700) the composed figure falls back to the nominal sum, which is
 always a valid bound.
 
-Caveat: the budget as implemented
----------------------------------
-These figures are the budget *as the algorithm is specified and implemented*, not a verified
-guarantee.  Published analyses of SVT variants (Lyu, Su & Li 2017 and work building on it) found
-that the variant as published in DSSGD spends more than its nominal ε.  One gap is visible
-in the release step itself: the Laplace noise is added to the *unclipped* ``Δw_j`` and the result
-clipped afterwards, so ``Δf = 2γ`` does not bound the sensitivity of the noised value
-(:func:`crowdlearn.privacy.mechanisms.svt_select` has ``preclip=True`` to clip first).  The
-ledger also ignores what the selection reveals beyond ε (the indices of the uploaded
-parameters), and the gradient leak of Phong et al. 2018 is a separate, non-DP attack.
+How conservative the figures are
+--------------------------------
+With the default clipped release (:func:`crowdlearn.privacy.mechanisms.svt_select`,
+``release="clipped"``) the queries lie in ``[0, γ]`` and a released value moves by at most
+``2γ``, while the noise is calibrated to ``Δf = 2γ`` and a factor 2 of Dwork and Roth's *Sparse*
+algorithm: a turn is ``(ε_turn / 2)``-DP, so the ledger is a 2× **conservative** bound.  The
+indices of the uploaded parameters are the SVT's output and are covered by ``ε1``.  With the
+paper's as-published release (``release="paper"``: noise on the *unclipped* value, clipped
+afterwards) ``Δf`` bounds nothing and the ledger's figure is only **nominal**; the auditor
+(:mod:`crowdlearn.privacy.audit`) measures how far it is exceeded.  Published analyses of SVT
+variants (Lyu, Su & Li 2017) concern variants that differ from the Sparse algorithm; the gradient
+leak of Phong et al. 2018 is a separate, non-DP attack.
+
+Which accountant
+----------------
+``dp-accounting``'s RDP accountant accepts Laplace events too, but the PLD accountant gives the
+tighter figure for pure-DP turns.  A turn with ``ε_turn`` above ``_MAX_PLD_EPSILON`` (700) cannot
+be represented by the PLD, and then the participant's figure is basic composition: each row
+of :meth:`PrivacyLedger.rows` says which (``accountant`` = ``"pld"`` or ``"basic"``).
 
 References
 ----------
@@ -55,7 +64,7 @@ Examples
 >>> ledger = PrivacyLedger(delta=1e-5)
 >>> for _ in range(3):
 ...     ledger.record("alice", epsilon_turn=0.5, c=50)
->>> ledger.turns("alice"), ledger.nominal_epsilon("alice"), ledger.per_parameter_epsilon("alice")
+>>> ledger.turns("alice"), ledger.basic_epsilon("alice"), ledger.per_parameter_epsilon("alice")
 (3, 1.5, 0.01)
 >>> 1.4 < ledger.composed_epsilon("alice") <= 1.5 + 1e-3
 True
@@ -66,7 +75,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 
-__all__ = ["PrivacyLedger", "composed_epsilon", "turn_event", "turns_event"]
+__all__ = ["PrivacyLedger", "composed_epsilon", "composition", "turn_event", "turns_event"]
 
 #: Above this per-turn ε the randomized-response noise parameter underflows.
 _MAX_PLD_EPSILON = 700.0
@@ -96,25 +105,36 @@ def turns_event(epsilons: Sequence[float]):
     return dp_accounting.ComposedDpEvent([turn_event(e) for e in epsilons])
 
 
-def composed_epsilon(epsilons: Sequence[float], delta: float) -> float:
-    """ε at ``delta`` of the composition of pure ``epsilons[i]``-DP turns (PLD accountant).
+def composition(epsilons: Sequence[float], delta: float) -> tuple[float, str]:
+    """``(ε, accountant)``: ε at ``delta`` of the composition of pure ``epsilons[i]``-DP turns.
 
-    Falls back to ``sum(epsilons)`` (basic composition) when a turn's ε is beyond what the PLD
-    can represent, and never reports more than that sum.
+    ``accountant`` is ``"pld"`` (the PLD accountant's figure, capped at ``sum(epsilons)``, which
+    is also a valid bound and wins by a hair when the PLD's pessimistic discretisation lands
+    above it) or ``"basic"`` (the fallback: a turn's ε is beyond what the PLD can represent, and
+    the figure is basic composition ``sum(epsilons)``).
     """
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1); got {delta}")
     if not epsilons:
-        return 0.0
+        return 0.0, "pld"
     basic = float(sum(epsilons))
     if max(epsilons) > _MAX_PLD_EPSILON:
-        return basic
+        return basic, "basic"
     from dp_accounting.pld import PLDAccountant
     from dp_accounting.privacy_accountant import NeighboringRelation
 
     acc = PLDAccountant(NeighboringRelation.REPLACE_ONE)
     acc.compose(turns_event(epsilons))
-    return min(float(acc.get_epsilon(delta)), basic)
+    return min(float(acc.get_epsilon(delta)), basic), "pld"
+
+
+def composed_epsilon(epsilons: Sequence[float], delta: float) -> float:
+    """ε at ``delta`` of the composition of pure ``epsilons[i]``-DP turns (PLD accountant).
+
+    Falls back to ``sum(epsilons)`` (basic composition) when a turn's ε is beyond what the PLD
+    can represent, and never reports more than that sum (:func:`composition` says which).
+    """
+    return composition(epsilons, delta)[0]
 
 
 class PrivacyLedger:
@@ -130,16 +150,23 @@ class PrivacyLedger:
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1); got {delta}")
         self.delta = float(delta)
-        self._turns: dict[Hashable, list[tuple[float, int]]] = {}
+        self._turns: dict[Hashable, list[tuple]] = {}
         self._cache: dict[tuple, float] = {}
 
-    def record(self, participant: Hashable, *, epsilon_turn: float, c: int) -> None:
-        """One DP upload of ``participant`` with budget ``epsilon_turn`` over ``c`` releases."""
+    def record(self, participant: Hashable, *, epsilon_turn: float, c: int | None = None,
+               mechanism: str = "svt", guarantee: bool = True) -> None:
+        """One release by ``participant`` with budget ``epsilon_turn``.
+
+        ``c``: the number of values released (the SVT's releases; ``None`` when the paper's
+        per-parameter figure has no meaning, e.g. the functional mechanism).  ``guarantee=False``
+        marks the release's ε as nominal (e.g. the SVT's as-published release).
+        """
         if not epsilon_turn > 0:
             raise ValueError(f"epsilon_turn must be > 0; got {epsilon_turn}")
-        if c < 1:
+        if c is not None and c < 1:
             raise ValueError(f"c must be >= 1; got {c}")
-        self._turns.setdefault(participant, []).append((float(epsilon_turn), int(c)))
+        self._turns.setdefault(participant, []).append(
+            (float(epsilon_turn), None if c is None else int(c), str(mechanism), bool(guarantee)))
 
     @property
     def participants(self) -> list:
@@ -150,33 +177,56 @@ class PrivacyLedger:
 
     def epsilons(self, participant: Hashable) -> list[float]:
         """The per-turn budgets of ``participant``, in order."""
-        return [e for e, _ in self._turns.get(participant, ())]
+        return [t[0] for t in self._turns.get(participant, ())]
 
-    def per_parameter_epsilon(self, participant: Hashable) -> float:
-        """The paper's "privacy budget per parameter": ``ε_turn / c`` (the largest over turns)."""
-        return max((e / c for e, c in self._turns.get(participant, ())), default=0.0)
+    def per_parameter_epsilon(self, participant: Hashable) -> float | None:
+        """The paper's "privacy budget per parameter": ``ε_turn / c`` (the largest over turns);
+        ``None`` when no turn released a count of values."""
+        vals = [e / c for e, c, _, _ in self._turns.get(participant, ()) if c]
+        return max(vals) if vals else None
 
-    def nominal_epsilon(self, participant: Hashable) -> float:
+    def basic_epsilon(self, participant: Hashable) -> float:
         """Basic composition ``Σ ε_turn`` (pure DP, δ = 0)."""
         return float(sum(self.epsilons(participant)))
+
+    def guaranteed(self, participant: Hashable) -> bool:
+        """False when any of the participant's releases carries only a nominal ε."""
+        return all(t[3] for t in self._turns.get(participant, ()))
 
     def dp_event(self, participant: Hashable):
         """The ``dp_accounting`` event this ledger composes for ``participant``."""
         return turns_event(self.epsilons(participant))
 
-    def composed_epsilon(self, participant: Hashable, delta: float | None = None) -> float:
-        """ε at ``delta`` (default: the ledger's) from the PLD accountant."""
-        d = self.delta if delta is None else float(delta)
-        key = (tuple(self.epsilons(participant)), d)
+    def _composition(self, participant: Hashable, delta: float) -> tuple[float, str]:
+        key = (tuple(self.epsilons(participant)), delta)
         if key not in self._cache:
-            self._cache[key] = composed_epsilon(list(key[0]), d)
+            self._cache[key] = composition(list(key[0]), delta)
         return self._cache[key]
 
+    def composed_epsilon(self, participant: Hashable, delta: float | None = None) -> float:
+        """ε at ``delta`` (default: the ledger's) from the PLD accountant."""
+        return self._composition(participant, self.delta if delta is None else float(delta))[0]
+
+    def accountant(self, participant: Hashable, delta: float | None = None) -> str:
+        """``"pld"`` or ``"basic"``: how the participant's composed ε was obtained."""
+        return self._composition(participant, self.delta if delta is None else float(delta))[1]
+
     def rows(self, delta: float | None = None) -> list[dict]:
-        """One dict per participant: turns, per-parameter, nominal and composed ε, δ."""
+        """One dict per participant: its mechanism, releases, composed ε and how it was obtained.
+
+        Keys: ``participant``, ``mechanism``, ``releases``, ``epsilon`` (composed at ``delta``),
+        ``delta``, ``accountant`` (``"pld"`` or ``"basic"``), ``epsilon_basic`` (``Σ ε_turn``),
+        ``epsilon_per_parameter`` (SVT only, else ``None``) and ``guarantee`` (``"dp"``, or
+        ``"nominal"`` when a release's ε is not a guarantee).
+        """
         d = self.delta if delta is None else float(delta)
-        return [{"participant": p, "turns": self.turns(p),
-                 "epsilon_per_parameter": self.per_parameter_epsilon(p),
-                 "epsilon_nominal": self.nominal_epsilon(p),
-                 "epsilon": self.composed_epsilon(p, d), "delta": d}
-                for p in self._turns]
+        out = []
+        for p, turns in self._turns.items():
+            eps, how = self._composition(p, d)
+            out.append({"participant": p,
+                        "mechanism": "+".join(dict.fromkeys(t[2] for t in turns)),
+                        "releases": len(turns), "epsilon": eps, "delta": d, "accountant": how,
+                        "epsilon_basic": self.basic_epsilon(p),
+                        "epsilon_per_parameter": self.per_parameter_epsilon(p),
+                        "guarantee": "dp" if self.guaranteed(p) else "nominal"})
+        return out

@@ -11,9 +11,28 @@ sensitivity of a value clipped to ``[-γ, γ]``:
 1. draw a noisy threshold ``τ + Lap(2cΔf/ε1)``;
 2. walk the parameters in a random order; parameter ``j`` is selected when
    ``|clip(Δw_j)| + Lap(4cΔf/ε1) ≥`` the noisy threshold;
-3. a selected parameter is released as ``clip(Δw_j + Lap(2cΔf/ε2))`` and the threshold noise is
-   redrawn;
+3. a selected parameter is released as ``clip(clip(Δw_j) + Lap(2cΔf/ε2))`` and the threshold
+   noise is redrawn (``release="clipped"``, the default; ``release="paper"`` is the as-published
+   ``clip(Δw_j + Lap(2cΔf/ε2))``, see *Release* below);
 4. stop after ``c`` releases (or when the walk has visited every parameter once).
+
+This is Dwork and Roth's *Sparse* algorithm (Algorithm 2, §3.6: AboveThreshold restarted after
+each of ``c`` positive answers, threshold noise redrawn) followed by a Laplace release of each
+selected value.  The indices are the SVT's output and are covered by ``ε1``; the released values
+by ``ε2``.  With queries ``|clip(Δw_j)|`` in ``[0, γ]`` the query sensitivity is ``γ``, not the
+``Δf = 2γ`` the scales use, and a released value moves by at most ``2γ`` while its noise is
+calibrated to ``2cΔf/ε2 = 4cγ/ε2`` (a per-value loss of ``ε2/(2c)``): a turn with the clipped
+release is ``ε_turn / 2``-DP, so the ledger's ``ε_turn = ε1 + ε2`` is a 2× conservative bound.
+
+Release
+-------
+``release="clipped"`` (default) clips ``Δw_j`` to ``[-γ, γ]`` *before* adding the noise, so the
+noised value has sensitivity ``2γ ≤ Δf`` whatever the training produced.  ``release="paper"`` adds
+the noise to the *unclipped* ``Δw_j`` and clips afterwards, as Shokri and Shmatikov publish it:
+clipping after the noise bounds nothing, a ``Δw_j`` far above ``γ`` moves the release by up to
+``2|Δw_j|``, and the ε the ledger composes is then only nominal.  The auditor
+(:mod:`crowdlearn.privacy.audit`) measures a lower bound on the ε actually spent; its tests show
+the clipped release within its claim and the paper release beyond it.
 
 Random-stream design
 --------------------
@@ -45,7 +64,8 @@ noise.  ``tests/test_privacy_mechanisms.py`` checks the result against the liter
 References
 ----------
 R. Shokri, V. Shmatikov, "Privacy-Preserving Deep Learning", ACM CCS 2015.
-C. Dwork, A. Roth, "The Algorithmic Foundations of Differential Privacy", 2014, §3.6 (AboveThreshold).
+C. Dwork, A. Roth, "The Algorithmic Foundations of Differential Privacy", 2014, §3.6 (AboveThreshold,
+Sparse).
 M. Lyu, D. Su, N. Li, "Understanding the Sparse Vector Technique for Differential Privacy",
 PVLDB 10(6), 2017 (analysis of SVT variants and their actual privacy cost).
 
@@ -64,7 +84,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SVTDraws", "clip", "laplace", "svt_draws", "svt_scales", "svt_select",
+#: The two forms of the SVT release (see the module notes).
+RELEASES = ("clipped", "paper")
+
+__all__ = ["RELEASES", "SVTDraws", "clip", "laplace", "svt_draws", "svt_scales", "svt_select",
            "svt_select_reference"]
 
 
@@ -139,7 +162,9 @@ def svt_draws(n: int, c: int, scales: tuple[float, float, float],
     return SVTDraws(perm, query, threshold, release)
 
 
-def _prepare(dw, c, gamma, eps1, eps2, sensitivity):
+def _prepare(dw, c, gamma, eps1, eps2, sensitivity, release):
+    if release not in RELEASES:
+        raise ValueError(f"release must be one of {', '.join(RELEASES)}; got {release!r}")
     dw = np.asarray(dw, dtype=np.float64).reshape(-1)
     if not (gamma > 0 and np.isfinite(gamma)):
         raise ValueError(f"the SVT needs a finite clipping bound gamma > 0; got {gamma}")
@@ -150,7 +175,7 @@ def _prepare(dw, c, gamma, eps1, eps2, sensitivity):
 
 def svt_select(dw, *, c: int, tau: float, gamma: float, eps1: float, eps2: float,
                rng: np.random.Generator, sensitivity: float | None = None,
-               preclip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               release: str = "clipped") -> tuple[np.ndarray, np.ndarray]:
     """Select and release at most ``c`` entries of ``dw`` with the sparse vector technique.
 
     Parameters
@@ -169,10 +194,10 @@ def svt_select(dw, *, c: int, tau: float, gamma: float, eps1: float, eps2: float
         Source of all noise, consumed as :func:`svt_draws` documents.
     sensitivity : float, optional
         ``Δf``; default ``2·gamma``.
-    preclip : bool
-        ``False`` (the paper): release ``clip(Δw_j + noise)``.  ``True``: release
-        ``clip(clip(Δw_j) + noise)``, so that ``Δf`` really bounds the sensitivity of the noised
-        value (the paper's form adds the noise to the *unclipped* ``Δw_j``).
+    release : {"clipped", "paper"}
+        ``"clipped"`` (default): release ``clip(clip(Δw_j) + noise)``, so that ``Δf`` bounds the
+        sensitivity of the noised value.  ``"paper"``: release ``clip(Δw_j + noise)`` as
+        published (noise on the *unclipped* value; not differentially private for ``|Δw_j| > γ``).
 
     Returns
     -------
@@ -187,7 +212,7 @@ def svt_select(dw, *, c: int, tau: float, gamma: float, eps1: float, eps2: float
     >>> len(idx) <= 10 and len(set(idx.tolist())) == len(idx)
     True
     """
-    dw, c, delta_f = _prepare(dw, c, gamma, eps1, eps2, sensitivity)
+    dw, c, delta_f = _prepare(dw, c, gamma, eps1, eps2, sensitivity, release)
     if c <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     draws = svt_draws(dw.size, c, svt_scales(c=c, eps1=eps1, eps2=eps2, sensitivity=delta_f), rng)
@@ -196,19 +221,19 @@ def svt_select(dw, *, c: int, tau: float, gamma: float, eps1: float, eps2: float
     positions = _segment_walk(score, cut)
     m = len(positions)
     chosen = draws.perm[positions]
-    base = clip(dw[chosen], gamma) if preclip else dw[chosen]
+    base = dw[chosen] if release == "paper" else clip(dw[chosen], gamma)
     values = clip(base + draws.release[:m], gamma).astype(np.float32)
     return chosen.astype(np.int64), values
 
 
 def svt_select_reference(dw, *, c: int, tau: float, gamma: float, eps1: float, eps2: float,
                          rng: np.random.Generator, sensitivity: float | None = None,
-                         preclip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                         release: str = "clipped") -> tuple[np.ndarray, np.ndarray]:
     """The literal one-parameter-at-a-time walk (slow; the specification :func:`svt_select` meets).
 
     Consumes the same draws as :func:`svt_select` and must return the same result.
     """
-    dw, c, delta_f = _prepare(dw, c, gamma, eps1, eps2, sensitivity)
+    dw, c, delta_f = _prepare(dw, c, gamma, eps1, eps2, sensitivity, release)
     if c <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     d = svt_draws(dw.size, c, svt_scales(c=c, eps1=eps1, eps2=eps2, sensitivity=delta_f), rng)
@@ -219,7 +244,7 @@ def svt_select_reference(dw, *, c: int, tau: float, gamma: float, eps1: float, e
         j = int(d.perm[i])
         if abs(min(max(dw[j], -gamma), gamma)) + d.query[i] >= noisy_threshold:
             m = len(idx)
-            base = min(max(dw[j], -gamma), gamma) if preclip else dw[j]
+            base = dw[j] if release == "paper" else min(max(dw[j], -gamma), gamma)
             vals.append(min(max(base + d.release[m], -gamma), gamma))
             idx.append(j)
             if len(idx) == c:

@@ -17,6 +17,13 @@ per parameter.  A participant's *turn*:
 5. **clip** them to ``[−γ, γ]`` and upload indices (int32) and values (float32) as a
    :class:`SparseUpdate`.
 
+Differential privacy (``dp = true``): the SVT clips ``Δw`` *before* its release noise by default
+(``release = "clipped"``), so the clipping bound really bounds the sensitivity;
+``release = "paper"`` keeps the as-published release (noise on the unclipped value), whose ε is
+then only nominal.  The participant, which makes the release, charges it to its own ledger and
+reports ``privacy_charge`` as it sends the upload, so a release is charged whether the server
+accepts it, finds it late, or never receives it.
+
 The server adds every uploaded value to ``w_j`` and increments counter ``j`` (optionally
 multiplying all counters by ``β`` every ``decay_every`` uploads, to favour recent updates).
 
@@ -39,7 +46,8 @@ granting one turn to every participant present at its slot (absent ones miss tha
 asynchronous order the server counts accepted uploads per participant and stops serving one after
 ``rounds``; it halts when every participant has reached it (or declined).  The server reports
 ``global_model`` (tuple of arrays in layer shapes) after every cycle, or in the asynchronous
-order after every ``len(participants)`` accepted uploads, tagged with ``round``.
+order after every ``len(participants)`` accepted uploads, tagged with ``round``.  ε is not the
+server's to report: the monitor composes the participants' ``privacy_charge`` reports.
 
 Examples
 --------
@@ -74,7 +82,7 @@ from typing import Any
 import numpy as np
 
 from crowdlearn.privacy.accountant import PrivacyLedger
-from crowdlearn.privacy.mechanisms import clip, svt_select
+from crowdlearn.privacy.mechanisms import RELEASES, clip, svt_select
 from crowdlearn.protocols.io import (
     CancelJob,
     Disconnected,
@@ -102,7 +110,7 @@ from crowdlearn.training.models import ModelSpec
 
 __all__ = [
     "CONFIG_SECTION", "DOWNLOADS", "ORDERS", "SELECTIONS", "DSSGDParams", "DSSGDParticipant",
-    "DSSGDServer", "DownloadRequest", "ParamsDownload", "SERVER", "SparseUpdate", "TurnDecline",
+    "DSSGDServer", "DownloadRequest", "audit_release", "ParamsDownload", "SERVER", "SparseUpdate", "TurnDecline",
     "TurnGrant", "build", "cross_check", "flatten", "params_from_config", "register",
     "select_download", "select_random_threshold", "select_topk", "top_k", "unflatten",
 ]
@@ -221,7 +229,7 @@ class DSSGDParams:
     dp: bool = False
     epsilon: float = 1.0
     selection_share: float = 0.5
-    preclip: bool = False
+    release: str = "clipped"
     delta: float = 1e-5
 
     def __post_init__(self):
@@ -267,6 +275,8 @@ def _problems(v: dict) -> list[str]:
                    f"{v['local_epochs']}, {v['lr']}, {v['batch_size']}, {v['decay_every']}")
     if not v["turn_timeout_s"] > 0:
         out.append(f"turn_timeout_s must be > 0; got {v['turn_timeout_s']}")
+    if v["release"] not in RELEASES:
+        out.append(f"release must be one of {', '.join(RELEASES)}; got {v['release']!r}")
     if v["dp"]:
         if not math.isfinite(v["gamma"]):
             out.append("gamma must be finite with dp = true (the noise scales with Δf = 2γ)")
@@ -377,7 +387,6 @@ class DSSGDServer(Machine):
         self.params = params
         self.rng = rng
         self.c = params.upload_count(n)
-        self.ledger = PrivacyLedger(delta=params.delta) if params.dp else None
         self.present: set[NodeId] = set()
         self.phase = "idle"                   # idle | running | waiting | done
         self.uploads = 0                      # accepted uploads (the upload sequence number)
@@ -575,9 +584,6 @@ class DSSGDServer(Machine):
         every = self.params.decay_every or len(self.participants)
         if self.params.decay < 1.0 and self.uploads % every == 0:
             self.counters *= self.params.decay
-        if self.ledger is not None:
-            eps_turn = self.params.turn_budget(n)[0]
-            self.ledger.record(src, epsilon_turn=eps_turn, c=self.c)
         self.window_applied.append(src)
         return True, [Report("dssgd_upload", msg, (("device", src), ("turn", msg.turn),
                                                    ("entries", int(idx.size))))]
@@ -590,9 +596,6 @@ class DSSGDServer(Machine):
         tags = (("round", self.round),)
         effects: list[Effect] = [Report("round", info),
                                  Report("global_model", unflatten(self.weights, self.shapes), tags)]
-        if self.ledger is not None:
-            rows = self.ledger.rows()
-            effects.append(Report("epsilon", max((r["epsilon"] for r in rows), default=0.0), tags))
         self.round += 1
         self.window_start = now
         self.window_selected, self.window_applied = [], []
@@ -605,14 +608,7 @@ class DSSGDServer(Machine):
     def _halt(self) -> list[Effect]:
         self.phase = "done"
         self.grant = None
-        effects: list[Effect] = []
-        if self.ledger is not None:
-            effects.append(Report("privacy_ledger", self.ledger.rows()))
-        return effects + [Halt()]
-
-    def privacy_rows(self) -> list[dict]:
-        """The ε ledger, one row per participant that uploaded under DP (empty without DP)."""
-        return self.ledger.rows() if self.ledger is not None else []
+        return [Halt()]
 
     _EVENTS = {Start: _on_start, PeerJoined: _on_joined, PeerLost: _on_lost,
                TimerFired: _on_timer}
@@ -638,6 +634,9 @@ class DSSGDParticipant(Machine):
         self.rng = rng
         self.server = server
         self.c = params.upload_count(self.local.size)
+        # the participant releases, so it keeps its own ε ledger and charges every release as
+        # it makes it (late, out of turn or lost on the way: the server's view does not matter)
+        self.ledger = PrivacyLedger(delta=params.delta) if params.dp else None
         self.phase = "idle"                   # idle | requested | training
         self.turn: int | None = None
         self.start: np.ndarray | None = None
@@ -699,11 +698,33 @@ class DSSGDParticipant(Machine):
         up = SparseUpdate(self.turn, idx.astype(np.int32), vals.astype(np.float32))
         info = {"turn": self.turn, "downloaded": self.downloaded, "uploaded": int(idx.size),
                 "delta_l2": float(np.linalg.norm(dw))}
-        effects: list[Effect] = [Report("dssgd_turn", info, (("device", self.node_id),)),
-                                 Send(self.server, up)]
+        effects: list[Effect] = [Report("dssgd_turn", info, (("device", self.node_id),))]
+        if self.ledger is not None:
+            effects.append(self._charge(dw, idx))
+        effects.append(Send(self.server, up))
         if not self.params.coordinated:
             effects.extend(self._request())
         return effects
+
+    def _charge(self, dw: np.ndarray, idx: np.ndarray) -> Report:
+        """Charge this turn's release to the participant's own ledger, before it is sent.
+
+        The ``privacy_charge`` report carries what the monitor's run-wide ledger needs, and the
+        largest ``|Δw_j|`` released (the paper's release adds its noise to that unclipped value).
+        """
+        p = self.params
+        eps_turn = p.turn_budget(self.local.size)[0]
+        guarantee = p.release != "paper"
+        self.ledger.record(self.node_id, epsilon_turn=eps_turn, c=self.c, mechanism="svt",
+                           guarantee=guarantee)
+        info = {"epsilon_turn": eps_turn, "c": self.c, "mechanism": "svt",
+                "guarantee": guarantee, "turn": self.turn, "delta": p.delta,
+                "max_abs_value": float(np.max(np.abs(dw[idx]))) if idx.size else 0.0}
+        return Report("privacy_charge", info, (("device", self.node_id),))
+
+    def privacy_rows(self) -> list[dict]:
+        """This participant's ε ledger (one row; empty without DP)."""
+        return self.ledger.rows() if self.ledger is not None else []
 
     def select(self, dw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices (sorted) and clipped values of the entries of ``dw`` to upload this turn."""
@@ -711,7 +732,7 @@ class DSSGDParticipant(Machine):
         if p.dp:
             _, eps1, eps2 = p.turn_budget(dw.size)
             idx, vals = svt_select(dw, c=self.c, tau=p.tau, gamma=p.gamma, eps1=eps1, eps2=eps2,
-                                   rng=self.rng, preclip=p.preclip)
+                                   rng=self.rng, release=p.release)
             order = np.argsort(idx, kind="stable")
             return idx[order], vals[order]
         if p.selection == "topk":
@@ -770,8 +791,10 @@ CONFIG_SECTION: dict[str, Key] = {
                    "spends ε_p·c with c = θu·|w|.", min=0, min_open=True),
     "selection_share": Key(float, 0.5, "Share ε1/(ε1+ε2) of a turn's budget spent on selection.",
                            min=0, max=1, min_open=True),
-    "preclip": Key(bool, False, "Clip Δw before adding the release noise (the paper adds it to "
-                   "the unclipped value, so Δf = 2γ does not bound the sensitivity)."),
+    "release": Key(str, "clipped", "The SVT release under dp: 'clipped' clips Δw to [-γ, γ] "
+                   "before adding the noise (differentially private); 'paper' adds the noise to "
+                   "the unclipped Δw as published (not DP for |Δw| > γ: its ε is reported as "
+                   "nominal, beside the auditor's measured lower bound).", choices=RELEASES),
     "delta": Key(float, 1e-5, "δ at which the composed ε of each participant is reported.",
                  min=0, max=1, min_open=True),
 }
@@ -797,9 +820,45 @@ def params_from_config(cfg) -> DSSGDParams:
     return DSSGDParams(rounds=cfg.rounds, **{k: getattr(s, k) for k in CONFIG_SECTION})
 
 
+def audit_release(params: DSSGDParams, value: float, *, rng: np.random.Generator,
+                  trials: int = 20_000, confidence: float = 0.95):
+    """Audit one released value of a DP turn at ``params``' noise scales, neighbours ``±value``.
+
+    A turn of ``c`` releases at ``ε_turn = ε_p·c`` draws its noise at the same scales as a
+    one-parameter turn with ``c = 1`` and ``ε_turn = ε_p``, so the single-value SVT on
+    ``[+value]`` against ``[−value]`` is the mechanism the paper's "budget per parameter" ``ε_p``
+    describes: the result's ``claimed_epsilon`` is ``ε_p`` and its lower bound is what the
+    release spends on one value whose change is ``2·value`` (:func:`crowdlearn.privacy.audit`).
+
+    Examples
+    --------
+    >>> p = DSSGDParams(rounds=1, dp=True, epsilon=1.0, gamma=0.05, release="paper")
+    >>> audit_release(p, 1.0, rng=np.random.default_rng(0), trials=4000).refutes_claim
+    True
+    """
+    from crowdlearn.privacy.audit import audit
+
+    eps1, eps2 = params.selection_share * params.epsilon, \
+        (1 - params.selection_share) * params.epsilon
+
+    def one_value(x, g):
+        idx, vals = svt_select(x, c=1, tau=params.tau, gamma=params.gamma, eps1=eps1,
+                               eps2=eps2, rng=g, release=params.release)
+        return float(vals[0]) if idx.size else -math.inf
+
+    v = abs(float(value))
+    return audit(one_value, np.array([v]), np.array([-v]), rng=rng, trials=trials,
+                 confidence=confidence, claimed_epsilon=params.epsilon)
+
+
 def build(ctx) -> dict:
     """Protocol builder: a server and one participant per device (``sim.experiment.Context``)."""
     params = params_from_config(ctx.config)
+    if params.dp:   # what the results say about ε (sim.experiment reads it)
+        ctx.extra["privacy"] = {
+            "mechanism": "svt", "delta": params.delta,
+            "guarantee": "nominal" if params.release == "paper" else "dp",
+            "audit": lambda value, rng: audit_release(params, value, rng=rng)}
     machines: dict = {SERVER: DSSGDServer(SERVER, ctx.init_weights, ctx.devices, params,
                                           rng=ctx.rngs["protocol"])}
     for d in ctx.devices:

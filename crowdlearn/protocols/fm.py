@@ -49,10 +49,13 @@ scores into weights (``weighting``):
 their ε-DP uploads and cost them nothing.  The noise makes the weights ``score_epsilon``-DP with
 respect to one **validation row** (replace-one; ``C`` = 1 for errors, ``score_clip`` for
 squared errors, so one row moves one score by ``C/m`` and the vector of ``k`` scores by
-``k·C/m`` in L1: ``Lap(k·C/(m·ε_s))``).  The ledger records it under the key ``"validation"``,
-one entry per scoring (re-scoring every round with ``rescore = true`` composes).  If the
-validation split is public the charge is a conservative formality; in deep mode the hidden layers
-are trained on the same rows without noise, i.e. they are public by assumption there.
+``k·C/m`` in L1: ``Lap(k·C/(m·ε_s))``).  The server charges it to its ledger under the key
+``"validation"`` (``privacy_charge`` with ``subject = "validation"``), one entry per scoring
+(re-scoring every round with ``rescore = true`` composes); the results carry it as
+``epsilon_quality_scores`` and a ``validation`` row of ``privacy.csv``, apart from the
+participants' ε.  If the validation split is public the charge is a conservative formality; in
+deep mode the hidden layers are trained on the same rows without noise, i.e. they are public by
+assumption there.
 
 Models the standard evaluator understands
 -----------------------------------------
@@ -74,8 +77,21 @@ layers carry no privacy guarantee for the public rows they were trained on.
 Messages: ``FMRound`` (server → participant: round, global FM parameters or ``None`` in round 0,
 hidden layers once), ``FMUpload`` (participant → server: ``v_i``, float32), ``FMDecline``.
 Jobs: :class:`FMFitJob`, kind ``"fm_fit"`` (numpy; register :func:`runners` with the executor).
-Reports per round: ``round`` (with the weights and noisy scores), ``global_model``, ``epsilon``
-(the largest composed ε of a participant); at the end ``privacy_ledger``.
+Reports per round: ``round`` (with the weights and noisy scores), ``global_model``.  Privacy:
+a participant charges its release to its own ledger and reports ``privacy_charge`` when it sends
+its first upload (the only release: later uploads are post-processing of it), whether or not the
+server accepts it; the monitor composes these into the ε of ``metrics.csv`` and ``summary.json``.
+
+What the guarantee covers (and what it does not)
+-----------------------------------------------
+Covered: the participants' rows, replace-one, given that every row is mapped to ``‖z‖₂ ≤ 1`` by
+public constants only.  The datasets a DP run uses must therefore be scaled by public constants
+too: Fashion-MNIST by 255, the scikit-learn tables (``breast_cancer``, ``diabetes``) by the mean
+and standard deviation of the held-out *public* part of the split
+(:func:`crowdlearn.data.load_dataset`, ``standardise = "public"``, the default), never by the
+participants' rows.  Not covered: the server's public rows (deep mode trains on them without
+noise), the choice of which devices take part, and anything outside the model parameters
+(timing, message sizes).
 
 References
 ----------
@@ -510,7 +526,8 @@ class FMServer(Machine):
         self.val_z: np.ndarray | None = None
         self.pretrain = pretrain
         self.pretrained: tuple | None = None   # deep mode: the whole pre-trained network
-        self.ledger = PrivacyLedger(delta=params.delta)
+        self.ledger = PrivacyLedger(delta=params.delta)   # the server's own release: the scores
+        self.charges: list[Effect] = []     # privacy_charge reports of the scoring, to emit
         self.present: set = set()
         self.phase = "idle"                 # idle | pretraining | waiting | running | done
         self.round = 0
@@ -523,7 +540,6 @@ class FMServer(Machine):
         self.scores: dict = {}              # participant → noisy score (first scoring)
         self.raw_scores: dict = {}          # participant → exact score (for tests / analysis)
         self.has_hidden: set = set()
-        self.released: set = set()          # participants whose FM release is in the ledger
 
     def next_timer(self) -> float | None:
         return self.deadline if self.phase == "running" else None
@@ -604,9 +620,6 @@ class FMServer(Machine):
             self.expected.discard(src)
             return [Report("bad_update", "shape or non-finite", tags)] + self._maybe_close(now)
         self.uploads[src] = v.astype(np.float64)
-        if src not in self.released and math.isfinite(self.params.epsilon):
-            self.ledger.record(src, epsilon_turn=self.params.epsilon, c=self.model.num_params)
-        self.released.add(src)
         return self._maybe_close(now)
 
     def _on_decline(self, src, msg: FMDecline, now: float) -> list[Effect]:
@@ -641,7 +654,11 @@ class FMServer(Machine):
         m = max(len(ys), 1)
         if math.isfinite(p.score_epsilon):
             noise = self.rng.laplace(0.0, len(nodes) * C / (m * p.score_epsilon), len(nodes))
-            self.ledger.record("validation", epsilon_turn=p.score_epsilon, c=len(nodes))
+            self.ledger.record("validation", epsilon_turn=p.score_epsilon,
+                               mechanism="quality_scores")
+            self.charges.append(Report("privacy_charge", {
+                "epsilon_turn": p.score_epsilon, "c": None, "mechanism": "quality_scores",
+                "guarantee": True, "subject": "validation", "delta": p.delta}))
         else:
             noise = np.zeros(len(nodes))
         for n, s, e in zip(nodes, raw, noise, strict=True):
@@ -666,25 +683,19 @@ class FMServer(Machine):
                 "aggregated": tuple(n for n, w in zip(got, a, strict=True) if w > 0),
                 "weights": {n: float(w) for n, w in zip(got, a, strict=True)},
                 "scores": {n: self.scores[n] for n in got if n in self.scores}}
-        # epsilon before global_model: the monitor's row for this round then carries it
-        effects: list[Effect] = [Report("round", info),
-                                 Report("epsilon", self.participant_epsilon(), tags),
+        # the scoring's charges before global_model: the row of this round carries them
+        effects: list[Effect] = [Report("round", info), *self.charges,
                                  Report("global_model", self.model.to_weights(self.z), tags)]
+        self.charges = []
         self.round += 1
         self.deadline = None
         if self.round >= self.params.rounds:
             self.phase = "done"
-            return effects + [Report("privacy_ledger", self.ledger.rows()), Halt()]
+            return effects + [Halt()]
         return effects + self._start_round(now)
 
-    def participant_epsilon(self) -> float:
-        """The largest composed ε of a participant so far (``inf`` without noise)."""
-        if not math.isfinite(self.params.epsilon):
-            return math.inf
-        rows = [r["epsilon"] for r in self.ledger.rows() if r["participant"] != "validation"]
-        return max(rows, default=0.0)
-
     def privacy_rows(self) -> list[dict]:
+        """The server's ledger: the quality scores' ε under ``"validation"`` (if any)."""
         return self.ledger.rows()
 
 
@@ -709,6 +720,9 @@ class FMParticipant(Machine):
         self.u = np.zeros(model.num_params)
         self.phase = "idle"
         self.round: int | None = None
+        # the participant releases, so it charges its own ledger, once, at its first upload
+        self.ledger = PrivacyLedger(delta=params.delta)
+        self.released = False
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received) and isinstance(event.message, FMRound):
@@ -757,7 +771,19 @@ class FMParticipant(Machine):
                     "noise_scale": res.objective.noise_scale}
             effects.append(Report("fm_fit", info, (("device", self.node_id),)))
         up = FMUpload(self.round, (self.w + self.u).astype(np.float32))
+        if not self.released and math.isfinite(self.params.epsilon):
+            self.ledger.record(self.node_id, epsilon_turn=self.params.epsilon,
+                               mechanism="functional_mechanism")
+            effects.append(Report("privacy_charge", {
+                "epsilon_turn": self.params.epsilon, "c": None,
+                "mechanism": "functional_mechanism", "guarantee": True,
+                "delta": self.params.delta}, (("device", self.node_id),)))
+        self.released = True
         return effects + [Send(self.server, up)]
+
+    def privacy_rows(self) -> list[dict]:
+        """This participant's ledger: one functional-mechanism release (empty with ε = inf)."""
+        return self.ledger.rows()
 
 
 # ---------------------------------------------------------------- a numpy evaluator
@@ -926,6 +952,9 @@ def build(ctx) -> dict:
                                   epochs=s.pretrain_epochs, batch_size=s.pretrain_batch_size,
                                   lr=s.pretrain_lr, rng=rng)
     ctx.extra.update(public=public, parts=parts, corrupted=corrupted, model=model)
+    if math.isfinite(s.epsilon):    # what the results say about ε (sim.experiment reads it)
+        ctx.extra["privacy"] = {"mechanism": "functional_mechanism", "delta": s.delta,
+                                "guarantee": "dp", "audit": None}
     machines: dict = {SERVER: FMServer(SERVER, model, ctx.devices, params,
                                        validation=(ds.x_train[public], ds.y_train[public]),
                                        rng=rng, pretrain=pretrain)}

@@ -530,8 +530,11 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
             out["membership_auc"] = m["auc"]
             out["membership_advantage"] = m["advantage"]
             out["membership_max_advantage"] = m["max_advantage"]
-    if tap.epsilon is not None:
-        out["epsilon"] = tap.epsilon
+    # the run's ledger (participants' privacy_charge reports), else a protocol's own report
+    eps = sim.monitor.device_epsilon() if getattr(sim, "monitor", None) is not None else None
+    eps = tap.epsilon if eps is None else eps
+    if eps is not None:
+        out["epsilon"] = eps
     server = probe.server
     records = []
     gamma = None
