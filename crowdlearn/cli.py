@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if cfg.training.backend != "none" or cfg.protocol in ("crowdlearning", "ssgd"):
         import_tensorflow_quietly()
-    from sim.experiment import Simulation  # heavy imports only once the config is valid
+    from crowdlearn.experiment import Simulation  # heavy imports only once the config is valid
 
     bar = None
     tty = sys.stderr.isatty()
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_sweep)
 
     try:
-        from slicenet.cli import add_partition_parser
+        from crowdlearn.partition_cli import add_partition_parser
     except ImportError:  # pragma: no cover - slicenet is part of the package
         add_partition_parser = None
     if add_partition_parser is not None:

@@ -23,6 +23,7 @@ from crowdlearn.config import Config
 from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.data import load_dataset, partition
 from crowdlearn.protocols import dssgd, fm
+from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.protocols.fedavg import (
     SERVER,
     CentralizedTrainer,
@@ -102,7 +103,7 @@ def _build_standalone(ctx: Context) -> dict:
 
 def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
     """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group)."""
-    from slicenet import protocol as sp
+    from crowdlearn.protocols.crowdlearning import machines as sp
     from slicenet.fused import FusedTrainer
     from slicenet.graph import paper_mlp_description
     from slicenet.partition import partition as slice_partition
@@ -326,7 +327,8 @@ class Simulation:
             "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
             **fm.runners(self),
         })
-        self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row)
+        self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
+                               ledger_factory=PrivacyLedger)
 
         av = cfg.availability
         if av.model == "sessions":

@@ -6,7 +6,7 @@ Machines only see events.  It turns effects into simulated work:
 * ``Send``     → a flow on :class:`sim.network.Network` of ``len(wire.encode(msg))`` bytes; the
   message is delivered as ``Received`` when its last byte arrives;
 * ``RunJob``   → the job holds the device's CPU for ``job.flops / profile.flops`` seconds; its
-  result is computed lazily (and in batches) by the :class:`~crowdlearn.training.jobs.Executor`;
+  result is computed lazily (and in batches) by the :class:`~sim.machine.JobExecutor`;
 * ``Report``   → the :class:`sim.monitor.Monitor`;
 * ``Halt``     → the run stops.
 
@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import simpy
 
-from crowdlearn.protocols import wire
-from crowdlearn.protocols.io import (
+from sim import wire
+from sim.machine import (
     CancelJob,
     Disconnected,
     Halt,
     JobDone,
+    JobExecutor,
     JobFailed,
     Machine,
     NodeId,
@@ -43,7 +44,6 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
-from crowdlearn.training.jobs import Executor
 from sim.availability import AlwaysOn, Availability
 from sim.monitor import Monitor
 from sim.network import Network
@@ -116,7 +116,7 @@ class Driver:
     """
 
     def __init__(self, env: simpy.Environment, network: Network, machines: Mapping[NodeId, Machine],
-                 profiles: Mapping[NodeId, DeviceProfile], *, executor: Executor, monitor: Monitor,
+                 profiles: Mapping[NodeId, DeviceProfile], *, executor: JobExecutor, monitor: Monitor,
                  availability: Availability | None = None, faults: FaultParams = FaultParams(),
                  rng: np.random.Generator, server: NodeId | None = "server"):
         self.env = env

@@ -13,7 +13,7 @@ checkable:
 
 Scope: chains of ``Dense`` layers with optional ``BatchNorm`` and element-wise ``Activation``
 layers (the paper's MLP 784 → BN → 400 → BN → ReLU → 200 → BN → ReLU → 100 → BN → ReLU → 10 →
-log-softmax).  Convolutions, pooling and (non-zero) dropout raise :class:`CrowdlearnError`.
+log-softmax).  Convolutions, pooling and (non-zero) dropout raise :class:`UserError`.
 
 Weights
 -------
@@ -70,7 +70,7 @@ assignment)`` × batch, forward and backward separately (``tests/test_slicenet_e
 pieces); its backward *recomputes* the piece's batch norm and activation from the pre-activation
 sums kept from the forward pass (rematerialisation), instead of keeping a gradient tape between
 the two passes.  Pipelining of successive mini-batches is not modelled here: this module is about
-numerics and messages, :mod:`slicenet.protocol` about time.
+numerics and messages, :mod:`crowdlearn.protocols.crowdlearning.machines` about time.
 
 Examples
 --------
@@ -102,7 +102,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 from slicenet.graph import (
     Activation,
     BatchNorm,
@@ -253,14 +253,14 @@ def _sig(ops: Sequence[_Op]) -> tuple[tuple[str, str], ...]:
 
 def _program(desc: ModelDescription) -> _Program:
     if not isinstance(desc, ModelDescription):
-        raise CrowdlearnError(f"expected a slicenet ModelDescription, got {type(desc).__name__}")
+        raise UserError(f"expected a slicenet ModelDescription, got {type(desc).__name__}")
     return _compile_program(desc)
 
 
 @functools.lru_cache(maxsize=32)
 def _compile_program(desc: ModelDescription) -> _Program:
     if len(desc.input_shape) != 1:
-        raise CrowdlearnError(
+        raise UserError(
             f"input shape {desc.input_shape}: slicenet.execution runs dense networks on flat "
             "(features,) inputs only; convolutional models are out of its scope")
     specs: list[WeightSpec] = []
@@ -278,7 +278,7 @@ def _compile_program(desc: ModelDescription) -> _Program:
     for i, lay in enumerate(desc.layers):
         where = f"layer {i} ({type(lay).__name__})"
         if isinstance(lay, (Conv2D, MaxPool2D)):
-            raise CrowdlearnError(
+            raise UserError(
                 f"{where}: convolution and pooling are out of scope of slicenet.execution, which "
                 "executes dense networks (Dense, BatchNorm, element-wise Activation) only")
         if isinstance(lay, Dense):
@@ -306,20 +306,20 @@ def _compile_program(desc: ModelDescription) -> _Program:
                 cur.append(_Op("act", lay.name))
         elif isinstance(lay, Dropout):
             if lay.rate != 0:
-                raise CrowdlearnError(
+                raise UserError(
                     f"{where}: dropout with rate {lay.rate} draws random masks in training mode, so "
                     "slicenet.execution cannot execute it reproducibly; remove it or use rate 0")
         elif isinstance(lay, Flatten):
             pass  # a no-op on a flat input
         else:  # pragma: no cover - ModelDescription rejects other types
-            raise CrowdlearnError(f"{where}: unsupported layer")
+            raise UserError(f"{where}: unsupported layer")
     if pending is None:
-        raise CrowdlearnError("the model has no Dense layer; add at least an output layer")
+        raise UserError("the model has no Dense layer; add at least an output layer")
     close()
     for li, st in enumerate(stages[:-1]):
         for op in st.post:
             if op.kind == "act" and op.name in _NOT_ELEMENTWISE:
-                raise CrowdlearnError(
+                raise UserError(
                     f"hidden layer {li + 1} uses the activation {op.name!r}, which mixes neurons; "
                     "only element-wise activations can be cut into pieces (use it after the "
                     "output layer only)")
@@ -331,7 +331,7 @@ def weight_specs(desc: ModelDescription) -> tuple[WeightSpec, ...]:
 
     Raises
     ------
-    CrowdlearnError
+    UserError
         For a model this module cannot execute (convolution, pooling, dropout, a non-element-wise
         activation on a hidden layer, no Dense layer).
 
@@ -347,14 +347,14 @@ def weight_specs(desc: ModelDescription) -> tuple[WeightSpec, ...]:
 def _check_weights(prog: _Program, weights: Sequence[Any]) -> list[np.ndarray]:
     ws = list(weights)
     if len(ws) != len(prog.specs):
-        raise CrowdlearnError(
+        raise UserError(
             f"got {len(ws)} weight arrays, the model has {len(prog.specs)} (see weight_specs(desc): "
             "the order of build_keras(desc).get_weights())")
     out = []
     for w, s in zip(ws, prog.specs, strict=True):
         a = np.asarray(w, dtype=np.float32)
         if a.shape != s.shape:
-            raise CrowdlearnError(f"weight {s.name} has shape {a.shape}, expected {s.shape}")
+            raise UserError(f"weight {s.name} has shape {a.shape}, expected {s.shape}")
         out.append(a)
     return out
 
@@ -362,13 +362,13 @@ def _check_weights(prog: _Program, weights: Sequence[Any]) -> list[np.ndarray]:
 def _check_batch(prog: _Program, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     xa = np.asarray(x, dtype=np.float32)
     if xa.ndim != 2 or xa.shape[1] != prog.input_dim or xa.shape[0] < 1:
-        raise CrowdlearnError(f"x has shape {xa.shape}, expected (batch ≥ 1, {prog.input_dim})")
+        raise UserError(f"x has shape {xa.shape}, expected (batch ≥ 1, {prog.input_dim})")
     ya = np.asarray(y)
     if ya.shape != (xa.shape[0],) or not np.issubdtype(ya.dtype, np.integer):
-        raise CrowdlearnError(f"y must be {xa.shape[0]} integer labels, got shape {ya.shape} "
+        raise UserError(f"y must be {xa.shape[0]} integer labels, got shape {ya.shape} "
                               f"dtype {ya.dtype}")
     if ya.min() < 0 or ya.max() >= prog.output.units:
-        raise CrowdlearnError(f"labels must lie in 0..{prog.output.units - 1}")
+        raise UserError(f"labels must lie in 0..{prog.output.units - 1}")
     return xa, ya.astype(np.int32)
 
 
@@ -381,7 +381,7 @@ def _activation(name: str) -> Any:
     try:
         return keras.activations.get(name)
     except (ValueError, TypeError) as e:
-        raise CrowdlearnError(f"unknown activation {name!r}: {e}") from None
+        raise UserError(f"unknown activation {name!r}: {e}") from None
 
 
 def _check_activations(prog: _Program) -> None:
@@ -563,7 +563,7 @@ def monolithic_step(
 
     Raises
     ------
-    CrowdlearnError
+    UserError
         Unsupported model, wrong weight list, wrong batch.
 
     References
@@ -656,15 +656,15 @@ class PiecewiseNetwork:
         g = _default_graph(desc) if graph is None else graph
         sizes = tuple(st.units for st in prog.hidden)
         if tuple(g.layer_sizes) != sizes or g.output_units != prog.output.units:
-            raise CrowdlearnError(
+            raise UserError(
                 f"the graph's hidden layers {tuple(g.layer_sizes)} (output {g.output_units}) do not "
                 f"match the model's {sizes} (output {prog.output.units})")
         if a.shape != (g.num_vertices,):
-            raise CrowdlearnError(
+            raise UserError(
                 f"assignment has shape {a.shape}, expected ({g.num_vertices},): one piece per "
                 "vertex of the cost graph (pass graph= for a block-granularity plan)")
         if len(a) and a.min() < 0:
-            raise CrowdlearnError("assignment values must be ≥ 0")
+            raise UserError("assignment values must be ≥ 0")
         self.desc = desc
         self.n = int(n_plan) if n_plan is not None else (int(a.max()) + 1 if len(a) else 0)
         self._prog = prog

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from crowdlearn.privacy import functional as F
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.fm import (
     FMDecline,
     FMFitJob,
@@ -21,7 +21,7 @@ from crowdlearn.protocols.fm import (
     quality_weights,
     score_models,
 )
-from crowdlearn.protocols.io import (
+from sim.machine import (
     CancelJob,
     JobDone,
     PeerJoined,
@@ -374,20 +374,8 @@ def test_fit_job_is_reproducible_from_its_seed():
 # ---------------------------------------------------------------- fleets
 @pytest.fixture(scope="module")
 def registered():
-    import crowdlearn.config as config
-    import sim.experiment as experiment
-    from crowdlearn.protocols import fm
-    saved = (dict(config.SCHEMA), config.SCHEMA[""]["protocol"], config.PROTOCOLS,
-             dict(experiment.PROTOCOLS))
-    fm.register(experiment.PROTOCOLS)
+    """FM is a built-in protocol: nothing to register (kept for the tests' signatures)."""
     yield
-    schema, key, protos, builders = saved
-    config.SCHEMA.clear()
-    config.SCHEMA.update(schema)
-    config.SCHEMA[""]["protocol"] = key
-    config.PROTOCOLS = protos
-    experiment.PROTOCOLS.clear()
-    experiment.PROTOCOLS.update(builders)
 
 
 def fm_config(dataset="breast_cancer", **over):
@@ -402,9 +390,9 @@ def fm_config(dataset="breast_cancer", **over):
 
 
 def run_fm(cfg, **kw):
-    from crowdlearn.protocols import fm
+    from crowdlearn.experiment import Simulation
     kw.setdefault("trainer_factory", LinearEvaluator)
-    sim = fm.simulation(cfg, **kw)
+    sim = Simulation(cfg, **kw)
     return sim, sim.run()
 
 

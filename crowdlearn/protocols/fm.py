@@ -125,7 +125,7 @@ import numpy as np
 
 from crowdlearn.privacy import functional as F
 from crowdlearn.privacy.accountant import PrivacyLedger
-from crowdlearn.protocols.io import (
+from sim.machine import (
     CancelJob,
     Disconnected,
     Effect,
@@ -144,14 +144,14 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.wire import message
+from sim.wire import message
 from crowdlearn.schema import Key
 
 __all__ = [
     "AGGREGATIONS", "FMDecline", "FMFitJob", "FMModel", "FMParams", "FMParticipant", "FMRound",
     "FMServer", "FMUpload", "FitResult", "LinearEvaluator", "SERVER", "WEIGHTINGS", "build",
-    "cross_check", "model_for", "params_from_config", "quality_weights", "register", "run_jobs",
-    "runners", "score_models", "simulation",
+    "cross_check", "model_for", "params_from_config", "quality_weights", "run_jobs",
+    "runners", "score_models",
 ]
 
 SERVER: NodeId = "server"
@@ -908,7 +908,7 @@ def _stream(seed: int) -> np.random.Generator:
 
 
 def build(ctx) -> dict:
-    """Protocol builder (``sim.experiment.Context``): a server and one participant per device.
+    """Protocol builder (``crowdlearn.experiment.Context``): a server and one participant per device.
 
     The server's public rows are a seeded sample of ``public_size`` training rows taken out of
     the devices' index arrays; the ``[quality]`` section (if registered) then corrupts the
@@ -952,7 +952,7 @@ def build(ctx) -> dict:
                                   epochs=s.pretrain_epochs, batch_size=s.pretrain_batch_size,
                                   lr=s.pretrain_lr, rng=rng)
     ctx.extra.update(public=public, parts=parts, corrupted=corrupted, model=model)
-    if math.isfinite(s.epsilon):    # what the results say about ε (sim.experiment reads it)
+    if math.isfinite(s.epsilon):    # what the results say about ε (crowdlearn.experiment reads it)
         ctx.extra["privacy"] = {"mechanism": "functional_mechanism", "delta": s.delta,
                                 "guarantee": "dp", "audit": None}
     machines: dict = {SERVER: FMServer(SERVER, model, ctx.devices, params,
@@ -962,34 +962,3 @@ def build(ctx) -> dict:
         machines[d] = FMParticipant(d, model, x, y, parts[d], params, rng=ctx.device_rngs[d])
     return machines
 
-
-def register(protocols: dict | None = None) -> None:
-    """Make ``protocol = "fm"`` and the ``[fm]`` and ``[quality]`` sections known (idempotent).
-
-    Patches :mod:`crowdlearn.config` and, when given, a builder registry such as
-    ``sim.experiment.PROTOCOLS``.  For tests and notebooks; the permanent registration lives in
-    those modules.  The job runner must be added separately (:func:`runners`, or use
-    :func:`simulation`).
-    """
-    from crowdlearn import config
-    from crowdlearn.data import quality as q
-
-    config.SCHEMA.setdefault("fm", CONFIG_SECTION)
-    config.SCHEMA.setdefault("quality", q.CONFIG_SECTION)
-    if "fm" not in config.PROTOCOLS:
-        config.PROTOCOLS = (*config.PROTOCOLS, "fm")
-    key = config.SCHEMA[""]["protocol"]
-    if key.choices is not None and "fm" not in key.choices:
-        config.SCHEMA[""]["protocol"] = dataclasses.replace(key, choices=(*key.choices, "fm"))
-    if protocols is not None:
-        protocols.setdefault("fm", build)
-
-
-def simulation(cfg, **kwargs):
-    """``sim.experiment.Simulation(cfg, **kwargs)`` with the ``fm_fit`` runner merged in."""
-    from sim.experiment import Simulation
-
-    sim = Simulation(cfg, **kwargs)
-    for kind, fn in runners(sim).items():
-        sim.executor.runners.setdefault(kind, fn)
-    return sim

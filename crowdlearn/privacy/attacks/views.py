@@ -1,7 +1,7 @@
 """What each observer of a protocol actually sees, and the report of the attacks on it.
 
 An attack is only as strong as its input, so the suite attacks *views*: objects fed by a running
-:class:`sim.experiment.Simulation` with exactly what one party receives.
+:class:`crowdlearn.experiment.Simulation` with exactly what one party receives.
 
 ``ObserverView`` (protocol)
     ``on_report(node, report, now)`` and ``on_transfer(src, dst, msg, now)``, called for every
@@ -100,7 +100,7 @@ class ObserverView(Protocol):
 
 
 def attach(sim, *views: ObserverView) -> None:
-    """Feed ``views`` from a built, not yet run :class:`sim.experiment.Simulation`.
+    """Feed ``views`` from a built, not yet run :class:`crowdlearn.experiment.Simulation`.
 
     Wraps ``sim.monitor.on_report`` and ``sim.monitor.on_transfer`` (on that instance only):
     the monitor still does its own bookkeeping first.  Attaching twice adds the views again.
@@ -482,7 +482,7 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
 
     Parameters
     ----------
-    sim : sim.experiment.Simulation
+    sim : crowdlearn.experiment.Simulation
         Run, with ``probe`` attached before the run.
     probe : PrivacyProbe
     max_samples : int

@@ -34,8 +34,8 @@ import numpy as np
 
 from crowdlearn.crypto.sealing import CARD, Card, Header, KeyRing, Sealed, SealError, escrow_len
 from crowdlearn.errors import CrowdlearnError
-from crowdlearn.protocols import wire
-from crowdlearn.protocols.io import (
+from sim import wire
+from sim.machine import (
     CancelJob,
     Disconnected,
     Effect,
@@ -55,7 +55,7 @@ from crowdlearn.protocols.io import (
     TimerFired,
 )
 from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
-from crowdlearn.protocols.wire import message
+from sim.wire import message
 from crowdlearn.training.batching import TrainTask, make_batches
 from crowdlearn.training.jobs import Deferred, TrainJob
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
