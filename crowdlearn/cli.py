@@ -67,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(stem)
     check_out(out, overwrite=args.overwrite)      # before anything runs, not after
 
-    if cfg.training.backend != "none" or cfg.protocol in ("crowdlearning", "ssgd"):
+    from crowdlearn import registry
+    if cfg.training.backend != "none" or registry.get(cfg.protocol).needs_tensorflow:
         import_tensorflow_quietly()
     from crowdlearn.experiment import Simulation  # heavy imports only once the config is valid
 

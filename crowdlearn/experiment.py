@@ -19,19 +19,11 @@ from typing import Any
 import numpy as np
 import simpy
 
+from crowdlearn import registry
 from crowdlearn.config import Config
-from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.data import load_dataset, partition
-from crowdlearn.protocols import dssgd, fm
 from crowdlearn.privacy.accountant import PrivacyLedger
-from crowdlearn.protocols.fedavg import (
-    SERVER,
-    CentralizedTrainer,
-    FedAvgClient,
-    FedAvgParams,
-    FedAvgServer,
-    StandaloneClient,
-)
+from crowdlearn.protocols.fedavg import SERVER
 from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor
@@ -62,6 +54,11 @@ class Context:
     d2d_pairs: list = field(default_factory=list)   # builders may ask for device-device links
     extra: dict = field(default_factory=dict)       # builders' objects for reports and tests
 
+    def cached(self, key, make):
+        """``make()``, or the object made for the same ``key`` by an earlier simulation (a
+        protocol's own trainer, whose traced functions and training set are costly)."""
+        return _cached(key, make)
+
     def path_latency(self, src, dst) -> float:
         import networkx as nx
         return nx.shortest_path_length(self.graph, src, dst, weight="latency")
@@ -69,114 +66,6 @@ class Context:
     @property
     def devices(self) -> list[int]:
         return list(range(len(self.parts)))
-
-
-def _build_fedavg(ctx: Context) -> dict:
-    cfg = ctx.config
-    f = cfg.fedavg
-    params = FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
-                          local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
-                          deadline_s=f.deadline_s, over_selection=f.over_selection,
-                          min_clients=f.min_clients)
-    machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params,
-                                           rng=ctx.rngs["protocol"])}
-    for d in ctx.devices:
-        machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
-    return machines
-
-
-def _build_centralized(ctx: Context) -> dict:
-    cfg, f = ctx.config, ctx.config.fedavg
-    union = np.sort(np.concatenate(ctx.parts))
-    return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
-                                       rounds=cfg.rounds, epochs=f.local_epochs,
-                                       batch_size=f.batch_size, lr=f.lr, rng=ctx.rngs["protocol"])}
-
-
-def _build_standalone(ctx: Context) -> dict:
-    cfg, f = ctx.config, ctx.config.fedavg
-    return {d: StandaloneClient(d, ctx.spec, ctx.init_weights, ctx.parts[d], rounds=cfg.rounds,
-                                epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
-                                rng=ctx.device_rngs[d])
-            for d in ctx.devices}
-
-
-def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
-    """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group)."""
-    from crowdlearn.protocols.crowdlearning import machines as sp
-    from slicenet.fused import FusedTrainer
-    from slicenet.graph import paper_mlp_description
-    from slicenet.partition import partition as slice_partition
-
-    cfg, sc = ctx.config, ctx.config.slicenet
-    n = 1 if alone else sc.group_size
-    pieces = 0 if n == 1 else (sc.pieces or n - 1)
-    rng = ctx.rngs["protocol"]
-    devices = ctx.devices
-    if sc.grouping == "proximity":   # same cell first, random within a cell
-        cells = {d: next(iter(ctx.graph.successors(d))) for d in devices}
-        order = sorted(devices, key=lambda d: (str(cells[d]), rng.random()))
-    else:
-        order = [devices[i] for i in rng.permutation(len(devices))]
-    g = max(1, len(order) // n)
-    groups = [order[i * n:(i + 1) * n] for i in range(g)]
-    for k, d in enumerate(order[g * n:]):         # leftovers join groups round-robin [ours]
-        groups[k % g].append(d)
-    ds = ctx.dataset
-    if sc.model == "paper-mlp":
-        desc = paper_mlp_description()
-    else:
-        desc = sp.description_for(cfg.model.hidden, ds.num_features, ds.num_classes,
-                                  activation=cfg.model.activation, batchnorm=sc.batchnorm)
-    # the fused path: every group's network trained together, BatchNorm included
-    key = ("fused", desc, ds.name, cfg.data.path, cfg.seed, ds.x_train.shape)
-    trainer = _cached(key, lambda: FusedTrainer(desc, ds.x_train, ds.y_train))
-    init = trainer.init_weights(ctx.rngs["model"])
-    ctx.extra.update(trainer=trainer, desc=desc)
-    if pieces:
-        graph = desc.graph()
-        plan = slice_partition(graph, pieces, method=sc.strategy, objective=sc.objective,
-                               seed=cfg.seed)
-        layout = sp.layout_from_plan(desc, graph, plan)
-        ctx.extra["plan"] = plan
-    else:
-        layout = sp.whole_model_layout(desc)
-    params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
-                            tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
-                            peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
-    fused = sp.FusedGroups(init, len(groups))
-    # every node generates its own key pair; only public keys travel (insecure derivation from
-    # the seed only when slicenet.deterministic_keys is set, for reproducible crypto tests)
-    det = cfg.seed if sc.deterministic_keys else None
-    rings = {node: KeyRing(node, deterministic_seed=det) for node in [SERVER, *devices]}
-    if sc.peer_to_peer and n > 1:
-        ctx.d2d_pairs = [(a, b) for grp in groups for i, a in enumerate(grp) for b in grp[i + 1:]]
-        latency = {d: cfg.fleet.d2d_latency_s / 2 for d in devices}
-    else:
-        latency = {d: ctx.path_latency(d, SERVER) for d in devices} if n > 1 else \
-            {d: 0.0 for d in devices}
-    ctx.extra.update(groups=groups, layout=layout, fused=fused)
-    machines: dict = {SERVER: sp.SlicingServer(
-        SERVER, layout, groups, params, fused,
-        data_sizes={d: len(ctx.parts[d]) for d in devices}, latency=latency,
-        ring=rings[SERVER], rng=rng)}
-    for gid, grp in enumerate(groups):
-        for d in grp:
-            machines[d] = sp.SliceDevice(d, layout, fused, gid, ctx.parts[d], params,
-                                         ring=rings[d], rng=ctx.device_rngs[d])
-    return machines
-
-
-#: protocol name → builder(Context) -> {node: Machine}.  Later protocols register here.
-PROTOCOLS: dict[str, Callable[[Context], dict]] = {
-    "fedavg": _build_fedavg,
-    "centralized": _build_centralized,
-    "standalone": _build_standalone,
-    "crowdlearning": _build_crowdlearning,
-    "ssgd": lambda ctx: _build_crowdlearning(ctx, alone=True),
-    "dssgd": dssgd.build,
-    "fm": fm.build,
-}
 
 
 def build_model(cfg: Config, dataset) -> models.ModelSpec:
@@ -304,7 +193,8 @@ class Simulation:
         self.env = simpy.Environment()
         self.ctx.graph = self._topology(())
 
-        machines = PROTOCOLS[cfg.protocol](self.ctx)
+        self.protocol = registry.get(cfg.protocol)
+        machines = self.protocol.build(self.ctx)
         if self.ctx.d2d_pairs:
             self.ctx.graph = self._topology(self.ctx.d2d_pairs)
         self.network = Network(self.env, self.ctx.graph)
@@ -322,10 +212,7 @@ class Simulation:
                 address=cfg.training.ray_address, local=self.trainer)
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
-            "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
-                                                          with_abs_grad=True),
-            "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
-            **fm.runners(self),
+            **(self.protocol.runners(self) if self.protocol.runners else {}),
         })
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
                                ledger_factory=PrivacyLedger)
@@ -454,10 +341,8 @@ class Simulation:
         }
         if mon.bytes_by_role:
             summary["bytes_sent_by_role"] = dict(sorted(mon.bytes_by_role.items()))
-        if "plan" in self.ctx.extra:
-            plan = self.ctx.extra["plan"]
-            summary["slice_balance"] = float(plan.balance)
-            summary["slice_traffic_bytes_per_sample"] = int(plan.traffic_bytes_per_sample)
+        if self.protocol.summary is not None:
+            summary.update(self.protocol.summary(self))
         if metric == "accuracy" and not values:
             summary["final_accuracy"] = summary["best_accuracy"] = None
         summary.update(self._privacy_summary())

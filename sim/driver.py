@@ -26,6 +26,7 @@ import numpy as np
 import simpy
 
 from sim import wire
+from sim.availability import AlwaysOn, Availability
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -44,7 +45,6 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-from sim.availability import AlwaysOn, Availability
 from sim.monitor import Monitor
 from sim.network import Network
 from sim.profiles import DeviceProfile

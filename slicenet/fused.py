@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from slicenet.errors import UserError
-from slicenet.execution import BN_EPSILON, BN_MOMENTUM, weight_specs
+from slicenet.layout import BN_EPSILON, BN_MOMENTUM, weight_specs
 from slicenet.graph import Activation, BatchNorm, Dense, Dropout, Flatten, ModelDescription
 
 _ACTS = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid, "linear": tf.identity,

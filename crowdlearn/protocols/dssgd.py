@@ -83,6 +83,11 @@ import numpy as np
 
 from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.privacy.mechanisms import RELEASES, clip, svt_select
+from crowdlearn.protocols.validate import check_bounded
+from crowdlearn.registry import Protocol
+from crowdlearn.schema import Key
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -102,11 +107,7 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.validate import check_bounded
 from sim.wire import message
-from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
 
 __all__ = [
     "CONFIG_SECTION", "DOWNLOADS", "ORDERS", "SELECTIONS", "DSSGDParams", "DSSGDParticipant",
@@ -865,4 +866,13 @@ def build(ctx) -> dict:
         machines[d] = DSSGDParticipant(d, ctx.spec, ctx.init_weights, ctx.parts[d], params,
                                        rng=ctx.device_rngs[d])
     return machines
+
+
+#: found by :mod:`crowdlearn.registry`
+PROTOCOLS = (
+    Protocol("dssgd", build, doc="Distributed selective SGD (Shokri & Shmatikov 2015), with "
+             "optional differential privacy.", sections={"dssgd": CONFIG_SECTION},
+             check_sections=lambda v: cross_check(v["dssgd"]),
+             server_view="crowdlearn.privacy.attacks.views:DSSGDServerView"),
+)
 

@@ -33,6 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from crowdlearn.protocols.aggregate import weighted_average
+from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from crowdlearn.protocols.validate import check_weights, misbehaved
+from crowdlearn.registry import Protocol
+from crowdlearn.schema import Key
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -52,10 +58,6 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.messages import Decline, RoundStart, Update
-from crowdlearn.protocols.validate import check_weights, misbehaved
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
 
 SERVER: NodeId = "server"
 
@@ -289,3 +291,96 @@ class StandaloneClient(_LocalTrainer):
                 effects.append(self._job())
             return effects
         return []
+
+
+# ---------------------------------------------------------------- the protocol's declarations
+#: the ``[fedavg]`` config section, shared by FedAvg and the two baselines (centralized, standalone)
+CONFIG_SECTION = {
+    "clients_per_round": Key(int, 0, "Updates the server waits for per round (m); 0 = use "
+                             "fraction.", min=0),
+    "fraction": Key(float, 0.1, "Fraction C of devices per round when clients_per_round = 0.",
+                    min=0, max=1, min_open=True),
+    "local_epochs": Key(int, 1, "Local epochs E per round.", min=1),
+    "batch_size": Key(int, 32, "Local mini-batch size B (0 = full batch).", min=0),
+    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
+    "deadline_s": Key(float, math.inf, "Round deadline in simulated seconds; the server "
+                      "aggregates what arrived by then.", min=0, min_open=True),
+    "over_selection": Key(float, 0.0, "Select this fraction more devices than needed and "
+                          "keep the first m updates.", min=0),
+    "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
+}
+
+
+def params_from_config(cfg) -> FedAvgParams:
+    f = cfg.fedavg
+    return FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
+                        local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
+                        deadline_s=f.deadline_s, over_selection=f.over_selection,
+                        min_clients=f.min_clients)
+
+
+def build(ctx) -> dict:
+    """FedAvg's machines: the server and one client per device."""
+    machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params_from_config(ctx.config),
+                                           rng=ctx.rngs["protocol"])}
+    for d in ctx.devices:
+        machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
+    return machines
+
+
+def build_centralized(ctx) -> dict:
+    """The centralized baseline: the server trains on the union of the devices' data."""
+    cfg, f = ctx.config, ctx.config.fedavg
+    union = np.sort(np.concatenate(ctx.parts))
+    return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
+                                       rounds=cfg.rounds, epochs=f.local_epochs,
+                                       batch_size=f.batch_size, lr=f.lr, rng=ctx.rngs["protocol"])}
+
+
+def build_standalone(ctx) -> dict:
+    """The standalone baseline: every device trains alone on its own data."""
+    cfg, f = ctx.config, ctx.config.fedavg
+    return {d: StandaloneClient(d, ctx.spec, ctx.init_weights, ctx.parts[d], rounds=cfg.rounds,
+                                epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
+                                rng=ctx.device_rngs[d])
+            for d in ctx.devices}
+
+
+def check_section(v: dict) -> list[str]:
+    """Problems of the ``[fedavg]`` section against the fleet, in every config."""
+    fleet, fed = v["fleet"], v["fedavg"]
+    if fleet["devices"] >= 1 and fed["clients_per_round"] > fleet["devices"]:
+        return [f"fedavg.clients_per_round: {fed['clients_per_round']} is more than "
+                f"fleet.devices = {fleet['devices']}"]
+    return []
+
+
+def check_fedavg(v: dict) -> list[str]:
+    fleet, fed = v["fleet"], v["fedavg"]
+    if fleet["devices"] >= 1 and fed["min_clients"] > fleet["devices"]:
+        return [f"fedavg.min_clients: {fed['min_clients']} devices must be present to "
+                f"start a round but the fleet has fleet.devices = {fleet['devices']}, so "
+                f"no round could ever start; lower min_clients to at most "
+                f"{fleet['devices']} or add devices"]
+    return []
+
+
+def check_standalone(v: dict) -> list[str]:
+    if v["fleet"]["devices"] > 2000:
+        return ["fleet.devices: the standalone baseline evaluates every device's model; "
+                "use at most 2000 devices"]
+    return []
+
+
+_SECTIONS = {"fedavg": CONFIG_SECTION}
+
+#: found by :mod:`crowdlearn.registry`
+PROTOCOLS = (
+    Protocol("fedavg", build, doc="Federated averaging (McMahan et al. 2017).",
+             sections=_SECTIONS, check_sections=check_section, check=check_fedavg,
+             server_view="crowdlearn.privacy.attacks.views:FedAvgServerView"),
+    Protocol("centralized", build_centralized, doc="Baseline: one model trained on the union "
+             "of the devices' data at the server.", sections=_SECTIONS),
+    Protocol("standalone", build_standalone, doc="Baseline: every device trains alone.",
+             sections=_SECTIONS, check=check_standalone),
+)

@@ -123,8 +123,11 @@ from typing import Any
 
 import numpy as np
 
+from crowdlearn.data import quality as _quality
 from crowdlearn.privacy import functional as F
 from crowdlearn.privacy.accountant import PrivacyLedger
+from crowdlearn.registry import Protocol
+from crowdlearn.schema import Key
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -145,7 +148,6 @@ from sim.machine import (
     TimerFired,
 )
 from sim.wire import message
-from crowdlearn.schema import Key
 
 __all__ = [
     "AGGREGATIONS", "FMDecline", "FMFitJob", "FMModel", "FMParams", "FMParticipant", "FMRound",
@@ -961,4 +963,25 @@ def build(ctx) -> dict:
     for d in ctx.devices:
         machines[d] = FMParticipant(d, model, x, y, parts[d], params, rng=ctx.device_rngs[d])
     return machines
+
+
+def _check_sections(v: dict) -> list[str]:
+    return cross_check(v["fm"], protocol=v["protocol"], model=v["model"], data=v["data"],
+                       quality=v["quality"])
+
+
+def _check(v: dict) -> list[str]:
+    if v["training"]["executor"] == "ray":
+        return ["training.executor: 'ray' splits train jobs; fm runs its own compute path in "
+                "this process; remove training.executor = 'ray'"]
+    return []
+
+
+#: found by :mod:`crowdlearn.registry`
+PROTOCOLS = (
+    Protocol("fm", build, doc="Functional mechanism (Zhang et al. 2012) in a fleet, with "
+             "quality-weighted aggregation.",
+             sections={"fm": CONFIG_SECTION, "quality": _quality.CONFIG_SECTION},
+             check_sections=_check_sections, check=_check, runners=runners),
+)
 

@@ -69,6 +69,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from crowdlearn import registry
+
 __all__ = [
     "ClientUpdate",
     "DSSGDServerView",
@@ -285,7 +287,7 @@ class SliceNetFollowerView(_View):
 
         Returns the ``(batch, |P|)`` sums of this step (``None`` if none were addressed here).
         """
-        from slicenet.execution import DOMINATOR
+        from slicenet.layout import DOMINATOR
 
         got = None
         for m in messages:
@@ -422,8 +424,9 @@ def follower_pass(spec, weights, x, y, units, *, batch_size: int = 32, lr: float
 class PrivacyProbe:
     """The views a protocol's attacks need, attached to a simulation before it runs.
 
-    Always a :class:`ModelTap`; plus a :class:`DSSGDServerView` for ``dssgd`` and a
-    :class:`FedAvgServerView` for ``fedavg``.
+    Always a :class:`ModelTap`; plus the server view the protocol declares
+    (:attr:`crowdlearn.registry.Protocol.server_view`: a :class:`DSSGDServerView` for ``dssgd``,
+    a :class:`FedAvgServerView` for ``fedavg``).
 
     Examples
     --------
@@ -438,11 +441,8 @@ class PrivacyProbe:
     def __init__(self, sim, *, max_uploads: int = 64):
         self.protocol = sim.config.protocol
         self.tap = ModelTap()
-        self.server: _View | None = None
-        if self.protocol == "dssgd":
-            self.server = DSSGDServerView(max_uploads=max_uploads)
-        elif self.protocol == "fedavg":
-            self.server = FedAvgServerView(max_updates=max_uploads)
+        # the server view the protocol declares in the registry (none: only the reported models)
+        self.server: _View | None = registry.server_view(registry.get(self.protocol), max_uploads)
         attach(sim, *[v for v in (self.tap, self.server) if v is not None])
 
 

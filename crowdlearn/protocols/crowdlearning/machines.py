@@ -34,6 +34,9 @@ import numpy as np
 
 from crowdlearn.crypto.sealing import CARD, Card, Header, KeyRing, Sealed, SealError, escrow_len
 from crowdlearn.errors import CrowdlearnError
+from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
+from crowdlearn.training.batching import TrainTask, make_batches
+from crowdlearn.training.jobs import Deferred, TrainJob
 from sim import wire
 from sim.machine import (
     CancelJob,
@@ -54,10 +57,7 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
 from sim.wire import message
-from crowdlearn.training.batching import TrainTask, make_batches
-from crowdlearn.training.jobs import Deferred, TrainJob
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
 
 SERVER: NodeId = "server"
@@ -84,7 +84,7 @@ class Layout:
     """
 
     def __init__(self, desc: ModelDescription, piece_of_unit: Sequence[np.ndarray], pieces: int):
-        from slicenet.execution import weight_specs
+        from slicenet.layout import weight_specs
 
         dense = [i for i, layer in enumerate(desc.layers) if isinstance(layer, Dense)]
         if not dense:
