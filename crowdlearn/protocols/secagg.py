@@ -398,7 +398,8 @@ class SecAggClient(FedAvgClient):
         delta = new - old
         if self.privatise is not None and self.clip_norm > 0:
             delta, bit = self.privatise(delta, self.clip_norm, self.crng)
-            return np.append(delta, bit), 1.0
+            # the unclipped bit rides along as one more coordinate, scaled into the clip range
+            return np.append(delta, bit * self.sa.clip), 1.0
         return delta, 0.0
 
     def _masked_input(self, m: ShareRelay) -> list[Effect]:
@@ -462,9 +463,12 @@ class SecAggServer(FedAvgServer):
     """
 
     def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator,
-                 secagg: SecAggParams, costs: CryptoCosts | None = None, dp=None):
-        super().__init__(node_id, weights, params, rng=rng)
-        self.sa, self.costs, self.dp = secagg, costs, dp
+                 secagg: SecAggParams, costs: CryptoCosts | None = None, dp=None,
+                 graph_rng: np.random.Generator | None = None):
+        super().__init__(node_id, weights, params, rng=rng, dp=dp)
+        self.sa, self.costs = secagg, costs
+        # the SecAgg+ graph has its own stream, so client selection matches plain FedAvg's
+        self.graph_rng = graph_rng if graph_rng is not None else np.random.default_rng(0)
         self.shapes = [np.shape(w) for w in self.weights]
         self.d = int(sum(np.prod(s, dtype=np.int64) for s in self.shapes))
         self.plain_update_bytes = wire.size(Update(0, tuple(np.asarray(w, np.float32)
@@ -563,7 +567,7 @@ class SecAggServer(FedAvgServer):
         adv = self.resp["advertise"]
         self.u1 = tuple(sorted(adv))
         k = self.sa.neighbours if self.sa.mode == "secagg+" else len(self.u1)
-        self.graph = neighbour_graph(self.u1, k, self.rng)
+        self.graph = neighbour_graph(self.u1, k, self.graph_rng)
         clip = self.dp.clip_norm if self.dp is not None else 0.0
         if self.sa.mode == "secagg":
             msg = KeyList(self.round, self.u1, tuple(adv[v].c_pk for v in self.u1),
@@ -676,7 +680,8 @@ class SecAggServer(FedAvgServer):
             vec = masking.dequantise(total, clip=sa.clip, quant_bits=sa.quant_bits,
                                      modulus_bits=sa.modulus_bits)
             if self.dp is not None:
-                delta, eff = self.dp.server_aggregate_sum(vec, len(u3), rng=self.rng)
+                delta, eff = self.dp.server_aggregate_sum(vec, len(u3), rng=self.rng,
+                                                          bit_scale=sa.clip)
                 extra = eff
             else:
                 delta = vec / len(u3)
@@ -763,7 +768,8 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
     d = len(next(iter(xs.values())))
     zero = [np.zeros(d, np.float32)]
     fp = FedAvgParams(rounds=1, clients_per_round=len(ids), min_clients=len(ids))
-    server = SecAggServer(SERVER, zero, fp, rng=rng, secagg=params, costs=costs)
+    server = SecAggServer(SERVER, zero, fp, rng=rng, secagg=params, costs=costs,
+                          graph_rng=np.random.default_rng(int(rng.integers(2**63))))
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(len(ids))
     clients = {u: SecAggClient(u, None, np.arange(1), rng=np.random.default_rng(0),
                                params=params, costs=costs,
@@ -813,3 +819,92 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
                                    quant_bits=params.quant_bits, modulus_bits=params.modulus_bits)
     return RoundOutcome("ok" if ok else "abort", total, server.last_u3 if ok else (), server,
                         clients, log)
+
+
+# ---------------------------------------------------------------- configuration
+from crowdlearn.schema import Key  # noqa: E402
+
+CONFIG_SECTION: dict[str, Key] = {
+    "threshold": Key(int, 0, "Shamir threshold t: shares needed to rebuild a secret. SecAgg: "
+                     "of the cohort (0 = ceil(2m/3), tolerating a third dropping); SecAgg+: of a "
+                     "client's k neighbours and itself (0 = ceil(2(k+1)/3)).", min=0),
+    "neighbours": Key(int, 0, "SecAgg+: neighbours k of each client on the random k-regular "
+                      "graph (even; 0 = 2*ceil(log2(m)/2), O(log m)).", min=0),
+    "quant_bits": Key(int, 16, "Fixed-point bits per coordinate: [-clip, clip] maps to the "
+                      "integers [-(2^(b-1)-1), 2^(b-1)-1].", min=2, max=48),
+    "clip": Key(float, 0.5, "Per-coordinate clipping range of an update before quantisation.",
+                min=0, min_open=True),
+    "modulus_bits": Key(int, 0, "Bits of R (Z_R holds the masked sums); 0 = the fewest that "
+                        "cannot overflow for the cohort and quant_bits.", min=0, max=62),
+    "stage_timeout_s": Key(float, math.inf, "Deadline of each stage after the first (simulated "
+                           "s); the first stage ends at the round deadline.", min=0,
+                           min_open=True),
+    "priced": Key(bool, False, "Skip the cryptography but send messages of exactly the real "
+                  "sizes and charge the same modelled compute (for large studies)."),
+}
+
+
+def auto_neighbours(cohort: int) -> int:
+    """k = 2·⌈log2(m)/2⌉ (even, at least 2)."""
+    return max(2, 2 * math.ceil(math.log2(max(cohort, 2)) / 2))
+
+
+def resolve(section: dict, *, mode: str, cohort: int) -> dict:
+    """Fill the automatic values (threshold, neighbours, modulus bits) for a cohort of m."""
+    k = section["neighbours"] or (auto_neighbours(cohort) if mode == "secagg+" else 0)
+    holders = k + 1 if mode == "secagg+" else cohort
+    t = section["threshold"] or max(1, math.ceil(2 * holders / 3))
+    extra = 1                                  # a DP unclipped bit may ride along: same bound
+    bits = section["modulus_bits"] or masking.min_modulus_bits(cohort + extra,
+                                                                section["quant_bits"])
+    return {"threshold": t, "neighbours": k, "modulus_bits": bits}
+
+
+def cross_check(section: dict, *, mode: str, protocol: str, cohort: int) -> list[str]:
+    """Config-time rejections: t > cohort, k >= cohort, a Z_R the sum would overflow."""
+    if mode == "none":
+        return []
+    out = []
+    if protocol != "fedavg":
+        out.append(f"fedavg.secure_aggregation: {mode!r} runs with protocol 'fedavg'; got "
+                   f"{protocol!r}")
+    r = resolve(section, mode=mode, cohort=cohort)
+    t, k = r["threshold"], r["neighbours"]
+    if mode == "secagg" and t > cohort:
+        out.append(f"secagg.threshold: t = {t} is more than the cohort of {cohort} clients per "
+                   f"round, so no round could ever unmask; set secagg.threshold <= {cohort}")
+    if mode == "secagg+":
+        if k >= cohort:
+            out.append(f"secagg.neighbours: k = {k} must be less than the cohort of {cohort} "
+                       f"(k = cohort - 1 is plain SecAgg); set secagg.neighbours <= "
+                       f"{2 * ((cohort - 1) // 2)} or use secure_aggregation = 'secagg'")
+        elif k % 2:
+            out.append(f"secagg.neighbours: k must be even (a circulant k-regular graph); got {k}")
+        if t > k + 1:
+            out.append(f"secagg.threshold: t = {t} is more than the k + 1 = {k + 1} holders of "
+                       f"each client's shares; set secagg.threshold <= {k + 1}")
+    need = masking.min_modulus_bits(cohort + 1, section["quant_bits"])
+    if section["modulus_bits"] and section["modulus_bits"] < need:
+        q = section["quant_bits"]
+        fit = max(2, q - (need - section["modulus_bits"]))
+        out.append(f"secagg.modulus_bits: a sum of {cohort} updates of {q}-bit values reaches "
+                   f"{cohort + 1} x (2^{q - 1} - 1) = {(cohort + 1) * masking.levels(q)}, which "
+                   f"overflows Z_R with R = 2^{section['modulus_bits']} (needs < R/2); set "
+                   f"secagg.modulus_bits >= {need} (or 0 for automatic), or quant_bits <= {fit}")
+    if need > 62:
+        out.append(f"secagg.quant_bits: {section['quant_bits']} bits for {cohort} clients need "
+                   f"R = 2^{need}, above the 62-bit maximum; lower secagg.quant_bits")
+    return out
+
+
+def params_from_config(cfg) -> SecAggParams | None:
+    mode = cfg.fedavg.secure_aggregation
+    if mode == "none":
+        return None
+    s = cfg.secagg.__dict__
+    cohort = math.ceil(cfg.clients_per_round * (1 + cfg.fedavg.over_selection))
+    r = resolve(s, mode=mode, cohort=cohort)
+    return SecAggParams(mode=mode, threshold=r["threshold"], neighbours=r["neighbours"],
+                        quant_bits=s["quant_bits"], clip=s["clip"],
+                        modulus_bits=r["modulus_bits"], stage_timeout_s=s["stage_timeout_s"],
+                        priced=s["priced"])
