@@ -129,3 +129,38 @@ def test_a_tampered_share_box_is_dropped_not_trusted(rng):
     assert set(c.held) == {0}
     assert isinstance(out.messages[-1][2], type(out.messages[-1][2]))
     assert any(isinstance(m, MaskedInput) for _, _, m in out.messages)
+
+
+@pytest.mark.parametrize("mode,k", [("secagg", 0), ("secagg+", 2)])
+def test_sizes_and_ops_without_running_equal_a_real_round(mode, k, rng):
+    from crowdlearn.crypto.costs import CryptoCosts
+    from crowdlearn.protocols.io import RunJob
+    from crowdlearn.protocols.secagg import client_round_bytes, client_round_ops
+    n, d = 6, 30
+    costs = CryptoCosts(1.0, keygen=3.0, agree=5.0, prg_byte=0.5, aead_byte=0.25, field_mul=7.0)
+    xs = {u: rng.normal(0, 0.3, d) for u in range(n)}
+    p = SecAggParams(mode=mode, threshold=2, neighbours=k, quant_bits=12, modulus_bits=16)
+    charged = []
+    from crowdlearn.protocols import secagg as sa
+    orig = sa.SecAggClient._after
+
+    def spy(self, stage, ops, reply):
+        out = orig(self, stage, ops, reply)
+        if self.node_id == n - 1:
+            charged.extend(e.job.flops for e in out if isinstance(e, RunJob))
+        return out
+    sa.SecAggClient._after = spy
+    try:
+        out = run_round(xs, p, rng=np.random.default_rng(0), costs=costs)
+    finally:
+        sa.SecAggClient._after = orig
+    peers = n - 1 if mode == "secagg" else k
+    assert sum(charged) == pytest.approx(costs.flops(**client_round_ops(peers=peers, t=2, d=d,
+                                                                        bits=16)))
+    sent = {type(m).__name__: wire.size(m) for s, _, m in out.messages if s == n - 1}
+    got = {type(m).__name__: wire.size(m) for _, dst, m in out.messages if dst == n - 1}
+    want = client_round_bytes(n=n, d=d, modulus_bits=16, mode=mode, k=k)
+    assert [sent[m] for m in ("AdvertiseKeys", "ShareKeys", "MaskedInput", "UnmaskShares")] \
+        == list(want["sent"].values())
+    assert [got[m] for m in ("KeyList", "ShareRelay", "UnmaskRequest")] \
+        == list(want["received"].values())

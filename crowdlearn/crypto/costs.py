@@ -4,7 +4,7 @@ A device's simulated time for a job is ``flops / profile.flops``.  Cryptography 
 each primitive is timed here on the host and converted to *FLOP-equivalents*: seconds on the host
 × the host's measured dense-matmul rate.  A device then runs the primitive ``profile.flops /
 host_flops`` times slower or faster than the host, the same scaling the simulator applies to
-training.  Calibration runs once per process (about 0.1 s) and is recorded in ``summary.json``.
+training.  Calibration runs once per process (about 0.3 s; best of 7 per primitive) and is recorded in ``summary.json``.
 
 Examples
 --------
@@ -44,7 +44,7 @@ class CryptoCosts:
         return asdict(self)
 
 
-def _best(fn, reps: int = 3) -> float:
+def _best(fn, reps: int = 7) -> float:
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -61,9 +61,11 @@ def calibrate() -> CryptoCosts:
     from crowdlearn.crypto import keyagreement as ka
     from crowdlearn.crypto import masking, shamir
 
-    a = np.ones((256, 256), np.float32)
-    mm = _best(lambda: [a @ a for _ in range(8)])
-    host = 8 * 2 * 256 ** 3 / mm
+    # small matrices: BLAS runs them on one thread, like the (single-threaded) primitives, and a
+    # loaded machine's thread contention does not distort the rate
+    a = np.ones((64, 64), np.float32)
+    mm = _best(lambda: [a @ a for _ in range(200)])
+    host = 200 * 2 * 64 ** 3 / mm
     keys = [ka.keypair(bytes([i + 1]) * 32) for i in range(20)]
     pubs = [ka.public_bytes(k) for k in keys]
     t_key = _best(lambda: [ka.public_bytes(ka.keypair(bytes([i + 7]) * 32))

@@ -89,7 +89,7 @@ from crowdlearn.protocols.wire import message
 __all__ = ["SecAggParams", "SecAggServer", "SecAggClient", "AdvertiseKeys", "KeyList",
            "ShareKeys", "ShareRelay", "MaskedInput", "UnmaskRequest", "UnmaskShares",
            "MaskedVector", "CryptoJob", "neighbour_graph", "run_round", "RoundOutcome",
-           "STAGE_MESSAGES"]
+           "STAGE_MESSAGES", "client_round_bytes", "client_round_ops"]
 
 #: Plaintext of one encrypted share: the shares of ``s_sk`` and of ``b_u``.
 SHARE_PLAIN = 2 * shamir.SHARE_BYTES
@@ -308,6 +308,7 @@ class SecAggClient(FedAvgClient):
         self.u2: tuple = ()
         self.threshold = 0
         self.clip_norm = 0.0
+        self._ckeys: dict = {}
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received) and isinstance(event.message, RoundStart):
@@ -348,6 +349,12 @@ class SecAggClient(FedAvgClient):
         self.stage_job = ("secagg", self.rnd, stage)
         return [RunJob(self.stage_job, CryptoJob(self.costs.flops(**ops), stage))]
 
+    def _share_key(self, v) -> bytes:
+        """The AES-GCM key shared with ``v`` this round (agreed once, used both ways)."""
+        if v not in self._ckeys:
+            self._ckeys[v] = ka.agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
+        return self._ckeys[v]
+
     def _advertise(self) -> list[Effect]:
         if self.sa.priced:
             c_pk, s_pk = self.crng.bytes(32), self.crng.bytes(32)
@@ -384,7 +391,7 @@ class SecAggClient(FedAvgClient):
             if self.sa.priced:
                 box = bytes(SHARE_BOX)
             else:
-                key = ka.agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
+                key = self._share_key(v)
                 box = ka.seal(key, plain, aad=_box_aad(self.rnd, me, v))
             dsts.append(v)
             boxes.append(box)
@@ -411,7 +418,7 @@ class SecAggClient(FedAvgClient):
             if sa.priced:
                 self.held[v] = (0, 0)
             else:
-                key = ka.agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
+                key = self._share_key(v)
                 try:
                     plain = ka.open_sealed(key, box, aad=_box_aad(self.rnd, v, me))
                 except ka.InvalidTag:
@@ -426,13 +433,15 @@ class SecAggClient(FedAvgClient):
         bits = sa.modulus_bits
         y = masking.quantise(x, clip=sa.clip, quant_bits=sa.quant_bits, modulus_bits=bits)
         if not sa.priced:
-            y = masking.add_mod(y, masking.prg(self.b_seed, len(y), bits), bits)
+            acc = masking.MaskAccumulator(len(y), bits)
+            acc.add(y, +1)
+            acc.add_prg(self.b_seed, +1)
             for v in self.u2:
                 seed = ka.agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd))
-                p = masking.prg(seed, len(y), bits)
-                y = masking.add_mod(y, p, bits) if me < v else masking.sub_mod(y, p, bits)
+                acc.add_prg(seed, +1 if me < v else -1)
+            y = acc.result()
         width = 4 if bits <= 32 else 8
-        ops = {"agree": opened + len(self.u2), "aead_bytes": opened * SHARE_PLAIN,
+        ops = {"agree": len(self.u2), "aead_bytes": opened * SHARE_PLAIN,
                "prg_bytes": (len(self.u2) + 1) * len(y) * width}
         return self._after("masked_input", ops, MaskedInput(self.rnd, MaskedVector(y, bits)))
 
@@ -655,21 +664,18 @@ class SecAggServer(FedAvgServer):
             acc = sum(int(c) * y for c, (_, y) in zip(lag_cache[xs], pts))
             return acc % int(shamir.PRIME)
 
-        d = len(total)
+        acc = masking.MaskAccumulator(len(total), bits)
+        acc.add(total, +1)
         for u in u3:
-            b = rebuild(u).to_bytes(32, "big")
-            total = masking.sub_mod(total, masking.prg(b, d, bits), bits)
+            acc.add_prg(rebuild(u).to_bytes(32, "big"), -1)
         adv = self.resp["advertise"]
         for v in dropped:
             s_sk = ka.keypair(rebuild(-1 - v).to_bytes(32, "big"))
             for u in u3:
-                if u not in self.graph[v]:
-                    continue
-                p = masking.prg(ka.agree(s_sk, adv[u].s_pk, _mask_info(self.round)), d, bits)
-                # u added +p when u < v: remove what u added
-                total = masking.sub_mod(total, p, bits) if u < v else masking.add_mod(total, p,
-                                                                                       bits)
-        return total, ""
+                if u in self.graph[v]:      # u added +PRG(s_uv) when u < v: remove it
+                    acc.add_prg(ka.agree(s_sk, adv[u].s_pk, _mask_info(self.round)),
+                                -1 if u < v else +1)
+        return acc.result(), ""
 
     def _close_secure(self, now: float, result, *, reason: str) -> list[Effect]:
         """Apply the unmasked sum (if any) and close the round as FedAvg does."""
@@ -908,3 +914,45 @@ def params_from_config(cfg) -> SecAggParams | None:
                         quant_bits=s["quant_bits"], clip=s["clip"],
                         modulus_bits=r["modulus_bits"], stage_timeout_s=s["stage_timeout_s"],
                         priced=s["priced"])
+
+
+def client_round_bytes(*, n: int, d: int, modulus_bits: int, mode: str = "secagg",
+                       k: int = 0, dropped: int = 0) -> dict:
+    """Encoded bytes of the messages one client sends and receives in a round without running it.
+
+    The messages are built as the machines build them (client ids ``0 … n−1``, placeholder
+    ciphertexts and keys of the real lengths, a sized masked vector), then measured with
+    :func:`crowdlearn.protocols.wire.size`; a test holds this equal to a real round's messages.
+    ``peers`` is ``n − 1`` (SecAgg) or ``k`` (SecAgg+); ``dropped`` of them drop after sharing.
+    """
+    peers = n - 1 if mode == "secagg" else k
+    me = n - 1                                       # the largest id: the widest integers
+    ids = tuple(range(n - 1 - peers, n))
+    key = bytes(32)
+    others = tuple(v for v in ids if v != me)
+    sent = {
+        "advertise": wire.size(AdvertiseKeys(0, key, key)),
+        "share": wire.size(ShareKeys(0, others, tuple(bytes(SHARE_BOX) for _ in others))),
+        "masked_input": wire.size(MaskedInput(0, MaskedVector(None, modulus_bits, d=d))),
+        "unmask": wire.size(UnmaskShares(
+            0, others[:len(others) - dropped] + (me,)
+            + tuple(-1 - v for v in others[len(others) - dropped:]),
+            tuple(bytes(shamir.SHARE_BYTES) for _ in range(len(others) + 1)))),
+    }
+    survivors = ids[:len(ids) - 1 - dropped] + (me,) if dropped else ids
+    received = {
+        "advertise": wire.size(KeyList(0, ids, (key,) * len(ids), (key,) * len(ids), 1, 0.0)),
+        "share": wire.size(ShareRelay(0, others, tuple(bytes(SHARE_BOX) for _ in others))),
+        "masked_input": wire.size(UnmaskRequest(0, survivors, tuple(
+            v for v in ids if v not in survivors))),
+    }
+    return {"sent": sent, "received": received, "sent_total": sum(sent.values()),
+            "received_total": sum(received.values())}
+
+
+def client_round_ops(*, peers: int, t: int, d: int, bits: int) -> dict:
+    """Primitive operations a client is charged for in a round without drop-outs (the sum of
+    its four stages' ``CryptoJob`` counts); ``peers`` = n − 1 (SecAgg) or k (SecAgg+)."""
+    width = 4 if bits <= 32 else 8
+    return {"keygen": 2, "agree": 2 * peers, "aead_bytes": 2 * peers * SHARE_PLAIN,
+            "field_muls": 2 * (peers + 1) * max(t - 1, 0), "prg_bytes": (peers + 1) * d * width}
