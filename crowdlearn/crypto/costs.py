@@ -72,8 +72,8 @@ def calibrate() -> CryptoCosts:
                            for i in range(20)]) / 20
     t_agree = _best(lambda: [ka.agree(keys[0], p, b"c") for p in pubs]) / 20
     nbytes = 1 << 20
-    t_prg = _best(lambda: masking.add_mod(masking.prg(b"s" * 32, nbytes // 4, 32),
-                                          np.zeros(nbytes // 4, np.uint64), 32)) / nbytes
+    acc = masking.MaskAccumulator(nbytes // 4, 32)
+    t_prg = _best(lambda: acc.add_prg(b"s" * 32, +1)) / nbytes
     blob = bytes(1 << 16)
     t_aead = _best(lambda: ka.seal(b"k" * 32, blob, aad=b"c")) / len(blob)
     xs = [gmpy2.mpz(shamir.PRIME - i) for i in range(1, 2001)]

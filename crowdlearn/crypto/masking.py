@@ -89,8 +89,11 @@ def quantise(x, *, clip: float, quant_bits: int, modulus_bits: int) -> np.ndarra
     if not clip > 0:
         raise ValueError(f"clip must be > 0; got {clip}")
     lv = levels(quant_bits)
-    q = np.rint(np.clip(np.asarray(x, np.float64), -clip, clip) * (lv / clip)).astype(np.int64)
-    return (q % (1 << modulus_bits)).astype(np.uint64)
+    q = np.clip(np.asarray(x, np.float64), -clip, clip)
+    q *= lv / clip
+    np.rint(q, out=q)
+    # two's complement: the int64 bit pattern reduced mod 2^bits is q mod R
+    return q.astype(np.int64).view(np.uint64) & np.uint64((1 << modulus_bits) - 1)
 
 
 def dequantise(v, *, clip: float, quant_bits: int, modulus_bits: int) -> np.ndarray:

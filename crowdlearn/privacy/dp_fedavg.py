@@ -49,7 +49,8 @@ from crowdlearn.schema import Key
 __all__ = ["CONFIG_SECTION", "DPParams", "DPFedAvg", "FedAvgAccountant", "clip_update",
            "epsilon_direct", "noise_for_epsilon", "cross_check", "params_from_config"]
 
-_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 257))
+#: RDP orders: dp-accounting's default grid.
+_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
 
 
 def _event(noise_multiplier: float, sampling_rate: float, rounds: int):

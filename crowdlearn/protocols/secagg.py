@@ -400,9 +400,9 @@ class SecAggClient(FedAvgClient):
         return self._after("share", ops, ShareKeys(self.rnd, tuple(dsts), tuple(boxes)))
 
     def _update_vector(self) -> tuple[np.ndarray, float]:
-        new = np.concatenate([np.asarray(w, np.float64).ravel() for w in self.trained])
-        old = np.concatenate([np.asarray(w, np.float64).ravel() for w in self.global_w])
-        delta = new - old
+        new = np.concatenate([np.asarray(w).ravel() for w in self.trained])
+        old = np.concatenate([np.asarray(w).ravel() for w in self.global_w])
+        delta = np.subtract(new, old, dtype=np.float64)
         if self.privatise is not None and self.clip_norm > 0:
             delta, bit = self.privatise(delta, self.clip_norm, self.crng)
             # the unclipped bit rides along as one more coordinate, scaled into the clip range
