@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from crowdlearn.crypto import masking
 from crowdlearn.crypto.costs import calibrate
+from crowdlearn.protocols import wire
+from crowdlearn.protocols.messages import Update
 from crowdlearn.protocols.secagg import auto_neighbours, client_round_bytes, client_round_ops
 
 
@@ -50,10 +54,6 @@ def main():
     print("| n | mode | k | t | R bits | sent (B) | received (B) | sent ÷ float32 update | "
           "compute (host s) |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    plain = 5 + 6 * 0 + d * 4          # rough float32 payload; the exact Update size below
-    from crowdlearn.protocols import wire
-    from crowdlearn.protocols.messages import Update
-    import numpy as np
     plain = wire.size(Update(0, (np.zeros(d, np.float32),), 1))
     for n in (100, 1_000, 10_000):
         bits = masking.min_modulus_bits(n + 1, 16)

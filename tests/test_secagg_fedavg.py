@@ -136,7 +136,7 @@ def test_target_epsilon_picks_the_noise_and_more_epsilon_means_less_noise():
     zs = [dp_fedavg.noise_for_epsilon(e, sampling_rate=0.1, rounds=20, delta=1e-5)
           for e in (1.0, 4.0, 16.0)]
     assert zs[0] > zs[1] > zs[2]
-    for e, z in zip((1.0, 4.0, 16.0), zs):
+    for e, z in zip((1.0, 4.0, 16.0), zs, strict=True):
         assert dp_fedavg.epsilon_direct(z, 0.1, 20, 1e-5) <= e
         assert dp_fedavg.epsilon_direct(z * 0.99, 0.1, 20, 1e-5) > e
 

@@ -49,9 +49,9 @@ def random_element(rng: np.random.Generator) -> gmpy2.mpz:
 
 def split(secret: int, *, n: int, t: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     """Shares ``(x, f(x))`` for ``x = 1 … n`` of ``secret`` with threshold ``t``."""
-    return [(x, int(y)) for x, y in zip(range(1, n + 1),
-                                        split_many([secret], list(range(1, n + 1)), t=t,
-                                                   rng=rng)[0])]
+    xs = list(range(1, n + 1))
+    return [(x, int(y)) for x, y in zip(xs, split_many([secret], xs, t=t, rng=rng)[0],
+                                        strict=True)]
 
 
 def split_many(secrets: Sequence[int], xs: Sequence[int], *, t: int,
@@ -115,7 +115,7 @@ def reconstruct_many(xs: Sequence[int], ys: Sequence[Sequence[int]]) -> list[int
         if len(row) != len(lam):
             raise ValueError(f"each row needs {len(lam)} share values; got {len(row)}")
         acc = gmpy2.mpz(0)
-        for c, y in zip(lam, row):
+        for c, y in zip(lam, row, strict=True):
             acc += c * gmpy2.mpz(y)
         out.append(int(acc % PRIME))
     return out

@@ -370,7 +370,7 @@ class SecAggClient(FedAvgClient):
         if me not in m.ids or len(m.ids) < m.threshold:
             return [Report("secagg_client_abort", "keylist", (("device", me),))]
         self.threshold, self.clip_norm = m.threshold, m.clip_norm
-        self.peers = {v: (c, s) for v, c, s in zip(m.ids, m.c_pks, m.s_pks) if v != me}
+        self.peers = {v: (c, s) for v, c, s in zip(m.ids, m.c_pks, m.s_pks, strict=True) if v != me}
         recipients = sorted(self.peers) + [me]
         t = m.threshold
         self.b_seed = self.crng.bytes(32)
@@ -412,7 +412,7 @@ class SecAggClient(FedAvgClient):
     def _masked_input(self, m: ShareRelay) -> list[Effect]:
         me, sa = self.node_id, self.sa
         opened = 0
-        for v, box in zip(m.srcs, m.boxes):
+        for v, box in zip(m.srcs, m.boxes, strict=False):
             if v not in self.peers:
                 continue                          # not a neighbour: the peer misbehaved
             if sa.priced:
@@ -593,7 +593,7 @@ class SecAggServer(FedAvgServer):
     def _send_relays(self) -> list[Effect]:
         inbox: dict = {u: ([], []) for u in self.resp["share"]}
         for v, msg in sorted(self.resp["share"].items()):
-            for dst, box in zip(msg.dsts, msg.boxes):
+            for dst, box in zip(msg.dsts, msg.boxes, strict=False):
                 if dst in inbox and dst in self.graph.get(v, ()):
                     inbox[dst][0].append(v)
                     inbox[dst][1].append(box)
@@ -646,7 +646,7 @@ class SecAggServer(FedAvgServer):
         # shares by secret owner: b_v for v in U3 (id v), s_sk_v for dropped v (id -1-v)
         got: dict = {}
         for holder, msg in self.resp["unmask"].items():
-            for sid, sh in zip(msg.ids, msg.shares):
+            for sid, sh in zip(msg.ids, msg.shares, strict=False):
                 got.setdefault(sid, []).append((_xcoord(holder), shamir.share_from_bytes(sh)))
         t = self.sa.threshold
         for sid in list(u3) + [-1 - v for v in dropped]:
@@ -661,7 +661,7 @@ class SecAggServer(FedAvgServer):
             xs = tuple(x for x, _ in pts)
             if xs not in lag_cache:
                 lag_cache[xs] = shamir.lagrange_at_zero(xs)
-            acc = sum(int(c) * y for c, (_, y) in zip(lag_cache[xs], pts))
+            acc = sum(int(c) * y for c, (_, y) in zip(lag_cache[xs], pts, strict=True))
             return acc % int(shamir.PRIME)
 
         acc = masking.MaskAccumulator(len(total), bits)
@@ -692,7 +692,7 @@ class SecAggServer(FedAvgServer):
             else:
                 delta = vec / len(u3)
             out, pos = [], 0
-            for w, s in zip(self.weights, self.shapes):
+            for w, s in zip(self.weights, self.shapes, strict=True):
                 n = int(np.prod(s, dtype=np.int64))
                 out.append((w + delta[pos:pos + n].reshape(s)).astype(w.dtype))
                 pos += n
@@ -779,7 +779,7 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(len(ids))
     clients = {u: SecAggClient(u, None, np.arange(1), rng=np.random.default_rng(0),
                                params=params, costs=costs,
-                               crypto_rng=np.random.default_rng(s)) for u, s in zip(ids, seeds)}
+                               crypto_rng=np.random.default_rng(s)) for u, s in zip(ids, seeds, strict=True)}
     log: list = []
     queue: list = []
     offline: set = set()
