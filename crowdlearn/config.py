@@ -356,7 +356,8 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
                        * (1 + fed["over_selection"]))
     problems.extend(_secagg.cross_check(v["secagg"], mode=fed["secure_aggregation"],
                                         protocol=v["protocol"], cohort=cohort))
-    problems.extend(_dp_fedavg.cross_check(v["dp"], protocol=v["protocol"], cohort=cohort))
+    problems.extend(_dp_fedavg.cross_check(v["dp"], protocol=v["protocol"], cohort=cohort,
+                                           secure_aggregation=fed["secure_aggregation"]))
     problems.extend(_fm.cross_check(v["fm"], protocol=v["protocol"], model=v["model"],
                                     data=v["data"], quality=v["quality"]))
     sl = v["slicenet"]

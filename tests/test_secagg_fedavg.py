@@ -80,6 +80,8 @@ def test_config_rejects_threshold_neighbours_and_overflow():
         with pytest.raises(ConfigError) as err:
             from_dict(raw)
         assert msg in str(err.value)
+    with pytest.raises(ConfigError, match="'distributed' noise is added by each client"):
+        from_dict({**base, "dp": {"mode": "distributed"}})
     ok = from_dict({**base, "fedavg": {"clients_per_round": 5, "secure_aggregation": "secagg"},
                     "secagg": {"modulus_bits": 19}})
     assert ok.secagg.modulus_bits == 19

@@ -30,21 +30,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import gmpy2
 import numpy as np
 
 __all__ = ["PRIME", "SHARE_BYTES", "split", "split_many", "lagrange_at_zero", "reconstruct",
            "reconstruct_many", "share_to_bytes", "share_from_bytes", "random_element"]
 
 #: The field modulus: the smallest prime above 2^256, so any 32-byte secret is a field element.
-PRIME = gmpy2.mpz(2) ** 256 + 297
+PRIME = 2 ** 256 + 297
+
+
+def _gmpy2():
+    """gmpy2, imported on first use: its import pulls in ``importlib.metadata`` → ``email`` →
+    ``socket``, which the pure layers must not load (tests/test_rings.py)."""
+    import gmpy2
+    return gmpy2
 #: Bytes of one share value on the wire.
 SHARE_BYTES = 33
 
 
-def random_element(rng: np.random.Generator) -> gmpy2.mpz:
+def random_element(rng: np.random.Generator):
     """A field element from 40 random bytes reduced mod p (statistical distance < 2^-60)."""
-    return gmpy2.mpz(int.from_bytes(rng.bytes(40), "big")) % PRIME
+    gmpy2 = _gmpy2()
+    return gmpy2.mpz(int.from_bytes(rng.bytes(40), "big")) % gmpy2.mpz(PRIME)
 
 
 def split(secret: int, *, n: int, t: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -55,7 +62,7 @@ def split(secret: int, *, n: int, t: int, rng: np.random.Generator) -> list[tupl
 
 
 def split_many(secrets: Sequence[int], xs: Sequence[int], *, t: int,
-               rng: np.random.Generator) -> list[list[gmpy2.mpz]]:
+               rng: np.random.Generator) -> list[list]:
     """Share every secret at the points ``xs``: row ``i`` holds ``f_i(x)`` for each ``x``.
 
     Horner's rule on ``gmpy2`` integers: ``len(secrets) · len(xs) · (t − 1)`` multiply-adds.
@@ -65,26 +72,30 @@ def split_many(secrets: Sequence[int], xs: Sequence[int], *, t: int,
         raise ValueError(f"threshold t must be in [1, {n}] for {n} shares; got {t}")
     if len(set(xs)) != n or any(int(x) % PRIME == 0 for x in xs):
         raise ValueError(f"share points must be distinct and non-zero mod p; got {list(xs)}")
+    gmpy2 = _gmpy2()
+    p = gmpy2.mpz(PRIME)
     out = []
     pts = [gmpy2.mpz(x) for x in xs]
     for s in secrets:
         s = gmpy2.mpz(s)
-        if not 0 <= s < PRIME:
+        if not 0 <= s < p:
             raise ValueError("secret must be in [0, p)")
         coeffs = [random_element(rng) for _ in range(t - 1)]
         row = []
         for x in pts:
             acc = gmpy2.mpz(0)
             for c in reversed(coeffs):
-                acc = (acc + c) * x % PRIME
-            row.append((acc + s) % PRIME)
+                acc = (acc + c) * x % p
+            row.append((acc + s) % p)
         out.append(row)
     return out
 
 
-def lagrange_at_zero(xs: Sequence[int]) -> list[gmpy2.mpz]:
+def lagrange_at_zero(xs: Sequence[int]) -> list:
     """Coefficients ``λ_j`` with ``f(0) = Σ λ_j f(x_j)`` for any polynomial of degree < len(xs)."""
-    pts = [gmpy2.mpz(x) % PRIME for x in xs]
+    gmpy2 = _gmpy2()
+    p = gmpy2.mpz(PRIME)
+    pts = [gmpy2.mpz(x) % p for x in xs]
     if len(set(pts)) != len(pts) or any(x == 0 for x in pts):
         raise ValueError(f"points must be distinct and non-zero mod p; got {list(xs)}")
     lam = []
@@ -92,9 +103,9 @@ def lagrange_at_zero(xs: Sequence[int]) -> list[gmpy2.mpz]:
         num, den = gmpy2.mpz(1), gmpy2.mpz(1)
         for m, xm in enumerate(pts):
             if m != j:
-                num = num * xm % PRIME
-                den = den * (xm - xj) % PRIME
-        lam.append(num * gmpy2.invert(den, PRIME) % PRIME)
+                num = num * xm % p
+                den = den * (xm - xj) % p
+        lam.append(num * gmpy2.invert(den, p) % p)
     return lam
 
 
@@ -109,6 +120,8 @@ def reconstruct_many(xs: Sequence[int], ys: Sequence[Sequence[int]]) -> list[int
 
     The Lagrange coefficients are computed once for the point set.
     """
+    gmpy2 = _gmpy2()
+    p = gmpy2.mpz(PRIME)
     lam = lagrange_at_zero(xs)
     out = []
     for row in ys:
@@ -117,7 +130,7 @@ def reconstruct_many(xs: Sequence[int], ys: Sequence[Sequence[int]]) -> list[int
         acc = gmpy2.mpz(0)
         for c, y in zip(lam, row, strict=True):
             acc += c * gmpy2.mpz(y)
-        out.append(int(acc % PRIME))
+        out.append(int(acc % p))
     return out
 
 

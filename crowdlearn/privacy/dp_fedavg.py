@@ -176,13 +176,13 @@ class DPFedAvg:
 
     def server_aggregate(self, deltas: list[np.ndarray], rng: np.random.Generator):
         """Plain FedAvg: clip each delta and aggregate (returns the mean delta and reports)."""
+        if self.p.mode != "central":
+            raise ValueError("plain FedAvg sees every update: only central DP applies "
+                             f"(distributed noise needs secure aggregation); got {self.p.mode!r}")
         total = np.zeros_like(deltas[0], dtype=np.float64)
         bits = 0.0
         for d in deltas:
             c, b = clip_update(np.asarray(d, np.float64), self.clip_norm)
-            if self.p.mode == "distributed":
-                sd = self.p.update_noise_multiplier * self.clip_norm / math.sqrt(self.p.cohort)
-                c = c + rng.normal(0.0, sd, c.shape)
             total += c
             bits += b
         return self._finish(total, bits, len(deltas), rng)
@@ -220,6 +220,8 @@ class DPFedAvg:
                 "dp_final_clip_norm": self.clip_norm}
 
 
+#: Key names follow Flower's DP wrappers (``clipping_norm``, ``noise_multiplier``,
+#: ``clip_norm_lr``, ``target_clipped_quantile``, ``clipped_count_stddev``).
 CONFIG_SECTION: dict[str, Key] = {
     "mode": Key(str, "none", "Client-level DP for FedAvg (McMahan et al. 2018): 'central' (the "
                 "server noises the sum), 'distributed' (each client adds its share of the "
@@ -228,7 +230,7 @@ CONFIG_SECTION: dict[str, Key] = {
     "clipping": Key(str, "fixed", "Update clipping: a 'fixed' L2 norm or 'adaptive' (Andrew et "
                     "al. 2021: the norm tracks a quantile of the update norms).",
                     choices=("fixed", "adaptive")),
-    "clip_norm": Key(float, 1.0, "L2 clipping norm C of a client's update (initial C when "
+    "clipping_norm": Key(float, 1.0, "L2 clipping norm C of a client's update (initial C when "
                      "adaptive).", min=0, min_open=True),
     "noise_multiplier": Key(float, 1.0, "Noise multiplier z: the sum's noise is N(0, (zC)^2). "
                             "Ignored when target_epsilon > 0.", min=0),
@@ -236,16 +238,23 @@ CONFIG_SECTION: dict[str, Key] = {
                           "rounds is this (at delta).", min=0),
     "delta": Key(float, 1e-5, "δ of the reported (ε, δ).", min=0, max=1, min_open=True),
     "accountant": Key(str, "rdp", "dp-accounting accountant.", choices=("rdp", "pld")),
-    "target_quantile": Key(float, 0.5, "Adaptive clipping: the quantile γ of update norms the "
-                           "clipping norm tracks.", min=0, max=1),
-    "clip_lr": Key(float, 0.2, "Adaptive clipping: geometric learning rate η_C.", min=0),
-    "count_stddev": Key(float, 0.0, "Adaptive clipping: noise σ_b on the unclipped count; 0 = "
-                        "max(m/20, z).", min=0),
+    "target_clipped_quantile": Key(float, 0.5, "Adaptive clipping: the target fraction γ of "
+                                   "updates left unclipped (norm <= C); the norm tracks that "
+                                   "quantile of the update norms (Flower's name).", min=0, max=1),
+    "clip_norm_lr": Key(float, 0.2, "Adaptive clipping: geometric learning rate η_C.", min=0),
+    "clipped_count_stddev": Key(float, 0.0, "Adaptive clipping: noise σ_b on the unclipped "
+                                "count; 0 = max(m/20, z).", min=0),
 }
 
 
-def cross_check(section: dict, *, protocol: str, cohort: int) -> list[str]:
+def cross_check(section: dict, *, protocol: str, cohort: int,
+                secure_aggregation: str = "none") -> list[str]:
     out = []
+    if section["mode"] == "distributed" and secure_aggregation == "none":
+        out.append("dp.mode: 'distributed' noise is added by each client before secure "
+                   "aggregation masks its update; without it the server sees every update before "
+                   "the noise. Set fedavg.secure_aggregation = 'secagg' (or 'secagg+'), or use "
+                   "dp.mode = 'central'")
     if section["mode"] != "none" and protocol != "fedavg":
         out.append(f"dp.mode: client-level DP is for protocol 'fedavg'; got protocol "
                    f"{protocol!r} (remove [dp] or set protocol = 'fedavg')")
@@ -265,7 +274,7 @@ def params_from_config(cfg) -> DPParams | None:
     if s.target_epsilon > 0:
         z = noise_for_epsilon(s.target_epsilon, sampling_rate=min(1.0, cohort / population),
                               rounds=cfg.rounds, delta=s.delta, accountant=s.accountant)
-    return DPParams(mode=s.mode, noise_multiplier=z, clip_norm=s.clip_norm,
-                    adaptive=s.clipping == "adaptive", target_quantile=s.target_quantile,
-                    clip_lr=s.clip_lr, count_stddev=s.count_stddev, delta=s.delta,
+    return DPParams(mode=s.mode, noise_multiplier=z, clip_norm=s.clipping_norm,
+                    adaptive=s.clipping == "adaptive", target_quantile=s.target_clipped_quantile,
+                    clip_lr=s.clip_norm_lr, count_stddev=s.clipped_count_stddev, delta=s.delta,
                     accountant=s.accountant, cohort=cohort, population=population)
