@@ -162,3 +162,12 @@ def test_distributed_noise_with_secagg_sums_to_the_central_noise_level(rng):
     dp = dp_fedavg.DPFedAvg(p)
     total = sum(dp.client_privatise(np.zeros(20_000), 1.0, rng)[0] for _ in range(16))
     assert np.std(total) == pytest.approx(2.0, rel=0.03)
+
+
+def test_priced_simulation_equals_the_real_one_in_bytes_and_model(fixed_costs):
+    real = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "fleet.devices": 8})
+    priced = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "secagg.priced": True})
+    for key in ("final_accuracy", "bytes_total", "secagg_stage_bytes", "device_flops",
+                "sim_time_s"):
+        assert real.summary[key] == priced.summary[key], key
+    assert priced.summary["secure_aggregation"] == "secagg+ (priced)"

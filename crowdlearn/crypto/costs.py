@@ -44,7 +44,9 @@ class CryptoCosts:
 
 
 def _best(fn, reps: int = 7) -> float:
-    import time     # measurement only: the primitives' module graph stays clock-free
+    # measurement only: imported here so the primitives' module graph stays clock-free
+    import time
+
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
