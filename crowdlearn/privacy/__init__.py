@@ -3,12 +3,15 @@
 * :mod:`crowdlearn.privacy.mechanisms`: Laplace noise, clipping, the sparse vector technique of
   DSSGD (:func:`svt_select`, vectorised, with its literal reference walk);
 * :mod:`crowdlearn.privacy.accountant`: the per-participant ε ledger (the paper's per-parameter
-  figure, basic composition, and a composed (ε, δ) from the ``dp-accounting`` PLD accountant).
+  figure, basic composition, and a composed (ε, δ) from the ``dp-accounting`` PLD accountant);
+* :mod:`crowdlearn.privacy.dp_fedavg`: client-level DP for FedAvg (clipping, adaptive clipping,
+  central or distributed Gaussian noise) and its ε from ``dp-accounting`` (RDP or PLD).
 
 References: R. Shokri, V. Shmatikov, "Privacy-Preserving Deep Learning", ACM CCS 2015.
 """
 
 from crowdlearn.privacy.accountant import PrivacyLedger, composed_epsilon, turn_event, turns_event
+from crowdlearn.privacy.dp_fedavg import DPFedAvg, FedAvgAccountant
 from crowdlearn.privacy.mechanisms import (
     SVTDraws,
     clip,
@@ -19,5 +22,5 @@ from crowdlearn.privacy.mechanisms import (
     svt_select_reference,
 )
 
-__all__ = ["PrivacyLedger", "SVTDraws", "clip", "composed_epsilon", "laplace", "svt_draws",
+__all__ = ["DPFedAvg", "FedAvgAccountant", "PrivacyLedger", "SVTDraws", "clip", "composed_epsilon", "laplace", "svt_draws",
            "svt_scales", "svt_select", "svt_select_reference", "turn_event", "turns_event"]
