@@ -164,3 +164,25 @@ def test_sizes_and_ops_without_running_equal_a_real_round(mode, k, rng):
         == list(want["sent"].values())
     assert [got[m] for m in ("KeyList", "ShareRelay", "UnmaskRequest")] \
         == list(want["received"].values())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), data=st.data())
+def test_stage_deadlines_close_stages_without_the_slow_clients(seed, data):
+    """Clients too slow for a stage's deadline are left out like drop-outs (they stay online);
+    the sum is still exactly the survivors' and their late messages are refused."""
+    n = 6
+    rng = np.random.default_rng(seed)
+    xs = {u: rng.normal(0, 0.5, 8) for u in range(n)}
+    p = SecAggParams(threshold=3, quant_bits=10, modulus_bits=masking.min_modulus_bits(n, 10),
+                     stage_timeout_s=5.0)
+    stall = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=1, unique=True)))
+             for s in STAGES}
+    out = run_round(xs, p, rng=np.random.default_rng(seed + 1), stall=stall)
+    slow = stall["advertise"] | stall["share"] | stall["masked_input"]
+    if len(set(range(n)) - slow) < 3:
+        assert out.status == "abort"
+        return
+    assert out.status == "ok", out.server.log
+    assert out.u3 == tuple(sorted(set(range(n)) - slow))
+    assert np.array_equal(out.server.last_sum, _quantised_sum(xs, out.u3, p))

@@ -757,23 +757,29 @@ class RoundOutcome:
 
 
 def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
-              drop: Mapping[str, set] | None = None,
+              drop: Mapping[str, set] | None = None, stall: Mapping[str, set] | None = None,
               costs: CryptoCosts | None = None) -> RoundOutcome:
     """One secure aggregation of ``xs`` (client → vector), with clients dropping before a stage.
 
     ``drop`` maps a stage (``"advertise"``, ``"share"``, ``"masked_input"``, ``"unmask"``) to the
-    clients that go offline just before sending that stage's message.  Machines are driven by
-    hand through an in-memory wire; this is what the tests and the priced-size tables use.
+    clients that go offline just before sending that stage's message (the server is told:
+    ``PeerLost``).  ``stall`` maps a stage to clients that stay online but whose message of that
+    stage arrives only after the stage's deadline (too slow): the server closes the stage when its
+    timer fires (``params.stage_timeout_s`` must then be finite; it is also the round deadline
+    here) and the late message is refused.  Machines are driven by hand through an in-memory
+    wire; this is what the tests and the priced-size tables use.
     """
     from crowdlearn.crypto.costs import CryptoCosts as _C
     from crowdlearn.protocols.io import PeerJoined, Start
 
     costs = costs or _C(1.0, 0, 0, 0, 0, 0)
     drop = {k: set(v) for k, v in (drop or {}).items()}
+    stall = {k: set(v) for k, v in (stall or {}).items()}
     ids = sorted(xs)
     d = len(next(iter(xs.values())))
     zero = [np.zeros(d, np.float32)]
-    fp = FedAvgParams(rounds=1, clients_per_round=len(ids), min_clients=len(ids))
+    fp = FedAvgParams(rounds=1, clients_per_round=len(ids), min_clients=len(ids),
+                      deadline_s=params.stage_timeout_s)
     server = SecAggServer(SERVER, zero, fp, rng=rng, secagg=params, costs=costs,
                           graph_rng=np.random.default_rng(int(rng.integers(2**63))))
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(len(ids))
@@ -782,6 +788,7 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
                                crypto_rng=np.random.default_rng(s)) for u, s in zip(ids, seeds, strict=True)}
     log: list = []
     queue: list = []
+    late: list = []
     offline: set = set()
     stage_of = {AdvertiseKeys: "advertise", ShareKeys: "share", MaskedInput: "masked_input",
                 UnmaskShares: "unmask"}
@@ -799,25 +806,33 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
                     c._reset()
                     apply(SERVER, server.handle(PeerLost(src), 0.0))
                     continue
-                queue.append((src, SERVER, msg))
+                (late if src in stall.get(stage_of[type(msg)], ()) else queue).append(
+                    (src, SERVER, msg))
 
     server.handle(Start(), 0.0)
     for u in ids:
         apply(SERVER, server.handle(PeerJoined(u), 0.0))
-    while queue:
+    now = 0.0
+    while queue or (server.phase == "training" and server.next_timer() is not None):
+        if not queue:                          # everyone fast has answered: the deadline passes
+            now = server.next_timer()
+            queue.extend(late)                 # the slow messages arrive after it
+            late.clear()
+            apply(SERVER, server.handle(TimerFired(), now))
+            continue
         src, dst, msg = queue.pop(0)
         if src in offline or dst in offline:
             continue
         log.append((src, dst, msg))
         if dst == SERVER:
-            apply(SERVER, server.handle(Received(src, msg), 0.0))
+            apply(SERVER, server.handle(Received(src, msg), now))
         elif isinstance(msg, RoundStart):      # "training": the update is xs[u] itself
             c = clients[dst]
             c.rnd, c.global_w = msg.round, msg.weights
             c.trained = [np.asarray(xs[dst], np.float64)]
             apply(dst, c._advertise())
         else:
-            apply(dst, clients[dst].handle(Received(src, msg), 0.0))
+            apply(dst, clients[dst].handle(Received(src, msg), now))
     ok = bool(server.log) and server.log[-1]["status"] == "ok"
     total = None
     if ok:
