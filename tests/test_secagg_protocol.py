@@ -180,9 +180,24 @@ def test_stage_deadlines_close_stages_without_the_slow_clients(seed, data):
              for s in STAGES}
     out = run_round(xs, p, rng=np.random.default_rng(seed + 1), stall=stall)
     slow = stall["advertise"] | stall["share"] | stall["masked_input"]
-    if len(set(range(n)) - slow) < 3:
-        assert out.status == "abort"
+    u3 = set(range(n)) - slow
+    if len(u3) < 3 or len(u3 - stall["unmask"]) < 3:    # fewer than t inputs or share holders
+        assert out.status == "abort" and out.server.last_sum is None
         return
     assert out.status == "ok", out.server.log
     assert out.u3 == tuple(sorted(set(range(n)) - slow))
     assert np.array_equal(out.server.last_sum, _quantised_sum(xs, out.u3, p))
+
+
+def test_a_client_refuses_to_reveal_both_secrets_of_a_peer(rng):
+    from crowdlearn.protocols.io import Received, Report
+    from crowdlearn.protocols.secagg import UnmaskRequest
+    xs = {u: rng.normal(0, 0.3, 5) for u in range(4)}
+    out = run_round(xs, SecAggParams(threshold=2, quant_bits=12, modulus_bits=16),
+                    rng=np.random.default_rng(2))
+    c = out.clients[0]
+    c.rnd = 0
+    both = c.handle(Received("server", UnmaskRequest(0, (1, 2), (2,))), 0.0)
+    assert [type(e) for e in both] == [Report] and both[0].name == "secagg_client_abort"
+    few = c.handle(Received("server", UnmaskRequest(0, (1,), ())), 0.0)
+    assert [type(e) for e in few] == [Report]

@@ -446,7 +446,10 @@ class SecAggClient(FedAvgClient):
         return self._after("masked_input", ops, MaskedInput(self.rnd, MaskedVector(y, bits)))
 
     def _unmask(self, m: UnmaskRequest) -> list[Effect]:
-        if set(m.survivors) & set(m.dropped):
+        # Bonawitz et al.: refuse to help unmask fewer than t inputs, or a client named both as
+        # a survivor and as dropped (its b and its s_sk together would unmask its input)
+        few = self.sa.mode == "secagg" and len(m.survivors) < self.threshold
+        if few or set(m.survivors) & set(m.dropped):
             return [Report("secagg_client_abort", "unmask", (("device", self.node_id),))]
         ids, shares = [], []
         for v in m.survivors:                     # their self-mask seed b_v
