@@ -114,3 +114,14 @@ def test_key_agreement_is_symmetric_and_aead_authenticates(a, b, msg, info):
     assert ka.open_sealed(k, box, aad=b"hdr") == msg
     with pytest.raises(ka.InvalidTag):
         ka.open_sealed(k, box, aad=b"other")
+
+
+def test_doctests_of_the_secagg_and_dp_modules():
+    import doctest
+
+    from crowdlearn.crypto import costs
+    from crowdlearn.privacy import dp_fedavg
+    from crowdlearn.protocols import secagg
+    for module in (shamir, masking, ka, costs, secagg, dp_fedavg):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
