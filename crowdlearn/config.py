@@ -15,7 +15,7 @@ Traceback (most recent call last):
 ...
 crowdlearn.errors.ConfigError: invalid configuration (2 problem(s)):
   - rounds: must be >= 1; got 0
-  - fedavg.lrr: unknown key; did you mean 'lr'? (valid: batch_size, clients_per_round, deadline_s, fraction, local_epochs, lr, min_clients, over_selection)
+  - fedavg.lrr: unknown key; did you mean 'lr'? (valid: batch_size, clients_per_round, deadline_s, fraction, local_epochs, lr, min_clients, over_selection, secure_aggregation)
 """
 
 from __future__ import annotations
@@ -189,6 +189,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "over_selection": Key(float, 0.0, "Select this fraction more devices than needed and "
                               "keep the first m updates.", min=0),
         "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
+        "secure_aggregation": Key(str, "none", "Secure aggregation of the updates: 'secagg' "
+                                  "(Bonawitz et al. 2017), 'secagg+' (Bell et al. 2020, k "
+                                  "neighbours) or 'none'. Settings in [secagg].",
+                                  choices=("none", "secagg", "secagg+")),
     },
 }
 
@@ -202,6 +206,12 @@ from crowdlearn.protocols import fm as _fm  # noqa: E402
 
 SCHEMA["fm"] = _fm.CONFIG_SECTION
 SCHEMA["quality"] = _quality.CONFIG_SECTION
+
+from crowdlearn.privacy import dp_fedavg as _dp_fedavg  # noqa: E402
+from crowdlearn.protocols import secagg as _secagg  # noqa: E402
+
+SCHEMA["secagg"] = _secagg.CONFIG_SECTION
+SCHEMA["dp"] = _dp_fedavg.CONFIG_SECTION
 
 
 def _frozen(v: Any) -> Any:
@@ -441,6 +451,13 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
         problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
                         "(use 'mlp' or 'linear')")
     problems.extend(_dssgd.cross_check(v["dssgd"]))
+    cohort = math.ceil((fed["clients_per_round"] or max(1, round(fed["fraction"]
+                                                                 * fleet["devices"])))
+                       * (1 + fed["over_selection"]))
+    problems.extend(_secagg.cross_check(v["secagg"], mode=fed["secure_aggregation"],
+                                        protocol=v["protocol"], cohort=cohort))
+    problems.extend(_dp_fedavg.cross_check(v["dp"], protocol=v["protocol"], cohort=cohort,
+                                           secure_aggregation=fed["secure_aggregation"]))
     problems.extend(_fm.cross_check(v["fm"], protocol=v["protocol"], model=v["model"],
                                     data=v["data"], quality=v["quality"]))
     sl = v["slicenet"]

@@ -77,10 +77,31 @@ def _build_fedavg(ctx: Context) -> dict:
                           local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
                           deadline_s=f.deadline_s, over_selection=f.over_selection,
                           min_clients=f.min_clients)
-    machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params,
-                                           rng=ctx.rngs["protocol"])}
+    from crowdlearn.privacy import dp_fedavg
+    from crowdlearn.protocols import secagg
+    dp_params = dp_fedavg.params_from_config(cfg)
+    dp = dp_fedavg.DPFedAvg(dp_params) if dp_params is not None else None
+    sa = secagg.params_from_config(cfg)
+    if sa is None:
+        machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params,
+                                               rng=ctx.rngs["protocol"], dp=dp)}
+        for d in ctx.devices:
+            machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
+        return machines
+    # secure aggregation: crypto costs calibrated on this machine; key material from its own
+    # per-device streams so that training draws exactly what it draws without SecAgg
+    from crowdlearn.crypto.costs import calibrate
+    costs = calibrate()
+    ctx.extra["crypto_costs"] = costs
+    streams = np.random.SeedSequence([cfg.seed, 0x5EC]).spawn(len(ctx.devices) + 1)
+    machines = {SERVER: secagg.SecAggServer(SERVER, ctx.init_weights, params,
+                                            rng=ctx.rngs["protocol"], secagg=sa, costs=costs,
+                                            dp=dp, graph_rng=np.random.default_rng(streams[-1]))}
     for d in ctx.devices:
-        machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
+        machines[d] = secagg.SecAggClient(
+            d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d], params=sa, costs=costs,
+            crypto_rng=np.random.default_rng(streams[d]),
+            privatise=dp.client_privatise if dp is not None else None)
     return machines
 
 
@@ -324,6 +345,8 @@ class Simulation:
             "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
                                                           with_abs_grad=True),
             "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
+            "crypto": lambda jobs: [None] * len(jobs),  # secure aggregation: computed in the
+                                                        # machine, charged as a job
             **fm.runners(self),
         })
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row)
@@ -456,6 +479,18 @@ class Simulation:
             plan = self.ctx.extra["plan"]
             summary["slice_balance"] = float(plan.balance)
             summary["slice_traffic_bytes_per_sample"] = int(plan.traffic_bytes_per_sample)
+        server = self.driver.machines.get(SERVER)
+        if hasattr(server, "summary"):          # secure aggregation
+            summary.update(server.summary())
+            from crowdlearn.protocols.secagg import STAGE_MESSAGES
+            kinds = mon.bytes_by_kind
+            summary["secagg_stage_bytes"] = {
+                stage: {k: int(kinds.get(k, 0)) for k in names}
+                for stage, names in STAGE_MESSAGES.items()}
+            if "crypto_costs" in self.ctx.extra:
+                summary["secagg_cost_model"] = self.ctx.extra["crypto_costs"].to_dict()
+        if getattr(server, "dp", None) is not None:
+            summary.update(server.dp.summary())
         if metric == "accuracy" and not values:
             summary["final_accuracy"] = summary["best_accuracy"] = None
         summary.update(self._privacy_summary())
@@ -484,6 +519,13 @@ class Simulation:
                "epsilon_per_parameter": None,
                "epsilon_quality_scores": scores[0] if scores else None,
                "epsilon_audit": None}
+        fed_dp = getattr(self.driver.machines.get(SERVER), "dp", None)
+        if fed_dp is not None:              # DP-FedAvg: its own RDP/PLD accountant
+            s = fed_dp.summary()
+            out.update(dp=True, epsilon=s["epsilon"], delta=s["delta"], accountant=s["accountant"],
+                       accountant_fallback_to_basic=False, epsilon_guarantee="dp",
+                       privacy_mechanism=f"client-level Gaussian ({s['dp_mode']} noise)")
+            return out
         if not out["dp"]:
             return out
         out.update(epsilon=max((r["epsilon"] for r in dev), default=0.0),

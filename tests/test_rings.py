@@ -9,7 +9,9 @@ RING0 = ["crowdlearn.protocols.io", "crowdlearn.protocols.wire", "crowdlearn.pro
          "crowdlearn.protocols.dssgd", "crowdlearn.privacy.mechanisms",
          "crowdlearn.privacy.accountant", "crowdlearn.privacy.functional", "crowdlearn.data.quality",
          "crowdlearn.protocols.fm", "slicenet.graph", "slicenet.plan", "slicenet.partition",
-         "slicenet.protocol", "crowdlearn.crypto.sealing"]
+         "slicenet.protocol", "crowdlearn.crypto.sealing", "crowdlearn.crypto.shamir",
+         "crowdlearn.crypto.masking", "crowdlearn.crypto.keyagreement", "crowdlearn.protocols.secagg",
+         "crowdlearn.privacy.dp_fedavg"]
 FORBIDDEN = ["simpy", "tensorflow", "keras", "asyncio", "socket"]
 
 

@@ -91,11 +91,13 @@ class FedAvgParams:
 class FedAvgServer(Machine):
     """The FedAvg parameter server (trains nothing)."""
 
-    def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator):
+    def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator,
+                 dp=None):
         super().__init__(node_id)
         self.weights = [np.asarray(w) for w in weights]
         self.params = params
         self.rng = rng
+        self.dp = dp                        # client-level DP (crowdlearn.privacy.dp_fedavg)
         self.present: set[NodeId] = set()
         self.round = 0
         self.phase = "idle"               # idle | waiting | training | done
@@ -170,16 +172,32 @@ class FedAvgServer(Machine):
             return self._close_round(now, reason="dropouts")
         return []
 
+    def _dp_aggregate(self, ups: list[Update]) -> list[Effect]:
+        """DP-FedAvg: clipped deltas averaged uniformly, noised (McMahan et al. 2018)."""
+        flat = np.concatenate([w.ravel() for w in self.weights]).astype(np.float64)
+        deltas = [np.concatenate([np.asarray(w, np.float64).ravel() for w in u.weights]) - flat
+                  for u in ups]
+        mean, effects = self.dp.server_aggregate(deltas, self.rng)
+        out, pos = [], 0
+        for w in self.weights:
+            out.append((w + mean[pos:pos + w.size].reshape(w.shape)).astype(w.dtype))
+            pos += w.size
+        self.weights = out
+        return effects
+
     def _close_round(self, now: float, *, reason: str) -> list[Effect]:
         used = tuple(self.updates)
+        effects: list[Effect] = []
         if used:
             ups = [self.updates[d] for d in used]
-            if sum(u.num_samples for u in ups) > 0:
+            if self.dp is not None:
+                effects.extend(self._dp_aggregate(ups))
+            elif sum(u.num_samples for u in ups) > 0:
                 self.weights = weighted_average([u.weights for u in ups],
                                                 [u.num_samples for u in ups])
         info = {"round": self.round, "start_s": self.round_started, "end_s": now,
                 "selected": self.selected, "aggregated": used, "closed_by": reason}
-        effects: list[Effect] = [
+        effects += [
             Report("round", info),
             Report("global_model", tuple(self.weights), (("round", self.round),)),
         ]
