@@ -172,3 +172,26 @@ def test_priced_simulation_equals_the_real_one_in_bytes_and_model(fixed_costs):
                 "sim_time_s"):
         assert real.summary[key] == priced.summary[key], key
     assert priced.summary["secure_aggregation"] == "secagg+ (priced)"
+
+
+def test_same_seed_same_simulated_times_across_processes(tmp_path):
+    """Crypto costs are calibrated once per machine and cached, so two separate runs with the
+    same seed give the same events, times and metrics (the first run writes the cache)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from crowdlearn.config import from_dict\n"
+            "from sim.experiment import Simulation\n"
+            "res = Simulation(from_dict({'rounds': 2, 'fleet': {'devices': 6},\n"
+            "    'fedavg': {'clients_per_round': 4, 'secure_aggregation': 'secagg'}})).run()\n"
+            "json.dump({'t': res.summary['sim_time_s'], 'm': res.metrics,\n"
+            "           'c': res.summary['secagg_cost_model']}, sys.stdout)\n")
+    env = {**os.environ, "CROWDLEARN_CACHE": str(tmp_path / "cache")}
+    env.pop("CROWDLEARN_RECALIBRATE", None)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                      capture_output=True, text=True).stdout) for _ in range(2)]
+    assert list((tmp_path / "cache").glob("secagg-costs-*.json"))
+    assert runs[0] == runs[1]

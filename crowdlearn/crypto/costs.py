@@ -4,7 +4,10 @@ A device's simulated time for a job is ``flops / profile.flops``.  Cryptography 
 each primitive is timed here on the host and converted to *FLOP-equivalents*: seconds on the host
 × the host's measured dense-matmul rate.  A device then runs the primitive ``profile.flops /
 host_flops`` times slower or faster than the host, the same scaling the simulator applies to
-training.  Calibration runs once per process (about 0.3 s; best of 7 per primitive) and is recorded in ``summary.json``.
+training.  Calibration (about 0.3 s; best of 7 per primitive) runs once per machine: its result
+is kept in a cache file (:func:`cached_calibration`) and reused, so that the same seed gives the
+same simulated times in every run on this machine; it is recorded in ``summary.json``.  Set
+``CROWDLEARN_RECALIBRATE=1`` to measure again (e.g. after a hardware change).
 
 Examples
 --------
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["CryptoCosts", "calibrate"]
+__all__ = ["CryptoCosts", "cached_calibration", "calibrate"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,61 @@ def _best(fn, reps: int = 7) -> float:
     return best
 
 
+def cache_path(name: str):
+    """Where the calibration ``name`` of this machine is kept (``$CROWDLEARN_CACHE`` or
+    ``~/.cache/crowdlearn``), keyed by the host and the versions that set the speed."""
+    import hashlib
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    parts = [platform.node(), platform.machine(), platform.python_version()]
+    for pkg in ("numpy", "cryptography", "gmpy2"):
+        try:
+            parts.append(f"{pkg}={version(pkg)}")
+        except PackageNotFoundError:
+            parts.append(f"{pkg}=?")
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("CROWDLEARN_CACHE") or Path.home() / ".cache" / "crowdlearn")
+    return root / f"{name}-{key}.json"
+
+
+def cached_calibration(name: str, measure) -> dict:
+    """``measure()`` (a JSON-able dict of timings) once per machine; later calls read the file.
+
+    A missing, unreadable or unwritable cache falls back to measuring (the run still works; only
+    the cross-run reproducibility of simulated times is lost).  ``CROWDLEARN_RECALIBRATE=1``
+    measures again and replaces the file.
+    """
+    import json
+    import os
+
+    path = cache_path(name)
+    if os.environ.get("CROWDLEARN_RECALIBRATE") != "1":
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    values = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(values, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return values
+
+
 @functools.lru_cache(maxsize=1)
 def calibrate() -> CryptoCosts:
-    """Time each primitive on this machine (best of 3) and convert to FLOP-equivalents."""
+    """The primitives' FLOP-equivalents on this machine (measured once, then cached)."""
+    return CryptoCosts(**cached_calibration("secagg-costs", lambda: asdict(_measure())))
+
+
+def _measure() -> CryptoCosts:
+    """Time each primitive on this machine (best of 7) and convert to FLOP-equivalents."""
     import gmpy2
 
     from crowdlearn.crypto import keyagreement as ka
