@@ -15,7 +15,7 @@ Traceback (most recent call last):
 ...
 crowdlearn.errors.ConfigError: invalid configuration (2 problem(s)):
   - rounds: must be >= 1; got 0
-  - fedavg.lrr: unknown key; did you mean 'lr'? (valid: batch_size, clients_per_round, deadline_s, fraction, local_epochs, lr, min_clients, over_selection)
+  - fedavg.lrr: unknown key; did you mean 'lr'? (valid: batch_size, clients_per_round, deadline_s, fraction, local_epochs, lr, min_clients, over_selection, secure_aggregation)
 """
 
 from __future__ import annotations

@@ -371,6 +371,13 @@ class Simulation:
                "epsilon_per_parameter": None,
                "epsilon_quality_scores": scores[0] if scores else None,
                "epsilon_audit": None}
+        fed_dp = getattr(self.driver.machines.get(SERVER), "dp", None)
+        if fed_dp is not None:              # DP-FedAvg: its own RDP/PLD accountant
+            s = fed_dp.summary()
+            out.update(dp=True, epsilon=s["epsilon"], delta=s["delta"], accountant=s["accountant"],
+                       accountant_fallback_to_basic=False, epsilon_guarantee="dp",
+                       privacy_mechanism=f"client-level Gaussian ({s['dp_mode']} noise)")
+            return out
         if not out["dp"]:
             return out
         out.update(epsilon=max((r["epsilon"] for r in dev), default=0.0),

@@ -543,7 +543,7 @@ def test_fleet_charges_uploads_the_server_finds_late(registered):
     """A turn timeout shorter than a turn: the server drops the uploads as late, yet each one
     left its participant and is in the run's ledger (summary.json and privacy.csv)."""
     sim, res, sent = run_counting_sends(fleet(**{"dssgd.dp": True, "dssgd.epsilon": 0.001,
-                                                 "dssgd.turn_timeout_s": 0.2, "rounds": 2,
+                                                 "dssgd.turn_timeout_s": 0.05, "rounds": 2,
                                                  "fleet.devices": 4}))
     uploads = {}
     for node, m in sent:

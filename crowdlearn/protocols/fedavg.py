@@ -33,12 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from crowdlearn.protocols.aggregate import weighted_average
-from crowdlearn.protocols.messages import Decline, RoundStart, Update
-from crowdlearn.protocols.validate import check_weights, misbehaved
-from crowdlearn.registry import Protocol
-from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -58,6 +52,10 @@ from sim.machine import (
     Start,
     TimerFired,
 )
+from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from crowdlearn.protocols.validate import check_weights, misbehaved
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
 
 SERVER: NodeId = "server"
 
@@ -93,11 +91,13 @@ class FedAvgParams:
 class FedAvgServer(Machine):
     """The FedAvg parameter server (trains nothing)."""
 
-    def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator):
+    def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator,
+                 dp=None):
         super().__init__(node_id)
         self.weights = [np.asarray(w) for w in weights]
         self.params = params
         self.rng = rng
+        self.dp = dp                        # client-level DP (crowdlearn.privacy.dp_fedavg)
         self.present: set[NodeId] = set()
         self.round = 0
         self.phase = "idle"               # idle | waiting | training | done
@@ -172,16 +172,32 @@ class FedAvgServer(Machine):
             return self._close_round(now, reason="dropouts")
         return []
 
+    def _dp_aggregate(self, ups: list[Update]) -> list[Effect]:
+        """DP-FedAvg: clipped deltas averaged uniformly, noised (McMahan et al. 2018)."""
+        flat = np.concatenate([w.ravel() for w in self.weights]).astype(np.float64)
+        deltas = [np.concatenate([np.asarray(w, np.float64).ravel() for w in u.weights]) - flat
+                  for u in ups]
+        mean, effects = self.dp.server_aggregate(deltas, self.rng)
+        out, pos = [], 0
+        for w in self.weights:
+            out.append((w + mean[pos:pos + w.size].reshape(w.shape)).astype(w.dtype))
+            pos += w.size
+        self.weights = out
+        return effects
+
     def _close_round(self, now: float, *, reason: str) -> list[Effect]:
         used = tuple(self.updates)
+        effects: list[Effect] = []
         if used:
             ups = [self.updates[d] for d in used]
-            if sum(u.num_samples for u in ups) > 0:
+            if self.dp is not None:
+                effects.extend(self._dp_aggregate(ups))
+            elif sum(u.num_samples for u in ups) > 0:
                 self.weights = weighted_average([u.weights for u in ups],
                                                 [u.num_samples for u in ups])
         info = {"round": self.round, "start_s": self.round_started, "end_s": now,
                 "selected": self.selected, "aggregated": used, "closed_by": reason}
-        effects: list[Effect] = [
+        effects += [
             Report("round", info),
             Report("global_model", tuple(self.weights), (("round", self.round),)),
         ]
@@ -291,96 +307,3 @@ class StandaloneClient(_LocalTrainer):
                 effects.append(self._job())
             return effects
         return []
-
-
-# ---------------------------------------------------------------- the protocol's declarations
-#: the ``[fedavg]`` config section, shared by FedAvg and the two baselines (centralized, standalone)
-CONFIG_SECTION = {
-    "clients_per_round": Key(int, 0, "Updates the server waits for per round (m); 0 = use "
-                             "fraction.", min=0),
-    "fraction": Key(float, 0.1, "Fraction C of devices per round when clients_per_round = 0.",
-                    min=0, max=1, min_open=True),
-    "local_epochs": Key(int, 1, "Local epochs E per round.", min=1),
-    "batch_size": Key(int, 32, "Local mini-batch size B (0 = full batch).", min=0),
-    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
-    "deadline_s": Key(float, math.inf, "Round deadline in simulated seconds; the server "
-                      "aggregates what arrived by then.", min=0, min_open=True),
-    "over_selection": Key(float, 0.0, "Select this fraction more devices than needed and "
-                          "keep the first m updates.", min=0),
-    "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
-}
-
-
-def params_from_config(cfg) -> FedAvgParams:
-    f = cfg.fedavg
-    return FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
-                        local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
-                        deadline_s=f.deadline_s, over_selection=f.over_selection,
-                        min_clients=f.min_clients)
-
-
-def build(ctx) -> dict:
-    """FedAvg's machines: the server and one client per device."""
-    machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params_from_config(ctx.config),
-                                           rng=ctx.rngs["protocol"])}
-    for d in ctx.devices:
-        machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
-    return machines
-
-
-def build_centralized(ctx) -> dict:
-    """The centralized baseline: the server trains on the union of the devices' data."""
-    cfg, f = ctx.config, ctx.config.fedavg
-    union = np.sort(np.concatenate(ctx.parts))
-    return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
-                                       rounds=cfg.rounds, epochs=f.local_epochs,
-                                       batch_size=f.batch_size, lr=f.lr, rng=ctx.rngs["protocol"])}
-
-
-def build_standalone(ctx) -> dict:
-    """The standalone baseline: every device trains alone on its own data."""
-    cfg, f = ctx.config, ctx.config.fedavg
-    return {d: StandaloneClient(d, ctx.spec, ctx.init_weights, ctx.parts[d], rounds=cfg.rounds,
-                                epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
-                                rng=ctx.device_rngs[d])
-            for d in ctx.devices}
-
-
-def check_section(v: dict) -> list[str]:
-    """Problems of the ``[fedavg]`` section against the fleet, in every config."""
-    fleet, fed = v["fleet"], v["fedavg"]
-    if fleet["devices"] >= 1 and fed["clients_per_round"] > fleet["devices"]:
-        return [f"fedavg.clients_per_round: {fed['clients_per_round']} is more than "
-                f"fleet.devices = {fleet['devices']}"]
-    return []
-
-
-def check_fedavg(v: dict) -> list[str]:
-    fleet, fed = v["fleet"], v["fedavg"]
-    if fleet["devices"] >= 1 and fed["min_clients"] > fleet["devices"]:
-        return [f"fedavg.min_clients: {fed['min_clients']} devices must be present to "
-                f"start a round but the fleet has fleet.devices = {fleet['devices']}, so "
-                f"no round could ever start; lower min_clients to at most "
-                f"{fleet['devices']} or add devices"]
-    return []
-
-
-def check_standalone(v: dict) -> list[str]:
-    if v["fleet"]["devices"] > 2000:
-        return ["fleet.devices: the standalone baseline evaluates every device's model; "
-                "use at most 2000 devices"]
-    return []
-
-
-_SECTIONS = {"fedavg": CONFIG_SECTION}
-
-#: found by :mod:`crowdlearn.registry`
-PROTOCOLS = (
-    Protocol("fedavg", build, doc="Federated averaging (McMahan et al. 2017).",
-             sections=_SECTIONS, check_sections=check_section, check=check_fedavg,
-             server_view="crowdlearn.privacy.attacks.views:FedAvgServerView"),
-    Protocol("centralized", build_centralized, doc="Baseline: one model trained on the union "
-             "of the devices' data at the server.", sections=_SECTIONS),
-    Protocol("standalone", build_standalone, doc="Baseline: every device trains alone.",
-             sections=_SECTIONS, check=check_standalone),
-)

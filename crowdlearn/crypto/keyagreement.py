@@ -1,0 +1,70 @@
+"""Pairwise keys for secure aggregation: X25519 agreement, HKDF-SHA256, AES-GCM.
+
+Each party holds key pairs born on its own device (:func:`keypair` takes 32 random bytes from
+the caller, so simulations are reproducible; a deployment passes ``os.urandom(32)``).  Two parties
+agree on a 32-byte key per purpose with :func:`agree`; ``info`` binds the purpose, the round and
+the pair, so the same X25519 secret yields independent keys for the share cipher and the mask PRG.
+
+Examples
+--------
+>>> a, b = keypair(bytes(range(32))), keypair(bytes(range(1, 33)))
+>>> k = agree(a, public_bytes(b), b"demo")
+>>> k == agree(b, public_bytes(a), b"demo")
+True
+>>> box = seal(k, b"share", aad=b"1->2")
+>>> len(box) == NONCE + 5 + TAG, open_sealed(k, box, aad=b"1->2")
+(True, b'share')
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+__all__ = ["keypair", "public_bytes", "private_bytes", "agree", "seal", "open_sealed",
+           "NONCE", "TAG", "KEY_BYTES", "InvalidTag"]
+
+NONCE, TAG, KEY_BYTES = 12, 16, 32
+
+
+def keypair(raw: bytes) -> X25519PrivateKey:
+    if len(raw) != 32:
+        raise ValueError(f"an X25519 private key is 32 bytes; got {len(raw)}")
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def agree(key: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
+    """X25519 with the peer's public key, then HKDF-SHA256 to 32 bytes bound to ``info``."""
+    shared = key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+
+
+def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
+    """AES-256-GCM with a nonce derived from the plaintext-independent ``aad`` (one message per
+    key and header in this protocol, so the nonce is never reused under a key)."""
+    nonce = hashlib.sha256(aad).digest()[:NONCE]
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(key: bytes, box: bytes, *, aad: bytes) -> bytes:
+    """Decrypt and authenticate; raises ``InvalidTag`` on tampering or a wrong key."""
+    return AESGCM(key).decrypt(box[:NONCE], box[NONCE:], aad)

@@ -1,0 +1,144 @@
+"""Shamir t-of-n secret sharing over the prime field GF(p), p = 2^256 + 297.
+
+A secret ``s`` (an integer below ``p``: a 32-byte key or seed fits) is the constant term of a
+random polynomial ``f`` of degree ``t - 1``; party ``i`` receives ``(i, f(i))``.  Any ``t`` shares
+give ``s = Σ_j λ_j f(x_j)`` with the Lagrange coefficients at zero
+``λ_j = Π_{m≠j} x_m / (x_m − x_j)``; any ``t − 1`` shares are consistent with every secret
+(the scheme is information-theoretically hiding).
+
+Why our own: the field arithmetic is a few lines on ``gmpy2`` integers, and the cost that matters
+in secure aggregation is *reconstructing many secrets from the same set of survivors*: the
+Lagrange coefficients depend only on the survivors' x-coordinates, so :func:`reconstruct_many`
+computes them once and each secret costs ``t`` multiply-adds (see ``docs/design.md``).
+
+References
+----------
+A. Shamir, "How to share a secret", Communications of the ACM 22(11), 1979.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> shares = split(123456789, n=5, t=3, rng=rng)
+>>> reconstruct(shares[:3]) == reconstruct(shares[2:]) == 123456789
+True
+>>> reconstruct(shares[:2]) == 123456789       # t - 1 shares reveal nothing
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["PRIME", "SHARE_BYTES", "split", "split_many", "lagrange_at_zero", "reconstruct",
+           "reconstruct_many", "share_to_bytes", "share_from_bytes", "random_element"]
+
+#: The field modulus: the smallest prime above 2^256, so any 32-byte secret is a field element.
+PRIME = 2 ** 256 + 297
+
+
+def _gmpy2():
+    """gmpy2, imported on first use: its import pulls in ``importlib.metadata`` → ``email`` →
+    ``socket``, which the pure layers must not load (tests/test_rings.py)."""
+    import gmpy2
+    return gmpy2
+#: Bytes of one share value on the wire.
+SHARE_BYTES = 33
+
+
+def random_element(rng: np.random.Generator):
+    """A field element from 40 random bytes reduced mod p (statistical distance < 2^-60)."""
+    gmpy2 = _gmpy2()
+    return gmpy2.mpz(int.from_bytes(rng.bytes(40), "big")) % gmpy2.mpz(PRIME)
+
+
+def split(secret: int, *, n: int, t: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Shares ``(x, f(x))`` for ``x = 1 … n`` of ``secret`` with threshold ``t``."""
+    xs = list(range(1, n + 1))
+    return [(x, int(y)) for x, y in zip(xs, split_many([secret], xs, t=t, rng=rng)[0],
+                                        strict=True)]
+
+
+def split_many(secrets: Sequence[int], xs: Sequence[int], *, t: int,
+               rng: np.random.Generator) -> list[list]:
+    """Share every secret at the points ``xs``: row ``i`` holds ``f_i(x)`` for each ``x``.
+
+    Horner's rule on ``gmpy2`` integers: ``len(secrets) · len(xs) · (t − 1)`` multiply-adds.
+    """
+    n = len(xs)
+    if not 1 <= t <= n:
+        raise ValueError(f"threshold t must be in [1, {n}] for {n} shares; got {t}")
+    if len(set(xs)) != n or any(int(x) % PRIME == 0 for x in xs):
+        raise ValueError(f"share points must be distinct and non-zero mod p; got {list(xs)}")
+    gmpy2 = _gmpy2()
+    p = gmpy2.mpz(PRIME)
+    out = []
+    pts = [gmpy2.mpz(x) for x in xs]
+    for s in secrets:
+        s = gmpy2.mpz(s)
+        if not 0 <= s < p:
+            raise ValueError("secret must be in [0, p)")
+        coeffs = [random_element(rng) for _ in range(t - 1)]
+        row = []
+        for x in pts:
+            acc = gmpy2.mpz(0)
+            for c in reversed(coeffs):
+                acc = (acc + c) * x % p
+            row.append((acc + s) % p)
+        out.append(row)
+    return out
+
+
+def lagrange_at_zero(xs: Sequence[int]) -> list:
+    """Coefficients ``λ_j`` with ``f(0) = Σ λ_j f(x_j)`` for any polynomial of degree < len(xs)."""
+    gmpy2 = _gmpy2()
+    p = gmpy2.mpz(PRIME)
+    pts = [gmpy2.mpz(x) % p for x in xs]
+    if len(set(pts)) != len(pts) or any(x == 0 for x in pts):
+        raise ValueError(f"points must be distinct and non-zero mod p; got {list(xs)}")
+    lam = []
+    for j, xj in enumerate(pts):
+        num, den = gmpy2.mpz(1), gmpy2.mpz(1)
+        for m, xm in enumerate(pts):
+            if m != j:
+                num = num * xm % p
+                den = den * (xm - xj) % p
+        lam.append(num * gmpy2.invert(den, p) % p)
+    return lam
+
+
+def reconstruct(shares: Sequence[tuple[int, int]]) -> int:
+    """The secret from ``t`` or more shares ``(x, y)`` (fewer give an unrelated value)."""
+    xs = [x for x, _ in shares]
+    return int(reconstruct_many(xs, [[y for _, y in shares]])[0])
+
+
+def reconstruct_many(xs: Sequence[int], ys: Sequence[Sequence[int]]) -> list[int]:
+    """Reconstruct one secret per row of ``ys`` (all shared at the same points ``xs``).
+
+    The Lagrange coefficients are computed once for the point set.
+    """
+    gmpy2 = _gmpy2()
+    p = gmpy2.mpz(PRIME)
+    lam = lagrange_at_zero(xs)
+    out = []
+    for row in ys:
+        if len(row) != len(lam):
+            raise ValueError(f"each row needs {len(lam)} share values; got {len(row)}")
+        acc = gmpy2.mpz(0)
+        for c, y in zip(lam, row, strict=True):
+            acc += c * gmpy2.mpz(y)
+        out.append(int(acc % p))
+    return out
+
+
+def share_to_bytes(y: int) -> bytes:
+    return int(y).to_bytes(SHARE_BYTES, "big")
+
+
+def share_from_bytes(b: bytes) -> int:
+    if len(b) != SHARE_BYTES:
+        raise ValueError(f"a share is {SHARE_BYTES} bytes; got {len(b)}")
+    return int.from_bytes(b, "big")

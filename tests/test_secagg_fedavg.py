@@ -1,0 +1,197 @@
+"""Secure aggregation and DP inside FedAvg runs; config-time rejections; the server's view."""
+
+import numpy as np
+import pytest
+
+from crowdlearn.config import from_dict
+from crowdlearn.crypto import masking
+from crowdlearn.errors import ConfigError
+from crowdlearn.privacy import dp_fedavg
+from crowdlearn.protocols.secagg import SecAggParams, run_round
+from crowdlearn.experiment import run
+from tests.conftest import small_config
+
+
+def _run(**over):
+    return run(small_config(**over))
+
+
+@pytest.fixture
+def fixed_costs(monkeypatch):
+    """A fixed crypto cost model: simulated times (and so churn outcomes) do not depend on the
+    load of the machine running the tests."""
+    import crowdlearn.crypto.costs as cc
+    from crowdlearn.crypto.costs import CryptoCosts
+    fixed = CryptoCosts(1e10, keygen=2e5, agree=3e5, prg_byte=20.0, aead_byte=1.0, field_mul=1.4e3)
+    monkeypatch.setattr(cc, "calibrate", lambda: fixed)
+    return fixed
+
+
+def test_secagg_matches_plain_fedavg_without_dropouts_and_charges_its_costs(fixed_costs):
+    plain = _run(rounds=2)
+    res = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg"})
+    s = res.summary
+    assert s["completed"] and s["secagg_rounds_ok"] == 2 and s["secagg_rounds_aborted"] == 0
+    assert abs(s["final_accuracy"] - plain.summary["final_accuracy"]) <= 0.005
+    # costs from what ran: the four stages' messages, and crypto charged as device compute
+    stage = s["secagg_stage_bytes"]
+    assert all(v > 0 for st in stage.values() for v in st.values())
+    assert s["bytes_by_kind"]["MaskedInput"] == stage["masked_input"]["MaskedInput"]
+    assert 0 < s["secagg_expansion"] < 2
+    assert s["device_flops"] > plain.summary["device_flops"]
+    assert s["jobs_run"]["crypto"] == 2 * 4 * 4      # rounds x clients x stages
+    assert s["secagg_cost_model"]["agree"] == fixed_costs.agree
+    assert [r["clients_aggregated"] for r in res.metrics] == [4, 4]
+
+
+def test_churn_drops_clients_at_stages_and_survivors_still_unmask(fixed_costs):
+    from crowdlearn.experiment import Simulation
+    sim = Simulation(small_config(**{
+        "fedavg.secure_aggregation": "secagg", "availability.churn": 0.25, "seed": 8,
+        "availability.churn_offline_s": 1e-3, "secagg.threshold": 2, "rounds": 4,
+        "fedavg.clients_per_round": 5}))
+    res = sim.run()
+    s = res.summary
+    assert s["completed"] and s["rounds_completed"] == 4
+    drops = s["secagg_dropouts_by_stage"]
+    assert drops["advertise"] > 0 and drops["share"] > 0 and drops["masked_input"] > 0
+    log = sim.driver.machines["server"].log
+    # a round unmasked although a client dropped after sharing its keys (its pairwise masks
+    # were rebuilt from the survivors' shares of its key)
+    assert any(r["status"] == "ok" and r["masked_input"] < r["share"] for r in log)
+    assert s["secagg_rounds_ok"] + s["secagg_rounds_aborted"] == 4
+
+
+def test_config_rejects_threshold_neighbours_and_overflow():
+    base = {"fleet": {"devices": 20}, "fedavg": {"clients_per_round": 5}}
+    cases = [
+        ({"fedavg": {"secure_aggregation": "secagg"}, "secagg": {"threshold": 6}},
+         "t = 6 is more than the cohort of 5"),
+        ({"fedavg": {"secure_aggregation": "secagg+"}, "secagg": {"neighbours": 6}},
+         "k = 6 must be less than the cohort of 5"),
+        ({"fedavg": {"secure_aggregation": "secagg+"}, "secagg": {"neighbours": 2,
+                                                                  "threshold": 4}},
+         "more than the k + 1 = 3"),
+        ({"fedavg": {"secure_aggregation": "secagg"}, "secagg": {"modulus_bits": 16}},
+         "overflows Z_R with R = 2^16 (needs < R/2); set secagg.modulus_bits >= 19"),
+    ]
+    for extra, msg in cases:
+        raw = {**base, **extra, "fedavg": {**base["fedavg"], **extra["fedavg"]}}
+        with pytest.raises(ConfigError) as err:
+            from_dict(raw)
+        assert msg in str(err.value)
+    with pytest.raises(ConfigError, match="'distributed' noise is added by each client"):
+        from_dict({**base, "dp": {"mode": "distributed"}})
+    ok = from_dict({**base, "fedavg": {"clients_per_round": 5, "secure_aggregation": "secagg"},
+                    "secagg": {"modulus_bits": 19}})
+    assert ok.secagg.modulus_bits == 19
+
+
+def test_server_view_of_one_masked_upload_reveals_nothing_to_the_reconstruction_attack(rng):
+    """Phong et al.'s first-layer attack recovers a one-sample update exactly in the clear and
+    does no better than the mean image from the same client's masked upload."""
+    from sklearn.datasets import load_digits
+
+    from crowdlearn.privacy.attacks.metrics import psnr
+    from crowdlearn.privacy.attacks.reconstruction import reconstruct_from_first_layer
+    x = load_digits().data / 16.0
+    mean = x.mean(axis=0)
+    d, h = 64, 16
+    scores_plain, scores_masked, scores_mean = [], [], []
+    for i in range(5):
+        xi = x[i]
+        delta_b = rng.normal(0, 0.05, h)
+        upd = {u: rng.normal(0, 0.01, d * h + h) for u in range(4)}
+        upd[0] = np.concatenate([-np.outer(xi, delta_b).ravel(), -delta_b])     # one SGD step
+        p = SecAggParams(threshold=3, quant_bits=16, clip=0.5, modulus_bits=20)
+        out = run_round(upd, p, rng=np.random.default_rng(i))
+        seen = masking.dequantise(out.server.resp["masked_input"][0].vector.values,
+                                  clip=p.clip, quant_bits=p.quant_bits, modulus_bits=20)
+        for vec, scores in ((upd[0], scores_plain), (seen, scores_masked)):
+            rec = reconstruct_from_first_layer(vec[:d * h].reshape(d, h), vec[d * h:])
+            scores.append(psnr(np.clip(np.nan_to_num(rec), 0, 1), xi))
+        scores_mean.append(psnr(mean, xi))
+    assert np.mean(scores_plain) > 60                       # exact in the clear
+    assert np.mean(scores_masked) <= np.mean(scores_mean) + 0.5   # no better than the mean image
+
+
+def test_dp_epsilon_matches_dp_accounting_computed_directly():
+    import dp_accounting as dpa
+    from dp_accounting import pld, rdp
+    res = _run(**{"dp.mode": "central", "dp.noise_multiplier": 1.1, "fleet.devices": 8,
+                  "rounds": 3})
+    q = 4 / 8
+    for r, row in enumerate(res.metrics, start=1):
+        acc = rdp.RdpAccountant(dp_fedavg._ORDERS)
+        acc.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(1.1)),
+                                            r))
+        assert row["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert res.summary["epsilon"] == pytest.approx(res.metrics[-1]["epsilon"])
+    assert res.summary["delta"] == 1e-5 and "RDP" in res.summary["accountant"]
+    assert res.summary["dp"] is True and res.summary["epsilon_guarantee"] == "dp"
+    a = pld.PLDAccountant()
+    a.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(0.9)),
+                                      7))
+    assert dp_fedavg.epsilon_direct(0.9, 0.1, 7, 1e-6, "pld") == pytest.approx(a.get_epsilon(1e-6))
+
+
+def test_target_epsilon_picks_the_noise_and_more_epsilon_means_less_noise():
+    zs = [dp_fedavg.noise_for_epsilon(e, sampling_rate=0.1, rounds=20, delta=1e-5)
+          for e in (1.0, 4.0, 16.0)]
+    assert zs[0] > zs[1] > zs[2]
+    for e, z in zip((1.0, 4.0, 16.0), zs, strict=True):
+        assert dp_fedavg.epsilon_direct(z, 0.1, 20, 1e-5) <= e
+        assert dp_fedavg.epsilon_direct(z * 0.99, 0.1, 20, 1e-5) > e
+
+
+def test_clipping_bounds_the_update_and_adaptive_norm_tracks_the_quantile(rng):
+    p = dp_fedavg.DPParams(mode="central", noise_multiplier=0.0, clip_norm=1.0, adaptive=True,
+                           target_quantile=0.5, clip_lr=0.5, cohort=10, population=100)
+    dp = dp_fedavg.DPFedAvg(p)
+    for _ in range(60):
+        deltas = [rng.normal(0, 1, 100) * s for s in np.linspace(0.01, 0.1, 10)]
+        dp.server_aggregate(deltas, rng)
+    norms = np.linalg.norm(np.stack(deltas), axis=1)
+    assert np.quantile(norms, 0.2) < dp.clip_norm < np.quantile(norms, 0.8)
+    c, bit = dp_fedavg.clip_update(np.full(4, 10.0), 2.0)
+    assert np.linalg.norm(c) == pytest.approx(2.0) and bit == 0.0
+
+
+def test_distributed_noise_with_secagg_sums_to_the_central_noise_level(rng):
+    p = dp_fedavg.DPParams(mode="distributed", noise_multiplier=2.0, clip_norm=1.0, cohort=16,
+                           population=100)
+    dp = dp_fedavg.DPFedAvg(p)
+    total = sum(dp.client_privatise(np.zeros(20_000), 1.0, rng)[0] for _ in range(16))
+    assert np.std(total) == pytest.approx(2.0, rel=0.03)
+
+
+def test_priced_simulation_equals_the_real_one_in_bytes_and_model(fixed_costs):
+    real = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "fleet.devices": 8})
+    priced = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "secagg.priced": True})
+    for key in ("final_accuracy", "bytes_total", "secagg_stage_bytes", "device_flops",
+                "sim_time_s"):
+        assert real.summary[key] == priced.summary[key], key
+    assert priced.summary["secure_aggregation"] == "secagg+ (priced)"
+
+
+def test_same_seed_same_simulated_times_across_processes(tmp_path):
+    """Crypto costs are calibrated once per machine and cached, so two separate runs with the
+    same seed give the same events, times and metrics (the first run writes the cache)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from crowdlearn.config import from_dict\n"
+            "from crowdlearn.experiment import Simulation\n"
+            "res = Simulation(from_dict({'rounds': 2, 'fleet': {'devices': 6},\n"
+            "    'fedavg': {'clients_per_round': 4, 'secure_aggregation': 'secagg'}})).run()\n"
+            "json.dump({'t': res.summary['sim_time_s'], 'm': res.metrics,\n"
+            "           'c': res.summary['secagg_cost_model']}, sys.stdout)\n")
+    env = {**os.environ, "CROWDLEARN_CACHE": str(tmp_path / "cache")}
+    env.pop("CROWDLEARN_RECALIBRATE", None)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                      capture_output=True, text=True).stdout) for _ in range(2)]
+    assert list((tmp_path / "cache").glob("secagg-costs-*.json"))
+    assert runs[0] == runs[1]

@@ -1,0 +1,203 @@
+"""SecAgg / SecAgg+ machines: exact sums under drop-outs, aborts below t, uniform uploads,
+priced mode equal to the real one."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crowdlearn.crypto import masking
+from sim import wire
+from crowdlearn.protocols.secagg import MaskedInput, SecAggParams, run_round
+
+STAGES = ("advertise", "share", "masked_input", "unmask")
+
+
+def _quantised_sum(xs, ids, p):
+    total = np.zeros(len(next(iter(xs.values()))), np.uint64)
+    for u in ids:
+        total = masking.add_mod(total, masking.quantise(xs[u], clip=p.clip, quant_bits=p.quant_bits,
+                                                        modulus_bits=p.modulus_bits),
+                                p.modulus_bits)
+    return total
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 7), d=st.integers(1, 20), seed=st.integers(0, 2**31),
+       mode=st.sampled_from(["secagg", "secagg+"]), data=st.data())
+def test_unmasked_sum_is_the_quantised_sum_under_dropouts(n, d, seed, mode, data):
+    rng = np.random.default_rng(seed)
+    xs = {u: rng.normal(0, 0.5, d) for u in range(n)}
+    k = 2 if mode == "secagg+" else 0
+    t = data.draw(st.integers(1, min(n, 3 if mode == "secagg+" else n)))
+    p = SecAggParams(mode=mode, threshold=t, neighbours=k, quant_bits=10,
+                     modulus_bits=masking.min_modulus_bits(n, 10), clip=1.0)
+    drop = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=2, unique=True)))
+            for s in STAGES}
+    out = run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop)
+    if out.status == "ok":
+        # exactly the survivors' quantised inputs, nothing else
+        expected_u3 = tuple(sorted(set(range(n)) - drop["advertise"] - drop["share"]
+                                   - drop["masked_input"]))
+        assert out.u3 == expected_u3
+        assert np.array_equal(out.server.last_sum, _quantised_sum(xs, out.u3, p))
+    else:
+        assert out.sum is None and out.server.last_sum is None
+
+
+def test_no_dropouts_secagg_and_secagg_plus_agree_with_plaintext(rng):
+    xs = {u: rng.normal(0, 0.3, 50) for u in range(9)}
+    for mode, k in (("secagg", 0), ("secagg+", 4)):
+        p = SecAggParams(mode=mode, threshold=3, neighbours=k, quant_bits=16, modulus_bits=24)
+        out = run_round(xs, p, rng=np.random.default_rng(3))
+        assert out.status == "ok" and out.u3 == tuple(range(9))
+        assert np.array_equal(out.server.last_sum, _quantised_sum(xs, range(9), p))
+        np.testing.assert_allclose(out.sum, sum(xs.values()), atol=9 * 0.5 / 32767)
+
+
+def test_below_threshold_the_round_aborts_and_nothing_is_revealed(rng):
+    xs = {u: rng.normal(0, 0.3, 20) for u in range(6)}
+    p = SecAggParams(threshold=5, quant_bits=12, modulus_bits=16)
+    # two clients drop before the masked input: 4 < t survive
+    out = run_round(xs, p, rng=np.random.default_rng(0), drop={"masked_input": {1, 4}})
+    assert out.status == "abort" and out.sum is None
+    log = out.server.log[-1]
+    assert log["status"] == "abort" and "masked_input: 4 < t = 5" in log["reason"]
+    # the server never asked for shares: no unmasking message was sent or received
+    kinds = {type(m).__name__ for _, _, m in out.messages}
+    assert "UnmaskRequest" not in kinds and "UnmaskShares" not in kinds
+    assert out.server.weights[0].tolist() == [0.0] * 20        # the model did not move
+
+    # survivors drop during unmasking: 3 < t shares of each b_u; the server holds 3 shares and
+    # rebuilding from them gives a wrong seed, so masked inputs stay masked
+    out = run_round(xs, p, rng=np.random.default_rng(0), drop={"unmask": {0, 2, 5}})
+    assert out.status == "abort" and "unmask" in out.server.log[-1]["reason"]
+    held = out.server.resp["unmask"]
+    assert len(held) == 3
+    from crowdlearn.crypto import shamir
+    c1 = out.clients[1]
+    shares = [((h + 1), shamir.share_from_bytes(m.shares[m.ids.index(1)])) for h, m in held.items()]
+    assert shamir.reconstruct(shares) != int.from_bytes(c1.b_seed, "big")
+
+
+def test_one_masked_upload_is_uniform_in_Z_R():
+    """Chi-square: the masked vector of one client is indistinguishable from uniform in Z_R,
+    whatever the input (here all zeros, the most structured input there is)."""
+    from scipy.stats import chisquare
+    d = 40_000
+    xs = {u: np.zeros(d) for u in range(4)}
+    p = SecAggParams(threshold=3, quant_bits=12, modulus_bits=16)
+    out = run_round(xs, p, rng=np.random.default_rng(5))
+    y = out.server.resp["masked_input"][0].vector.values
+    counts = np.bincount((y >> np.uint64(8)).astype(np.int64), minlength=256)
+    assert chisquare(counts).pvalue > 1e-3
+    # and the plain quantised input is all zeros: far from uniform
+    plain = masking.quantise(xs[0], clip=1.0, quant_bits=12, modulus_bits=16)
+    assert chisquare(np.bincount((plain >> np.uint64(8)).astype(np.int64), minlength=256)
+                     + 1).pvalue < 1e-10
+
+
+@pytest.mark.parametrize("mode,k", [("secagg", 0), ("secagg+", 2)])
+def test_priced_mode_has_the_real_sizes_and_sum(mode, k, rng):
+    xs = {u: rng.normal(0, 0.3, 30) for u in range(6)}
+    drop = {"share": {2}, "unmask": {4}}
+    outs = {}
+    for priced in (False, True):
+        p = SecAggParams(mode=mode, threshold=2, neighbours=k, quant_bits=12, modulus_bits=16,
+                         priced=priced)
+        outs[priced] = run_round(xs, p, rng=np.random.default_rng(9), drop=drop)
+    real, priced = outs[False], outs[True]
+    sizes = lambda o: [(s, d, type(m).__name__, wire.size(m)) for s, d, m in o.messages]  # noqa
+    assert sizes(real) == sizes(priced)
+    assert np.array_equal(real.server.last_sum, priced.server.last_sum)
+    # and the sizes are the encoded lengths
+    for _, _, m in real.messages:
+        assert wire.size(m) == len(wire.encode(m))
+
+
+def test_a_tampered_share_box_is_dropped_not_trusted(rng):
+    xs = {u: rng.normal(0, 0.3, 5) for u in range(4)}
+    from sim.machine import Received
+    from crowdlearn.protocols.secagg import ShareRelay
+    p = SecAggParams(threshold=2, quant_bits=12, modulus_bits=16)
+    out = run_round(xs, p, rng=np.random.default_rng(1))
+    relay = next(m for s, d, m in out.messages if isinstance(m, ShareRelay) and d == 0)
+    c = out.clients[0]
+    c.held = {0: c.held[0]}
+    bad = ShareRelay(relay.round, relay.srcs, tuple(bytes(len(b)) for b in relay.boxes))
+    c.handle(Received("server", bad), 0.0)
+    assert set(c.held) == {0}
+    assert isinstance(out.messages[-1][2], type(out.messages[-1][2]))
+    assert any(isinstance(m, MaskedInput) for _, _, m in out.messages)
+
+
+@pytest.mark.parametrize("mode,k", [("secagg", 0), ("secagg+", 2)])
+def test_sizes_and_ops_without_running_equal_a_real_round(mode, k, rng):
+    from crowdlearn.crypto.costs import CryptoCosts
+    from sim.machine import RunJob
+    from crowdlearn.protocols.secagg import client_round_bytes, client_round_ops
+    n, d = 6, 30
+    costs = CryptoCosts(1.0, keygen=3.0, agree=5.0, prg_byte=0.5, aead_byte=0.25, field_mul=7.0)
+    xs = {u: rng.normal(0, 0.3, d) for u in range(n)}
+    p = SecAggParams(mode=mode, threshold=2, neighbours=k, quant_bits=12, modulus_bits=16)
+    charged = []
+    from crowdlearn.protocols import secagg as sa
+    orig = sa.SecAggClient._after
+
+    def spy(self, stage, ops, reply):
+        out = orig(self, stage, ops, reply)
+        if self.node_id == n - 1:
+            charged.extend(e.job.flops for e in out if isinstance(e, RunJob))
+        return out
+    sa.SecAggClient._after = spy
+    try:
+        out = run_round(xs, p, rng=np.random.default_rng(0), costs=costs)
+    finally:
+        sa.SecAggClient._after = orig
+    peers = n - 1 if mode == "secagg" else k
+    assert sum(charged) == pytest.approx(costs.flops(**client_round_ops(peers=peers, t=2, d=d,
+                                                                        bits=16)))
+    sent = {type(m).__name__: wire.size(m) for s, _, m in out.messages if s == n - 1}
+    got = {type(m).__name__: wire.size(m) for _, dst, m in out.messages if dst == n - 1}
+    want = client_round_bytes(n=n, d=d, modulus_bits=16, mode=mode, k=k)
+    assert [sent[m] for m in ("AdvertiseKeys", "ShareKeys", "MaskedInput", "UnmaskShares")] \
+        == list(want["sent"].values())
+    assert [got[m] for m in ("KeyList", "ShareRelay", "UnmaskRequest")] \
+        == list(want["received"].values())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), data=st.data())
+def test_stage_deadlines_close_stages_without_the_slow_clients(seed, data):
+    """Clients too slow for a stage's deadline are left out like drop-outs (they stay online);
+    the sum is still exactly the survivors' and their late messages are refused."""
+    n = 6
+    rng = np.random.default_rng(seed)
+    xs = {u: rng.normal(0, 0.5, 8) for u in range(n)}
+    p = SecAggParams(threshold=3, quant_bits=10, modulus_bits=masking.min_modulus_bits(n, 10),
+                     stage_timeout_s=5.0)
+    stall = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=1, unique=True)))
+             for s in STAGES}
+    out = run_round(xs, p, rng=np.random.default_rng(seed + 1), stall=stall)
+    slow = stall["advertise"] | stall["share"] | stall["masked_input"]
+    u3 = set(range(n)) - slow
+    if len(u3) < 3 or len(u3 - stall["unmask"]) < 3:    # fewer than t inputs or share holders
+        assert out.status == "abort" and out.server.last_sum is None
+        return
+    assert out.status == "ok", out.server.log
+    assert out.u3 == tuple(sorted(set(range(n)) - slow))
+    assert np.array_equal(out.server.last_sum, _quantised_sum(xs, out.u3, p))
+
+
+def test_a_client_refuses_to_reveal_both_secrets_of_a_peer(rng):
+    from sim.machine import Received, Report
+    from crowdlearn.protocols.secagg import UnmaskRequest
+    xs = {u: rng.normal(0, 0.3, 5) for u in range(4)}
+    out = run_round(xs, SecAggParams(threshold=2, quant_bits=12, modulus_bits=16),
+                    rng=np.random.default_rng(2))
+    c = out.clients[0]
+    c.rnd = 0
+    both = c.handle(Received("server", UnmaskRequest(0, (1, 2), (2,))), 0.0)
+    assert [type(e) for e in both] == [Report] and both[0].name == "secagg_client_abort"
+    few = c.handle(Received("server", UnmaskRequest(0, (1,), ())), 0.0)
+    assert [type(e) for e in few] == [Report]
