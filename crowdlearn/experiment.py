@@ -26,7 +26,7 @@ from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.protocols.fedavg import SERVER
 from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
-from crowdlearn.training.jobs import Executor
+from crowdlearn.training.jobs import Executor, Trainer, TrainerFactory
 from sim.availability import make_availability
 from sim.driver import Driver, FaultParams
 from sim.monitor import Monitor
@@ -109,7 +109,7 @@ def _keras():
 
 
 #: training.backend → a zero-argument loader of the trainer class (imports TensorFlow lazily).
-TRAINERS: dict[str, Callable[[], type]] = {
+TRAINERS: dict[str, Callable[[], TrainerFactory]] = {
     "batched": _batched, "keras": _keras, "none": lambda: NullTrainer}
 
 
@@ -162,7 +162,7 @@ class Simulation:
     """A built, not yet run, simulation (exposed for notebooks and tests)."""
 
     def __init__(self, cfg: Config, *, on_row: Callable[[dict], None] | None = None,
-                 trainer_factory: Callable | None = None,
+                 trainer_factory: TrainerFactory | None = None,
                  parts: list[np.ndarray] | None = None, dataset=None):
         self.config = cfg
         root = np.random.SeedSequence(cfg.seed)
@@ -198,6 +198,7 @@ class Simulation:
         if self.ctx.d2d_pairs:
             self.ctx.graph = self._topology(self.ctx.d2d_pairs)
         self.network = Network(self.env, self.ctx.graph)
+        self.trainer: Trainer
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
         elif trainer_factory is not None:
@@ -213,7 +214,7 @@ class Simulation:
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
             **(self.protocol.runners(self) if self.protocol.runners else {}),
-        })
+        }, deferred_kinds=("train", *self.protocol.deferred_kinds))
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
                                ledger_factory=PrivacyLedger)
 

@@ -70,6 +70,9 @@ class Protocol:
     runners
         ``runners(sim) -> {job_kind: runner}``: the executor's runners for this protocol's job
         kinds (besides the generic ``"train"``), given the simulation (its trainer, dataset).
+    deferred_kinds
+        Job kinds of :attr:`runners` whose results stay deferred until a machine reads them (so
+        that all pending jobs of the kind run in one batch), like the generic ``"train"``.
     server_view
         What the attack suite may watch at the server, as ``"module:Class"``: ``Class(cap)`` is
         built with the number of uploads to keep (``None``: only the models the protocol
@@ -90,6 +93,7 @@ class Protocol:
     check_sections: Callable[[dict], list[str]] | None = None
     check: Callable[[dict], list[str]] | None = None
     runners: Callable[[Any], dict] | None = None
+    deferred_kinds: tuple[str, ...] = ()
     server_view: str | None = None
     summary: Callable[[Any], dict] | None = None
     needs_tensorflow: bool = False

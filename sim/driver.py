@@ -297,10 +297,9 @@ class Driver:
         finally:
             dev.cpu.release(req)
         dev.jobs.pop(job_id, None)
-        # Training results stay deferred until a machine reads them, so that all the jobs of a
-        # round are computed in one batch; other kinds are computed now.
-        result = (self.executor.deferred(handle) if hasattr(job, "task")
-                  else self.executor.result(handle))
+        # the executor decides by the job's declared kind: training results stay deferred until
+        # a machine reads them (all the jobs of a round then run in one batch), others run now
+        result = self.executor.complete(handle)
         self._charge_compute(dev, job.flops, duration)
         if dev.online:
             self.deliver(dev.node, JobDone(job_id, result))

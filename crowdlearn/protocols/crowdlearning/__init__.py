@@ -16,8 +16,9 @@ PROTOCOLS = (
     Protocol("crowdlearning", _build.build, doc="Crowdlearning (Chen et al. 2018): groups train "
              "a sliced network (SliceNet) and share their most-changed weights.",
              sections=_SECTIONS, check=_config.check, runners=_build.runners,
-             summary=_build.summary, needs_tensorflow=True),
+             deferred_kinds=("slice_pass",), summary=_build.summary, needs_tensorflow=True),
     Protocol("ssgd", _build.build_ssgd, doc="S-SGD: Crowdlearning's sharing with every device "
              "its own group (no slicing).", sections=_SECTIONS, check=_config.check_ssgd,
-             runners=_build.runners, summary=_build.summary, needs_tensorflow=True),
+             runners=_build.runners, deferred_kinds=("slice_pass",), summary=_build.summary,
+             needs_tensorflow=True),
 )
