@@ -184,6 +184,15 @@ from crowdlearn.protocols import fm as _fm  # noqa: E402
 SCHEMA["fm"] = _fm.CONFIG_SECTION
 SCHEMA["quality"] = _quality.CONFIG_SECTION
 
+# -- encrypted asynchronous SGD (Phong et al.): protocol "phong" and its [he] section --
+import dataclasses as _dc  # noqa: E402
+
+from crowdlearn.protocols import phong as _phong  # noqa: E402
+
+SCHEMA["he"] = _phong.CONFIG_SECTION
+PROTOCOLS = (*PROTOCOLS, "phong")
+SCHEMA[""]["protocol"] = _dc.replace(SCHEMA[""]["protocol"], choices=PROTOCOLS)
+
 
 class Section:
     """Attribute access to one resolved section."""
@@ -343,6 +352,8 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
     problems.extend(_dssgd.cross_check(v["dssgd"]))
     problems.extend(_fm.cross_check(v["fm"], protocol=v["protocol"], model=v["model"],
                                     data=v["data"], quality=v["quality"]))
+    problems.extend(_phong.cross_check(v["he"], protocol=v["protocol"], rounds=v["rounds"],
+                                       devices=fleet["devices"]))
     sl = v["slicenet"]
     if v["protocol"] == "crowdlearning":
         if sl["group_size"] > fleet["devices"]:

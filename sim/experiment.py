@@ -173,6 +173,17 @@ PROTOCOLS: dict[str, Callable[[Context], dict]] = {
     "fm": fm.build,
 }
 
+# -- encrypted asynchronous SGD (Phong et al.): crypto costs calibrated on this machine --
+from crowdlearn.protocols import phong as _phong  # noqa: E402
+
+
+def _build_phong(ctx: Context) -> dict:
+    from crowdlearn.crypto.costs import calibrate
+    return _phong.build(ctx, calibrate=calibrate)
+
+
+PROTOCOLS["phong"] = _build_phong
+
 
 def build_model(cfg: Config, dataset) -> models.ModelSpec:
     m = cfg.model
@@ -302,6 +313,7 @@ class Simulation:
                                                           with_abs_grad=True),
             "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
             **fm.runners(self),
+            "crypto": _phong.run_crypto_jobs,
         })
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row)
 
@@ -417,6 +429,8 @@ class Simulation:
             plan = self.ctx.extra["plan"]
             summary["slice_balance"] = float(plan.balance)
             summary["slice_traffic_bytes_per_sample"] = int(plan.traffic_bytes_per_sample)
+        if "he" in self.ctx.extra:
+            summary.update(self.ctx.extra["he"].summary())
         if metric == "accuracy" and not values:
             summary["final_accuracy"] = summary["best_accuracy"] = None
         devices = mon.device_rows(self.driver.devices, float(self.env.now))

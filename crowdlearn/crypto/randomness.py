@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-import gmpy2
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from gmpy2 import mpz
+
+# gmpy2 is imported where big integers are made: importing it pulls in importlib.metadata, email
+# and socket, which the LWE code (numpy only) and configuration checks should not pay for.
 
 __all__ = ["CryptoRandom", "as_random"]
 
@@ -64,14 +65,16 @@ class CryptoRandom:
         """``n`` pseudo-random bytes."""
         return self._enc.update(bytes(int(n)))
 
-    def bits(self, k: int) -> mpz:
-        """A uniform integer in ``[0, 2**k)``."""
+    def bits(self, k: int):
+        """A uniform integer in ``[0, 2**k)`` (a gmpy2 ``mpz``)."""
+        from gmpy2 import mpz
         nbytes = (k + 7) // 8
         v = mpz(int.from_bytes(self.bytes(nbytes), "little"))
         return v & ((mpz(1) << k) - 1)
 
-    def below(self, bound) -> mpz:
+    def below(self, bound):
         """A uniform integer in ``[0, bound)`` (rejection sampling, no modulo bias)."""
+        from gmpy2 import mpz
         bound = mpz(bound)
         if bound < 1:
             raise ValueError(f"bound must be >= 1; got {bound}")
@@ -81,20 +84,22 @@ class CryptoRandom:
             if v < bound:
                 return v
 
-    def unit(self, n) -> mpz:
+    def unit(self, n):
         """A uniform element of ``Z_n^*``."""
-        n = mpz(n)
+        import gmpy2
+        n = gmpy2.mpz(n)
         while True:
             v = self.below(n)
             if v > 0 and gmpy2.gcd(v, n) == 1:
                 return v
 
-    def prime(self, bits: int) -> mpz:
+    def prime(self, bits: int):
         """A uniform-looking prime of exactly ``bits`` bits with the top two bits set
         (so that the product of two such primes has exactly ``2 * bits`` bits)."""
         if bits < 16:
             raise ValueError(f"prime size must be at least 16 bits; got {bits}")
-        top = (mpz(3) << (bits - 2))
+        import gmpy2
+        top = (gmpy2.mpz(3) << (bits - 2))
         while True:
             cand = self.bits(bits - 2) | top | 1
             if gmpy2.is_prime(cand, 50):

@@ -1,0 +1,79 @@
+"""Cost model of the homomorphic primitives, calibrated by timing them on the running machine.
+
+This module measures wall time, so it belongs with the drivers (ring 2): ``sim.experiment`` calls
+:func:`calibrate` and hands the result to the protocol builder; protocol code only reads numbers.
+
+A job's cost is charged in FLOP-equivalents: ``seconds measured here x host FLOP/s`` (the host's
+float64 matmul rate, measured in the same call), so a device whose profile is twice as fast as
+this machine spends half the measured time.  That is an approximation — big-integer arithmetic
+does not scale with FLOP/s exactly — recorded with the figures in ``summary.json``.
+
+Calibrations are cached per process and parameter set, so runs in one process (e.g. ``real`` vs
+``priced`` mode) use identical costs and hence identical simulated schedules.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from crowdlearn.crypto.schemes import Scheme
+
+__all__ = ["calibrate", "host_flops"]
+
+_CACHE: dict = {}
+
+
+def host_flops(reps: int = 5) -> float:
+    """Float64 matmul FLOP/s of this machine (best of ``reps``; 256^3 products)."""
+    a = np.random.default_rng(0).standard_normal((256, 256))
+    best = np.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * 256 ** 3 / best
+
+
+def _best(fn, reps=3):
+    best = np.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def calibrate(scheme: Scheme) -> dict:
+    """Seconds per whole-vector ``encrypt``, ``decrypt`` and ``add`` of ``scheme`` on this machine."""
+    key = (scheme.name, scheme.length, getattr(scheme, "key_bits", None),
+           getattr(scheme, "pad", None), getattr(getattr(scheme, "params", None), "n_lwe", None),
+           getattr(scheme, "n_pu", None))
+    if key in _CACHE:
+        return dict(_CACHE[key])
+    out = {"host_flops": host_flops(), "encrypt_s": 0.0, "decrypt_s": 0.0, "add_s": 0.0}
+    if scheme.name == "paillier":
+        from crowdlearn.crypto.paillier import PaillierPacking, generate_keypair
+        sk = generate_keypair(scheme.key_bits)
+        codec = PaillierPacking(sk.public_key, prec=scheme.prec, pad=scheme.pad)
+        k = 4
+        v = np.zeros(k * codec.slots, np.int64)
+        enc = lambda: codec.encrypt(v, pool=sk.pool(k))                      # noqa: E731
+        c = enc()
+        per = scheme.ciphertexts / k
+        out["encrypt_s"] = _best(enc) * per                # pool filling (CRT) + packing + multiply
+        out["decrypt_s"] = _best(lambda: codec.decrypt(c, sk)) * per
+        out["add_s"] = _best(lambda: c + c) * per
+    elif scheme.name == "lwe":
+        from crowdlearn.crypto.lwe import LWEKey, zq_add
+        rows = min(scheme.length, 2048)
+        k = LWEKey.generate(scheme.params, rows)
+        v = np.zeros(rows, np.int64)
+        c = k.encrypt(v, n_pu=1)
+        per = scheme.length / rows
+        out["encrypt_s"] = _best(lambda: k.encrypt(v)) * per
+        out["decrypt_s"] = _best(lambda: k.decrypt(c)) * per
+        out["add_s"] = _best(lambda: zq_add((c.c2_hi, c.c2_lo), (c.c2_hi, c.c2_lo))) * per
+    _CACHE[key] = out
+    return dict(out)
