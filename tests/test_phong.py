@@ -101,3 +101,26 @@ def test_comm_factor_of_the_fashion_mlp_matches_phong(scheme, kw, want):
     s = make_scheme(scheme, mode="priced", length=MLP_PARAMS, **kw)
     assert abs(s.summary()["comm_factor"] - want) <= 0.03
     assert abs(s.summary()["comm_factor"] - s.summary()["formula_comm_factor"]) <= 0.02
+
+
+def test_colluding_server_reconstructs_a_victims_input_from_its_decrypted_update():
+    """Server + participant 0 share Phong's one key: they decrypt participant 1's E(ΔW) and Phong's
+    first-layer ratio recovers participant 1's (single) training sample."""
+    from crowdlearn.privacy.attacks.reconstruction import first_layer, reconstruct_from_first_layer
+    cfg = _cfg(scheme="paillier", mode="real")
+    cfg = from_dict({**cfg.to_dict(), "rounds": 1})
+    probe = Simulation(cfg)
+    parts = [p.copy() for p in probe.parts]
+    victim_sample = int(parts[1][0])
+    parts[1] = np.array([victim_sample])
+    sim = Simulation(cfg, parts=parts)
+    sim.run()
+    server, scheme = sim.driver.machines["server"], sim.ctx.extra["he"].scheme
+    view = server.collusion_view(scheme, colluder=0)
+    (delta,) = view[1]
+    fl = first_layer(sim.spec)
+    kernel = delta[fl.kernel_offset:fl.bias_offset].reshape(fl.d, fl.h)
+    bias = delta[fl.bias_offset:fl.bias_offset + fl.h]
+    x_hat = reconstruct_from_first_layer(kernel, bias)
+    x_true = sim.dataset.x_train[victim_sample]
+    assert np.max(np.abs(x_hat - x_true)) < 1e-2
