@@ -11,12 +11,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.crypto.fixedpoint import FixedPoint, FixedPointRangeError, PackingOverflowError
-from crowdlearn.crypto.hres import (HRESDecryptionError, HRESGroup, HRESPacking, dsp_reencrypt,
-                                    kts_reencrypt)
-from crowdlearn.crypto.lwe import (LWEKey, LWEParams, LWEVector, _matvec_zq, zq_from_ints,
-                                   zq_to_ints)
-from crowdlearn.crypto.paillier import (PaillierPacking, PaillierVector, RandomnessPool,
-                                        generate_keypair, pack, unpack)
+from crowdlearn.crypto.hres import (
+    HRESDecryptionError,
+    HRESGroup,
+    HRESPacking,
+    dsp_reencrypt,
+    kts_reencrypt,
+)
+from crowdlearn.crypto.lwe import LWEKey, LWEParams, LWEVector, _matvec_zq, zq_from_ints, zq_to_ints
+from crowdlearn.crypto.paillier import (
+    PaillierPacking,
+    PaillierVector,
+    RandomnessPool,
+    generate_keypair,
+    pack,
+    unpack,
+)
 from crowdlearn.crypto.randomness import CryptoRandom
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -177,7 +187,7 @@ def test_lwe_matvec_is_exact_mod_q(seed, rows, n):
     a = [int(rnd.bits(77)) for _ in range(n)]
     hi, lo = zq_from_ints(a)
     got = zq_to_ints(*_matvec_zq(S, hi, lo, 77, chunk=7))
-    want = [sum(int(s) * x for s, x in zip(row, a)) % 2 ** 77 for row in S.tolist()]
+    want = [sum(int(s) * x for s, x in zip(row, a, strict=True)) % 2 ** 77 for row in S.tolist()]
     assert got == want
 
 
@@ -212,9 +222,9 @@ def test_lwe_phong_parameters_bound_and_factor():
     assert pr.q == 2 ** 77 and pr.p == 2 ** 48 + 1 and pr.tail == 96
     assert pr.max_count == 2 ** 15                       # the value bound binds, not the noise
     # Phong's formula equals the encoded size up to the 22-byte header and the final partial byte
-    l = 109_386
-    measured = pr.nbytes(l) / (4 * l)
-    assert abs(measured - pr.comm_factor(l)) < 1e-3 and round(measured, 2) == 2.47
+    n_gd = 109_386
+    measured = pr.nbytes(n_gd) / (4 * n_gd)
+    assert abs(measured - pr.comm_factor(n_gd)) < 1e-3 and round(measured, 2) == 2.47
 
 
 def test_lwe_wire_round_trip_and_size(lwe_key):

@@ -124,3 +124,17 @@ def test_colluding_server_reconstructs_a_victims_input_from_its_decrypted_update
     x_hat = reconstruct_from_first_layer(kernel, bias)
     x_true = sim.dataset.x_train[victim_sample]
     assert np.max(np.abs(x_hat - x_true)) < 1e-2
+
+
+@pytest.mark.parametrize("name,want", [("phong_paillier_fashion.toml", 2.93), ("phong_lwe_fashion.toml", 2.47)])
+def test_examples_are_phongs_setting_and_reach_its_comm_factor(name, want):
+    from pathlib import Path
+
+    from crowdlearn.config import load
+    cfg = load(Path(__file__).resolve().parents[1] / "examples" / name)
+    assert cfg.protocol == "phong" and cfg.data.dataset == "fashion_mnist"
+    assert list(cfg.model.hidden) == [128, 64] and cfg.he.mode == "real"
+    h = cfg.he
+    s = make_scheme(h.scheme, mode="priced", length=MLP_PARAMS, key_bits=h.key_bits, prec=h.prec,
+                    pad=h.pad, n_lwe=h.n_lwe, value_bits=h.value_bits, n_pu=h.n_pu)
+    assert abs(s.summary()["comm_factor"] - want) <= 0.03

@@ -33,11 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.crypto.fixedpoint import FixedPoint
-from crowdlearn.crypto.lwe import LWEKey, LWEParams, LWEVector
-from crowdlearn.crypto.paillier import (PaillierPacking, PaillierVector, check_count,
-                                        generate_keypair, slots_per_plaintext)
-from crowdlearn.crypto.fixedpoint import PackingOverflowError
+from crowdlearn.crypto.fixedpoint import FixedPoint, PackingOverflowError
+from crowdlearn.crypto.lwe import LWEKey, LWEParams
+from crowdlearn.crypto.paillier import (
+    PaillierPacking,
+    PaillierVector,
+    check_count,
+    generate_keypair,
+    slots_per_plaintext,
+)
 
 __all__ = ["Scheme", "Payload", "make_scheme", "SCHEMES", "MODES", "max_updates"]
 

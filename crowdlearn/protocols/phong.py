@@ -42,8 +42,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crowdlearn.crypto.lwe import LWEParams
-from crowdlearn.protocols.io import (Disconnected, Effect, Halt, Input, JobDone, JobFailed, Machine,
-                                     NodeId, Received, Report, RunJob, Send, Start)
+from crowdlearn.protocols.io import (
+    Disconnected,
+    Effect,
+    Halt,
+    Input,
+    JobDone,
+    JobFailed,
+    Machine,
+    NodeId,
+    Received,
+    Report,
+    RunJob,
+    Send,
+    Start,
+)
 from crowdlearn.protocols.wire import message
 from crowdlearn.schema import Key
 from crowdlearn.training.jobs import TrainJob
