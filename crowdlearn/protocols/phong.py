@@ -368,8 +368,9 @@ CONFIG_SECTION: dict[str, Key] = {
     "value_bits": Key(int, 33, "LWE: signed bits per encoded value at 32 fractional bits (33: "
                       "|value| < 1); a ciphertext can sum (p-1)/2**value_bits encodings.", min=33,
                       max=48),
-    "n_pu": Key(int, 1, "Processing units the weight vector is split over (LWE: each adds an "
-                "n_lwe-element header to a ciphertext).", min=1),
+    "n_pu": Key(int, 1, "LWE only: processing units the weight vector is split over (each adds "
+                "an n_lwe-element c1 to a ciphertext). Paillier packs the whole vector (a split "
+                "would only round each part's ciphertext count up).", min=1),
     "order": Key(str, "asynchronous", "Order of access: 'asynchronous' or 'round_robin'.",
                  choices=ORDERS),
     "local_epochs": Key(int, 1, "Local epochs per turn.", min=1),
