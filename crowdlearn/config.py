@@ -190,7 +190,7 @@ import dataclasses as _dc  # noqa: E402
 from crowdlearn.protocols import phong as _phong  # noqa: E402
 
 SCHEMA["he"] = _phong.CONFIG_SECTION
-PROTOCOLS = (*PROTOCOLS, "phong")
+PROTOCOLS = (*PROTOCOLS, "phong", "hres")
 SCHEMA[""]["protocol"] = _dc.replace(SCHEMA[""]["protocol"], choices=PROTOCOLS)
 
 
@@ -353,7 +353,7 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
     problems.extend(_fm.cross_check(v["fm"], protocol=v["protocol"], model=v["model"],
                                     data=v["data"], quality=v["quality"]))
     problems.extend(_phong.cross_check(v["he"], protocol=v["protocol"], rounds=v["rounds"],
-                                       devices=fleet["devices"]))
+                                       devices=fleet["devices"]))   # phong and hres
     sl = v["slicenet"]
     if v["protocol"] == "crowdlearning":
         if sl["group_size"] > fleet["devices"]:

@@ -138,3 +138,46 @@ def test_examples_are_phongs_setting_and_reach_its_comm_factor(name, want):
     s = make_scheme(h.scheme, mode="priced", length=MLP_PARAMS, key_bits=h.key_bits, prec=h.prec,
                     pad=h.pad, n_lwe=h.n_lwe, value_bits=h.value_bits, n_pu=h.n_pu)
     assert abs(s.summary()["comm_factor"] - want) <= 0.03
+
+
+# ---------------------------------------------------------------- hres (Tang et al.)
+def _hres_cfg(mode, **he):
+    return from_dict({"protocol": "hres", "rounds": 2, "seed": 3, "fleet": {"devices": 4, "cells": 1},
+                      "model": {"hidden": [16]},
+                      "he": {"mode": mode, "key_bits": 512, "order": "round_robin", **he}})
+
+
+def test_hres_real_equals_priced_and_counts_dsp_kts_traffic():
+    (s_real, r_real), (s_priced, r_priced) = (_run(_hres_cfg(m)) for m in ("real", "priced"))
+    for key in ("bytes_total", "bytes_up", "bytes_down", "sim_time_s", "final_accuracy"):
+        assert r_real.summary[key] == r_priced.summary[key], key
+    srv = s_real.driver.machines["server"]
+    scheme = s_real.ctx.extra["he"].scheme
+    assert np.array_equal(srv.enc_w.oracle, s_priced.driver.machines["server"].enc_w.oracle)
+    kinds = r_real.summary["bytes_by_kind"]
+    turns = 2 * 4
+    # every download was re-encrypted: one DSP -> KTS request per turn, of the encoded size
+    # (wire: 2-byte tag, dst and turn as 9-byte ints, the payload as 5 + its encoded size)
+    assert kinds["ReencryptRequest"] == turns * (2 + 9 + 9 + 5 + scheme.request_nbytes)
+    assert r_real.summary["bytes_up"] + r_real.summary["bytes_down"] + kinds["ReencryptRequest"] \
+        == r_real.summary["bytes_total"]
+    roles = r_real.summary["crypto_host_s_by_role"]
+    assert roles["dsp_dsp_stage"] > 0 and roles["kts_kts_stage"] > 0
+    # the plaintext phong run on the same schedule reaches the same accuracy
+    _, plain = _run(_cfg(scheme="none", mode="priced"))
+    assert abs(plain.summary["final_accuracy"] - r_real.summary["final_accuracy"]) <= 0.005
+
+
+def test_hres_dsp_colluding_with_a_participant_opens_no_upload_but_downloads_open_for_their_owner():
+    from crowdlearn.crypto.hres import HRESDecryptionError
+    sim, _ = _run(_hres_cfg("real"))
+    srv, scheme = sim.driver.machines["server"], sim.ctx.extra["he"].scheme
+    assert len(srv.uploads_seen) == 8
+    assert srv.collusion_view(scheme, colluder=0) == {}
+    # a download re-encrypted for participant 2 opens under sk_2 only
+    down = scheme.kts_stage(scheme.dsp_stage(srv.enc_w, 2), 2)
+    assert np.array_equal(scheme.decrypt(down, 2), srv.enc_w.oracle)
+    assert len(down.wire_bytes()) == down.nbytes
+    for who in (0, 1, 3, "dsp", "kts"):
+        with pytest.raises(HRESDecryptionError):
+            scheme.decrypt(down, who)

@@ -83,5 +83,22 @@ def calibrate(scheme: Scheme) -> dict:
         out["encrypt_s"] = _best(lambda: k.encrypt(v)) * per
         out["decrypt_s"] = _best(lambda: k.decrypt(c)) * per
         out["add_s"] = _best(lambda: zq_add((c.c2_hi, c.c2_lo), (c.c2_hi, c.c2_lo))) * per
+    elif scheme.name == "hres":
+        from crowdlearn.crypto.hres import (HRESGroup, HRESPacking, dsp_reencrypt,
+                                            kts_reencrypt)
+        g = HRESGroup.generate(scheme.key_bits)
+        dsp, kts, who = g.keypair(), g.keypair(), g.keypair()
+        PK = g.joint_key(dsp.pk, kts.sk)
+        codec = HRESPacking(g, prec=scheme.prec, pad=scheme.pad)
+        v = np.zeros(codec.slots, np.int64)
+        c = codec.encrypt(v, PK)
+        req = dsp_reencrypt(g, c, dsp.sk, who.pk)
+        down = kts_reencrypt(g, req, kts.sk, who.pk)
+        per = scheme.ciphertexts
+        out["encrypt_s"] = _best(lambda: codec.encrypt(v, PK)) * per
+        out["decrypt_s"] = _best(lambda: codec.decrypt(down, who.sk)) * per
+        out["add_s"] = _best(lambda: c + c) * per
+        out["dsp_stage_s"] = _best(lambda: dsp_reencrypt(g, c, dsp.sk, who.pk)) * per
+        out["kts_stage_s"] = _best(lambda: kts_reencrypt(g, req, kts.sk, who.pk)) * per
     _CACHE[key] = out
     return dict(out)

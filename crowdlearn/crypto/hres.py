@@ -200,6 +200,12 @@ class ReencryptionRequest:
     def nbytes(self) -> int:
         return self.HEADER.size + 3 * len(self.T1) * self.group.element_bytes
 
+    def to_bytes(self) -> bytes:
+        w = self.group.element_bytes
+        head = self.HEADER.pack(len(self.T1), self.length, self.count, self.prec, self.pad, self.target_tag)
+        return head + b"".join(int(x).to_bytes(w, "big")
+                               for trip in zip(self.T1, self.A, self.B) for x in trip)
+
 
 def dsp_reencrypt(group: HRESGroup, vec: HRESVector, sk_dsp, pk_target, *, rand=None,
                   pool: list | None = None) -> ReencryptionRequest:

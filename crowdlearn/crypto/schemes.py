@@ -218,9 +218,74 @@ class LWEScheme(Scheme):
                 "formula_comm_factor": self.params.comm_factor(self.length, self.n_pu)}
 
 
+class HRESScheme(PaillierScheme):
+    """HRES (Ding et al.) for Tang et al.'s two servers: uploads under the joint key of the DSP and
+    the KTS, downloads re-encrypted in two stages to each participant's own key.
+
+    ``participants``: the node ids that get their own key pair.  Extra operations:
+    ``dsp_stage(payload, who)``, ``kts_stage(request, who)`` and ``decrypt(payload, who)``.
+    """
+
+    name = "hres"
+
+    def __init__(self, length: int, mode: str, *, key_bits: int, prec: int, pad: int,
+                 frac_bits: int, participants=(), rand=None, workers: int = 1):
+        Scheme.__init__(self, length, mode)
+        self.key_bits, self.workers = int(key_bits), int(workers)
+        self.fp = FixedPoint(prec=prec, frac_bits=frac_bits)
+        self.prec, self.pad = int(prec), int(pad)
+        self.slots = slots_per_plaintext(key_bits, prec=prec, pad=pad)
+        self.ciphertexts = -(-self.length // self.slots)
+        elem = (2 * self.key_bits + 7) // 8
+        from crowdlearn.crypto.hres import HRESVector, ReencryptionRequest
+        self._nbytes = HRESVector.HEADER.size + 2 * self.ciphertexts * elem
+        self.request_nbytes = ReencryptionRequest.HEADER.size + 3 * self.ciphertexts * elem
+        self.sk = self.codec = None
+        if mode == "real":
+            from crowdlearn.crypto.hres import HRESGroup, HRESPacking
+            from crowdlearn.crypto.randomness import as_random
+            self.rand = as_random(rand)
+            self.group = HRESGroup.generate(key_bits, rand=self.rand)
+            self.dsp, self.kts = self.group.keypair(rand=self.rand), self.group.keypair(rand=self.rand)
+            self.keys = {p: self.group.keypair(rand=self.rand) for p in participants}
+            self.PK = self.group.joint_key(self.dsp.pk, self.kts.sk)
+            self.codec = HRESPacking(self.group, prec=prec, pad=pad)
+            assert self.codec.nbytes(length) == self._nbytes
+
+    def encrypt(self, v) -> Payload:
+        v = np.asarray(v, np.int64)
+        ct = self.codec.encrypt(v, self.PK, rand=self.rand) if self.mode == "real" else None
+        return Payload(self.name, self.nbytes, 1, v, ct)
+
+    def dsp_stage(self, p: Payload, who) -> Payload:
+        ct = None
+        if self.mode == "real":
+            from crowdlearn.crypto.hres import dsp_reencrypt
+            ct = dsp_reencrypt(self.group, p.ciphertext, self.dsp.sk, self.keys[who].pk, rand=self.rand)
+        return Payload(self.name, self.request_nbytes, p.count, p.oracle, ct)
+
+    def kts_stage(self, p: Payload, who) -> Payload:
+        ct = None
+        if self.mode == "real":
+            from crowdlearn.crypto.hres import kts_reencrypt
+            ct = kts_reencrypt(self.group, p.ciphertext, self.kts.sk, self.keys[who].pk, rand=self.rand)
+        return Payload(self.name, self.nbytes, p.count, p.oracle, ct)
+
+    def decrypt(self, p: Payload, who=None) -> np.ndarray:
+        """Open under ``who``'s own key (raises ``HRESDecryptionError`` if it was not made for it)."""
+        if self.mode == "real":
+            sk = self.dsp.sk if who == "dsp" else self.kts.sk if who == "kts" else self.keys[who].sk
+            return self.codec.decrypt(p.ciphertext, sk)
+        return p.oracle
+
+    def summary(self) -> dict:
+        return {**super().summary(), "reencryption_request_bytes": self.request_nbytes,
+                "formula_comm_factor": 4 * (1 + self.pad / self.prec)}
+
+
 def make_scheme(name: str, *, mode: str, length: int, key_bits: int = 3072, prec: int = 32,
                 pad: int = 15, frac_bits: int = 24, n_lwe: int = 3000, value_bits: int = 33,
-                n_pu: int = 1, rand=None, workers: int = 1) -> Scheme:
+                n_pu: int = 1, rand=None, workers: int = 1, participants=()) -> Scheme:
     """The scheme ``name`` for vectors of ``length`` values (keys generated here in real mode)."""
     if name == "paillier":
         return PaillierScheme(length, mode, key_bits=key_bits, prec=prec, pad=pad,
@@ -230,6 +295,9 @@ def make_scheme(name: str, *, mode: str, length: int, key_bits: int = 3072, prec
                          workers=workers)
     if name == "none":
         return Scheme(length, mode)
+    if name == "hres":
+        return HRESScheme(length, mode, key_bits=key_bits, prec=prec, pad=pad, frac_bits=frac_bits,
+                          participants=participants, rand=rand, workers=workers)
     raise ValueError(f"scheme must be one of {SCHEMES}; got {name!r}")
 
 

@@ -296,6 +296,9 @@ class PhongParticipant(Machine):
         self.turn = 0
         self.turns_done = 0
         self.w: np.ndarray | None = None
+        #: whose key opens this participant's downloads: None = the one shared key (Phong);
+        #: hres sets its own node id
+        self.key_owner: NodeId | None = None
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         scheme = self.costs.scheme
@@ -308,7 +311,9 @@ class PhongParticipant(Machine):
                 return self._request()
             if isinstance(m, EncryptedModel) and self.phase == "requested":
                 self.phase = "decrypting"
-                return [RunJob(("decrypt", self.turn), self.costs.job("decrypt", m.payload, role="device"))]
+                own = () if self.key_owner is None else (self.key_owner,)
+                return [RunJob(("decrypt", self.turn),
+                               self.costs.job("decrypt", m.payload, *own, role="device"))]
             return []
         if isinstance(event, JobDone):
             op = event.job_id[0] if isinstance(event.job_id, tuple) else None
@@ -383,10 +388,12 @@ CONFIG_SECTION: dict[str, Key] = {
 
 def cross_check(section: dict, *, protocol: str = "phong", rounds: int = 1, devices: int = 1) -> list[str]:
     """Config-time problems: parameters that cannot hold the configured number of updates."""
-    v = section
+    v = dict(section)
     out: list[str] = []
-    if protocol != "phong":
+    if protocol not in ("phong", "hres"):
         return out
+    if protocol == "hres":            # HRES packs like Paillier, whatever he.scheme says
+        v["scheme"] = "paillier"
     if v["scheme"] == "paillier":
         if v["prec"] + v["pad"] > 63:
             out.append(f"he.prec + he.pad must be <= 63; got {v['prec']} + {v['pad']}")
