@@ -357,12 +357,13 @@ class PhongParticipant(Machine):
 #: The ``[he]`` configuration section.
 CONFIG_SECTION: dict[str, Key] = {
     "scheme": Key(str, "paillier", "Homomorphic scheme of protocol 'phong': 'paillier' (packed), "
-                  "'lwe' (Phong's LWE scheme) or 'none' (the same schedule in plaintext).",
+                  "'lwe' (Phong's LWE scheme) or 'none' (the same schedule in plaintext). Protocol 'hres' "
+                  "always uses HRES, sized by key_bits, prec, pad and frac_bits.",
                   choices=SCHEMES),
     "mode": Key(str, "real", "'real' runs the big-number work; 'priced' computes the same "
                 "fixed-point sums, sizes and calibrated costs without encrypting (for sweeps).",
                 choices=MODES),
-    "key_bits": Key(int, 3072, "Paillier modulus size in bits (Phong used 3072; 2048 is faster). "
+    "key_bits": Key(int, 3072, "Paillier (and HRES) modulus size in bits (Phong used 3072; 2048 is faster). "
                     "Below 2048 is insecure and only for tests.", min=256),
     "prec": Key(int, 32, "Paillier: bits per packed value (fixed point).", min=2),
     "pad": Key(int, 15, "Paillier: guard bits per slot; a ciphertext can sum 2**pad encodings.",
