@@ -8,6 +8,7 @@ one local epoch per participant), batch 32, lr 0.05, seeds ``--seeds``.
   parameters, one processing unit), ``round_robin`` so all three follow the same schedule; the
   encrypted runs use ``he.mode = "priced"`` (identical weights and bytes to ``real``, proven in
   ``tests/test_phong.py``) with crypto times from the calibration on this machine;
+* ``hres`` (2048-bit, prec 32, pad 15), round robin, priced, the same schedule;
 * ``dssgd`` round robin, θu = 0.1, θd = 1 (the paper's setting);
 * ``fedavg`` with every participant in every round.
 
@@ -40,6 +41,7 @@ def configs(devices: int, rounds: int, seed: int) -> dict[str, dict]:
         "Phong Paillier-3072": {**base, "protocol": "phong",
                                 "he": {**he, "scheme": "paillier", "key_bits": 3072}},
         "Phong LWE": {**base, "protocol": "phong", "he": {**he, "scheme": "lwe"}},
+        "HRES-2048 (Tang et al.)": {**base, "protocol": "hres", "he": {**he, "key_bits": 2048}},
         "DSSGD θu=0.1": {**base, "protocol": "dssgd",
                          "dssgd": {"order": "round_robin", "theta_u": 0.1, "batch_size": 32, "lr": 0.05}},
         "FedAvg (all)": {**base, "protocol": "fedavg",
