@@ -181,3 +181,19 @@ def test_hres_dsp_colluding_with_a_participant_opens_no_upload_but_downloads_ope
     for who in (0, 1, 3, "dsp", "kts"):
         with pytest.raises(HRESDecryptionError):
             scheme.decrypt(down, who)
+
+
+@pytest.mark.parametrize("protocol", ["phong", "hres"])
+def test_attack_suite_scores_the_collusion_view(protocol):
+    """privacy.attacks = true: Phong's coalition decrypts and attacks every other participant's
+    upload; HRES's (priced mode refuses exactly what real mode refuses) decrypts none."""
+    raw = {"protocol": protocol, "rounds": 1, "seed": 3, "fleet": {"devices": 4, "cells": 1},
+           "model": {"hidden": [16]}, "privacy": {"attacks": True},
+           "he": {"mode": "priced", "key_bits": 512, "scheme": "paillier"}}
+    s = _run(from_dict(raw))[1].summary
+    assert s["collusion_uploads_seen"] == 3
+    if protocol == "phong":
+        assert s["collusion_uploads_decrypted"] == 3 and s["reconstruction_uploads"] == 3
+        assert s["reconstruction_best_psnr"] > s["reconstruction_baseline_psnr"]
+    else:
+        assert s["collusion_uploads_decrypted"] == 0 and "reconstruction_uploads" not in s

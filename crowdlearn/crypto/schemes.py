@@ -63,6 +63,9 @@ class Payload:
     count: int
     oracle: np.ndarray = field(repr=False)
     ciphertext: Any = field(default=None, repr=False)
+    #: whose key opens it (HRES: "joint" for uploads, the participant for re-encrypted downloads);
+    #: lets priced mode refuse the decryptions real mode would refuse
+    key: Any = None
 
     def wire_len(self) -> int:
         return self.nbytes
@@ -157,7 +160,7 @@ class PaillierScheme(Scheme):
     def add(self, a: Payload, b: Payload) -> Payload:
         total = check_count(a.count + b.count, prec=self.prec, pad=self.pad)
         ct = a.ciphertext + b.ciphertext if self.mode == "real" else None
-        return Payload(self.name, self.nbytes, total, a.oracle + b.oracle, ct)
+        return Payload(self.name, self.nbytes, total, a.oracle + b.oracle, ct, key=a.key)
 
     def decrypt(self, p: Payload) -> np.ndarray:
         if self.mode == "real":
@@ -255,27 +258,30 @@ class HRESScheme(PaillierScheme):
     def encrypt(self, v) -> Payload:
         v = np.asarray(v, np.int64)
         ct = self.codec.encrypt(v, self.PK, rand=self.rand) if self.mode == "real" else None
-        return Payload(self.name, self.nbytes, 1, v, ct)
+        return Payload(self.name, self.nbytes, 1, v, ct, key="joint")
 
     def dsp_stage(self, p: Payload, who) -> Payload:
         ct = None
         if self.mode == "real":
             from crowdlearn.crypto.hres import dsp_reencrypt
             ct = dsp_reencrypt(self.group, p.ciphertext, self.dsp.sk, self.keys[who].pk, rand=self.rand)
-        return Payload(self.name, self.request_nbytes, p.count, p.oracle, ct)
+        return Payload(self.name, self.request_nbytes, p.count, p.oracle, ct, key=("request", who))
 
     def kts_stage(self, p: Payload, who) -> Payload:
         ct = None
         if self.mode == "real":
             from crowdlearn.crypto.hres import kts_reencrypt
             ct = kts_reencrypt(self.group, p.ciphertext, self.kts.sk, self.keys[who].pk, rand=self.rand)
-        return Payload(self.name, self.nbytes, p.count, p.oracle, ct)
+        return Payload(self.name, self.nbytes, p.count, p.oracle, ct, key=who)
 
     def decrypt(self, p: Payload, who=None) -> np.ndarray:
         """Open under ``who``'s own key (raises ``HRESDecryptionError`` if it was not made for it)."""
         if self.mode == "real":
             sk = self.dsp.sk if who == "dsp" else self.kts.sk if who == "kts" else self.keys[who].sk
             return self.codec.decrypt(p.ciphertext, sk)
+        if p.key != who:            # what the real decryption would refuse (tested in real mode)
+            from crowdlearn.crypto.hres import HRESDecryptionError
+            raise HRESDecryptionError("ciphertext does not open under this key (priced mode)")
         return p.oracle
 
     def summary(self) -> dict:

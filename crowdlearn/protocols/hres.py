@@ -21,10 +21,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from crowdlearn.protocols.io import (Effect, Input, JobDone, Machine, NodeId, Received, Report,
-                                     RunJob, Send)
-from crowdlearn.protocols.phong import (SERVER, EncryptedModel, ModelRequest, PhongParams,
-                                        PhongParticipant, PhongServer, _Costs, flatten)
+from crowdlearn.protocols.io import (
+    Effect,
+    Input,
+    JobDone,
+    Machine,
+    NodeId,
+    Received,
+    Report,
+    RunJob,
+    Send,
+)
+from crowdlearn.protocols.phong import (
+    SERVER,
+    EncryptedModel,
+    ModelRequest,
+    PhongParams,
+    PhongParticipant,
+    PhongServer,
+    _Costs,
+    flatten,
+)
 from crowdlearn.protocols.wire import message
 
 if TYPE_CHECKING:
