@@ -36,11 +36,10 @@ from crowdlearn.protocols.phong import (
     SERVER,
     EncryptedModel,
     ModelRequest,
-    PhongParams,
     PhongParticipant,
     PhongServer,
     _Costs,
-    flatten,
+    setup,
 )
 from crowdlearn.protocols.wire import message
 
@@ -119,23 +118,9 @@ class KeyTransformServer(Machine):
 def build(ctx, *, calibrate=None, rand=None) -> dict:
     """Protocol builder: DSP (``"server"``), KTS (``"kts"``, an edge-server profile next to the
     DSP) and one participant per device with its own key pair."""
-    import numpy as np
-
-    from crowdlearn.crypto.schemes import make_scheme
-    from crowdlearn.protocols.phong import HEReport
-    cfg = ctx.config
-    h = cfg.he
-    shapes = [tuple(np.shape(w)) for w in ctx.init_weights]
-    w0 = flatten(ctx.init_weights)
-    scheme = make_scheme("hres", mode=h.mode, length=w0.size, key_bits=h.key_bits, prec=h.prec,
-                         pad=h.pad, frac_bits=h.frac_bits, rand=rand, workers=h.workers,
-                         participants=list(ctx.devices))
-    costs = _Costs(scheme, calibrate(scheme) if calibrate is not None else {})
-    params = PhongParams(rounds=cfg.rounds, order=h.order, local_epochs=h.local_epochs,
-                         batch_size=h.batch_size, lr=h.lr)
-    initial = scheme.encrypt(scheme.encode(w0))
-    ctx.extra["he"] = HEReport(scheme, costs)
-    ctx.extra["infrastructure"] = {KTS: cfg.fleet.server_tier}
+    _, costs, params, shapes, initial = setup(ctx, "hres", calibrate=calibrate, rand=rand,
+                                              participants=list(ctx.devices))
+    ctx.extra["infrastructure"] = {KTS: ctx.config.fleet.server_tier}
     machines: dict = {SERVER: HRESServer(SERVER, initial, shapes, ctx.devices, params, costs),
                       KTS: KeyTransformServer(KTS, costs)}
     for d in ctx.devices:

@@ -422,22 +422,29 @@ def cross_check(section: dict, *, protocol: str = "phong", rounds: int = 1, devi
     return out
 
 
-def build(ctx, *, calibrate=None, rand=None) -> dict:
-    """Protocol builder (``sim.experiment.Context``); ``calibrate(scheme) -> dict`` prices crypto."""
+def setup(ctx, scheme_name: str, *, calibrate=None, rand=None, participants=()) -> tuple:
+    """What the phong and hres builders share: ``(scheme, costs, params, shapes, E(W0))``, with the
+    scheme's keys made here (real mode) and its costs calibrated by ``calibrate(scheme)``."""
+    from crowdlearn.crypto.schemes import make_scheme
     cfg = ctx.config
     h = cfg.he
-    from crowdlearn.crypto.schemes import make_scheme
     shapes = [tuple(np.shape(w)) for w in ctx.init_weights]
     w0 = flatten(ctx.init_weights)
-    scheme = make_scheme(h.scheme, mode=h.mode, length=w0.size, key_bits=h.key_bits, prec=h.prec,
-                         pad=h.pad, frac_bits=h.frac_bits, n_lwe=h.n_lwe, value_bits=h.value_bits,
-                         n_pu=h.n_pu, rand=rand, workers=h.workers)
-    cal = calibrate(scheme) if calibrate is not None else {}
-    costs = _Costs(scheme, cal)
+    scheme = make_scheme(scheme_name, mode=h.mode, length=w0.size, key_bits=h.key_bits,
+                         prec=h.prec, pad=h.pad, frac_bits=h.frac_bits, n_lwe=h.n_lwe,
+                         value_bits=h.value_bits, n_pu=h.n_pu, rand=rand, workers=h.workers,
+                         participants=participants)
+    costs = _Costs(scheme, calibrate(scheme) if calibrate is not None else {})
     params = PhongParams(rounds=cfg.rounds, order=h.order, local_epochs=h.local_epochs,
                          batch_size=h.batch_size, lr=h.lr)
-    initial = scheme.encrypt(scheme.encode(w0))
     ctx.extra["he"] = HEReport(scheme, costs)
+    return scheme, costs, params, shapes, scheme.encrypt(scheme.encode(w0))
+
+
+def build(ctx, *, calibrate=None, rand=None) -> dict:
+    """Protocol builder (``sim.experiment.Context``); ``calibrate(scheme) -> dict`` prices crypto."""
+    _, costs, params, shapes, initial = setup(ctx, ctx.config.he.scheme, calibrate=calibrate,
+                                              rand=rand)
     machines: dict = {SERVER: PhongServer(SERVER, initial, shapes, ctx.devices, params, costs)}
     for d in ctx.devices:
         machines[d] = PhongParticipant(d, ctx.spec, shapes, ctx.parts[d], params, costs,
