@@ -207,6 +207,15 @@ from crowdlearn.protocols import fm as _fm  # noqa: E402
 SCHEMA["fm"] = _fm.CONFIG_SECTION
 SCHEMA["quality"] = _quality.CONFIG_SECTION
 
+# -- encrypted asynchronous SGD (Phong et al.): protocol "phong" and its [he] section --
+import dataclasses as _dc  # noqa: E402
+
+from crowdlearn.protocols import phong as _phong  # noqa: E402
+
+SCHEMA["he"] = _phong.CONFIG_SECTION
+PROTOCOLS = (*PROTOCOLS, "phong", "hres")
+SCHEMA[""]["protocol"] = _dc.replace(SCHEMA[""]["protocol"], choices=PROTOCOLS)
+
 from crowdlearn.privacy import dp_fedavg as _dp_fedavg  # noqa: E402
 from crowdlearn.protocols import secagg as _secagg  # noqa: E402
 
@@ -460,6 +469,8 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
                                            secure_aggregation=fed["secure_aggregation"]))
     problems.extend(_fm.cross_check(v["fm"], protocol=v["protocol"], model=v["model"],
                                     data=v["data"], quality=v["quality"]))
+    problems.extend(_phong.cross_check(v["he"], protocol=v["protocol"], rounds=v["rounds"],
+                                       devices=fleet["devices"]))   # phong and hres
     sl = v["slicenet"]
     if v["protocol"] == "crowdlearning":
         if devices_ok and sl["group_size"] > fleet["devices"]:

@@ -198,6 +198,26 @@ PROTOCOLS: dict[str, Callable[[Context], dict]] = {
     "fm": fm.build,
 }
 
+# -- encrypted asynchronous SGD (Phong et al.): crypto costs calibrated on this machine --
+from crowdlearn.protocols import phong as _phong  # noqa: E402
+
+
+def _build_phong(ctx: Context) -> dict:
+    from crowdlearn.crypto.he_costs import calibrate
+    return _phong.build(ctx, calibrate=calibrate)
+
+
+PROTOCOLS["phong"] = _build_phong
+
+
+def _build_hres(ctx: Context) -> dict:
+    from crowdlearn.crypto.he_costs import calibrate
+    from crowdlearn.protocols import hres
+    return hres.build(ctx, calibrate=calibrate)
+
+
+PROTOCOLS["hres"] = _build_hres
+
 
 def build_model(cfg: Config, dataset) -> models.ModelSpec:
     m = cfg.model
@@ -327,6 +347,13 @@ class Simulation:
         machines = PROTOCOLS[cfg.protocol](self.ctx)
         if self.ctx.d2d_pairs:
             self.ctx.graph = self._topology(self.ctx.d2d_pairs)
+        # server-side nodes a protocol adds besides the server (hres: the key transform server),
+        # linked to the core like the server; node -> profile tier
+        infra = self.ctx.extra.get("infrastructure", {})
+        for node in infra:
+            self.ctx.graph.add_node(node, kind="server")
+            for a, b in ((node, "core"), ("core", node)):
+                self.ctx.graph.add_edge(a, b, bandwidth=cfg.fleet.server_mbps * MBPS, latency=0.001)
         self.network = Network(self.env, self.ctx.graph)
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
@@ -348,8 +375,10 @@ class Simulation:
             "crypto": lambda jobs: [None] * len(jobs),  # secure aggregation: computed in the
                                                         # machine, charged as a job
             **fm.runners(self),
+            "crypto": _phong.run_crypto_jobs,
         })
-        self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row)
+        self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
+                               infrastructure=tuple(infra))
 
         av = cfg.availability
         if av.model == "sessions":
@@ -371,10 +400,12 @@ class Simulation:
                              initial_battery=tuple(av.initial_battery))
         profiles = {d: self.profiles[d] for d in range(n)}
         profiles[SERVER] = server_profile
+        profiles.update({node: TIERS[tier] for node, tier in infra.items()})
         self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,
                              monitor=self.monitor, availability=availability, faults=faults,
                              rng=self.rngs["faults"],
-                             server=SERVER if SERVER in machines else None)
+                             server=SERVER if SERVER in machines else None,
+                             infrastructure=tuple(infra))
 
     def _topology(self, d2d_pairs):
         cfg = self.config
@@ -491,6 +522,8 @@ class Simulation:
                 summary["secagg_cost_model"] = self.ctx.extra["crypto_costs"].to_dict()
         if getattr(server, "dp", None) is not None:
             summary.update(server.dp.summary())
+        if "he" in self.ctx.extra:
+            summary.update(self.ctx.extra["he"].summary())
         if metric == "accuracy" and not values:
             summary["final_accuracy"] = summary["best_accuracy"] = None
         summary.update(self._privacy_summary())

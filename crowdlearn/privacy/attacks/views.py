@@ -546,6 +546,20 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
         for u in server.updates[:uploads]:
             idx, val = dense_to_sparse(u.delta)
             records.append((u.device, idx, val))
+    # -- encrypted ASGD (phong, hres): the server colluding with participant 0 attacks what that
+    # coalition can decrypt of the other participants' uploads (Phong et al.'s threat model) --
+    if sim.config.protocol in ("phong", "hres") and "he" in sim.ctx.extra:
+        from crowdlearn.privacy.attacks.reconstruction import dense_to_sparse
+        srv = sim.driver.machines["server"]
+        view = srv.collusion_view(sim.ctx.extra["he"].scheme, colluder=0)
+        others = [d for d, _, _ in srv.uploads_seen if d != 0]
+        out["collusion_uploads_seen"] = len(others)
+        out["collusion_uploads_decrypted"] = sum(len(v) for d, v in view.items() if d != 0)
+        for dev, deltas in view.items():
+            if dev != 0:
+                for delta in deltas:
+                    if len(records) < uploads:
+                        records.append((dev, *dense_to_sparse(delta)))
     if records and ds.image_shape is not None:
         from crowdlearn.privacy.attacks.reconstruction import first_layer
         try:
