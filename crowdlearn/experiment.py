@@ -197,6 +197,15 @@ class Simulation:
         machines = self.protocol.build(self.ctx)
         if self.ctx.d2d_pairs:
             self.ctx.graph = self._topology(self.ctx.d2d_pairs)
+        # server-side nodes a protocol adds besides the server (hres: the key transform server),
+        # linked to the core like the server; node -> profile tier
+        infra = self.ctx.extra.get("infrastructure", {})
+        for node in infra:
+            self.ctx.graph.add_node(node, kind="server")
+            for a, b in ((node, "core"), ("core", node)):
+                # the server's own link rate (fleet.server_mbps = 0 means the tier's rates)
+                self.ctx.graph.add_edge(a, b, bandwidth=_server_link(cfg)["server_bps"],
+                                        latency=0.001)
         self.network = Network(self.env, self.ctx.graph)
         self.trainer: Trainer
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
@@ -216,7 +225,7 @@ class Simulation:
             **(self.protocol.runners(self) if self.protocol.runners else {}),
         }, deferred_kinds=("train", *self.protocol.deferred_kinds))
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
-                               ledger_factory=PrivacyLedger)
+                               ledger_factory=PrivacyLedger, infrastructure=tuple(infra))
 
         av = cfg.availability
         if av.model == "sessions":
@@ -238,10 +247,12 @@ class Simulation:
                              initial_battery=tuple(av.initial_battery))
         profiles = {d: self.profiles[d] for d in range(n)}
         profiles[SERVER] = server_profile
+        profiles.update({node: TIERS[tier] for node, tier in infra.items()})
         self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,
                              monitor=self.monitor, availability=availability, faults=faults,
                              rng=self.rngs["faults"],
-                             server=SERVER if SERVER in machines else None)
+                             server=SERVER if SERVER in machines else None,
+                             infrastructure=tuple(infra))
 
     def _topology(self, d2d_pairs):
         cfg = self.config

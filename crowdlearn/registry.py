@@ -81,6 +81,11 @@ class Protocol:
         run.
     summary
         ``summary(sim) -> dict``: extra fields for ``summary.json``.
+    attack_records
+        ``attack_records(sim, n) -> (fields, records)``: for the attack suite, at most ``n``
+        uploads an attacker of this protocol can read, as ``(device, indices, values)``, and the
+        summary fields that say how many (phong, hres: what the server colluding with a
+        participant decrypts).
     needs_tensorflow
         Whether the protocol uses TensorFlow whatever ``training.backend`` says (its own compute
         path), so that the CLI loads it quietly up front.
@@ -96,6 +101,7 @@ class Protocol:
     deferred_kinds: tuple[str, ...] = ()
     server_view: str | None = None
     summary: Callable[[Any], dict] | None = None
+    attack_records: Callable[[Any, int], tuple[dict, list]] | None = None
     needs_tensorflow: bool = False
 
     def __post_init__(self):

@@ -118,7 +118,8 @@ class Driver:
     def __init__(self, env: simpy.Environment, network: Network, machines: Mapping[NodeId, Machine],
                  profiles: Mapping[NodeId, DeviceProfile], *, executor: JobExecutor, monitor: Monitor,
                  availability: Availability | None = None, faults: FaultParams = FaultParams(),
-                 rng: np.random.Generator, server: NodeId | None = "server"):
+                 rng: np.random.Generator, server: NodeId | None = "server",
+                 infrastructure: tuple = ()):
         self.env = env
         self.network = network
         self.machines = dict(machines)
@@ -136,7 +137,8 @@ class Driver:
             frac = rng.uniform(lo, hi) if hi > lo else lo
             self.devices[node] = DeviceState(node, prof, simpy.Resource(env, 1),
                                              battery_j=prof.battery_j * frac)
-        self.is_device = {n: n != server for n in self.devices}
+        # infrastructure nodes (e.g. a key transform server) are always on, like the server
+        self.is_device = {n: n != server and n not in infrastructure for n in self.devices}
         self.events_handled = 0
 
     # ---------------------------------------------------------------- start / run

@@ -44,12 +44,13 @@ def _id_order(node: NodeId) -> tuple:
 class Monitor:
     def __init__(self, devices: Iterable[NodeId], *, evaluator: Evaluator | None = None,
                  server: NodeId = "server", on_row: Callable[[dict], None] | None = None,
-                 ledger_factory: Callable[..., Any] | None = None):
+                 ledger_factory: Callable[..., Any] | None = None, infrastructure: tuple = ()):
         # ledger_factory(delta=δ) builds the run's ε ledger on the first privacy_charge report
         # (the composition root passes crowdlearn's PrivacyLedger: the runtime knows no privacy
         # accounting of its own)
         self.server = server
         self.ledger_factory = ledger_factory
+        self.infrastructure = frozenset(infrastructure)   # server-side nodes besides the server
         self.evaluator = evaluator
         self.on_row = on_row
         self.devices = list(devices)
@@ -89,10 +90,10 @@ class Monitor:
             key = kind if isinstance(kind, str) else type(msg).__name__
             self.bytes_by_kind[key] += nbytes
             self.messages_by_kind[key] += 1
-        if src != self.server:
+        if src != self.server and src not in self.infrastructure:
             self.bytes_up += nbytes
             self.dev[src]["bytes_sent"] += nbytes
-        if dst != self.server:
+        if dst != self.server and dst not in self.infrastructure:
             self.bytes_down += nbytes
             self.dev[dst]["bytes_received"] += nbytes
 

@@ -546,6 +546,14 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
         for u in server.updates[:uploads]:
             idx, val = dense_to_sparse(u.delta)
             records.append((u.device, idx, val))
+    # -- encrypted ASGD (phong, hres): the server colluding with participant 0 attacks what that
+    # coalition can decrypt of the other participants' uploads (Phong et al.'s threat model) --
+    # (declared in the registry as the protocol's attack_records)
+    decl = registry.get(sim.config.protocol)
+    if decl.attack_records is not None:
+        fields, more = decl.attack_records(sim, max(0, uploads - len(records)))
+        out.update(fields)
+        records.extend(more)
     if records and ds.image_shape is not None:
         from crowdlearn.privacy.attacks.reconstruction import first_layer
         try:
