@@ -495,6 +495,7 @@ def test_ring0_modules_import_no_driver_or_tensorflow():
 
 def test_doctests_of_the_fm_modules():
     import doctest
+    import importlib
 
     import crowdlearn.data.quality as quality
     import crowdlearn.privacy.functional as functional
@@ -502,3 +503,7 @@ def test_doctests_of_the_fm_modules():
     for module in (functional, quality, fm):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+    for name in ("messages", "params", "model", "jobs", "scoring", "machines", "evaluator",
+                 "config"):     # the package's modules (those without examples attempt none)
+        module = importlib.import_module(f"crowdlearn.protocols.fm.{name}")
+        assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0, name
