@@ -350,10 +350,13 @@ class Simulation:
         # server-side nodes a protocol adds besides the server (hres: the key transform server),
         # linked to the core like the server; node -> profile tier
         infra = self.ctx.extra.get("infrastructure", {})
+        link = _server_link(cfg)             # the same link as the server's (fleet.server_tier)
         for node in infra:
             self.ctx.graph.add_node(node, kind="server")
-            for a, b in ((node, "core"), ("core", node)):
-                self.ctx.graph.add_edge(a, b, bandwidth=cfg.fleet.server_mbps * MBPS, latency=0.001)
+            self.ctx.graph.add_edge(node, "core", bandwidth=link["server_bps"],
+                                    latency=link["server_latency_s"])
+            self.ctx.graph.add_edge("core", node, bandwidth=link["server_down_bps"],
+                                    latency=link["server_latency_s"])
         self.network = Network(self.env, self.ctx.graph)
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
@@ -372,7 +375,7 @@ class Simulation:
             "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
                                                           with_abs_grad=True),
             "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
-            "crypto": lambda jobs: [None] * len(jobs),  # secure aggregation: computed in the
+            "secagg_crypto": lambda jobs: [None] * len(jobs),  # secure aggregation: computed in the
                                                         # machine, charged as a job
             **fm.runners(self),
             "crypto": _phong.run_crypto_jobs,

@@ -19,8 +19,8 @@ Collusion: the DSP colluding with participant ``j`` holds ``sk_DSP`` and ``sk_j`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
 from crowdlearn.protocols.io import (
     Effect,
     Input,
@@ -42,9 +42,6 @@ from crowdlearn.protocols.phong import (
     setup,
 )
 from crowdlearn.protocols.wire import message
-
-if TYPE_CHECKING:
-    from crowdlearn.crypto.schemes import Payload
 
 __all__ = ["KTS", "HRESServer", "KeyTransformServer", "ReencryptRequest", "build"]
 
