@@ -200,12 +200,13 @@ class Simulation:
         # server-side nodes a protocol adds besides the server (hres: the key transform server),
         # linked to the core like the server; node -> profile tier
         infra = self.ctx.extra.get("infrastructure", {})
+        link = _server_link(cfg)             # the same link as the server's (fleet.server_tier)
         for node in infra:
             self.ctx.graph.add_node(node, kind="server")
-            for a, b in ((node, "core"), ("core", node)):
-                # the server's own link rate (fleet.server_mbps = 0 means the tier's rates)
-                self.ctx.graph.add_edge(a, b, bandwidth=_server_link(cfg)["server_bps"],
-                                        latency=0.001)
+            self.ctx.graph.add_edge(node, "core", bandwidth=link["server_bps"],
+                                    latency=link["server_latency_s"])
+            self.ctx.graph.add_edge("core", node, bandwidth=link["server_down_bps"],
+                                    latency=link["server_latency_s"])
         self.network = Network(self.env, self.ctx.graph)
         self.trainer: Trainer
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path

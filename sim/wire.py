@@ -47,6 +47,8 @@ class WireError(UserError, ValueError):
 #: lists and messages nested deeper than this are rejected by :func:`decode`
 MAX_DEPTH = 32
 #: arrays with more dimensions are rejected by :func:`decode`
+#: Largest extent (bytes, zero dimensions left out) an array's shape may declare.
+MAX_ARRAY_EXTENT = 2 ** 62
 MAX_NDIM = 32
 
 _BY_TAG: dict[int, type] = {}
@@ -308,6 +310,9 @@ def _get(view: memoryview, pos: int, depth: int, max_depth: int) -> tuple[Any, i
         dt = _DTYPES[dcode]
         nbytes = math.prod(shape) * dt.itemsize      # Python ints: no overflow
         _need(view, pos, nbytes)
+        if math.prod(d for d in shape if d) * dt.itemsize > MAX_ARRAY_EXTENT:
+            # an empty array whose other dimensions numpy cannot even index
+            raise WireError(f"malformed message: array shape {shape} at byte {pos - 4 * ndim}")
         arr = np.frombuffer(view[pos:pos + nbytes], dtype=dt).reshape(shape).copy()
         return arr, pos + nbytes
     if code == 0x6C:      # l

@@ -39,7 +39,7 @@ def test_secagg_matches_plain_fedavg_without_dropouts_and_charges_its_costs(fixe
     assert s["bytes_by_kind"]["MaskedInput"] == stage["masked_input"]["MaskedInput"]
     assert 0 < s["secagg_expansion"] < 2
     assert s["device_flops"] > plain.summary["device_flops"]
-    assert s["jobs_run"]["crypto"] == 2 * 4 * 4      # rounds x clients x stages
+    assert s["jobs_run"]["secagg_crypto"] == 2 * 4 * 4      # rounds x clients x stages
     assert s["secagg_cost_model"]["agree"] == fixed_costs.agree
     assert [r["clients_aggregated"] for r in res.metrics] == [4, 4]
 

@@ -230,3 +230,18 @@ def test_every_registered_message_has_checkable_field_types():
             continue       # the doctest's example message
         hints = typing.get_type_hints(cls)        # resolvable, so decode checks every field
         assert set(cls.__wire_fields__) <= set(hints), cls
+
+
+def test_an_empty_array_declaring_unindexable_dimensions_is_a_wire_error():
+    """Found by the fuzz test: shape (0, 2^32-1, 2^32-1, 2^32-1) holds no bytes, yet numpy
+    refuses the shape with a ValueError; the decoder must call it malformed."""
+    import struct
+
+    from crowdlearn.errors import WireError
+    from crowdlearn.protocols.messages import Update
+    raw = wire.encode(Update(1, (np.zeros((0, 3, 3, 3), np.float32),), 5))
+    good = struct.pack("<4I", 0, 3, 3, 3)
+    assert raw.count(good) == 1
+    bad = raw.replace(good, struct.pack("<4I", 0, 2**32 - 1, 2**32 - 1, 2**32 - 1))
+    with pytest.raises(WireError, match="array shape"):
+        wire.decode(bad)

@@ -28,9 +28,6 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from crowdlearn.crypto.fixedpoint import FixedPoint, PackingOverflowError
@@ -42,6 +39,7 @@ from crowdlearn.crypto.paillier import (
     generate_keypair,
     slots_per_plaintext,
 )
+from crowdlearn.crypto.payload import Payload
 
 __all__ = ["Scheme", "Payload", "make_scheme", "SCHEMES", "MODES", "max_updates"]
 
@@ -49,34 +47,6 @@ SCHEMES = ("paillier", "lwe", "none")
 MODES = ("real", "priced")
 
 
-@dataclass(frozen=True, eq=False)
-class Payload:
-    """A ciphertext (or, for ``none``, a plaintext float32 vector) as it travels.
-
-    ``ciphertext`` is the real ciphertext object (``None`` in priced mode); ``oracle`` the exact
-    int64 sum of encodings it holds (the simulator's view, not on the wire); ``count`` how many
-    encodings it sums; ``nbytes`` its encoded size.
-    """
-
-    scheme: str
-    nbytes: int
-    count: int
-    oracle: np.ndarray = field(repr=False)
-    ciphertext: Any = field(default=None, repr=False)
-    #: whose key opens it (HRES: "joint" for uploads, the participant for re-encrypted downloads);
-    #: lets priced mode refuse the decryptions real mode would refuse
-    key: Any = None
-
-    def wire_len(self) -> int:
-        return self.nbytes
-
-    def wire_bytes(self) -> bytes:
-        if self.scheme == "none":
-            return np.asarray(self.oracle, np.float32).tobytes()
-        if self.ciphertext is None:
-            raise RuntimeError("a priced payload has no ciphertext to encode; run with "
-                               "crypto mode 'real' to put real bytes on a wire")
-        return self.ciphertext.to_bytes()
 
 
 class Scheme:

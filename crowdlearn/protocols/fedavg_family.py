@@ -141,7 +141,7 @@ def check_standalone(v: dict) -> list[str]:
 
 def runners(sim) -> dict:
     """Secure aggregation's crypto jobs: computed in the machine, charged as a job."""
-    return {"crypto": lambda jobs: [None] * len(jobs)}
+    return {"secagg_crypto": lambda jobs: [None] * len(jobs)}
 
 
 def summary(sim) -> dict:

@@ -19,8 +19,8 @@ Collusion: the DSP colluding with participant ``j`` holds ``sk_DSP`` and ``sk_j`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
 from sim.machine import (
     Effect,
     Input,
@@ -44,9 +44,6 @@ from crowdlearn.protocols.phong import (
 from crowdlearn.protocols import phong
 from crowdlearn.registry import Protocol
 from sim.wire import message
-
-if TYPE_CHECKING:
-    from crowdlearn.crypto.schemes import Payload
 
 __all__ = ["KTS", "HRESServer", "KeyTransformServer", "ReencryptRequest", "build"]
 

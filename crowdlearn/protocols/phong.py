@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crowdlearn.crypto.lwe import LWEParams
+from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
 from crowdlearn.registry import Protocol
 from sim.machine import (
     Disconnected,
@@ -64,7 +65,7 @@ from crowdlearn.training.jobs import TrainJob
 from crowdlearn.training.models import ModelSpec
 
 if TYPE_CHECKING:
-    from crowdlearn.crypto.schemes import Payload, Scheme
+    from crowdlearn.crypto.schemes import Scheme
 
 __all__ = ["CONFIG_SECTION", "PhongParams", "PhongServer", "PhongParticipant", "CryptoJob",
            "ModelRequest", "EncryptedModel", "EncryptedUpdate", "TurnGrant", "build",

@@ -235,7 +235,7 @@ class CryptoJob:
     flops: float
     stage: str
     memory_bytes: int = 0
-    kind: str = field(default="crypto", init=False)
+    kind: str = field(default="secagg_crypto", init=False)
 
 
 # ---------------------------------------------------------------- pure helpers
