@@ -10,6 +10,10 @@ from sim.machine import Report
 from tests.conftest import small_config
 
 MODEL_REPORTS = ("global_model", "group_model", "local_model")
+# the encrypted-SGD ciphertext crosses as its bytes only (Payload.wire_bytes) and decodes as
+# bytes, not as the Payload the receiver reads (its oracle sum never travels)
+PAYLOAD = "encrypted-SGD Payload does not survive the wire: it decodes as bytes " \
+          "(AttributeError: 'bytes' object has no attribute 'ciphertext')"
 
 # (timing-dependent choices are left out: over-selection keeps the first m updates, and S-SGD's
 # sharing window orders the groups' uploads by arrival; the wire has no bandwidth and zero-time
@@ -27,6 +31,12 @@ CONFIGS = {
         marks=pytest.mark.xfail(strict=True, reason="SecAgg's masked input does not survive the "
                                 "wire: it decodes as bytes, not the vector the server reads "
                                 "(AttributeError: 'bytes' object has no attribute 'd')")),
+    "phong": pytest.param(
+        {"protocol": "phong", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+         "he.key_bits": 512}, marks=pytest.mark.xfail(strict=True, reason=PAYLOAD)),
+    "hres": pytest.param(
+        {"protocol": "hres", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+         "he.key_bits": 512}, marks=pytest.mark.xfail(strict=True, reason=PAYLOAD)),
     "crowdlearning": {"protocol": "crowdlearning", "rounds": 2, "fleet.devices": 10,
                       "model.hidden": [32, 16], "slicenet.group_size": 5, "slicenet.lr": 0.1,
                       "slicenet.deterministic_keys": True},
@@ -62,7 +72,7 @@ def _simpy_models(cfg) -> tuple[dict, Simulation]:
 def test_machines_driven_over_the_in_memory_wire_report_the_simpy_runs_models(name, over):
     cfg = small_config(**over)
     sim = Simulation(cfg)               # built as for a run; driven here without SimPy
-    server = "server" if "server" in sim.driver.machines else None
+    server = sim.driver.server
     w = Wire(sim.driver.machines, executor=sim.executor, server=server, latency=0.01)
     w.start()
     assert w.run() or server is None, f"{name}: no Halt"   # standalone: devices just stop
