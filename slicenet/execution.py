@@ -106,18 +106,17 @@ from slicenet.graph import (
     CostGraph,
     ModelDescription,
 )
-
 from slicenet.layout import (  # the pure layout, re-exported: the executor's public names
     BN_EPSILON,
     BN_MOMENTUM,
-    count_floats,
     DOMINATOR,
     Message,
+    WeightSpec,
     _Op,
     _Program,
     _program,
     _sig,
-    WeightSpec,
+    count_floats,
     weight_specs,
 )
 

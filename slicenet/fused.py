@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from slicenet.errors import UserError
-from slicenet.layout import BN_EPSILON, BN_MOMENTUM, weight_specs
 from slicenet.graph import Activation, BatchNorm, Dense, Dropout, Flatten, ModelDescription
+from slicenet.layout import BN_EPSILON, BN_MOMENTUM, weight_specs
 
 _ACTS = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid, "linear": tf.identity,
          None: tf.identity}

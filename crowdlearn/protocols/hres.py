@@ -21,6 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
+from crowdlearn.protocols import phong
+from crowdlearn.protocols.phong import (
+    SERVER,
+    EncryptedModel,
+    ModelRequest,
+    PhongParticipant,
+    PhongServer,
+    _Costs,
+    setup,
+)
+from crowdlearn.registry import Protocol
 from sim.machine import (
     Effect,
     Input,
@@ -32,17 +43,6 @@ from sim.machine import (
     RunJob,
     Send,
 )
-from crowdlearn.protocols.phong import (
-    SERVER,
-    EncryptedModel,
-    ModelRequest,
-    PhongParticipant,
-    PhongServer,
-    _Costs,
-    setup,
-)
-from crowdlearn.protocols import phong
-from crowdlearn.registry import Protocol
 from sim.wire import message
 
 __all__ = ["KTS", "HRESServer", "KeyTransformServer", "ReencryptRequest", "build"]
@@ -132,7 +132,7 @@ def build(ctx, *, calibrate=None, rand=None) -> dict:
 
 # ---------------------------------------------------------------- the protocol's declaration
 def _calibrated_build(ctx) -> dict:
-    from crowdlearn.crypto.he_costs import calibrate   # crypto costs measured on this machine
+    from crowdlearn.crypto.he_costs import calibrate  # crypto costs measured on this machine
     return build(ctx, calibrate=calibrate)
 
 

@@ -33,7 +33,6 @@ Collusion: with one shared key, the server colluding with any participant decryp
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,9 @@ import numpy as np
 from crowdlearn.crypto.lwe import LWEParams
 from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
 from crowdlearn.registry import Protocol
+from crowdlearn.schema import Key
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     Disconnected,
     Effect,
@@ -60,9 +62,6 @@ from sim.machine import (
     Start,
 )
 from sim.wire import message
-from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
 
 if TYPE_CHECKING:
     from crowdlearn.crypto.schemes import Scheme
@@ -471,7 +470,7 @@ class HEReport:
 
 # ---------------------------------------------------------------- the protocol's declaration
 def _calibrated_build(ctx) -> dict:
-    from crowdlearn.crypto.he_costs import calibrate   # crypto costs measured on this machine
+    from crowdlearn.crypto.he_costs import calibrate  # crypto costs measured on this machine
     return build(ctx, calibrate=calibrate)
 
 
