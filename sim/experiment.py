@@ -452,6 +452,10 @@ class Simulation:
         }
         if mon.bytes_by_role:
             summary["bytes_sent_by_role"] = dict(sorted(mon.bytes_by_role.items()))
+        server = self.driver.machines.get(SERVER)
+        if not getattr(server, "finished", True):    # some groups stalled (Crowdlearning)
+            summary["completed"] = False
+            summary["stall"] = server.stall_report()
         if "plan" in self.ctx.extra:
             plan = self.ctx.extra["plan"]
             summary["slice_balance"] = float(plan.balance)

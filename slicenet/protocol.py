@@ -32,7 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.crypto.sealing import CARD, Card, Header, KeyRing, Sealed, SealError, escrow_len
+from crowdlearn.crypto.sealing import (
+    CARD,
+    WRAP,
+    Card,
+    Header,
+    KeyRing,
+    Sealed,
+    SealError,
+    escrow_len,
+)
 from crowdlearn.errors import CrowdlearnError
 from crowdlearn.protocols import wire
 from crowdlearn.protocols.io import (
@@ -217,6 +226,8 @@ class FusedGroups:
         self.pending: dict[int, Any] = {}
         self.nparams = len(w)
         self._epoch_acc: dict = {}
+        self.shapes = [a.shape for a in w]
+        self.initial = np.concatenate([a.reshape(-1) for a in w])   # what the server delivers
 
     def commit(self, g: int) -> None:
         """Make the pass result stored by the dominator the group's state."""
@@ -248,6 +259,15 @@ class FusedGroups:
 
     def set_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
         self.state[g] = tuple(np.asarray(a, np.float32) for a in weights)
+
+    def restore(self, g: int, idx: np.ndarray, values: np.ndarray) -> None:
+        """A take-over: the new holder of the entries ``idx`` resumes from ``values`` (the
+        checkpoint it opens), whatever the group's state held there."""
+        flat = np.concatenate([a.reshape(-1) for a in self.weights(g)])
+        flat[idx] = values
+        offsets = np.cumsum([0] + [int(np.prod(s)) for s in self.shapes])
+        self.set_weights(g, [flat[offsets[i]:offsets[i + 1]].reshape(s)
+                             for i, s in enumerate(self.shapes)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -519,6 +539,9 @@ class _Group:
     takeovers: int = 0
     boundary: dict = field(default_factory=dict)    # (src, dst) -> bytes of this attempt
     handover: dict = field(default_factory=dict)    # (src, dst) -> [(nbytes, owner), ...]
+    senders: set = field(default_factory=set)       # participants + dummies handing over
+    delivered: set = field(default_factory=set)     # owners whose initial weights went out
+    unsent: dict = field(default_factory=dict)      # owner -> lost device that never sent it
 
 
 class SlicingServer(Machine):
@@ -546,6 +569,27 @@ class SlicingServer(Machine):
                             for p in range(-1, layout.pieces)]
         self.finished_groups = 0
         self.reported_epochs: dict[int, int] = {}
+
+    @property
+    def finished(self) -> bool:
+        """Whether every group trained all its epochs (the run is complete)."""
+        return self.finished_groups == len(self.groups)
+
+    def stall_report(self) -> str:
+        """Which groups did not finish, and where each stopped (for a run that stalled)."""
+        stuck = [g for g in self.groups if g.phase != "done"]
+        if not stuck:
+            return ""
+        def where(g: _Group) -> str:
+            online = sum(1 for d in g.members if self._ready(d))
+            what = {"pass": f"pass {g.turn + 1} of {len(g.order)} (waiting for "
+                            f"{len(g.participants - g.done)} of {len(g.participants)} devices)",
+                    "waiting": f"waiting for members: {online} of {len(g.members)} online",
+                    "share": f"sharing, waiting for {len(g.sharing)} members",
+                    "keys": "waiting for members' keys"}.get(g.phase, g.phase)
+            return f"group {g.gid} at epoch {g.epoch + 1} of {self.params.epochs}: {what}"
+        return (f"{len(stuck)} of {len(self.groups)} Crowdlearning groups did not finish: "
+                + "; ".join(where(g) for g in stuck))
 
     # -------------------------------------------------------------- dispatch
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -606,6 +650,7 @@ class SlicingServer(Machine):
         g = self.groups[self.group_of[src]]
         changed = self.cards.get(src) != m.card
         self.cards[src] = m.card
+        self.ring.learn(src, Card.from_bytes(m.card))   # to seal its initial weights for it
         keyed = [d for d in g.members if d in self.cards and d != src]
         out: list[Effect] = [Send(src, KeyDirectory(
             g.gid, tuple([SERVER_SRC] + keyed),
@@ -670,21 +715,27 @@ class SlicingServer(Machine):
         batches = math.ceil(samples / self.params.batch_size) if self.params.batch_size else 1
         # hand-over: each owner id whose holder changed moves its weights (or, if the old holder
         # is gone, the new holder fetches the server's checkpoint)
+        # (the old holder may be a dummy now: it gets a PassPlan that only hands over).  An
+        # owner's first holder gets the initial weights from the server (counted traffic).
         hand_send: dict = {}
         hand_expect: dict = {d: 0 for d in owners_of}
         fetch: list = []
         moves = [(DOMINATOR, old_dom, dom)] + [(p, old_holders.get(p), d)
                                                for p, d in g.holders.items()]
         for owner, old, new in moves:
-            if old is None or old == new:
+            old = g.unsent.get(owner, old)
+            if owner in g.delivered and (old is None or old == new):
                 continue
             nbytes = self.piece_bytes[owner + 1]
-            if old in self.present and old in self.group_of:
+            if owner in g.delivered and old in self.present and old in self.group_of:
                 hand_send.setdefault(old, []).append((new, nbytes, owner))
-                hand_expect[new] += 1
             else:
                 fetch.append((new, owner, nbytes))
-                hand_expect[new] += 1
+            hand_expect[new] += 1
+            g.delivered.add(owner)
+        g.unsent = {}
+        dummies = [a for a in hand_send if a not in owners_of]
+        g.senders = g.participants | set(dummies)
         # boundary traffic of the pass: per device pair, the sum over the owners they hold
         pair = lay.pair_floats
         bsend: dict = {d: {} for d in owners_of}
@@ -718,13 +769,22 @@ class SlicingServer(Machine):
                 tuple(hand_send.get(d, ())), hand_expect[d],
                 tuple(sorted(bsend[d].items())), bexpect[d],
                 share * total_flops, mem, min_dur if d == dom else 0.0)))
+        for d in dummies:          # a new dummy still holds weights another device needs
+            out.append(Send(d, PassPlan(g.gid, g.attempt, "dummy", (), tuple(hand_send[d]), 0,
+                                        (), 0, 0.0, 0, 0.0)))
         for new, owner, nbytes in fetch:
             # dummy take-over: the last hand-over of the piece, escrowed for the group's members
-            # (the server cannot open it); without one, a placeholder the server seals itself
+            # (the server cannot open it); without one, the initial weights, which the server
+            # delivered first and seals again.  The new holder resumes from what it opens
+            # (the fused state takes those values; training since that copy is lost).
             src, payload = self.checkpoints.get((g.gid, owner), (SERVER_SRC, None))
+            idx = lay.owned_flat([owner])
             if payload is None:
-                payload = Sealed.opaque(self.ring, new, Header("checkpoint", g.gid, g.attempt),
-                                        nbytes)
+                init = self.fused.initial[idx]
+                payload = Sealed.of_arrays(self.ring, new, Header("checkpoint", g.gid, g.attempt),
+                                           lambda v=init: [v], nbytes)
+            if hasattr(payload, "plaintext"):
+                self.fused.restore(g.gid, idx, np.frombuffer(payload.plaintext(), np.float32))
             out.append(Send(new, Relayed(g.gid, g.attempt, src, "checkpoint", payload)))
         if len(g.participants) == 1 and not g.holders:
             pass   # S-SGD: a lone dominator; the pass ends with its PassDone
@@ -734,7 +794,7 @@ class SlicingServer(Machine):
         g = self.groups[m.group]
         if m.attempt != g.attempt:
             return []                                # stale: an aborted attempt's traffic
-        if g.phase != "pass" or src not in g.participants or m.dst not in g.participants:
+        if g.phase != "pass" or src not in g.senders or m.dst not in g.participants:
             return [misbehaved(src, f"relay {src!r} -> {m.dst!r} outside the pass's "
                                     f"participants", group=g.gid)]
         size = _payload_len(m.payload)
@@ -746,8 +806,11 @@ class SlicingServer(Machine):
                                         f"{want}", group=g.gid)]
         else:
             sends = g.handover.get((src, m.dst), [])
+            # which owner's weights: the planned size that the escrow's length fits exactly
+            # (a whole number of member wraps); it becomes that owner's checkpoint
             fits = [(n, o) for n, o in sends
-                    if escrow_len(n, 0) <= size <= escrow_len(n, len(g.members))]
+                    if escrow_len(n, 0) <= size <= escrow_len(n, len(g.members))
+                    and (size - escrow_len(n, 0)) % WRAP == 0]
             if not fits:
                 return [misbehaved(src, f"hand-over of {size} bytes not in the plan",
                                    group=g.gid)]
@@ -781,11 +844,17 @@ class SlicingServer(Machine):
         if g.phase == "share" and peer in g.sharing:
             g.sharing.discard(peer)
             return self._maybe_finish_share(g, now)
-        if g.phase != "pass" or peer not in g.participants:
+        if g.phase != "pass" or peer not in g.senders:
             return []
+        # weights the peer was to hand over and never sent: their new holders fetch the
+        # last checkpoint instead
+        g.unsent = {o: peer for (a, _), sends in g.handover.items() if a == peer
+                    for _, o in sends}
+        if peer not in g.participants and not g.unsent:
+            return []                                 # a dummy that had handed everything over
         # abandon the attempt; its job results are never committed
         self.fused.abandon(g.gid)
-        out: list[Effect] = [Send(d, Abort(g.gid, g.attempt)) for d in g.participants
+        out: list[Effect] = [Send(d, Abort(g.gid, g.attempt)) for d in g.senders
                              if d != peer and d in self.present]
         if peer == g.dominator:
             g.turn += 1                               # its data is gone for this epoch
@@ -1051,7 +1120,8 @@ class SliceDevice(Machine):
 
     def _maybe_compute(self, now: float) -> list[Effect]:
         p = self.plan
-        if p is None or self.computing or self.job_done or self.hand_in < p.expect_handover:
+        if p is None or self.computing or self.job_done or self.hand_in < p.expect_handover \
+                or p.role == "dummy":      # a dummy only hands over what it held
             return []
         self.computing = True
         if p.role == "dominator":
@@ -1070,7 +1140,8 @@ class SliceDevice(Machine):
 
     def _maybe_done(self, now: float) -> list[Effect]:
         p = self.plan
-        if p is None or self.sent_done or not self.job_done or self.bound_in < p.expect_boundary:
+        if p is None or self.sent_done or not self.job_done or self.bound_in < p.expect_boundary \
+                or p.role == "dummy":
             return []
         if now < self.started + p.min_duration_s:
             # the latency chain is longer than compute and transfers: finish when it ends
