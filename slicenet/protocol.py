@@ -498,16 +498,19 @@ class SlidingWindow:
         n = len(init)
         self.values = np.zeros((self.omega, n), np.float32)
         self.ticks = np.full((self.omega, n), -(10 ** 9), np.int64)
-        self.pos = np.zeros(n, np.int64)
 
     def upload(self, idx: np.ndarray, vals: np.ndarray, tick: int) -> None:
+        """Record the values uploaded in ``tick``.  Slot ``tick mod ω`` holds a weight's value
+        of that tick (one upload per weight and tick: a group's members own disjoint weights),
+        so the window keeps exactly its last ω ticks whatever order uploads arrive in; an
+        upload older than the one its slot holds has left the window and is dropped."""
         idx = np.asarray(idx, np.int64)
         if idx.size == 0:
             return
-        p = self.pos[idx]
-        self.values[p, idx] = vals
-        self.ticks[p, idx] = tick
-        self.pos[idx] = (p + 1) % self.omega
+        slot = int(tick) % self.omega
+        newer = self.ticks[slot, idx] <= tick
+        self.values[slot, idx[newer]] = np.asarray(vals)[newer]
+        self.ticks[slot, idx[newer]] = tick
 
     def query(self, idx: np.ndarray, tick: int, min_count: float) -> tuple[np.ndarray, np.ndarray]:
         """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means."""

@@ -79,3 +79,56 @@ def test_a_dummy_resumes_from_the_checkpoint_it_opens_not_the_latest_state(monke
     assert res.summary["takeovers"] > 0 and res.summary["completed"]
     # initial deliveries (4 owners x 2 groups) plus take-overs, some from an older copy
     assert seen["checkpoints"] > 8 and seen["stale"] > 0
+
+
+# ---------------------------------------------------------------- the sliding window (spec §6)
+class _ListWindow:
+    """An independent window: every upload kept in a list, the query filters by tick."""
+
+    def __init__(self, omega):
+        self.omega, self.rows = omega, []
+
+    def upload(self, idx, vals, tick):
+        self.rows += [(tick, int(i), float(v)) for i, v in zip(idx, vals)]
+
+    def query(self, idx, tick, min_count):
+        out = {}
+        for t, i, v in self.rows:
+            if tick - self.omega < t <= tick:
+                out.setdefault(i, []).append(v)
+        keep = [i for i in idx if len(out.get(i, ())) > max(min_count, 0)
+                or (min_count <= 0 < len(out.get(i, ())))]
+        return keep, [np.float32(np.mean(np.asarray(out[i], np.float32), dtype=np.float32))
+                      for i in keep]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(omega=st.integers(1, 5), ticks=st.integers(1, 12), data=st.data())
+def test_window_keeps_exactly_its_last_omega_ticks_whatever_the_arrival_order(omega, ticks,
+                                                                              data):
+    """Ticks 1..T start in order (a group's share); each tick's upload (one value per weight,
+    a random subset of 4 weights) arrives some ticks late, in any order.  After every arrival,
+    queried at the current tick, the window equals the list re-implementation (the ring slot
+    overwritten in arrival order dropped a value still inside the window)."""
+    arrivals = []
+    for t in range(1, ticks + 1):
+        idx = np.flatnonzero(data.draw(st.lists(st.booleans(), min_size=4, max_size=4)))
+        vals = np.round(np.random.default_rng(t).normal(size=len(idx)), 2).astype(np.float32)
+        arrivals.append((t + data.draw(st.integers(0, omega + 1)), t, idx, vals))
+    order = data.draw(st.permutations(range(len(arrivals))))
+    arrivals = [arrivals[k] for k in order]
+    arrivals.sort(key=lambda a: a[0])           # stable: ties arrive in the drawn order
+    w, ref = sp.SlidingWindow(np.zeros(4, np.float32), omega), _ListWindow(omega)
+    for at, t, idx, vals in arrivals:
+        now = min(at, ticks)
+        w.upload(idx, vals, t)
+        ref.upload(idx, vals, t)
+        for min_count in (0, omega * 0.5):
+            got, val = w.query(np.arange(4), now, min_count)
+            want, rval = ref.query(range(4), now, min_count)
+            assert got.tolist() == want
+            np.testing.assert_allclose(val, rval, rtol=1e-6)
