@@ -128,6 +128,10 @@ class Layout:
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
+        # moving BatchNorm statistics travel with their piece but are not shared (θ counts
+        # trainable weights only: they have no gradient to rank)
+        self.flat_trainable = np.concatenate([np.full(s.shape, s.trainable).reshape(-1)
+                                              for s in self.specs])
         self.num_params = int(self.offsets[-1])
         self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
         self.hidden_layers = len(hidden)
@@ -169,9 +173,11 @@ class Layout:
         np.fill_diagonal(t, 0)      # units an owner holds itself cost no traffic
         return t
 
-    def owned_flat(self, owners: Sequence[int]) -> np.ndarray:
-        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``)."""
-        return np.flatnonzero(np.isin(self.flat_owner, np.asarray(list(owners), np.int64)))
+    def owned_flat(self, owners: Sequence[int], *, trainable: bool = False) -> np.ndarray:
+        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``); only
+        the trainable ones (what is shared, spec §5) if ``trainable``."""
+        mine = np.isin(self.flat_owner, np.asarray(list(owners), np.int64))
+        return np.flatnonzero(mine & self.flat_trainable if trainable else mine)
 
     def flops_share(self, owners: Sequence[int]) -> float:
         """Fraction of a training step's FLOPs done by ``owners`` [ours: ∝ parameters owned]."""
@@ -570,6 +576,10 @@ class SlicingServer(Machine):
         self.checkpoints: dict = {}    # (group, piece) -> (sealing device, escrowed payload)
         self.piece_bytes = [4 * int(layout.params_per_owner[p + 1])
                             for p in range(-1, layout.pieces)]
+        # a hand-over carries the weights and, per trainable weight, its |gradient| sum so far
+        # this epoch (the new holder ranks its top θ on the whole epoch, spec §5): 8 B each
+        self.handover_bytes = [self.piece_bytes[p + 1] + 4 * len(layout.owned_flat(
+            [p], trainable=True)) for p in range(-1, layout.pieces)]
         self.finished_groups = 0
         self.reported_epochs: dict[int, int] = {}
 
@@ -680,6 +690,11 @@ class SlicingServer(Machine):
     # -------------------------------------------------------------- passes
     def _start_epoch(self, g: _Group, now: float) -> list[Effect]:
         g.order = [g.members[i] for i in self.rng.permutation(len(g.members))]
+        if g.dominator in g.order:
+            # the last pass's arrangement carries over into the new epoch (the last dominator
+            # goes first): n − 1 shuffles per epoch, every member dominator once (spec §4)
+            g.order.remove(g.dominator)
+            g.order.insert(0, g.dominator)
         g.turn = 0
         return self._next_pass(g, now)
 
@@ -696,9 +711,12 @@ class SlicingServer(Machine):
             g.phase = "waiting"
             return []
         dom = g.order[g.turn]
+        old_holders, old_dom = dict(g.holders), g.dominator
+        if g.turn == 0 and dom == old_dom and g.holders and \
+                all(self._ready(d) for d in g.holders.values()):
+            return self._launch(g, now, old_holders, old_dom)     # no shuffle at the boundary
         followers = [d for d in online if d != dom]
         self.rng.shuffle(followers)
-        old_holders, old_dom = dict(g.holders), g.dominator
         new_holders = {p: followers[p % len(followers)] for p in range(self.layout.pieces)} \
             if followers else {}
         g.holders, g.dominator = new_holders, dom
@@ -729,11 +747,11 @@ class SlicingServer(Machine):
             old = g.unsent.get(owner, old)
             if owner in g.delivered and (old is None or old == new):
                 continue
-            nbytes = self.piece_bytes[owner + 1]
             if owner in g.delivered and old in self.present and old in self.group_of:
-                hand_send.setdefault(old, []).append((new, nbytes, owner))
+                hand_send.setdefault(old, []).append((new, self.handover_bytes[owner + 1],
+                                                      owner))
             else:
-                fetch.append((new, owner, nbytes))
+                fetch.append((new, owner, self.piece_bytes[owner + 1]))
             hand_expect[new] += 1
             g.delivered.add(owner)
         g.unsent = {}
@@ -786,8 +804,9 @@ class SlicingServer(Machine):
                 init = self.fused.initial[idx]
                 payload = Sealed.of_arrays(self.ring, new, Header("checkpoint", g.gid, g.attempt),
                                            lambda v=init: [v], nbytes)
-            if hasattr(payload, "plaintext"):
-                self.fused.restore(g.gid, idx, np.frombuffer(payload.plaintext(), np.float32))
+            if hasattr(payload, "plaintext"):     # weights first (a hand-over adds its sums)
+                self.fused.restore(g.gid, idx, np.frombuffer(payload.plaintext(), np.float32,
+                                                             count=len(idx)))
             out.append(Send(new, Relayed(g.gid, g.attempt, src, "checkpoint", payload)))
         if len(g.participants) == 1 and not g.holders:
             pass   # S-SGD: a lone dominator; the pass ends with its PassDone
@@ -905,7 +924,7 @@ class SlicingServer(Machine):
         g = self.groups[m.group]
         if g.phase != "share" or m.epoch != g.epoch or src not in g.sharing:
             return []
-        owned = self.layout.owned_flat(self._owners(g, src))
+        owned = self.layout.owned_flat(self._owners(g, src), trainable=True)
         bad = check_sparse(m.indices, m.values, size=self.layout.num_params, allowed=owned)
         if bad is not None:
             g.sharing.discard(src)
@@ -1060,10 +1079,13 @@ class SliceDevice(Machine):
         self.plan = m
         self.started = now
         state = self.fused.state[self.group]      # the last committed pass
+        acc = list(self.fused.acc[self.group])    # this epoch's |gradient| sums so far
         for dst, nbytes, owner in m.send_handover:
-            # the real weights of the owner's share, sealed lazily (computed only if encoded)
+            # the real weights of the owner's share and their |gradient| sums, sealed lazily
+            # (computed only if encoded)
             out += self._send_payload(dst, "handover", nbytes,
-                                      lambda st=state, o=owner: [self._owned_values(st, o)])
+                                      lambda st=state, o=owner, a=acc: [
+                                          self._owned_values(st, o), self._owned_acc(a, o)])
         self.hand_in = 0
         self.bound_in = 0
         for payload in self.early.pop(m.attempt, []):
@@ -1117,6 +1139,13 @@ class SliceDevice(Machine):
         self.hand_in += 1
         return self._maybe_compute(now)
 
+    def _owned_acc(self, acc: list, owner: int) -> np.ndarray:
+        idx = self.layout.owned_flat([owner], trainable=True)
+        total = np.zeros(len(idx), np.float32)
+        for part in acc:
+            total += np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in part])[idx]
+        return total
+
     def _owned_values(self, state, owner: int) -> np.ndarray:
         flat = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in state])
         return flat[self.layout.owned_flat([owner])]
@@ -1157,7 +1186,7 @@ class SliceDevice(Machine):
     # -------------------------------------------------------------- sharing
     def _share(self, m: ShareRequest) -> list[Effect]:
         lay = self.layout
-        idx = lay.owned_flat(m.owners)
+        idx = lay.owned_flat(m.owners, trainable=True)
         acc = self.fused.epoch_acc(self.group, m.epoch)
         k = int(round(self.params.theta * len(idx)))
         if k and acc is not None:
@@ -1176,7 +1205,7 @@ class SliceDevice(Machine):
         if owners is None:
             return [misbehaved(self.server, f"Download for epoch {m.epoch} not asked for")]
         bad = check_sparse(m.indices, m.values, size=self.layout.num_params,
-                           allowed=self.layout.owned_flat(owners))
+                           allowed=self.layout.owned_flat(owners, trainable=True))
         if bad is not None:        # applied nothing; the epoch still closes
             return [misbehaved(self.server, f"Download: {bad}")] + done
         if len(m.indices) == 0:
