@@ -134,8 +134,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "network proximity (same cell first).", choices=("random", "proximity")),
         "peer_to_peer": Key(bool, False, "Route slice traffic over device-to-device links "
                             "instead of relaying it through the server."),
-        "pipeline_latency": Key(bool, True, "A pass lasts at least the pipeline's latency "
-                                "chain (each batch crosses every layer boundary both ways)."),
+        "pipeline_latency": Key(bool, True, "A pass pays the pipeline's fill and drain once: "
+                                "the latency chain (every layer boundary both ways) and "
+                                "(stages - 1) batch times, on top of the slowest piece or "
+                                "link; false: compute and transfers only."),
         "deterministic_keys": Key(bool, False, "INSECURE, for reproducible tests only: derive "
                                   "every node's key pair and session salt from the seed instead "
                                   "of the OS's randomness (anyone with the config can then open "

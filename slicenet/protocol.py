@@ -301,11 +301,12 @@ class PassPlan:
     expect_boundary: int     # boundary payloads to receive during the pass
     flops: float
     memory_bytes: int
-    min_duration_s: float    # the pipeline's latency chain (spec §3)
+    fill_drain_s: float      # the pipeline's latency chain, paid once per pass (spec §3)
+    fill_batches: float = 0.0   # (stages − 1) / batches: the fill and drain in batch times
 
     def __post_init__(self):
         _non_negative(self, "group", "attempt", "expect_handover", "expect_boundary", "flops",
-                      "memory_bytes", "min_duration_s")
+                      "memory_bytes", "fill_drain_s", "fill_batches")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}; got {self.role!r}")
 
@@ -773,12 +774,17 @@ class SlicingServer(Machine):
         for a, sends in hand_send.items():
             for b, n, owner in sends:
                 g.handover.setdefault((a, b), []).append((n, owner))
-        # the pipeline's latency chain: every batch crosses each layer boundary forth and back
-        min_dur = 0.0
+        # the pipeline (spec §3): mini-batches stream through the 2(L + 1) stages (each layer
+        # boundary forth and back), so the bulk compute and transfers of the pass overlap (the
+        # slowest piece or link sets the pace) and the pass adds one fill and drain: the
+        # latency chain once, and (stages − 1) batch times of each participant's own work
+        fill_s, fill_batches = 0.0, 0.0
         if self.params.pipeline_latency and g.holders:
+            stages = 2 * (lay.hidden_layers + 1)
             hop = max((self.latency[a] + self.latency[b]) for a in owners_of for b in bsend[a]) \
                 if any(bsend.values()) else 0.0
-            min_dur = batches * 2 * (lay.hidden_layers + 1) * hop
+            fill_s = stages * hop
+            fill_batches = (stages - 1) / max(1, batches)
         out: list[Effect] = []
         total_flops = lay.train_flops_per_sample * samples
         for d, owners in owners_of.items():
@@ -789,7 +795,7 @@ class SlicingServer(Machine):
                 g.gid, g.attempt, role, tuple(int(o) for o in owners),
                 tuple(hand_send.get(d, ())), hand_expect[d],
                 tuple(sorted(bsend[d].items())), bexpect[d],
-                share * total_flops, mem, min_dur if d == dom else 0.0)))
+                share * total_flops, mem, fill_s, fill_batches)))
         for d in dummies:          # a new dummy still holds weights another device needs
             out.append(Send(d, PassPlan(g.gid, g.attempt, "dummy", (), tuple(hand_send[d]), 0,
                                         (), 0, 0.0, 0, 0.0)))
@@ -1006,6 +1012,8 @@ class SliceDevice(Machine):
         self.started = 0.0
         self.sent_done = False
         self._deadline: float | None = None
+        self.compute_started: float | None = None
+        self._finish: float | None = None
 
     def next_timer(self) -> float | None:
         return self._deadline
@@ -1156,6 +1164,7 @@ class SliceDevice(Machine):
                 or p.role == "dummy":      # a dummy only hands over what it held
             return []
         self.computing = True
+        self.compute_started = now
         if p.role == "dominator":
             start = self.fused.state[self.group]
             batches = make_batches(self.indices, epochs=1, batch_size=self.params.batch_size,
@@ -1175,9 +1184,13 @@ class SliceDevice(Machine):
         if p is None or self.sent_done or not self.job_done or self.bound_in < p.expect_boundary \
                 or p.role == "dummy":
             return []
-        if now < self.started + p.min_duration_s:
-            # the latency chain is longer than compute and transfers: finish when it ends
-            self._deadline = self.started + p.min_duration_s
+        if self._finish is None:
+            # this device's bulk share of the pass is over (compute and transfers overlapped,
+            # as in steady pipelining); the pipeline's fill and drain come on top, once
+            busy = now - (self.compute_started if self.compute_started is not None else now)
+            self._finish = now + p.fill_drain_s + p.fill_batches * busy
+        if now < self._finish:
+            self._deadline = self._finish
             return []
         self._deadline = None
         self.sent_done = True
