@@ -461,10 +461,10 @@ class Simulation:
         }
         if mon.bytes_by_role:
             summary["bytes_sent_by_role"] = dict(sorted(mon.bytes_by_role.items()))
-        server = self.driver.machines.get(SERVER)
-        if not getattr(server, "finished", True):    # some groups stalled (Crowdlearning)
+        stall = getattr(self.driver.machines.get(SERVER), "stall_report", None)
+        if stall is not None and stall():       # some groups did not finish (Crowdlearning)
             summary["completed"] = False
-            summary["stall"] = server.stall_report()
+            summary["stall"] = stall()
         if "plan" in self.ctx.extra:
             plan = self.ctx.extra["plan"]
             summary["slice_balance"] = float(plan.balance)
