@@ -107,6 +107,10 @@ def _build_fedavg(ctx: Context) -> dict:
 
 def _build_centralized(ctx: Context) -> dict:
     cfg, f = ctx.config, ctx.config.fedavg
+    if cfg.slicenet.model == "paper-mlp" or cfg.slicenet.batchnorm:
+        # C-SGD, the paper's baseline: the Crowdlearning network (BatchNorm included), trainer,
+        # learning rate and batch size, on one node holding every sample
+        return _build_crowdlearning(ctx, central=True)
     union = np.sort(np.concatenate(ctx.parts))
     return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
                                        rounds=cfg.rounds, epochs=f.local_epochs,
@@ -121,18 +125,23 @@ def _build_standalone(ctx: Context) -> dict:
             for d in ctx.devices}
 
 
-def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
-    """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group)."""
+def _build_crowdlearning(ctx: Context, *, alone: bool = False, central: bool = False) -> dict:
+    """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group; ``central``,
+    C-SGD: one group of one node that holds all the training data)."""
     from slicenet import protocol as sp
     from slicenet.fused import FusedTrainer
     from slicenet.graph import paper_mlp_description
     from slicenet.partition import partition as slice_partition
 
     cfg, sc = ctx.config, ctx.config.slicenet
-    n = 1 if alone else sc.group_size
+    n = 1 if alone or central else sc.group_size
     pieces = 0 if n == 1 else (sc.pieces or n - 1)
     rng = ctx.rngs["protocol"]
     devices = ctx.devices
+    parts = ctx.parts
+    if central:
+        devices = devices[:1]
+        parts = {devices[0]: np.sort(np.concatenate(ctx.parts))}
     if sc.grouping == "proximity":   # same cell first, random within a cell
         cells = {d: next(iter(ctx.graph.successors(d))) for d in devices}
         order = sorted(devices, key=lambda d: (str(cells[d]), rng.random()))
@@ -178,11 +187,11 @@ def _build_crowdlearning(ctx: Context, *, alone: bool = False) -> dict:
     ctx.extra.update(groups=groups, layout=layout, fused=fused)
     machines: dict = {SERVER: sp.SlicingServer(
         SERVER, layout, groups, params, fused,
-        data_sizes={d: len(ctx.parts[d]) for d in devices}, latency=latency,
+        data_sizes={d: len(parts[d]) for d in devices}, latency=latency,
         ring=rings[SERVER], rng=rng)}
     for gid, grp in enumerate(groups):
         for d in grp:
-            machines[d] = sp.SliceDevice(d, layout, fused, gid, ctx.parts[d], params,
+            machines[d] = sp.SliceDevice(d, layout, fused, gid, parts[d], params,
                                          ring=rings[d], rng=ctx.device_rngs[d])
     return machines
 
@@ -509,6 +518,10 @@ class Simulation:
         }
         if mon.bytes_by_role:
             summary["bytes_sent_by_role"] = dict(sorted(mon.bytes_by_role.items()))
+        stall = getattr(self.driver.machines.get(SERVER), "stall_report", None)
+        if stall is not None and stall():       # some groups did not finish (Crowdlearning)
+            summary["completed"] = False
+            summary["stall"] = stall()
         if "plan" in self.ctx.extra:
             plan = self.ctx.extra["plan"]
             summary["slice_balance"] = float(plan.balance)
