@@ -175,6 +175,9 @@ def _why_stopped(s: dict, cfg) -> str:
     if s.get("stopped_by") == "max_sim_time_s":
         return (f"max_sim_time_s = {cfg.max_sim_time_s:g} s of simulated time ended the run; "
                 "raise max_sim_time_s")
+    if s.get("stall"):
+        return (f"{s['stall']} (simulated time {_fmt_time(s['sim_time_s'])}): check the "
+                "availability settings and slicenet.group_size")
     return (f"the simulation ran out of things to do at simulated time "
             f"{_fmt_time(s['sim_time_s'])}: no further round could start or finish (too few "
             "devices present or able to finish: check fedavg.min_clients and clients_per_round, "

@@ -354,6 +354,10 @@ class Simulation:
         }
         if mon.bytes_by_role:
             summary["bytes_sent_by_role"] = dict(sorted(mon.bytes_by_role.items()))
+        stall = getattr(self.driver.machines.get(SERVER), "stall_report", None)
+        if stall is not None and stall():       # some groups did not finish (Crowdlearning)
+            summary["completed"] = False
+            summary["stall"] = stall()
         if self.protocol.summary is not None:
             summary.update(self.protocol.summary(self))
         if metric == "accuracy" and not values:

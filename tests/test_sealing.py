@@ -189,7 +189,8 @@ def test_a_dummy_opens_the_checkpoint_the_server_kept_and_rejects_a_tampered_one
     rings = {n: KeyRing(n) for n in ("server", 7, 9, 11)}
     sender, lay = _device(7, rings, [7, 9, 11])
     dummy, _ = _device(11, rings, [7, 9, 11])
-    nbytes = 4 * int(lay.params_per_owner[2])
+    # the weights and their |gradient| sums (trainable weights)
+    nbytes = 4 * int(lay.params_per_owner[2]) + 4 * len(lay.owned_flat([1], trainable=True))
     eff = sender.handle(Received("server", PassPlan(0, 1, "follower", (0,), ((9, nbytes, 1),),
                                                     0, (), 0, 10.0, 100, 0.0)), 0.0)
     relay = next(e.message for e in eff if isinstance(getattr(e, "message", None), Relay))

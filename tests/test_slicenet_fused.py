@@ -72,3 +72,24 @@ def test_evaluate_uses_moving_statistics():
     acc_ref = float(np.mean(np.argmax(logits, 1) == y))
     (loss, acc), = t.evaluate([w], x, y)
     assert loss == pytest.approx(loss_ref, rel=1e-5) and acc == pytest.approx(acc_ref)
+
+
+def test_many_groups_take_the_xla_path_and_equal_one_group_at_a_time():
+    """From ``XLA_GROUPS`` groups on, a call is XLA-compiled with the group and step counts
+    padded (padding groups train nothing, padding steps never run): each group's result equals
+    training it alone on the op-by-op path."""
+    from slicenet.fused import XLA_GROUPS
+    desc = small_bn_mlp()
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 400)
+    trainer = FusedTrainer(desc, x, y)
+    tasks = [TrainTask(tuple(perturbed_init(trainer, rng)),
+                       make_batches(np.arange(40 * g, 40 * g + 24 + 8 * (g % 3)), epochs=1,
+                                    batch_size=8, rng=rng), 0.1)
+             for g in range(XLA_GROUPS + 1)]                   # 7 groups: padded to 8
+    together = trainer.train(tasks)
+    for task, got in zip(tasks, together):
+        alone = trainer.train([task])[0]
+        for a, b in zip(got, alone):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

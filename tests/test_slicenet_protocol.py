@@ -172,7 +172,8 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
         rings[n].card().to_bytes() for n in ("server", 9, 11)))), 0.0)
     for n in (9, 11):
         rings[n].learn(7, rings[7].card())
-    nbytes = 4 * int(lay.params_per_owner[1 + 1])
+    # a hand-over carries the weights and their |gradient| sums this epoch (none yet: zeros)
+    nbytes = 4 * int(lay.params_per_owner[1 + 1]) + 4 * len(lay.owned_flat([1], trainable=True))
     eff = dev.handle(Received("server", PassPlan(0, 1, "follower", (0,), ((9, nbytes, 1),), 0,
                                                  (), 0, 10.0, 100, 0.0)), 0.0)
     relay = next(e.message for e in eff if hasattr(e, "message") and isinstance(e.message, Relay))
@@ -184,7 +185,9 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     # the recipient and the other member (a future dummy) open it; the server cannot
     for n in (9, 11):
         plain = np.frombuffer(rings[n].open_escrow(7, h, sealed), np.float32)
-        np.testing.assert_array_equal(plain, flat[lay.owned_flat([1])])
+        k = len(lay.owned_flat([1]))
+        np.testing.assert_array_equal(plain[:k], flat[lay.owned_flat([1])])
+        assert plain.size == k + len(lay.owned_flat([1], trainable=True)) and not plain[k:].any()
     rings["server"].learn(7, rings[7].card())
     with pytest.raises(SealError):
         rings["server"].open_escrow(7, h, sealed)

@@ -370,6 +370,12 @@ class Sealed:
         exact length is encrypted when the message is encoded)."""
         return cls(ring, dst, header, nbytes, None, roster=roster)
 
+    def plaintext(self) -> bytes:
+        """What the recipient reads once it opens the payload (a simulation's shortcut to the
+        contents: the blob need not be encrypted and decrypted to learn them)."""
+        p = self._plain
+        return bytes(self.length) if p is None else (p() if callable(p) else p)
+
     def wire_len(self) -> int:
         if self.roster is None:
             return NONCE + self.length + TAG

@@ -12,6 +12,8 @@ import numpy as np
 
 from crowdlearn.privacy import dp_fedavg
 from crowdlearn.protocols import secagg
+from crowdlearn.protocols.crowdlearning import build as crowdlearning_build
+from crowdlearn.protocols.crowdlearning import config as crowdlearning_config
 from crowdlearn.protocols.fedavg import (
     SERVER,
     CentralizedTrainer,
@@ -89,8 +91,13 @@ def build(ctx) -> dict:
 
 
 def build_centralized(ctx) -> dict:
-    """The centralized baseline: the server trains on the union of the devices' data."""
+    """The centralized baseline: the server trains on the union of the devices' data; with the
+    paper's network (``slicenet.model = 'paper-mlp'`` or ``slicenet.batchnorm``) it is C-SGD,
+    the Crowdlearning network, trainer, learning rate and batch size on one node holding every
+    sample."""
     cfg, f = ctx.config, ctx.config.fedavg
+    if cfg.slicenet.model == "paper-mlp" or cfg.slicenet.batchnorm:
+        return crowdlearning_build.build(ctx, central=True)
     union = np.sort(np.concatenate(ctx.parts))
     return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
                                        rounds=cfg.rounds, epochs=f.local_epochs,
@@ -169,7 +176,11 @@ PROTOCOLS = (
              sections=_SECTIONS, check_sections=check_section, check=check_fedavg,
              runners=runners, summary=summary, server_view="crowdlearn.privacy.attacks.views:FedAvgServerView"),
     Protocol("centralized", build_centralized, doc="Baseline: one model trained on the union "
-             "of the devices' data at the server.", sections=_SECTIONS),
+             "of the devices' data at the server (C-SGD with the paper's network).",
+             sections=_SECTIONS, check=crowdlearning_config.check_paper_mlp,
+             # C-SGD runs Crowdlearning's machines and jobs
+             runners=crowdlearning_build.runners, deferred_kinds=("slice_pass",),
+             summary=crowdlearning_build.summary),
     Protocol("standalone", build_standalone, doc="Baseline: every device trains alone.",
              sections=_SECTIONS, check=check_standalone),
 )

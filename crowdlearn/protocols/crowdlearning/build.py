@@ -3,6 +3,8 @@ fused trainer, per-node key rings, and the runners of their job kinds."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.protocols.crowdlearning import machines as sp
 
@@ -11,17 +13,22 @@ __all__ = ["build", "build_ssgd", "runners", "summary"]
 SERVER = sp.SERVER
 
 
-def build(ctx, *, alone: bool = False) -> dict:
-    """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group)."""
+def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
+    """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group; ``central``,
+    C-SGD: one group of one node that holds all the training data)."""
     from slicenet.fused import FusedTrainer
     from slicenet.graph import paper_mlp_description
     from slicenet.partition import partition as slice_partition
 
     cfg, sc = ctx.config, ctx.config.slicenet
-    n = 1 if alone else sc.group_size
+    n = 1 if alone or central else sc.group_size
     pieces = 0 if n == 1 else (sc.pieces or n - 1)
     rng = ctx.rngs["protocol"]
     devices = ctx.devices
+    parts = ctx.parts
+    if central:
+        devices = devices[:1]
+        parts = {devices[0]: np.sort(np.concatenate(ctx.parts))}
     if sc.grouping == "proximity":   # same cell first, random within a cell
         cells = {d: next(iter(ctx.graph.successors(d))) for d in devices}
         order = sorted(devices, key=lambda d: (str(cells[d]), rng.random()))
@@ -67,11 +74,11 @@ def build(ctx, *, alone: bool = False) -> dict:
     ctx.extra.update(groups=groups, layout=layout, fused=fused)
     machines: dict = {SERVER: sp.SlicingServer(
         SERVER, layout, groups, params, fused,
-        data_sizes={d: len(ctx.parts[d]) for d in devices}, latency=latency,
+        data_sizes={d: len(parts[d]) for d in devices}, latency=latency,
         ring=rings[SERVER], rng=rng)}
     for gid, grp in enumerate(groups):
         for d in grp:
-            machines[d] = sp.SliceDevice(d, layout, fused, gid, ctx.parts[d], params,
+            machines[d] = sp.SliceDevice(d, layout, fused, gid, parts[d], params,
                                          ring=rings[d], rng=ctx.device_rngs[d])
     return machines
 

@@ -32,7 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.crypto.sealing import CARD, Card, Header, KeyRing, Sealed, SealError, escrow_len
+from crowdlearn.crypto.sealing import (
+    CARD,
+    WRAP,
+    Card,
+    Header,
+    KeyRing,
+    Sealed,
+    SealError,
+    escrow_len,
+)
 from crowdlearn.errors import CrowdlearnError
 from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
 from crowdlearn.training.batching import TrainTask, make_batches
@@ -119,6 +128,10 @@ class Layout:
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
+        # moving BatchNorm statistics travel with their piece but are not shared (θ counts
+        # trainable weights only: they have no gradient to rank)
+        self.flat_trainable = np.concatenate([np.full(s.shape, s.trainable).reshape(-1)
+                                              for s in self.specs])
         self.num_params = int(self.offsets[-1])
         self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
         self.hidden_layers = len(hidden)
@@ -160,9 +173,11 @@ class Layout:
         np.fill_diagonal(t, 0)      # units an owner holds itself cost no traffic
         return t
 
-    def owned_flat(self, owners: Sequence[int]) -> np.ndarray:
-        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``)."""
-        return np.flatnonzero(np.isin(self.flat_owner, np.asarray(list(owners), np.int64)))
+    def owned_flat(self, owners: Sequence[int], *, trainable: bool = False) -> np.ndarray:
+        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``); only
+        the trainable ones (what is shared, spec §5) if ``trainable``."""
+        mine = np.isin(self.flat_owner, np.asarray(list(owners), np.int64))
+        return np.flatnonzero(mine & self.flat_trainable if trainable else mine)
 
     def flops_share(self, owners: Sequence[int]) -> float:
         """Fraction of a training step's FLOPs done by ``owners`` [ours: ∝ parameters owned]."""
@@ -217,6 +232,8 @@ class FusedGroups:
         self.pending: dict[int, Any] = {}
         self.nparams = len(w)
         self._epoch_acc: dict = {}
+        self.shapes = [a.shape for a in w]
+        self.initial = np.concatenate([a.reshape(-1) for a in w])   # what the server delivers
 
     def commit(self, g: int) -> None:
         """Make the pass result stored by the dominator the group's state."""
@@ -249,6 +266,15 @@ class FusedGroups:
     def set_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
         self.state[g] = tuple(np.asarray(a, np.float32) for a in weights)
 
+    def restore(self, g: int, idx: np.ndarray, values: np.ndarray) -> None:
+        """A take-over: the new holder of the entries ``idx`` resumes from ``values`` (the
+        checkpoint it opens), whatever the group's state held there."""
+        flat = np.concatenate([a.reshape(-1) for a in self.weights(g)])
+        flat[idx] = values
+        offsets = np.cumsum([0] + [int(np.prod(s)) for s in self.shapes])
+        self.set_weights(g, [flat[offsets[i]:offsets[i + 1]].reshape(s)
+                             for i, s in enumerate(self.shapes)])
+
 
 @dataclass(frozen=True, eq=False)
 class PieceJob:
@@ -275,11 +301,12 @@ class PassPlan:
     expect_boundary: int     # boundary payloads to receive during the pass
     flops: float
     memory_bytes: int
-    min_duration_s: float    # the pipeline's latency chain (spec §3)
+    fill_drain_s: float      # the pipeline's latency chain, paid once per pass (spec §3)
+    fill_batches: float = 0.0   # (stages − 1) / batches: the fill and drain in batch times
 
     def __post_init__(self):
         _non_negative(self, "group", "attempt", "expect_handover", "expect_boundary", "flops",
-                      "memory_bytes", "min_duration_s")
+                      "memory_bytes", "fill_drain_s", "fill_batches")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}; got {self.role!r}")
 
@@ -478,16 +505,19 @@ class SlidingWindow:
         n = len(init)
         self.values = np.zeros((self.omega, n), np.float32)
         self.ticks = np.full((self.omega, n), -(10 ** 9), np.int64)
-        self.pos = np.zeros(n, np.int64)
 
     def upload(self, idx: np.ndarray, vals: np.ndarray, tick: int) -> None:
+        """Record the values uploaded in ``tick``.  Slot ``tick mod ω`` holds a weight's value
+        of that tick (one upload per weight and tick: a group's members own disjoint weights),
+        so the window keeps exactly its last ω ticks whatever order uploads arrive in; an
+        upload older than the one its slot holds has left the window and is dropped."""
         idx = np.asarray(idx, np.int64)
         if idx.size == 0:
             return
-        p = self.pos[idx]
-        self.values[p, idx] = vals
-        self.ticks[p, idx] = tick
-        self.pos[idx] = (p + 1) % self.omega
+        slot = int(tick) % self.omega
+        newer = self.ticks[slot, idx] <= tick
+        self.values[slot, idx[newer]] = np.asarray(vals)[newer]
+        self.ticks[slot, idx[newer]] = tick
 
     def query(self, idx: np.ndarray, tick: int, min_count: float) -> tuple[np.ndarray, np.ndarray]:
         """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means."""
@@ -519,6 +549,9 @@ class _Group:
     takeovers: int = 0
     boundary: dict = field(default_factory=dict)    # (src, dst) -> bytes of this attempt
     handover: dict = field(default_factory=dict)    # (src, dst) -> [(nbytes, owner), ...]
+    senders: set = field(default_factory=set)       # participants + dummies handing over
+    delivered: set = field(default_factory=set)     # owners whose initial weights went out
+    unsent: dict = field(default_factory=dict)      # owner -> lost device that never sent it
 
 
 class SlicingServer(Machine):
@@ -544,8 +577,33 @@ class SlicingServer(Machine):
         self.checkpoints: dict = {}    # (group, piece) -> (sealing device, escrowed payload)
         self.piece_bytes = [4 * int(layout.params_per_owner[p + 1])
                             for p in range(-1, layout.pieces)]
+        # a hand-over carries the weights and, per trainable weight, its |gradient| sum so far
+        # this epoch (the new holder ranks its top θ on the whole epoch, spec §5): 8 B each
+        self.handover_bytes = [self.piece_bytes[p + 1] + 4 * len(layout.owned_flat(
+            [p], trainable=True)) for p in range(-1, layout.pieces)]
         self.finished_groups = 0
         self.reported_epochs: dict[int, int] = {}
+
+    @property
+    def finished(self) -> bool:
+        """Whether every group trained all its epochs (the run is complete)."""
+        return self.finished_groups == len(self.groups)
+
+    def stall_report(self) -> str:
+        """Which groups did not finish, and where each stopped (for a run that stalled)."""
+        stuck = [g for g in self.groups if g.phase != "done"]
+        if not stuck:
+            return ""
+        def where(g: _Group) -> str:
+            online = sum(1 for d in g.members if self._ready(d))
+            what = {"pass": f"pass {g.turn + 1} of {len(g.order)} (waiting for "
+                            f"{len(g.participants - g.done)} of {len(g.participants)} devices)",
+                    "waiting": f"waiting for members: {online} of {len(g.members)} online",
+                    "share": f"sharing, waiting for {len(g.sharing)} members",
+                    "keys": "waiting for members' keys"}.get(g.phase, g.phase)
+            return f"group {g.gid} at epoch {g.epoch + 1} of {self.params.epochs}: {what}"
+        return (f"{len(stuck)} of {len(self.groups)} Crowdlearning groups did not finish: "
+                + "; ".join(where(g) for g in stuck))
 
     # -------------------------------------------------------------- dispatch
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -606,6 +664,7 @@ class SlicingServer(Machine):
         g = self.groups[self.group_of[src]]
         changed = self.cards.get(src) != m.card
         self.cards[src] = m.card
+        self.ring.learn(src, Card.from_bytes(m.card))   # to seal its initial weights for it
         keyed = [d for d in g.members if d in self.cards and d != src]
         out: list[Effect] = [Send(src, KeyDirectory(
             g.gid, tuple([SERVER_SRC] + keyed),
@@ -632,6 +691,11 @@ class SlicingServer(Machine):
     # -------------------------------------------------------------- passes
     def _start_epoch(self, g: _Group, now: float) -> list[Effect]:
         g.order = [g.members[i] for i in self.rng.permutation(len(g.members))]
+        if g.dominator in g.order:
+            # the last pass's arrangement carries over into the new epoch (the last dominator
+            # goes first): n − 1 shuffles per epoch, every member dominator once (spec §4)
+            g.order.remove(g.dominator)
+            g.order.insert(0, g.dominator)
         g.turn = 0
         return self._next_pass(g, now)
 
@@ -648,9 +712,12 @@ class SlicingServer(Machine):
             g.phase = "waiting"
             return []
         dom = g.order[g.turn]
+        old_holders, old_dom = dict(g.holders), g.dominator
+        if g.turn == 0 and dom == old_dom and g.holders and \
+                all(self._ready(d) for d in g.holders.values()):
+            return self._launch(g, now, old_holders, old_dom)     # no shuffle at the boundary
         followers = [d for d in online if d != dom]
         self.rng.shuffle(followers)
-        old_holders, old_dom = dict(g.holders), g.dominator
         new_holders = {p: followers[p % len(followers)] for p in range(self.layout.pieces)} \
             if followers else {}
         g.holders, g.dominator = new_holders, dom
@@ -670,21 +737,27 @@ class SlicingServer(Machine):
         batches = math.ceil(samples / self.params.batch_size) if self.params.batch_size else 1
         # hand-over: each owner id whose holder changed moves its weights (or, if the old holder
         # is gone, the new holder fetches the server's checkpoint)
+        # (the old holder may be a dummy now: it gets a PassPlan that only hands over).  An
+        # owner's first holder gets the initial weights from the server (counted traffic).
         hand_send: dict = {}
         hand_expect: dict = {d: 0 for d in owners_of}
         fetch: list = []
         moves = [(DOMINATOR, old_dom, dom)] + [(p, old_holders.get(p), d)
                                                for p, d in g.holders.items()]
         for owner, old, new in moves:
-            if old is None or old == new:
+            old = g.unsent.get(owner, old)
+            if owner in g.delivered and (old is None or old == new):
                 continue
-            nbytes = self.piece_bytes[owner + 1]
-            if old in self.present and old in self.group_of:
-                hand_send.setdefault(old, []).append((new, nbytes, owner))
-                hand_expect[new] += 1
+            if owner in g.delivered and old in self.present and old in self.group_of:
+                hand_send.setdefault(old, []).append((new, self.handover_bytes[owner + 1],
+                                                      owner))
             else:
-                fetch.append((new, owner, nbytes))
-                hand_expect[new] += 1
+                fetch.append((new, owner, self.piece_bytes[owner + 1]))
+            hand_expect[new] += 1
+            g.delivered.add(owner)
+        g.unsent = {}
+        dummies = [a for a in hand_send if a not in owners_of]
+        g.senders = g.participants | set(dummies)
         # boundary traffic of the pass: per device pair, the sum over the owners they hold
         pair = lay.pair_floats
         bsend: dict = {d: {} for d in owners_of}
@@ -701,12 +774,17 @@ class SlicingServer(Machine):
         for a, sends in hand_send.items():
             for b, n, owner in sends:
                 g.handover.setdefault((a, b), []).append((n, owner))
-        # the pipeline's latency chain: every batch crosses each layer boundary forth and back
-        min_dur = 0.0
+        # the pipeline (spec §3): mini-batches stream through the 2(L + 1) stages (each layer
+        # boundary forth and back), so the bulk compute and transfers of the pass overlap (the
+        # slowest piece or link sets the pace) and the pass adds one fill and drain: the
+        # latency chain once, and (stages − 1) batch times of each participant's own work
+        fill_s, fill_batches = 0.0, 0.0
         if self.params.pipeline_latency and g.holders:
+            stages = 2 * (lay.hidden_layers + 1)
             hop = max((self.latency[a] + self.latency[b]) for a in owners_of for b in bsend[a]) \
                 if any(bsend.values()) else 0.0
-            min_dur = batches * 2 * (lay.hidden_layers + 1) * hop
+            fill_s = stages * hop
+            fill_batches = (stages - 1) / max(1, batches)
         out: list[Effect] = []
         total_flops = lay.train_flops_per_sample * samples
         for d, owners in owners_of.items():
@@ -717,14 +795,24 @@ class SlicingServer(Machine):
                 g.gid, g.attempt, role, tuple(int(o) for o in owners),
                 tuple(hand_send.get(d, ())), hand_expect[d],
                 tuple(sorted(bsend[d].items())), bexpect[d],
-                share * total_flops, mem, min_dur if d == dom else 0.0)))
+                share * total_flops, mem, fill_s, fill_batches)))
+        for d in dummies:          # a new dummy still holds weights another device needs
+            out.append(Send(d, PassPlan(g.gid, g.attempt, "dummy", (), tuple(hand_send[d]), 0,
+                                        (), 0, 0.0, 0, 0.0)))
         for new, owner, nbytes in fetch:
             # dummy take-over: the last hand-over of the piece, escrowed for the group's members
-            # (the server cannot open it); without one, a placeholder the server seals itself
+            # (the server cannot open it); without one, the initial weights, which the server
+            # delivered first and seals again.  The new holder resumes from what it opens
+            # (the fused state takes those values; training since that copy is lost).
             src, payload = self.checkpoints.get((g.gid, owner), (SERVER_SRC, None))
+            idx = lay.owned_flat([owner])
             if payload is None:
-                payload = Sealed.opaque(self.ring, new, Header("checkpoint", g.gid, g.attempt),
-                                        nbytes)
+                init = self.fused.initial[idx]
+                payload = Sealed.of_arrays(self.ring, new, Header("checkpoint", g.gid, g.attempt),
+                                           lambda v=init: [v], nbytes)
+            if hasattr(payload, "plaintext"):     # weights first (a hand-over adds its sums)
+                self.fused.restore(g.gid, idx, np.frombuffer(payload.plaintext(), np.float32,
+                                                             count=len(idx)))
             out.append(Send(new, Relayed(g.gid, g.attempt, src, "checkpoint", payload)))
         if len(g.participants) == 1 and not g.holders:
             pass   # S-SGD: a lone dominator; the pass ends with its PassDone
@@ -734,7 +822,7 @@ class SlicingServer(Machine):
         g = self.groups[m.group]
         if m.attempt != g.attempt:
             return []                                # stale: an aborted attempt's traffic
-        if g.phase != "pass" or src not in g.participants or m.dst not in g.participants:
+        if g.phase != "pass" or src not in g.senders or m.dst not in g.participants:
             return [misbehaved(src, f"relay {src!r} -> {m.dst!r} outside the pass's "
                                     f"participants", group=g.gid)]
         size = _payload_len(m.payload)
@@ -746,8 +834,11 @@ class SlicingServer(Machine):
                                         f"{want}", group=g.gid)]
         else:
             sends = g.handover.get((src, m.dst), [])
+            # which owner's weights: the planned size that the escrow's length fits exactly
+            # (a whole number of member wraps); it becomes that owner's checkpoint
             fits = [(n, o) for n, o in sends
-                    if escrow_len(n, 0) <= size <= escrow_len(n, len(g.members))]
+                    if escrow_len(n, 0) <= size <= escrow_len(n, len(g.members))
+                    and (size - escrow_len(n, 0)) % WRAP == 0]
             if not fits:
                 return [misbehaved(src, f"hand-over of {size} bytes not in the plan",
                                    group=g.gid)]
@@ -781,11 +872,17 @@ class SlicingServer(Machine):
         if g.phase == "share" and peer in g.sharing:
             g.sharing.discard(peer)
             return self._maybe_finish_share(g, now)
-        if g.phase != "pass" or peer not in g.participants:
+        if g.phase != "pass" or peer not in g.senders:
             return []
+        # weights the peer was to hand over and never sent: their new holders fetch the
+        # last checkpoint instead
+        g.unsent = {o: peer for (a, _), sends in g.handover.items() if a == peer
+                    for _, o in sends}
+        if peer not in g.participants and not g.unsent:
+            return []                                 # a dummy that had handed everything over
         # abandon the attempt; its job results are never committed
         self.fused.abandon(g.gid)
-        out: list[Effect] = [Send(d, Abort(g.gid, g.attempt)) for d in g.participants
+        out: list[Effect] = [Send(d, Abort(g.gid, g.attempt)) for d in g.senders
                              if d != peer and d in self.present]
         if peer == g.dominator:
             g.turn += 1                               # its data is gone for this epoch
@@ -833,7 +930,7 @@ class SlicingServer(Machine):
         g = self.groups[m.group]
         if g.phase != "share" or m.epoch != g.epoch or src not in g.sharing:
             return []
-        owned = self.layout.owned_flat(self._owners(g, src))
+        owned = self.layout.owned_flat(self._owners(g, src), trainable=True)
         bad = check_sparse(m.indices, m.values, size=self.layout.num_params, allowed=owned)
         if bad is not None:
             g.sharing.discard(src)
@@ -915,6 +1012,8 @@ class SliceDevice(Machine):
         self.started = 0.0
         self.sent_done = False
         self._deadline: float | None = None
+        self.compute_started: float | None = None
+        self._finish: float | None = None
 
     def next_timer(self) -> float | None:
         return self._deadline
@@ -988,10 +1087,13 @@ class SliceDevice(Machine):
         self.plan = m
         self.started = now
         state = self.fused.state[self.group]      # the last committed pass
+        acc = list(self.fused.acc[self.group])    # this epoch's |gradient| sums so far
         for dst, nbytes, owner in m.send_handover:
-            # the real weights of the owner's share, sealed lazily (computed only if encoded)
+            # the real weights of the owner's share and their |gradient| sums, sealed lazily
+            # (computed only if encoded)
             out += self._send_payload(dst, "handover", nbytes,
-                                      lambda st=state, o=owner: [self._owned_values(st, o)])
+                                      lambda st=state, o=owner, a=acc: [
+                                          self._owned_values(st, o), self._owned_acc(a, o)])
         self.hand_in = 0
         self.bound_in = 0
         for payload in self.early.pop(m.attempt, []):
@@ -1045,15 +1147,24 @@ class SliceDevice(Machine):
         self.hand_in += 1
         return self._maybe_compute(now)
 
+    def _owned_acc(self, acc: list, owner: int) -> np.ndarray:
+        idx = self.layout.owned_flat([owner], trainable=True)
+        total = np.zeros(len(idx), np.float32)
+        for part in acc:
+            total += np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in part])[idx]
+        return total
+
     def _owned_values(self, state, owner: int) -> np.ndarray:
         flat = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in state])
         return flat[self.layout.owned_flat([owner])]
 
     def _maybe_compute(self, now: float) -> list[Effect]:
         p = self.plan
-        if p is None or self.computing or self.job_done or self.hand_in < p.expect_handover:
+        if p is None or self.computing or self.job_done or self.hand_in < p.expect_handover \
+                or p.role == "dummy":      # a dummy only hands over what it held
             return []
         self.computing = True
+        self.compute_started = now
         if p.role == "dominator":
             start = self.fused.state[self.group]
             batches = make_batches(self.indices, epochs=1, batch_size=self.params.batch_size,
@@ -1070,11 +1181,16 @@ class SliceDevice(Machine):
 
     def _maybe_done(self, now: float) -> list[Effect]:
         p = self.plan
-        if p is None or self.sent_done or not self.job_done or self.bound_in < p.expect_boundary:
+        if p is None or self.sent_done or not self.job_done or self.bound_in < p.expect_boundary \
+                or p.role == "dummy":
             return []
-        if now < self.started + p.min_duration_s:
-            # the latency chain is longer than compute and transfers: finish when it ends
-            self._deadline = self.started + p.min_duration_s
+        if self._finish is None:
+            # this device's bulk share of the pass is over (compute and transfers overlapped,
+            # as in steady pipelining); the pipeline's fill and drain come on top, once
+            busy = now - (self.compute_started if self.compute_started is not None else now)
+            self._finish = now + p.fill_drain_s + p.fill_batches * busy
+        if now < self._finish:
+            self._deadline = self._finish
             return []
         self._deadline = None
         self.sent_done = True
@@ -1083,7 +1199,7 @@ class SliceDevice(Machine):
     # -------------------------------------------------------------- sharing
     def _share(self, m: ShareRequest) -> list[Effect]:
         lay = self.layout
-        idx = lay.owned_flat(m.owners)
+        idx = lay.owned_flat(m.owners, trainable=True)
         acc = self.fused.epoch_acc(self.group, m.epoch)
         k = int(round(self.params.theta * len(idx)))
         if k and acc is not None:
@@ -1102,7 +1218,7 @@ class SliceDevice(Machine):
         if owners is None:
             return [misbehaved(self.server, f"Download for epoch {m.epoch} not asked for")]
         bad = check_sparse(m.indices, m.values, size=self.layout.num_params,
-                           allowed=self.layout.owned_flat(owners))
+                           allowed=self.layout.owned_flat(owners, trainable=True))
         if bad is not None:        # applied nothing; the epoch still closes
             return [misbehaved(self.server, f"Download: {bad}")] + done
         if len(m.indices) == 0:
