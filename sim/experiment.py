@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +34,10 @@ from crowdlearn.protocols.fedavg import (
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor
 from sim.availability import make_availability
-from sim.driver import Driver, FaultParams
+from sim.driver import Driver, FaultParams, Fleet, LazyMachines
 from sim.monitor import Monitor
-from sim.network import Network, build_topology
-from sim.profiles import TIERS, sample_fleet
+from sim.network import CellTree, Network, cell_tree
+from sim.profiles import TIERS, sample_fleet_table
 
 MBPS = 1e6 / 8  # bytes per second in one Mbit/s
 
@@ -55,10 +55,19 @@ class Context:
     parts: list[np.ndarray]
     init_weights: list[np.ndarray]
     rngs: dict[str, np.random.Generator]
-    device_rngs: list[np.random.Generator]
-    graph: Any = None                       # the topology (networkx), for latencies and cells
+    device_rngs: Sequence[np.random.Generator]
+    topology: Any = None                    # a CellTree (or a networkx graph)
     d2d_pairs: list = field(default_factory=list)   # builders may ask for device-device links
     extra: dict = field(default_factory=dict)       # builders' objects for reports and tests
+
+    @property
+    def graph(self):
+        """The topology as a networkx graph, for latencies and cells (built when first asked)."""
+        return self.topology.graph if isinstance(self.topology, CellTree) else self.topology
+
+    @graph.setter
+    def graph(self, value) -> None:
+        self.topology = value
 
     def path_latency(self, src, dst) -> float:
         import networkx as nx
@@ -69,6 +78,32 @@ class Context:
         return list(range(len(self.parts)))
 
 
+class DeviceRngs(Sequence):
+    """Device ``i``'s generator, ``default_rng(parent.spawn(n)[i])``, made on first use: a
+    fleet of millions does not hold millions of generators, and the streams are those of
+    ``SeedSequence.spawn`` (the same child seeds, whatever the order of use)."""
+
+    def __init__(self, parent: np.random.SeedSequence, n: int):
+        self.parent, self.n = parent, n
+        self._made: dict[int, np.random.Generator] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        i = int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(f"device {i} out of range for {self.n} devices")
+        g = self._made.get(i)
+        if g is None:
+            p = self.parent
+            g = self._made[i] = np.random.default_rng(np.random.SeedSequence(
+                p.entropy, spawn_key=(*p.spawn_key, i), pool_size=p.pool_size))
+        return g
+
+
 def _build_fedavg(ctx: Context) -> dict:
     cfg = ctx.config
     f = cfg.fedavg
@@ -76,11 +111,11 @@ def _build_fedavg(ctx: Context) -> dict:
                           local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
                           deadline_s=f.deadline_s, over_selection=f.over_selection,
                           min_clients=f.min_clients)
-    machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params,
-                                           rng=ctx.rngs["protocol"])}
-    for d in ctx.devices:
-        machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
-    return machines
+    server = FedAvgServer(SERVER, ctx.init_weights, params, rng=ctx.rngs["protocol"])
+    # a client exists once it is first selected (its Start does nothing)
+    return LazyMachines({SERVER: server},
+                        lambda d: FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d]),
+                        range(len(ctx.parts)))
 
 
 def _build_centralized(ctx: Context) -> dict:
@@ -289,11 +324,11 @@ class Simulation:
                                    rng=self.rngs["data"], **params)
         self.spec = build_model(cfg, self.dataset)
         init = self.spec.init_weights(self.rngs["model"])
-        device_rngs = [np.random.default_rng(s) for s in children[-1].spawn(n)]
+        device_rngs = DeviceRngs(children[-1], n)
         self.ctx = Context(cfg, self.dataset, self.spec, self.parts, init, self.rngs, device_rngs)
 
-        self.profiles = sample_fleet(n, cfg.fleet.mix, rng=self.rngs["fleet"],
-                                     jitter=cfg.fleet.jitter)
+        self.profiles = sample_fleet_table(n, cfg.fleet.mix, rng=self.rngs["fleet"],
+                                           jitter=cfg.fleet.jitter)
         server_profile = TIERS[cfg.fleet.server_tier]
         self.env = simpy.Environment()
         self.ctx.graph = self._topology(())
@@ -341,8 +376,7 @@ class Simulation:
                              battery=av.battery, battery_min_fraction=av.battery_min_fraction,
                              recharge_s=av.recharge_s,
                              initial_battery=tuple(av.initial_battery))
-        profiles = {d: self.profiles[d] for d in range(n)}
-        profiles[SERVER] = server_profile
+        profiles = Fleet(self.profiles, {SERVER: server_profile})
         self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,
                              monitor=self.monitor, availability=availability, faults=faults,
                              rng=self.rngs["faults"],
@@ -350,11 +384,12 @@ class Simulation:
 
     def _topology(self, d2d_pairs):
         cfg = self.config
-        return build_topology(
+        cols = self.profiles.columns
+        return cell_tree(
             cfg.fleet.devices,
-            device_up_bps=np.array([p.up_bps for p in self.profiles]),
-            device_down_bps=np.array([p.down_bps for p in self.profiles]),
-            device_latency_s=np.array([p.latency_s for p in self.profiles]),
+            device_up_bps=cols["up_bps"],
+            device_down_bps=cols["down_bps"],
+            device_latency_s=cols["latency_s"],
             cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
             **_server_link(cfg), d2d_pairs=d2d_pairs,
             d2d_bps=cfg.fleet.d2d_mbps * MBPS, d2d_latency_s=cfg.fleet.d2d_latency_s)

@@ -13,7 +13,7 @@ standalone baseline are collected per round and evaluated together when every de
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,8 @@ class Monitor:
         self.server = server
         self.evaluator = evaluator
         self.on_row = on_row
-        self.devices = list(devices)
+        # a range stays a range: a fleet of millions need not list its ids
+        self.devices = devices if isinstance(devices, range) else list(devices)
         self.rows: list[dict] = []
         self.bytes_up = 0          # bytes sent by devices
         self.bytes_down = 0        # bytes received by devices
@@ -153,27 +154,74 @@ class Monitor:
             self.on_row(row)
 
     # ------------------------------------------------------------ tables
-    def device_rows(self, states: dict, sim_time: float) -> list[dict]:
-        out = []
-        for node in self.devices:
-            d = self.dev.get(node, {})
-            st = states.get(node)
-            sel, agg = int(d.get("rounds_selected", 0)), int(d.get("rounds_aggregated", 0))
-            out.append({
-                "device": node,
-                "tier": st.profile.tier if st else "",
-                "bytes_sent": int(d.get("bytes_sent", 0)),
-                "bytes_received": int(d.get("bytes_received", 0)),
-                "flops": float(d.get("flops", 0.0)),
-                "busy_s": float(d.get("busy_s", 0.0)),
-                "energy_j": float(d.get("energy_j", 0.0)),
-                "online_fraction": (st.online_s / sim_time) if st and sim_time > 0 else 1.0,
-                "rounds_selected": sel,
-                "rounds_aggregated": agg,
-                "rounds_missed": sel - agg,
-                "drops_availability": st.drops["availability"] if st else 0,
-                "drops_battery": st.drops["battery"] if st else 0,
-                "drops_churn": st.drops["churn"] if st else 0,
-                "jobs_failed": int(d.get("jobs_failed", 0)),
-            })
-        return out
+    def device_rows(self, states: Mapping, sim_time: float) -> Sequence[dict]:
+        """One row per device (:data:`DEVICE_FIELDS`), made on access from the driver's columns
+        and the counters of the devices that did something."""
+        snap = states.snapshot() if hasattr(states, "snapshot") else None
+        return DeviceRows(self.devices, {k: dict(v) for k, v in self.dev.items()}, states, snap,
+                          sim_time)
+
+
+class DeviceRows(Sequence):
+    """The per-device table as a sequence of dicts, built row by row when read (a list of a
+    million dicts would take a gigabyte).  Holds plain data (numpy columns and the counters of
+    active devices), so it pickles."""
+
+    def __init__(self, devices, dev: dict, states: Mapping, snap: dict | None, sim_time: float):
+        self.devices, self.dev, self.sim_time = devices, dev, sim_time
+        if snap is None:   # a plain {node: state} mapping: copy what the rows need
+            snap = {"tiers": [], "tier": {}, "online_s": {}, "drops": {}}
+            for node in devices:
+                st = states.get(node)
+                if st is not None:
+                    snap["tier"][node] = st.profile.tier
+                    snap["online_s"][node] = st.online_s
+                    snap["drops"][node] = [st.drops[r] for r in
+                                           ("availability", "battery", "churn")]
+        self.snap = snap
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return self._row(self.devices[i])
+
+    def _row(self, node) -> dict:
+        d = self.dev.get(node, {})
+        snap, t = self.snap, self.sim_time
+        row = snap["row_of"](node) if "row_of" in snap else node
+        known = row is not None and (row in snap["online_s"] if isinstance(snap["online_s"], dict)
+                                     else True)
+        tier = (snap["tier"][row] if isinstance(snap["tier"], dict)
+                else snap["tiers"][snap["tier"][row]]) if known else ""
+        drops = [int(x) for x in snap["drops"][row]] if known else [0, 0, 0]
+        sel, agg = int(d.get("rounds_selected", 0)), int(d.get("rounds_aggregated", 0))
+        return {
+            "device": node,
+            "tier": tier,
+            "bytes_sent": int(d.get("bytes_sent", 0)),
+            "bytes_received": int(d.get("bytes_received", 0)),
+            "flops": float(d.get("flops", 0.0)),
+            "busy_s": float(d.get("busy_s", 0.0)),
+            "energy_j": float(d.get("energy_j", 0.0)),
+            "online_fraction": (float(snap["online_s"][row]) / t) if known and t > 0 else 1.0,
+            "rounds_selected": sel,
+            "rounds_aggregated": agg,
+            "rounds_missed": sel - agg,
+            "drops_availability": drops[0],
+            "drops_battery": drops[1],
+            "drops_churn": drops[2],
+            "jobs_failed": int(d.get("jobs_failed", 0)),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DeviceRows({len(self)} devices)"

@@ -49,7 +49,9 @@ from simpy.events import Event
 __all__ = [
     "Network",
     "Transfer",
+    "CellTree",
     "build_topology",
+    "cell_tree",
     "max_min_rates",
 ]
 
@@ -64,11 +66,14 @@ _LATE = 2
 # finishing within a nanosecond of each other complete together instead of each waking SimPy.
 _DONE_TOL_S = 1e-9
 
+# Routes kept at most (a round of a big fleet touches a fresh set of devices).
+_ROUTE_CACHE = 1 << 16
+
 _PENDING, _FLOWING, _DONE, _CANCELLED = "pending", "flowing", "done", "cancelled"
 
 
 # ---------------------------------------------------------------------------------- topology
-def _per_device(name: str, value: Any, n: int, *, allow_zero: bool) -> list[float]:
+def _per_device(name: str, value: Any, n: int, *, allow_zero: bool) -> np.ndarray:
     arr = np.asarray(value, dtype=float)
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
@@ -76,7 +81,7 @@ def _per_device(name: str, value: Any, n: int, *, allow_zero: bool) -> list[floa
         raise ValueError(f"{name} must be a scalar or have one value per item ({n}); "
                          f"got shape {arr.shape}")
     _check_values(name, arr, allow_zero=allow_zero)
-    return [float(v) for v in arr]
+    return arr
 
 
 def _check_values(name: str, arr: np.ndarray, *, allow_zero: bool) -> None:
@@ -170,6 +175,41 @@ def build_topology(
     >>> g.has_edge(2, 0)
     True
     """
+    return cell_tree(num_devices, device_up_bps=device_up_bps, device_down_bps=device_down_bps, device_latency_s=device_latency_s, cells=cells, cell_of=cell_of, backhaul_bps=backhaul_bps, backhaul_latency_s=backhaul_latency_s, server_bps=server_bps, server_latency_s=server_latency_s, server_down_bps=server_down_bps, d2d_pairs=d2d_pairs, d2d_bps=d2d_bps, d2d_latency_s=d2d_latency_s).graph
+
+
+def cell_tree(
+    num_devices: int,
+    *,
+    device_up_bps: Sequence[float] | np.ndarray | float,
+    device_down_bps: Sequence[float] | np.ndarray | float,
+    device_latency_s: Sequence[float] | np.ndarray | float,
+    cells: int = 1,
+    cell_of: Sequence[int] | np.ndarray | None = None,
+    backhaul_bps: float = 1.25e9,
+    backhaul_latency_s: float = 0.005,
+    server_bps: float = 1.25e9,
+    server_latency_s: float = 0.001,
+    server_down_bps: float | None = None,
+    d2d_pairs: Iterable[tuple[int, int]] = (),
+    d2d_bps: Sequence[float] | np.ndarray | float = 6.25e6,
+    d2d_latency_s: Sequence[float] | np.ndarray | float = 0.002,
+) -> CellTree:
+    """The topology of :func:`build_topology` held as arrays, without a networkx graph.
+
+    Same arguments, same checks and the same links as :func:`build_topology`; a
+    :class:`Network` built on it routes and prices transfers exactly as on the graph, but the
+    fleet costs a few arrays instead of two networkx nodes and four edge dictionaries per device
+    (a million devices: ~50 MB instead of gigabytes, and milliseconds instead of a minute to
+    build).  ``cell_tree(...).graph`` builds the networkx graph when someone asks for it.
+
+    Examples
+    --------
+    >>> t = cell_tree(4, device_up_bps=1e6, device_down_bps=[4e6, 4e6, 2e6, 2e6],
+    ...               device_latency_s=0.02, cells=2)
+    >>> t.num_devices, t.cell_of.tolist(), t.graph.edges["cell0", 2]["bandwidth"]
+    (4, [0, 1, 0, 1], 2000000.0)
+    """
     num_devices = operator.index(num_devices)
     if num_devices < 0:
         raise ValueError(f"num_devices must be >= 0; got {num_devices}")
@@ -187,7 +227,7 @@ def build_topology(
                                      else server_down_bps, False)]:
         _check_values(name, np.asarray(value, dtype=float), allow_zero=allow_zero)
     if cell_of is None:
-        cell_idx = [i % cells for i in range(num_devices)]
+        cell_idx = np.arange(num_devices, dtype=np.intp) % cells
     else:
         arr = np.asarray(cell_of)
         if arr.shape != (num_devices,):
@@ -199,7 +239,7 @@ def build_topology(
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"cell_of[{i}] must be in [0, {cells}); got {arr[i]}")
-        cell_idx = [int(c) for c in arr]
+        cell_idx = arr.astype(np.intp)
     pairs = [tuple(p) for p in d2d_pairs]
     for k, p in enumerate(pairs):
         if (len(p) != 2 or not all(isinstance(x, (int, np.integer)) for x in p)
@@ -209,29 +249,163 @@ def build_topology(
     d2d_b = _per_device("d2d_bps", d2d_bps, len(pairs), allow_zero=False)
     d2d_l = _per_device("d2d_latency_s", d2d_latency_s, len(pairs), allow_zero=True)
 
-    g = nx.DiGraph(topology="cell_tree", cells=cells)
-    g.add_node("server", kind="server")
-    g.add_node("core", kind="core")
-    bh, bhl = float(backhaul_bps), float(backhaul_latency_s)
-    sv, svl = float(server_bps), float(server_latency_s)
-    sv_down = sv if server_down_bps is None else float(server_down_bps)
-    g.add_edge("core", "server", bandwidth=sv_down, latency=svl)
-    g.add_edge("server", "core", bandwidth=sv, latency=svl)
-    for c in range(cells):
-        name = f"cell{c}"
-        g.add_node(name, kind="cell")
-        g.add_edge(name, "core", bandwidth=bh, latency=bhl)
-        g.add_edge("core", name, bandwidth=bh, latency=bhl)
-    for i in range(num_devices):
-        cell = f"cell{cell_idx[i]}"
-        g.add_node(i, kind="device", cell=cell_idx[i])
-        g.add_edge(i, cell, bandwidth=up[i], latency=lat[i])
-        g.add_edge(cell, i, bandwidth=down[i], latency=lat[i])
-    for (i, j), b, lt in zip(pairs, d2d_b, d2d_l, strict=True):
-        i, j = int(i), int(j)
-        g.add_edge(i, j, bandwidth=b, latency=lt)
-        g.add_edge(j, i, bandwidth=b, latency=lt)
-    return g
+    return CellTree(num_devices=num_devices, cells=cells, cell_of=cell_idx, up=up, down=down,
+                    latency=lat, backhaul_bps=float(backhaul_bps),
+                    backhaul_latency_s=float(backhaul_latency_s), server_bps=float(server_bps),
+                    server_down_bps=float(server_bps if server_down_bps is None
+                                          else server_down_bps),
+                    server_latency_s=float(server_latency_s), d2d_pairs=pairs, d2d_bps=d2d_b,
+                    d2d_latency_s=d2d_l)
+
+
+class CellTree:
+    """A device / cell / core / server topology as arrays (made by :func:`cell_tree`).
+
+    Link numbering (what :class:`Network` indexes its arrays by): 0 = core → server,
+    1 = server → core, ``2 + 2c`` = cell c → core, ``3 + 2c`` = core → cell c, then
+    ``B + 2i`` = device i → its cell and ``B + 2i + 1`` = its cell → device i with
+    ``B = 2 + 2·cells``, then the d2d links (``i → j`` and ``j → i`` per pair).
+
+    Attributes
+    ----------
+    graph : networkx.DiGraph
+        The same graph :func:`build_topology` returns, built on first access and kept.
+    """
+
+    def __init__(self, *, num_devices, cells, cell_of, up, down, latency, backhaul_bps,
+                 backhaul_latency_s, server_bps, server_down_bps, server_latency_s, d2d_pairs,
+                 d2d_bps, d2d_latency_s):
+        self.num_devices, self.cells = num_devices, cells
+        self.cell_of, self.up, self.down, self.latency = cell_of, up, down, latency
+        self.backhaul_bps, self.backhaul_latency_s = backhaul_bps, backhaul_latency_s
+        self.server_bps, self.server_down_bps = server_bps, server_down_bps
+        self.server_latency_s = server_latency_s
+        self.d2d_pairs = [(int(i), int(j)) for i, j in d2d_pairs]
+        first = 2 + 2 * cells + 2 * num_devices
+        self._d2d_link = {}
+        for k, (i, j) in enumerate(self.d2d_pairs):
+            self._d2d_link[(i, j)] = first + 2 * k
+            self._d2d_link[(j, i)] = first + 2 * k + 1
+        self.d2d_bps, self.d2d_latency_s = d2d_bps, d2d_latency_s
+        self._graph: nx.DiGraph | None = None
+
+    @property
+    def first_device_link(self) -> int:
+        return 2 + 2 * self.cells
+
+    @property
+    def num_links(self) -> int:
+        return self.first_device_link + 2 * self.num_devices + 2 * len(self.d2d_pairs)
+
+    def link_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bandwidth, latency)`` of every link, in the numbering above."""
+        cap, lat = np.empty(self.num_links), np.empty(self.num_links)
+        cap[:2] = self.server_down_bps, self.server_bps
+        lat[:2] = self.server_latency_s
+        b, n = self.first_device_link, self.num_devices
+        cap[2:b], lat[2:b] = self.backhaul_bps, self.backhaul_latency_s
+        cap[b:b + 2 * n:2], cap[b + 1:b + 2 * n:2] = self.up, self.down
+        lat[b:b + 2 * n:2] = lat[b + 1:b + 2 * n:2] = self.latency
+        k = b + 2 * n
+        cap[k::2] = cap[k + 1::2] = self.d2d_bps
+        lat[k::2] = lat[k + 1::2] = self.d2d_latency_s
+        return cap, lat
+
+    def is_device(self, node: Node) -> bool:
+        return (isinstance(node, (int, np.integer)) and not isinstance(node, bool)
+                and 0 <= node < self.num_devices)
+
+    def cell_index(self, node: Node) -> int | None:
+        """``c`` for the node ``"cell{c}"``, else None."""
+        if isinstance(node, str) and node.startswith("cell") and node[4:].isdigit():
+            c = int(node[4:])
+            if c < self.cells and node == f"cell{c}":
+                return c
+        return None
+
+    def has_node(self, node: Node) -> bool:
+        return node in ("server", "core") or self.is_device(node) \
+            or self.cell_index(node) is not None
+
+    def parent(self, node: Node) -> Node | None:
+        """The next node towards the server on the tree (None for the server)."""
+        if self.is_device(node):
+            return f"cell{self.cell_of[node]}"
+        if node == "core":
+            return "server"
+        if self.cell_index(node) is not None:
+            return "core"
+        return None
+
+    def link(self, u: Node, v: Node) -> int | None:
+        """The index of link ``(u, v)``, or None if there is none."""
+        if u == "core" and v == "server":
+            return 0
+        if u == "server" and v == "core":
+            return 1
+        b = self.first_device_link
+        cu, cv = self.cell_index(u), self.cell_index(v)
+        if cu is not None and v == "core":
+            return 2 + 2 * cu
+        if u == "core" and cv is not None:
+            return 3 + 2 * cv
+        if self.is_device(u) and cv is not None and self.cell_of[u] == cv:
+            return b + 2 * int(u)
+        if cu is not None and self.is_device(v) and self.cell_of[v] == cu:
+            return b + 2 * int(v) + 1
+        if self.is_device(u) and self.is_device(v):
+            return self._d2d_link.get((int(u), int(v)))
+        return None
+
+    def edge(self, k: int) -> tuple[Node, Node]:
+        """The ``(u, v)`` of link ``k`` (the inverse of :meth:`link`)."""
+        if k < 2:
+            return (("core", "server"), ("server", "core"))[k]
+        b = self.first_device_link
+        if k < b:
+            c = f"cell{(k - 2) // 2}"
+            return (c, "core") if k % 2 == 0 else ("core", c)
+        k -= b
+        if k < 2 * self.num_devices:
+            i = k // 2
+            c = f"cell{self.cell_of[i]}"
+            return (i, c) if k % 2 == 0 else (c, i)
+        i, j = self.d2d_pairs[(k - 2 * self.num_devices) // 2]
+        return (i, j) if k % 2 == 0 else (j, i)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        if self._graph is None:
+            self._graph = self._build_graph()
+        return self._graph
+
+    def _build_graph(self) -> nx.DiGraph:
+        cells, num_devices, pairs = self.cells, self.num_devices, self.d2d_pairs
+        bh, bhl = self.backhaul_bps, self.backhaul_latency_s
+        sv, svl, sv_down = self.server_bps, self.server_latency_s, self.server_down_bps
+        up, down, lat = self.up.tolist(), self.down.tolist(), self.latency.tolist()
+        cell_idx = self.cell_of.tolist()
+        d2d_b, d2d_l = self.d2d_bps.tolist(), self.d2d_latency_s.tolist()
+        g = nx.DiGraph(topology="cell_tree", cells=cells)
+        g.add_node("server", kind="server")
+        g.add_node("core", kind="core")
+        g.add_edge("core", "server", bandwidth=sv_down, latency=svl)
+        g.add_edge("server", "core", bandwidth=sv, latency=svl)
+        for c in range(cells):
+            name = f"cell{c}"
+            g.add_node(name, kind="cell")
+            g.add_edge(name, "core", bandwidth=bh, latency=bhl)
+            g.add_edge("core", name, bandwidth=bh, latency=bhl)
+        for i in range(num_devices):
+            cell = f"cell{cell_idx[i]}"
+            g.add_node(i, kind="device", cell=cell_idx[i])
+            g.add_edge(i, cell, bandwidth=up[i], latency=lat[i])
+            g.add_edge(cell, i, bandwidth=down[i], latency=lat[i])
+        for (i, j), b, lt in zip(pairs, d2d_b, d2d_l, strict=True):
+            i, j = int(i), int(j)
+            g.add_edge(i, j, bandwidth=b, latency=lt)
+            g.add_edge(j, i, bandwidth=b, latency=lt)
+        return g
 
 
 # ---------------------------------------------------------------------------------- max-min
@@ -493,9 +667,45 @@ class Network:
     [0, 'cell0', 'core', 'server']
     """
 
-    def __init__(self, env: simpy.Environment, graph: nx.DiGraph):
+    def __init__(self, env: simpy.Environment, graph: nx.DiGraph | CellTree):
         self.env = env
-        self.graph = graph
+        self._parent: dict[Node, Node] | None = None
+        self._d2d: set[Node] = set()
+        if isinstance(graph, CellTree):
+            # no networkx graph unless someone asks for one (the `graph` property)
+            self._tree: CellTree | None = graph
+            caps, lat = graph.link_arrays()
+            self._cap = np.append(caps, np.inf)
+            self._latency = lat.tolist() if lat.size < 4096 else lat
+            self._pad = lat.size
+            self._link_bytes = np.zeros(lat.size, dtype=np.int64)
+            self._d2d = {i for pair in graph.d2d_pairs for i in pair}
+        else:
+            self._tree = None
+            self._init_graph(graph)
+        self._routes: dict[tuple[Node, Node], _Route] = {}
+
+        # Flowing transfers in dense slots [0, _n); a freed slot takes the last flow.
+        self._n = 0
+        self._flows: list[Transfer] = []
+        self._rem = np.zeros(64)
+        self._rate = np.zeros(64)
+        self._lk = np.full((4, 64), self._pad, dtype=np.intp)  # (path link, slot)
+        self._t_last = env.now
+        self._version = 0
+        self._dirty = False
+        self._seq = 0
+        self._by_node: dict[Node, dict[Transfer, None]] = {}
+
+        self.bytes_sent: Counter = Counter()
+        self.bytes_received: Counter = Counter()
+        self.bytes_partial_sent: Counter = Counter()
+        self.bytes_partial_received: Counter = Counter()
+        #: Number of progressive-filling runs so far (one per instant with a start or an end).
+        self.recomputations = 0
+
+    def _init_graph(self, graph: nx.DiGraph) -> None:
+        self._graph = graph
         edges = list(graph.edges(data=True))
         caps = np.empty(len(edges) + 1)
         self._link_index: dict[tuple[Node, Node], int] = {}
@@ -522,8 +732,6 @@ class Network:
         self._link_bytes = np.zeros(len(edges), dtype=np.int64)
 
         # Tree routing on cell_tree graphs: each node's chain of ancestors up to the server.
-        self._parent: dict[Node, Node] | None = None
-        self._d2d: set[Node] = set()
         if graph.graph.get("topology") == "cell_tree" and "server" in graph and "core" in graph:
             parent: dict[Node, Node] = {"core": "server"}
             for node, data in graph.nodes(data=True):
@@ -535,34 +743,34 @@ class Network:
                     if any(not isinstance(m, str) for m in graph.successors(node)):
                         self._d2d.add(node)
             self._parent = parent
-        self._routes: dict[tuple[Node, Node], _Route] = {}
 
-        # Flowing transfers in dense slots [0, _n); a freed slot takes the last flow.
-        self._n = 0
-        self._flows: list[Transfer] = []
-        self._rem = np.zeros(64)
-        self._rate = np.zeros(64)
-        self._lk = np.full((4, 64), self._pad, dtype=np.intp)  # (path link, slot)
-        self._t_last = env.now
-        self._version = 0
-        self._dirty = False
-        self._seq = 0
-        self._by_node: dict[Node, dict[Transfer, None]] = {}
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The topology as a networkx graph (built on first access for a :class:`CellTree`)."""
+        return self._tree.graph if self._tree is not None else self._graph
 
-        self.bytes_sent: Counter = Counter()
-        self.bytes_received: Counter = Counter()
-        self.bytes_partial_sent: Counter = Counter()
-        self.bytes_partial_received: Counter = Counter()
-        #: Number of progressive-filling runs so far (one per instant with a start or an end).
-        self.recomputations = 0
+    def _link_of(self, u: Node, v: Node) -> int | None:
+        if self._tree is not None:
+            return self._tree.link(u, v)
+        return self._link_index.get((u, v))
+
+    def _edge_of(self, k: int) -> tuple[Node, Node]:
+        return self._tree.edge(k) if self._tree is not None else self._edges[k]
+
+    def _parent_of(self, node: Node) -> Node | None:
+        if self._tree is not None:
+            return self._tree.parent(node)
+        return self._parent.get(node) if self._parent is not None else None
+
+    def _has_node(self, node: Node) -> bool:
+        return self._tree.has_node(node) if self._tree is not None else node in self._graph
 
     # ------------------------------------------------------------------ routes
     def _tree_path(self, src: Node, dst: Node) -> list[Node] | None:
-        parent = self._parent
-        if parent is None:
+        if self._parent is None and self._tree is None:
             return None
         for node in (src, dst):
-            if node not in parent and node != "server":
+            if node != "server" and self._parent_of(node) is None:
                 return None  # a node that is not part of the tree
         # A d2d link can shorten a device's route to another device or to a cell (never to
         # the core or the server): let networkx search those.
@@ -571,11 +779,11 @@ class Network:
                 (dst in d2d and src not in ("server", "core")):
             return None
         up_src = [src]
-        while up_src[-1] in parent:
-            up_src.append(parent[up_src[-1]])
+        while (p := self._parent_of(up_src[-1])) is not None:
+            up_src.append(p)
         up_dst = [dst]
-        while up_dst[-1] in parent:
-            up_dst.append(parent[up_dst[-1]])
+        while (p := self._parent_of(up_dst[-1])) is not None:
+            up_dst.append(p)
         pos = {node: k for k, node in enumerate(up_dst)}
         for k, node in enumerate(up_src):
             if node in pos:
@@ -590,22 +798,24 @@ class Network:
         if src == dst:
             raise ValueError(f"a transfer needs two different nodes; got src = dst = {src!r}")
         for node in key:
-            if node not in self.graph:
+            if not self._has_node(node):
                 raise ValueError(f"node {node!r} is not in the network")
         path = self._tree_path(src, dst)
-        index = self._link_index
-        if path is not None and not all((u, v) in index for u, v in pairwise(path)):
+        ids = None if path is None else [self._link_of(u, v) for u, v in pairwise(path)]
+        if ids is not None and None in ids:
             path = None  # the graph was edited away from the tree shape
         if path is None:
             try:
                 path = nx.shortest_path(self.graph, src, dst)
             except nx.NetworkXNoPath:
                 raise ValueError(f"no path from {src!r} to {dst!r}") from None
-        links = np.fromiter((index[e] for e in pairwise(path)), dtype=np.intp,
-                            count=len(path) - 1)
-        route = _Route(tuple(path), links,
-                       float(sum(self._latency[k] for k in links)),
+            ids = [self._link_of(u, v) for u, v in pairwise(path)]
+        links = np.array(ids, dtype=np.intp)
+        lat = self._latency
+        route = _Route(tuple(path), links, float(sum(lat[k] for k in ids)),
                        float(self._cap[links].min()))
+        if len(self._routes) >= _ROUTE_CACHE:
+            self._routes.clear()   # a big fleet's routes would otherwise pile up for ever
         self._routes[key] = route
         return route
 
@@ -703,17 +913,23 @@ class Network:
         """A snapshot ``{(u, v): bytes}`` of what crossed each link: completed transfers plus
         the delivered part of cancelled ones."""
         nz = np.flatnonzero(self._link_bytes)
-        return Counter({self._edges[k]: int(self._link_bytes[k]) for k in nz})
+        return Counter({self._edge_of(k): int(self._link_bytes[k]) for k in nz})
 
     def capacity(self, u: Node, v: Node) -> float:
         """Bandwidth of link ``(u, v)`` in bytes/s."""
-        return float(self._cap[self._link_index[(u, v)]])
+        k = self._link_of(u, v)
+        if k is None:
+            raise KeyError((u, v))
+        return float(self._cap[k])
 
     # ------------------------------------------------------------------ machinery
     def _forget(self, t: Transfer) -> None:
         by_node = self._by_node
         for node in t.path:
-            by_node[node].pop(t, None)
+            bucket = by_node[node]
+            bucket.pop(t, None)
+            if not bucket:
+                del by_node[node]   # idle nodes cost nothing
 
     def _advance(self) -> None:
         now = self.env.now
