@@ -127,9 +127,11 @@ class Fleet(Mapping):
 
     def row_of(self, node: NodeId) -> int | None:
         """The row of ``node``, or None if it is not in the fleet."""
-        if self._nodes is None and isinstance(node, (int, np.integer)) \
-                and not isinstance(node, bool) and 0 <= node < self._n:
-            return int(node)
+        if self._nodes is None:
+            if type(node) is int:
+                return node if 0 <= node < self._n else None
+            if isinstance(node, np.integer) and 0 <= node < self._n:
+                return int(node)
         try:
             return self._index.get(node)
         except TypeError:          # an unhashable id is in no fleet

@@ -336,7 +336,7 @@ class Simulation:
         machines = PROTOCOLS[cfg.protocol](self.ctx)
         if self.ctx.d2d_pairs:
             self.ctx.graph = self._topology(self.ctx.d2d_pairs)
-        self.network = Network(self.env, self.ctx.graph)
+        self.network = Network(self.env, self.ctx.topology)
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
         elif trainer_factory is not None:
