@@ -694,6 +694,7 @@ class Network:
         self._t_last = env.now
         self._version = 0
         self._dirty = False
+        self._changed: list[np.ndarray] = []   # links of the flows that came or went
         self._seq = 0
         self._by_node: dict[Node, dict[Transfer, None]] = {}
 
@@ -880,7 +881,7 @@ class Network:
             delivered = min(float(transfer.nbytes),
                             max(0.0, transfer.nbytes - float(self._rem[slot])))
             self._remove_slot(slot)
-            self._mark_dirty()
+            self._mark_dirty(transfer._route.links)
             transfer._delivered = delivered
             whole = int(delivered)
             if whole:
@@ -940,7 +941,8 @@ class Network:
                 self._rem[:n] -= self._rate[:n] * dt
             self._t_last = now
 
-    def _mark_dirty(self) -> None:
+    def _mark_dirty(self, links: np.ndarray) -> None:
+        self._changed.append(links)
         if not self._dirty:
             self._dirty = True
             ev = Event(self.env)
@@ -976,7 +978,7 @@ class Network:
         t._slot = n
         t._state = _FLOWING
         self._n = n + 1
-        self._mark_dirty()
+        self._mark_dirty(links)
 
     def _remove_slot(self, slot: int) -> None:
         last = self._n - 1
@@ -1005,16 +1007,47 @@ class Network:
         # the padding link has the largest index, so it stays last, as _progressive_filling needs
         lk = self._lk[:, :n]
         used, inv = np.unique(lk, return_inverse=True)
+        inv = inv.reshape(lk.shape)
         cap = self._cap[used]
         if used[-1] != self._pad:
             cap = np.append(cap, np.inf)
-        rate = _progressive_filling(inv.reshape(lk.shape), cap)
-        self._rate[:n] = rate
+        changed = np.concatenate(self._changed) if self._changed else np.zeros(0, np.intp)
+        self._changed = []
+        sel = self._affected(used, inv, changed, cap.shape[0] - 1)
+        if sel is None:
+            self._rate[:n] = _progressive_filling(inv, cap)
+        elif sel.size:
+            # max-min fairness splits over groups of flows that share no link: only the groups
+            # a start or an end touched are refilled; the others keep their rates
+            self._rate[sel] = _progressive_filling(np.take(inv, sel, axis=1), cap)
+        rate = self._rate[:n]
         with np.errstate(divide="ignore"):
             due = self._rem[:n] / rate
         k = int(np.argmin(due))
         timer = self.env.timeout(max(0.0, float(due[k])), self._version)
         timer.callbacks.append(self._on_timer)
+
+    @staticmethod
+    def _affected(used: np.ndarray, inv: np.ndarray, changed: np.ndarray,
+                  pad: int) -> np.ndarray | None:
+        """Slots of the flows connected (through shared links, transitively) to a link in
+        ``changed``, in slot order; None when that is every flow."""
+        mark = np.zeros(pad + 1, dtype=bool)
+        hit = np.isin(changed, used)
+        mark[np.searchsorted(used, changed[hit])] = True
+        mark[pad] = False
+        n_flows = inv.shape[1]
+        count = -1
+        while True:
+            sel = mark[inv].any(axis=0)
+            got = int(np.count_nonzero(sel))
+            if got == n_flows:
+                return None
+            if got == count:
+                return np.flatnonzero(sel)
+            count = got
+            mark[np.compress(sel, inv, axis=1)] = True
+            mark[pad] = False
 
     def _on_timer(self, ev: Event) -> None:
         if ev._value != self._version or self._dirty:
@@ -1027,9 +1060,9 @@ class Network:
         finished[int(np.argmin(rem / rate))] = True  # the flow this timer was set for
         slots = np.flatnonzero(finished)
         ended = [self._flows[s] for s in slots]
+        self._mark_dirty(self._lk[:, slots].ravel())
         for s in slots[::-1]:  # highest first, so swap-removal never moves a finished flow
             self._remove_slot(int(s))
-        self._mark_dirty()
         ended.sort(key=lambda t: t._seq)
         for t in ended:
             self._complete(t)
