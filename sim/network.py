@@ -552,7 +552,7 @@ class Transfer:
     """
 
     __slots__ = ("src", "dst", "nbytes", "path", "done", "start_time", "end_time", "_net",
-                 "_route", "_state", "_slot", "_seq", "_delivered")
+                 "_route", "_state", "_slot", "_seq", "_delivered", "_cids")
 
     def __init__(self, net: Network, src: Node, dst: Node, nbytes: int, route: _Route,
                  seq: int):
@@ -690,7 +690,15 @@ class Network:
         self._flows: list[Transfer] = []
         self._rem = np.zeros(64)
         self._rate = np.zeros(64)
-        self._lk = np.full((4, 64), self._pad, dtype=np.intp)  # (path link, slot)
+        # Links crossed by flowing transfers get compact ids (0 .. K-2; K-1 pads _lk), so a
+        # recomputation works on arrays the size of the active part of the network.
+        self._ccap = np.full(64, np.inf)                # compact id -> capacity
+        self._cglob = [0] * 64                          # compact id -> link index
+        self._cref = [0] * 64                           # compact id -> flows crossing it
+        self._cid: dict[int, int] = {}                  # link index -> compact id
+        self._cfree: list[int] = []
+        self._cnext = 0
+        self._lk = np.full((4, 64), 63, dtype=np.intp)  # (path link, slot): compact ids
         self._t_last = env.now
         self._version = 0
         self._dirty = False
@@ -881,7 +889,8 @@ class Network:
             delivered = min(float(transfer.nbytes),
                             max(0.0, transfer.nbytes - float(self._rem[slot])))
             self._remove_slot(slot)
-            self._mark_dirty(transfer._route.links)
+            self._mark_dirty(transfer._cids)
+            self._release(transfer._cids)
             transfer._delivered = delivered
             whole = int(delivered)
             if whole:
@@ -941,8 +950,8 @@ class Network:
                 self._rem[:n] -= self._rate[:n] * dt
             self._t_last = now
 
-    def _mark_dirty(self, links: np.ndarray) -> None:
-        self._changed.append(links)
+    def _mark_dirty(self, cids: list[int]) -> None:
+        self._changed.append(cids)
         if not self._dirty:
             self._dirty = True
             ev = Event(self.env)
@@ -960,25 +969,63 @@ class Network:
             return
         self._advance()
         n = self._n
+        cids = t._cids = self._acquire(t._route.links)
+        pad = self._ccap.shape[0] - 1
         if n == self._rem.shape[0]:
             self._rem = np.concatenate([self._rem, np.zeros(n)])
             self._rate = np.concatenate([self._rate, np.zeros(n)])
             self._lk = np.concatenate(
-                [self._lk, np.full((self._lk.shape[0], n), self._pad, dtype=np.intp)], axis=1)
-        links = t._route.links
-        if links.size > self._lk.shape[0]:
-            extra = links.size - self._lk.shape[0]
+                [self._lk, np.full((self._lk.shape[0], n), pad, dtype=np.intp)], axis=1)
+        if len(cids) > self._lk.shape[0]:
+            extra = len(cids) - self._lk.shape[0]
             self._lk = np.concatenate(
-                [self._lk, np.full((extra, self._lk.shape[1]), self._pad, dtype=np.intp)])
-        self._lk[:links.size, n] = links
-        self._lk[links.size:, n] = self._pad
+                [self._lk, np.full((extra, self._lk.shape[1]), pad, dtype=np.intp)])
+        self._lk[:len(cids), n] = cids
+        self._lk[len(cids):, n] = pad
         self._rem[n] = t.nbytes
         self._rate[n] = 0.0
         self._flows.append(t)
         t._slot = n
         t._state = _FLOWING
         self._n = n + 1
-        self._mark_dirty(links)
+        self._mark_dirty(cids)
+
+    def _acquire(self, links: np.ndarray) -> list[int]:
+        """Compact ids of ``links`` for one more flow (allocating ids for new links)."""
+        out = []
+        cid, cref = self._cid, self._cref
+        for g in links.tolist():
+            c = cid.get(g)
+            if c is None:
+                if self._cfree:
+                    c = self._cfree.pop()
+                else:
+                    if self._cnext == self._ccap.shape[0] - 1:
+                        self._grow_compact()
+                    c = self._cnext
+                    self._cnext += 1
+                cid[g] = c
+                self._ccap[c] = self._cap[g]
+                self._cglob[c] = g
+            cref[c] += 1
+            out.append(c)
+        return out
+
+    def _release(self, cids: list[int]) -> None:
+        cref = self._cref
+        for c in cids:
+            cref[c] -= 1
+            if not cref[c]:
+                del self._cid[self._cglob[c]]
+                self._cfree.append(c)
+
+    def _grow_compact(self) -> None:
+        old = self._ccap.shape[0]
+        self._ccap = np.concatenate([self._ccap, np.full(old, np.inf)])
+        self._ccap[old - 1] = np.inf
+        self._cglob.extend([0] * old)
+        self._cref.extend([0] * old)
+        self._lk[self._lk == old - 1] = 2 * old - 1   # the padding id moves to the new end
 
     def _remove_slot(self, slot: int) -> None:
         last = self._n - 1
@@ -1003,17 +1050,13 @@ class Network:
         if not n:
             return
         self.recomputations += 1
-        # work only on the links the active flows cross (a fleet has far more links than flows);
-        # the padding link has the largest index, so it stays last, as _progressive_filling needs
-        lk = self._lk[:, :n]
-        used, inv = np.unique(lk, return_inverse=True)
-        inv = inv.reshape(lk.shape)
-        cap = self._cap[used]
-        if used[-1] != self._pad:
-            cap = np.append(cap, np.inf)
-        changed = np.concatenate(self._changed) if self._changed else np.zeros(0, np.intp)
+        # compact link ids: arrays the size of the links the active flows cross (a fleet has
+        # far more links than flows); the padding id is the last, as _progressive_filling needs
+        inv = self._lk[:, :n]
+        cap = self._ccap
+        changed = np.fromiter((c for ids in self._changed for c in ids), dtype=np.intp)
         self._changed = []
-        sel = self._affected(used, inv, changed, cap.shape[0] - 1)
+        sel = self._affected(inv, changed, cap.shape[0] - 1)
         if sel is None:
             self._rate[:n] = _progressive_filling(inv, cap)
         elif sel.size:
@@ -1028,13 +1071,11 @@ class Network:
         timer.callbacks.append(self._on_timer)
 
     @staticmethod
-    def _affected(used: np.ndarray, inv: np.ndarray, changed: np.ndarray,
-                  pad: int) -> np.ndarray | None:
-        """Slots of the flows connected (through shared links, transitively) to a link in
-        ``changed``, in slot order; None when that is every flow."""
+    def _affected(inv: np.ndarray, changed: np.ndarray, pad: int) -> np.ndarray | None:
+        """Slots of the flows connected (through shared links, transitively) to a compact link
+        id in ``changed``, in slot order; None when that is every flow."""
         mark = np.zeros(pad + 1, dtype=bool)
-        hit = np.isin(changed, used)
-        mark[np.searchsorted(used, changed[hit])] = True
+        mark[changed] = True
         mark[pad] = False
         n_flows = inv.shape[1]
         count = -1
@@ -1060,9 +1101,11 @@ class Network:
         finished[int(np.argmin(rem / rate))] = True  # the flow this timer was set for
         slots = np.flatnonzero(finished)
         ended = [self._flows[s] for s in slots]
-        self._mark_dirty(self._lk[:, slots].ravel())
         for s in slots[::-1]:  # highest first, so swap-removal never moves a finished flow
             self._remove_slot(int(s))
+        for t in ended:
+            self._mark_dirty(t._cids)
+            self._release(t._cids)
         ended.sort(key=lambda t: t._seq)
         for t in ended:
             self._complete(t)
