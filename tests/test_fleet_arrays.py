@@ -235,3 +235,20 @@ def test_simulation_device_rows_match_a_list_and_pickle():
                                                           for r in res.rounds)
     assert pickle.loads(pickle.dumps(res.devices)) == rows
     assert isinstance(sim.driver.machines[4], FedAvgClient)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.one_of(st.integers(0, 30),
+                                                   st.sampled_from(["a", "b", "x"]))),
+                max_size=60))
+def test_fedavg_server_pool_stays_sorted_as_peers_come_and_go(changes):
+    from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
+    from crowdlearn.protocols.io import PeerJoined, PeerLost
+
+    server = FedAvgServer("server", [np.zeros(1)], FedAvgParams(rounds=1, clients_per_round=50),
+                          rng=np.random.default_rng(0))
+    for k, (join, peer) in enumerate(changes):
+        server.handle(PeerJoined(peer) if join else PeerLost(peer), 0.0)
+        if k == len(changes) // 2:
+            server._sorted_pool()            # from here on it is kept up to date
+    assert server._sorted_pool() == sorted(server.present, key=str)
