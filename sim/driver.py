@@ -278,8 +278,8 @@ def _column(name: str, kind: type):
 class DeviceState:
     """One device's state: a view of the driver's columns (``driver.devices[node]``).
 
-    Reading or setting an attribute reads or writes the driver's arrays; ``cpu`` (a
-    ``simpy.Resource``) and ``jobs`` exist only while the device has work.
+    Reading or setting an attribute reads or writes the driver's arrays; ``jobs`` (job id →
+    record) exists only while the device has work.
     """
 
     __slots__ = ("_driver", "_row", "node")
@@ -300,8 +300,10 @@ class DeviceState:
         return self._driver.fleet.profile(self._row)
 
     @property
-    def cpu(self) -> simpy.Resource:
-        return self._driver._cpu_of(self._row)
+    def running(self) -> Any:
+        """The id of the job on the device's CPU, or None."""
+        rec = self._driver._running.get(self._row)
+        return None if rec is None else rec.job_id
 
     @property
     def jobs(self) -> dict:
@@ -313,6 +315,18 @@ class DeviceState:
 
     def __repr__(self) -> str:
         return f"DeviceState({self.node!r}, online={self.online})"
+
+
+class _Job:
+    """A job given to a device: queued, then running on its CPU, then done or cancelled."""
+
+    __slots__ = ("job_id", "job", "handle", "node", "row", "duration", "started", "state")
+
+    def __init__(self, job_id, job, handle, node, row, duration):
+        self.job_id, self.job, self.handle = job_id, job, handle
+        self.node, self.row, self.duration = node, row, duration
+        self.started: float | None = None
+        self.state = "queued"
 
 
 class _Devices(Mapping):
@@ -405,8 +419,9 @@ class Driver:
         self._online_since = np.zeros(rows)
         self._online_s = np.zeros(rows)
         self._drops = np.zeros((rows, len(_REASONS)), dtype=np.int64)
-        self._cpus: dict[int, simpy.Resource] = {}
-        self._jobs: dict[int, dict] = {}
+        self._jobs: dict[int, dict] = {}           # row -> {job id: _Job}, devices with work
+        self._running: dict[int, _Job] = {}        # row -> the job on its CPU
+        self._queued: dict[int, list] = {}         # row -> jobs waiting for its CPU
         self._server_row = fleet.row_of(server) if server is not None else None
         self.devices = _Devices(self)
         self.events_handled = 0
@@ -421,12 +436,6 @@ class Driver:
     def is_device(self) -> dict:
         """Node → whether it is a device (not the server); built on access."""
         return {n: n != self.server for n in self.fleet}
-
-    def _cpu_of(self, row: int) -> simpy.Resource:
-        cpu = self._cpus.get(row)
-        if cpu is None:
-            cpu = self._cpus[row] = simpy.Resource(self.env, 1)
-        return cpu
 
     # ---------------------------------------------------------------- start / run
     def start(self) -> None:
@@ -581,62 +590,88 @@ class Driver:
             self.deliver(dst, Received(src, msg))
 
     # ---------------------------------------------------------------- jobs
+    # A device's CPU runs one job at a time, first come first served.  A job is a record and one
+    # SimPy timeout (its end, or its churn moment): no process, no Resource, and a device that
+    # runs nothing holds nothing.
     def _run_job(self, node: NodeId, job_id: Any, job: Any) -> None:
         row = self._row(node)
         if job.memory_bytes > self._memory[row]:
             self.monitor.on_job_failed(node, "memory")
             self._later(node, JobFailed(job_id, "memory"))
             return
-        handle = self.executor.submit(job)
-        proc = self.env.process(self._job_process(row, node, job_id, job, handle))
-        self._jobs.setdefault(row, {})[job_id] = (proc, handle)
+        rec = _Job(job_id, job, self.executor.submit(job), node, row,
+                   job.flops / float(self._flops[row]))
+        self._jobs.setdefault(row, {})[job_id] = rec
+        if row in self._running or self._queued.get(row):
+            self._queued.setdefault(row, []).append(rec)
+        else:
+            self._start_job(rec)
 
-    def _pop_job(self, row: int, job_id: Any):
+    def _start_job(self, rec: _Job) -> None:
+        self._running[rec.row] = rec
+        rec.state = "running"
+        rec.started = self.env.now
+        churn_at = self._churn_moment(rec.row, rec.duration)
+        if churn_at is not None:
+            # The drop-out is part of this task: cancelling the job (a straggler cut off, the
+            # device going offline) cancels the drop-out with it, and it can never fire on an
+            # idle device.
+            ev = self.env.timeout(churn_at)
+            ev.callbacks.append(lambda _ev: self._job_churned(rec))
+        else:
+            ev = self.env.timeout(rec.duration)
+            ev.callbacks.append(lambda _ev: self._job_finished(rec))
+
+    def _job_finished(self, rec: _Job) -> None:
+        if rec.state != "running":
+            return                                  # cancelled meanwhile
+        rec.state = "done"
+        row, node, job = rec.row, rec.node, rec.job
+        self._pop_job(row, rec.job_id)
+        # Training results stay deferred until a machine reads them, so that all the jobs of a
+        # round are computed in one batch; other kinds are computed now.
+        result = (self.executor.deferred(rec.handle) if hasattr(job, "task")
+                  else self.executor.result(rec.handle))
+        self._cpu_free(row, rec)
+        self._charge_compute(row, node, job.flops, rec.duration)
+        if self._online[row]:
+            self.deliver(node, JobDone(rec.job_id, result))
+
+    def _job_churned(self, rec: _Job) -> None:
+        if rec.state != "running":
+            return
+        rec.state = "cancelled"
+        self._pop_job(rec.row, rec.job_id)          # gone before going offline cancels it
+        self._abandon(rec)
+        self._set_flag(rec.node, "churn_out", True)
+        self._cpu_free(rec.row, rec)
+
+    def _cpu_free(self, row: int, rec: _Job) -> None:
+        """``rec`` left the CPU: the next queued job starts, in a later event of this instant
+        (so that jobs cancelled in the same breath never start)."""
+        if self._running.get(row) is rec:
+            del self._running[row]
+        if self._queued.get(row):
+            ev = self.env.timeout(0)
+            ev.callbacks.append(lambda _ev: self._start_next(row))
+
+    def _start_next(self, row: int) -> None:
+        queue = self._queued.get(row)
+        while queue and row not in self._running:
+            rec = queue.pop(0)
+            if rec.state == "queued":
+                self._start_job(rec)
+        if not queue:
+            self._queued.pop(row, None)
+
+    def _pop_job(self, row: int, job_id: Any) -> _Job | None:
         jobs = self._jobs.get(row)
         if jobs is None:
             return None
-        entry = jobs.pop(job_id, None)
+        rec = jobs.pop(job_id, None)
         if not jobs:
             del self._jobs[row]
-        return entry
-
-    def _job_process(self, row: int, node: NodeId, job_id: Any, job: Any, handle: Any):
-        cpu = self._cpu_of(row)
-        req = cpu.request()
-        started = None
-        duration = job.flops / float(self._flops[row])
-        try:
-            yield req
-            started = self.env.now
-            churn_at = self._churn_moment(row, duration)
-            if churn_at is not None:
-                # The drop-out is part of this task: it waits inside the job's own process,
-                # so cancelling the job (a straggler cut off, the device going offline)
-                # cancels the drop-out with it, and it can never fire on an idle device.
-                yield self.env.timeout(churn_at)
-                self._pop_job(row, job_id)          # gone before going offline cancels it
-                self._abandon(row, node, job, handle, started, duration)
-                self._set_flag(node, "churn_out", True)
-                return
-            yield self.env.timeout(duration)
-        except simpy.Interrupt:
-            if started is not None:
-                self._abandon(row, node, job, handle, started, duration)
-            else:
-                self.executor.cancel(handle)
-            return
-        finally:
-            cpu.release(req)
-            if not cpu.users and not cpu.queue and self._cpus.get(row) is cpu:
-                del self._cpus[row]       # an idle device holds no CPU object
-        self._pop_job(row, job_id)
-        # Training results stay deferred until a machine reads them, so that all the jobs of a
-        # round are computed in one batch; other kinds are computed now.
-        result = (self.executor.deferred(handle) if hasattr(job, "task")
-                  else self.executor.result(handle))
-        self._charge_compute(row, node, job.flops, duration)
-        if self._online[row]:
-            self.deliver(node, JobDone(job_id, result))
+        return rec
 
     def _churn_moment(self, row: int, duration: float) -> float | None:
         """With probability ``churn``, the offset into a task of ``duration`` seconds at which
@@ -652,17 +687,24 @@ class Driver:
             return None
         return float(self.rng.uniform(0.0, duration))
 
-    def _abandon(self, row: int, node: NodeId, job: Any, handle: Any, started: float,
-                 duration: float) -> None:
+    def _abandon(self, rec: _Job) -> None:
         """Drop a job that started but will not finish; charge the part of it that ran."""
-        self.executor.cancel(handle)
-        frac = (self.env.now - started) / duration if duration > 0 else 0.0
-        self._charge_compute(row, node, frac * job.flops, self.env.now - started)
+        self.executor.cancel(rec.handle)
+        ran = self.env.now - rec.started
+        frac = ran / rec.duration if rec.duration > 0 else 0.0
+        self._charge_compute(rec.row, rec.node, frac * rec.job.flops, ran)
 
     def _cancel_job(self, node: NodeId, job_id: Any) -> None:
-        entry = self._pop_job(self._row(node), job_id)
-        if entry is not None and entry[0].is_alive:
-            entry[0].interrupt("cancelled")
+        rec = self._pop_job(self._row(node), job_id)
+        if rec is None or rec.state not in ("queued", "running"):
+            return
+        if rec.state == "queued":
+            rec.state = "cancelled"
+            self.executor.cancel(rec.handle)
+            return
+        rec.state = "cancelled"
+        self._abandon(rec)
+        self._cpu_free(rec.row, rec)
 
     def _charge_compute(self, row: int, node: NodeId, flops: float, seconds: float) -> None:
         energy = flops * float(self._j_per_flop[row])

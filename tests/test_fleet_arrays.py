@@ -220,7 +220,7 @@ def test_device_state_views_read_and_write_the_columns():
     driver._set_flag(2, "avail_on", False)
     assert not driver.devices[2].online and driver.devices[2].drops["availability"] == 1
     assert set(driver.devices) == {0, 1, 2} and 3 not in driver.devices
-    assert dev.cpu is dev.cpu and not driver._jobs          # made on demand
+    assert dev.running is None and not driver._jobs         # idle: no job table
 
 
 def test_simulation_device_rows_match_a_list_and_pickle():
@@ -252,3 +252,51 @@ def test_fedavg_server_pool_stays_sorted_as_peers_come_and_go(changes):
         if k == len(changes) // 2:
             server._sorted_pool()            # from here on it is kept up to date
     assert server._sorted_pool() == sorted(server.present, key=str)
+
+
+def test_a_device_runs_its_jobs_one_at_a_time_and_a_cancelled_queued_job_never_runs():
+    from dataclasses import dataclass
+
+    from crowdlearn.protocols.io import CancelJob, JobDone, RunJob, TimerFired
+    from crowdlearn.training.jobs import Executor
+
+    @dataclass(frozen=True)
+    class Task:
+        flops: float
+        kind: str = "noop"
+        memory_bytes: int = 0
+
+    flops = TIERS["mid_range"].flops
+
+    class Three(Machine):
+        def __init__(self, node):
+            super().__init__(node)
+            self.done, self.timer = [], None
+
+        def handle(self, event, now):
+            if isinstance(event, Start):
+                self.timer = 1.0
+                return [RunJob(k, Task(d * flops)) for k, d in ((1, 10.0), (2, 5.0), (3, 2.0))]
+            if isinstance(event, TimerFired):
+                self.timer = None
+                return [CancelJob(2)]
+            if isinstance(event, JobDone):
+                self.done.append((event.job_id, now))
+            return []
+
+        def next_timer(self):
+            return self.timer
+
+    env = simpy.Environment()
+    net = Network(env, cell_tree(1, device_up_bps=1e6, device_down_bps=1e6,
+                                 device_latency_s=0.0))
+    mon = Monitor(range(1))
+    m = Three(0)
+    driver = Driver(env, net, {0: m}, {0: TIERS["mid_range"]},
+                    executor=Executor({"noop": lambda jobs: [None] * len(jobs)}), monitor=mon,
+                    rng=np.random.default_rng(0), server=None)
+    driver.start()
+    driver.run()
+    assert m.done == [(1, pytest.approx(10.0)), (3, pytest.approx(12.0))]
+    assert mon.dev[0]["busy_s"] == pytest.approx(12.0)      # job 2 never ran
+    assert not driver._jobs and not driver._running and not driver._queued
