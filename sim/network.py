@@ -702,7 +702,8 @@ class Network:
         self._t_last = env.now
         self._version = 0
         self._dirty = False
-        self._changed: list[np.ndarray] = []   # links of the flows that came or went
+        self._changed: list[list[int]] = []    # links of the flows that came or went
+        self._gone: list[tuple[list[int], float]] = []   # (links, rate) of flows that went
         self._seq = 0
         self._by_node: dict[Node, dict[Transfer, None]] = {}
 
@@ -888,9 +889,9 @@ class Network:
             slot = transfer._slot
             delivered = min(float(transfer.nbytes),
                             max(0.0, transfer.nbytes - float(self._rem[slot])))
+            self._gone.append((transfer._cids, float(self._rate[slot])))
             self._remove_slot(slot)
             self._mark_dirty(transfer._cids)
-            self._release(transfer._cids)
             transfer._delivered = delivered
             whole = int(delivered)
             if whole:
@@ -1055,20 +1056,85 @@ class Network:
         inv = self._lk[:, :n]
         cap = self._ccap
         changed = np.fromiter((c for ids in self._changed for c in ids), dtype=np.intp)
-        self._changed = []
-        sel = self._affected(inv, changed, cap.shape[0] - 1)
-        if sel is None:
-            self._rate[:n] = _progressive_filling(inv, cap)
-        elif sel.size:
-            # max-min fairness splits over groups of flows that share no link: only the groups
-            # a start or an end touched are refilled; the others keep their rates
-            self._rate[sel] = _progressive_filling(np.take(inv, sel, axis=1), cap)
+        gone, self._gone, self._changed = self._gone, [], []
+        if not self._refill_loose(inv, cap, changed, gone):
+            sel = self._affected(inv, changed, cap.shape[0] - 1)
+            if sel is None:
+                self._rate[:n] = _progressive_filling(inv, cap)
+            elif sel.size:
+                # max-min fairness splits over groups of flows that share no link: only the
+                # groups a start or an end touched are refilled; the others keep their rates
+                self._rate[sel] = _progressive_filling(np.take(inv, sel, axis=1), cap)
+        for ids, _ in gone:
+            self._release(ids)
         rate = self._rate[:n]
         with np.errstate(divide="ignore"):
             due = self._rem[:n] / rate
         k = int(np.argmin(due))
         timer = self.env.timeout(max(0.0, float(due[k])), self._version)
         timer.callbacks.append(self._on_timer)
+
+    def _refill_loose(self, inv: np.ndarray, cap: np.ndarray, changed: np.ndarray,
+                      gone: list) -> bool:
+        """Refill only the flows a change reaches through *saturated* shared links.
+
+        A shared link with room to spare (the server's link while the cells' backhauls are
+        full, say) binds nobody, so it does not tie the groups of flows on either side of it
+        together.  The flows reached from the change (new flows, and flows on saturated
+        links that a flow joined or left) are refilled with every loose shared link taken as
+        unbounded; if those links still have room with the new rates, the result is the max-min
+        allocation (every flow keeps a bottleneck and every link is within capacity) and True
+        is returned.  Otherwise nothing is changed and False sends the caller to the exact
+        refill of the whole connected group.
+        """
+        n = inv.shape[1]
+        pad = cap.shape[0] - 1
+        rate = self._rate[:n]
+        flat = inv.ravel()
+        weights = np.broadcast_to(rate, inv.shape).ravel()
+        cnt = np.bincount(flat, minlength=pad + 1)
+        usage = np.bincount(flat, weights=weights, minlength=pad + 1)
+        before = usage
+        if gone:   # what the links carried before the flows that went left them
+            ids = np.fromiter((c for g, _ in gone for c in g), dtype=np.intp)
+            r = np.fromiter((r for g, r in gone for _ in g), dtype=float, count=ids.shape[0])
+            before = usage + np.bincount(ids, weights=r, minlength=pad + 1)
+            cnt = cnt + np.bincount(ids, minlength=pad + 1)
+        cnt[pad] = 0
+        shared = cnt >= 2
+        tight = shared & (before >= cap * (1.0 - 1e-9))
+        loose = shared & ~tight
+        if not loose.any():
+            return False
+        mark = np.zeros(pad + 1, dtype=bool)
+        mark[changed] = True
+        mark &= tight
+        sel = (rate == 0.0) | mark[inv].any(axis=0)      # new flows have rate 0 until now
+        count = -1
+        while True:
+            got = int(np.count_nonzero(sel))
+            if got == count:
+                break
+            count = got
+            mark[np.compress(sel, inv, axis=1)] = True
+            mark &= tight
+            sel |= mark[inv].any(axis=0)
+        if not count:
+            return True
+        slots = np.flatnonzero(sel)
+        sub = np.take(inv, slots, axis=1)
+        capx = cap.copy()
+        capx[loose] = np.inf
+        with np.errstate(invalid="ignore"):   # a flow on loose links alone rises to inf
+            new = _progressive_filling(sub, capx)
+        if not np.isfinite(new).all():
+            return False
+        after = usage + np.bincount(sub.ravel(), weights=np.tile(new - rate[slots], sub.shape[0]),
+                                    minlength=pad + 1)
+        if (after[loose] > cap[loose]).any():
+            return False
+        self._rate[slots] = new
+        return True
 
     @staticmethod
     def _affected(inv: np.ndarray, changed: np.ndarray, pad: int) -> np.ndarray | None:
@@ -1101,11 +1167,11 @@ class Network:
         finished[int(np.argmin(rem / rate))] = True  # the flow this timer was set for
         slots = np.flatnonzero(finished)
         ended = [self._flows[s] for s in slots]
+        self._gone.extend(zip((t._cids for t in ended), rate[slots].tolist()))
         for s in slots[::-1]:  # highest first, so swap-removal never moves a finished flow
             self._remove_slot(int(s))
         for t in ended:
             self._mark_dirty(t._cids)
-            self._release(t._cids)
         ended.sort(key=lambda t: t._seq)
         for t in ended:
             self._complete(t)
