@@ -52,7 +52,8 @@ class Monitor:
         self.takeovers = 0
         self.epsilon: float | None = None
         self.privacy_ledger = None
-        self.dev: dict[NodeId, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        # per-device counters: a column per device of a range fleet, a dict for other ids
+        self.dev = DeviceCounters(self.devices)
         self.rounds: list[dict] = []
         self._pending_round: dict | None = None
         self._local: dict[int, list] = defaultdict(list)
@@ -70,10 +71,10 @@ class Monitor:
             self.messages_by_kind[key] += 1
         if src != self.server:
             self.bytes_up += nbytes
-            self.dev[src]["bytes_sent"] += nbytes
+            self.dev.add(src, "bytes_sent", nbytes)
         if dst != self.server:
             self.bytes_down += nbytes
-            self.dev[dst]["bytes_received"] += nbytes
+            self.dev.add(dst, "bytes_received", nbytes)
 
     def on_partial_transfer(self, src, dst, nbytes: float) -> None:
         """A transfer cut off by a drop-out: its bytes used the radio but delivered nothing."""
@@ -85,19 +86,18 @@ class Monitor:
     def on_compute(self, node: NodeId, flops: float, seconds: float, energy_j: float) -> None:
         self.flops += flops
         self.compute_s += seconds
-        d = self.dev[node]
-        d["flops"] += flops
-        d["busy_s"] += seconds
+        self.dev.add(node, "flops", flops)
+        self.dev.add(node, "busy_s", seconds)
 
     def on_energy(self, node: NodeId, joules: float) -> None:
         self.energy_j += joules
-        self.dev[node]["energy_j"] += joules
+        self.dev.add(node, "energy_j", joules)
 
     def on_offline(self, node: NodeId, reason: str, now: float) -> None:
         pass  # counted by the driver's DeviceState.drops
 
     def on_job_failed(self, node: NodeId, reason: str) -> None:
-        self.dev[node]["jobs_failed"] += 1
+        self.dev.add(node, "jobs_failed", 1)
 
     # ------------------------------------------------------------ reports
     def on_report(self, node: NodeId, rep: Report, now: float) -> None:
@@ -105,9 +105,9 @@ class Monitor:
         if rep.name == "round":
             info = dict(rep.value)
             for d in info["selected"]:
-                self.dev[d]["rounds_selected"] += 1
+                self.dev.add(d, "rounds_selected", 1)
             for d in info["aggregated"]:
-                self.dev[d]["rounds_aggregated"] += 1
+                self.dev.add(d, "rounds_aggregated", 1)
             self.rounds.append(info)
             self._pending_round = info
         elif rep.name == "global_model":
@@ -158,8 +158,59 @@ class Monitor:
         """One row per device (:data:`DEVICE_FIELDS`), made on access from the driver's columns
         and the counters of the devices that did something."""
         snap = states.snapshot() if hasattr(states, "snapshot") else None
-        return DeviceRows(self.devices, {k: dict(v) for k, v in self.dev.items()}, states, snap,
-                          sim_time)
+        return DeviceRows(self.devices, self.dev.copy(), states, snap, sim_time)
+
+
+class DeviceCounters(Mapping):
+    """Per-device sums (bytes, FLOPs, busy time, energy, rounds, failures): ``counters[node]``
+    is a dict of the device's non-zero sums.  Devices ``0..n-1`` of a ``range`` fleet are
+    columns of one array (64 bytes each, whatever they did); other ids go to a dict."""
+
+    FIELDS = ("bytes_sent", "bytes_received", "flops", "busy_s", "energy_j", "rounds_selected",
+              "rounds_aggregated", "jobs_failed")
+    _COL = {f: k for k, f in enumerate(FIELDS)}
+
+    def __init__(self, devices):
+        self._n = len(devices) if isinstance(devices, range) and devices.start == 0 \
+            and devices.step == 1 else 0
+        self._cols = np.zeros((len(self.FIELDS), self._n))
+        self._other: dict = defaultdict(lambda: defaultdict(float))
+
+    def _is_col(self, node) -> bool:
+        return type(node) is int and 0 <= node < self._n
+
+    def add(self, node, field: str, value: float) -> None:
+        if self._is_col(node):
+            self._cols[self._COL[field], node] += value
+        else:
+            self._other[node][field] += value
+
+    def __getitem__(self, node) -> dict:
+        if self._is_col(node):
+            col = self._cols[:, node]
+            return {f: float(col[k]) for k, f in enumerate(self.FIELDS) if col[k]}
+        if node in self._other:
+            return dict(self._other[node])
+        raise KeyError(node)
+
+    def get(self, node, default=None):
+        try:
+            return self[node]
+        except KeyError:
+            return default
+
+    def __iter__(self):
+        yield from np.flatnonzero(self._cols.any(axis=0)).tolist()
+        yield from self._other
+
+    def __len__(self) -> int:
+        return int(self._cols.any(axis=0).sum()) + len(self._other)
+
+    def copy(self) -> DeviceCounters:
+        out = DeviceCounters.__new__(DeviceCounters)
+        out._n, out._cols = self._n, self._cols.copy()
+        out._other = {k: dict(v) for k, v in self._other.items()}
+        return out
 
 
 class DeviceRows(Sequence):
@@ -167,7 +218,8 @@ class DeviceRows(Sequence):
     million dicts would take a gigabyte).  Holds plain data (numpy columns and the counters of
     active devices), so it pickles."""
 
-    def __init__(self, devices, dev: dict, states: Mapping, snap: dict | None, sim_time: float):
+    def __init__(self, devices, dev: Mapping, states: Mapping, snap: dict | None,
+                 sim_time: float):
         self.devices, self.dev, self.sim_time = devices, dev, sim_time
         if snap is None:   # a plain {node: state} mapping: copy what the rows need
             snap = {"tiers": [], "tier": {}, "online_s": {}, "drops": {}}
