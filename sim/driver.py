@@ -183,6 +183,11 @@ class LazyMachines(Mapping):
         ``make(node) -> Machine`` for the lazy ones.
     nodes
         The lazy nodes (e.g. ``range(n)``).
+    park, unpark
+        Optional: ``park(machine)`` returns a compact state of a machine that is idle (or None
+        if it is not), and ``unpark(node, state)`` rebuilds the machine from it.  The driver
+        parks a lazy machine after each input it handles, so a fleet holds machines only for
+        devices with something in flight.
 
     Examples
     --------
@@ -193,17 +198,22 @@ class LazyMachines(Mapping):
     """
 
     def __init__(self, fixed: Mapping[NodeId, Machine], make: Callable[[NodeId], Machine],
-                 nodes: Iterable[NodeId]):
+                 nodes: Iterable[NodeId], *, park: Callable[[Machine], Any] | None = None,
+                 unpark: Callable[[NodeId, Any], Machine] | None = None):
+        if (park is None) != (unpark is None):
+            raise ValueError("LazyMachines needs both park and unpark, or neither")
         self.fixed = dict(fixed)
         self.make = make
+        self.park, self.unpark = park, unpark
+        self._parked: dict[NodeId, Any] = {}
         self.nodes = nodes if isinstance(nodes, range) else list(nodes)
         self._lazy = set(self.nodes) if not isinstance(nodes, range) else None
         self._made: dict[NodeId, Machine] = {}
 
     @property
     def made(self) -> int:
-        """How many lazy machines exist so far."""
-        return len(self._made)
+        """How many lazy machines exist so far (parked ones included)."""
+        return len(self._made) + len(self._parked)
 
     def is_lazy(self, node: NodeId) -> bool:
         if node in self.fixed:
@@ -214,9 +224,24 @@ class LazyMachines(Mapping):
             and node in self.nodes
 
     def existing(self, node: NodeId) -> Machine | None:
-        """The machine if it exists already (no lazy construction)."""
+        """The machine if it exists already, parked ones rebuilt (no lazy construction)."""
         m = self.fixed.get(node)
-        return m if m is not None else self._made.get(node)
+        if m is None:
+            m = self._made.get(node)
+        if m is None and node in self._parked:
+            m = self._made[node] = self.unpark(node, self._parked.pop(node))
+        return m
+
+    def settle(self, node: NodeId, machine: Machine) -> None:
+        """After an input: park ``machine`` if it is idle, else keep it."""
+        if self.park is None or node in self.fixed:
+            return
+        state = self.park(machine)
+        if state is None:
+            self._made[node] = machine
+        else:
+            self._made.pop(node, None)
+            self._parked[node] = state
 
     def __getitem__(self, node: NodeId) -> Machine:
         m = self.existing(node)
@@ -510,11 +535,16 @@ class Driver:
             self._handle(node, machine, Start())   # what it would have seen at the start
         return machine
 
+    def _settle(self, node: NodeId, machine: Machine) -> None:
+        if isinstance(self.machines, LazyMachines):
+            self.machines.settle(node, machine)
+
     def deliver(self, node: NodeId, event: Any) -> None:
         machine = self._machine(node, event)
         if machine is None:
             return
         self._handle(node, machine, event)
+        self._settle(node, machine)
 
     def _handle(self, node: NodeId, machine: Machine, event: Any) -> None:
         self.events_handled += 1

@@ -94,14 +94,19 @@ class DeviceRngs(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(self.n))]
         i = int(i)
-        if not 0 <= i < self.n:
-            raise IndexError(f"device {i} out of range for {self.n} devices")
         g = self._made.get(i)
         if g is None:
-            p = self.parent
-            g = self._made[i] = np.random.default_rng(np.random.SeedSequence(
-                p.entropy, spawn_key=(*p.spawn_key, i), pool_size=p.pool_size))
+            g = self._made[i] = self.fresh(i)
         return g
+
+    def fresh(self, i: int) -> np.random.Generator:
+        """A new generator at the start of device ``i``'s stream (not kept)."""
+        i = int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(f"device {i} out of range for {self.n} devices")
+        p = self.parent
+        return np.random.default_rng(np.random.SeedSequence(
+            p.entropy, spawn_key=(*p.spawn_key, i), pool_size=p.pool_size))
 
 
 def _build_fedavg(ctx: Context) -> dict:
@@ -112,10 +117,32 @@ def _build_fedavg(ctx: Context) -> dict:
                           deadline_s=f.deadline_s, over_selection=f.over_selection,
                           min_clients=f.min_clients)
     server = FedAvgServer(SERVER, ctx.init_weights, params, rng=ctx.rngs["protocol"])
-    # a client exists once it is first selected (its Start does nothing)
-    return LazyMachines({SERVER: server},
-                        lambda d: FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d]),
-                        range(len(ctx.parts)))
+
+    def client(d, rng):
+        return FedAvgClient(d, ctx.spec, ctx.parts[d], rng=rng)
+
+    def park(m: FedAvgClient):   # an idle client is its generator's state
+        return None if m.job_round is not None else _rng_state(m.rng)
+
+    # a client exists once it is first selected (its Start does nothing), and is parked
+    # between rounds
+    return LazyMachines({SERVER: server}, lambda d: client(d, ctx.device_rngs.fresh(d)),
+                        range(len(ctx.parts)), park=park,
+                        unpark=lambda d, st: client(d, _rng_from_state(st)))
+
+
+def _rng_state(rng: np.random.Generator) -> tuple | None:
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        return None
+    return (st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
+
+
+def _rng_from_state(st: tuple) -> np.random.Generator:
+    bg = np.random.PCG64()
+    bg.state = {"bit_generator": "PCG64", "state": {"state": st[0], "inc": st[1]},
+                "has_uint32": st[2], "uinteger": st[3]}
+    return np.random.Generator(bg)
 
 
 def _build_centralized(ctx: Context) -> dict:

@@ -304,3 +304,20 @@ def test_a_device_runs_its_jobs_one_at_a_time_and_a_cancelled_queued_job_never_r
     assert m.done == [(1, pytest.approx(10.0)), (3, pytest.approx(12.0))]
     assert mon.dev[0]["busy_s"] == pytest.approx(12.0)      # job 2 never ran
     assert not driver._jobs and not driver._running and not driver._queued
+
+
+def test_parked_fedavg_clients_resume_their_generator_streams():
+    from sim.experiment import _rng_from_state, _rng_state
+
+    g = np.random.default_rng(11)
+    g.random(3), g.integers(0, 5, size=7)
+    h = _rng_from_state(_rng_state(g))
+    assert h.random(5).tolist() == g.random(5).tolist()
+    cfg = from_dict({"rounds": 3, "fleet": {"devices": 40}, "training": {"backend": "none"},
+                     "data": {"dataset": "digits"}, "model": {"hidden": [8]},
+                     "fedavg": {"clients_per_round": 6}})
+    sim = Simulation(cfg)
+    sim.run()
+    lazy = sim.driver.machines
+    assert lazy.made > 0 and not lazy._made          # every selected client is parked now
+    assert isinstance(lazy[next(iter(lazy._parked))], FedAvgClient)
