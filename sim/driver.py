@@ -18,7 +18,6 @@ churned out.  Going offline cancels its transfers and jobs, tells its own machin
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any

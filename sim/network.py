@@ -1167,7 +1167,7 @@ class Network:
         finished[int(np.argmin(rem / rate))] = True  # the flow this timer was set for
         slots = np.flatnonzero(finished)
         ended = [self._flows[s] for s in slots]
-        self._gone.extend(zip((t._cids for t in ended), rate[slots].tolist()))
+        self._gone.extend(zip((t._cids for t in ended), rate[slots].tolist(), strict=True))
         for s in slots[::-1]:  # highest first, so swap-removal never moves a finished flow
             self._remove_slot(int(s))
         for t in ended:

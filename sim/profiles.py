@@ -544,7 +544,7 @@ class FleetProfiles(Sequence):
                     and all(np.array_equal(self.columns[f], other.columns[f])
                             for f in self.FIELDS))
         if isinstance(other, Sequence) and not isinstance(other, str):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
