@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +35,10 @@ from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor
 from sim.availability import make_availability
-from sim.driver import Driver, FaultParams
+from sim.driver import Driver, FaultParams, Fleet, LazyMachines
 from sim.monitor import Monitor
-from sim.network import Network, build_topology
-from sim.profiles import TIERS, sample_fleet
+from sim.network import CellTree, Network, cell_tree
+from sim.profiles import TIERS, sample_fleet_table
 
 MBPS = 1e6 / 8  # bytes per second in one Mbit/s
 
@@ -56,10 +56,19 @@ class Context:
     parts: list[np.ndarray]
     init_weights: list[np.ndarray]
     rngs: dict[str, np.random.Generator]
-    device_rngs: list[np.random.Generator]
-    graph: Any = None                       # the topology (networkx), for latencies and cells
+    device_rngs: Sequence[np.random.Generator]
+    topology: Any = None                    # a CellTree (or a networkx graph)
     d2d_pairs: list = field(default_factory=list)   # builders may ask for device-device links
     extra: dict = field(default_factory=dict)       # builders' objects for reports and tests
+
+    @property
+    def graph(self):
+        """The topology as a networkx graph, for latencies and cells (built when first asked)."""
+        return self.topology.graph if isinstance(self.topology, CellTree) else self.topology
+
+    @graph.setter
+    def graph(self, value) -> None:
+        self.topology = value
 
     def path_latency(self, src, dst) -> float:
         import networkx as nx
@@ -68,6 +77,37 @@ class Context:
     @property
     def devices(self) -> list[int]:
         return list(range(len(self.parts)))
+
+
+class DeviceRngs(Sequence):
+    """Device ``i``'s generator, ``default_rng(parent.spawn(n)[i])``, made on first use: a
+    fleet of millions does not hold millions of generators, and the streams are those of
+    ``SeedSequence.spawn`` (the same child seeds, whatever the order of use)."""
+
+    def __init__(self, parent: np.random.SeedSequence, n: int):
+        self.parent, self.n = parent, n
+        self._made: dict[int, np.random.Generator] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        i = int(i)
+        g = self._made.get(i)
+        if g is None:
+            g = self._made[i] = self.fresh(i)
+        return g
+
+    def fresh(self, i: int) -> np.random.Generator:
+        """A new generator at the start of device ``i``'s stream (not kept)."""
+        i = int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(f"device {i} out of range for {self.n} devices")
+        p = self.parent
+        return np.random.default_rng(np.random.SeedSequence(
+            p.entropy, spawn_key=(*p.spawn_key, i), pool_size=p.pool_size))
 
 
 def _build_fedavg(ctx: Context) -> dict:
@@ -83,11 +123,19 @@ def _build_fedavg(ctx: Context) -> dict:
     dp = dp_fedavg.DPFedAvg(dp_params) if dp_params is not None else None
     sa = secagg.params_from_config(cfg)
     if sa is None:
-        machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params,
-                                               rng=ctx.rngs["protocol"], dp=dp)}
-        for d in ctx.devices:
-            machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
-        return machines
+        server = FedAvgServer(SERVER, ctx.init_weights, params, rng=ctx.rngs["protocol"], dp=dp)
+
+        def client(d, rng):
+            return FedAvgClient(d, ctx.spec, ctx.parts[d], rng=rng)
+
+        def park(m: FedAvgClient):   # an idle client is its generator's state
+            return None if m.job_round is not None else _rng_state(m.rng)
+
+        # a client exists once it is first selected (its Start does nothing), and is parked
+        # between rounds
+        return LazyMachines({SERVER: server}, lambda d: client(d, ctx.device_rngs.fresh(d)),
+                            range(len(ctx.parts)), park=park,
+                            unpark=lambda d, st: client(d, _rng_from_state(st)))
     # secure aggregation: crypto costs calibrated on this machine; key material from its own
     # per-device streams so that training draws exactly what it draws without SecAgg
     from crowdlearn.crypto.costs import calibrate
@@ -103,6 +151,20 @@ def _build_fedavg(ctx: Context) -> dict:
             crypto_rng=np.random.default_rng(streams[d]),
             privatise=dp.client_privatise if dp is not None else None)
     return machines
+
+
+def _rng_state(rng: np.random.Generator) -> tuple | None:
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        return None
+    return (st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
+
+
+def _rng_from_state(st: tuple) -> np.random.Generator:
+    bg = np.random.PCG64()
+    bg.state = {"bit_generator": "PCG64", "state": {"state": st[0], "inc": st[1]},
+                "has_uint32": st[2], "uinteger": st[3]}
+    return np.random.Generator(bg)
 
 
 def _build_centralized(ctx: Context) -> dict:
@@ -344,11 +406,11 @@ class Simulation:
                                    rng=self.rngs["data"], **params)
         self.spec = build_model(cfg, self.dataset)
         init = self.spec.init_weights(self.rngs["model"])
-        device_rngs = [np.random.default_rng(s) for s in children[-1].spawn(n)]
+        device_rngs = DeviceRngs(children[-1], n)
         self.ctx = Context(cfg, self.dataset, self.spec, self.parts, init, self.rngs, device_rngs)
 
-        self.profiles = sample_fleet(n, cfg.fleet.mix, rng=self.rngs["fleet"],
-                                     jitter=cfg.fleet.jitter)
+        self.profiles = sample_fleet_table(n, cfg.fleet.mix, rng=self.rngs["fleet"],
+                                           jitter=cfg.fleet.jitter)
         server_profile = TIERS[cfg.fleet.server_tier]
         self.env = simpy.Environment()
         self.ctx.graph = self._topology(())
@@ -359,14 +421,17 @@ class Simulation:
         # server-side nodes a protocol adds besides the server (hres: the key transform server),
         # linked to the core like the server; node -> profile tier
         infra = self.ctx.extra.get("infrastructure", {})
-        link = _server_link(cfg)             # the same link as the server's (fleet.server_tier)
-        for node in infra:
-            self.ctx.graph.add_node(node, kind="server")
-            self.ctx.graph.add_edge(node, "core", bandwidth=link["server_bps"],
-                                    latency=link["server_latency_s"])
-            self.ctx.graph.add_edge("core", node, bandwidth=link["server_down_bps"],
-                                    latency=link["server_latency_s"])
-        self.network = Network(self.env, self.ctx.graph)
+        if infra:
+            link = _server_link(cfg)         # the same link as the server's (fleet.server_tier)
+            graph = self.ctx.graph           # a networkx graph holds the extra nodes
+            for node in infra:
+                graph.add_node(node, kind="server")
+                graph.add_edge(node, "core", bandwidth=link["server_bps"],
+                               latency=link["server_latency_s"])
+                graph.add_edge("core", node, bandwidth=link["server_down_bps"],
+                               latency=link["server_latency_s"])
+            self.ctx.graph = graph
+        self.network = Network(self.env, self.ctx.topology)
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
         elif trainer_factory is not None:
@@ -410,9 +475,8 @@ class Simulation:
                              battery=av.battery, battery_min_fraction=av.battery_min_fraction,
                              recharge_s=av.recharge_s,
                              initial_battery=tuple(av.initial_battery))
-        profiles = {d: self.profiles[d] for d in range(n)}
-        profiles[SERVER] = server_profile
-        profiles.update({node: TIERS[tier] for node, tier in infra.items()})
+        profiles = Fleet(self.profiles, {SERVER: server_profile,
+                                         **{node: TIERS[tier] for node, tier in infra.items()}})
         self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,
                              monitor=self.monitor, availability=availability, faults=faults,
                              rng=self.rngs["faults"],
@@ -421,11 +485,12 @@ class Simulation:
 
     def _topology(self, d2d_pairs):
         cfg = self.config
-        return build_topology(
+        cols = self.profiles.columns
+        return cell_tree(
             cfg.fleet.devices,
-            device_up_bps=np.array([p.up_bps for p in self.profiles]),
-            device_down_bps=np.array([p.down_bps for p in self.profiles]),
-            device_latency_s=np.array([p.latency_s for p in self.profiles]),
+            device_up_bps=cols["up_bps"],
+            device_down_bps=cols["down_bps"],
+            device_latency_s=cols["latency_s"],
             cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
             **_server_link(cfg), d2d_pairs=d2d_pairs,
             d2d_bps=cfg.fleet.d2d_mbps * MBPS, d2d_latency_s=cfg.fleet.d2d_latency_s)
