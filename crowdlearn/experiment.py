@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,10 @@ from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor, Trainer, TrainerFactory
 from sim.availability import make_availability
-from sim.driver import Driver, FaultParams
+from sim.driver import Driver, FaultParams, Fleet
 from sim.monitor import Monitor
-from sim.network import Network, build_topology
-from sim.profiles import TIERS, sample_fleet
+from sim.network import CellTree, Network, cell_tree
+from sim.profiles import TIERS, sample_fleet_table
 
 MBPS = 1e6 / 8  # bytes per second in one Mbit/s
 
@@ -49,8 +49,8 @@ class Context:
     parts: list[np.ndarray]
     init_weights: list[np.ndarray]
     rngs: dict[str, np.random.Generator]
-    device_rngs: list[np.random.Generator]
-    graph: Any = None                       # the topology (networkx), for latencies and cells
+    device_rngs: Sequence[np.random.Generator]
+    topology: Any = None                    # a CellTree (or a networkx graph)
     d2d_pairs: list = field(default_factory=list)   # builders may ask for device-device links
     extra: dict = field(default_factory=dict)       # builders' objects for reports and tests
 
@@ -59,6 +59,15 @@ class Context:
         protocol's own trainer, whose traced functions and training set are costly)."""
         return _cached(key, make)
 
+    @property
+    def graph(self):
+        """The topology as a networkx graph, for latencies and cells (built when first asked)."""
+        return self.topology.graph if isinstance(self.topology, CellTree) else self.topology
+
+    @graph.setter
+    def graph(self, value) -> None:
+        self.topology = value
+
     def path_latency(self, src, dst) -> float:
         import networkx as nx
         return nx.shortest_path_length(self.graph, src, dst, weight="latency")
@@ -66,6 +75,37 @@ class Context:
     @property
     def devices(self) -> list[int]:
         return list(range(len(self.parts)))
+
+
+class DeviceRngs(Sequence):
+    """Device ``i``'s generator, ``default_rng(parent.spawn(n)[i])``, made on first use: a
+    fleet of millions does not hold millions of generators, and the streams are those of
+    ``SeedSequence.spawn`` (the same child seeds, whatever the order of use)."""
+
+    def __init__(self, parent: np.random.SeedSequence, n: int):
+        self.parent, self.n = parent, n
+        self._made: dict[int, np.random.Generator] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        i = int(i)
+        g = self._made.get(i)
+        if g is None:
+            g = self._made[i] = self.fresh(i)
+        return g
+
+    def fresh(self, i: int) -> np.random.Generator:
+        """A new generator at the start of device ``i``'s stream (not kept)."""
+        i = int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(f"device {i} out of range for {self.n} devices")
+        p = self.parent
+        return np.random.default_rng(np.random.SeedSequence(
+            p.entropy, spawn_key=(*p.spawn_key, i), pool_size=p.pool_size))
 
 
 def build_model(cfg: Config, dataset) -> models.ModelSpec:
@@ -184,11 +224,11 @@ class Simulation:
                                    rng=self.rngs["data"], **params)
         self.spec = build_model(cfg, self.dataset)
         init = self.spec.init_weights(self.rngs["model"])
-        device_rngs = [np.random.default_rng(s) for s in children[-1].spawn(n)]
+        device_rngs = DeviceRngs(children[-1], n)
         self.ctx = Context(cfg, self.dataset, self.spec, self.parts, init, self.rngs, device_rngs)
 
-        self.profiles = sample_fleet(n, cfg.fleet.mix, rng=self.rngs["fleet"],
-                                     jitter=cfg.fleet.jitter)
+        self.profiles = sample_fleet_table(n, cfg.fleet.mix, rng=self.rngs["fleet"],
+                                           jitter=cfg.fleet.jitter)
         server_profile = TIERS[cfg.fleet.server_tier]
         self.env = simpy.Environment()
         self.ctx.graph = self._topology(())
@@ -200,14 +240,17 @@ class Simulation:
         # server-side nodes a protocol adds besides the server (hres: the key transform server),
         # linked to the core like the server; node -> profile tier
         infra = self.ctx.extra.get("infrastructure", {})
-        link = _server_link(cfg)             # the same link as the server's (fleet.server_tier)
-        for node in infra:
-            self.ctx.graph.add_node(node, kind="server")
-            self.ctx.graph.add_edge(node, "core", bandwidth=link["server_bps"],
-                                    latency=link["server_latency_s"])
-            self.ctx.graph.add_edge("core", node, bandwidth=link["server_down_bps"],
-                                    latency=link["server_latency_s"])
-        self.network = Network(self.env, self.ctx.graph)
+        if infra:
+            link = _server_link(cfg)         # the same link as the server's (fleet.server_tier)
+            graph = self.ctx.graph           # a networkx graph holds the extra nodes
+            for node in infra:
+                graph.add_node(node, kind="server")
+                graph.add_edge(node, "core", bandwidth=link["server_bps"],
+                               latency=link["server_latency_s"])
+                graph.add_edge("core", node, bandwidth=link["server_down_bps"],
+                               latency=link["server_latency_s"])
+            self.ctx.graph = graph
+        self.network = Network(self.env, self.ctx.topology)
         self.trainer: Trainer
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
@@ -246,9 +289,8 @@ class Simulation:
                              battery=av.battery, battery_min_fraction=av.battery_min_fraction,
                              recharge_s=av.recharge_s,
                              initial_battery=tuple(av.initial_battery))
-        profiles = {d: self.profiles[d] for d in range(n)}
-        profiles[SERVER] = server_profile
-        profiles.update({node: TIERS[tier] for node, tier in infra.items()})
+        profiles = Fleet(self.profiles, {SERVER: server_profile,
+                                         **{node: TIERS[tier] for node, tier in infra.items()}})
         self.driver = Driver(self.env, self.network, machines, profiles, executor=self.executor,
                              monitor=self.monitor, availability=availability, faults=faults,
                              rng=self.rngs["faults"],
@@ -257,11 +299,12 @@ class Simulation:
 
     def _topology(self, d2d_pairs):
         cfg = self.config
-        return build_topology(
+        cols = self.profiles.columns
+        return cell_tree(
             cfg.fleet.devices,
-            device_up_bps=np.array([p.up_bps for p in self.profiles]),
-            device_down_bps=np.array([p.down_bps for p in self.profiles]),
-            device_latency_s=np.array([p.latency_s for p in self.profiles]),
+            device_up_bps=cols["up_bps"],
+            device_down_bps=cols["down_bps"],
+            device_latency_s=cols["latency_s"],
             cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
             **_server_link(cfg), d2d_pairs=d2d_pairs,
             d2d_bps=cfg.fleet.d2d_mbps * MBPS, d2d_latency_s=cfg.fleet.d2d_latency_s)

@@ -18,8 +18,8 @@ churned out.  Going offline cancels its transfers and jobs, tells its own machin
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ from sim.machine import (
 )
 from sim.monitor import Monitor
 from sim.network import Network
-from sim.profiles import DeviceProfile
+from sim.profiles import DeviceProfile, FleetProfiles
 
 
 @dataclass(frozen=True)
@@ -78,20 +78,311 @@ class FaultParams:
     initial_battery: tuple[float, float] = (1.0, 1.0)
 
 
-@dataclass(eq=False)
+_REASONS = ("availability", "battery", "churn")
+_FLAG_REASON = {"avail_on": "availability", "battery_out": "battery", "churn_out": "churn"}
+
+
+class Fleet(Mapping):
+    """Node id → :class:`DeviceProfile` for a driver, held column-wise.
+
+    Devices ``0 .. n-1`` come from a :class:`~sim.profiles.FleetProfiles` table (row ``i`` is
+    device ``i``); a few other nodes (the server) follow as ``extra``.  :meth:`from_mapping`
+    turns any ``{node: profile}`` into one (a dictionary then maps nodes to rows).
+
+    Examples
+    --------
+    >>> from sim.profiles import TIERS, FleetProfiles
+    >>> f = Fleet(FleetProfiles.from_profiles([TIERS["low_end"]] * 3), {"server": TIERS["edge_server"]})
+    >>> list(f), f.row_of(2), f.row_of("server"), f[1].tier
+    ([0, 1, 2, 'server'], 2, 3, 'low_end')
+    """
+
+    def __init__(self, table: FleetProfiles, extra: Mapping[NodeId, DeviceProfile] = {}, *,
+                 nodes: list | None = None):
+        self.table = table
+        self.extra = dict(extra)
+        self._n = len(table)
+        self._nodes = nodes                           # None: rows 0..n-1 are the ints 0..n-1
+        self._index = {node: k for k, node in enumerate(nodes)} if nodes is not None else {}
+        for k, node in enumerate(self.extra):
+            self._index[node] = self._n + k
+        ext = list(self.extra.values())
+        self.columns = {
+            name: np.concatenate([table.columns[name],
+                                  np.array([getattr(p, name) for p in ext],
+                                           dtype=table.columns[name].dtype)])
+            for name in FleetProfiles.FIELDS}
+
+    @classmethod
+    def from_mapping(cls, profiles: Mapping[NodeId, DeviceProfile]) -> Fleet:
+        if isinstance(profiles, Fleet):
+            return profiles
+        nodes = list(profiles)
+        return cls(FleetProfiles.from_profiles([profiles[k] for k in nodes]), nodes=nodes)
+
+    @property
+    def rows(self) -> int:
+        return self._n + len(self.extra)
+
+    def row_of(self, node: NodeId) -> int | None:
+        """The row of ``node``, or None if it is not in the fleet."""
+        if self._nodes is None:
+            if type(node) is int:
+                return node if 0 <= node < self._n else None
+            if isinstance(node, np.integer) and 0 <= node < self._n:
+                return int(node)
+        try:
+            return self._index.get(node)
+        except TypeError:          # an unhashable id is in no fleet
+            return None
+
+    def node_at(self, row: int) -> NodeId:
+        if row >= self._n:
+            return list(self.extra)[row - self._n]
+        return row if self._nodes is None else self._nodes[row]
+
+    def profile(self, row: int) -> DeviceProfile:
+        if row >= self._n:
+            return list(self.extra.values())[row - self._n]
+        return self.table[row]
+
+    def __getitem__(self, node: NodeId) -> DeviceProfile:
+        row = self.row_of(node)
+        if row is None:
+            raise KeyError(node)
+        return self.profile(row)
+
+    def __iter__(self) -> Iterator[NodeId]:
+        yield from (range(self._n) if self._nodes is None else self._nodes)
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __contains__(self, node: object) -> bool:
+        return self.row_of(node) is not None
+
+
+class LazyMachines(Mapping):
+    """Node id → machine, where the devices' machines are made on first use.
+
+    A fleet of millions holds a machine only for the devices that took part in something:
+    ``make(node)`` builds device ``node``'s machine the first time the driver has an input for
+    it.  The driver then delivers ``Start()`` to the new machine before that input, so a machine
+    sees the same inputs in the same order as if it had existed from the start; it must
+    therefore be one whose ``Start`` and ``Disconnected`` have no effect and arm no timer until
+    other inputs (as a FedAvg client), since its ``Start`` arrives later in simulated time and
+    neither is delivered to a machine that does not exist yet.
+
+    Parameters
+    ----------
+    fixed
+        Machines that exist from the start (the server).
+    make
+        ``make(node) -> Machine`` for the lazy ones.
+    nodes
+        The lazy nodes (e.g. ``range(n)``).
+    park, unpark
+        Optional: ``park(machine)`` returns a compact state of a machine that is idle (or None
+        if it is not), and ``unpark(node, state)`` rebuilds the machine from it.  The driver
+        parks a lazy machine after each input it handles, so a fleet holds machines only for
+        devices with something in flight.
+
+    Examples
+    --------
+    >>> from sim.machine import Machine
+    >>> m = LazyMachines({}, Machine, range(3))
+    >>> len(m), m.made, m[2].node_id, m.made
+    (3, 0, 2, 1)
+    """
+
+    def __init__(self, fixed: Mapping[NodeId, Machine], make: Callable[[NodeId], Machine],
+                 nodes: Iterable[NodeId], *, park: Callable[[Machine], Any] | None = None,
+                 unpark: Callable[[NodeId, Any], Machine] | None = None):
+        if (park is None) != (unpark is None):
+            raise ValueError("LazyMachines needs both park and unpark, or neither")
+        self.fixed = dict(fixed)
+        self.make = make
+        self.park, self.unpark = park, unpark
+        self._parked: dict[NodeId, Any] = {}
+        self.nodes = nodes if isinstance(nodes, range) else list(nodes)
+        self._lazy = set(self.nodes) if not isinstance(nodes, range) else None
+        self._made: dict[NodeId, Machine] = {}
+
+    @property
+    def made(self) -> int:
+        """How many lazy machines exist so far (parked ones included)."""
+        return len(self._made) + len(self._parked)
+
+    def is_lazy(self, node: NodeId) -> bool:
+        if node in self.fixed:
+            return False
+        if self._lazy is not None:
+            return node in self._lazy
+        return isinstance(node, (int, np.integer)) and not isinstance(node, bool) \
+            and node in self.nodes
+
+    def existing(self, node: NodeId) -> Machine | None:
+        """The machine if it exists already, parked ones rebuilt (no lazy construction)."""
+        m = self.fixed.get(node)
+        if m is None:
+            m = self._made.get(node)
+        if m is None and node in self._parked:
+            m = self._made[node] = self.unpark(node, self._parked.pop(node))
+        return m
+
+    def settle(self, node: NodeId, machine: Machine) -> None:
+        """After an input: park ``machine`` if it is idle, else keep it."""
+        if self.park is None or node in self.fixed:
+            return
+        state = self.park(machine)
+        if state is None:
+            self._made[node] = machine
+        else:
+            self._made.pop(node, None)
+            self._parked[node] = state
+
+    def __getitem__(self, node: NodeId) -> Machine:
+        m = self.existing(node)
+        if m is not None:
+            return m
+        if not self.is_lazy(node):
+            raise KeyError(node)
+        m = self._made[node] = self.make(node)
+        return m
+
+    def __iter__(self) -> Iterator[NodeId]:
+        yield from self.nodes
+        yield from (k for k in self.fixed if not self.is_lazy(k))
+
+    def __len__(self) -> int:
+        return len(self.nodes) + sum(1 for k in self.fixed if not self.is_lazy(k))
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.fixed or self.is_lazy(node)
+
+
+class _Drops(MutableMapping):
+    """A device's drop-out counters by reason: a live view of the driver's array."""
+
+    __slots__ = ("_arr", "_row")
+
+    def __init__(self, arr: np.ndarray, row: int):
+        self._arr, self._row = arr, row
+
+    def __getitem__(self, reason: str) -> int:
+        return int(self._arr[self._row, _REASONS.index(reason)])
+
+    def __setitem__(self, reason: str, value: int) -> None:
+        self._arr[self._row, _REASONS.index(reason)] = value
+
+    def __delitem__(self, reason: str) -> None:
+        raise TypeError("drop-out counters cannot be deleted")
+
+    def __iter__(self):
+        return iter(_REASONS)
+
+    def __len__(self) -> int:
+        return len(_REASONS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+def _column(name: str, kind: type):
+    def get(self):
+        return kind(getattr(self._driver, name)[self._row])
+
+    def set_(self, value):
+        getattr(self._driver, name)[self._row] = value
+
+    return property(get, set_, doc=f"device's ``{name[1:]}`` (a view of the driver's column)")
+
+
 class DeviceState:
-    node: NodeId
-    profile: DeviceProfile
-    cpu: simpy.Resource
-    battery_j: float
-    avail_on: bool = True
-    battery_out: bool = False
-    churn_out: bool = False
-    online: bool = False
-    online_since: float = 0.0
-    online_s: float = 0.0
-    jobs: dict = field(default_factory=dict)
-    drops: dict = field(default_factory=lambda: {"availability": 0, "battery": 0, "churn": 0})
+    """One device's state: a view of the driver's columns (``driver.devices[node]``).
+
+    Reading or setting an attribute reads or writes the driver's arrays; ``jobs`` (job id →
+    record) exists only while the device has work.
+    """
+
+    __slots__ = ("_driver", "_row", "node")
+
+    def __init__(self, driver: Driver, row: int, node: NodeId):
+        self._driver, self._row, self.node = driver, row, node
+
+    battery_j = _column("_battery", float)
+    avail_on = _column("_avail_on", bool)
+    battery_out = _column("_battery_out", bool)
+    churn_out = _column("_churn_out", bool)
+    online = _column("_online", bool)
+    online_since = _column("_online_since", float)
+    online_s = _column("_online_s", float)
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return self._driver.fleet.profile(self._row)
+
+    @property
+    def running(self) -> Any:
+        """The id of the job on the device's CPU, or None."""
+        rec = self._driver._running.get(self._row)
+        return None if rec is None else rec.job_id
+
+    @property
+    def jobs(self) -> dict:
+        return self._driver._jobs.setdefault(self._row, {})
+
+    @property
+    def drops(self) -> _Drops:
+        return _Drops(self._driver._drops, self._row)
+
+    def __repr__(self) -> str:
+        return f"DeviceState({self.node!r}, online={self.online})"
+
+
+class _Job:
+    """A job given to a device: queued, then running on its CPU, then done or cancelled."""
+
+    __slots__ = ("job_id", "job", "handle", "node", "row", "duration", "started", "state")
+
+    def __init__(self, job_id, job, handle, node, row, duration):
+        self.job_id, self.job, self.handle = job_id, job, handle
+        self.node, self.row, self.duration = node, row, duration
+        self.started: float | None = None
+        self.state = "queued"
+
+
+class _Devices(Mapping):
+    """``driver.devices``: node → :class:`DeviceState` view, over the whole fleet."""
+
+    def __init__(self, driver: Driver):
+        self._driver = driver
+
+    def __getitem__(self, node: NodeId) -> DeviceState:
+        row = self._driver.fleet.row_of(node)
+        if row is None:
+            raise KeyError(node)
+        return DeviceState(self._driver, row, node)
+
+    def __iter__(self):
+        return iter(self._driver.fleet)
+
+    def __len__(self) -> int:
+        return self._driver.fleet.rows
+
+    def __contains__(self, node: object) -> bool:
+        return self._driver.fleet.row_of(node) is not None
+
+    def snapshot(self) -> dict:
+        """Copies of the columns a per-device table needs (see ``Monitor.device_rows``)."""
+        d, fleet = self._driver, self._driver.fleet
+        extra = list(fleet.extra.values())
+        tiers = list(fleet.table.tiers) + [p.tier for p in extra]
+        tier = np.concatenate([fleet.table.tier_index,
+                               np.arange(len(fleet.table.tiers), len(tiers))]).astype(np.int32)
+        return {"tiers": tiers, "tier": tier, "online_s": d._online_s.copy(),
+                "drops": d._drops.copy(), "row_of": fleet.row_of}
 
 
 class Driver:
@@ -105,7 +396,10 @@ class Driver:
         Node id → machine.  Nodes that appear in ``profiles`` are devices; the others (the
         server) are always online.
     profiles
-        Node id → device profile, for every node that computes (the server too).
+        Node id → device profile, for every node that computes (the server too); a
+        :class:`Fleet` holds a large fleet column-wise.
+    machines
+        A dict, or a :class:`LazyMachines` whose device machines are made on first use.
     executor, monitor
         Who computes job results, and who records measurements.
     availability, faults, rng
@@ -122,7 +416,7 @@ class Driver:
                  infrastructure: tuple = ()):
         self.env = env
         self.network = network
-        self.machines = dict(machines)
+        self.machines = machines if isinstance(machines, LazyMachines) else dict(machines)
         self.executor = executor
         self.monitor = monitor
         self.availability = availability or AlwaysOn()
@@ -131,36 +425,85 @@ class Driver:
         self.server = server
         self.halted = env.event()
         self._timers: dict[NodeId, tuple[float | None, int]] = {}
-        self.devices: dict[NodeId, DeviceState] = {}
-        for node, prof in profiles.items():
-            lo, hi = faults.initial_battery
-            frac = rng.uniform(lo, hi) if hi > lo else lo
-            self.devices[node] = DeviceState(node, prof, simpy.Resource(env, 1),
-                                             battery_j=prof.battery_j * frac)
+        # Every device's state is a row of these columns; only devices with work hold a CPU
+        # (simpy.Resource) and a job table, in the dictionaries below.
+        self.fleet = fleet = Fleet.from_mapping(profiles)
+        rows = fleet.rows
+        cols = fleet.columns
+        self._flops, self._memory = cols["flops"], cols["memory_bytes"]
+        self._battery_full, self._j_per_flop = cols["battery_j"], cols["j_per_flop"]
+        self._j_up, self._j_down = cols["j_per_byte_up"], cols["j_per_byte_down"]
+        lo, hi = faults.initial_battery
+        # one draw per node in fleet order, as one scalar draw each would give
+        frac = rng.uniform(lo, hi, size=rows) if hi > lo else lo
+        self._battery = self._battery_full * frac
+        self._avail_on = np.ones(rows, dtype=bool)
+        self._battery_out = np.zeros(rows, dtype=bool)
+        self._churn_out = np.zeros(rows, dtype=bool)
+        self._online = np.zeros(rows, dtype=bool)
+        self._online_since = np.zeros(rows)
+        self._online_s = np.zeros(rows)
+        self._drops = np.zeros((rows, len(_REASONS)), dtype=np.int64)
+        self._jobs: dict[int, dict] = {}           # row -> {job id: _Job}, devices with work
+        self._running: dict[int, _Job] = {}        # row -> the job on its CPU
+        self._queued: dict[int, list] = {}         # row -> jobs waiting for its CPU
+        self._server_row = fleet.row_of(server) if server is not None else None
         # infrastructure nodes (e.g. a key transform server) are always on, like the server
-        self.is_device = {n: n != server and n not in infrastructure for n in self.devices}
+        self._infra = frozenset(infrastructure)
+        self._infra_rows = frozenset(r for r in (fleet.row_of(n) for n in infrastructure)
+                                     if r is not None)
+        self.devices = _Devices(self)
         self.events_handled = 0
+
+    def _row(self, node: NodeId) -> int | None:
+        return self.fleet.row_of(node)
+
+    def _is_device(self, row: int) -> bool:
+        return row != self._server_row and row not in self._infra_rows
+
+    @property
+    def is_device(self) -> dict:
+        """Node → whether it is a device (not the server or infrastructure); built on access."""
+        return {n: n != self.server and n not in self._infra for n in self.fleet}
 
     # ---------------------------------------------------------------- start / run
     def start(self) -> None:
         """Bring every node up: presence first, then ``Start`` (server last)."""
         now = self.env.now
-        for node, dev in self.devices.items():
-            if not self.is_device[node]:
-                dev.online, dev.online_since = True, now
+        server_row = self._server_row
+        always = {server_row, *self._infra_rows} - {None}     # the server side: always on
+        for row in always:
+            self._online[row], self._online_since[row] = True, now
+        if type(self.availability) is AlwaysOn:
+            # every device online at once and for ever: no draws, no events
+            devs = np.ones(self.fleet.rows, dtype=bool)
+            devs[list(always)] = False
+            self._avail_on[devs] = True
+            self._online[devs] = True
+            self._online_since[devs] = now
+        else:
+            for row in range(self.fleet.rows):
+                if row in always:
+                    continue
+                node = self.fleet.node_at(row)
+                on = bool(self.availability.initially_online(node, self.rng))
+                self._avail_on[row] = self._online[row] = on
+                self._online_since[row] = now
+                self._schedule_availability(node, row)
+        has_server = self.server in self.machines
+        if has_server:
+            online = self._online
+            for row in np.flatnonzero(online).tolist():
+                if row not in always:
+                    self.deliver(self.server, PeerJoined(self.fleet.node_at(row)))
+        lazy = isinstance(self.machines, LazyMachines)
+        for node in (self.machines.fixed if lazy else self.machines):
+            if node == self.server or (lazy and self.machines.is_lazy(node)):
                 continue
-            dev.avail_on = self.availability.initially_online(node, self.rng)
-            dev.online = dev.avail_on
-            dev.online_since = now
-            self._schedule_availability(node)
-        for node, dev in self.devices.items():
-            if self.is_device[node] and dev.online and self.server in self.machines:
-                self.deliver(self.server, PeerJoined(node))
-        for node in self.machines:
-            dev = self.devices.get(node)
-            if node != self.server and (dev is None or dev.online):
+            row = self._row(node)
+            if row is None or self._online[row]:
                 self.deliver(node, Start())
-        if self.server in self.machines:
+        if has_server:
             self.deliver(self.server, Start())
 
     def run(self, until: float | None = None) -> bool:
@@ -179,16 +522,35 @@ class Driver:
     def finish(self) -> None:
         """Close the books on online time (idempotent)."""
         now = self.env.now
-        for dev in self.devices.values():
-            if dev.online:
-                dev.online_s += now - dev.online_since
-                dev.online_since = now
+        on = self._online
+        self._online_s[on] += now - self._online_since[on]
+        self._online_since[on] = now
 
     # ---------------------------------------------------------------- event delivery
+    def _machine(self, node: NodeId, event: Any) -> Machine | None:
+        machines = self.machines
+        if not isinstance(machines, LazyMachines):
+            return machines.get(node)
+        machine = machines.existing(node)
+        if machine is None and machines.is_lazy(node):
+            if isinstance(event, (Start, Disconnected)):
+                return None   # nothing to tell a machine that does not exist yet
+            machine = machines[node]
+            self._handle(node, machine, Start())   # what it would have seen at the start
+        return machine
+
+    def _settle(self, node: NodeId, machine: Machine) -> None:
+        if isinstance(self.machines, LazyMachines):
+            self.machines.settle(node, machine)
+
     def deliver(self, node: NodeId, event: Any) -> None:
-        machine = self.machines.get(node)
+        machine = self._machine(node, event)
         if machine is None:
             return
+        self._handle(node, machine, event)
+        self._settle(node, machine)
+
+    def _handle(self, node: NodeId, machine: Machine, event: Any) -> None:
         self.events_handled += 1
         effects = machine.handle(event, self.env.now)
         if effects:
@@ -240,8 +602,8 @@ class Driver:
         ev.callbacks.append(lambda _ev: self.deliver(node, event))
 
     def online(self, node: NodeId) -> bool:
-        dev = self.devices.get(node)
-        return True if dev is None else dev.online
+        row = self._row(node)
+        return True if row is None else bool(self._online[row])
 
     # ---------------------------------------------------------------- messages
     def _send(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int) -> None:
@@ -253,167 +615,214 @@ class Driver:
 
     def _delivered(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int) -> None:
         self.monitor.on_transfer(src, dst, nbytes, self.env.now, msg)
-        s, d = self.devices.get(src), self.devices.get(dst)
+        s, d = self._row(src), self._row(dst)
         if s is not None:
-            self._spend(s, nbytes * s.profile.j_per_byte_up)
+            self._spend(s, src, nbytes * float(self._j_up[s]))
         if d is not None:
-            self._spend(d, nbytes * d.profile.j_per_byte_down)
-        if self.online(dst):
+            self._spend(d, dst, nbytes * float(self._j_down[d]))
+        if d is None or self._online[d]:
             self.deliver(dst, Received(src, msg))
 
     # ---------------------------------------------------------------- jobs
+    # A device's CPU runs one job at a time, first come first served.  A job is a record and one
+    # SimPy timeout (its end, or its churn moment): no process, no Resource, and a device that
+    # runs nothing holds nothing.
     def _run_job(self, node: NodeId, job_id: Any, job: Any) -> None:
-        dev = self.devices[node]
-        if job.memory_bytes > dev.profile.memory_bytes:
+        row = self._row(node)
+        if job.memory_bytes > self._memory[row]:
             self.monitor.on_job_failed(node, "memory")
             self._later(node, JobFailed(job_id, "memory"))
             return
-        handle = self.executor.submit(job)
-        proc = self.env.process(self._job_process(dev, job_id, job, handle))
-        dev.jobs[job_id] = (proc, handle)
+        rec = _Job(job_id, job, self.executor.submit(job), node, row,
+                   job.flops / float(self._flops[row]))
+        self._jobs.setdefault(row, {})[job_id] = rec
+        if row in self._running or self._queued.get(row):
+            self._queued.setdefault(row, []).append(rec)
+        else:
+            self._start_job(rec)
 
-    def _job_process(self, dev: DeviceState, job_id: Any, job: Any, handle: Any):
-        req = dev.cpu.request()
-        started = None
-        duration = job.flops / dev.profile.flops
-        try:
-            yield req
-            started = self.env.now
-            churn_at = self._churn_moment(dev, duration)
-            if churn_at is not None:
-                # The drop-out is part of this task: it waits inside the job's own process,
-                # so cancelling the job (a straggler cut off, the device going offline)
-                # cancels the drop-out with it, and it can never fire on an idle device.
-                yield self.env.timeout(churn_at)
-                dev.jobs.pop(job_id, None)          # gone before going offline cancels it
-                self._abandon(dev, job, handle, started, duration)
-                self._set_flag(dev.node, "churn_out", True)
-                return
-            yield self.env.timeout(duration)
-        except simpy.Interrupt:
-            if started is not None:
-                self._abandon(dev, job, handle, started, duration)
-            else:
-                self.executor.cancel(handle)
-            return
-        finally:
-            dev.cpu.release(req)
-        dev.jobs.pop(job_id, None)
+    def _start_job(self, rec: _Job) -> None:
+        self._running[rec.row] = rec
+        rec.state = "running"
+        rec.started = self.env.now
+        churn_at = self._churn_moment(rec.row, rec.duration)
+        if churn_at is not None:
+            # The drop-out is part of this task: cancelling the job (a straggler cut off, the
+            # device going offline) cancels the drop-out with it, and it can never fire on an
+            # idle device.
+            ev = self.env.timeout(churn_at)
+            ev.callbacks.append(lambda _ev: self._job_churned(rec))
+        else:
+            ev = self.env.timeout(rec.duration)
+            ev.callbacks.append(lambda _ev: self._job_finished(rec))
+
+    def _job_finished(self, rec: _Job) -> None:
+        if rec.state != "running":
+            return                                  # cancelled meanwhile
+        rec.state = "done"
+        row, node, job = rec.row, rec.node, rec.job
+        self._pop_job(row, rec.job_id)
         # the executor decides by the job's declared kind: training results stay deferred until
         # a machine reads them (all the jobs of a round then run in one batch), others run now
-        result = self.executor.complete(handle)
-        self._charge_compute(dev, job.flops, duration)
-        if dev.online:
-            self.deliver(dev.node, JobDone(job_id, result))
+        result = self.executor.complete(rec.handle)
+        self._cpu_free(row, rec)
+        self._charge_compute(row, node, job.flops, rec.duration)
+        if self._online[row]:
+            self.deliver(node, JobDone(rec.job_id, result))
 
-    def _churn_moment(self, dev: DeviceState, duration: float) -> float | None:
+    def _job_churned(self, rec: _Job) -> None:
+        if rec.state != "running":
+            return
+        rec.state = "cancelled"
+        self._pop_job(rec.row, rec.job_id)          # gone before going offline cancels it
+        self._abandon(rec)
+        self._set_flag(rec.node, "churn_out", True)
+        self._cpu_free(rec.row, rec)
+
+    def _cpu_free(self, row: int, rec: _Job) -> None:
+        """``rec`` left the CPU: the next queued job starts, in a later event of this instant
+        (so that jobs cancelled in the same breath never start)."""
+        if self._running.get(row) is rec:
+            del self._running[row]
+        if self._queued.get(row):
+            ev = self.env.timeout(0)
+            ev.callbacks.append(lambda _ev: self._start_next(row))
+
+    def _start_next(self, row: int) -> None:
+        queue = self._queued.get(row)
+        while queue and row not in self._running:
+            rec = queue.pop(0)
+            if rec.state == "queued":
+                self._start_job(rec)
+        if not queue:
+            self._queued.pop(row, None)
+
+    def _pop_job(self, row: int, job_id: Any) -> _Job | None:
+        jobs = self._jobs.get(row)
+        if jobs is None:
+            return None
+        rec = jobs.pop(job_id, None)
+        if not jobs:
+            del self._jobs[row]
+        return rec
+
+    def _churn_moment(self, row: int, duration: float) -> float | None:
         """With probability ``churn``, the offset into a task of ``duration`` seconds at which
         the device drops out (uniform over the task); None if it does not.
 
         Only an online device doing a task of positive length can churn; the draws are made
         from the driver's generator in a fixed order (one uniform, then one more if chosen).
         """
-        if not (self.faults.churn > 0 and self.is_device[dev.node] and dev.online
+        if not (self.faults.churn > 0 and self._is_device(row) and self._online[row]
                 and duration > 0):
             return None
         if self.rng.random() >= self.faults.churn:
             return None
         return float(self.rng.uniform(0.0, duration))
 
-    def _abandon(self, dev: DeviceState, job: Any, handle: Any, started: float,
-                 duration: float) -> None:
+    def _abandon(self, rec: _Job) -> None:
         """Drop a job that started but will not finish; charge the part of it that ran."""
-        self.executor.cancel(handle)
-        frac = (self.env.now - started) / duration if duration > 0 else 0.0
-        self._charge_compute(dev, frac * job.flops, self.env.now - started)
+        self.executor.cancel(rec.handle)
+        ran = self.env.now - rec.started
+        frac = ran / rec.duration if rec.duration > 0 else 0.0
+        self._charge_compute(rec.row, rec.node, frac * rec.job.flops, ran)
 
     def _cancel_job(self, node: NodeId, job_id: Any) -> None:
-        dev = self.devices[node]
-        entry = dev.jobs.pop(job_id, None)
-        if entry is not None and entry[0].is_alive:
-            entry[0].interrupt("cancelled")
-
-    def _charge_compute(self, dev: DeviceState, flops: float, seconds: float) -> None:
-        energy = flops * dev.profile.j_per_flop
-        self.monitor.on_compute(dev.node, flops, seconds, energy)
-        self._spend(dev, energy)
-
-    def _spend(self, dev: DeviceState, joules: float) -> None:
-        self.monitor.on_energy(dev.node, joules)
-        if not self.faults.battery or not math.isfinite(dev.profile.battery_j):
+        rec = self._pop_job(self._row(node), job_id)
+        if rec is None or rec.state not in ("queued", "running"):
             return
-        dev.battery_j -= joules
-        if dev.battery_j < self.faults.battery_min_fraction * dev.profile.battery_j \
-                and not dev.battery_out:
-            self._set_flag(dev.node, "battery_out", True)
+        if rec.state == "queued":
+            rec.state = "cancelled"
+            self.executor.cancel(rec.handle)
+            return
+        rec.state = "cancelled"
+        self._abandon(rec)
+        self._cpu_free(rec.row, rec)
+
+    def _charge_compute(self, row: int, node: NodeId, flops: float, seconds: float) -> None:
+        energy = flops * float(self._j_per_flop[row])
+        self.monitor.on_compute(node, flops, seconds, energy)
+        self._spend(row, node, energy)
+
+    def _spend(self, row: int, node: NodeId, joules: float) -> None:
+        self.monitor.on_energy(node, joules)
+        full = float(self._battery_full[row])
+        if not self.faults.battery or not math.isfinite(full):
+            return
+        self._battery[row] -= joules
+        if self._battery[row] < self.faults.battery_min_fraction * full \
+                and not self._battery_out[row]:
+            self._set_flag(node, "battery_out", True)
 
     # ---------------------------------------------------------------- presence
-    def _schedule_availability(self, node: NodeId) -> None:
-        dev = self.devices[node]
-        t = self.availability.next_change(node, self.env.now, dev.avail_on, self.rng)
+    def _schedule_availability(self, node: NodeId, row: int) -> None:
+        t = self.availability.next_change(node, self.env.now, bool(self._avail_on[row]),
+                                          self.rng)
         if not math.isfinite(t):
             return
         ev = self.env.timeout(max(0.0, t - self.env.now))
 
         def toggle(_ev):
-            self._set_flag(node, "avail_on", not dev.avail_on)
-            self._schedule_availability(node)
+            self._set_flag(node, "avail_on", not self._avail_on[row])
+            self._schedule_availability(node, row)
 
         ev.callbacks.append(toggle)
 
     def _set_flag(self, node: NodeId, flag: str, value: bool) -> None:
-        dev = self.devices[node]
-        if getattr(dev, flag) == value:
+        row = self._row(node)
+        col = getattr(self, "_" + flag)
+        if bool(col[row]) == value:
             return
-        setattr(dev, flag, value)
+        col[row] = value
         if flag == "battery_out" and value:
             self._come_back_after(node, "battery_out", self.faults.recharge_s, recharge=True)
         elif flag == "churn_out" and value:
             delay = self.rng.exponential(self.faults.churn_offline_s)
             self._come_back_after(node, "churn_out", delay)
-        now_online = dev.avail_on and not dev.battery_out and not dev.churn_out
-        if now_online == dev.online:
+        now_online = bool(self._avail_on[row] and not self._battery_out[row]
+                          and not self._churn_out[row])
+        if now_online == self._online[row]:
             return
-        reason = {"avail_on": "availability", "battery_out": "battery", "churn_out": "churn"}[flag]
+        reason = _FLAG_REASON[flag]
         if now_online:
-            self._go_online(dev)
+            self._go_online(row, node)
         else:
-            dev.drops[reason] += 1
-            self._go_offline(dev, reason)
+            self._drops[row, _REASONS.index(reason)] += 1
+            self._go_offline(row, node, reason)
 
     def _come_back_after(self, node: NodeId, flag: str, delay: float, recharge: bool = False):
         ev = self.env.timeout(delay)
 
         def back(_ev):
-            dev = self.devices[node]
             if recharge:
-                dev.battery_j = dev.profile.battery_j
+                row = self._row(node)
+                self._battery[row] = self._battery_full[row]
             self._set_flag(node, flag, False)
 
         ev.callbacks.append(back)
 
-    def _go_offline(self, dev: DeviceState, reason: str) -> None:
+    def _go_offline(self, row: int, node: NodeId, reason: str) -> None:
         now = self.env.now
-        dev.online = False
-        dev.online_s += now - dev.online_since
-        for tr in self.network.cancel_all(dev.node):
+        self._online[row] = False
+        self._online_s[row] += now - self._online_since[row]
+        for tr in self.network.cancel_all(node):
             # bytes pushed before the cut cost radio energy but deliver no message
             sent = float(tr.delivered)
             self.monitor.on_partial_transfer(tr.src, tr.dst, sent)
-            for node, per_byte in ((tr.src, "j_per_byte_up"), (tr.dst, "j_per_byte_down")):
-                d = self.devices.get(node)
-                if d is not None and sent:
-                    self._spend(d, sent * getattr(d.profile, per_byte))
-        for job_id in list(dev.jobs):
-            self._cancel_job(dev.node, job_id)
-        self.monitor.on_offline(dev.node, reason, now)
-        self.deliver(dev.node, Disconnected())
+            for end, per_byte in ((tr.src, self._j_up), (tr.dst, self._j_down)):
+                r = self._row(end)
+                if r is not None and sent:
+                    self._spend(r, end, sent * float(per_byte[r]))
+        for job_id in list(self._jobs.get(row, ())):
+            self._cancel_job(node, job_id)
+        self.monitor.on_offline(node, reason, now)
+        self.deliver(node, Disconnected())
         if self.server is not None:
-            self.deliver(self.server, PeerLost(dev.node))
+            self.deliver(self.server, PeerLost(node))
 
-    def _go_online(self, dev: DeviceState) -> None:
-        dev.online = True
-        dev.online_since = self.env.now
+    def _go_online(self, row: int, node: NodeId) -> None:
+        self._online[row] = True
+        self._online_since[row] = self.env.now
         if self.server is not None:
-            self.deliver(self.server, PeerJoined(dev.node))
-        self.deliver(dev.node, Start())
+            self.deliver(self.server, PeerJoined(node))
+        self.deliver(node, Start())

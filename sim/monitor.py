@@ -21,7 +21,7 @@ standalone baseline are collected per round and evaluated together when every de
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -53,7 +53,8 @@ class Monitor:
         self.infrastructure = frozenset(infrastructure)   # server-side nodes besides the server
         self.evaluator = evaluator
         self.on_row = on_row
-        self.devices = list(devices)
+        # a range stays a range: a fleet of millions need not list its ids
+        self.devices = devices if isinstance(devices, range) else list(devices)
         self.rows: list[dict] = []
         self.bytes_up = 0          # bytes sent by devices
         self.bytes_down = 0        # bytes received by devices
@@ -74,7 +75,8 @@ class Monitor:
         self.ledger = None                     # the run's ε ledger, from privacy_charge reports
         self.privacy_subjects: set = set()     # ledger keys that are not devices ("validation")
         self.max_released_value = 0.0          # largest |value| released (before its noise)
-        self.dev: dict[NodeId, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        # per-device counters: a column per device of a range fleet, a dict for other ids
+        self.dev = DeviceCounters(self.devices)
         self.rounds: list[dict] = []
         self._pending_round: dict | None = None
         self._local: dict[int, list] = defaultdict(list)
@@ -92,10 +94,10 @@ class Monitor:
             self.messages_by_kind[key] += 1
         if src != self.server and src not in self.infrastructure:
             self.bytes_up += nbytes
-            self.dev[src]["bytes_sent"] += nbytes
+            self.dev.add(src, "bytes_sent", nbytes)
         if dst != self.server and dst not in self.infrastructure:
             self.bytes_down += nbytes
-            self.dev[dst]["bytes_received"] += nbytes
+            self.dev.add(dst, "bytes_received", nbytes)
 
     def on_partial_transfer(self, src, dst, nbytes: float) -> None:
         """A transfer cut off by a drop-out: its bytes used the radio but delivered nothing."""
@@ -107,19 +109,18 @@ class Monitor:
     def on_compute(self, node: NodeId, flops: float, seconds: float, energy_j: float) -> None:
         self.flops += flops
         self.compute_s += seconds
-        d = self.dev[node]
-        d["flops"] += flops
-        d["busy_s"] += seconds
+        self.dev.add(node, "flops", flops)
+        self.dev.add(node, "busy_s", seconds)
 
     def on_energy(self, node: NodeId, joules: float) -> None:
         self.energy_j += joules
-        self.dev[node]["energy_j"] += joules
+        self.dev.add(node, "energy_j", joules)
 
     def on_offline(self, node: NodeId, reason: str, now: float) -> None:
         pass  # counted by the driver's DeviceState.drops
 
     def on_job_failed(self, node: NodeId, reason: str) -> None:
-        self.dev[node]["jobs_failed"] += 1
+        self.dev.add(node, "jobs_failed", 1)
 
     # ------------------------------------------------------------ reports
     def on_report(self, node: NodeId, rep: Report, now: float) -> None:
@@ -130,9 +131,9 @@ class Monitor:
                 if k in info:
                     info[k] = sorted(info[k], key=_id_order)
             for d in info["selected"]:
-                self.dev[d]["rounds_selected"] += 1
+                self.dev.add(d, "rounds_selected", 1)
             for d in info["aggregated"]:
-                self.dev[d]["rounds_aggregated"] += 1
+                self.dev.add(d, "rounds_aggregated", 1)
             self.rounds.append(info)
             self._pending_round = info
         elif rep.name == "global_model":
@@ -215,27 +216,126 @@ class Monitor:
             self.on_row(row)
 
     # ------------------------------------------------------------ tables
-    def device_rows(self, states: dict, sim_time: float) -> list[dict]:
-        out = []
-        for node in self.devices:
-            d = self.dev.get(node, {})
-            st = states.get(node)
-            sel, agg = int(d.get("rounds_selected", 0)), int(d.get("rounds_aggregated", 0))
-            out.append({
-                "device": node,
-                "tier": st.profile.tier if st else "",
-                "bytes_sent": int(d.get("bytes_sent", 0)),
-                "bytes_received": int(d.get("bytes_received", 0)),
-                "flops": float(d.get("flops", 0.0)),
-                "busy_s": float(d.get("busy_s", 0.0)),
-                "energy_j": float(d.get("energy_j", 0.0)),
-                "online_fraction": (st.online_s / sim_time) if st and sim_time > 0 else 1.0,
-                "rounds_selected": sel,
-                "rounds_aggregated": agg,
-                "rounds_missed": sel - agg,
-                "drops_availability": st.drops["availability"] if st else 0,
-                "drops_battery": st.drops["battery"] if st else 0,
-                "drops_churn": st.drops["churn"] if st else 0,
-                "jobs_failed": int(d.get("jobs_failed", 0)),
-            })
+    def device_rows(self, states: Mapping, sim_time: float) -> Sequence[dict]:
+        """One row per device (:data:`DEVICE_FIELDS`), made on access from the driver's columns
+        and the counters of the devices that did something."""
+        snap = states.snapshot() if hasattr(states, "snapshot") else None
+        return DeviceRows(self.devices, self.dev.copy(), states, snap, sim_time)
+
+
+class DeviceCounters(Mapping):
+    """Per-device sums (bytes, FLOPs, busy time, energy, rounds, failures): ``counters[node]``
+    is a dict of the device's non-zero sums.  Devices ``0..n-1`` of a ``range`` fleet are
+    columns of one array (64 bytes each, whatever they did); other ids go to a dict."""
+
+    FIELDS = ("bytes_sent", "bytes_received", "flops", "busy_s", "energy_j", "rounds_selected",
+              "rounds_aggregated", "jobs_failed")
+    _COL = {f: k for k, f in enumerate(FIELDS)}
+
+    def __init__(self, devices):
+        self._n = len(devices) if isinstance(devices, range) and devices.start == 0 \
+            and devices.step == 1 else 0
+        self._cols = np.zeros((len(self.FIELDS), self._n))
+        self._other: dict = defaultdict(lambda: defaultdict(float))
+
+    def _is_col(self, node) -> bool:
+        return type(node) is int and 0 <= node < self._n
+
+    def add(self, node, field: str, value: float) -> None:
+        if self._is_col(node):
+            self._cols[self._COL[field], node] += value
+        else:
+            self._other[node][field] += value
+
+    def __getitem__(self, node) -> dict:
+        if self._is_col(node):
+            col = self._cols[:, node]
+            return {f: float(col[k]) for k, f in enumerate(self.FIELDS) if col[k]}
+        if node in self._other:
+            return dict(self._other[node])
+        raise KeyError(node)
+
+    def get(self, node, default=None):
+        try:
+            return self[node]
+        except KeyError:
+            return default
+
+    def __iter__(self):
+        yield from np.flatnonzero(self._cols.any(axis=0)).tolist()
+        yield from self._other
+
+    def __len__(self) -> int:
+        return int(self._cols.any(axis=0).sum()) + len(self._other)
+
+    def copy(self) -> DeviceCounters:
+        out = DeviceCounters.__new__(DeviceCounters)
+        out._n, out._cols = self._n, self._cols.copy()
+        out._other = {k: dict(v) for k, v in self._other.items()}
         return out
+
+
+class DeviceRows(Sequence):
+    """The per-device table as a sequence of dicts, built row by row when read (a list of a
+    million dicts would take a gigabyte).  Holds plain data (numpy columns and the counters of
+    active devices), so it pickles."""
+
+    def __init__(self, devices, dev: Mapping, states: Mapping, snap: dict | None,
+                 sim_time: float):
+        self.devices, self.dev, self.sim_time = devices, dev, sim_time
+        if snap is None:   # a plain {node: state} mapping: copy what the rows need
+            snap = {"tiers": [], "tier": {}, "online_s": {}, "drops": {}}
+            for node in devices:
+                st = states.get(node)
+                if st is not None:
+                    snap["tier"][node] = st.profile.tier
+                    snap["online_s"][node] = st.online_s
+                    snap["drops"][node] = [st.drops[r] for r in
+                                           ("availability", "battery", "churn")]
+        self.snap = snap
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return self._row(self.devices[i])
+
+    def _row(self, node) -> dict:
+        d = self.dev.get(node, {})
+        snap, t = self.snap, self.sim_time
+        row = snap["row_of"](node) if "row_of" in snap else node
+        known = row is not None and (row in snap["online_s"] if isinstance(snap["online_s"], dict)
+                                     else True)
+        tier = (snap["tier"][row] if isinstance(snap["tier"], dict)
+                else snap["tiers"][snap["tier"][row]]) if known else ""
+        drops = [int(x) for x in snap["drops"][row]] if known else [0, 0, 0]
+        sel, agg = int(d.get("rounds_selected", 0)), int(d.get("rounds_aggregated", 0))
+        return {
+            "device": node,
+            "tier": tier,
+            "bytes_sent": int(d.get("bytes_sent", 0)),
+            "bytes_received": int(d.get("bytes_received", 0)),
+            "flops": float(d.get("flops", 0.0)),
+            "busy_s": float(d.get("busy_s", 0.0)),
+            "energy_j": float(d.get("energy_j", 0.0)),
+            "online_fraction": (float(snap["online_s"][row]) / t) if known and t > 0 else 1.0,
+            "rounds_selected": sel,
+            "rounds_aggregated": agg,
+            "rounds_missed": sel - agg,
+            "drops_availability": drops[0],
+            "drops_battery": drops[1],
+            "drops_churn": drops[2],
+            "jobs_failed": int(d.get("jobs_failed", 0)),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DeviceRows({len(self)} devices)"

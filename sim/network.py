@@ -49,7 +49,9 @@ from simpy.events import Event
 __all__ = [
     "Network",
     "Transfer",
+    "CellTree",
     "build_topology",
+    "cell_tree",
     "max_min_rates",
 ]
 
@@ -64,11 +66,14 @@ _LATE = 2
 # finishing within a nanosecond of each other complete together instead of each waking SimPy.
 _DONE_TOL_S = 1e-9
 
+# Routes kept at most (a round of a big fleet touches a fresh set of devices).
+_ROUTE_CACHE = 1 << 16
+
 _PENDING, _FLOWING, _DONE, _CANCELLED = "pending", "flowing", "done", "cancelled"
 
 
 # ---------------------------------------------------------------------------------- topology
-def _per_device(name: str, value: Any, n: int, *, allow_zero: bool) -> list[float]:
+def _per_device(name: str, value: Any, n: int, *, allow_zero: bool) -> np.ndarray:
     arr = np.asarray(value, dtype=float)
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
@@ -76,7 +81,7 @@ def _per_device(name: str, value: Any, n: int, *, allow_zero: bool) -> list[floa
         raise ValueError(f"{name} must be a scalar or have one value per item ({n}); "
                          f"got shape {arr.shape}")
     _check_values(name, arr, allow_zero=allow_zero)
-    return [float(v) for v in arr]
+    return arr
 
 
 def _check_values(name: str, arr: np.ndarray, *, allow_zero: bool) -> None:
@@ -170,6 +175,41 @@ def build_topology(
     >>> g.has_edge(2, 0)
     True
     """
+    return cell_tree(num_devices, device_up_bps=device_up_bps, device_down_bps=device_down_bps, device_latency_s=device_latency_s, cells=cells, cell_of=cell_of, backhaul_bps=backhaul_bps, backhaul_latency_s=backhaul_latency_s, server_bps=server_bps, server_latency_s=server_latency_s, server_down_bps=server_down_bps, d2d_pairs=d2d_pairs, d2d_bps=d2d_bps, d2d_latency_s=d2d_latency_s).graph
+
+
+def cell_tree(
+    num_devices: int,
+    *,
+    device_up_bps: Sequence[float] | np.ndarray | float,
+    device_down_bps: Sequence[float] | np.ndarray | float,
+    device_latency_s: Sequence[float] | np.ndarray | float,
+    cells: int = 1,
+    cell_of: Sequence[int] | np.ndarray | None = None,
+    backhaul_bps: float = 1.25e9,
+    backhaul_latency_s: float = 0.005,
+    server_bps: float = 1.25e9,
+    server_latency_s: float = 0.001,
+    server_down_bps: float | None = None,
+    d2d_pairs: Iterable[tuple[int, int]] = (),
+    d2d_bps: Sequence[float] | np.ndarray | float = 6.25e6,
+    d2d_latency_s: Sequence[float] | np.ndarray | float = 0.002,
+) -> CellTree:
+    """The topology of :func:`build_topology` held as arrays, without a networkx graph.
+
+    Same arguments, same checks and the same links as :func:`build_topology`; a
+    :class:`Network` built on it routes and prices transfers exactly as on the graph, but the
+    fleet costs a few arrays instead of two networkx nodes and four edge dictionaries per device
+    (a million devices: ~50 MB instead of gigabytes, and milliseconds instead of a minute to
+    build).  ``cell_tree(...).graph`` builds the networkx graph when someone asks for it.
+
+    Examples
+    --------
+    >>> t = cell_tree(4, device_up_bps=1e6, device_down_bps=[4e6, 4e6, 2e6, 2e6],
+    ...               device_latency_s=0.02, cells=2)
+    >>> t.num_devices, t.cell_of.tolist(), t.graph.edges["cell0", 2]["bandwidth"]
+    (4, [0, 1, 0, 1], 2000000.0)
+    """
     num_devices = operator.index(num_devices)
     if num_devices < 0:
         raise ValueError(f"num_devices must be >= 0; got {num_devices}")
@@ -187,7 +227,7 @@ def build_topology(
                                      else server_down_bps, False)]:
         _check_values(name, np.asarray(value, dtype=float), allow_zero=allow_zero)
     if cell_of is None:
-        cell_idx = [i % cells for i in range(num_devices)]
+        cell_idx = np.arange(num_devices, dtype=np.intp) % cells
     else:
         arr = np.asarray(cell_of)
         if arr.shape != (num_devices,):
@@ -199,7 +239,7 @@ def build_topology(
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"cell_of[{i}] must be in [0, {cells}); got {arr[i]}")
-        cell_idx = [int(c) for c in arr]
+        cell_idx = arr.astype(np.intp)
     pairs = [tuple(p) for p in d2d_pairs]
     for k, p in enumerate(pairs):
         if (len(p) != 2 or not all(isinstance(x, (int, np.integer)) for x in p)
@@ -209,29 +249,163 @@ def build_topology(
     d2d_b = _per_device("d2d_bps", d2d_bps, len(pairs), allow_zero=False)
     d2d_l = _per_device("d2d_latency_s", d2d_latency_s, len(pairs), allow_zero=True)
 
-    g = nx.DiGraph(topology="cell_tree", cells=cells)
-    g.add_node("server", kind="server")
-    g.add_node("core", kind="core")
-    bh, bhl = float(backhaul_bps), float(backhaul_latency_s)
-    sv, svl = float(server_bps), float(server_latency_s)
-    sv_down = sv if server_down_bps is None else float(server_down_bps)
-    g.add_edge("core", "server", bandwidth=sv_down, latency=svl)
-    g.add_edge("server", "core", bandwidth=sv, latency=svl)
-    for c in range(cells):
-        name = f"cell{c}"
-        g.add_node(name, kind="cell")
-        g.add_edge(name, "core", bandwidth=bh, latency=bhl)
-        g.add_edge("core", name, bandwidth=bh, latency=bhl)
-    for i in range(num_devices):
-        cell = f"cell{cell_idx[i]}"
-        g.add_node(i, kind="device", cell=cell_idx[i])
-        g.add_edge(i, cell, bandwidth=up[i], latency=lat[i])
-        g.add_edge(cell, i, bandwidth=down[i], latency=lat[i])
-    for (i, j), b, lt in zip(pairs, d2d_b, d2d_l, strict=True):
-        i, j = int(i), int(j)
-        g.add_edge(i, j, bandwidth=b, latency=lt)
-        g.add_edge(j, i, bandwidth=b, latency=lt)
-    return g
+    return CellTree(num_devices=num_devices, cells=cells, cell_of=cell_idx, up=up, down=down,
+                    latency=lat, backhaul_bps=float(backhaul_bps),
+                    backhaul_latency_s=float(backhaul_latency_s), server_bps=float(server_bps),
+                    server_down_bps=float(server_bps if server_down_bps is None
+                                          else server_down_bps),
+                    server_latency_s=float(server_latency_s), d2d_pairs=pairs, d2d_bps=d2d_b,
+                    d2d_latency_s=d2d_l)
+
+
+class CellTree:
+    """A device / cell / core / server topology as arrays (made by :func:`cell_tree`).
+
+    Link numbering (what :class:`Network` indexes its arrays by): 0 = core → server,
+    1 = server → core, ``2 + 2c`` = cell c → core, ``3 + 2c`` = core → cell c, then
+    ``B + 2i`` = device i → its cell and ``B + 2i + 1`` = its cell → device i with
+    ``B = 2 + 2·cells``, then the d2d links (``i → j`` and ``j → i`` per pair).
+
+    Attributes
+    ----------
+    graph : networkx.DiGraph
+        The same graph :func:`build_topology` returns, built on first access and kept.
+    """
+
+    def __init__(self, *, num_devices, cells, cell_of, up, down, latency, backhaul_bps,
+                 backhaul_latency_s, server_bps, server_down_bps, server_latency_s, d2d_pairs,
+                 d2d_bps, d2d_latency_s):
+        self.num_devices, self.cells = num_devices, cells
+        self.cell_of, self.up, self.down, self.latency = cell_of, up, down, latency
+        self.backhaul_bps, self.backhaul_latency_s = backhaul_bps, backhaul_latency_s
+        self.server_bps, self.server_down_bps = server_bps, server_down_bps
+        self.server_latency_s = server_latency_s
+        self.d2d_pairs = [(int(i), int(j)) for i, j in d2d_pairs]
+        first = 2 + 2 * cells + 2 * num_devices
+        self._d2d_link = {}
+        for k, (i, j) in enumerate(self.d2d_pairs):
+            self._d2d_link[(i, j)] = first + 2 * k
+            self._d2d_link[(j, i)] = first + 2 * k + 1
+        self.d2d_bps, self.d2d_latency_s = d2d_bps, d2d_latency_s
+        self._graph: nx.DiGraph | None = None
+
+    @property
+    def first_device_link(self) -> int:
+        return 2 + 2 * self.cells
+
+    @property
+    def num_links(self) -> int:
+        return self.first_device_link + 2 * self.num_devices + 2 * len(self.d2d_pairs)
+
+    def link_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bandwidth, latency)`` of every link, in the numbering above."""
+        cap, lat = np.empty(self.num_links), np.empty(self.num_links)
+        cap[:2] = self.server_down_bps, self.server_bps
+        lat[:2] = self.server_latency_s
+        b, n = self.first_device_link, self.num_devices
+        cap[2:b], lat[2:b] = self.backhaul_bps, self.backhaul_latency_s
+        cap[b:b + 2 * n:2], cap[b + 1:b + 2 * n:2] = self.up, self.down
+        lat[b:b + 2 * n:2] = lat[b + 1:b + 2 * n:2] = self.latency
+        k = b + 2 * n
+        cap[k::2] = cap[k + 1::2] = self.d2d_bps
+        lat[k::2] = lat[k + 1::2] = self.d2d_latency_s
+        return cap, lat
+
+    def is_device(self, node: Node) -> bool:
+        return (isinstance(node, (int, np.integer)) and not isinstance(node, bool)
+                and 0 <= node < self.num_devices)
+
+    def cell_index(self, node: Node) -> int | None:
+        """``c`` for the node ``"cell{c}"``, else None."""
+        if isinstance(node, str) and node.startswith("cell") and node[4:].isdigit():
+            c = int(node[4:])
+            if c < self.cells and node == f"cell{c}":
+                return c
+        return None
+
+    def has_node(self, node: Node) -> bool:
+        return node in ("server", "core") or self.is_device(node) \
+            or self.cell_index(node) is not None
+
+    def parent(self, node: Node) -> Node | None:
+        """The next node towards the server on the tree (None for the server)."""
+        if self.is_device(node):
+            return f"cell{self.cell_of[node]}"
+        if node == "core":
+            return "server"
+        if self.cell_index(node) is not None:
+            return "core"
+        return None
+
+    def link(self, u: Node, v: Node) -> int | None:
+        """The index of link ``(u, v)``, or None if there is none."""
+        if u == "core" and v == "server":
+            return 0
+        if u == "server" and v == "core":
+            return 1
+        b = self.first_device_link
+        cu, cv = self.cell_index(u), self.cell_index(v)
+        if cu is not None and v == "core":
+            return 2 + 2 * cu
+        if u == "core" and cv is not None:
+            return 3 + 2 * cv
+        if self.is_device(u) and cv is not None and self.cell_of[u] == cv:
+            return b + 2 * int(u)
+        if cu is not None and self.is_device(v) and self.cell_of[v] == cu:
+            return b + 2 * int(v) + 1
+        if self.is_device(u) and self.is_device(v):
+            return self._d2d_link.get((int(u), int(v)))
+        return None
+
+    def edge(self, k: int) -> tuple[Node, Node]:
+        """The ``(u, v)`` of link ``k`` (the inverse of :meth:`link`)."""
+        if k < 2:
+            return (("core", "server"), ("server", "core"))[k]
+        b = self.first_device_link
+        if k < b:
+            c = f"cell{(k - 2) // 2}"
+            return (c, "core") if k % 2 == 0 else ("core", c)
+        k -= b
+        if k < 2 * self.num_devices:
+            i = k // 2
+            c = f"cell{self.cell_of[i]}"
+            return (i, c) if k % 2 == 0 else (c, i)
+        i, j = self.d2d_pairs[(k - 2 * self.num_devices) // 2]
+        return (i, j) if k % 2 == 0 else (j, i)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        if self._graph is None:
+            self._graph = self._build_graph()
+        return self._graph
+
+    def _build_graph(self) -> nx.DiGraph:
+        cells, num_devices, pairs = self.cells, self.num_devices, self.d2d_pairs
+        bh, bhl = self.backhaul_bps, self.backhaul_latency_s
+        sv, svl, sv_down = self.server_bps, self.server_latency_s, self.server_down_bps
+        up, down, lat = self.up.tolist(), self.down.tolist(), self.latency.tolist()
+        cell_idx = self.cell_of.tolist()
+        d2d_b, d2d_l = self.d2d_bps.tolist(), self.d2d_latency_s.tolist()
+        g = nx.DiGraph(topology="cell_tree", cells=cells)
+        g.add_node("server", kind="server")
+        g.add_node("core", kind="core")
+        g.add_edge("core", "server", bandwidth=sv_down, latency=svl)
+        g.add_edge("server", "core", bandwidth=sv, latency=svl)
+        for c in range(cells):
+            name = f"cell{c}"
+            g.add_node(name, kind="cell")
+            g.add_edge(name, "core", bandwidth=bh, latency=bhl)
+            g.add_edge("core", name, bandwidth=bh, latency=bhl)
+        for i in range(num_devices):
+            cell = f"cell{cell_idx[i]}"
+            g.add_node(i, kind="device", cell=cell_idx[i])
+            g.add_edge(i, cell, bandwidth=up[i], latency=lat[i])
+            g.add_edge(cell, i, bandwidth=down[i], latency=lat[i])
+        for (i, j), b, lt in zip(pairs, d2d_b, d2d_l, strict=True):
+            i, j = int(i), int(j)
+            g.add_edge(i, j, bandwidth=b, latency=lt)
+            g.add_edge(j, i, bandwidth=b, latency=lt)
+        return g
 
 
 # ---------------------------------------------------------------------------------- max-min
@@ -378,7 +552,7 @@ class Transfer:
     """
 
     __slots__ = ("src", "dst", "nbytes", "path", "done", "start_time", "end_time", "_net",
-                 "_route", "_state", "_slot", "_seq", "_delivered")
+                 "_route", "_state", "_slot", "_seq", "_delivered", "_cids")
 
     def __init__(self, net: Network, src: Node, dst: Node, nbytes: int, route: _Route,
                  seq: int):
@@ -493,9 +667,55 @@ class Network:
     [0, 'cell0', 'core', 'server']
     """
 
-    def __init__(self, env: simpy.Environment, graph: nx.DiGraph):
+    def __init__(self, env: simpy.Environment, graph: nx.DiGraph | CellTree):
         self.env = env
-        self.graph = graph
+        self._parent: dict[Node, Node] | None = None
+        self._d2d: set[Node] = set()
+        if isinstance(graph, CellTree):
+            # no networkx graph unless someone asks for one (the `graph` property)
+            self._tree: CellTree | None = graph
+            caps, lat = graph.link_arrays()
+            self._cap = np.append(caps, np.inf)
+            self._latency = lat.tolist() if lat.size < 4096 else lat
+            self._pad = lat.size
+            self._link_bytes = np.zeros(lat.size, dtype=np.int64)
+            self._d2d = {i for pair in graph.d2d_pairs for i in pair}
+        else:
+            self._tree = None
+            self._init_graph(graph)
+        self._routes: dict[tuple[Node, Node], _Route] = {}
+
+        # Flowing transfers in dense slots [0, _n); a freed slot takes the last flow.
+        self._n = 0
+        self._flows: list[Transfer] = []
+        self._rem = np.zeros(64)
+        self._rate = np.zeros(64)
+        # Links crossed by flowing transfers get compact ids (0 .. K-2; K-1 pads _lk), so a
+        # recomputation works on arrays the size of the active part of the network.
+        self._ccap = np.full(64, np.inf)                # compact id -> capacity
+        self._cglob = [0] * 64                          # compact id -> link index
+        self._cref = [0] * 64                           # compact id -> flows crossing it
+        self._cid: dict[int, int] = {}                  # link index -> compact id
+        self._cfree: list[int] = []
+        self._cnext = 0
+        self._lk = np.full((4, 64), 63, dtype=np.intp)  # (path link, slot): compact ids
+        self._t_last = env.now
+        self._version = 0
+        self._dirty = False
+        self._changed: list[list[int]] = []    # links of the flows that came or went
+        self._gone: list[tuple[list[int], float]] = []   # (links, rate) of flows that went
+        self._seq = 0
+        self._by_node: dict[Node, dict[Transfer, None]] = {}
+
+        self.bytes_sent: Counter = Counter()
+        self.bytes_received: Counter = Counter()
+        self.bytes_partial_sent: Counter = Counter()
+        self.bytes_partial_received: Counter = Counter()
+        #: Number of progressive-filling runs so far (one per instant with a start or an end).
+        self.recomputations = 0
+
+    def _init_graph(self, graph: nx.DiGraph) -> None:
+        self._graph = graph
         edges = list(graph.edges(data=True))
         caps = np.empty(len(edges) + 1)
         self._link_index: dict[tuple[Node, Node], int] = {}
@@ -522,8 +742,6 @@ class Network:
         self._link_bytes = np.zeros(len(edges), dtype=np.int64)
 
         # Tree routing on cell_tree graphs: each node's chain of ancestors up to the server.
-        self._parent: dict[Node, Node] | None = None
-        self._d2d: set[Node] = set()
         if graph.graph.get("topology") == "cell_tree" and "server" in graph and "core" in graph:
             parent: dict[Node, Node] = {"core": "server"}
             for node, data in graph.nodes(data=True):
@@ -535,34 +753,34 @@ class Network:
                     if any(not isinstance(m, str) for m in graph.successors(node)):
                         self._d2d.add(node)
             self._parent = parent
-        self._routes: dict[tuple[Node, Node], _Route] = {}
 
-        # Flowing transfers in dense slots [0, _n); a freed slot takes the last flow.
-        self._n = 0
-        self._flows: list[Transfer] = []
-        self._rem = np.zeros(64)
-        self._rate = np.zeros(64)
-        self._lk = np.full((4, 64), self._pad, dtype=np.intp)  # (path link, slot)
-        self._t_last = env.now
-        self._version = 0
-        self._dirty = False
-        self._seq = 0
-        self._by_node: dict[Node, dict[Transfer, None]] = {}
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The topology as a networkx graph (built on first access for a :class:`CellTree`)."""
+        return self._tree.graph if self._tree is not None else self._graph
 
-        self.bytes_sent: Counter = Counter()
-        self.bytes_received: Counter = Counter()
-        self.bytes_partial_sent: Counter = Counter()
-        self.bytes_partial_received: Counter = Counter()
-        #: Number of progressive-filling runs so far (one per instant with a start or an end).
-        self.recomputations = 0
+    def _link_of(self, u: Node, v: Node) -> int | None:
+        if self._tree is not None:
+            return self._tree.link(u, v)
+        return self._link_index.get((u, v))
+
+    def _edge_of(self, k: int) -> tuple[Node, Node]:
+        return self._tree.edge(k) if self._tree is not None else self._edges[k]
+
+    def _parent_of(self, node: Node) -> Node | None:
+        if self._tree is not None:
+            return self._tree.parent(node)
+        return self._parent.get(node) if self._parent is not None else None
+
+    def _has_node(self, node: Node) -> bool:
+        return self._tree.has_node(node) if self._tree is not None else node in self._graph
 
     # ------------------------------------------------------------------ routes
     def _tree_path(self, src: Node, dst: Node) -> list[Node] | None:
-        parent = self._parent
-        if parent is None:
+        if self._parent is None and self._tree is None:
             return None
         for node in (src, dst):
-            if node not in parent and node != "server":
+            if node != "server" and self._parent_of(node) is None:
                 return None  # a node that is not part of the tree
         # A d2d link can shorten a device's route to another device or to a cell (never to
         # the core or the server): let networkx search those.
@@ -571,11 +789,11 @@ class Network:
                 (dst in d2d and src not in ("server", "core")):
             return None
         up_src = [src]
-        while up_src[-1] in parent:
-            up_src.append(parent[up_src[-1]])
+        while (p := self._parent_of(up_src[-1])) is not None:
+            up_src.append(p)
         up_dst = [dst]
-        while up_dst[-1] in parent:
-            up_dst.append(parent[up_dst[-1]])
+        while (p := self._parent_of(up_dst[-1])) is not None:
+            up_dst.append(p)
         pos = {node: k for k, node in enumerate(up_dst)}
         for k, node in enumerate(up_src):
             if node in pos:
@@ -590,22 +808,24 @@ class Network:
         if src == dst:
             raise ValueError(f"a transfer needs two different nodes; got src = dst = {src!r}")
         for node in key:
-            if node not in self.graph:
+            if not self._has_node(node):
                 raise ValueError(f"node {node!r} is not in the network")
         path = self._tree_path(src, dst)
-        index = self._link_index
-        if path is not None and not all((u, v) in index for u, v in pairwise(path)):
+        ids = None if path is None else [self._link_of(u, v) for u, v in pairwise(path)]
+        if ids is not None and None in ids:
             path = None  # the graph was edited away from the tree shape
         if path is None:
             try:
                 path = nx.shortest_path(self.graph, src, dst)
             except nx.NetworkXNoPath:
                 raise ValueError(f"no path from {src!r} to {dst!r}") from None
-        links = np.fromiter((index[e] for e in pairwise(path)), dtype=np.intp,
-                            count=len(path) - 1)
-        route = _Route(tuple(path), links,
-                       float(sum(self._latency[k] for k in links)),
+            ids = [self._link_of(u, v) for u, v in pairwise(path)]
+        links = np.array(ids, dtype=np.intp)
+        lat = self._latency
+        route = _Route(tuple(path), links, float(sum(lat[k] for k in ids)),
                        float(self._cap[links].min()))
+        if len(self._routes) >= _ROUTE_CACHE:
+            self._routes.clear()   # a big fleet's routes would otherwise pile up for ever
         self._routes[key] = route
         return route
 
@@ -669,8 +889,9 @@ class Network:
             slot = transfer._slot
             delivered = min(float(transfer.nbytes),
                             max(0.0, transfer.nbytes - float(self._rem[slot])))
+            self._gone.append((transfer._cids, float(self._rate[slot])))
             self._remove_slot(slot)
-            self._mark_dirty()
+            self._mark_dirty(transfer._cids)
             transfer._delivered = delivered
             whole = int(delivered)
             if whole:
@@ -703,17 +924,23 @@ class Network:
         """A snapshot ``{(u, v): bytes}`` of what crossed each link: completed transfers plus
         the delivered part of cancelled ones."""
         nz = np.flatnonzero(self._link_bytes)
-        return Counter({self._edges[k]: int(self._link_bytes[k]) for k in nz})
+        return Counter({self._edge_of(k): int(self._link_bytes[k]) for k in nz})
 
     def capacity(self, u: Node, v: Node) -> float:
         """Bandwidth of link ``(u, v)`` in bytes/s."""
-        return float(self._cap[self._link_index[(u, v)]])
+        k = self._link_of(u, v)
+        if k is None:
+            raise KeyError((u, v))
+        return float(self._cap[k])
 
     # ------------------------------------------------------------------ machinery
     def _forget(self, t: Transfer) -> None:
         by_node = self._by_node
         for node in t.path:
-            by_node[node].pop(t, None)
+            bucket = by_node[node]
+            bucket.pop(t, None)
+            if not bucket:
+                del by_node[node]   # idle nodes cost nothing
 
     def _advance(self) -> None:
         now = self.env.now
@@ -724,7 +951,8 @@ class Network:
                 self._rem[:n] -= self._rate[:n] * dt
             self._t_last = now
 
-    def _mark_dirty(self) -> None:
+    def _mark_dirty(self, cids: list[int]) -> None:
+        self._changed.append(cids)
         if not self._dirty:
             self._dirty = True
             ev = Event(self.env)
@@ -742,25 +970,63 @@ class Network:
             return
         self._advance()
         n = self._n
+        cids = t._cids = self._acquire(t._route.links)
+        pad = self._ccap.shape[0] - 1
         if n == self._rem.shape[0]:
             self._rem = np.concatenate([self._rem, np.zeros(n)])
             self._rate = np.concatenate([self._rate, np.zeros(n)])
             self._lk = np.concatenate(
-                [self._lk, np.full((self._lk.shape[0], n), self._pad, dtype=np.intp)], axis=1)
-        links = t._route.links
-        if links.size > self._lk.shape[0]:
-            extra = links.size - self._lk.shape[0]
+                [self._lk, np.full((self._lk.shape[0], n), pad, dtype=np.intp)], axis=1)
+        if len(cids) > self._lk.shape[0]:
+            extra = len(cids) - self._lk.shape[0]
             self._lk = np.concatenate(
-                [self._lk, np.full((extra, self._lk.shape[1]), self._pad, dtype=np.intp)])
-        self._lk[:links.size, n] = links
-        self._lk[links.size:, n] = self._pad
+                [self._lk, np.full((extra, self._lk.shape[1]), pad, dtype=np.intp)])
+        self._lk[:len(cids), n] = cids
+        self._lk[len(cids):, n] = pad
         self._rem[n] = t.nbytes
         self._rate[n] = 0.0
         self._flows.append(t)
         t._slot = n
         t._state = _FLOWING
         self._n = n + 1
-        self._mark_dirty()
+        self._mark_dirty(cids)
+
+    def _acquire(self, links: np.ndarray) -> list[int]:
+        """Compact ids of ``links`` for one more flow (allocating ids for new links)."""
+        out = []
+        cid, cref = self._cid, self._cref
+        for g in links.tolist():
+            c = cid.get(g)
+            if c is None:
+                if self._cfree:
+                    c = self._cfree.pop()
+                else:
+                    if self._cnext == self._ccap.shape[0] - 1:
+                        self._grow_compact()
+                    c = self._cnext
+                    self._cnext += 1
+                cid[g] = c
+                self._ccap[c] = self._cap[g]
+                self._cglob[c] = g
+            cref[c] += 1
+            out.append(c)
+        return out
+
+    def _release(self, cids: list[int]) -> None:
+        cref = self._cref
+        for c in cids:
+            cref[c] -= 1
+            if not cref[c]:
+                del self._cid[self._cglob[c]]
+                self._cfree.append(c)
+
+    def _grow_compact(self) -> None:
+        old = self._ccap.shape[0]
+        self._ccap = np.concatenate([self._ccap, np.full(old, np.inf)])
+        self._ccap[old - 1] = np.inf
+        self._cglob.extend([0] * old)
+        self._cref.extend([0] * old)
+        self._lk[self._lk == old - 1] = 2 * old - 1   # the padding id moves to the new end
 
     def _remove_slot(self, slot: int) -> None:
         last = self._n - 1
@@ -785,20 +1051,110 @@ class Network:
         if not n:
             return
         self.recomputations += 1
-        # work only on the links the active flows cross (a fleet has far more links than flows);
-        # the padding link has the largest index, so it stays last, as _progressive_filling needs
-        lk = self._lk[:, :n]
-        used, inv = np.unique(lk, return_inverse=True)
-        cap = self._cap[used]
-        if used[-1] != self._pad:
-            cap = np.append(cap, np.inf)
-        rate = _progressive_filling(inv.reshape(lk.shape), cap)
-        self._rate[:n] = rate
+        # compact link ids: arrays the size of the links the active flows cross (a fleet has
+        # far more links than flows); the padding id is the last, as _progressive_filling needs
+        inv = self._lk[:, :n]
+        cap = self._ccap
+        changed = np.fromiter((c for ids in self._changed for c in ids), dtype=np.intp)
+        gone, self._gone, self._changed = self._gone, [], []
+        if not self._refill_loose(inv, cap, changed, gone):
+            sel = self._affected(inv, changed, cap.shape[0] - 1)
+            if sel is None:
+                self._rate[:n] = _progressive_filling(inv, cap)
+            elif sel.size:
+                # max-min fairness splits over groups of flows that share no link: only the
+                # groups a start or an end touched are refilled; the others keep their rates
+                self._rate[sel] = _progressive_filling(np.take(inv, sel, axis=1), cap)
+        for ids, _ in gone:
+            self._release(ids)
+        rate = self._rate[:n]
         with np.errstate(divide="ignore"):
             due = self._rem[:n] / rate
         k = int(np.argmin(due))
         timer = self.env.timeout(max(0.0, float(due[k])), self._version)
         timer.callbacks.append(self._on_timer)
+
+    def _refill_loose(self, inv: np.ndarray, cap: np.ndarray, changed: np.ndarray,
+                      gone: list) -> bool:
+        """Refill only the flows a change reaches through *saturated* shared links.
+
+        A shared link with room to spare (the server's link while the cells' backhauls are
+        full, say) binds nobody, so it does not tie the groups of flows on either side of it
+        together.  The flows reached from the change (new flows, and flows on saturated
+        links that a flow joined or left) are refilled with every loose shared link taken as
+        unbounded; if those links still have room with the new rates, the result is the max-min
+        allocation (every flow keeps a bottleneck and every link is within capacity) and True
+        is returned.  Otherwise nothing is changed and False sends the caller to the exact
+        refill of the whole connected group.
+        """
+        n = inv.shape[1]
+        pad = cap.shape[0] - 1
+        rate = self._rate[:n]
+        flat = inv.ravel()
+        weights = np.broadcast_to(rate, inv.shape).ravel()
+        cnt = np.bincount(flat, minlength=pad + 1)
+        usage = np.bincount(flat, weights=weights, minlength=pad + 1)
+        before = usage
+        if gone:   # what the links carried before the flows that went left them
+            ids = np.fromiter((c for g, _ in gone for c in g), dtype=np.intp)
+            r = np.fromiter((r for g, r in gone for _ in g), dtype=float, count=ids.shape[0])
+            before = usage + np.bincount(ids, weights=r, minlength=pad + 1)
+            cnt = cnt + np.bincount(ids, minlength=pad + 1)
+        cnt[pad] = 0
+        shared = cnt >= 2
+        tight = shared & (before >= cap * (1.0 - 1e-9))
+        loose = shared & ~tight
+        if not loose.any():
+            return False
+        mark = np.zeros(pad + 1, dtype=bool)
+        mark[changed] = True
+        mark &= tight
+        sel = (rate == 0.0) | mark[inv].any(axis=0)      # new flows have rate 0 until now
+        count = -1
+        while True:
+            got = int(np.count_nonzero(sel))
+            if got == count:
+                break
+            count = got
+            mark[np.compress(sel, inv, axis=1)] = True
+            mark &= tight
+            sel |= mark[inv].any(axis=0)
+        if not count:
+            return True
+        slots = np.flatnonzero(sel)
+        sub = np.take(inv, slots, axis=1)
+        capx = cap.copy()
+        capx[loose] = np.inf
+        with np.errstate(invalid="ignore"):   # a flow on loose links alone rises to inf
+            new = _progressive_filling(sub, capx)
+        if not np.isfinite(new).all():
+            return False
+        after = usage + np.bincount(sub.ravel(), weights=np.tile(new - rate[slots], sub.shape[0]),
+                                    minlength=pad + 1)
+        if (after[loose] > cap[loose]).any():
+            return False
+        self._rate[slots] = new
+        return True
+
+    @staticmethod
+    def _affected(inv: np.ndarray, changed: np.ndarray, pad: int) -> np.ndarray | None:
+        """Slots of the flows connected (through shared links, transitively) to a compact link
+        id in ``changed``, in slot order; None when that is every flow."""
+        mark = np.zeros(pad + 1, dtype=bool)
+        mark[changed] = True
+        mark[pad] = False
+        n_flows = inv.shape[1]
+        count = -1
+        while True:
+            sel = mark[inv].any(axis=0)
+            got = int(np.count_nonzero(sel))
+            if got == n_flows:
+                return None
+            if got == count:
+                return np.flatnonzero(sel)
+            count = got
+            mark[np.compress(sel, inv, axis=1)] = True
+            mark[pad] = False
 
     def _on_timer(self, ev: Event) -> None:
         if ev._value != self._version or self._dirty:
@@ -811,9 +1167,11 @@ class Network:
         finished[int(np.argmin(rem / rate))] = True  # the flow this timer was set for
         slots = np.flatnonzero(finished)
         ended = [self._flows[s] for s in slots]
+        self._gone.extend(zip((t._cids for t in ended), rate[slots].tolist(), strict=True))
         for s in slots[::-1]:  # highest first, so swap-removal never moves a finished flow
             self._remove_slot(int(s))
-        self._mark_dirty()
+        for t in ended:
+            self._mark_dirty(t._cids)
         ended.sort(key=lambda t: t._seq)
         for t in ended:
             self._complete(t)

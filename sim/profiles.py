@@ -30,7 +30,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,7 @@ from slicenet.errors import UserError
 __all__ = [
     "CORE_ONE_WAY_S",
     "DeviceProfile",
+    "FleetProfiles",
     "MEASURED_RTT_S",
     "ProfileError",
     "RADIO",
@@ -49,6 +51,7 @@ __all__ = [
     "parse_mix",
     "radio_power_w",
     "sample_fleet",
+    "sample_fleet_table",
     "with_overrides",
 ]
 
@@ -452,6 +455,156 @@ def parse_mix(value: Mapping[str, float] | str) -> dict[str, float]:
     return {name: weights[name] / total for name in TIERS if weights.get(name, 0.0) > 0}
 
 
+class FleetProfiles(Sequence):
+    """A fleet's profiles held column-wise: one numpy array per :class:`DeviceProfile` field.
+
+    A million devices as :class:`DeviceProfile` objects take about half a gigabyte and seconds
+    to build; as columns they take 80 bytes each.  ``fleet[i]`` still gives device ``i``'s
+    :class:`DeviceProfile` (built on access and validated as usual), ``len``, iteration and
+    ``==`` (against another table or a list of profiles) behave as for a list, and
+    :attr:`columns` gives the arrays to code that works on the whole fleet at once.
+
+    Parameters
+    ----------
+    tiers : sequence of str
+        The tier names that ``tier_index`` refers to.
+    tier_index : numpy.ndarray
+        ``(n,)`` integer index into ``tiers`` of every device.
+    **columns : numpy.ndarray
+        ``(n,)`` arrays, one per numeric field of :class:`DeviceProfile` (all of them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fleet = sample_fleet_table(3, "mid_range", rng=np.random.default_rng(1), jitter=0)
+    >>> len(fleet), fleet[2] == TIERS["mid_range"], fleet.columns["flops"].tolist()
+    (3, True, [6000000000.0, 6000000000.0, 6000000000.0])
+    >>> fleet == [TIERS["mid_range"]] * 3
+    True
+    """
+
+    FIELDS = ("flops", "memory_bytes", "battery_j", "j_per_flop", "j_per_byte_up",
+              "j_per_byte_down", "up_bps", "down_bps", "latency_s")
+
+    def __init__(self, tiers: Sequence[str], tier_index: np.ndarray, **columns: np.ndarray):
+        missing = sorted(set(self.FIELDS) - set(columns))
+        extra = sorted(set(columns) - set(self.FIELDS))
+        if missing or extra:
+            raise ProfileError(f"FleetProfiles needs exactly the columns {', '.join(self.FIELDS)}; "
+                               f"missing {missing}, unknown {extra}")
+        self.tiers = tuple(tiers)
+        self.tier_index = np.asarray(tier_index)
+        n = self.tier_index.shape[0]
+        self.columns: dict[str, np.ndarray] = {}
+        for name in self.FIELDS:
+            col = np.asarray(columns[name], dtype=np.int64 if name == "memory_bytes" else float)
+            if col.shape != (n,):
+                raise ProfileError(f"FleetProfiles column {name} must have shape ({n},); "
+                                   f"got {col.shape}")
+            self.columns[name] = col
+
+    @classmethod
+    def from_profiles(cls, profiles: Sequence[DeviceProfile]) -> FleetProfiles:
+        """Columns of a list of profiles (the inverse of ``list(table)``)."""
+        tiers: dict[str, int] = {}
+        index = np.fromiter((tiers.setdefault(p.tier, len(tiers)) for p in profiles),
+                            dtype=np.int32, count=len(profiles))
+        cols = {name: np.array([getattr(p, name) for p in profiles],
+                               dtype=np.int64 if name == "memory_bytes" else float)
+                for name in cls.FIELDS}
+        return cls(list(tiers), index, **cols)
+
+    def __len__(self) -> int:
+        return self.tier_index.shape[0]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"device index {i} out of range for a fleet of {len(self)}")
+        c = self.columns
+        return DeviceProfile(self.tiers[self.tier_index[i]], float(c["flops"][i]),
+                             int(c["memory_bytes"][i]), float(c["battery_j"][i]),
+                             float(c["j_per_flop"][i]), float(c["j_per_byte_up"][i]),
+                             float(c["j_per_byte_down"][i]), float(c["up_bps"][i]),
+                             float(c["down_bps"][i]), float(c["latency_s"][i]))
+
+    def tier_of(self, i: int) -> str:
+        """Device ``i``'s tier name, without building its profile."""
+        return self.tiers[self.tier_index[i]]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FleetProfiles):
+            return (len(self) == len(other)
+                    and [self.tiers[k] for k in self.tier_index]
+                    == [other.tiers[k] for k in other.tier_index]
+                    and all(np.array_equal(self.columns[f], other.columns[f])
+                            for f in self.FIELDS))
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FleetProfiles({len(self)} devices, tiers {list(self.tiers)})"
+
+
+def sample_fleet_table(n: int, mix: Mapping[str, float] | str, *, rng: np.random.Generator,
+                       jitter: float = 0.25) -> FleetProfiles:
+    """:func:`sample_fleet`, held column-wise: the same draws and the same figures, as a
+    :class:`FleetProfiles` (``list(sample_fleet_table(...)) == sample_fleet(...)`` for the same
+    generator state).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = sample_fleet_table(50, "low_end:1,tablet:1", rng=np.random.default_rng(3))
+    >>> a == sample_fleet(50, "low_end:1,tablet:1", rng=np.random.default_rng(3))
+    True
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ProfileError(f"fleet size must be a non-negative integer; got {n!r}")
+    try:
+        jitter = float(jitter)
+    except (TypeError, ValueError):
+        raise ProfileError(f"jitter must be a number >= 0; got {jitter!r}") from None
+    if not math.isfinite(jitter) or jitter < 0:
+        raise ProfileError(f"jitter must be a finite number >= 0; got {jitter!r}")
+    weights = parse_mix(mix)
+    names = list(weights)
+    n = int(n)
+    bases = [TIERS[k] for k in names]
+
+    def base(name: str, dtype=float) -> np.ndarray:
+        return np.array([getattr(b, name) for b in bases], dtype=dtype)
+
+    if n == 0:
+        idx = np.zeros(0, dtype=np.intp)
+    else:
+        idx = rng.choice(len(names), size=n, p=np.array([weights[k] for k in names]))
+    cols = {name: base(name, np.int64 if name == "memory_bytes" else float)[idx]
+            for name in FleetProfiles.FIELDS}
+    if n and jitter > 0:
+        # the same operations, in the same order, as one device at a time (bit-identical)
+        f = np.exp(rng.normal(0.0, jitter, size=(n, 4)))
+        cols["flops"] = cols["flops"] * f[:, 0]
+        cols["up_bps"] = up = cols["up_bps"] * f[:, 1]
+        cols["down_bps"] = down = cols["down_bps"] * f[:, 2]
+        cols["latency_s"] = cols["latency_s"] * f[:, 3]
+        radios = [RADIO[TIER_RADIO[b.tier]] for b in bases]
+        for key, rate, alpha in (("j_per_byte_up", up, "alpha_up_w_per_mbps"),
+                                 ("j_per_byte_down", down, "alpha_down_w_per_mbps")):
+            a = np.array([getattr(r, alpha) for r in radios])[idx]
+            b0 = np.array([r.base_w for r in radios])[idx]
+            top = np.array([r.max_w for r in radios])[idx]
+            cols[key] = np.minimum(b0 + a * rate / _MBPS, top) / rate
+    return FleetProfiles(names, idx.astype(np.int32), **cols)
+
+
 def sample_fleet(n: int, mix: Mapping[str, float] | str, *, rng: np.random.Generator,
                  jitter: float = 0.25) -> list[DeviceProfile]:
     """Draw ``n`` device profiles from a tier mix, jittering the continuous figures.
@@ -494,40 +647,4 @@ def sample_fleet(n: int, mix: Mapping[str, float] | str, *, rng: np.random.Gener
     >>> a == b
     True
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ProfileError(f"fleet size must be a non-negative integer; got {n!r}")
-    try:
-        jitter = float(jitter)
-    except (TypeError, ValueError):
-        raise ProfileError(f"jitter must be a number >= 0; got {jitter!r}") from None
-    if not math.isfinite(jitter) or jitter < 0:
-        raise ProfileError(f"jitter must be a finite number >= 0; got {jitter!r}")
-    weights = parse_mix(mix)
-    names = list(weights)
-    n = int(n)
-    if n == 0:
-        return []
-    idx = rng.choice(len(names), size=n, p=np.array([weights[k] for k in names]))
-    if jitter > 0:
-        factors = np.exp(rng.normal(0.0, jitter, size=(n, 4)))
-    else:
-        factors = None
-    fleet: list[DeviceProfile] = []
-    for i in range(n):
-        base = TIERS[names[int(idx[i])]]
-        if factors is None:
-            fleet.append(base)
-            continue
-        f = factors[i]
-        radio = RADIO[TIER_RADIO[base.tier]]
-        up, down = base.up_bps * float(f[1]), base.down_bps * float(f[2])
-        fleet.append(dataclasses.replace(
-            base,
-            flops=base.flops * float(f[0]),
-            up_bps=up,
-            down_bps=down,
-            latency_s=base.latency_s * float(f[3]),
-            j_per_byte_up=radio.j_per_byte("up", up),
-            j_per_byte_down=radio.j_per_byte("down", down),
-        ))
-    return fleet
+    return list(sample_fleet_table(n, mix, rng=rng, jitter=jitter))

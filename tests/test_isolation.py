@@ -47,9 +47,9 @@ def _rows(res) -> str:
 
 def _isolated(cfg) -> Simulation:
     sim = Simulation(cfg)
-    machines = sim.driver.machines
-    for node in list(machines):
-        machines[node] = copy.deepcopy(machines[node])   # one at a time: nothing stays shared
+    # one at a time, so that nothing stays shared (a lazy fleet's clients are made here, all)
+    sim.driver.machines = {node: copy.deepcopy(sim.driver.machines[node])
+                           for node in list(sim.driver.machines)}
     return sim
 
 

@@ -27,6 +27,7 @@ Machines are driven by hand in tests; here one round with one client:
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -106,6 +107,38 @@ class FedAvgServer(Machine):
         self.gone: set[NodeId] = set()      # selected this round but lost or declined
         self.round_started = 0.0
         self._deadline: float | None = None
+        # ``present`` sorted by str (the order devices are sampled from), with its keys; built
+        # when a round first needs it and then kept up to date, so a fleet of millions is not
+        # re-sorted every round
+        self._pool: list[NodeId] | None = None
+        self._pool_keys: list[str] = []
+
+    def _pool_add(self, peer: NodeId) -> None:
+        if peer in self.present:
+            return
+        self.present.add(peer)
+        if self._pool is not None:
+            key = str(peer)
+            i = bisect.bisect_right(self._pool_keys, key)
+            self._pool_keys.insert(i, key)
+            self._pool.insert(i, peer)
+
+    def _pool_discard(self, peer: NodeId) -> None:
+        if peer not in self.present:
+            return
+        self.present.discard(peer)
+        if self._pool is not None:
+            key = str(peer)
+            i = bisect.bisect_left(self._pool_keys, key)
+            while self._pool[i] != peer:     # distinct peers may print alike
+                i += 1
+            del self._pool_keys[i], self._pool[i]
+
+    def _sorted_pool(self) -> list[NodeId]:
+        if self._pool is None:
+            self._pool = sorted(self.present, key=str)
+            self._pool_keys = [str(p) for p in self._pool]
+        return self._pool
 
     def next_timer(self) -> float | None:
         return self._deadline if self.phase == "training" else None
@@ -115,10 +148,10 @@ class FedAvgServer(Machine):
             self.phase = "waiting"
             return self._try_start(now)
         if isinstance(event, PeerJoined):
-            self.present.add(event.peer)
+            self._pool_add(event.peer)
             return self._try_start(now) if self.phase == "waiting" else []
         if isinstance(event, PeerLost):
-            self.present.discard(event.peer)
+            self._pool_discard(event.peer)
             return self._on_gone(event.peer, now)
         if isinstance(event, Received) and isinstance(event.message, Update):
             return self._on_update(event.src, event.message, now)
@@ -134,7 +167,7 @@ class FedAvgServer(Machine):
         if len(self.present) < self.params.min_clients:
             return []
         p = self.params
-        pool = sorted(self.present, key=str)
+        pool = self._sorted_pool()
         k = min(p.selected_per_round, len(pool))
         chosen = self.rng.choice(len(pool), size=k, replace=False)
         self.selected = tuple(sorted((pool[i] for i in chosen), key=str))

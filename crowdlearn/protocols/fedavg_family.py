@@ -24,6 +24,7 @@ from crowdlearn.protocols.fedavg import (
 )
 from crowdlearn.registry import Protocol
 from crowdlearn.schema import Key
+from sim.driver import LazyMachines
 
 __all__ = ["CONFIG_SECTION", "PROTOCOLS", "build", "build_centralized", "build_standalone",
            "params_from_config"]
@@ -68,11 +69,19 @@ def build(ctx) -> dict:
     dp = dp_fedavg.DPFedAvg(dp_params) if dp_params is not None else None
     sa = secagg.params_from_config(cfg)
     if sa is None:
-        machines: dict = {SERVER: FedAvgServer(SERVER, ctx.init_weights, params,
-                                               rng=ctx.rngs["protocol"], dp=dp)}
-        for d in ctx.devices:
-            machines[d] = FedAvgClient(d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d])
-        return machines
+        server = FedAvgServer(SERVER, ctx.init_weights, params, rng=ctx.rngs["protocol"], dp=dp)
+
+        def client(d, rng):
+            return FedAvgClient(d, ctx.spec, ctx.parts[d], rng=rng)
+
+        def park(m: FedAvgClient):   # an idle client is its generator's state
+            return None if m.job_round is not None else _rng_state(m.rng)
+
+        # a client exists once it is first selected (its Start does nothing), and is parked
+        # between rounds
+        return LazyMachines({SERVER: server}, lambda d: client(d, ctx.device_rngs.fresh(d)),
+                            range(len(ctx.parts)), park=park,
+                            unpark=lambda d, st: client(d, _rng_from_state(st)))
     # secure aggregation: crypto costs calibrated on this machine; key material from its own
     # per-device streams so that training draws exactly what it draws without SecAgg
     from crowdlearn.crypto.costs import calibrate
@@ -88,6 +97,20 @@ def build(ctx) -> dict:
             crypto_rng=np.random.default_rng(streams[d]),
             privatise=dp.client_privatise if dp is not None else None)
     return machines
+
+
+def _rng_state(rng: np.random.Generator) -> tuple | None:
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        return None
+    return (st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
+
+
+def _rng_from_state(st: tuple) -> np.random.Generator:
+    bg = np.random.PCG64()
+    bg.state = {"bit_generator": "PCG64", "state": {"state": st[0], "inc": st[1]},
+                "has_uint32": st[2], "uinteger": st[3]}
+    return np.random.Generator(bg)
 
 
 def build_centralized(ctx) -> dict:
