@@ -40,7 +40,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# one BLAS thread per process: the matrices are tiny (d ≤ 31) and on a loaded machine a threaded
+# eigh of 31×31 spin-waits for ~0.1 s (measured: 10 eigh calls were half of a run's time)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
