@@ -321,3 +321,17 @@ def test_upload_attack_picks_its_candidate_without_the_truth():
     assert r2["prior_psnr"] == pytest.approx(10 * np.log10(1 / np.mean((prior - x2) ** 2)))
     assert any(r2["random_public_psnr"] == pytest.approx(v)
                for v in (r2["prior_psnr"], 10 * np.log10(1 / np.mean(x2 ** 2))))
+
+
+def test_a_follower_reads_every_label_off_the_output_errors():
+    from crowdlearn.privacy.attacks.views import follower_pass, labels_from_output_errors
+    rng = np.random.default_rng(0)
+    spec = mlp(6, [8], 4)
+    w = spec.init_weights(rng)
+    x = rng.random((20, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 20)
+    obs = follower_pass(spec, w, x, y, [0, 1, 2], batch_size=8, seed=1)
+    assert len(obs["errors"]) == len(obs["batches"]) == 3
+    got = np.concatenate([labels_from_output_errors(e) for e in obs["errors"]])
+    assert np.array_equal(got, y[np.concatenate(obs["batches"])])
+    assert np.allclose([e.sum(axis=1) for e in obs["errors"]][0], 0, atol=1e-6)   # p − onehot

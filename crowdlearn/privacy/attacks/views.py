@@ -393,7 +393,9 @@ def follower_pass(spec, weights, x, y, units, *, batch_size: int = 32, lr: float
         ``z`` (list of ``(B, k)`` sums), ``batches`` (list of index arrays into ``x``),
         ``w1_steps`` (``W1[:, units]`` at every step, what the sums were computed with),
         ``w1_end`` (the whole ``W1`` after the pass: what the next dominator receives in the
-        hand-over), ``acc`` (``Σ |mean gradient|`` of ``W1`` over the pass: the score by which
+        hand-over), ``errors`` (list of ``(B, classes)`` output errors ``softmax − onehot(y)``
+        of each step: what backpropagation sends back through the pieces, so a follower sees
+        them too; :func:`labels_from_output_errors` reads every label off them), ``acc`` (``Σ |mean gradient|`` of ``W1`` over the pass: the score by which
         the dominator picks the top-θ weights it uploads to the server) and ``weights`` (all
         parameters after the pass).
     """
@@ -403,7 +405,7 @@ def follower_pass(spec, weights, x, y, units, *, batch_size: int = 32, lr: float
     ws = [np.asarray(w, np.float64) for w in weights]
     units = np.asarray(units, np.int64)
     order = rng.permutation(len(x))
-    zs, batches, w1s = [], [], []
+    zs, batches, w1s, errs = [], [], [], []
     acc = np.zeros_like(ws[0])
     for s in range(0, len(order), batch_size):
         bi = order[s:s + batch_size]
@@ -411,11 +413,30 @@ def follower_pass(spec, weights, x, y, units, *, batch_size: int = 32, lr: float
         w1s.append(ws[0][:, units].copy())
         zs.append(xb @ ws[0][:, units])
         batches.append(bi)
+        if spec.loss == "sparse_ce":
+            from crowdlearn.privacy.attacks.inversion import forward_logits
+            logits = np.asarray(forward_logits(spec, ws, xb), np.float64)
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(bi)), np.asarray(y)[bi]] -= 1.0
+            errs.append(p)
         g = model_gradients(spec, ws, xb, np.asarray(y)[bi])
         acc += np.abs(g[0])
         ws = [w - lr * gi for w, gi in zip(ws, g, strict=True)]
     return {"z": zs, "batches": batches, "w1_steps": w1s, "w1_end": ws[0].copy(), "acc": acc,
-            "weights": ws}
+            "weights": ws, "errors": errs}
+
+
+def labels_from_output_errors(errors) -> np.ndarray:
+    """Every label of a batch from its softmax output errors ``p − onehot(y)``.
+
+    The error row of a sample is negative only at its label (``p_y − 1 < 0``, the others
+    ``p_c ≥ 0``), so the argmin is the label exactly.
+
+    >>> labels_from_output_errors([[0.2, -0.3, 0.1], [-0.9, 0.5, 0.4]]).tolist()
+    [1, 0]
+    """
+    return np.argmin(np.asarray(errors, np.float64), axis=1)
 
 
 # ---------------------------------------------------------------- the report
