@@ -188,8 +188,9 @@ def markdown(rows, *, seeds, rounds, devices, wall, env) -> str:
     out.append("")
     out.append(f"_Setting: digits, {devices} devices in 2 cells, MLP 64–32–10, {rounds} rounds, "
                f"each protocol's defaults (FM: tanh hidden layer, deep mode); seeds "
-               f"{seeds_text(seeds)} ({len(seeds)} seeds: every protocol runs TensorFlow training "
-               f"on a shared 2-core machine, so fewer than 10). Cells: mean ± 95 % Student-t "
+               f"{seeds_text(seeds)} ({len(seeds)} seeds"
+               f"{'' if len(seeds) >= 10 else ': every protocol trains with TensorFlow on a shared 2-core machine, so fewer than 10'}"
+               f"). Cells: mean ± 95 % Student-t "
                f"half-width over the seeds. {wall}. {env}_")
     return "\n".join(out) + "\n"
 

@@ -51,9 +51,9 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict:
 
 def fmt_paired(d: dict, digits: int = 3) -> str:
     """``+0.012 [+0.004, +0.020], p = 0.003`` of a :func:`paired` result."""
-    p = "n/a" if math.isnan(d["p"]) else (f"{d['p']:.2g}" if d["p"] >= 1e-4 else "< 1e-4")
-    return (f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}], "
-            f"p = {p}")
+    p = "p n/a" if math.isnan(d["p"]) else (f"p = {d['p']:.2g}" if d["p"] >= 1e-4
+                                            else "p < 1e-4")
+    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}], {p}"
 
 
 def verdict(d: dict) -> str:
