@@ -300,9 +300,16 @@ def acceptance(rows, key, kind, frac, target=0.7):
             "accept": accept, "exact_vs_noisy": exact_vs_noisy}
 
 
-def _pct(r):
+def _pct(r, a=None):
+    if a is not None and not a["lost"]["lo"] > 0:
+        return "n/a (no loss shown)"
     est, lo, hi = r
     return "—" if not math.isfinite(est) else f"{est:.0%} [{lo:.0%}, {hi:.0%}]"
+
+
+def _accept(a) -> str:
+    """The ≥ 70 % verdict, only where plain averaging is shown to lose something."""
+    return R.verdict(a["accept"]) if a["lost"]["lo"] > 0 else "n/a (no loss shown)"
 
 
 def markdown(results) -> str:
@@ -375,8 +382,8 @@ def markdown(results) -> str:
                     a = acceptance(rows, key, kind, frac)
                     out.append(f"| {float(frac):.0%} | {R.cell(r['plain'])} | "
                                f"{R.cell(r['quality'])} | {R.cell(r.get('exact', []))} | "
-                               f"{R.fmt_paired(a['lost'])} | {_pct(a['recovered'])} | "
-                               f"{R.fmt_paired(a['accept'])} | {R.verdict(a['accept'])} |")
+                               f"{R.fmt_paired(a['lost'])} | {_pct(a['recovered'], a)} | "
+                               f"{R.fmt_paired(a['accept'])} | {_accept(a)} |")
                     if frac == "0.3":
                         summary.append((eps_key, dataset, kind, a))
                 out.append("")
@@ -387,8 +394,8 @@ def markdown(results) -> str:
     out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for eps_key, dataset, kind, a in summary:
         out.append(f"| {eps_key} | {dataset} | {kind} | {R.fmt_paired(a['lost'])} | "
-                   f"{_pct(a['recovered'])} | {_pct(a['recovered_exact'])} | "
-                   f"{R.verdict(a['accept'])} | "
+                   f"{_pct(a['recovered'], a)} | {_pct(a['recovered_exact'], a)} | "
+                   f"{_accept(a)} | "
                    f"{R.fmt_paired(a['exact_vs_noisy']) if a['exact_vs_noisy'] else '—'} |")
     out.append("")
     out.append("With no unreliable participant, quality-weighted minus plain (paired; positive = "
@@ -424,7 +431,10 @@ def markdown(results) -> str:
         for e, r in d["rows"].items():
             out.append(f"| {e} | {R.cell(r['spec'])} | {R.cell(r['l2'])} |")
         out.append(f"\nThe pre-trained network alone (the server's {d['public']} public rows, "
-                   f"no participant data): {R.cell(d['pretrained'])}.\n")
+                   f"no participant data): {R.cell(d['pretrained'])}.  Paired over seeds, FM "
+                   f"output layer (l2 Δ) minus the public-only network: " + "; ".join(
+                       f"ε = {e}: {R.fmt_paired(R.paired(d['rows'][e]['l2'], d['pretrained']))}"
+                       for e in ("∞", "100", "10") if e in d["rows"]) + ".\n")
     out.append(f"_Each cell: mean ± half-width of the 95 % Student-t interval over the seeds "
                f"listed; paired differences: mean [95 % interval], paired t-test p; recovered "
                f"fractions: ratio of means with a 95 % percentile bootstrap over seeds. "
