@@ -554,9 +554,12 @@ independent units; one model seed).
         ("psnr_median", "median PSNR"), ("ssim", "SSIM"), ("labels_ok", "labels right"),
         ("clf", "clf"), ("trials", "batches")]) + "\n")
     L.append("## 4 · Membership inference (Yeom et al. loss threshold)\n")
-    m = out["membership_setup"]
-    L.append(f"Simulations with `{m['devices']}` devices holding `{m['per_device']}` samples "
-             f"each, `{m['rounds']}` rounds, batch 16, lr 0.1, MLP hidden `{m['hidden']}`. "
+    setups = out["membership_setup"]
+    m = next(iter(setups.values()))
+    L.append("Simulations with " + "; ".join(
+        f"{name}: `{v['devices']}` devices holding `{v['per_device']}` samples each, MLP hidden "
+        f"`{v['hidden']}`" for name, v in setups.items()) +
+             f"; `{m['rounds']}` rounds, batch 16, lr 0.1. "
              "Members: all devices' samples (for standalone, each device's own, against its "
              "own model, averaged); non-members: the test set; at most "
              f"{m['max_samples']} of each.  *adv.*: TPR − FPR at the threshold 'loss ≤ mean "
@@ -698,7 +701,7 @@ def main(argv=None) -> int:
         out["follower_real"] += real
         mem = dict(devices=10, per_device=100 if name == "digits" else 300,
                    rounds=args.rounds, hidden=hidden[name], max_samples=1000)
-        out["membership_setup"] = mem
+        out.setdefault("membership_setup", {})[name] = mem
         out["membership"] += section_membership(name, seed=args.seed, **mem)
     elapsed = time.perf_counter() - t0
     print()
