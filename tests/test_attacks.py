@@ -297,3 +297,41 @@ def test_privacy_report_on_a_small_dssgd_run():
     loc = local_models(sim)                                      # participants' own copies
     assert sorted(loc) == [0, 1, 2, 3]
     assert [a.shape for a in loc[0]] == [tuple(s) for s in sim.spec.param_shapes()]
+
+
+def test_upload_attack_picks_its_candidate_without_the_truth():
+    """The attacker picks the best-covered neuron's image, whatever the samples are."""
+    from crowdlearn.privacy.attacks.views import _upload_leak
+    x1 = np.array([1.0, 0.0, 0.5, 0.25])              # neuron 0: every pixel visible
+    x2 = np.array([0.0, 1.0, 1.0, 0.75])              # neuron 1: three pixels visible
+    gw = np.outer(x1, [0.2, 0.0]) + np.outer(x2, [0.0, 0.4])
+    flat = np.concatenate([gw.ravel(), [0.2, 0.4]])
+    keep = np.array([i for i in range(flat.size) if i != 3 * 2 + 1])   # hide W1[3, 1]
+    spec = [(4, 2), (2,)]
+    prior = np.full(4, 0.5)
+    public = np.stack([prior, np.zeros(4)])
+    rng = np.random.default_rng(0)
+    r1 = _upload_leak(keep, flat[keep], spec, x1[None], prior, public, gamma=None,
+                      topk_bound=False, rng=rng)
+    assert math.isinf(r1["psnr"])                                   # the pick is x1 exactly
+    r2 = _upload_leak(keep, flat[keep], spec, x2[None], prior, public, gamma=None,
+                      topk_bound=False, rng=rng)
+    # an oracle would score neuron 1 (x2 on 3 of 4 pixels); the attacker still picks x1
+    assert r2["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((x1 - x2) ** 2)))
+    assert r2["prior_psnr"] == pytest.approx(10 * np.log10(1 / np.mean((prior - x2) ** 2)))
+    assert any(r2["random_public_psnr"] == pytest.approx(v)
+               for v in (r2["prior_psnr"], 10 * np.log10(1 / np.mean(x2 ** 2))))
+
+
+def test_a_follower_reads_every_label_off_the_output_errors():
+    from crowdlearn.privacy.attacks.views import follower_pass, labels_from_output_errors
+    rng = np.random.default_rng(0)
+    spec = mlp(6, [8], 4)
+    w = spec.init_weights(rng)
+    x = rng.random((20, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 20)
+    obs = follower_pass(spec, w, x, y, [0, 1, 2], batch_size=8, seed=1)
+    assert len(obs["errors"]) == len(obs["batches"]) == 3
+    got = np.concatenate([labels_from_output_errors(e) for e in obs["errors"]])
+    assert np.array_equal(got, y[np.concatenate(obs["batches"])])
+    assert np.allclose([e.sum(axis=1) for e in obs["errors"]][0], 0, atol=1e-6)   # p − onehot

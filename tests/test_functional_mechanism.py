@@ -507,3 +507,23 @@ def test_doctests_of_the_fm_modules():
                  "config"):     # the package's modules (those without examples attempt none)
         module = importlib.import_module(f"crowdlearn.protocols.fm.{name}")
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0, name
+
+
+def test_rescore_scores_the_participants_models_not_their_duals(registered):
+    from crowdlearn.protocols.fm import score_models
+    cfg = fm_config(rounds=6, **{"fm.aggregation": "quality", "fm.rescore": True,
+                                 "quality.fraction": 0.3})
+    sim, res = run_fm(cfg)
+    server = sim.driver.machines["server"]
+    ws = [sim.driver.machines[d].w for d in range(10)]
+    us = [sim.driver.machines[d].u for d in range(10)]
+    assert max(np.linalg.norm(u) for u in us) > 1e-2       # the duals are not negligible
+    for d in range(10):                                    # the server's rebuilt w_i = v_i − u_i
+        assert np.allclose(server.models[d], ws[d], rtol=1e-5, atol=1e-5)
+    ys = server.model.targets(server.val_y)
+    raw, _ = score_models(server.model, ws, server.val_z, ys, clip=server.params.score_clip)
+    assert np.allclose([server.raw_scores[d] for d in range(10)], raw, atol=1e-6)
+    wrong, _ = score_models(server.model, [w + u for w, u in zip(ws, us, strict=True)],
+                            server.val_z, ys, clip=server.params.score_clip)
+    assert not np.allclose(raw, wrong)                     # scoring w_i + u_i would differ
+    assert res.summary["epsilon_quality_scores"] > 1.0     # six scorings compose

@@ -395,7 +395,9 @@ def follower_pass(spec, weights, x, y, units, *, batch_size: int = 32, lr: float
         ``z`` (list of ``(B, k)`` sums), ``batches`` (list of index arrays into ``x``),
         ``w1_steps`` (``W1[:, units]`` at every step, what the sums were computed with),
         ``w1_end`` (the whole ``W1`` after the pass: what the next dominator receives in the
-        hand-over), ``acc`` (``Σ |mean gradient|`` of ``W1`` over the pass: the score by which
+        hand-over), ``errors`` (list of ``(B, classes)`` output errors ``softmax − onehot(y)``
+        of each step: what backpropagation sends back through the pieces, so a follower sees
+        them too; :func:`labels_from_output_errors` reads every label off them), ``acc`` (``Σ |mean gradient|`` of ``W1`` over the pass: the score by which
         the dominator picks the top-θ weights it uploads to the server) and ``weights`` (all
         parameters after the pass).
     """
@@ -405,7 +407,7 @@ def follower_pass(spec, weights, x, y, units, *, batch_size: int = 32, lr: float
     ws = [np.asarray(w, np.float64) for w in weights]
     units = np.asarray(units, np.int64)
     order = rng.permutation(len(x))
-    zs, batches, w1s = [], [], []
+    zs, batches, w1s, errs = [], [], [], []
     acc = np.zeros_like(ws[0])
     for s in range(0, len(order), batch_size):
         bi = order[s:s + batch_size]
@@ -413,11 +415,30 @@ def follower_pass(spec, weights, x, y, units, *, batch_size: int = 32, lr: float
         w1s.append(ws[0][:, units].copy())
         zs.append(xb @ ws[0][:, units])
         batches.append(bi)
+        if spec.loss == "sparse_ce":
+            from crowdlearn.privacy.attacks.inversion import forward_logits
+            logits = np.asarray(forward_logits(spec, ws, xb), np.float64)
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(bi)), np.asarray(y)[bi]] -= 1.0
+            errs.append(p)
         g = model_gradients(spec, ws, xb, np.asarray(y)[bi])
         acc += np.abs(g[0])
         ws = [w - lr * gi for w, gi in zip(ws, g, strict=True)]
     return {"z": zs, "batches": batches, "w1_steps": w1s, "w1_end": ws[0].copy(), "acc": acc,
-            "weights": ws}
+            "weights": ws, "errors": errs}
+
+
+def labels_from_output_errors(errors) -> np.ndarray:
+    """Every label of a batch from its softmax output errors ``p − onehot(y)``.
+
+    The error row of a sample is negative only at its label (``p_y − 1 < 0``, the others
+    ``p_c ≥ 0``), so the argmin is the label exactly.
+
+    >>> labels_from_output_errors([[0.2, -0.3, 0.1], [-0.9, 0.5, 0.4]]).tolist()
+    [1, 0]
+    """
+    return np.argmin(np.asarray(errors, np.float64), axis=1)
 
 
 # ---------------------------------------------------------------- the report
@@ -452,32 +473,51 @@ def _cap(v: float) -> float | None:
     return float(min(v, PSNR_CAP))
 
 
-def _upload_leak(indices, values, spec, samples, mean, *, gamma,
-                 leak_psnr: float) -> dict | None:
-    """Per-neuron reconstructions of one upload scored against the uploader's samples."""
+def _upload_leak(indices, values, spec, samples, prior, public, *, gamma, topk_bound: bool,
+                 rng: np.random.Generator) -> dict | None:
+    """Attack one upload as an attacker would, and score it beside two no-attack baselines.
+
+    The attacker cannot see the samples, so it picks **one** candidate by its own criterion: the
+    per-neuron ratio image with the most recovered pixels (ties: the largest ``|Δb1[j]|``), its
+    gaps filled with the public ``prior`` (clipped into the top-k bound when ``topk_bound``).
+    The evaluator then scores the choice against the uploader's nearest sample (PSNR, data range
+    1), and scores the same way a random ``public`` image and the ``prior`` itself, which use
+    nothing from the upload.
+    """
     from crowdlearn.privacy.attacks.reconstruction import (
+        first_layer,
         per_neuron_reconstructions,
         reconstruct_from_sparse,
     )
 
-    nimg = per_neuron_reconstructions(indices, values, spec, gamma=gamma)
+    nimg = per_neuron_reconstructions(indices, values, spec, gamma=gamma, topk_bound=topk_bound)
     if not nimg.neurons.size:
         return None
-    cand = nimg.filled("bounded", mean=mean)
+    visible = np.sum(~np.isnan(nimg.images), axis=1)
+    layer = first_layer(spec)
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    vals = np.asarray(values, np.float64).reshape(-1)
+    bias = np.zeros(layer.h)
+    inb = (idx >= layer.bias_offset) & (idx < layer.bias_offset + layer.h)
+    bias[idx[inb] - layer.bias_offset] = np.abs(vals[inb])
+    order = np.lexsort((-bias[nimg.neurons], -visible))          # most pixels, then |Δb|
+    pick = nimg.filled("bounded" if topk_bound else "mean", mean=prior)[order[0]]
     xs = np.asarray(samples, np.float64)
-    err = ((cand[:, None, :] - xs[None, :, :]) ** 2).mean(axis=2)       # (k, n)
-    with np.errstate(divide="ignore"):
-        best = 10 * np.log10(1.0 / err.min(axis=1))                       # per candidate
-        per_sample = 10 * np.log10(1.0 / err.min(axis=0))                 # per true sample
-        base = 10 * np.log10(1.0 / ((xs - mean) ** 2).mean(axis=1))
+
+    def nearest_psnr(img) -> float:
+        err = ((xs - img[None, :]) ** 2).mean(axis=1).min()
+        with np.errstate(divide="ignore"):
+            return float(10 * np.log10(1.0 / err))
+
+    rand = np.asarray(public[int(rng.integers(len(public)))], np.float64)
     rec = reconstruct_from_sparse(indices, values, spec, gamma=gamma)
-    return {"best_psnr": float(best.max()), "coverage": rec.coverage,
-            "leaked_fraction": float(np.mean(per_sample >= leak_psnr)),
-            "baseline_psnr": float(base.max())}
+    return {"psnr": nearest_psnr(pick), "random_public_psnr": nearest_psnr(rand),
+            "prior_psnr": nearest_psnr(np.asarray(prior, np.float64)),
+            "coverage": rec.coverage}
 
 
 def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads: int = 16,
-                   leak_psnr: float = 20.0, seed: int = 0) -> dict:
+                   seed: int = 0) -> dict:
     """Attack scores of a finished simulation, flat and JSON-ready (``summary.json``).
 
     Parameters
@@ -489,9 +529,6 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
         Members and non-members per membership attack (seeded subsets).
     uploads : int
         Server-side uploads attacked (DSSGD uploads / FedAvg client updates, first ones).
-    leak_psnr : float
-        A training sample counts as *leaked* when some per-neuron reconstruction of its
-        device's upload is within this PSNR (dB) of it.
     seed : int
 
     Returns
@@ -499,13 +536,17 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
     dict
         ``membership_auc``, ``membership_advantage``, ``membership_max_advantage`` and
         ``membership_target`` ("global", "local" or "group") when a final model was captured;
-        for dssgd and fedavg also ``reconstruction_best_psnr`` (mean over the attacked uploads
-        of the best per-neuron ratio image's PSNR to its nearest sample of the uploader),
-        ``reconstruction_baseline_psnr`` (the same for the dataset mean image: the no-attack
-        reference), ``reconstruction_coverage`` (pixels recovered by the max-bias ratio, a
-        meaningful "exact" figure only for one-sample uploads), ``reconstruction_leaked_fraction``
-        and ``reconstruction_uploads``; ``epsilon`` when DSSGD ran with DP.  PSNRs are capped
-        at :data:`PSNR_CAP`; missing figures are ``None``.
+        for dssgd and fedavg also the first-layer reconstruction of the attacked uploads (see
+        :func:`_upload_leak`; means over uploads, PSNR to the uploader's nearest sample):
+        ``reconstruction_psnr`` (the candidate the attacker picks without the truth),
+        ``reconstruction_random_public_psnr`` (a random public test image: no attack),
+        ``reconstruction_prior_psnr`` (the public mean image: no attack),
+        ``reconstruction_coverage`` (pixels recovered by the max-bias ratio, a meaningful
+        "exact" figure only for one-sample uploads), ``reconstruction_fill`` (``"bounded"``:
+        gaps clipped into the top-k bound, used only for DSSGD's top-k selection without DP,
+        where it holds; else ``"mean"``) and ``reconstruction_uploads``; ``epsilon`` when the
+        run has DP.  The attacker knows the model architecture and the public test images;
+        PSNRs are capped at :data:`PSNR_CAP`; missing figures are ``None``.
     """
     from crowdlearn.privacy.attacks import membership as mi
 
@@ -560,19 +601,24 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
             first_layer(spec)
         except ValueError:
             records = []
-        mean = ds.x_train.mean(axis=0).astype(np.float64)
+        public = np.asarray(ds.x_test, np.float64).reshape(len(ds.x_test), -1)
+        prior = public.mean(axis=0)                      # every prior from public data
+        cfg = sim.config
+        topk_bound = bool(isinstance(server, DSSGDServerView) and not cfg.dssgd.dp
+                          and cfg.dssgd.selection == "topk")
+        rng = np.random.default_rng([seed, 0x5EED])
         rows = []
         for dev, idx, val in records:
-            samples = ds.x_train[np.asarray(parts[dev])]
-            r = _upload_leak(idx, val, spec, samples, mean, gamma=gamma, leak_psnr=leak_psnr)
+            samples = np.asarray(ds.x_train[np.asarray(parts[dev])], np.float64)
+            samples = samples.reshape(len(samples), -1)
+            r = _upload_leak(idx, val, spec, samples, prior, public, gamma=gamma,
+                             topk_bound=topk_bound, rng=rng)
             if r is not None:
                 rows.append(r)
         if rows:
-            out["reconstruction_best_psnr"] = _cap(float(np.mean([r["best_psnr"] for r in rows])))
-            out["reconstruction_baseline_psnr"] = _cap(
-                float(np.mean([r["baseline_psnr"] for r in rows])))
+            for key in ("psnr", "random_public_psnr", "prior_psnr"):
+                out[f"reconstruction_{key}"] = _cap(float(np.mean([r[key] for r in rows])))
             out["reconstruction_coverage"] = float(np.mean([r["coverage"] for r in rows]))
-            out["reconstruction_leaked_fraction"] = float(
-                np.mean([r["leaked_fraction"] for r in rows]))
+            out["reconstruction_fill"] = "bounded" if topk_bound else "mean"
         out["reconstruction_uploads"] = len(rows)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}

@@ -83,6 +83,11 @@ class FMServer(Machine):
         self.scores: dict = {}              # participant → noisy score (first scoring)
         self.raw_scores: dict = {}          # participant → exact score (for tests / analysis)
         self.has_hidden: set = set()
+        # the participants' ADMM state as the server can rebuild it from the messages:
+        # v_i = w_i + u_i is uploaded and u_i <- u_i + w_i - z on each round received, so the
+        # server scores w_i = v_i - u_i (the model, not the dual) when it re-scores
+        self.duals: dict = {}
+        self.models: dict = {}
 
     def next_timer(self) -> float | None:
         return self.deadline if self.phase == "running" else None
@@ -148,6 +153,8 @@ class FMServer(Machine):
             else plain
         effects: list[Effect] = []
         for p in targets:
+            if z is not None and p in self.models:
+                self.duals[p] = self.duals.get(p, 0.0) + self.models[p] - z.astype(np.float64)
             msg = with_hidden if p not in self.has_hidden else plain
             self.has_hidden.add(p)
             effects.append(Send(p, msg))
@@ -163,6 +170,7 @@ class FMServer(Machine):
             self.expected.discard(src)
             return [Report("bad_update", "shape or non-finite", tags)] + self._maybe_close(now)
         self.uploads[src] = v.astype(np.float64)
+        self.models[src] = self.uploads[src] - self.duals.get(src, 0.0)
         return self._maybe_close(now)
 
     def _on_decline(self, src, msg: FMDecline, now: float) -> list[Effect]:
@@ -192,7 +200,7 @@ class FMServer(Machine):
         """Score ``nodes``' current uploads on the validation rows, with Laplace noise."""
         p = self.params
         ys = self.model.targets(self.val_y)
-        raw, C = score_models(self.model, [self.uploads[n] for n in nodes], self.val_z, ys,
+        raw, C = score_models(self.model, [self.models[n] for n in nodes], self.val_z, ys,
                               clip=p.score_clip)
         m = max(len(ys), 1)
         if math.isfinite(p.score_epsilon):
