@@ -1,7 +1,7 @@
 """Experiments of distributed selective SGD (``protocol = "dssgd"``, Shokri & Shmatikov 2015).
 
 Produces the table of ``docs/experiments/dssgd.md``.  Every number is one full simulated run
-(``sim.experiment.Simulation``) in this one process, seed 0, Fashion-MNIST, MLP 784-128-64-10,
+(``crowdlearn.experiment.Simulation``) in this one process, seed 0, Fashion-MNIST, MLP 784-128-64-10,
 30 participants (iid, 2,000 samples each), batch 32, the same lr for every run:
 
 * ``centralized`` (one model on the union of the participants' data, ``R`` epochs);
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from crowdlearn.config import from_dict  # noqa: E402
-from sim.experiment import Simulation  # noqa: E402
+from crowdlearn.experiment import Simulation  # noqa: E402
 
 DOC = ROOT / "docs" / "experiments" / "dssgd.md"
 DEVICES = 30

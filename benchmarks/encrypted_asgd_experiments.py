@@ -27,7 +27,7 @@ import os
 import statistics
 
 from crowdlearn.config import from_dict
-from sim.experiment import run
+from crowdlearn.experiment import run
 
 
 def configs(devices: int, rounds: int, seed: int) -> dict[str, dict]:

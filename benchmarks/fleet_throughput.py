@@ -184,7 +184,7 @@ def fleet_round(args) -> dict:
     from crowdlearn.data import load_dataset
     from crowdlearn.training.fleet_trainer import FleetTrainer
     from crowdlearn.training.keras_ref import KerasReferenceTrainer, build_keras_model
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
 
     tf.get_logger().setLevel("ERROR")   # the per-instance retracing warning: reported below
     out: dict = {"tf": tf.__version__, "keras": keras.__version__,
@@ -443,7 +443,7 @@ def sim_alone_child(opts: dict) -> dict:
 
     from crowdlearn.config import from_dict
     from crowdlearn.data import load_dataset
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
 
     out: dict = {"opts": opts, "load_start": os.getloadavg()}
     out["tf_imported"] = "tensorflow" in sys.modules

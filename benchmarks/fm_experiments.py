@@ -53,12 +53,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import results_doc as R  # noqa: E402
-import sim.experiment as experiment  # noqa: E402
+import crowdlearn.experiment as experiment  # noqa: E402
 from crowdlearn.config import from_dict  # noqa: E402
 from crowdlearn.privacy import functional as F  # noqa: E402
 from crowdlearn.protocols import fm  # noqa: E402
-
-fm.register(experiment.PROTOCOLS)
 
 EPSILONS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, math.inf)
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -85,7 +83,7 @@ def config(dataset, seed, *, protocol="fm", rounds=ROUNDS, fm_opts=None, quality
 
 def fm_run(dataset, seed, **kw):
     """Final metric of one simulated FM run (and the simulation; ``sim.first`` is round 0's)."""
-    sim = fm.simulation(config(dataset, seed, **kw), trainer_factory=fm.LinearEvaluator)
+    sim = experiment.Simulation(config(dataset, seed, **kw), trainer_factory=fm.LinearEvaluator)
     res = sim.run()
     sim.first = res.metrics[0][DATASETS[dataset]]
     return res.metrics[-1][DATASETS[dataset]], sim
@@ -115,7 +113,7 @@ def centralized_fm(dataset, seed):
 
     Returns ``{(ε, bound): metric}``.
     """
-    sim = fm.simulation(config(dataset, seed, rounds=1), trainer_factory=fm.LinearEvaluator)
+    sim = experiment.Simulation(config(dataset, seed, rounds=1), trainer_factory=fm.LinearEvaluator)
     ds, model = sim.dataset, sim.ctx.extra["model"]
     union = np.concatenate(sim.ctx.extra["parts"])
     z, y = model.rows(ds.x_train[union]), model.targets(ds.y_train[union])
@@ -260,7 +258,7 @@ def deep_table(dataset, seeds, log, hidden=32, public=100, epsilons=(1.0, 10.0, 
                 cfg = config(dataset, seed, rounds=5, model={
                     "arch": "mlp", "hidden": [hidden], "activation": "tanh"},
                     fm_opts={"epsilon": eps, "bound": bound, "public_size": public})
-                sim = fm.simulation(cfg)
+                sim = experiment.Simulation(cfg)
                 res = sim.run()
                 vals.append(res.metrics[-1]["accuracy"])
                 if len(pretrained) < len(seeds):

@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     import sim.network as netmod
     from crowdlearn.config import from_dict
     from crowdlearn.data import load_dataset
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
 
     ds = load_dataset("digits", seed=args.seed)
     idx = np.random.default_rng(args.seed).integers(0, len(ds.x_train), size=(args.devices, 8))

@@ -325,7 +325,7 @@ def section_membership(name: str, *, devices: int, per_device: int, rounds: int,
                        seed: int, max_samples: int) -> list[dict]:
     from crowdlearn.config import from_dict
     from crowdlearn.privacy.attacks.views import PrivacyProbe, privacy_report
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
 
     ds = load_dataset(name, seed=seed)
     rng = np.random.default_rng(seed)

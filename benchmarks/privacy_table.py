@@ -51,15 +51,16 @@ NEEDS = {"fm": {"model": {"hidden": [32], "activation": "tanh"}}}
 
 
 def protocols() -> list[str]:
-    """The protocol choices of the configuration schema (every registered protocol)."""
-    from crowdlearn.config import SCHEMA
-    return list(SCHEMA[""]["protocol"].choices)
+    """Every registered protocol (:mod:`crowdlearn.registry`)."""
+    from crowdlearn import registry
+    return list(registry.names())
 
 
 def variants() -> list[tuple[str, str, dict]]:
     """``(protocol, variant label, overrides)``: each protocol as configured by default, plus the
     privacy variants its config section offers."""
-    from crowdlearn.config import SCHEMA
+    from crowdlearn.config import schema
+    SCHEMA = schema()  # noqa: N806  (the whole schema: built-in and protocol sections)
     out = []
     for proto in protocols():
         out.append((proto, "default", NEEDS.get(proto, {})))

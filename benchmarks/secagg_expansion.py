@@ -26,7 +26,7 @@ import numpy as np
 
 from crowdlearn.crypto import masking
 from crowdlearn.crypto.costs import calibrate
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.messages import Update
 from crowdlearn.protocols.secagg import auto_neighbours, client_round_bytes, client_round_ops
 

@@ -42,7 +42,7 @@ def config(mode: str, clients: int):
 
 
 def one(mode: str, clients: int) -> dict:
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
     t0 = time.perf_counter()
     res = Simulation(config(mode, clients)).run()
     wall = time.perf_counter() - t0

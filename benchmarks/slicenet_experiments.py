@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from crowdlearn.config import from_dict
-from sim.experiment import Simulation
+from crowdlearn.experiment import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
     from crowdlearn.config import from_dict
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
     from slicenet.fused import FusedTrainer
 
     cfg = from_dict({"protocol": "crowdlearning", "rounds": 1, "seed": seed,

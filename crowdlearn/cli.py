@@ -67,9 +67,10 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(stem)
     check_out(out, overwrite=args.overwrite)      # before anything runs, not after
 
-    if cfg.training.backend != "none" or cfg.protocol in ("crowdlearning", "ssgd"):
+    from crowdlearn import registry
+    if cfg.training.backend != "none" or registry.get(cfg.protocol).needs_tensorflow:
         import_tensorflow_quietly()
-    from sim.experiment import Simulation  # heavy imports only once the config is valid
+    from crowdlearn.experiment import Simulation  # heavy imports only once the config is valid
 
     bar = None
     tty = sys.stderr.isatty()
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_sweep)
 
     try:
-        from slicenet.cli import add_partition_parser
+        from crowdlearn.partition_cli import add_partition_parser
     except ImportError:  # pragma: no cover - slicenet is part of the package
         add_partition_parser = None
     if add_partition_parser is not None:

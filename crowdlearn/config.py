@@ -21,6 +21,7 @@ crowdlearn.errors.ConfigError: invalid configuration (2 problem(s)):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import json
 import math
@@ -36,7 +37,6 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from crowdlearn.errors import ConfigError
 
-PROTOCOLS = ("fedavg", "centralized", "standalone", "crowdlearning", "ssgd", "dssgd", "fm")
 DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist")
 TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
 
@@ -47,7 +47,7 @@ MBPS = "Mbit/s"
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "": {
-        "protocol": Key(str, "fedavg", "Protocol to run.", choices=PROTOCOLS),
+        "protocol": Key(str, "fedavg", "Protocol to run (the registered protocols, :mod:`crowdlearn.registry`).", choices=()),
         "seed": Key(int, 0, "Master seed: every random stream (data split, fleet, sampling, "
                     "availability, training batches, weight initialisation) derives from it.", min=0),
         "rounds": Key(int, 20, "Rounds (FedAvg), epochs (crowdlearning, ssgd), epochs per "
@@ -115,41 +115,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "(reconstruction from uploads, membership inference on the final "
                        "models) and add the scores to summary.json."),
     },
-    "slicenet": {
-        "group_size": Key(int, 5, "Devices per group, n (crowdlearning). ssgd uses 1.", min=1),
-        "pieces": Key(int, 0, "Pieces the hidden layers are cut into; 0 = group_size - 1 "
-                      "(fewer pieces leave dummies).", min=0),
-        "theta": Key(float, 0.5, "Fraction θ of its owned weights a device uploads per epoch "
-                     "(largest accumulated |gradient| first).", min=0, max=1),
-        "tau": Key(float, 0.5, "Download threshold τ: a weight is sent when its upload count in "
-                   "the window exceeds ω·τ (τ = 1: groups do not collaborate).", min=0, max=1),
-        "omega": Key(int, 0, "Sliding window ω in group uploads; 0 = number of groups.", min=0),
-        "strategy": Key(str, "metis", "Partitioner.", choices=("metis", "layerwise", "random",
-                                                               "contiguous")),
-        "objective": Key(str, "cut", "METIS objective: 'cut' minimises cut edges (the paper's "
-                         "problem statement, the default); 'volume' minimises the traffic the "
-                         "weighted-sum refinement actually sends (paper-mlp: a quarter to a third less "
-                         "slice traffic, same balance).", choices=("cut", "volume")),
-        "grouping": Key(str, "random", "How devices are grouped: at random (the paper) or by "
-                        "network proximity (same cell first).", choices=("random", "proximity")),
-        "peer_to_peer": Key(bool, False, "Route slice traffic over device-to-device links "
-                            "instead of relaying it through the server."),
-        "pipeline_latency": Key(bool, True, "A pass pays the pipeline's fill and drain once: "
-                                "the latency chain (every layer boundary both ways) and "
-                                "(stages - 1) batch times, on top of the slowest piece or "
-                                "link; false: compute and transfers only."),
-        "deterministic_keys": Key(bool, False, "INSECURE, for reproducible tests only: derive "
-                                  "every node's key pair and session salt from the seed instead "
-                                  "of the OS's randomness (anyone with the config can then open "
-                                  "every sealed payload)."),
-        "batch_size": Key(int, 32, "Mini-batch size of intra-group SGD.", min=1),
-        "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
-        "model": Key(str, "config", "'config': the [model] MLP; 'paper-mlp': the paper's "
-                     "784-400-200-100-10 with BatchNorm (needs 784 features, 10 classes).",
-                     choices=("config", "paper-mlp")),
-        "batchnorm": Key(bool, False, "Add BatchNorm (input and before every activation) to "
-                         "the [model] MLP, as in the paper's network."),
-    },
     "availability": {
         "model": Key(str, "always", "Availability model.", choices=("always", "sessions", "trace")),
         "mean_online_s": Key(float, 3600.0, "Mean online session (sessions).", min=0,
@@ -180,51 +145,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "initial_battery": Key(list, [1.0, 1.0], "Initial charge, uniform in [low, high].",
                                item_type=float),
     },
-    "fedavg": {
-        "clients_per_round": Key(int, 0, "Updates the server waits for per round (m); 0 = use "
-                                 "fraction.", min=0),
-        "fraction": Key(float, 0.1, "Fraction C of devices per round when clients_per_round = 0.",
-                        min=0, max=1, min_open=True),
-        "local_epochs": Key(int, 1, "Local epochs E per round.", min=1),
-        "batch_size": Key(int, 32, "Local mini-batch size B (0 = full batch).", min=0),
-        "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
-        "deadline_s": Key(float, math.inf, "Round deadline in simulated seconds; the server "
-                          "aggregates what arrived by then.", min=0, min_open=True),
-        "over_selection": Key(float, 0.0, "Select this fraction more devices than needed and "
-                              "keep the first m updates.", min=0),
-        "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
-        "secure_aggregation": Key(str, "none", "Secure aggregation of the updates: 'secagg' "
-                                  "(Bonawitz et al. 2017), 'secagg+' (Bell et al. 2020, k "
-                                  "neighbours) or 'none'. Settings in [secagg].",
-                                  choices=("none", "secagg", "secagg+")),
-    },
 }
 
 
-from crowdlearn.protocols import dssgd as _dssgd  # noqa: E402  (it imports Key from here)
-
-SCHEMA["dssgd"] = _dssgd.CONFIG_SECTION
-
-from crowdlearn.data import quality as _quality  # noqa: E402
-from crowdlearn.protocols import fm as _fm  # noqa: E402
-
-SCHEMA["fm"] = _fm.CONFIG_SECTION
-SCHEMA["quality"] = _quality.CONFIG_SECTION
-
-# -- encrypted asynchronous SGD (Phong et al.): protocol "phong" and its [he] section --
-import dataclasses as _dc  # noqa: E402
-
-from crowdlearn.protocols import phong as _phong  # noqa: E402
-
-SCHEMA["he"] = _phong.CONFIG_SECTION
-PROTOCOLS = (*PROTOCOLS, "phong", "hres")
-SCHEMA[""]["protocol"] = _dc.replace(SCHEMA[""]["protocol"], choices=PROTOCOLS)
-
-from crowdlearn.privacy import dp_fedavg as _dp_fedavg  # noqa: E402
-from crowdlearn.protocols import secagg as _secagg  # noqa: E402
-
-SCHEMA["secagg"] = _secagg.CONFIG_SECTION
-SCHEMA["dp"] = _dp_fedavg.CONFIG_SECTION
+def schema() -> dict[str, dict[str, Key]]:
+    """The whole schema: the sections above, then every registered protocol's sections
+    (:mod:`crowdlearn.registry`), with the ``protocol`` key's choices the registered names."""
+    from crowdlearn import registry
+    out = dict(SCHEMA)
+    names = registry.names()
+    top = dict(out[""])
+    top["protocol"] = dataclasses.replace(top["protocol"], choices=names)
+    out[""] = top
+    for sec, keys in registry.sections().items():
+        if sec in out:
+            raise RuntimeError(f"protocol section [{sec}] clashes with a built-in section")
+        out[sec] = dict(keys)
+    return out
 
 
 def _frozen(v: Any) -> Any:
@@ -276,8 +213,9 @@ class Config:
     def __init__(self, values: dict[str, Any], *, base_dir: Path | None = None):
         object.__setattr__(self, "_values", values)
         object.__setattr__(self, "base_dir", base_dir or Path.cwd())
+        sections = schema()
         for k, v in values.items():
-            object.__setattr__(self, k, Section(k, v) if isinstance(v, dict) and k in SCHEMA
+            object.__setattr__(self, k, Section(k, v) if isinstance(v, dict) and k in sections
                                else _frozen(v))
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -315,7 +253,7 @@ class Config:
                 if not isinstance(node, dict):
                     raise ConfigError([f"replace: {dotted!r}: {part!r} is not a section"])
             if isinstance(value, dict) and isinstance(node.get(path[-1]), dict) \
-                    and ".".join(path) in SCHEMA:
+                    and ".".join(path) in schema():
                 node[path[-1]].update(copy.deepcopy(value))
             else:
                 node[path[-1]] = copy.deepcopy(value)
@@ -379,12 +317,13 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     """Validate a raw mapping (as parsed from TOML) and resolve defaults."""
     problems: list[str] = []
     values: dict[str, Any] = {}
-    top = SCHEMA[""]
-    sections = [s for s in SCHEMA if s]
+    full = schema()     # the built-in sections and every registered protocol's
+    top = full[""]
+    sections = [s for s in full if s]
     for k, v in raw.items():
         if k in top:
             continue
-        if k in SCHEMA:      # a section; a non-table value is reported below
+        if k in full:      # a section; a non-table value is reported below
             continue
         valid = sorted(list(top) + sections)
         hint = difflib.get_close_matches(k, valid, n=1)
@@ -395,20 +334,20 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     for sec in sections:
         given = raw.get(sec, {})
         if not isinstance(given, dict):
-            example = next(iter(SCHEMA[sec]))
+            example = next(iter(full[sec]))
             problems.append(f"{sec}: is a section, not a value; got {given!r}. Set one of its "
                             f"keys instead, e.g. --set {sec}.{example}=... or [{sec}] "
-                            f"{example} = ... in the file (keys: {', '.join(sorted(SCHEMA[sec]))})")
+                            f"{example} = ... in the file (keys: {', '.join(sorted(full[sec]))})")
             given = {}
-        schema = SCHEMA[sec]
+        keys_of = full[sec]
         out = {}
         for k in given:
-            if k not in schema:
-                hint = difflib.get_close_matches(k, list(schema), n=1)
+            if k not in keys_of:
+                hint = difflib.get_close_matches(k, list(keys_of), n=1)
                 problems.append(f"{sec}.{k}: unknown key"
                                 + (f"; did you mean {hint[0]!r}?" if hint else "")
-                                + f" (valid: {', '.join(sorted(schema))})")
-        for k, key in schema.items():
+                                + f" (valid: {', '.join(sorted(keys_of))})")
+        for k, key in keys_of.items():
             out[k] = _check(f"{sec}.{k}", key, given[k], problems) if k in given \
                 else copy.deepcopy(key.default)
         values[sec] = out
@@ -419,7 +358,8 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
 
 
 def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
-    fleet, fed, av, data, model = v["fleet"], v["fedavg"], v["availability"], v["data"], v["model"]
+    from crowdlearn import registry
+    fleet, av, data, model = v["fleet"], v["availability"], v["data"], v["model"]
     mix = fleet["mix"]
     if isinstance(mix, str):
         mix = {mix: 1.0}
@@ -431,15 +371,6 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
                 problems.append(f"fleet.mix.{tier}: weight must be a number >= 0; got {w!r}")
         if mix and all(isinstance(w, (int, float)) and w == 0 for w in mix.values()):
             problems.append("fleet.mix: at least one tier needs a positive weight")
-    devices_ok = fleet["devices"] >= 1     # else fleet.devices is reported already
-    if devices_ok and fed["clients_per_round"] > fleet["devices"]:
-        problems.append(f"fedavg.clients_per_round: {fed['clients_per_round']} is more than "
-                        f"fleet.devices = {fleet['devices']}")
-    if devices_ok and v["protocol"] == "fedavg" and fed["min_clients"] > fleet["devices"]:
-        problems.append(f"fedavg.min_clients: {fed['min_clients']} devices must be present to "
-                        f"start a round but the fleet has fleet.devices = {fleet['devices']}, so "
-                        f"no round could ever start; lower min_clients to at most "
-                        f"{fleet['devices']} or add devices")
     problems.extend(_cnn_check(model, data["dataset"]))
     lo_hi = av["initial_battery"]
     if len(lo_hi) != 2 or not all(isinstance(x, float) and 0 < x <= 1 for x in lo_hi) \
@@ -463,43 +394,15 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
     if model["arch"] == "cnn" and data["dataset"] in ("breast_cancer", "diabetes"):
         problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
                         "(use 'mlp' or 'linear')")
-    problems.extend(_dssgd.cross_check(v["dssgd"]))
-    cohort = math.ceil((fed["clients_per_round"] or max(1, round(fed["fraction"]
-                                                                 * fleet["devices"])))
-                       * (1 + fed["over_selection"]))
-    problems.extend(_secagg.cross_check(v["secagg"], mode=fed["secure_aggregation"],
-                                        protocol=v["protocol"], cohort=cohort))
-    problems.extend(_dp_fedavg.cross_check(v["dp"], protocol=v["protocol"], cohort=cohort,
-                                           secure_aggregation=fed["secure_aggregation"]))
-    problems.extend(_fm.cross_check(v["fm"], protocol=v["protocol"], model=v["model"],
-                                    data=v["data"], quality=v["quality"]))
-    problems.extend(_phong.cross_check(v["he"], protocol=v["protocol"], rounds=v["rounds"],
-                                       devices=fleet["devices"]))   # phong and hres
-    sl = v["slicenet"]
-    if v["protocol"] == "crowdlearning":
-        if devices_ok and sl["group_size"] > fleet["devices"]:
-            problems.append(f"slicenet.group_size: {sl['group_size']} is more than fleet.devices "
-                            f"= {fleet['devices']}")
-        if sl["pieces"] > max(sl["group_size"] - 1, 0) or (sl["group_size"] > 1
-                                                           and sl["pieces"] == 0
-                                                           and sl["group_size"] - 1 < 1):
-            problems.append(f"slicenet.pieces: at most group_size - 1 = {sl['group_size'] - 1} "
-                            f"pieces (one device is the dominator); got {sl['pieces']}")
-    if v["protocol"] in ("crowdlearning", "ssgd", "centralized") and sl["model"] == "paper-mlp" \
-            and data["dataset"] != "fashion_mnist":
-        problems.append("slicenet.model: 'paper-mlp' takes 28x28 inputs and 10 classes; use "
-                        "dataset 'fashion_mnist' (or model 'config')")
-    if v["training"]["executor"] == "ray" and v["protocol"] in ("crowdlearning", "ssgd", "fm"):
-        problems.append(f"training.executor: 'ray' splits train jobs; {v['protocol']} runs its "
-                        "own compute path in this process; remove training.executor = 'ray'")
-    if v["protocol"] in ("crowdlearning", "ssgd") and v["training"]["backend"] != "batched":
-        problems.append(f"training.backend: {v['protocol']} always trains on its fused batched "
-                        f"path; remove training.backend = {v['training']['backend']!r}")
-    if v["protocol"] in ("crowdlearning", "ssgd") and model["arch"] != "mlp":
-        problems.append(f"model.arch: {v['protocol']} slices dense models; use arch = 'mlp'")
-    if v["protocol"] == "standalone" and fleet["devices"] > 2000:
-        problems.append("fleet.devices: the standalone baseline evaluates every device's model; "
-                        "use at most 2000 devices")
+    seen = set()
+    for p in registry.protocols():           # every registered section is checked
+        if p.check_sections is not None and p.check_sections not in seen:
+            seen.add(p.check_sections)
+            problems.extend(p.check_sections(v))
+    if v["protocol"] in registry.names():    # else the protocol key is reported already
+        chosen = registry.get(v["protocol"])
+        if chosen.check is not None:
+            problems.extend(chosen.check(v))
 
 
 #: Side of the square images of the image datasets (the CNN shape check needs it before loading).
@@ -600,7 +503,7 @@ def load(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
 def reference_markdown() -> str:
     """The configuration reference as a Markdown table (used for the README)."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for sec, keys in SCHEMA.items():
+    for sec, keys in schema().items():
         for k, key in keys.items():
             name = f"{sec}.{k}" if sec else k
             default = json.dumps(key.default, default=_json_default)

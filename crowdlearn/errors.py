@@ -9,9 +9,15 @@ payload that does not open (:class:`SealError`) drops the message and records it
 
 from __future__ import annotations
 
+from sim.wire import WireError
+from slicenet.errors import UserError
 
-class CrowdlearnError(Exception):
-    """A problem the user can fix; its message says what is wrong and how to fix it."""
+__all__ = ["ConfigError", "CrowdlearnError", "DatasetNotFoundError", "SealError", "WireError"]
+
+#: A problem the user can fix; its message says what is wrong and how to fix it.  The root class
+#: lives in the bottom layer (:mod:`slicenet.errors`) so that the partitioner and the simulator
+#: raise it too; this is the same class under the name the CLI and the protocols use.
+CrowdlearnError = UserError
 
 
 class ConfigError(CrowdlearnError):
@@ -25,12 +31,6 @@ class ConfigError(CrowdlearnError):
 
 class DatasetNotFoundError(CrowdlearnError):
     """A dataset that is not on this machine; the message lists where we looked and how to get it."""
-
-
-class WireError(CrowdlearnError, ValueError):
-    """Bytes that are not a valid message: :func:`crowdlearn.protocols.wire.decode` raises this,
-    and only this, for every malformed input.  Inside a protocol it means "the peer misbehaved":
-    the receiver records it and drops the message.  (A ``ValueError`` too, for older callers.)"""
 
 
 class SealError(CrowdlearnError, ValueError):

@@ -21,7 +21,7 @@ PosixPath('.../new')
 >>> check_out(Path("/"), overwrite=True)
 Traceback (most recent call last):
 ...
-crowdlearn.errors.CrowdlearnError: --out /: refusing to write results over the file system root; name a new folder, e.g. --out results/run1
+slicenet.errors.UserError: --out /: refusing to write results over the file system root; name a new folder, e.g. --out results/run1
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def _dataset_key(cfg) -> tuple:
 # ---------------------------------------------------------------- workers
 def run_point(cfg, dataset=None):
     """Run one simulation (in whatever process calls it) and return its ``Results``."""
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
 
     return Simulation(cfg, dataset=dataset).run()
 

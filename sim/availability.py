@@ -47,7 +47,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 
 __all__ = [
     "AlwaysOn",
@@ -65,8 +65,8 @@ _CSV_COLUMNS = ("device", "start_s", "end_s")
 _EXAMPLE = "examples/traces/availability_example.csv"
 
 
-class AvailabilityError(CrowdlearnError, ValueError):
-    """Bad availability parameters or trace (a ``CrowdlearnError`` and a ``ValueError``)."""
+class AvailabilityError(UserError, ValueError):
+    """Bad availability parameters or trace (a ``UserError`` and a ``ValueError``)."""
 
 
 @runtime_checkable
@@ -424,7 +424,7 @@ class Trace:
 
         Raises
         ------
-        CrowdlearnError
+        UserError
             The file does not exist or cannot be read, or it is malformed: a missing column, a
             non-numeric value, ``end_s <= start_s``, or two overlapping intervals of one device.
             The message names the file, the line and how to fix it.
@@ -543,7 +543,7 @@ def make_availability(kind: str, **params: object) -> Availability:
 
     Raises
     ------
-    CrowdlearnError
+    UserError
         Unknown ``kind``, unknown or missing parameter names (the message lists the valid
         ones), or invalid values.
 

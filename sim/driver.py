@@ -6,7 +6,7 @@ Machines only see events.  It turns effects into simulated work:
 * ``Send``     → a flow on :class:`sim.network.Network` of ``len(wire.encode(msg))`` bytes; the
   message is delivered as ``Received`` when its last byte arrives;
 * ``RunJob``   → the job holds the device's CPU for ``job.flops / profile.flops`` seconds; its
-  result is computed lazily (and in batches) by the :class:`~crowdlearn.training.jobs.Executor`;
+  result is computed lazily (and in batches) by the :class:`~sim.machine.JobExecutor`;
 * ``Report``   → the :class:`sim.monitor.Monitor`;
 * ``Halt``     → the run stops.
 
@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 import simpy
 
-from crowdlearn.protocols import wire
-from crowdlearn.protocols.io import (
+from sim import wire
+from sim.availability import AlwaysOn, Availability
+from sim.machine import (
     CancelJob,
     Disconnected,
     Halt,
     JobDone,
+    JobExecutor,
     JobFailed,
     Machine,
     NodeId,
@@ -43,8 +45,6 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
-from crowdlearn.training.jobs import Executor
-from sim.availability import AlwaysOn, Availability
 from sim.monitor import Monitor
 from sim.network import Network
 from sim.profiles import DeviceProfile, FleetProfiles
@@ -190,7 +190,7 @@ class LazyMachines(Mapping):
 
     Examples
     --------
-    >>> from crowdlearn.protocols.io import Machine
+    >>> from sim.machine import Machine
     >>> m = LazyMachines({}, Machine, range(3))
     >>> len(m), m.made, m[2].node_id, m.made
     (3, 0, 2, 1)
@@ -410,7 +410,7 @@ class Driver:
     """
 
     def __init__(self, env: simpy.Environment, network: Network, machines: Mapping[NodeId, Machine],
-                 profiles: Mapping[NodeId, DeviceProfile], *, executor: Executor, monitor: Monitor,
+                 profiles: Mapping[NodeId, DeviceProfile], *, executor: JobExecutor, monitor: Monitor,
                  availability: Availability | None = None, faults: FaultParams = FaultParams(),
                  rng: np.random.Generator, server: NodeId | None = "server",
                  infrastructure: tuple = ()):
@@ -662,10 +662,9 @@ class Driver:
         rec.state = "done"
         row, node, job = rec.row, rec.node, rec.job
         self._pop_job(row, rec.job_id)
-        # Training results stay deferred until a machine reads them, so that all the jobs of a
-        # round are computed in one batch; other kinds are computed now.
-        result = (self.executor.deferred(rec.handle) if hasattr(job, "task")
-                  else self.executor.result(rec.handle))
+        # the executor decides by the job's declared kind: training results stay deferred until
+        # a machine reads them (all the jobs of a round then run in one batch), others run now
+        result = self.executor.complete(rec.handle)
         self._cpu_free(row, rec)
         self._charge_compute(row, node, job.flops, rec.duration)
         if self._online[row]:

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.privacy.accountant import PrivacyLedger
-from crowdlearn.protocols.io import NodeId, Report
+from sim.machine import NodeId, Report
 
 Evaluator = Callable[[list], list[dict]]
 
@@ -45,8 +44,12 @@ def _id_order(node: NodeId) -> tuple:
 class Monitor:
     def __init__(self, devices: Iterable[NodeId], *, evaluator: Evaluator | None = None,
                  server: NodeId = "server", on_row: Callable[[dict], None] | None = None,
-                 infrastructure: tuple = ()):
+                 ledger_factory: Callable[..., Any] | None = None, infrastructure: tuple = ()):
+        # ledger_factory(delta=δ) builds the run's ε ledger on the first privacy_charge report
+        # (the composition root passes crowdlearn's PrivacyLedger: the runtime knows no privacy
+        # accounting of its own)
         self.server = server
+        self.ledger_factory = ledger_factory
         self.infrastructure = frozenset(infrastructure)   # server-side nodes besides the server
         self.evaluator = evaluator
         self.on_row = on_row
@@ -157,7 +160,10 @@ class Monitor:
     def _charge(self, node: NodeId, rep: Report) -> None:
         v = rep.value
         if self.ledger is None:
-            self.ledger = PrivacyLedger(delta=float(v.get("delta", 1e-5)))
+            if self.ledger_factory is None:
+                raise RuntimeError("a privacy_charge report reached a Monitor built without a "
+                                   "ledger_factory; pass ledger_factory=PrivacyLedger")
+            self.ledger = self.ledger_factory(delta=float(v.get("delta", 1e-5)))
         subject = v.get("subject")
         if subject is not None:
             self.privacy_subjects.add(subject)

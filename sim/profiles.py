@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 
 __all__ = [
     "CORE_ONE_WAY_S",
@@ -56,8 +56,8 @@ __all__ = [
 ]
 
 
-class ProfileError(CrowdlearnError, ValueError):
-    """A bad device profile, tier name or tier mix (a ``ValueError`` and a ``CrowdlearnError``)."""
+class ProfileError(UserError, ValueError):
+    """A bad device profile, tier name or tier mix (a ``ValueError`` and a ``UserError``)."""
 
 
 _FLOAT_FIELDS = (

@@ -13,7 +13,7 @@ checkable:
 
 Scope: chains of ``Dense`` layers with optional ``BatchNorm`` and element-wise ``Activation``
 layers (the paper's MLP 784 → BN → 400 → BN → ReLU → 200 → BN → ReLU → 100 → BN → ReLU → 10 →
-log-softmax).  Convolutions, pooling and (non-zero) dropout raise :class:`CrowdlearnError`.
+log-softmax).  Convolutions, pooling and (non-zero) dropout raise :class:`UserError`.
 
 Weights
 -------
@@ -70,7 +70,7 @@ assignment)`` × batch, forward and backward separately (``tests/test_slicenet_e
 pieces); its backward *recomputes* the piece's batch norm and activation from the pre-activation
 sums kept from the forward pass (rematerialisation), instead of keeping a gradient tape between
 the two passes.  Pipelining of successive mini-batches is not modelled here: this module is about
-numerics and messages, :mod:`slicenet.protocol` about time.
+numerics and messages, :mod:`crowdlearn.protocols.crowdlearning.machines` about time.
 
 Examples
 --------
@@ -96,23 +96,28 @@ Data Privacy", IEEE SECON 2018.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 from slicenet.graph import (
-    Activation,
-    BatchNorm,
-    Conv2D,
     CostGraph,
-    Dense,
-    Dropout,
-    Flatten,
-    MaxPool2D,
     ModelDescription,
+)
+from slicenet.layout import (  # the pure layout, re-exported: the executor's public names
+    BN_EPSILON,
+    BN_MOMENTUM,
+    DOMINATOR,
+    Message,
+    WeightSpec,
+    _Op,
+    _Program,
+    _program,
+    _sig,
+    count_floats,
+    weight_specs,
 )
 
 __all__ = [
@@ -128,233 +133,17 @@ __all__ = [
     "weight_specs",
 ]
 
-DOMINATOR = -1
-"""The dominator's id in :attr:`Message.src` / :attr:`Message.dst` (pieces are ``0 .. n-1``)."""
-
-BN_MOMENTUM = 0.99
-"""``keras.layers.BatchNormalization`` default momentum of the moving statistics."""
-
-BN_EPSILON = 1e-3
-"""``keras.layers.BatchNormalization`` default epsilon."""
-
-_NOT_ELEMENTWISE = frozenset({"softmax", "log_softmax"})
-
-
-# --------------------------------------------------------------------------- messages
-
-
-@dataclass(frozen=True, eq=False)
-class Message:
-    """One boundary tensor of a piecewise step.
-
-    Attributes
-    ----------
-    src, dst : int
-        Sender and recipient: a piece index ``0 .. n-1`` or :data:`DOMINATOR` (``-1``).
-    kind : {"forward", "backward"}
-        Partial weighted sums (forward) or errors ``∂loss/∂z`` (backward).
-    layer : int
-        The weighted layer whose units the values belong to: ``0`` = hidden layer 1 (the graph's
-        layer 0), ..., ``L-1`` = last hidden layer, ``L`` = the output layer.
-    values : numpy.ndarray
-        float32, shape ``(batch, len(units))``: one value per sample and unit of ``layer``.
-    units : numpy.ndarray
-        Indices of those units inside ``layer``.  Metadata both ends know from the plan; not
-        counted as traffic.
-    """
-
-    src: int
-    dst: int
-    kind: str
-    layer: int
-    values: np.ndarray
-    units: np.ndarray | None = None
-
-    @property
-    def floats(self) -> int:
-        """Number of float values carried."""
-        return int(self.values.size)
-
-    @property
-    def nbytes(self) -> int:
-        """Payload bytes (float32)."""
-        return 4 * self.floats
-
-
-def count_floats(messages: Iterable[Message]) -> tuple[int, int]:
-    """``(forward floats, backward floats)`` over ``messages``.
-
-    Examples
-    --------
-    >>> m = Message(DOMINATOR, 0, "forward", 0, np.zeros((2, 3), np.float32))
-    >>> count_floats([m, Message(0, DOMINATOR, "backward", 0, np.zeros((2, 3), np.float32))])
-    (6, 6)
-    """
-    fw = bw = 0
-    for m in messages:
-        if m.kind == "forward":
-            fw += m.floats
-        else:
-            bw += m.floats
-    return fw, bw
-
-
-# --------------------------------------------------------------------------- model program
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """One entry of the flat weight list: ``name``, ``shape``, the index of its layer in
-    ``desc.layers``, its ``role`` (kernel, bias, gamma, beta, moving_mean, moving_variance) and
-    whether SGD updates it (``trainable``; moving statistics are not)."""
-
-    name: str
-    shape: tuple[int, ...]
-    layer: int
-    role: str
-    trainable: bool
-
-
-@dataclass(frozen=True)
-class _Op:
-    kind: str      # "bn" | "act"
-    name: str      # activation name ("" for bn)
-    w: int = -1    # bn: index of gamma in the flat list (beta, mean, variance follow)
-
-
-@dataclass(frozen=True)
-class _Stage:
-    units: int
-    fan_in: int
-    kernel: int
-    bias: int | None
-    post: tuple[_Op, ...]
-
-
-@dataclass(frozen=True)
-class _Program:
-    input_dim: int
-    pre: tuple[_Op, ...]
-    stages: tuple[_Stage, ...]
-    specs: tuple[WeightSpec, ...]
-
-    @property
-    def hidden(self) -> tuple[_Stage, ...]:
-        return self.stages[:-1]
-
-    @property
-    def output(self) -> _Stage:
-        return self.stages[-1]
-
-
-def _sig(ops: Sequence[_Op]) -> tuple[tuple[str, str], ...]:
-    return tuple((o.kind, o.name) for o in ops)
-
-
-def _program(desc: ModelDescription) -> _Program:
-    if not isinstance(desc, ModelDescription):
-        raise CrowdlearnError(f"expected a slicenet ModelDescription, got {type(desc).__name__}")
-    return _compile_program(desc)
-
-
-@functools.lru_cache(maxsize=32)
-def _compile_program(desc: ModelDescription) -> _Program:
-    if len(desc.input_shape) != 1:
-        raise CrowdlearnError(
-            f"input shape {desc.input_shape}: slicenet.execution runs dense networks on flat "
-            "(features,) inputs only; convolutional models are out of its scope")
-    specs: list[WeightSpec] = []
-    pre: list[_Op] = []
-    stages: list[_Stage] = []
-    cur: list[_Op] = pre
-    width = desc.input_shape[0]
-    pending: dict[str, Any] | None = None
-
-    def close() -> None:
-        if pending is not None:
-            stages.append(_Stage(pending["units"], pending["fan_in"], pending["kernel"],
-                                 pending["bias"], tuple(cur)))
-
-    for i, lay in enumerate(desc.layers):
-        where = f"layer {i} ({type(lay).__name__})"
-        if isinstance(lay, (Conv2D, MaxPool2D)):
-            raise CrowdlearnError(
-                f"{where}: convolution and pooling are out of scope of slicenet.execution, which "
-                "executes dense networks (Dense, BatchNorm, element-wise Activation) only")
-        if isinstance(lay, Dense):
-            close()
-            k = len(specs)
-            specs.append(WeightSpec(f"dense{len(stages)}/kernel", (width, lay.units), i, "kernel", True))
-            b = None
-            if lay.use_bias:
-                b = len(specs)
-                specs.append(WeightSpec(f"dense{len(stages)}/bias", (lay.units,), i, "bias", True))
-            pending = {"units": lay.units, "fan_in": width, "kernel": k, "bias": b}
-            cur = []
-            if lay.activation not in (None, "linear"):
-                cur.append(_Op("act", str(lay.activation)))
-            width = lay.units
-        elif isinstance(lay, BatchNorm):
-            k = len(specs)
-            tag = "input" if pending is None else f"dense{len(stages)}"
-            for role in ("gamma", "beta", "moving_mean", "moving_variance"):
-                specs.append(WeightSpec(f"{tag}/bn/{role}", (width,), i, role,
-                                        role in ("gamma", "beta")))
-            cur.append(_Op("bn", "", k))
-        elif isinstance(lay, Activation):
-            if lay.name != "linear":
-                cur.append(_Op("act", lay.name))
-        elif isinstance(lay, Dropout):
-            if lay.rate != 0:
-                raise CrowdlearnError(
-                    f"{where}: dropout with rate {lay.rate} draws random masks in training mode, so "
-                    "slicenet.execution cannot execute it reproducibly; remove it or use rate 0")
-        elif isinstance(lay, Flatten):
-            pass  # a no-op on a flat input
-        else:  # pragma: no cover - ModelDescription rejects other types
-            raise CrowdlearnError(f"{where}: unsupported layer")
-    if pending is None:
-        raise CrowdlearnError("the model has no Dense layer; add at least an output layer")
-    close()
-    for li, st in enumerate(stages[:-1]):
-        for op in st.post:
-            if op.kind == "act" and op.name in _NOT_ELEMENTWISE:
-                raise CrowdlearnError(
-                    f"hidden layer {li + 1} uses the activation {op.name!r}, which mixes neurons; "
-                    "only element-wise activations can be cut into pieces (use it after the "
-                    "output layer only)")
-    return _Program(desc.input_shape[0], tuple(pre), tuple(stages), tuple(specs))
-
-
-def weight_specs(desc: ModelDescription) -> tuple[WeightSpec, ...]:
-    """The flat weight list layout of ``desc`` (the order of ``build_keras(desc).get_weights()``).
-
-    Raises
-    ------
-    CrowdlearnError
-        For a model this module cannot execute (convolution, pooling, dropout, a non-element-wise
-        activation on a hidden layer, no Dense layer).
-
-    Examples
-    --------
-    >>> from slicenet.graph import paper_mlp_description
-    >>> [s.name for s in weight_specs(paper_mlp_description())][:6]
-    ['input/bn/gamma', 'input/bn/beta', 'input/bn/moving_mean', 'input/bn/moving_variance', 'dense0/kernel', 'dense0/bias']
-    """
-    return _program(desc).specs
-
-
 def _check_weights(prog: _Program, weights: Sequence[Any]) -> list[np.ndarray]:
     ws = list(weights)
     if len(ws) != len(prog.specs):
-        raise CrowdlearnError(
+        raise UserError(
             f"got {len(ws)} weight arrays, the model has {len(prog.specs)} (see weight_specs(desc): "
             "the order of build_keras(desc).get_weights())")
     out = []
     for w, s in zip(ws, prog.specs, strict=True):
         a = np.asarray(w, dtype=np.float32)
         if a.shape != s.shape:
-            raise CrowdlearnError(f"weight {s.name} has shape {a.shape}, expected {s.shape}")
+            raise UserError(f"weight {s.name} has shape {a.shape}, expected {s.shape}")
         out.append(a)
     return out
 
@@ -362,13 +151,13 @@ def _check_weights(prog: _Program, weights: Sequence[Any]) -> list[np.ndarray]:
 def _check_batch(prog: _Program, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     xa = np.asarray(x, dtype=np.float32)
     if xa.ndim != 2 or xa.shape[1] != prog.input_dim or xa.shape[0] < 1:
-        raise CrowdlearnError(f"x has shape {xa.shape}, expected (batch ≥ 1, {prog.input_dim})")
+        raise UserError(f"x has shape {xa.shape}, expected (batch ≥ 1, {prog.input_dim})")
     ya = np.asarray(y)
     if ya.shape != (xa.shape[0],) or not np.issubdtype(ya.dtype, np.integer):
-        raise CrowdlearnError(f"y must be {xa.shape[0]} integer labels, got shape {ya.shape} "
+        raise UserError(f"y must be {xa.shape[0]} integer labels, got shape {ya.shape} "
                               f"dtype {ya.dtype}")
     if ya.min() < 0 or ya.max() >= prog.output.units:
-        raise CrowdlearnError(f"labels must lie in 0..{prog.output.units - 1}")
+        raise UserError(f"labels must lie in 0..{prog.output.units - 1}")
     return xa, ya.astype(np.int32)
 
 
@@ -381,7 +170,7 @@ def _activation(name: str) -> Any:
     try:
         return keras.activations.get(name)
     except (ValueError, TypeError) as e:
-        raise CrowdlearnError(f"unknown activation {name!r}: {e}") from None
+        raise UserError(f"unknown activation {name!r}: {e}") from None
 
 
 def _check_activations(prog: _Program) -> None:
@@ -563,7 +352,7 @@ def monolithic_step(
 
     Raises
     ------
-    CrowdlearnError
+    UserError
         Unsupported model, wrong weight list, wrong batch.
 
     References
@@ -656,15 +445,15 @@ class PiecewiseNetwork:
         g = _default_graph(desc) if graph is None else graph
         sizes = tuple(st.units for st in prog.hidden)
         if tuple(g.layer_sizes) != sizes or g.output_units != prog.output.units:
-            raise CrowdlearnError(
+            raise UserError(
                 f"the graph's hidden layers {tuple(g.layer_sizes)} (output {g.output_units}) do not "
                 f"match the model's {sizes} (output {prog.output.units})")
         if a.shape != (g.num_vertices,):
-            raise CrowdlearnError(
+            raise UserError(
                 f"assignment has shape {a.shape}, expected ({g.num_vertices},): one piece per "
                 "vertex of the cost graph (pass graph= for a block-granularity plan)")
         if len(a) and a.min() < 0:
-            raise CrowdlearnError("assignment values must be ≥ 0")
+            raise UserError("assignment values must be ≥ 0")
         self.desc = desc
         self.n = int(n_plan) if n_plan is not None else (int(a.max()) + 1 if len(a) else 0)
         self._prog = prog

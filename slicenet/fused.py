@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from crowdlearn.errors import CrowdlearnError
-from slicenet.execution import BN_EPSILON, BN_MOMENTUM, weight_specs
+from slicenet.errors import UserError
 from slicenet.graph import Activation, BatchNorm, Dense, Dropout, Flatten, ModelDescription
+from slicenet.layout import BN_EPSILON, BN_MOMENTUM, weight_specs
 
 _ACTS = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid, "linear": tf.identity,
          None: tf.identity}
@@ -59,10 +59,10 @@ class FusedTrainer:
         self.specs = weight_specs(desc)
         for layer in desc.layers:
             if not isinstance(layer, (Dense, BatchNorm, Activation, Dropout, Flatten)):
-                raise CrowdlearnError(f"the fused path trains dense models; {layer} is not "
+                raise UserError(f"the fused path trains dense models; {layer} is not "
                                       "supported (use a Dense/BatchNorm/Activation chain)")
             if isinstance(layer, Dropout) and layer.rate > 0:
-                raise CrowdlearnError("the fused path does not model dropout; use rate 0")
+                raise UserError("the fused path does not model dropout; use rate 0")
         self._x = tf.constant(np.asarray(x, np.float32).reshape(len(x), -1))
         self._y = tf.constant(np.asarray(y, np.int32))
         self._trainable = [s.trainable for s in self.specs]

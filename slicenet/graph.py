@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 
 __all__ = [
     "BYTES_PER_VALUE",
@@ -98,7 +98,7 @@ def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
         return int(v), int(v)
     t = tuple(int(x) for x in v)
     if len(t) != 2:
-        raise CrowdlearnError(f"{name} must be an int or a pair of ints, got {v!r}")
+        raise UserError(f"{name} must be an int or a pair of ints, got {v!r}")
     return t  # type: ignore[return-value]
 
 
@@ -126,7 +126,7 @@ class Conv2D:
         object.__setattr__(self, "kernel", _pair(self.kernel, "kernel"))
         object.__setattr__(self, "strides", _pair(self.strides, "strides"))
         if self.padding not in ("valid", "same"):
-            raise CrowdlearnError(f"Conv2D padding must be 'valid' or 'same', got {self.padding!r}")
+            raise UserError(f"Conv2D padding must be 'valid' or 'same', got {self.padding!r}")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class MaxPool2D:
         strides = self.pool if self.strides is None else _pair(self.strides, "strides")
         object.__setattr__(self, "strides", strides)
         if self.padding not in ("valid", "same"):
-            raise CrowdlearnError(f"MaxPool2D padding must be 'valid' or 'same', got {self.padding!r}")
+            raise UserError(f"MaxPool2D padding must be 'valid' or 'same', got {self.padding!r}")
 
 
 @dataclass(frozen=True)
@@ -215,13 +215,13 @@ def layer_from_dict(d: Mapping[str, Any]) -> list[Layer]:
         elif kind == "dropout":
             layer = Dropout(float(d.pop("rate", 0.5)))
         else:
-            raise CrowdlearnError(
+            raise UserError(
                 f"unknown layer kind {kind!r}; use one of dense, conv2d, maxpool, flatten, "
                 "batchnorm, activation, dropout")
     except KeyError as e:
-        raise CrowdlearnError(f"layer {kind!r} needs the key {e.args[0]!r}") from None
+        raise UserError(f"layer {kind!r} needs the key {e.args[0]!r}") from None
     if d:
-        raise CrowdlearnError(f"layer {kind!r}: unknown key(s) {sorted(d)}")
+        raise UserError(f"layer {kind!r}: unknown key(s) {sorted(d)}")
     out: list[Layer] = [layer]
     if bn and kind in ("dense", "conv2d", "conv"):
         out.append(BatchNorm())
@@ -239,7 +239,7 @@ def _normalise_layers(layers: Iterable[Layer | Mapping[str, Any]]) -> tuple[Laye
         elif isinstance(lay, _LAYER_TYPES):
             out.append(lay)
         else:
-            raise CrowdlearnError(
+            raise UserError(
                 f"not a layer description: {lay!r}; use slicenet.graph.Dense/Conv2D/MaxPool2D/"
                 "Flatten/BatchNorm/Activation/Dropout or a dict with a 'kind' key")
     return tuple(out)
@@ -325,7 +325,7 @@ def _conv_axis(n_in: int, k: int, s: int, padding: str) -> tuple[int, int]:
     """Output length and the number of (output, tap) pairs landing inside the input."""
     if padding == "valid":
         if n_in < k:
-            raise CrowdlearnError(f"a {k}-wide window does not fit an input of size {n_in}")
+            raise UserError(f"a {k}-wide window does not fit an input of size {n_in}")
         out = (n_in - k) // s + 1
         pad = 0
     else:
@@ -338,7 +338,7 @@ def _conv_axis(n_in: int, k: int, s: int, padding: str) -> tuple[int, int]:
 def _pool_axis(n_in: int, p: int, s: int, padding: str) -> int:
     if padding == "valid":
         if n_in < p:
-            raise CrowdlearnError(f"a {p}-wide pooling window does not fit an input of size {n_in}")
+            raise UserError(f"a {p}-wide pooling window does not fit an input of size {n_in}")
         return (n_in - p) // s + 1
     return -(-n_in // s)
 
@@ -366,28 +366,28 @@ def _compile(input_shape: tuple[int, ...], layers: tuple[Layer, ...]) -> tuple[_
         h, w, c = input_shape
         cur = _Stage("input", c, h * w, h * w, (h, w), False)
     else:
-        raise CrowdlearnError(
+        raise UserError(
             f"input shape {input_shape} is not supported; use (features,) or (height, width, channels)")
     if min(input_shape) < 1:
-        raise CrowdlearnError(f"input shape {input_shape} has an empty axis")
+        raise UserError(f"input shape {input_shape} has an empty axis")
     inp = cur
     stages: list[_Stage] = []
     for i, lay in enumerate(layers):
         where = f"layer {i} ({type(lay).__name__})"
         if isinstance(lay, Dense):
             if not cur.flat:
-                raise CrowdlearnError(f"{where}: a Dense layer on a feature map needs a Flatten before it")
+                raise UserError(f"{where}: a Dense layer on a feature map needs a Flatten before it")
             if lay.units < 1:
-                raise CrowdlearnError(f"{where}: units must be ≥ 1")
+                raise UserError(f"{where}: units must be ≥ 1")
             cur = _Stage("dense", lay.units, 1, 1, None, True,
                          pair_weights=cur.out_per_channel, pair_connections=cur.out_per_channel,
                          params_per_channel=int(lay.use_bias))
             stages.append(cur)
         elif isinstance(lay, Conv2D):
             if cur.flat or cur.spatial is None:
-                raise CrowdlearnError(f"{where}: a Conv2D layer needs a (height, width, channels) input")
+                raise UserError(f"{where}: a Conv2D layer needs a (height, width, channels) input")
             if lay.filters < 1:
-                raise CrowdlearnError(f"{where}: filters must be ≥ 1")
+                raise UserError(f"{where}: filters must be ≥ 1")
             (kh, kw), (sh, sw) = lay.kernel, lay.strides
             oh, ch = _conv_axis(cur.spatial[0], kh, sh, lay.padding)
             ow, cw = _conv_axis(cur.spatial[1], kw, sw, lay.padding)
@@ -397,7 +397,7 @@ def _compile(input_shape: tuple[int, ...], layers: tuple[Layer, ...]) -> tuple[_
             stages.append(cur)
         elif isinstance(lay, MaxPool2D):
             if cur.flat or cur.spatial is None:
-                raise CrowdlearnError(f"{where}: MaxPool2D needs a (height, width, channels) input")
+                raise UserError(f"{where}: MaxPool2D needs a (height, width, channels) input")
             ph = _pool_axis(cur.spatial[0], lay.pool[0], lay.strides[0], lay.padding)
             pw = _pool_axis(cur.spatial[1], lay.pool[1], lay.strides[1], lay.padding)
             cur.spatial = (ph, pw)
@@ -410,7 +410,7 @@ def _compile(input_shape: tuple[int, ...], layers: tuple[Layer, ...]) -> tuple[_
         elif isinstance(lay, (Activation, Dropout)):
             pass
         else:  # pragma: no cover - _normalise_layers rejects these
-            raise CrowdlearnError(f"{where}: unsupported layer")
+            raise UserError(f"{where}: unsupported layer")
     return inp, stages, inp.params_per_channel
 
 
@@ -548,17 +548,17 @@ class CostGraph:
         (14, 101700)
         """
         if granularity not in GRANULARITIES:
-            raise CrowdlearnError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+            raise UserError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if cost_model not in COST_MODELS:
-            raise CrowdlearnError(f"cost_model must be one of {COST_MODELS}, got {cost_model!r}")
+            raise UserError(f"cost_model must be one of {COST_MODELS}, got {cost_model!r}")
         if int(block_size) < 1:
-            raise CrowdlearnError(f"block_size must be ≥ 1, got {block_size}")
+            raise UserError(f"block_size must be ≥ 1, got {block_size}")
         if int(activation_batch) < 0:
-            raise CrowdlearnError(f"activation_batch must be ≥ 0, got {activation_batch}")
+            raise UserError(f"activation_batch must be ≥ 0, got {activation_batch}")
         desc = ModelDescription(tuple(input_shape), tuple(layers), name=name)  # type: ignore[arg-type]
         inp, stages, input_params = _compile(desc.input_shape, desc.layers)
         if not stages:
-            raise CrowdlearnError("the model has no Dense or Conv2D layer; add at least an output layer")
+            raise UserError("the model has no Dense or Conv2D layer; add at least an output layer")
         hidden, out = stages[:-1], stages[-1]
         bsz = int(block_size) if granularity == "block" else 1
         ab = int(activation_batch)
@@ -750,7 +750,7 @@ class CostGraph:
         import networkx as nx
 
         if self.num_edges > max_edges:
-            raise CrowdlearnError(
+            raise UserError(
                 f"the graph has {self.num_edges} edges, more than max_edges={max_edges}; raise "
                 "max_edges or use granularity='block'")
         g = nx.DiGraph()
@@ -848,12 +848,12 @@ def traffic_per_sample(
     a = np.asarray(assignment, dtype=np.int64)
     V = graph.num_vertices
     if a.shape != (V,):
-        raise CrowdlearnError(f"assignment has shape {a.shape}, expected ({V},)")
+        raise UserError(f"assignment has shape {a.shape}, expected ({V},)")
     if V == 0:
         return Traffic(0, 0, np.zeros(n or 0, np.int64), 0, bytes_per_value)
     n = int(a.max()) + 1 if n is None else int(n)
     if a.min() < 0 or a.max() >= n:
-        raise CrowdlearnError(f"assignment values must lie in 0..{n - 1}")
+        raise UserError(f"assignment values must lie in 0..{n - 1}")
     piece = np.zeros(n, dtype=np.int64)
     # hidden → hidden: one message per (target, foreign source piece)
     ps, pt = a[graph.edge_src], a[graph.edge_dst]

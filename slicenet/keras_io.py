@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 from slicenet.graph import (
     Activation,
     BatchNorm,
@@ -52,9 +52,9 @@ def _act_name(act: Any) -> str | None:
     return None if name == "linear" else name
 
 
-def _unsupported(layer: Any, why: str = "") -> CrowdlearnError:
+def _unsupported(layer: Any, why: str = "") -> UserError:
     extra = f" ({why})" if why else ""
-    return CrowdlearnError(
+    return UserError(
         f"layer {layer.name!r} of type {type(layer).__name__} cannot be sliced{extra}; SliceNet "
         f"supports a single chain of {', '.join(SUPPORTED_LAYERS)} layers")
 
@@ -112,7 +112,7 @@ def from_keras(model: Any, *, name: str | None = None) -> ModelDescription:
 
     Raises
     ------
-    CrowdlearnError
+    UserError
         A layer of another type (named, with the supported list), a branching model, an unbuilt
         model.
 
@@ -127,17 +127,17 @@ def from_keras(model: Any, *, name: str | None = None) -> ModelDescription:
     import keras
 
     if not isinstance(model, keras.Model):
-        raise CrowdlearnError(f"expected a keras.Model, got {type(model).__name__}")
+        raise UserError(f"expected a keras.Model, got {type(model).__name__}")
     try:
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
         inputs = outputs = None
     if not inputs:
-        raise CrowdlearnError(
+        raise UserError(
             f"model {model.name!r} is not built; give it an input, e.g. keras.Input(shape) as its "
             "first layer")
     if len(inputs) != 1 or len(outputs) != 1:
-        raise CrowdlearnError(
+        raise UserError(
             f"model {model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs; SliceNet "
             "slices a single chain with one input and one output")
     layers = [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
@@ -146,12 +146,12 @@ def from_keras(model: Any, *, name: str | None = None) -> ModelDescription:
         for lay in layers:
             nodes = getattr(lay, "_inbound_nodes", [])
             if len(nodes) != 1 or lay.input is not prev:
-                raise CrowdlearnError(
+                raise UserError(
                     f"layer {lay.name!r} is not fed by the layer before it (or is used twice); "
                     "SliceNet slices a single chain of layers, not branches or residual links")
             prev = lay.output
         if prev is not outputs[0]:
-            raise CrowdlearnError(f"model {model.name!r} is not a single chain of layers")
+            raise UserError(f"model {model.name!r} is not a single chain of layers")
     shape = tuple(int(s) for s in inputs[0].shape[1:])
     converted = [c for c in (_convert(lay) for lay in layers) if c is not None]
     return ModelDescription(shape, tuple(converted), name=name or model.name)
@@ -196,13 +196,13 @@ def load_keras(path: str | Path) -> ModelDescription:
     """Load a ``.keras`` (or ``.h5``) file and convert it with :func:`from_keras`."""
     p = Path(path)
     if not p.is_file():
-        raise CrowdlearnError(f"no model file at {p}; give paper-mlp, paper-cnn or a path to a .keras file")
+        raise UserError(f"no model file at {p}; give paper-mlp, paper-cnn or a path to a .keras file")
     import keras
 
     try:
         model = keras.models.load_model(p, compile=False)
     except Exception as e:  # noqa: BLE001 - any loader failure is a user-fixable file problem
-        raise CrowdlearnError(f"cannot load the Keras model {p}: {e}") from e
+        raise UserError(f"cannot load the Keras model {p}: {e}") from e
     return from_keras(model, name=p.stem)
 
 

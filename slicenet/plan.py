@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 from slicenet.graph import BYTES_PER_VALUE, CostGraph, traffic_per_sample
 
 __all__ = ["PieceStats", "SlicePlan"]
@@ -124,9 +124,9 @@ class SlicePlan:
         """Compute every statistic of a plan from a vertex → piece assignment."""
         a = np.array(assignment, dtype=np.int64)
         if a.shape != (graph.num_vertices,):
-            raise CrowdlearnError(f"assignment has shape {a.shape}, expected ({graph.num_vertices},)")
+            raise UserError(f"assignment has shape {a.shape}, expected ({graph.num_vertices},)")
         if len(a) and (a.min() < 0 or a.max() >= n):
-            raise CrowdlearnError(f"assignment values must lie in 0..{n - 1}")
+            raise UserError(f"assignment values must lie in 0..{n - 1}")
         t = np.full(n, 1.0 / n) if targets is None else np.asarray(targets, dtype=float)
         t = t / t.sum()
         a.setflags(write=False)

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from crowdlearn.config import load
-from sim.experiment import Simulation
+from crowdlearn.experiment import Simulation
 from tests.test_data import require_fashion
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

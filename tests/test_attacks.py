@@ -276,7 +276,7 @@ def test_follower_min_norm_improves_with_piece_size(digits):
 def test_privacy_report_on_a_small_dssgd_run():
     from crowdlearn.config import from_dict
     from crowdlearn.privacy.attacks.views import PrivacyProbe, privacy_report
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
 
     cfg = from_dict({"protocol": "dssgd", "rounds": 2, "seed": 3,
                      "fleet": {"devices": 4, "cells": 1}, "model": {"hidden": [16]},

@@ -29,7 +29,7 @@ from crowdlearn.config import from_dict, load
 from crowdlearn.errors import ConfigError, CrowdlearnError
 from crowdlearn.results import MARKER, check_out, write
 from crowdlearn.results import load as load_results
-from sim.experiment import Simulation
+from crowdlearn.experiment import Simulation
 from tests.conftest import small_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +51,11 @@ def run_cli(*args, cwd, timeout=600):
 @pytest.fixture
 def no_simulation(monkeypatch):
     """Fail the test if a simulation is even built (a bad --out must be refused before)."""
-    import sim.experiment
+    import crowdlearn.experiment
 
     def refuse(*a, **k):
         raise AssertionError("a simulation was built although --out is unusable")
-    monkeypatch.setattr(sim.experiment, "Simulation", refuse)
+    monkeypatch.setattr(crowdlearn.experiment, "Simulation", refuse)
 
 
 @pytest.fixture(scope="module")

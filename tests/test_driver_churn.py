@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import simpy
 
-from crowdlearn.protocols.io import (
+from sim.machine import (
     CancelJob,
     Disconnected,
     JobDone,

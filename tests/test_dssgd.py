@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.dssgd import (
     CONFIG_SECTION,
     DownloadRequest,
@@ -17,12 +17,11 @@ from crowdlearn.protocols.dssgd import (
     TurnGrant,
     cross_check,
     flatten,
-    register,
     select_random_threshold,
     select_topk,
     unflatten,
 )
-from crowdlearn.protocols.io import (
+from sim.machine import (
     CancelJob,
     Disconnected,
     Halt,
@@ -386,6 +385,7 @@ def test_dp_participant_charges_its_release_before_sending_it():
 def test_a_late_or_unexpected_upload_is_charged_although_the_server_drops_it(how):
     """The server drops the upload (late / after PeerLost / out of turn in asynchronous mode),
     but the value has left the participant: the run's ledger charges it."""
+    from crowdlearn.privacy.accountant import PrivacyLedger
     from sim.monitor import Monitor
     order = "asynchronous" if how == "out_of_turn" else "round_robin"
     kw = dict(rounds=1, theta_u=0.2, dp=True, epsilon=0.5, order=order, turn_timeout_s=5.0)
@@ -393,7 +393,7 @@ def test_a_late_or_unexpected_upload_is_charged_although_the_server_drops_it(how
     server = DSSGDServer("server", w, [5, 6], DSSGDParams(**kw), rng=np.random.default_rng(0))
     p = DSSGDParticipant(5, SPEC, w, np.arange(10), DSSGDParams(**kw),
                          rng=np.random.default_rng(1))
-    mon = Monitor([5, 6])
+    mon = Monitor([5, 6], ledger_factory=PrivacyLedger)
     for q in (5, 6):
         server.handle(PeerJoined(q), 0.0)
     server.handle(Start(), 0.0)
@@ -437,19 +437,8 @@ def test_config_section_and_params_agree(registered):
 # ---------------------------------------------------------------- small fleets
 @pytest.fixture(scope="module")
 def registered():
-    import crowdlearn.config as config
-    import sim.experiment as experiment
-    saved = (dict(config.SCHEMA), config.SCHEMA[""]["protocol"], config.PROTOCOLS,
-             dict(experiment.PROTOCOLS))
-    register(experiment.PROTOCOLS)
+    """DSSGD is a built-in protocol: nothing to register (kept for the tests' signatures)."""
     yield
-    schema, key, protos, builders = saved
-    config.SCHEMA.clear()
-    config.SCHEMA.update(schema)
-    config.SCHEMA[""]["protocol"] = key
-    config.PROTOCOLS = protos
-    experiment.PROTOCOLS.clear()
-    experiment.PROTOCOLS.update(builders)
 
 
 def fleet(**overrides):
@@ -460,7 +449,7 @@ def fleet(**overrides):
 
 def run_counting_sends(cfg):
     """Run a simulation, recording every message each machine sent (independently of the driver)."""
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
     sim = Simulation(cfg)
     sent = []
     for node, m in sim.driver.machines.items():

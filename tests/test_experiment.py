@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.messages import RoundStart, Update
 from crowdlearn.results import write
-from sim.experiment import Simulation
+from crowdlearn.experiment import Simulation
 from tests.conftest import small_config
 
 

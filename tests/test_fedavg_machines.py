@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from crowdlearn.protocols.fedavg import FedAvgClient, FedAvgParams, FedAvgServer
-from crowdlearn.protocols.io import (
+from sim.machine import (
     Disconnected,
     Halt,
     JobDone,

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from crowdlearn.config import from_dict
 from crowdlearn.protocols.fedavg import FedAvgClient
-from crowdlearn.protocols.io import Machine, Start
+from sim.machine import Machine, Start
 from sim.driver import Driver, Fleet, LazyMachines
-from sim.experiment import DeviceRngs, Simulation
+from crowdlearn.experiment import DeviceRngs, Simulation
 from sim.monitor import Monitor
 from sim.network import Network, build_topology, cell_tree, max_min_rates
 from sim.profiles import TIERS, FleetProfiles, sample_fleet, sample_fleet_table
@@ -247,7 +247,7 @@ def test_simulation_device_rows_match_a_list_and_pickle():
                 max_size=60))
 def test_fedavg_server_pool_stays_sorted_as_peers_come_and_go(changes):
     from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
-    from crowdlearn.protocols.io import PeerJoined, PeerLost
+    from sim.machine import PeerJoined, PeerLost
 
     server = FedAvgServer("server", [np.zeros(1)], FedAvgParams(rounds=1, clients_per_round=50),
                           rng=np.random.default_rng(0))
@@ -261,7 +261,7 @@ def test_fedavg_server_pool_stays_sorted_as_peers_come_and_go(changes):
 def test_a_device_runs_its_jobs_one_at_a_time_and_a_cancelled_queued_job_never_runs():
     from dataclasses import dataclass
 
-    from crowdlearn.protocols.io import CancelJob, JobDone, RunJob, TimerFired
+    from sim.machine import CancelJob, JobDone, RunJob, TimerFired
     from crowdlearn.training.jobs import Executor
 
     @dataclass(frozen=True)
@@ -307,7 +307,7 @@ def test_a_device_runs_its_jobs_one_at_a_time_and_a_cancelled_queued_job_never_r
 
 
 def test_parked_fedavg_clients_resume_their_generator_streams():
-    from sim.experiment import _rng_from_state, _rng_state
+    from crowdlearn.protocols.fedavg_family import _rng_from_state, _rng_state
 
     g = np.random.default_rng(11)
     g.random(3), g.integers(0, 5, size=7)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from crowdlearn.privacy import functional as F
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.fm import (
     FMDecline,
     FMFitJob,
@@ -21,7 +21,7 @@ from crowdlearn.protocols.fm import (
     quality_weights,
     score_models,
 )
-from crowdlearn.protocols.io import (
+from sim.machine import (
     CancelJob,
     JobDone,
     PeerJoined,
@@ -374,20 +374,8 @@ def test_fit_job_is_reproducible_from_its_seed():
 # ---------------------------------------------------------------- fleets
 @pytest.fixture(scope="module")
 def registered():
-    import crowdlearn.config as config
-    import sim.experiment as experiment
-    from crowdlearn.protocols import fm
-    saved = (dict(config.SCHEMA), config.SCHEMA[""]["protocol"], config.PROTOCOLS,
-             dict(experiment.PROTOCOLS))
-    fm.register(experiment.PROTOCOLS)
+    """FM is a built-in protocol: nothing to register (kept for the tests' signatures)."""
     yield
-    schema, key, protos, builders = saved
-    config.SCHEMA.clear()
-    config.SCHEMA.update(schema)
-    config.SCHEMA[""]["protocol"] = key
-    config.PROTOCOLS = protos
-    experiment.PROTOCOLS.clear()
-    experiment.PROTOCOLS.update(builders)
 
 
 def fm_config(dataset="breast_cancer", **over):
@@ -402,9 +390,9 @@ def fm_config(dataset="breast_cancer", **over):
 
 
 def run_fm(cfg, **kw):
-    from crowdlearn.protocols import fm
+    from crowdlearn.experiment import Simulation
     kw.setdefault("trainer_factory", LinearEvaluator)
-    sim = fm.simulation(cfg, **kw)
+    sim = Simulation(cfg, **kw)
     return sim, sim.run()
 
 
@@ -507,6 +495,7 @@ def test_ring0_modules_import_no_driver_or_tensorflow():
 
 def test_doctests_of_the_fm_modules():
     import doctest
+    import importlib
 
     import crowdlearn.data.quality as quality
     import crowdlearn.privacy.functional as functional
@@ -514,6 +503,10 @@ def test_doctests_of_the_fm_modules():
     for module in (functional, quality, fm):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+    for name in ("messages", "params", "model", "jobs", "scoring", "machines", "evaluator",
+                 "config"):     # the package's modules (those without examples attempt none)
+        module = importlib.import_module(f"crowdlearn.protocols.fm.{name}")
+        assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0, name
 
 
 def test_rescore_scores_the_participants_models_not_their_duals(registered):

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
 from crowdlearn.protocols.dssgd import DownloadRequest, DSSGDParams, DSSGDServer, SparseUpdate
 from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
-from crowdlearn.protocols.io import PeerJoined, Received, Report, Send, Start
+from sim.machine import PeerJoined, Received, Report, Send, Start
 from crowdlearn.protocols.messages import Update
 from crowdlearn.protocols.validate import check_sparse
 from slicenet.partition import partition
-from slicenet.protocol import (
+from crowdlearn.protocols.crowdlearning.machines import (
     Download,
     FusedGroups,
     KeyAnnounce,

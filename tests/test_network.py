@@ -408,7 +408,7 @@ def test_server_downlink_may_differ_from_its_uplink():
 
 def test_experiment_server_link_follows_the_server_profile():
     from crowdlearn.config import from_dict
-    from sim.experiment import MBPS, _server_link
+    from crowdlearn.experiment import MBPS, _server_link
     from sim.profiles import TIERS
 
     edge = TIERS["edge_server"]

@@ -10,7 +10,7 @@ import pytest
 from crowdlearn.config import from_dict
 from crowdlearn.crypto.schemes import make_scheme
 from crowdlearn.errors import ConfigError
-from sim.experiment import Simulation
+from crowdlearn.experiment import Simulation
 
 MLP_PARAMS = 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
 

@@ -18,9 +18,9 @@ def _module():
 
 
 def test_quick_table_has_a_row_for_every_registered_protocol(capsys):
-    from crowdlearn.config import SCHEMA
+    from crowdlearn import registry
     mod = _module()
-    assert mod.protocols() == list(SCHEMA[""]["protocol"].choices)
+    assert mod.protocols() == list(registry.names())
     assert mod.main(["--quick"]) == 0
     out = capsys.readouterr().out
     rows = [line.split(" | ") for line in out.splitlines()
@@ -29,7 +29,7 @@ def test_quick_table_has_a_row_for_every_registered_protocol(capsys):
     by_proto: dict = {}
     for r in rows:
         by_proto.setdefault(r[0].lstrip("| ").split(" + ")[0], []).append(r)
-    assert set(by_proto) == set(SCHEMA[""]["protocol"].choices)
+    assert set(by_proto) == set(registry.names())
     number = re.compile(r"^-?\d+\.\d+ ± \d+\.\d+")
     for proto, rs in by_proto.items():
         for r in rs:

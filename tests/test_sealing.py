@@ -14,11 +14,11 @@ from crowdlearn.crypto.sealing import (
     escrow_len,
     party_label,
 )
-from crowdlearn.protocols import wire
-from crowdlearn.protocols.io import Received, Report
-from sim.experiment import Simulation
+from sim import wire
+from sim.machine import Received, Report
+from crowdlearn.experiment import Simulation
 from slicenet.partition import partition
-from slicenet.protocol import (
+from crowdlearn.protocols.crowdlearning.machines import (
     FusedGroups,
     KeyDirectory,
     PassPlan,
@@ -247,7 +247,7 @@ def test_traffic_of_a_real_run_opens_only_for_its_recipients():
         assert len(opener(rings[relay.dst])) == relay.payload.length
 
 
-@pytest.mark.parametrize("name", ["crowdlearn.crypto.sealing", "crowdlearn.protocols.wire",
+@pytest.mark.parametrize("name", ["crowdlearn.crypto.sealing", "sim.wire",
                                   "crowdlearn.protocols.validate"])
 def test_docstring_examples_run(name):
     import doctest
@@ -260,8 +260,8 @@ def test_docstring_examples_run(name):
 def _crowd_over_bytes(seed):
     """A Crowdlearning server and three devices joined by an in-memory wire that encodes and
     decodes every message (so sealed payloads travel as real ciphertext)."""
-    from crowdlearn.protocols.io import PeerJoined, PeerLost, Send, Start
-    from slicenet.protocol import PassDone, SlicingServer
+    from sim.machine import PeerJoined, PeerLost, Send, Start
+    from crowdlearn.protocols.crowdlearning.machines import PassDone, SlicingServer
 
     desc = description_for([6, 4], 5, 3)
     graph = desc.graph()

@@ -6,7 +6,7 @@ import pytest
 
 from crowdlearn.config import load
 from crowdlearn.privacy import dp_fedavg
-from sim.experiment import Simulation
+from crowdlearn.experiment import Simulation
 from tests.test_data import require_fashion
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -8,7 +8,7 @@ from crowdlearn.crypto import masking
 from crowdlearn.errors import ConfigError
 from crowdlearn.privacy import dp_fedavg
 from crowdlearn.protocols.secagg import SecAggParams, run_round
-from sim.experiment import run
+from crowdlearn.experiment import run
 from tests.conftest import small_config
 
 
@@ -45,7 +45,7 @@ def test_secagg_matches_plain_fedavg_without_dropouts_and_charges_its_costs(fixe
 
 
 def test_churn_drops_clients_at_stages_and_survivors_still_unmask(fixed_costs):
-    from sim.experiment import Simulation
+    from crowdlearn.experiment import Simulation
     sim = Simulation(small_config(**{
         "fedavg.secure_aggregation": "secagg", "availability.churn": 0.25, "seed": 8,
         "availability.churn_offline_s": 1e-3, "secagg.threshold": 2, "rounds": 4,
@@ -184,7 +184,7 @@ def test_same_seed_same_simulated_times_across_processes(tmp_path):
 
     code = ("import json, sys\n"
             "from crowdlearn.config import from_dict\n"
-            "from sim.experiment import Simulation\n"
+            "from crowdlearn.experiment import Simulation\n"
             "res = Simulation(from_dict({'rounds': 2, 'fleet': {'devices': 6},\n"
             "    'fedavg': {'clients_per_round': 4, 'secure_aggregation': 'secagg'}})).run()\n"
             "json.dump({'t': res.summary['sim_time_s'], 'm': res.metrics,\n"

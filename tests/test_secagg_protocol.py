@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.crypto import masking
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.secagg import MaskedInput, SecAggParams, run_round
 
 STAGES = ("advertise", "share", "masked_input", "unmask")
@@ -117,7 +117,7 @@ def test_priced_mode_has_the_real_sizes_and_sum(mode, k, rng):
 
 def test_a_tampered_share_box_is_dropped_not_trusted(rng):
     xs = {u: rng.normal(0, 0.3, 5) for u in range(4)}
-    from crowdlearn.protocols.io import Received
+    from sim.machine import Received
     from crowdlearn.protocols.secagg import ShareRelay
     p = SecAggParams(threshold=2, quant_bits=12, modulus_bits=16)
     out = run_round(xs, p, rng=np.random.default_rng(1))
@@ -134,7 +134,7 @@ def test_a_tampered_share_box_is_dropped_not_trusted(rng):
 @pytest.mark.parametrize("mode,k", [("secagg", 0), ("secagg+", 2)])
 def test_sizes_and_ops_without_running_equal_a_real_round(mode, k, rng):
     from crowdlearn.crypto.costs import CryptoCosts
-    from crowdlearn.protocols.io import RunJob
+    from sim.machine import RunJob
     from crowdlearn.protocols.secagg import client_round_bytes, client_round_ops
     n, d = 6, 30
     costs = CryptoCosts(1.0, keygen=3.0, agree=5.0, prg_byte=0.5, aead_byte=0.25, field_mul=7.0)
@@ -190,7 +190,7 @@ def test_stage_deadlines_close_stages_without_the_slow_clients(seed, data):
 
 
 def test_a_client_refuses_to_reveal_both_secrets_of_a_peer(rng):
-    from crowdlearn.protocols.io import Received, Report
+    from sim.machine import Received, Report
     from crowdlearn.protocols.secagg import UnmaskRequest
     xs = {u: rng.normal(0, 0.3, 5) for u in range(4)}
     out = run_round(xs, SecAggParams(threshold=2, quant_bits=12, modulus_bits=16),

@@ -3,8 +3,8 @@ a window that keeps its last ω ticks, take-overs from what the protocol deliver
 import numpy as np
 import pytest
 
-from sim.experiment import Simulation
-from slicenet import protocol as sp
+from crowdlearn.experiment import Simulation
+from crowdlearn.protocols.crowdlearning import machines as sp
 from tests.test_slicenet_protocol import crowd_config
 
 
@@ -182,7 +182,7 @@ def test_initial_weights_are_delivered_and_counted(bn_run):
     groups = len(sim.ctx.extra["groups"])
     assert len(initial) == groups * (lay.pieces + 1)              # no churn: only the start
     assert sum(m.payload.length for m in initial) == groups * 4 * lay.num_params
-    from crowdlearn.protocols import wire
+    from sim import wire
     # on the wire: every checkpoint the server sent is counted (today none was sent)
     assert res.summary["bytes_by_kind"]["checkpoint"] == sum(wire.size(m) for m in initial)
 

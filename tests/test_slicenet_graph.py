@@ -276,7 +276,7 @@ def test_import_pulls_in_no_tensorflow_or_matplotlib():
     import subprocess
     import sys
 
-    code = ("import sys, slicenet, slicenet.cli, slicenet.partition; "
+    code = ("import sys, slicenet, crowdlearn.partition_cli, slicenet.partition; "
             "print([m for m in ('tensorflow', 'keras', 'matplotlib', 'simpy', 'asyncio', 'socket') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.errors import CrowdlearnError
-from slicenet.cli import add_partition_parser, run_partition
+from crowdlearn.partition_cli import add_partition_parser, run_partition
 from slicenet.graph import (
     CostGraph,
     Dense,

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from crowdlearn.protocols import wire
-from crowdlearn.protocols.io import Received
-from sim.experiment import Simulation
+from sim import wire
+from sim.machine import Received
+from crowdlearn.experiment import Simulation
 from slicenet.graph import paper_mlp_description, traffic_per_sample
 from slicenet.partition import partition
-from slicenet.protocol import (
+from crowdlearn.protocols.crowdlearning.machines import (
     DOMINATOR,
     SlidingWindow,
     description_for,
@@ -148,7 +148,7 @@ def test_tau_one_and_theta_zero_both_mean_no_collaboration():
 
 def test_handover_payload_decrypts_to_the_pieces_real_weights():
     from crowdlearn.crypto.sealing import Header, KeyRing, SealError
-    from slicenet.protocol import (
+    from crowdlearn.protocols.crowdlearning.machines import (
         FusedGroups,
         KeyDirectory,
         PassPlan,
@@ -200,7 +200,7 @@ def test_every_sharing_member_gets_a_download_that_includes_its_groups_upload():
     res = sim.run()
     k = res.summary["messages_by_kind"]
     assert k["Download"] == k["Upload"] > 0
-    from slicenet.protocol import Download
+    from crowdlearn.protocols.crowdlearning.machines import Download
     empty = wire.size(Download(0, 0, np.zeros(0, np.int32), np.zeros(0, np.float32)))
     assert res.summary["bytes_by_kind"]["Download"] > 10 * empty * k["Download"]
 

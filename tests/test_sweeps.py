@@ -210,7 +210,7 @@ def test_ray_training_executor_gives_the_weights_of_the_in_process_trainer():
 
     from crowdlearn.config import from_dict
     from crowdlearn.training.ray_trainer import RayShardedTrainer
-    from sim.experiment import SERVER, Simulation
+    from crowdlearn.experiment import SERVER, Simulation
 
     raw = {**BASE, "fleet": {"devices": 7}, "fedavg": {"clients_per_round": 5}}
     local = Simulation(from_dict(raw))

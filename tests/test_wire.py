@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
 
 arrays = hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8]),
@@ -78,7 +78,7 @@ import tracemalloc  # noqa: E402
 
 import crowdlearn.protocols.dssgd  # noqa: E402,F401  (registers its messages)
 import crowdlearn.protocols.fm  # noqa: E402,F401
-import slicenet.protocol as sp  # noqa: E402
+import crowdlearn.protocols.crowdlearning.machines as sp  # noqa: E402
 from crowdlearn.errors import CrowdlearnError, WireError  # noqa: E402
 
 
@@ -226,7 +226,7 @@ def test_the_worst_case_one_byte_items_need_under_ten_times_the_input_size():
 def test_every_registered_message_has_checkable_field_types():
     import typing
     for cls in wire._BY_TAG.values():
-        if cls.__module__ == "crowdlearn.protocols.wire":
+        if cls.__module__ == "sim.wire":
             continue       # the doctest's example message
         hints = typing.get_type_hints(cls)        # resolvable, so decode checks every field
         assert set(cls.__wire_fields__) <= set(hints), cls

@@ -1,6 +1,6 @@
 """Cost model of the homomorphic primitives, calibrated by timing them on the running machine.
 
-This module measures wall time, so it belongs with the drivers (ring 2): ``sim.experiment`` calls
+This module measures wall time, so it belongs with the drivers (ring 2): ``crowdlearn.experiment`` calls
 :func:`calibrate` and hands the result to the protocol builder; protocol code only reads numbers.
 
 A job's cost is charged in FLOP-equivalents: ``seconds measured here x host FLOP/s`` (the host's

@@ -429,7 +429,7 @@ def partition(
     >>> partition(labels, 4, method="nope", rng=np.random.default_rng(1))
     Traceback (most recent call last):
     ...
-    crowdlearn.errors.CrowdlearnError: unknown partition method 'nope'; valid: iid, dirichlet, shards, quantity
+    slicenet.errors.UserError: unknown partition method 'nope'; valid: iid, dirichlet, shards, quantity
     """
     fn = PARTITIONERS.get(method) if isinstance(method, str) else None
     if fn is None:

@@ -68,14 +68,14 @@ __all__ = ["KINDS", "Corrupted", "assignment", "corrupt", "cross_check",
 
 KINDS = ("label_flip", "feature_noise", "random", "underrepresented")
 
-#: Index of the seed stream of corruption (after ``sim.experiment.STREAMS``' six streams).
+#: Index of the seed stream of corruption (after ``crowdlearn.experiment.STREAMS``' six streams).
 STREAM_INDEX = 6
 
 
 def stream(seed: int, index: int = STREAM_INDEX) -> np.random.Generator:
     """A generator for child ``index`` of ``SeedSequence(seed)``.
 
-    Equal to the ``index``-th stream ``sim.experiment`` spawns from the master seed, so appending
+    Equal to the ``index``-th stream ``crowdlearn.experiment`` spawns from the master seed, so appending
     ``"quality"`` to its ``STREAMS`` reproduces the same draws.
     """
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))

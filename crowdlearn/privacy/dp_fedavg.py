@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crowdlearn.protocols.io import Report
+from sim.machine import Report
 from crowdlearn.schema import Key
 
 __all__ = ["CONFIG_SECTION", "DPParams", "DPFedAvg", "FedAvgAccountant", "clip_update",

@@ -54,7 +54,7 @@ Examples
 One coordinated turn by hand:
 
 >>> import numpy as np
->>> from crowdlearn.protocols.io import PeerJoined, Received, Start
+>>> from sim.machine import PeerJoined, Received, Start
 >>> params = DSSGDParams(rounds=1, theta_u=0.5)
 >>> server = DSSGDServer("server", [np.zeros(4, np.float32)], [7], params,
 ...                      rng=np.random.default_rng(0))
@@ -83,7 +83,12 @@ import numpy as np
 
 from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.privacy.mechanisms import RELEASES, clip, svt_select
-from crowdlearn.protocols.io import (
+from crowdlearn.protocols.validate import check_bounded
+from crowdlearn.registry import Protocol
+from crowdlearn.schema import Key
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
+from sim.machine import (
     CancelJob,
     Disconnected,
     Effect,
@@ -102,16 +107,12 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.validate import check_bounded
-from crowdlearn.protocols.wire import message
-from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
+from sim.wire import message
 
 __all__ = [
     "CONFIG_SECTION", "DOWNLOADS", "ORDERS", "SELECTIONS", "DSSGDParams", "DSSGDParticipant",
     "DSSGDServer", "DownloadRequest", "audit_release", "ParamsDownload", "SERVER", "SparseUpdate", "TurnDecline",
-    "TurnGrant", "build", "cross_check", "flatten", "params_from_config", "register",
+    "TurnGrant", "build", "cross_check", "flatten", "params_from_config",
     "select_download", "select_random_threshold", "select_topk", "top_k", "unflatten",
 ]
 
@@ -852,9 +853,9 @@ def audit_release(params: DSSGDParams, value: float, *, rng: np.random.Generator
 
 
 def build(ctx) -> dict:
-    """Protocol builder: a server and one participant per device (``sim.experiment.Context``)."""
+    """Protocol builder: a server and one participant per device (``crowdlearn.experiment.Context``)."""
     params = params_from_config(ctx.config)
-    if params.dp:   # what the results say about ε (sim.experiment reads it)
+    if params.dp:   # what the results say about ε (crowdlearn.experiment reads it)
         ctx.extra["privacy"] = {
             "mechanism": "svt", "delta": params.delta,
             "guarantee": "nominal" if params.release == "paper" else "dp",
@@ -867,20 +868,11 @@ def build(ctx) -> dict:
     return machines
 
 
-def register(protocols: dict | None = None) -> None:
-    """Make ``protocol = "dssgd"`` and the ``[dssgd]`` section known (idempotent).
+#: found by :mod:`crowdlearn.registry`
+PROTOCOLS = (
+    Protocol("dssgd", build, doc="Distributed selective SGD (Shokri & Shmatikov 2015), with "
+             "optional differential privacy.", sections={"dssgd": CONFIG_SECTION},
+             check_sections=lambda v: cross_check(v["dssgd"]),
+             server_view="crowdlearn.privacy.attacks.views:DSSGDServerView"),
+)
 
-    Patches :mod:`crowdlearn.config` (``SCHEMA``, ``PROTOCOLS`` and the choices of the
-    ``protocol`` key) and, when given, a builder registry such as ``sim.experiment.PROTOCOLS``.
-    For tests and notebooks; the permanent registration lives in those modules.
-    """
-    from crowdlearn import config
-
-    config.SCHEMA.setdefault("dssgd", CONFIG_SECTION)
-    if "dssgd" not in config.PROTOCOLS:
-        config.PROTOCOLS = (*config.PROTOCOLS, "dssgd")
-    key = config.SCHEMA[""]["protocol"]
-    if key.choices is not None and "dssgd" not in key.choices:
-        config.SCHEMA[""]["protocol"] = dataclasses.replace(key, choices=(*key.choices, "dssgd"))
-    if protocols is not None:
-        protocols.setdefault("dssgd", build)

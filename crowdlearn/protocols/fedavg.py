@@ -13,7 +13,7 @@ Examples
 Machines are driven by hand in tests; here one round with one client:
 
 >>> import numpy as np
->>> from crowdlearn.protocols.io import PeerJoined, Received, Start
+>>> from sim.machine import PeerJoined, Received, Start
 >>> server = FedAvgServer("server", [np.zeros(2, np.float32)], FedAvgParams(rounds=1,
 ...                       clients_per_round=1), rng=np.random.default_rng(0))
 >>> server.handle(Start(), 0.0)
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crowdlearn.protocols.aggregate import weighted_average
-from crowdlearn.protocols.io import (
+from sim.machine import (
     CancelJob,
     Disconnected,
     Effect,

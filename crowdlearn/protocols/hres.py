@@ -21,7 +21,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
-from crowdlearn.protocols.io import (
+from crowdlearn.protocols import phong
+from crowdlearn.protocols.phong import (
+    SERVER,
+    EncryptedModel,
+    ModelRequest,
+    PhongParticipant,
+    PhongServer,
+    _Costs,
+    setup,
+)
+from crowdlearn.registry import Protocol
+from sim.machine import (
     Effect,
     Input,
     JobDone,
@@ -32,16 +43,7 @@ from crowdlearn.protocols.io import (
     RunJob,
     Send,
 )
-from crowdlearn.protocols.phong import (
-    SERVER,
-    EncryptedModel,
-    ModelRequest,
-    PhongParticipant,
-    PhongServer,
-    _Costs,
-    setup,
-)
-from crowdlearn.protocols.wire import message
+from sim.wire import message
 
 __all__ = ["KTS", "HRESServer", "KeyTransformServer", "ReencryptRequest", "build"]
 
@@ -126,3 +128,20 @@ def build(ctx, *, calibrate=None, rand=None) -> dict:
         p.key_owner = d
         machines[d] = p
     return machines
+
+
+# ---------------------------------------------------------------- the protocol's declaration
+def _calibrated_build(ctx) -> dict:
+    from crowdlearn.crypto.he_costs import calibrate  # crypto costs measured on this machine
+    return build(ctx, calibrate=calibrate)
+
+
+#: found by :mod:`crowdlearn.registry`
+PROTOCOLS = (
+    Protocol("hres", _calibrated_build, doc="HRES: encrypted asynchronous SGD with per-"
+             "participant keys and a key transform server.", sections=phong._SECTIONS,
+             check_sections=phong.check_section,
+             runners=lambda sim: {"crypto": phong.run_crypto_jobs}, summary=phong.he_summary,
+             attack_records=phong.collusion_records),
+)
+

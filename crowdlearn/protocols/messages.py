@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crowdlearn.protocols.wire import message
+from sim.wire import message
 
 
 @message(0x0101)

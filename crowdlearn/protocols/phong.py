@@ -33,7 +33,6 @@ Collusion: with one shared key, the server colluding with any participant decryp
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,11 @@ import numpy as np
 
 from crowdlearn.crypto.lwe import LWEParams
 from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
-from crowdlearn.protocols.io import (
+from crowdlearn.registry import Protocol
+from crowdlearn.schema import Key
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
+from sim.machine import (
     Disconnected,
     Effect,
     Halt,
@@ -58,17 +61,14 @@ from crowdlearn.protocols.io import (
     Send,
     Start,
 )
-from crowdlearn.protocols.wire import message
-from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
+from sim.wire import message
 
 if TYPE_CHECKING:
     from crowdlearn.crypto.schemes import Scheme
 
 __all__ = ["CONFIG_SECTION", "PhongParams", "PhongServer", "PhongParticipant", "CryptoJob",
            "ModelRequest", "EncryptedModel", "EncryptedUpdate", "TurnGrant", "build",
-           "cross_check", "register", "flatten", "unflatten"]
+           "cross_check", "flatten", "unflatten"]
 
 SERVER: NodeId = "server"
 ORDERS = ("asynchronous", "round_robin")
@@ -443,7 +443,7 @@ def setup(ctx, scheme_name: str, *, calibrate=None, rand=None, participants=()) 
 
 
 def build(ctx, *, calibrate=None, rand=None) -> dict:
-    """Protocol builder (``sim.experiment.Context``); ``calibrate(scheme) -> dict`` prices crypto."""
+    """Protocol builder (``crowdlearn.experiment.Context``); ``calibrate(scheme) -> dict`` prices crypto."""
     _, costs, params, shapes, initial = setup(ctx, ctx.config.he.scheme, calibrate=calibrate,
                                               rand=rand)
     machines: dict = {SERVER: PhongServer(SERVER, initial, shapes, ctx.devices, params, costs)}
@@ -468,15 +468,51 @@ class HEReport:
                 "crypto_host_s_by_role": dict(sorted(self.costs.host_seconds.items()))}
 
 
-def register(protocols: dict | None = None) -> None:
-    """Make ``protocol = "phong"`` and the ``[he]`` section known (idempotent; for tests)."""
-    from crowdlearn import config
+# ---------------------------------------------------------------- the protocol's declaration
+def _calibrated_build(ctx) -> dict:
+    from crowdlearn.crypto.he_costs import calibrate  # crypto costs measured on this machine
+    return build(ctx, calibrate=calibrate)
 
-    config.SCHEMA.setdefault("he", CONFIG_SECTION)
-    if "phong" not in config.PROTOCOLS:
-        config.PROTOCOLS = (*config.PROTOCOLS, "phong")
-    key = config.SCHEMA[""]["protocol"]
-    if key.choices is not None and "phong" not in key.choices:
-        config.SCHEMA[""]["protocol"] = dataclasses.replace(key, choices=(*key.choices, "phong"))
-    if protocols is not None:
-        protocols.setdefault("phong", build)
+
+def check_section(v: dict) -> list[str]:
+    """Problems of the ``[he]`` section (shared by phong and hres), in every config."""
+    return cross_check(v["he"], protocol=v["protocol"], rounds=v["rounds"],
+                       devices=v["fleet"]["devices"])
+
+
+def he_summary(sim) -> dict:
+    """The scheme's figures and the calibrated crypto costs (phong and hres)."""
+    return sim.ctx.extra["he"].summary() if "he" in sim.ctx.extra else {}
+
+
+def collusion_records(sim, uploads: int) -> tuple[dict, list]:
+    """What the server colluding with participant 0 can decrypt of the other participants'
+    uploads (Phong et al.'s threat model): summary fields and ``(device, indices, values)``
+    records for the reconstruction attack."""
+    if "he" not in sim.ctx.extra:
+        return {}, []
+    from crowdlearn.privacy.attacks.reconstruction import dense_to_sparse
+    srv = sim.driver.machines[SERVER]
+    view = srv.collusion_view(sim.ctx.extra["he"].scheme, colluder=0)
+    others = [d for d, _, _ in srv.uploads_seen if d != 0]
+    out = {"collusion_uploads_seen": len(others),
+           "collusion_uploads_decrypted": sum(len(v) for d, v in view.items() if d != 0)}
+    records = []
+    for dev, deltas in view.items():
+        if dev != 0:
+            for delta in deltas:
+                if len(records) < uploads:
+                    records.append((dev, *dense_to_sparse(delta)))
+    return out, records
+
+
+_SECTIONS = {"he": CONFIG_SECTION}
+
+#: found by :mod:`crowdlearn.registry`
+PROTOCOLS = (
+    Protocol("phong", _calibrated_build, doc="Encrypted asynchronous SGD (Phong et al. 2018): "
+             "additively homomorphic updates (packed Paillier or LWE).", sections=_SECTIONS,
+             check_sections=check_section, runners=lambda sim: {"crypto": run_crypto_jobs},
+             summary=he_summary, attack_records=collusion_records),
+)
+

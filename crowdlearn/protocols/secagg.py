@@ -67,9 +67,9 @@ import numpy as np
 from crowdlearn.crypto import keyagreement as ka
 from crowdlearn.crypto import masking, shamir
 from crowdlearn.crypto.costs import CryptoCosts
-from crowdlearn.protocols import wire
+from sim import wire
 from crowdlearn.protocols.fedavg import SERVER, FedAvgClient, FedAvgParams, FedAvgServer
-from crowdlearn.protocols.io import (
+from sim.machine import (
     CancelJob,
     Disconnected,
     Effect,
@@ -84,7 +84,7 @@ from crowdlearn.protocols.io import (
     TimerFired,
 )
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
-from crowdlearn.protocols.wire import message
+from sim.wire import message
 
 __all__ = ["SecAggParams", "SecAggServer", "SecAggClient", "AdvertiseKeys", "KeyList",
            "ShareKeys", "ShareRelay", "MaskedInput", "UnmaskRequest", "UnmaskShares",
@@ -773,7 +773,7 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
     wire; this is what the tests and the priced-size tables use.
     """
     from crowdlearn.crypto.costs import CryptoCosts as _C
-    from crowdlearn.protocols.io import PeerJoined, Start
+    from sim.machine import PeerJoined, Start
 
     costs = costs or _C(1.0, 0, 0, 0, 0, 0)
     drop = {k: set(v) for k, v in (drop or {}).items()}
@@ -940,7 +940,7 @@ def client_round_bytes(*, n: int, d: int, modulus_bits: int, mode: str = "secagg
 
     The messages are built as the machines build them (client ids ``0 … n−1``, placeholder
     ciphertexts and keys of the real lengths, a sized masked vector), then measured with
-    :func:`crowdlearn.protocols.wire.size`; a test holds this equal to a real round's messages.
+    :func:`sim.wire.size`; a test holds this equal to a real round's messages.
     ``peers`` is ``n − 1`` (SecAgg) or ``k`` (SecAgg+); ``dropped`` of them drop after sharing.
     """
     peers = n - 1 if mode == "secagg" else k

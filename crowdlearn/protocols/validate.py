@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.protocols.io import NodeId, Report
+from sim.machine import NodeId, Report
 
 __all__ = ["check_bounded", "check_sparse", "check_weights", "misbehaved", "sparse_vector"]
 

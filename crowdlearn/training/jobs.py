@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -56,6 +56,32 @@ class EvalJob:
 
 
 Runner = Callable[[Sequence[Any]], list[Any]]
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """What computes training and evaluation: the batched fleet trainer
+    (:class:`~crowdlearn.training.fleet_trainer.FleetTrainer`), the per-device Keras reference
+    (:class:`~crowdlearn.training.keras_ref.KerasReferenceTrainer`), the null trainer
+    (:class:`~crowdlearn.experiment.NullTrainer`), FM's evaluator
+    (:class:`~crowdlearn.protocols.fm.LinearEvaluator`), SliceNet's fused trainer and the Ray
+    sharded one.  A trainer is built as ``factory(spec, x_train, y_train)``
+    (:data:`TrainerFactory`) and keeps no state between calls.
+
+    ``train(tasks)`` returns, per :class:`~crowdlearn.training.batching.TrainTask`, the weight
+    list after running its batch schedule from its start weights; ``evaluate(weight_lists, x,
+    y)`` returns one ``(loss, metric)`` pair per weight list (accuracy for classification, RMSE
+    for regression).
+    """
+
+    def train(self, tasks: Sequence[TrainTask]) -> list[list[np.ndarray]]: ...
+
+    def evaluate(self, weight_lists: Sequence[Sequence[np.ndarray]], x: np.ndarray,
+                 y: np.ndarray) -> list[tuple[float, float]]: ...
+
+
+#: ``factory(spec, x_train, y_train) -> Trainer``
+TrainerFactory = Callable[[ModelSpec, np.ndarray, np.ndarray], Trainer]
 
 
 class Handle:
@@ -112,6 +138,9 @@ class Executor:
 
     ``runners`` maps a job kind to a function taking a list of jobs and returning their results
     in order.  :meth:`result` runs every still-pending job of the requested kind in one call.
+    ``deferred_kinds`` declares the kinds whose results stay deferred when their job completes
+    in simulated time (:meth:`complete`): training, so that every device's training of a round
+    runs in one batch when the first result is read.  Other kinds are computed at completion.
 
     Examples
     --------
@@ -124,8 +153,10 @@ class Executor:
     (2, {'double': 1}, 4, {'double': 1})
     """
 
-    def __init__(self, runners: dict[str, Runner]):
+    def __init__(self, runners: dict[str, Runner], *,
+                 deferred_kinds: Sequence[str] = ("train",)):
         self.runners = dict(runners)
+        self.deferred_kinds = frozenset(deferred_kinds)
         self._pending: dict[str, list[Handle]] = {}
         self.batches_run: dict[str, int] = {}
         self.jobs_run: dict[str, int] = {}
@@ -143,6 +174,11 @@ class Executor:
         shapes = ws.shapes if isinstance(ws, Deferred) else [np.shape(w) for w in ws]
         shapes = list(shapes) * getattr(h.job, "result_copies", 1)
         return Deferred(self, h, shapes, [np.float32] * len(shapes))
+
+    def complete(self, h: Handle) -> Any:
+        """The result of a job whose simulated time is over: a :class:`Deferred` for the
+        declared deferred kinds, else computed now (with the other pending jobs of its kind)."""
+        return self.deferred(h) if h.job.kind in self.deferred_kinds else self.result(h)
 
     def cancel(self, h: Handle) -> None:
         if h.state == "pending":

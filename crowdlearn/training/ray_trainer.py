@@ -57,7 +57,7 @@ class RayShardedTrainer:
     ----------
     load
         A zero-argument function returning the trainer class each actor builds (e.g.
-        ``sim.experiment.TRAINERS["batched"]``); it is shipped to the workers by reference.
+        ``crowdlearn.experiment.TRAINERS["batched"]``); it is shipped to the workers by reference.
     spec, x, y
         Model and training set, as for any trainer.
     actors

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from crowdlearn.errors import CrowdlearnError
+from slicenet.errors import UserError
 from slicenet.graph import CostGraph
 from slicenet.partition._common import TrafficState, caps, fill_empty, repair_balance, repair_memory
 from slicenet.partition.metis import metis_assignment
@@ -93,7 +93,7 @@ def partition(
 
     Raises
     ------
-    CrowdlearnError
+    UserError
         ``n < 1``, ``n`` above the vertex count, an unknown method or objective, a model with no
         hidden layer, malformed targets or memory limits.
 
@@ -106,28 +106,28 @@ def partition(
     ('layerwise', 4, True)
     """
     if method not in STRATEGIES:
-        raise CrowdlearnError(
+        raise UserError(
             f"unknown partition method {method!r}; choose one of {', '.join(sorted(STRATEGIES))}")
     if objective not in OBJECTIVES:
-        raise CrowdlearnError(f"unknown objective {objective!r}; choose 'cut' or 'volume'")
+        raise UserError(f"unknown objective {objective!r}; choose 'cut' or 'volume'")
     V = graph.num_vertices
     if V == 0:
-        raise CrowdlearnError(
+        raise UserError(
             "the model has no hidden layer, so there is nothing to slice (SliceNet keeps the input "
             "and output layers with the dominator); add a hidden Dense or Conv2D layer")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise CrowdlearnError(f"the number of pieces must be an integer ≥ 1, got {n!r}")
+        raise UserError(f"the number of pieces must be an integer ≥ 1, got {n!r}")
     n = int(n)
     if n > V:
         hint = (" or a smaller block_size" if graph.granularity == "block" else "")
-        raise CrowdlearnError(
+        raise UserError(
             f"cannot cut {V} vertices into {n} pieces; use at most {V} pieces{hint}")
     if targets is None:
         t = np.full(n, 1.0 / n)
     else:
         t = np.asarray(list(targets), dtype=float)
         if t.shape != (n,) or not np.all(np.isfinite(t)) or np.any(t <= 0):
-            raise CrowdlearnError(
+            raise UserError(
                 f"targets must be {n} positive numbers (one relative size per piece), got {list(targets)}")
         t = t / t.sum()
     limits: np.ndarray | None = None
@@ -135,10 +135,10 @@ def partition(
         limits = np.broadcast_to(np.asarray(memory_limits, dtype=np.int64), (n,)).copy() \
             if np.ndim(memory_limits) == 0 else np.asarray(list(memory_limits), dtype=np.int64)
         if limits.shape != (n,) or np.any(limits <= 0):
-            raise CrowdlearnError(
+            raise UserError(
                 f"memory_limits must be one positive byte count or {n} of them, got {memory_limits!r}")
     if not imbalance >= 0:
-        raise CrowdlearnError(f"imbalance must be ≥ 0, got {imbalance}")
+        raise UserError(f"imbalance must be ≥ 0, got {imbalance}")
 
     a = STRATEGIES[method](graph, n, objective=objective, targets=t, seed=int(seed),
                            imbalance=float(imbalance))

@@ -21,7 +21,7 @@ Which model, which members:
 * crowdlearning / S-SGD: each group's model against its members' samples, averaged over groups.
 
 The final models come from a :class:`crowdlearn.privacy.attacks.views.ModelTap` attached to the
-:class:`sim.experiment.Simulation` before it runs (the monitor does not keep weights).
+:class:`crowdlearn.experiment.Simulation` before it runs (the monitor does not keep weights).
 
 References
 ----------

@@ -529,7 +529,7 @@ def dssgd_participant_upload(spec, weights, x_train, y_train, indices, *, theta_
         TurnGrant,
         flatten,
     )
-    from crowdlearn.protocols.io import JobDone, Received, RunJob, Send
+    from sim.machine import JobDone, Received, RunJob, Send
 
     if trainer is None:
         from crowdlearn.training.fleet_trainer import FleetTrainer

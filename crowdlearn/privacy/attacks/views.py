@@ -1,7 +1,7 @@
 """What each observer of a protocol actually sees, and the report of the attacks on it.
 
 An attack is only as strong as its input, so the suite attacks *views*: objects fed by a running
-:class:`sim.experiment.Simulation` with exactly what one party receives.
+:class:`crowdlearn.experiment.Simulation` with exactly what one party receives.
 
 ``ObserverView`` (protocol)
     ``on_report(node, report, now)`` and ``on_transfer(src, dst, msg, now)``, called for every
@@ -69,6 +69,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from crowdlearn import registry
+
 __all__ = [
     "ClientUpdate",
     "DSSGDServerView",
@@ -100,7 +102,7 @@ class ObserverView(Protocol):
 
 
 def attach(sim, *views: ObserverView) -> None:
-    """Feed ``views`` from a built, not yet run :class:`sim.experiment.Simulation`.
+    """Feed ``views`` from a built, not yet run :class:`crowdlearn.experiment.Simulation`.
 
     Wraps ``sim.monitor.on_report`` and ``sim.monitor.on_transfer`` (on that instance only):
     the monitor still does its own bookkeeping first.  Attaching twice adds the views again.
@@ -285,7 +287,7 @@ class SliceNetFollowerView(_View):
 
         Returns the ``(batch, |P|)`` sums of this step (``None`` if none were addressed here).
         """
-        from slicenet.execution import DOMINATOR
+        from slicenet.layout import DOMINATOR
 
         got = None
         for m in messages:
@@ -443,8 +445,9 @@ def labels_from_output_errors(errors) -> np.ndarray:
 class PrivacyProbe:
     """The views a protocol's attacks need, attached to a simulation before it runs.
 
-    Always a :class:`ModelTap`; plus a :class:`DSSGDServerView` for ``dssgd`` and a
-    :class:`FedAvgServerView` for ``fedavg``.
+    Always a :class:`ModelTap`; plus the server view the protocol declares
+    (:attr:`crowdlearn.registry.Protocol.server_view`: a :class:`DSSGDServerView` for ``dssgd``,
+    a :class:`FedAvgServerView` for ``fedavg``).
 
     Examples
     --------
@@ -459,11 +462,8 @@ class PrivacyProbe:
     def __init__(self, sim, *, max_uploads: int = 64):
         self.protocol = sim.config.protocol
         self.tap = ModelTap()
-        self.server: _View | None = None
-        if self.protocol == "dssgd":
-            self.server = DSSGDServerView(max_uploads=max_uploads)
-        elif self.protocol == "fedavg":
-            self.server = FedAvgServerView(max_updates=max_uploads)
+        # the server view the protocol declares in the registry (none: only the reported models)
+        self.server: _View | None = registry.server_view(registry.get(self.protocol), max_uploads)
         attach(sim, *[v for v in (self.tap, self.server) if v is not None])
 
 
@@ -522,7 +522,7 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
 
     Parameters
     ----------
-    sim : sim.experiment.Simulation
+    sim : crowdlearn.experiment.Simulation
         Run, with ``probe`` attached before the run.
     probe : PrivacyProbe
     max_samples : int
@@ -589,18 +589,12 @@ def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads
             records.append((u.device, idx, val))
     # -- encrypted ASGD (phong, hres): the server colluding with participant 0 attacks what that
     # coalition can decrypt of the other participants' uploads (Phong et al.'s threat model) --
-    if sim.config.protocol in ("phong", "hres") and "he" in sim.ctx.extra:
-        from crowdlearn.privacy.attacks.reconstruction import dense_to_sparse
-        srv = sim.driver.machines["server"]
-        view = srv.collusion_view(sim.ctx.extra["he"].scheme, colluder=0)
-        others = [d for d, _, _ in srv.uploads_seen if d != 0]
-        out["collusion_uploads_seen"] = len(others)
-        out["collusion_uploads_decrypted"] = sum(len(v) for d, v in view.items() if d != 0)
-        for dev, deltas in view.items():
-            if dev != 0:
-                for delta in deltas:
-                    if len(records) < uploads:
-                        records.append((dev, *dense_to_sparse(delta)))
+    # (declared in the registry as the protocol's attack_records)
+    decl = registry.get(sim.config.protocol)
+    if decl.attack_records is not None:
+        fields, more = decl.attack_records(sim, max(0, uploads - len(records)))
+        out.update(fields)
+        records.extend(more)
     if records and ds.image_shape is not None:
         from crowdlearn.privacy.attacks.reconstruction import first_layer
         try:

@@ -32,9 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from crowdlearn.errors import WireError
+from slicenet.errors import UserError
 
 __all__ = ["MAX_DEPTH", "WireError", "decode", "encode", "message", "size"]
+
+
+
+class WireError(UserError, ValueError):
+    """Bytes that are not a valid message: :func:`decode` raises this, and only this, for every
+    malformed input.  Inside a protocol it means "the peer misbehaved": the receiver records it
+    and drops the message.  (A ``ValueError`` too, for older callers.)"""
+
 
 #: lists and messages nested deeper than this are rejected by :func:`decode`
 MAX_DEPTH = 32
@@ -102,7 +110,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) 
     >>> decode(b"\\xff")
     Traceback (most recent call last):
     ...
-    crowdlearn.errors.WireError: malformed message: need 2 bytes at byte 0, 1 left
+    sim.wire.WireError: malformed message: need 2 bytes at byte 0, 1 left
     """
     try:
         view = memoryview(data).cast("B")

@@ -18,7 +18,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 NodeId = Union[str, int]
 
@@ -143,3 +143,23 @@ class Machine:
 
     def next_timer(self) -> float | None:
         return None
+
+
+class JobExecutor(Protocol):
+    """What a runtime needs from whoever computes job results (structural: any object with these
+    methods will do; :class:`crowdlearn.training.jobs.Executor` is the in-process one).
+
+    ``submit`` queues a job and returns a handle; ``complete`` is called when the job's
+    simulated time is over and returns what the machine receives in ``JobDone``: the result, or
+    a value computed when first read, for the job kinds the executor declares deferred;
+    ``result`` computes (lazily, batched with the other pending jobs of its kind) and returns
+    the result; ``cancel`` drops a job that is no longer wanted.
+    """
+
+    def submit(self, job: Any) -> Any: ...
+
+    def result(self, handle: Any) -> Any: ...
+
+    def complete(self, handle: Any) -> Any: ...
+
+    def cancel(self, handle: Any) -> None: ...

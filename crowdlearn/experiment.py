@@ -19,23 +19,16 @@ from typing import Any
 import numpy as np
 import simpy
 
+from crowdlearn import registry
 from crowdlearn.config import Config
-from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.data import load_dataset, partition
-from crowdlearn.protocols import dssgd, fm
-from crowdlearn.protocols.fedavg import (
-    SERVER,
-    CentralizedTrainer,
-    FedAvgClient,
-    FedAvgParams,
-    FedAvgServer,
-    StandaloneClient,
-)
+from crowdlearn.privacy.accountant import PrivacyLedger
+from crowdlearn.protocols.fedavg import SERVER
 from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
-from crowdlearn.training.jobs import Executor
+from crowdlearn.training.jobs import Executor, Trainer, TrainerFactory
 from sim.availability import make_availability
-from sim.driver import Driver, FaultParams, Fleet, LazyMachines
+from sim.driver import Driver, FaultParams, Fleet
 from sim.monitor import Monitor
 from sim.network import CellTree, Network, cell_tree
 from sim.profiles import TIERS, sample_fleet_table
@@ -60,6 +53,11 @@ class Context:
     topology: Any = None                    # a CellTree (or a networkx graph)
     d2d_pairs: list = field(default_factory=list)   # builders may ask for device-device links
     extra: dict = field(default_factory=dict)       # builders' objects for reports and tests
+
+    def cached(self, key, make):
+        """``make()``, or the object made for the same ``key`` by an earlier simulation (a
+        protocol's own trainer, whose traced functions and training set are costly)."""
+        return _cached(key, make)
 
     @property
     def graph(self):
@@ -110,186 +108,6 @@ class DeviceRngs(Sequence):
             p.entropy, spawn_key=(*p.spawn_key, i), pool_size=p.pool_size))
 
 
-def _build_fedavg(ctx: Context) -> dict:
-    cfg = ctx.config
-    f = cfg.fedavg
-    params = FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
-                          local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
-                          deadline_s=f.deadline_s, over_selection=f.over_selection,
-                          min_clients=f.min_clients)
-    from crowdlearn.privacy import dp_fedavg
-    from crowdlearn.protocols import secagg
-    dp_params = dp_fedavg.params_from_config(cfg)
-    dp = dp_fedavg.DPFedAvg(dp_params) if dp_params is not None else None
-    sa = secagg.params_from_config(cfg)
-    if sa is None:
-        server = FedAvgServer(SERVER, ctx.init_weights, params, rng=ctx.rngs["protocol"], dp=dp)
-
-        def client(d, rng):
-            return FedAvgClient(d, ctx.spec, ctx.parts[d], rng=rng)
-
-        def park(m: FedAvgClient):   # an idle client is its generator's state
-            return None if m.job_round is not None else _rng_state(m.rng)
-
-        # a client exists once it is first selected (its Start does nothing), and is parked
-        # between rounds
-        return LazyMachines({SERVER: server}, lambda d: client(d, ctx.device_rngs.fresh(d)),
-                            range(len(ctx.parts)), park=park,
-                            unpark=lambda d, st: client(d, _rng_from_state(st)))
-    # secure aggregation: crypto costs calibrated on this machine; key material from its own
-    # per-device streams so that training draws exactly what it draws without SecAgg
-    from crowdlearn.crypto.costs import calibrate
-    costs = calibrate()
-    ctx.extra["crypto_costs"] = costs
-    streams = np.random.SeedSequence([cfg.seed, 0x5EC]).spawn(len(ctx.devices) + 1)
-    machines = {SERVER: secagg.SecAggServer(SERVER, ctx.init_weights, params,
-                                            rng=ctx.rngs["protocol"], secagg=sa, costs=costs,
-                                            dp=dp, graph_rng=np.random.default_rng(streams[-1]))}
-    for d in ctx.devices:
-        machines[d] = secagg.SecAggClient(
-            d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d], params=sa, costs=costs,
-            crypto_rng=np.random.default_rng(streams[d]),
-            privatise=dp.client_privatise if dp is not None else None)
-    return machines
-
-
-def _rng_state(rng: np.random.Generator) -> tuple | None:
-    st = rng.bit_generator.state
-    if st["bit_generator"] != "PCG64":
-        return None
-    return (st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
-
-
-def _rng_from_state(st: tuple) -> np.random.Generator:
-    bg = np.random.PCG64()
-    bg.state = {"bit_generator": "PCG64", "state": {"state": st[0], "inc": st[1]},
-                "has_uint32": st[2], "uinteger": st[3]}
-    return np.random.Generator(bg)
-
-
-def _build_centralized(ctx: Context) -> dict:
-    cfg, f = ctx.config, ctx.config.fedavg
-    if cfg.slicenet.model == "paper-mlp" or cfg.slicenet.batchnorm:
-        # C-SGD, the paper's baseline: the Crowdlearning network (BatchNorm included), trainer,
-        # learning rate and batch size, on one node holding every sample
-        return _build_crowdlearning(ctx, central=True)
-    union = np.sort(np.concatenate(ctx.parts))
-    return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
-                                       rounds=cfg.rounds, epochs=f.local_epochs,
-                                       batch_size=f.batch_size, lr=f.lr, rng=ctx.rngs["protocol"])}
-
-
-def _build_standalone(ctx: Context) -> dict:
-    cfg, f = ctx.config, ctx.config.fedavg
-    return {d: StandaloneClient(d, ctx.spec, ctx.init_weights, ctx.parts[d], rounds=cfg.rounds,
-                                epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
-                                rng=ctx.device_rngs[d])
-            for d in ctx.devices}
-
-
-def _build_crowdlearning(ctx: Context, *, alone: bool = False, central: bool = False) -> dict:
-    """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group; ``central``,
-    C-SGD: one group of one node that holds all the training data)."""
-    from slicenet import protocol as sp
-    from slicenet.fused import FusedTrainer
-    from slicenet.graph import paper_mlp_description
-    from slicenet.partition import partition as slice_partition
-
-    cfg, sc = ctx.config, ctx.config.slicenet
-    n = 1 if alone or central else sc.group_size
-    pieces = 0 if n == 1 else (sc.pieces or n - 1)
-    rng = ctx.rngs["protocol"]
-    devices = ctx.devices
-    parts = ctx.parts
-    if central:
-        devices = devices[:1]
-        parts = {devices[0]: np.sort(np.concatenate(ctx.parts))}
-    if sc.grouping == "proximity":   # same cell first, random within a cell
-        cells = {d: next(iter(ctx.graph.successors(d))) for d in devices}
-        order = sorted(devices, key=lambda d: (str(cells[d]), rng.random()))
-    else:
-        order = [devices[i] for i in rng.permutation(len(devices))]
-    g = max(1, len(order) // n)
-    groups = [order[i * n:(i + 1) * n] for i in range(g)]
-    for k, d in enumerate(order[g * n:]):         # leftovers join groups round-robin [ours]
-        groups[k % g].append(d)
-    ds = ctx.dataset
-    if sc.model == "paper-mlp":
-        desc = paper_mlp_description()
-    else:
-        desc = sp.description_for(cfg.model.hidden, ds.num_features, ds.num_classes,
-                                  activation=cfg.model.activation, batchnorm=sc.batchnorm)
-    # the fused path: every group's network trained together, BatchNorm included
-    key = ("fused", desc, ds.name, cfg.data.path, cfg.seed, ds.x_train.shape)
-    trainer = _cached(key, lambda: FusedTrainer(desc, ds.x_train, ds.y_train))
-    init = trainer.init_weights(ctx.rngs["model"])
-    ctx.extra.update(trainer=trainer, desc=desc)
-    if pieces:
-        graph = desc.graph()
-        plan = slice_partition(graph, pieces, method=sc.strategy, objective=sc.objective,
-                               seed=cfg.seed)
-        layout = sp.layout_from_plan(desc, graph, plan)
-        ctx.extra["plan"] = plan
-    else:
-        layout = sp.whole_model_layout(desc)
-    params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
-                            tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
-                            peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
-    fused = sp.FusedGroups(init, len(groups))
-    # every node generates its own key pair; only public keys travel (insecure derivation from
-    # the seed only when slicenet.deterministic_keys is set, for reproducible crypto tests)
-    det = cfg.seed if sc.deterministic_keys else None
-    rings = {node: KeyRing(node, deterministic_seed=det) for node in [SERVER, *devices]}
-    if sc.peer_to_peer and n > 1:
-        ctx.d2d_pairs = [(a, b) for grp in groups for i, a in enumerate(grp) for b in grp[i + 1:]]
-        latency = {d: cfg.fleet.d2d_latency_s / 2 for d in devices}
-    else:
-        latency = {d: ctx.path_latency(d, SERVER) for d in devices} if n > 1 else \
-            {d: 0.0 for d in devices}
-    ctx.extra.update(groups=groups, layout=layout, fused=fused)
-    machines: dict = {SERVER: sp.SlicingServer(
-        SERVER, layout, groups, params, fused,
-        data_sizes={d: len(parts[d]) for d in devices}, latency=latency,
-        ring=rings[SERVER], rng=rng)}
-    for gid, grp in enumerate(groups):
-        for d in grp:
-            machines[d] = sp.SliceDevice(d, layout, fused, gid, parts[d], params,
-                                         ring=rings[d], rng=ctx.device_rngs[d])
-    return machines
-
-
-#: protocol name → builder(Context) -> {node: Machine}.  Later protocols register here.
-PROTOCOLS: dict[str, Callable[[Context], dict]] = {
-    "fedavg": _build_fedavg,
-    "centralized": _build_centralized,
-    "standalone": _build_standalone,
-    "crowdlearning": _build_crowdlearning,
-    "ssgd": lambda ctx: _build_crowdlearning(ctx, alone=True),
-    "dssgd": dssgd.build,
-    "fm": fm.build,
-}
-
-# -- encrypted asynchronous SGD (Phong et al.): crypto costs calibrated on this machine --
-from crowdlearn.protocols import phong as _phong  # noqa: E402
-
-
-def _build_phong(ctx: Context) -> dict:
-    from crowdlearn.crypto.he_costs import calibrate
-    return _phong.build(ctx, calibrate=calibrate)
-
-
-PROTOCOLS["phong"] = _build_phong
-
-
-def _build_hres(ctx: Context) -> dict:
-    from crowdlearn.crypto.he_costs import calibrate
-    from crowdlearn.protocols import hres
-    return hres.build(ctx, calibrate=calibrate)
-
-
-PROTOCOLS["hres"] = _build_hres
-
-
 def build_model(cfg: Config, dataset) -> models.ModelSpec:
     m = cfg.model
     outputs = dataset.num_classes if dataset.task == "classification" else 1
@@ -331,7 +149,7 @@ def _keras():
 
 
 #: training.backend → a zero-argument loader of the trainer class (imports TensorFlow lazily).
-TRAINERS: dict[str, Callable[[], type]] = {
+TRAINERS: dict[str, Callable[[], TrainerFactory]] = {
     "batched": _batched, "keras": _keras, "none": lambda: NullTrainer}
 
 
@@ -384,7 +202,7 @@ class Simulation:
     """A built, not yet run, simulation (exposed for notebooks and tests)."""
 
     def __init__(self, cfg: Config, *, on_row: Callable[[dict], None] | None = None,
-                 trainer_factory: Callable | None = None,
+                 trainer_factory: TrainerFactory | None = None,
                  parts: list[np.ndarray] | None = None, dataset=None):
         self.config = cfg
         root = np.random.SeedSequence(cfg.seed)
@@ -415,7 +233,8 @@ class Simulation:
         self.env = simpy.Environment()
         self.ctx.graph = self._topology(())
 
-        machines = PROTOCOLS[cfg.protocol](self.ctx)
+        self.protocol = registry.get(cfg.protocol)
+        machines = self.protocol.build(self.ctx)
         if self.ctx.d2d_pairs:
             self.ctx.graph = self._topology(self.ctx.d2d_pairs)
         # server-side nodes a protocol adds besides the server (hres: the key transform server),
@@ -432,6 +251,7 @@ class Simulation:
                                latency=link["server_latency_s"])
             self.ctx.graph = graph
         self.network = Network(self.env, self.ctx.topology)
+        self.trainer: Trainer
         if "trainer" in self.ctx.extra:          # a protocol with its own compute path
             self.trainer = self.ctx.extra["trainer"]
         elif trainer_factory is not None:
@@ -446,16 +266,10 @@ class Simulation:
                 address=cfg.training.ray_address, local=self.trainer)
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
-            "slice_pass": lambda jobs: self.trainer.train([j.task for j in jobs],
-                                                          with_abs_grad=True),
-            "piece": lambda jobs: [None] * len(jobs),   # followers' share: time, not numbers
-            "secagg_crypto": lambda jobs: [None] * len(jobs),  # secure aggregation: computed in the
-                                                        # machine, charged as a job
-            **fm.runners(self),
-            "crypto": _phong.run_crypto_jobs,
-        })
+            **(self.protocol.runners(self) if self.protocol.runners else {}),
+        }, deferred_kinds=("train", *self.protocol.deferred_kinds))
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
-                               infrastructure=tuple(infra))
+                               ledger_factory=PrivacyLedger, infrastructure=tuple(infra))
 
         av = cfg.availability
         if av.model == "sessions":
@@ -587,24 +401,8 @@ class Simulation:
         if stall is not None and stall():       # some groups did not finish (Crowdlearning)
             summary["completed"] = False
             summary["stall"] = stall()
-        if "plan" in self.ctx.extra:
-            plan = self.ctx.extra["plan"]
-            summary["slice_balance"] = float(plan.balance)
-            summary["slice_traffic_bytes_per_sample"] = int(plan.traffic_bytes_per_sample)
-        server = self.driver.machines.get(SERVER)
-        if hasattr(server, "summary"):          # secure aggregation
-            summary.update(server.summary())
-            from crowdlearn.protocols.secagg import STAGE_MESSAGES
-            kinds = mon.bytes_by_kind
-            summary["secagg_stage_bytes"] = {
-                stage: {k: int(kinds.get(k, 0)) for k in names}
-                for stage, names in STAGE_MESSAGES.items()}
-            if "crypto_costs" in self.ctx.extra:
-                summary["secagg_cost_model"] = self.ctx.extra["crypto_costs"].to_dict()
-        if getattr(server, "dp", None) is not None:
-            summary.update(server.dp.summary())
-        if "he" in self.ctx.extra:
-            summary.update(self.ctx.extra["he"].summary())
+        if self.protocol.summary is not None:
+            summary.update(self.protocol.summary(self))
         if metric == "accuracy" and not values:
             summary["final_accuracy"] = summary["best_accuracy"] = None
         summary.update(self._privacy_summary())

@@ -43,8 +43,11 @@ from crowdlearn.crypto.sealing import (
     escrow_len,
 )
 from crowdlearn.errors import CrowdlearnError
-from crowdlearn.protocols import wire
-from crowdlearn.protocols.io import (
+from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
+from crowdlearn.training.batching import TrainTask, make_batches
+from crowdlearn.training.jobs import Deferred, TrainJob
+from sim import wire
+from sim.machine import (
     CancelJob,
     Disconnected,
     Effect,
@@ -63,10 +66,7 @@ from crowdlearn.protocols.io import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
-from crowdlearn.protocols.wire import message
-from crowdlearn.training.batching import TrainTask, make_batches
-from crowdlearn.training.jobs import Deferred, TrainJob
+from sim.wire import message
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
 
 SERVER: NodeId = "server"
@@ -93,7 +93,7 @@ class Layout:
     """
 
     def __init__(self, desc: ModelDescription, piece_of_unit: Sequence[np.ndarray], pieces: int):
-        from slicenet.execution import weight_specs
+        from slicenet.layout import weight_specs
 
         dense = [i for i, layer in enumerate(desc.layers) if isinstance(layer, Dense)]
         if not dense:

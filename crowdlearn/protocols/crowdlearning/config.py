@@ -1,0 +1,81 @@
+"""The ``[slicenet]`` config section of Crowdlearning and S-SGD, and its checks."""
+
+from __future__ import annotations
+
+from crowdlearn.schema import Key
+
+__all__ = ["CONFIG_SECTION", "check", "check_paper_mlp", "check_ssgd"]
+
+#: the ``[slicenet]`` section, shared by ``crowdlearning`` and ``ssgd``
+CONFIG_SECTION = {
+    "group_size": Key(int, 5, "Devices per group, n (crowdlearning). ssgd uses 1.", min=1),
+    "pieces": Key(int, 0, "Pieces the hidden layers are cut into; 0 = group_size - 1 "
+                  "(fewer pieces leave dummies).", min=0),
+    "theta": Key(float, 0.5, "Fraction θ of its owned weights a device uploads per epoch "
+                 "(largest accumulated |gradient| first).", min=0, max=1),
+    "tau": Key(float, 0.5, "Download threshold τ: a weight is sent when its upload count in "
+               "the window exceeds ω·τ (τ = 1: groups do not collaborate).", min=0, max=1),
+    "omega": Key(int, 0, "Sliding window ω in group uploads; 0 = number of groups.", min=0),
+    "strategy": Key(str, "metis", "Partitioner.", choices=("metis", "layerwise", "random",
+                                                           "contiguous")),
+    "objective": Key(str, "cut", "METIS objective: 'cut' minimises cut edges (the paper's "
+                     "problem statement, the default); 'volume' minimises the traffic the "
+                     "weighted-sum refinement actually sends (paper-mlp: a quarter to a third less "
+                     "slice traffic, same balance).", choices=("cut", "volume")),
+    "grouping": Key(str, "random", "How devices are grouped: at random (the paper) or by "
+                    "network proximity (same cell first).", choices=("random", "proximity")),
+    "peer_to_peer": Key(bool, False, "Route slice traffic over device-to-device links "
+                        "instead of relaying it through the server."),
+    "pipeline_latency": Key(bool, True, "A pass pays the pipeline's fill and drain once: "
+                            "the latency chain (every layer boundary both ways) and "
+                            "(stages - 1) batch times, on top of the slowest piece or "
+                            "link; false: compute and transfers only."),
+    "deterministic_keys": Key(bool, False, "INSECURE, for reproducible tests only: derive "
+                              "every node's key pair and session salt from the seed instead "
+                              "of the OS's randomness (anyone with the config can then open "
+                              "every sealed payload)."),
+    "batch_size": Key(int, 32, "Mini-batch size of intra-group SGD.", min=1),
+    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
+    "model": Key(str, "config", "'config': the [model] MLP; 'paper-mlp': the paper's "
+                 "784-400-200-100-10 with BatchNorm (needs 784 features, 10 classes).",
+                 choices=("config", "paper-mlp")),
+    "batchnorm": Key(bool, False, "Add BatchNorm (input and before every activation) to "
+                     "the [model] MLP, as in the paper's network."),
+}
+
+
+def check_paper_mlp(v: dict) -> list[str]:
+    """``slicenet.model = 'paper-mlp'`` needs Fashion-MNIST (crowdlearning, ssgd, and the
+    centralized baseline, which then trains the paper's network: C-SGD)."""
+    if v["slicenet"]["model"] == "paper-mlp" and v["data"]["dataset"] != "fashion_mnist":
+        return ["slicenet.model: 'paper-mlp' takes 28x28 inputs and 10 classes; use dataset "
+                "'fashion_mnist' (or model 'config')"]
+    return []
+
+
+def check_ssgd(v: dict) -> list[str]:
+    """Problems of running ``ssgd`` (or ``crowdlearning``) with the rest of the config."""
+    protocol, problems = v["protocol"], check_paper_mlp(v)
+    if v["training"]["executor"] == "ray":
+        problems.append(f"training.executor: 'ray' splits train jobs; {protocol} runs its "
+                        "own compute path in this process; remove training.executor = 'ray'")
+    if v["training"]["backend"] != "batched":
+        problems.append(f"training.backend: {protocol} always trains on its fused batched "
+                        f"path; remove training.backend = {v['training']['backend']!r}")
+    if v["model"]["arch"] != "mlp":
+        problems.append(f"model.arch: {protocol} slices dense models; use arch = 'mlp'")
+    return problems
+
+
+def check(v: dict) -> list[str]:
+    """Problems of running ``crowdlearning``: the group and piece counts, then as :func:`check_ssgd`."""
+    sl, fleet, problems = v["slicenet"], v["fleet"], []
+    if fleet["devices"] >= 1 and sl["group_size"] > fleet["devices"]:
+        problems.append(f"slicenet.group_size: {sl['group_size']} is more than fleet.devices "
+                        f"= {fleet['devices']}")
+    if sl["pieces"] > max(sl["group_size"] - 1, 0) or (sl["group_size"] > 1
+                                                       and sl["pieces"] == 0
+                                                       and sl["group_size"] - 1 < 1):
+        problems.append(f"slicenet.pieces: at most group_size - 1 = {sl['group_size'] - 1} "
+                        f"pieces (one device is the dominator); got {sl['pieces']}")
+    return problems + check_ssgd(v)

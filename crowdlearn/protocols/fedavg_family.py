@@ -1,0 +1,209 @@
+"""The FedAvg family's declarations (:mod:`crowdlearn.registry`): FedAvg (with optional secure
+aggregation, :mod:`crowdlearn.protocols.secagg`, and client-level DP,
+:mod:`crowdlearn.privacy.dp_fedavg`) and the two baselines that share its ``[fedavg]`` section,
+``centralized`` and ``standalone``.  The machines live in :mod:`crowdlearn.protocols.fedavg`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from crowdlearn.privacy import dp_fedavg
+from crowdlearn.protocols import secagg
+from crowdlearn.protocols.crowdlearning import build as crowdlearning_build
+from crowdlearn.protocols.crowdlearning import config as crowdlearning_config
+from crowdlearn.protocols.fedavg import (
+    SERVER,
+    CentralizedTrainer,
+    FedAvgClient,
+    FedAvgParams,
+    FedAvgServer,
+    StandaloneClient,
+)
+from crowdlearn.registry import Protocol
+from crowdlearn.schema import Key
+from sim.driver import LazyMachines
+
+__all__ = ["CONFIG_SECTION", "PROTOCOLS", "build", "build_centralized", "build_standalone",
+           "params_from_config"]
+
+
+#: the ``[fedavg]`` config section, shared by FedAvg and the two baselines (centralized, standalone)
+CONFIG_SECTION = {
+    "clients_per_round": Key(int, 0, "Updates the server waits for per round (m); 0 = use "
+                             "fraction.", min=0),
+    "fraction": Key(float, 0.1, "Fraction C of devices per round when clients_per_round = 0.",
+                    min=0, max=1, min_open=True),
+    "local_epochs": Key(int, 1, "Local epochs E per round.", min=1),
+    "batch_size": Key(int, 32, "Local mini-batch size B (0 = full batch).", min=0),
+    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
+    "deadline_s": Key(float, math.inf, "Round deadline in simulated seconds; the server "
+                      "aggregates what arrived by then.", min=0, min_open=True),
+    "over_selection": Key(float, 0.0, "Select this fraction more devices than needed and "
+                          "keep the first m updates.", min=0),
+    "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
+    "secure_aggregation": Key(str, "none", "Secure aggregation of the updates: 'secagg' "
+                              "(Bonawitz et al. 2017), 'secagg+' (Bell et al. 2020, k "
+                              "neighbours) or 'none'. Settings in [secagg].",
+                              choices=("none", "secagg", "secagg+")),
+}
+
+
+def params_from_config(cfg) -> FedAvgParams:
+    f = cfg.fedavg
+    return FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
+                        local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
+                        deadline_s=f.deadline_s, over_selection=f.over_selection,
+                        min_clients=f.min_clients)
+
+
+def build(ctx) -> dict:
+    """FedAvg's machines: the server and one client per device; with secure aggregation
+    (``fedavg.secure_aggregation``) their SecAgg versions, with client-level DP (``[dp]``) the
+    DP-FedAvg aggregation."""
+    cfg = ctx.config
+    params = params_from_config(cfg)
+    dp_params = dp_fedavg.params_from_config(cfg)
+    dp = dp_fedavg.DPFedAvg(dp_params) if dp_params is not None else None
+    sa = secagg.params_from_config(cfg)
+    if sa is None:
+        server = FedAvgServer(SERVER, ctx.init_weights, params, rng=ctx.rngs["protocol"], dp=dp)
+
+        def client(d, rng):
+            return FedAvgClient(d, ctx.spec, ctx.parts[d], rng=rng)
+
+        def park(m: FedAvgClient):   # an idle client is its generator's state
+            return None if m.job_round is not None else _rng_state(m.rng)
+
+        # a client exists once it is first selected (its Start does nothing), and is parked
+        # between rounds
+        return LazyMachines({SERVER: server}, lambda d: client(d, ctx.device_rngs.fresh(d)),
+                            range(len(ctx.parts)), park=park,
+                            unpark=lambda d, st: client(d, _rng_from_state(st)))
+    # secure aggregation: crypto costs calibrated on this machine; key material from its own
+    # per-device streams so that training draws exactly what it draws without SecAgg
+    from crowdlearn.crypto.costs import calibrate
+    costs = calibrate()
+    ctx.extra["crypto_costs"] = costs
+    streams = np.random.SeedSequence([cfg.seed, 0x5EC]).spawn(len(ctx.devices) + 1)
+    machines = {SERVER: secagg.SecAggServer(SERVER, ctx.init_weights, params,
+                                            rng=ctx.rngs["protocol"], secagg=sa, costs=costs,
+                                            dp=dp, graph_rng=np.random.default_rng(streams[-1]))}
+    for d in ctx.devices:
+        machines[d] = secagg.SecAggClient(
+            d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d], params=sa, costs=costs,
+            crypto_rng=np.random.default_rng(streams[d]),
+            privatise=dp.client_privatise if dp is not None else None)
+    return machines
+
+
+def _rng_state(rng: np.random.Generator) -> tuple | None:
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        return None
+    return (st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
+
+
+def _rng_from_state(st: tuple) -> np.random.Generator:
+    bg = np.random.PCG64()
+    bg.state = {"bit_generator": "PCG64", "state": {"state": st[0], "inc": st[1]},
+                "has_uint32": st[2], "uinteger": st[3]}
+    return np.random.Generator(bg)
+
+
+def build_centralized(ctx) -> dict:
+    """The centralized baseline: the server trains on the union of the devices' data; with the
+    paper's network (``slicenet.model = 'paper-mlp'`` or ``slicenet.batchnorm``) it is C-SGD,
+    the Crowdlearning network, trainer, learning rate and batch size on one node holding every
+    sample."""
+    cfg, f = ctx.config, ctx.config.fedavg
+    if cfg.slicenet.model == "paper-mlp" or cfg.slicenet.batchnorm:
+        return crowdlearning_build.build(ctx, central=True)
+    union = np.sort(np.concatenate(ctx.parts))
+    return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,
+                                       rounds=cfg.rounds, epochs=f.local_epochs,
+                                       batch_size=f.batch_size, lr=f.lr, rng=ctx.rngs["protocol"])}
+
+
+def build_standalone(ctx) -> dict:
+    """The standalone baseline: every device trains alone on its own data."""
+    cfg, f = ctx.config, ctx.config.fedavg
+    return {d: StandaloneClient(d, ctx.spec, ctx.init_weights, ctx.parts[d], rounds=cfg.rounds,
+                                epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
+                                rng=ctx.device_rngs[d])
+            for d in ctx.devices}
+
+
+def check_section(v: dict) -> list[str]:
+    """Problems of the ``[fedavg]``, ``[secagg]`` and ``[dp]`` sections, in every config."""
+    fleet, fed, problems = v["fleet"], v["fedavg"], []
+    if fleet["devices"] >= 1 and fed["clients_per_round"] > fleet["devices"]:
+        problems.append(f"fedavg.clients_per_round: {fed['clients_per_round']} is more than "
+                        f"fleet.devices = {fleet['devices']}")
+    cohort = math.ceil((fed["clients_per_round"] or max(1, round(fed["fraction"]
+                                                                 * fleet["devices"])))
+                       * (1 + fed["over_selection"]))
+    problems.extend(secagg.cross_check(v["secagg"], mode=fed["secure_aggregation"],
+                                       protocol=v["protocol"], cohort=cohort))
+    problems.extend(dp_fedavg.cross_check(v["dp"], protocol=v["protocol"], cohort=cohort,
+                                          secure_aggregation=fed["secure_aggregation"]))
+    return problems
+
+
+def check_fedavg(v: dict) -> list[str]:
+    fleet, fed = v["fleet"], v["fedavg"]
+    if fleet["devices"] >= 1 and fed["min_clients"] > fleet["devices"]:
+        return [f"fedavg.min_clients: {fed['min_clients']} devices must be present to "
+                f"start a round but the fleet has fleet.devices = {fleet['devices']}, so "
+                f"no round could ever start; lower min_clients to at most "
+                f"{fleet['devices']} or add devices"]
+    return []
+
+
+def check_standalone(v: dict) -> list[str]:
+    if v["fleet"]["devices"] > 2000:
+        return ["fleet.devices: the standalone baseline evaluates every device's model; "
+                "use at most 2000 devices"]
+    return []
+
+
+def runners(sim) -> dict:
+    """Secure aggregation's crypto jobs: computed in the machine, charged as a job."""
+    return {"secagg_crypto": lambda jobs: [None] * len(jobs)}
+
+
+def summary(sim) -> dict:
+    """Secure aggregation's and DP-FedAvg's own summary fields (when they ran)."""
+    out: dict = {}
+    server = sim.driver.machines.get(SERVER)
+    if isinstance(server, secagg.SecAggServer):
+        out.update(server.summary())
+        kinds = sim.monitor.bytes_by_kind
+        out["secagg_stage_bytes"] = {stage: {k: int(kinds.get(k, 0)) for k in names}
+                                     for stage, names in secagg.STAGE_MESSAGES.items()}
+        if "crypto_costs" in sim.ctx.extra:
+            out["secagg_cost_model"] = sim.ctx.extra["crypto_costs"].to_dict()
+    if getattr(server, "dp", None) is not None:
+        out.update(server.dp.summary())
+    return out
+
+
+_SECTIONS = {"fedavg": CONFIG_SECTION, "secagg": secagg.CONFIG_SECTION,
+             "dp": dp_fedavg.CONFIG_SECTION}
+
+#: found by :mod:`crowdlearn.registry`
+PROTOCOLS = (
+    Protocol("fedavg", build, doc="Federated averaging (McMahan et al. 2017).",
+             sections=_SECTIONS, check_sections=check_section, check=check_fedavg,
+             runners=runners, summary=summary, server_view="crowdlearn.privacy.attacks.views:FedAvgServerView"),
+    Protocol("centralized", build_centralized, doc="Baseline: one model trained on the union "
+             "of the devices' data at the server (C-SGD with the paper's network).",
+             sections=_SECTIONS, check=crowdlearning_config.check_paper_mlp,
+             # C-SGD runs Crowdlearning's machines and jobs
+             runners=crowdlearning_build.runners, deferred_kinds=("slice_pass",),
+             summary=crowdlearning_build.summary),
+    Protocol("standalone", build_standalone, doc="Baseline: every device trains alone.",
+             sections=_SECTIONS, check=check_standalone),
+)

@@ -1,0 +1,90 @@
+"""FM's job: form, perturb and trim the objective, then solve (kind ``fm_fit``), and its runner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crowdlearn.privacy import functional as F
+from crowdlearn.protocols.fm.model import FMModel
+
+
+# ---------------------------------------------------------------- the job
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """What a participant's :class:`FMFitJob` returns."""
+
+    objective: F.Trimmed      # the noisy, trimmed objective (kept by the participant)
+    w: np.ndarray             # the solution of this round (flat float64)
+    fitted: bool              # True when this job formed (and perturbed) the objective
+
+
+@dataclass(frozen=True, eq=False)
+class FMFitJob:
+    """Form + perturb + trim the objective (first time), then solve; or re-solve (later rounds).
+
+    Holds references to the shared training arrays and the device's index array (no copy
+    until it runs).  Priced in FLOPs: forming the coefficients ``n·r(r+1) + 2·n·r·K`` (the
+    upper triangle of ``Σ z zᵀ`` and the linear terms, ``r`` the row length), the mapping through
+    the hidden layers (deep mode), the symmetric eigendecomposition ``9r³`` (+ ``9K³``) of the
+    trimming; a re-solve costs ``4·p·k + 8p`` (two products with the ``p×k`` kept basis).
+    """
+
+    model: FMModel
+    x: Any
+    y: Any
+    indices: np.ndarray
+    epsilon: float
+    bound: str
+    ridge: float
+    seed: int
+    objective: F.Trimmed | None = None
+    center: np.ndarray | None = None
+    mu: float = 0.0
+    flops: float = 0.0
+    memory_bytes: int = 0
+    kind: str = field(default="fm_fit", init=False)
+
+    @classmethod
+    def build(cls, model: FMModel, x, y, indices, *, epsilon: float, bound: str, ridge: float,
+              seed: int, objective: F.Trimmed | None = None, center=None,
+              mu: float = 0.0) -> FMFitJob:
+        n, r, p = int(len(indices)), model.row_dim, model.num_params
+        K = model.num_classes if model.kind == "softmax" else 1
+        if objective is None:
+            flops = n * r * (r + 1) + 2 * n * r * K + 9 * r ** 3 + (9 * K ** 3 if K > 1 else 0) \
+                + n * model.feature_flops()
+            mem = 8 * (p * p + n * max(r, model.features) + 2 * p)
+        else:
+            k = objective.lam.size
+            flops = 4 * p * k + 8 * p
+            mem = 8 * (p * k + 4 * p)
+        return cls(model, x, y, np.asarray(indices, np.int64), float(epsilon), bound,
+                   float(ridge), int(seed), objective, center, float(mu), float(flops), int(mem))
+
+    def run(self) -> FitResult:
+        t, fitted = self.objective, False
+        if t is None:
+            z = self.model.rows(np.asarray(self.x)[self.indices])
+            y = self.model.targets(np.asarray(self.y)[self.indices])
+            K = self.model.num_classes if self.model.kind == "softmax" else None
+            poly = F.coefficients(self.model.kind, z, y, num_classes=K)
+            poly = F.perturb(poly, epsilon=self.epsilon, rng=np.random.default_rng(self.seed),
+                             bound=self.bound)
+            t = F.trim(poly, ridge=self.ridge * poly.noise_scale)
+            fitted = True
+        w = F.solve(t, center=self.center, mu=self.mu if self.center is not None else 0.0)
+        return FitResult(t, w, fitted)
+
+
+def run_jobs(jobs: Sequence[FMFitJob]) -> list[FitResult]:
+    """Executor runner for kind ``"fm_fit"`` (plain numpy, one job after the other)."""
+    return [j.run() for j in jobs]
+
+
+def runners(sim: Any = None) -> dict:
+    """``{"fm_fit": run_jobs}``: merge into the simulation's ``Executor`` runners."""
+    return {"fm_fit": run_jobs}
