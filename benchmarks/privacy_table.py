@@ -66,7 +66,7 @@ def variants() -> list[tuple[str, str, dict]]:
         out.append((proto, "default", NEEDS.get(proto, {})))
         section = SCHEMA.get(proto, {})
         if "secure_aggregation" in section:
-            out.append((proto, "secure_aggregation", {proto: {"secure_aggregation": True}}))
+            out.append((proto, "secure_aggregation", {proto: {"secure_aggregation": "secagg"}}))
         if "dp" in section:
             out.append((proto, "dp", {proto: {"dp": True}}))
     return out

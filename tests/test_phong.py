@@ -194,6 +194,10 @@ def test_attack_suite_scores_the_collusion_view(protocol):
     assert s["collusion_uploads_seen"] == 3
     if protocol == "phong":
         assert s["collusion_uploads_decrypted"] == 3 and s["reconstruction_uploads"] == 3
-        assert s["reconstruction_best_psnr"] > s["reconstruction_baseline_psnr"]
+        # scored as an attacker would (candidate picked without the truth, issue 17): on a
+        # whole epoch's update of a 16-unit model it need not beat a random public image; the
+        # single-sample case, where it must, is test_colluding_server_reconstructs_a_victims_input...
+        assert np.isfinite(s["reconstruction_psnr"]) and np.isfinite(
+            s["reconstruction_random_public_psnr"])
     else:
         assert s["collusion_uploads_decrypted"] == 0 and "reconstruction_uploads" not in s
