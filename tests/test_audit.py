@@ -232,3 +232,54 @@ def test_fm_audit_with_adversarial_rows_stays_within_epsilon_and_catches_misscal
     honest = run(1.0)
     assert not honest.refutes_claim and honest.epsilon_lower_bound > 0.1, honest
     assert run(4.0).refutes_claim
+
+
+# ---------------------------------------------------------------- DP-FedAvg (central, fixed C)
+def _fedavg_round_mechanism(z: float, *, clip: bool = True):
+    """One round of DP-FedAvg's own server aggregation (``DPFedAvg.server_aggregate``) on 1-d
+    updates: the data is the list of the round's client updates; the output is the noisy mean."""
+    from crowdlearn.privacy import dp_fedavg
+
+    params = dp_fedavg.DPParams(mode="central", noise_multiplier=z, clip_norm=1.0, cohort=4,
+                                population=4)
+    dp = dp_fedavg.DPFedAvg(params)
+    dp.accountant.epsilon = lambda rounds: 0.0      # the ledger is not the mechanism audited
+    if not clip:                                    # the bug the audit must catch
+        dp_fedavg_clip = dp_fedavg.clip_update
+        dp_fedavg.clip_update = lambda d, c: (d, 1.0)
+
+    def run(updates, rng):
+        mean, _ = dp.server_aggregate([np.asarray(u, np.float64) for u in updates], rng)
+        return float(mean[0])
+
+    if not clip:
+        return run, lambda: setattr(dp_fedavg, "clip_update", dp_fedavg_clip)
+    return run, lambda: None
+
+
+# add/remove one client whose update (100) is far beyond the clipping norm C = 1
+_WITH = [[100.0], [0.0], [0.0], [0.0]]
+_WITHOUT = [[0.0], [0.0], [0.0]]
+
+
+def test_dp_fedavg_round_stays_within_its_epsilon_and_a_missing_clip_or_noise_is_caught():
+    from crowdlearn.privacy.dp_fedavg import epsilon_direct
+
+    claim = epsilon_direct(1.0, 1.0, 1, 1e-5)       # one full-participation Gaussian round
+    mech, undo = _fedavg_round_mechanism(1.0)
+    ok = audit(mech, _WITH, _WITHOUT, rng=np.random.default_rng(0), trials=20_000,
+               delta=1e-5, claimed_epsilon=claim)
+    assert 0 < ok.epsilon_lower_bound <= claim and not ok.refutes_claim
+
+    mech, undo = _fedavg_round_mechanism(1.0, clip=False)
+    try:
+        unclipped = audit(mech, _WITH, _WITHOUT, rng=np.random.default_rng(1), trials=20_000,
+                          delta=1e-5, claimed_epsilon=claim)
+    finally:
+        undo()
+    assert unclipped.refutes_claim
+
+    mech, _ = _fedavg_round_mechanism(0.1)          # a tenth of the noise the claim assumes
+    weak = audit(mech, _WITH, _WITHOUT, rng=np.random.default_rng(2), trials=20_000,
+                 delta=1e-5, claimed_epsilon=claim)
+    assert weak.refutes_claim
