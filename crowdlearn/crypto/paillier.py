@@ -181,10 +181,13 @@ class PaillierPrivateKey:
 
 
 VARIANTS = ("standard", "subgroup")
+#: Bits of each of ``alpha_p``, ``alpha_q`` in the subgroup variant: twice the 112-bit security level
+#: of a 2048-bit modulus (a collision search finds ``alpha_p`` in about ``sqrt(alpha_p)`` steps).
+SUBGROUP_ALPHA_BITS = 224
 
 
 def generate_keypair(bits: int = 2048, *, rand=None, variant: str = "standard",
-                     alpha_bits: int = 224) -> PaillierPrivateKey:
+                     alpha_bits: int = SUBGROUP_ALPHA_BITS) -> PaillierPrivateKey:
     """A Paillier key pair with an exactly ``bits``-bit modulus.
 
     ``rand``: a :class:`CryptoRandom` or ``None`` for OS randomness; an int seeds an **insecure**
