@@ -18,6 +18,11 @@ to add plaintexts.  Speed-ups [ours, measured in ``docs/benchmarks.md``]:
   ``count`` values below ``2**prec`` can reach ``2**(prec+pad)``, so adding beyond
   ``count = 2**pad`` raises :class:`~crowdlearn.crypto.fixedpoint.PackingOverflowError`.
 * ``workers > 1`` spreads decryption (and pool filling) over processes.
+* **Subgroup variant** (``generate_keypair(bits, variant="subgroup")``, Paillier's scheme 3):
+  randomness ``h^r`` from a secret order-``alpha`` subgroup, ``alpha = alpha_p alpha_q`` with
+  ``alpha_p | p - 1`` and ``alpha_q | q - 1`` of :data:`SUBGROUP_ALPHA_BITS` bits each, so CRT
+  decryption exponentiates by ``alpha_p`` instead of ``p - 1``.  Same ciphertexts, packing and sizes;
+  semantic security under the decisional partial discrete logarithm assumption.
 
 Examples
 --------
@@ -53,7 +58,7 @@ from crowdlearn.crypto.fixedpoint import PackingOverflowError
 from crowdlearn.crypto.randomness import CryptoRandom, as_random
 
 __all__ = ["PaillierPublicKey", "PaillierPrivateKey", "RandomnessPool", "PaillierPacking",
-           "PaillierVector", "generate_keypair", "VARIANTS", "pack", "unpack", "check_count", "slots_per_plaintext", "SlotPacking"]
+           "PaillierVector", "generate_keypair", "VARIANTS", "SUBGROUP_ALPHA_BITS", "pack", "unpack", "check_count", "slots_per_plaintext", "SlotPacking"]
 
 
 @dataclass(frozen=True, eq=False)
