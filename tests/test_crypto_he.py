@@ -32,9 +32,11 @@ from crowdlearn.crypto.randomness import CryptoRandom
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(scope="module")
-def paillier_sk():
-    return generate_keypair(512, rand=CryptoRandom(seed="paillier-test"))
+@pytest.fixture(scope="module", params=["standard", "subgroup"])
+def paillier_sk(request):
+    """Every Paillier law below holds for both variants (subgroup: 64-bit alpha_p, alpha_q)."""
+    return generate_keypair(512, rand=CryptoRandom(seed="paillier-test"), variant=request.param,
+                            alpha_bits=64)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,24 @@ def test_crt_decryption_matches_textbook_decryption(paillier_sk):
         m = int(rnd.below(pub.n))
         c = pub.raw_encrypt(m, pub.raw_rn(rnd))
         assert sk.raw_decrypt(c) == m == (pow(int(c), lam, n2) - 1) // n * mu % n
+
+
+def test_subgroup_key_h_has_order_alpha_and_decryption_needs_alpha():
+    sk = generate_keypair(512, rand=CryptoRandom(seed="subgroup"), variant="subgroup", alpha_bits=64)
+    pub, ap, aq = sk.public_key, int(sk.alpha_p), int(sk.alpha_q)
+    assert gmpy2.is_prime(ap) and gmpy2.is_prime(aq) and ap.bit_length() == aq.bit_length() == 64
+    assert (int(sk.p) - 1) % ap == 0 and (int(sk.q) - 1) % aq == 0 and pub.alpha_bits == (ap * aq).bit_length()
+    h, n2 = int(pub.h), int(pub.nsquare)
+    assert pow(h, ap * aq, n2) == 1 and pow(h, ap, n2) != 1 and pow(h, aq, n2) != 1
+    c = pub.raw_encrypt(12345, sk.fast_rn(CryptoRandom(seed=1)))
+    assert sk.raw_decrypt(c) == 12345
+    # the same factors with an exponent that does not kill h^r (2 divides p - 1 too) decrypt wrongly
+    wrong = type(sk)(pub, sk.p, sk.q, 2, 2)
+    assert wrong.raw_decrypt(c) != 12345
+    with pytest.raises(ValueError, match="alpha_p must divide p - 1"):
+        type(sk)(pub, sk.p, sk.q, ap + 2, aq)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        generate_keypair(512, variant="fast")
 
 
 def test_pool_values_are_nth_residues(paillier_sk):

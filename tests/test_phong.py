@@ -27,11 +27,15 @@ def _run(cfg):
     return sim, res
 
 
-@pytest.mark.parametrize("scheme", ["paillier", "lwe"])
-def test_real_and_priced_modes_give_identical_weights_bytes_and_times(scheme):
-    (s_real, r_real), (s_priced, r_priced) = (_run(_cfg(scheme=scheme, mode=m)) for m in ("real", "priced"))
+@pytest.mark.parametrize("scheme,variant", [("paillier", "standard"), ("paillier", "subgroup"),
+                                            ("lwe", "standard")])
+def test_real_and_priced_modes_give_identical_weights_bytes_and_times(scheme, variant):
+    (s_real, r_real), (s_priced, r_priced) = (_run(_cfg(scheme=scheme, mode=m, paillier_variant=variant))
+                                              for m in ("real", "priced"))
     srv_real, srv_priced = s_real.driver.machines["server"], s_priced.driver.machines["server"]
     scheme_real = s_real.ctx.extra["he"].scheme
+    if scheme == "paillier":          # the configured key type is the one that ran
+        assert scheme_real.sk.public_key.variant == variant == scheme_real.summary()["variant"]
     # the real ciphertext opens to exactly the integers the priced run added up
     opened = scheme_real.decrypt(srv_real.enc_w)
     assert np.array_equal(opened, srv_real.enc_w.oracle)
@@ -77,6 +81,10 @@ def test_config_rejects_parameters_that_can_overflow_within_the_run():
                    "he": {"scheme": "lwe", "value_bits": 48}})
     with pytest.raises(ConfigError, match=r"he.prec \+ he.pad must be <= 63; got 50 \+ 15"):
         from_dict({"protocol": "phong", "he": {"prec": 50, "pad": 15}})
+    with pytest.raises(ConfigError, match="he.key_bits must be >= 480; got 256"):
+        from_dict({"protocol": "phong", "he": {"paillier_variant": "subgroup", "key_bits": 256}})
+    with pytest.raises(ConfigError, match="paillier_variant"):
+        from_dict({"protocol": "phong", "he": {"paillier_variant": "fast"}})
     # the same parameters are fine for another protocol (the section is ignored there)
     from_dict({"protocol": "fedavg", "he": {"prec": 50, "pad": 15}})
 

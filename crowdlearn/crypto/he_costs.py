@@ -60,6 +60,8 @@ def calibrate(scheme: Scheme) -> dict:
     key = (scheme.name, scheme.length, getattr(scheme, "key_bits", None),
            getattr(scheme, "pad", None), getattr(getattr(scheme, "params", None), "n_lwe", None),
            getattr(scheme, "n_pu", None))
+    if getattr(scheme, "variant", "standard") != "standard":     # standard keeps its cache name
+        key += (scheme.variant,)
     if key in _CACHE:
         return dict(_CACHE[key])
     from crowdlearn.crypto.costs import cached_calibration
@@ -73,7 +75,7 @@ def _measure(scheme: Scheme) -> dict:
     out = {"host_flops": host_flops(), "encrypt_s": 0.0, "decrypt_s": 0.0, "add_s": 0.0}
     if scheme.name == "paillier":
         from crowdlearn.crypto.paillier import PaillierPacking, generate_keypair
-        sk = generate_keypair(scheme.key_bits)
+        sk = generate_keypair(scheme.key_bits, variant=scheme.variant)
         codec = PaillierPacking(sk.public_key, prec=scheme.prec, pad=scheme.pad)
         k = 1
         v = np.zeros(k * codec.slots, np.int64)

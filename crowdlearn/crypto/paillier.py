@@ -18,6 +18,11 @@ to add plaintexts.  Speed-ups [ours, measured in ``docs/benchmarks.md``]:
   ``count`` values below ``2**prec`` can reach ``2**(prec+pad)``, so adding beyond
   ``count = 2**pad`` raises :class:`~crowdlearn.crypto.fixedpoint.PackingOverflowError`.
 * ``workers > 1`` spreads decryption (and pool filling) over processes.
+* **Subgroup variant** (``generate_keypair(bits, variant="subgroup")``, Paillier's scheme 3):
+  randomness ``h^r`` from a secret order-``alpha`` subgroup, ``alpha = alpha_p alpha_q`` with
+  ``alpha_p | p - 1`` and ``alpha_q | q - 1`` of :data:`SUBGROUP_ALPHA_BITS` bits each, so CRT
+  decryption exponentiates by ``alpha_p`` instead of ``p - 1``.  Same ciphertexts, packing and sizes;
+  semantic security under the decisional partial discrete logarithm assumption.
 
 Examples
 --------
@@ -53,19 +58,29 @@ from crowdlearn.crypto.fixedpoint import PackingOverflowError
 from crowdlearn.crypto.randomness import CryptoRandom, as_random
 
 __all__ = ["PaillierPublicKey", "PaillierPrivateKey", "RandomnessPool", "PaillierPacking",
-           "PaillierVector", "generate_keypair", "pack", "unpack", "check_count", "slots_per_plaintext", "SlotPacking"]
+           "PaillierVector", "generate_keypair", "VARIANTS", "SUBGROUP_ALPHA_BITS", "pack", "unpack", "check_count", "slots_per_plaintext", "SlotPacking"]
 
 
 @dataclass(frozen=True, eq=False)
 class PaillierPublicKey:
-    """``n`` (``g = n + 1`` implied)."""
+    """``n`` (``g = n + 1`` implied); for the subgroup variant also ``h``, a generator of the secret
+    order-``alpha`` subgroup of ``n``-th residues, and ``alpha_bits``, the bit length of ``alpha``."""
 
     n: mpz
+    h: mpz | None = None
+    alpha_bits: int = 0
     nsquare: mpz = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "n", mpz(self.n))
         object.__setattr__(self, "nsquare", self.n * self.n)
+        if self.h is not None:
+            object.__setattr__(self, "h", mpz(self.h))
+
+    @property
+    def variant(self) -> str:
+        """``"standard"`` or ``"subgroup"`` (see :func:`generate_keypair`)."""
+        return "standard" if self.h is None else "subgroup"
 
     @property
     def bits(self) -> int:
@@ -81,8 +96,12 @@ class PaillierPublicKey:
         return hashlib.sha256(gmpy2.to_binary(self.n)).digest()[:8]
 
     def raw_rn(self, rand: CryptoRandom) -> mpz:
-        """``r^n mod n^2`` for a uniform unit ``r`` (the slow way, without the secret key)."""
-        return gmpy2.powmod(rand.unit(self.n), self.n, self.nsquare)
+        """Encryption randomness without the secret key: ``r^n mod n^2`` for a uniform unit ``r``
+        (standard), or ``h^r mod n^2`` for ``r < 2**(alpha_bits + 64)`` (subgroup: ``r mod alpha`` is
+        then within statistical distance ``2**-64`` of uniform)."""
+        if self.h is None:
+            return gmpy2.powmod(rand.unit(self.n), self.n, self.nsquare)
+        return gmpy2.powmod(self.h, rand.bits(self.alpha_bits + 64), self.nsquare)
 
     def raw_encrypt(self, m, rn) -> mpz:
         """``(1 + m n) * rn mod n^2`` for a plaintext ``0 <= m < n``."""
@@ -94,38 +113,52 @@ class PaillierPublicKey:
 
 @dataclass(frozen=True, eq=False)
 class PaillierPrivateKey:
-    """The factors ``p, q`` and the CRT constants for decryption."""
+    """The factors ``p, q`` and the CRT constants for decryption; for the subgroup variant also the
+    prime factors ``alpha_p | p - 1`` and ``alpha_q | q - 1`` of the order of ``h``."""
 
     public_key: PaillierPublicKey
     p: mpz
     q: mpz
+    alpha_p: mpz | None = None
+    alpha_q: mpz | None = None
 
     def __post_init__(self):
         p, q = mpz(self.p), mpz(self.q)
         if p * q != self.public_key.n:
             raise ValueError("p * q does not equal the public modulus n")
+        if (self.alpha_p is None) != (self.public_key.h is None) or (self.alpha_p is None) != (self.alpha_q is None):
+            raise ValueError("a subgroup key needs h in the public key and both alpha_p and alpha_q")
         object.__setattr__(self, "p", p)
         object.__setattr__(self, "q", q)
         object.__setattr__(self, "_psq", p * p)
         object.__setattr__(self, "_qsq", q * q)
-        # with g = n + 1: L_p(g^(p-1) mod p^2) = (p-1) q mod p = -q mod p
-        object.__setattr__(self, "_hp", gmpy2.invert(-q % p, p))
-        object.__setattr__(self, "_hq", gmpy2.invert(-p % q, q))
+        if self.alpha_p is None:           # standard: c^(p-1) kills any r^n
+            ep, eq = p - 1, q - 1
+        else:                              # subgroup: c^alpha_p kills h^r mod p^2 (h has order alpha_p there)
+            ep, eq = mpz(self.alpha_p), mpz(self.alpha_q)
+            if (p - 1) % ep or (q - 1) % eq:
+                raise ValueError("alpha_p must divide p - 1 and alpha_q must divide q - 1")
+            object.__setattr__(self, "alpha_p", ep)
+            object.__setattr__(self, "alpha_q", eq)
+            object.__setattr__(self, "_h_p", self.public_key.h % self._psq)
+            object.__setattr__(self, "_h_q", self.public_key.h % self._qsq)
+        object.__setattr__(self, "_ep", ep)
+        object.__setattr__(self, "_eq", eq)
+        # with g = n + 1: L_p(g^e mod p^2) = e q mod p (e = p - 1 gives -q)
+        object.__setattr__(self, "_hp", gmpy2.invert(ep * q % p, p))
+        object.__setattr__(self, "_hq", gmpy2.invert(eq * p % q, q))
         object.__setattr__(self, "_pinv_q", gmpy2.invert(p, q))
+        object.__setattr__(self, "_psq_inv_qsq", gmpy2.invert(self._psq, self._qsq))
 
     def raw_decrypt(self, c) -> mpz:
         """The plaintext in ``[0, n)`` of one ciphertext (CRT decryption)."""
-        c = mpz(c)
-        p, q = self.p, self.q
-        mp = ((gmpy2.powmod(c % self._psq, p - 1, self._psq) - 1) // p) * self._hp % p
-        mq = ((gmpy2.powmod(c % self._qsq, q - 1, self._qsq) - 1) // q) * self._hq % q
-        return mp + p * ((mq - mp) * self._pinv_q % q)
+        return self.raw_decrypt_list([mpz(c)])[0]
 
     def raw_decrypt_list(self, cs: list) -> list:
         """:meth:`raw_decrypt` of many ciphertexts (batched exponentiations)."""
         p, q = self.p, self.q
-        ep = gmpy2.powmod_base_list([c % self._psq for c in cs], p - 1, self._psq)
-        eq = gmpy2.powmod_base_list([c % self._qsq for c in cs], q - 1, self._qsq)
+        ep = gmpy2.powmod_base_list([c % self._psq for c in cs], self._ep, self._psq)
+        eq = gmpy2.powmod_base_list([c % self._qsq for c in cs], self._eq, self._qsq)
         out = []
         for xp, xq in zip(ep, eq):
             mp = ((xp - 1) // p) * self._hp % p
@@ -134,32 +167,97 @@ class PaillierPrivateKey:
         return out
 
     def fast_rn(self, rand: CryptoRandom) -> mpz:
-        """A uniform ``n``-th residue mod ``n^2`` (same law as ``r^n``) computed by CRT."""
+        """Encryption randomness computed by CRT: a uniform ``n``-th residue mod ``n^2`` (standard,
+        same law as ``r^n``), or ``h^r`` for a uniform ``r mod alpha`` (subgroup: ``r mod alpha_p`` and
+        ``r mod alpha_q`` drawn independently)."""
         p, q = self.p, self.q
-        xp = gmpy2.powmod(rand.unit(p), p, self._psq)
-        xq = gmpy2.powmod(rand.unit(q), q, self._qsq)
+        if self.alpha_p is None:
+            xp = gmpy2.powmod(rand.unit(p), p, self._psq)
+            xq = gmpy2.powmod(rand.unit(q), q, self._qsq)
+        else:
+            xp = gmpy2.powmod(self._h_p, rand.below(self.alpha_p), self._psq)
+            xq = gmpy2.powmod(self._h_q, rand.below(self.alpha_q), self._qsq)
         # CRT from (mod p^2, mod q^2) to mod n^2
-        return xp + self._psq * ((xq - xp) * gmpy2.invert(self._psq, self._qsq) % self._qsq)
+        return xp + self._psq * ((xq - xp) * self._psq_inv_qsq % self._qsq)
 
     def pool(self, size: int, *, rand=None, workers: int = 1) -> RandomnessPool:
         """A :class:`RandomnessPool` of ``size`` fresh ``r^n`` values, filled with the CRT speed-up."""
         return RandomnessPool.fill(self, size, rand=rand, workers=workers)
 
 
-def generate_keypair(bits: int = 2048, *, rand=None) -> PaillierPrivateKey:
+VARIANTS = ("standard", "subgroup")
+#: Bits of each of ``alpha_p``, ``alpha_q`` in the subgroup variant: twice the 112-bit security level
+#: of a 2048-bit modulus (a collision search finds ``alpha_p`` in about ``sqrt(alpha_p)`` steps).
+SUBGROUP_ALPHA_BITS = 224
+
+
+def generate_keypair(bits: int = 2048, *, rand=None, variant: str = "standard",
+                     alpha_bits: int = SUBGROUP_ALPHA_BITS) -> PaillierPrivateKey:
     """A Paillier key pair with an exactly ``bits``-bit modulus.
 
     ``rand``: a :class:`CryptoRandom` or ``None`` for OS randomness; an int seeds an **insecure**
     reproducible stream (tests only).
+
+    ``variant="subgroup"`` is Paillier's scheme 3 (EUROCRYPT 1999, Section 5) with ``g = (1 + n) h``:
+    ``p = 2 k alpha_p + 1`` and ``q = 2 k' alpha_q + 1`` for primes ``alpha_p, alpha_q`` of
+    ``alpha_bits`` bits each, ``h`` of order ``alpha = alpha_p alpha_q`` among the ``n``-th residues,
+    ``E(m) = (1 + m n) h^r mod n^2`` with ``r`` uniform mod ``alpha``, and decryption exponentiates by
+    ``alpha_p`` mod ``p^2`` (and ``alpha_q`` mod ``q^2``) instead of ``p - 1``.  Semantically secure
+    under the decisional partial discrete logarithm assumption (not under Paillier's DCR alone);
+    ``alpha_bits`` per factor must be at least twice the security level because a collision search on
+    ``h^(n x) mod p`` finds ``alpha_p`` in about ``sqrt(alpha_p)`` steps [ours, see docs/design.md].
+
+    >>> sk = generate_keypair(512, rand=CryptoRandom(seed=4), variant="subgroup", alpha_bits=64)
+    >>> pub = sk.public_key
+    >>> pub.variant, int(sk.alpha_p).bit_length(), (sk.p - 1) % sk.alpha_p == 0
+    ('subgroup', 64, True)
+    >>> int(sk.raw_decrypt(pub.raw_encrypt(42, pub.raw_rn(CryptoRandom(seed=5)))))
+    42
     """
     if bits < 128 or bits % 2:
         raise ValueError(f"key size must be an even number of bits >= 128; got {bits}")
+    if variant not in VARIANTS:
+        raise ValueError(f"Paillier variant must be one of {VARIANTS}; got {variant!r}")
     rand = as_random(rand)
+    if variant == "subgroup":
+        return _subgroup_keypair(bits, int(alpha_bits), rand)
     while True:
         p, q = rand.prime(bits // 2), rand.prime(bits // 2)
         n = p * q
         if p != q and n.bit_length() == bits and gmpy2.gcd(n, (p - 1) * (q - 1)) == 1:
             return PaillierPrivateKey(PaillierPublicKey(n), p, q)
+
+
+def _subgroup_keypair(bits: int, alpha_bits: int, rand: CryptoRandom) -> PaillierPrivateKey:
+    half = bits // 2
+    if not 16 <= alpha_bits <= half - 16:
+        raise ValueError(f"alpha_bits must be in [16, {half - 16}] for a {bits}-bit key; got {alpha_bits}")
+    top = mpz(3) << (half - 2)                        # p in [3 * 2**(half-2), 2**half): |n| = bits exactly
+
+    def prime_with_factor():
+        a = rand.prime(alpha_bits)
+        lo, hi = -(-(top - 1) // (2 * a)), ((mpz(1) << half) - 2) // (2 * a)
+        while True:
+            p = 2 * a * (lo + rand.below(hi - lo + 1)) + 1
+            if gmpy2.is_prime(p, 50):
+                return p, a
+
+    while True:
+        (p, ap), (q, aq) = prime_with_factor(), prime_with_factor()
+        n = p * q
+        if p == q or ap == aq or n.bit_length() != bits or gmpy2.gcd(n, (p - 1) * (q - 1)) != 1:
+            continue
+        # h mod p^2 = x^(p (p-1) / alpha_p): order alpha_p (the order-p part and the rest of p-1 removed)
+        hs = []
+        for r, a in ((p, ap), (q, aq)):
+            while True:
+                h = gmpy2.powmod(rand.unit(r), r * ((r - 1) // a), r * r)
+                if h != 1:
+                    hs.append(h)
+                    break
+        psq, qsq = p * p, q * q
+        h = hs[0] + psq * ((hs[1] - hs[0]) * gmpy2.invert(psq, qsq) % qsq)
+        return PaillierPrivateKey(PaillierPublicKey(n, h, int((ap * aq).bit_length())), p, q, ap, aq)
 
 
 class RandomnessPool:

@@ -94,9 +94,10 @@ class PaillierScheme(Scheme):
     name = "paillier"
 
     def __init__(self, length: int, mode: str, *, key_bits: int, prec: int, pad: int,
-                 frac_bits: int, rand=None, workers: int = 1):
+                 frac_bits: int, rand=None, workers: int = 1, variant: str = "standard"):
         super().__init__(length, mode)
         self.key_bits, self.workers = int(key_bits), int(workers)
+        self.variant = variant
         self.fp = FixedPoint(prec=prec, frac_bits=frac_bits)
         self.prec, self.pad = int(prec), int(pad)
         self.slots = slots_per_plaintext(key_bits, prec=prec, pad=pad)
@@ -105,7 +106,7 @@ class PaillierScheme(Scheme):
         self._nbytes = PaillierVector.HEADER.size + self.ciphertexts * ((2 * self.key_bits + 7) // 8)
         self.sk = self.codec = None
         if mode == "real":
-            self.sk = generate_keypair(key_bits, rand=rand)
+            self.sk = generate_keypair(key_bits, rand=rand, variant=variant)
             self.codec = PaillierPacking(self.sk.public_key, prec=prec, pad=pad)
             assert self.codec.nbytes(length) == self._nbytes
 
@@ -138,9 +139,11 @@ class PaillierScheme(Scheme):
         return p.oracle
 
     def summary(self) -> dict:
-        return {**super().summary(), "key_bits": self.key_bits, "prec": self.prec, "pad": self.pad,
-                "frac_bits": self.fp.frac_bits, "slots": self.slots,
-                "ciphertexts_per_vector": self.ciphertexts,
+        out = {**super().summary(), "key_bits": self.key_bits}
+        if self.name == "paillier":              # HRES (a subclass) has no Paillier key type
+            out["variant"] = self.variant
+        return {**out, "prec": self.prec, "pad": self.pad, "frac_bits": self.fp.frac_bits,
+                "slots": self.slots, "ciphertexts_per_vector": self.ciphertexts,
                 "formula_comm_factor": 2 * (1 + self.pad / self.prec)}
 
 
@@ -261,11 +264,12 @@ class HRESScheme(PaillierScheme):
 
 def make_scheme(name: str, *, mode: str, length: int, key_bits: int = 3072, prec: int = 32,
                 pad: int = 15, frac_bits: int = 24, n_lwe: int = 3000, value_bits: int = 33,
-                n_pu: int = 1, rand=None, workers: int = 1, participants=()) -> Scheme:
+                n_pu: int = 1, rand=None, workers: int = 1, participants=(),
+                paillier_variant: str = "standard") -> Scheme:
     """The scheme ``name`` for vectors of ``length`` values (keys generated here in real mode)."""
     if name == "paillier":
         return PaillierScheme(length, mode, key_bits=key_bits, prec=prec, pad=pad,
-                              frac_bits=frac_bits, rand=rand, workers=workers)
+                              frac_bits=frac_bits, rand=rand, workers=workers, variant=paillier_variant)
     if name == "lwe":
         return LWEScheme(length, mode, n_lwe=n_lwe, value_bits=value_bits, n_pu=n_pu, rand=rand,
                          workers=workers)
