@@ -136,7 +136,7 @@ def expand_grid(grid: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> list
     keys = list(grid)
     runs = []
     for combo in itertools.product(*(list(grid[k]) for k in keys)):
-        values = tuple(zip(keys, combo))
+        values = tuple(zip(keys, combo, strict=True))
         for seed in seeds:
             runs.append(RunSpec(_run_id(values, seed), values, int(seed)))
     return runs
@@ -228,9 +228,11 @@ class SweepFolder:
                     "same config and --set values, or choose a new --out (nothing was changed)")
         try:
             (root / "runs").mkdir(parents=True, exist_ok=True)
-            probe = root / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            import tempfile
+            # a fresh, uniquely named probe: never a file someone else put there
+            fd, probe = tempfile.mkstemp(prefix=".crowdlearn-probe-", dir=root)
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
             raise CrowdlearnError(f"--out {root}: cannot write there ({exc.strerror}); choose a "
                                   "writable folder") from None
@@ -503,7 +505,7 @@ def summarize(df, keys: Sequence[str], metric: str):
     for vals, grp in ok.groupby(list(keys), sort=True, dropna=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
         mean, half = interval95(pd.to_numeric(grp[metric], errors="coerce").tolist())
-        out.append({**dict(zip(keys, vals)), "mean": mean, "ci95": half, "n": len(grp)})
+        out.append({**dict(zip(keys, vals, strict=True)), "mean": mean, "ci95": half, "n": len(grp)})
     return pd.DataFrame(out)
 
 
@@ -524,15 +526,15 @@ def plot_sweep(df, keys: Sequence[str], folder: Path) -> list[Path]:
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax in axes[len(metrics):]:
             ax.set_visible(False)
-        for ax, metric in zip(axes, metrics):
+        for ax, metric in zip(axes, metrics, strict=False):
             stats = summarize(df, [key, *others], metric)
             groups = stats.groupby(others, sort=True) if others else [((), stats)]
             for label, grp in groups:
                 xs = grp[key].tolist()
                 numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
                 pos = xs if numeric else list(range(len(xs)))
-                lab = ", ".join(f"{k}={v}" for k, v in zip(others, label if isinstance(label, tuple)
-                                                             else (label,))) or None
+                lab = ", ".join(f"{k}={v}" for k, v in zip(
+                    others, label if isinstance(label, tuple) else (label,), strict=True)) or None
                 ax.errorbar(pos, grp["mean"], yerr=grp["ci95"], marker="o", capsize=3, label=lab)
                 if not numeric:
                     ax.set_xticks(pos, [str(x) for x in xs])

@@ -175,7 +175,13 @@ def build_topology(
     >>> g.has_edge(2, 0)
     True
     """
-    return cell_tree(num_devices, device_up_bps=device_up_bps, device_down_bps=device_down_bps, device_latency_s=device_latency_s, cells=cells, cell_of=cell_of, backhaul_bps=backhaul_bps, backhaul_latency_s=backhaul_latency_s, server_bps=server_bps, server_latency_s=server_latency_s, server_down_bps=server_down_bps, d2d_pairs=d2d_pairs, d2d_bps=d2d_bps, d2d_latency_s=d2d_latency_s).graph
+    # the same topology as cell_tree (one validation, one construction), as a networkx graph
+    return cell_tree(
+        num_devices, device_up_bps=device_up_bps, device_down_bps=device_down_bps,
+        device_latency_s=device_latency_s, cells=cells, cell_of=cell_of,
+        backhaul_bps=backhaul_bps, backhaul_latency_s=backhaul_latency_s, server_bps=server_bps,
+        server_latency_s=server_latency_s, server_down_bps=server_down_bps, d2d_pairs=d2d_pairs,
+        d2d_bps=d2d_bps, d2d_latency_s=d2d_latency_s).graph
 
 
 def cell_tree(

@@ -11,6 +11,19 @@ def rng():
     return np.random.default_rng(1234)
 
 
+#: Small runs of the protocols without timing-dependent choices, as ``small_config`` overrides
+#: (shared by the harness and isolation tests, which add their own protocol-specific cases).
+SMALL_RUNS = {
+    "fedavg": {},
+    "centralized": {"protocol": "centralized"},
+    "standalone": {"protocol": "standalone", "fleet.devices": 4},
+    "dssgd": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4},
+    "dssgd-dp": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4, "dssgd.dp": True},
+    "fm": {"protocol": "fm", "rounds": 2, "data.dataset": "breast_cancer",
+           "model.arch": "linear"},
+}
+
+
 def small_config(**overrides):
     """A tiny FedAvg run on digits that finishes in a few seconds."""
     from crowdlearn.config import from_dict

@@ -7,7 +7,7 @@ import pytest
 from crowdlearn.experiment import Simulation
 from sim.harness import Wire
 from sim.machine import Report
-from tests.conftest import small_config
+from tests.conftest import SMALL_RUNS, small_config
 
 MODEL_REPORTS = ("global_model", "group_model", "local_model")
 # the encrypted-SGD ciphertext crosses as its bytes only (Payload.wire_bytes) and decodes as
@@ -19,13 +19,7 @@ PAYLOAD = "encrypted-SGD Payload does not survive the wire: it decodes as bytes 
 # sharing window orders the groups' uploads by arrival; the wire has no bandwidth and zero-time
 # jobs, so other updates arrive first)
 CONFIGS = {
-    "fedavg": {},
-    "centralized": {"protocol": "centralized"},
-    "standalone": {"protocol": "standalone", "fleet.devices": 4},
-    "dssgd": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4},
-    "dssgd-dp": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4, "dssgd.dp": True},
-    "fm": {"protocol": "fm", "rounds": 2, "data.dataset": "breast_cancer",
-           "model.arch": "linear"},
+    **SMALL_RUNS,
     "secagg": pytest.param(
         {"fedavg.secure_aggregation": "secagg", "rounds": 2},
         marks=pytest.mark.xfail(strict=True, reason="SecAgg's masked input does not survive the "

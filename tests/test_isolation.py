@@ -10,19 +10,13 @@ import math
 import pytest
 
 from crowdlearn.experiment import Simulation
-from tests.conftest import small_config
+from tests.conftest import SMALL_RUNS, small_config
 
 HE = {"he.key_bits": 512, "he.n_lwe": 64, "he.mode": "priced", "fleet.devices": 4,
       "model.hidden": [16]}
 
 CONFIGS = {
-    "fedavg": {},
-    "centralized": {"protocol": "centralized"},
-    "standalone": {"protocol": "standalone", "fleet.devices": 4},
-    "dssgd": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4},
-    "dssgd-dp": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4, "dssgd.dp": True},
-    "fm": {"protocol": "fm", "rounds": 2, "data.dataset": "breast_cancer",
-           "model.arch": "linear"},
+    **SMALL_RUNS,
     "secagg": {"fedavg.secure_aggregation": "secagg", "rounds": 2},
     "phong": {"protocol": "phong", "rounds": 2, **HE},
     "hres": {"protocol": "hres", "rounds": 2, **HE},
