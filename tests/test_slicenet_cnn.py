@@ -155,3 +155,80 @@ def test_fused_cnn_passes_equal_repeated_monolithic_steps(small, groups):
     model.set_weights(out[0][:n])
     logits = np.asarray(model(x[:50], training=False))
     assert ev[0][1] == pytest.approx(float(np.mean(logits.argmax(1) == y[:50])))
+
+
+# --------------------------------------------------------------------------- in the fleet
+
+
+def _digits_cnn(path):
+    """A user's Keras CNN for the 8×8 digits, saved to a .keras file."""
+    import keras
+
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(6, 3, padding="same"),
+                              L.BatchNormalization(), L.Activation("relu"), L.MaxPooling2D(2),
+                              L.Conv2D(8, 3, activation="relu"), L.Flatten(),
+                              L.Dense(16, activation="relu"), L.Dense(10)])
+    model.save(path)
+    return path
+
+
+def test_crowdlearning_trains_a_users_keras_cnn_and_sends_the_plans_traffic(tmp_path):
+    from crowdlearn.experiment import Simulation
+    from slicenet.keras_io import load_keras
+    from slicenet.ownership import SliceLayout
+    from tests.conftest import small_config
+
+    path = _digits_cnn(str(tmp_path / "digits_cnn.keras"))
+    cfg = small_config(**{"protocol": "crowdlearning", "rounds": 3, "fleet.devices": 8,
+                          "slicenet.group_size": 4, "slicenet.lr": 0.1,
+                          "slicenet.model": path})
+    sim = Simulation(cfg)
+    res = sim.run()
+    assert res.summary["completed"] and len(res.metrics) == 3
+    acc = [r["accuracy"] for r in res.metrics]
+    assert acc[-1] > 0.5 and acc[-1] > acc[0]          # 10 classes: chance is 0.1
+    layout, plan = sim.ctx.extra["layout"], sim.ctx.extra["plan"]
+    assert isinstance(layout, SliceLayout) and plan.n == 3
+    desc = load_keras(path)
+    g = desc.graph()
+    assert int(layout.pair_floats.sum()) == g.traffic(plan.assignment).floats
+    # the boundary bytes of the run: each pass's planned bytes, which are the plan's per-sample
+    # traffic × the dominator's samples (+ the sealing overhead) -- at least that much went out
+    samples = sum(len(p) for p in sim.parts)
+    assert res.summary["bytes_total"] > plan.traffic_bytes_per_sample * samples * 3
+
+
+def test_ownership_equals_the_dense_layout_on_the_paper_mlp():
+    from crowdlearn.protocols.crowdlearning.machines import layout_from_plan
+    from slicenet.graph import paper_mlp_description
+    from slicenet.ownership import SliceLayout
+
+    desc = paper_mlp_description()
+    g = desc.graph()
+    plan = partition(g, 6, method="metis", seed=0)
+    dense = layout_from_plan(desc, g, plan)
+    general = SliceLayout(desc, g, plan.assignment, 6)
+    for a, b in zip(dense.owner, general.owner, strict=True):
+        assert np.array_equal(a, b)
+    assert np.array_equal(dense.pair_floats, general.pair_floats)
+    assert dense.train_flops_per_sample == pytest.approx(general.train_flops_per_sample,
+                                                         rel=0.01)
+
+
+def test_cnn_ownership_follows_the_source_channel():
+    from slicenet.ownership import SliceLayout
+
+    desc = small_cnn()
+    g = desc.graph()
+    plan = partition(g, 3, method="random", seed=4)
+    lay = SliceLayout(desc, g, plan.assignment, 3)
+    prog_specs = weight_specs(desc)
+    conv1 = [i for i, s in enumerate(prog_specs) if s.name == "conv1/kernel"][0]
+    ch0 = np.repeat(plan.assignment[g.layer_slice(0)], g.size[g.layer_slice(0)])
+    # conv1's kernel [:, :, c, :] belongs to the holder of conv0's channel c
+    assert np.array_equal(lay.owner[conv1][0, 0, :, 0], ch0)
+    # the piecewise executor's pieces hold exactly the entries the layout gives them
+    net = PiecewiseNetwork(desc, plan, _start(desc, 1))
+    for p, part in net._parts[0].items():
+        assert sorted(part.units.tolist()) == np.flatnonzero(ch0 == p).tolist()
