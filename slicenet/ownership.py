@@ -32,7 +32,7 @@ Examples
 >>> int(lay.pair_floats.sum()) == g.traffic(plan.assignment).floats
 True
 >>> round(lay.flops_share([-1]), 3)    # the dominator: the first convolution
-0.063
+0.064
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class SliceLayout:
         self.flat_trainable = np.concatenate([np.full(s.shape, s.trainable).reshape(-1)
                                               for s in self.specs])
         self.num_params = int(self.offsets[-1])
+        self._owned: dict = {}
         self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
         flat_macs = np.concatenate([m.reshape(-1) for m in macs])
         self.macs_per_owner = np.bincount(self.flat_owner + 1, weights=flat_macs,
@@ -179,8 +180,14 @@ class SliceLayout:
     def owned_flat(self, owners: Sequence[int], *, trainable: bool = False) -> np.ndarray:
         """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``); only the
         trainable ones if ``trainable``."""
-        mine = np.isin(self.flat_owner, np.asarray(list(owners), np.int64))
-        return np.flatnonzero(mine & self.flat_trainable if trainable else mine)
+        key = (tuple(sorted(int(o) for o in owners)), bool(trainable))
+        hit = self._owned.get(key)
+        if hit is None:       # asked for every pass, hand-over and upload: computed once
+            mine = np.isin(self.flat_owner, np.asarray(key[0], np.int64))
+            hit = np.flatnonzero(mine & self.flat_trainable if trainable else mine)
+            hit.setflags(write=False)
+            self._owned[key] = hit
+        return hit
 
     def flops_share(self, owners: Sequence[int]) -> float:
         """Fraction of a training step's multiply-adds done by ``owners`` (module docstring)."""
