@@ -35,12 +35,17 @@ from slicenet.graph import (
     ModelDescription,
 )
 from slicenet.layout import BN_EPSILON, BN_MOMENTUM, conv_program, is_convolutional, weight_specs
+from slicenet.ownership import SliceLayout
 
 _ACTS = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid, "linear": tf.identity,
          None: tf.identity}
 
 
 XLA_GROUPS = 6      # train this many groups or more in one XLA-compiled call (dense models)
+XLA_MIN_FLOPS = 1e9  # ... or fewer groups when the call's training FLOPs reach this: the
+#                     compiled loop does about 1.7x the work per CPU second (paper-mlp, 1-12
+#                     groups of 16 steps: 55-91 against 43-50 GFLOP per CPU second, measured
+#                     in one run), which repays a compilation (seconds, once per padded shape)
 
 
 def _grouped_conv(h, w, layer: Conv2D):
@@ -106,10 +111,12 @@ class FusedTrainer:
                               else x.reshape(len(x), -1))
         self._y = tf.constant(np.asarray(y, np.int32))
         self._trainable = [s.trainable for s in self.specs]
+        self.flops_per_sample = SliceLayout(desc, None, None, 0).train_flops_per_sample
         sig = [tf.TensorSpec([None, *s.shape], tf.float32) for s in self.specs]
         # many groups at once: compiled with XLA (about twice the throughput of the op-by-op
         # loop on a CPU); XLA compiles once per shape (seconds each), so train() pads the group
-        # and step counts to a short ladder and trains fewer than XLA_GROUPS groups op by op
+        # and step counts to a short ladder; calls of fewer than XLA_GROUPS groups and less
+        # than XLA_MIN_FLOPS of training run op by op
         train_sig = [sig, tf.TensorSpec([None, None, None], tf.int32),
                      tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32)]
         self._train_fn = tf.function(self._train_loop, input_signature=train_sig,
@@ -237,7 +244,8 @@ class FusedTrainer:
         for b, members in by_b.items():
             steps = max(len(tasks[i].batches) for i in members)
             # padding groups train nothing (no sample, lr 0); padding steps are never run
-            xla = len(members) >= XLA_GROUPS and not self._conv
+            work = self.flops_per_sample * b * sum(len(tasks[i].batches) for i in members)
+            xla = not self._conv and (len(members) >= XLA_GROUPS or work >= XLA_MIN_FLOPS)
             k = _ladder(len(members)) if xla else len(members)
             sched = np.full((_ladder(steps) if xla else steps, k, b), -1, np.int32)
             for j, i in enumerate(members):
