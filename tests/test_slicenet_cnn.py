@@ -188,6 +188,9 @@ def test_crowdlearning_trains_a_users_keras_cnn_and_sends_the_plans_traffic(tmp_
     assert res.summary["completed"] and len(res.metrics) == 3
     acc = [r["accuracy"] for r in res.metrics]
     assert acc[-1] > 0.5 and acc[-1] > acc[0]          # 10 classes: chance is 0.1
+    import keras
+
+    assert res.summary["model_params"] == keras.models.load_model(path).count_params()
     layout, plan = sim.ctx.extra["layout"], sim.ctx.extra["plan"]
     assert isinstance(layout, SliceLayout) and plan.n == 3
     desc = load_keras(path)

@@ -127,9 +127,14 @@ def runners(sim) -> dict:
 
 
 def summary(sim) -> dict:
-    """The plan's balance and traffic per sample (when the model is sliced)."""
+    """The parameters of the network trained (not the ``[model]`` MLP's), the plan's balance
+    and traffic per sample (when the model is sliced)."""
+    out: dict = {}
+    layout = sim.ctx.extra.get("layout")
+    if layout is not None:
+        out["model_params"] = int(layout.num_params)
     plan = sim.ctx.extra.get("plan")
-    if plan is None:
-        return {}
-    return {"slice_balance": float(plan.balance),
-            "slice_traffic_bytes_per_sample": int(plan.traffic_bytes_per_sample)}
+    if plan is not None:
+        out.update(slice_balance=float(plan.balance),
+                   slice_traffic_bytes_per_sample=int(plan.traffic_bytes_per_sample))
+    return out
