@@ -235,3 +235,17 @@ def test_cnn_ownership_follows_the_source_channel():
     net = PiecewiseNetwork(desc, plan, _start(desc, 1))
     for p, part in net._parts[0].items():
         assert sorted(part.units.tolist()) == np.flatnonzero(ch0 == p).tolist()
+
+
+@pytest.mark.parametrize("model, dataset, match", [
+    ("paper-cnn", "digits", "28x28 images"),
+    ("no/such/model.keras", "digits", "no Keras model file"),
+    ("resnet", "digits", "neither one of"),
+])
+def test_bad_slicenet_models_are_config_errors(model, dataset, match):
+    from crowdlearn.errors import ConfigError
+    from tests.conftest import small_config
+
+    with pytest.raises(ConfigError, match=match):
+        small_config(**{"protocol": "crowdlearning", "data.dataset": dataset,
+                        "slicenet.model": model})
