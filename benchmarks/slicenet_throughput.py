@@ -12,7 +12,12 @@ Times, in one process and on the same 60,000 Fashion-MNIST training samples:
 
 and prints ``ratio X`` = warm simulated epoch ÷ centralized epoch (target ≤ 1), plus the fused
 trainer's throughput: training FLOPs of the epoch (3 × forward, ``Layout.train_flops_per_sample``
-× samples) over the wall time spent inside ``FusedTrainer.train``.
+× samples) over the wall time spent inside ``FusedTrainer.train``, and, on a shared machine, the
+same over the process CPU time spent there, beside a 2048 × 2048 float32 matrix product measured
+the same two ways in the same run (what the machine gives now).
+
+``--ab-upload-check`` also times warm epochs alternately with the server's previous upload check
+(``np.unique`` for repeated indices) and the current one, to measure that change in one run.
 
 Run::
 
@@ -37,15 +42,16 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
                      "data": {"dataset": "fashion_mnist"},
                      "fleet": {"devices": devices, "cells": 12},
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
-    spent = [0.0]
+    spent = [0.0, 0.0]
     orig = FusedTrainer.train
 
     def timed(self, tasks, **kw):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             return orig(self, tasks, **kw)
         finally:
             spent[0] += time.perf_counter() - t
+            spent[1] += time.process_time() - c
 
     FusedTrainer.train = timed
     try:
@@ -58,7 +64,8 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
     s = res.summary
     samples = sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
-    return {"wall_s": wall, "train_s": spent[0], "flops": flops, "samples": samples,
+    return {"wall_s": wall, "train_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
+            "samples": samples,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
             "completed": s["completed"]}
 
@@ -83,15 +90,67 @@ def keras_epoch(seed: int, lr: float = 0.05, batch: int = 32) -> dict:
     return {"wall_s": time.perf_counter() - t, "samples": len(x)}
 
 
+def matmul_rate(n: int = 2048, reps: int = 5) -> tuple[float, float]:
+    """GFLOP/s of an n × n float32 matrix product: per wall second and per process CPU second."""
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n])
+    tf.matmul(a, a).numpy()
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(reps):
+        tf.matmul(a, a).numpy()
+    flops = reps * 2 * n ** 3
+    return flops / (time.perf_counter() - t) / 1e9, flops / (time.process_time() - c) / 1e9
+
+
+def _unique_check():
+    """The upload check as it was before: the current one plus the ``np.unique`` over the
+    indices that the previous one ran to find repeats."""
+    import numpy as np
+
+    from crowdlearn.protocols import validate
+
+    current = validate.check_sparse
+
+    def check(indices, values, **kw):
+        if len(indices):
+            np.unique(np.asarray(indices, np.int64))
+        return current(indices, values, **kw)
+    return check
+
+
+def ab_upload_check(devices: int, group_size: int, seed: int, pairs: int = 2) -> None:
+    from crowdlearn.protocols import validate
+    from crowdlearn.protocols.crowdlearning import machines
+
+    current = validate.check_sparse
+    old = _unique_check()
+    times: dict[str, list[float]] = {"previous": [], "current": []}
+    for _ in range(pairs):
+        for name, fn in (("previous", old), ("current", current)):
+            machines.check_sparse = fn
+            try:
+                times[name].append(simulated_epoch(devices, group_size, seed)["wall_s"])
+            finally:
+                machines.check_sparse = current
+    for name, ts in times.items():
+        print(f"warm epoch with the {name} upload check: "
+              + ", ".join(f"{t:.1f}" for t in ts) + " s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=120)
     ap.add_argument("--group-size", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ab-upload-check", action="store_true",
+                    help="also time warm epochs with the previous and the current upload check")
     a = ap.parse_args()
+    mm_before = matmul_rate()
     cold = simulated_epoch(a.devices, a.group_size, a.seed)
     warm = simulated_epoch(a.devices, a.group_size, a.seed)
     ker = keras_epoch(a.seed)
+    mm_after = matmul_rate()
     for name, r in (("cold", cold), ("warm", warm)):
         print(f"simulated epoch ({name}): {r['wall_s']:.1f} s wall for {r['samples']} samples "
               f"({a.devices} devices, n = {a.group_size}; {r['sim_time_s']:.1f} s simulated, "
@@ -100,6 +159,11 @@ def main() -> None:
     print(f"centralized Keras fit: {ker['wall_s']:.1f} s for {ker['samples']} samples")
     print(f"ratio {warm['wall_s'] / ker['wall_s']:.2f}  (cold {cold['wall_s'] / ker['wall_s']:.2f})")
     print(f"fused trainer GFLOP/s {warm['flops'] / warm['train_s'] / 1e9:.1f}")
+    print(f"fused trainer GFLOP per CPU second {warm['flops'] / warm['train_cpu_s'] / 1e9:.1f}")
+    print(f"matmul 2048 GFLOP/s (before, after) {mm_before[0]:.1f}, {mm_after[0]:.1f}; per CPU "
+          f"second {mm_before[1]:.1f}, {mm_after[1]:.1f}")
+    if a.ab_upload_check:
+        ab_upload_check(a.devices, a.group_size, a.seed)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ checkable:
 
 Scope: chains of ``Dense`` layers with optional ``BatchNorm`` and element-wise ``Activation``
 layers (the paper's MLP 784 → BN → 400 → BN → ReLU → 200 → BN → ReLU → 100 → BN → ReLU → 10 →
-log-softmax).  Convolutions, pooling and (non-zero) dropout raise :class:`UserError`.
+log-softmax).  Models with an image input, ``Conv2D`` or ``MaxPool2D`` layers are executed by
+:mod:`slicenet.convnet` (channel granularity), to which :func:`monolithic_step`,
+:func:`piecewise_step` and :class:`PiecewiseNetwork` forward.  (Non-zero) dropout raises
+:class:`UserError`.
 
 Weights
 -------
@@ -117,6 +120,7 @@ from slicenet.layout import (  # the pure layout, re-exported: the executor's pu
     _program,
     _sig,
     count_floats,
+    is_convolutional,
     weight_specs,
 )
 
@@ -362,6 +366,9 @@ def monolithic_step(
     """
     import tensorflow as tf
 
+    if isinstance(desc, ModelDescription) and is_convolutional(desc):
+        from slicenet.convnet import conv_monolithic_step
+        return conv_monolithic_step(desc, weights, x, y, lr)
     prog = _program(desc)
     _check_activations(prog)
     ws = _check_weights(prog, weights)
@@ -426,6 +433,13 @@ class PiecewiseNetwork:
     L. Chen et al., "Crowdlearning: Crowded Deep Learning with Data Privacy", IEEE SECON 2018,
     sections III-B (slicing) and III-C (intra-group training).
     """
+
+    def __new__(cls, desc: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if cls is PiecewiseNetwork and isinstance(desc, ModelDescription) \
+                and is_convolutional(desc):     # a convolutional model: slicenet.convnet
+            from slicenet.convnet import ConvPiecewiseNetwork
+            return ConvPiecewiseNetwork(desc, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -3,12 +3,15 @@
 A Crowdlearning pass is, numerically, SGD of the group's whole network on the dominator's batches
 (spec §3; ``tests/test_slicenet_execution.py`` proves the piece-by-piece step equal to
 :func:`slicenet.execution.monolithic_step`).  :class:`FusedTrainer` runs the passes of many groups
-together: weights stacked along a leading group axis, dense layers as batched matmuls, BatchNorm in
-training mode with per-group masked batch statistics (padding rows excluded), Keras' defaults
-(momentum 0.99, epsilon 1e-3, biased variance).  It also returns, per weight, the sum over the
+together: weights stacked along a leading group axis, dense layers as batched matmuls,
+convolutions as one grouped convolution (the groups side by side on the channel axis, each with its
+own kernels), max pooling and Flatten on the folded group × batch axis, BatchNorm in training mode
+with per-group masked batch statistics (padding rows excluded; over rows and positions on a
+feature map), Keras' defaults (momentum 0.99, epsilon 1e-3, biased variance).  It also returns, per weight, the sum over the
 pass's mini-batches of |mean gradient| (spec §5, the ranking for top-θ sharing).
 
-``tests/test_slicenet_fused.py`` proves a fused pass equal to repeated ``monolithic_step`` calls.
+``tests/test_slicenet_fused.py`` (dense) and ``tests/test_slicenet_cnn.py`` (convolutional) prove a
+fused pass equal to repeated ``monolithic_step`` calls.
 
 References: Chen et al., "Crowdlearning: Crowded Deep Learning with Data Privacy", SECON 2018.
 """
@@ -21,14 +24,48 @@ import numpy as np
 import tensorflow as tf
 
 from slicenet.errors import UserError
-from slicenet.graph import Activation, BatchNorm, Dense, Dropout, Flatten, ModelDescription
-from slicenet.layout import BN_EPSILON, BN_MOMENTUM, weight_specs
+from slicenet.graph import (
+    Activation,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ModelDescription,
+)
+from slicenet.layout import BN_EPSILON, BN_MOMENTUM, conv_program, is_convolutional, weight_specs
+from slicenet.ownership import SliceLayout
 
 _ACTS = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid, "linear": tf.identity,
          None: tf.identity}
 
 
-XLA_GROUPS = 6      # train this many groups or more in one XLA-compiled call
+XLA_GROUPS = 6      # train this many groups or more in one XLA-compiled call (dense models)
+XLA_MIN_FLOPS = 1e9  # ... or fewer groups when the call's training FLOPs reach this: the
+#                     compiled loop does about 1.7x the work per CPU second (paper-mlp, 1-12
+#                     groups of 16 steps: 55-91 against 43-50 GFLOP per CPU second, measured
+#                     in one run), which repays a compilation (seconds, once per padded shape)
+
+
+def _grouped_conv(h, w, layer: Conv2D):
+    """``h`` [K, B, H, W, C] convolved with each group's own kernels ``w`` [K, kh, kw, C, O]:
+    one grouped convolution with the K groups side by side on the channel axis (XLA compiles
+    grouped convolutions poorly on a CPU, about 30 times slower here: convolutional models stay
+    off the XLA path)."""
+    s, ws = tf.shape(h), tf.shape(w)
+    k, c, o = s[0], s[4], ws[4]
+    x = tf.reshape(tf.transpose(h, [1, 2, 3, 0, 4]), [s[1], s[2], s[3], k * c])
+    f = tf.reshape(tf.transpose(w, [1, 2, 3, 0, 4]), [ws[1], ws[2], ws[3], k * o])
+    y = tf.nn.conv2d(x, f, layer.strides, layer.padding.upper())
+    ys = tf.shape(y)
+    return tf.transpose(tf.reshape(y, [ys[0], ys[1], ys[2], k, o]), [3, 0, 1, 2, 4])
+
+
+def _bcast(p, rank):
+    """A per-group, per-channel parameter [K, C] shaped to broadcast over [K, B, ..., C]."""
+    return tf.reshape(p, tf.concat([tf.shape(p)[:1], tf.ones([rank - 2], tf.int32),
+                                    tf.shape(p)[1:]], 0))
 
 
 def _ladder(n: int) -> int:
@@ -46,7 +83,8 @@ def _ladder(n: int) -> int:
 
 
 class FusedTrainer:
-    """Batched training and evaluation of many copies of one dense model (with BatchNorm).
+    """Batched training and evaluation of many copies of one model (dense or convolutional,
+    with BatchNorm).
 
     ``train(tasks, with_abs_grad=True)`` takes :class:`~crowdlearn.training.batching.TrainTask`s
     (weights in :func:`slicenet.execution.weight_specs` order, batches ``[steps, B]`` with ``-1``
@@ -57,19 +95,28 @@ class FusedTrainer:
     def __init__(self, desc: ModelDescription, x: np.ndarray, y: np.ndarray):
         self.desc = desc
         self.specs = weight_specs(desc)
+        self._conv = is_convolutional(desc)
         for layer in desc.layers:
-            if not isinstance(layer, (Dense, BatchNorm, Activation, Dropout, Flatten)):
-                raise UserError(f"the fused path trains dense models; {layer} is not "
-                                      "supported (use a Dense/BatchNorm/Activation chain)")
             if isinstance(layer, Dropout) and layer.rate > 0:
                 raise UserError("the fused path does not model dropout; use rate 0")
-        self._x = tf.constant(np.asarray(x, np.float32).reshape(len(x), -1))
+        if self._conv:
+            prog = conv_program(desc)     # checks the chain
+            self._widest = max([int(np.prod(desc.input_shape))]
+                               + [int(np.prod(st.z_shape)) for st in prog.stages])
+        else:
+            self._widest = max([int(np.prod(desc.input_shape))]
+                               + [lay.units for lay in desc.layers if isinstance(lay, Dense)])
+        x = np.asarray(x, np.float32)
+        self._x = tf.constant(x.reshape(len(x), *desc.input_shape) if self._conv
+                              else x.reshape(len(x), -1))
         self._y = tf.constant(np.asarray(y, np.int32))
         self._trainable = [s.trainable for s in self.specs]
+        self.flops_per_sample = SliceLayout(desc, None, None, 0).train_flops_per_sample
         sig = [tf.TensorSpec([None, *s.shape], tf.float32) for s in self.specs]
         # many groups at once: compiled with XLA (about twice the throughput of the op-by-op
         # loop on a CPU); XLA compiles once per shape (seconds each), so train() pads the group
-        # and step counts to a short ladder and trains fewer than XLA_GROUPS groups op by op
+        # and step counts to a short ladder; calls of fewer than XLA_GROUPS groups and less
+        # than XLA_MIN_FLOPS of training run op by op
         train_sig = [sig, tf.TensorSpec([None, None, None], tf.int32),
                      tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32)]
         self._train_fn = tf.function(self._train_loop, input_signature=train_sig,
@@ -77,7 +124,8 @@ class FusedTrainer:
         self._train_xla = tf.function(self._train_loop, input_signature=train_sig,
                                       reduce_retracing=True, jit_compile=True)
         self._eval_fn = tf.function(self._eval, input_signature=[
-            sig, tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)],
+            sig, tf.TensorSpec([None, *self._x.shape[1:]], tf.float32),
+            tf.TensorSpec([None], tf.int32)],
             reduce_retracing=True)
 
     # ------------------------------------------------------------------ forward
@@ -94,24 +142,46 @@ class FusedTrainer:
                     h = h + ps[k][:, None, :]
                     k += 1
                 h = _ACTS[layer.activation](h) if layer.activation != "log_softmax" else h
+            elif isinstance(layer, Conv2D):
+                h = _grouped_conv(h, ps[k], layer)
+                k += 1
+                if layer.use_bias:
+                    h = h + _bcast(ps[k], 5)
+                    k += 1
+                h = _ACTS[layer.activation](h)
+            elif isinstance(layer, MaxPool2D):
+                s = tf.shape(h)
+                f = tf.nn.max_pool2d(tf.reshape(h, tf.concat([[-1], s[2:]], 0)), layer.pool,
+                                     layer.strides, layer.padding.upper())
+                h = tf.reshape(f, tf.concat([s[:2], tf.shape(f)[1:]], 0))
+            elif isinstance(layer, Flatten):
+                if h.shape.rank == 5:
+                    s = tf.shape(h)
+                    h = tf.reshape(h, [s[0], s[1], -1])
             elif isinstance(layer, BatchNorm):
                 gamma, beta, mm, mv = ps[k], ps[k + 1], ps[k + 2], ps[k + 3]
-                if training:
-                    w = mask[:, :, None]
-                    n = tf.maximum(count, 1.0)[:, None, None]
-                    mean = tf.reduce_sum(h * w, axis=1, keepdims=True) / n
-                    var = tf.reduce_sum(tf.square(h - mean) * w, axis=1, keepdims=True) / n
-                    moving[k + 2] = mm * BN_MOMENTUM + mean[:, 0] * (1 - BN_MOMENTUM)
-                    moving[k + 3] = mv * BN_MOMENTUM + var[:, 0] * (1 - BN_MOMENTUM)
+                rank = h.shape.rank
+                if training:      # masked statistics over rows (and positions on a map)
+                    axes = list(range(1, rank - 1))
+                    w = tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([rank - 2],
+                                                                            tf.int32)], 0))
+                    per_row = tf.cast(tf.reduce_prod(tf.shape(h)[2:rank - 1]), tf.float32)
+                    n = _bcast(tf.maximum(count, 1.0)[:, None] * per_row, rank)
+                    mean = tf.reduce_sum(h * w, axis=axes, keepdims=True) / n
+                    var = tf.reduce_sum(tf.square(h - mean) * w, axis=axes, keepdims=True) / n
+                    flat_mean = tf.reshape(mean, tf.shape(mm))
+                    flat_var = tf.reshape(var, tf.shape(mv))
+                    moving[k + 2] = mm * BN_MOMENTUM + flat_mean * (1 - BN_MOMENTUM)
+                    moving[k + 3] = mv * BN_MOMENTUM + flat_var * (1 - BN_MOMENTUM)
                 else:
-                    mean, var = mm[:, None, :], mv[:, None, :]
-                h = (h - mean) * tf.math.rsqrt(var + BN_EPSILON) * gamma[:, None, :] \
-                    + beta[:, None, :]
+                    mean, var = _bcast(mm, rank), _bcast(mv, rank)
+                h = (h - mean) * tf.math.rsqrt(var + BN_EPSILON) * _bcast(gamma, rank) \
+                    + _bcast(beta, rank)
                 k += 4
             elif isinstance(layer, Activation):
                 if layer.name not in ("log_softmax", "softmax") or li != len(layers) - 1:
                     h = _ACTS[layer.name](h)
-            # Flatten / Dropout(0): nothing on flat inputs
+            # Dropout(0): nothing
         return h, moving
 
     def _train_loop(self, params, batches, lr, steps):
@@ -154,7 +224,7 @@ class FusedTrainer:
 
     def _eval(self, params, x, y):
         k = tf.shape(params[0])[0]
-        xb = tf.broadcast_to(x[None], [k, tf.shape(x)[0], tf.shape(x)[1]])
+        xb = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
         logits, _ = self._forward(list(params), xb, None, None, False)
         yb = tf.broadcast_to(y[None], [k, tf.shape(y)[0]])
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits), axis=1)
@@ -174,7 +244,8 @@ class FusedTrainer:
         for b, members in by_b.items():
             steps = max(len(tasks[i].batches) for i in members)
             # padding groups train nothing (no sample, lr 0); padding steps are never run
-            xla = len(members) >= XLA_GROUPS
+            work = self.flops_per_sample * b * sum(len(tasks[i].batches) for i in members)
+            xla = not self._conv and (len(members) >= XLA_GROUPS or work >= XLA_MIN_FLOPS)
             k = _ladder(len(members)) if xla else len(members)
             sched = np.full((_ladder(steps) if xla else steps, k, b), -1, np.int32)
             for j, i in enumerate(members):
@@ -202,12 +273,11 @@ class FusedTrainer:
         """
         if not weight_lists:
             return []
-        widest = max([int(np.prod(self.desc.input_shape))]
-                     + [layer.units for layer in self.desc.layers if isinstance(layer, Dense)])
-        chunk = max(1, max_floats // (len(weight_lists) * widest))
+        chunk = max(1, max_floats // (len(weight_lists) * self._widest))
         params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in weight_lists]))
                   for p in range(len(self.specs))]
-        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        x = np.asarray(x, np.float32)
+        x = x.reshape(len(x), *self.desc.input_shape) if self._conv else x.reshape(len(x), -1)
         y = np.asarray(y, np.int32)
         tot_loss = np.zeros(len(weight_lists))
         tot_acc = np.zeros(len(weight_lists))
@@ -220,11 +290,13 @@ class FusedTrainer:
         return [(float(a), float(b)) for a, b in zip(tot_loss / len(x), tot_acc / len(x))]
 
     def init_weights(self, rng: np.random.Generator) -> list[np.ndarray]:
-        """Glorot-uniform kernels, zero biases, BN gamma 1 / beta 0 / mean 0 / variance 1."""
+        """Glorot-uniform kernels (Keras' fans: receptive field × input / output channels for a
+        convolution), zero biases, BN gamma 1 / beta 0 / mean 0 / variance 1."""
         out = []
         for s in self.specs:
             if s.role == "kernel":
-                lim = np.sqrt(6.0 / (s.shape[0] + s.shape[1]))
+                field = int(np.prod(s.shape[:-2]))
+                lim = np.sqrt(6.0 / (field * (s.shape[-2] + s.shape[-1])))
                 out.append(rng.uniform(-lim, lim, s.shape).astype(np.float32))
             elif s.role in ("gamma", "moving_variance"):
                 out.append(np.ones(s.shape, np.float32))

@@ -292,20 +292,24 @@ def paper_mlp_description() -> ModelDescription:
     )
 
 
-def paper_cnn_description(first_filters: int = 64) -> ModelDescription:
+def paper_cnn_description(first_filters: int = 64, *,
+                          input_shape: Sequence[int] = (32, 32, 3)) -> ModelDescription:
     """The paper's CIFAR-10 CNN: 32×32×3 → conv 5×5 → ReLU → pool 2 → conv 5×5 (128) → ReLU → pool 2
     → flatten (3200) → 128 → ReLU → 64 → ReLU → 10 → log-softmax.
 
     The paper gives only the second convolution's width (128 maps); **[ours]** the first has
-    ``first_filters = 64``.
+    ``first_filters = 64``.  ``input_shape = (28, 28, 1)`` is the Fashion-MNIST variant
+    **[ours]**: the same layers, flatten 4·4·128 = 2048.
 
     Examples
     --------
     >>> CostGraph.from_layers((32, 32, 3), paper_cnn_description().layers).layer_sizes
     (64, 128, 128, 64)
+    >>> paper_cnn_description(input_shape=(28, 28, 1)).graph().dominator.weights   # 5·5·1·64
+    1600
     """
     return ModelDescription(
-        (32, 32, 3),
+        tuple(input_shape),
         (
             Conv2D(first_filters, (5, 5), activation="relu"), MaxPool2D((2, 2)),
             Conv2D(128, (5, 5), activation="relu"), MaxPool2D((2, 2)),

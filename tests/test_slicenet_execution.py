@@ -19,10 +19,11 @@ from slicenet.execution import (
 from slicenet.graph import (
     Activation,
     BatchNorm,
+    Conv2D,
     Dense,
     Dropout,
+    Flatten,
     ModelDescription,
-    paper_cnn_description,
     paper_mlp_description,
     traffic_per_sample,
 )
@@ -265,7 +266,9 @@ def test_model_without_hidden_layer_sends_nothing():
 @pytest.mark.parametrize(
     "desc, match",
     [
-        (paper_cnn_description(), "convolution"),
+        # convolutional models are executed (tests/test_slicenet_cnn.py), dropout still is not
+        (ModelDescription((6, 6, 1), (Conv2D(2, 3), Flatten(), Dropout(0.5), Dense(2))),
+         "dropout"),
         (ModelDescription((4,), (Dense(3), Dropout(0.5), Dense(2))), "dropout"),
         (ModelDescription((4,), (Dense(3), Activation("softmax"), Dense(2))), "element-wise"),
         (ModelDescription((4,), (BatchNorm(),)), "no Dense"),

@@ -93,3 +93,27 @@ def test_many_groups_take_the_xla_path_and_equal_one_group_at_a_time():
         alone = trainer.train([task])[0]
         for a, b in zip(got, alone):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_large_call_of_few_groups_is_compiled_and_equals_the_op_by_op_loop(monkeypatch):
+    """Two paper-mlp groups of 13 steps (≈ 2 GFLOP) reach XLA_MIN_FLOPS: the call is compiled,
+    and each group's result equals the op-by-op loop's."""
+    import slicenet.fused as fused
+
+    desc = paper_mlp_description()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(900, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 900)
+    trainer = FusedTrainer(desc, x, y)
+    tasks = [TrainTask(tuple(perturbed_init(trainer, rng)),
+                       make_batches(np.arange(400 * g, 400 * g + 416), epochs=1, batch_size=32,
+                                    rng=rng), 0.05) for g in range(2)]
+    assert trainer.flops_per_sample * 32 * 26 >= fused.XLA_MIN_FLOPS
+    compiled = trainer.train(tasks)
+    assert trainer._train_xla.experimental_get_tracing_count() == 1
+    monkeypatch.setattr(fused, "XLA_MIN_FLOPS", float("inf"))
+    loop = trainer.train(tasks)
+    assert trainer._train_fn.experimental_get_tracing_count() == 1
+    for a_list, b_list in zip(compiled, loop):
+        for a, b in zip(a_list, b_list):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)

@@ -115,11 +115,11 @@ def _rng_from_state(st: tuple) -> np.random.Generator:
 
 def build_centralized(ctx) -> dict:
     """The centralized baseline: the server trains on the union of the devices' data; with the
-    paper's network (``slicenet.model = 'paper-mlp'`` or ``slicenet.batchnorm``) it is C-SGD,
+    paper's network (``slicenet.model`` not ``'config'``, or ``slicenet.batchnorm``) it is C-SGD,
     the Crowdlearning network, trainer, learning rate and batch size on one node holding every
     sample."""
     cfg, f = ctx.config, ctx.config.fedavg
-    if cfg.slicenet.model == "paper-mlp" or cfg.slicenet.batchnorm:
+    if cfg.slicenet.model != "config" or cfg.slicenet.batchnorm:
         return crowdlearning_build.build(ctx, central=True)
     union = np.sort(np.concatenate(ctx.parts))
     return {SERVER: CentralizedTrainer(SERVER, ctx.spec, ctx.init_weights, union,

@@ -8,7 +8,7 @@ import numpy as np
 from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.protocols.crowdlearning import machines as sp
 
-__all__ = ["build", "build_ssgd", "runners", "summary"]
+__all__ = ["build", "build_ssgd", "model_description", "runners", "summary"]
 
 SERVER = sp.SERVER
 
@@ -17,7 +17,8 @@ def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
     """Crowdlearning groups (or, ``alone``, S-SGD: every device its own group; ``central``,
     C-SGD: one group of one node that holds all the training data)."""
     from slicenet.fused import FusedTrainer
-    from slicenet.graph import paper_mlp_description
+    from slicenet.layout import is_convolutional
+    from slicenet.ownership import SliceLayout
     from slicenet.partition import partition as slice_partition
 
     cfg, sc = ctx.config, ctx.config.slicenet
@@ -39,24 +40,24 @@ def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
     for k, d in enumerate(order[g * n:]):         # leftovers join groups round-robin [ours]
         groups[k % g].append(d)
     ds = ctx.dataset
-    if sc.model == "paper-mlp":
-        desc = paper_mlp_description()
-    else:
-        desc = sp.description_for(cfg.model.hidden, ds.num_features, ds.num_classes,
-                                  activation=cfg.model.activation, batchnorm=sc.batchnorm)
+    desc = model_description(cfg, ds)
     # the fused path: every group's network trained together, BatchNorm included
     key = ("fused", desc, ds.name, cfg.data.path, cfg.seed, ds.x_train.shape)
     trainer = ctx.cached(key, lambda: FusedTrainer(desc, ds.x_train, ds.y_train))
     init = trainer.init_weights(ctx.rngs["model"])
     ctx.extra.update(trainer=trainer, desc=desc)
+    conv = is_convolutional(desc)
     if pieces:
         graph = desc.graph()
         plan = slice_partition(graph, pieces, method=sc.strategy, objective=sc.objective,
                                seed=cfg.seed)
-        layout = sp.layout_from_plan(desc, graph, plan)
+        # convolutional models: channel-granularity ownership (slicenet.ownership), same
+        # interface as the dense Layout
+        layout = SliceLayout(desc, graph, plan.assignment, len(plan.pieces)) if conv else \
+            sp.layout_from_plan(desc, graph, plan)
         ctx.extra["plan"] = plan
     else:
-        layout = sp.whole_model_layout(desc)
+        layout = SliceLayout(desc, None, None, 0) if conv else sp.whole_model_layout(desc)
     params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
                             tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
                             peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
@@ -83,6 +84,34 @@ def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
     return machines
 
 
+def model_description(cfg, ds):
+    """The network ``slicenet.model`` names: the paper's MLP, the paper's CNN on the dataset's
+    image shape (28×28×1 for Fashion-MNIST), a Keras file, or the ``[model]`` MLP."""
+    from slicenet.graph import paper_cnn_description, paper_mlp_description
+    from slicenet.keras_io import load_keras
+
+    sc = cfg.slicenet
+    if sc.model == "paper-mlp":
+        return paper_mlp_description()
+    if sc.model == "paper-cnn":
+        return paper_cnn_description(input_shape=ds.image_shape)
+    if sc.model != "config":
+        from crowdlearn.errors import ConfigError
+
+        desc = load_keras(sc.model)
+        units = [lay for lay in desc.layers if hasattr(lay, "units")]
+        if int(np.prod(desc.input_shape)) != ds.num_features or \
+                (units and units[-1].units != ds.num_classes):
+            raise ConfigError(
+                f"slicenet.model: {sc.model} takes inputs {desc.input_shape} and gives "
+                f"{units[-1].units if units else '?'} outputs; the dataset {ds.name!r} has "
+                f"{ds.num_features} features (images {ds.image_shape}) and {ds.num_classes} "
+                "classes")
+        return desc
+    return sp.description_for(cfg.model.hidden, ds.num_features, ds.num_classes,
+                              activation=cfg.model.activation, batchnorm=sc.batchnorm)
+
+
 def build_ssgd(ctx) -> dict:
     """S-SGD: every device its own group (no slicing, no collaboration inside a group)."""
     return build(ctx, alone=True)
@@ -98,9 +127,14 @@ def runners(sim) -> dict:
 
 
 def summary(sim) -> dict:
-    """The plan's balance and traffic per sample (when the model is sliced)."""
+    """The parameters of the network trained (not the ``[model]`` MLP's), the plan's balance
+    and traffic per sample (when the model is sliced)."""
+    out: dict = {}
+    layout = sim.ctx.extra.get("layout")
+    if layout is not None:
+        out["model_params"] = int(layout.num_params)
     plan = sim.ctx.extra.get("plan")
-    if plan is None:
-        return {}
-    return {"slice_balance": float(plan.balance),
-            "slice_traffic_bytes_per_sample": int(plan.traffic_bytes_per_sample)}
+    if plan is not None:
+        out.update(slice_balance=float(plan.balance),
+                   slice_traffic_bytes_per_sample=int(plan.traffic_bytes_per_sample))
+    return out

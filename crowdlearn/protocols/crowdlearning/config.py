@@ -37,19 +37,36 @@ CONFIG_SECTION = {
     "batch_size": Key(int, 32, "Mini-batch size of intra-group SGD.", min=1),
     "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
     "model": Key(str, "config", "'config': the [model] MLP; 'paper-mlp': the paper's "
-                 "784-400-200-100-10 with BatchNorm (needs 784 features, 10 classes).",
-                 choices=("config", "paper-mlp")),
+                 "784-400-200-100-10 with BatchNorm (needs 784 features, 10 classes); "
+                 "'paper-cnn': the paper's CNN (conv 5x5 64 - pool - conv 5x5 128 - pool - "
+                 "128 - 64 - classes) on the dataset's images, sliced by feature map; or a "
+                 "path to a .keras/.h5 file (a chain of Conv2D, MaxPooling2D, Flatten, Dense, "
+                 "BatchNormalization, Activation layers ending in a Dense layer)."),
     "batchnorm": Key(bool, False, "Add BatchNorm (input and before every activation) to "
                      "the [model] MLP, as in the paper's network."),
 }
 
 
+MODELS = ("config", "paper-mlp", "paper-cnn")
+
+
 def check_paper_mlp(v: dict) -> list[str]:
-    """``slicenet.model = 'paper-mlp'`` needs Fashion-MNIST (crowdlearning, ssgd, and the
-    centralized baseline, which then trains the paper's network: C-SGD)."""
-    if v["slicenet"]["model"] == "paper-mlp" and v["data"]["dataset"] != "fashion_mnist":
-        return ["slicenet.model: 'paper-mlp' takes 28x28 inputs and 10 classes; use dataset "
+    """``slicenet.model``: a preset that fits the dataset, or a readable Keras file
+    (crowdlearning, ssgd, and the centralized baseline, which then trains that network:
+    C-SGD)."""
+    import os
+
+    model, dataset = v["slicenet"]["model"], v["data"]["dataset"]
+    if model in ("paper-mlp", "paper-cnn") and dataset != "fashion_mnist":
+        return [f"slicenet.model: {model!r} takes 28x28 images and 10 classes; use dataset "
                 "'fashion_mnist' (or model 'config')"]
+    if model not in MODELS:
+        if not model.endswith((".keras", ".h5")):
+            return [f"slicenet.model: {model!r} is neither one of {', '.join(MODELS)} nor a "
+                    "path to a .keras or .h5 file"]
+        if not os.path.isfile(model):
+            return [f"slicenet.model: no Keras model file at {model!r}; give an existing "
+                    ".keras/.h5 path (relative paths start at the working directory)"]
     return []
 
 
@@ -62,8 +79,10 @@ def check_ssgd(v: dict) -> list[str]:
     if v["training"]["backend"] != "batched":
         problems.append(f"training.backend: {protocol} always trains on its fused batched "
                         f"path; remove training.backend = {v['training']['backend']!r}")
-    if v["model"]["arch"] != "mlp":
-        problems.append(f"model.arch: {protocol} slices dense models; use arch = 'mlp'")
+    if v["model"]["arch"] != "mlp" and v["slicenet"]["model"] == "config":
+        problems.append(f"model.arch: {protocol} slices the [model] section's MLP only; use "
+                        "arch = 'mlp', or a convolutional network with slicenet.model = "
+                        "'paper-cnn' or a Keras file")
     return problems
 
 

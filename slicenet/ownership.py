@@ -1,0 +1,195 @@
+"""Who owns every parameter of a sliced model, what owners send each other, and their share of the
+compute (pure: numpy only) -- for any model SliceNet executes, convolutional ones included.
+
+:class:`SliceLayout` has the interface the Crowdlearning machines read from a layout
+(``owner``, ``flat_owner``, ``flat_trainable``, ``offsets``, ``shapes``, ``num_params``,
+``params_per_owner``, ``pair_floats``, ``hidden_layers``, ``num_outputs``,
+``train_flops_per_sample``, :meth:`~SliceLayout.owned_flat`, :meth:`~SliceLayout.flops_share`).
+Ownership is the source ownership of :mod:`slicenet.convnet` (channel granularity on
+convolutions): a hidden channel or neuron owns its bias, its batch-norm parameters (per channel
+on a map; after ``Flatten``, the features it produces) and the weights of the next layer that read
+it; the dominator owns the input side, the input → hidden-1 kernel, the output bias and what
+follows the output layer.
+
+``pair_floats[a + 1, b + 1]`` (row and column 0 the dominator) is what owner ``a`` sends owner
+``b`` per training sample, forward partial sums plus backward errors, derived from the cost graph
+exactly as :func:`slicenet.graph.traffic_per_sample` (its totals).
+
+**[ours]** Compute share: each kernel entry stands for the multiply-adds it takes part in per
+sample (1 for a dense weight, the ``H'·W'`` output positions for a convolution weight), and an
+owner's share of a training step is its share of those multiply-adds (for a dense model this is
+the share of kernel weights).  ``train_flops_per_sample`` is 3 × the forward FLOPs: 2 per
+multiply-add, 1 per bias and activation output, 4 per batch-norm output, 1 per pooled input.
+
+Examples
+--------
+>>> from slicenet.graph import paper_cnn_description
+>>> from slicenet.partition import partition
+>>> desc = paper_cnn_description(input_shape=(28, 28, 1))
+>>> g = desc.graph()
+>>> plan = partition(g, 4, method="contiguous")
+>>> lay = SliceLayout(desc, g, plan.assignment, 4)
+>>> int(lay.pair_floats.sum()) == g.traffic(plan.assignment).floats
+True
+>>> round(lay.flops_share([-1]), 3)    # the dominator: the first convolution
+0.064
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from slicenet.errors import UserError
+from slicenet.layout import DOMINATOR, ConvStage, _out_len, conv_program
+
+__all__ = ["SliceLayout"]
+
+
+def _feature_owner(st: ConvStage, channel_owner: np.ndarray) -> np.ndarray:
+    """Owner of every feature of ``st``'s (possibly flattened) output."""
+    if st.kind == "conv" and len(st.out_shape) == 1:
+        return channel_owner[np.arange(st.out_shape[0]) % st.channels]
+    return channel_owner
+
+
+class SliceLayout:
+    """Ownership, traffic and compute shares of a model under a plan (see the module docstring).
+
+    Parameters
+    ----------
+    desc : ModelDescription
+    graph : CostGraph or None
+        The cost graph ``assignment`` refers to; None with ``pieces = 0`` (no slicing: the
+        dominator owns everything, as in S-SGD and C-SGD).
+    assignment : array of int or None
+        Piece of every vertex of ``graph``.
+    pieces : int
+    """
+
+    def __init__(self, desc, graph, assignment: Any, pieces: int) -> None:
+        prog = conv_program(desc)
+        self.desc = desc
+        self.pieces = int(pieces)
+        self.specs = prog.specs
+        hidden = prog.hidden
+        self.hidden_layers = len(hidden)
+        self.num_outputs = prog.output.channels
+        channel_owner: list[np.ndarray] = []
+        if self.pieces == 0:
+            channel_owner = [np.full(st.channels, DOMINATOR, np.int64) for st in hidden]
+            a = None
+        else:
+            a = np.asarray(assignment, np.int64)
+            if graph is None or a.shape != (graph.num_vertices,):
+                raise UserError("a sliced layout needs the cost graph and one piece per vertex")
+            if tuple(graph.layer_sizes) != tuple(st.channels for st in hidden):
+                raise UserError(f"the graph's hidden layers {tuple(graph.layer_sizes)} do not "
+                                "match the model's")
+            for li in range(len(hidden)):
+                sl = graph.layer_slice(li)
+                channel_owner.append(np.repeat(a[sl], graph.size[sl]))
+        owner = [np.full(s.shape, DOMINATOR, np.int64) for s in self.specs]
+        macs = [np.zeros(s.shape, np.int64) for s in self.specs]
+        for si, st in enumerate(prog.stages):
+            macs[st.kernel][...] = int(np.prod(st.z_shape[:-1])) if st.kind == "conv" else 1
+            if si == len(hidden):
+                continue
+            co = channel_owner[si]
+            if st.bias is not None:
+                owner[st.bias][...] = co
+            flat = False
+            for op in st.post:
+                if op.kind == "flatten":
+                    flat = True
+                elif op.kind == "bn":
+                    per = _feature_owner(st, co) if flat else co
+                    for j in range(4):
+                        owner[op.w + j][...] = per
+            nxt = prog.stages[si + 1]
+            if nxt.kind == "conv":
+                owner[nxt.kernel][...] = co[None, None, :, None]
+            else:
+                owner[nxt.kernel][...] = _feature_owner(st, co)[:, None]
+        self.owner = owner
+        self.shapes = [s.shape for s in self.specs]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
+        self.flat_trainable = np.concatenate([np.full(s.shape, s.trainable).reshape(-1)
+                                              for s in self.specs])
+        self.num_params = int(self.offsets[-1])
+        self._owned: dict = {}
+        self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
+        flat_macs = np.concatenate([m.reshape(-1) for m in macs])
+        self.macs_per_owner = np.bincount(self.flat_owner + 1, weights=flat_macs,
+                                          minlength=self.pieces + 1)
+        self.pair_floats = self._traffic(graph, a)
+        self.train_flops_per_sample = 3 * self._forward_flops(prog, int(flat_macs.sum()))
+
+    def _traffic(self, graph, a) -> np.ndarray:
+        n = self.pieces
+        t = np.zeros((n + 1, n + 1), np.int64)
+        if a is None or not self.hidden_layers:
+            return t
+        ps, pt = a[graph.edge_src], a[graph.edge_dst]
+        foreign = ps != pt
+        key = np.unique(graph.edge_dst[foreign] * n + ps[foreign])
+        tgt, src = key // n, key % n
+        u = graph.units[tgt]
+        np.add.at(t, (src + 1, a[tgt] + 1), u)      # partial sums forward
+        np.add.at(t, (a[tgt] + 1, src + 1), u)      # errors back
+        h1 = graph.layer == 0
+        np.add.at(t, (0, a[h1] + 1), graph.units[h1])
+        np.add.at(t, (a[h1] + 1, 0), graph.units[h1])
+        for q in np.unique(a[graph.layer == graph.num_layers - 1]):
+            t[q + 1, 0] += graph.output_units
+            t[0, q + 1] += graph.output_units
+        return t
+
+    @staticmethod
+    def _forward_flops(prog, macs: int) -> int:
+        flops = 2 * macs
+        shape = prog.input_shape
+
+        def ops(ops_, shape):
+            f = 0
+            for op in ops_:
+                size = int(np.prod(shape))
+                if op.kind == "bn":
+                    f += 4 * size
+                elif op.kind == "act":
+                    f += size
+                elif op.kind == "pool":
+                    f += size
+                    shape = tuple(_out_len(shape[i], op.pool[i], op.strides[i], op.padding, "")
+                                  for i in (0, 1)) + (shape[2],)
+                elif op.kind == "flatten":
+                    shape = (size,)
+            return f
+
+        flops += ops(prog.pre, shape)
+        for st in prog.stages:
+            size = int(np.prod(st.z_shape))
+            flops += size if st.bias is not None else 0
+            flops += ops(st.post, st.z_shape)
+        return int(flops)
+
+    def owned_flat(self, owners: Sequence[int], *, trainable: bool = False) -> np.ndarray:
+        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``); only the
+        trainable ones if ``trainable``."""
+        key = (tuple(sorted(int(o) for o in owners)), bool(trainable))
+        hit = self._owned.get(key)
+        if hit is None:       # asked for every pass, hand-over and upload: computed once
+            mine = np.isin(self.flat_owner, np.asarray(key[0], np.int64))
+            hit = np.flatnonzero(mine & self.flat_trainable if trainable else mine)
+            hit.setflags(write=False)
+            self._owned[key] = hit
+        return hit
+
+    def flops_share(self, owners: Sequence[int]) -> float:
+        """Fraction of a training step's multiply-adds done by ``owners`` (module docstring)."""
+        total = float(self.macs_per_owner.sum())
+        return sum(float(self.macs_per_owner[o + 1]) for o in owners) / total if total else 0.0
