@@ -294,7 +294,7 @@ def _get(view: memoryview, pos: int, depth: int, max_depth: int) -> tuple[Any, i
                     from exc
         if code == 0x62:
             return bytes(raw), pos
-        if depth >= max_depth:
+        if depth + 1 >= max_depth:    # the enclosing message is a level too, as a list is
             raise WireError(f"malformed message: nested deeper than {max_depth}")
         return _decode_view(raw, depth + 1, max_depth), pos
     if code == 0x61:      # a

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -176,6 +176,8 @@ def _nested_messages(depth: int, pad: int) -> bytes:
 
 @settings(max_examples=30, deadline=None)
 @given(depth=st.integers(1, 5000))
+@example(depth=32)     # the deepest accepted, and the first refused: lists and messages
+@example(depth=33)     # count alike (messages nested 33 deep once slipped through)
 def test_deep_nesting_is_capped(depth):
     for data in (_nested_lists(depth), _nested_messages(min(depth, 2000), 1)):
         if depth <= wire.MAX_DEPTH:
