@@ -101,3 +101,42 @@ def test_handover_payloads_carry_the_senders_real_weights(run):
         assert np.abs(values).sum() > 0
         checked += 1
     assert checked >= 4
+
+
+def test_the_follower_view_reads_the_dominators_sums_and_labels_off_delivered_payloads():
+    """The attack view of a follower, fed by the messages delivered to it in a SimPy run: the
+    weighted sums it opens are x·W1[:, P] of the dominator's batches, and the output errors
+    give away every label (docs/experiments/privacy_attacks.md, section 5)."""
+    from crowdlearn.privacy.attacks.views import SliceNetFollowerView, attach
+    from crowdlearn.privacy.attacks.views import labels_from_output_errors
+
+    cfg = small_config(**{**CFG, "slicenet.deterministic_keys": False,
+                          "model.hidden": [24]})
+    sim = Simulation(cfg)
+    jobs = []
+    submit = sim.executor.submit
+    sim.executor.submit = lambda job: (jobs.append(job), submit(job))[1]
+    follower = sim.ctx.extra["groups"][0][1]
+    lay = sim.ctx.extra["layout"]
+    view = SliceNetFollowerView(node=follower, layout=lay, batch_size=cfg.slicenet.batch_size)
+    attach(sim, view)
+    sim.run()
+    doms = {j.key: j for j in jobs if j.batches is not None}
+    x = np.asarray(sim.dataset.x_train, np.float64).reshape(len(sim.dataset.x_train), -1)
+    y = np.asarray(sim.dataset.y_train)
+    d, h1 = lay.shapes[0]
+    checked = 0
+    for (attempt, src) in list(view.payloads):
+        dom = doms.get((0, attempt))
+        if dom is None or dom.node != src:
+            continue                          # another follower's partial sums
+        got = view.sums_from(src, attempt)
+        w1 = sp._arr(dom.parts[0][2])[:d * h1].reshape(d, h1).astype(np.float64)
+        rows = dom.batches[0][dom.batches[0] >= 0]
+        np.testing.assert_allclose(got["z"][0], x[rows] @ w1[:, got["units"]],
+                                   rtol=1e-4, atol=1e-5)
+        labels = np.concatenate([labels_from_output_errors(e) for e in got["errors"]])
+        order = np.concatenate([b[b >= 0] for b in dom.batches])
+        np.testing.assert_array_equal(labels, y[order])
+        checked += 1
+    assert checked >= 2
