@@ -46,8 +46,8 @@ from sim.machine import (
     TimerFired,
 )
 from sim.monitor import Monitor
-from sim.parts import PartsBoard
 from sim.network import Network
+from sim.parts import PartsBoard
 from sim.profiles import DeviceProfile, FleetProfiles
 
 

@@ -59,7 +59,6 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-
 from sim.parts import PartsBoard
 
 __all__ = ["Wire"]

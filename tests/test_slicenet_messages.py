@@ -107,8 +107,11 @@ def test_the_follower_view_reads_the_dominators_sums_and_labels_off_delivered_pa
     """The attack view of a follower, fed by the messages delivered to it in a SimPy run: the
     weighted sums it opens are x·W1[:, P] of the dominator's batches, and the output errors
     give away every label (docs/experiments/privacy_attacks.md, section 5)."""
-    from crowdlearn.privacy.attacks.views import SliceNetFollowerView, attach
-    from crowdlearn.privacy.attacks.views import labels_from_output_errors
+    from crowdlearn.privacy.attacks.views import (
+        SliceNetFollowerView,
+        attach,
+        labels_from_output_errors,
+    )
 
     cfg = small_config(**{**CFG, "slicenet.deterministic_keys": False,
                           "model.hidden": [24]})

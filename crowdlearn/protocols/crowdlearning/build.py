@@ -130,7 +130,7 @@ def run_passes(jobs, trainer, replay=None) -> list:
     results = trainer.train(tasks, with_abs_grad=True)
     out: list = [None] * len(jobs)
     n = len(shapes)
-    for (key, members), res, record in zip(passes.items(), results, records, strict=True):
+    for members, res, record in zip(passes.values(), results, records, strict=True):
         new = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[:n]])
         acc = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[n:]])
         for i in members:

@@ -1121,10 +1121,10 @@ class SliceDevice(Machine):
             header = Header(kind, p.group, p.attempt, owner)
             roster = [d for d in self.ring.peers() if d != self.server and d != self.node_id]
             values, acc = self.held[owner], tuple(self.acc.get(owner, ()))
+            n = len(self.layout.owned_flat([owner], trainable=True))
             # the real weights and their |gradient| sums, encrypted when the message is encoded
             payload = Sealed.of_arrays(
-                self.ring, dst, header, lambda v=values, a=acc, n=len(
-                    self.layout.owned_flat([owner], trainable=True)): [_arr(v), _acc_sum(a, n)],
+                self.ring, dst, header, lambda v=values, a=acc, n=n: [_arr(v), _acc_sum(a, n)],
                 nbytes, roster=roster, contents=(values, acc))
         else:
             # this pass's real boundary tensors from this device to ``dst`` (forward partial
