@@ -655,6 +655,11 @@ member is dominator once per epoch, so every follower gets it without colluding 
 |gradient|, which the dominator uploads at the end of the epoch (θ = 0.5), the rest taken as 0.
 *labels*: backpropagation sends the output errors `softmax − onehot(y)` of every sample back
 through the pieces, so the follower also receives them; their argmin is the label, exactly.
+*run's payload* (issue 8): the same attack on what a follower received in a real Crowdlearning
+run (one epoch, groups of 5, METIS, four pieces, devices of about 256 samples): the follower
+holding piece 0 in group 0's first pass opens the sealed boundary payload the dominator sent it
+(`SliceNetFollowerView` fed by the delivered messages: the pass's real sums and errors, batch by
+batch), with the dominator's `W1` after that pass.
 **Not modelled:** input BatchNorm -- with it the follower's sums are `BN(x)·W1_P` with batch
 statistics it does not hold, and the view above equals the real message only without it.
 """)
