@@ -143,3 +143,63 @@ def test_the_follower_view_reads_the_dominators_sums_and_labels_off_delivered_pa
         np.testing.assert_array_equal(labels, y[order])
         checked += 1
     assert checked >= 2
+
+
+# ---------------------------------------------------------------- the executor's collectives
+class _Part:
+    """A part of a collective computation: runs with the other parts of ``key``, starting from
+    ``inputs`` (values or other jobs' deferred results)."""
+
+    kind = "sum"
+
+    def __init__(self, key, need, x, inputs=()):
+        self.collective, self.need, self.x, self.inputs = key, need, x, tuple(inputs)
+        self.result_shapes = [()]
+
+    @staticmethod
+    def collective_complete(jobs):
+        return len(jobs) == jobs[0].need
+
+    def deferred_inputs(self):
+        return list(self.inputs)
+
+
+def _sum_runner(calls):
+    def run(jobs):
+        calls.append(len(jobs))
+        totals = {}
+        for j in jobs:
+            totals[j.collective] = totals.get(j.collective, 0) + j.x + sum(
+                float(d[0]) for d in j.inputs)
+        return [[totals[j.collective]] for j in jobs]
+    return run
+
+
+def test_a_collective_runs_only_with_all_its_parts_and_every_ready_one_in_one_batch():
+    from crowdlearn.training.jobs import Executor
+
+    calls = []
+    ex = Executor({"sum": _sum_runner(calls)}, deferred_kinds=("sum",))
+    a = ex.submit(_Part("p", 2, 1.0))
+    with pytest.raises(RuntimeError, match="never run"):
+        ex.result(a)                             # its other part has not arrived
+    b = ex.submit(_Part("p", 2, 2.0))
+    c = ex.submit(_Part("q", 1, 5.0))
+    assert ex.result(a) == [3.0] and ex.result(b) == [3.0] and ex.result(c) == [5.0]
+    assert calls == [3]                          # both collectives in one batch
+    # a job starting from two deferred results runs after both
+    d1, d2 = ex.deferred(a), ex.deferred(c)
+    e = ex.submit(_Part("r", 1, 0.0, [d1, d2]))
+    assert ex.result(e) == [8.0] and calls == [3, 1]
+
+
+def test_a_cancelled_part_abandons_its_collective():
+    from crowdlearn.training.jobs import Executor
+
+    ex = Executor({"sum": _sum_runner([])}, deferred_kinds=("sum",))
+    a = ex.submit(_Part("p", 2, 1.0))
+    b = ex.submit(_Part("p", 2, 2.0))
+    ex.cancel(b)
+    assert ex.abandoned(a) and ex.abandoned(b)
+    with pytest.raises(RuntimeError, match="never run"):
+        ex.result(a)
