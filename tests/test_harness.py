@@ -85,7 +85,8 @@ def test_machines_driven_over_the_in_memory_wire_report_the_simpy_runs_models(na
         # wire does not reproduce (69 relayed hand-overs here against 64 under SimPy; every
         # other kind has the same count): the same message kinds only
         assert {"KeyAnnounce", "KeyDirectory", "PassPlan", "Relayed"} <= kinds.keys()
-        # the boundary payloads were encoded with the pass's real tensors, not zeros
+        # the boundary payloads crossed as ciphertext (their real contents are checked in
+        # tests/test_slicenet_messages.py)
         sealed = [m.payload for _, _, m, _ in w.sent
                   if type(m).__name__ == "Relayed" and m.kind == "boundary"]
         assert sealed and all(isinstance(p, bytes) for p in sealed)
