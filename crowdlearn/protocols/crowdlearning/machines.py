@@ -1357,6 +1357,9 @@ class SliceDevice(Machine):
             top.sort()
         else:
             top = idx[:0]
+        # the epoch is over: hold plain arrays, so that a deferred result does not keep every
+        # pass of the run alive through the chain of jobs that produced it
+        self.held = {o: _arr(v) for o, v in self.held.items()}
         flat = self._flat(m.owners)
         self.share_owners = {m.epoch: tuple(m.owners)}
         # the server answers the upload with this member's download
