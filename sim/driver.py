@@ -47,6 +47,7 @@ from sim.machine import (
 )
 from sim.monitor import Monitor
 from sim.network import Network
+from sim.parts import PartsBoard
 from sim.profiles import DeviceProfile, FleetProfiles
 
 
@@ -419,6 +420,7 @@ class Driver:
         self.machines = machines if isinstance(machines, LazyMachines) else dict(machines)
         self.executor = executor
         self.monitor = monitor
+        self.parts = PartsBoard()       # models reported in parts, joined before the monitor
         self.availability = availability or AlwaysOn()
         self.faults = faults
         self.rng = rng
@@ -570,7 +572,7 @@ class Driver:
             elif isinstance(eff, CancelJob):
                 self._cancel_job(node, eff.job_id)
             elif isinstance(eff, Report):
-                self.monitor.on_report(node, eff, self.env.now)
+                self.monitor.on_report(node, self.parts.see(eff), self.env.now)
             elif isinstance(eff, Halt):
                 if not self.halted.triggered:
                     self.halted.succeed()

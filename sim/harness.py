@@ -59,6 +59,7 @@ from sim.machine import (
     Start,
     TimerFired,
 )
+from sim.parts import PartsBoard
 
 __all__ = ["Wire"]
 
@@ -108,6 +109,8 @@ class Wire:
         self._seq = itertools.count()
         self._timers: dict[NodeId, float] = {}
         self._jobs: dict[tuple[NodeId, Any], Any] = {}
+        self._unsent: list[tuple[NodeId, Send]] = []     # deferred values not computed yet
+        self._parts = PartsBoard()        # models reported in parts (sim.parts)
 
     # ------------------------------------------------------------------ driving
     def start(self) -> None:
@@ -131,6 +134,10 @@ class Wire:
             t_event = self._queue[0][0] if self._queue else math.inf
             node_t = min(self._timers.items(), key=lambda kv: kv[1], default=(None, math.inf))
             t = min(t_event, node_t[1])
+            if t == math.inf and self._unsent:
+                raise RuntimeError(f"{len(self._unsent)} messages carry values that are never "
+                                   f"computed (first: {type(self._unsent[0][1].message).__name__} "
+                                   f"from {self._unsent[0][0]!r})")
             if t == math.inf or t > until:
                 return self.halted
             self.now = max(self.now, t)
@@ -143,6 +150,10 @@ class Wire:
                     self._job_done(node, *event)
                 elif node not in self.offline:
                     self.deliver(node, event)
+            if self._unsent:           # try again: other machines' jobs may have arrived
+                unsent, self._unsent = self._unsent, []
+                for src, eff in unsent:
+                    self._apply(src, eff)
         raise RuntimeError(f"no Halt after {max_events} events")
 
     def lose(self, node: NodeId) -> None:
@@ -172,7 +183,12 @@ class Wire:
         if isinstance(eff, Send):
             if node in self.offline or eff.dst in self.offline or eff.dst not in self.machines:
                 return
-            data = wire.encode(eff.message)
+            try:
+                data = wire.encode(eff.message)
+            except wire.NotReady as exc:             # sent once its value is computed
+                if not exc.never:
+                    self._unsent.append((node, eff))
+                return
             msg = wire.decode(data)                  # what crosses is bytes
             self.sent.append((node, eff.dst, msg, len(data)))
             self._later(self.now + self.latency, eff.dst, Received(node, msg))
@@ -187,7 +203,7 @@ class Wire:
             if handle is not None:
                 self.executor.cancel(handle)
         elif isinstance(eff, Report):
-            self.reports.append((node, eff))
+            self.reports.append((node, self._parts.see(eff)))
         elif isinstance(eff, Halt):
             self.halted = True
         else:

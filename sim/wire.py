@@ -34,7 +34,7 @@ import numpy as np
 
 from slicenet.errors import UserError
 
-__all__ = ["MAX_DEPTH", "WireError", "decode", "encode", "message", "size"]
+__all__ = ["MAX_DEPTH", "NotReady", "WireError", "decode", "encode", "message", "size"]
 
 
 
@@ -42,6 +42,18 @@ class WireError(UserError, ValueError):
     """Bytes that are not a valid message: :func:`decode` raises this, and only this, for every
     malformed input.  Inside a protocol it means "the peer misbehaved": the receiver records it
     and drops the message.  (A ``ValueError`` too, for older callers.)"""
+
+
+class NotReady(Exception):
+    """Raised while encoding a message that carries a deferred value not computed yet (a
+    job's result the executor cannot produce until other machines' jobs arrive).  A runtime
+    that sends real bytes keeps the message and encodes it again later, as a device would send
+    it once its computation is done; ``never``: the computation was abandoned (its job was
+    cancelled), so the message is dropped, as the device would never send it."""
+
+    def __init__(self, what: str, *, never: bool = False):
+        super().__init__(what)
+        self.never = never
 
 
 #: lists and messages nested deeper than this are rejected by :func:`decode`

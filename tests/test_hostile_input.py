@@ -14,7 +14,6 @@ from crowdlearn.protocols.validate import check_sparse
 from slicenet.partition import partition
 from crowdlearn.protocols.crowdlearning.machines import (
     Download,
-    FusedGroups,
     KeyAnnounce,
     PassDone,
     PassPlan,
@@ -47,10 +46,10 @@ def crowd_server():
     graph = desc.graph()
     lay = layout_from_plan(desc, graph, partition(graph, 2, method="contiguous"))
     rng = np.random.default_rng(0)
-    fused = FusedGroups([rng.normal(size=s).astype(np.float32) for s in lay.shapes], 1)
+    weights = [rng.normal(size=s).astype(np.float32) for s in lay.shapes]
     s = SlicingServer("server", lay, [list(MEMBERS)], SliceParams(epochs=2, group_size=3,
                                                                   pieces=2, tau=0.0),
-                      fused, data_sizes={d: 10 for d in MEMBERS},
+                      weights, data_sizes={d: 10 for d in MEMBERS},
                       latency={d: 0.0 for d in MEMBERS}, ring=KeyRing("server"), rng=rng)
     for d in MEMBERS:
         s.handle(PeerJoined(d), 0.0)
@@ -76,7 +75,7 @@ def to_share_phase(s, eff):
 
 def state(s):
     return (s.window.values.copy(), s.window.ticks.copy(),
-            [np.array(a) for a in s.fused.state[0]])
+            s.initial.copy())
 
 
 def assert_unchanged(s, before):
@@ -160,29 +159,27 @@ def test_device_applies_only_downloads_of_what_it_owns():
     graph = desc.graph()
     lay = layout_from_plan(desc, graph, partition(graph, 2, method="contiguous"))
     rng = np.random.default_rng(0)
-    fused = FusedGroups([rng.normal(size=s).astype(np.float32) for s in lay.shapes], 1)
-    fused.acc[0] = [[np.ones(s, np.float32) for s in lay.shapes]]
-    dev = SliceDevice(5, lay, fused, 0, np.arange(4), SliceParams(epochs=1, group_size=3,
-                                                                  pieces=2),
+    dev = SliceDevice(5, lay, 0, np.arange(4), SliceParams(epochs=1, group_size=3, pieces=2),
                       ring=KeyRing(5), rng=rng)
-    dev.handle(Received("server", ShareRequest(0, 0, (1,))), 0.0)
     owned = lay.owned_flat([1])
+    dev.hold(1, rng.normal(size=len(owned)).astype(np.float32),
+             [np.ones(len(lay.owned_flat([1], trainable=True)), np.float32)])
+    dev.handle(Received("server", ShareRequest(0, 0, (1,))), 0.0)
     foreign = np.setdiff1d(np.arange(lay.num_params), owned)
-    before = [a.copy() for a in fused.weights(0)]
+    before = [dev.held[1].copy()]
     for idx, val in (([-1], [1.0]), ([lay.num_params], [1.0]), ([foreign[0]], [1.0]),
                      ([owned[0]], [np.nan])):
         out = dev.handle(Received("server", Download(0, 0, np.array(idx, np.int32),
                                                      np.array(val, np.float32))), 1.0)
         assert "peer_misbehaved" in names(out)
-        for a, b in zip(before, fused.weights(0), strict=True):
+        for a, b in zip(before, [dev.held[1]], strict=True):
             np.testing.assert_array_equal(a, b)
     out = dev.handle(Received("server", Download(1, 0, owned[:1].astype(np.int32),
                                                  np.ones(1, np.float32))), 1.0)
     assert names(out) == ["peer_misbehaved"]
     dev.handle(Received("server", Download(0, 0, owned[:1].astype(np.int32),
                                            np.full(1, 7.0, np.float32))), 2.0)
-    flat = np.concatenate([a.reshape(-1) for a in fused.weights(0)])
-    assert flat[owned[0]] == 7.0
+    assert dev.held[1][0] == 7.0        # owned[0] is the first entry the device holds
 
 
 # ---------------------------------------------------------------- DSSGD server

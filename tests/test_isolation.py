@@ -2,7 +2,8 @@
 built and once with **each machine deep-copied on its own** right after construction (so no
 object, array or key ring is shared between two machines any more), and must write the same
 ``metrics.csv`` rows.  A machine that learned something through shared memory instead of a
-message would see its copy diverge."""
+message would see its copy diverge (Crowdlearning's devices hold only the weights they own
+and learn others' from hand-overs, checkpoints and downloads: issue 8, stage 4)."""
 import copy
 import json
 import math
@@ -28,9 +29,6 @@ CONFIGS = {
                           "model.hidden": [32, 16], "slicenet.group_size": 5,
                           "slicenet.peer_to_peer": True, "slicenet.deterministic_keys": True},
 }
-# Crowdlearning's machines still share the groups' weights (FusedGroups: devices write
-# fused.pending, the server commits it, reports read it) and their key rings; issue 8, stage 4
-SHARED = {"crowdlearning", "crowdlearning-p2p", "ssgd"}
 
 
 def _rows(res) -> str:
@@ -47,10 +45,7 @@ def _isolated(cfg) -> Simulation:
     return sim
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="machines share state "
-                                            "(FusedGroups, key rings): issue 8 stage 4"))
-    if n in SHARED else n for n in CONFIGS])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_each_machine_deep_copied_gives_the_same_metrics(name):
     cfg = small_config(**CONFIGS[name])
     ref = Simulation(cfg).run()

@@ -48,37 +48,40 @@ def test_a_run_whose_groups_stall_is_not_completed_and_says_which(monkeypatch):
 
 def test_a_dummy_resumes_from_the_checkpoint_it_opens_not_the_latest_state(monkeypatch):
     """Every checkpoint the server relays (the last escrowed hand-over of the piece, or the
-    initial weights the server delivered) is what the group's state holds for that piece when
-    the new holder starts; today training continued from the latest committed state, which a
-    dummy could not have."""
+    initial weights the server delivered) is what the new holder trains from: its next pass's
+    job carries exactly the values the checkpoint opens to (before issue 8 training continued
+    from the latest shared state, which a dummy could not have)."""
     cfg = crowd_config(**{"rounds": 3, "slicenet.pieces": 3, "availability.churn": 0.3,
                           "availability.churn_offline_s": 30.0})
     sim = Simulation(cfg)
-    fused, lay = sim.ctx.extra["fused"], sim.ctx.extra["layout"]
-    seen = {"checkpoints": 0, "stale": 0}
-    orig = sp.SlicingServer._launch
+    opened: dict = {}
+    seen = {"checkpoints": 0, "used": 0, "escrowed": 0}
+    orig = sp.SliceDevice.handle
 
-    def launch(self, g, now, old_holders, old_dom):
-        before = np.concatenate([a.reshape(-1) for a in fused.weights(g.gid)])
-        out = orig(self, g, now, old_holders, old_dom)
-        after = np.concatenate([a.reshape(-1) for a in fused.weights(g.gid)])
+    def handle(self, event, now):
+        m = getattr(event, "message", None)
+        if isinstance(m, sp.Relayed) and m.kind == "checkpoint":
+            owner = m.payload.header.owner
+            values = np.frombuffer(m.payload.plaintext(), np.float32)
+            opened[(self.node_id, owner)] = values[:len(self.layout.owned_flat([owner]))]
+            seen["checkpoints"] += 1
+            seen["escrowed"] += int(m.src != sp.SERVER_SRC)
+        out = orig(self, event, now)
         for e in out:
-            m = getattr(e, "message", None)
-            if isinstance(m, sp.Relayed) and m.kind == "checkpoint":
-                opened = np.frombuffer(m.payload.plaintext(), np.float32)
-                owners = [o for o in range(-1, lay.pieces) if np.array_equal(
-                    opened[:len(lay.owned_flat([o]))], after[lay.owned_flat([o])])]
-                assert owners, "the state does not hold what the checkpoint opens to"
-                idx = lay.owned_flat([owners[0]])
-                seen["checkpoints"] += 1
-                seen["stale"] += int(not np.array_equal(before[idx], after[idx]))
+            job = getattr(e, "job", None)
+            if isinstance(job, sp.SlicePassJob):
+                for owner, (_, _, values) in zip(job.owners, job.parts, strict=True):
+                    want = opened.pop((self.node_id, owner), None)
+                    if want is not None:
+                        np.testing.assert_array_equal(sp._arr(values), want)
+                        seen["used"] += 1
         return out
 
-    monkeypatch.setattr(sp.SlicingServer, "_launch", launch)
+    monkeypatch.setattr(sp.SliceDevice, "handle", handle)
     res = sim.run()
     assert res.summary["takeovers"] > 0 and res.summary["completed"]
-    # initial deliveries (4 owners x 2 groups) plus take-overs, some from an older copy
-    assert seen["checkpoints"] > 8 and seen["stale"] > 0
+    # initial deliveries (4 owners x 2 groups) plus take-overs, some from an escrowed hand-over
+    assert seen["checkpoints"] > 8 and seen["used"] > 8 and seen["escrowed"] > 0
 
 
 # ---------------------------------------------------------------- the sliding window (spec §6)

@@ -89,8 +89,9 @@ def test_crowdlearning_run_trains_groups_and_counts_relayed_traffic():
     assert acc[-1] > acc[0] and acc[-1] > 0.3
     # every byte counted is a delivered message's encoded size (nothing was cancelled here)
     assert res.summary["bytes_total"] == sum(sent)
-    # 2 groups x 5 passes x 3 epochs, batched across groups
-    assert res.summary["jobs_run"]["slice_pass"] == 30
+    # 2 groups x 5 passes x 3 epochs, each a job per participant (the dominator and 4
+    # followers), batched across groups
+    assert res.summary["jobs_run"]["slice_pass"] == 30 * 5
     assert res.summary["batches_run"]["slice_pass"] < 30
     plan = sim.ctx.extra["plan"]
     # relayed boundary traffic at least the plan's traffic per sample x samples, twice (2 hops)
@@ -149,7 +150,6 @@ def test_tau_one_and_theta_zero_both_mean_no_collaboration():
 def test_handover_payload_decrypts_to_the_pieces_real_weights():
     from crowdlearn.crypto.sealing import Header, KeyRing, SealError
     from crowdlearn.protocols.crowdlearning.machines import (
-        FusedGroups,
         KeyDirectory,
         PassPlan,
         Relay,
@@ -163,10 +163,11 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     lay = layout_from_plan(desc, graph, plan)
     rng = np.random.default_rng(0)
     weights = [rng.normal(size=s).astype(np.float32) for s in lay.shapes]
-    fused = FusedGroups(weights, 1)
     rings = {n: KeyRing(n) for n in ("server", 7, 9, 11)}
-    dev = SliceDevice(7, lay, fused, 0, np.arange(4), SliceParams(epochs=1, group_size=3,
-                                                                  pieces=2), ring=rings[7], rng=rng)
+    dev = SliceDevice(7, lay, 0, np.arange(4), SliceParams(epochs=1, group_size=3, pieces=2),
+                      ring=rings[7], rng=rng)
+    flat = np.concatenate([w.reshape(-1) for w in weights])
+    dev.hold(1, flat[lay.owned_flat([1])])     # as the server's initial checkpoint gives it
     # the server vouches for the group's cards
     dev.handle(Received("server", KeyDirectory(0, (-1, 9, 11), tuple(
         rings[n].card().to_bytes() for n in ("server", 9, 11)))), 0.0)
@@ -181,7 +182,7 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     assert len(data) == wire.size(relay)
     sealed = wire.decode(data).payload
     flat = np.concatenate([w.reshape(-1) for w in weights])
-    h = Header("handover", 0, 1)
+    h = Header("handover", 0, 1, owner=1)    # the owner is bound, not sent
     # the recipient and the other member (a future dummy) open it; the server cannot
     for n in (9, 11):
         plain = np.frombuffer(rings[n].open_escrow(7, h, sealed), np.float32)

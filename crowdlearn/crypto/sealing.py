@@ -125,11 +125,14 @@ class Header:
     kind: str
     group: int
     attempt: int
+    owner: int | None = None     # whose weights (hand-overs, checkpoints); not on the wire
 
 
 def _ad(src: str, dst: str, h: Header, seq: int) -> bytes:
-    return json.dumps(["crowdlearn-seal/v2", src, dst, h.kind, int(h.group), int(h.attempt),
-                       int(seq)]).encode()
+    fields = ["crowdlearn-seal/v2", src, dst, h.kind, int(h.group), int(h.attempt), int(seq)]
+    if h.owner is not None:        # bound, not sent: the receiver names the owner it expects
+        fields.append(int(h.owner))
+    return json.dumps(fields).encode()
 
 
 def escrow_len(nbytes: int, wraps: int) -> int:
@@ -333,11 +336,12 @@ class Sealed:
     :meth:`wire_bytes` encrypts whenever the message is encoded.
     """
 
-    __slots__ = ("ring", "dst", "header", "length", "roster", "_seqs", "_plain", "_blob")
+    __slots__ = ("ring", "dst", "header", "length", "roster", "contents", "_seqs", "_plain",
+                 "_blob")
 
     def __init__(self, ring: KeyRing, dst: Any, header: Header, length: int,
                  plaintext: bytes | Callable[[], bytes] | None, *,
-                 roster: Sequence | None = None):
+                 roster: Sequence | None = None, contents: Any = None):
         if length < 0:
             raise ValueError(f"length must be >= 0; got {length}")
         self.ring, self.dst, self.header, self.length = ring, dst, header, int(length)
@@ -346,6 +350,10 @@ class Sealed:
             [ring.reserve(m, "escrow") for m in self.roster]
         self._plain = plaintext
         self._blob: bytes | None = None
+        # what the recipient reads once it opened the payload, as values (possibly deferred,
+        # not yet computed): a simulation's receiver takes them instead of decrypting; on a
+        # real wire only the encrypted plaintext travels
+        self.contents = contents
 
     @classmethod
     def of_bytes(cls, ring: KeyRing, dst: Any, header: Header, data: bytes, *,
@@ -354,14 +362,15 @@ class Sealed:
 
     @classmethod
     def of_arrays(cls, ring: KeyRing, dst: Any, header: Header, arrays_fn: Callable[[], list],
-                  nbytes: int, *, roster: Sequence | None = None) -> Sealed:
-        """Seal float32 arrays produced lazily by ``arrays_fn`` (``nbytes`` of them in all)."""
+                  nbytes: int, *, roster: Sequence | None = None, contents: Any = None) -> Sealed:
+        """Seal float32 arrays produced lazily by ``arrays_fn`` (``nbytes`` of them in all);
+        ``contents``: the same values as the recipient will read them (see ``contents``)."""
         def plain() -> bytes:
             data = b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in arrays_fn())
             if len(data) != nbytes:
                 raise ValueError(f"sealed arrays are {len(data)} bytes, declared {nbytes}")
             return data
-        return cls(ring, dst, header, nbytes, plain, roster=roster)
+        return cls(ring, dst, header, nbytes, plain, roster=roster, contents=contents)
 
     @classmethod
     def opaque(cls, ring: KeyRing, dst: Any, header: Header, nbytes: int, *,

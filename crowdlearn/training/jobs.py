@@ -160,19 +160,31 @@ class Executor:
         self._pending: dict[str, list[Handle]] = {}
         self.batches_run: dict[str, int] = {}
         self.jobs_run: dict[str, int] = {}
+        self._broken: set = set()        # (kind, collective key) with a cancelled member
 
     def submit(self, job: Any) -> Handle:
         if job.kind not in self.runners:
             raise KeyError(f"no runner for job kind {job.kind!r}; have {sorted(self.runners)}")
         h = Handle(job)
         self._pending.setdefault(job.kind, []).append(h)
+        hook = getattr(job, "on_submit", None)
+        if hook is not None:           # a job whose messages carry its deferred values
+            hook(self, h)
         return h
 
+    def abandoned(self, h: Handle) -> bool:
+        """Whether ``h`` can never run (cancelled, or a member of its collective was)."""
+        key = _collective(h.job)
+        return h.state == "cancelled" or (key is not None and (h.job.kind, key) in self._broken)
+
     def deferred(self, h: Handle) -> Deferred:
-        """The result of ``h`` as a :class:`Deferred` (shapes taken from the job's weights)."""
-        ws = h.job.task.weights
-        shapes = ws.shapes if isinstance(ws, Deferred) else [np.shape(w) for w in ws]
-        shapes = list(shapes) * getattr(h.job, "result_copies", 1)
+        """The result of ``h`` as a :class:`Deferred` (shapes declared by the job as
+        ``result_shapes``, else taken from its start weights)."""
+        shapes = getattr(h.job, "result_shapes", None)
+        if shapes is None:
+            ws = h.job.task.weights
+            shapes = ws.shapes if isinstance(ws, Deferred) else [np.shape(w) for w in ws]
+            shapes = list(shapes) * getattr(h.job, "result_copies", 1)
         return Deferred(self, h, shapes, [np.float32] * len(shapes))
 
     def complete(self, h: Handle) -> Any:
@@ -183,44 +195,102 @@ class Executor:
     def cancel(self, h: Handle) -> None:
         if h.state == "pending":
             h.state = "cancelled"
+            key = _collective(h.job)
+            if key is not None:      # the other members of its collective can never run
+                self._broken.add((h.job.kind, key))
 
     def result(self, h: Handle) -> Any:
         """Compute (if needed) and return the result of ``h``.
 
-        Jobs may start from another job's deferred result.  Pending jobs then run in waves:
+        Jobs may start from other jobs' deferred results.  Pending jobs then run in waves:
         each wave is every pending job of the kind whose inputs are ready, in one batch, so a
         chain of dependent jobs across many devices costs one batch per link of the chain.
+        A job that declares a ``collective`` key runs only together with the other jobs of its
+        key, once its class's ``collective_complete(jobs)`` says they are all in (the parts of
+        one computation held by several machines, e.g. one Crowdlearning pass: each
+        participant's job carries the weights it holds).
         """
         if h.state == "cancelled":
             raise RuntimeError("result of a cancelled job")
         while h.state == "pending":
-            root = h
-            while (dep := _input_handle(root.job)) is not None and dep.state == "pending":
-                root = dep
-            if root is not h and _input_handle(root.job) is not None \
-                    and _input_handle(root.job).state == "cancelled":
-                raise RuntimeError("a job's input comes from a cancelled job")
-            self._run_kind(root.job.kind)
+            if not self._advance(h):
+                raise RuntimeError(f"a {h.job.kind!r} job can never run: an input or a member "
+                                   "of its collective is missing or was cancelled")
         if h.state == "cancelled":
             raise RuntimeError("result of a cancelled job")
         return h.result
 
-    def _run_kind(self, kind: str) -> None:
+    def _advance(self, h: Handle) -> bool:
+        """Run one wave that brings ``h`` closer to done; False if none can."""
+        stack, seen = [h], set()
+        while stack:
+            cur = stack.pop()
+            if id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            deps = [d for d in _input_handles(cur.job) if d.state != "done"]
+            if any(d.state == "cancelled" for d in deps):
+                raise RuntimeError("a job's input comes from a cancelled job")
+            if deps:
+                stack.extend(deps)
+                continue
+            key = _collective(cur.job)
+            if key is not None:
+                mates = [m for m in self._pending.get(cur.job.kind, ())
+                         if m.state == "pending" and _collective(m.job) == key and m is not cur]
+                blocked = [m for m in mates if any(d.state != "done"
+                                                   for d in _input_handles(m.job))]
+                if blocked:
+                    stack.extend(blocked)
+                    continue
+            if self._run_kind(cur.job.kind):
+                return True
+        return False
+
+    def _run_kind(self, kind: str) -> bool:
         queue = self._pending.get(kind, [])
         batch, rest = [], []
+        members: dict = {}
         for h in queue:
             if h.state != "pending":
                 continue
-            dep = _input_handle(h.job)
-            (batch if dep is None or dep.state == "done" else rest).append(h)
+            key = _collective(h.job)
+            if key is not None and (kind, key) in self._broken:
+                continue                 # a member was cancelled: the collective is abandoned
+            if all(d.state == "done" for d in _input_handles(h.job)):
+                if key is not None:
+                    members.setdefault(key, []).append(h)
+                    continue
+                batch.append(h)
+            else:
+                rest.append(h)
+        for hs in members.values():
+            (batch if type(hs[0].job).collective_complete([h.job for h in hs]) else rest) \
+                .extend(hs)
         self._pending[kind] = rest
         if not batch:
-            return
+            return False
         results = self.runners[kind]([h.job for h in batch])
         for h, r in zip(batch, results, strict=True):
             h.result, h.state = r, "done"
         self.batches_run[kind] = self.batches_run.get(kind, 0) + 1
         self.jobs_run[kind] = self.jobs_run.get(kind, 0) + len(batch)
+        return True
+
+
+def _collective(job: Any) -> Any:
+    """The key of the collective computation the job is a part of, if any."""
+    return getattr(job, "collective", None)
+
+
+def _input_handles(job: Any) -> list[Handle]:
+    """The handles of the jobs whose deferred results ``job`` starts from: those it lists in
+    ``deferred_inputs()``, else its task's start weights."""
+    inputs = getattr(job, "deferred_inputs", None)
+    if inputs is not None:
+        return [d._handle for d in inputs() if isinstance(d, Deferred)]
+    h = _input_handle(job)
+    return [] if h is None else [h]
 
 
 def _input_handle(job: Any) -> Handle | None:

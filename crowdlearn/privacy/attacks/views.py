@@ -22,11 +22,12 @@ An attack is only as strong as its input, so the suite attacks *views*: objects 
 :class:`SliceNetFollowerView`
     A Crowdlearning follower holding a piece ``P`` of hidden layer 1: per sample it receives the
     weighted sums ``z = x·W1[:, P]`` from the dominator (no bias: the piece adds its own), and
-    nothing else about ``x``.  In the simulator the group's pass is fused (boundary tensors are
-    not materialised), so this view is fed directly -- from the messages of
-    :class:`slicenet.execution.PiecewiseNetwork` (``observe_messages``; proven equal to
-    ``x·W1[:, P]`` in ``tests/test_attacks.py``) or from the same product computed here
-    (``observe``), which is what it is.
+    nothing else about ``x``.  Attached to a simulation (``node=``), it keeps the sealed boundary
+    payloads delivered to that follower and opens them as the follower does: each holds the
+    pass's real boundary tensors, mini-batch by mini-batch (``sums_from``: the weighted sums
+    and the output errors the dominator sent; ``tests/test_slicenet_messages.py``).  It can
+    also be fed the messages of :class:`slicenet.execution.PiecewiseNetwork`
+    (``observe_messages``) or the product itself (``observe``).
 
 The follower's attack, :func:`reconstruct_from_weighted_sums`: without ``W1`` (owned by the
 dominator) the sums are an unknown random projection of ``x`` and the follower's best guess we
@@ -271,10 +272,72 @@ class SliceNetFollowerView(_View):
         The ``(batch, |P|)`` weighted sums received, one array per mini-batch.
     """
 
-    def __init__(self, piece: int | None = None, units=None):
+    def __init__(self, piece: int | None = None, units=None, *, node=None, layout=None,
+                 batch_size: int | None = None):
         self.piece = piece
         self.units = None if units is None else np.asarray(units, np.int64)
         self.sums: list[np.ndarray] = []
+        # attached to a run: the follower ``node``, the group's layout (public: the plan) and
+        # the configured batch size (public: the config)
+        self.node, self.layout, self.batch_size = node, layout, batch_size
+        self.plans: dict[int, Any] = {}        # attempt -> the PassPlan the follower got
+        self.payloads: dict[tuple, Any] = {}   # (attempt, sender) -> sealed boundary payload
+
+    def on_transfer(self, src, dst, msg, now: float) -> None:
+        """Keep what is delivered to the follower: its PassPlans and boundary payloads."""
+        if self.node is None or dst != self.node:
+            return
+        name = type(msg).__name__
+        if name == "PassPlan":
+            self.plans[msg.attempt] = msg
+        elif name == "Relayed" and msg.kind == "boundary":
+            self.payloads[(msg.attempt, msg.src)] = msg.payload
+
+    def sums_from(self, sender, attempt: int, *, open_payload=None) -> dict:
+        """The dominator's boundary payload of ``attempt`` opened and cut into mini-batches:
+        ``z`` (per step, the ``(B, |P|)`` sums of the follower's hidden-1 units ``units``) and
+        ``errors`` (per step, the ``(B, classes)`` output errors, if it holds last-hidden
+        units).  ``open_payload(payload) -> bytes`` opens bytes from a real wire (default: the
+        simulation's sealed object, read as its recipient reads it).
+
+        The payload is the dominator's messages to the follower's pieces, mini-batch after
+        mini-batch: the hidden-1 sums for each piece holding hidden-1 units, then the output
+        errors for each piece holding last-hidden units (pieces in increasing order).  The
+        batch count follows from the payload's length and the plan's floats per sample.
+        """
+        payload = self.payloads[(attempt, sender)]
+        plain = open_payload(payload) if open_payload is not None else payload.plaintext()
+        floats = np.frombuffer(plain, np.float32)
+        lay = self.layout
+        mine = sorted(int(p) for p in self.plans[attempt].pieces if p >= 0)
+        first = [(p, np.flatnonzero(lay.piece_of_unit[0] == p)) for p in mine]
+        first = [(p, u) for p, u in first if len(u)]
+        last = [p for p in mine if np.any(lay.piece_of_unit[-1] == p)]
+        per_sample = sum(len(u) for _, u in first) + lay.num_outputs * len(last)
+        if not per_sample or floats.size % per_sample:
+            raise ValueError(f"a payload of {floats.size} floats is not {per_sample} per "
+                             f"sample: not the dominator's to pieces {mine}")
+        samples = floats.size // per_sample
+        out: dict = {"units": np.concatenate([u for _, u in first]) if first else
+                     np.zeros(0, np.int64), "z": [], "errors": []}
+        pos = 0
+        for start in range(0, samples, self.batch_size):
+            b = min(self.batch_size, samples - start)
+            zs = []
+            for _, u in first:
+                zs.append(floats[pos:pos + b * len(u)].reshape(b, len(u)))
+                pos += b * len(u)
+            errs = []
+            for _ in last:
+                errs.append(floats[pos:pos + b * lay.num_outputs].reshape(b, lay.num_outputs))
+                pos += b * lay.num_outputs
+            if zs:
+                out["z"].append(np.concatenate(zs, axis=1).astype(np.float64))
+            if errs:
+                out["errors"].append(errs[0].astype(np.float64))
+        self.units = out["units"]
+        self.sums.extend(out["z"])
+        return out
 
     def observe(self, x, w1) -> np.ndarray:
         """Receive the sums of a batch ``x`` under kernel ``w1`` (``(d, h)``): ``x·W1[:, P]``."""

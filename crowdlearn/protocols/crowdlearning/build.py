@@ -55,13 +55,12 @@ def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
         # interface as the dense Layout
         layout = SliceLayout(desc, graph, plan.assignment, len(plan.pieces)) if conv else \
             sp.layout_from_plan(desc, graph, plan)
-        ctx.extra["plan"] = plan
+        ctx.extra.update(plan=plan, graph=graph)
     else:
         layout = SliceLayout(desc, None, None, 0) if conv else sp.whole_model_layout(desc)
     params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
                             tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
                             peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
-    fused = sp.FusedGroups(init, len(groups))
     # every node generates its own key pair; only public keys travel (insecure derivation from
     # the seed only when slicenet.deterministic_keys is set, for reproducible crypto tests)
     det = cfg.seed if sc.deterministic_keys else None
@@ -72,14 +71,14 @@ def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
     else:
         latency = {d: ctx.path_latency(d, SERVER) for d in devices} if n > 1 else \
             {d: 0.0 for d in devices}
-    ctx.extra.update(groups=groups, layout=layout, fused=fused)
+    ctx.extra.update(groups=groups, layout=layout)
     machines: dict = {SERVER: sp.SlicingServer(
-        SERVER, layout, groups, params, fused,
+        SERVER, layout, groups, params, init,
         data_sizes={d: len(parts[d]) for d in devices}, latency=latency,
         ring=rings[SERVER], rng=rng)}
     for gid, grp in enumerate(groups):
         for d in grp:
-            machines[d] = sp.SliceDevice(d, layout, fused, gid, parts[d], params,
+            machines[d] = sp.SliceDevice(d, layout, gid, parts[d], params,
                                          ring=rings[d], rng=ctx.device_rngs[d])
     return machines
 
@@ -118,12 +117,110 @@ def build_ssgd(ctx) -> dict:
 
 
 def runners(sim) -> dict:
-    """The executor's runners of Crowdlearning's job kinds: a group pass on the fused path
-    (with the accumulated |gradient| the sharing rule needs); the followers' piece jobs carry
-    their share of the time, their numbers being computed inside the fused pass."""
-    return {"slice_pass": lambda jobs: sim.trainer.train([j.task for j in jobs],
-                                                         with_abs_grad=True),
-            "piece": lambda jobs: [None] * len(jobs)}
+    """The executor's runner of Crowdlearning's job kind: every pass whose participants' parts
+    are all in, trained together on the fused path (with the accumulated |gradient| the sharing
+    rule needs), each participant given back its own entries."""
+    return {"slice_pass": lambda jobs: run_passes(jobs, sim.trainer, _replayer(sim))}
+
+
+def run_passes(jobs, trainer, replay=None) -> list:
+    """Results of :class:`~crowdlearn.protocols.crowdlearning.machines.SlicePassJob` parts:
+    the parts of each pass joined into the group's whole network (every value comes from a
+    part's job), all passes trained in one :meth:`FusedTrainer.train` call, and each part's
+    entries handed back (new values per owner, then |gradient| sums of its trainable entries
+    per owner).  Each part's promise gets a :class:`PassRecord` of the pass (start weights and
+    schedule), from which its boundary payloads are computed if they are ever encoded."""
+    from crowdlearn.training.batching import TrainTask
+
+    shapes = [tuple(s.shape) for s in trainer.specs]
+    offsets = np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in shapes])])
+    passes: dict = {}
+    for i, j in enumerate(jobs):
+        passes.setdefault(j.key, []).append(i)
+    tasks, records = [], []
+    for key, members in passes.items():
+        flat = np.empty(int(offsets[-1]), np.float32)
+        covered = np.zeros(len(flat), bool)
+        dom = None
+        for i in members:
+            for idx, _, values in jobs[i].parts:
+                if covered[idx].any():
+                    raise RuntimeError(f"pass {key}: two parts hold the same weights")
+                flat[idx] = sp._arr(values)
+                covered[idx] = True
+            if jobs[i].batches is not None:
+                dom = jobs[i]
+        if dom is None or not covered.all():
+            raise RuntimeError(f"pass {key} ran without all its parts")
+        start = tuple(flat[offsets[k]:offsets[k + 1]].reshape(s) for k, s in enumerate(shapes))
+        tasks.append(TrainTask(start, dom.batches, dom.lr))
+        records.append(PassRecord(start, dom.batches, dom.lr,
+                                  {jobs[i].node: jobs[i].owners for i in members}, replay))
+    results = trainer.train(tasks, with_abs_grad=True)
+    out: list = [None] * len(jobs)
+    n = len(shapes)
+    for members, res, record in zip(passes.values(), results, records, strict=True):
+        new = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[:n]])
+        acc = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[n:]])
+        for i in members:
+            parts = jobs[i].parts
+            out[i] = [new[p[0]] for p in parts] + [acc[p[1]] for p in parts]
+            jobs[i].promise.record = record
+    return out
+
+
+class PassRecord:
+    """What the executor knows of one pass it ran: the whole network's start weights (joined
+    from the participants' parts), the dominator's schedule, and who held which owners.
+
+    :meth:`boundary` gives the real boundary tensors one participant sent another during the
+    pass: the pass is replayed piece by piece (:class:`slicenet.execution.PiecewiseNetwork`,
+    proven equal to the fused step up to float rounding) and the messages from the sender's
+    owners to the receiver's are stacked, mini-batch by mini-batch in the order they are
+    produced (forward, then backward).  Computed only if asked (a message encoded), once."""
+
+    def __init__(self, start, batches, lr, owners_of: dict, replay):
+        self.start, self.batches, self.lr = start, batches, lr
+        self.owners_of = owners_of
+        self._replay = replay
+        self._steps: list | None = None
+
+    def messages(self) -> list:
+        """Per mini-batch, the :class:`slicenet.layout.Message` list of its piecewise step."""
+        if self._steps is None:
+            if self._replay is None:
+                raise RuntimeError("no replay: the pass's boundary tensors cannot be computed")
+            self._steps = self._replay(self.start, self.batches, self.lr)
+        return self._steps
+
+    def boundary(self, src, dst) -> np.ndarray:
+        oa, ob = set(self.owners_of[src]), set(self.owners_of[dst])
+        vals = [np.asarray(m.values, np.float32).reshape(-1) for step in self.messages()
+                for m in step if m.src in oa and m.dst in ob]
+        return np.concatenate(vals) if vals else np.zeros(0, np.float32)
+
+
+def _replayer(sim):
+    """``replay(start, batches, lr)``: the pass's messages, mini-batch by mini-batch."""
+    ctx = sim.ctx
+    plan, graph, desc = ctx.extra.get("plan"), ctx.extra.get("graph"), ctx.extra.get("desc")
+    if plan is None:
+        return None          # S-SGD / C-SGD: nothing is sliced, no boundary traffic
+
+    def replay(start, batches, lr):
+        from slicenet.execution import PiecewiseNetwork
+
+        ds = ctx.dataset
+        x = np.asarray(ds.x_train, np.float32).reshape(len(ds.x_train), -1)
+        y = np.asarray(ds.y_train)
+        net = PiecewiseNetwork(desc, plan.assignment, start, graph=graph)
+        steps = []
+        for row in np.asarray(batches):
+            rows = row[row >= 0]
+            if len(rows):
+                steps.append(net.step(x[rows], y[rows], lr)[1])
+        return steps
+    return replay
 
 
 def summary(sim) -> dict:

@@ -9,8 +9,11 @@ Pieces of the design:
 * :class:`Layout` — which piece (or the dominator) owns every parameter of a dense model under a
   :class:`~slicenet.plan.SlicePlan` (source ownership), the boundary traffic per sample between
   owners, and each owner's share of the training FLOPs.
-* :class:`FusedGroups` — the numeric state of every group (the fused path: a pass is the group's
-  whole network trained on the dominator's batches; proven equal to piece-by-piece execution).
+* :class:`SlicePassJob` — one participant's part of a pass, carrying the weights it holds; the
+  executor runs a pass once all its parts are in (the fused path: the group's whole network
+  trained on the dominator's batches, proven equal to piece-by-piece execution) and gives every
+  participant back its own entries.  Each device holds only the weights it owns and learns
+  others' only from hand-overs, checkpoints and downloads (issue 8).
 * :class:`SlicingServer` / :class:`SliceDevice` — the protocol: passes with shuffling and weight
   hand-over, relayed (or peer-to-peer) sealed traffic, dummy take-over, top-θ sharing through a
   sliding-window parameter server.
@@ -44,8 +47,8 @@ from crowdlearn.crypto.sealing import (
 )
 from crowdlearn.errors import CrowdlearnError
 from crowdlearn.protocols.validate import check_sparse, misbehaved, sparse_vector
-from crowdlearn.training.batching import TrainTask, make_batches
-from crowdlearn.training.jobs import Deferred, TrainJob
+from crowdlearn.training.batching import make_batches
+from crowdlearn.training.jobs import Deferred
 from sim import wire
 from sim.machine import (
     CancelJob,
@@ -66,6 +69,7 @@ from sim.machine import (
     Start,
     TimerFired,
 )
+from sim.parts import ModelParts
 from sim.wire import message
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
 
@@ -149,6 +153,7 @@ class Layout:
             elif isinstance(layer, Activation):
                 fwd += width
         self.train_flops_per_sample = 3 * fwd
+        self._owned: dict = {}
 
     def _traffic(self) -> np.ndarray:
         t = np.zeros((self.pieces + 1, self.pieces + 1), np.int64)
@@ -176,8 +181,14 @@ class Layout:
     def owned_flat(self, owners: Sequence[int], *, trainable: bool = False) -> np.ndarray:
         """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``); only
         the trainable ones (what is shared, spec §5) if ``trainable``."""
-        mine = np.isin(self.flat_owner, np.asarray(list(owners), np.int64))
-        return np.flatnonzero(mine & self.flat_trainable if trainable else mine)
+        key = (tuple(sorted(int(o) for o in owners)), bool(trainable))
+        got = self._owned.get(key)
+        if got is None:
+            mine = np.isin(self.flat_owner, np.asarray(key[0], np.int64))
+            got = np.flatnonzero(mine & self.flat_trainable if trainable else mine)
+            got.setflags(write=False)
+            self._owned[key] = got
+        return got
 
     def flops_share(self, owners: Sequence[int]) -> float:
         """Fraction of a training step's FLOPs done by ``owners`` [ours: ∝ parameters owned]."""
@@ -216,73 +227,96 @@ def description_for(hidden: Sequence[int], inputs: int, outputs: int, *,
     return ModelDescription((int(inputs),), tuple(layers), name="mlp")
 
 
-# ====================================================================== fused numerics
-class FusedGroups:
-    """The numeric state of every group: weights (possibly deferred) and |gradient| sums.
+# ====================================================================== the pass as a job
+class PassPromise:
+    """What the executor learns about a pass when it runs it, for messages that carry values of
+    the pass (the boundary tensors): bound to the job's handle when the executor accepts the job
+    (:meth:`bind`), filled by the runner (:attr:`record`).  A message holding it is a deferred
+    value: reading it asks the executor for the pass, and raises :class:`sim.wire.NotReady`
+    while the other participants' parts have not arrived (``never`` if the pass was
+    abandoned)."""
 
-    This is the fused execution path: the group's pieces live on different devices, but their
-    values are kept here as the whole network so that all groups' passes train in one batched
-    computation.  Machines never read values except to build uploads and apply downloads.
-    """
+    __slots__ = ("_executor", "_handle", "record")
 
-    def __init__(self, init_weights: Sequence[np.ndarray], groups: int):
-        w = tuple(np.asarray(a, np.float32) for a in init_weights)
-        self.state: list[Any] = [w for _ in range(groups)]
-        self.acc: list[list[Any]] = [[] for _ in range(groups)]
-        self.pending: dict[int, Any] = {}
-        self.nparams = len(w)
-        self._epoch_acc: dict = {}
-        self.shapes = [a.shape for a in w]
-        self.initial = np.concatenate([a.reshape(-1) for a in w])   # what the server delivers
+    def __init__(self):
+        self._executor = self._handle = None
+        self.record: Any = None
 
-    def commit(self, g: int) -> None:
-        """Make the pass result stored by the dominator the group's state."""
-        result = self.pending.pop(g, None)
-        if result is None:
-            return
-        self.state[g] = result.part(0, self.nparams)
-        self.acc[g].append(result.part(self.nparams, 2 * self.nparams))
+    def bind(self, executor, handle) -> None:
+        self._executor, self._handle = executor, handle
 
-    def abandon(self, g: int) -> None:
-        self.pending.pop(g, None)
-
-    def weights(self, g: int) -> list[np.ndarray]:
-        return [np.asarray(a, np.float32) for a in self.state[g]]
-
-    def epoch_acc(self, g: int, epoch: int) -> np.ndarray | None:
-        """Σ |mean gradient| over the group's passes of ``epoch``, flat (computed once; every
-        member reads the entries it owns)."""
-        key = (g, epoch)
-        if key not in self._epoch_acc:
-            flat = None
-            for p in self.acc[g]:
-                v = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in p])
-                flat = v if flat is None else flat + v
-            self.acc[g] = []
-            self._epoch_acc = {k: v for k, v in self._epoch_acc.items() if k[0] != g}
-            self._epoch_acc[key] = flat
-        return self._epoch_acc[key]
-
-    def set_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
-        self.state[g] = tuple(np.asarray(a, np.float32) for a in weights)
-
-    def restore(self, g: int, idx: np.ndarray, values: np.ndarray) -> None:
-        """A take-over: the new holder of the entries ``idx`` resumes from ``values`` (the
-        checkpoint it opens), whatever the group's state held there."""
-        flat = np.concatenate([a.reshape(-1) for a in self.weights(g)])
-        flat[idx] = values
-        offsets = np.cumsum([0] + [int(np.prod(s)) for s in self.shapes])
-        self.set_weights(g, [flat[offsets[i]:offsets[i + 1]].reshape(s)
-                             for i, s in enumerate(self.shapes)])
+    def value(self) -> Any:
+        if self.record is None:
+            ex, h = self._executor, self._handle
+            if ex is None:
+                raise wire.NotReady("the pass's job was never submitted")
+            if h.state == "cancelled" or ex.abandoned(h):
+                raise wire.NotReady("the pass was abandoned", never=True)
+            try:
+                ex.result(h)
+            except RuntimeError as exc:
+                raise wire.NotReady(f"the pass cannot run yet: {exc}") from None
+        return self.record
 
 
 @dataclass(frozen=True, eq=False)
-class PieceJob:
-    """A follower's share of a pass: charged in simulated time; the fused job computes."""
+class SlicePassJob:
+    """One participant's part of a pass (kind ``slice_pass``): the weights it holds, and, for
+    the dominator, the batch schedule of its data.
 
+    The pass is numerically SGD of the group's whole network on the dominator's batches
+    (spec §3); the executor runs it once every participant's part has arrived (a *collective*:
+    the parts of one ``key`` together cover every parameter), all pending passes of all groups
+    in one batched computation (:class:`slicenet.fused.FusedTrainer`), and gives each
+    participant back its own entries only: per owner it holds, the new values, then per owner
+    the Σ over the pass's mini-batches of |mean gradient| of its trainable entries (spec §5).
+    Its inputs are what the job carries: no machine's memory is read."""
+
+    key: tuple               # (group, attempt): the pass
+    node: Any                # the participant
+    owners: tuple            # owner ids it holds (DOMINATOR or pieces)
+    parts: tuple             # per owner: (flat indices, trainable flat indices, values)
+    total: int               # parameters of the whole network (the parts cover them once)
+    batches: Any             # the dominator's [steps, B] schedule; None for a follower
+    lr: float
     flops: float
     memory_bytes: int
-    kind: str = field(default="piece", init=False)
+    promise: PassPromise = field(default_factory=PassPromise)
+    kind: str = field(default="slice_pass", init=False)
+
+    @property
+    def collective(self) -> tuple:
+        return ("slice_pass",) + tuple(self.key)
+
+    @staticmethod
+    def collective_complete(jobs: Sequence) -> bool:
+        """The parts of a pass are all in when they cover every parameter and include the
+        dominator's (the only one with a batch schedule)."""
+        return bool(jobs) and sum(len(p[0]) for j in jobs for p in j.parts) == jobs[0].total \
+            and any(j.batches is not None for j in jobs)
+
+    @property
+    def result_shapes(self) -> list:
+        return [(len(p[0]),) for p in self.parts] + [(len(p[1]),) for p in self.parts]
+
+    def deferred_inputs(self) -> list:
+        return [p[2] for p in self.parts]
+
+    def on_submit(self, executor, handle) -> None:
+        self.promise.bind(executor, handle)
+
+
+def _arr(v: Any) -> np.ndarray:
+    """An owner's values: an array, or a one-entry deferred job result (read now)."""
+    return np.asarray(v[0] if isinstance(v, Deferred) else v, np.float32)
+
+
+def _acc_sum(parts: Sequence, n: int) -> np.ndarray:
+    """The float32 sum of |gradient| parts (what a hand-over carries)."""
+    total = np.zeros(n, np.float32)
+    for part in parts:
+        total += _arr(part)
+    return total
 
 
 # ====================================================================== messages
@@ -552,16 +586,26 @@ class _Group:
     senders: set = field(default_factory=set)       # participants + dummies handing over
     delivered: set = field(default_factory=set)     # owners whose initial weights went out
     unsent: dict = field(default_factory=dict)      # owner -> lost device that never sent it
+    incoming: dict = field(default_factory=dict)    # device -> owners sent to it since its
+                                                    # last PassDone (maybe still in flight)
+    missing: set = field(default_factory=set)       # owners whose holder may not have them
+    late: dict = field(default_factory=dict)        # (src, dst, attempt) -> hand-overs not
+                                                    # relayed before that attempt was aborted
 
 
 class SlicingServer(Machine):
     """The Crowdlearning parameter server: slices, groups, relays, shares.  Trains nothing."""
 
     def __init__(self, node_id: NodeId, layout: Layout, groups: Sequence[Sequence[int]],
-                 params: SliceParams, fused: FusedGroups, *, data_sizes: dict,
+                 params: SliceParams, init_weights: Sequence[np.ndarray], *, data_sizes: dict,
                  latency: dict, ring: KeyRing, rng: np.random.Generator):
         super().__init__(node_id)
-        self.layout, self.params, self.fused, self.rng = layout, params, fused, rng
+        self.layout, self.params, self.rng = layout, params, rng
+        # the initial model, which the server delivers to each owner's first holder (its only
+        # knowledge of the weights besides the top-θ uploads)
+        self.shapes = [np.shape(a) for a in init_weights]
+        self.initial = np.concatenate([np.asarray(a, np.float32).reshape(-1)
+                                       for a in init_weights])
         self.ring = ring            # the server's own key pair (it seals only placeholders)
         self.cards: dict = {}       # device -> card bytes it announced (what the server vouches)
         self.data_sizes, self.latency = data_sizes, latency
@@ -569,9 +613,7 @@ class SlicingServer(Machine):
         self.group_of = {d: g for g, m in enumerate(groups) for d in m}
         self.present: set = set()
         omega = params.omega or len(groups)
-        flat = np.concatenate([np.asarray(a, np.float32).reshape(-1)
-                               for a in fused.state[0]])
-        self.window = SlidingWindow(flat, omega)
+        self.window = SlidingWindow(self.initial, omega)
         self.min_count = omega * params.tau
         self.tick = 0
         self.checkpoints: dict = {}    # (group, piece) -> (sealing device, escrowed payload)
@@ -725,6 +767,9 @@ class SlicingServer(Machine):
 
     def _launch(self, g: _Group, now: float, old_holders: dict, old_dom: Any) -> list[Effect]:
         """Send every participant its PassPlan for a new attempt."""
+        for (a, b), sends in g.handover.items():    # still owed from the attempt before
+            if sends:
+                g.late[(a, b, g.attempt)] = list(sends)
         g.attempt += 1
         g.phase = "pass"
         lay, dom = self.layout, g.dominator
@@ -746,16 +791,22 @@ class SlicingServer(Machine):
                                                for p, d in g.holders.items()]
         for owner, old, new in moves:
             old = g.unsent.get(owner, old)
-            if owner in g.delivered and (old is None or old == new):
+            # (weights sent to a device that was lost before the attempt ended may never have
+            # arrived: their holder fetches the checkpoint, as if its holder were lost)
+            gone = owner in g.missing
+            if owner in g.delivered and not gone and (old is None or old == new):
                 continue
-            if owner in g.delivered and old in self.present and old in self.group_of:
+            if owner in g.delivered and not gone and old in self.present \
+                    and old in self.group_of:
                 hand_send.setdefault(old, []).append((new, self.handover_bytes[owner + 1],
                                                       owner))
             else:
                 fetch.append((new, owner, self.piece_bytes[owner + 1]))
             hand_expect[new] += 1
+            g.incoming.setdefault(new, []).append(owner)
             g.delivered.add(owner)
         g.unsent = {}
+        g.missing = set()
         dummies = [a for a in hand_send if a not in owners_of]
         g.senders = g.participants | set(dummies)
         # boundary traffic of the pass: per device pair, the sum over the owners they hold
@@ -803,16 +854,13 @@ class SlicingServer(Machine):
             # dummy take-over: the last hand-over of the piece, escrowed for the group's members
             # (the server cannot open it); without one, the initial weights, which the server
             # delivered first and seals again.  The new holder resumes from what it opens
-            # (the fused state takes those values; training since that copy is lost).
+            # (training since that copy is lost).
             src, payload = self.checkpoints.get((g.gid, owner), (SERVER_SRC, None))
-            idx = lay.owned_flat([owner])
             if payload is None:
-                init = self.fused.initial[idx]
-                payload = Sealed.of_arrays(self.ring, new, Header("checkpoint", g.gid, g.attempt),
-                                           lambda v=init: [v], nbytes)
-            if hasattr(payload, "plaintext"):     # weights first (a hand-over adds its sums)
-                self.fused.restore(g.gid, idx, np.frombuffer(payload.plaintext(), np.float32,
-                                                             count=len(idx)))
+                init = self.initial[lay.owned_flat([owner])]
+                payload = Sealed.of_arrays(self.ring, new, Header("checkpoint", g.gid, g.attempt,
+                                                                  owner),
+                                           lambda v=init: [v], nbytes, contents=(init, None))
             out.append(Send(new, Relayed(g.gid, g.attempt, src, "checkpoint", payload)))
         if len(g.participants) == 1 and not g.holders:
             pass   # S-SGD: a lone dominator; the pass ends with its PassDone
@@ -821,7 +869,7 @@ class SlicingServer(Machine):
     def _relay(self, src, m: Relay) -> list[Effect]:
         g = self.groups[m.group]
         if m.attempt != g.attempt:
-            return []                                # stale: an aborted attempt's traffic
+            return self._relay_late(src, g, m)
         if g.phase != "pass" or src not in g.senders or m.dst not in g.participants:
             return [misbehaved(src, f"relay {src!r} -> {m.dst!r} outside the pass's "
                                     f"participants", group=g.gid)]
@@ -833,23 +881,31 @@ class SlicingServer(Machine):
                 return [misbehaved(src, f"boundary payload of {size} bytes, planned "
                                         f"{want}", group=g.gid)]
         else:
-            sends = g.handover.get((src, m.dst), [])
-            # which owner's weights: the planned size that the escrow's length fits exactly
-            # (a whole number of member wraps); it becomes that owner's checkpoint
-            fits = [(n, o) for n, o in sends
-                    if escrow_len(n, 0) <= size <= escrow_len(n, len(g.members))
-                    and (size - escrow_len(n, 0)) % WRAP == 0]
-            if not fits:
+            owner = _fitting_owner(g.handover.get((src, m.dst), []), size, len(g.members))
+            if owner is None:
                 return [misbehaved(src, f"hand-over of {size} bytes not in the plan",
                                    group=g.gid)]
-            sends.remove(fits[0])
-            owner = fits[0][1]
+        return self._forward(src, g, m, owner)
+
+    def _forward(self, src, g: _Group, m: Relay, owner) -> list[Effect]:
         if m.dst not in self.present:
             return []
         if owner is not None:                       # keep the last escrowed copy per owner
             self.checkpoints[(g.gid, owner)] = (src, m.payload)
         out = Relayed(m.group, m.attempt, src, m.kind, m.payload)
         return [Send(m.dst, out), Report("role_bytes", wire.size(out), (("role", "server"),))]
+
+    def _relay_late(self, src, g: _Group, m: Relay) -> list[Effect]:
+        """Traffic of an earlier attempt: boundary payloads are dropped; a hand-over that was
+        planned then is still forwarded [ours]: the relaunched attempt counts on its receiver
+        holding those weights (the sender gave them away), so they must arrive."""
+        late = g.late.get((src, m.dst, m.attempt)) if m.kind == "handover" else None
+        if not late:
+            return []
+        owner = _fitting_owner(late, _payload_len(m.payload), len(g.members))
+        if owner is None:
+            return []
+        return self._forward(src, g, m, owner)
 
     def _pass_done(self, src, m: PassDone, now: float) -> list[Effect]:
         g = self.groups[m.group]
@@ -858,9 +914,9 @@ class SlicingServer(Machine):
         if src not in g.participants:
             return [misbehaved(src, "PassDone from a non-participant", group=g.gid)]
         g.done.add(src)
+        g.incoming.pop(src, None)          # it computed: it had received its weights
         if g.done < g.participants:
             return []
-        self.fused.commit(g.gid)
         g.passes_run += 1
         g.turn += 1
         return self._next_pass(g, now)
@@ -869,6 +925,9 @@ class SlicingServer(Machine):
         if peer not in self.group_of:
             return []
         g = self.groups[self.group_of[peer]]
+        # [ours] weights sent to it since its last PassDone may not have reached it: whoever
+        # holds those owners next fetches the checkpoint (the server cannot know what arrived)
+        g.missing |= set(g.incoming.pop(peer, ()))
         if g.phase == "share" and peer in g.sharing:
             g.sharing.discard(peer)
             return self._maybe_finish_share(g, now)
@@ -880,8 +939,7 @@ class SlicingServer(Machine):
                     for _, o in sends}
         if peer not in g.participants and not g.unsent:
             return []                                 # a dummy that had handed everything over
-        # abandon the attempt; its job results are never committed
-        self.fused.abandon(g.gid)
+        # abandon the attempt: its participants drop its results
         out: list[Effect] = [Send(d, Abort(g.gid, g.attempt)) for d in g.senders
                              if d != peer and d in self.present]
         if peer == g.dominator:
@@ -953,7 +1011,10 @@ class SlicingServer(Machine):
         return self._finish_epoch(g, now) if not g.sharing else []
 
     def _finish_epoch(self, g: _Group, now: float) -> list[Effect]:
-        out: list[Effect] = [Report("group_model", _LazyWeights(self.fused, g.gid),
+        # the group's model is held in parts by its members, who report them as they apply
+        # their downloads (before their ShareDone): the monitor joins them, entries no member
+        # reported keeping their last reported (or initial) values
+        out: list[Effect] = [Report("group_model", ModelParts(self.shapes, self.initial),
                                     (("round", g.epoch), ("group", g.gid),
                                      ("of", len(self.groups))))]
         g.epoch += 1
@@ -966,6 +1027,18 @@ class SlicingServer(Machine):
         return out + self._start_epoch(g, now)
 
 
+def _fitting_owner(sends: list, size: int, members: int) -> int | None:
+    """Which planned hand-over ``(nbytes, owner)`` a payload of ``size`` bytes is: the planned
+    size that the escrow's length fits exactly (a whole number of member wraps); removed from
+    ``sends``.  ``None`` if none fits."""
+    fits = [(n, o) for n, o in sends if escrow_len(n, 0) <= size <= escrow_len(n, members)
+            and (size - escrow_len(n, 0)) % WRAP == 0]
+    if not fits:
+        return None
+    sends.remove(fits[0])
+    return fits[0][1]
+
+
 def _payload_len(payload: Any) -> int:
     """Bytes a relayed payload occupies on the wire (a :class:`Sealed` or raw bytes)."""
     if hasattr(payload, "wire_len"):
@@ -975,32 +1048,31 @@ def _payload_len(payload: Any) -> int:
     return -1
 
 
-class _LazyWeights(Sequence):
-    """The group's weights at report time (downloads applied by the members before)."""
-
-    def __init__(self, fused: FusedGroups, g: int):
-        self._w = fused.state[g]
-
-    def __len__(self):
-        return len(self._w)
-
-    def __getitem__(self, i):
-        return np.asarray(self._w[i], np.float32)
-
-
 # ====================================================================== device
 class SliceDevice(Machine):
-    """A group member: dominator, follower or dummy, as each PassPlan says."""
+    """A group member: dominator, follower or dummy, as each PassPlan says.
 
-    def __init__(self, node_id: NodeId, layout: Layout, fused: FusedGroups, group: int,
-                 indices: np.ndarray, params: SliceParams, *, ring: KeyRing,
-                 rng: np.random.Generator, server: NodeId = SERVER):
+    It holds the weights of the owners (its pieces, or the dominator's layers) it was given —
+    by the server's initial checkpoint, a hand-over or a take-over checkpoint, all sealed
+    messages — and this epoch's |gradient| sums of them; a pass's result becomes its own when
+    the server moves on (the next PassPlan or ShareRequest: every participant finished), and
+    is dropped on Abort.
+    """
+
+    def __init__(self, node_id: NodeId, layout: Layout, group: int, indices: np.ndarray,
+                 params: SliceParams, *, ring: KeyRing, rng: np.random.Generator,
+                 server: NodeId = SERVER):
         super().__init__(node_id)
-        self.layout, self.fused, self.group, self.params = layout, fused, group, params
+        self.layout, self.group, self.params = layout, group, params
         self.indices = np.asarray(indices, np.int64)
         self.ring, self.rng, self.server = ring, rng, server   # ring: this device's own keys
         self.early: dict[int, list] = {}    # payloads that overtook their PassPlan
         self.share_owners: dict[int, tuple] = {}    # epoch -> owners of its ShareRequest
+        self.held: dict[int, Any] = {}      # owner -> its values (array or deferred result)
+        self.acc: dict[int, list] = {}      # owner -> this epoch's |gradient| sums (parts)
+        self.result: tuple | None = None    # (attempt, owners, result) of its last pass
+        self._promise: PassPromise | None = None   # the current pass's, for boundary payloads
+        self.owed: list = []                # hand-overs asked for before the weights arrived
         self._reset()
 
     def _reset(self):
@@ -1018,16 +1090,50 @@ class SliceDevice(Machine):
     def next_timer(self) -> float | None:
         return self._deadline
 
-    def _send_payload(self, dst, kind: str, nbytes: int, fill=None) -> list[Effect]:
+    # -------------------------------------------------------------- held weights
+    def _commit(self, before: int | None = None) -> None:
+        """The server moved on: the last pass's result is this device's (unless it belongs
+        to ``before`` or a later attempt)."""
+        if self.result is None or (before is not None and self.result[0] >= before):
+            return
+        _, owners, res = self.result
+        self.result = None
+        k = len(owners)
+        for i, o in enumerate(owners):
+            self.held[o] = res.part(i, i + 1) if isinstance(res, Deferred) else res[i]
+            self.acc.setdefault(o, []).append(
+                res.part(k + i, k + i + 1) if isinstance(res, Deferred) else res[k + i])
+
+    def hold(self, owner: int, values: Any, acc: Any = None) -> None:
+        """Hold ``owner``'s weights from a hand-over or checkpoint (``acc``: its |gradient|
+        sums this epoch, as parts or one array; ``None`` for the initial weights)."""
+        self.held[owner] = values
+        self.acc[owner] = [] if acc is None else \
+            (list(acc) if isinstance(acc, (list, tuple)) else [acc])
+
+
+    def _send_payload(self, dst, kind: str, nbytes: int, owner: int | None = None
+                      ) -> list[Effect]:
         """Seal for ``dst`` (boundary: a direct channel; hand-over: escrowed for every group
         member whose key the server vouched for, so that it can serve as a checkpoint)."""
         p = self.plan
-        header = Header(kind, p.group, p.attempt)
         if kind == "handover":
+            header = Header(kind, p.group, p.attempt, owner)
             roster = [d for d in self.ring.peers() if d != self.server and d != self.node_id]
-            payload = Sealed.of_arrays(self.ring, dst, header, fill, nbytes, roster=roster)
+            values, acc = self.held[owner], tuple(self.acc.get(owner, ()))
+            n = len(self.layout.owned_flat([owner], trainable=True))
+            # the real weights and their |gradient| sums, encrypted when the message is encoded
+            payload = Sealed.of_arrays(
+                self.ring, dst, header, lambda v=values, a=acc, n=n: [_arr(v), _acc_sum(a, n)],
+                nbytes, roster=roster, contents=(values, acc))
         else:
-            payload = Sealed.opaque(self.ring, dst, header, nbytes)
+            # this pass's real boundary tensors from this device to ``dst`` (forward partial
+            # sums, backward errors, every mini-batch stacked): values of the pass, computed by
+            # the executor once every participant's part is in
+            promise, me = self._promise, self.node_id
+            payload = Sealed.of_arrays(
+                self.ring, dst, Header(kind, p.group, p.attempt),
+                lambda: [promise.value().boundary(me, dst)], nbytes, contents=promise)
         if self.params.peer_to_peer:
             msg: Any = Relayed(p.group, p.attempt, self.node_id, kind, payload)
             return [Send(dst, msg), self._role_bytes(msg)]
@@ -1053,6 +1159,8 @@ class SliceDevice(Machine):
             if isinstance(m, Relayed):
                 return self._on_payload(m, now)
             if isinstance(m, Abort):
+                if self.result is not None and self.result[0] == m.attempt:
+                    self.result = None           # never committed
                 if self.plan is not None and m.attempt == self.plan.attempt:
                     eff = [CancelJob(self.plan.attempt)] if self.computing else []
                     self._reset()
@@ -1066,8 +1174,7 @@ class SliceDevice(Machine):
                 and event.job_id == self.plan.attempt:
             self.computing = False
             self.job_done = True
-            if self.plan.role == "dominator":
-                self.fused.pending[self.group] = event.result
+            self.result = (self.plan.attempt, tuple(self.plan.pieces), event.result)
             return self._maybe_done(now)
         if isinstance(event, JobFailed) and self.plan is not None:
             self.computing = False
@@ -1076,6 +1183,7 @@ class SliceDevice(Machine):
             self._deadline = None
             return self._maybe_done(now)
         if isinstance(event, Disconnected):
+            self.result = None     # [ours] a pass the server may not have completed
             self._reset()
         return []
 
@@ -1084,25 +1192,29 @@ class SliceDevice(Machine):
         if self.plan is not None and self.computing:
             out.append(CancelJob(self.plan.attempt))
         self._reset()
+        self._commit(before=m.attempt)
         self.plan = m
         self.started = now
-        state = self.fused.state[self.group]      # the last committed pass
-        acc = list(self.fused.acc[self.group])    # this epoch's |gradient| sums so far
-        for dst, nbytes, owner in m.send_handover:
-            # the real weights of the owner's share and their |gradient| sums, sealed lazily
-            # (computed only if encoded)
-            out += self._send_payload(dst, "handover", nbytes,
-                                      lambda st=state, o=owner, a=acc: [
-                                          self._owned_values(st, o), self._owned_acc(a, o)])
+        # a hand-over of weights still on their way here (sent in an aborted attempt) leaves
+        # when they arrive
+        self.owed = list(m.send_handover)
+        out += self._hand_over()
         self.hand_in = 0
         self.bound_in = 0
-        for payload in self.early.pop(m.attempt, []):
-            if payload.kind == "boundary":
-                self.bound_in += 1
-            else:
-                self.hand_in += 1
+        for msg, got in self.early.pop(m.attempt, []):
+            out += self._count(msg, got, now, compute=False)
         self.early = {a: v for a, v in self.early.items() if a > m.attempt}
         return out + self._maybe_compute(now) + self._maybe_done(now)
+
+    def _hand_over(self) -> list[Effect]:
+        """Send the owed hand-overs of weights this device holds; they are no longer its."""
+        out: list[Effect] = []
+        for dst, nbytes, owner in [x for x in self.owed if x[2] in self.held]:
+            out += self._send_payload(dst, "handover", nbytes, owner)
+            del self.held[owner]
+            self.acc.pop(owner, None)
+            self.owed.remove((dst, nbytes, owner))
+        return out
 
     def _learn(self, src, m: KeyDirectory) -> list[Effect]:
         if src != self.server:
@@ -1112,68 +1224,97 @@ class SliceDevice(Machine):
                             Card.from_bytes(card))
         return []
 
-    def _open(self, m: Relayed) -> bytes:
-        """Open a payload that arrived as bytes (a real wire); :class:`SealError` if it does
-        not open under its header."""
+    def _owner_candidates(self) -> list[int]:
+        return [DOMINATOR] + list(range(self.layout.pieces))
+
+    def _open(self, m: Relayed) -> tuple[int | None, bytes]:
+        """Open a payload that arrived as bytes (a real wire): its owner (tried among the
+        owner ids: the header binds it without sending it) and plaintext; :class:`SealError`
+        if it does not open under its header."""
         if m.kind == "boundary":
-            return self.ring.open(m.src, Header("boundary", m.group, m.attempt), m.payload)
+            return None, self.ring.open(m.src, Header("boundary", m.group, m.attempt), m.payload)
         if m.kind == "checkpoint" and m.src == SERVER_SRC:
-            return self.ring.open(self.server, Header("checkpoint", m.group, m.attempt),
-                                  m.payload)
-        attempt = m.attempt if m.kind == "handover" else KeyRing.escrow_attempt(m.payload)
-        if attempt > m.attempt:
-            raise SealError(f"checkpoint sealed in attempt {attempt} > {m.attempt}")
-        return self.ring.open_escrow(m.src, Header("handover", m.group, attempt), m.payload)
+            src, kind, attempt, opener = self.server, "checkpoint", m.attempt, self.ring.open
+        else:
+            attempt = m.attempt if m.kind == "handover" else KeyRing.escrow_attempt(m.payload)
+            if attempt > m.attempt:
+                raise SealError(f"checkpoint sealed in attempt {attempt} > {m.attempt}")
+            src, kind, opener = m.src, "handover", self.ring.open_escrow
+        for owner in self._owner_candidates():
+            try:
+                return owner, opener(src, Header(kind, m.group, attempt, owner), m.payload)
+            except SealError as exc:
+                err = exc
+        raise err
+
+    def _weights_of(self, owner: int, plain: bytes) -> tuple[np.ndarray, Any]:
+        """An owner's values and |gradient| sums from an opened plaintext."""
+        lay = self.layout
+        n, t = len(lay.owned_flat([owner])), len(lay.owned_flat([owner], trainable=True))
+        arr = np.frombuffer(plain, np.float32)
+        if arr.size not in (n, n + t):
+            raise SealError(f"{arr.size} floats for owner {owner}'s {n} weights")
+        return arr[:n].copy(), (arr[n:].copy() if arr.size > n else None)
 
     def _on_payload(self, m: Relayed, now: float) -> list[Effect]:
+        got: Any = None
         if isinstance(m.payload, (bytes, bytearray, memoryview)):
-            # bytes from a real wire are opened (and dropped if they do not open); in a
-            # simulation the payload is the sender's Sealed object and values move in the
-            # fused state (issue #8)
+            # bytes from a real wire are opened (and dropped if they do not open)
             try:
-                self._open(m)
+                owner, plain = self._open(m)
+                if m.kind != "boundary":
+                    got = (owner, *self._weights_of(owner, plain))
             except SealError as exc:
                 return [misbehaved(m.src, str(exc), group=m.group)]
+        elif m.kind != "boundary":
+            # a simulation's sealed object: its values, as the recipient reads them once opened
+            # (they may still be deferred: the pass that produces them runs when they are read)
+            values, acc = m.payload.contents
+            got = (m.payload.header.owner, values, acc)
         if self.plan is None or m.attempt > self.plan.attempt:
             # a peer's payload can overtake the server's PassPlan (peer-to-peer links are
             # faster than the path through the server): keep it for that attempt
-            self.early.setdefault(m.attempt, []).append(m)
+            self.early.setdefault(m.attempt, []).append((m, got))
             return []
         if m.attempt != self.plan.attempt:
-            return []
+            if got is None or got[0] in self.held:
+                return []
+            # weights handed over in an aborted attempt: the server counts on this device
+            # holding them from now on
+            self.hold(*got)
+            return self._hand_over() + self._maybe_compute(now)
+        return self._count(m, got, now)
+
+    def _count(self, m: Relayed, got: Any, now: float, *, compute: bool = True
+               ) -> list[Effect]:
         if m.kind == "boundary":
             self.bound_in += 1
-            return self._maybe_done(now)
+            return self._maybe_done(now) if compute else []
+        owner, values, acc = got
+        if owner not in self.plan.pieces:
+            return [misbehaved(m.src, f"weights of owner {owner}, which this device does not "
+                                      "hold in the pass", group=m.group)]
+        self.hold(owner, values, acc)
         self.hand_in += 1
-        return self._maybe_compute(now)
-
-    def _owned_acc(self, acc: list, owner: int) -> np.ndarray:
-        idx = self.layout.owned_flat([owner], trainable=True)
-        total = np.zeros(len(idx), np.float32)
-        for part in acc:
-            total += np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in part])[idx]
-        return total
-
-    def _owned_values(self, state, owner: int) -> np.ndarray:
-        flat = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in state])
-        return flat[self.layout.owned_flat([owner])]
+        return self._hand_over() + (self._maybe_compute(now) if compute else [])
 
     def _maybe_compute(self, now: float) -> list[Effect]:
         p = self.plan
         if p is None or self.computing or self.job_done or self.hand_in < p.expect_handover \
                 or p.role == "dummy":      # a dummy only hands over what it held
             return []
+        lay = self.layout
+        if any(o not in self.held for o in p.pieces):
+            return []       # weights handed over in an aborted attempt are still on their way
         self.computing = True
         self.compute_started = now
-        if p.role == "dominator":
-            start = self.fused.state[self.group]
-            batches = make_batches(self.indices, epochs=1, batch_size=self.params.batch_size,
-                                   rng=self.rng)
-            job = SlicePassJob(TrainTask(start if isinstance(start, Deferred) else tuple(start),
-                                         batches, self.params.lr),
-                               p.flops, p.memory_bytes, len(self.indices))
-        else:
-            job = PieceJob(p.flops, p.memory_bytes)
+        parts = tuple((lay.owned_flat([o]), lay.owned_flat([o], trainable=True), self.held[o])
+                      for o in p.pieces)
+        batches = make_batches(self.indices, epochs=1, batch_size=self.params.batch_size,
+                               rng=self.rng) if p.role == "dominator" else None
+        job = SlicePassJob((p.group, p.attempt), self.node_id, tuple(p.pieces), parts,
+                           lay.num_params, batches, self.params.lr, p.flops, p.memory_bytes)
+        self._promise = job.promise
         out: list[Effect] = [RunJob(p.attempt, job)]
         for dst, nbytes in p.send_boundary:
             out += self._send_payload(dst, "boundary", nbytes)
@@ -1198,44 +1339,67 @@ class SliceDevice(Machine):
 
     # -------------------------------------------------------------- sharing
     def _share(self, m: ShareRequest) -> list[Effect]:
+        self._commit()
         lay = self.layout
         idx = lay.owned_flat(m.owners, trainable=True)
-        acc = self.fused.epoch_acc(self.group, m.epoch)
         k = int(round(self.params.theta * len(idx)))
-        if k and acc is not None:
+        # Σ |mean gradient| over the epoch's passes, per weight it owns (float64, pass order)
+        acc = np.zeros(lay.num_params, np.float64)
+        seen = False
+        for o in m.owners:
+            t = lay.owned_flat([o], trainable=True)
+            for part in self.acc.get(o, ()):
+                acc[t] += _arr(part)
+                seen = True
+        self.acc = {}
+        if k and seen:
             top = idx[np.argsort(-acc[idx], kind="stable")[:k]]
             top.sort()
         else:
             top = idx[:0]
-        flat = np.concatenate([a.reshape(-1) for a in self.fused.weights(self.group)])
+        # the epoch is over: hold plain arrays, so that a deferred result does not keep every
+        # pass of the run alive through the chain of jobs that produced it
+        self.held = {o: _arr(v) for o, v in self.held.items()}
+        flat = self._flat(m.owners)
         self.share_owners = {m.epoch: tuple(m.owners)}
         # the server answers the upload with this member's download
-        return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32), flat[top]))]
+        return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32),
+                                         flat[top].astype(np.float32)))]
+
+    def _flat(self, owners) -> np.ndarray:
+        """A full-length vector with the values of ``owners`` (zeros elsewhere)."""
+        lay = self.layout
+        flat = np.zeros(lay.num_params, np.float32)
+        for o in owners:
+            if o in self.held:
+                flat[lay.owned_flat([o])] = _arr(self.held[o])
+        return flat
 
     def _apply_download(self, m: Download) -> list[Effect]:
-        done = [Send(self.server, ShareDone(m.group, m.epoch))]
+        done: list[Effect] = [Send(self.server, ShareDone(m.group, m.epoch))]
         owners = self.share_owners.get(m.epoch)
         if owners is None:
             return [misbehaved(self.server, f"Download for epoch {m.epoch} not asked for")]
-        bad = check_sparse(m.indices, m.values, size=self.layout.num_params,
-                           allowed=self.layout.owned_flat(owners, trainable=True))
-        if bad is not None:        # applied nothing; the epoch still closes
-            return [misbehaved(self.server, f"Download: {bad}")] + done
-        if len(m.indices) == 0:
-            return done
-        w = self.fused.weights(self.group)
-        flat = np.concatenate([a.reshape(-1) for a in w])
-        flat[np.asarray(m.indices, np.int64)] = m.values
         lay = self.layout
-        self.fused.set_weights(self.group, [flat[lay.offsets[i]:lay.offsets[i + 1]].reshape(s)
-                                            for i, s in enumerate(lay.shapes)])
-        return done
-
-
-@dataclass(frozen=True, eq=False)
-class SlicePassJob(TrainJob):
-    """The dominator's fused pass (kind ``slice_pass``): its result is the new weights followed
-    by Σ over the pass's mini-batches of |mean gradient| per weight (spec §5)."""
-
-    kind: str = field(default="slice_pass", init=False)
-    result_copies: int = field(default=2, init=False)
+        bad = check_sparse(m.indices, m.values, size=lay.num_params,
+                           allowed=lay.owned_flat(owners, trainable=True))
+        out: list[Effect] = []
+        if bad is not None:        # applied nothing; the epoch still closes
+            out.append(misbehaved(self.server, f"Download: {bad}"))
+        elif len(m.indices):
+            got = np.asarray(m.indices, np.int64)
+            for o in owners:
+                own = lay.owned_flat([o])
+                mine = np.isin(got, own)
+                if o in self.held and mine.any():
+                    vals = _arr(self.held[o]).copy()
+                    vals[np.searchsorted(own, got[mine])] = np.asarray(m.values)[mine]
+                    self.held[o] = vals
+        # this member's part of the group's model at the end of the epoch (sim.parts)
+        held = [o for o in owners if o in self.held]
+        if held:
+            idx = lay.owned_flat(held)
+            out.append(Report("model_part", (idx, self._flat(held)[idx]),
+                              (("model", "group_model"), ("round", m.epoch),
+                               ("group", self.group))))
+        return out + done
