@@ -30,23 +30,29 @@ extensions = [
     "crowdlearn_docs",         # the generated pages (see the module's docstring)
 ]
 
-exclude_patterns = ["_build", "experiments/data", "**/.ipynb_checkpoints", "README.md"]
+# _generated/protocols/*_run.md are included by the protocol pages, not pages of their own
+exclude_patterns = ["_build", "experiments/data", "**/.ipynb_checkpoints",
+                    "_generated/protocols"]
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 4          # [text](page.md#a-heading) links resolve
 # experiment pages written by benchmark scripts use H4 under H2 (a style choice, not a defect)
-suppress_warnings = ["myst.header"]
+# ref.python: "more than one target found" for the one-letter shape names of NumPy-style type
+# fields (``(n, d)``), resolved fuzzily against every attribute called ``d``; not references
+suppress_warnings = ["myst.header", "ref.python"]
 
 # notebooks arrive executed (tests/test_notebooks.py's copies, or executed by the extension):
 # myst-nb never executes, it renders the outputs stored in the copies
 nb_execution_mode = "off"
 nb_merge_streams = True
 
-autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
+# no default "members": Sphinx 9 then ignores a directive's explicit :members: list
+autodoc_default_options = {"undoc-members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
+napoleon_use_ivar = True       # "Attributes" as fields: autodoc documents the attributes themselves
 
 html_theme = "alabaster"
 html_title = "crowdlearn"

@@ -20,11 +20,11 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
-from sphinx.util import logging
-
 import executed_notebooks
+from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parents[1]
@@ -71,17 +71,70 @@ def public_modules() -> list[str]:
     return sorted(out)
 
 
+def canonical_members(mods: list[str]) -> dict[str, tuple[list[str], list[tuple[str, str]]]]:
+    """For every public module, the ``__all__`` names documented on its page and the re-exports.
+
+    A class or function is documented in the module that defines it (``__module__``); a constant
+    in the public module whose source assigns it.
+    Every other name of an ``__all__`` is a re-export: ``(name, where, "obj" | "mod")``, with
+    ``where`` the public module that documents it, the submodule itself, or the foreign module it
+    comes from.  So each object has one entry
+    (no duplicate descriptions, no ambiguous cross-references).
+    """
+    import importlib
+    import inspect
+    modules = {m: importlib.import_module(m) for m in mods}
+
+    def assigns(m: str, name: str) -> bool:
+        src = inspect.getsource(modules[m])
+        return re.search(rf"^{re.escape(name)}\s*(:[^=\n]*)?=", src, re.M) is not None
+
+    def home_of(name: str, m: str) -> str:
+        """The public module whose source assigns ``name`` (a constant), else ``m``."""
+        return next((o for o in mods if name in modules[o].__all__ and assigns(o, name)), m)
+
+    out = {}
+    for m in mods:
+        own, elsewhere = [], []
+        for name in modules[m].__all__:
+            obj = getattr(modules[m], name)
+            if isinstance(obj, types.ModuleType):          # a submodule: its own page
+                elsewhere.append((name, obj.__name__, "mod"))
+                continue
+            if isinstance(obj, type) or callable(obj):
+                where = getattr(obj, "__module__", None) or m
+                # defined in a module without a page of its own: documented here
+                if where.split(".")[0] in PUBLIC_PACKAGES and where not in modules:
+                    where = m
+            else:
+                where = home_of(name, m)
+            (own.append(name) if where == m else elsewhere.append((name, where, "obj")))
+        out[m] = (own, elsewhere)
+    return out
+
+
 def api_pages() -> list[str]:
     mods = public_modules()
-    for mod in mods:
-        _write(GEN / "api" / f"{mod}.md", "\n".join([
-            f"# `{mod}`", "",
-            f"```{{automodule}} {mod}", ":members:", ":undoc-members:", ":show-inheritance:",
-            "```", ""]))
+    for mod, (own, elsewhere) in canonical_members(mods).items():
+        lines = [f"# `{mod}`", ""]
+        if elsewhere:
+            lines += ["Also exported here: " + ", ".join(
+                f"{{py:mod}}`{name} <{where}>`" if kind == "mod" and where in mods
+                else f"{{py:obj}}`{name} <{where}.{name}>`" if where in mods
+                else f"`{name}` (from `{where}`)"
+                for name, where, kind in elsewhere) + ".", ""]
+        # autodoc writes reST: it must be parsed as reST, not as MyST Markdown
+        lines += ["```{eval-rst}", f".. automodule:: {mod}"]
+        if own:
+            lines += [f"   :members: {', '.join(own)}", "   :undoc-members:",
+                      "   :show-inheritance:"]
+        lines += ["```", ""]
+        _write(GEN / "api" / f"{mod}.md", "\n".join(lines))
     _write(GEN / "api" / "index.md", "\n".join([
         "# API reference", "",
         "Generated from the docstrings of every public module (one that declares `__all__`); "
-        "a module page lists what its `__all__` exports.", "",
+        "a module page documents what its `__all__` exports and defines, and links what it "
+        "re-exports.", "",
         "```{toctree}", ":maxdepth: 1", "", *mods, "```", ""]))
     return mods
 
@@ -145,8 +198,15 @@ def tutorial_pages() -> list[str]:
 
 # ---------------------------------------------------------------- protocol runs and figures
 def protocol_pages() -> None:
+    """The recorded runs; a registered protocol without its page ``docs/protocols/<name>.md``
+    (which includes ``_generated/protocols/<name>_run.md``) is a warning."""
     import protocol_figures
-    protocol_figures.generate(GEN)
+    for name in protocol_figures.generate(GEN):
+        page = DOCS / "protocols" / f"{name}.md"
+        if not page.is_file() or f"_generated/protocols/{name}_run.md" not in page.read_text():
+            logger.warning(f"protocol {name!r} has no page docs/protocols/{name}.md including "
+                           f"_generated/protocols/{name}_run.md", type="crowdlearn",
+                           subtype="protocol")
 
 
 def generate(app) -> None:

@@ -7,7 +7,8 @@ the run's ``bytes_total`` counts.  From the log:
 
 * ``figures/<name>_sequence.png``: a sequence diagram of the first round (the messages delivered
   up to the first report that closes a round or publishes a model; the first
-  :data:`MAX_ARROWS` of them when there are more), one arrow per message in delivery order,
+  :data:`MAX_ARROWS` of those that involve only the first :data:`MAX_DEVICES` devices to appear,
+  when the round has more), one arrow per message in delivery order,
   labelled with its kind and size;
 * ``figures/<name>_network.png``: the run's fleet and network graph (devices coloured by tier,
   cells, core, server and any infrastructure node; device-to-device links dashed);
@@ -29,6 +30,7 @@ from executed_notebooks import ROOT, code_digest
 
 CACHE = ROOT / "build" / "docs-protocol-runs"
 MAX_ARROWS = 48
+MAX_DEVICES = 4
 ROUND_REPORTS = ("round", "global_model", "group_model", "epoch")
 
 #: Small runs shown on the protocol pages (overrides of :data:`BASE`, digits unless stated).
@@ -135,7 +137,14 @@ def sequence_diagram(msgs: list, path: Path, title: str) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    shown = msgs[:MAX_ARROWS]
+    shown = msgs
+    if len(msgs) > MAX_ARROWS:       # a big round: the messages of its first MAX_DEVICES devices
+        devices = []
+        for m in msgs:
+            devices += [n for n in m[1:3] if n.isdigit() and n not in devices]
+        keep = set(devices[:MAX_DEVICES])
+        shown = [m for m in msgs if all(not n.isdigit() or n in keep for n in m[1:3])]
+    shown = shown[:MAX_ARROWS]
     lanes = _order({m[1] for m in shown} | {m[2] for m in shown})
     x = {n: i for i, n in enumerate(lanes)}
     kinds = sorted({m[3] for m in shown})
@@ -219,20 +228,28 @@ def page(name: str, data: dict, msgs: list, where: str, drawn: int) -> str:
         each = (f"{min(f):,}" if f and min(f) == max(f) else f"{min(f):,}–{max(f):,}") if f else "–"
         rows.append(f"| `{kind}` | {len(f)} | {each} | {len(whole[kind])} | "
                     f"{sum(whole[kind]):,} |")
-    more = "" if drawn == len(msgs) else f" (the first {drawn} of its {len(msgs)} messages)"
+    more = "" if drawn == len(msgs) else (
+        f" ({drawn} of its {len(msgs)} messages: the first {drawn} that involve only the first "
+        f"{MAX_DEVICES} devices to appear)")
+    if not data["log"]:
+        seq = ["This protocol sends no messages over the simulated network: its run had "
+               "nothing to draw in a sequence diagram.", ""]
+    else:
+        seq = [f"```{{figure}} /_generated/figures/{name}_sequence.png",
+               f":alt: {name} message sequence", "",
+               f"The first round's messages in delivery order{more}: {where}. Times are "
+               "simulated; sizes are the encoded messages' lengths.", "```", ""]
     return "\n".join([
-        f"## A recorded run", "",
+        "## A recorded run", "",
         f"Generated at build time from a small run of `{name}` (digits unless stated; overrides "
         f"of the defaults: {overrides}). Every message the simulator delivered was logged with "
         f"its encoded size; the run sent {len(data['log'])} messages, "
         f"{data['bytes_total']:,} bytes in all.", "",
-        f"```{{figure}} /_generated/figures/{name}_sequence.png", f":alt: {name} message sequence", "",
-        f"The first round's messages in delivery order{more}: {where}. Times are simulated.",
-        "```", "",
+        *seq,
         f"```{{figure}} /_generated/figures/{name}_network.png", f":alt: {name} fleet and network", "",
         "The run's fleet and network: devices (by tier) attach to cells, cells to the core, "
         "the core to the server.", "```", "",
-        "Message kinds and their encoded sizes:", "", *rows, ""])
+        *(["Message kinds and their encoded sizes:", "", *rows, ""] if whole else [])])
 
 
 def generate(gen: Path, names=None) -> list[str]:
@@ -245,7 +262,7 @@ def generate(gen: Path, names=None) -> list[str]:
         data = cached_record(name, code)
         msgs, where = first_round(data)
         drawn = sequence_diagram(msgs, gen / "figures" / f"{name}_sequence.png",
-                                 f"{name}: one round's messages")
+                                 f"{name}: one round's messages") if msgs else 0
         network_picture(data, gen / "figures" / f"{name}_network.png",
                         f"{name}: the fleet and network of the recorded run")
         text = page(name, data, msgs, where, drawn)

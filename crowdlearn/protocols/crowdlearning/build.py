@@ -90,7 +90,7 @@ def build_ssgd(ctx) -> dict:
 
 def runners(sim) -> dict:
     """The executor's runners of Crowdlearning's job kinds: a group pass on the fused path
-    (with the accumulated |gradient| the sharing rule needs); the followers' piece jobs carry
+    (with the accumulated ``|gradient|`` the sharing rule needs); the followers' piece jobs carry
     their share of the time, their numbers being computed inside the fused pass."""
     return {"slice_pass": lambda jobs: sim.trainer.train([j.task for j in jobs],
                                                          with_abs_grad=True),
