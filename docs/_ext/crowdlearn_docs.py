@@ -209,12 +209,19 @@ def protocol_pages() -> None:
                            subtype="protocol")
 
 
+def _prune(folder: Path, keep: set[str]) -> None:
+    """Remove generated pages of modules or notebooks that no longer exist (orphans would warn)."""
+    for p in folder.glob("*"):
+        if p.suffix in (".md", ".ipynb") and p.stem not in keep | {"index"}:
+            p.unlink()
+
+
 def generate(app) -> None:
     GEN.mkdir(exist_ok=True)
     configuration_page()
-    api_pages()
+    _prune(GEN / "api", set(api_pages()))
     protocol_pages()
-    tutorial_pages()
+    _prune(GEN / "tutorials", set(tutorial_pages()))
 
 
 def setup(app):
