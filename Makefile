@@ -46,4 +46,4 @@ lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff && $(VENV)/bin/ruff check crowdlearn sim slicenet tests benchmarks
 
 clean:
-	rm -rf $(VENV) results build *.egg-info
+	rm -rf $(VENV) results build *.egg-info docs/_generated
