@@ -160,6 +160,7 @@ def names() -> tuple[str, ...]:
 
 
 def protocols() -> tuple[Protocol, ...]:
+    """Every registered :class:`Protocol`, in registration order."""
     _load_builtins()
     return tuple(_REGISTRY.values())
 

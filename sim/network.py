@@ -117,16 +117,16 @@ def build_topology(
     same ids the fleet uses).  Every link exists in both directions, each direction with its own
     ``bandwidth`` (bytes/s) and ``latency`` (s) edge attributes:
 
-    ============================  =====================  ======================
-    edge                          bandwidth              latency
-    ============================  =====================  ======================
-    device i -> its cell          ``device_up_bps[i]``   ``device_latency_s[i]``
-    cell -> device i              ``device_down_bps[i]`` ``device_latency_s[i]``
-    cell <-> core                 ``backhaul_bps``       ``backhaul_latency_s``
-    server -> core                ``server_bps``         ``server_latency_s``
-    core -> server                ``server_down_bps``    ``server_latency_s``
-    device i <-> device j (d2d)   ``d2d_bps[k]``         ``d2d_latency_s[k]``
-    ============================  =====================  ======================
+    ============================  =======================  ======================
+    edge                          bandwidth                latency
+    ============================  =======================  ======================
+    device i -> its cell          ``device_up_bps[i]``     ``device_latency_s[i]``
+    cell -> device i              ``device_down_bps[i]``   ``device_latency_s[i]``
+    cell <-> core                 ``backhaul_bps``         ``backhaul_latency_s``
+    server -> core                ``server_bps``           ``server_latency_s``
+    core -> server                ``server_down_bps``      ``server_latency_s``
+    device i <-> device j (d2d)   ``d2d_bps[k]``           ``d2d_latency_s[k]``
+    ============================  =======================  ======================
 
     Parameters
     ----------

@@ -90,6 +90,8 @@ class DeviceProfile:
         One-way latency (s) of the device's own link (for a phone, its access network to the
         cell; the tiers derive it from a measured round trip, see :data:`MEASURED_RTT_S`).
 
+    Notes
+    -----
     Every number must be positive and finite, except ``battery_j`` which may be ``inf``.
     Violations raise :class:`ProfileError` (a ``ValueError``) echoing the bad value.
 

@@ -109,7 +109,9 @@ def test_a_lost_device_is_reported_to_the_fedavg_server_and_the_round_goes_on():
     assert all(dst != lost and src != lost for src, dst, _, _ in w.sent[-10:])
 
 
-@pytest.mark.parametrize("module", ["sim.harness", "sim.parts", "crowdlearn.registry"])
+# sim.harness's example registers a wire tag, so it runs once per process: by --doctest-modules
+# (setup.cfg), which runs every package module's examples
+@pytest.mark.parametrize("module", ["crowdlearn.registry"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

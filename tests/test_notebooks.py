@@ -8,6 +8,10 @@ The ``python3`` kernel spec is resolved by ``jupyter_client``; a spec whose comm
 ``python`` (ipykernel's own spec, the one installed in a venv) is started with the interpreter
 running this test, so notebooks see the same installed packages.  ``test_kernel_environment``
 checks that, and that the environment variable reaches the kernel.
+
+Each executed notebook is written, keyed by its text and the code it ran, to ``build/notebooks/``
+(``docs/_ext/executed_notebooks.py``): ``make docs`` renders those copies as the tutorials instead
+of executing the notebooks a second time.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs" / "_ext"))
+import executed_notebooks  # noqa: E402  (docs/_ext: shared with the documentation build)
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -59,10 +66,13 @@ def test_kernel_environment(small_env, tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, small_env):
     nb = nbformat.read(path, as_version=4)
+    code = executed_notebooks.code_digest()      # the code the kernel imports, before it runs
     _execute(nb, path.parent)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors, errors
+    out = executed_notebooks.write(nb, path, code)       # the tutorial page of `make docs`
+    assert executed_notebooks.fresh(path) == out
 
 
 def test_notebooks_saved_without_outputs():

@@ -80,6 +80,7 @@ class HRESDecryptionError(ValueError):
 
 @dataclass(frozen=True)
 class HRESKeyPair:
+    """One participant's HRES key pair: secret exponent ``sk`` and public key ``pk = g^sk mod N²``."""
     sk: mpz = field(repr=False)
     pk: mpz
 

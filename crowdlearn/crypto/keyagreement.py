@@ -39,16 +39,19 @@ NONCE, TAG, KEY_BYTES = 12, 16, 32
 
 
 def keypair(raw: bytes) -> X25519PrivateKey:
+    """The X25519 private key of 32 raw bytes (a ``ValueError`` for any other length)."""
     if len(raw) != 32:
         raise ValueError(f"an X25519 private key is 32 bytes; got {len(raw)}")
     return X25519PrivateKey.from_private_bytes(raw)
 
 
 def public_bytes(key: X25519PrivateKey) -> bytes:
+    """The 32 raw bytes of ``key``'s public key."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def private_bytes(key: X25519PrivateKey) -> bytes:
+    """The 32 raw bytes of private key ``key`` (unencrypted)."""
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 

@@ -98,7 +98,7 @@ class LWEParams:
 
     @property
     def tail(self) -> int:
-        """Bound on |noise| (the discrete Gaussian is tail-cut at 12 s)."""
+        """Bound on ``|noise|`` (the discrete Gaussian is tail-cut at 12 s)."""
         return int(np.ceil(12 * self.s))
 
     @property

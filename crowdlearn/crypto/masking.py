@@ -106,10 +106,12 @@ def dequantise(v, *, clip: float, quant_bits: int, modulus_bits: int) -> np.ndar
 
 
 def add_mod(a, b, bits: int) -> np.ndarray:
+    """``(a + b) mod 2**bits`` elementwise, as ``uint64``."""
     return (np.asarray(a, np.uint64) + np.asarray(b, np.uint64)) & np.uint64((1 << bits) - 1)
 
 
 def sub_mod(a, b, bits: int) -> np.ndarray:
+    """``(a - b) mod 2**bits`` elementwise, as ``uint64``."""
     return (np.asarray(a, np.uint64) - np.asarray(b, np.uint64)) & np.uint64((1 << bits) - 1)
 
 

@@ -135,10 +135,12 @@ def reconstruct_many(xs: Sequence[int], ys: Sequence[Sequence[int]]) -> list[int
 
 
 def share_to_bytes(y: int) -> bytes:
+    """Share value ``y`` as :data:`SHARE_BYTES` big-endian bytes."""
     return int(y).to_bytes(SHARE_BYTES, "big")
 
 
 def share_from_bytes(b: bytes) -> int:
+    """The share value of :data:`SHARE_BYTES` big-endian bytes (a ``ValueError`` otherwise)."""
     if len(b) != SHARE_BYTES:
         raise ValueError(f"a share is {SHARE_BYTES} bytes; got {len(b)}")
     return int.from_bytes(b, "big")

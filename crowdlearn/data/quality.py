@@ -23,7 +23,7 @@ Which devices: an explicit mapping ``{device: kind}``, or a ``fraction`` of the 
 random, all of one ``kind`` (the mapping wins for the devices it names).
 
 Storage: one extended array set, not per-device copies
------------------------------------------------------
+--------------------------------------------------------
 A device's data stays *a set of indices*.  Corrupted rows are **appended** once to a copy of the
 training arrays — ``x = [x_train; rows of corrupted devices]`` — and a corrupted device's index
 array points at its new rows instead of the originals.  Clean devices keep their index arrays

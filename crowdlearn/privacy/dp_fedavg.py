@@ -119,6 +119,7 @@ def clip_update(delta: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]
 
 @dataclass(frozen=True)
 class DPParams:
+    """DP-FedAvg's parameters, resolved from the ``[dp]`` section by :func:`params_from_config`."""
     mode: str                      # central | distributed
     noise_multiplier: float        # z: what the accountant composes
     clip_norm: float               # C (initial C when adaptive)
@@ -249,6 +250,7 @@ CONFIG_SECTION: dict[str, Key] = {
 
 def cross_check(section: dict, *, protocol: str, cohort: int,
                 secure_aggregation: str = "none") -> list[str]:
+    """Problems of combining the ``[dp]`` section with the rest of the config (messages)."""
     out = []
     if section["mode"] == "distributed" and secure_aggregation == "none":
         out.append("dp.mode: 'distributed' noise is added by each client before secure "
@@ -266,6 +268,7 @@ def cross_check(section: dict, *, protocol: str, cohort: int,
 
 
 def params_from_config(cfg) -> DPParams | None:
+    """The :class:`DPParams` of a config (``None`` when ``dp.mode = "none"``); a target ε sets the noise multiplier."""
     s = cfg.dp
     if s.mode == "none":
         return None

@@ -8,11 +8,14 @@ The release is ε-DP (the Laplace mechanism on ``λ``, then post-processing), ho
 noisy objective is re-solved afterwards.
 
 Objectives (all quadratic; ``z`` a row with ``‖z‖₂ ≤ 1``, ``n`` rows)
---------------------------------------------------------------------
-``linear``    least squares, exact:  ``Σ (y − zᵀw)² = Σ y² − 2 Σ y zᵀw + wᵀ(Σ z zᵀ)w``, ``y ∈ [−1, 1]``.
-``logistic``  Zhang et al.'s 2nd-order Taylor expansion of ``log(1 + e^{zᵀw}) − y zᵀw`` at
+-----------------------------------------------------------------------
+``linear``
+              least squares, exact:  ``Σ (y − zᵀw)² = Σ y² − 2 Σ y zᵀw + wᵀ(Σ z zᵀ)w``, ``y ∈ [−1, 1]``.
+``logistic``
+              Zhang et al.'s 2nd-order Taylor expansion of ``log(1 + e^{zᵀw}) − y zᵀw`` at
               ``zᵀw = 0``, ``y ∈ {0, 1}``:  ``n·log 2 + Σ (½ − y) zᵀw + ⅛ wᵀ(Σ z zᵀ)w``.
-``softmax``   **[ours]** (in the style of Phan et al. 2016) the output layer of a network, features
+``softmax``
+              **[ours]** (in the style of Phan et al. 2016) the output layer of a network, features
               ``h`` (``‖h‖₂ ≤ 1``), ``K`` classes, kernel ``W ∈ R^{d×K}`` (column ``k`` = ``w_k``),
               one-hot ``y``.  The cross-entropy ``logsumexp(Wᵀh) − yᵀWᵀh`` is expanded to 2nd order
               at ``Wᵀh = 0`` (gradient ``1/K``, Hessian ``(I − 11ᵀ/K)/K``)::
@@ -40,13 +43,13 @@ per-row maximum.
 
 Sensitivities :func:`sensitivity`, ``d`` = length of a row (features **plus** the intercept column):
 
-========== ============================= ==============================================
-objective  ``bound="spec"`` (|z_j| ≤ 1)   ``bound="l2"`` [ours] (Σ|z_j| ≤ √d from ‖z‖₂ ≤ 1)
-========== ============================= ==============================================
-linear     ``2(1 + 2d + d²)``             ``2(1 + 2√d + d)``
-logistic   ``d²/4 + 3d`` (the spec)       ``√d + d/4``
-softmax    ``2(d² + 2d(K−1)/K)`` [ours]   ``2(d + 2√d(K−1)/K)``
-========== ============================= ==============================================
+========== =================================== ==================================================
+objective  ``bound="spec"`` (``|z_j| ≤ 1``)     ``bound="l2"`` [ours] (``Σ|z_j| ≤ √d`` from ``‖z‖₂ ≤ 1``)
+========== =================================== ==================================================
+linear     ``2(1 + 2d + d²)``                   ``2(1 + 2√d + d)``
+logistic   ``d²/4 + 3d`` (the spec)             ``√d + d/4``
+softmax    ``2(d² + 2d(K−1)/K)`` [ours]         ``2(d + 2√d(K−1)/K)``
+========== =================================== ==================================================
 
 The spec's logistic value is larger than the ``d²/4 + d`` its own bound (``|z_j| ≤ 1``) gives; we
 keep it (a larger Δ is still a valid, more conservative, choice).  ``bound="l2"`` uses the same
@@ -61,7 +64,7 @@ still longer than 1 shrunk onto the unit ball, then an intercept column:
 what we evaluate on the (unscaled) test set.
 
 Minimising the noisy objective **[ours, after Zhang et al. §6]**
----------------------------------------------------------------
+------------------------------------------------------------------
 The noisy ``M̄`` may be indefinite, making the objective unbounded below.  :func:`trim` keeps the
 eigen-directions of ``M̄`` with eigenvalue ``> tol·max|λ|`` ("spectral trimming"), and
 :func:`solve` minimises in that subspace, with a ridge ``ρ_r‖w‖²`` and optionally a proximal pull

@@ -55,7 +55,7 @@ One coordinated turn by hand:
 
 >>> import numpy as np
 >>> from sim.machine import PeerJoined, Received, Start
->>> params = DSSGDParams(rounds=1, theta_u=0.5)
+>>> params = DSSGDParams(rounds=1, theta_u=0.5, gamma=1.0)   # uploads clipped to ±γ
 >>> server = DSSGDServer("server", [np.zeros(4, np.float32)], [7], params,
 ...                      rng=np.random.default_rng(0))
 >>> server.handle(PeerJoined(7), 0.0), server.handle(Start(), 0.0)

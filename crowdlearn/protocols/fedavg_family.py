@@ -52,6 +52,7 @@ CONFIG_SECTION = {
 
 
 def params_from_config(cfg) -> FedAvgParams:
+    """The FedAvg server's parameters from a config's ``rounds`` and ``[fedavg]`` section."""
     f = cfg.fedavg
     return FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
                         local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,

@@ -135,10 +135,12 @@ def run_crypto_jobs(jobs: Sequence[CryptoJob]) -> list:
 
 
 def flatten(weights) -> np.ndarray:
+    """The weight arrays concatenated into one ``float64`` vector (inverse: :func:`unflatten`)."""
     return np.concatenate([np.asarray(w, np.float64).ravel() for w in weights])
 
 
 def unflatten(flat, shapes) -> list[np.ndarray]:
+    """``float32`` arrays of ``shapes`` cut from vector ``flat`` in order (inverse of :func:`flatten`)."""
     out, pos = [], 0
     for s in shapes:
         n = int(np.prod(s, dtype=np.int64))
@@ -149,6 +151,7 @@ def unflatten(flat, shapes) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class PhongParams:
+    """The schedule and training parameters of encrypted ASGD (from ``rounds`` and ``[phong]``)."""
     rounds: int
     order: str = "asynchronous"
     local_epochs: int = 1

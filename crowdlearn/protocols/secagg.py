@@ -751,6 +751,7 @@ def _dropouts(log: list[dict]) -> dict:
 # ---------------------------------------------------------------- a round without a simulator
 @dataclass
 class RoundOutcome:
+    """What one SecAgg round left: its status, the sum, the surviving set U3, the machines and the messages."""
     status: str                      # "ok" | "abort"
     sum: np.ndarray | None           # Σ of the dequantised inputs of U3 (None when aborted)
     u3: tuple

@@ -13,7 +13,7 @@ Examples
 --------
 >>> from crowdlearn.training.ray_trainer import shards
 >>> shards(5, 2)
-[range(0, 3), range(3, 5)]
+[range(0, 2), range(2, 5)]
 >>> shards(1, 3)
 [range(0, 1)]
 """

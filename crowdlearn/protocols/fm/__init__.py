@@ -15,7 +15,7 @@ post-processing of ``f̄_i`` and of what the server broadcasts, so its ε **does
 rounds**.  Only parameters travel.
 
 Rounds: consensus ADMM on the noisy objectives **[ours]**
---------------------------------------------------------
+-----------------------------------------------------------
 Averaging the minimisers of many tiny noisy objectives is much worse than minimising their sum
 (the noise of the sum grows like ``√K``, its signal like ``K``; see
 ``docs/experiments/functional_mechanism.md``).  Sharing only parameters, the fleet reaches the
@@ -34,7 +34,7 @@ rows per participant, ``r`` the row length, ``c`` the curvature per row: 1 linea
 1/2K softmax; all public), computed by :func:`build`.
 
 Unreliable participants: quality-weighted aggregation **[ours]**
----------------------------------------------------------------
+------------------------------------------------------------------
 The server holds a small validation split (``public_size`` training rows removed from the
 devices' data, a seeded random sample).  The first time a participant uploads, the server scores
 its parameters there: classification error, or squared error in ``[−1, 1]`` target units clipped
@@ -83,7 +83,7 @@ its first upload (the only release: later uploads are post-processing of it), wh
 server accepts it; the monitor composes these into the ε of ``metrics.csv`` and ``summary.json``.
 
 What the guarantee covers (and what it does not)
------------------------------------------------
+--------------------------------------------------
 Covered: the participants' rows, replace-one, given that every row is mapped to ``‖z‖₂ ≤ 1`` by
 public constants only.  The datasets a DP run uses must therefore be scaled by public constants
 too: Fashion-MNIST by 255, the scikit-learn tables (``breast_cancer``, ``diabetes``) by the mean

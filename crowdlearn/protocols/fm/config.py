@@ -89,6 +89,7 @@ def cross_check(section: dict, *, protocol: str = "fm", model: dict | None = Non
 
 
 def params_from_config(cfg, *, mu: float = 0.0) -> FMParams:
+    """The :class:`FMParams` of a config: ``rounds`` and the ``[fm]`` section, with ``mu`` as given."""
     s = cfg.fm
     names = [f.name for f in dataclasses.fields(FMParams) if f.name not in ("rounds", "mu")]
     return FMParams(rounds=cfg.rounds, mu=mu, **{k: getattr(s, k) for k in names})

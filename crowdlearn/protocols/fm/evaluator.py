@@ -9,7 +9,7 @@ import numpy as np
 
 # ---------------------------------------------------------------- a numpy evaluator
 class LinearEvaluator:
-    """A ``trainer_factory`` for linear ``ModelSpec``s that only evaluates, in numpy.
+    """A ``trainer_factory`` for linear ``ModelSpec`` objects that only evaluates, in numpy.
 
     Same metrics as ``FleetTrainer.evaluate``: ``(cross-entropy, accuracy)`` for ``sparse_ce``,
     ``(mse, rmse)`` for ``mse``.  For fast tests and benchmarks of linear FM runs (no
