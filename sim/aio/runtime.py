@@ -305,6 +305,7 @@ class Hub:
         self.halted = asyncio.Event()
         self.stopping = False
         self.ever_joined: set = set()
+        self.lost: list = []            # nodes whose connection ended without a Stop
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task] = set()
         self.port: int | None = None
@@ -432,6 +433,7 @@ class Hub:
         del self.conns[node]
         if self.stopping or conn.clean:
             return
+        self.lost.append(node)
         srv = self.conns.get(self.server)
         if srv is not None and node != self.server:
             self._write(srv, wire.encode(Presence(node, False)))
@@ -758,7 +760,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         await loop.run_in_executor(None, pool.drain)
         pool.close()
     pool.check()
-    lost = sorted(map(str, hub.ever_joined - set(nodes)))
+    lost = [str(n) for n in hub.lost]
     return RunStats(
         halted=hub.halted.is_set(), stopped_by=stopped_by,
         real_time_s=time.perf_counter() - wall0, emulated_time_s=emulated,

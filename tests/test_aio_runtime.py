@@ -1,0 +1,226 @@
+"""The asyncio runtime (:mod:`sim.aio`): the same machines over loopback sockets.
+
+Parity: each server's reported models and every byte figure equal the SimPy run of the same
+config.  Faults: a peer cut mid-round reaches the server as ``PeerLost``; frames the hub cannot
+accept drop only that connection and are recorded; a peer claiming another's identity is refused.
+"""
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crowdlearn.experiment import Simulation
+from crowdlearn.realtime import run_asyncio
+from sim import wire
+from sim.aio import frames
+from sim.aio.frames import Envelope, FrameDecoder, FrameError, Go, Hello, Proof, frame
+from sim.aio.runtime import Hub, Options
+from tests.conftest import small_config
+from tests.test_harness import _models, _simpy_models
+
+#: every asyncio run in this file stops after this many real seconds, whatever happens
+AIO = {"runtime.engine": "asyncio", "runtime.timeout_s": 120.0}
+
+PARITY = {
+    "fedavg": {},
+    "centralized": {"protocol": "centralized"},
+    "dssgd": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4},
+    "fm": {"protocol": "fm", "rounds": 2, "data.dataset": "breast_cancer", "model.arch": "linear"},
+    "secagg": {"fedavg.secure_aggregation": "secagg", "rounds": 2},
+    "phong": {"protocol": "phong", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+              "he.key_bits": 512, "he.order": "round_robin"},
+}
+
+
+def _aio(cfg, **kwargs):
+    sim = Simulation(cfg)
+    seen = []
+    orig = sim.monitor.on_report
+    sim.monitor.on_report = lambda node, rep, now: (seen.append((node, rep)),
+                                                    orig(node, rep, now))[1]
+    res = run_asyncio(sim, **kwargs)
+    return _models(seen), res, sim
+
+
+@pytest.mark.parametrize("name", list(PARITY))
+def test_asyncio_runs_report_the_simpy_runs_models_and_bytes(name):
+    cfg = small_config(**PARITY[name], **AIO)
+    got, res, _ = _aio(cfg)
+    want, ref = _simpy_models(small_config(**PARITY[name]))
+    assert got.keys() == want.keys() and got
+    for k in want:
+        for a, b in zip(got[k], want[k], strict=True):
+            # float noise only: the server sums updates in arrival order (see docs/design.md)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+    s = res.summary
+    assert s["runtime"] == "asyncio" and s["completed"] and s["incidents"] == []
+    assert s["bytes_by_kind"] == dict(sorted(ref.monitor.bytes_by_kind.items()))
+    assert (s["bytes_up"], s["bytes_down"]) == (ref.monitor.bytes_up, ref.monitor.bytes_down)
+    # what crossed the sockets: every message's body, relayed messages twice, plus framing
+    assert s["socket_bytes"] > s["bytes_total"]
+
+
+def test_jobs_run_off_the_event_loop_and_a_rounds_training_is_one_batch():
+    cfg = small_config(**AIO, rounds=2)
+    sim = Simulation(cfg)
+    threads = []
+    train = sim.executor.runners["train"]
+    sim.executor.runners["train"] = lambda jobs: (threads.append(threading.get_ident()),
+                                                  train(jobs))[1]
+    res = run_asyncio(sim)
+    assert res.summary["completed"]
+    assert threads and threading.get_ident() not in threads      # never on the loop's thread
+    assert sim.aio_stats.job_batches >= 2
+    # every selected device's training of a round ran in one TensorFlow call, as under SimPy
+    assert res.summary["batches_run"]["train"] == 2
+    assert res.summary["jobs_run"]["train"] == 2 * cfg.fedavg.clients_per_round
+
+
+def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_on():
+    cfg = small_config(**AIO, **{"fleet.devices": 5,
+                          "fedavg.clients_per_round": 4, "rounds": 2})
+    sim = Simulation(cfg)
+    server = sim.driver.machines["server"]
+    cut = []
+
+    async def kill(hub, nodes, clock):
+        while not server.selected:
+            await asyncio.sleep(0.001)
+        victim = sorted(server.selected)[0]
+        cut.append(victim)
+        hub.drop(victim)                     # its socket is closed under it
+
+    res = run_asyncio(sim, faults=kill)
+    rounds = res.rounds
+    assert res.summary["completed"] and cut
+    assert cut[0] not in rounds[0]["aggregated"]
+    assert str(cut[0]) in res.summary["peers_lost"]
+
+
+def test_config_refuses_crowdlearning_under_asyncio_naming_issue_8():
+    from crowdlearn.config import ConfigError
+    with pytest.raises(ConfigError, match="issue 8"):
+        small_config(**{"runtime.engine": "asyncio", "protocol": "crowdlearning"})
+
+
+# ---------------------------------------------------------------- frames (sans-I/O)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.data())
+def test_frames_reassemble_however_the_stream_is_split(bodies, data):
+    stream = b"".join(frame(b) for b in bodies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    dec, out, last = FrameDecoder(max_frame=1000), [], 0
+    for c in cuts + [len(stream)]:
+        out += dec.feed(stream[last:c])
+        last = c
+    assert out == bodies
+    dec.close()                                        # nothing left over
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.integers(1, 64))
+def test_the_frame_decoder_only_ever_raises_frame_error(data, limit):
+    dec = FrameDecoder(max_frame=limit)
+    try:
+        for body in dec.feed(data):
+            assert len(body) <= limit
+            try:
+                frames.parse(body, allowed=frames.CONTROL)
+            except FrameError:
+                pass
+        dec.close()
+    except FrameError:
+        pass
+
+
+# ---------------------------------------------------------------- the hub against bad peers
+async def _raw(port, data: bytes, *, close=True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    if close:
+        writer.write_eof()
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def _hello_and_proof(key, node, reader_data: bytes) -> bytes:
+    dec = FrameDecoder()
+    ch = frames.parse(dec.feed(reader_data)[0], allowed=(frames.Challenge,))
+    return frame(wire.encode(Proof(frames.prove(key, ch.hub_key, ch.nonce, node))))
+
+
+async def _with_hub(body):
+    keys = {n: X25519PrivateKey.generate() for n in (1, 2)}
+    hub = Hub({n: frames.public_bytes(k) for n, k in keys.items()}, expect={1, 2},
+              options=Options(max_frame_bytes=1024, handshake_timeout_s=2))
+    port = await hub.start()
+    try:
+        return await body(hub, port, keys)
+    finally:
+        await hub.stop("test")
+
+
+async def _login(port, key, node):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(frame(wire.encode(Hello(node))))
+    data = await asyncio.wait_for(reader.read(4 + 200), 5)
+    writer.write(_hello_and_proof(key, node, data))
+    dec = FrameDecoder()
+    got = []
+    while not got:
+        got = dec.feed(await asyncio.wait_for(reader.read(1024), 5))
+    assert isinstance(frames.parse(got[0], allowed=frames.CONTROL), frames.Welcome)
+    return reader, writer
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (b"\x00\x00\x00\x03abc", "malformed"),                      # not a message
+    (b"\x00\x10\x00\x00" + b"x" * 10, "exceeds the limit"),      # oversized
+    (b"\x00\x00\x00\x20" + b"x" * 10, "inside a frame"),         # truncated, then closed
+    (frame(wire.encode(Go())), "unexpected Go"),                 # a frame only the hub sends
+])
+def test_bad_frames_drop_that_connection_are_recorded_and_crash_nothing(bad, reason):
+    async def body(hub, port, keys):
+        r1, w1 = await _login(port, keys[1], 1)        # an honest peer stays connected
+        await _raw(port, bad)
+        await asyncio.sleep(0.05)
+        assert 1 in hub.conns and not w1.is_closing()
+        w1.close()
+        return hub.incidents
+
+    incidents = asyncio.run(_with_hub(body))
+    assert len(incidents) == 1 and reason in incidents[0]["reason"], incidents
+
+
+def test_a_peer_claiming_another_identity_is_refused():
+    async def body(hub, port, keys):
+        thief = X25519PrivateKey.generate()            # not node 2's key
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(wire.encode(Hello(2))))
+        data = await asyncio.wait_for(reader.read(4 + 200), 5)
+        writer.write(_hello_and_proof(thief, 2, data))
+        rest = await asyncio.wait_for(reader.read(), 5)      # closed: no Welcome
+        writer.close()
+        return rest, hub.incidents, set(hub.conns)
+
+    rest, incidents, conns = asyncio.run(_with_hub(body))
+    assert rest == b"" and 2 not in conns
+    assert "identity proof for 2 failed" in incidents[0]["reason"]
+
+
+def test_an_envelope_with_a_forged_sender_drops_the_connection():
+    async def body(hub, port, keys):
+        r1, w1 = await _login(port, keys[1], 1)
+        w1.write(frame(wire.encode(Envelope(2, 1, b"\x00"))))
+        rest = await asyncio.wait_for(r1.read(), 5)
+        w1.close()
+        return rest, hub.incidents
+
+    rest, incidents = asyncio.run(_with_hub(body))
+    assert "sent an envelope from 2" in incidents[0]["reason"]
