@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_partition_parser = None
     if add_partition_parser is not None:
         add_partition_parser(sub, parents=[common])
+    from crowdlearn.peer_cli import add_peer_parsers
+    add_peer_parsers(sub, parents=[common])
     return p
 
 

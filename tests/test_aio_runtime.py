@@ -224,3 +224,59 @@ def test_an_envelope_with_a_forged_sender_drops_the_connection():
 
     rest, incidents = asyncio.run(_with_hub(body))
     assert "sent an envelope from 2" in incidents[0]["reason"]
+
+
+# ---------------------------------------------------------------- separate processes
+def _processes(tmp_path, sets, devices):
+    """A `crowdlearn serve` and one `crowdlearn join` per device, on 127.0.0.1; every process is
+    waited for (and killed if it outlives the test's timeouts)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    cli = [sys.executable, "-m", "crowdlearn.cli"]
+    flags = [x for s in sets for x in ("--set", s)]
+    procs = []
+    try:
+        srv = subprocess.Popen(cli + ["serve", "--listen", "127.0.0.1:0", "--out",
+                                      str(tmp_path / "served"), "--no-plots"] + flags,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        procs.append(srv)
+        line = srv.stdout.readline()                     # "listening on 127.0.0.1:PORT"
+        assert line.startswith("listening on 127.0.0.1:"), (line, srv.stderr.read())
+        port = int(line.rsplit(":", 1)[1])
+        joins = [subprocess.Popen(cli + ["join", "--connect", f"127.0.0.1:{port}",
+                                         "--device", str(i)] + flags,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env) for i in range(devices)]
+        procs += joins
+        t_end = time.monotonic() + 240
+        outs = [p.communicate(timeout=max(1, t_end - time.monotonic())) for p in joins]
+        srv_out = srv.communicate(timeout=max(1, t_end - time.monotonic()))
+        return srv.returncode, srv_out, [(p.returncode, o) for p, o in zip(joins, outs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_a_server_and_three_device_processes_run_fedavg_with_simpys_bytes(tmp_path):
+    import json
+    sets = ["fleet.devices=3", "rounds=2", "fedavg.clients_per_round=3", "training.backend=none",
+            "runtime.timeout_s=200"]
+    rc, (out, err), joins = _processes(tmp_path, sets, 3)
+    assert rc == 0, err
+    for jrc, (jout, jerr) in joins:
+        assert jrc == 0, jerr
+        info = json.loads(jout.strip().splitlines()[-1])
+        assert info["stopped_by"] == "stop" and info["sent"] == info["received"] == 2
+        assert 0 < info["shard_samples"] < 1797 / 2     # only its own shard of digits' rows
+    s = json.loads((tmp_path / "served" / "summary.json").read_text())
+    from crowdlearn.config import load
+    ref = Simulation(load(None, sets[:-1])).run().summary          # the same config, SimPy
+    assert s["runtime"] == "asyncio" and s["rounds_completed"] == 2 and s["incidents"] == []
+    assert (s["bytes_up"], s["bytes_down"], s["bytes_by_kind"]) == \
+        (ref["bytes_up"], ref["bytes_down"], ref["bytes_by_kind"])

@@ -70,7 +70,7 @@ from sim.machine import (
 )
 
 __all__ = ["Options", "Hub", "Node", "JobPool", "Sink", "RunStats", "run", "run_async",
-           "LOOPBACK"]
+           "join_async", "LOOPBACK"]
 
 #: the only address the runtime binds or connects to unless told otherwise
 LOOPBACK = "127.0.0.1"
@@ -290,14 +290,15 @@ class Hub:
     def __init__(self, roster: Mapping[NodeId, bytes], *, server: NodeId | None = None,
                  options: Options = Options(), expect=None, key: X25519PrivateKey | None = None,
                  capture: Callable[[NodeId, NodeId, bytes], None] | None = None,
-                 on_drop: Callable[[NodeId, NodeId, int], None] | None = None):
+                 on_drop: Callable[[NodeId, NodeId, int], None] | None = None,
+                 on_relay: Callable[[NodeId, NodeId, bytes], None] | None = None):
         self.roster = dict(roster)
         self.server = server
         self.options = options
         self.expect = set(self.roster if expect is None else expect)
         self.key = key or X25519PrivateKey.generate()
         self.pub = frames.public_bytes(self.key)
-        self.capture, self.on_drop = capture, on_drop
+        self.capture, self.on_drop, self.on_relay = capture, on_drop, on_relay
         self.conns: dict[NodeId, _Conn] = {}
         self.incidents: list[dict] = []
         self.stats = HubStats()
@@ -424,6 +425,8 @@ class Hub:
             self.stats.frames_relayed += 1
             self.stats.relayed_bytes += len(msg.body)
             self._write(dst, body)
+            if self.on_relay is not None:
+                self.on_relay(msg.src, msg.dst, msg.body)
             await dst.writer.drain()
 
     def _lost(self, conn: _Conn) -> None:
@@ -477,6 +480,7 @@ class Node:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.halted = False
+        self.stop_reason: str | None = None
         self.stopped = asyncio.Event()
         self.events_handled = 0
         self.sent = self.received = 0
@@ -526,6 +530,7 @@ class Node:
                         break
                     msg = frames.parse(body, allowed=(Envelope, Presence, Go, Stop))
                     if isinstance(msg, Stop):
+                        self.stop_reason = "stop"
                         break
                     if isinstance(msg, Go):
                         self.inbox.put_nowait(Start())
@@ -693,30 +698,47 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                     profile: Callable[[NodeId], Any] = lambda node: None,
                     server: NodeId | None = None, options: Options = Options(),
                     faults: Callable[[Hub, dict, Clock], Any] | None = None,
-                    capture: Callable | None = None) -> RunStats:
+                    capture: Callable | None = None, local=None,
+                    keys: Mapping[NodeId, X25519PrivateKey] | None = None,
+                    listen: tuple[str, int] = (LOOPBACK, 0),
+                    on_listening: Callable[[int], None] | None = None) -> RunStats:
     """Run ``machines`` to completion, each a :class:`Node` on its own loopback connection.
 
+    ``local``: the nodes run in this process (default: all); the others connect from other
+    processes (:func:`join_async`) with the keys of ``keys`` (node → X25519 private key; default:
+    fresh keys, which only local nodes can know).  With remote nodes, the hub charges the
+    monitor for the envelopes it relays to them, so this process's monitor sees every message.
     ``faults(hub, nodes, clock)``, if given, is started as a task once every node is in (tests
     kill peers with it).  Returns when a machine halts, when nothing has been in flight for
-    ``options.quiet_s``, or after ``options.timeout_s``.
+    ``options.quiet_s`` (only if every node is local), or after ``options.timeout_s``.
     """
     loop = asyncio.get_running_loop()
     wall0 = time.perf_counter()
     pool = JobPool(executor, loop, window=options.batch_window_s)
     sink = Sink(monitor, pool, profile)
     clock = Clock(loop, options.time_scale)
-    keys = {n: X25519PrivateKey.generate() for n in machines}
-    hub = Hub({n: frames.public_bytes(k) for n, k in keys.items()}, server=server,
-              options=options, capture=capture, on_drop=sink.dropped)
+    local = list(machines) if local is None else list(local)
+    all_local = set(local) == set(machines)
+    keys = dict(keys) if keys is not None else {n: X25519PrivateKey.generate() for n in machines}
+    on_relay = None
+    if not all_local:
+        def on_relay(src, dst, body: bytes) -> None:
+            if dst not in nodes:
+                sink.transfer(src, dst, len(body), clock.now(), wire.decode(body))
+    hub = Hub({n: frames.public_bytes(keys[n]) for n in machines}, server=server,
+              options=options, capture=capture, on_drop=sink.dropped, on_relay=on_relay)
     nodes: dict = {}
     tasks: list[asyncio.Task] = []
     fault_task = None
     stopped_by = "halted"
+    emulated = 0.0
     try:
-        port = await hub.start()
+        port = await hub.start(*listen)
+        if on_listening is not None:
+            on_listening(port)
         await asyncio.sleep(0)
         clock.t0 = loop.time()
-        for n in machines:
+        for n in local:
             nodes[n] = Node(n, machines[n], key=keys[n], pool=pool, sink=sink, clock=clock,
                             options=options)
             tasks.append(asyncio.ensure_future(nodes[n].run(LOOPBACK, port)))
@@ -732,7 +754,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
             if deadline is not None and loop.time() > deadline:
                 stopped_by = "timeout"
                 break
-            busy = (not hub.started.is_set() or pool._pending
+            busy = (not all_local or not hub.started.is_set() or pool._pending
                     or any(not nd.idle for nd in nodes.values() if not nd.stopped.is_set())
                     or hub.stats.frames_relayed != sum(nd.received for nd in nodes.values()))
             if busy:
@@ -760,16 +782,37 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         await loop.run_in_executor(None, pool.drain)
         pool.close()
     pool.check()
-    lost = [str(n) for n in hub.lost]
     return RunStats(
         halted=hub.halted.is_set(), stopped_by=stopped_by,
         real_time_s=time.perf_counter() - wall0, emulated_time_s=emulated,
         socket_bytes=hub.stats.socket_bytes_in + hub.stats.socket_bytes_out,
         frames_relayed=hub.stats.frames_relayed, relayed_bytes=hub.stats.relayed_bytes,
         job_batches=pool.batches, events_handled=sum(nd.events_handled for nd in nodes.values()),
-        incidents=list(hub.incidents), lost=lost, nodes=len(nodes))
+        incidents=list(hub.incidents), lost=[str(n) for n in hub.lost], nodes=len(nodes))
 
 
 def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
     """:func:`run_async` in a fresh event loop."""
     return asyncio.run(run_async(machines, **kwargs))
+
+
+async def join_async(node: NodeId, machine: Machine, *, key: X25519PrivateKey, host: str,
+                     port: int, executor, monitor,
+                     profile: Callable[[NodeId], Any] = lambda node: None,
+                     options: Options = Options()) -> dict:
+    """Run one node in this process against a hub elsewhere, until the hub stops the run
+    (returns ``{"stopped_by": "stop", ...}``) or the connection is lost (``"lost"``)."""
+    loop = asyncio.get_running_loop()
+    pool = JobPool(executor, loop, window=options.batch_window_s)
+    clock = Clock(loop, options.time_scale)
+    nd = Node(node, machine, key=key, pool=pool, sink=Sink(monitor, pool, profile), clock=clock,
+              options=options)
+    try:
+        await nd.run(host, port)
+    finally:
+        await loop.run_in_executor(None, pool.drain)
+        pool.close()
+    pool.check()
+    return {"stopped_by": nd.stop_reason or "lost", "events_handled": nd.events_handled,
+            "sent": nd.sent, "received": nd.received, "socket_bytes": nd.socket_bytes,
+            "emulated_time_s": clock.now()}
