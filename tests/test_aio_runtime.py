@@ -280,3 +280,99 @@ def test_a_server_and_three_device_processes_run_fedavg_with_simpys_bytes(tmp_pa
     assert s["runtime"] == "asyncio" and s["rounds_completed"] == 2 and s["incidents"] == []
     assert (s["bytes_up"], s["bytes_down"], s["bytes_by_kind"]) == \
         (ref["bytes_up"], ref["bytes_down"], ref["bytes_by_kind"])
+
+
+# ---------------------------------------------------------------- sealed traffic on the relay
+from dataclasses import dataclass  # noqa: E402
+
+from sim.machine import Halt, Machine, Received, Report, Send, Start  # noqa: E402
+from sim.wire import message  # noqa: E402
+
+
+@message(0x7F31)
+@dataclass(frozen=True)
+class _SealedNote:
+    blob: bytes
+
+
+@message(0x7F32)
+@dataclass(frozen=True)
+class _PlainNote:
+    data: bytes
+
+
+class _Recorder:
+    """The monitor hooks the runtime calls, recorded."""
+
+    def __init__(self):
+        self.reports, self.transfers = [], []
+
+    def on_report(self, node, rep, now):
+        self.reports.append((node, rep))
+
+    def on_transfer(self, src, dst, nbytes, now, msg=None):
+        self.transfers.append((src, dst, nbytes, type(msg).__name__))
+
+    def on_message_dropped(self, *a):
+        pass
+
+
+def test_the_relay_sees_no_plaintext_of_a_sealed_payload():
+    from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
+    from sim.aio.runtime import run
+
+    secret = np.random.default_rng(5).bytes(256)
+    rings = {1: KeyRing(1), 2: KeyRing(2)}
+    rings[1].learn(2, rings[2].card())
+    rings[2].learn(1, rings[1].card())
+    header = Header("boundary", group=0, attempt=1)
+
+    class Sender(Machine):
+        def handle(self, event, now):
+            if isinstance(event, Start):
+                return [Send(2, _SealedNote(Sealed.of_bytes(rings[1], 2, header, secret))),
+                        Send(2, _PlainNote(secret[:64]))]       # control: a plaintext message
+            return []
+
+    class Receiver(Machine):
+        got = 0
+
+        def handle(self, event, now):
+            if not isinstance(event, Received):
+                return []
+            self.got += 1
+            m = event.message
+            out = [Report("opened", rings[2].open(1, header, m.blob))] \
+                if isinstance(m, _SealedNote) else [Report("plain", m.data)]
+            return out + ([Halt()] if self.got == 2 else [])
+
+    captured = []
+    mon = _Recorder()
+    stats = run({1: Sender(1), 2: Receiver(2)}, executor=None, monitor=mon,
+                options=Options(timeout_s=30),
+                capture=lambda src, dst, data: captured.append(bytes(data)))
+    assert stats.halted and stats.frames_relayed == 2
+    opened = dict((rep.name, rep.value) for _, rep in mon.reports)
+    assert opened["opened"] == secret                    # the recipient opens it
+    seen = b"".join(captured)
+    assert secret[:64] in seen                           # the capture does see plaintext...
+    sealed_frame = next(c for c in captured if secret[:64] not in c)
+    windows = {secret[i:i + 12] for i in range(0, len(secret) - 12)}
+    assert not any(w in sealed_frame for w in windows)   # ...but none of the sealed one
+
+
+# ---------------------------------------------------------------- time emulation
+def test_emulated_time_covers_the_modelled_compute_and_is_reported_beside_real_time():
+    scale = 50.0
+    cfg = small_config(**AIO, rounds=2, **{"runtime.time_scale": scale})
+    res = run_asyncio(Simulation(cfg))
+    s = res.summary
+    assert s["completed"] and s["time_scale"] == scale
+    assert s["sim_time_s"] == s["emulated_time_s"]
+    # the emulated clock runs time_scale times as fast as the real one, never faster
+    assert 0 < s["emulated_time_s"] <= s["real_time_s"] * scale
+    # a round cannot end before its slowest aggregated device's modelled training is over
+    for r in res.rounds:
+        slowest = max(res.devices[d]["busy_s"] / max(1, res.devices[d]["rounds_aggregated"])
+                      for d in r["aggregated"])
+        assert slowest > 0 and r["end_s"] - r["start_s"] >= slowest * 0.999, (r, slowest)
