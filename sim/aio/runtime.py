@@ -133,27 +133,46 @@ class JobPool:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crowdlearn-jobs")
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._flush: asyncio.TimerHandle | None = None
+        self._first = 0.0
+        self._busy = False
         self.batches = 0
         self.errors: list[BaseException] = []
         self.worker_threads: set[int] = set()
 
+    #: a gathering window is extended by each new job, up to this many windows
+    MAX_WINDOWS = 20
+
     def submit(self, job: Any) -> asyncio.Future:
+        """Queue ``job``; the batch goes to the worker ``window`` seconds after the last job
+        joined it (at most ``MAX_WINDOWS`` windows after the first), and never while the worker
+        is still computing the previous batch (the jobs that arrive meanwhile join the next)."""
         fut = self.loop.create_future()
+        now = self.loop.time()
+        if not self._pending:
+            self._first = now
         self._pending.append((job, fut))
-        if self._flush is None:
-            self._flush = self.loop.call_later(self.window, self._run_pending)
+        if self._flush is not None:
+            self._flush.cancel()
+        at = min(now + self.window, self._first + self.MAX_WINDOWS * self.window)
+        self._flush = self.loop.call_at(at, self._run_pending)
         return fut
 
     def _run_pending(self) -> None:
         self._flush = None
+        if self._busy:
+            return                      # flushed when the running batch is done
         batch, self._pending = self._pending, []
         live = [(j, f) for j, f in batch if not f.cancelled()]
         if not live:
             return
         self.batches += 1
+        self._busy = True
         cf = self.loop.run_in_executor(self._thread, self._compute, [j for j, _ in live])
 
         def done(c: asyncio.Future) -> None:
+            self._busy = False
+            if self._pending and self._flush is None:
+                self._run_pending()
             if c.exception() is not None:
                 self.errors.append(c.exception())
                 for _, f in live:
