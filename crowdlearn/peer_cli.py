@@ -35,7 +35,7 @@ def parse_address(text: str) -> tuple[str, int]:
     >>> parse_address("7070")
     Traceback (most recent call last):
     ...
-    crowdlearn.errors.CrowdlearnError: address '7070' is not HOST:PORT (e.g. 127.0.0.1:7070)
+    slicenet.errors.UserError: address '7070' is not HOST:PORT (e.g. 127.0.0.1:7070)
     """
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
