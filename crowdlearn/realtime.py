@@ -57,7 +57,7 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
                  time_scale=cfg.runtime.time_scale, socket_bytes=stats.socket_bytes,
                  frames_relayed=stats.frames_relayed, relayed_bytes=stats.relayed_bytes,
                  job_batches=stats.job_batches, events_handled=stats.events_handled,
-                 incidents=stats.incidents, peers_lost=stats.lost)
+                 incidents=stats.incidents, peers_lost=stats.lost, connect_s=stats.connect_s)
     s["stopped_by"] = (sim.signal or ("completed" if s["completed"] else
                                       "timeout" if stats and stats.stopped_by == "timeout"
                                       else "stalled"))

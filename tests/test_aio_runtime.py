@@ -80,7 +80,8 @@ def test_jobs_run_off_the_event_loop_and_a_rounds_training_is_one_batch():
     assert res.summary["jobs_run"]["train"] == 2 * cfg.fedavg.clients_per_round
 
 
-def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_on():
+@pytest.mark.parametrize("how", ["socket closed", "task cancelled"])
+def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_on(how):
     cfg = small_config(**AIO, **{"fleet.devices": 5,
                           "fedavg.clients_per_round": 4, "rounds": 2})
     sim = Simulation(cfg)
@@ -92,7 +93,10 @@ def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_o
             await asyncio.sleep(0.001)
         victim = sorted(server.selected)[0]
         cut.append(victim)
-        hub.drop(victim)                     # its socket is closed under it
+        if how == "socket closed":
+            hub.drop(victim)                 # its socket is closed under it
+        else:
+            nodes[victim].task.cancel()      # the peer's task dies (its connection with it)
 
     res = run_asyncio(sim, faults=kill)
     rounds = res.rounds
@@ -255,7 +259,7 @@ def _processes(tmp_path, sets, devices):
         t_end = time.monotonic() + 240
         outs = [p.communicate(timeout=max(1, t_end - time.monotonic())) for p in joins]
         srv_out = srv.communicate(timeout=max(1, t_end - time.monotonic()))
-        return srv.returncode, srv_out, [(p.returncode, o) for p, o in zip(joins, outs)]
+        return srv.returncode, srv_out, [(p.returncode, o) for p, o in zip(joins, outs, strict=True)]
     finally:
         for p in procs:
             if p.poll() is None:

@@ -341,7 +341,8 @@ class Hub:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._handlers.add(task)
-        peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+        host, port = writer.get_extra_info("peername")[:2]
+        peer = f"{host}:{port}"
         conn = _Conn(None, writer, peer)
         dec = FrameDecoder(max_frame=self.options.max_frame_bytes)
         queue: list[bytes] = []
@@ -513,6 +514,7 @@ class Node:
             else None
         self.latency = float(prof.latency_s) if prof is not None and clock.scale > 0 else 0.0
         self._tasks: set[asyncio.Task] = set()
+        self.task: asyncio.Task | None = None
 
     @property
     def idle(self) -> bool:
@@ -520,6 +522,7 @@ class Node:
                 and not self._tasks)
 
     async def run(self, host: str, port: int) -> None:
+        self.task = asyncio.current_task()
         reader, writer = await asyncio.open_connection(host, port)
         self.writer = writer
         dec = FrameDecoder(max_frame=self.options.max_frame_bytes)
@@ -711,6 +714,7 @@ class RunStats:
     incidents: list = field(default_factory=list)
     lost: list = field(default_factory=list)
     nodes: int = 0
+    connect_s: float | None = None      # real seconds until every node was in (handshakes)
 
 
 async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
@@ -751,6 +755,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     fault_task = None
     stopped_by = "halted"
     emulated = 0.0
+    connect_s = None
     try:
         port = await hub.start(*listen)
         if on_listening is not None:
@@ -764,9 +769,12 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         deadline = loop.time() + options.timeout_s if math.isfinite(options.timeout_s) else None
         quiet_since = None
         while not hub.halted.is_set():
+            if connect_s is None and hub.started.is_set():
+                connect_s = time.perf_counter() - wall0
             if faults is not None and fault_task is None and hub.started.is_set():
                 fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
-            done = [t for t in tasks if t.done() and t.exception() is not None]
+            done = [t for t in tasks
+                    if t.done() and not t.cancelled() and t.exception() is not None]
             if done:
                 raise done[0].exception()
             pool.check()
@@ -807,7 +815,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         socket_bytes=hub.stats.socket_bytes_in + hub.stats.socket_bytes_out,
         frames_relayed=hub.stats.frames_relayed, relayed_bytes=hub.stats.relayed_bytes,
         job_batches=pool.batches, events_handled=sum(nd.events_handled for nd in nodes.values()),
-        incidents=list(hub.incidents), lost=[str(n) for n in hub.lost], nodes=len(nodes))
+        incidents=list(hub.incidents), lost=[str(n) for n in hub.lost], nodes=len(nodes),
+        connect_s=connect_s)
 
 
 def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
