@@ -380,3 +380,14 @@ def test_emulated_time_covers_the_modelled_compute_and_is_reported_beside_real_t
         slowest = max(res.devices[d]["busy_s"] / max(1, res.devices[d]["rounds_aggregated"])
                       for d in r["aggregated"])
         assert slowest > 0 and r["end_s"] - r["start_s"] >= slowest * 0.999, (r, slowest)
+
+
+def test_round_deadlines_fire_on_the_runtime_clock_as_under_simpy():
+    # a deadline shorter than any device's modelled training: every round closes at its deadline
+    # with nothing aggregated, under both runtimes
+    over = {"fedavg.deadline_s": 0.001, "rounds": 2, "fedavg.min_clients": 1}
+    ref = Simulation(small_config(**over)).run()
+    got = run_asyncio(Simulation(small_config(**AIO, **over, **{"runtime.time_scale": 1.0})))
+    closed = [(r["closed_by"], len(r["aggregated"])) for r in got.rounds]
+    assert closed == [(r["closed_by"], len(r["aggregated"])) for r in ref.rounds]
+    assert closed == [("deadline", 0)] * 2
