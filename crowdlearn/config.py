@@ -425,7 +425,6 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
 ASYNCIO_UNSUPPORTED = {
     "crowdlearning": "its machines still share memory (issue 8)",
     "ssgd": "its machines still share memory (issue 8)",
-    "hres": "its ciphertexts cannot be rebuilt from wire bytes yet",
 }
 
 

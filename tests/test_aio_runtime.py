@@ -33,6 +33,8 @@ PARITY = {
     "secagg": {"fedavg.secure_aggregation": "secagg", "rounds": 2},
     "phong": {"protocol": "phong", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
               "he.key_bits": 512, "he.order": "round_robin"},
+    "hres": {"protocol": "hres", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+             "he.key_bits": 512, "he.order": "round_robin"},
 }
 
 
@@ -391,3 +393,14 @@ def test_round_deadlines_fire_on_the_runtime_clock_as_under_simpy():
     closed = [(r["closed_by"], len(r["aggregated"])) for r in got.rounds]
     assert closed == [(r["closed_by"], len(r["aggregated"])) for r in ref.rounds]
     assert closed == [("deadline", 0)] * 2
+
+
+def test_a_payload_of_the_wrong_length_is_recorded_and_dropped_by_the_phong_server():
+    from crowdlearn.crypto.payload import Payload
+    from crowdlearn.protocols.phong import EncryptedUpdate
+    from sim.machine import Received
+    sim = Simulation(small_config(**PARITY["phong"]))
+    server = sim.driver.machines["server"]
+    msg = wire.decode(wire.encode(EncryptedUpdate(0, Payload.from_wire(b"\x00" * 7))))
+    out = server.handle(Received(0, msg), 0.0)
+    assert [r.name for r in out] == ["malformed_message"] and not server.pending

@@ -107,13 +107,13 @@ class Scheme:
         """
         if p.raw is None or p.scheme != "wire":
             return p
-        if len(p.raw) != self.nbytes:
-            raise ValueError(f"a {self.name} payload of {self.length} values takes {self.nbytes} "
-                             f"bytes; got {len(p.raw)}")
-        ct = self._ciphertext(p.raw)
-        return Payload(self.name, self.nbytes, getattr(ct, "count", 1), self._reveal(ct), ct)
+        ct = self._ciphertext(p.raw)           # checks the length
+        return Payload(self.name, len(p.raw), getattr(ct, "count", 1), self._reveal(ct), ct)
 
     def _ciphertext(self, raw: bytes):
+        if len(raw) != self.nbytes:
+            raise ValueError(f"a {self.name} payload of {self.length} values takes {self.nbytes} "
+                             f"bytes; got {len(raw)}")
         return _Plain(np.frombuffer(raw, np.float32).copy())     # 'none': the plaintext itself
 
     def _reveal(self, ct) -> np.ndarray:
@@ -296,28 +296,49 @@ class HRESScheme(PaillierScheme):
         return Payload(self.name, self.nbytes, 1, v, ct, key="joint")
 
     def _ciphertext(self, raw: bytes):
-        raise ValueError("HRES ciphertexts cannot be rebuilt from wire bytes yet (no "
-                         "HRESVector.from_bytes): run HRES under the SimPy runtime")
+        from crowdlearn.crypto.hres import HRESVector, ReencryptionRequest
+        if self.mode != "real":
+            raise ValueError("a payload from a wire needs crypto mode 'real'")
+        if len(raw) == self.request_nbytes:
+            return ReencryptionRequest.from_bytes(self.group, raw)
+        return HRESVector.from_bytes(self.group, raw)
+
+    def _reveal(self, ct):
+        """The simulator's oracle of a received ciphertext: opened with the key it is under (the
+        joint key's secret is the product of the DSP's and the KTS's); a re-encryption request
+        (DSP → KTS) is not opened (its oracle is not needed: the participant decrypts)."""
+        from crowdlearn.crypto.hres import HRESVector
+        if not isinstance(ct, HRESVector):
+            return None
+        if ct.key_tag == self.group.key_tag(self.PK):
+            sk = self.dsp.sk * self.kts.sk
+        else:
+            sk = next((kp.sk for kp in self.keys.values()
+                       if self.group.key_tag(kp.pk) == ct.key_tag), None)
+            if sk is None:
+                raise ValueError("HRES ciphertext under a key this run does not know")
+        return np.asarray(self.codec.decrypt(ct, sk), np.int64)
 
     def dsp_stage(self, p: Payload, who) -> Payload:
         ct = None
         if self.mode == "real":
             from crowdlearn.crypto.hres import dsp_reencrypt
-            ct = dsp_reencrypt(self.group, p.ciphertext, self.dsp.sk, self.keys[who].pk, rand=self.rand)
+            ct = dsp_reencrypt(self.group, self._ct(p), self.dsp.sk, self.keys[who].pk, rand=self.rand)
         return Payload(self.name, self.request_nbytes, p.count, p.oracle, ct, key=("request", who))
 
     def kts_stage(self, p: Payload, who) -> Payload:
+        p = self.open(p)
         ct = None
         if self.mode == "real":
             from crowdlearn.crypto.hres import kts_reencrypt
-            ct = kts_reencrypt(self.group, p.ciphertext, self.kts.sk, self.keys[who].pk, rand=self.rand)
+            ct = kts_reencrypt(self.group, self._ct(p), self.kts.sk, self.keys[who].pk, rand=self.rand)
         return Payload(self.name, self.nbytes, p.count, p.oracle, ct, key=who)
 
     def decrypt(self, p: Payload, who=None) -> np.ndarray:
         """Open under ``who``'s own key (raises ``HRESDecryptionError`` if it was not made for it)."""
         if self.mode == "real":
             sk = self.dsp.sk if who == "dsp" else self.kts.sk if who == "kts" else self.keys[who].sk
-            return self.codec.decrypt(p.ciphertext, sk)
+            return self.codec.decrypt(self._ct(p), sk)
         if p.key != who:            # what the real decryption would refuse (tested in real mode)
             from crowdlearn.crypto.hres import HRESDecryptionError
             raise HRESDecryptionError("ciphertext does not open under this key (priced mode)")
