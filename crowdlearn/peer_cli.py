@@ -75,7 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
     def listening(p: int) -> None:
         print(f"listening on {host}:{p}", flush=True)
 
-    results = serve(sim, host=host, port=port, on_listening=listening)
+    def started() -> None:
+        print(f"all {len(sim.driver.machines)} nodes joined: running", flush=True)
+
+    results = serve(sim, host=host, port=port, on_listening=listening, on_started=started)
     folder = _write(results, out, args)
     s = results.summary
     print(f"{s['protocol']}: {s['rounds_completed']} rounds, final accuracy "

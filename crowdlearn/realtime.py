@@ -80,7 +80,7 @@ def _node_keys(cfg, nodes) -> dict:
     return {n: node_key(secret, n) for n in nodes}
 
 
-def serve(sim, *, host: str, port: int, on_listening=None) -> Any:
+def serve(sim, *, host: str, port: int, on_listening=None, on_started=None) -> Any:
     """Run the server side of ``sim`` (the server and any infrastructure nodes, and the hub) on
     ``host:port``; the devices join from other processes (:func:`join`).  Returns the results:
     every message is charged here (the hub sees those it relays to devices); the devices' own
@@ -88,7 +88,8 @@ def serve(sim, *, host: str, port: int, on_listening=None) -> Any:
     machines = sim.driver.machines
     local = [n for n in machines if not isinstance(n, int)]      # server, infrastructure
     keys = _node_keys(sim.config, list(machines))
-    kwargs = dict(local=local, keys=keys, listen=(host, port), on_listening=on_listening)
+    kwargs = dict(local=local, keys=keys, listen=(host, port), on_listening=on_listening,
+                  on_started=on_started)
     return run_asyncio(sim, **kwargs)
 
 

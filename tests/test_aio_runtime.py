@@ -233,9 +233,10 @@ def test_an_envelope_with_a_forged_sender_drops_the_connection():
 
 
 # ---------------------------------------------------------------- separate processes
-def _processes(tmp_path, sets, devices):
+def _processes(tmp_path, sets, devices, *, kill=None):
     """A `crowdlearn serve` and one `crowdlearn join` per device, on 127.0.0.1; every process is
-    waited for (and killed if it outlives the test's timeouts)."""
+    waited for (and killed if it outlives the test's timeouts).  ``kill``: a device whose process
+    is killed (SIGKILL) once the server says every node has joined."""
     import os
     import subprocess
     import sys
@@ -259,6 +260,11 @@ def _processes(tmp_path, sets, devices):
                                   env=env) for i in range(devices)]
         procs += joins
         t_end = time.monotonic() + 240
+        if kill is not None:
+            line = srv.stdout.readline()                 # "all N nodes joined: running"
+            assert "joined" in line, (line, srv.stderr.read())
+            time.sleep(0.5)
+            joins[kill].kill()
         outs = [p.communicate(timeout=max(1, t_end - time.monotonic())) for p in joins]
         srv_out = srv.communicate(timeout=max(1, t_end - time.monotonic()))
         return srv.returncode, srv_out, [(p.returncode, o) for p, o in zip(joins, outs, strict=True)]
@@ -269,6 +275,7 @@ def _processes(tmp_path, sets, devices):
                 p.wait()
 
 
+@pytest.mark.slow
 def test_a_server_and_three_device_processes_run_fedavg_with_simpys_bytes(tmp_path):
     import json
     sets = ["fleet.devices=3", "rounds=2", "fedavg.clients_per_round=3", "training.backend=none",
@@ -404,3 +411,20 @@ def test_a_payload_of_the_wrong_length_is_recorded_and_dropped_by_the_phong_serv
     msg = wire.decode(wire.encode(EncryptedUpdate(0, Payload.from_wire(b"\x00" * 7))))
     out = server.handle(Received(0, msg), 0.0)
     assert [r.name for r in out] == ["malformed_message"] and not server.pending
+
+
+@pytest.mark.slow
+def test_a_device_process_killed_mid_run_reaches_the_server_as_peer_lost(tmp_path):
+    import json
+    # emulated compute (time_scale 1) makes the 40 rounds last a few seconds of real time
+    sets = ["fleet.devices=3", "rounds=40", "fedavg.clients_per_round=3", "training.backend=none",
+            "runtime.time_scale=1", "runtime.timeout_s=200"]
+    rc, (out, err), joins = _processes(tmp_path, sets, 3, kill=2)
+    assert rc == 0, err
+    assert [j[0] for j in joins] == [0, 0, -9]
+    s = json.loads((tmp_path / "served" / "summary.json").read_text())
+    assert s["peers_lost"] == ["2"] and s["completed"] and s["rounds_completed"] == 40
+    import csv
+    with open(tmp_path / "served" / "rounds.csv") as f:
+        rounds = [r["aggregated"].split() for r in csv.DictReader(f)]
+    assert rounds[0] == ["0", "1", "2"] and rounds[-1] == ["0", "1"]    # 2 gone, the rest go on

@@ -724,7 +724,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                     capture: Callable | None = None, local=None,
                     keys: Mapping[NodeId, X25519PrivateKey] | None = None,
                     listen: tuple[str, int] = (LOOPBACK, 0),
-                    on_listening: Callable[[int], None] | None = None) -> RunStats:
+                    on_listening: Callable[[int], None] | None = None,
+                    on_started: Callable[[], None] | None = None) -> RunStats:
     """Run ``machines`` to completion, each a :class:`Node` on its own loopback connection.
 
     ``local``: the nodes run in this process (default: all); the others connect from other
@@ -732,7 +733,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     fresh keys, which only local nodes can know).  With remote nodes, the hub charges the
     monitor for the envelopes it relays to them, so this process's monitor sees every message.
     ``faults(hub, nodes, clock)``, if given, is started as a task once every node is in (tests
-    kill peers with it).  Returns when a machine halts, when nothing has been in flight for
+    kill peers with it); ``on_listening(port)`` and ``on_started()`` are told when the hub
+    listens and when every node is in.  Returns when a machine halts, when nothing has been in flight for
     ``options.quiet_s`` (only if every node is local), or after ``options.timeout_s``.
     """
     loop = asyncio.get_running_loop()
@@ -771,6 +773,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         while not hub.halted.is_set():
             if connect_s is None and hub.started.is_set():
                 connect_s = time.perf_counter() - wall0
+                if on_started is not None:
+                    on_started()
             if faults is not None and fault_task is None and hub.started.is_set():
                 fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
             done = [t for t in tasks
