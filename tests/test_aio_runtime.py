@@ -428,3 +428,29 @@ def test_a_device_process_killed_mid_run_reaches_the_server_as_peer_lost(tmp_pat
     with open(tmp_path / "served" / "rounds.csv") as f:
         rounds = [r["aggregated"].split() for r in csv.DictReader(f)]
     assert rounds[0] == ["0", "1", "2"] and rounds[-1] == ["0", "1"]    # 2 gone, the rest go on
+
+
+def test_only_the_server_may_halt_the_run_and_a_malformed_body_reaches_no_machine():
+    async def body(hub, port, keys):
+        r1, w1 = await _login(port, keys[1], 1)
+        r2, w2 = await _login(port, keys[2], 2)
+        w2.write(frame(wire.encode(Envelope(2, 1, b"\xff\xff"))))   # relayed, not a message
+        w1.write(frame(wire.encode(frames.Halted())))                # device 1 is not the server
+        rest = await asyncio.wait_for(r1.read(), 5)
+        w1.close()
+        w2.close()
+        return hub.halted.is_set(), hub.incidents, hub.stats.frames_relayed
+
+    async def with_server(fn):
+        keys = {n: X25519PrivateKey.generate() for n in (1, 2)}
+        hub = Hub({n: frames.public_bytes(k) for n, k in keys.items()}, server="server",
+                  expect={1, 2, "server"}, options=Options(handshake_timeout_s=2))
+        port = await hub.start()
+        try:
+            return await fn(hub, port, keys)
+        finally:
+            await hub.stop("test")
+
+    halted, incidents, relayed = asyncio.run(with_server(body))
+    assert not halted and relayed == 1
+    assert [i["node"] for i in incidents] == [1] and "only the server" in incidents[0]["reason"]

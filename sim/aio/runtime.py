@@ -376,6 +376,8 @@ class Hub:
         return queue.pop(0)
 
     def _write(self, conn: _Conn, body: bytes) -> None:
+        if conn.writer.is_closing():
+            return
         data = frames.frame(body)
         self.stats.socket_bytes_out += len(data)
         conn.writer.write(data)
@@ -431,6 +433,8 @@ class Hub:
                 return
             msg = frames.parse(body, allowed=(Envelope, Halted))
             if isinstance(msg, Halted):
+                if self.server is not None and conn.node != self.server:
+                    raise FrameError(f"{conn.node!r} tried to halt the run (only the server may)")
                 self.halted.set()
                 continue
             if msg.src != conn.node:
@@ -447,7 +451,10 @@ class Hub:
             self._write(dst, body)
             if self.on_relay is not None:
                 self.on_relay(msg.src, msg.dst, msg.body)
-            await dst.writer.drain()
+            try:
+                await dst.writer.drain()
+            except ConnectionError:
+                pass                    # the destination's own handler reports it lost
 
     def _lost(self, conn: _Conn) -> None:
         node = conn.node
@@ -570,13 +577,13 @@ class Node:
             self.stopped.set()
 
     def _arrived(self, env: Envelope) -> None:
+        self.received += 1
         try:
             msg = wire.decode(env.body)
         except wire.WireError as exc:
             self.sink.report(self.node, Report("malformed_message", str(exc),
                                                (("device", env.src),)), self.clock.now())
             return
-        self.received += 1
         n = len(env.body)
         if self.down is None:
             self._deliver_msg(env.src, msg, n)
@@ -824,8 +831,14 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
 
 
 def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
-    """:func:`run_async` in a fresh event loop."""
-    return asyncio.run(run_async(machines, **kwargs))
+    """:func:`run_async` in a fresh event loop (in a thread of its own if this thread already
+    runs one, e.g. a Jupyter kernel's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run_async(machines, **kwargs))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crowdlearn-aio") as ex:
+        return ex.submit(asyncio.run, run_async(machines, **kwargs)).result()
 
 
 async def join_async(node: NodeId, machine: Machine, *, key: X25519PrivateKey, host: str,
