@@ -436,9 +436,10 @@ def test_only_the_server_may_halt_the_run_and_a_malformed_body_reaches_no_machin
         r2, w2 = await _login(port, keys[2], 2)
         w2.write(frame(wire.encode(Envelope(2, 1, b"\xff\xff"))))   # relayed, not a message
         w1.write(frame(wire.encode(frames.Halted())))                # device 1 is not the server
-        rest = await asyncio.wait_for(r1.read(), 5)
+        rest = await asyncio.wait_for(r1.read(), 5)      # the relayed frame, then closed
         w1.close()
         w2.close()
+        assert rest.endswith(b"\xff\xff")
         return hub.halted.is_set(), hub.incidents, hub.stats.frames_relayed
 
     async def with_server(fn):
