@@ -455,3 +455,46 @@ def test_only_the_server_may_halt_the_run_and_a_malformed_body_reaches_no_machin
     halted, incidents, relayed = asyncio.run(with_server(body))
     assert not halted and relayed == 1
     assert [i["node"] for i in incidents] == [1] and "only the server" in incidents[0]["reason"]
+
+
+@given(st.lists(st.integers(0, 99), min_size=1, max_size=30, unique=True), st.data())
+def test_a_shard_trainer_reads_exactly_the_rows_the_schedule_names(shard, data):
+    from crowdlearn.realtime import ShardTrainer
+    from crowdlearn.training.batching import TrainTask
+    x = np.arange(100, dtype=np.float32)[:, None] * 10
+    y = np.arange(100)
+    seen = []
+
+    class Inner:
+        def __init__(self, spec, xs, ys):
+            self.x = xs
+
+        def train(self, tasks):
+            seen.extend(self.x[b[b >= 0]].ravel().tolist() for t in tasks for b in t.batches)
+            return [None] * len(tasks)
+
+    trainer = ShardTrainer(Inner, None, x, y, shard)
+    assert len(trainer.inner.x) == len(shard)              # it holds only its shard
+    rows = data.draw(st.lists(st.sampled_from(shard), min_size=1, max_size=8))
+    batches = np.array([rows + [-1]], np.int64)             # -1: padding
+    trainer.train([TrainTask((), batches, 0.1)])
+    assert seen == [[10.0 * r for r in rows]]
+    with pytest.raises(ValueError, match="outside this device's shard"):
+        outside = next(i for i in range(100) if i not in shard)
+        trainer.train([TrainTask((), np.array([[outside]], np.int64), 0.1)])
+
+
+def test_crowdlearn_run_with_runtime_asyncio_writes_the_usual_results(tmp_path):
+    import json
+
+    from crowdlearn.cli import main
+    out = tmp_path / "r"
+    rc = main(["run", "--runtime", "asyncio", "--set", "rounds=2", "--set", "fleet.devices=4",
+               "--set", "fedavg.clients_per_round=2", "--set", "training.backend=none",
+               "--set", "runtime.timeout_s=60", "--out", str(out), "--no-plots", "--quiet"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["runtime"] == "asyncio" and s["rounds_completed"] == 2
+    assert {"metrics.csv", "devices.csv", "rounds.csv", "config.json"} <= \
+        {p.name for p in out.iterdir()}
+    assert json.loads((out / "config.json").read_text())["config"]["runtime"]["engine"] == "asyncio"
