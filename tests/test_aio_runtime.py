@@ -329,6 +329,9 @@ class _Recorder:
     def on_message_dropped(self, *a):
         pass
 
+    def on_energy(self, node, joules):
+        pass
+
 
 def test_the_relay_sees_no_plaintext_of_a_sealed_payload():
     from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
@@ -498,3 +501,30 @@ def test_crowdlearn_run_with_runtime_asyncio_writes_the_usual_results(tmp_path):
     assert {"metrics.csv", "devices.csv", "rounds.csv", "config.json"} <= \
         {p.name for p in out.iterdir()}
     assert json.loads((out / "config.json").read_text())["config"]["runtime"]["engine"] == "asyncio"
+
+
+def test_emulated_links_deliver_no_faster_than_their_bandwidth_and_latency():
+    from types import SimpleNamespace
+
+    from sim.aio.runtime import run
+
+    body = np.zeros(20_000, np.uint8).tobytes()
+    prof = SimpleNamespace(up_bps=8e5, down_bps=4e5, latency_s=0.05, flops=1e9,
+                           memory_bytes=1 << 30, j_per_flop=0.0, j_per_byte_up=0.0,
+                           j_per_byte_down=0.0)
+
+    class A(Machine):
+        def handle(self, event, now):
+            return [Send(2, _PlainNote(body))] if isinstance(event, Start) else []
+
+    class B(Machine):
+        def handle(self, event, now):
+            return [Report("at", now), Halt()] if isinstance(event, Received) else []
+
+    mon = _Recorder()
+    stats = run({1: A(1), 2: B(2)}, executor=None, monitor=mon, profile=lambda n: prof,
+                options=Options(time_scale=10.0, timeout_s=30))
+    nbytes = mon.transfers[0][2]
+    arrived = mon.reports[0][1].value
+    # up at 100 kB/s, down at 50 kB/s, one latency: about 0.2 + 0.4 + 0.05 emulated seconds
+    assert stats.halted and arrived >= nbytes / 1e5 + nbytes / 5e4 + 0.05

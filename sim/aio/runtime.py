@@ -835,7 +835,10 @@ def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
     runs one, e.g. a Jupyter kernel's)."""
     try:
         asyncio.get_running_loop()
+        inside = True
     except RuntimeError:
+        inside = False
+    if not inside:
         return asyncio.run(run_async(machines, **kwargs))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crowdlearn-aio") as ex:
         return ex.submit(asyncio.run, run_async(machines, **kwargs)).result()
