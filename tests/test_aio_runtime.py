@@ -91,20 +91,22 @@ def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_o
     cut = []
 
     async def kill(hub, nodes, clock):
-        while not server.selected:
-            await asyncio.sleep(0.001)
-        victim = sorted(server.selected)[0]
-        cut.append(victim)
-        if how == "socket closed":
-            hub.drop(victim)                 # its socket is closed under it
-        else:
-            nodes[victim].task.cancel()      # the peer's task dies (its connection with it)
+        while True:     # a selected device still training: its update cannot have left yet
+            busy = [d for d in sorted(server.selected) if nodes[d].jobs]
+            if busy:
+                cut.append((server.round, busy[0]))
+                if how == "socket closed":
+                    hub.drop(busy[0])            # its socket is closed under it
+                else:
+                    nodes[busy[0]].task.cancel()  # the peer's task dies (its connection with it)
+                return
+            await asyncio.sleep(0.0005)
 
     res = run_asyncio(sim, faults=kill)
-    rounds = res.rounds
     assert res.summary["completed"] and cut
-    assert cut[0] not in rounds[0]["aggregated"]
-    assert str(cut[0]) in res.summary["peers_lost"]
+    rnd, victim = cut[0]
+    assert victim in res.rounds[rnd]["selected"] and victim not in res.rounds[rnd]["aggregated"]
+    assert res.summary["peers_lost"] == [str(victim)]
 
 
 def test_config_refuses_crowdlearning_under_asyncio_naming_issue_8():

@@ -739,8 +739,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     processes (:func:`join_async`) with the keys of ``keys`` (node → X25519 private key; default:
     fresh keys, which only local nodes can know).  With remote nodes, the hub charges the
     monitor for the envelopes it relays to them, so this process's monitor sees every message.
-    ``faults(hub, nodes, clock)``, if given, is started as a task once every node is in (tests
-    kill peers with it); ``on_listening(port)`` and ``on_started()`` are told when the hub
+    ``faults(hub, nodes, clock)``, if given, is started as a task with the nodes (tests kill
+    peers with it; ``hub.started`` says when every node is in); ``on_listening(port)`` and ``on_started()`` are told when the hub
     listens and when every node is in.  Returns when a machine halts, when nothing has been in flight for
     ``options.quiet_s`` (only if every node is local), or after ``options.timeout_s``.
     """
@@ -775,6 +775,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
             nodes[n] = Node(n, machines[n], key=keys[n], pool=pool, sink=sink, clock=clock,
                             options=options)
             tasks.append(asyncio.ensure_future(nodes[n].run(LOOPBACK, port)))
+        if faults is not None:
+            fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
         deadline = loop.time() + options.timeout_s if math.isfinite(options.timeout_s) else None
         quiet_since = None
         while not hub.halted.is_set():
@@ -782,8 +784,6 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                 connect_s = time.perf_counter() - wall0
                 if on_started is not None:
                     on_started()
-            if faults is not None and fault_task is None and hub.started.is_set():
-                fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
             done = [t for t in tasks
                     if t.done() and not t.cancelled() and t.exception() is not None]
             if done:
