@@ -62,7 +62,10 @@ def _run(args: argparse.Namespace) -> int:
     from crowdlearn import config as config_mod
     from crowdlearn.results import check_out
 
-    cfg = config_mod.load(args.config, args.set or [])
+    sets = list(args.set or [])
+    if getattr(args, "runtime", None):
+        sets.append(f"runtime.engine={args.runtime}")
+    cfg = config_mod.load(args.config, sets)
     stem = Path(args.config).stem if args.config else "default"
     out = Path(args.out) if args.out else _default_out(stem)
     check_out(out, overwrite=args.overwrite)      # before anything runs, not after
@@ -291,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set fedavg.lr=0.1 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.add_argument("--runtime", choices=("simpy", "asyncio"),
+                   help="the runtime (same as --set runtime.engine=...): simpy (simulated "
+                        "time) or asyncio (every node on its own loopback TCP connection)")
     r.set_defaults(func=_run)
 
     c = sub.add_parser("compare", help="plot several runs' curves on shared axes",
@@ -335,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_partition_parser = None
     if add_partition_parser is not None:
         add_partition_parser(sub, parents=[common])
+    from crowdlearn.peer_cli import add_peer_parsers
+    add_peer_parsers(sub, parents=[common])
     return p
 
 

@@ -145,6 +145,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "initial_battery": Key(list, [1.0, 1.0], "Initial charge, uniform in [low, high].",
                                item_type=float),
     },
+    "runtime": {
+        "engine": Key(str, "simpy", "Runtime that drives the protocol machines: 'simpy' "
+                      "(simulated time) or 'asyncio' (every node a task with its own TCP "
+                      "connection on 127.0.0.1; see the README, 'Running over real sockets').",
+                      choices=("simpy", "asyncio")),
+        "time_scale": Key(float, 0.0, "asyncio: emulated seconds per real second for the "
+                          "fleet model (modelled compute time, link latency and bandwidth); "
+                          "0 = real time, no emulation.", min=0),
+        "batch_window_s": Key(float, 0.005, "asyncio: real seconds a new job waits for "
+                              "others to batch with.", min=0),
+        "max_frame_mb": Key(float, 256.0, "asyncio: largest frame a connection accepts "
+                            "(MB); a larger one drops the connection.", min=0, min_open=True),
+        "timeout_s": Key(float, math.inf, "asyncio: stop the run after this many real "
+                         "seconds.", min=0, min_open=True),
+    },
 }
 
 
@@ -394,6 +409,7 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
     if model["arch"] == "cnn" and data["dataset"] in ("breast_cancer", "diabetes"):
         problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
                         "(use 'mlp' or 'linear')")
+    problems.extend(_asyncio_check(v))
     seen = set()
     for p in registry.protocols():           # every registered section is checked
         if p.check_sections is not None and p.check_sections not in seen:
@@ -403,6 +419,35 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
         chosen = registry.get(v["protocol"])
         if chosen.check is not None:
             problems.extend(chosen.check(v))
+
+
+#: Protocols the asyncio runtime cannot run yet, and why (the fix to name in the error).
+ASYNCIO_UNSUPPORTED = {
+    "crowdlearning": "its machines still share memory (issue 8)",
+    "ssgd": "its machines still share memory (issue 8)",
+}
+
+
+def _asyncio_check(v: dict[str, Any]) -> list[str]:
+    """What the asyncio runtime cannot run: some protocols, availability other than 'always'.
+
+    >>> _asyncio_check({"runtime": {"engine": "asyncio"}, "protocol": "crowdlearning",
+    ...                 "availability": {"model": "always", "churn": 0.0, "battery": False}})[0][:62]
+    "runtime.engine: 'asyncio' cannot run protocol 'crowdlearning' "
+    """
+    if v["runtime"]["engine"] != "asyncio":
+        return []
+    out = []
+    why = ASYNCIO_UNSUPPORTED.get(v["protocol"])
+    if why:
+        out.append(f"runtime.engine: 'asyncio' cannot run protocol {v['protocol']!r} yet: "
+                   f"{why}; use runtime.engine = 'simpy' (--runtime simpy)")
+    av = v["availability"]
+    if av["model"] != "always" or av["churn"] > 0 or av["battery"]:
+        out.append("runtime.engine: 'asyncio' runs every device always online (availability "
+                   "model, churn and battery are SimPy's); set availability.model = 'always', "
+                   "churn = 0, battery = false, or use runtime.engine = 'simpy'")
+    return out
 
 
 #: Side of the square images of the image datasets (the CNN shape check needs it before loading).

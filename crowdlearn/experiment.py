@@ -318,6 +318,9 @@ class Simulation:
 
     def run(self) -> Results:
         cfg = self.config
+        if cfg.runtime.engine == "asyncio":          # the same machines over loopback sockets
+            from crowdlearn.realtime import run_asyncio
+            return run_asyncio(self)
         wall0 = time.perf_counter()
         interrupted = False
         self.driver.start()
@@ -363,6 +366,7 @@ class Simulation:
         values = [r[metric] for r in rows if metric in r and not math.isnan(r[metric])]
         best = (max(values) if metric == "accuracy" else min(values)) if values else None
         summary = {
+            "runtime": cfg.runtime.engine,
             "protocol": cfg.protocol,
             "name": cfg.name,
             "dataset": cfg.data.dataset,

@@ -145,6 +145,7 @@ def _decode_view(view: memoryview, depth: int, max_depth: int) -> Any:
         values.append(value)
     if pos != end:
         raise WireError(f"malformed {cls.__name__}: {end - pos} trailing bytes")
+    _rebuild(cls, values)
     _check_types(cls, values)
     try:
         return cls(*values)
@@ -172,9 +173,35 @@ def _field_checks(cls: type) -> tuple:
     return checks
 
 
+def _rebuild(cls: type, values: list) -> None:
+    """Fields annotated with a class that has a ``from_wire(raw)`` classmethod travel as opaque
+    bytes (its ``wire_bytes()``): rebuild them here, so a receiver gets the annotated type back."""
+    for i, (_, maker) in enumerate(zip(cls.__wire_fields__, _field_makers(cls), strict=True)):
+        if maker is not None and isinstance(values[i], bytes):
+            try:
+                values[i] = maker(values[i])
+            except (ValueError, TypeError, OverflowError, IndexError, KeyError) as exc:
+                raise WireError(f"malformed {cls.__name__}: {exc}") from exc
+
+
+def _field_makers(cls: type) -> tuple:
+    makers = cls.__dict__.get("__wire_makers__")
+    if makers is None:
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):
+            hints = {}
+        makers = tuple(getattr(h, "from_wire", None) if isinstance(h, type) else None
+                       for h in (hints.get(name, Any) for name in cls.__wire_fields__))
+        cls.__wire_makers__ = makers
+    return makers
+
+
 def _accepts(hint: Any) -> tuple | None:
     if hint is Any:
         return None
+    if isinstance(hint, type) and hasattr(hint, "from_wire"):
+        return (hint,)
     args = typing.get_args(hint)
     if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
         out: tuple = ()

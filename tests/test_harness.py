@@ -10,27 +10,17 @@ from sim.machine import Report
 from tests.conftest import SMALL_RUNS, small_config
 
 MODEL_REPORTS = ("global_model", "group_model", "local_model")
-# the encrypted-SGD ciphertext crosses as its bytes only (Payload.wire_bytes) and decodes as
-# bytes, not as the Payload the receiver reads (its oracle sum never travels)
-PAYLOAD = "encrypted-SGD Payload does not survive the wire: it decodes as bytes " \
-          "(AttributeError: 'bytes' object has no attribute 'ciphertext')"
 
 # (timing-dependent choices are left out: over-selection keeps the first m updates, and S-SGD's
 # sharing window orders the groups' uploads by arrival; the wire has no bandwidth and zero-time
 # jobs, so other updates arrive first)
 CONFIGS = {
     **SMALL_RUNS,
-    "secagg": pytest.param(
-        {"fedavg.secure_aggregation": "secagg", "rounds": 2},
-        marks=pytest.mark.xfail(strict=True, reason="SecAgg's masked input does not survive the "
-                                "wire: it decodes as bytes, not the vector the server reads "
-                                "(AttributeError: 'bytes' object has no attribute 'd')")),
-    "phong": pytest.param(
-        {"protocol": "phong", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
-         "he.key_bits": 512}, marks=pytest.mark.xfail(strict=True, reason=PAYLOAD)),
-    "hres": pytest.param(
-        {"protocol": "hres", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
-         "he.key_bits": 512}, marks=pytest.mark.xfail(strict=True, reason=PAYLOAD)),
+    "secagg": {"fedavg.secure_aggregation": "secagg", "rounds": 2},
+    "phong": {"protocol": "phong", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+              "he.key_bits": 512, "he.order": "round_robin"},
+    "hres": {"protocol": "hres", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+             "he.key_bits": 512, "he.order": "round_robin"},
     "crowdlearning": {"protocol": "crowdlearning", "rounds": 2, "fleet.devices": 10,
                       "model.hidden": [32, 16], "slicenet.group_size": 5, "slicenet.lr": 0.1,
                       "slicenet.deterministic_keys": True},

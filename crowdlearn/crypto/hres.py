@@ -180,6 +180,13 @@ class HRESVector:
         head = self.HEADER.pack(len(self.T), self.length, self.count, self.prec, self.pad, self.key_tag)
         return head + b"".join(int(x).to_bytes(w, "big") for pair in zip(self.T, self.T1) for x in pair)
 
+    @classmethod
+    def from_bytes(cls, group: HRESGroup, data: bytes) -> HRESVector:
+        """Inverse of :meth:`to_bytes` (raises ``ValueError`` on a length that does not match)."""
+        k, length, count, prec, pad, tag = cls.HEADER.unpack_from(data)
+        xs = _elements(group, data, cls.HEADER.size, 2 * k)
+        return cls(group, tag, xs[0::2], xs[1::2], length, count, prec, pad)
+
 
 @dataclass(frozen=True, eq=False)
 class ReencryptionRequest:
@@ -206,6 +213,21 @@ class ReencryptionRequest:
         head = self.HEADER.pack(len(self.T1), self.length, self.count, self.prec, self.pad, self.target_tag)
         return head + b"".join(int(x).to_bytes(w, "big")
                                for trip in zip(self.T1, self.A, self.B) for x in trip)
+
+    @classmethod
+    def from_bytes(cls, group: HRESGroup, data: bytes) -> ReencryptionRequest:
+        """Inverse of :meth:`to_bytes` (raises ``ValueError`` on a length that does not match)."""
+        k, length, count, prec, pad, tag = cls.HEADER.unpack_from(data)
+        xs = _elements(group, data, cls.HEADER.size, 3 * k)
+        return cls(group, tag, xs[0::3], xs[1::3], xs[2::3], length, count, prec, pad)
+
+
+def _elements(group: HRESGroup, data: bytes, off: int, n: int) -> tuple:
+    w = group.element_bytes
+    if len(data) != off + n * w:
+        raise ValueError(f"HRES ciphertext: expected {off + n * w} bytes, got {len(data)}")
+    return tuple(mpz(int.from_bytes(data[off + i * w: off + (i + 1) * w], "big"))
+                 for i in range(n))
 
 
 def dsp_reencrypt(group: HRESGroup, vec: HRESVector, sk_dsp, pk_target, *, rand=None,

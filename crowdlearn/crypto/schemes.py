@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from crowdlearn.crypto.fixedpoint import FixedPoint, PackingOverflowError
-from crowdlearn.crypto.lwe import LWEKey, LWEParams
+from crowdlearn.crypto.lwe import LWEKey, LWEParams, LWEVector
 from crowdlearn.crypto.paillier import (
     PaillierPacking,
     PaillierVector,
@@ -47,6 +47,13 @@ SCHEMES = ("paillier", "lwe", "none")
 MODES = ("real", "priced")
 
 
+
+
+class _Plain:
+    """The 'none' scheme's ciphertext: the float32 vector itself."""
+
+    def __init__(self, values: np.ndarray):
+        self.values, self.count = values, 1
 
 
 class Scheme:
@@ -80,10 +87,45 @@ class Scheme:
         return Payload("none", self.nbytes, 1, np.asarray(v, np.float32))
 
     def add(self, a: Payload, b: Payload) -> Payload:
+        a, b = self.open(a), self.open(b)
         return Payload("none", self.nbytes, a.count + b.count, (a.oracle + b.oracle).astype(np.float32))
 
     def decrypt(self, p: Payload) -> np.ndarray:
-        return p.oracle
+        return self.open(p).oracle
+
+    # a payload that crossed a wire arrives as its bytes (Payload.from_wire): rebuild it
+    def open(self, p: Payload) -> Payload:
+        """``p`` itself, or, if it arrived over a wire, the payload its bytes hold: the ciphertext
+        rebuilt under this scheme's key and the simulator's oracle recovered by decrypting it
+        with the simulator's copy of the key (host time only: nothing is charged to a device).
+        Bytes that do not parse raise ``ValueError``.
+
+        >>> s = make_scheme("none", mode="real", length=2)
+        >>> q = s.open(Payload.from_wire(s.encrypt(np.array([1.5, -2.0])).wire_bytes()))
+        >>> q.scheme, q.oracle.tolist()
+        ('none', [1.5, -2.0])
+        """
+        if p.raw is None or p.scheme != "wire":
+            return p
+        ct = self._ciphertext(p.raw)           # checks the length
+        return Payload(self.name, len(p.raw), getattr(ct, "count", 1), self._reveal(ct), ct)
+
+    def _ciphertext(self, raw: bytes):
+        if len(raw) != self.nbytes:
+            raise ValueError(f"a {self.name} payload of {self.length} values takes {self.nbytes} "
+                             f"bytes; got {len(raw)}")
+        return _Plain(np.frombuffer(raw, np.float32).copy())     # 'none': the plaintext itself
+
+    def _reveal(self, ct) -> np.ndarray:
+        return ct.values
+
+    def _ct(self, p: Payload):
+        """The ciphertext object of ``p`` (rebuilt from its bytes if it crossed a wire)."""
+        if p.raw is not None and p.scheme == "wire":
+            if self.mode != "real":
+                raise ValueError("a payload from a wire needs crypto mode 'real'")
+            return self._ciphertext(p.raw)
+        return p.ciphertext
 
     def summary(self) -> dict:
         return {"scheme": self.name, "mode": self.mode, "ciphertext_bytes": self.nbytes,
@@ -129,14 +171,23 @@ class PaillierScheme(Scheme):
         return Payload(self.name, self.nbytes, 1, v, ct)
 
     def add(self, a: Payload, b: Payload) -> Payload:
+        a, b = self.open(a), self.open(b)
         total = check_count(a.count + b.count, prec=self.prec, pad=self.pad)
         ct = a.ciphertext + b.ciphertext if self.mode == "real" else None
         return Payload(self.name, self.nbytes, total, a.oracle + b.oracle, ct, key=a.key)
 
     def decrypt(self, p: Payload) -> np.ndarray:
         if self.mode == "real":
-            return self.codec.decrypt(p.ciphertext, self.sk, workers=self.workers)
+            return self.codec.decrypt(self._ct(p), self.sk, workers=self.workers)
         return p.oracle
+
+    def _ciphertext(self, raw: bytes):
+        if self.mode != "real":
+            raise ValueError("a payload from a wire needs crypto mode 'real'")
+        return PaillierVector.from_bytes(self.sk.public_key, raw)
+
+    def _reveal(self, ct) -> np.ndarray:
+        return np.asarray(self.codec.decrypt(ct, self.sk, workers=self.workers), np.int64)
 
     def summary(self) -> dict:
         out = {**super().summary(), "key_bits": self.key_bits}
@@ -178,6 +229,7 @@ class LWEScheme(Scheme):
         return Payload(self.name, self.nbytes, 1, v, ct)
 
     def add(self, a: Payload, b: Payload) -> Payload:
+        a, b = self.open(a), self.open(b)
         total = a.count + b.count
         if total > self.max_count:
             raise PackingOverflowError(f"a sum of {total} LWE encodings can wrap (limit {self.max_count})")
@@ -185,7 +237,17 @@ class LWEScheme(Scheme):
         return Payload(self.name, self.nbytes, total, a.oracle + b.oracle, ct)
 
     def decrypt(self, p: Payload) -> np.ndarray:
-        return self.key.decrypt(p.ciphertext) if self.mode == "real" else p.oracle
+        return self.key.decrypt(self._ct(p)) if self.mode == "real" else p.oracle
+
+    def _ciphertext(self, raw: bytes):
+        # an LWE vector does not carry its count on the wire: a received one counts as one
+        # encoding (uploads are; the holder of a sum keeps its own count)
+        if self.mode != "real":
+            raise ValueError("a payload from a wire needs crypto mode 'real'")
+        return LWEVector.from_bytes(self.params, raw)
+
+    def _reveal(self, ct) -> np.ndarray:
+        return np.asarray(self.key.decrypt(ct), np.int64)
 
     def summary(self) -> dict:
         return {**super().summary(), "n_lwe": self.params.n_lwe, "n_pu": self.n_pu,
@@ -233,25 +295,50 @@ class HRESScheme(PaillierScheme):
         ct = self.codec.encrypt(v, self.PK, rand=self.rand) if self.mode == "real" else None
         return Payload(self.name, self.nbytes, 1, v, ct, key="joint")
 
+    def _ciphertext(self, raw: bytes):
+        from crowdlearn.crypto.hres import HRESVector, ReencryptionRequest
+        if self.mode != "real":
+            raise ValueError("a payload from a wire needs crypto mode 'real'")
+        if len(raw) == self.request_nbytes:
+            return ReencryptionRequest.from_bytes(self.group, raw)
+        return HRESVector.from_bytes(self.group, raw)
+
+    def _reveal(self, ct):
+        """The simulator's oracle of a received ciphertext: opened with the key it is under (the
+        joint key's secret is the product of the DSP's and the KTS's); a re-encryption request
+        (DSP → KTS) is not opened (its oracle is not needed: the participant decrypts)."""
+        from crowdlearn.crypto.hres import HRESVector
+        if not isinstance(ct, HRESVector):
+            return None
+        if ct.key_tag == self.group.key_tag(self.PK):
+            sk = self.dsp.sk * self.kts.sk
+        else:
+            sk = next((kp.sk for kp in self.keys.values()
+                       if self.group.key_tag(kp.pk) == ct.key_tag), None)
+            if sk is None:
+                raise ValueError("HRES ciphertext under a key this run does not know")
+        return np.asarray(self.codec.decrypt(ct, sk), np.int64)
+
     def dsp_stage(self, p: Payload, who) -> Payload:
         ct = None
         if self.mode == "real":
             from crowdlearn.crypto.hres import dsp_reencrypt
-            ct = dsp_reencrypt(self.group, p.ciphertext, self.dsp.sk, self.keys[who].pk, rand=self.rand)
+            ct = dsp_reencrypt(self.group, self._ct(p), self.dsp.sk, self.keys[who].pk, rand=self.rand)
         return Payload(self.name, self.request_nbytes, p.count, p.oracle, ct, key=("request", who))
 
     def kts_stage(self, p: Payload, who) -> Payload:
+        p = self.open(p)
         ct = None
         if self.mode == "real":
             from crowdlearn.crypto.hres import kts_reencrypt
-            ct = kts_reencrypt(self.group, p.ciphertext, self.kts.sk, self.keys[who].pk, rand=self.rand)
+            ct = kts_reencrypt(self.group, self._ct(p), self.kts.sk, self.keys[who].pk, rand=self.rand)
         return Payload(self.name, self.nbytes, p.count, p.oracle, ct, key=who)
 
     def decrypt(self, p: Payload, who=None) -> np.ndarray:
         """Open under ``who``'s own key (raises ``HRESDecryptionError`` if it was not made for it)."""
         if self.mode == "real":
             sk = self.dsp.sk if who == "dsp" else self.kts.sk if who == "kts" else self.keys[who].sk
-            return self.codec.decrypt(p.ciphertext, sk)
+            return self.codec.decrypt(self._ct(p), sk)
         if p.key != who:            # what the real decryption would refuse (tested in real mode)
             from crowdlearn.crypto.hres import HRESDecryptionError
             raise HRESDecryptionError("ciphertext does not open under this key (priced mode)")

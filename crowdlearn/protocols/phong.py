@@ -249,6 +249,10 @@ class PhongServer(Machine):
         return [Send(src, EncryptedModel(m.turn, self.enc_w))]
 
     def _on_update(self, src, m: EncryptedUpdate, now: float) -> list[Effect]:
+        raw = m.payload.raw                  # it crossed a wire: its length is checked here
+        if raw is not None and len(raw) != self.costs.scheme.nbytes:
+            return [Report("malformed_message", f"EncryptedUpdate of {len(raw)} bytes, not "
+                           f"{self.costs.scheme.nbytes}", (("device", src),))]
         if src not in self.accepted or self.accepted[src] >= self.params.rounds:
             return [Report("late_update", 1, (("device", src), ("turn", m.turn)))]
         if self.params.order == "round_robin":

@@ -145,6 +145,19 @@ class MaskedVector:
             return bytes(self.wire_len())
         return masking.pack(self.values, self.bits)
 
+    @classmethod
+    def from_wire(cls, raw, *, bits: int, d: int) -> MaskedVector:
+        """Rebuild from the bytes :meth:`wire_bytes` wrote (the receiver knows ``bits`` and
+        ``d``; a length that does not match raises ``ValueError``).
+
+        >>> v = MaskedVector(np.array([1, 2, 65535], np.uint64), 16)
+        >>> MaskedVector.from_wire(v.wire_bytes(), bits=16, d=3).values.tolist()
+        [1, 2, 65535]
+        """
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a masked vector travels as bytes; got a {type(raw).__name__}")
+        return cls(masking.unpack(bytes(raw), int(d), int(bits)), bits)
+
 
 @message(0x0601)
 @dataclass(frozen=True)
@@ -546,6 +559,13 @@ class SecAggServer(FedAvgServer):
         if self.phase != "training" or msg.round != self.round or want != self.stage \
                 or src not in self._expected() or src in self.resp[want]:
             return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
+        if want == "masked_input" and not isinstance(msg.vector, MaskedVector):
+            # what crossed a wire: the packed bytes, read with this round's length and bits
+            try:
+                msg = MaskedInput(msg.round, MaskedVector.from_wire(
+                    msg.vector, bits=self.sa.modulus_bits, d=self.d))
+            except (TypeError, ValueError) as exc:
+                return [Report("malformed_message", f"MaskedInput: {exc}", (("device", src),))]
         self.resp[want][src] = msg
         self.sent_by[src] = self.sent_by.get(src, 0) + wire.size(msg)
         return self._advance(now)

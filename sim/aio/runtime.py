@@ -1,0 +1,866 @@
+"""The asyncio runtime: every node a task with its own TCP connection to a relaying hub.
+
+The machines are the SimPy runtime's, unchanged.  What differs is the physics:
+
+* a ``Send`` becomes an :class:`~sim.aio.frames.Envelope` frame written to the node's socket;
+  the hub reads it and writes it to the destination's socket (relayed traffic goes through the
+  server side, which owns the hub); the receiver decodes the body, so the machine gets what
+  crossed the wire, and the monitor is charged ``len(body)`` (the bytes of the message that
+  crossed the socket; framing and envelope bytes are counted apart, as ``socket_bytes``);
+* a ``RunJob`` goes to :class:`JobPool`: one worker thread owns the executor, and the jobs that
+  become pending within ``batch_window_s`` of each other are submitted together, so the executor
+  batches them as under SimPy (one TensorFlow call for a round's training).  The event loop never
+  computes: monitor reports (which may evaluate models) run on the same worker, in order;
+* timers are ``loop.call_at`` on the node's clock: real time, or, with ``time_scale > 0``,
+  emulated time (``time_scale`` emulated seconds per real second), where jobs also last at
+  least their modelled time (``flops / device flops``) and each node's uplink and downlink are
+  token buckets at its profile's rates, after its profile's latency;
+* a connection that ends without a :class:`~sim.aio.frames.Stop` reaches the server node as
+  ``PeerLost``; a frame the hub cannot accept (malformed, truncated, oversized, unexpected, a
+  wrong ``src``) drops that connection and is recorded in :attr:`Hub.incidents`.
+
+Design: the connection logic is sans-I/O (:mod:`sim.aio.frames`) and the asyncio code only moves
+bytes, like h11 and aioquic pair their protocol objects with asyncio transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from sim import wire
+from sim.aio import frames
+from sim.aio.frames import (
+    Challenge,
+    Envelope,
+    FrameDecoder,
+    FrameError,
+    Go,
+    Halted,
+    Hello,
+    Presence,
+    Proof,
+    Stop,
+    Welcome,
+)
+from sim.machine import (
+    CancelJob,
+    Halt,
+    JobDone,
+    JobFailed,
+    Machine,
+    NodeId,
+    PeerJoined,
+    PeerLost,
+    Received,
+    Report,
+    RunJob,
+    Send,
+    Start,
+    TimerFired,
+)
+
+__all__ = ["Options", "Hub", "Node", "JobPool", "Sink", "RunStats", "run", "run_async",
+           "join_async", "LOOPBACK"]
+
+#: the only address the runtime binds or connects to unless told otherwise
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Runtime settings.
+
+    time_scale
+        0: real time (jobs take what they take, sockets run at loopback speed); > 0: emulate the
+        fleet model, ``time_scale`` emulated seconds per real second (modelled compute time, and
+        link latency and bandwidth shaped by token buckets).
+    batch_window_s
+        Real seconds a new job waits for others to batch with.
+    max_frame_bytes, handshake_timeout_s
+        Connection limits: a larger frame, or no proof of identity in time, drops the connection.
+    timeout_s
+        Real seconds after which the run is stopped (``inf``: none).
+    quiet_s
+        With no ``Halt``: the run ends after this long (real seconds) with nothing in flight.
+    """
+
+    time_scale: float = 0.0
+    batch_window_s: float = 0.005
+    max_frame_bytes: int = frames.MAX_FRAME
+    handshake_timeout_s: float = 10.0
+    timeout_s: float = math.inf
+    quiet_s: float = 0.2
+
+
+class Clock:
+    """Machine time: real seconds since the start, or emulated seconds (``time_scale`` each)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scale: float):
+        self.loop, self.scale = loop, float(scale)
+        self.t0 = loop.time()
+
+    def now(self) -> float:
+        dt = self.loop.time() - self.t0
+        return dt * self.scale if self.scale > 0 else dt
+
+    def real_at(self, t: float) -> float:
+        """Loop time at which machine time ``t`` comes."""
+        return self.t0 + (t / self.scale if self.scale > 0 else t)
+
+    def real_delay(self, dt: float) -> float:
+        return dt / self.scale if self.scale > 0 else 0.0
+
+
+# ---------------------------------------------------------------- the worker thread
+class JobPool:
+    """One worker thread that owns the executor and the monitor: jobs submitted within
+    ``window`` seconds of each other are submitted, computed and completed together, and monitor
+    calls run there in the order they were made.  Exceptions raised there are kept in
+    :attr:`errors` and re-raised by :meth:`check` ("we broke" is never swallowed)."""
+
+    def __init__(self, executor, loop: asyncio.AbstractEventLoop, *, window: float):
+        self.executor, self.loop, self.window = executor, loop, float(window)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crowdlearn-jobs")
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._flush: asyncio.TimerHandle | None = None
+        self._first = 0.0
+        self._busy = False
+        self.batches = 0
+        self.errors: list[BaseException] = []
+        self.worker_threads: set[int] = set()
+
+    #: a gathering window is extended by each new job, up to this many windows
+    MAX_WINDOWS = 20
+
+    def submit(self, job: Any) -> asyncio.Future:
+        """Queue ``job``; the batch goes to the worker ``window`` seconds after the last job
+        joined it (at most ``MAX_WINDOWS`` windows after the first), and never while the worker
+        is still computing the previous batch (the jobs that arrive meanwhile join the next)."""
+        fut = self.loop.create_future()
+        now = self.loop.time()
+        if not self._pending:
+            self._first = now
+        self._pending.append((job, fut))
+        if self._flush is not None:
+            self._flush.cancel()
+        at = min(now + self.window, self._first + self.MAX_WINDOWS * self.window)
+        self._flush = self.loop.call_at(at, self._run_pending)
+        return fut
+
+    def _run_pending(self) -> None:
+        self._flush = None
+        if self._busy:
+            return                      # flushed when the running batch is done
+        batch, self._pending = self._pending, []
+        live = [(j, f) for j, f in batch if not f.cancelled()]
+        if not live:
+            return
+        self.batches += 1
+        self._busy = True
+        cf = self.loop.run_in_executor(self._thread, self._compute, [j for j, _ in live])
+
+        def done(c: asyncio.Future) -> None:
+            self._busy = False
+            if self._pending and self._flush is None:
+                self._run_pending()
+            if c.exception() is not None:
+                self.errors.append(c.exception())
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(c.exception())
+                return
+            for (_, f), r in zip(live, c.result(), strict=True):
+                if not f.done():
+                    f.set_result(r)
+
+        cf.add_done_callback(done)
+
+    def _compute(self, jobs: list) -> list:
+        self.worker_threads.add(threading.get_ident())
+        ex = self.executor
+        handles = [ex.submit(j) for j in jobs]
+        for h in handles:
+            ex.result(h)                 # the first read runs every pending job of its kind
+        out = []
+        for h in handles:
+            r = ex.complete(h)
+            if wire._is_deferred(r):
+                r.value()                # already computed: the loop never computes
+            out.append(r)
+        return out
+
+    def call(self, fn: Callable, *args) -> None:
+        """Run ``fn(*args)`` on the worker, after everything submitted before."""
+        def run():
+            self.worker_threads.add(threading.get_ident())
+            try:
+                fn(*args)
+            except BaseException as exc:       # noqa: BLE001 - kept and re-raised by check()
+                self.errors.append(exc)
+        self._thread.submit(run)
+
+    def drain(self) -> None:
+        """Wait (blocking) until the worker is idle."""
+        self._thread.submit(lambda: None).result()
+
+    def check(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+        self._thread.shutdown(wait=True)
+
+
+class Sink:
+    """What the nodes tell the monitor, forwarded to the worker thread; plus the fleet's energy
+    and speed figures (``profile(node)``: an object with ``flops``, ``memory_bytes``,
+    ``j_per_flop``, ``j_per_byte_up``, ``j_per_byte_down``, ``up_bps``, ``down_bps``,
+    ``latency_s``, or ``None`` for a node without a profile)."""
+
+    def __init__(self, monitor, pool: JobPool, profile: Callable[[NodeId], Any]):
+        self.monitor, self.pool, self.profile = monitor, pool, profile
+
+    def report(self, node, rep: Report, now: float) -> None:
+        self.pool.call(self.monitor.on_report, node, rep, now)
+
+    def transfer(self, src, dst, nbytes: int, now: float, msg) -> None:
+        self.pool.call(self._transfer, src, dst, nbytes, now, msg)
+
+    def _transfer(self, src, dst, nbytes, now, msg) -> None:
+        self.monitor.on_transfer(src, dst, nbytes, now, msg)
+        for node, attr in ((src, "j_per_byte_up"), (dst, "j_per_byte_down")):
+            p = self.profile(node)
+            if p is not None:
+                self.monitor.on_energy(node, nbytes * float(getattr(p, attr)))
+
+    def dropped(self, src, dst, nbytes: int) -> None:
+        self.pool.call(self.monitor.on_message_dropped, src, dst, nbytes)
+
+    def compute(self, node, flops: float, seconds: float) -> None:
+        p = self.profile(node)
+        energy = flops * float(p.j_per_flop) if p is not None else 0.0
+        self.pool.call(self._compute, node, flops, seconds, energy)
+
+    def _compute(self, node, flops, seconds, energy) -> None:
+        self.monitor.on_compute(node, flops, seconds, energy)
+        self.monitor.on_energy(node, energy)
+
+    def job_failed(self, node, reason: str) -> None:
+        self.pool.call(self.monitor.on_job_failed, node, reason)
+
+
+# ---------------------------------------------------------------- shaping
+class TokenBucket:
+    """A link of ``rate`` bytes per emulated second: :meth:`reserve` returns when (loop time)
+    ``nbytes`` will have gone through, FIFO after what was reserved before."""
+
+    def __init__(self, rate_bytes_s: float, clock: Clock):
+        self.rate, self.clock = float(rate_bytes_s), clock
+        self.free_at = 0.0
+
+    def reserve(self, nbytes: int) -> float:
+        now = self.clock.loop.time()
+        start = max(now, self.free_at)
+        if self.rate > 0 and math.isfinite(self.rate):
+            self.free_at = start + self.clock.real_delay(nbytes / self.rate)
+        else:
+            self.free_at = start
+        return self.free_at
+
+
+# ---------------------------------------------------------------- the hub
+@dataclass
+class _Conn:
+    node: NodeId | None
+    writer: asyncio.StreamWriter
+    peer: str
+    clean: bool = False         # ended by Stop / the hub, not lost
+
+
+@dataclass
+class HubStats:
+    socket_bytes_in: int = 0
+    socket_bytes_out: int = 0
+    frames_relayed: int = 0
+    relayed_bytes: int = 0
+
+
+class Hub:
+    """Accept node connections on 127.0.0.1, check their identities, relay their envelopes.
+
+    ``roster``: node → X25519 public key bytes of every node allowed in; ``server``: the node told
+    ``Presence`` (``PeerJoined``/``PeerLost``) of the others; ``expect``: the nodes that must be
+    connected before :class:`Go` (default: the whole roster).  ``capture(src, dst, frame)`` if
+    given sees every relayed frame (tests: what a relay operator could read).
+    """
+
+    def __init__(self, roster: Mapping[NodeId, bytes], *, server: NodeId | None = None,
+                 options: Options = Options(), expect=None, key: X25519PrivateKey | None = None,
+                 capture: Callable[[NodeId, NodeId, bytes], None] | None = None,
+                 on_drop: Callable[[NodeId, NodeId, int], None] | None = None,
+                 on_relay: Callable[[NodeId, NodeId, bytes], None] | None = None):
+        self.roster = dict(roster)
+        self.server = server
+        self.options = options
+        self.expect = set(self.roster if expect is None else expect)
+        self.key = key or X25519PrivateKey.generate()
+        self.pub = frames.public_bytes(self.key)
+        self.capture, self.on_drop, self.on_relay = capture, on_drop, on_relay
+        self.conns: dict[NodeId, _Conn] = {}
+        self.incidents: list[dict] = []
+        self.stats = HubStats()
+        self.started = asyncio.Event()
+        self.halted = asyncio.Event()
+        self.stopping = False
+        self.ever_joined: set = set()
+        self.lost: list = []            # nodes whose connection ended without a Stop
+        self._server: asyncio.AbstractServer | None = None
+        self._handlers: set[asyncio.Task] = set()
+        self.port: int | None = None
+
+    async def start(self, host: str = LOOPBACK, port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._accept, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def record(self, peer: str, node, reason: str) -> None:
+        self.incidents.append({"peer": peer, "node": node, "reason": reason})
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._handlers.add(task)
+        host, port = writer.get_extra_info("peername")[:2]
+        peer = f"{host}:{port}"
+        conn = _Conn(None, writer, peer)
+        dec = FrameDecoder(max_frame=self.options.max_frame_bytes)
+        queue: list[bytes] = []
+        try:
+            node = await asyncio.wait_for(self._handshake(reader, conn, dec, queue),
+                                          self.options.handshake_timeout_s)
+            if node is None:
+                return
+            await self._serve(reader, conn, dec, queue)
+        except (FrameError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            self.record(peer, conn.node, f"{type(exc).__name__}: {exc}")
+        except (ConnectionError, OSError) as exc:
+            if not self.stopping:
+                self.record(peer, conn.node, f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+        finally:
+            self._handlers.discard(task)
+            self._lost(conn)
+            writer.close()
+
+    async def _read(self, reader, dec: FrameDecoder, queue: list) -> bytes | None:
+        while not queue:
+            data = await reader.read(1 << 16)
+            if not data:
+                dec.close()                 # raises if the stream ended inside a frame
+                return None
+            self.stats.socket_bytes_in += len(data)
+            queue.extend(dec.feed(data))
+        return queue.pop(0)
+
+    def _write(self, conn: _Conn, body: bytes) -> None:
+        if conn.writer.is_closing():
+            return
+        data = frames.frame(body)
+        self.stats.socket_bytes_out += len(data)
+        conn.writer.write(data)
+
+    async def _handshake(self, reader, conn: _Conn, dec, queue) -> NodeId | None:
+        body = await self._read(reader, dec, queue)
+        if body is None:
+            raise FrameError("closed before saying who it is")
+        hello = frames.parse(body, allowed=(Hello,))
+        node = hello.node
+        if node not in self.roster:
+            raise FrameError(f"unknown node {node!r}")
+        nonce = os.urandom(16)
+        self._write(conn, wire.encode(Challenge(nonce, self.pub)))
+        body = await self._read(reader, dec, queue)
+        if body is None:
+            raise FrameError(f"{node!r} closed before proving its identity")
+        proof = frames.parse(body, allowed=(Proof,))
+        if not frames.verify(self.key, self.roster[node], nonce, node, proof.tag):
+            raise FrameError(f"identity proof for {node!r} failed: not its key")
+        if node in self.conns:
+            raise FrameError(f"{node!r} is connected already")
+        conn.node = node
+        self.conns[node] = conn
+        self.ever_joined.add(node)
+        self._write(conn, wire.encode(Welcome(node)))
+        if self.started.is_set():
+            if self.server in self.conns and node != self.server:
+                self._write(self.conns[self.server], wire.encode(Presence(node, True)))
+            self._write(conn, wire.encode(Go()))
+        elif self.expect <= set(self.conns):
+            self._go()
+        return node
+
+    def _go(self) -> None:
+        """Every expected node is in: devices start first, the server last (after learning who
+        is there), as under SimPy."""
+        self.started.set()
+        for node, c in self.conns.items():
+            if node != self.server:
+                self._write(c, wire.encode(Go()))
+        if self.server in self.conns:
+            c = self.conns[self.server]
+            for node in self.conns:
+                if node != self.server:
+                    self._write(c, wire.encode(Presence(node, True)))
+            self._write(c, wire.encode(Go()))
+
+    async def _serve(self, reader, conn: _Conn, dec, queue) -> None:
+        while True:
+            body = await self._read(reader, dec, queue)
+            if body is None:
+                return
+            msg = frames.parse(body, allowed=(Envelope, Halted))
+            if isinstance(msg, Halted):
+                if self.server is not None and conn.node != self.server:
+                    raise FrameError(f"{conn.node!r} tried to halt the run (only the server may)")
+                self.halted.set()
+                continue
+            if msg.src != conn.node:
+                raise FrameError(f"{conn.node!r} sent an envelope from {msg.src!r}")
+            dst = self.conns.get(msg.dst)
+            if dst is None:
+                if self.on_drop is not None:
+                    self.on_drop(msg.src, msg.dst, len(msg.body))
+                continue
+            if self.capture is not None:
+                self.capture(msg.src, msg.dst, body)
+            self.stats.frames_relayed += 1
+            self.stats.relayed_bytes += len(msg.body)
+            self._write(dst, body)
+            if self.on_relay is not None:
+                self.on_relay(msg.src, msg.dst, msg.body)
+            try:
+                await dst.writer.drain()
+            except ConnectionError:
+                pass                    # the destination's own handler reports it lost
+
+    def _lost(self, conn: _Conn) -> None:
+        node = conn.node
+        if node is None or self.conns.get(node) is not conn:
+            return
+        del self.conns[node]
+        if self.stopping or conn.clean:
+            return
+        self.lost.append(node)
+        srv = self.conns.get(self.server)
+        if srv is not None and node != self.server:
+            self._write(srv, wire.encode(Presence(node, False)))
+
+    def drop(self, node: NodeId) -> None:
+        """Cut ``node``'s connection (a fault injected by a test or an operator)."""
+        c = self.conns.get(node)
+        if c is not None:
+            c.writer.transport.abort()
+
+    async def stop(self, reason: str) -> None:
+        self.stopping = True
+        for c in list(self.conns.values()):
+            try:
+                self._write(c, wire.encode(Stop(reason)))
+                c.clean = True
+            except (ConnectionError, RuntimeError):
+                pass
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.conns.values()):
+            c.writer.close()
+        for t in list(self._handlers):
+            t.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+# ---------------------------------------------------------------- a node
+class Node:
+    """One machine on its own connection: reads frames into its inbox, handles events one at a
+    time, writes what it sends, runs jobs on the pool, arms its timer on the clock."""
+
+    def __init__(self, node: NodeId, machine: Machine, *, key: X25519PrivateKey, pool: JobPool,
+                 sink: Sink, clock: Clock, options: Options = Options()):
+        self.node, self.machine, self.key = node, machine, key
+        self.pool, self.sink, self.clock, self.options = pool, sink, clock, options
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.jobs: dict[Any, asyncio.Future] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.halted = False
+        self.stop_reason: str | None = None
+        self.stopped = asyncio.Event()
+        self.events_handled = 0
+        self.sent = self.received = 0
+        self.socket_bytes = 0
+        self.writer: asyncio.StreamWriter | None = None
+        self.cpu_free_at = 0.0          # loop time its modelled CPU is free (emulation)
+        prof = sink.profile(node)
+        self.up = TokenBucket(prof.up_bps / 8, clock) if prof is not None and clock.scale > 0 \
+            else None
+        self.down = TokenBucket(prof.down_bps / 8, clock) if prof is not None and clock.scale > 0 \
+            else None
+        self.latency = float(prof.latency_s) if prof is not None and clock.scale > 0 else 0.0
+        self._tasks: set[asyncio.Task] = set()
+        self.task: asyncio.Task | None = None
+
+    @property
+    def idle(self) -> bool:
+        return (self.inbox.empty() and not self.jobs and self.timer is None
+                and not self._tasks)
+
+    async def run(self, host: str, port: int) -> None:
+        self.task = asyncio.current_task()
+        reader, writer = await asyncio.open_connection(host, port)
+        self.writer = writer
+        dec = FrameDecoder(max_frame=self.options.max_frame_bytes)
+        queue: list[bytes] = []
+
+        async def read() -> bytes | None:
+            while not queue:
+                data = await reader.read(1 << 16)
+                if not data:
+                    dec.close()
+                    return None
+                self.socket_bytes += len(data)
+                queue.extend(dec.feed(data))
+            return queue.pop(0)
+
+        try:
+            self._write(wire.encode(Hello(self.node)))
+            ch = frames.parse(await read() or b"", allowed=(Challenge,))
+            self._write(wire.encode(Proof(frames.prove(self.key, ch.hub_key, ch.nonce,
+                                                        self.node))))
+            frames.parse(await read() or b"", allowed=(Welcome,))
+            handler = asyncio.ensure_future(self._handle_loop())
+            try:
+                while True:
+                    body = await read()
+                    if body is None:
+                        break
+                    msg = frames.parse(body, allowed=(Envelope, Presence, Go, Stop))
+                    if isinstance(msg, Stop):
+                        self.stop_reason = "stop"
+                        break
+                    if isinstance(msg, Go):
+                        self.inbox.put_nowait(Start())
+                    elif isinstance(msg, Presence):
+                        self.inbox.put_nowait(PeerJoined(msg.peer) if msg.up
+                                              else PeerLost(msg.peer))
+                    else:
+                        self._arrived(msg)
+            finally:
+                handler.cancel()
+                await asyncio.gather(handler, return_exceptions=True)
+        finally:
+            self._shutdown()
+            writer.close()
+            self.stopped.set()
+
+    def _arrived(self, env: Envelope) -> None:
+        self.received += 1
+        try:
+            msg = wire.decode(env.body)
+        except wire.WireError as exc:
+            self.sink.report(self.node, Report("malformed_message", str(exc),
+                                               (("device", env.src),)), self.clock.now())
+            return
+        n = len(env.body)
+        if self.down is None:
+            self._deliver_msg(env.src, msg, n)
+            return
+        at = self.down.reserve(n)
+        self._at(at, self._deliver_msg, env.src, msg, n)
+
+    def _deliver_msg(self, src, msg, nbytes: int) -> None:
+        self.sink.transfer(src, self.node, nbytes, self.clock.now(), msg)
+        self.inbox.put_nowait(Received(src, msg))
+
+    def _at(self, at: float, fn, *args) -> None:
+        """Call ``fn(*args)`` at loop time ``at`` (tracked, so the node is not idle meanwhile)."""
+        async def later():
+            await asyncio.sleep(max(0.0, at - self.clock.loop.time()))
+            fn(*args)
+        t = asyncio.ensure_future(later())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _handle_loop(self) -> None:
+        while True:
+            event = await self.inbox.get()
+            self.handle(event)
+
+    def handle(self, event) -> None:
+        self.events_handled += 1
+        now = self.clock.now()
+        for eff in self.machine.handle(event, now) or ():
+            self._apply(eff, now)
+        self._arm()
+
+    def _apply(self, eff, now: float) -> None:
+        if isinstance(eff, Send):
+            body = wire.encode(eff.message)
+            data = wire.encode(Envelope(self.node, eff.dst, body))
+            self.sent += 1
+            if self.up is None:
+                self._write(data)
+            else:
+                at = self.up.reserve(len(body)) + self.clock.real_delay(self.latency)
+                self._at(at, self._write, data)
+        elif isinstance(eff, RunJob):
+            self._run_job(eff.job_id, eff.job)
+        elif isinstance(eff, CancelJob):
+            fut = self.jobs.pop(eff.job_id, None)
+            if fut is not None:
+                fut.cancel()
+        elif isinstance(eff, Report):
+            self.sink.report(self.node, eff, now)
+        elif isinstance(eff, Halt):
+            if not self.halted:
+                self.halted = True
+                self._write(wire.encode(Halted()))
+        else:
+            raise TypeError(f"unknown effect {eff!r} from {self.node!r}")
+
+    def _write(self, data: bytes) -> None:
+        if self.writer is None or self.writer.is_closing():
+            return
+        out = frames.frame(data)
+        self.socket_bytes += len(out)
+        self.writer.write(out)
+
+    def _run_job(self, job_id, job) -> None:
+        prof = self.sink.profile(self.node)
+        mem = getattr(job, "memory_bytes", 0)
+        if prof is not None and mem > prof.memory_bytes:
+            self.sink.job_failed(self.node, "memory")
+            self.inbox.put_nowait(JobFailed(job_id, "memory"))
+            return
+        flops = float(getattr(job, "flops", 0.0))
+        modelled = flops / float(prof.flops) if prof is not None and prof.flops > 0 else 0.0
+        loop = self.clock.loop
+        start = max(loop.time(), self.cpu_free_at)
+        ready_at = start + self.clock.real_delay(modelled)
+        self.cpu_free_at = ready_at
+        fut = self.pool.submit(job)
+        self.jobs[job_id] = fut
+
+        def done(f: asyncio.Future) -> None:
+            if self.jobs.get(job_id) is not f or f.cancelled():
+                return
+            if f.exception() is not None:
+                return                      # kept by the pool; the run re-raises it
+            del self.jobs[job_id]
+            self.sink.compute(self.node, flops, modelled)
+            result = f.result()
+            if ready_at > loop.time():
+                self._at(ready_at, self.inbox.put_nowait, JobDone(job_id, result))
+            else:
+                self.inbox.put_nowait(JobDone(job_id, result))
+
+        fut.add_done_callback(done)
+
+    def _arm(self) -> None:
+        t = self.machine.next_timer()
+        if t == self.timer_at:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_at = t
+        if t is None or not math.isfinite(t):
+            return
+        self.timer = self.clock.loop.call_at(self.clock.real_at(t), self._fire)
+
+    def _fire(self) -> None:
+        self.timer, self.timer_at = None, None
+        self.inbox.put_nowait(TimerFired())
+
+    def _shutdown(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for f in self.jobs.values():
+            f.cancel()
+        self.jobs.clear()
+        for t in list(self._tasks):
+            t.cancel()
+
+
+# ---------------------------------------------------------------- one process, every node
+@dataclass
+class RunStats:
+    halted: bool
+    stopped_by: str
+    real_time_s: float
+    emulated_time_s: float
+    socket_bytes: int
+    frames_relayed: int
+    relayed_bytes: int
+    job_batches: int
+    events_handled: int
+    incidents: list = field(default_factory=list)
+    lost: list = field(default_factory=list)
+    nodes: int = 0
+    connect_s: float | None = None      # real seconds until every node was in (handshakes)
+
+
+async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
+                    profile: Callable[[NodeId], Any] = lambda node: None,
+                    server: NodeId | None = None, options: Options = Options(),
+                    faults: Callable[[Hub, dict, Clock], Any] | None = None,
+                    capture: Callable | None = None, local=None,
+                    keys: Mapping[NodeId, X25519PrivateKey] | None = None,
+                    listen: tuple[str, int] = (LOOPBACK, 0),
+                    on_listening: Callable[[int], None] | None = None,
+                    on_started: Callable[[], None] | None = None) -> RunStats:
+    """Run ``machines`` to completion, each a :class:`Node` on its own loopback connection.
+
+    ``local``: the nodes run in this process (default: all); the others connect from other
+    processes (:func:`join_async`) with the keys of ``keys`` (node → X25519 private key; default:
+    fresh keys, which only local nodes can know).  With remote nodes, the hub charges the
+    monitor for the envelopes it relays to them, so this process's monitor sees every message.
+    ``faults(hub, nodes, clock)``, if given, is started as a task with the nodes (tests kill
+    peers with it; ``hub.started`` says when every node is in); ``on_listening(port)`` and ``on_started()`` are told when the hub
+    listens and when every node is in.  Returns when a machine halts, when nothing has been in flight for
+    ``options.quiet_s`` (only if every node is local), or after ``options.timeout_s``.
+    """
+    loop = asyncio.get_running_loop()
+    wall0 = time.perf_counter()
+    pool = JobPool(executor, loop, window=options.batch_window_s)
+    sink = Sink(monitor, pool, profile)
+    clock = Clock(loop, options.time_scale)
+    local = list(machines) if local is None else list(local)
+    all_local = set(local) == set(machines)
+    keys = dict(keys) if keys is not None else {n: X25519PrivateKey.generate() for n in machines}
+    on_relay = None
+    if not all_local:
+        def on_relay(src, dst, body: bytes) -> None:
+            if dst not in nodes:
+                sink.transfer(src, dst, len(body), clock.now(), wire.decode(body))
+    hub = Hub({n: frames.public_bytes(keys[n]) for n in machines}, server=server,
+              options=options, capture=capture, on_drop=sink.dropped, on_relay=on_relay)
+    nodes: dict = {}
+    tasks: list[asyncio.Task] = []
+    fault_task = None
+    stopped_by = "halted"
+    emulated = 0.0
+    connect_s = None
+    try:
+        port = await hub.start(*listen)
+        if on_listening is not None:
+            on_listening(port)
+        await asyncio.sleep(0)
+        clock.t0 = loop.time()
+        for n in local:
+            nodes[n] = Node(n, machines[n], key=keys[n], pool=pool, sink=sink, clock=clock,
+                            options=options)
+            tasks.append(asyncio.ensure_future(nodes[n].run(LOOPBACK, port)))
+        if faults is not None:
+            fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
+        deadline = loop.time() + options.timeout_s if math.isfinite(options.timeout_s) else None
+        quiet_since = None
+        while not hub.halted.is_set():
+            if connect_s is None and hub.started.is_set():
+                connect_s = time.perf_counter() - wall0
+                if on_started is not None:
+                    on_started()
+            done = [t for t in tasks
+                    if t.done() and not t.cancelled() and t.exception() is not None]
+            if done:
+                raise done[0].exception()
+            pool.check()
+            if deadline is not None and loop.time() > deadline:
+                stopped_by = "timeout"
+                break
+            busy = (not all_local or not hub.started.is_set() or pool._pending
+                    or any(not nd.idle for nd in nodes.values() if not nd.stopped.is_set())
+                    or hub.stats.frames_relayed != sum(nd.received for nd in nodes.values()))
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= options.quiet_s:
+                stopped_by = "quiet"
+                break
+            try:
+                await asyncio.wait_for(hub.halted.wait(), 0.02)
+            except asyncio.TimeoutError:
+                pass
+        emulated = clock.now()
+        await hub.stop(stopped_by)
+    finally:
+        if fault_task is not None:
+            fault_task.cancel()
+            await asyncio.gather(fault_task, return_exceptions=True)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if hub._server is not None and not hub.stopping:
+            await hub.stop("error")
+        await loop.run_in_executor(None, pool.drain)
+        pool.close()
+    pool.check()
+    return RunStats(
+        halted=hub.halted.is_set(), stopped_by=stopped_by,
+        real_time_s=time.perf_counter() - wall0, emulated_time_s=emulated,
+        socket_bytes=hub.stats.socket_bytes_in + hub.stats.socket_bytes_out,
+        frames_relayed=hub.stats.frames_relayed, relayed_bytes=hub.stats.relayed_bytes,
+        job_batches=pool.batches, events_handled=sum(nd.events_handled for nd in nodes.values()),
+        incidents=list(hub.incidents), lost=[str(n) for n in hub.lost], nodes=len(nodes),
+        connect_s=connect_s)
+
+
+def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
+    """:func:`run_async` in a fresh event loop (in a thread of its own if this thread already
+    runs one, e.g. a Jupyter kernel's)."""
+    try:
+        asyncio.get_running_loop()
+        inside = True
+    except RuntimeError:
+        inside = False
+    if not inside:
+        return asyncio.run(run_async(machines, **kwargs))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crowdlearn-aio") as ex:
+        return ex.submit(asyncio.run, run_async(machines, **kwargs)).result()
+
+
+async def join_async(node: NodeId, machine: Machine, *, key: X25519PrivateKey, host: str,
+                     port: int, executor, monitor,
+                     profile: Callable[[NodeId], Any] = lambda node: None,
+                     options: Options = Options()) -> dict:
+    """Run one node in this process against a hub elsewhere, until the hub stops the run
+    (returns ``{"stopped_by": "stop", ...}``) or the connection is lost (``"lost"``)."""
+    loop = asyncio.get_running_loop()
+    pool = JobPool(executor, loop, window=options.batch_window_s)
+    clock = Clock(loop, options.time_scale)
+    nd = Node(node, machine, key=key, pool=pool, sink=Sink(monitor, pool, profile), clock=clock,
+              options=options)
+    try:
+        await nd.run(host, port)
+    finally:
+        await loop.run_in_executor(None, pool.drain)
+        pool.close()
+    pool.check()
+    return {"stopped_by": nd.stop_reason or "lost", "events_handled": nd.events_handled,
+            "sent": nd.sent, "received": nd.received, "socket_bytes": nd.socket_bytes,
+            "emulated_time_s": clock.now()}

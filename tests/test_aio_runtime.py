@@ -1,0 +1,532 @@
+"""The asyncio runtime (:mod:`sim.aio`): the same machines over loopback sockets.
+
+Parity: each server's reported models and every byte figure equal the SimPy run of the same
+config.  Faults: a peer cut mid-round reaches the server as ``PeerLost``; frames the hub cannot
+accept drop only that connection and are recorded; a peer claiming another's identity is refused.
+"""
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crowdlearn.experiment import Simulation
+from crowdlearn.realtime import run_asyncio
+from sim import wire
+from sim.aio import frames
+from sim.aio.frames import Envelope, FrameDecoder, FrameError, Go, Hello, Proof, frame
+from sim.aio.runtime import Hub, Options
+from tests.conftest import small_config
+from tests.test_harness import _models, _simpy_models
+
+#: every asyncio run in this file stops after this many real seconds, whatever happens
+AIO = {"runtime.engine": "asyncio", "runtime.timeout_s": 120.0}
+
+PARITY = {
+    "fedavg": {},
+    "centralized": {"protocol": "centralized"},
+    "dssgd": {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4},
+    "fm": {"protocol": "fm", "rounds": 2, "data.dataset": "breast_cancer", "model.arch": "linear"},
+    "secagg": {"fedavg.secure_aggregation": "secagg", "rounds": 2},
+    "phong": {"protocol": "phong", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+              "he.key_bits": 512, "he.order": "round_robin"},
+    "hres": {"protocol": "hres", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
+             "he.key_bits": 512, "he.order": "round_robin"},
+}
+
+
+def _aio(cfg, **kwargs):
+    sim = Simulation(cfg)
+    seen = []
+    orig = sim.monitor.on_report
+    sim.monitor.on_report = lambda node, rep, now: (seen.append((node, rep)),
+                                                    orig(node, rep, now))[1]
+    res = run_asyncio(sim, **kwargs)
+    return _models(seen), res, sim
+
+
+@pytest.mark.parametrize("name", list(PARITY))
+def test_asyncio_runs_report_the_simpy_runs_models_and_bytes(name):
+    cfg = small_config(**PARITY[name], **AIO)
+    got, res, _ = _aio(cfg)
+    want, ref = _simpy_models(small_config(**PARITY[name]))
+    assert got.keys() == want.keys() and got
+    for k in want:
+        for a, b in zip(got[k], want[k], strict=True):
+            # float noise only: the server sums updates in arrival order (see docs/design.md)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+    s = res.summary
+    assert s["runtime"] == "asyncio" and s["completed"] and s["incidents"] == []
+    assert s["bytes_by_kind"] == dict(sorted(ref.monitor.bytes_by_kind.items()))
+    assert (s["bytes_up"], s["bytes_down"]) == (ref.monitor.bytes_up, ref.monitor.bytes_down)
+    # what crossed the sockets: every message's body, relayed messages twice, plus framing
+    assert s["socket_bytes"] > s["bytes_total"]
+
+
+def test_jobs_run_off_the_event_loop_and_a_rounds_training_is_one_batch():
+    cfg = small_config(**AIO, rounds=2)
+    sim = Simulation(cfg)
+    threads = []
+    train = sim.executor.runners["train"]
+    sim.executor.runners["train"] = lambda jobs: (threads.append(threading.get_ident()),
+                                                  train(jobs))[1]
+    res = run_asyncio(sim)
+    assert res.summary["completed"]
+    assert threads and threading.get_ident() not in threads      # never on the loop's thread
+    assert sim.aio_stats.job_batches >= 2
+    # every selected device's training of a round ran in one TensorFlow call, as under SimPy
+    assert res.summary["batches_run"]["train"] == 2
+    assert res.summary["jobs_run"]["train"] == 2 * cfg.fedavg.clients_per_round
+
+
+@pytest.mark.parametrize("how", ["socket closed", "task cancelled"])
+def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_on(how):
+    cfg = small_config(**AIO, **{"fleet.devices": 5,
+                          "fedavg.clients_per_round": 4, "rounds": 2})
+    sim = Simulation(cfg)
+    server = sim.driver.machines["server"]
+    cut = []
+
+    async def kill(hub, nodes, clock):
+        while True:     # a selected device still training: its update cannot have left yet
+            busy = [d for d in sorted(server.selected) if nodes[d].jobs]
+            if busy:
+                cut.append((server.round, busy[0]))
+                if how == "socket closed":
+                    hub.drop(busy[0])            # its socket is closed under it
+                else:
+                    nodes[busy[0]].task.cancel()  # the peer's task dies (its connection with it)
+                return
+            await asyncio.sleep(0.0005)
+
+    res = run_asyncio(sim, faults=kill)
+    assert res.summary["completed"] and cut
+    rnd, victim = cut[0]
+    assert victim in res.rounds[rnd]["selected"] and victim not in res.rounds[rnd]["aggregated"]
+    assert res.summary["peers_lost"] == [str(victim)]
+
+
+def test_config_refuses_crowdlearning_under_asyncio_naming_issue_8():
+    from crowdlearn.config import ConfigError
+    with pytest.raises(ConfigError, match="issue 8"):
+        small_config(**{"runtime.engine": "asyncio", "protocol": "crowdlearning"})
+
+
+# ---------------------------------------------------------------- frames (sans-I/O)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.data())
+def test_frames_reassemble_however_the_stream_is_split(bodies, data):
+    stream = b"".join(frame(b) for b in bodies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    dec, out, last = FrameDecoder(max_frame=1000), [], 0
+    for c in cuts + [len(stream)]:
+        out += dec.feed(stream[last:c])
+        last = c
+    assert out == bodies
+    dec.close()                                        # nothing left over
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.integers(1, 64))
+def test_the_frame_decoder_only_ever_raises_frame_error(data, limit):
+    dec = FrameDecoder(max_frame=limit)
+    try:
+        for body in dec.feed(data):
+            assert len(body) <= limit
+            try:
+                frames.parse(body, allowed=frames.CONTROL)
+            except FrameError:
+                pass
+        dec.close()
+    except FrameError:
+        pass
+
+
+# ---------------------------------------------------------------- the hub against bad peers
+async def _raw(port, data: bytes, *, close=True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    if close:
+        writer.write_eof()
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def _hello_and_proof(key, node, reader_data: bytes) -> bytes:
+    dec = FrameDecoder()
+    ch = frames.parse(dec.feed(reader_data)[0], allowed=(frames.Challenge,))
+    return frame(wire.encode(Proof(frames.prove(key, ch.hub_key, ch.nonce, node))))
+
+
+async def _with_hub(body):
+    keys = {n: X25519PrivateKey.generate() for n in (1, 2)}
+    hub = Hub({n: frames.public_bytes(k) for n, k in keys.items()}, expect={1, 2},
+              options=Options(max_frame_bytes=1024, handshake_timeout_s=2))
+    port = await hub.start()
+    try:
+        return await body(hub, port, keys)
+    finally:
+        await hub.stop("test")
+
+
+async def _login(port, key, node):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(frame(wire.encode(Hello(node))))
+    data = await asyncio.wait_for(reader.read(4 + 200), 5)
+    writer.write(_hello_and_proof(key, node, data))
+    dec = FrameDecoder()
+    got = []
+    while not got:
+        got = dec.feed(await asyncio.wait_for(reader.read(1024), 5))
+    assert isinstance(frames.parse(got[0], allowed=frames.CONTROL), frames.Welcome)
+    return reader, writer
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (b"\x00\x00\x00\x03abc", "malformed"),                      # not a message
+    (b"\x00\x10\x00\x00" + b"x" * 10, "exceeds the limit"),      # oversized
+    (b"\x00\x00\x00\x20" + b"x" * 10, "inside a frame"),         # truncated, then closed
+    (frame(wire.encode(Go())), "unexpected Go"),                 # a frame only the hub sends
+])
+def test_bad_frames_drop_that_connection_are_recorded_and_crash_nothing(bad, reason):
+    async def body(hub, port, keys):
+        r1, w1 = await _login(port, keys[1], 1)        # an honest peer stays connected
+        await _raw(port, bad)
+        await asyncio.sleep(0.05)
+        assert 1 in hub.conns and not w1.is_closing()
+        w1.close()
+        return hub.incidents
+
+    incidents = asyncio.run(_with_hub(body))
+    assert len(incidents) == 1 and reason in incidents[0]["reason"], incidents
+
+
+def test_a_peer_claiming_another_identity_is_refused():
+    async def body(hub, port, keys):
+        thief = X25519PrivateKey.generate()            # not node 2's key
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(wire.encode(Hello(2))))
+        data = await asyncio.wait_for(reader.read(4 + 200), 5)
+        writer.write(_hello_and_proof(thief, 2, data))
+        rest = await asyncio.wait_for(reader.read(), 5)      # closed: no Welcome
+        writer.close()
+        return rest, hub.incidents, set(hub.conns)
+
+    rest, incidents, conns = asyncio.run(_with_hub(body))
+    assert rest == b"" and 2 not in conns
+    assert "identity proof for 2 failed" in incidents[0]["reason"]
+
+
+def test_an_envelope_with_a_forged_sender_drops_the_connection():
+    async def body(hub, port, keys):
+        r1, w1 = await _login(port, keys[1], 1)
+        w1.write(frame(wire.encode(Envelope(2, 1, b"\x00"))))
+        rest = await asyncio.wait_for(r1.read(), 5)
+        w1.close()
+        return rest, hub.incidents
+
+    rest, incidents = asyncio.run(_with_hub(body))
+    assert "sent an envelope from 2" in incidents[0]["reason"]
+
+
+# ---------------------------------------------------------------- separate processes
+def _processes(tmp_path, sets, devices, *, kill=None):
+    """A `crowdlearn serve` and one `crowdlearn join` per device, on 127.0.0.1; every process is
+    waited for (and killed if it outlives the test's timeouts).  ``kill``: a device whose process
+    is killed (SIGKILL) once the server says every node has joined."""
+    import os
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    cli = [sys.executable, "-m", "crowdlearn.cli"]
+    flags = [x for s in sets for x in ("--set", s)]
+    procs = []
+    try:
+        srv = subprocess.Popen(cli + ["serve", "--listen", "127.0.0.1:0", "--out",
+                                      str(tmp_path / "served"), "--no-plots"] + flags,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        procs.append(srv)
+        line = srv.stdout.readline()                     # "listening on 127.0.0.1:PORT"
+        assert line.startswith("listening on 127.0.0.1:"), (line, srv.stderr.read())
+        port = int(line.rsplit(":", 1)[1])
+        joins = [subprocess.Popen(cli + ["join", "--connect", f"127.0.0.1:{port}",
+                                         "--device", str(i)] + flags,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env) for i in range(devices)]
+        procs += joins
+        t_end = time.monotonic() + 240
+        if kill is not None:
+            line = srv.stdout.readline()                 # "all N nodes joined: running"
+            assert "joined" in line, (line, srv.stderr.read())
+            time.sleep(0.5)
+            joins[kill].kill()
+        outs = [p.communicate(timeout=max(1, t_end - time.monotonic())) for p in joins]
+        srv_out = srv.communicate(timeout=max(1, t_end - time.monotonic()))
+        return srv.returncode, srv_out, [(p.returncode, o) for p, o in zip(joins, outs, strict=True)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.slow
+def test_a_server_and_three_device_processes_run_fedavg_with_simpys_bytes(tmp_path):
+    import json
+    sets = ["fleet.devices=3", "rounds=2", "fedavg.clients_per_round=3", "training.backend=none",
+            "runtime.timeout_s=200"]
+    rc, (out, err), joins = _processes(tmp_path, sets, 3)
+    assert rc == 0, err
+    for jrc, (jout, jerr) in joins:
+        assert jrc == 0, jerr
+        info = json.loads(jout.strip().splitlines()[-1])
+        assert info["stopped_by"] == "stop" and info["sent"] == info["received"] == 2
+        assert 0 < info["shard_samples"] < 1797 / 2     # only its own shard of digits' rows
+    s = json.loads((tmp_path / "served" / "summary.json").read_text())
+    from crowdlearn.config import load
+    ref = Simulation(load(None, sets[:-1])).run().summary          # the same config, SimPy
+    assert s["runtime"] == "asyncio" and s["rounds_completed"] == 2 and s["incidents"] == []
+    assert (s["bytes_up"], s["bytes_down"], s["bytes_by_kind"]) == \
+        (ref["bytes_up"], ref["bytes_down"], ref["bytes_by_kind"])
+
+
+# ---------------------------------------------------------------- sealed traffic on the relay
+from dataclasses import dataclass  # noqa: E402
+
+from sim.machine import Halt, Machine, Received, Report, Send, Start  # noqa: E402
+from sim.wire import message  # noqa: E402
+
+
+@message(0x7F31)
+@dataclass(frozen=True)
+class _SealedNote:
+    blob: bytes
+
+
+@message(0x7F32)
+@dataclass(frozen=True)
+class _PlainNote:
+    data: bytes
+
+
+class _Recorder:
+    """The monitor hooks the runtime calls, recorded."""
+
+    def __init__(self):
+        self.reports, self.transfers = [], []
+
+    def on_report(self, node, rep, now):
+        self.reports.append((node, rep))
+
+    def on_transfer(self, src, dst, nbytes, now, msg=None):
+        self.transfers.append((src, dst, nbytes, type(msg).__name__))
+
+    def on_message_dropped(self, *a):
+        pass
+
+    def on_energy(self, node, joules):
+        pass
+
+
+def test_the_relay_sees_no_plaintext_of_a_sealed_payload():
+    from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
+    from sim.aio.runtime import run
+
+    secret = np.random.default_rng(5).bytes(256)
+    rings = {1: KeyRing(1), 2: KeyRing(2)}
+    rings[1].learn(2, rings[2].card())
+    rings[2].learn(1, rings[1].card())
+    header = Header("boundary", group=0, attempt=1)
+
+    class Sender(Machine):
+        def handle(self, event, now):
+            if isinstance(event, Start):
+                return [Send(2, _SealedNote(Sealed.of_bytes(rings[1], 2, header, secret))),
+                        Send(2, _PlainNote(secret[:64]))]       # control: a plaintext message
+            return []
+
+    class Receiver(Machine):
+        got = 0
+
+        def handle(self, event, now):
+            if not isinstance(event, Received):
+                return []
+            self.got += 1
+            m = event.message
+            out = [Report("opened", rings[2].open(1, header, m.blob))] \
+                if isinstance(m, _SealedNote) else [Report("plain", m.data)]
+            return out + ([Halt()] if self.got == 2 else [])
+
+    captured = []
+    mon = _Recorder()
+    stats = run({1: Sender(1), 2: Receiver(2)}, executor=None, monitor=mon,
+                options=Options(timeout_s=30),
+                capture=lambda src, dst, data: captured.append(bytes(data)))
+    assert stats.halted and stats.frames_relayed == 2
+    opened = dict((rep.name, rep.value) for _, rep in mon.reports)
+    assert opened["opened"] == secret                    # the recipient opens it
+    seen = b"".join(captured)
+    assert secret[:64] in seen                           # the capture does see plaintext...
+    sealed_frame = next(c for c in captured if secret[:64] not in c)
+    windows = {secret[i:i + 12] for i in range(0, len(secret) - 12)}
+    assert not any(w in sealed_frame for w in windows)   # ...but none of the sealed one
+
+
+# ---------------------------------------------------------------- time emulation
+def test_emulated_time_covers_the_modelled_compute_and_is_reported_beside_real_time():
+    scale = 50.0
+    cfg = small_config(**AIO, rounds=2, **{"runtime.time_scale": scale})
+    res = run_asyncio(Simulation(cfg))
+    s = res.summary
+    assert s["completed"] and s["time_scale"] == scale
+    assert s["sim_time_s"] == s["emulated_time_s"]
+    # the emulated clock runs time_scale times as fast as the real one, never faster
+    assert 0 < s["emulated_time_s"] <= s["real_time_s"] * scale
+    # a round cannot end before its slowest aggregated device's modelled training is over
+    for r in res.rounds:
+        slowest = max(res.devices[d]["busy_s"] / max(1, res.devices[d]["rounds_aggregated"])
+                      for d in r["aggregated"])
+        assert slowest > 0 and r["end_s"] - r["start_s"] >= slowest * 0.999, (r, slowest)
+
+
+def test_round_deadlines_fire_on_the_runtime_clock_as_under_simpy():
+    # a deadline shorter than any device's modelled training: every round closes at its deadline
+    # with nothing aggregated, under both runtimes
+    over = {"fedavg.deadline_s": 0.001, "rounds": 2, "fedavg.min_clients": 1}
+    ref = Simulation(small_config(**over)).run()
+    got = run_asyncio(Simulation(small_config(**AIO, **over, **{"runtime.time_scale": 1.0})))
+    closed = [(r["closed_by"], len(r["aggregated"])) for r in got.rounds]
+    assert closed == [(r["closed_by"], len(r["aggregated"])) for r in ref.rounds]
+    assert closed == [("deadline", 0)] * 2
+
+
+def test_a_payload_of_the_wrong_length_is_recorded_and_dropped_by_the_phong_server():
+    from crowdlearn.crypto.payload import Payload
+    from crowdlearn.protocols.phong import EncryptedUpdate
+    from sim.machine import Received
+    sim = Simulation(small_config(**PARITY["phong"]))
+    server = sim.driver.machines["server"]
+    msg = wire.decode(wire.encode(EncryptedUpdate(0, Payload.from_wire(b"\x00" * 7))))
+    out = server.handle(Received(0, msg), 0.0)
+    assert [r.name for r in out] == ["malformed_message"] and not server.pending
+
+
+@pytest.mark.slow
+def test_a_device_process_killed_mid_run_reaches_the_server_as_peer_lost(tmp_path):
+    import json
+    # emulated compute (time_scale 1) makes the 40 rounds last a few seconds of real time
+    sets = ["fleet.devices=3", "rounds=40", "fedavg.clients_per_round=3", "training.backend=none",
+            "runtime.time_scale=1", "runtime.timeout_s=200"]
+    rc, (out, err), joins = _processes(tmp_path, sets, 3, kill=2)
+    assert rc == 0, err
+    assert [j[0] for j in joins] == [0, 0, -9]
+    s = json.loads((tmp_path / "served" / "summary.json").read_text())
+    assert s["peers_lost"] == ["2"] and s["completed"] and s["rounds_completed"] == 40
+    import csv
+    with open(tmp_path / "served" / "rounds.csv") as f:
+        rounds = [r["aggregated"].split() for r in csv.DictReader(f)]
+    assert rounds[0] == ["0", "1", "2"] and rounds[-1] == ["0", "1"]    # 2 gone, the rest go on
+
+
+def test_only_the_server_may_halt_the_run_and_a_malformed_body_reaches_no_machine():
+    async def body(hub, port, keys):
+        r1, w1 = await _login(port, keys[1], 1)
+        r2, w2 = await _login(port, keys[2], 2)
+        w2.write(frame(wire.encode(Envelope(2, 1, b"\xff\xff"))))   # relayed, not a message
+        w1.write(frame(wire.encode(frames.Halted())))                # device 1 is not the server
+        rest = await asyncio.wait_for(r1.read(), 5)      # the relayed frame, then closed
+        w1.close()
+        w2.close()
+        assert rest.endswith(b"\xff\xff")
+        return hub.halted.is_set(), hub.incidents, hub.stats.frames_relayed
+
+    async def with_server(fn):
+        keys = {n: X25519PrivateKey.generate() for n in (1, 2)}
+        hub = Hub({n: frames.public_bytes(k) for n, k in keys.items()}, server="server",
+                  expect={1, 2, "server"}, options=Options(handshake_timeout_s=2))
+        port = await hub.start()
+        try:
+            return await fn(hub, port, keys)
+        finally:
+            await hub.stop("test")
+
+    halted, incidents, relayed = asyncio.run(with_server(body))
+    assert not halted and relayed == 1
+    assert [i["node"] for i in incidents] == [1] and "only the server" in incidents[0]["reason"]
+
+
+@given(st.lists(st.integers(0, 99), min_size=1, max_size=30, unique=True), st.data())
+def test_a_shard_trainer_reads_exactly_the_rows_the_schedule_names(shard, data):
+    from crowdlearn.realtime import ShardTrainer
+    from crowdlearn.training.batching import TrainTask
+    x = np.arange(100, dtype=np.float32)[:, None] * 10
+    y = np.arange(100)
+    seen = []
+
+    class Inner:
+        def __init__(self, spec, xs, ys):
+            self.x = xs
+
+        def train(self, tasks):
+            seen.extend(self.x[b[b >= 0]].ravel().tolist() for t in tasks for b in t.batches)
+            return [None] * len(tasks)
+
+    trainer = ShardTrainer(Inner, None, x, y, shard)
+    assert len(trainer.inner.x) == len(shard)              # it holds only its shard
+    rows = data.draw(st.lists(st.sampled_from(shard), min_size=1, max_size=8))
+    batches = np.array([rows + [-1]], np.int64)             # -1: padding
+    trainer.train([TrainTask((), batches, 0.1)])
+    assert seen == [[10.0 * r for r in rows]]
+    with pytest.raises(ValueError, match="outside this device's shard"):
+        outside = next(i for i in range(100) if i not in shard)
+        trainer.train([TrainTask((), np.array([[outside]], np.int64), 0.1)])
+
+
+def test_crowdlearn_run_with_runtime_asyncio_writes_the_usual_results(tmp_path):
+    import json
+
+    from crowdlearn.cli import main
+    out = tmp_path / "r"
+    rc = main(["run", "--runtime", "asyncio", "--set", "rounds=2", "--set", "fleet.devices=4",
+               "--set", "fedavg.clients_per_round=2", "--set", "training.backend=none",
+               "--set", "runtime.timeout_s=60", "--out", str(out), "--no-plots", "--quiet"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["runtime"] == "asyncio" and s["rounds_completed"] == 2
+    assert {"metrics.csv", "devices.csv", "rounds.csv", "config.json"} <= \
+        {p.name for p in out.iterdir()}
+    assert json.loads((out / "config.json").read_text())["config"]["runtime"]["engine"] == "asyncio"
+
+
+def test_emulated_links_deliver_no_faster_than_their_bandwidth_and_latency():
+    from types import SimpleNamespace
+
+    from sim.aio.runtime import run
+
+    body = np.zeros(20_000, np.uint8).tobytes()
+    prof = SimpleNamespace(up_bps=8e5, down_bps=4e5, latency_s=0.05, flops=1e9,
+                           memory_bytes=1 << 30, j_per_flop=0.0, j_per_byte_up=0.0,
+                           j_per_byte_down=0.0)
+
+    class A(Machine):
+        def handle(self, event, now):
+            return [Send(2, _PlainNote(body))] if isinstance(event, Start) else []
+
+    class B(Machine):
+        def handle(self, event, now):
+            return [Report("at", now), Halt()] if isinstance(event, Received) else []
+
+    mon = _Recorder()
+    stats = run({1: A(1), 2: B(2)}, executor=None, monitor=mon, profile=lambda n: prof,
+                options=Options(time_scale=10.0, timeout_s=30))
+    nbytes = mon.transfers[0][2]
+    arrived = mon.reports[0][1].value
+    # up at 100 kB/s, down at 50 kB/s, one latency: about 0.2 + 0.4 + 0.05 emulated seconds
+    assert stats.halted and arrived >= nbytes / 1e5 + nbytes / 5e4 + 0.05
