@@ -44,22 +44,43 @@ def test_secagg_matches_plain_fedavg_without_dropouts_and_charges_its_costs(fixe
     assert [r["clients_aggregated"] for r in res.metrics] == [4, 4]
 
 
-def test_churn_drops_clients_at_stages_and_survivors_still_unmask(fixed_costs):
+def test_devices_going_offline_at_every_stage_and_survivors_still_unmask(fixed_costs):
+    # short online sessions (mean 0.2 s against rounds of ~0.15 s simulated): devices leave
+    # during training and during each of the four stages
     from crowdlearn.experiment import Simulation
     sim = Simulation(small_config(**{
-        "fedavg.secure_aggregation": "secagg", "availability.churn": 0.25, "seed": 8,
-        "availability.churn_offline_s": 1e-3, "secagg.threshold": 2, "rounds": 4,
-        "fedavg.clients_per_round": 5}))
+        "fedavg.secure_aggregation": "secagg", "seed": 8, "availability.model": "sessions",
+        "availability.mean_online_s": 0.2, "availability.mean_offline_s": 0.01,
+        "secagg.threshold": 2, "rounds": 4, "fedavg.clients_per_round": 5}))
     res = sim.run()
     s = res.summary
     assert s["completed"] and s["rounds_completed"] == 4
     drops = s["secagg_dropouts_by_stage"]
-    assert drops["advertise"] > 0 and drops["share"] > 0 and drops["masked_input"] > 0
+    assert all(drops[stage] > 0 for stage in ("advertise", "share", "masked_input", "unmask"))
     log = sim.driver.machines["server"].log
     # a round unmasked although a client dropped after sharing its keys (its pairwise masks
     # were rebuilt from the survivors' shares of its key)
     assert any(r["status"] == "ok" and r["masked_input"] < r["share"] for r in log)
     assert s["secagg_rounds_ok"] + s["secagg_rounds_aborted"] == 4
+
+
+def test_churn_strikes_training_only_so_secagg_rounds_still_unmask(fixed_costs):
+    # churn 0.3 per training task; the four stages' cryptography does not draw churn, so a
+    # round unmasks when t = ceil(2m/3) = 7 of the 10 selected finish training
+    # (P = 0.65 per round for independent drop-outs)
+    from crowdlearn.experiment import Simulation
+    sim = Simulation(small_config(**{
+        "fedavg.secure_aggregation": "secagg", "availability.churn": 0.3, "seed": 3,
+        "fleet.devices": 20, "fedavg.clients_per_round": 10, "rounds": 8}))
+    res = sim.run()
+    s = res.summary
+    assert s["completed"] and s["rounds_completed"] == 8
+    drops = s["secagg_dropouts_by_stage"]
+    assert drops["advertise"] > 0                     # churned while training
+    assert drops["share"] == drops["masked_input"] == drops["unmask"] == 0
+    assert sum(d["drops_churn"] for d in res.devices) == drops["advertise"]
+    assert s["secagg_rounds_ok"] > s["secagg_rounds_aborted"]
+    assert all("advertise: " in a["reason"] for a in s["secagg_aborts"])
 
 
 def test_config_rejects_threshold_neighbours_and_overflow():
