@@ -97,7 +97,8 @@ def build(ctx) -> dict:
         machines[d] = secagg.SecAggClient(
             d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d], params=sa, costs=costs,
             crypto_rng=np.random.default_rng(streams[d]),
-            privatise=dp.client_privatise if dp is not None else None, shared=shared)
+            privatise=dp.client_privatise if dp is not None else None, shared=shared,
+            noise=dp.client_noise if dp is not None else None)
     return machines
 
 

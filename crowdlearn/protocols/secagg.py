@@ -323,16 +323,18 @@ class SecAggClient(FedAvgClient):
     primitives); ``crypto_rng`` (keys, self-mask seeds and Shamir coefficients; kept apart from
     the training stream so training is identical with and without SecAgg); ``privatise`` (an
     optional client-level DP hook ``(delta, clip_norm, rng) -> (delta', unclipped_bit)``);
-    ``shared`` (a :class:`SharedCrypto` of the simulation, or None to compute alone).
+    ``noise`` (distributed DP: ``(dim, clip_norm, step, rng) -> int64 noise in grid units`` or
+    None, added to the quantised update); ``shared`` (a :class:`SharedCrypto` of the
+    simulation, or None to compute alone).
     """
 
     def __init__(self, node_id: NodeId, spec, indices, *, rng: np.random.Generator,
                  params: SecAggParams, costs: CryptoCosts, crypto_rng: np.random.Generator,
                  privatise: Callable | None = None, server: NodeId = SERVER,
-                 shared: SharedCrypto | None = None):
+                 shared: SharedCrypto | None = None, noise: Callable | None = None):
         super().__init__(node_id, spec, indices, rng=rng, server=server)
         self.sa, self.costs, self.crng = params, costs, crypto_rng
-        self.privatise = privatise
+        self.privatise, self.noise = privatise, noise
         self.shared = shared
         self._agree = shared.memo.agree if shared is not None else ka.agree
         self._reset()
@@ -469,9 +471,16 @@ class SecAggClient(FedAvgClient):
         self.u2 = tuple(sorted(v for v in self.held if v != me))
         if len(self.u2) + 1 < self.threshold:
             return [Report("secagg_client_abort", "share", (("device", me),))]
-        x, _ = self._update_vector()
+        x, dp = self._update_vector()
         bits = sa.modulus_bits
         y = masking.quantise(x, clip=sa.clip, quant_bits=sa.quant_bits, modulus_bits=bits)
+        if dp and self.noise is not None:
+            # distributed DP: the noise share goes onto the grid after the rounding, so neither
+            # the per-coordinate clipping nor the rounding touches it (docs/design.md)
+            step = sa.clip / masking.levels(sa.quant_bits)
+            ints = self.noise(len(y) - 1, self.clip_norm, step, self.crng)
+            if ints is not None:
+                y[:-1] = masking.add_mod(y[:-1], ints.view(np.uint64), bits)
         d = len(y)
         if not sa.priced:
             terms = [(self.b_seed, +1)] + [
@@ -531,6 +540,8 @@ class SecAggServer(FedAvgServer):
         self.graph_rng = graph_rng if graph_rng is not None else np.random.default_rng(0)
         self.shapes = [np.shape(w) for w in self.weights]
         self.d = int(sum(np.prod(s, dtype=np.int64) for s in self.shapes))
+        if dp is not None:      # the clients' fixed-point rounding enters the sensitivity
+            dp.set_quantisation(step=secagg.clip / masking.levels(secagg.quant_bits), dim=self.d)
         self.plain_update_bytes = wire.size(Update(0, tuple(np.asarray(w, np.float32)
                                                             for w in self.weights), 1))
         self.log: list[dict] = []
@@ -978,10 +989,27 @@ def params_from_config(cfg) -> SecAggParams | None:
     s = cfg.secagg.__dict__
     cohort = math.ceil(cfg.clients_per_round * (1 + cfg.fedavg.over_selection))
     r = resolve(s, mode=mode, cohort=cohort)
+    bits = r["modulus_bits"]
+    if not s["modulus_bits"]:
+        bits = max(bits, _noise_modulus_bits(cfg, cohort, s))
     return SecAggParams(mode=mode, threshold=r["threshold"], neighbours=r["neighbours"],
                         quant_bits=s["quant_bits"], clip=s["clip"],
-                        modulus_bits=r["modulus_bits"], stage_timeout_s=s["stage_timeout_s"],
+                        modulus_bits=bits, stage_timeout_s=s["stage_timeout_s"],
                         priced=s["priced"])
+
+
+def _noise_modulus_bits(cfg, cohort: int, section: dict) -> int:
+    """Automatic R with room for distributed DP noise: the sum of ``cohort + 1`` full-scale
+    values plus 12 standard deviations of the summed noise (in grid units) stays below R/2
+    (adaptive clipping: for a clipping norm up to 4× the initial one)."""
+    from crowdlearn.privacy import dp_fedavg
+    dp = dp_fedavg.params_from_config(cfg)
+    if dp is None or dp.mode != "distributed":
+        return 0
+    lv = masking.levels(section["quant_bits"])
+    sd = dp.noise_multiplier * dp.clip_norm * (4 if dp.adaptive else 1) * lv / section["clip"]
+    bound = (cohort + 1) * lv + 12 * sd
+    return math.floor(math.log2(bound)) + 2
 
 
 def client_round_bytes(*, n: int, d: int, modulus_bits: int, mode: str = "secagg",
