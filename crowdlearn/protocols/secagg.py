@@ -920,7 +920,8 @@ CONFIG_SECTION: dict[str, Key] = {
     "clip": Key(float, 0.5, "Per-coordinate clipping range of an update before quantisation.",
                 min=0, min_open=True),
     "modulus_bits": Key(int, 0, "Bits of R (Z_R holds the masked sums); 0 = the fewest that "
-                        "cannot overflow for the cohort and quant_bits.", min=0, max=62),
+                        "cannot overflow for the cohort and quant_bits (with distributed DP: "
+                        "and 12 standard deviations of the summed noise).", min=0, max=62),
     "stage_timeout_s": Key(float, math.inf, "Deadline of each stage after the first (simulated "
                            "s); the first stage ends at the round deadline.", min=0,
                            min_open=True),
