@@ -56,8 +56,9 @@ class FaultParams:
     """Drop-outs that depend on what a device does.
 
     churn
-        Probability that a device given a task (any job: local training, a slice of a pass)
-        disconnects at a uniformly random moment of that task.  The drop-out belongs to the
+        Probability that a device given a training task (local training, a slice of a pass; not
+        cryptography or evaluation: ``Driver._CHURN_FREE_KINDS``) disconnects at a uniformly
+        random moment of that task.  The drop-out belongs to the
         task: a task that ends first (cancelled as a straggler, or cut by the device going
         offline for another reason) takes its pending drop-out with it, so churn never strikes
         an idle device and a device cut mid-task returns when its availability says so.
@@ -647,7 +648,7 @@ class Driver:
         self._running[rec.row] = rec
         rec.state = "running"
         rec.started = self.env.now
-        churn_at = self._churn_moment(rec.row, rec.duration)
+        churn_at = self._churn_moment(rec.row, rec.duration, kind=rec.job.kind)
         if churn_at is not None:
             # The drop-out is part of this task: cancelling the job (a straggler cut off, the
             # device going offline) cancels the drop-out with it, and it can never fire on an
@@ -708,15 +709,24 @@ class Driver:
             del self._jobs[row]
         return rec
 
-    def _churn_moment(self, row: int, duration: float) -> float | None:
+    #: Job kinds that are not training tasks and never draw churn: a protocol's cryptography
+    #: around an update (SecAgg's four stages, Phong's encryption) and evaluation.  Churn is
+    #: "the probability that a device drops out during a training task"; drawing it for each of
+    #: a SecAgg client's five jobs of a round (four of them milliseconds of cryptography) would
+    #: multiply the drop-out rate per round by up to five.
+    _CHURN_FREE_KINDS = frozenset({"secagg_crypto", "crypto", "eval"})
+
+    def _churn_moment(self, row: int, duration: float, *, kind: str | None = None
+                      ) -> float | None:
         """With probability ``churn``, the offset into a task of ``duration`` seconds at which
         the device drops out (uniform over the task); None if it does not.
 
-        Only an online device doing a task of positive length can churn; the draws are made
-        from the driver's generator in a fixed order (one uniform, then one more if chosen).
+        Only an online device doing a training task (a job whose ``kind`` is not in
+        ``_CHURN_FREE_KINDS``) of positive length can churn; the draws are made from the
+        driver's generator in a fixed order (one uniform, then one more if chosen).
         """
         if not (self.faults.churn > 0 and self._is_device(row) and self._online[row]
-                and duration > 0):
+                and duration > 0 and kind not in self._CHURN_FREE_KINDS):
             return None
         if self.rng.random() >= self.faults.churn:
             return None

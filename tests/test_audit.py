@@ -283,3 +283,74 @@ def test_dp_fedavg_round_stays_within_its_epsilon_and_a_missing_clip_or_noise_is
     weak = audit(mech, _WITH, _WITHOUT, rng=np.random.default_rng(2), trials=20_000,
                  delta=1e-5, claimed_epsilon=claim)
     assert weak.refutes_claim
+
+
+# ---------------------------------------------------------------- DP-FedAvg, distributed noise
+def _distributed_round(z: float, *, delivered: int, cohort: int = 4, quant_bits: int = 12,
+                       clip: float = 2.0, bits: int = 48):
+    """One round of distributed DP-FedAvg under secure aggregation, run by the code the
+    simulation runs: each delivering client clips (``client_privatise``), quantises to the
+    ``quant_bits`` grid of ``[-clip, clip]`` (``masking.quantise``), adds its integer noise share
+    (``client_noise``); the sum in Z_R is dequantised and averaged by the server
+    (``server_aggregate_sum``, which also records the round's ε).  Vectorised: coordinate ``i``
+    of the vectors is trial ``i`` of the 1-d mechanism (the rounding bound is charged for one
+    coordinate).  Data: the delivering clients' 1-d updates; the first may be far beyond C."""
+    from crowdlearn.crypto import masking
+    from crowdlearn.privacy import dp_fedavg
+
+    dp = dp_fedavg.DPFedAvg(dp_fedavg.DPParams(mode="distributed", noise_multiplier=z,
+                                               clip_norm=1.0, cohort=cohort, population=cohort))
+    step = clip / masking.levels(quant_bits)
+    dp.set_quantisation(step=step, dim=1)
+
+    def run(updates, rng, trials):
+        assert len(updates) == delivered
+        total = np.zeros(trials + 1, np.uint64)
+        for u in updates:
+            clipped, bit = dp.client_privatise(np.array([u], np.float64), dp.clip_norm, rng)
+            x = np.append(np.full(trials, clipped[0]), bit * clip)
+            y = masking.quantise(x, clip=clip, quant_bits=quant_bits, modulus_bits=bits)
+            noise = dp.client_noise(trials, dp.clip_norm, step, rng)
+            y[:-1] = masking.add_mod(y[:-1], noise.view(np.uint64), bits)
+            total = masking.add_mod(total, y, bits)
+        vec = masking.dequantise(total, clip=clip, quant_bits=quant_bits, modulus_bits=bits)
+        mean, _ = dp.server_aggregate_sum(vec, delivered, rng=rng, bit_scale=clip)
+        return mean
+    return run, dp
+
+
+@pytest.mark.parametrize("delivered", [4, 1])
+def test_distributed_dp_round_stays_within_the_reported_epsilon_with_and_without_dropouts(
+        delivered):
+    # neighbours: the first client's update is 100 (far beyond C = 1) or 0; the others send 0.
+    # With 1 of 4 delivering, the sum carries one noise share (z·sqrt(1/4)) and the reported ε
+    # is the accountant's for that; the ε of a full round would be refuted.
+    from crowdlearn.crypto.masking import levels
+    from crowdlearn.privacy.dp_fedavg import epsilon_direct
+
+    mech, dp = _distributed_round(1.0, delivered=delivered)
+    d0, d1 = [100.0] + [0.0] * (delivered - 1), [0.0] * delivered
+    res = audit(mech, d0, d1, rng=np.random.default_rng(delivered), trials=400_000,
+                vectorized=True, delta=1e-5)
+    reported = dp.summary()["epsilon"]          # the ledger after the audit's rounds
+    per_round = dp.history[-1]["noise_multiplier_effective"]
+    rounding = (2.0 / levels(12)) / 2                   # √1 · step / 2
+    assert per_round == pytest.approx(1.0 / (1.0 + rounding) * (delivered / 4) ** 0.5)
+    claim = epsilon_direct(per_round, 1.0, 1, 1e-5)      # one round, as the audit runs it
+    assert 0 < res.epsilon_lower_bound <= claim
+    full = epsilon_direct(1.0, 1.0, 1, 1e-5)
+    if delivered < 4:
+        assert res.epsilon_lower_bound > full          # "m shares" would be a false claim
+    assert reported >= claim                    # (the audit ran two rounds on the ledger)
+    print(f"delivered {delivered}/4: lower bound {res.epsilon_lower_bound:.2f}, "
+          f"reported for the round {claim:.2f}, full-noise claim {full:.2f}")
+
+
+def test_distributed_dp_audit_catches_a_tenth_of_the_noise():
+    from crowdlearn.privacy.dp_fedavg import epsilon_direct
+
+    mech, dp = _distributed_round(0.1, delivered=4)
+    res = audit(mech, [100.0, 0.0, 0.0, 0.0], [0.0] * 4, rng=np.random.default_rng(9),
+                trials=100_000, vectorized=True, delta=1e-5,
+                claimed_epsilon=epsilon_direct(1.0, 1.0, 1, 1e-5))
+    assert res.refutes_claim

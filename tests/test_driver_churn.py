@@ -200,3 +200,31 @@ def test_churn_with_no_cancellation_still_drops_at_rate_p():
     done = sum(1 for m in machines.values() if m.log and m.log[0][0] == "done")
     assert dropped + done == n
     assert dropped / n == pytest.approx(p, abs=5 * (p * (1 - p) / n) ** 0.5)
+
+
+@pytest.mark.parametrize("kind, p_drop", [("noop", 0.5), ("secagg_crypto", 0.0),
+                                          ("crypto", 0.0), ("eval", 0.0)])
+def test_only_training_tasks_draw_churn(kind, p_drop):
+    # Churn is "the probability that a device drops out during a training task": the
+    # cryptography around an update (SecAgg's stages, Phong's encryption) and evaluation jobs
+    # never draw it, whatever they last.
+    class KindWorker(Worker):
+        def _begin(self, now):
+            self.k += 1
+            self.task = (self.k, False, now)
+            return [RunJob(self.k, Task(self.duration * FLOPS, kind=kind))]
+
+    n, p = 2000, 0.5
+    driver, machines = make_driver(
+        n, lambda i, reasons: KindWorker(i, duration=60.0, idle=1e9, reasons=reasons),
+        churn=p, churn_offline_s=1e9)
+    driver.executor = Executor({kind: lambda jobs: [None] * len(jobs)}, deferred_kinds=())
+    driver.start()
+    driver.run(until=100.0)
+    dropped = sum(1 for m in machines.values() if m.log and m.log[0][0] == "drop")
+    done = sum(1 for m in machines.values() if m.log and m.log[0][0] == "done")
+    assert dropped + done == n
+    if p_drop == 0:
+        assert dropped == 0 and sum(d.drops["churn"] for d in driver.devices.values()) == 0
+    else:
+        assert dropped / n == pytest.approx(p_drop, abs=5 * (p * (1 - p) / n) ** 0.5)

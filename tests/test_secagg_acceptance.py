@@ -45,7 +45,10 @@ def test_dp_example_accuracy_rises_with_epsilon_and_epsilon_is_the_accountants()
         cfg = load(EXAMPLES / "dp_fedavg_fashion.toml", [f"dp.target_epsilon={eps}"])
         res = Simulation(cfg).run()
         s = res.summary
-        z, q = s["dp_noise_multiplier"], cfg.clients_per_round / cfg.fleet.devices
+        q = cfg.clients_per_round / cfg.fleet.devices
+        # every round charged at σ / (C + rounding bound); no drop-outs: the target's z
+        z = dp_fedavg.noise_for_epsilon(eps, sampling_rate=q, rounds=20, delta=1e-5)
+        assert s["dp_effective_multipliers"] == pytest.approx([z] * 20, rel=1e-6)
         assert s["epsilon"] == pytest.approx(dp_fedavg.epsilon_direct(z, q, 20, 1e-5))
         assert s["epsilon"] <= eps
         acc[eps] = s["final_accuracy"]

@@ -44,22 +44,43 @@ def test_secagg_matches_plain_fedavg_without_dropouts_and_charges_its_costs(fixe
     assert [r["clients_aggregated"] for r in res.metrics] == [4, 4]
 
 
-def test_churn_drops_clients_at_stages_and_survivors_still_unmask(fixed_costs):
+def test_devices_going_offline_at_every_stage_and_survivors_still_unmask(fixed_costs):
+    # short online sessions (mean 0.2 s against rounds of ~0.15 s simulated): devices leave
+    # during training and during each of the four stages
     from crowdlearn.experiment import Simulation
     sim = Simulation(small_config(**{
-        "fedavg.secure_aggregation": "secagg", "availability.churn": 0.25, "seed": 8,
-        "availability.churn_offline_s": 1e-3, "secagg.threshold": 2, "rounds": 4,
-        "fedavg.clients_per_round": 5}))
+        "fedavg.secure_aggregation": "secagg", "seed": 8, "availability.model": "sessions",
+        "availability.mean_online_s": 0.2, "availability.mean_offline_s": 0.01,
+        "secagg.threshold": 2, "rounds": 4, "fedavg.clients_per_round": 5}))
     res = sim.run()
     s = res.summary
     assert s["completed"] and s["rounds_completed"] == 4
     drops = s["secagg_dropouts_by_stage"]
-    assert drops["advertise"] > 0 and drops["share"] > 0 and drops["masked_input"] > 0
+    assert all(drops[stage] > 0 for stage in ("advertise", "share", "masked_input", "unmask"))
     log = sim.driver.machines["server"].log
     # a round unmasked although a client dropped after sharing its keys (its pairwise masks
     # were rebuilt from the survivors' shares of its key)
     assert any(r["status"] == "ok" and r["masked_input"] < r["share"] for r in log)
     assert s["secagg_rounds_ok"] + s["secagg_rounds_aborted"] == 4
+
+
+def test_churn_strikes_training_only_so_secagg_rounds_still_unmask(fixed_costs):
+    # churn 0.3 per training task; the four stages' cryptography does not draw churn, so a
+    # round unmasks when t = ceil(2m/3) = 7 of the 10 selected finish training
+    # (P = 0.65 per round for independent drop-outs)
+    from crowdlearn.experiment import Simulation
+    sim = Simulation(small_config(**{
+        "fedavg.secure_aggregation": "secagg", "availability.churn": 0.3, "seed": 3,
+        "fleet.devices": 20, "fedavg.clients_per_round": 10, "rounds": 8}))
+    res = sim.run()
+    s = res.summary
+    assert s["completed"] and s["rounds_completed"] == 8
+    drops = s["secagg_dropouts_by_stage"]
+    assert drops["advertise"] > 0                     # churned while training
+    assert drops["share"] == drops["masked_input"] == drops["unmask"] == 0
+    assert sum(d["drops_churn"] for d in res.devices) == drops["advertise"]
+    assert s["secagg_rounds_ok"] > s["secagg_rounds_aborted"]
+    assert all("advertise: " in a["reason"] for a in s["secagg_aborts"])
 
 
 def test_config_rejects_threshold_neighbours_and_overflow():
@@ -161,8 +182,53 @@ def test_distributed_noise_with_secagg_sums_to_the_central_noise_level(rng):
     p = dp_fedavg.DPParams(mode="distributed", noise_multiplier=2.0, clip_norm=1.0, cohort=16,
                            population=100)
     dp = dp_fedavg.DPFedAvg(p)
-    total = sum(dp.client_privatise(np.zeros(20_000), 1.0, rng)[0] for _ in range(16))
+    step = 0.5 / masking.levels(16)
+    # clients clip only; their noise shares are integers on the quantisation grid
+    assert np.array_equal(dp.client_privatise(np.zeros(5), 1.0, rng)[0], np.zeros(5))
+    total = step * sum(dp.client_noise(20_000, 1.0, step, rng) for _ in range(16))
     assert np.std(total) == pytest.approx(2.0, rel=0.03)
+    central = dp_fedavg.DPFedAvg(dp_fedavg.DPParams(mode="central", noise_multiplier=2.0,
+                                                    clip_norm=1.0, cohort=16, population=100))
+    assert central.client_noise(10, 1.0, step, rng) is None
+
+
+def test_epsilon_under_secagg_uses_the_rounding_bound_and_the_noise_that_arrived(fixed_costs):
+    """Reported ε = dp-accounting's for σ / (C + √d·s/2) per round, where s is the 16-bit
+    grid step, and, with distributed noise, σ counts only the delivered noise shares."""
+    from crowdlearn.experiment import Simulation
+    over = {"fedavg.secure_aggregation": "secagg", "dp.noise_multiplier": 1.1,
+            "fleet.devices": 8, "rounds": 2, "secagg.clip": 0.5, "dp.clipping_norm": 0.2}
+    for mode in ("central", "distributed"):
+        sim = Simulation(small_config(**over, **{"dp.mode": mode}))
+        res = sim.run()
+        s, server = res.summary, sim.driver.machines["server"]
+        bound = np.sqrt(server.d) * (0.5 / masking.levels(16)) / 2
+        assert s["dp_rounding_bound"] == pytest.approx(bound) and bound > 0
+        z_eff = 1.1 * 0.2 / (0.2 + bound)
+        assert s["dp_effective_multipliers"] == pytest.approx([z_eff] * 2, rel=1e-6)
+        assert s["epsilon"] == pytest.approx(dp_fedavg.epsilon_direct(z_eff, 0.5, 2, 1e-5),
+                                             rel=1e-9)
+        assert s["epsilon"] > dp_fedavg.epsilon_direct(1.1, 0.5, 2, 1e-5)
+    # a drop-out: 2 of the 4 noise shares arrive, the round costs z·sqrt(2/4)
+    dp = dp_fedavg.DPFedAvg(dp_fedavg.DPParams(mode="distributed", noise_multiplier=1.1,
+                                               clip_norm=0.2, cohort=4, population=8))
+    dp.set_quantisation(step=0.5 / masking.levels(16), dim=server.d)
+    dp.server_aggregate_sum(np.zeros(server.d + 1), 2, rng=np.random.default_rng(0))
+    assert dp.history[-1]["noise_multiplier_effective"] == pytest.approx(z_eff * 0.5 ** 0.5)
+    assert dp.summary()["epsilon"] == pytest.approx(
+        dp_fedavg.epsilon_direct(z_eff * 0.5 ** 0.5, 0.5, 1, 1e-5), rel=1e-9)
+
+
+def test_target_epsilon_under_secagg_raises_the_noise_to_keep_the_target(fixed_costs):
+    res = _run(**{"fedavg.secure_aggregation": "secagg", "dp.mode": "distributed",
+                  "dp.target_epsilon": 4.0, "fleet.devices": 8, "rounds": 2,
+                  "dp.clipping_norm": 0.05})
+    s = res.summary
+    z0 = dp_fedavg.noise_for_epsilon(4.0, sampling_rate=0.5, rounds=2, delta=1e-5)
+    scale = (0.05 + s["dp_rounding_bound"]) / 0.05
+    assert s["dp_noise_multiplier"] == pytest.approx(z0 * scale)
+    assert s["epsilon"] == pytest.approx(dp_fedavg.epsilon_direct(z0, 0.5, 2, 1e-5), rel=1e-6)
+    assert s["epsilon"] <= 4.0
 
 
 def test_priced_simulation_equals_the_real_one_in_bytes_and_model(fixed_costs):

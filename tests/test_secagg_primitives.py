@@ -125,3 +125,50 @@ def test_doctests_of_the_secagg_and_dp_modules():
     for module in (shamir, masking, ka, costs, secagg, dp_fedavg):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_prg_is_the_aes128_ctr_keystream_nist_vector():
+    """SP 800-38A F.5.1 (CTR-AES128): key 2b7e…, initial counter f0f1…ff; the keystream is
+    ciphertext XOR plaintext, read as little-endian 32-bit words."""
+    key = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
+    ctr = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    plain = bytes.fromhex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51")
+    cipher = bytes.fromhex("874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff")
+    stream = bytes(a ^ b for a, b in zip(plain, cipher))
+    words = np.frombuffer(stream, "<u4").astype(np.uint64)
+    assert np.array_equal(masking.prg(key + ctr, 8, 32), words)
+    assert np.array_equal(masking.prg(key + ctr, 8, 12), words & np.uint64(0xFFF))
+
+
+@settings(max_examples=30, deadline=None)
+@given(d=st.integers(0, 50), bits=st.integers(1, 62), data=st.data())
+def test_mask_batch_equals_each_party_accumulating_alone(d, bits, data):
+    seeds = [bytes([i]) * 32 for i in range(4)]
+    parties = data.draw(st.lists(st.tuples(
+        st.lists(st.integers(0, 2**62), min_size=d, max_size=d),
+        st.lists(st.tuples(st.sampled_from(seeds), st.sampled_from([1, -1])), max_size=5)),
+        min_size=1, max_size=4))
+    batch = masking.MaskBatch(d, bits)
+    pending = [batch.register(np.array(base, np.uint64) & np.uint64((1 << bits) - 1), terms)
+               for base, terms in parties]
+    for p, (base, terms) in zip(pending, parties):
+        acc = masking.MaskAccumulator(d, bits)
+        acc.add(np.array(base, np.uint64), +1)
+        for seed, sign in terms:
+            acc.add_prg(seed, sign)
+        assert np.array_equal(p.result(), acc.result())
+    assert batch.expansions == len({s for _, terms in parties for s, _ in terms})
+
+
+@settings(max_examples=10, deadline=None)
+@given(a=st.binary(min_size=32, max_size=32), b=st.binary(min_size=32, max_size=32),
+       c=st.binary(min_size=32, max_size=32))
+def test_agreement_memo_gives_each_caller_its_own_key(a, b, c):
+    ka_, kb, kc = ka.keypair(a), ka.keypair(b), ka.keypair(c)
+    memo = ka.AgreementMemo()
+    pb, pc = ka.public_bytes(kb), ka.public_bytes(kc)
+    assert memo.agree(ka_, pb, b"i") == ka.agree(ka_, pb, b"i")
+    assert memo.agree(kb, ka.public_bytes(ka_), b"i") == ka.agree(kb, ka.public_bytes(ka_), b"i")
+    # another pair or another purpose is never served from the memo
+    assert memo.agree(ka_, pc, b"i") == ka.agree(ka_, pc, b"i")
+    assert memo.agree(kb, ka.public_bytes(ka_), b"j") == ka.agree(kb, ka.public_bytes(ka_), b"j")

@@ -201,3 +201,40 @@ def test_a_client_refuses_to_reveal_both_secrets_of_a_peer(rng):
     assert [type(e) for e in both] == [Report] and both[0].name == "secagg_client_abort"
     few = c.handle(Received("server", UnmaskRequest(0, (1,), ())), 0.0)
     assert [type(e) for e in few] == [Report]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 7), d=st.integers(1, 30), seed=st.integers(0, 2**31),
+       mode=st.sampled_from(["secagg", "secagg+"]), data=st.data())
+def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, seed, mode,
+                                                                           data):
+    """The simulator's shortcut (pairwise keys and mask keystreams derived once for both ends)
+    changes no byte any machine sends, with drop-outs at every stage."""
+    rng = np.random.default_rng(seed)
+    xs = {u: rng.normal(0, 0.5, d) for u in range(n)}
+    p = SecAggParams(mode=mode, threshold=2, neighbours=2 if mode == "secagg+" else 0,
+                     quant_bits=10, modulus_bits=masking.min_modulus_bits(n, 10))
+    drop = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=1))) for s in STAGES}
+    runs = [run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop, shared=sh)
+            for sh in (True, False)]
+    assert runs[0].status == runs[1].status
+    logs = [[(s, t, wire.encode(m)) for s, t, m in r.messages] for r in runs]
+    assert logs[0] == logs[1]
+    if runs[0].status == "ok":
+        assert np.array_equal(runs[0].server.last_sum, runs[1].server.last_sum)
+
+
+def test_shared_computation_derives_each_pair_key_and_keystream_once(rng):
+    n, d = 6, 40
+    xs = {u: rng.normal(0, 0.3, d) for u in range(n)}
+    p = SecAggParams(threshold=4, quant_bits=12, modulus_bits=16)
+    out = run_round(xs, p, rng=np.random.default_rng(2))
+    assert out.status == "ok"
+    shared = out.clients[0].shared
+    pairs = n * (n - 1) // 2
+    assert shared.memo.exchanges == 2 * pairs          # share key and mask seed, once a pair
+    assert shared.memo.hits == 2 * pairs               # the other end's lookups
+    assert shared.batch(d, 16).expansions == pairs + n     # pairwise masks + self masks
+    alone = run_round(xs, p, rng=np.random.default_rng(2), shared=False)
+    assert alone.clients[0].shared is None
+    assert np.array_equal(alone.server.last_sum, out.server.last_sum)

@@ -33,7 +33,7 @@ class CryptoCosts:
     host_flops: float          # measured float32 matmul FLOP/s of the host
     keygen: float              # one X25519 key pair
     agree: float               # one X25519 exchange + HKDF
-    prg_byte: float            # one byte of AES-CTR keystream (+ the modular add it feeds)
+    prg_byte: float            # one byte of AES-128-CTR keystream (+ the modular add it feeds)
     aead_byte: float           # one byte through AES-GCM
     field_mul: float           # one multiply-add mod p (Shamir sharing and reconstruction)
 
@@ -108,7 +108,7 @@ def cached_calibration(name: str, measure) -> dict:
 @functools.lru_cache(maxsize=1)
 def calibrate() -> CryptoCosts:
     """The primitives' FLOP-equivalents on this machine (measured once, then cached)."""
-    return CryptoCosts(**cached_calibration("secagg-costs", lambda: asdict(_measure())))
+    return CryptoCosts(**cached_calibration("secagg-costs-v2", lambda: asdict(_measure())))
 
 
 def _measure() -> CryptoCosts:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 __all__ = ["keypair", "public_bytes", "private_bytes", "agree", "seal", "open_sealed",
-           "NONCE", "TAG", "KEY_BYTES", "InvalidTag"]
+           "AgreementMemo", "NONCE", "TAG", "KEY_BYTES", "InvalidTag"]
 
 NONCE, TAG, KEY_BYTES = 12, 16, 32
 
@@ -59,6 +59,65 @@ def agree(key: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
     """X25519 with the peer's public key, then HKDF-SHA256 to 32 bytes bound to ``info``."""
     shared = key.exchange(X25519PublicKey.from_public_bytes(peer_public))
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+
+
+class AgreementMemo:
+    """:func:`agree` for many parties in one process, each pair's key derived once.
+
+    ``agree(a_sk, b_pk, info) == agree(b_sk, a_pk, info)``: in a simulation of both parties the
+    second call can reuse the first's result.  The memo is keyed by the *pair* of public keys
+    and ``info``, and a caller must present its own private key (whose public half is one of the
+    pair), so it only ever receives the key it would have computed itself.  An entry is dropped
+    after its second use (both ends); entries of an ``info`` more than ``keep`` distinct
+    ``info`` values old are dropped too (a simulator's infos name the round).
+
+    >>> memo = AgreementMemo()
+    >>> a, b = keypair(bytes(range(32))), keypair(bytes(range(1, 33)))
+    >>> memo.agree(a, public_bytes(b), b"x") == memo.agree(b, public_bytes(a), b"x")
+    True
+    >>> memo.exchanges, memo.hits
+    (1, 1)
+    """
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._by_info: dict[bytes, dict] = {}
+        self._public: dict[int, tuple] = {}
+        self.exchanges = 0
+        self.hits = 0
+
+    def _own_public(self, key: X25519PrivateKey) -> bytes:
+        # the public half of a key object, computed once (ids are reused only after the object
+        # dies: keep the object alongside)
+        got = self._public.get(id(key))
+        if got is None or got[0] is not key:
+            if len(self._public) > 100_000:
+                self._public.clear()
+            got = (key, public_bytes(key))
+            self._public[id(key)] = got
+        return got[1]
+
+    def agree(self, key: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
+        own = self._own_public(key)
+        pair = (own, peer_public) if own <= peer_public else (peer_public, own)
+        memo = self._by_info.get(info)
+        if memo is None:
+            memo = self._by_info[info] = {}
+            while len(self._by_info) > self.keep:
+                del self._by_info[next(iter(self._by_info))]
+        hit = memo.pop(pair, None)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        derived = agree(key, peer_public, info)
+        self.exchanges += 1
+        if own != peer_public:
+            memo[pair] = derived
+        return derived
+
+    def forget(self) -> None:
+        self._by_info.clear()
+        self._public.clear()
 
 
 def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:

@@ -1,9 +1,11 @@
 """Masks and fixed-point vectors in Z_R, R = 2^bits.
 
-* :func:`prg` expands a 32-byte seed into a vector uniform in Z_R with the AES-256-CTR keystream
-  (``cryptography``): a cryptographic PRG, so masks derived from a seed are indistinguishable from
-  uniform to anyone without the seed.  R is a power of two, so reducing the keystream's words
-  modulo R keeps them exactly uniform.
+* :func:`prg` expands a 32-byte seed into a vector uniform in Z_R with the AES-128-CTR keystream
+  (``cryptography``; the seed's first half is the key, its second half the initial counter
+  block): a cryptographic PRG, so masks derived from a seed are indistinguishable from uniform to
+  anyone without the seed.  128-bit AES matches the ~128-bit security of the X25519 agreement
+  the seeds come from, and runs twice as fast here as AES-256 or ChaCha20 (``docs/design.md``).
+  R is a power of two, so reducing the keystream's words modulo R keeps them exactly uniform.
 * :func:`quantise` / :func:`dequantise` map real vectors to Z_R and back: clip each coordinate to
   ``[−c, c]``, scale to the integers ``[−L, L]`` with ``L = 2^(quant_bits−1) − 1``, round, reduce
   mod R.  A sum of ``n`` such vectors is exact in Z_R as long as ``n·L < R/2``
@@ -38,9 +40,14 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 __all__ = ["prg", "quantise", "dequantise", "min_modulus_bits", "levels", "pack", "unpack",
-           "packed_len", "add_mod", "sub_mod", "MaskAccumulator"]
+           "packed_len", "add_mod", "sub_mod", "MaskAccumulator", "MaskBatch", "PendingMask"]
 
-_ZERO_NONCE = bytes(16)
+
+def _keystream_cipher(seed: bytes):
+    """The AES-128-CTR encryptor of ``seed``: key ``seed[:16]``, initial counter ``seed[16:]``."""
+    if len(seed) != 32:
+        raise ValueError(f"PRG seed must be 32 bytes; got {len(seed)}")
+    return Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
 
 
 def _check_bits(bits: int) -> None:
@@ -49,16 +56,14 @@ def _check_bits(bits: int) -> None:
 
 
 def prg(seed: bytes, d: int, bits: int) -> np.ndarray:
-    """``d`` values uniform in Z_(2^bits) from the AES-256-CTR keystream of ``seed`` (uint64).
+    """``d`` values uniform in Z_(2^bits) from the AES-128-CTR keystream of ``seed`` (uint64).
 
-    Each seed is used as a key once per purpose (callers derive it per round and per pair), so
-    the fixed counter block never repeats under a key.
+    Each seed is used once per purpose (callers derive it per round and per pair), so a
+    (key, counter) block never repeats.
     """
     _check_bits(bits)
-    if len(seed) != 32:
-        raise ValueError(f"PRG seed must be 32 bytes; got {len(seed)}")
     width = 4 if bits <= 32 else 8
-    enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE)).encryptor()
+    enc = _keystream_cipher(seed)
     raw = enc.update(bytes(d * width)) + enc.finalize()
     words = np.frombuffer(raw, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
     return words & np.uint64((1 << bits) - 1)
@@ -160,22 +165,19 @@ class MaskAccumulator:
         self.d, self.bits = d, bits
         self.dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
         self.acc = np.zeros(d, self.dtype)
-        self._buf = bytearray(d * self.dtype.itemsize + 15)
+        self._stream = _Keystream(d, self.dtype)
 
     def add_prg(self, seed: bytes, sign: int) -> None:
-        if len(seed) != 32:
-            raise ValueError(f"PRG seed must be 32 bytes; got {len(seed)}")
-        n = self.d * self.dtype.itemsize
-        enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE)).encryptor()
-        enc.update_into(bytes(n), self._buf)
-        words = np.frombuffer(self._buf, self.dtype, count=self.d)
+        words = self._stream.expand(seed)
         if sign > 0:
             self.acc += words
         else:
             self.acc -= words
 
     def add(self, v, sign: int) -> None:
-        w = np.asarray(v, np.uint64).astype(self.dtype)
+        w = np.asarray(v)
+        if w.dtype != self.dtype:       # unsigned narrowing wraps mod the word: exact mod 2^bits
+            w = np.asarray(w, np.uint64).astype(self.dtype)
         if sign > 0:
             self.acc += w
         else:
@@ -183,3 +185,106 @@ class MaskAccumulator:
 
     def result(self) -> np.ndarray:
         return (self.acc.astype(np.uint64)) & np.uint64((1 << self.bits) - 1)
+
+
+class _Keystream:
+    """One reusable buffer of ``d`` keystream words (and the zeros the cipher encrypts)."""
+
+    def __init__(self, d: int, dtype: np.dtype):
+        self.d, self.dtype = d, dtype
+        n = d * dtype.itemsize
+        self._zeros = bytes(n)
+        self._buf = bytearray(n + 15)       # update_into wants block-size slack
+
+    def expand(self, seed: bytes) -> np.ndarray:
+        """The first ``d`` words of PRG(seed), a view of the buffer (valid until the next call)."""
+        _keystream_cipher(seed).update_into(self._zeros, self._buf)
+        return np.frombuffer(self._buf, self.dtype, count=self.d)
+
+
+class PendingMask:
+    """A masked vector registered with a :class:`MaskBatch`, computed when first read."""
+
+    __slots__ = ("batch", "base", "terms", "_value")
+
+    def __init__(self, batch: "MaskBatch", base: np.ndarray, terms: tuple):
+        self.batch, self.base, self.terms, self._value = batch, base, terms, None
+
+    def result(self) -> np.ndarray:
+        """``base + Σ sign · PRG(seed) mod 2^bits`` in machine words (uint32 when bits <= 32,
+        else uint64), equal to :class:`MaskAccumulator`'s result."""
+        if self._value is None:
+            self.batch.compute()
+        return self._value
+
+
+class MaskBatch:
+    """Masked vectors of many parties computed together, each distinct seed expanded once.
+
+    In secure aggregation both ends of a pair ``(u, v)`` expand the same pairwise seed
+    ``s_uv`` (u adds it, v subtracts it).  A simulator running every party in one process may
+    expand it once and add it to both: :meth:`register` records what a party would compute from
+    its own inputs (its quantised vector and its ``(seed, sign)`` terms, the seeds it derived
+    itself); :meth:`compute` (on the first read of any pending result) groups equal seeds and
+    expands each once.  Sharing is by the seed's value, so a party only ever gets
+    ``PRG(seed)`` for seeds it holds; each result equals what :class:`MaskAccumulator` gives
+    for the same terms (tested), and nothing in the protocol's accounting changes (the compute
+    charged to a device is the cost model's, not this process's wall time).  Memory: one word
+    vector per pending party (what the server holds once their uploads arrive anyway).
+
+    >>> batch = MaskBatch(3, 12)
+    >>> a = batch.register(np.arange(3), [(b"p" * 32, +1), (b"a" * 32, +1)])
+    >>> b = batch.register(np.ones(3, np.uint64), [(b"p" * 32, -1), (b"b" * 32, +1)])
+    >>> total = add_mod(a.result(), b.result(), 12)
+    >>> acc = MaskAccumulator(3, 12)
+    >>> acc.add_prg(b"a" * 32, +1); acc.add_prg(b"b" * 32, +1)
+    >>> sub_mod(total, acc.result(), 12).tolist()     # the pair's mask cancelled
+    [1, 2, 3]
+    >>> batch.expansions
+    3
+    """
+
+    def __init__(self, d: int, bits: int):
+        _check_bits(bits)
+        self.d, self.bits = d, bits
+        self.dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+        self._pending: list[PendingMask] = []
+        self._stream: _Keystream | None = None
+        self.expansions = 0              # keystreams expanded so far (for tests and benchmarks)
+
+    def register(self, base, terms) -> PendingMask:
+        base = np.asarray(base, np.uint64)
+        if base.shape != (self.d,):
+            raise ValueError(f"this batch holds vectors of {self.d} values; got {base.shape}")
+        terms = tuple((bytes(s), 1 if sign > 0 else -1) for s, sign in terms)
+        for s, _ in terms:
+            if len(s) != 32:
+                raise ValueError(f"PRG seed must be 32 bytes; got {len(s)}")
+        p = PendingMask(self, base.astype(self.dtype), terms)
+        self._pending.append(p)
+        return p
+
+    def compute(self) -> None:
+        """Compute every pending result (each distinct seed's keystream expanded once)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if self._stream is None:
+            self._stream = _Keystream(self.d, self.dtype)
+        users: dict[bytes, list] = {}
+        for p in pending:
+            for s, sign in p.terms:
+                users.setdefault(s, []).append((p, sign))
+        accs = {id(p): p.base for p in pending}         # base was copied by astype: ours
+        for s, holders in users.items():
+            words = self._stream.expand(s)
+            self.expansions += 1
+            for p, sign in holders:
+                if sign > 0:
+                    accs[id(p)] += words
+                else:
+                    accs[id(p)] -= words
+        mask = self.dtype.type((1 << self.bits) - 1)
+        for p in pending:
+            p._value = np.bitwise_and(accs[id(p)], mask, out=accs[id(p)])
+            p.base = p.terms = None

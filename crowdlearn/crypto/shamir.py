@@ -33,7 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["PRIME", "SHARE_BYTES", "split", "split_many", "lagrange_at_zero", "reconstruct",
-           "reconstruct_many", "share_to_bytes", "share_from_bytes", "random_element"]
+           "reconstruct_many", "share_to_bytes", "share_from_bytes", "random_element",
+           "random_elements"]
 
 #: The field modulus: the smallest prime above 2^256, so any 32-byte secret is a field element.
 PRIME = 2 ** 256 + 297
@@ -50,8 +51,16 @@ SHARE_BYTES = 33
 
 def random_element(rng: np.random.Generator):
     """A field element from 40 random bytes reduced mod p (statistical distance < 2^-60)."""
+    return random_elements(rng, 1)[0]
+
+
+def random_elements(rng: np.random.Generator, k: int) -> list:
+    """``k`` field elements, each from 40 random bytes reduced mod p: one draw of ``40·k``
+    bytes, the same stream as ``k`` calls of :func:`random_element`."""
     gmpy2 = _gmpy2()
-    return gmpy2.mpz(int.from_bytes(rng.bytes(40), "big")) % gmpy2.mpz(PRIME)
+    p = gmpy2.mpz(PRIME)
+    raw = rng.bytes(40 * k)
+    return [gmpy2.mpz(int.from_bytes(raw[40 * i:40 * i + 40], "big")) % p for i in range(k)]
 
 
 def split(secret: int, *, n: int, t: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -65,7 +74,10 @@ def split_many(secrets: Sequence[int], xs: Sequence[int], *, t: int,
                rng: np.random.Generator) -> list[list]:
     """Share every secret at the points ``xs``: row ``i`` holds ``f_i(x)`` for each ``x``.
 
-    Horner's rule on ``gmpy2`` integers: ``len(secrets) · len(xs) · (t − 1)`` multiply-adds.
+    Horner's rule on ``gmpy2`` integers, ``len(secrets) · len(xs) · (t − 1)`` multiply-adds,
+    reduced mod p once per share: the points are small integers, so the unreduced value grows
+    by only ``log2(x)`` bits a step (a few hundred bits over the whole polynomial), which is
+    cheaper than a reduction per step.
     """
     n = len(xs)
     if not 1 <= t <= n:
@@ -75,17 +87,21 @@ def split_many(secrets: Sequence[int], xs: Sequence[int], *, t: int,
     gmpy2 = _gmpy2()
     p = gmpy2.mpz(PRIME)
     out = []
-    pts = [gmpy2.mpz(x) for x in xs]
+    pts = [gmpy2.mpz(int(x) % PRIME) for x in xs]
     for s in secrets:
         s = gmpy2.mpz(s)
         if not 0 <= s < p:
             raise ValueError("secret must be in [0, p)")
-        coeffs = [random_element(rng) for _ in range(t - 1)]
+        coeffs = random_elements(rng, t - 1)[::-1]        # highest degree first
         row = []
         for x in pts:
             acc = gmpy2.mpz(0)
-            for c in reversed(coeffs):
-                acc = (acc + c) * x % p
+            if x.bit_length() <= 64:
+                for c in coeffs:
+                    acc = (acc + c) * x
+            else:                                          # large points: reduce every step
+                for c in coeffs:
+                    acc = (acc + c) * x % p
             row.append((acc + s) % p)
         out.append(row)
     return out

@@ -7,9 +7,14 @@ clients (user-level DP: a neighbouring dataset adds or removes one client's whol
 
 * ``central``: the server adds the noise to the sum (it is trusted with the sum; with
   secure aggregation it only ever sees the sum).
-* ``distributed``: each client adds ``N(0, (zC)² / m)`` before it sends (pairs with secure
-  aggregation: the server never sees an update with less than the full noise in the sum, as long
-  as ``m`` clients deliver; fewer survivors mean proportionally less noise, recorded).
+* ``distributed``: each client adds its share of the noise, ``N(0, (zC)² / m)`` rounded to the
+  quantisation grid, to its quantised update (pairs with secure aggregation: the server only sees
+  the sum).  When fewer than ``m`` clients deliver, the sum carries only their ``n`` shares,
+  variance ``(n/m)(zC)²``; the accountant charges that round at the smaller noise.
+* under secure aggregation the clipped update is rounded to a grid of step ``s`` (16-bit fixed
+  point): the rounding moves it by at most ``√d·s/2`` in L2, so the sensitivity of the sum is
+  ``Δ = C + √d·s/2``, and each round is accounted as a Gaussian of multiplier
+  ``σ / Δ`` (:meth:`DPFedAvg.set_quantisation`; ``docs/design.md``).
 * clipping ``fixed`` or ``adaptive`` (Andrew et al.): the norm follows the ``γ`` quantile of the
   update norms, ``C ← C · exp(−η_C (b̃ − γ))`` with ``b̃`` the noised fraction of clients that were
   not clipped (count noise ``σ_b``); the update noise is then raised to
@@ -34,6 +39,13 @@ True
 >>> z = noise_for_epsilon(2.0, sampling_rate=0.1, rounds=20, delta=1e-5)
 >>> abs(FedAvgAccountant(noise_multiplier=z, sampling_rate=0.1, delta=1e-5).epsilon(20) - 2.0) < 0.01
 True
+
+Rounds with less noise than planned (recorded multipliers) cost more:
+
+>>> acc = FedAvgAccountant(noise_multiplier=1.0, sampling_rate=0.1, delta=1e-5)
+>>> acc.record(1.0); acc.record(0.5)
+>>> acc.epsilon(2) > epsilon_direct(1.0, 0.1, 2, 1e-5)
+True
 """
 
 from __future__ import annotations
@@ -47,7 +59,8 @@ from sim.machine import Report
 from crowdlearn.schema import Key
 
 __all__ = ["CONFIG_SECTION", "DPParams", "DPFedAvg", "FedAvgAccountant", "clip_update",
-           "epsilon_direct", "noise_for_epsilon", "cross_check", "params_from_config"]
+           "epsilon_direct", "epsilon_of_rounds", "noise_for_epsilon", "cross_check",
+           "params_from_config"]
 
 #: RDP orders: dp-accounting's default grid.
 _ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
@@ -62,13 +75,24 @@ def _event(noise_multiplier: float, sampling_rate: float, rounds: int):
 def epsilon_direct(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float,
                    accountant: str = "rdp") -> float:
     """ε after ``rounds`` sampled Gaussian rounds, straight from ``dp-accounting``."""
-    if rounds == 0:
+    return epsilon_of_rounds([noise_multiplier] * rounds, sampling_rate, delta, accountant)
+
+
+def epsilon_of_rounds(multipliers, sampling_rate: float, delta: float,
+                      accountant: str = "rdp") -> float:
+    """ε after one sampled Gaussian round per entry of ``multipliers`` (rounds may differ)."""
+    multipliers = list(multipliers)
+    if not multipliers:
         return 0.0
-    if noise_multiplier == 0:
+    if min(multipliers) <= 0:
         return math.inf
+    from collections import Counter
+
+    import dp_accounting as dpa
     from dp_accounting import pld, rdp
     acc = rdp.RdpAccountant(_ORDERS) if accountant == "rdp" else pld.PLDAccountant()
-    acc.compose(_event(noise_multiplier, sampling_rate, rounds))
+    groups = Counter(multipliers)
+    acc.compose(dpa.ComposedDpEvent([_event(z, sampling_rate, k) for z, k in groups.items()]))
     return float(acc.get_epsilon(delta))
 
 
@@ -90,19 +114,32 @@ def noise_for_epsilon(target: float, *, sampling_rate: float, rounds: int, delta
 
 
 class FedAvgAccountant:
-    """ε of DP-FedAvg after a number of rounds (each a Poisson-sampled Gaussian)."""
+    """ε of DP-FedAvg after a number of rounds (each a Poisson-sampled Gaussian).
+
+    Round ``r`` is charged at the multiplier :meth:`record` ed for it (the noise the released
+    sum really carried over its sensitivity), or at ``noise_multiplier`` when none was recorded.
+    """
 
     def __init__(self, *, noise_multiplier: float, sampling_rate: float, delta: float,
                  accountant: str = "rdp"):
         if not 0 < sampling_rate <= 1:
             raise ValueError(f"sampling_rate must be in (0, 1]; got {sampling_rate}")
         self.z, self.q, self.delta, self.kind = noise_multiplier, sampling_rate, delta, accountant
-        self._cache: dict[int, float] = {}
+        self.recorded: list[float] = []
+        self._cache: dict[tuple, float] = {}
+
+    def record(self, multiplier: float) -> None:
+        """The effective noise multiplier of the next round."""
+        self.recorded.append(float(multiplier))
+
+    def multipliers(self, rounds: int) -> list[float]:
+        return self.recorded[:rounds] + [self.z] * max(0, rounds - len(self.recorded))
 
     def epsilon(self, rounds: int) -> float:
-        if rounds not in self._cache:
-            self._cache[rounds] = epsilon_direct(self.z, self.q, rounds, self.delta, self.kind)
-        return self._cache[rounds]
+        key = tuple(self.multipliers(rounds))
+        if key not in self._cache:
+            self._cache[key] = epsilon_of_rounds(key, self.q, self.delta, self.kind)
+        return self._cache[key]
 
 
 def clip_update(delta: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
@@ -131,6 +168,7 @@ class DPParams:
     accountant: str = "rdp"
     cohort: int = 1                # m, clients averaged per round
     population: int = 1            # K, clients that may be sampled
+    target_epsilon: float = 0.0    # > 0: z was chosen for this ε (kept under quantisation)
 
     @property
     def sampling_rate(self) -> float:
@@ -161,19 +199,60 @@ class DPFedAvg:
         self.p = params
         self.clip_norm = params.clip_norm
         self.rounds = 0
+        self.rounding = 0.0        # √d·s/2: the L2 bound of the fixed-point rounding (SecAgg)
         self.accountant = FedAvgAccountant(noise_multiplier=params.noise_multiplier,
                                            sampling_rate=params.sampling_rate,
                                            delta=params.delta, accountant=params.accountant)
         self.history: list[dict] = []
 
-    # client side (secure aggregation): clip, and in distributed mode add this client's noise
+    def set_quantisation(self, *, step: float, dim: int) -> None:
+        """Updates are rounded to a grid of ``step`` in ``dim`` coordinates before summing
+        (secure aggregation): the sum's sensitivity becomes ``C + √dim·step/2``.
+
+        With ``dp.target_epsilon`` the noise multiplier is raised by ``(C + √dim·step/2) / C``
+        (initial C) so that the planned rounds still meet the target; otherwise the configured
+        noise stays and the accountant charges each round ``σ / (C + √dim·step/2)``.
+        """
+        if step < 0 or dim < 0:
+            raise ValueError(f"step and dim must be >= 0; got {step}, {dim}")
+        self.rounding = math.sqrt(dim) * step / 2
+        if self.p.target_epsilon > 0 and self.p.noise_multiplier > 0:
+            from dataclasses import replace
+            scale = (self.p.clip_norm + self.rounding) / self.p.clip_norm
+            self.p = replace(self.p, noise_multiplier=self.p.noise_multiplier * scale)
+            self.accountant.z = self.p.noise_multiplier / scale
+
+    def effective_multiplier(self, clip_norm: float, shares: int | None = None) -> float:
+        """The noise multiplier a round really has: the update's noise standard deviation over
+        the sensitivity ``C + rounding``, ``shares`` of ``m`` noise shares in a distributed
+        sum, combined with the count's noise under adaptive clipping (Andrew et al.)."""
+        p = self.p
+        if p.noise_multiplier == 0:
+            return 0.0
+        rho = clip_norm / (clip_norm + self.rounding)
+        if p.mode == "distributed":
+            n = p.cohort if shares is None else shares
+            rho *= math.sqrt(min(n, p.cohort) / p.cohort)
+        z_update = p.update_noise_multiplier * rho
+        if not p.adaptive:
+            return z_update
+        return (z_update ** -2 + (2 * p.sigma_b) ** -2) ** -0.5
+
+    # client side (secure aggregation): clip; in distributed mode also this client's noise share
     def client_privatise(self, delta: np.ndarray, clip_norm: float,
                          rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        clipped, bit = clip_update(delta, clip_norm)
-        if self.p.mode == "distributed":
-            sd = self.p.update_noise_multiplier * clip_norm / math.sqrt(self.p.cohort)
-            clipped = clipped + rng.normal(0.0, sd, clipped.shape)
-        return clipped, bit
+        return clip_update(delta, clip_norm)
+
+    def client_noise(self, dim: int, clip_norm: float, step: float,
+                     rng: np.random.Generator) -> np.ndarray | None:
+        """Distributed mode: this client's share ``N(0, (z_Δ C)² / m)`` of the noise, in units of
+        the quantisation grid (rounded Gaussian, int64), added to its quantised update so that
+        the noise never passes through the per-coordinate clipping or the rounding.  None in
+        central mode."""
+        if self.p.mode != "distributed" or self.p.noise_multiplier == 0:
+            return None
+        sd = self.p.update_noise_multiplier * clip_norm / math.sqrt(self.p.cohort)
+        return np.rint(rng.normal(0.0, sd / step, dim)).astype(np.int64)
 
     def server_aggregate(self, deltas: list[np.ndarray], rng: np.random.Generator):
         """Plain FedAvg: clip each delta and aggregate (returns the mean delta and reports)."""
@@ -205,18 +284,26 @@ class DPFedAvg:
             frac = noisy / max(p.cohort, 1)
             self.clip_norm = c * math.exp(-p.clip_lr * (frac - p.target_quantile))
         self.rounds += 1
+        z_eff = self.effective_multiplier(c, count)
+        self.accountant.record(z_eff)
         eps = self.accountant.epsilon(self.rounds)
         self.history.append({"round": self.rounds - 1, "clip_norm": c, "unclipped": bits,
-                             "aggregated": count, "epsilon": eps})
+                             "aggregated": count, "noise_multiplier_effective": z_eff,
+                             "epsilon": eps})
         return mean, [Report("epsilon", eps), Report("dp_round", self.history[-1])]
 
     def summary(self) -> dict:
         p = self.p
+        zs = self.accountant.multipliers(self.rounds)
+        eff = (f"effective z {min(zs):.4g}" + (f"-{max(zs):.4g}" if max(zs) > min(zs) else "")
+               if zs else "no round")
         return {"epsilon": self.accountant.epsilon(self.rounds), "delta": p.delta,
                 "accountant": f"dp-accounting {p.accountant.upper()}, Poisson-sampled Gaussian "
-                              f"(q = {p.sampling_rate:g}, z = {p.noise_multiplier:.4g}, "
-                              f"{self.rounds} rounds)",
+                              f"(q = {p.sampling_rate:g}, z = {p.noise_multiplier:.4g}, {eff} "
+                              f"with sensitivity C + {self.rounding:.3g}, {self.rounds} rounds)",
                 "dp_mode": p.mode, "dp_noise_multiplier": p.noise_multiplier,
+                "dp_rounding_bound": self.rounding,
+                "dp_effective_multipliers": [round(z, 6) for z in zs],
                 "dp_clipping": "adaptive" if p.adaptive else "fixed",
                 "dp_final_clip_norm": self.clip_norm}
 
@@ -280,4 +367,5 @@ def params_from_config(cfg) -> DPParams | None:
     return DPParams(mode=s.mode, noise_multiplier=z, clip_norm=s.clipping_norm,
                     adaptive=s.clipping == "adaptive", target_quantile=s.target_clipped_quantile,
                     clip_lr=s.clip_norm_lr, count_stddev=s.clipped_count_stddev, delta=s.delta,
-                    accountant=s.accountant, cohort=cohort, population=population)
+                    accountant=s.accountant, cohort=cohort, population=population,
+                    target_epsilon=s.target_epsilon)

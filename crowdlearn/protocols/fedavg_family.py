@@ -89,14 +89,17 @@ def build(ctx) -> dict:
     costs = calibrate()
     ctx.extra["crypto_costs"] = costs
     streams = np.random.SeedSequence([cfg.seed, 0x5EC]).spawn(len(ctx.devices) + 1)
+    shared = secagg.SharedCrypto()      # pairwise keys and mask keystreams derived once a pair
     machines = {SERVER: secagg.SecAggServer(SERVER, ctx.init_weights, params,
                                             rng=ctx.rngs["protocol"], secagg=sa, costs=costs,
-                                            dp=dp, graph_rng=np.random.default_rng(streams[-1]))}
+                                            dp=dp, graph_rng=np.random.default_rng(streams[-1]),
+                                            shared=shared)}
     for d in ctx.devices:
         machines[d] = secagg.SecAggClient(
             d, ctx.spec, ctx.parts[d], rng=ctx.device_rngs[d], params=sa, costs=costs,
             crypto_rng=np.random.default_rng(streams[d]),
-            privatise=dp.client_privatise if dp is not None else None)
+            privatise=dp.client_privatise if dp is not None else None, shared=shared,
+            noise=dp.client_noise if dp is not None else None)
     return machines
 
 

@@ -89,7 +89,7 @@ from sim.wire import message
 __all__ = ["SecAggParams", "SecAggServer", "SecAggClient", "AdvertiseKeys", "KeyList",
            "ShareKeys", "ShareRelay", "MaskedInput", "UnmaskRequest", "UnmaskShares",
            "MaskedVector", "CryptoJob", "neighbour_graph", "run_round", "RoundOutcome",
-           "STAGE_MESSAGES", "client_round_bytes", "client_round_ops"]
+           "STAGE_MESSAGES", "client_round_bytes", "client_round_ops", "SharedCrypto"]
 
 #: Plaintext of one encrypted share: the shares of ``s_sk`` and of ``b_u``.
 SHARE_PLAIN = 2 * shamir.SHARE_BYTES
@@ -129,13 +129,25 @@ class SecAggParams:
 
 # ---------------------------------------------------------------- messages
 class MaskedVector:
-    """A vector in Z_(2^bits) that travels packed (``bits`` bits per entry)."""
+    """A vector in Z_(2^bits) that travels packed (``bits`` bits per entry).
 
-    __slots__ = ("values", "d", "bits")
+    ``values`` may be a :class:`~crowdlearn.crypto.masking.PendingMask`: the sender's masked
+    vector, computed by a :class:`~crowdlearn.crypto.masking.MaskBatch` on first read.
+    """
 
-    def __init__(self, values: np.ndarray | None, bits: int, d: int | None = None):
-        self.values, self.bits = values, int(bits)
-        self.d = int(len(values) if values is not None else d)
+    __slots__ = ("_values", "d", "bits")
+
+    def __init__(self, values, bits: int, d: int | None = None):
+        self._values, self.bits = values, int(bits)
+        if isinstance(values, masking.PendingMask):
+            d = values.batch.d if d is None else d
+        self.d = int(len(values) if d is None else d)
+
+    @property
+    def values(self) -> np.ndarray | None:
+        if isinstance(self._values, masking.PendingMask):
+            self._values = self._values.result()
+        return self._values
 
     def wire_len(self) -> int:
         return masking.packed_len(self.d, self.bits)
@@ -251,6 +263,31 @@ class CryptoJob:
     kind: str = field(default="secagg_crypto", init=False)
 
 
+class SharedCrypto:
+    """Work the simulator does once for several machines of one process (the composition root
+    makes one per simulation; machines without it compute everything themselves).
+
+    * ``memo``: pairwise X25519 + HKDF keys, derived once per pair
+      (:class:`~crowdlearn.crypto.keyagreement.AgreementMemo`);
+    * :meth:`batch`: masked inputs computed together, each pairwise mask's keystream expanded
+      once for both ends (:class:`~crowdlearn.crypto.masking.MaskBatch`).
+
+    Each machine still derives only values it could compute from its own keys and messages, and
+    the compute charged to its device is the cost model's count of its own operations
+    (``CryptoJob``), unchanged.
+    """
+
+    def __init__(self):
+        self.memo = ka.AgreementMemo()
+        self._batches: dict = {}
+
+    def batch(self, d: int, bits: int) -> masking.MaskBatch:
+        key = (d, bits)
+        if key not in self._batches:
+            self._batches[key] = masking.MaskBatch(d, bits)
+        return self._batches[key]
+
+
 # ---------------------------------------------------------------- pure helpers
 def neighbour_graph(ids, k: int, rng: np.random.Generator) -> dict:
     """A random k-regular graph on ``ids``: the circulant ``i ~ i ± 1 … i ± k/2`` under a random
@@ -298,15 +335,21 @@ class SecAggClient(FedAvgClient):
     Parameters beyond :class:`FedAvgClient`: ``params``; ``costs`` (FLOP-equivalents of the
     primitives); ``crypto_rng`` (keys, self-mask seeds and Shamir coefficients; kept apart from
     the training stream so training is identical with and without SecAgg); ``privatise`` (an
-    optional client-level DP hook ``(delta, clip_norm, rng) -> (delta', unclipped_bit)``).
+    optional client-level DP hook ``(delta, clip_norm, rng) -> (delta', unclipped_bit)``);
+    ``noise`` (distributed DP: ``(dim, clip_norm, step, rng) -> int64 noise in grid units`` or
+    None, added to the quantised update); ``shared`` (a :class:`SharedCrypto` of the
+    simulation, or None to compute alone).
     """
 
     def __init__(self, node_id: NodeId, spec, indices, *, rng: np.random.Generator,
                  params: SecAggParams, costs: CryptoCosts, crypto_rng: np.random.Generator,
-                 privatise: Callable | None = None, server: NodeId = SERVER):
+                 privatise: Callable | None = None, server: NodeId = SERVER,
+                 shared: SharedCrypto | None = None, noise: Callable | None = None):
         super().__init__(node_id, spec, indices, rng=rng, server=server)
         self.sa, self.costs, self.crng = params, costs, crypto_rng
-        self.privatise = privatise
+        self.privatise, self.noise = privatise, noise
+        self.shared = shared
+        self._agree = shared.memo.agree if shared is not None else ka.agree
         self._reset()
 
     def _reset(self):
@@ -365,7 +408,7 @@ class SecAggClient(FedAvgClient):
     def _share_key(self, v) -> bytes:
         """The AES-GCM key shared with ``v`` this round (agreed once, used both ways)."""
         if v not in self._ckeys:
-            self._ckeys[v] = ka.agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
+            self._ckeys[v] = self._agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
         return self._ckeys[v]
 
     def _advertise(self) -> list[Effect]:
@@ -389,8 +432,7 @@ class SecAggClient(FedAvgClient):
         self.b_seed = self.crng.bytes(32)
         if self.sa.priced:
             rows = [[0] * len(recipients)] * 2
-            for _ in range(2 * (t - 1)):     # keep the stream aligned with the real mode
-                shamir.random_element(self.crng)
+            shamir.random_elements(self.crng, 2 * (t - 1))   # the real mode's draws
         else:
             s_sk = int.from_bytes(ka.private_bytes(self.keys[1]), "big")
             rows = shamir.split_many([s_sk, int.from_bytes(self.b_seed, "big")],
@@ -442,20 +484,32 @@ class SecAggClient(FedAvgClient):
         self.u2 = tuple(sorted(v for v in self.held if v != me))
         if len(self.u2) + 1 < self.threshold:
             return [Report("secagg_client_abort", "share", (("device", me),))]
-        x, _ = self._update_vector()
+        x, dp = self._update_vector()
         bits = sa.modulus_bits
         y = masking.quantise(x, clip=sa.clip, quant_bits=sa.quant_bits, modulus_bits=bits)
+        if dp and self.noise is not None:
+            # distributed DP: the noise share goes onto the grid after the rounding, so neither
+            # the per-coordinate clipping nor the rounding touches it (docs/design.md)
+            step = sa.clip / masking.levels(sa.quant_bits)
+            ints = self.noise(len(y) - 1, self.clip_norm, step, self.crng)
+            if ints is not None:
+                y[:-1] = masking.add_mod(y[:-1], ints.view(np.uint64), bits)
+        d = len(y)
         if not sa.priced:
-            acc = masking.MaskAccumulator(len(y), bits)
-            acc.add(y, +1)
-            acc.add_prg(self.b_seed, +1)
-            for v in self.u2:
-                seed = ka.agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd))
-                acc.add_prg(seed, +1 if me < v else -1)
-            y = acc.result()
+            terms = [(self.b_seed, +1)] + [
+                (self._agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd)),
+                 +1 if me < v else -1) for v in self.u2]
+            if self.shared is not None:         # computed with the others' on first read
+                y = self.shared.batch(d, bits).register(y, terms)
+            else:
+                acc = masking.MaskAccumulator(d, bits)
+                acc.add(y, +1)
+                for seed, sign in terms:
+                    acc.add_prg(seed, sign)
+                y = acc.result()
         width = 4 if bits <= 32 else 8
         ops = {"agree": len(self.u2), "aead_bytes": opened * SHARE_PLAIN,
-               "prg_bytes": (len(self.u2) + 1) * len(y) * width}
+               "prg_bytes": (len(self.u2) + 1) * d * width}
         return self._after("masked_input", ops, MaskedInput(self.rnd, MaskedVector(y, bits)))
 
     def _unmask(self, m: UnmaskRequest) -> list[Effect]:
@@ -484,18 +538,23 @@ class SecAggServer(FedAvgServer):
     """A FedAvg server that aggregates through SecAgg / SecAgg+ (see the module docstring).
 
     ``dp`` is an optional client-level DP policy (:mod:`crowdlearn.privacy.dp_fedavg`): it sets
-    each round's clipping norm and noises the unmasked sum.
+    each round's clipping norm and noises the unmasked sum.  ``shared``: the simulation's
+    :class:`SharedCrypto` (pairwise keys of a dropped client it rebuilt), or None.
     """
 
     def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator,
                  secagg: SecAggParams, costs: CryptoCosts | None = None, dp=None,
-                 graph_rng: np.random.Generator | None = None):
+                 graph_rng: np.random.Generator | None = None,
+                 shared: SharedCrypto | None = None):
         super().__init__(node_id, weights, params, rng=rng, dp=dp)
         self.sa, self.costs = secagg, costs
+        self._agree = shared.memo.agree if shared is not None else ka.agree
         # the SecAgg+ graph has its own stream, so client selection matches plain FedAvg's
         self.graph_rng = graph_rng if graph_rng is not None else np.random.default_rng(0)
         self.shapes = [np.shape(w) for w in self.weights]
         self.d = int(sum(np.prod(s, dtype=np.int64) for s in self.shapes))
+        if dp is not None:      # the clients' fixed-point rounding enters the sensitivity
+            dp.set_quantisation(step=secagg.clip / masking.levels(secagg.quant_bits), dim=self.d)
         self.plain_update_bytes = wire.size(Update(0, tuple(np.asarray(w, np.float32)
                                                             for w in self.weights), 1))
         self.log: list[dict] = []
@@ -662,9 +721,9 @@ class SecAggServer(FedAvgServer):
     def _unmask(self, u3: tuple) -> tuple[np.ndarray | None, str]:
         """Rebuild the secrets and remove the masks: ``Σ_{u ∈ U3} q(x_u) mod R``."""
         bits = self.sa.modulus_bits
-        total = np.zeros(self.resp["masked_input"][u3[0]].vector.d, np.uint64)
+        acc = masking.MaskAccumulator(self.resp["masked_input"][u3[0]].vector.d, bits)
         for u in u3:
-            total = masking.add_mod(total, self.resp["masked_input"][u].vector.values, bits)
+            acc.add(self.resp["masked_input"][u].vector.values, +1)
         dropped = sorted(set(self.resp["share"]) - set(u3))
         # shares by secret owner: b_v for v in U3 (id v), s_sk_v for dropped v (id -1-v)
         got: dict = {}
@@ -676,7 +735,7 @@ class SecAggServer(FedAvgServer):
             if len(got.get(sid, ())) < t:
                 return None, f"unmask: {len(got.get(sid, ()))} shares of a secret < t = {t}"
         if self.sa.priced:
-            return total, ""
+            return acc.result(), ""
         lag_cache: dict = {}
 
         def rebuild(sid):
@@ -687,8 +746,6 @@ class SecAggServer(FedAvgServer):
             acc = sum(int(c) * y for c, (_, y) in zip(lag_cache[xs], pts, strict=True))
             return acc % int(shamir.PRIME)
 
-        acc = masking.MaskAccumulator(len(total), bits)
-        acc.add(total, +1)
         for u in u3:
             acc.add_prg(rebuild(u).to_bytes(32, "big"), -1)
         adv = self.resp["advertise"]
@@ -696,7 +753,7 @@ class SecAggServer(FedAvgServer):
             s_sk = ka.keypair(rebuild(-1 - v).to_bytes(32, "big"))
             for u in u3:
                 if u in self.graph[v]:      # u added +PRG(s_uv) when u < v: remove it
-                    acc.add_prg(ka.agree(s_sk, adv[u].s_pk, _mask_info(self.round)),
+                    acc.add_prg(self._agree(s_sk, adv[u].s_pk, _mask_info(self.round)),
                                 -1 if u < v else +1)
         return acc.result(), ""
 
@@ -782,7 +839,7 @@ class RoundOutcome:
 
 def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
               drop: Mapping[str, set] | None = None, stall: Mapping[str, set] | None = None,
-              costs: CryptoCosts | None = None) -> RoundOutcome:
+              costs: CryptoCosts | None = None, shared: bool = True) -> RoundOutcome:
     """One secure aggregation of ``xs`` (client → vector), with clients dropping before a stage.
 
     ``drop`` maps a stage (``"advertise"``, ``"share"``, ``"masked_input"``, ``"unmask"``) to the
@@ -791,7 +848,8 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
     stage arrives only after the stage's deadline (too slow): the server closes the stage when its
     timer fires (``params.stage_timeout_s`` must then be finite; it is also the round deadline
     here) and the late message is refused.  Machines are driven by hand through an in-memory
-    wire; this is what the tests and the priced-size tables use.
+    wire; this is what the tests and the priced-size tables use.  ``shared``: the machines
+    share one :class:`SharedCrypto` as in a simulation (False: each computes alone).
     """
     from crowdlearn.crypto.costs import CryptoCosts as _C
     from sim.machine import PeerJoined, Start
@@ -804,12 +862,15 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
     zero = [np.zeros(d, np.float32)]
     fp = FedAvgParams(rounds=1, clients_per_round=len(ids), min_clients=len(ids),
                       deadline_s=params.stage_timeout_s)
+    common = SharedCrypto() if shared else None
     server = SecAggServer(SERVER, zero, fp, rng=rng, secagg=params, costs=costs,
-                          graph_rng=np.random.default_rng(int(rng.integers(2**63))))
+                          graph_rng=np.random.default_rng(int(rng.integers(2**63))),
+                          shared=common)
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(len(ids))
     clients = {u: SecAggClient(u, None, np.arange(1), rng=np.random.default_rng(0),
                                params=params, costs=costs,
-                               crypto_rng=np.random.default_rng(s)) for u, s in zip(ids, seeds, strict=True)}
+                               crypto_rng=np.random.default_rng(s), shared=common)
+               for u, s in zip(ids, seeds, strict=True)}
     log: list = []
     queue: list = []
     late: list = []
@@ -880,7 +941,8 @@ CONFIG_SECTION: dict[str, Key] = {
     "clip": Key(float, 0.5, "Per-coordinate clipping range of an update before quantisation.",
                 min=0, min_open=True),
     "modulus_bits": Key(int, 0, "Bits of R (Z_R holds the masked sums); 0 = the fewest that "
-                        "cannot overflow for the cohort and quant_bits.", min=0, max=62),
+                        "cannot overflow for the cohort and quant_bits (with distributed DP: "
+                        "and 12 standard deviations of the summed noise).", min=0, max=62),
     "stage_timeout_s": Key(float, math.inf, "Deadline of each stage after the first (simulated "
                            "s); the first stage ends at the round deadline.", min=0,
                            min_open=True),
@@ -949,10 +1011,27 @@ def params_from_config(cfg) -> SecAggParams | None:
     s = cfg.secagg.__dict__
     cohort = math.ceil(cfg.clients_per_round * (1 + cfg.fedavg.over_selection))
     r = resolve(s, mode=mode, cohort=cohort)
+    bits = r["modulus_bits"]
+    if not s["modulus_bits"]:
+        bits = max(bits, _noise_modulus_bits(cfg, cohort, s))
     return SecAggParams(mode=mode, threshold=r["threshold"], neighbours=r["neighbours"],
                         quant_bits=s["quant_bits"], clip=s["clip"],
-                        modulus_bits=r["modulus_bits"], stage_timeout_s=s["stage_timeout_s"],
+                        modulus_bits=bits, stage_timeout_s=s["stage_timeout_s"],
                         priced=s["priced"])
+
+
+def _noise_modulus_bits(cfg, cohort: int, section: dict) -> int:
+    """Automatic R with room for distributed DP noise: the sum of ``cohort + 1`` full-scale
+    values plus 12 standard deviations of the summed noise (in grid units) stays below R/2
+    (adaptive clipping: for a clipping norm up to 4× the initial one)."""
+    from crowdlearn.privacy import dp_fedavg
+    dp = dp_fedavg.params_from_config(cfg)
+    if dp is None or dp.mode != "distributed":
+        return 0
+    lv = masking.levels(section["quant_bits"])
+    sd = dp.noise_multiplier * dp.clip_norm * (4 if dp.adaptive else 1) * lv / section["clip"]
+    bound = (cohort + 1) * lv + 12 * sd
+    return math.floor(math.log2(bound)) + 2
 
 
 def client_round_bytes(*, n: int, d: int, modulus_bits: int, mode: str = "secagg",
