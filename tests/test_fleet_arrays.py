@@ -136,13 +136,13 @@ def test_rates_are_the_max_min_rates_of_the_active_flows_after_every_change(plan
 
     def checked_recompute(ev=None):
         original(ev)
-        n = net._n
-        if n:
-            paths = [t._route.links.tolist() for t in net._flows]
+        flows = net.active
+        if flows:
+            paths = [t._route.links.tolist() for t in flows]
             width = max(map(len, paths))
             want = max_min_rates([p + [-1] * (width - len(p)) for p in paths], net._cap[:-1])
-            np.testing.assert_allclose(net._rate[:n], want, rtol=1e-12)
-            checked.append(n)
+            np.testing.assert_allclose([t.rate for t in flows], want, rtol=1e-12)
+            checked.append(len(flows))
 
     net._recompute = checked_recompute
 
@@ -154,12 +154,13 @@ def test_rates_are_the_max_min_rates_of_the_active_flows_after_every_change(plan
         if src != dst:
             env.process(go(src, dst, nbytes, at))
     env.run()
-    assert net._n == 0
+    assert net.active == []
 
 
 def test_flows_that_share_no_link_keep_their_rates(monkeypatch):
     # an upload from cell 0 and a download to cell 1 share no link (each direction of a link is
-    # its own link): the download's start and end refill the download alone
+    # its own link): the download's start and end leave the upload untouched, and neither
+    # needs an exact refill
     import sim.network as netmod
 
     env = simpy.Environment()
@@ -168,7 +169,7 @@ def test_flows_that_share_no_link_keep_their_rates(monkeypatch):
                                       server_latency_s=0.0))
     up = net.transfer(0, "server", 10_000_000)
     env.run(until=1.0)
-    rate_before = up.rate
+    rate_before, placed = up.rate, up._tok
     sizes = []
     real = netmod._progressive_filling
     monkeypatch.setattr(netmod, "_progressive_filling",
@@ -176,7 +177,28 @@ def test_flows_that_share_no_link_keep_their_rates(monkeypatch):
     down = net.transfer("server", 1, 500_000)
     env.run(until=2.0)
     assert down.completed and down.end_time == pytest.approx(1.5)
-    assert up.rate == rate_before and sizes == [1]      # one refill, of the download alone
+    assert up.rate == rate_before and up._tok == placed and sizes == []
+
+
+def test_starts_and_ends_on_a_saturated_link_move_its_level_without_a_refill():
+    # 40 uploads through one 4 MB/s backhaul, access links 1 MB/s: from the fifth on the
+    # backhaul is the bottleneck; every start and end moves the cell's level, never a refill
+    env = simpy.Environment()
+    net = Network(env, cell_tree(40, device_up_bps=1e6, device_down_bps=1e6,
+                                 device_latency_s=0.0, backhaul_bps=4e6, backhaul_latency_s=0.0,
+                                 server_latency_s=0.0))
+    flows = []
+    for i in range(40):
+        at = 0.01 * i
+        env.process((lambda i=i, at=at: (yield env.timeout(at)) or
+                     flows.append(net.transfer(i, "server", 200_000)))())
+    env.run(until=0.395)
+    assert [t.rate for t in net.active] == pytest.approx([1e5] * 40)
+    env.run()
+    assert all(t.completed for t in flows) and net.refills == 0
+    # 8 MB cross the 4 MB/s backhaul: the last byte arrives after 2 s at the earliest
+    assert net.bytes_received["server"] == 8_000_000
+    assert max(t.end_time for t in flows) >= 2.0
 
 
 # ------------------------------------------------------------------------------ driver
