@@ -69,6 +69,10 @@ class Context:
         self.topology = value
 
     def path_latency(self, src, dst) -> float:
+        """Latency (s) of the quickest path; from the cell tree's arrays when it has no d2d
+        links (no networkx graph is built), else by networkx on :attr:`graph`."""
+        if isinstance(self.topology, CellTree) and not self.topology.d2d_pairs:
+            return self.topology.path_latency(src, dst)
         import networkx as nx
         return nx.shortest_path_length(self.graph, src, dst, weight="latency")
 

@@ -50,7 +50,7 @@ import heapq
 import math
 import operator
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, MutableMapping, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -363,6 +363,48 @@ class CellTree:
             return "core"
         return None
 
+    def path_latency(self, src: Node, dst: Node) -> float:
+        """Latency (s) of the tree path between two nodes, summed from ``src`` as
+        :func:`networkx.shortest_path_length` with ``weight="latency"`` sums it; only for a tree
+        without d2d links (a d2d link may give a shorter path: ask :attr:`graph`).
+
+        >>> t = cell_tree(2, device_up_bps=1e6, device_down_bps=1e6, device_latency_s=[0.02, 0.03],
+        ...               cells=2, backhaul_latency_s=0.005, server_latency_s=0.001)
+        >>> round(t.path_latency(0, "server"), 9), round(t.path_latency(0, 1), 9)
+        (0.026, 0.06)
+        """
+        if self.d2d_pairs:
+            raise ValueError("path_latency on a cell tree with d2d links: use "
+                             "networkx on .graph (a d2d link may give a shorter path)")
+        for node in (src, dst):
+            if not self.has_node(node):
+                raise ValueError(f"node {node!r} is not in the topology")
+
+        def up(node):   # (node, latency of its link to its parent) up to the server
+            chain = []
+            while node != "server":
+                parent = self.parent(node)
+                if self.is_device(node):
+                    chain.append((node, float(self.latency[node])))
+                elif parent == "core":
+                    chain.append((node, self.backhaul_latency_s))
+                else:
+                    chain.append((node, self.server_latency_s))
+                node = parent
+            chain.append(("server", 0.0))
+            return chain
+
+        a, b = up(src), up(dst)
+        on_b = {node: k for k, (node, _) in enumerate(b)}
+        total = 0.0
+        for node, lat in a:
+            if node in on_b:
+                for _, lat_b in reversed(b[:on_b[node]]):
+                    total += lat_b
+                return total
+            total += lat
+        raise AssertionError("a tree path always meets at the server")
+
     def link(self, u: Node, v: Node) -> int | None:
         """The index of link ``(u, v)``, or None if there is none."""
         if u == "core" and v == "server":
@@ -575,6 +617,56 @@ class _Group:
         self.ver = 0
 
 
+class NodeBytes(MutableMapping):
+    """Bytes per node, a :class:`collections.Counter` look-alike (missing nodes read as 0) that
+    keeps the devices ``0 .. n-1`` of a :class:`CellTree` in one numpy column instead of a
+    dictionary entry each (a million devices: 8 MB, allocated by the OS page by page as devices
+    send).  Only nodes with a non-zero count are listed.
+
+    >>> b = NodeBytes(3)
+    >>> b[1] += 5; b["server"] += 7
+    >>> dict(b), b[2], b == {1: 5, "server": 7}
+    ({1: 5, 'server': 7}, 0, True)
+    """
+
+    def __init__(self, devices: int = 0):
+        self._dev = np.zeros(devices, dtype=np.int64)
+        self._n = devices
+        self._other: dict[Node, int] = {}
+
+    def _row(self, node: Node) -> int | None:
+        if type(node) is int or (isinstance(node, (int, np.integer)) and not isinstance(node, bool)):
+            if 0 <= node < self._n:
+                return int(node)
+        return None
+
+    def __getitem__(self, node: Node) -> int:
+        i = self._row(node)
+        return int(self._dev[i]) if i is not None else self._other.get(node, 0)
+
+    def __setitem__(self, node: Node, value: int) -> None:
+        i = self._row(node)
+        if i is not None:
+            self._dev[i] = value
+        elif value:
+            self._other[node] = value
+        else:
+            self._other.pop(node, None)
+
+    def __delitem__(self, node: Node) -> None:
+        self[node] = 0
+
+    def __iter__(self) -> Iterator[Node]:
+        yield from np.flatnonzero(self._dev).tolist()
+        yield from self._other
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._dev)) + len(self._other)
+
+    def __repr__(self) -> str:
+        return f"NodeBytes({dict(self)!r})"
+
+
 # ---------------------------------------------------------------------------------- transfers
 class _Route:
     __slots__ = ("path", "links", "latency", "bottleneck", "ids", "caps")
@@ -726,7 +818,7 @@ class Network:
       **completed** transfers by source and destination; ``bytes_partial_sent`` /
       ``bytes_partial_received`` count the (floored) bytes that cancelled transfers had already
       delivered; :attr:`bytes_on_link` counts what crossed each link, completed plus partial.
-      All are :class:`collections.Counter` (missing keys read as 0).
+      All are :class:`NodeBytes` mappings (missing keys read as 0, like a Counter).
 
     Examples
     --------
@@ -786,10 +878,11 @@ class Network:
         self._seq = 0
         self._by_node: dict[Node, dict[Transfer, None]] = {}
 
-        self.bytes_sent: Counter = Counter()
-        self.bytes_received: Counter = Counter()
-        self.bytes_partial_sent: Counter = Counter()
-        self.bytes_partial_received: Counter = Counter()
+        n_dev = graph.num_devices if isinstance(graph, CellTree) else 0
+        self.bytes_sent = NodeBytes(n_dev)
+        self.bytes_received = NodeBytes(n_dev)
+        self.bytes_partial_sent = NodeBytes(n_dev)
+        self.bytes_partial_received = NodeBytes(n_dev)
         #: Number of rate updates so far (one per instant with a start or an end).
         self.recomputations = 0
 
@@ -879,11 +972,38 @@ class Network:
                 return up_src[:k + 1] + up_dst[:pos[node]][::-1]
         return None
 
+    def _device_server_route(self, src: Node, dst: Node) -> _Route | None:
+        """The route between a device and the server of a :class:`CellTree`, straight from its
+        arrays (a round of a big fleet touches a fresh set of devices: caching these would only
+        grow memory)."""
+        tree = self._tree
+        if dst == "server" and type(src) is int and 0 <= src < tree.num_devices \
+                and src not in self._d2d:
+            c = int(tree.cell_of[src])
+            ids = [tree.first_device_link + 2 * src, 2 + 2 * c, 0]
+            path = (src, f"cell{c}", "core", "server")
+        elif src == "server" and type(dst) is int and 0 <= dst < tree.num_devices \
+                and dst not in self._d2d:
+            c = int(tree.cell_of[dst])
+            ids = [1, 3 + 2 * c, tree.first_device_link + 2 * dst + 1]
+            path = ("server", "core", f"cell{c}", dst)
+        else:
+            return None
+        caps = self._cap[ids].tolist()
+        lat = self._latency
+        return _Route(path, np.array(ids, dtype=np.intp),
+                      float(lat[ids[0]]) + float(lat[ids[1]]) + float(lat[ids[2]]), min(caps),
+                      caps)
+
     def _route(self, src: Node, dst: Node) -> _Route:
         key = (src, dst)
         route = self._routes.get(key)
         if route is not None:
             return route
+        if self._tree is not None:
+            route = self._device_server_route(src, dst)
+            if route is not None:
+                return route
         if src == dst:
             raise ValueError(f"a transfer needs two different nodes; got src = dst = {src!r}")
         for node in key:

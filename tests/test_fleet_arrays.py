@@ -119,6 +119,23 @@ def test_network_builds_no_graph_for_a_cell_tree():
     assert net.graph.number_of_nodes() == 1006 and t._graph is not None
 
 
+def test_cell_tree_path_latency_is_networkx_without_building_the_graph():
+    import networkx as nx
+
+    rng = np.random.default_rng(3)
+    t = cell_tree(12, device_up_bps=1e6, device_down_bps=1e6, device_latency_s=rng.random(12) / 20,
+                  cells=3, cell_of=rng.integers(0, 3, 12), backhaul_latency_s=0.004,
+                  server_latency_s=0.0015)
+    nodes = [*range(12), "server", "core", "cell0", "cell1", "cell2"]
+    got = {(a, b): t.path_latency(a, b) for a in nodes for b in nodes}
+    assert t._graph is None
+    assert got == {(a, b): nx.shortest_path_length(t.graph, a, b, weight="latency")
+                   for a in nodes for b in nodes}
+    with pytest.raises(ValueError, match="d2d"):
+        cell_tree(2, device_up_bps=1e6, device_down_bps=1e6, device_latency_s=0.0,
+                  d2d_pairs=[(0, 1)]).path_latency(0, "server")
+
+
 # ------------------------------------------------------------------------------ max-min groups
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(NODES), st.sampled_from(NODES),

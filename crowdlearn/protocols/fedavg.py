@@ -103,6 +103,7 @@ class FedAvgServer(Machine):
         self.round = 0
         self.phase = "idle"               # idle | waiting | training | done
         self.selected: tuple = ()
+        self._chosen: frozenset = frozenset()
         self.updates: dict[NodeId, Update] = {}
         self.gone: set[NodeId] = set()      # selected this round but lost or declined
         self.round_started = 0.0
@@ -171,6 +172,7 @@ class FedAvgServer(Machine):
         k = min(p.selected_per_round, len(pool))
         chosen = self.rng.choice(len(pool), size=k, replace=False)
         self.selected = tuple(sorted((pool[i] for i in chosen), key=str))
+        self._chosen = frozenset(self.selected)   # membership tests in O(1)
         self.updates = {}
         self.gone = set()
         self.phase = "training"
@@ -180,7 +182,7 @@ class FedAvgServer(Machine):
         return [Send(d, msg) for d in self.selected]
 
     def _on_update(self, src: NodeId, msg: Update, now: float) -> list[Effect]:
-        if self.phase != "training" or msg.round != self.round or src not in self.selected \
+        if self.phase != "training" or msg.round != self.round or src not in self._chosen \
                 or src in self.updates:
             return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
         bad = check_weights(msg.weights, [np.shape(w) for w in self.weights],
@@ -192,7 +194,7 @@ class FedAvgServer(Machine):
 
     def _on_gone(self, peer: NodeId, now: float) -> list[Effect]:
         """A selected device will not deliver; close early once nobody is left to wait for."""
-        if self.phase != "training" or peer not in self.selected or peer in self.updates:
+        if self.phase != "training" or peer not in self._chosen or peer in self.updates:
             return []
         self.gone.add(peer)
         return self._maybe_close(now)
