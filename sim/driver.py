@@ -492,10 +492,7 @@ class Driver:
                 self._schedule_availability(node, row)
         has_server = self.server in self.machines
         if has_server:
-            online = self._online
-            for row in np.flatnonzero(online).tolist():
-                if row not in always:
-                    self.deliver(self.server, PeerJoined(self.fleet.node_at(row)))
+            self._announce(np.flatnonzero(self._online).tolist(), always)
         lazy = isinstance(self.machines, LazyMachines)
         for node in (self.machines.fixed if lazy else self.machines):
             if node == self.server or (lazy and self.machines.is_lazy(node)):
@@ -505,6 +502,33 @@ class Driver:
                 self.deliver(node, Start())
         if has_server:
             self.deliver(self.server, Start())
+
+    def _announce(self, rows: list[int], always: set) -> None:
+        """``PeerJoined`` for the devices online at start-up, in row order.
+
+        A server machine that defines ``peers_joined(peers, now) -> list[Effect]`` (the same as
+        handling ``PeerJoined(p)`` for every ``p`` of ``peers`` in order, as one input) gets the
+        devices ``0 .. k-1`` of an array fleet as one ``range``: start-up then costs nothing
+        per device that takes no part (``events_handled`` counts it as one input).  Every other
+        server gets one ``PeerJoined`` per device, as the machine contract has it.
+        """
+        rows = [r for r in rows if r not in always]
+        server = self.machines.fixed.get(self.server) if isinstance(self.machines, LazyMachines) \
+            else self.machines.get(self.server)
+        k = 0
+        if hasattr(server, "peers_joined") and self.fleet._nodes is None:
+            n = min(self.fleet._n, len(rows))
+            # the leading rows 0 .. k-1 (ids 0 .. k-1) when they are all online
+            if n and rows[n - 1] == n - 1:
+                k = n
+        if k:
+            self.events_handled += 1
+            effects = server.peers_joined(range(k), self.env.now)
+            if effects:
+                self._apply(self.server, effects)
+            self._arm_timer(self.server, server)
+        for row in rows[k:]:
+            self.deliver(self.server, PeerJoined(self.fleet.node_at(row)))
 
     def run(self, until: float | None = None) -> bool:
         """Run until the protocol halts, events run out, or ``until``; True if it halted."""

@@ -297,6 +297,38 @@ def test_fedavg_server_pool_stays_sorted_as_peers_come_and_go(changes):
     assert server._sorted_pool() == sorted(server.present, key=str)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 120),
+       st.lists(st.tuples(st.booleans(), st.one_of(st.integers(0, 130),
+                                                  st.sampled_from(["a", "x"]))), max_size=40))
+def test_fedavg_bulk_join_selects_what_one_peer_joined_per_device_selects(n, changes):
+    # peers_joined(range(n)) is n PeerJoined inputs in one: same pool, same sampled cohorts
+    from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
+    from sim.machine import PeerJoined, PeerLost
+
+    def server():
+        return FedAvgServer("server", [np.zeros(1)],
+                            FedAvgParams(rounds=50, clients_per_round=7),
+                            rng=np.random.default_rng(n))
+
+    one, bulk = server(), server()
+    for p in range(n):
+        one.handle(PeerJoined(p), 0.0)
+    bulk.peers_joined(range(n), 0.0)
+    assert bulk.present == set() and bulk._bulk is not None
+    picks = []
+    for s in (one, bulk):
+        s.handle(Start(), 0.0)
+        got = [s.selected]
+        for join, peer in changes:
+            s.handle(PeerJoined(peer) if join else PeerLost(peer), 1.0)
+            s._close_round(1.0, reason="deadline")
+            got.append(s.selected)
+        picks.append(got)
+    assert picks[0] == picks[1]
+    assert list(bulk._sorted_pool()) == list(one._sorted_pool())
+
+
 def test_a_device_runs_its_jobs_one_at_a_time_and_a_cancelled_queued_job_never_runs():
     from dataclasses import dataclass
 
