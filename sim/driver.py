@@ -17,6 +17,7 @@ churned out.  Going offline cancels its transfers and jobs, tells its own machin
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -454,6 +455,11 @@ class Driver:
                                      if r is not None)
         self.devices = _Devices(self)
         self.events_handled = 0
+        self._avail_heap: list = []
+        self._avail_seq = 0
+        self._avail_armed: float | None = None
+        self._avail_version = 0
+        self._avail_busy = False
 
     def _row(self, node: NodeId) -> int | None:
         return self.fleet.row_of(node)
@@ -482,6 +488,7 @@ class Driver:
             self._online[devs] = True
             self._online_since[devs] = now
         else:
+            self._avail_busy = True     # one timer for the whole heap, armed below
             for row in range(self.fleet.rows):
                 if row in always:
                     continue
@@ -490,6 +497,8 @@ class Driver:
                 self._avail_on[row] = self._online[row] = on
                 self._online_since[row] = now
                 self._schedule_availability(node, row)
+            self._avail_busy = False
+            self._arm_availability(now)
         has_server = self.server in self.machines
         if has_server:
             self._announce(np.flatnonzero(self._online).tolist(), always)
@@ -779,18 +788,45 @@ class Driver:
             self._set_flag(node, "battery_out", True)
 
     # ---------------------------------------------------------------- presence
+    # Availability transitions wait on one heap of (time, order, row), not one SimPy event per
+    # device: a single timer is live, for the earliest, and a batch of transitions due at one
+    # instant runs in the order they were scheduled (as SimPy would run their timeouts).
     def _schedule_availability(self, node: NodeId, row: int) -> None:
-        t = self.availability.next_change(node, self.env.now, bool(self._avail_on[row]),
-                                          self.rng)
+        now = self.env.now
+        t = self.availability.next_change(node, now, bool(self._avail_on[row]), self.rng)
         if not math.isfinite(t):
             return
-        ev = self.env.timeout(max(0.0, t - self.env.now))
+        when = now + max(0.0, t - now)      # the time a SimPy timeout would fire at
+        self._avail_seq += 1
+        heapq.heappush(self._avail_heap, (when, self._avail_seq, row))
+        if not self._avail_busy:
+            self._arm_availability(now)
 
-        def toggle(_ev):
-            self._set_flag(node, "avail_on", not self._avail_on[row])
-            self._schedule_availability(node, row)
+    def _arm_availability(self, now: float) -> None:
+        heap = self._avail_heap
+        if heap and (self._avail_armed is None or heap[0][0] < self._avail_armed):
+            self._avail_armed = heap[0][0]
+            self._avail_version += 1
+            ev = self.env.timeout(heap[0][0] - now, self._avail_version)
+            ev.callbacks.append(self._availability_due)
 
-        ev.callbacks.append(toggle)
+    def _availability_due(self, ev) -> None:
+        if ev._value != self._avail_version:
+            return              # an earlier transition re-armed the timer
+        self._avail_armed = None
+        heap = self._avail_heap
+        now = self.env.now
+        last = self._avail_seq  # transitions scheduled from here on wait for a later timer
+        self._avail_busy = True
+        try:
+            while heap and heap[0][0] <= now and heap[0][1] <= last:
+                _, _, row = heapq.heappop(heap)
+                node = self.fleet.node_at(row)
+                self._set_flag(node, "avail_on", not self._avail_on[row])
+                self._schedule_availability(node, row)
+        finally:
+            self._avail_busy = False
+        self._arm_availability(now)
 
     def _set_flag(self, node: NodeId, flag: str, value: bool) -> None:
         row = self._row(node)

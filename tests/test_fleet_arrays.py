@@ -266,6 +266,50 @@ def test_device_state_views_read_and_write_the_columns():
     assert dev.running is None and not driver._jobs         # idle: no job table
 
 
+class _TimeoutPerDevice(Driver):
+    """The reference: one SimPy timeout per device's next availability transition."""
+
+    def _schedule_availability(self, node, row):
+        import math
+        t = self.availability.next_change(node, self.env.now, bool(self._avail_on[row]),
+                                          self.rng)
+        if not math.isfinite(t):
+            return
+        ev = self.env.timeout(max(0.0, t - self.env.now))
+
+        def toggle(_ev):
+            self._set_flag(node, "avail_on", not self._avail_on[row])
+            self._schedule_availability(node, row)
+
+        ev.callbacks.append(toggle)
+
+
+def test_availability_transitions_wait_on_one_timer_and_match_per_device_timeouts():
+    # 300 devices with sessions: one SimPy event waits for all their transitions, and the
+    # transitions happen when (and in the order) one timeout per device makes them
+    from sim.availability import Sessions
+
+    n, av = 300, Sessions(mean_online_s=5.0, mean_offline_s=3.0)
+    runs = []
+    for cls in (Driver, _TimeoutPerDevice):
+        env = simpy.Environment()
+        net = Network(env, cell_tree(n, device_up_bps=1e6, device_down_bps=1e6,
+                                     device_latency_s=0.0))
+        driver = cls(env, net, {}, {i: TIERS["low_end"] for i in range(n)}, executor=None,
+                     monitor=Monitor(range(n)), availability=av,
+                     rng=np.random.default_rng(7), server=None)
+        seen = []
+        real = driver._set_flag
+        driver._set_flag = lambda node, flag, value, real=real, env=env: (
+            seen.append((env.now, node, value)), real(node, flag, value))
+        driver.start()
+        runs.append((len(env._queue), seen))
+        env.run(until=20.0)
+    (queued, seen), (queued_ref, ref) = runs
+    assert queued == 1 and queued_ref == n
+    assert len(seen) > n and seen == ref
+
+
 def test_simulation_device_rows_match_a_list_and_pickle():
     cfg = from_dict({"rounds": 2, "fleet": {"devices": 30}, "training": {"backend": "none"},
                      "data": {"dataset": "digits"}, "model": {"hidden": [8]},
