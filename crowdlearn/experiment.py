@@ -10,6 +10,7 @@ Examples
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -331,6 +332,10 @@ class Simulation:
             probe = PrivacyProbe(self)
         halted = False
         self.signal = None
+        # What exists now (the fleet's columns, the parts, the dataset: millions of objects in a
+        # large fleet) lives for the whole run: out of the collector's sight, its full
+        # collections no longer walk it (at 1M devices they took a third of the run).
+        gc.freeze()
         try:
             with as_interrupts():      # SIGTERM and SIGHUP end a run like Ctrl-C does
                 halted = self.driver.run(until=cfg.max_sim_time_s)
@@ -338,6 +343,8 @@ class Simulation:
             interrupted = True
             self.signal = signal_of(exc)[1]
             self.driver.finish()
+        finally:
+            gc.unfreeze()
         self.halted = halted
         self.monitor.flush(self.env.now)
         wall = time.perf_counter() - wall0
