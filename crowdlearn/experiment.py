@@ -332,10 +332,15 @@ class Simulation:
             probe = PrivacyProbe(self)
         halted = False
         self.signal = None
-        # What exists now (the fleet's columns, the parts, the dataset: millions of objects in a
-        # large fleet) lives for the whole run: out of the collector's sight, its full
-        # collections no longer walk it (at 1M devices they took a third of the run).
+        # What exists now (the fleet, the parts, the dataset) lives for the whole run: out of the
+        # collector's sight.  And a round keeps ~10^5 objects alive for a while (events, flows,
+        # heap entries): with the default thresholds the collector re-walks them in older
+        # generations hundreds of times a round (a third of a 1M-device round); collecting the
+        # young generation every 50,000 allocations instead of 700 cut that about threefold.
+        # Both are restored when the run ends.
         gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 20), max(thresholds[2], 100))
         try:
             with as_interrupts():      # SIGTERM and SIGHUP end a run like Ctrl-C does
                 halted = self.driver.run(until=cfg.max_sim_time_s)
@@ -344,6 +349,7 @@ class Simulation:
             self.signal = signal_of(exc)[1]
             self.driver.finish()
         finally:
+            gc.set_threshold(*thresholds)
             gc.unfreeze()
         self.halted = halted
         self.monitor.flush(self.env.now)
