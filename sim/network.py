@@ -61,6 +61,7 @@ from simpy.events import Event
 
 __all__ = [
     "Network",
+    "NodeBytes",
     "Transfer",
     "CellTree",
     "build_topology",
@@ -635,7 +636,8 @@ class NodeBytes(MutableMapping):
         self._other: dict[Node, int] = {}
 
     def _row(self, node: Node) -> int | None:
-        if type(node) is int or (isinstance(node, (int, np.integer)) and not isinstance(node, bool)):
+        if type(node) is int or (isinstance(node, (int, np.integer))
+                                 and not isinstance(node, bool)):
             if 0 <= node < self._n:
                 return int(node)
         return None

@@ -300,7 +300,7 @@ def test_availability_transitions_wait_on_one_timer_and_match_per_device_timeout
                      rng=np.random.default_rng(7), server=None)
         seen = []
         real = driver._set_flag
-        driver._set_flag = lambda node, flag, value, real=real, env=env: (
+        driver._set_flag = lambda node, flag, value, real=real, env=env, seen=seen: (
             seen.append((env.now, node, value)), real(node, flag, value))
         driver.start()
         runs.append((len(env._queue), seen))
