@@ -566,7 +566,7 @@ def sim_report(r: dict, p: dict | None) -> str:
     st = r.get("steady")
     if st:
         lines += [
-            f"| first round (incl. start-up: {o['devices']:,} `PeerJoined` + `Start`) | "
+            f"| first round (incl. start-up presence of {o['devices']:,} devices + `Start`) | "
             f"{r['first_round_s']:.2f} s |",
             f"| steady state, wall per round (rounds 2..{st['rounds'] + 1}) | "
             f"{st['wall_per_round_s']:.3f} s |",
@@ -705,8 +705,9 @@ def write_docs(docs: Path, command: str, mach: dict, fleet: dict | None, simr: d
                "loads TensorFlow (Linux carries a parent's RSS into a forked child's `ru_maxrss`; "
                "`VmHWM` from `/proc/self/status` is the child's own peak). ")
             + "*Driver events* are the inputs the driver delivers to machines "
-            "(`driver.events_handled`, including the start-up `PeerJoined` + `Start` of every "
-            "device); *SimPy events* are events popped by `env.step()` (SimPy's event-id counter "
+            "(`driver.events_handled`, including the start-up presence: one bulk "
+            "`peers_joined` input when the server takes it, as FedAvg's does, else one "
+            "`PeerJoined` per device); *SimPy events* are events popped by `env.step()` (SimPy's event-id counter "
             "`env._eid`, read without advancing it, minus the events still queued). Baseline, "
             "same process: a bare SimPy loop (timeouts at random times, one no-op callback each).",
             "",

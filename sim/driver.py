@@ -17,6 +17,7 @@ churned out.  Going offline cancels its transfers and jobs, tells its own machin
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -457,6 +458,11 @@ class Driver:
                                      if r is not None)
         self.devices = _Devices(self)
         self.events_handled = 0
+        self._avail_heap: list = []
+        self._avail_seq = 0
+        self._avail_armed: float | None = None
+        self._avail_version = 0
+        self._avail_busy = False
 
     def _row(self, node: NodeId) -> int | None:
         return self.fleet.row_of(node)
@@ -485,6 +491,7 @@ class Driver:
             self._online[devs] = True
             self._online_since[devs] = now
         else:
+            self._avail_busy = True     # one timer for the whole heap, armed below
             for row in range(self.fleet.rows):
                 if row in always:
                     continue
@@ -493,12 +500,11 @@ class Driver:
                 self._avail_on[row] = self._online[row] = on
                 self._online_since[row] = now
                 self._schedule_availability(node, row)
+            self._avail_busy = False
+            self._arm_availability(now)
         has_server = self.server in self.machines
         if has_server:
-            online = self._online
-            for row in np.flatnonzero(online).tolist():
-                if row not in always:
-                    self.deliver(self.server, PeerJoined(self.fleet.node_at(row)))
+            self._announce(np.flatnonzero(self._online).tolist(), always)
         lazy = isinstance(self.machines, LazyMachines)
         for node in (self.machines.fixed if lazy else self.machines):
             if node == self.server or (lazy and self.machines.is_lazy(node)):
@@ -508,6 +514,33 @@ class Driver:
                 self.deliver(node, Start())
         if has_server:
             self.deliver(self.server, Start())
+
+    def _announce(self, rows: list[int], always: set) -> None:
+        """``PeerJoined`` for the devices online at start-up, in row order.
+
+        A server machine that defines ``peers_joined(peers, now) -> list[Effect]`` (the same as
+        handling ``PeerJoined(p)`` for every ``p`` of ``peers`` in order, as one input) gets the
+        devices ``0 .. k-1`` of an array fleet as one ``range``: start-up then costs nothing
+        per device that takes no part (``events_handled`` counts it as one input).  Every other
+        server gets one ``PeerJoined`` per device, as the machine contract has it.
+        """
+        rows = [r for r in rows if r not in always]
+        server = self.machines.fixed.get(self.server) if isinstance(self.machines, LazyMachines) \
+            else self.machines.get(self.server)
+        k = 0
+        if hasattr(server, "peers_joined") and self.fleet._nodes is None:
+            n = min(self.fleet._n, len(rows))
+            # the leading rows 0 .. k-1 (ids 0 .. k-1) when they are all online
+            if n and rows[n - 1] == n - 1:
+                k = n
+        if k:
+            self.events_handled += 1
+            effects = server.peers_joined(range(k), self.env.now)
+            if effects:
+                self._apply(self.server, effects)
+            self._arm_timer(self.server, server)
+        for row in rows[k:]:
+            self.deliver(self.server, PeerJoined(self.fleet.node_at(row)))
 
     def run(self, until: float | None = None) -> bool:
         """Run until the protocol halts, events run out, or ``until``; True if it halted."""
@@ -767,18 +800,45 @@ class Driver:
             self._set_flag(node, "battery_out", True)
 
     # ---------------------------------------------------------------- presence
+    # Availability transitions wait on one heap of (time, order, row), not one SimPy event per
+    # device: a single timer is live, for the earliest, and a batch of transitions due at one
+    # instant runs in the order they were scheduled (as SimPy would run their timeouts).
     def _schedule_availability(self, node: NodeId, row: int) -> None:
-        t = self.availability.next_change(node, self.env.now, bool(self._avail_on[row]),
-                                          self.rng)
+        now = self.env.now
+        t = self.availability.next_change(node, now, bool(self._avail_on[row]), self.rng)
         if not math.isfinite(t):
             return
-        ev = self.env.timeout(max(0.0, t - self.env.now))
+        when = now + max(0.0, t - now)      # the time a SimPy timeout would fire at
+        self._avail_seq += 1
+        heapq.heappush(self._avail_heap, (when, self._avail_seq, row))
+        if not self._avail_busy:
+            self._arm_availability(now)
 
-        def toggle(_ev):
-            self._set_flag(node, "avail_on", not self._avail_on[row])
-            self._schedule_availability(node, row)
+    def _arm_availability(self, now: float) -> None:
+        heap = self._avail_heap
+        if heap and (self._avail_armed is None or heap[0][0] < self._avail_armed):
+            self._avail_armed = heap[0][0]
+            self._avail_version += 1
+            ev = self.env.timeout(heap[0][0] - now, self._avail_version)
+            ev.callbacks.append(self._availability_due)
 
-        ev.callbacks.append(toggle)
+    def _availability_due(self, ev) -> None:
+        if ev._value != self._avail_version:
+            return              # an earlier transition re-armed the timer
+        self._avail_armed = None
+        heap = self._avail_heap
+        now = self.env.now
+        last = self._avail_seq  # transitions scheduled from here on wait for a later timer
+        self._avail_busy = True
+        try:
+            while heap and heap[0][0] <= now and heap[0][1] <= last:
+                _, _, row = heapq.heappop(heap)
+                node = self.fleet.node_at(row)
+                self._set_flag(node, "avail_on", not self._avail_on[row])
+                self._schedule_availability(node, row)
+        finally:
+            self._avail_busy = False
+        self._arm_availability(now)
 
     def _set_flag(self, node: NodeId, flag: str, value: bool) -> None:
         row = self._row(node)

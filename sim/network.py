@@ -11,22 +11,34 @@ that progressive filling (water-filling) gives it: the **max-min fair** allocati
 flows.  Rates are recomputed whenever a flow starts or ends, so a busy server downlink or cell
 uplink slows everyone on it.
 
-How the bookkeeping stays cheap with ~1000 concurrent flows
------------------------------------------------------------
-* Every flowing transfer owns a slot in dense numpy arrays (remaining bytes, rate, link indices).
-  Flows advance lazily: ``remaining -= rate * (now - last_update)`` over all slots at once, only
-  when something changes.
-* Starts and ends at one simulated instant are coalesced: they mark the allocation dirty and one
-  recomputation runs *after* every ordinary event of that instant (it is scheduled with a priority
-  below SimPy's ``NORMAL``).  No simulated time passes between a change and its recomputation, so
-  the rates are exact at every instant in which bytes move.
-* Exactly one SimPy timeout is live at a time, for the earliest completion; a version counter
-  turns older ones into no-ops.
-* Progressive filling (:func:`max_min_rates`) is vectorised over a path-links x flows index
-  matrix.  Links crossed by one flow only (access links, usually) become per-flow caps, and
-  each iteration freezes every bottleneck that is *locally* the lowest, not just the global
-  minimum, so a recomputation takes a few iterations even when every cell's backhaul
-  saturates at a different level (3 instead of 45 with 1000 uploads in 50 uneven cells).
+How a start or an end stays cheap with 10,000 concurrent flows
+--------------------------------------------------------------
+The rates are always the exact max-min rates of the flowing transfers, but a start or an end
+touches only what it changes:
+
+* **Groups with a virtual clock.**  The flows crossing a shared link that may hold them (a
+  cell's backhaul, say) form that link's *group*: one-link water-filling gives every member
+  ``min(own cap, level)``, where its own cap is the smallest bandwidth of its other links.  The
+  members at the level share one virtual clock ``V`` (the bytes each of them has received) and a
+  heap of finish thresholds ``V_start + bytes``; the members below the level, and flows that
+  share nothing (*solo*, at their path's bottleneck), have a fixed rate and a finish time on the
+  network's heap.  A start or an end in a group moves its level in O(log F) and leaves every
+  member's state alone: nobody's remaining bytes are rewritten, and the group's next finish is
+  one heap entry.
+* **Checked, not assumed.**  After the instant's changes, every shared link whose load changed
+  and that is no group's (the server's link while the backhauls are full) must still have room;
+  then each flow has a bottleneck (its group's saturated link or its own cap) and the levels
+  are the max-min rates.  If a link overflows, a flow would need two groups, or a level does
+  not settle, the flows connected to it get an **exact refill** (progressive filling,
+  :func:`max_min_rates`), after which the links that one-link water-filling reproduces exactly
+  become groups again and the rest are *pinned* at the refill's rates (any change reaching a
+  pinned flow's links refills again).
+* Starts and ends at one simulated instant are coalesced: they are applied by one update that
+  runs *after* every ordinary event of that instant (scheduled with a priority below SimPy's
+  ``NORMAL``).  No simulated time passes between a change and its update, so the rates are
+  exact at every instant in which bytes move.
+* One SimPy timeout is live for the earliest finish on the heap; flows due within a nanosecond
+  of it complete together.
 
 References: D. Bertsekas and R. Gallager, *Data Networks*, 2nd ed., sec. 6.5.2 (max-min fairness
 and the progressive filling algorithm).
@@ -34,10 +46,11 @@ and the progressive filling algorithm).
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, MutableMapping, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -48,6 +61,7 @@ from simpy.events import Event
 
 __all__ = [
     "Network",
+    "NodeBytes",
     "Transfer",
     "CellTree",
     "build_topology",
@@ -70,6 +84,13 @@ _DONE_TOL_S = 1e-9
 _ROUTE_CACHE = 1 << 16
 
 _PENDING, _FLOWING, _DONE, _CANCELLED = "pending", "flowing", "done", "cancelled"
+
+# Where a flowing transfer sits in the rate model (Transfer._mode): started at this instant and not
+# placed yet; placed nowhere (in the middle of a move); on its links without a rate (its start
+# needs the exact refill of this instant); at its group's level; at its own cap inside its group;
+# alone at its path's bottleneck; pinned at a rate an exact refill gave it.  The last four are
+# fixed-rate modes (>= _CAPD) except _UNC.
+_WAIT, _NEW, _LOST, _UNC, _CAPD, _SOLO, _PIN = range(7)
 
 
 # ---------------------------------------------------------------------------------- topology
@@ -343,6 +364,48 @@ class CellTree:
             return "core"
         return None
 
+    def path_latency(self, src: Node, dst: Node) -> float:
+        """Latency (s) of the tree path between two nodes, summed from ``src`` as
+        :func:`networkx.shortest_path_length` with ``weight="latency"`` sums it; only for a tree
+        without d2d links (a d2d link may give a shorter path: ask :attr:`graph`).
+
+        >>> t = cell_tree(2, device_up_bps=1e6, device_down_bps=1e6, device_latency_s=[0.02, 0.03],
+        ...               cells=2, backhaul_latency_s=0.005, server_latency_s=0.001)
+        >>> round(t.path_latency(0, "server"), 9), round(t.path_latency(0, 1), 9)
+        (0.026, 0.06)
+        """
+        if self.d2d_pairs:
+            raise ValueError("path_latency on a cell tree with d2d links: use "
+                             "networkx on .graph (a d2d link may give a shorter path)")
+        for node in (src, dst):
+            if not self.has_node(node):
+                raise ValueError(f"node {node!r} is not in the topology")
+
+        def up(node):   # (node, latency of its link to its parent) up to the server
+            chain = []
+            while node != "server":
+                parent = self.parent(node)
+                if self.is_device(node):
+                    chain.append((node, float(self.latency[node])))
+                elif parent == "core":
+                    chain.append((node, self.backhaul_latency_s))
+                else:
+                    chain.append((node, self.server_latency_s))
+                node = parent
+            chain.append(("server", 0.0))
+            return chain
+
+        a, b = up(src), up(dst)
+        on_b = {node: k for k, (node, _) in enumerate(b)}
+        total = 0.0
+        for node, lat in a:
+            if node in on_b:
+                for _, lat_b in reversed(b[:on_b[node]]):
+                    total += lat_b
+                return total
+            total += lat
+        raise AssertionError("a tree path always meets at the server")
+
     def link(self, u: Node, v: Node) -> int | None:
         """The index of link ``(u, v)``, or None if there is none."""
         if u == "core" and v == "server":
@@ -514,15 +577,109 @@ def max_min_rates(flow_links: np.ndarray | Sequence[Sequence[int]],
         return _progressive_filling(lk, np.append(cap, np.inf))
 
 
+def _water_level(capacity: float, caps: Iterable[float]) -> float:
+    """The level of one link of ``capacity`` shared max-min fairly by flows held by their own
+    ``caps`` elsewhere: flows whose cap is below it get their cap, the others the level
+    (``inf`` if every cap fits).
+
+    >>> _water_level(6.0, [1.0, 10.0]), _water_level(6.0, [1.0, 2.0])
+    (5.0, inf)
+    """
+    caps = sorted(caps)
+    used, n = 0.0, len(caps)
+    for i, c in enumerate(caps):
+        level = (capacity - used) / (n - i)
+        if c >= level:
+            return level
+        used += c
+    return math.inf
+
+
+class _Group:
+    """The flows crossing one shared link, which is the only link that may hold them below
+    their own caps: a water level and a virtual clock (Network's docstring)."""
+
+    __slots__ = ("link", "cap", "gid", "members", "unc", "capd", "thr", "n_unc", "n_cap",
+                 "s_cap", "lam", "V", "t", "touch", "multi", "ver")
+
+    def __init__(self, link: int, cap: float, now: float, gid: int):
+        self.link, self.cap, self.gid = link, cap, gid
+        self.members: dict[Transfer, None] = {}
+        self.unc: list = []     # heap (own cap, seq, token, flow) of the members at the level
+        self.capd: list = []    # heap (-own cap, seq, token, flow) of those at their own cap
+        self.thr: list = []     # heap (finish threshold, seq, token, flow), at the level
+        self.n_unc = self.n_cap = 0
+        self.s_cap = 0.0        # sum of the capped members' rates
+        self.lam = math.inf     # the level: the rate of every member at the level
+        self.V = 0.0            # virtual time: bytes each member at the level got, up to t
+        self.t = now
+        self.touch: dict[int, int] = {}    # other link -> members at the level crossing it
+        self.multi: dict[int, None] = {}   # those of the touched links that are shared
+        self.ver = 0
+
+
+class NodeBytes(MutableMapping):
+    """Bytes per node, a :class:`collections.Counter` look-alike (missing nodes read as 0) that
+    keeps the devices ``0 .. n-1`` of a :class:`CellTree` in one numpy column instead of a
+    dictionary entry each (a million devices: 8 MB, allocated by the OS page by page as devices
+    send).  Only nodes with a non-zero count are listed.
+
+    >>> b = NodeBytes(3)
+    >>> b[1] += 5; b["server"] += 7
+    >>> dict(b), b[2], b == {1: 5, "server": 7}
+    ({1: 5, 'server': 7}, 0, True)
+    """
+
+    def __init__(self, devices: int = 0):
+        self._dev = np.zeros(devices, dtype=np.int64)
+        self._n = devices
+        self._other: dict[Node, int] = {}
+
+    def _row(self, node: Node) -> int | None:
+        if type(node) is int or (isinstance(node, (int, np.integer))
+                                 and not isinstance(node, bool)):
+            if 0 <= node < self._n:
+                return int(node)
+        return None
+
+    def __getitem__(self, node: Node) -> int:
+        i = self._row(node)
+        return int(self._dev[i]) if i is not None else self._other.get(node, 0)
+
+    def __setitem__(self, node: Node, value: int) -> None:
+        i = self._row(node)
+        if i is not None:
+            self._dev[i] = value
+        elif value:
+            self._other[node] = value
+        else:
+            self._other.pop(node, None)
+
+    def __delitem__(self, node: Node) -> None:
+        self[node] = 0
+
+    def __iter__(self) -> Iterator[Node]:
+        yield from np.flatnonzero(self._dev).tolist()
+        yield from self._other
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._dev)) + len(self._other)
+
+    def __repr__(self) -> str:
+        return f"NodeBytes({dict(self)!r})"
+
+
 # ---------------------------------------------------------------------------------- transfers
 class _Route:
-    __slots__ = ("path", "links", "latency", "bottleneck")
+    __slots__ = ("path", "links", "latency", "bottleneck", "ids", "caps")
 
-    def __init__(self, path, links, latency, bottleneck):
+    def __init__(self, path, links, latency, bottleneck, caps):
         self.path = path              # tuple of nodes
         self.links = links            # np.ndarray[intp] of link indices
         self.latency = latency        # sum of edge latencies (s)
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
+        self.ids = links.tolist()     # the same link indices as a list (per-event code)
+        self.caps = caps              # their bandwidths, a list of floats
 
 
 class Transfer:
@@ -558,7 +715,8 @@ class Transfer:
     """
 
     __slots__ = ("src", "dst", "nbytes", "path", "done", "start_time", "end_time", "_net",
-                 "_route", "_state", "_slot", "_seq", "_delivered", "_cids")
+                 "_route", "_state", "_seq", "_delivered", "_mode", "_grp", "_tok", "_ocap",
+                 "_r", "_rem0", "_t0", "_thr")
 
     def __init__(self, net: Network, src: Node, dst: Node, nbytes: int, route: _Route,
                  seq: int):
@@ -572,9 +730,19 @@ class Transfer:
         self.start_time = net.env.now
         self.end_time: float | None = None
         self._state = _PENDING
-        self._slot = -1
         self._seq = seq
         self._delivered = 0.0
+        # placement in the network's rate model (see Network): mode, group, heap-entry token,
+        # own cap, fixed rate with (bytes left, at time) or the finish threshold in the group's
+        # virtual time
+        self._mode = _NEW
+        self._grp: _Group | None = None
+        self._tok = 0
+        self._ocap = math.inf
+        self._r = 0.0
+        self._rem0 = float(nbytes)
+        self._t0 = 0.0
+        self._thr = 0.0
 
     @property
     def cancelled(self) -> bool:
@@ -602,14 +770,13 @@ class Transfer:
         instant shows 0 until the instant's coalesced recomputation has run."""
         if self._state != _FLOWING:
             return 0.0
-        return float(self._net._rate[self._slot])
+        return self._grp.lam if self._mode == _UNC else self._r
 
     @property
     def delivered(self) -> float:
         """Bytes delivered so far (fractional in this fluid model)."""
         if self._state == _FLOWING:
-            net = self._net
-            left = net._rem[self._slot] - net._rate[self._slot] * (net.env.now - net._t_last)
+            left = self._net._left(self, self._net.env.now)
             return float(min(self.nbytes, max(0.0, self.nbytes - left)))
         return self._delivered
 
@@ -653,7 +820,7 @@ class Network:
       **completed** transfers by source and destination; ``bytes_partial_sent`` /
       ``bytes_partial_received`` count the (floored) bytes that cancelled transfers had already
       delivered; :attr:`bytes_on_link` counts what crossed each link, completed plus partial.
-      All are :class:`collections.Counter` (missing keys read as 0).
+      All are :class:`NodeBytes` mappings (missing keys read as 0, like a Counter).
 
     Examples
     --------
@@ -691,33 +858,34 @@ class Network:
             self._init_graph(graph)
         self._routes: dict[tuple[Node, Node], _Route] = {}
 
-        # Flowing transfers in dense slots [0, _n); a freed slot takes the last flow.
-        self._n = 0
-        self._flows: list[Transfer] = []
-        self._rem = np.zeros(64)
-        self._rate = np.zeros(64)
-        # Links crossed by flowing transfers get compact ids (0 .. K-2; K-1 pads _lk), so a
-        # recomputation works on arrays the size of the active part of the network.
-        self._ccap = np.full(64, np.inf)                # compact id -> capacity
-        self._cglob = [0] * 64                          # compact id -> link index
-        self._cref = [0] * 64                           # compact id -> flows crossing it
-        self._cid: dict[int, int] = {}                  # link index -> compact id
-        self._cfree: list[int] = []
-        self._cnext = 0
-        self._lk = np.full((4, 64), 63, dtype=np.intp)  # (path link, slot): compact ids
-        self._t_last = env.now
+        # The rate model (see "How a start or an end stays cheap" in the module docstring).
+        self._active: dict[Transfer, None] = {}            # flowing transfers
+        self._on_link: dict[int, dict[Transfer, None]] = {}  # link -> flowing transfers on it
+        self._group: dict[int, _Group] = {}                # group link -> its group
+        self._fix_sum: dict[int, float] = {}   # link -> sum of the fixed rates crossing it
+        self._fix_n: dict[int, int] = {}       # link -> number of fixed-rate flows crossing it
+        self._gon: dict[int, dict[_Group, int]] = {}  # link -> groups whose level members
+        self._npin: dict[int, int] = {}        # cross it (how many); link -> pinned flows on it
+        self._heap: list = []                  # (finish time, seq, token, flow or group)
+        self._joins: list[Transfer] = []       # flows that started flowing at this instant
+        self._dirty_groups: dict[_Group, None] = {}
+        self._touched: set[int] = set()        # links whose load changed at this instant
+        self._bad: set[int] = set()            # links whose component needs an exact refill
+        self._gid = 0
+        self._armed: float | None = None       # when the live timer fires
         self._version = 0
         self._dirty = False
-        self._changed: list[list[int]] = []    # links of the flows that came or went
-        self._gone: list[tuple[list[int], float]] = []   # (links, rate) of flows that went
+        #: Exact refills (progressive filling of a connected group of flows) so far.
+        self.refills = 0
         self._seq = 0
         self._by_node: dict[Node, dict[Transfer, None]] = {}
 
-        self.bytes_sent: Counter = Counter()
-        self.bytes_received: Counter = Counter()
-        self.bytes_partial_sent: Counter = Counter()
-        self.bytes_partial_received: Counter = Counter()
-        #: Number of progressive-filling runs so far (one per instant with a start or an end).
+        n_dev = graph.num_devices if isinstance(graph, CellTree) else 0
+        self.bytes_sent = NodeBytes(n_dev)
+        self.bytes_received = NodeBytes(n_dev)
+        self.bytes_partial_sent = NodeBytes(n_dev)
+        self.bytes_partial_received = NodeBytes(n_dev)
+        #: Number of rate updates so far (one per instant with a start or an end).
         self.recomputations = 0
 
     def _init_graph(self, graph: nx.DiGraph) -> None:
@@ -806,11 +974,38 @@ class Network:
                 return up_src[:k + 1] + up_dst[:pos[node]][::-1]
         return None
 
+    def _device_server_route(self, src: Node, dst: Node) -> _Route | None:
+        """The route between a device and the server of a :class:`CellTree`, straight from its
+        arrays (a round of a big fleet touches a fresh set of devices: caching these would only
+        grow memory)."""
+        tree = self._tree
+        if dst == "server" and type(src) is int and 0 <= src < tree.num_devices \
+                and src not in self._d2d:
+            c = int(tree.cell_of[src])
+            ids = [tree.first_device_link + 2 * src, 2 + 2 * c, 0]
+            path = (src, f"cell{c}", "core", "server")
+        elif src == "server" and type(dst) is int and 0 <= dst < tree.num_devices \
+                and dst not in self._d2d:
+            c = int(tree.cell_of[dst])
+            ids = [1, 3 + 2 * c, tree.first_device_link + 2 * dst + 1]
+            path = ("server", "core", f"cell{c}", dst)
+        else:
+            return None
+        caps = self._cap[ids].tolist()
+        lat = self._latency
+        return _Route(path, np.array(ids, dtype=np.intp),
+                      float(lat[ids[0]]) + float(lat[ids[1]]) + float(lat[ids[2]]), min(caps),
+                      caps)
+
     def _route(self, src: Node, dst: Node) -> _Route:
         key = (src, dst)
         route = self._routes.get(key)
         if route is not None:
             return route
+        if self._tree is not None:
+            route = self._device_server_route(src, dst)
+            if route is not None:
+                return route
         if src == dst:
             raise ValueError(f"a transfer needs two different nodes; got src = dst = {src!r}")
         for node in key:
@@ -828,8 +1023,8 @@ class Network:
             ids = [self._link_of(u, v) for u, v in pairwise(path)]
         links = np.array(ids, dtype=np.intp)
         lat = self._latency
-        route = _Route(tuple(path), links, float(sum(lat[k] for k in ids)),
-                       float(self._cap[links].min()))
+        caps = self._cap[links].tolist()
+        route = _Route(tuple(path), links, float(sum(lat[k] for k in ids)), min(caps), caps)
         if len(self._routes) >= _ROUTE_CACHE:
             self._routes.clear()   # a big fleet's routes would otherwise pile up for ever
         self._routes[key] = route
@@ -891,13 +1086,9 @@ class Network:
             return False
         now = self.env.now
         if state == _FLOWING:
-            self._advance()
-            slot = transfer._slot
-            delivered = min(float(transfer.nbytes),
-                            max(0.0, transfer.nbytes - float(self._rem[slot])))
-            self._gone.append((transfer._cids, float(self._rate[slot])))
-            self._remove_slot(slot)
-            self._mark_dirty(transfer._cids)
+            left = self._leave(transfer, now)
+            delivered = min(float(transfer.nbytes), max(0.0, transfer.nbytes - left))
+            self._mark_dirty()
             transfer._delivered = delivered
             whole = int(delivered)
             if whole:
@@ -923,7 +1114,7 @@ class Network:
     @property
     def active(self) -> list[Transfer]:
         """Transfers whose bytes are flowing now (in no particular order)."""
-        return list(self._flows)
+        return list(self._active)
 
     @property
     def bytes_on_link(self) -> Counter:
@@ -948,17 +1139,7 @@ class Network:
             if not bucket:
                 del by_node[node]   # idle nodes cost nothing
 
-    def _advance(self) -> None:
-        now = self.env.now
-        dt = now - self._t_last
-        if dt > 0:
-            n = self._n
-            if n:
-                self._rem[:n] -= self._rate[:n] * dt
-            self._t_last = now
-
-    def _mark_dirty(self, cids: list[int]) -> None:
-        self._changed.append(cids)
+    def _mark_dirty(self) -> None:
         if not self._dirty:
             self._dirty = True
             ev = Event(self.env)
@@ -974,211 +1155,448 @@ class Network:
         if t.nbytes == 0:
             self._complete(t)
             return
-        self._advance()
-        n = self._n
-        cids = t._cids = self._acquire(t._route.links)
-        pad = self._ccap.shape[0] - 1
-        if n == self._rem.shape[0]:
-            self._rem = np.concatenate([self._rem, np.zeros(n)])
-            self._rate = np.concatenate([self._rate, np.zeros(n)])
-            self._lk = np.concatenate(
-                [self._lk, np.full((self._lk.shape[0], n), pad, dtype=np.intp)], axis=1)
-        if len(cids) > self._lk.shape[0]:
-            extra = len(cids) - self._lk.shape[0]
-            self._lk = np.concatenate(
-                [self._lk, np.full((extra, self._lk.shape[1]), pad, dtype=np.intp)])
-        self._lk[:len(cids), n] = cids
-        self._lk[len(cids):, n] = pad
-        self._rem[n] = t.nbytes
-        self._rate[n] = 0.0
-        self._flows.append(t)
-        t._slot = n
         t._state = _FLOWING
-        self._n = n + 1
-        self._mark_dirty(cids)
+        t._mode = _WAIT
+        t._t0 = self.env.now
+        self._active[t] = None
+        self._joins.append(t)
+        self._mark_dirty()
 
-    def _acquire(self, links: np.ndarray) -> list[int]:
-        """Compact ids of ``links`` for one more flow (allocating ids for new links)."""
-        out = []
-        cid, cref = self._cid, self._cref
-        for g in links.tolist():
-            c = cid.get(g)
-            if c is None:
-                if self._cfree:
-                    c = self._cfree.pop()
+    # -------------------------------------------------------------- the rate model
+    def _left(self, t: Transfer, now: float) -> float:
+        """Bytes ``t`` still has to send at ``now``."""
+        if t._mode == _UNC:
+            g = t._grp
+            return t._thr - g.V if now == g.t else t._thr - (g.V + g.lam * (now - g.t))
+        return t._rem0 - t._r * (now - t._t0)
+
+    @staticmethod
+    def _advance_group(g: _Group, now: float) -> None:
+        if g.t != now:
+            if g.n_unc:
+                g.V += g.lam * (now - g.t)
+            g.t = now
+
+    def _unplace(self, t: Transfer, now: float) -> float:
+        """Take ``t`` out of the rate model's sums and heaps; return its bytes left."""
+        left = self._left(t, now)
+        mode = t._mode
+        t._tok += 1                                  # its heap entries go stale
+        if mode == _UNC:
+            g = t._grp
+            g.n_unc -= 1
+            touch, gon, glink = g.touch, self._gon, g.link
+            for link in t._route.ids:
+                if link != glink:
+                    c = touch[link] - 1
+                    on = gon[link]
+                    if c:
+                        touch[link] = c
+                        on[g] -= 1
+                    else:
+                        del touch[link]
+                        g.multi.pop(link, None)
+                        del on[g]
+                        if not on:
+                            del gon[link]
+        elif mode >= _CAPD:
+            r = t._r
+            fs, fn = self._fix_sum, self._fix_n
+            for link in t._route.ids:
+                c = fn[link] - 1
+                if c:
+                    fn[link] = c
+                    fs[link] -= r
                 else:
-                    if self._cnext == self._ccap.shape[0] - 1:
-                        self._grow_compact()
-                    c = self._cnext
-                    self._cnext += 1
-                cid[g] = c
-                self._ccap[c] = self._cap[g]
-                self._cglob[c] = g
-            cref[c] += 1
-            out.append(c)
-        return out
+                    del fn[link], fs[link]
+            if mode == _CAPD:
+                g = t._grp
+                g.n_cap -= 1
+                g.s_cap = g.s_cap - r if g.n_cap else 0.0   # no drift once none is left
+            elif mode == _PIN:
+                npin = self._npin
+                for link in t._route.ids:
+                    c = npin[link] - 1
+                    if c:
+                        npin[link] = c
+                    else:
+                        del npin[link]
+        t._mode = _NEW
+        return left
 
-    def _release(self, cids: list[int]) -> None:
-        cref = self._cref
-        for c in cids:
-            cref[c] -= 1
-            if not cref[c]:
-                del self._cid[self._cglob[c]]
-                self._cfree.append(c)
+    def _place_fixed(self, t: Transfer, mode: int, rate: float, left: float,
+                     now: float) -> None:
+        """``t`` flows at a fixed ``rate`` until something re-places it."""
+        t._mode, t._r, t._rem0, t._t0 = mode, rate, left, now
+        fs, fn = self._fix_sum, self._fix_n
+        for link in t._route.ids:
+            fs[link] = fs.get(link, 0.0) + rate
+            fn[link] = fn.get(link, 0) + 1
+        if mode == _CAPD:
+            g = t._grp
+            g.s_cap += rate
+            g.n_cap += 1
+            heapq.heappush(g.capd, (-t._ocap, t._seq, t._tok, t))
+        elif mode == _PIN:
+            npin = self._npin
+            for link in t._route.ids:
+                npin[link] = npin.get(link, 0) + 1
+        heapq.heappush(self._heap, (now + left / rate, t._seq, t._tok, t))
 
-    def _grow_compact(self) -> None:
-        old = self._ccap.shape[0]
-        self._ccap = np.concatenate([self._ccap, np.full(old, np.inf)])
-        self._ccap[old - 1] = np.inf
-        self._cglob.extend([0] * old)
-        self._cref.extend([0] * old)
-        self._lk[self._lk == old - 1] = 2 * old - 1   # the padding id moves to the new end
+    def _place_level(self, t: Transfer, g: _Group, left: float) -> None:
+        """``t`` flows at its group's level: it finishes when the group's virtual time has
+        grown by ``left``."""
+        t._mode = _UNC
+        t._thr = thr = g.V + left
+        g.n_unc += 1
+        heapq.heappush(g.unc, (t._ocap, t._seq, t._tok, t))
+        heapq.heappush(g.thr, (thr, t._seq, t._tok, t))
+        touch, gon, glink, on_link = g.touch, self._gon, g.link, self._on_link
+        for link in t._route.ids:
+            if link != glink:
+                c = touch.get(link, 0)
+                touch[link] = c + 1
+                on = gon.get(link)
+                if on is None:
+                    gon[link] = {g: 1}
+                else:
+                    on[g] = on.get(g, 0) + 1
+                if not c and len(on_link[link]) >= 2:
+                    g.multi[link] = None
 
-    def _remove_slot(self, slot: int) -> None:
-        last = self._n - 1
-        t = self._flows[slot]
-        if slot != last:
-            moved = self._flows[last]
-            self._flows[slot] = moved
-            moved._slot = slot
-            self._rem[slot] = self._rem[last]
-            self._rate[slot] = self._rate[last]
-            self._lk[:, slot] = self._lk[:, last]
-        self._flows.pop()
-        self._rate[last] = 0.0
-        self._n = last
-        t._slot = -1
+    def _enter(self, t: Transfer, g: _Group, left: float) -> None:
+        """Make ``t`` a member of ``g`` (at the level; :meth:`_level` sorts it out)."""
+        t._grp = g
+        glink = g.link
+        t._ocap = min((c for link, c in zip(t._route.ids, t._route.caps, strict=True)
+                       if link != glink), default=math.inf)
+        g.members[t] = None
+        self._place_level(t, g, left)
+        self._dirty_groups[g] = None
+
+    def _new_group(self, link: int, now: float) -> _Group:
+        self._gid += 1
+        g = _Group(link, float(self._cap[link]), now, self._gid)
+        self._group[link] = g
+        return g
+
+    def _drop_group(self, g: _Group) -> None:
+        del self._group[g.link]
+        g.ver += 1
+        self._dirty_groups.pop(g, None)
+
+    def _level(self, g: _Group, now: float) -> None:
+        """Water-filling on one link: members below the level keep their own caps, the others
+        share what is left equally (Bertsekas and Gallager, sec. 6.5.2, on one link)."""
+        unc, capd, touched = g.unc, g.capd, self._touched
+        for _ in range(2 * len(g.members) + 8):
+            if g.n_unc:
+                lam = (g.cap - g.s_cap) / g.n_unc
+            else:
+                lam = math.inf if g.s_cap <= g.cap else -math.inf
+            while unc and (e := unc[0])[2] != e[3]._tok:
+                heapq.heappop(unc)
+            if unc and unc[0][0] < lam:          # held below the level by its own cap
+                t = unc[0][3]
+                left = self._unplace(t, now)
+                self._place_fixed(t, _CAPD, t._ocap, left, now)
+                touched.update(t._route.ids)
+                continue
+            while capd and (e := capd[0])[2] != e[3]._tok:
+                heapq.heappop(capd)
+            if capd and -capd[0][0] > lam:       # its cap is above the level now
+                t = capd[0][3]
+                left = self._unplace(t, now)
+                self._place_level(t, g, left)
+                touched.update(t._route.ids)
+                continue
+            g.lam = lam
+            return
+        g.lam = lam
+        self._bad.add(g.link)   # did not settle (rounding at a tie): refill exactly
+
+    def _join(self, t: Transfer, now: float) -> None:
+        """Place a flow that starts now, in a group if it can go in one, else alone."""
+        on_link, gon = self._on_link, self._gon
+        ids = t._route.ids
+        for link in ids:
+            on = on_link.get(link)
+            if on is None:
+                on_link[link] = {t: None}
+            else:
+                on[t] = None
+                if len(on) == 2 and link in gon:
+                    for g in gon[link]:
+                        g.multi[link] = None
+        self._touched.update(ids)
+        t._mode = _LOST
+        npin, groups = self._npin, self._group
+        if any(link in npin for link in ids):
+            self._bad.update(ids)
+            return
+        mine = [groups[link] for link in ids if link in groups]
+        if len(mine) > 1:
+            self._bad.update(ids)
+            return
+        left = float(t.nbytes)
+        t._mode = _NEW
+        if mine:
+            g = mine[0]
+            self._advance_group(g, now)
+            self._enter(t, g, left)
+            return
+        # no group on its path: found one on its most contended shared link whose other flows
+        # all flow alone, or flow alone (its shared links are checked for room afterwards)
+        cap = self._cap
+        shared = sorted((float(cap[link]) / len(on_link[link]), link) for link in ids
+                        if len(on_link[link]) >= 2)
+        for _, link in shared:
+            others = [o for o in on_link[link] if o is not t]
+            if all(o._mode == _SOLO for o in others):
+                g = self._new_group(link, now)
+                for o in others:
+                    self._enter(o, g, self._unplace(o, now))
+                self._enter(t, g, left)
+                return
+        t._grp = None
+        self._place_fixed(t, _SOLO, t._route.bottleneck, left, now)
+
+    def _leave(self, t: Transfer, now: float) -> float:
+        """Take a flowing transfer out (it ended or was cancelled); return its bytes left."""
+        self._active.pop(t, None)
+        if t._mode == _WAIT:
+            t._mode = _NEW
+            return float(t.nbytes)   # started at this instant, not placed yet (_recompute skips it)
+        on_link, gon = self._on_link, self._gon
+        ids = t._route.ids
+        for link in ids:
+            on = on_link[link]
+            del on[t]
+            if not on:
+                del on_link[link]
+            elif len(on) == 1 and link in gon:
+                for g in gon[link]:
+                    g.multi.pop(link, None)
+        self._touched.update(ids)
+        if t._mode == _PIN:
+            self._bad.update(ids)
+        g = t._grp
+        if g is not None:
+            self._advance_group(g, now)
+        left = self._unplace(t, now)
+        if g is not None:
+            del g.members[t]
+            t._grp = None
+            if g.members:
+                self._dirty_groups[g] = None
+            else:
+                self._drop_group(g)
+        return left
+
+    def _usage(self, link: int) -> float:
+        used = self._fix_sum.get(link, 0.0)
+        on = self._gon.get(link)
+        if on:
+            for g, c in on.items():
+                used += g.lam * c
+        return used
+
+    def _check(self) -> None:
+        """Links whose load changed: a shared link that is no group's must have room (then
+        nobody is held by it and the groups' levels are the max-min rates), and must carry no
+        pinned flow (whose rate came from an exact refill that this change may upset)."""
+        links = set(self._touched)
+        for g in self._dirty_groups:
+            links.update(g.multi)
+        groups, on_link, npin, cap, bad = self._group, self._on_link, self._npin, self._cap, \
+            self._bad
+        for link in links:
+            if link in groups:
+                continue
+            if link in npin:
+                bad.add(link)
+                continue
+            on = on_link.get(link)
+            if on is not None and len(on) >= 2 and self._usage(link) > cap[link] * (1.0 + 1e-12):
+                bad.add(link)
+
+    def _refill(self, now: float) -> None:
+        """Exact max-min rates of every flow connected to a bad link (progressive filling),
+        then as many of them as possible put back in groups."""
+        on_link = self._on_link
+        comp: dict[Transfer, None] = {}
+        seen: set[int] = set()
+        stack = list(self._bad)
+        while stack:
+            link = stack.pop()
+            if link in seen:
+                continue
+            seen.add(link)
+            for t in on_link.get(link, ()):
+                if t not in comp:
+                    comp[t] = None
+                    stack.extend(t._route.ids)
+        if not comp:
+            return
+        self.refills += 1
+        flows = list(comp)
+        for t in flows:
+            if t._grp is not None:
+                self._advance_group(t._grp, now)
+        lefts = [self._unplace(t, now) for t in flows]
+        for t in flows:
+            g = t._grp
+            if g is not None:
+                t._grp = None
+                if self._group.get(g.link) is g:
+                    self._drop_group(g)
+        # progressive filling over compact link ids (the padding id is the last)
+        links = sorted(seen)
+        cid = {link: k for k, link in enumerate(links)}
+        width = max(len(t._route.ids) for t in flows)
+        pad = len(links)
+        lk = np.full((width, len(flows)), pad, dtype=np.intp)
+        for f, t in enumerate(flows):
+            ids = t._route.ids
+            lk[:len(ids), f] = [cid[link] for link in ids]
+        capc = np.append(self._cap[links], np.inf)
+        rates = _progressive_filling(lk, capc).tolist()
+        rate_of = dict(zip(flows, rates, strict=True))
+        left_of = dict(zip(flows, lefts, strict=True))
+        # groups: a shared link all of whose flows are free and get what one-link water-filling
+        # with their own caps gives them (most contended links first)
+        cap = self._cap
+        free = set(flows)
+        for _, link in sorted((float(cap[link]) / len(on_link[link]), link) for link in links
+                              if len(on_link.get(link, ())) >= 2):
+            members = list(on_link[link])
+            if not free.issuperset(members):
+                continue
+            ocaps = [min((c for k, c in zip(t._route.ids, t._route.caps, strict=True)
+                          if k != link), default=math.inf) for t in members]
+            lam = _water_level(float(cap[link]), ocaps)
+            if all(abs(min(oc, lam) - rate_of[t]) <= 1e-10 * rate_of[t]
+                   for t, oc in zip(members, ocaps, strict=True)):
+                g = self._new_group(link, now)
+                for t in members:
+                    free.discard(t)
+                    self._enter(t, g, left_of[t])
+                self._level(g, now)
+        for t in flows:
+            if t in free:
+                r = rate_of[t]
+                if r >= t._route.bottleneck * (1.0 - 1e-12):
+                    self._place_fixed(t, _SOLO, t._route.bottleneck, left_of[t], now)
+                else:
+                    self._place_fixed(t, _PIN, r, left_of[t], now)
+
+    def _push_group(self, g: _Group) -> None:
+        """The group's next finish time goes on the heap (older entries go stale)."""
+        g.ver += 1
+        thr = g.thr
+        while thr and (e := thr[0])[2] != e[3]._tok:
+            heapq.heappop(thr)
+        if len(thr) > 2 * g.n_unc + 64:
+            g.thr = thr = [e for e in thr if e[2] == e[3]._tok]
+            heapq.heapify(thr)
+        if len(g.unc) > 2 * g.n_unc + 64:
+            g.unc = [e for e in g.unc if e[2] == e[3]._tok]
+            heapq.heapify(g.unc)
+        if len(g.capd) > 2 * (len(g.members) - g.n_unc) + 64:
+            g.capd = [e for e in g.capd if e[2] == e[3]._tok]
+            heapq.heapify(g.capd)
+        if g.n_unc and thr:
+            heapq.heappush(self._heap, (g.t + (thr[0][0] - g.V) / g.lam, -g.gid, g.ver, g))
+
+    def _valid(self, e: tuple) -> bool:
+        obj = e[3]
+        if type(obj) is _Group:
+            return e[2] == obj.ver
+        return e[2] == obj._tok and obj._mode >= _CAPD
+
+    def _arm(self, now: float) -> None:
+        heap = self._heap
+        while heap and not self._valid(heap[0]):
+            heapq.heappop(heap)
+        if len(heap) > 2 * len(self._active) + 64:
+            self._heap = heap = [e for e in heap if self._valid(e)]
+            heapq.heapify(heap)
+        if not heap:
+            return
+        when = heap[0][0]
+        if self._armed is not None and self._armed <= when:
+            return   # an earlier wake-up is due; it arms the next one
+        self._version += 1
+        self._armed = when
+        timer = self.env.timeout(max(0.0, when - now), self._version)
+        timer.callbacks.append(self._on_timer)
 
     def _recompute(self, _ev: Event | None = None) -> None:
         self._dirty = False
-        self._advance()
-        self._version += 1
-        n = self._n
-        if not n:
-            return
-        self.recomputations += 1
-        # compact link ids: arrays the size of the links the active flows cross (a fleet has
-        # far more links than flows); the padding id is the last, as _progressive_filling needs
-        inv = self._lk[:, :n]
-        cap = self._ccap
-        changed = np.fromiter((c for ids in self._changed for c in ids), dtype=np.intp)
-        gone, self._gone, self._changed = self._gone, [], []
-        if not self._refill_loose(inv, cap, changed, gone):
-            sel = self._affected(inv, changed, cap.shape[0] - 1)
-            if sel is None:
-                self._rate[:n] = _progressive_filling(inv, cap)
-            elif sel.size:
-                # max-min fairness splits over groups of flows that share no link: only the
-                # groups a start or an end touched are refilled; the others keep their rates
-                self._rate[sel] = _progressive_filling(np.take(inv, sel, axis=1), cap)
-        for ids, _ in gone:
-            self._release(ids)
-        rate = self._rate[:n]
-        with np.errstate(divide="ignore"):
-            due = self._rem[:n] / rate
-        k = int(np.argmin(due))
-        timer = self.env.timeout(max(0.0, float(due[k])), self._version)
-        timer.callbacks.append(self._on_timer)
-
-    def _refill_loose(self, inv: np.ndarray, cap: np.ndarray, changed: np.ndarray,
-                      gone: list) -> bool:
-        """Refill only the flows a change reaches through *saturated* shared links.
-
-        A shared link with room to spare (the server's link while the cells' backhauls are
-        full, say) binds nobody, so it does not tie the groups of flows on either side of it
-        together.  The flows reached from the change (new flows, and flows on saturated
-        links that a flow joined or left) are refilled with every loose shared link taken as
-        unbounded; if those links still have room with the new rates, the result is the max-min
-        allocation (every flow keeps a bottleneck and every link is within capacity) and True
-        is returned.  Otherwise nothing is changed and False sends the caller to the exact
-        refill of the whole connected group.
-        """
-        n = inv.shape[1]
-        pad = cap.shape[0] - 1
-        rate = self._rate[:n]
-        flat = inv.ravel()
-        weights = np.broadcast_to(rate, inv.shape).ravel()
-        cnt = np.bincount(flat, minlength=pad + 1)
-        usage = np.bincount(flat, weights=weights, minlength=pad + 1)
-        before = usage
-        if gone:   # what the links carried before the flows that went left them
-            ids = np.fromiter((c for g, _ in gone for c in g), dtype=np.intp)
-            r = np.fromiter((r for g, r in gone for _ in g), dtype=float, count=ids.shape[0])
-            before = usage + np.bincount(ids, weights=r, minlength=pad + 1)
-            cnt = cnt + np.bincount(ids, minlength=pad + 1)
-        cnt[pad] = 0
-        shared = cnt >= 2
-        tight = shared & (before >= cap * (1.0 - 1e-9))
-        loose = shared & ~tight
-        if not loose.any():
-            return False
-        mark = np.zeros(pad + 1, dtype=bool)
-        mark[changed] = True
-        mark &= tight
-        sel = (rate == 0.0) | mark[inv].any(axis=0)      # new flows have rate 0 until now
-        count = -1
-        while True:
-            got = int(np.count_nonzero(sel))
-            if got == count:
-                break
-            count = got
-            mark[np.compress(sel, inv, axis=1)] = True
-            mark &= tight
-            sel |= mark[inv].any(axis=0)
-        if not count:
-            return True
-        slots = np.flatnonzero(sel)
-        sub = np.take(inv, slots, axis=1)
-        capx = cap.copy()
-        capx[loose] = np.inf
-        with np.errstate(invalid="ignore"):   # a flow on loose links alone rises to inf
-            new = _progressive_filling(sub, capx)
-        if not np.isfinite(new).all():
-            return False
-        after = usage + np.bincount(sub.ravel(), weights=np.tile(new - rate[slots], sub.shape[0]),
-                                    minlength=pad + 1)
-        if (after[loose] > cap[loose]).any():
-            return False
-        self._rate[slots] = new
-        return True
-
-    @staticmethod
-    def _affected(inv: np.ndarray, changed: np.ndarray, pad: int) -> np.ndarray | None:
-        """Slots of the flows connected (through shared links, transitively) to a compact link
-        id in ``changed``, in slot order; None when that is every flow."""
-        mark = np.zeros(pad + 1, dtype=bool)
-        mark[changed] = True
-        mark[pad] = False
-        n_flows = inv.shape[1]
-        count = -1
-        while True:
-            sel = mark[inv].any(axis=0)
-            got = int(np.count_nonzero(sel))
-            if got == n_flows:
-                return None
-            if got == count:
-                return np.flatnonzero(sel)
-            count = got
-            mark[np.compress(sel, inv, axis=1)] = True
-            mark[pad] = False
+        now = self.env.now
+        joins, self._joins = self._joins, []
+        for t in joins:
+            if t._mode == _WAIT and t._state == _FLOWING:
+                self._join(t, now)
+        for g in list(self._dirty_groups):
+            self._advance_group(g, now)
+            self._level(g, now)
+        self._check()
+        if self._bad:
+            self._refill(now)
+        for g in self._dirty_groups:
+            self._push_group(g)
+        self._dirty_groups.clear()
+        self._touched.clear()
+        self._bad.clear()
+        if self._active:
+            self.recomputations += 1
+        self._arm(now)
 
     def _on_timer(self, ev: Event) -> None:
-        if ev._value != self._version or self._dirty:
-            return  # superseded (a pending recomputation will set a new timer)
-        self._advance()
-        n = self._n
-        rem, rate = self._rem[:n], self._rate[:n]
-        tol = _DONE_TOL_S + 4.0 * np.spacing(self.env.now)
-        finished = rem <= rate * tol
-        finished[int(np.argmin(rem / rate))] = True  # the flow this timer was set for
-        slots = np.flatnonzero(finished)
-        ended = [self._flows[s] for s in slots]
-        self._gone.extend(zip((t._cids for t in ended), rate[slots].tolist(), strict=True))
-        for s in slots[::-1]:  # highest first, so swap-removal never moves a finished flow
-            self._remove_slot(int(s))
+        if ev._value != self._version:
+            return  # superseded by an earlier wake-up
+        self._armed = None
+        now = self.env.now
+        if self._dirty:
+            return  # the pending recomputation arms the next timer
+        limit = now + _DONE_TOL_S + 4.0 * np.spacing(now)
+        heap = self._heap
+        ended: list[Transfer] = []
+        while heap:
+            e = heap[0]
+            if not self._valid(e):
+                heapq.heappop(heap)
+                continue
+            if e[0] > limit:   # (it may wake early: rates fell since it was armed)
+                break
+            heapq.heappop(heap)
+            obj = e[3]
+            if type(obj) is not _Group:
+                ended.append(obj)
+                continue
+            g = obj
+            g.ver += 1
+            self._advance_group(g, now)
+            due = g.V + g.lam * (limit - now)
+            thr, first = g.thr, True
+            while thr:
+                te = thr[0]
+                if te[2] != te[3]._tok:
+                    heapq.heappop(thr)
+                    continue
+                if te[0] > due and not first:
+                    break
+                heapq.heappop(thr)
+                ended.append(te[3])
+                first = False
+        if not ended:
+            self._arm(now)
+            return
         for t in ended:
-            self._mark_dirty(t._cids)
-        ended.sort(key=lambda t: t._seq)
+            self._leave(t, now)
+        self._mark_dirty()
+        ended.sort(key=operator.attrgetter("_seq"))
         for t in ended:
             self._complete(t)
 

@@ -241,6 +241,16 @@ def size(msg: Any) -> int:
     return 2 + sum(_size(getattr(msg, name)) for name in type(msg).__wire_fields__)
 
 
+_ITEMSIZE: dict = {}
+
+
+def _itemsize(dtype: Any) -> int:
+    n = _ITEMSIZE.get(dtype)
+    if n is None:
+        n = _ITEMSIZE[dtype] = np.dtype(dtype).itemsize
+    return n
+
+
 def _is_deferred(v: Any) -> bool:
     """A lazily computed list of arrays (``crowdlearn.training.jobs.Deferred``) by duck type."""
     return hasattr(v, "shapes") and hasattr(v, "dtypes") and hasattr(v, "value")
@@ -262,7 +272,7 @@ def _size(v: Any) -> int:
     if hasattr(v, "wire_len"):
         return 5 + v.wire_len()
     if _is_deferred(v):
-        return 5 + sum(3 + 4 * len(s) + int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
+        return 5 + sum(3 + 4 * len(s) + math.prod(s) * _itemsize(d)
                        for s, d in zip(v.shapes, v.dtypes))
     if dataclasses.is_dataclass(v) and type(v) in _TAG_OF:
         return 5 + size(v)

@@ -119,6 +119,23 @@ def test_network_builds_no_graph_for_a_cell_tree():
     assert net.graph.number_of_nodes() == 1006 and t._graph is not None
 
 
+def test_cell_tree_path_latency_is_networkx_without_building_the_graph():
+    import networkx as nx
+
+    rng = np.random.default_rng(3)
+    t = cell_tree(12, device_up_bps=1e6, device_down_bps=1e6, device_latency_s=rng.random(12) / 20,
+                  cells=3, cell_of=rng.integers(0, 3, 12), backhaul_latency_s=0.004,
+                  server_latency_s=0.0015)
+    nodes = [*range(12), "server", "core", "cell0", "cell1", "cell2"]
+    got = {(a, b): t.path_latency(a, b) for a in nodes for b in nodes}
+    assert t._graph is None
+    assert got == {(a, b): nx.shortest_path_length(t.graph, a, b, weight="latency")
+                   for a in nodes for b in nodes}
+    with pytest.raises(ValueError, match="d2d"):
+        cell_tree(2, device_up_bps=1e6, device_down_bps=1e6, device_latency_s=0.0,
+                  d2d_pairs=[(0, 1)]).path_latency(0, "server")
+
+
 # ------------------------------------------------------------------------------ max-min groups
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(NODES), st.sampled_from(NODES),
@@ -136,13 +153,13 @@ def test_rates_are_the_max_min_rates_of_the_active_flows_after_every_change(plan
 
     def checked_recompute(ev=None):
         original(ev)
-        n = net._n
-        if n:
-            paths = [t._route.links.tolist() for t in net._flows]
+        flows = net.active
+        if flows:
+            paths = [t._route.links.tolist() for t in flows]
             width = max(map(len, paths))
             want = max_min_rates([p + [-1] * (width - len(p)) for p in paths], net._cap[:-1])
-            np.testing.assert_allclose(net._rate[:n], want, rtol=1e-12)
-            checked.append(n)
+            np.testing.assert_allclose([t.rate for t in flows], want, rtol=1e-12)
+            checked.append(len(flows))
 
     net._recompute = checked_recompute
 
@@ -154,12 +171,13 @@ def test_rates_are_the_max_min_rates_of_the_active_flows_after_every_change(plan
         if src != dst:
             env.process(go(src, dst, nbytes, at))
     env.run()
-    assert net._n == 0
+    assert net.active == []
 
 
 def test_flows_that_share_no_link_keep_their_rates(monkeypatch):
     # an upload from cell 0 and a download to cell 1 share no link (each direction of a link is
-    # its own link): the download's start and end refill the download alone
+    # its own link): the download's start and end leave the upload untouched, and neither
+    # needs an exact refill
     import sim.network as netmod
 
     env = simpy.Environment()
@@ -168,7 +186,7 @@ def test_flows_that_share_no_link_keep_their_rates(monkeypatch):
                                       server_latency_s=0.0))
     up = net.transfer(0, "server", 10_000_000)
     env.run(until=1.0)
-    rate_before = up.rate
+    rate_before, placed = up.rate, up._tok
     sizes = []
     real = netmod._progressive_filling
     monkeypatch.setattr(netmod, "_progressive_filling",
@@ -176,7 +194,28 @@ def test_flows_that_share_no_link_keep_their_rates(monkeypatch):
     down = net.transfer("server", 1, 500_000)
     env.run(until=2.0)
     assert down.completed and down.end_time == pytest.approx(1.5)
-    assert up.rate == rate_before and sizes == [1]      # one refill, of the download alone
+    assert up.rate == rate_before and up._tok == placed and sizes == []
+
+
+def test_starts_and_ends_on_a_saturated_link_move_its_level_without_a_refill():
+    # 40 uploads through one 4 MB/s backhaul, access links 1 MB/s: from the fifth on the
+    # backhaul is the bottleneck; every start and end moves the cell's level, never a refill
+    env = simpy.Environment()
+    net = Network(env, cell_tree(40, device_up_bps=1e6, device_down_bps=1e6,
+                                 device_latency_s=0.0, backhaul_bps=4e6, backhaul_latency_s=0.0,
+                                 server_latency_s=0.0))
+    flows = []
+    for i in range(40):
+        at = 0.01 * i
+        env.process((lambda i=i, at=at: (yield env.timeout(at)) or
+                     flows.append(net.transfer(i, "server", 200_000)))())
+    env.run(until=0.395)
+    assert [t.rate for t in net.active] == pytest.approx([1e5] * 40)
+    env.run()
+    assert all(t.completed for t in flows) and net.refills == 0
+    # 8 MB cross the 4 MB/s backhaul: the last byte arrives after 2 s at the earliest
+    assert net.bytes_received["server"] == 8_000_000
+    assert max(t.end_time for t in flows) >= 2.0
 
 
 # ------------------------------------------------------------------------------ driver
@@ -227,6 +266,50 @@ def test_device_state_views_read_and_write_the_columns():
     assert dev.running is None and not driver._jobs         # idle: no job table
 
 
+class _TimeoutPerDevice(Driver):
+    """The reference: one SimPy timeout per device's next availability transition."""
+
+    def _schedule_availability(self, node, row):
+        import math
+        t = self.availability.next_change(node, self.env.now, bool(self._avail_on[row]),
+                                          self.rng)
+        if not math.isfinite(t):
+            return
+        ev = self.env.timeout(max(0.0, t - self.env.now))
+
+        def toggle(_ev):
+            self._set_flag(node, "avail_on", not self._avail_on[row])
+            self._schedule_availability(node, row)
+
+        ev.callbacks.append(toggle)
+
+
+def test_availability_transitions_wait_on_one_timer_and_match_per_device_timeouts():
+    # 300 devices with sessions: one SimPy event waits for all their transitions, and the
+    # transitions happen when (and in the order) one timeout per device makes them
+    from sim.availability import Sessions
+
+    n, av = 300, Sessions(mean_online_s=5.0, mean_offline_s=3.0)
+    runs = []
+    for cls in (Driver, _TimeoutPerDevice):
+        env = simpy.Environment()
+        net = Network(env, cell_tree(n, device_up_bps=1e6, device_down_bps=1e6,
+                                     device_latency_s=0.0))
+        driver = cls(env, net, {}, {i: TIERS["low_end"] for i in range(n)}, executor=None,
+                     monitor=Monitor(range(n)), availability=av,
+                     rng=np.random.default_rng(7), server=None)
+        seen = []
+        real = driver._set_flag
+        driver._set_flag = lambda node, flag, value, real=real, env=env, seen=seen: (
+            seen.append((env.now, node, value)), real(node, flag, value))
+        driver.start()
+        runs.append((len(env._queue), seen))
+        env.run(until=20.0)
+    (queued, seen), (queued_ref, ref) = runs
+    assert queued == 1 and queued_ref == n
+    assert len(seen) > n and seen == ref
+
+
 def test_simulation_device_rows_match_a_list_and_pickle():
     cfg = from_dict({"rounds": 2, "fleet": {"devices": 30}, "training": {"backend": "none"},
                      "data": {"dataset": "digits"}, "model": {"hidden": [8]},
@@ -256,6 +339,38 @@ def test_fedavg_server_pool_stays_sorted_as_peers_come_and_go(changes):
         if k == len(changes) // 2:
             server._sorted_pool()            # from here on it is kept up to date
     assert server._sorted_pool() == sorted(server.present, key=str)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 120),
+       st.lists(st.tuples(st.booleans(), st.one_of(st.integers(0, 130),
+                                                  st.sampled_from(["a", "x"]))), max_size=40))
+def test_fedavg_bulk_join_selects_what_one_peer_joined_per_device_selects(n, changes):
+    # peers_joined(range(n)) is n PeerJoined inputs in one: same pool, same sampled cohorts
+    from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
+    from sim.machine import PeerJoined, PeerLost
+
+    def server():
+        return FedAvgServer("server", [np.zeros(1)],
+                            FedAvgParams(rounds=50, clients_per_round=7),
+                            rng=np.random.default_rng(n))
+
+    one, bulk = server(), server()
+    for p in range(n):
+        one.handle(PeerJoined(p), 0.0)
+    bulk.peers_joined(range(n), 0.0)
+    assert bulk.present == set() and bulk._bulk is not None
+    picks = []
+    for s in (one, bulk):
+        s.handle(Start(), 0.0)
+        got = [s.selected]
+        for join, peer in changes:
+            s.handle(PeerJoined(peer) if join else PeerLost(peer), 1.0)
+            s._close_round(1.0, reason="deadline")
+            got.append(s.selected)
+        picks.append(got)
+    assert picks[0] == picks[1]
+    assert list(bulk._sorted_pool()) == list(one._sorted_pool())
 
 
 def test_a_device_runs_its_jobs_one_at_a_time_and_a_cancelled_queued_job_never_runs():

@@ -89,8 +89,92 @@ class FedAvgParams:
         return math.ceil(self.clients_per_round * (1 + self.over_selection))
 
 
+def _str_order(n: int) -> np.ndarray:
+    """``0 .. n-1`` in the order of their decimal strings, ``sorted(range(n), key=str)``,
+    without making n strings: each number's digits, read as base-11 digits ``d + 1`` padded on
+    the right with 0 (shorter prefixes first), give a sort key in int64 (n < 10**18).
+
+    >>> _str_order(12).tolist()
+    [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
+    """
+    x = np.arange(n, dtype=np.int64)
+    width = len(str(max(n - 1, 0)))
+    ndig = np.ones(n, dtype=np.int64)
+    for k in range(1, width):
+        ndig += x >= 10 ** k
+    key = np.zeros(n, dtype=np.int64)
+    for p in range(width):
+        has = ndig > p
+        digit = (x // 10 ** np.maximum(ndig - 1 - p, 0)) % 10
+        key += np.where(has, (digit + 1) * 11 ** (width - 1 - p), 0)
+    return np.argsort(key, kind="stable")
+
+
+class _RangePool:
+    """The devices ``0 .. n-1`` present, as a mask (None while all are), and the pool the server
+    samples from: the present ones in the order of their decimal strings, as
+    ``sorted(present, key=str)`` lists them.  What a bulk ``peers_joined(range(n))`` costs: one
+    order array, made when the first round samples, instead of n set entries and n strings."""
+
+    def __init__(self, n: int):
+        self.n, self.count = n, n
+        self.mask: np.ndarray | None = None
+        self._order: np.ndarray | None = None
+        self._pool: np.ndarray | None = None
+
+    def __contains__(self, peer) -> bool:
+        return type(peer) is int and 0 <= peer < self.n and (self.mask is None or
+                                                             bool(self.mask[peer]))
+
+    def owns(self, peer) -> bool:
+        return type(peer) is int and 0 <= peer < self.n
+
+    def add(self, peer: int) -> None:
+        if self.mask is not None and not self.mask[peer]:
+            self.mask[peer] = True
+            self.count += 1
+            self._pool = None
+
+    def discard(self, peer: int) -> None:
+        if self.mask is None:
+            self.mask = np.ones(self.n, dtype=bool)
+        if self.mask[peer]:
+            self.mask[peer] = False
+            self.count -= 1
+            self._pool = None
+
+    def pool(self) -> np.ndarray:
+        if self._pool is None:
+            if self._order is None:
+                self._order = _str_order(self.n)
+            order = self._order
+            self._pool = order if self.mask is None else order[self.mask[order]]
+        return self._pool
+
+    def __iter__(self):
+        return iter(self.pool().tolist())
+
+
+class _PoolView:
+    """A read-only list view of an int array (node ids as Python ints)."""
+
+    def __init__(self, arr: np.ndarray):
+        self._arr = arr
+
+    def __len__(self) -> int:
+        return len(self._arr)
+
+    def __getitem__(self, i):
+        return int(self._arr[i])
+
+
 class FedAvgServer(Machine):
-    """The FedAvg parameter server (trains nothing)."""
+    """The FedAvg parameter server (trains nothing).
+
+    Besides the machine contract it takes the driver's optional bulk presence input,
+    :meth:`peers_joined` (see ``sim.driver``): the devices ``0 .. n-1`` all present at start-up
+    become a :class:`_RangePool` rather than n ``PeerJoined`` inputs and set entries.
+    """
 
     def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator,
                  dp=None):
@@ -103,6 +187,7 @@ class FedAvgServer(Machine):
         self.round = 0
         self.phase = "idle"               # idle | waiting | training | done
         self.selected: tuple = ()
+        self._chosen: frozenset = frozenset()
         self.updates: dict[NodeId, Update] = {}
         self.gone: set[NodeId] = set()      # selected this round but lost or declined
         self.round_started = 0.0
@@ -112,8 +197,27 @@ class FedAvgServer(Machine):
         # re-sorted every round
         self._pool: list[NodeId] | None = None
         self._pool_keys: list[str] = []
+        self._bulk: _RangePool | None = None    # devices 0..n-1 that joined in bulk
+
+    def peers_joined(self, peers, now: float) -> list[Effect]:
+        """Handle ``PeerJoined(p)`` for every ``p`` of ``peers``, in order, as one input."""
+        if isinstance(peers, range) and peers.start == 0 and peers.step == 1 \
+                and self._bulk is None and not self.present and len(peers):
+            self._bulk = _RangePool(len(peers))
+            self._pool = None
+            return self._try_start(now) if self.phase == "waiting" else []
+        effects: list[Effect] = []
+        for p in peers:
+            effects += self.handle(PeerJoined(p), now)
+        return effects
+
+    def _present_count(self) -> int:
+        return len(self.present) + (self._bulk.count if self._bulk is not None else 0)
 
     def _pool_add(self, peer: NodeId) -> None:
+        if self._bulk is not None and self._bulk.owns(peer):
+            self._bulk.add(peer)
+            return
         if peer in self.present:
             return
         self.present.add(peer)
@@ -124,6 +228,9 @@ class FedAvgServer(Machine):
             self._pool.insert(i, peer)
 
     def _pool_discard(self, peer: NodeId) -> None:
+        if self._bulk is not None and self._bulk.owns(peer):
+            self._bulk.discard(peer)
+            return
         if peer not in self.present:
             return
         self.present.discard(peer)
@@ -135,6 +242,11 @@ class FedAvgServer(Machine):
             del self._pool_keys[i], self._pool[i]
 
     def _sorted_pool(self) -> list[NodeId]:
+        if self._bulk is not None:
+            if not self.present:
+                return _PoolView(self._bulk.pool())
+            # other peers too (rare): one sorted list of both
+            return sorted([*self._bulk, *self.present], key=str)
         if self._pool is None:
             self._pool = sorted(self.present, key=str)
             self._pool_keys = [str(p) for p in self._pool]
@@ -164,13 +276,14 @@ class FedAvgServer(Machine):
         return []
 
     def _try_start(self, now: float) -> list[Effect]:
-        if len(self.present) < self.params.min_clients:
+        if self._present_count() < self.params.min_clients:
             return []
         p = self.params
         pool = self._sorted_pool()
         k = min(p.selected_per_round, len(pool))
         chosen = self.rng.choice(len(pool), size=k, replace=False)
         self.selected = tuple(sorted((pool[i] for i in chosen), key=str))
+        self._chosen = frozenset(self.selected)   # membership tests in O(1)
         self.updates = {}
         self.gone = set()
         self.phase = "training"
@@ -180,7 +293,7 @@ class FedAvgServer(Machine):
         return [Send(d, msg) for d in self.selected]
 
     def _on_update(self, src: NodeId, msg: Update, now: float) -> list[Effect]:
-        if self.phase != "training" or msg.round != self.round or src not in self.selected \
+        if self.phase != "training" or msg.round != self.round or src not in self._chosen \
                 or src in self.updates:
             return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
         bad = check_weights(msg.weights, [np.shape(w) for w in self.weights],
@@ -192,7 +305,7 @@ class FedAvgServer(Machine):
 
     def _on_gone(self, peer: NodeId, now: float) -> list[Effect]:
         """A selected device will not deliver; close early once nobody is left to wait for."""
-        if self.phase != "training" or peer not in self.selected or peer in self.updates:
+        if self.phase != "training" or peer not in self._chosen or peer in self.updates:
             return []
         self.gone.add(peer)
         return self._maybe_close(now)
