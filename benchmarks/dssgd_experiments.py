@@ -60,6 +60,8 @@ AUDIT_END = "<!-- END MEASURED AUDIT -->"
 BEGIN, END = "<!-- BEGIN MEASURED (benchmarks/dssgd_experiments.py) -->", "<!-- END MEASURED -->"
 AUDIT_VALUES = (0.05, 0.1, 0.166, 0.5, 1.0)
 AUDIT_TRIALS = 100_000
+#: a claim needs at least this many paired seeds
+MIN_SEEDS = 10
 FIELDS = ("dataset", "setting", "seed", "rounds", "devices", "final", "best", "bytes_up",
           "bytes_down", "sim_s", "energy_device_mean_j", "energy_device_max_j",
           "flops_device_mean", "epsilon", "staleness_mean", "staleness_median", "staleness_max",
@@ -247,6 +249,8 @@ def claim_row(name: str, d: dict, a: str, b: str, *, within: float | None = None
     c = pair(d, a, b)
     if c is None:
         return f"| {name} | — | — | not measured |"
+    if c["n"] < MIN_SEEDS:
+        return f"| {name} | {c['n']} | {R.fmt_paired(c, 2)} | not claimed (< {MIN_SEEDS} seeds) |"
     if within is None:
         v = R.verdict(c)
     else:   # "≈": the whole interval inside ±within points

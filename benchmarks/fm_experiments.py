@@ -161,9 +161,22 @@ def sklearn_references(dataset, seeds):
     from sklearn.linear_model import LinearRegression, LogisticRegression
 
     from crowdlearn.data import load_dataset
-    out = {"sklearn": [], "trivial": []}
+    out = {"sklearn": [], "trivial": [], "rows_shrunk": [], "lstsq_fm_rows": []}
     for seed in seeds:
         ds = load_dataset(dataset, seed=seed)
+        # FM's own preprocessing of the devices' rows: divided by B, shrunk onto the unit sphere
+        # when longer (the bound its sensitivity needs)
+        sim = experiment.Simulation(config(dataset, seed, rounds=1),
+                                    trainer_factory=fm.LinearEvaluator)
+        model, union = sim.ctx.extra["model"], np.concatenate(sim.ctx.extra["parts"])
+        out["rows_shrunk"].append(float(np.mean(
+            np.linalg.norm(ds.x_train[union], axis=1) > model.scaling.x_bound)))
+        if DATASETS[dataset] == "rmse":   # exact least squares on those rows (no FM, no ADMM)
+            w = np.linalg.lstsq(model.rows(ds.x_train[union]),
+                                model.targets(ds.y_train[union]), rcond=None)[0]
+            (_, m), = fm.LinearEvaluator(sim.spec, None, None).evaluate(
+                [model.to_weights(w)], ds.x_test, ds.y_test)
+            out["lstsq_fm_rows"].append(float(m))
         if DATASETS[dataset] == "accuracy":
             m = LogisticRegression(max_iter=5000).fit(ds.x_train, ds.y_train)
             out["sklearn"].append(float(np.mean(m.predict(ds.x_test) == ds.y_test)))
@@ -256,6 +269,37 @@ def summed_minimiser(dataset, seed, eps, rounds):
             + t.ridge * (np.eye(t.dim) - t.Q @ t.Q.T) for t in ts)
     g = sum(t.Q @ t.qa for t in ts)
     return H, g, -0.5 * np.linalg.solve(H, g), sim.driver.machines["server"].z
+
+
+#: quality-weighting variants tried at the acceptance cell (30 % flipped, ε = 10, breast cancer)
+ACCEPT_VARIANTS = {"median (default)": ({"aggregation": "quality"}, 40),
+                   "trim 30 %": ({"aggregation": "quality", "weighting": "trim"}, 40),
+                   "softmax": ({"aggregation": "quality", "weighting": "softmax"}, 40),
+                   "median, 100 validation rows": ({"aggregation": "quality"}, 100)}
+
+
+def _variants_task(t):
+    seed, eps = t
+    q = {"fraction": 0.3, "kind": "label_flip"}
+    out = {}
+    for public in (40, 100):
+        base = {"epsilon": eps, "bound": "l2", "public_size": public}
+        out[f"clean|{public}"], _ = fm_run("breast_cancer", seed, fm_opts=base)
+        out[f"plain|{public}"], _ = fm_run("breast_cancer", seed, fm_opts=base, quality=q)
+    for name, (opts, public) in ACCEPT_VARIANTS.items():
+        out[name], _ = fm_run("breast_cancer", seed, quality=q,
+                              fm_opts={"epsilon": eps, "bound": "l2", "public_size": public,
+                                       **opts})
+    return out
+
+
+def acceptance_variants(seeds, eps, jobs):
+    """``{name: [per seed]}`` of the variants and their clean / plain references."""
+    out: dict = {}
+    for res in _map(_variants_task, [(s, eps) for s in seeds], jobs):
+        for k, v in res.items():
+            out.setdefault(k, []).append(v)
+    return out
 
 
 def conditioning(dataset, seeds, eps, rounds=(ROUNDS, 200)):
@@ -389,6 +433,14 @@ def markdown(results) -> str:
         triv = "majority class" if key == "accuracy" else "predict the training mean"
         out.append(f"| trivial: {triv} | {R.cell(rr['trivial'])} |")
         out.append("")
+        if rr.get("lstsq_fm_rows"):
+            out.append(f"| exact least squares on FM's preprocessed rows (rows ÷ B, shrunk onto "
+                       f"the unit sphere when longer; no noise, no ADMM) | "
+                       f"{R.cell(rr['lstsq_fm_rows'])} |")
+            out.append("")
+        if rr.get("rows_shrunk"):
+            out.append(f"Training rows longer than FM's bound B (shrunk onto the unit sphere): "
+                       f"{R.cell([100 * v for v in rr['rows_shrunk']], 1)} %.\n")
         if nsk > 1 and seeds.get("sklearn") == seeds["utility"]:
             d = R.paired(_sign(key) * np.asarray(util["∞"]["collab_l2"]),
                          _sign(key) * np.asarray(rr["sklearn"]))
@@ -464,6 +516,21 @@ def markdown(results) -> str:
             for e, vals in by_eps.items():
                 out.append(f"| {dataset} | {e} | " + " | ".join(
                     R.cell(vals[r], 4) for r in rounds) + " |")
+        out.append("")
+    if results.get("variants"):
+        v = results["variants"]
+        out.append(f"#### Acceptance cell (breast cancer, 30 % flipped, ε = 10, l2 Δ): weighting "
+                   f"variants (seeds {R.seeds_text(seeds['variants'])})\n")
+        out.append("| variant | accuracy | plain averaging | clean | recovered [bootstrap 95 %] "
+                   "| recovered − 70 % of lost (paired) | ≥ 70 % |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, (_, public) in ACCEPT_VARIANTS.items():
+            q, pl, cl = (np.asarray(v[k]) for k in (name, f"plain|{public}", f"clean|{public}"))
+            est, lo, hi = R.bootstrap_ratio(q - pl, cl - pl)
+            acc = R.paired(q - pl - 0.7 * (cl - pl), np.zeros_like(q))
+            out.append(f"| {name} | {R.cell(q)} | {R.cell(pl)} | {R.cell(cl)} | "
+                       f"{100 * est:.0f} % [{100 * lo:.0f} %, {100 * hi:.0f} %] | "
+                       f"{R.fmt_paired(acc)} | {R.verdict(acc)} |")
         out.append("")
     for dataset, by_eps in (results.get("conditioning") or {}).items():
         out.append(f"#### Why the parameter distance stays large: {dataset}, conditioning of the "
@@ -560,7 +627,8 @@ def write_docs(table_md: str) -> None:
     DOC.write_text(new)
 
 
-SECTIONS = ("utility", "unreliable", "consensus", "deep", "sklearn", "conditioning")
+SECTIONS = ("utility", "unreliable", "consensus", "deep", "sklearn", "conditioning",
+            "variants")
 
 
 def main(argv=None) -> int:
@@ -625,6 +693,12 @@ def main(argv=None) -> int:
                                     for e in (10.0, math.inf)} for d in DATASETS}
         log("consensus tolerance measured")
         results["wall_s"]["consensus"] = time.perf_counter() - t
+    if "variants" in only:
+        seeds = list(range(n_unrel))
+        results["seeds"]["variants"] = seeds
+        t = time.perf_counter()
+        results["variants"] = acceptance_variants(seeds, 10.0, args.jobs)
+        results["wall_s"]["variants"] = time.perf_counter() - t
     if "conditioning" in only:
         seeds = list(range(min(n_util, 10)))
         results["seeds"]["conditioning"] = seeds
