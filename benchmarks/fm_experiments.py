@@ -315,9 +315,9 @@ def conditioning(dataset, seeds, eps, rounds=(ROUNDS, 200)):
             lam, Q = np.linalg.eigh(H)
             e = Q.T @ (z - w)
             small = lam < 1e-3 * lam.max()
-            f = lambda v: float(g @ v + v @ H @ v)  # noqa: E731
+            fz, fw = (float(g @ v + v @ H @ v) for v in (z, w))
             out[f"small_share_{r}"].append(float(np.sum(e[small] ** 2) / np.sum(e ** 2)))
-            out[f"gap_{r}"].append((f(z) - f(w)) / abs(f(w)))
+            out[f"gap_{r}"].append((fz - fw) / abs(fw))
             if r == rounds[0]:
                 out["cond"].append(float(lam.max() / lam.min()))
                 out["small_dirs"].append(int(small.sum()))
