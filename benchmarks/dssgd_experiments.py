@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import sys
 import time
@@ -175,20 +174,31 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
-def measure(dataset_name: str, rounds: int, seeds: list[int], only: list[str] | None) -> None:
+def measure(dataset_name: str, rounds: int, seeds: list[int], only: list[str] | None,
+            exact: list[str] | None = None) -> None:
+    """Run the grid's missing rows: seed by seed, or (``exact``: setting names in priority
+    order) setting by setting, so that the first settings reach every seed first."""
     from crowdlearn.data import load_dataset
 
     plan = settings()
-    names = [k for k in plan if only is None or any(o in k for o in only)]
-    for seed in seeds:
-        ds = None
-        for name in names:
-            # re-read before each run: another process may measure the same grid
-            done = {(r["dataset"], r["setting"], r["seed"], r["rounds"]) for r in load_rows()}
-            if (dataset_name, name, seed, rounds) in done:
-                continue
-            ds = ds if ds is not None else load_dataset(dataset_name, seed=seed)
-            append_row(run_one(dataset_name, name, plan[name], rounds, seed, ds))
+    if exact:
+        bad = [n for n in exact if n not in plan]
+        if bad:
+            raise SystemExit(f"--setting: unknown {bad}; choose from {list(plan)}")
+        cells = [(seed, n) for n in exact for seed in seeds]
+    else:
+        names = [k for k in plan if only is None or any(o in k for o in only)]
+        cells = [(seed, n) for seed in seeds for n in names]
+    cache: dict = {}
+    for seed, name in cells:
+        # re-read before each run: another process may measure the same grid
+        done = {(r["dataset"], r["setting"], r["seed"], r["rounds"]) for r in load_rows()}
+        if (dataset_name, name, seed, rounds) in done:
+            continue
+        if seed not in cache:
+            cache.clear()
+            cache[seed] = load_dataset(dataset_name, seed=seed)
+        append_row(run_one(dataset_name, name, plan[name], rounds, seed, cache[seed]))
 
 
 # ---------------------------------------------------------------- rendering
@@ -263,7 +273,8 @@ def claims_table(d: dict) -> list[str]:
     out = ["| claim (final accuracy, points) | seeds | paired difference [95 %], p | verdict |",
            "|---|---:|---|---|"]
     for o in ORDERS:
-        t = lambda x: f"{o} θu={short(x)}"  # noqa: E731
+        def t(x, o=o):
+            return f"{o} θu={short(x)}"
         out += [claim_row(f"{o}: centralized > θu = 100 %", d, "centralized", t(1.0)),
                 claim_row(f"{o}: θu = 100 % ≈ θu = 10 %", d, t(1.0), t(0.1), within=1.0),
                 claim_row(f"{o}: θu = 10 % > θu = 1 %", d, t(0.1), t(0.01)),
@@ -316,6 +327,11 @@ def async_table(d: dict) -> list[str]:
     return out
 
 
+def seeds_arg(seeds) -> str:
+    """``0-9`` or ``0,3,5``: the ``--seeds`` value that measures these seeds."""
+    return R.seeds_text(seeds).replace("–", "-").replace(", ", ",")
+
+
 def render(rows: list[dict]) -> str:
     out = [BEGIN]
     seeds_all, cpu = set(), 0.0
@@ -329,7 +345,7 @@ def render(rows: list[dict]) -> str:
         out += [f"### {DATASET_NAMES[ds]}: R = {rounds} epochs per participant, seeds "
                 f"{R.seeds_text(seeds)}", "",
                 f"Command: `nice -n 10 .venv/bin/python benchmarks/dssgd_experiments.py "
-                f"--dataset {ds} --rounds {rounds} --seeds {R.seeds_text(seeds).replace('–', '-')}`"
+                f"--dataset {ds} --rounds {rounds} --seeds {seeds_arg(seeds)}`"
                 f", then `--write-docs`.", "", "#### Accuracy, traffic, energy", "",
                 *main_table(d), "", "#### The spec's ordering and the other claims, paired over "
                 "seeds", "", *claims_table(d), "", "#### The asynchronous order: staleness",
@@ -391,6 +407,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0-9", help="seeds to measure, e.g. 0-9 or 0,3,5")
     ap.add_argument("--only", action="append",
                     help="measure only the settings whose name contains this (repeatable)")
+    ap.add_argument("--setting", action="append",
+                    help="measure exactly this setting, setting by setting in the order given "
+                         "(repeatable; overrides --only)")
     ap.add_argument("--write-docs", action="store_true",
                     help=f"render the measured block of {DOC.relative_to(ROOT)} from "
                          f"{DATA.relative_to(ROOT)}")
@@ -411,7 +430,7 @@ def main(argv=None) -> int:
                 AUDIT_BEGIN, AUDIT_END)
         return 0
     if args.dataset:
-        measure(args.dataset, args.rounds, parse_seeds(args.seeds), args.only)
+        measure(args.dataset, args.rounds, parse_seeds(args.seeds), args.only, args.setting)
     if args.write_docs:
         md = render(load_rows())
         replace_block(md, BEGIN, END)

@@ -787,8 +787,13 @@ def main(argv=None) -> int:
     ap.add_argument("--write-docs", action="store_true",
                     help=f"write {DOC.relative_to(ROOT)} and the per-seed values "
                          f"{DATA.relative_to(ROOT)}")
-    ap.add_argument("--render", action="store_true",
-                    help=f"only render the doc from {DATA.relative_to(ROOT)}")
+    ap.add_argument("--data", type=Path, default=DATA,
+                    help="where --write-docs keeps the per-seed values (default: the one "
+                         "the doc is rendered from)")
+    ap.add_argument("--render", nargs="*", type=Path, metavar="DATA",
+                    help=f"only render the doc from per-seed files (default "
+                         f"{DATA.relative_to(ROOT)}); several files (seeds measured by "
+                         f"separate processes) are merged into {DATA.relative_to(ROOT)}")
     ap.add_argument("--seed", type=int, default=0, help="first model seed")
     ap.add_argument("--seeds", type=int, default=5, help="model seeds (default 5)")
     ap.add_argument("--samples", type=int, default=40, help="images per DSSGD row")
@@ -797,8 +802,14 @@ def main(argv=None) -> int:
     ap.add_argument("--fashion-iterations", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=20, help="membership simulation rounds")
     args = ap.parse_args(argv)
-    if args.render:
-        data = json.loads(DATA.read_text())
+    if args.render is not None:
+        parts = [json.loads(f.read_text()) for f in (args.render or [DATA])]
+        data = {"command": " + ".join(d["command"] for d in parts),
+                "elapsed_s": sum(d["elapsed_s"] for d in parts),
+                "when": max(d["when"] for d in parts),
+                "per_seed": {k: v for d in parts for k, v in d["per_seed"].items()}}
+        if args.render:
+            DATA.write_text(json.dumps(data, indent=1))
         write_docs(merged(data["per_seed"]), data["command"], data["elapsed_s"])
         return 0
     if args.quick:
@@ -839,8 +850,8 @@ def main(argv=None) -> int:
     if args.write_docs:
         command = "`nice -n 10 .venv/bin/python benchmarks/privacy_attacks.py " + " ".join(
             sys.argv[1:]) + "`"
-        DATA.parent.mkdir(parents=True, exist_ok=True)
-        DATA.write_text(json.dumps({"command": command, "elapsed_s": elapsed,
+        args.data.parent.mkdir(parents=True, exist_ok=True)
+        args.data.write_text(json.dumps({"command": command, "elapsed_s": elapsed,
                                     "when": time.strftime("%Y-%m-%d"),
                                     "per_seed": _plain(per_seed)}, indent=1))
         write_docs(out, command, elapsed)
