@@ -501,6 +501,9 @@ def test_fleet_learns_and_bytes_are_the_encoded_sizes(registered, order):
     assert all(len(u.indices) <= c for u in uploads) and c == sim.spec.num_params() // 10
     if order != "asynchronous":                               # one turn per device per cycle
         assert all(d["rounds_aggregated"] == 3 for d in res.devices)
+    # staleness in summary.json: 0 when turns are atomic, > 0 when six devices race
+    assert (res.summary["staleness_max"] == 0) == (order != "asynchronous")
+    assert res.summary["staleness_mean"] == np.mean(sim.driver.machines["server"].staleness)
 
 
 def test_fleet_with_dp_metrics_summary_and_privacy_csv_agree_with_the_ledger(registered,
