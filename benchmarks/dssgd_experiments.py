@@ -290,16 +290,17 @@ OTHER_CLAIMS = (
     ("round robin > asynchronous (θu = 10 %)", "round_robin θu=0.1", "asynchronous θu=0.1"),
     ("DP: ε_p = 10 > ε_p = 1", "round_robin θu=0.1 DP ε_p=10", "round_robin θu=0.1 DP ε_p=1"),
     ("no DP > DP ε_p = 10", "round_robin θu=0.1", "round_robin θu=0.1 DP ε_p=10"))
-#: (comparison, a, b): "a − b", paired over seeds
+#: (claim, a, b): "a > b", paired over seeds
 ASYNC_CLAIMS = (
-    ("asynchronous − round robin, 30 participants", "asynchronous θu=0.1", "round_robin θu=0.1"),
-    ("asynchronous − round robin, 10 participants", "asynchronous θu=0.1 N=10",
-     "round_robin θu=0.1 N=10"),
-    ("asynchronous − round robin, 5 participants", "asynchronous θu=0.1 N=5",
-     "round_robin θu=0.1 N=5"),
-    ("asynchronous: γ = 0.005 − γ = 0.05", "asynchronous θu=0.1 γ=0.005", "asynchronous θu=0.1"),
-    ("asynchronous: lr = 0.01 − lr = 0.05", "asynchronous θu=0.1 lr=0.01", "asynchronous θu=0.1"),
-    ("round robin − asynchronous γ = 0.005", "round_robin θu=0.1", "asynchronous θu=0.1 γ=0.005"))
+    ("round robin > asynchronous, 30 participants", "round_robin θu=0.1", "asynchronous θu=0.1"),
+    ("round robin > asynchronous, 10 participants", "round_robin θu=0.1 N=10",
+     "asynchronous θu=0.1 N=10"),
+    ("round robin > asynchronous, 5 participants", "round_robin θu=0.1 N=5",
+     "asynchronous θu=0.1 N=5"),
+    ("asynchronous: γ = 0.005 > γ = 0.05", "asynchronous θu=0.1 γ=0.005", "asynchronous θu=0.1"),
+    ("asynchronous: lr = 0.01 > lr = 0.05", "asynchronous θu=0.1 lr=0.01", "asynchronous θu=0.1"),
+    ("round robin > asynchronous with γ = 0.005", "round_robin θu=0.1",
+     "asynchronous θu=0.1 γ=0.005"))
 
 
 ASYNC_ROWS = ("round_robin θu=0.1", "asynchronous θu=0.1", "asynchronous θu=0.1 γ=0.005",
@@ -321,7 +322,7 @@ def async_table(d: dict) -> list[str]:
                    f"{R.cell(col(d, n, 'staleness_median'), 1)} | "
                    f"{R.cell(col(d, n, 'staleness_max'), 1)} | "
                    f"{R.cell(col(d, n, 'fraction_at_gamma', 100), 2)} |")
-    out += ["", "| comparison (final accuracy, points) | seeds | paired difference [95 %], p | "
+    out += ["", "| claim (final accuracy, points) | seeds | paired difference [95 %], p | "
             "verdict |", "|---|---:|---|---|"]
     out += [claim_row(name, d, a, b) for name, a, b in ASYNC_CLAIMS]
     return out
