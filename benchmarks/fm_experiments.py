@@ -154,11 +154,43 @@ def utility_table(dataset, seeds, jobs, log):
     return out
 
 
-def nonprivate_references(dataset, seeds):
-    """FedAvg and the centralized protocol (TensorFlow, linear model) and scikit-learn."""
+def sklearn_references(dataset, seeds):
+    """scikit-learn on each seed's own train/test split (the split the FM runs of that seed
+    use), all training rows, and the trivial predictor: ``{"sklearn": [...], "trivial": [...]}``
+    per seed, so the comparison with FM can be paired."""
     from sklearn.linear_model import LinearRegression, LogisticRegression
 
     from crowdlearn.data import load_dataset
+    out = {"sklearn": [], "trivial": [], "rows_shrunk": [], "lstsq_fm_rows": []}
+    for seed in seeds:
+        ds = load_dataset(dataset, seed=seed)
+        # FM's own preprocessing of the devices' rows: divided by B, shrunk onto the unit sphere
+        # when longer (the bound its sensitivity needs)
+        sim = experiment.Simulation(config(dataset, seed, rounds=1),
+                                    trainer_factory=fm.LinearEvaluator)
+        model, union = sim.ctx.extra["model"], np.concatenate(sim.ctx.extra["parts"])
+        out["rows_shrunk"].append(float(np.mean(
+            np.linalg.norm(ds.x_train[union], axis=1) > model.scaling.x_bound)))
+        if DATASETS[dataset] == "rmse":   # exact least squares on those rows (no FM, no ADMM)
+            w = np.linalg.lstsq(model.rows(ds.x_train[union]),
+                                model.targets(ds.y_train[union]), rcond=None)[0]
+            (_, m), = fm.LinearEvaluator(sim.spec, None, None).evaluate(
+                [model.to_weights(w)], ds.x_test, ds.y_test)
+            out["lstsq_fm_rows"].append(float(m))
+        if DATASETS[dataset] == "accuracy":
+            m = LogisticRegression(max_iter=5000).fit(ds.x_train, ds.y_train)
+            out["sklearn"].append(float(np.mean(m.predict(ds.x_test) == ds.y_test)))
+            out["trivial"].append(float(max(np.mean(ds.y_test == c) for c in (0, 1))))
+        else:
+            m = LinearRegression().fit(ds.x_train, ds.y_train)
+            out["sklearn"].append(float(np.sqrt(np.mean((m.predict(ds.x_test) - ds.y_test)
+                                                        ** 2))))
+            out["trivial"].append(float(np.sqrt(np.mean((ds.y_test - ds.y_train.mean()) ** 2))))
+    return out
+
+
+def nonprivate_references(dataset, seeds):
+    """FedAvg and the centralized protocol (TensorFlow, linear model)."""
     key = DATASETS[dataset]
     out = {}
     for proto in ("fedavg", "centralized"):
@@ -170,15 +202,6 @@ def nonprivate_references(dataset, seeds):
             res = experiment.Simulation(cfg).run()
             vals.append(res.metrics[-1][key])
         out[proto] = vals
-    ds = load_dataset(dataset, seed=0)
-    if key == "accuracy":
-        m = LogisticRegression(max_iter=5000).fit(ds.x_train, ds.y_train)
-        out["sklearn"] = [float(np.mean(m.predict(ds.x_test) == ds.y_test))]
-        out["trivial"] = [float(max(np.mean(ds.y_test == c) for c in (0, 1)))]
-    else:
-        m = LinearRegression().fit(ds.x_train, ds.y_train)
-        out["sklearn"] = [float(np.sqrt(np.mean((m.predict(ds.x_test) - ds.y_test) ** 2)))]
-        out["trivial"] = [float(np.sqrt(np.mean((ds.y_test - ds.y_train.mean()) ** 2)))]
     return out
 
 
@@ -232,13 +255,72 @@ def consensus(dataset, seeds, eps, rounds=(ROUNDS, 200)):
     out = {str(r): [] for r in rounds}
     for seed in seeds:
         for r in rounds:
-            _, sim = fm_run(dataset, seed, rounds=r, fm_opts={"epsilon": eps, "bound": "l2"})
-            ts = [sim.driver.machines[d].objective for d in range(DEVICES)]
-            H = sum(t.Q @ np.diag(t.lam + t.ridge) @ t.Q.T
-                    + t.ridge * (np.eye(t.dim) - t.Q @ t.Q.T) for t in ts)
-            w = -0.5 * np.linalg.solve(H, sum(t.Q @ t.qa for t in ts))
-            z = sim.driver.machines["server"].z
+            _, _, w, z = summed_minimiser(dataset, seed, eps, r)
             out[str(r)].append(float(np.linalg.norm(z - w) / np.linalg.norm(w)))
+    return out
+
+
+def summed_minimiser(dataset, seed, eps, rounds):
+    """One run's summed objective ``f(v) = gᵀv + vᵀHv`` (participants' noisy, trimmed
+    objectives with their ridge), its minimiser ``w*`` and the global model ``z``."""
+    _, sim = fm_run(dataset, seed, rounds=rounds, fm_opts={"epsilon": eps, "bound": "l2"})
+    ts = [sim.driver.machines[d].objective for d in range(DEVICES)]
+    H = sum(t.Q @ np.diag(t.lam + t.ridge) @ t.Q.T
+            + t.ridge * (np.eye(t.dim) - t.Q @ t.Q.T) for t in ts)
+    g = sum(t.Q @ t.qa for t in ts)
+    return H, g, -0.5 * np.linalg.solve(H, g), sim.driver.machines["server"].z
+
+
+#: quality-weighting variants tried at the acceptance cell (30 % flipped, ε = 10, breast cancer)
+ACCEPT_VARIANTS = {"median (default)": ({"aggregation": "quality"}, 40),
+                   "trim 30 %": ({"aggregation": "quality", "weighting": "trim"}, 40),
+                   "softmax": ({"aggregation": "quality", "weighting": "softmax"}, 40),
+                   "median, 100 validation rows": ({"aggregation": "quality"}, 100)}
+
+
+def _variants_task(t):
+    seed, eps = t
+    q = {"fraction": 0.3, "kind": "label_flip"}
+    out = {}
+    for public in (40, 100):
+        base = {"epsilon": eps, "bound": "l2", "public_size": public}
+        out[f"clean|{public}"], _ = fm_run("breast_cancer", seed, fm_opts=base)
+        out[f"plain|{public}"], _ = fm_run("breast_cancer", seed, fm_opts=base, quality=q)
+    for name, (opts, public) in ACCEPT_VARIANTS.items():
+        out[name], _ = fm_run("breast_cancer", seed, quality=q,
+                              fm_opts={"epsilon": eps, "bound": "l2", "public_size": public,
+                                       **opts})
+    return out
+
+
+def acceptance_variants(seeds, eps, jobs):
+    """``{name: [per seed]}`` of the variants and their clean / plain references."""
+    out: dict = {}
+    for res in _map(_variants_task, [(s, eps) for s in seeds], jobs):
+        for k, v in res.items():
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def conditioning(dataset, seeds, eps, rounds=(ROUNDS, 200)):
+    """Where the consensus error lives: the summed objective's condition number, the share of
+    ``‖z − w*‖²`` in the directions with eigenvalue ``< 1e-3·λ_max``, and the relative
+    objective gap ``(f(z) − f(w*)) / |f(w*)|`` (``f`` the summed trimmed objective, without its
+    constant), per seed and round count."""
+    out: dict = {"cond": [], **{f"small_share_{r}": [] for r in rounds},
+                 **{f"gap_{r}": [] for r in rounds}, "small_dirs": []}
+    for seed in seeds:
+        for r in rounds:
+            H, g, w, z = summed_minimiser(dataset, seed, eps, r)
+            lam, Q = np.linalg.eigh(H)
+            e = Q.T @ (z - w)
+            small = lam < 1e-3 * lam.max()
+            fz, fw = (float(g @ v + v @ H @ v) for v in (z, w))
+            out[f"small_share_{r}"].append(float(np.sum(e[small] ** 2) / np.sum(e ** 2)))
+            out[f"gap_{r}"].append((fz - fw) / abs(fw))
+            if r == rounds[0]:
+                out["cond"].append(float(lam.max() / lam.min()))
+                out["small_dirs"].append(int(small.sum()))
     return out
 
 
@@ -331,7 +413,7 @@ def markdown(results) -> str:
             out.append(f"| {e} | {R.cell(r['collab_spec'])} | {R.cell(r['collab_l2'])} | "
                        f"{R.cell(r['oneshot_l2'])} | {R.cell(r['central_spec'])} | "
                        f"{R.cell(r['central_l2'])} |")
-        rr = ref[dataset]
+        rr = {**ref[dataset], **results.get("sklearn", {}).get(dataset, {})}
         nref = len(rr["fedavg"])
         out.append("")
         out.append("| non-private reference | " + key + " |")
@@ -343,11 +425,28 @@ def markdown(results) -> str:
         out.append(f"| centralized SGD (`centralized` protocol, {ROUNDS} epochs; {nref} seeds) | "
                    f"{R.cell(rr['centralized'])} |")
         sk = "LogisticRegression" if key == "accuracy" else "LinearRegression"
-        out.append(f"| centralized scikit-learn {sk} (all training rows; deterministic) | "
-                   f"{rr['sklearn'][0]:.3f} |")
+        nsk = len(rr["sklearn"])
+        per_seed = f"each seed's own split, seeds {R.seeds_text(seeds.get('sklearn', []))}" \
+            if nsk > 1 else "seed 0's split only"
+        out.append(f"| centralized scikit-learn {sk} (all training rows; {per_seed}) | "
+                   f"{R.cell(rr['sklearn'])} |")
         triv = "majority class" if key == "accuracy" else "predict the training mean"
-        out.append(f"| trivial: {triv} | {rr['trivial'][0]:.3f} |")
+        out.append(f"| trivial: {triv} | {R.cell(rr['trivial'])} |")
         out.append("")
+        if rr.get("lstsq_fm_rows"):
+            out.append(f"| exact least squares on FM's preprocessed rows (rows ÷ B, shrunk onto "
+                       f"the unit sphere when longer; no noise, no ADMM) | "
+                       f"{R.cell(rr['lstsq_fm_rows'])} |")
+            out.append("")
+        if rr.get("rows_shrunk"):
+            out.append(f"Training rows longer than FM's bound B (shrunk onto the unit sphere): "
+                       f"{R.cell([100 * v for v in rr['rows_shrunk']], 1)} %.\n")
+        if nsk > 1 and seeds.get("sklearn") == seeds["utility"]:
+            d = R.paired(_sign(key) * np.asarray(util["∞"]["collab_l2"]),
+                         _sign(key) * np.asarray(rr["sklearn"]))
+            out.append(f"Collaborative FM without noise minus scikit-learn {sk}, paired over "
+                       f"the seeds (same split; positive = FM better): {R.fmt_paired(d)} — "
+                       f"{R.verdict(d)}.\n")
         ut = results["utility"][dataset]
         d = R.paired(_sign(key) * np.asarray(ut["10"]["collab_l2"]),
                      _sign(key) * np.asarray(ut["10"]["oneshot_l2"]))
@@ -418,6 +517,34 @@ def markdown(results) -> str:
                 out.append(f"| {dataset} | {e} | " + " | ".join(
                     R.cell(vals[r], 4) for r in rounds) + " |")
         out.append("")
+    if results.get("variants"):
+        v = results["variants"]
+        out.append(f"#### Acceptance cell (breast cancer, 30 % flipped, ε = 10, l2 Δ): weighting "
+                   f"variants (seeds {R.seeds_text(seeds['variants'])})\n")
+        out.append("| variant | accuracy | plain averaging | clean | recovered [bootstrap 95 %] "
+                   "| recovered − 70 % of lost (paired) | ≥ 70 % |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, (_, public) in ACCEPT_VARIANTS.items():
+            q, pl, cl = (np.asarray(v[k]) for k in (name, f"plain|{public}", f"clean|{public}"))
+            est, lo, hi = R.bootstrap_ratio(q - pl, cl - pl)
+            acc = R.paired(q - pl - 0.7 * (cl - pl), np.zeros_like(q))
+            out.append(f"| {name} | {R.cell(q)} | {R.cell(pl)} | {R.cell(cl)} | "
+                       f"{100 * est:.0f} % [{100 * lo:.0f} %, {100 * hi:.0f} %] | "
+                       f"{R.fmt_paired(acc)} | {R.verdict(acc)} |")
+        out.append("")
+    for dataset, by_eps in (results.get("conditioning") or {}).items():
+        out.append(f"#### Why the parameter distance stays large: {dataset}, conditioning of the "
+                   f"summed objective (seeds {R.seeds_text(seeds['conditioning'])})\n")
+        out.append("| ε | condition number | directions with λ < 1e-3·λ_max | share of "
+                   "‖z − w*‖² in them, 20 / 200 rounds | relative objective gap, 20 / 200 "
+                   "rounds |")
+        out.append("| --- | --- | --- | --- | --- |")
+        for e, c in by_eps.items():
+            out.append(f"| {e} | {np.median(c['cond']):.2e} (median) | "
+                       f"{R.cell(c['small_dirs'], 1)} | {R.cell(c['small_share_20'], 4)} / "
+                       f"{R.cell(c['small_share_200'], 4)} | {R.cell(c['gap_20'], 4)} / "
+                       f"{R.cell(c['gap_200'], 4)} |")
+        out.append("")
     for dataset, d in (results.get("deep") or {}).items():
         if d is None:
             continue
@@ -463,7 +590,8 @@ def plot(results, path: Path) -> None:
             ax.errorbar(xs, mh[:, 0], yerr=mh[:, 1], fmt=style, capsize=3, label=label)
         ref = results["references"][dataset]
         ax.axhline(np.mean(ref["fedavg"]), color="grey", ls=":", label="FedAvg (non-private)")
-        ax.axhline(ref["sklearn"][0], color="k", ls="-.", lw=0.8,
+        sk = results.get("sklearn", {}).get(dataset, ref)["sklearn"]
+        ax.axhline(np.mean(sk), color="k", ls="-.", lw=0.8,
                    label="centralized sklearn (non-private)")
         ax.set_xticks(xs, [eps_label(e) for e in EPSILONS])
         ax.set_xlabel("ε per participant")
@@ -499,7 +627,8 @@ def write_docs(table_md: str) -> None:
     DOC.write_text(new)
 
 
-SECTIONS = ("utility", "unreliable", "consensus", "deep")
+SECTIONS = ("utility", "unreliable", "consensus", "deep", "sklearn", "conditioning",
+            "variants")
 
 
 def main(argv=None) -> int:
@@ -537,6 +666,13 @@ def main(argv=None) -> int:
             log(f"non-private references: {dataset}")
             results["references"][dataset] = nonprivate_references(dataset, seeds[:3])
         results["wall_s"]["utility"] = time.perf_counter() - t
+    if "utility" in only or "sklearn" in only:
+        # per seed, on the utility seeds' own splits (cheap: scikit-learn only)
+        seeds = list(range(n_util))
+        results["seeds"]["sklearn"] = seeds
+        results.setdefault("sklearn", {})
+        for dataset in DATASETS:
+            results["sklearn"][dataset] = sklearn_references(dataset, seeds)
     if "unreliable" in only:
         seeds = list(range(n_unrel))
         results["seeds"]["unreliable"] = seeds
@@ -557,6 +693,20 @@ def main(argv=None) -> int:
                                     for e in (10.0, math.inf)} for d in DATASETS}
         log("consensus tolerance measured")
         results["wall_s"]["consensus"] = time.perf_counter() - t
+    if "variants" in only:
+        seeds = list(range(n_unrel))
+        results["seeds"]["variants"] = seeds
+        t = time.perf_counter()
+        results["variants"] = acceptance_variants(seeds, 10.0, args.jobs)
+        results["wall_s"]["variants"] = time.perf_counter() - t
+    if "conditioning" in only:
+        seeds = list(range(min(n_util, 10)))
+        results["seeds"]["conditioning"] = seeds
+        t = time.perf_counter()
+        results["conditioning"] = {"breast_cancer": {"∞": conditioning("breast_cancer", seeds,
+                                                                       math.inf)}}
+        log("conditioning measured")
+        results["wall_s"]["conditioning"] = time.perf_counter() - t
     if "deep" in only:
         t = time.perf_counter()
         results["deep"] = {}

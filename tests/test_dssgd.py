@@ -269,6 +269,30 @@ def test_asynchronous_serves_everyone_and_defers_a_request_that_overtakes_its_up
     assert s.accepted == {0: 2, 1: 2}
 
 
+def test_staleness_counts_the_uploads_applied_between_a_download_and_its_upload():
+    s = make_server(participants=(0, 1, 2), rounds=2, order="asynchronous", theta_u=0.5,
+                    gamma=0.5)
+    s.handle(Start(), 0.0)
+    req = DownloadRequest(1.0, "most_updated")
+    d = {p: sends(s.handle(Received(p, req), 0.1 * (p + 1)))[0].message for p in (0, 1, 2)}
+    s.handle(Received(2, upd(d[2].turn, [1], [0.5])), 1.0)     # nobody before it: 0
+    s.handle(Received(0, upd(d[0].turn, [2], [0.25])), 1.1)    # 2 uploaded since 0's download: 1
+    s.handle(Received(1, upd(d[1].turn, [3, 4], [-0.5, 0.1])), 1.2)  # 2 and 0: 2
+    assert s.staleness == [0, 1, 2]
+    out = s.staleness_summary()
+    assert (out["staleness_mean"], out["staleness_median"], out["staleness_max"]) == (1.0, 1.0, 2)
+    assert out["upload_fraction_at_gamma"] == 2 / 4             # 0.5 and -0.5 of 4 values
+
+
+def test_coordinated_turns_are_never_stale():
+    s = make_server(participants=(0, 1), rounds=2)
+    s.handle(Start(), 0.0)
+    for _ in range(4):                       # 2 cycles of 2 turns
+        take_turn(s, s.grant[0], [1], [1.0])
+    assert s.staleness == [0, 0, 0, 0]
+    assert s.staleness_summary()["upload_fraction_at_gamma"] == 0.0    # γ = ∞: never clipped
+
+
 # ---------------------------------------------------------------- the participant
 SPEC = mlp(4, [3], 2)
 
@@ -477,6 +501,9 @@ def test_fleet_learns_and_bytes_are_the_encoded_sizes(registered, order):
     assert all(len(u.indices) <= c for u in uploads) and c == sim.spec.num_params() // 10
     if order != "asynchronous":                               # one turn per device per cycle
         assert all(d["rounds_aggregated"] == 3 for d in res.devices)
+    # staleness in summary.json: 0 when turns are atomic, > 0 when six devices race
+    assert (res.summary["staleness_max"] == 0) == (order != "asynchronous")
+    assert res.summary["staleness_mean"] == np.mean(sim.driver.machines["server"].staleness)
 
 
 def test_fleet_with_dp_metrics_summary_and_privacy_csv_agree_with_the_ledger(registered,

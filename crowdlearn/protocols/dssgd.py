@@ -407,6 +407,12 @@ class DSSGDServer(Machine):
         self.deferred: dict[NodeId, DownloadRequest] = {}
         self.accepted: dict[NodeId, int] = {p: 0 for p in self.participants}
         self.finished: set[NodeId] = set()
+        # staleness: accepted uploads by others between a participant's download and its upload
+        # (0 in the coordinated orders, where a turn is atomic), one entry per accepted upload
+        self.served_at: dict[NodeId, int] = {}
+        self.staleness: list[int] = []
+        self.entries_uploaded = 0
+        self.entries_at_gamma = 0             # uploaded values clipped to ±γ
 
     # ------------------------------------------------------------ transition table
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -511,6 +517,7 @@ class DSSGDServer(Machine):
 
     def _serve(self, dst: NodeId, turn: int, req: DownloadRequest) -> Send:
         n = self.weights.size
+        self.served_at[dst] = self.uploads
         k = self.params.download_count(n, req.theta_d)
         if k >= n:
             return Send(dst, ParamsDownload(turn, None, self.weights.copy()))
@@ -578,6 +585,11 @@ class DSSGDServer(Machine):
             reason = check_bounded(vals, bound=self.params.gamma)
         if reason is not None:
             return False, [Report("bad_update", reason, (("device", src), ("turn", msg.turn)))]
+        self.staleness.append(self.uploads - self.served_at.get(src, self.uploads))
+        self.entries_uploaded += int(idx.size)
+        if math.isfinite(self.params.gamma):
+            self.entries_at_gamma += int(np.count_nonzero(
+                np.abs(vals) >= np.float32(self.params.gamma)))
         self.weights[idx] += vals
         self.counters[idx] += 1.0
         self.last_update[idx] = self.uploads
@@ -610,6 +622,20 @@ class DSSGDServer(Machine):
         self.phase = "done"
         self.grant = None
         return [Halt()]
+
+    def staleness_summary(self) -> dict:
+        """``summary.json`` fields: staleness of the accepted uploads, share clipped to ±γ.
+
+        ``staleness_mean`` / ``_median`` / ``_max``: how many other participants' uploads the
+        server applied between a participant's download and its upload (0 in the coordinated
+        orders); ``upload_fraction_at_gamma``: the share of uploaded values at ±γ.
+        """
+        st = np.asarray(self.staleness, float)
+        return {"staleness_mean": float(st.mean()) if st.size else None,
+                "staleness_median": float(np.median(st)) if st.size else None,
+                "staleness_max": int(st.max()) if st.size else None,
+                "upload_fraction_at_gamma": (self.entries_at_gamma / self.entries_uploaded
+                                             if self.entries_uploaded else None)}
 
     _EVENTS = {Start: _on_start, PeerJoined: _on_joined, PeerLost: _on_lost,
                TimerFired: _on_timer}
@@ -873,6 +899,7 @@ PROTOCOLS = (
     Protocol("dssgd", build, doc="Distributed selective SGD (Shokri & Shmatikov 2015), with "
              "optional differential privacy.", sections={"dssgd": CONFIG_SECTION},
              check_sections=lambda v: cross_check(v["dssgd"]),
+             summary=lambda sim: sim.driver.machines[SERVER].staleness_summary(),
              server_view="crowdlearn.privacy.attacks.views:DSSGDServerView"),
 )
 
