@@ -52,6 +52,7 @@ from sim.aio.frames import (
     Stop,
     Welcome,
 )
+from sim.parts import PartsBoard
 from sim.machine import (
     CancelJob,
     Halt,
@@ -138,6 +139,7 @@ class JobPool:
         self.batches = 0
         self.errors: list[BaseException] = []
         self.worker_threads: set[int] = set()
+        self._handles: dict[int, tuple] = {}     # id(job) -> (job, executor handle)
 
     #: a gathering window is extended by each new job, up to this many windows
     MAX_WINDOWS = 20
@@ -189,15 +191,46 @@ class JobPool:
         self.worker_threads.add(threading.get_ident())
         ex = self.executor
         handles = [ex.submit(j) for j in jobs]
+        for j, h in zip(jobs, handles):
+            self._handles[id(j)] = (j, h)
         for h in handles:
-            ex.result(h)                 # the first read runs every pending job of its kind
+            try:
+                ex.result(h)             # the first read runs every pending job of its kind
+            except RuntimeError:
+                # one participant's part of a collective computation (a Crowdlearning pass)
+                # runs once the others' parts are in: a later batch, or a message's encoding
+                if getattr(h.job, "collective", None) is None:
+                    raise
         out = []
         for h in handles:
             r = ex.complete(h)
-            if wire._is_deferred(r):
+            if wire._is_deferred(r) and getattr(r, "ready", True):
                 r.value()                # already computed: the loop never computes
             out.append(r)
         return out
+
+    def run(self, fn: Callable, *args) -> asyncio.Future:
+        """``fn(*args)`` on the worker, after everything submitted before; its future (their
+        callbacks run on the loop in submission order: the worker is one thread)."""
+        def call():
+            self.worker_threads.add(threading.get_ident())
+            return fn(*args)
+        return self.loop.run_in_executor(self._thread, call)
+
+    def cancel(self, fut: asyncio.Future, job: Any) -> None:
+        """Cancel a job: its future, and its handle in the executor if it was submitted (so
+        that a collective it belongs to is known abandoned, as under SimPy)."""
+        fut.cancel()
+
+        def cancel_handle():
+            jh = self._handles.pop(id(job), None)
+            if jh is not None and jh[0] is job:
+                self.executor.cancel(jh[1])
+        self.call(cancel_handle)
+
+    def forget(self, job: Any) -> None:
+        """``job`` is done: its handle is no longer needed for cancelling."""
+        self._handles.pop(id(job), None)
 
     def call(self, fn: Callable, *args) -> None:
         """Run ``fn(*args)`` on the worker, after everything submitted before."""
@@ -231,9 +264,13 @@ class Sink:
 
     def __init__(self, monitor, pool: JobPool, profile: Callable[[NodeId], Any]):
         self.monitor, self.pool, self.profile = monitor, pool, profile
+        self.parts = PartsBoard()       # models reported in parts (sim.parts), joined first
 
     def report(self, node, rep: Report, now: float) -> None:
-        self.pool.call(self.monitor.on_report, node, rep, now)
+        self.pool.call(self._report, node, rep, now)
+
+    def _report(self, node, rep: Report, now: float) -> None:
+        self.monitor.on_report(node, self.parts.see(rep), now)
 
     def transfer(self, src, dst, nbytes: int, now: float, msg) -> None:
         self.pool.call(self._transfer, src, dst, nbytes, now, msg)
@@ -259,6 +296,73 @@ class Sink:
 
     def job_failed(self, node, reason: str) -> None:
         self.pool.call(self.monitor.on_job_failed, node, reason)
+
+
+# ---------------------------------------------------------------- sending
+class Outbox:
+    """Every node's sends of one process, encoded on the worker thread (a message may carry
+    values a job computes, and sealing encrypts: the loop never computes), written in the order
+    they were sent.  A message whose encoding raises :class:`sim.wire.NotReady` (boundary
+    tensors of a Crowdlearning pass whose other parts have not arrived) waits, and is encoded
+    again after the next completed job or delivered message of any node (:meth:`retry`), as a
+    device sends it once its computation is done; dropped if it never can be (``never``), or
+    if the run ends first (counted in :attr:`never_sent`)."""
+
+    def __init__(self, pool: JobPool):
+        self.pool = pool
+        self.waiting: list[tuple[Node, Send]] = []
+        self.encoding = 0               # encodings on the worker, not back yet
+        self.retries = 0                # encodings tried again
+        self.never_sent = 0             # dropped: their values were never computed
+
+    @staticmethod
+    def _encode(message) -> bytes | wire.NotReady:
+        try:
+            return wire.encode(message)
+        except wire.NotReady as exc:
+            return exc
+
+    def send(self, node: Node, eff: Send) -> None:
+        self.encoding += 1
+        self.pool.run(self._encode, eff.message).add_done_callback(
+            lambda f: self._encoded(node, eff, f))
+
+    def after(self, fn: Callable, *args) -> None:
+        """``fn(*args)`` on the loop once every send before it was written (or set aside)."""
+        self.encoding += 1
+
+        def done(f):
+            self.encoding -= 1
+            fn(*args)
+        self.pool.run(lambda: None).add_done_callback(done)
+
+    def _encoded(self, node: Node, eff: Send, f: asyncio.Future) -> None:
+        self.encoding -= 1
+        if f.cancelled():
+            return
+        if f.exception() is not None:           # we broke: the run re-raises it
+            self.pool.errors.append(f.exception())
+            return
+        body = f.result()
+        if isinstance(body, wire.NotReady):
+            if body.never:
+                self.never_sent += 1
+            else:
+                self.waiting.append((node, eff))
+            return
+        node._send_body(eff.dst, body)
+
+    def retry(self) -> None:
+        """Encode the waiting messages again (their nodes still running)."""
+        waiting, self.waiting = self.waiting, []
+        for node, eff in waiting:
+            if not node.stopped.is_set():
+                self.retries += 1
+                self.send(node, eff)
+
+    def close(self) -> None:
+        self.never_sent += len(self.waiting)
+        self.waiting.clear()
 
 
 # ---------------------------------------------------------------- shaping
@@ -499,11 +603,14 @@ class Node:
     time, writes what it sends, runs jobs on the pool, arms its timer on the clock."""
 
     def __init__(self, node: NodeId, machine: Machine, *, key: X25519PrivateKey, pool: JobPool,
-                 sink: Sink, clock: Clock, options: Options = Options()):
+                 sink: Sink, clock: Clock, options: Options = Options(),
+                 outbox: Outbox | None = None):
         self.node, self.machine, self.key = node, machine, key
         self.pool, self.sink, self.clock, self.options = pool, sink, clock, options
+        self.outbox = outbox if outbox is not None else Outbox(pool)
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.jobs: dict[Any, asyncio.Future] = {}
+        self.job_of: dict[Any, Any] = {}
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.halted = False
@@ -615,31 +722,38 @@ class Node:
         for eff in self.machine.handle(event, now) or ():
             self._apply(eff, now)
         self._arm()
+        if self.outbox.waiting and isinstance(event, (JobDone, Received)):
+            self.outbox.retry()         # what they waited for may be computed now
 
     def _apply(self, eff, now: float) -> None:
         if isinstance(eff, Send):
-            body = wire.encode(eff.message)
-            data = wire.encode(Envelope(self.node, eff.dst, body))
-            self.sent += 1
-            if self.up is None:
-                self._write(data)
-            else:
-                at = self.up.reserve(len(body)) + self.clock.real_delay(self.latency)
-                self._at(at, self._write, data)
+            self.outbox.send(self, eff)         # encoded on the worker, then _send_body
         elif isinstance(eff, RunJob):
             self._run_job(eff.job_id, eff.job)
         elif isinstance(eff, CancelJob):
             fut = self.jobs.pop(eff.job_id, None)
             if fut is not None:
-                fut.cancel()
+                self.pool.cancel(fut, self.job_of.pop(eff.job_id, None))
         elif isinstance(eff, Report):
             self.sink.report(self.node, eff, now)
         elif isinstance(eff, Halt):
             if not self.halted:
-                self.halted = True
-                self._write(wire.encode(Halted()))
+                self.halted = True      # after what it sent before
+                self.outbox.after(self._write, wire.encode(Halted()))
         else:
             raise TypeError(f"unknown effect {eff!r} from {self.node!r}")
+
+    def _send_body(self, dst: NodeId, body: bytes) -> None:
+        """Write an encoded message to ``dst`` (through the uplink's bucket, if emulated)."""
+        if self.stopped.is_set():
+            return
+        data = wire.encode(Envelope(self.node, dst, body))
+        self.sent += 1
+        if self.up is None:
+            self._write(data)
+        else:
+            at = self.up.reserve(len(body)) + self.clock.real_delay(self.latency)
+            self._at(at, self._write, data)
 
     def _write(self, data: bytes) -> None:
         if self.writer is None or self.writer.is_closing():
@@ -662,6 +776,7 @@ class Node:
         ready_at = start + self.clock.real_delay(modelled)
         self.cpu_free_at = ready_at
         fut = self.pool.submit(job)
+        self.job_of[job_id] = job       # for cancelling it in the executor
         self.jobs[job_id] = fut
 
         def done(f: asyncio.Future) -> None:
@@ -670,6 +785,8 @@ class Node:
             if f.exception() is not None:
                 return                      # kept by the pool; the run re-raises it
             del self.jobs[job_id]
+            self.job_of.pop(job_id, None)
+            self.pool.forget(job)
             self.sink.compute(self.node, flops, modelled)
             result = f.result()
             if ready_at > loop.time():
@@ -722,6 +839,8 @@ class RunStats:
     lost: list = field(default_factory=list)
     nodes: int = 0
     connect_s: float | None = None      # real seconds until every node was in (handshakes)
+    send_retries: int = 0               # encodings tried again after NotReady (Outbox)
+    never_sent: int = 0                 # messages dropped: their values were never computed
 
 
 async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
@@ -748,6 +867,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     wall0 = time.perf_counter()
     pool = JobPool(executor, loop, window=options.batch_window_s)
     sink = Sink(monitor, pool, profile)
+    outbox = Outbox(pool)
     clock = Clock(loop, options.time_scale)
     local = list(machines) if local is None else list(local)
     all_local = set(local) == set(machines)
@@ -773,7 +893,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         clock.t0 = loop.time()
         for n in local:
             nodes[n] = Node(n, machines[n], key=keys[n], pool=pool, sink=sink, clock=clock,
-                            options=options)
+                            options=options, outbox=outbox)
             tasks.append(asyncio.ensure_future(nodes[n].run(LOOPBACK, port)))
         if faults is not None:
             fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
@@ -793,6 +913,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                 stopped_by = "timeout"
                 break
             busy = (not all_local or not hub.started.is_set() or pool._pending
+                    or outbox.encoding
                     or any(not nd.idle for nd in nodes.values() if not nd.stopped.is_set())
                     or hub.stats.frames_relayed != sum(nd.received for nd in nodes.values()))
             if busy:
@@ -818,6 +939,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         if hub._server is not None and not hub.stopping:
             await hub.stop("error")
         await loop.run_in_executor(None, pool.drain)
+        outbox.close()
         pool.close()
     pool.check()
     return RunStats(
@@ -827,7 +949,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         frames_relayed=hub.stats.frames_relayed, relayed_bytes=hub.stats.relayed_bytes,
         job_batches=pool.batches, events_handled=sum(nd.events_handled for nd in nodes.values()),
         incidents=list(hub.incidents), lost=[str(n) for n in hub.lost], nodes=len(nodes),
-        connect_s=connect_s)
+        connect_s=connect_s, send_retries=outbox.retries, never_sent=outbox.never_sent)
 
 
 def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
