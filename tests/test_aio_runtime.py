@@ -109,13 +109,17 @@ def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_o
     assert res.summary["peers_lost"] == [str(victim)]
 
 
-#: Crowdlearning (relayed, and peer-to-peer) and S-SGD: their boundary tensors are computed
+#: Crowdlearning (relayed, and peer-to-peer: device-to-device messages, which the hub relays as
+#: it relays every message) and S-SGD: their boundary tensors are computed
 #: lazily, when the last participant's part of a pass is in (a send raises ``NotReady`` until
 #: then), and their group models are reported in parts (joined by ``sim.parts.PartsBoard``)
 SLICED = {
     "crowdlearning": {"protocol": "crowdlearning", "rounds": 2, "fleet.devices": 10,
                       "model.hidden": [32, 16], "slicenet.group_size": 5, "slicenet.lr": 0.1,
                       "slicenet.deterministic_keys": True},
+    "crowdlearning-p2p": {"protocol": "crowdlearning", "rounds": 2, "fleet.devices": 10,
+                          "model.hidden": [32, 16], "slicenet.group_size": 5,
+                          "slicenet.lr": 0.1, "slicenet.peer_to_peer": True},
     "ssgd": {"protocol": "ssgd", "rounds": 2, "fleet.devices": 4, "model.hidden": [16],
              "slicenet.lr": 0.1},
 }
@@ -146,7 +150,7 @@ def test_asyncio_runs_crowdlearning_and_ssgd_with_simpys_boundary_traffic(name):
     # Download carries what the window holds when the upload arrives, and the group models
     # are reported after applying it), and how many weight hand-overs the passes need, so how
     # many PassPlans name them, depends on timing (as on the in-memory wire,
-    # tests/test_harness.py).  Measured here: group models within 0.03 of SimPy's.  What must
+    # tests/test_harness.py).  Measured here: group models within 0.05 of SimPy's.  What must
     # hold: the same reported models (the group models, joined from their holders' parts by
     # sim.parts.PartsBoard), the same message kinds, the same bytes for every kind whose
     # traffic does not depend on arrival order -- boundary payloads above all (each pass's
@@ -159,7 +163,7 @@ def test_asyncio_runs_crowdlearning_and_ssgd_with_simpys_boundary_traffic(name):
     assert by_kind.keys() == ref_kind.keys()
     fixed = by_kind.keys() - {"Download", "PassPlan", "handover"}
     assert {k: by_kind[k] for k in fixed} == {k: ref_kind[k] for k in fixed}
-    if name == "crowdlearning":
+    if name.startswith("crowdlearning"):
         assert by_kind["boundary"] > 0 and by_kind["handover"] > 0
     # digits has 10 classes: chance is 0.1
     assert s["final_accuracy"] > 0.2 and ref_res.summary["final_accuracy"] > 0.2
