@@ -7,7 +7,8 @@ without emulation), ``socket_bytes`` (every byte that crossed a socket, framing,
 both hops of relayed messages included), ``frames_relayed``, ``job_batches``, ``incidents``
 (connections dropped for misbehaving), ``peers_lost``, ``send_retries`` (encodings tried again:
 values not computed yet, :class:`sim.aio.runtime.Outbox`) and ``never_sent`` (messages whose
-values were never computed, dropped).
+values were never computed, dropped) and ``direct_frames`` (messages sent over direct
+device-to-device connections: Crowdlearning's peer-to-peer mode).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def options(cfg) -> aio.Options:
                        max_frame_bytes=int(r.max_frame_mb * 1e6), timeout_s=r.timeout_s)
 
 
+def _peer_to_peer(cfg) -> bool:
+    """Whether the run's devices talk to each other directly (Crowdlearning's peer-to-peer
+    mode): their messages then cross direct connections between them, not the hub."""
+    return cfg.protocol in ("crowdlearning", "ssgd") and bool(cfg.slicenet.peer_to_peer)
+
+
 def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     """Drive ``sim``'s machines under asyncio and return its :class:`Results`."""
     from crowdlearn.signals import as_interrupts, signal_of
@@ -37,6 +44,9 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     stats = None
     interrupted = False
     sim.signal = None
+    if _peer_to_peer(cfg) and "local" not in kwargs:
+        devices = set(range(cfg.fleet.devices))     # device-to-device messages go direct
+        kwargs["direct"] = lambda src, dst: src in devices and dst in devices
     try:
         with as_interrupts():
             stats = aio.run(machines, executor=sim.executor, monitor=sim.monitor,
@@ -60,7 +70,8 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
                  frames_relayed=stats.frames_relayed, relayed_bytes=stats.relayed_bytes,
                  job_batches=stats.job_batches, events_handled=stats.events_handled,
                  incidents=stats.incidents, peers_lost=stats.lost, connect_s=stats.connect_s,
-                 send_retries=stats.send_retries, never_sent=stats.never_sent)
+                 send_retries=stats.send_retries, never_sent=stats.never_sent,
+                 direct_frames=stats.direct_frames)
     s["stopped_by"] = (sim.signal or ("completed" if s["completed"] else
                                       "timeout" if stats and stats.stopped_by == "timeout"
                                       else "stalled"))

@@ -109,8 +109,8 @@ def test_a_peer_cut_mid_round_reaches_the_server_as_peer_lost_and_the_run_goes_o
     assert res.summary["peers_lost"] == [str(victim)]
 
 
-#: Crowdlearning (relayed, and peer-to-peer: device-to-device messages, which the hub relays as
-#: it relays every message) and S-SGD: their boundary tensors are computed
+#: Crowdlearning (relayed, and peer-to-peer: device-to-device messages over direct connections
+#: between the devices) and S-SGD: their boundary tensors are computed
 #: lazily, when the last participant's part of a pass is in (a send raises ``NotReady`` until
 #: then), and their group models are reported in parts (joined by ``sim.parts.PartsBoard``)
 SLICED = {
@@ -167,6 +167,50 @@ def test_asyncio_runs_crowdlearning_and_ssgd_with_simpys_boundary_traffic(name):
         assert by_kind["boundary"] > 0 and by_kind["handover"] > 0
     # digits has 10 classes: chance is 0.1
     assert s["final_accuracy"] > 0.2 and ref_res.summary["final_accuracy"] > 0.2
+
+
+def test_crowdlearning_peer_to_peer_messages_cross_direct_device_connections_not_the_hub():
+    cfg = small_config(**{**SLICED["crowdlearning-p2p"], "rounds": 1}, **AIO)
+    sim = Simulation(cfg)
+    charged = []
+    orig = sim.monitor.on_transfer
+    sim.monitor.on_transfer = lambda src, dst, n, now, msg=None: (
+        charged.append((src, dst, type(msg).__name__)), orig(src, dst, n, now, msg))[1]
+    relayed = []
+    res = run_asyncio(sim, capture=lambda src, dst, body: relayed.append((src, dst)))
+    s = res.summary
+    assert s["completed"] and s["incidents"] == [] and s["never_sent"] == 0
+    devices = set(range(cfg.fleet.devices))
+    # the hub carried only what involves the server; every device-to-device message (the
+    # boundary and hand-over payloads) crossed a direct connection, was delivered and charged
+    assert relayed and not [(a, b) for a, b in relayed if a in devices and b in devices]
+    d2d = [(a, b, k) for a, b, k in charged if a in devices and b in devices]
+    assert s["direct_frames"] == len(d2d) > 0
+    assert {k for _, _, k in d2d} == {"Relayed"}
+    # the sockets: the hub's and the direct links', framing and handshakes included
+    assert s["socket_bytes"] > s["bytes_total"]
+
+
+def test_a_direct_link_claiming_another_devices_identity_is_refused_and_recorded():
+    cfg = small_config(**{**SLICED["crowdlearning-p2p"], "rounds": 1}, **AIO)
+    sim = Simulation(cfg)
+    answers = []
+
+    async def impostor(hub, nodes, clock):
+        await hub.started.wait()
+        port = nodes[1]._listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(wire.encode(Hello(2))))               # claims to be device 2...
+        data = await asyncio.wait_for(reader.read(4 + 200), 5)
+        writer.write(_hello_and_proof(X25519PrivateKey.generate(), 2, data))   # ...keyless
+        answers.append(await asyncio.wait_for(reader.read(), 5))  # device 1 hangs up
+        writer.close()
+
+    res = run_asyncio(sim, faults=impostor)
+    s = res.summary
+    assert answers == [b""] and s["completed"]
+    assert [i["node"] for i in s["incidents"]] == [2]
+    assert "identity proof for 2 failed" in s["incidents"][0]["reason"]
 
 
 def test_serve_and_join_refuse_crowdlearning_naming_the_one_process_mode():
@@ -486,7 +530,7 @@ def test_the_hub_relays_crowdlearnings_boundary_and_handover_payloads_only_seale
     # open some payloads taken off the capture with the recipient's keys (rebuilt from the
     # insecure deterministic option the config sets for this)
     opened = {"boundary": 0, "handover": 0}
-    for src, dst, body in captured:
+    for _, dst, body in captured:
         msg = wire.decode(wire.decode(body).body)
         if not isinstance(msg, sp.Relayed) or msg.kind not in opened or opened[msg.kind] >= 4:
             continue
