@@ -44,8 +44,11 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def _config(args):
     from crowdlearn import config as config_mod
+    from crowdlearn.realtime import check_separable
     sets = list(args.set or []) + ["runtime.engine=asyncio"]
-    return config_mod.load(args.config, sets)
+    cfg = config_mod.load(args.config, sets)
+    check_separable(cfg)
+    return cfg
 
 
 def _tensorflow(cfg) -> None:

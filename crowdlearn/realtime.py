@@ -5,7 +5,10 @@ The results have the SimPy run's format; ``summary.json`` adds ``runtime = "asyn
 ``real_time_s``, ``emulated_time_s`` (``sim_time_s`` is the emulated time, or the real time
 without emulation), ``socket_bytes`` (every byte that crossed a socket, framing, handshakes and
 both hops of relayed messages included), ``frames_relayed``, ``job_batches``, ``incidents``
-(connections dropped for misbehaving) and ``peers_lost``.
+(connections dropped for misbehaving), ``peers_lost``, ``send_retries`` (encodings tried again:
+values not computed yet, :class:`sim.aio.runtime.Outbox`) and ``never_sent`` (messages whose
+values were never computed, dropped) and ``direct_frames`` (messages sent over direct
+device-to-device connections: Crowdlearning's peer-to-peer mode).
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ def options(cfg) -> aio.Options:
                        max_frame_bytes=int(r.max_frame_mb * 1e6), timeout_s=r.timeout_s)
 
 
+def _peer_to_peer(cfg) -> bool:
+    """Whether the run's devices talk to each other directly (Crowdlearning's peer-to-peer
+    mode): their messages then cross direct connections between them, not the hub."""
+    return cfg.protocol in ("crowdlearning", "ssgd") and bool(cfg.slicenet.peer_to_peer)
+
+
 def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     """Drive ``sim``'s machines under asyncio and return its :class:`Results`."""
     from crowdlearn.signals import as_interrupts, signal_of
@@ -35,6 +44,9 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     stats = None
     interrupted = False
     sim.signal = None
+    if _peer_to_peer(cfg) and "local" not in kwargs:
+        devices = set(range(cfg.fleet.devices))     # device-to-device messages go direct
+        kwargs["direct"] = lambda src, dst: src in devices and dst in devices
     try:
         with as_interrupts():
             stats = aio.run(machines, executor=sim.executor, monitor=sim.monitor,
@@ -57,7 +69,9 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
                  time_scale=cfg.runtime.time_scale, socket_bytes=stats.socket_bytes,
                  frames_relayed=stats.frames_relayed, relayed_bytes=stats.relayed_bytes,
                  job_batches=stats.job_batches, events_handled=stats.events_handled,
-                 incidents=stats.incidents, peers_lost=stats.lost, connect_s=stats.connect_s)
+                 incidents=stats.incidents, peers_lost=stats.lost, connect_s=stats.connect_s,
+                 send_retries=stats.send_retries, never_sent=stats.never_sent,
+                 direct_frames=stats.direct_frames)
     s["stopped_by"] = (sim.signal or ("completed" if s["completed"] else
                                       "timeout" if stats and stats.stopped_by == "timeout"
                                       else "stalled"))
@@ -66,6 +80,35 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
 
 
 # ---------------------------------------------------------------- separate processes
+#: Protocols ``serve``/``join`` cannot split over processes, and why: a Crowdlearning pass is
+#: one collective computation of the group's parts (``SlicePassJob.collective``), run by the
+#: executor of the process that holds every part; devices in separate processes would each
+#: need to compute their own slice and exchange the boundary tensors layer by layer.
+ONE_PROCESS_ONLY = {
+    "crowdlearning": "a pass is one collective job over the group's parts, computed by one "
+                     "executor",
+    "ssgd": "a pass is one collective job over the group's parts, computed by one executor",
+}
+
+
+def check_separable(cfg) -> None:
+    """Raise a :class:`~slicenet.errors.UserError` if ``cfg``'s protocol cannot run as separate
+    processes (:data:`ONE_PROCESS_ONLY`).
+
+    >>> from types import SimpleNamespace
+    >>> check_separable(SimpleNamespace(protocol="fedavg"))
+    >>> check_separable(SimpleNamespace(protocol="ssgd"))
+    Traceback (most recent call last):
+    ...
+    slicenet.errors.UserError: protocol 'ssgd' cannot run as separate processes yet: a pass is one collective job over the group's parts, computed by one executor; run it in one process with crowdlearn run CONFIG --runtime asyncio
+    """
+    from slicenet.errors import UserError
+    why = ONE_PROCESS_ONLY.get(cfg.protocol)
+    if why:
+        raise UserError(f"protocol {cfg.protocol!r} cannot run as separate processes yet: {why}; "
+                        "run it in one process with crowdlearn run CONFIG --runtime asyncio")
+
+
 def _secret(cfg) -> bytes:
     """The testbed's key-provisioning secret: every node's X25519 key derives from it and the
     run's seed (:func:`sim.aio.frames.node_key`).  Whoever holds the config can derive every key,

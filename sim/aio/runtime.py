@@ -68,6 +68,7 @@ from sim.machine import (
     Start,
     TimerFired,
 )
+from sim.parts import PartsBoard
 
 __all__ = ["Options", "Hub", "Node", "JobPool", "Sink", "RunStats", "run", "run_async",
            "join_async", "LOOPBACK"]
@@ -138,6 +139,7 @@ class JobPool:
         self.batches = 0
         self.errors: list[BaseException] = []
         self.worker_threads: set[int] = set()
+        self._handles: dict[int, tuple] = {}     # id(job) -> (job, executor handle)
 
     #: a gathering window is extended by each new job, up to this many windows
     MAX_WINDOWS = 20
@@ -189,15 +191,46 @@ class JobPool:
         self.worker_threads.add(threading.get_ident())
         ex = self.executor
         handles = [ex.submit(j) for j in jobs]
+        for j, h in zip(jobs, handles, strict=True):
+            self._handles[id(j)] = (j, h)
         for h in handles:
-            ex.result(h)                 # the first read runs every pending job of its kind
+            try:
+                ex.result(h)             # the first read runs every pending job of its kind
+            except RuntimeError:
+                # one participant's part of a collective computation (a Crowdlearning pass)
+                # runs once the others' parts are in: a later batch, or a message's encoding
+                if getattr(h.job, "collective", None) is None:
+                    raise
         out = []
         for h in handles:
             r = ex.complete(h)
-            if wire._is_deferred(r):
+            if wire._is_deferred(r) and getattr(r, "ready", True):
                 r.value()                # already computed: the loop never computes
             out.append(r)
         return out
+
+    def run(self, fn: Callable, *args) -> asyncio.Future:
+        """``fn(*args)`` on the worker, after everything submitted before; its future (their
+        callbacks run on the loop in submission order: the worker is one thread)."""
+        def call():
+            self.worker_threads.add(threading.get_ident())
+            return fn(*args)
+        return self.loop.run_in_executor(self._thread, call)
+
+    def cancel(self, fut: asyncio.Future, job: Any) -> None:
+        """Cancel a job: its future, and its handle in the executor if it was submitted (so
+        that a collective it belongs to is known abandoned, as under SimPy)."""
+        fut.cancel()
+
+        def cancel_handle():
+            jh = self._handles.pop(id(job), None)
+            if jh is not None and jh[0] is job:
+                self.executor.cancel(jh[1])
+        self.call(cancel_handle)
+
+    def forget(self, job: Any) -> None:
+        """``job`` is done: its handle is no longer needed for cancelling."""
+        self._handles.pop(id(job), None)
 
     def call(self, fn: Callable, *args) -> None:
         """Run ``fn(*args)`` on the worker, after everything submitted before."""
@@ -231,9 +264,13 @@ class Sink:
 
     def __init__(self, monitor, pool: JobPool, profile: Callable[[NodeId], Any]):
         self.monitor, self.pool, self.profile = monitor, pool, profile
+        self.parts = PartsBoard()       # models reported in parts (sim.parts), joined first
 
     def report(self, node, rep: Report, now: float) -> None:
-        self.pool.call(self.monitor.on_report, node, rep, now)
+        self.pool.call(self._report, node, rep, now)
+
+    def _report(self, node, rep: Report, now: float) -> None:
+        self.monitor.on_report(node, self.parts.see(rep), now)
 
     def transfer(self, src, dst, nbytes: int, now: float, msg) -> None:
         self.pool.call(self._transfer, src, dst, nbytes, now, msg)
@@ -259,6 +296,73 @@ class Sink:
 
     def job_failed(self, node, reason: str) -> None:
         self.pool.call(self.monitor.on_job_failed, node, reason)
+
+
+# ---------------------------------------------------------------- sending
+class Outbox:
+    """Every node's sends of one process, encoded on the worker thread (a message may carry
+    values a job computes, and sealing encrypts: the loop never computes), written in the order
+    they were sent.  A message whose encoding raises :class:`sim.wire.NotReady` (boundary
+    tensors of a Crowdlearning pass whose other parts have not arrived) waits, and is encoded
+    again after the next completed job or delivered message of any node (:meth:`retry`), as a
+    device sends it once its computation is done; dropped if it never can be (``never``), or
+    if the run ends first (counted in :attr:`never_sent`)."""
+
+    def __init__(self, pool: JobPool):
+        self.pool = pool
+        self.waiting: list[tuple[Node, Send]] = []
+        self.encoding = 0               # encodings on the worker, not back yet
+        self.retries = 0                # encodings tried again
+        self.never_sent = 0             # dropped: their values were never computed
+
+    @staticmethod
+    def _encode(message) -> bytes | wire.NotReady:
+        try:
+            return wire.encode(message)
+        except wire.NotReady as exc:
+            return exc
+
+    def send(self, node: Node, eff: Send) -> None:
+        self.encoding += 1
+        self.pool.run(self._encode, eff.message).add_done_callback(
+            lambda f: self._encoded(node, eff, f))
+
+    def after(self, fn: Callable, *args) -> None:
+        """``fn(*args)`` on the loop once every send before it was written (or set aside)."""
+        self.encoding += 1
+
+        def done(f):
+            self.encoding -= 1
+            fn(*args)
+        self.pool.run(lambda: None).add_done_callback(done)
+
+    def _encoded(self, node: Node, eff: Send, f: asyncio.Future) -> None:
+        self.encoding -= 1
+        if f.cancelled():
+            return
+        if f.exception() is not None:           # we broke: the run re-raises it
+            self.pool.errors.append(f.exception())
+            return
+        body = f.result()
+        if isinstance(body, wire.NotReady):
+            if body.never:
+                self.never_sent += 1
+            else:
+                self.waiting.append((node, eff))
+            return
+        node._send_body(eff.dst, body)
+
+    def retry(self) -> None:
+        """Encode the waiting messages again (their nodes still running)."""
+        waiting, self.waiting = self.waiting, []
+        for node, eff in waiting:
+            if not node.stopped.is_set():
+                self.retries += 1
+                self.send(node, eff)
+
+    def close(self) -> None:
+        self.never_sent += len(self.waiting)
+        self.waiting.clear()
 
 
 # ---------------------------------------------------------------- shaping
@@ -493,17 +597,120 @@ class Hub:
             await self._server.wait_closed()
 
 
+# ---------------------------------------------------------------- direct links
+class _Frames:
+    """Frames read off ``reader``, bodies one at a time (``None`` at a clean end of stream);
+    ``count(n)`` is told of every ``n`` bytes read."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_frame: int, count: Callable[[int], None]):
+        self.reader, self.count = reader, count
+        self.dec = FrameDecoder(max_frame=max_frame)
+        self.queue: list[bytes] = []
+
+    async def read(self) -> bytes | None:
+        while not self.queue:
+            data = await self.reader.read(1 << 16)
+            if not data:
+                self.dec.close()            # raises if the stream ended inside a frame
+                return None
+            self.count(len(data))
+            self.queue.extend(self.dec.feed(data))
+        return self.queue.pop(0)
+
+
+@dataclass
+class Peers:
+    """What nodes need for direct connections to each other (one process): every node's public
+    key (``roster``) and listening port (``ports``, filled as they listen); ``incidents``: links
+    dropped for misbehaving."""
+
+    roster: Mapping[NodeId, bytes]
+    ports: dict = field(default_factory=dict)
+    incidents: list = field(default_factory=list)
+
+
+class _Link:
+    """``node``'s direct connection to ``dst``: opened on the first message (which waits in
+    :attr:`buffer` until the peer has checked this node's key), then written in order."""
+
+    def __init__(self, node: Node, dst: NodeId):
+        self.node, self.dst = node, dst
+        self.buffer: list[bytes] = []
+        self.writer: asyncio.StreamWriter | None = None
+
+    def write(self, data: bytes) -> None:
+        out = frames.frame(data)
+        self.node.direct_sent += 1
+        self.node.direct_socket_bytes += len(out)
+        if self.writer is None:
+            self.buffer.append(out)
+        elif not self.writer.is_closing():
+            self.writer.write(out)
+
+    async def open(self) -> None:
+        try:
+            await self._open()
+        except (FrameError, asyncio.IncompleteReadError, ConnectionError, OSError,
+                KeyError) as exc:
+            nd = self.node
+            if not nd.stopped.is_set():
+                nd.peers.incidents.append({"peer": f"link {nd.node!r} -> {self.dst!r}",
+                                           "node": self.dst,
+                                           "reason": f"{type(exc).__name__}: {exc}"})
+                nd.sink.dropped(nd.node, self.dst, len(self.buffer))
+
+    async def _open(self) -> None:
+        nd = self.node
+        reader, writer = await asyncio.open_connection(LOOPBACK, nd.peers.ports[self.dst])
+        frs = _Frames(reader, nd.options.max_frame_bytes, nd._count_direct)
+
+        async def read() -> bytes:
+            body = await frs.read()
+            if body is None:
+                raise FrameError(f"{self.dst!r} closed the link during the handshake")
+            return body
+
+        def send(body: bytes) -> None:
+            out = frames.frame(body)
+            nd.direct_socket_bytes += len(out)
+            writer.write(out)
+
+        send(wire.encode(Hello(nd.node)))
+        ch = frames.parse(await read(), allowed=(Challenge,))
+        send(wire.encode(Proof(frames.prove(nd.key, ch.hub_key, ch.nonce, nd.node))))
+        frames.parse(await read(), allowed=(Welcome,))
+        self.writer = writer
+        for out in self.buffer:
+            writer.write(out)
+        self.buffer.clear()
+        await reader.read()          # the peer never writes after Welcome: wait for the end
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 # ---------------------------------------------------------------- a node
 class Node:
     """One machine on its own connection: reads frames into its inbox, handles events one at a
     time, writes what it sends, runs jobs on the pool, arms its timer on the clock."""
 
     def __init__(self, node: NodeId, machine: Machine, *, key: X25519PrivateKey, pool: JobPool,
-                 sink: Sink, clock: Clock, options: Options = Options()):
+                 sink: Sink, clock: Clock, options: Options = Options(),
+                 outbox: Outbox | None = None, direct: Callable | None = None,
+                 peers: Peers | None = None):
         self.node, self.machine, self.key = node, machine, key
         self.pool, self.sink, self.clock, self.options = pool, sink, clock, options
+        self.outbox = outbox if outbox is not None else Outbox(pool)
+        # direct links: ``direct(src, dst)`` says which messages go peer to peer, not by the hub
+        self.direct, self.peers = direct, peers
+        self.links: dict[NodeId, _Link] = {}
+        self.direct_sent = self.direct_socket_bytes = 0
+        self._listener: asyncio.AbstractServer | None = None
+        self._link_tasks: set[asyncio.Task] = set()
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.jobs: dict[Any, asyncio.Future] = {}
+        self.job_of: dict[Any, Any] = {}
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.halted = False
@@ -530,20 +737,12 @@ class Node:
 
     async def run(self, host: str, port: int) -> None:
         self.task = asyncio.current_task()
+        if self.direct is not None and self.peers is not None:
+            self._listener = await asyncio.start_server(self._accept_peer, LOOPBACK, 0)
+            self.peers.ports[self.node] = self._listener.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection(host, port)
         self.writer = writer
-        dec = FrameDecoder(max_frame=self.options.max_frame_bytes)
-        queue: list[bytes] = []
-
-        async def read() -> bytes | None:
-            while not queue:
-                data = await reader.read(1 << 16)
-                if not data:
-                    dec.close()
-                    return None
-                self.socket_bytes += len(data)
-                queue.extend(dec.feed(data))
-            return queue.pop(0)
+        read = _Frames(reader, self.options.max_frame_bytes, self._count).read
 
         try:
             self._write(wire.encode(Hello(self.node)))
@@ -615,31 +814,109 @@ class Node:
         for eff in self.machine.handle(event, now) or ():
             self._apply(eff, now)
         self._arm()
+        if self.outbox.waiting and isinstance(event, (JobDone, Received)):
+            self.outbox.retry()         # what they waited for may be computed now
 
     def _apply(self, eff, now: float) -> None:
         if isinstance(eff, Send):
-            body = wire.encode(eff.message)
-            data = wire.encode(Envelope(self.node, eff.dst, body))
-            self.sent += 1
-            if self.up is None:
-                self._write(data)
-            else:
-                at = self.up.reserve(len(body)) + self.clock.real_delay(self.latency)
-                self._at(at, self._write, data)
+            self.outbox.send(self, eff)         # encoded on the worker, then _send_body
         elif isinstance(eff, RunJob):
             self._run_job(eff.job_id, eff.job)
         elif isinstance(eff, CancelJob):
             fut = self.jobs.pop(eff.job_id, None)
             if fut is not None:
-                fut.cancel()
+                self.pool.cancel(fut, self.job_of.pop(eff.job_id, None))
         elif isinstance(eff, Report):
             self.sink.report(self.node, eff, now)
         elif isinstance(eff, Halt):
             if not self.halted:
-                self.halted = True
-                self._write(wire.encode(Halted()))
+                self.halted = True      # after what it sent before
+                self.outbox.after(self._write, wire.encode(Halted()))
         else:
             raise TypeError(f"unknown effect {eff!r} from {self.node!r}")
+
+    def _send_body(self, dst: NodeId, body: bytes) -> None:
+        """Write an encoded message to ``dst`` (through the uplink's bucket, if emulated)."""
+        if self.stopped.is_set():
+            return
+        data = wire.encode(Envelope(self.node, dst, body))
+        self.sent += 1
+        write = self._write
+        if self.direct is not None and self.peers is not None and self.direct(self.node, dst):
+            write = self._link_to(dst).write
+        if self.up is None:
+            write(data)
+        else:
+            at = self.up.reserve(len(body)) + self.clock.real_delay(self.latency)
+            self._at(at, write, data)
+
+    def _count(self, n: int) -> None:
+        self.socket_bytes += n
+
+    def _count_direct(self, n: int) -> None:
+        self.direct_socket_bytes += n
+
+    # ---------------------------------------------------------------- direct links
+    def _link_to(self, dst: NodeId) -> _Link:
+        link = self.links.get(dst)
+        if link is None:
+            link = self.links[dst] = _Link(self, dst)
+            self._spawn(link.open())
+        return link
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.ensure_future(coro)
+        self._link_tasks.add(t)
+        t.add_done_callback(self._link_tasks.discard)
+
+    async def _accept_peer(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        """A peer's direct connection: it proves its key (as to the hub), then its envelopes
+        (only from itself, only to this node) go to the inbox like relayed ones."""
+        self._link_tasks.add(asyncio.current_task())
+        read = _Frames(reader, self.options.max_frame_bytes, self._count_direct).read
+        src = claimed = None
+
+        def write(body: bytes) -> None:
+            out = frames.frame(body)
+            self.direct_socket_bytes += len(out)
+            writer.write(out)
+
+        try:
+            hello = frames.parse(await asyncio.wait_for(read(), self.options.handshake_timeout_s)
+                                 or b"", allowed=(Hello,))
+            claimed = hello.node
+            if hello.node not in self.peers.roster:
+                raise FrameError(f"unknown node {hello.node!r}")
+            nonce = os.urandom(16)
+            write(wire.encode(Challenge(nonce, frames.public_bytes(self.key))))
+            proof = frames.parse(await asyncio.wait_for(read(), self.options.handshake_timeout_s)
+                                 or b"", allowed=(Proof,))
+            if not frames.verify(self.key, self.peers.roster[hello.node], nonce, hello.node,
+                                 proof.tag):
+                raise FrameError(f"identity proof for {hello.node!r} failed: not its key")
+            src = hello.node
+            write(wire.encode(Welcome(src)))
+            while True:
+                body = await read()
+                if body is None:
+                    return
+                env = frames.parse(body, allowed=(Envelope,))
+                if env.src != src or env.dst != self.node:
+                    raise FrameError(f"{src!r} sent an envelope {env.src!r} -> {env.dst!r} on "
+                                     f"its link to {self.node!r}")
+                self._arrived(env)
+        except (FrameError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                ConnectionError, OSError) as exc:
+            if not self.stopped.is_set():
+                self.peers.incidents.append({"peer": f"link {claimed!r} -> {self.node!r}",
+                                             "node": claimed,
+                                             "reason": f"{type(exc).__name__}: {exc}"})
+        except asyncio.CancelledError:
+            pass                        # the node stops (its links with it)
+        finally:
+            self._link_tasks.discard(asyncio.current_task())
+            writer.close()
 
     def _write(self, data: bytes) -> None:
         if self.writer is None or self.writer.is_closing():
@@ -662,6 +939,7 @@ class Node:
         ready_at = start + self.clock.real_delay(modelled)
         self.cpu_free_at = ready_at
         fut = self.pool.submit(job)
+        self.job_of[job_id] = job       # for cancelling it in the executor
         self.jobs[job_id] = fut
 
         def done(f: asyncio.Future) -> None:
@@ -670,6 +948,8 @@ class Node:
             if f.exception() is not None:
                 return                      # kept by the pool; the run re-raises it
             del self.jobs[job_id]
+            self.job_of.pop(job_id, None)
+            self.pool.forget(job)
             self.sink.compute(self.node, flops, modelled)
             result = f.result()
             if ready_at > loop.time():
@@ -696,6 +976,12 @@ class Node:
         self.inbox.put_nowait(TimerFired())
 
     def _shutdown(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for link in self.links.values():
+            link.close()
+        for t in list(self._link_tasks):
+            t.cancel()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -722,6 +1008,9 @@ class RunStats:
     lost: list = field(default_factory=list)
     nodes: int = 0
     connect_s: float | None = None      # real seconds until every node was in (handshakes)
+    send_retries: int = 0               # encodings tried again after NotReady (Outbox)
+    never_sent: int = 0                 # messages dropped: their values were never computed
+    direct_frames: int = 0              # envelopes sent over direct node-to-node connections
 
 
 async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
@@ -732,7 +1021,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                     keys: Mapping[NodeId, X25519PrivateKey] | None = None,
                     listen: tuple[str, int] = (LOOPBACK, 0),
                     on_listening: Callable[[int], None] | None = None,
-                    on_started: Callable[[], None] | None = None) -> RunStats:
+                    on_started: Callable[[], None] | None = None,
+                    direct: Callable[[NodeId, NodeId], bool] | None = None) -> RunStats:
     """Run ``machines`` to completion, each a :class:`Node` on its own loopback connection.
 
     ``local``: the nodes run in this process (default: all); the others connect from other
@@ -741,13 +1031,16 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     monitor for the envelopes it relays to them, so this process's monitor sees every message.
     ``faults(hub, nodes, clock)``, if given, is started as a task with the nodes (tests kill
     peers with it; ``hub.started`` says when every node is in); ``on_listening(port)`` and ``on_started()`` are told when the hub
-    listens and when every node is in.  Returns when a machine halts, when nothing has been in flight for
+    listens and when every node is in.  ``direct(src, dst)``: the messages sent over a direct
+    connection between the two nodes instead of through the hub (local nodes only; e.g.
+    Crowdlearning's device-to-device messages in peer-to-peer mode).  Returns when a machine halts, when nothing has been in flight for
     ``options.quiet_s`` (only if every node is local), or after ``options.timeout_s``.
     """
     loop = asyncio.get_running_loop()
     wall0 = time.perf_counter()
     pool = JobPool(executor, loop, window=options.batch_window_s)
     sink = Sink(monitor, pool, profile)
+    outbox = Outbox(pool)
     clock = Clock(loop, options.time_scale)
     local = list(machines) if local is None else list(local)
     all_local = set(local) == set(machines)
@@ -760,6 +1053,9 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     hub = Hub({n: frames.public_bytes(keys[n]) for n in machines}, server=server,
               options=options, capture=capture, on_drop=sink.dropped, on_relay=on_relay)
     nodes: dict = {}
+    peers = Peers(hub.roster) if direct is not None else None
+    if direct is not None and not all_local:
+        raise ValueError("direct connections need every node in this process (local = None)")
     tasks: list[asyncio.Task] = []
     fault_task = None
     stopped_by = "halted"
@@ -773,7 +1069,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         clock.t0 = loop.time()
         for n in local:
             nodes[n] = Node(n, machines[n], key=keys[n], pool=pool, sink=sink, clock=clock,
-                            options=options)
+                            options=options, outbox=outbox, direct=direct, peers=peers)
             tasks.append(asyncio.ensure_future(nodes[n].run(LOOPBACK, port)))
         if faults is not None:
             fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
@@ -793,8 +1089,10 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                 stopped_by = "timeout"
                 break
             busy = (not all_local or not hub.started.is_set() or pool._pending
+                    or outbox.encoding
                     or any(not nd.idle for nd in nodes.values() if not nd.stopped.is_set())
-                    or hub.stats.frames_relayed != sum(nd.received for nd in nodes.values()))
+                    or hub.stats.frames_relayed + sum(nd.direct_sent for nd in nodes.values())
+                    != sum(nd.received for nd in nodes.values()))
             if busy:
                 quiet_since = None
             elif quiet_since is None:
@@ -818,16 +1116,19 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         if hub._server is not None and not hub.stopping:
             await hub.stop("error")
         await loop.run_in_executor(None, pool.drain)
+        outbox.close()
         pool.close()
     pool.check()
     return RunStats(
         halted=hub.halted.is_set(), stopped_by=stopped_by,
         real_time_s=time.perf_counter() - wall0, emulated_time_s=emulated,
-        socket_bytes=hub.stats.socket_bytes_in + hub.stats.socket_bytes_out,
+        socket_bytes=hub.stats.socket_bytes_in + hub.stats.socket_bytes_out
+        + sum(nd.direct_socket_bytes for nd in nodes.values()),
         frames_relayed=hub.stats.frames_relayed, relayed_bytes=hub.stats.relayed_bytes,
         job_batches=pool.batches, events_handled=sum(nd.events_handled for nd in nodes.values()),
-        incidents=list(hub.incidents), lost=[str(n) for n in hub.lost], nodes=len(nodes),
-        connect_s=connect_s)
+        incidents=list(hub.incidents) + (peers.incidents if peers is not None else []), lost=[str(n) for n in hub.lost], nodes=len(nodes),
+        connect_s=connect_s, send_retries=outbox.retries, never_sent=outbox.never_sent,
+        direct_frames=sum(nd.direct_sent for nd in nodes.values()))
 
 
 def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
