@@ -109,6 +109,8 @@ def _join(args: argparse.Namespace) -> int:
 
 
 def add_peer_parsers(sub, *, parents) -> None:
+    """Add the ``serve`` and ``join`` subcommands (one run's server and its devices as separate
+    OS processes over TCP) to the CLI's subparsers ``sub``."""
     s = sub.add_parser("serve", parents=parents, help="run a run's server side over TCP; the "
                        "devices join from other processes",
                        description=__doc__.split("\n\n")[0])

@@ -201,6 +201,7 @@ def node_key(secret: bytes, node) -> X25519PrivateKey:
 
 
 def public_bytes(key: X25519PrivateKey) -> bytes:
+    """The 32 raw bytes of ``key``'s X25519 public key (what a peer proves it holds)."""
     return key.public_key().public_bytes(serialization.Encoding.Raw,
                                          serialization.PublicFormat.Raw)
 

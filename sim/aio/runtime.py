@@ -995,6 +995,11 @@ class Node:
 # ---------------------------------------------------------------- one process, every node
 @dataclass
 class RunStats:
+    """What one asyncio run measured besides the monitor's metrics: whether a ``Halt`` ended it
+    (and who stopped it), real and emulated seconds, bytes that crossed the sockets (framing and
+    handshakes included) and the hub's relays, executor batches, loop events, the incidents
+    recorded for misbehaving peers, the peers lost, and the sends retried or never sent."""
+
     halted: bool
     stopped_by: str
     real_time_s: float

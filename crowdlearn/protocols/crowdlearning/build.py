@@ -118,7 +118,7 @@ def build_ssgd(ctx) -> dict:
 
 def runners(sim) -> dict:
     """The executor's runner of Crowdlearning's job kind: every pass whose participants' parts
-    are all in, trained together on the fused path (with the accumulated |gradient| the sharing
+    are all in, trained together on the fused path (with the accumulated ``|gradient|`` the sharing
     rule needs), each participant given back its own entries."""
     return {"slice_pass": lambda jobs: run_passes(jobs, sim.trainer, _replayer(sim))}
 
@@ -127,7 +127,7 @@ def run_passes(jobs, trainer, replay=None) -> list:
     """Results of :class:`~crowdlearn.protocols.crowdlearning.machines.SlicePassJob` parts:
     the parts of each pass joined into the group's whole network (every value comes from a
     part's job), all passes trained in one :meth:`FusedTrainer.train` call, and each part's
-    entries handed back (new values per owner, then |gradient| sums of its trainable entries
+    entries handed back (new values per owner, then ``|gradient|`` sums of its trainable entries
     per owner).  Each part's promise gets a :class:`PassRecord` of the pass (start weights and
     schedule), from which its boundary payloads are computed if they are ever encoded."""
     from crowdlearn.training.batching import TrainTask
