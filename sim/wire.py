@@ -257,14 +257,21 @@ def _is_deferred(v: Any) -> bool:
 
 
 def _size(v: Any) -> int:
+    t = type(v)                         # exact-type fast paths: the common leaves and sequences
+    if t is bytes:
+        return 5 + len(v)
+    if t is tuple or t is list:
+        return 5 + sum(map(_size, v))
     if v is None or isinstance(v, (bool, np.bool_)):
         return 1
     if isinstance(v, (int, np.integer, float, np.floating)):
         return 9
     if isinstance(v, str):
         return 5 + len(v.encode())
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return 5 + len(bytes(v))
+    if isinstance(v, (bytes, bytearray)):
+        return 5 + len(v)
+    if isinstance(v, memoryview):
+        return 5 + v.nbytes              # no copy just to measure
     if isinstance(v, np.ndarray):
         return 3 + 4 * v.ndim + v.nbytes
     if isinstance(v, (tuple, list)):
