@@ -140,20 +140,18 @@ def run_passes(jobs, trainer, replay=None) -> list:
     tasks, records = [], []
     for key, members in passes.items():
         flat = np.empty(int(offsets[-1]), np.float32)
-        dom = None
-        where = []
+        covered = np.zeros(len(flat), bool)
+        dom, given = None, 0
         for i in members:
             for idx, _, values in jobs[i].parts:
                 flat[idx] = sp._arr(values)
-                where.append(idx)
+                covered[idx] = True
+                given += len(idx)
             if jobs[i].batches is not None:
                 dom = jobs[i]
         # the parts cover every weight once: as many distinct indices as indices, and all
-        covered = np.zeros(len(flat), bool)
-        every = np.concatenate(where) if where else np.zeros(0, np.int64)
-        covered[every] = True
         distinct = int(np.count_nonzero(covered))
-        if distinct != len(every):
+        if distinct != given:
             raise RuntimeError(f"pass {key}: two parts hold the same weights")
         if dom is None or distinct != len(flat):
             raise RuntimeError(f"pass {key} ran without all its parts")
@@ -167,25 +165,11 @@ def run_passes(jobs, trainer, replay=None) -> list:
     for members, res, record in zip(passes.values(), results, records, strict=True):
         new = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[:n]])
         acc = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[n:]])
-        # every member's entries in one gather per vector, then cut into per-owner views
-        parts = [p for i in members for p in jobs[i].parts]
-        news = _gather(new, [p[0] for p in parts])
-        accs = _gather(acc, [p[1] for p in parts])
-        at = 0
         for i in members:
-            k = len(jobs[i].parts)
-            out[i] = news[at:at + k] + accs[at:at + k]
-            at += k
+            parts = jobs[i].parts
+            out[i] = [new[p[0]] for p in parts] + [acc[p[1]] for p in parts]
             jobs[i].promise.record = record
     return out
-
-
-def _gather(flat: np.ndarray, indices: list) -> list:
-    """``[flat[i] for i in indices]`` by one ``np.take``: views of one array."""
-    if not indices:
-        return []
-    got = np.take(flat, np.concatenate(indices))
-    return np.split(got, np.cumsum([len(i) for i in indices[:-1]]))
 
 
 class PassRecord:

@@ -563,7 +563,7 @@ class SlidingWindow:
         n = len(init)
         # one row per weight (its ω slots side by side): a query gathers contiguous rows
         self.values = np.zeros((n, self.omega), np.float32)
-        self.ticks = np.full((n, self.omega), -(10 ** 9), np.int64)
+        self.ticks = np.full((n, self.omega), -(10 ** 9), np.int32)     # ticks: epochs
 
     def upload(self, idx: np.ndarray, vals: np.ndarray, tick: int) -> None:
         """Record the values uploaded in ``tick``.  Slot ``tick mod ω`` holds a weight's value
@@ -588,7 +588,10 @@ class SlidingWindow:
             keep &= count > 0
         live = live[keep]
         vals = self.values[idx[keep]]
-        sums = np.where(live, vals, 0.0).sum(axis=1)
+        # np.where(live, vals, 0.0) bit for bit (0.0 is all bits clear) without a branch per
+        # entry; summed along each contiguous row, as numpy summed the slot-major view before
+        masked = (vals.view(np.int32) & -live.astype(np.int32)).view(np.float32)
+        sums = masked.sum(axis=1)
         return idx[keep], (sums / count[keep]).astype(np.float32)
 
 
