@@ -13,7 +13,8 @@ Times, in one process and on the same 60,000 Fashion-MNIST training samples:
 and prints ``ratio X`` = warm simulated epoch ÷ centralized epoch (target ≤ 1), plus the fused
 trainer's throughput: training FLOPs of the epoch (3 × forward, ``Layout.train_flops_per_sample``
 × samples) over the wall time spent inside ``FusedTrainer.train``, and, on a shared machine, the
-same over the process CPU time spent there, beside a 2048 × 2048 float32 matrix product measured
+same over the process CPU time spent there (and ``ratio_cpu``, the two epochs' process CPU
+times: work rather than waiting, steadier than the wall on a loaded machine), beside a 2048 × 2048 float32 matrix product measured
 the same two ways in the same run (what the machine gives now).
 
 ``--ab-upload-check`` also times warm epochs alternately with the server's previous upload check
@@ -55,16 +56,16 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
 
     FusedTrainer.train = timed
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         res = sim.run()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         FusedTrainer.train = orig
     s = res.summary
     samples = sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
-    return {"wall_s": wall, "train_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
+    return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
             "samples": samples,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
             "completed": s["completed"]}
@@ -85,9 +86,10 @@ def keras_epoch(seed: int, lr: float = 0.05, batch: int = 32) -> dict:
     model.compile(optimizer=keras.optimizers.SGD(lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:2048], y[:2048], batch_size=batch, epochs=1, verbose=0)     # tracing
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True)
-    return {"wall_s": time.perf_counter() - t, "samples": len(x)}
+    return {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
+            "samples": len(x)}
 
 
 def matmul_rate(n: int = 2048, reps: int = 5) -> tuple[float, float]:
@@ -158,6 +160,8 @@ def main() -> None:
               f"{r['train_s']:.1f} s, {r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s")
     print(f"centralized Keras fit: {ker['wall_s']:.1f} s for {ker['samples']} samples")
     print(f"ratio {warm['wall_s'] / ker['wall_s']:.2f}  (cold {cold['wall_s'] / ker['wall_s']:.2f})")
+    print(f"ratio_cpu {warm['cpu_s'] / ker['cpu_s']:.2f}  (process CPU seconds: warm simulated "
+          f"epoch {warm['cpu_s']:.1f}, Keras epoch {ker['cpu_s']:.1f})")
     print(f"fused trainer GFLOP/s {warm['flops'] / warm['train_s'] / 1e9:.1f}")
     print(f"fused trainer GFLOP per CPU second {warm['flops'] / warm['train_cpu_s'] / 1e9:.1f}")
     print(f"matmul 2048 GFLOP/s (before, after) {mm_before[0]:.1f}, {mm_after[0]:.1f}; per CPU "

@@ -239,7 +239,7 @@ def test_any_upload_changes_at_most_the_senders_own_finite_entries(data):
                                         width=32), min_size=len(idx), max_size=len(idx)))
     before = state(s)
     out = s.handle(Received(req.dst, upload(idx, vals)), 50.0)
-    changed = np.flatnonzero(np.any(s.window.ticks != before[1], axis=0))
+    changed = np.flatnonzero(np.any(s.window.ticks != before[1], axis=1))
     assert set(changed.tolist()) <= set(owned.tolist())
     assert np.all(np.isfinite(s.window.values))
     ok = "peer_misbehaved" not in names(out)

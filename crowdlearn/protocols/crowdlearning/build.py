@@ -141,16 +141,19 @@ def run_passes(jobs, trainer, replay=None) -> list:
     for key, members in passes.items():
         flat = np.empty(int(offsets[-1]), np.float32)
         covered = np.zeros(len(flat), bool)
-        dom = None
+        dom, given = None, 0
         for i in members:
             for idx, _, values in jobs[i].parts:
-                if covered[idx].any():
-                    raise RuntimeError(f"pass {key}: two parts hold the same weights")
                 flat[idx] = sp._arr(values)
                 covered[idx] = True
+                given += len(idx)
             if jobs[i].batches is not None:
                 dom = jobs[i]
-        if dom is None or not covered.all():
+        # the parts cover every weight once: as many distinct indices as indices, and all
+        distinct = int(np.count_nonzero(covered))
+        if distinct != given:
+            raise RuntimeError(f"pass {key}: two parts hold the same weights")
+        if dom is None or distinct != len(flat):
             raise RuntimeError(f"pass {key} ran without all its parts")
         start = tuple(flat[offsets[k]:offsets[k + 1]].reshape(s) for k, s in enumerate(shapes))
         tasks.append(TrainTask(start, dom.batches, dom.lr))
