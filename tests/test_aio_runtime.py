@@ -56,8 +56,10 @@ def test_asyncio_runs_report_the_simpy_runs_models_and_bytes(name):
     assert got.keys() == want.keys() and got
     for k in want:
         for a, b in zip(got[k], want[k], strict=True):
-            # float noise only: the server sums updates in arrival order (see docs/design.md)
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+            # within 1e-6 (issue 9, item 7): bit-identical in the runs measured (max |Δ| 0.0 for
+            # fedavg, dssgd, centralized, fm, secagg), but the server sums updates in arrival
+            # order, which may differ over sockets: float32 summation order only (docs/design.md)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=f"{name} {k}")
     s = res.summary
     assert s["runtime"] == "asyncio" and s["completed"] and s["incidents"] == []
     assert s["bytes_by_kind"] == dict(sorted(ref.monitor.bytes_by_kind.items()))
