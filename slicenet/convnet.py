@@ -69,26 +69,14 @@ from slicenet.layout import (
     ConvProgram,
     ConvStage,
     Message,
+    _check_labels,
+    _check_weights,
     _Op,
     channel_features,
     conv_program,
 )
 
 __all__ = ["ConvPiecewiseNetwork", "conv_monolithic_step"]
-
-
-def _check_weights(prog: ConvProgram, weights: Sequence[Any]) -> list[np.ndarray]:
-    ws = list(weights)
-    if len(ws) != len(prog.specs):
-        raise UserError(f"got {len(ws)} weight arrays, the model has {len(prog.specs)} (the order "
-                        "of build_keras(desc).get_weights())")
-    out = []
-    for w, s in zip(ws, prog.specs, strict=True):
-        a = np.asarray(w, dtype=np.float32)
-        if a.shape != s.shape:
-            raise UserError(f"weight {s.name} has shape {a.shape}, expected {s.shape}")
-        out.append(a)
-    return out
 
 
 def _check_batch(prog: ConvProgram, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -98,14 +86,7 @@ def _check_batch(prog: ConvProgram, x: Any, y: Any) -> tuple[np.ndarray, np.ndar
         xa = xa.reshape(len(xa), *shape)
     if xa.shape[1:] != shape or xa.shape[0] < 1:
         raise UserError(f"x has shape {xa.shape}, expected (batch ≥ 1, {', '.join(map(str, shape))})")
-    ya = np.asarray(y)
-    if ya.shape != (xa.shape[0],) or not np.issubdtype(ya.dtype, np.integer):
-        raise UserError(f"y must be {xa.shape[0]} integer labels, got shape {ya.shape} "
-                        f"dtype {ya.dtype}")
-    units = prog.output.channels
-    if ya.min() < 0 or ya.max() >= units:
-        raise UserError(f"labels must lie in 0..{units - 1}")
-    return xa, ya.astype(np.int32)
+    return xa, _check_labels(y, xa.shape[0], prog.output.channels)
 
 
 # --------------------------------------------------------------------------- TF building blocks
@@ -174,7 +155,7 @@ def conv_monolithic_step(desc: ModelDescription, weights: Sequence[Any], x: Any,
     import tensorflow as tf
 
     prog = conv_program(desc)
-    ws = _check_weights(prog, weights)
+    ws = _check_weights(prog.specs, weights)
     xa, ya = _check_batch(prog, x, y)
     vs = [tf.Variable(w) for w in ws]
     moving: dict[int, Any] = {}
@@ -259,7 +240,7 @@ class ConvPiecewiseNetwork:
         import tensorflow as tf
 
         prog = conv_program(desc)
-        ws = _check_weights(prog, weights)
+        ws = _check_weights(prog.specs, weights)
         n_plan = getattr(assignment, "n", None)
         a = np.asarray(getattr(assignment, "assignment", assignment), dtype=np.int64)
         g = desc.graph() if graph is None else graph

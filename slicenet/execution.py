@@ -115,6 +115,8 @@ from slicenet.layout import (  # the pure layout, re-exported: the executor's pu
     DOMINATOR,
     Message,
     WeightSpec,
+    _check_labels,
+    _check_weights,
     _Op,
     _Program,
     _program,
@@ -137,32 +139,11 @@ __all__ = [
     "weight_specs",
 ]
 
-def _check_weights(prog: _Program, weights: Sequence[Any]) -> list[np.ndarray]:
-    ws = list(weights)
-    if len(ws) != len(prog.specs):
-        raise UserError(
-            f"got {len(ws)} weight arrays, the model has {len(prog.specs)} (see weight_specs(desc): "
-            "the order of build_keras(desc).get_weights())")
-    out = []
-    for w, s in zip(ws, prog.specs, strict=True):
-        a = np.asarray(w, dtype=np.float32)
-        if a.shape != s.shape:
-            raise UserError(f"weight {s.name} has shape {a.shape}, expected {s.shape}")
-        out.append(a)
-    return out
-
-
 def _check_batch(prog: _Program, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     xa = np.asarray(x, dtype=np.float32)
     if xa.ndim != 2 or xa.shape[1] != prog.input_dim or xa.shape[0] < 1:
         raise UserError(f"x has shape {xa.shape}, expected (batch ≥ 1, {prog.input_dim})")
-    ya = np.asarray(y)
-    if ya.shape != (xa.shape[0],) or not np.issubdtype(ya.dtype, np.integer):
-        raise UserError(f"y must be {xa.shape[0]} integer labels, got shape {ya.shape} "
-                              f"dtype {ya.dtype}")
-    if ya.min() < 0 or ya.max() >= prog.output.units:
-        raise UserError(f"labels must lie in 0..{prog.output.units - 1}")
-    return xa, ya.astype(np.int32)
+    return xa, _check_labels(y, xa.shape[0], prog.output.units)
 
 
 # --------------------------------------------------------------------------- TF kernels
@@ -371,7 +352,7 @@ def monolithic_step(
         return conv_monolithic_step(desc, weights, x, y, lr)
     prog = _program(desc)
     _check_activations(prog)
-    ws = _check_weights(prog, weights)
+    ws = _check_weights(prog.specs, weights)
     xa, ya = _check_batch(prog, x, y)
     new, loss = _monolithic_kernel(prog)([tf.constant(w) for w in ws], tf.constant(xa),
                                          tf.constant(ya), tf.constant(lr, tf.float32))
@@ -453,7 +434,7 @@ class PiecewiseNetwork:
 
         prog = _program(desc)
         _check_activations(prog)
-        ws = _check_weights(prog, weights)
+        ws = _check_weights(prog.specs, weights)
         n_plan = getattr(assignment, "n", None)
         a = np.asarray(getattr(assignment, "assignment", assignment), dtype=np.int64)
         g = _default_graph(desc) if graph is None else graph

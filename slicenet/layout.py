@@ -433,6 +433,32 @@ def channel_features(stage: ConvStage, channels: np.ndarray) -> np.ndarray:
     return channels
 
 
+def _check_weights(specs: Sequence[WeightSpec], weights: Sequence[Any]) -> list[np.ndarray]:
+    """``weights`` as float32 arrays, one per spec in Keras order, or a :class:`UserError`."""
+    ws = list(weights)
+    if len(ws) != len(specs):
+        raise UserError(
+            f"got {len(ws)} weight arrays, the model has {len(specs)} (see weight_specs(desc): "
+            "the order of build_keras(desc).get_weights())")
+    out = []
+    for w, s in zip(ws, specs, strict=True):
+        a = np.asarray(w, dtype=np.float32)
+        if a.shape != s.shape:
+            raise UserError(f"weight {s.name} has shape {a.shape}, expected {s.shape}")
+        out.append(a)
+    return out
+
+
+def _check_labels(y: Any, n: int, classes: int) -> np.ndarray:
+    """``y`` as ``n`` int32 labels in ``0..classes - 1``, or a :class:`UserError`."""
+    ya = np.asarray(y)
+    if ya.shape != (n,) or not np.issubdtype(ya.dtype, np.integer):
+        raise UserError(f"y must be {n} integer labels, got shape {ya.shape} dtype {ya.dtype}")
+    if ya.min() < 0 or ya.max() >= classes:
+        raise UserError(f"labels must lie in 0..{classes - 1}")
+    return ya.astype(np.int32)
+
+
 def weight_specs(desc: ModelDescription) -> tuple[WeightSpec, ...]:
     """The flat weight list layout of ``desc`` (the order of ``build_keras(desc).get_weights()``).
 
