@@ -5,6 +5,7 @@ import pytest
 
 from crowdlearn.experiment import Simulation
 from crowdlearn.protocols.crowdlearning import machines as sp
+from crowdlearn.protocols.crowdlearning.passjob import as_array
 from tests.test_slicenet_protocol import crowd_config
 
 
@@ -73,7 +74,7 @@ def test_a_dummy_resumes_from_the_checkpoint_it_opens_not_the_latest_state(monke
                 for owner, (_, _, values) in zip(job.owners, job.parts, strict=True):
                     want = opened.pop((self.node_id, owner), None)
                     if want is not None:
-                        np.testing.assert_array_equal(sp._arr(values), want)
+                        np.testing.assert_array_equal(as_array(values), want)
                         seen["used"] += 1
         return out
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.protocols.crowdlearning import machines as sp
+from crowdlearn.protocols.crowdlearning.passjob import as_array
 
 __all__ = ["build", "build_ssgd", "model_description", "runners", "summary"]
 
@@ -144,7 +145,7 @@ def run_passes(jobs, trainer, replay=None) -> list:
         dom, given = None, 0
         for i in members:
             for idx, _, values in jobs[i].parts:
-                flat[idx] = sp._arr(values)
+                flat[idx] = as_array(values)
                 covered[idx] = True
                 given += len(idx)
             if jobs[i].batches is not None:
