@@ -213,3 +213,81 @@ def test_proximity_grouping_puts_devices_of_a_cell_together():
     assert all(len({cell[d] for d in g}) == 1 for g in groups)     # 2 cells of 5, groups of 5
     rnd = Simulation(crowd_config(**{"rounds": 1})).ctx.extra["groups"]
     assert any(len({cell[d] for d in g}) > 1 for g in rnd)
+
+
+def _sharing_server(groups: int, *, epochs: int = 1, tau: float = 0.5):
+    """A hand-driven S-SGD server (every device its own group, no slicing) brought to the
+    sharing step of epoch 0: keys announced, every lone dominator's pass done."""
+    from itertools import chain
+
+    from crowdlearn.crypto.sealing import KeyRing
+    from crowdlearn.protocols.crowdlearning.machines import (
+        KeyAnnounce,
+        PassDone,
+        PassPlan,
+        SliceParams,
+        SlicingServer,
+    )
+    from sim.machine import PeerJoined, Send, Start
+
+    lay = whole_model_layout(description_for([4], 3, 2))
+    init = [np.zeros(s, np.float32) for s in lay.shapes]
+    members = list(range(1, groups + 1))
+    server = SlicingServer("server", lay, [[d] for d in members],
+                           SliceParams(epochs=epochs, group_size=1, pieces=0, tau=tau), init,
+                           data_sizes={d: 8 for d in members}, latency={d: 0.0 for d in members},
+                           ring=KeyRing("server"), rng=np.random.default_rng(0))
+    out = list(chain.from_iterable(server.handle(PeerJoined(d), 0.0) for d in members))
+    out += server.handle(Start(), 0.0)
+    for d in members:
+        out += server.handle(Received(d, KeyAnnounce(KeyRing(d).card().to_bytes())), 0.0)
+    plans = [(e.dst, e.message) for e in out
+             if isinstance(e, Send) and isinstance(e.message, PassPlan)]
+    assert sorted(d for d, _ in plans) == members
+    requests = []
+    for d, plan in plans:
+        requests += server.handle(Received(d, PassDone(plan.group, plan.attempt)), 1.0)
+    return server, lay, members, requests
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_downloads_wait_for_every_groups_upload_and_do_not_depend_on_arrival_order(order):
+    from crowdlearn.protocols.crowdlearning.machines import Download, ShareRequest, Upload
+    from sim.machine import Send
+
+    server, lay, members, requests = _sharing_server(3)
+    asked = {e.dst: e.message for e in requests if isinstance(e, Send)
+             and isinstance(e.message, ShareRequest)}
+    assert sorted(asked) == members
+    owned = lay.owned_flat([DOMINATOR], trainable=True)
+    # group g uploads weights owned[g:g + 3] with values 10·(g + 1) + position
+    ups = {g: (owned[g:g + 3].astype(np.int32), 10.0 * (g + 1) + np.arange(3, dtype=np.float32))
+           for g in range(3)}
+    answers = []
+    for k, g in enumerate(order):
+        got = server.handle(Received(members[g], Upload(g, 0, *ups[g])), 2.0 + k)
+        answers += [(e.dst, e.message) for e in got if isinstance(e, Send)]
+        if k < 2:
+            assert answers == []          # other groups' uploads of the epoch are not all in
+    # every member answered once, in group order, whatever the arrival order
+    assert [d for d, _ in answers] == members
+    # ω = 3 groups, τ = 0.5: a weight uploaded by more than 1.5 groups comes back with the mean
+    # of its uploads; owned[1] by groups 0 and 1 (11, 20), owned[2] by all three (12, 21, 30),
+    # owned[3] by groups 1 and 2 (22, 31)
+    want = {owned[1]: (11 + 20) / 2, owned[2]: (12 + 21 + 30) / 3, owned[3]: (22 + 31) / 2}
+    for _, msg in answers:
+        assert isinstance(msg, Download)
+        assert dict(zip(msg.indices.tolist(), msg.values.tolist(), strict=True)) == \
+            pytest.approx(want)
+
+
+def test_a_group_waiting_for_members_does_not_hold_up_the_other_groups_downloads():
+    from crowdlearn.protocols.crowdlearning.machines import Download, Upload
+    from sim.machine import Send
+
+    server, lay, members, _ = _sharing_server(2)
+    server.groups[1].phase = "waiting"     # as if too few of its members were online
+    owned = lay.owned_flat([DOMINATOR], trainable=True)
+    got = server.handle(Received(members[0], Upload(0, 0, owned[:2].astype(np.int32),
+                                                     np.ones(2, np.float32))), 2.0)
+    assert [type(e.message) for e in got if isinstance(e, Send)] == [Download]

@@ -68,6 +68,7 @@ class _Group:
     participants: set = field(default_factory=set)
     done: set = field(default_factory=set)
     sharing: set = field(default_factory=set)
+    awaiting: set = field(default_factory=set)      # sharing members yet to upload
     passes_run: int = 0
     takeovers: int = 0
     boundary: dict = field(default_factory=dict)    # (src, dst) -> bytes of this attempt
@@ -104,7 +105,12 @@ class SlicingServer(Machine):
         omega = params.omega or len(groups)
         self.window = SlidingWindow(self.initial, omega)
         self.min_count = omega * params.tau
-        self.tick = 0
+        # sharing in ticks (spec §6, [ours]): group g's upload of epoch e is tick e·G + g + 1,
+        # applied with the other groups' once all of epoch e's are in; downloads are answered
+        # then, from the window ending at the epoch's last tick, whatever order uploads arrived
+        self.pending: dict[int, list] = {}    # epoch -> [(group, member, indices, values)]
+        self.released = -1                    # the last epoch whose uploads were applied
+        self.tick = 0                         # the window's newest tick (of that epoch)
         self.checkpoints: dict = {}    # (group, piece) -> (sealing device, escrowed payload)
         self.piece_bytes = [4 * int(layout.params_per_owner[p + 1])
                             for p in range(-1, layout.pieces)]
@@ -130,7 +136,9 @@ class SlicingServer(Machine):
             what = {"pass": f"pass {g.turn + 1} of {len(g.order)} (waiting for "
                             f"{len(g.participants - g.done)} of {len(g.participants)} devices)",
                     "waiting": f"waiting for members: {online} of {len(g.members)} online",
-                    "share": f"sharing, waiting for {len(g.sharing)} members",
+                    "share": "sharing, its uploads in, waiting for other groups' uploads"
+                             if g.sharing and not g.awaiting else
+                             f"sharing, waiting for {len(g.sharing)} members",
                     "keys": "waiting for members' keys"}.get(g.phase, g.phase)
             return f"group {g.gid} at epoch {g.epoch + 1} of {self.params.epochs}: {what}"
         return (f"{len(stuck)} of {len(self.groups)} Crowdlearning groups did not finish: "
@@ -138,6 +146,12 @@ class SlicingServer(Machine):
 
     # -------------------------------------------------------------- dispatch
     def handle(self, event: Input, now: float) -> list[Effect]:
+        out = self._dispatch(event, now)
+        # any event may complete an epoch's uploads (an upload, a member lost, a group that
+        # cannot go on)
+        return out + self._release() if self.pending else out
+
+    def _dispatch(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, PeerJoined):
             self.present.add(event.peer)
             return self._maybe_resume(event.peer, now)
@@ -407,6 +421,7 @@ class SlicingServer(Machine):
         g.missing |= set(g.incoming.pop(peer, ()))
         if g.phase == "share" and peer in g.sharing:
             g.sharing.discard(peer)
+            g.awaiting.discard(peer)
             return self._maybe_finish_share(g, now)
         if g.phase != "pass" or peer not in g.senders:
             return []
@@ -443,40 +458,74 @@ class SlicingServer(Machine):
     # -------------------------------------------------------------- sharing (spec §5–6)
     def _start_share(self, g: _Group, now: float) -> list[Effect]:
         g.phase = "share"
-        self.tick += 1
         owners_of = owners_by_device(g.holders, g.dominator)
         g.sharing = {d for d in owners_of if d in self.present}
-        g.share_tick = self.tick
+        g.awaiting = set(g.sharing)
         if not g.sharing:
             return self._finish_epoch(g, now)
         return [Send(d, ShareRequest(g.gid, g.epoch, tuple(owners_of[d]))) for d in
                 sorted(g.sharing, key=str)]
 
     def _upload(self, src, m: Upload, now: float) -> list[Effect]:
-        """Apply a member's upload, then answer with its download: the upload is the request,
-        so a download always reflects the member's own upload (a separate request message
-        could overtake the larger upload on the wire).  An upload with indices out of range,
-        repeated, or not owned by the sender, or with non-finite values, changes nothing: it is
-        recorded, and the member forfeits this epoch's share (the epoch is not held up)."""
+        """Keep a member's upload for its epoch's tick; it is answered with the member's
+        download once every group's upload of the epoch is in (:meth:`_release`): the upload is
+        the request, so a download always reflects the member's own upload (a separate request
+        message could overtake the larger upload on the wire).  An upload with indices out of
+        range, repeated, or not owned by the sender, or with non-finite values, changes
+        nothing: it is recorded, and the member forfeits this epoch's share (the epoch is not
+        held up)."""
         g = self.groups[m.group]
-        if g.phase != "share" or m.epoch != g.epoch or src not in g.sharing:
+        if g.phase != "share" or m.epoch != g.epoch or src not in g.awaiting:
             return []
+        g.awaiting.discard(src)
         owned = self.layout.owned_flat(self._owners(g, src), trainable=True)
         bad = check_sparse(m.indices, m.values, size=self.layout.num_params, allowed=owned)
         if bad is not None:
             g.sharing.discard(src)
             return [misbehaved(src, f"Upload: {bad}", group=g.gid)] + \
                 self._maybe_finish_share(g, now)
-        self.window.upload(m.indices, m.values, g.share_tick)
-        return self._download(src, m, owned)
+        if m.epoch <= self.released:
+            # a group that could not go on when its epoch's uploads were applied (too few
+            # members online) catches up: its upload joins the window at its tick, and it is
+            # answered from the window as it is now [ours]
+            self.window.upload(m.indices, m.values, self._tick_of(m.epoch, g.gid))
+            return self._download(src, g)
+        self.pending.setdefault(m.epoch, []).append((g.gid, src, m.indices, m.values))
+        return []
+
+    def _tick_of(self, epoch: int, gid: int) -> int:
+        return epoch * len(self.groups) + gid + 1
+
+    def _uploads_in(self, epoch: int) -> bool:
+        """Whether every group that can has uploaded for ``epoch``: it is past it, or sharing
+        it with no member left to upload, or waiting for members (it may never come back)."""
+        return all(h.epoch > epoch or h.phase == "waiting"
+                   or (h.epoch == epoch and h.phase == "share" and not h.awaiting)
+                   for h in self.groups)
+
+    def _release(self) -> list[Effect]:
+        """Apply the uploads of every epoch whose uploads are all in, in (group, member) order,
+        and answer their downloads in that order (spec §6, [ours] deterministic ticks)."""
+        out: list[Effect] = []
+        while self.pending and self._uploads_in(epoch := min(self.pending)):
+            ups = sorted(self.pending.pop(epoch), key=lambda u: (u[0], str(u[1])))
+            for gid, _, idx, vals in ups:
+                self.window.upload(idx, vals, self._tick_of(epoch, gid))
+            self.released = epoch
+            self.tick = self._tick_of(epoch, len(self.groups) - 1)
+            for gid, src, _, _ in ups:
+                g = self.groups[gid]
+                if g.phase == "share" and g.epoch == epoch and src in g.sharing:
+                    out += self._download(src, g)
+        return out
 
     @staticmethod
     def _owners(g: _Group, src) -> list:
         owners = [DOMINATOR] if src == g.dominator else []
         return owners + [p for p, d in g.holders.items() if d == src]
 
-    def _download(self, src, m, owned: np.ndarray) -> list[Effect]:
-        g = self.groups[m.group]
+    def _download(self, src, g: _Group) -> list[Effect]:
+        owned = self.layout.owned_flat(self._owners(g, src), trainable=True)
         idx, vals = self.window.query(owned, self.tick, self.min_count)
         return [Send(src, Download(g.gid, g.epoch, idx.astype(np.int32), vals))]
 
