@@ -50,7 +50,7 @@ def crowd_server():
     s = SlicingServer("server", lay, [list(MEMBERS)], SliceParams(epochs=2, group_size=3,
                                                                   pieces=2, tau=0.0),
                       weights, data_sizes={d: 10 for d in MEMBERS},
-                      latency={d: 0.0 for d in MEMBERS}, ring=KeyRing("server"), rng=rng)
+                      ring=KeyRing("server"), rng=rng)
     for d in MEMBERS:
         s.handle(PeerJoined(d), 0.0)
     assert s.handle(Start(), 0.0) == []              # no pass before the keys are in

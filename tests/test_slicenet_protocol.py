@@ -176,7 +176,7 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     # a hand-over carries the weights and their |gradient| sums this epoch (none yet: zeros)
     nbytes = 4 * int(lay.params_per_owner[1 + 1]) + 4 * len(lay.owned_flat([1], trainable=True))
     eff = dev.handle(Received("server", PassPlan(0, 1, "follower", (0,), ((9, nbytes, 1),), 0,
-                                                 (), 0, 10.0, 100, 0.0)), 0.0)
+                                                 (), 0, 10.0, 100, ())), 0.0)
     relay = next(e.message for e in eff if hasattr(e, "message") and isinstance(e.message, Relay))
     data = wire.encode(relay)
     assert len(data) == wire.size(relay)
@@ -235,7 +235,7 @@ def _sharing_server(groups: int, *, epochs: int = 1, tau: float = 0.5):
     members = list(range(1, groups + 1))
     server = SlicingServer("server", lay, [[d] for d in members],
                            SliceParams(epochs=epochs, group_size=1, pieces=0, tau=tau), init,
-                           data_sizes={d: 8 for d in members}, latency={d: 0.0 for d in members},
+                           data_sizes={d: 8 for d in members},
                            ring=KeyRing("server"), rng=np.random.default_rng(0))
     out = list(chain.from_iterable(server.handle(PeerJoined(d), 0.0) for d in members))
     out += server.handle(Start(), 0.0)
@@ -291,3 +291,61 @@ def test_a_group_waiting_for_members_does_not_hold_up_the_other_groups_downloads
     got = server.handle(Received(members[0], Upload(0, 0, owned[:2].astype(np.int32),
                                                      np.ones(2, np.float32))), 2.0)
     assert [type(e.message) for e in got if isinstance(e, Send)] == [Download]
+
+
+def test_a_pass_lasts_its_slowest_stage_plus_fill_plus_the_runtimes_latency_chain():
+    """Hand-computed pass time under SimPy, peer-to-peer: a participant that starts its part at
+    t is busy until ``e = max(t + c, arrivals)`` — its compute ``c`` (FLOPs ÷ its speed) and the
+    boundary payloads it receives (sent when their senders start, each arriving ``ℓ + bytes ÷
+    rate`` later over its d2d link: the slowest stage sets the pace) — then sends PassDone at
+    ``e + (e − t)·(S − 1)/B + S·ℓ``: the pipeline's fill of ``S − 1`` batch times (S = 2(L + 1)
+    stages, B batches of the dominator's data) and the latency chain ``S·ℓ`` over the d2d links
+    (ℓ = fleet.d2d_latency_s), which the driver charges: the server is given no latency and
+    sends none."""
+    import math
+
+    from crowdlearn.protocols.crowdlearning.machines import (
+        PassDone,
+        PassPlan,
+        Relayed,
+        SlicePassJob,
+    )
+    from sim.machine import RunJob, Send
+
+    ell, mbps = 0.05, 80.0
+    cfg = crowd_config(**{"rounds": 1, "fleet.devices": 3, "fleet.mix": "mid_range",
+                          "fleet.jitter": 0.0, "fleet.d2d_mbps": mbps, "fleet.d2d_latency_s": ell,
+                          "slicenet.group_size": 3, "slicenet.peer_to_peer": True,
+                          "fedavg.clients_per_round": 3})
+    sim = Simulation(cfg)
+    log = []
+    orig = sim.driver._apply
+
+    def apply(node, effects):
+        log.extend((sim.env.now, node, e) for e in effects)
+        return orig(node, effects)
+    sim.driver._apply = apply
+    assert sim.run().summary["completed"]
+    stages = 2 * (len(cfg.model.hidden) + 1)
+    parts = sim.ctx.parts
+    starts, done, plans, arrivals = {}, {}, {}, {}
+    for t, node, e in log:
+        if isinstance(e, Send) and isinstance(e.message, Relayed) and e.message.kind == "boundary":
+            at = t + ell + wire.size(e.message) / (mbps * 1e6 / 8)
+            key = (e.dst, e.message.attempt)
+            arrivals[key] = max(arrivals.get(key, 0.0), at)
+        if isinstance(e, RunJob) and isinstance(e.job, SlicePassJob):
+            starts[(node, e.job_id)] = (t, e.job)
+        elif isinstance(e, Send) and isinstance(e.message, PassDone):
+            done[(node, e.message.attempt)] = t
+        elif isinstance(e, Send) and isinstance(e.message, PassPlan):
+            plans[(e.dst, e.message.attempt)] = e.message
+            assert e.message.links                   # the pass's links, no time
+    assert len(starts) == len(done) >= 4             # two passes of two participants at least
+    for (node, attempt), (t, job) in starts.items():
+        dom = next(d for (d, a), p in plans.items() if a == attempt and p.role == "dominator")
+        batches = math.ceil(len(parts[dom]) / cfg.slicenet.batch_size)
+        end = max(t + job.flops / sim.driver.devices[node].profile.flops,
+                  arrivals[(node, attempt)])
+        want = end + (end - t) * (stages - 1) / batches + stages * ell
+        assert done[(node, attempt)] == pytest.approx(want, rel=1e-12, abs=1e-12)

@@ -26,7 +26,13 @@ from crowdlearn.protocols.crowdlearning.messages import (
     Upload,
 )
 from crowdlearn.protocols.crowdlearning.params import SliceParams
-from crowdlearn.protocols.crowdlearning.passjob import PassPromise, SlicePassJob, acc_sum, as_array
+from crowdlearn.protocols.crowdlearning.passjob import (
+    PassPromise,
+    PipelineDrain,
+    SlicePassJob,
+    acc_sum,
+    as_array,
+)
 from crowdlearn.protocols.crowdlearning.sharing import top_k
 from crowdlearn.protocols.validate import check_sparse, misbehaved
 from crowdlearn.training.batching import make_batches
@@ -173,6 +179,10 @@ class SliceDevice(Machine):
                 return self._share(m)
             if isinstance(m, Download):
                 return self._apply_download(m)
+        if isinstance(event, JobDone) and self.plan is not None \
+                and event.job_id == ("drain", self.plan.attempt):
+            # the runtime priced the pipeline's latency chain: the pass is over here
+            return [Send(self.server, PassDone(self.plan.group, self.plan.attempt))]
         if isinstance(event, JobDone) and self.plan is not None \
                 and event.job_id == self.plan.attempt:
             self.computing = False
@@ -330,14 +340,19 @@ class SliceDevice(Machine):
             return []
         if self._finish is None:
             # this device's bulk share of the pass is over (compute and transfers overlapped,
-            # as in steady pipelining); the pipeline's fill and drain come on top, once
+            # as in steady pipelining); the pipeline's fill and drain come on top, once: its
+            # own (stages − 1) batch times, then the latency chain (the runtime's)
             busy = now - (self.compute_started if self.compute_started is not None else now)
-            self._finish = now + p.fill_drain_s + p.fill_batches * busy
+            self._finish = now + p.fill_batches * busy
         if now < self._finish:
             self._deadline = self._finish
             return []
         self._deadline = None
         self.sent_done = True
+        if p.links:
+            relay = None if self.params.peer_to_peer else self.server
+            stages = 2 * (self.layout.hidden_layers + 1)
+            return [RunJob(("drain", p.attempt), PipelineDrain(stages, relay, p.links))]
         return [Send(self.server, PassDone(p.group, p.attempt))]
 
     # -------------------------------------------------------------- sharing

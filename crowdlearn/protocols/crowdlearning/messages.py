@@ -40,14 +40,18 @@ class PassPlan:
     expect_boundary: int     # boundary payloads to receive during the pass
     flops: float
     memory_bytes: int
-    fill_drain_s: float      # the pipeline's latency chain, paid once per pass (spec §3)
+    links: tuple             # ((src, dst), ...) the pass's boundary links: its pipeline's
+                             # latency chain, charged by the runtime (spec §3); () for none
     fill_batches: float = 0.0   # (stages − 1) / batches: the fill and drain in batch times
 
     def __post_init__(self):
         _non_negative(self, "group", "attempt", "expect_handover", "expect_boundary", "flops",
-                      "memory_bytes", "fill_drain_s", "fill_batches")
+                      "memory_bytes", "fill_batches")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}; got {self.role!r}")
+        if not isinstance(self.links, tuple) or not all(
+                isinstance(link, tuple) and len(link) == 2 for link in self.links):
+            raise ValueError(f"links must be a tuple of (src, dst) pairs; got {self.links!r}")
 
 
 @message(0x0302)

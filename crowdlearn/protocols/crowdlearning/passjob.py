@@ -13,7 +13,7 @@ import numpy as np
 from crowdlearn.training.jobs import Deferred
 from sim import wire
 
-__all__ = ["PassPromise", "SlicePassJob", "acc_sum", "as_array"]
+__all__ = ["PassPromise", "PipelineDrain", "SlicePassJob", "acc_sum", "as_array"]
 
 
 class PassPromise:
@@ -92,6 +92,33 @@ class SlicePassJob:
 
     def on_submit(self, executor, handle) -> None:
         self.promise.bind(executor, handle)
+
+
+@dataclass(frozen=True)
+class PipelineDrain:
+    """A participant's wait for the pipeline's fill and drain latency at the end of a pass
+    (kind ``pipeline_drain``; no compute, no result).
+
+    The pass's mini-batches stream through ``stages`` pipeline stages (every layer boundary
+    forth and back, spec §3), so the first batch's activations, and the last batch's errors,
+    cross ``stages`` boundary hops one after another: a latency chain that only the runtime can
+    price, since it alone knows the topology.  The job declares it as :attr:`latency_chain`
+    (``stages``, the relay node or ``None`` for device-to-device links, the pass's boundary
+    links), and the runtime delivers the job's end ``stages ×`` the slowest link's latency
+    (over the relay) after it starts, the device's CPU free meanwhile
+    (:meth:`sim.driver.Driver._latency_chain_s`).  A runtime that does not price it ends the job
+    at once."""
+
+    stages: int
+    relay: Any
+    links: tuple
+    flops: float = 0.0
+    memory_bytes: int = 0
+    kind: str = field(default="pipeline_drain", init=False)
+
+    @property
+    def latency_chain(self) -> tuple:
+        return (self.stages, self.relay, self.links)
 
 
 def as_array(v: Any) -> np.ndarray:

@@ -88,7 +88,7 @@ class SlicingServer(Machine):
 
     def __init__(self, node_id: NodeId, layout: Layout, groups: Sequence[Sequence[int]],
                  params: SliceParams, init_weights: Sequence[np.ndarray], *, data_sizes: dict,
-                 latency: dict, ring: KeyRing, rng: np.random.Generator):
+                 ring: KeyRing, rng: np.random.Generator):
         super().__init__(node_id)
         self.layout, self.params, self.rng = layout, params, rng
         # the initial model, which the server delivers to each owner's first holder (its only
@@ -98,7 +98,7 @@ class SlicingServer(Machine):
                                        for a in init_weights])
         self.ring = ring            # the server's own key pair (it seals only placeholders)
         self.cards: dict = {}       # device -> card bytes it announced (what the server vouches)
-        self.data_sizes, self.latency = data_sizes, latency
+        self.data_sizes = data_sizes
         self.groups = [_Group(g, list(m)) for g, m in enumerate(groups)]
         self.group_of = {d: g for g, m in enumerate(groups) for d in m}
         self.present: set = set()
@@ -320,15 +320,14 @@ class SlicingServer(Machine):
                 g.handover.setdefault((a, b), []).append((n, owner))
         # the pipeline (spec §3): mini-batches stream through the 2(L + 1) stages (each layer
         # boundary forth and back), so the bulk compute and transfers of the pass overlap (the
-        # slowest piece or link sets the pace) and the pass adds one fill and drain: the
-        # latency chain once, and (stages − 1) batch times of each participant's own work
-        fill_s, fill_batches = 0.0, 0.0
+        # slowest piece or link sets the pace) and the pass adds one fill and drain: (stages − 1)
+        # batch times of each participant's own work, then the latency chain over the pass's
+        # boundary links, which the runtime prices (the server knows no link: PipelineDrain)
+        links: tuple = ()
+        fill_batches = 0.0
         if self.params.pipeline_latency and g.holders:
-            stages = 2 * (lay.hidden_layers + 1)
-            hop = max((self.latency[a] + self.latency[b]) for a in owners_of for b in bsend[a]) \
-                if any(bsend.values()) else 0.0
-            fill_s = stages * hop
-            fill_batches = (stages - 1) / max(1, batches)
+            links = tuple(sorted(g.boundary, key=str))
+            fill_batches = (2 * (lay.hidden_layers + 1) - 1) / max(1, batches)
         out: list[Effect] = []
         for d, owners in owners_of.items():
             role = "dominator" if d == dom else "follower"
@@ -337,10 +336,10 @@ class SlicingServer(Machine):
                 g.gid, g.attempt, role, tuple(int(o) for o in owners),
                 tuple(hand_send.get(d, ())), hand_expect[d],
                 tuple(sorted(bsend[d].items())), bexpect[d],
-                flops, mem, fill_s, fill_batches)))
+                flops, mem, links, fill_batches)))
         for d in dummies:          # a new dummy still holds weights another device needs
             out.append(Send(d, PassPlan(g.gid, g.attempt, "dummy", (), tuple(hand_send[d]), 0,
-                                        (), 0, 0.0, 0, 0.0)))
+                                        (), 0, 0.0, 0, (), 0.0)))
         for new, owner, nbytes in fetch:
             # dummy take-over: the last hand-over of the piece, escrowed for the group's members
             # (the server cannot open it); without one, the initial weights, which the server
