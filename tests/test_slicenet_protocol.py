@@ -349,3 +349,19 @@ def test_a_pass_lasts_its_slowest_stage_plus_fill_plus_the_runtimes_latency_chai
                   arrivals[(node, attempt)])
         want = end + (end - t) * (stages - 1) / batches + stages * ell
         assert done[(node, attempt)] == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_the_driver_prices_a_relayed_latency_chain_from_the_topology():
+    """Relayed, a link's hop is ``src → server → dst``: the chain is S × the slowest of
+    ``latency(src, server) + latency(dst, server)`` (the cell tree's path latencies, which the
+    server was handed before issue 8); a job that declares no chain waits nothing."""
+    from crowdlearn.protocols.crowdlearning.passjob import PipelineDrain
+
+    sim = Simulation(crowd_config(**{"rounds": 1}))
+    lat = {d: sim.ctx.path_latency(d, "server") for d in range(sim.config.fleet.devices)}
+    links = ((0, 3), (3, 0), (2, 7), (9, 1))
+    want = 6 * max(lat[a] + lat[b] for a, b in links)
+    got = sim.driver._latency_chain_s(PipelineDrain(6, "server", links))
+    assert got == pytest.approx(want, rel=1e-12) and got > 0
+    assert sim.driver._latency_chain_s(PipelineDrain(6, "server", ())) == 0.0
+    assert sim.driver._latency_chain_s(object()) == 0.0
