@@ -9,7 +9,8 @@ per parameter.  A participant's *turn*:
 
 1. **download** a ``θd`` fraction of ``w`` (the most updated by the counters, the most recently
    updated, or all when ``θd = 1``) and overwrite its local copies;
-2. **train** one local epoch of mini-batch SGD (a ``TrainJob``);
+2. **train** one local epoch of mini-batch SGD (a
+   :class:`~crowdlearn.protocols.rounds.ReadTrainJob`, run by the executor);
 3. compute ``Δw = new − old`` over all layers, flattened;
 4. **select** at most ``c = ⌊θu·|w|⌋`` entries: the largest ``|Δw_j|`` (``topk``) or a random
    sample among ``|Δw_j| > τ`` (``random_threshold``), or, with differential privacy, the sparse
@@ -86,7 +87,7 @@ from crowdlearn.privacy.mechanisms import RELEASES, clip, svt_select
 from crowdlearn.protocols.validate import check_bounded
 from crowdlearn.registry import Protocol
 from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
+from crowdlearn.protocols.rounds import ReadTrainJob, read_train_runners
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
@@ -709,14 +710,15 @@ class DSSGDParticipant(Machine):
         self.start = self.local.copy()
         self.phase = "training"
         p = self.params
-        job = TrainJob.build(self.spec, unflatten(self.local, self.shapes), self.indices,
-                             epochs=p.local_epochs, batch_size=p.batch_size, lr=p.lr, rng=self.rng)
+        job = ReadTrainJob.build(self.spec, unflatten(self.local, self.shapes), self.indices,
+                                 epochs=p.local_epochs, batch_size=p.batch_size, lr=p.lr,
+                                 rng=self.rng)
         return [RunJob(msg.turn, job)]
 
     def _on_job_done(self, event: JobDone, now: float) -> list[Effect]:
         if self.phase != "training" or event.job_id != self.turn:
             return []
-        new = flatten(event.result)                    # forces the (batched) training to run
+        new = flatten(event.result)      # arrays: the executor ran the job (ReadTrainJob)
         dw = np.nan_to_num(new.astype(np.float64) - self.start, nan=0.0, posinf=0.0, neginf=0.0)
         self.local = new
         idx, vals = self.select(dw)
@@ -898,7 +900,7 @@ def build(ctx) -> dict:
 PROTOCOLS = (
     Protocol("dssgd", build, doc="Distributed selective SGD (Shokri & Shmatikov 2015), with "
              "optional differential privacy.", sections={"dssgd": CONFIG_SECTION},
-             check_sections=lambda v: cross_check(v["dssgd"]),
+             check_sections=lambda v: cross_check(v["dssgd"]), runners=read_train_runners,
              summary=lambda sim: sim.driver.machines[SERVER].staleness_summary(),
              server_view="crowdlearn.privacy.attacks.views:DSSGDServerView"),
 )

@@ -55,6 +55,7 @@ from sim.machine import (
 )
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
 from crowdlearn.protocols.validate import check_weights, misbehaved
+from crowdlearn.protocols.rounds import ReadTrainJob
 from crowdlearn.training.jobs import TrainJob
 from crowdlearn.training.models import ModelSpec
 
@@ -406,9 +407,11 @@ class _LocalTrainer(Machine):
         self.round = 0
 
     def _job(self) -> RunJob:
-        return RunJob(self.round, TrainJob.build(self.spec, self.weights, self.indices,
-                                                 epochs=self.epochs, batch_size=self.batch_size,
-                                                 lr=self.lr, rng=self.rng))
+        # kept as soon as it arrives: a job the executor runs (ReadTrainJob), not deferred
+        return RunJob(self.round, ReadTrainJob.build(self.spec, self.weights, self.indices,
+                                                     epochs=self.epochs,
+                                                     batch_size=self.batch_size, lr=self.lr,
+                                                     rng=self.rng))
 
 
 class CentralizedTrainer(_LocalTrainer):

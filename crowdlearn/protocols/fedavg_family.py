@@ -22,6 +22,7 @@ from crowdlearn.protocols.fedavg import (
     FedAvgServer,
     StandaloneClient,
 )
+from crowdlearn.protocols.rounds import read_train_runners
 from crowdlearn.registry import Protocol
 from crowdlearn.schema import Key
 from sim.driver import LazyMachines
@@ -212,8 +213,10 @@ PROTOCOLS = (
              "of the devices' data at the server (C-SGD with the paper's network).",
              sections=_SECTIONS, check=crowdlearning_config.check_paper_mlp,
              # C-SGD runs Crowdlearning's machines and jobs
-             runners=crowdlearning_build.runners, deferred_kinds=("slice_pass",),
+             runners=lambda sim: {**crowdlearning_build.runners(sim),
+                                  **read_train_runners(sim)},
+             deferred_kinds=("slice_pass",),
              summary=crowdlearning_build.summary),
     Protocol("standalone", build_standalone, doc="Baseline: every device trains alone.",
-             sections=_SECTIONS, check=check_standalone),
+             sections=_SECTIONS, check=check_standalone, runners=read_train_runners),
 )

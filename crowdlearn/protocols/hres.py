@@ -141,7 +141,7 @@ PROTOCOLS = (
     Protocol("hres", _calibrated_build, doc="HRES: encrypted asynchronous SGD with per-"
              "participant keys and a key transform server.", sections=phong._SECTIONS,
              check_sections=phong.check_section,
-             runners=lambda sim: {"crypto": phong.run_crypto_jobs}, summary=phong.he_summary,
+             runners=phong.runners, summary=phong.he_summary,
              attack_records=phong.collusion_records),
 )
 

@@ -8,7 +8,8 @@ holds the one shared key pair.  A participant's turn:
 
 1. request and download ``E(W)`` (:class:`EncryptedModel`);
 2. **decrypt** it (a crypto job on the device) and replace its local weights;
-3. **train** ``local_epochs`` of mini-batch SGD on its own samples (a ``TrainJob``);
+3. **train** ``local_epochs`` of mini-batch SGD on its own samples (a
+   :class:`~crowdlearn.protocols.rounds.ReadTrainJob`, run by the executor);
 4. **encrypt** the change ``ΔW = W_new − W`` (``= −α ΣG``) as fixed-point integers (a crypto job);
 5. upload ``E(ΔW)`` (:class:`EncryptedUpdate`).
 
@@ -44,7 +45,7 @@ from crowdlearn.crypto.lwe import LWEParams
 from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
 from crowdlearn.registry import Protocol
 from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
+from crowdlearn.protocols.rounds import ReadTrainJob, read_train_runners
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     Disconnected,
@@ -330,9 +331,9 @@ class PhongParticipant(Machine):
                 self.w = scheme.decode(event.result).astype(np.float64)
                 self.phase = "training"
                 p = self.params
-                job = TrainJob.build(self.spec, unflatten(self.w, self.shapes), self.indices,
-                                     epochs=p.local_epochs, batch_size=p.batch_size, lr=p.lr,
-                                     rng=self.rng)
+                job = ReadTrainJob.build(self.spec, unflatten(self.w, self.shapes),
+                                         self.indices, epochs=p.local_epochs,
+                                         batch_size=p.batch_size, lr=p.lr, rng=self.rng)
                 return [RunJob(("train", self.turn), job)]
             if op == "train" and self.phase == "training":
                 new = flatten(event.result)
@@ -526,11 +527,16 @@ def collusion_records(sim, uploads: int) -> tuple[dict, list]:
 
 _SECTIONS = {"he": CONFIG_SECTION}
 
+def runners(sim) -> dict:
+    """The executor's runners: the crypto jobs, and the local training a participant reads."""
+    return {"crypto": run_crypto_jobs, **read_train_runners(sim)}
+
+
 #: found by :mod:`crowdlearn.registry`
 PROTOCOLS = (
     Protocol("phong", _calibrated_build, doc="Encrypted asynchronous SGD (Phong et al. 2018): "
              "additively homomorphic updates (packed Paillier or LWE).", sections=_SECTIONS,
-             check_sections=check_section, runners=lambda sim: {"crypto": run_crypto_jobs},
+             check_sections=check_section, runners=runners,
              summary=he_summary, attack_records=collusion_records),
 )
 

@@ -52,7 +52,8 @@ class FMServer(Machine):
     rng : numpy.random.Generator
         Source of the score noise.
     pretrain : job, optional
-        Deep mode: the ``TrainJob`` of the whole network on the public rows.
+        Deep mode: the :class:`~crowdlearn.protocols.rounds.ReadTrainJob` of the whole network
+        on the public rows.
     """
 
     def __init__(self, node_id: NodeId, model: FMModel, participants: Sequence[NodeId],
@@ -257,11 +258,10 @@ class FMParticipant(Machine):
     All three survive disconnections (device memory); only the running job is lost.
     """
 
-    def __init__(self, node_id: NodeId, model: FMModel, x, y, indices: np.ndarray,
-                 params: FMParams, *, rng: np.random.Generator, server: NodeId = SERVER):
+    def __init__(self, node_id: NodeId, model: FMModel, indices: np.ndarray, params: FMParams,
+                 *, rng: np.random.Generator, server: NodeId = SERVER):
         super().__init__(node_id)
         self.model = model
-        self.x, self.y = x, y
         self.indices = np.asarray(indices, np.int64)
         self.params = params
         self.server = server
@@ -303,7 +303,7 @@ class FMParticipant(Machine):
                 self.u = self.u + self.w - z          # the scaled dual step of ADMM
             center = z - self.u
         p = self.params
-        job = FMFitJob.build(self.model, self.x, self.y, self.indices, epsilon=p.epsilon,
+        job = FMFitJob.build(self.model, self.indices, epsilon=p.epsilon,
                              bound=p.bound, ridge=p.ridge, seed=self.seed,
                              objective=self.objective, center=center, mu=p.mu)
         self.round, self.phase = msg.round, "running"
