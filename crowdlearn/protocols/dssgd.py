@@ -84,10 +84,10 @@ import numpy as np
 
 from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.privacy.mechanisms import RELEASES, clip, svt_select
+from crowdlearn.protocols.rounds import ReadTrainJob, TurnWindow, declined, read_train_runners
 from crowdlearn.protocols.validate import check_bounded
 from crowdlearn.registry import Protocol
 from crowdlearn.schema import Key
-from crowdlearn.protocols.rounds import ReadTrainJob, read_train_runners
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
@@ -393,11 +393,8 @@ class DSSGDServer(Machine):
         self.phase = "idle"                   # idle | running | waiting | done
         self.uploads = 0                      # accepted uploads (the upload sequence number)
         self.next_turn = 0
-        self.round = 0
         # the current reporting window (a cycle, or len(participants) asynchronous uploads)
-        self.window_start = 0.0
-        self.window_selected: list[NodeId] = []
-        self.window_applied: list[NodeId] = []
+        self.window = TurnWindow()
         # coordinated orders
         self.queue: deque = deque()
         self.grant: tuple[NodeId, int] | None = None
@@ -414,6 +411,11 @@ class DSSGDServer(Machine):
         self.staleness: list[int] = []
         self.entries_uploaded = 0
         self.entries_at_gamma = 0             # uploaded values clipped to ±γ
+
+    @property
+    def round(self) -> int:
+        """Reporting windows closed so far."""
+        return self.window.round
 
     # ------------------------------------------------------------ transition table
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -433,7 +435,7 @@ class DSSGDServer(Machine):
     # ------------------------------------------------------------ presence and start
     def _on_start(self, event: Start, now: float) -> list[Effect]:
         self.phase = "running"
-        self.window_start = now
+        self.window.open(now)
         if self.params.coordinated:
             self._plan_cycle()
             return self._grant_next(now)
@@ -490,7 +492,7 @@ class DSSGDServer(Machine):
                 p = self.queue.popleft()
                 self.grant, self.grant_served, self.granted_at = (p, self.next_turn), False, now
                 self.next_turn += 1
-                self.window_selected.append(p)
+                self.window.selected.append(p)
                 effects.append(Send(p, TurnGrant(self.grant[1])))
         return effects
 
@@ -539,7 +541,7 @@ class DSSGDServer(Machine):
         ok, effects = self._apply(src, msg, now)
         if ok:
             self.accepted[src] += 1
-            self.window_selected.append(src)
+            self.window.selected.append(src)
             if self.uploads % len(self.participants) == 0:
                 effects.extend(self._close_window(now))
         return effects + self._after_async(src, now)
@@ -547,7 +549,7 @@ class DSSGDServer(Machine):
     def _after_async(self, src: NodeId, now: float) -> list[Effect]:
         """After a participant's turn ended: halt when all are done, else serve its request."""
         if self._all_finished():
-            effects = self._close_window(now) if self.window_applied else []
+            effects = self._close_window(now) if self.window.applied else []
             return effects + self._halt()
         req = self.deferred.pop(src, None)
         if req is not None and self.accepted[src] < self.params.rounds:
@@ -555,7 +557,7 @@ class DSSGDServer(Machine):
         return []
 
     def _on_decline(self, src: NodeId, msg: TurnDecline, now: float) -> list[Effect]:
-        rep = [Report("turn_declined", msg.reason, (("device", src), ("turn", msg.turn)))]
+        rep = [declined(src, msg.reason, turn=msg.turn)]
         if self.params.coordinated:
             if self.grant is None or self.grant != (src, msg.turn):
                 return rep
@@ -598,22 +600,13 @@ class DSSGDServer(Machine):
         every = self.params.decay_every or len(self.participants)
         if self.params.decay < 1.0 and self.uploads % every == 0:
             self.counters *= self.params.decay
-        self.window_applied.append(src)
+        self.window.applied.append(src)
         return True, [Report("dssgd_upload", msg, (("device", src), ("turn", msg.turn),
                                                    ("entries", int(idx.size))))]
 
     def _close_window(self, now: float) -> list[Effect]:
-        uniq = tuple(dict.fromkeys(self.window_selected))
-        info = {"round": self.round, "start_s": self.window_start, "end_s": now,
-                "selected": uniq, "aggregated": tuple(dict.fromkeys(self.window_applied)),
-                "closed_by": "complete", "uploads": len(self.window_applied)}
-        tags = (("round", self.round),)
-        effects: list[Effect] = [Report("round", info),
-                                 Report("global_model", unflatten(self.weights, self.shapes), tags)]
-        self.round += 1
-        self.window_start = now
-        self.window_selected, self.window_applied = [], []
-        return effects
+        return self.window.close(now, unflatten(self.weights, self.shapes),
+                                 uploads=len(self.window.applied))
 
     def _all_finished(self) -> bool:
         return all(p in self.finished or self.accepted[p] >= self.params.rounds

@@ -43,9 +43,9 @@ import numpy as np
 
 from crowdlearn.crypto.lwe import LWEParams
 from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
+from crowdlearn.protocols.rounds import ReadTrainJob, TurnWindow, read_train_runners
 from crowdlearn.registry import Protocol
 from crowdlearn.schema import Key
-from crowdlearn.protocols.rounds import ReadTrainJob, read_train_runners
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     Disconnected,
@@ -189,8 +189,7 @@ class PhongServer(Machine):
         self.pending: deque = deque()          # (src, turn, payload) waiting for the adder
         self.adding = False
         self.applied = 0
-        self.round = 0
-        self.window_start = 0.0
+        self.window = TurnWindow()        # every len(participants) applied uploads
         self.phase = "idle"
         self.queue: deque = deque()
         self.grant: tuple | None = None
@@ -201,7 +200,8 @@ class PhongServer(Machine):
         if self.phase == "done":
             return []
         if isinstance(event, Start):
-            self.phase, self.window_start = "running", now
+            self.phase = "running"
+            self.window.open(now)
             return self._grant_next(now) if self.params.order == "round_robin" else []
         if isinstance(event, Received):
             m = event.message
@@ -275,13 +275,10 @@ class PhongServer(Machine):
 
     def _close_window(self, now: float) -> list[Effect]:
         w = self.costs.scheme.decode(self.enc_w.oracle)      # the monitor's oracle view
-        info = {"round": self.round, "start_s": self.window_start, "end_s": now,
-                "uploads": len(self.participants), "closed_by": "complete",
-                "selected": tuple(self.participants), "aggregated": tuple(self.participants)}
-        tags = (("round", self.round),)
-        self.round += 1
-        self.window_start = now
-        return [Report("round", info), Report("global_model", unflatten(w, self.shapes), tags)]
+        return self.window.close(now, unflatten(w, self.shapes),
+                                 selected=tuple(self.participants),
+                                 aggregated=tuple(self.participants),
+                                 uploads=len(self.participants))
 
     def collusion_view(self, scheme: Scheme, colluder: NodeId) -> dict[NodeId, list[np.ndarray]]:
         """What the server learns with ``colluder``'s key: under Phong's one shared key, every
