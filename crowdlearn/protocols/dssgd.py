@@ -73,10 +73,9 @@ One coordinated turn by hand:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +86,7 @@ from crowdlearn.privacy.mechanisms import RELEASES, clip, svt_select
 from crowdlearn.protocols.rounds import ReadTrainJob, TurnWindow, declined, read_train_runners
 from crowdlearn.protocols.validate import check_bounded
 from crowdlearn.registry import Protocol
-from crowdlearn.schema import Key
+from crowdlearn.schema import MISSING, Key, from_section, keys, param, relation_problems, validate
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
@@ -212,34 +211,67 @@ def _fraction_count(theta: float, n: int) -> int:
 
 @dataclass(frozen=True)
 class DSSGDParams:
-    """Protocol parameters (see ``CONFIG_SECTION`` for the meaning of each)."""
+    """Protocol parameters: ``rounds`` and the ``[dssgd]`` config section, declared once here
+    (:mod:`crowdlearn.schema`: each field's default, documentation and limits; the rules
+    between keys in :meth:`relations`)."""
 
-    rounds: int
-    theta_u: float = 0.1
-    theta_d: float = 1.0
-    download: str = "most_updated"
-    selection: str = "topk"
-    tau: float = 1e-3
-    gamma: float = 0.05
-    order: str = "round_robin"
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    decay: float = 1.0
-    decay_every: int = 0
-    turn_timeout_s: float = math.inf
-    dp: bool = False
-    epsilon: float = 1.0
-    selection_share: float = 0.5
-    release: str = "clipped"
-    delta: float = 1e-5
+    rounds: int = param(MISSING, "Epochs per participant.", type=int, min=1, config=False)
+    order: str = param("round_robin", "Order of access: 'round_robin' (one turn at a time in a "
+                       "fixed order), 'random_order' (one at a time, a fresh random order each "
+                       "cycle), 'asynchronous' (no coordination, each participant at its own "
+                       "pace).", choices=ORDERS)
+    theta_u: float = param(0.1, "Fraction θu of the parameters a participant uploads per "
+                           "turn.", min=0, max=1, min_open=True)
+    theta_d: float = param(1.0, "Fraction θd of the parameters downloaded per turn (1 = all).",
+                           min=0, max=1, min_open=True)
+    download: str = param("most_updated", "Which parameters a partial download takes: the most "
+                          "updated (server counters) or the most recently updated.",
+                          choices=DOWNLOADS)
+    selection: str = param("topk", "Which changes are uploaded (without dp): the largest |Δw| "
+                           "('topk') or a random sample of those with |Δw| > tau.",
+                           choices=SELECTIONS)
+    tau: float = param(1e-3, "Threshold τ on |Δw| (random_threshold and the dp selection).",
+                       min=0)
+    gamma: float = param(0.05, "Clipping bound γ of uploaded values; Δf = 2γ under dp.", min=0,
+                         min_open=True)
+    local_epochs: int = param(1, "Local epochs per turn.", min=1)
+    batch_size: int = param(32, "Mini-batch size (0 = full batch).", min=0)
+    lr: float = param(0.05, "SGD learning rate.", min=0, min_open=True)
+    decay: float = param(1.0, "Counter decay β: counters are multiplied by β every decay_every "
+                         "uploads (1 = never).", min=0, max=1)
+    decay_every: int = param(0, "Uploads between counter decays (0 = once per cycle, i.e. the "
+                             "number of participants).", min=0)
+    turn_timeout_s: float = param(math.inf, "Coordinated orders: give up on a granted turn "
+                                  "after this many simulated seconds.", min=0, min_open=True)
+    dp: bool = param(False, "Differential privacy: select and release uploads with the sparse "
+                     "vector technique.")
+    epsilon: float = param(1.0, "Privacy budget per parameter ε_p (the paper's x-axis); a turn "
+                           "spends ε_p·c with c = θu·|w|.", min=0, min_open=True)
+    selection_share: float = param(0.5, "Share ε1/(ε1+ε2) of a turn's budget spent on "
+                                   "selection.", min=0, max=1, min_open=True)
+    release: str = param("clipped", "The SVT release under dp: 'clipped' clips Δw to [-γ, γ] "
+                         "before adding the noise (differentially private); 'paper' adds the "
+                         "noise to the unclipped Δw as published (not DP for |Δw| > γ: its ε is "
+                         "reported as nominal, beside the auditor's measured lower bound).",
+                         choices=RELEASES)
+    delta: float = param(1e-5, "δ at which the composed ε of each participant is reported.",
+                         min=0, max=1, min_open=True)
 
     def __post_init__(self):
-        problems = _problems(dataclasses.asdict(self))
-        if self.rounds < 1:
-            problems.append(f"rounds must be >= 1; got {self.rounds}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        validate(self)
+
+    @staticmethod
+    def relations(v, key) -> list[str]:
+        """The rules between keys (``key(name)`` spells a key as the reader knows it)."""
+        out = []
+        if v["dp"] and not math.isfinite(v["gamma"]):
+            out.append(f"{key('gamma')}: must be finite with {key('dp')} = true")
+        if v["dp"] and v["selection_share"] >= 1:
+            out.append(f"{key('selection_share')}: must be < 1 with {key('dp')} = true "
+                       f"(ε2 > 0); got {v['selection_share']}")
+        if v["delta"] >= 1:
+            out.append(f"{key('delta')}: must be < 1; got {v['delta']}")
+        return out
 
     def upload_count(self, n: int) -> int:
         """``c = ⌊θu·n⌋`` (at least 1): the most entries a participant uploads per turn."""
@@ -256,40 +288,6 @@ class DSSGDParams:
     @property
     def coordinated(self) -> bool:
         return self.order != "asynchronous"
-
-
-def _problems(v: dict) -> list[str]:
-    out = []
-    for k in ("theta_u", "theta_d"):
-        if not 0 < v[k] <= 1:
-            out.append(f"{k} must be in (0, 1]; got {v[k]}")
-    for k, allowed in (("order", ORDERS), ("download", DOWNLOADS), ("selection", SELECTIONS)):
-        if v[k] not in allowed:
-            out.append(f"{k} must be one of {', '.join(allowed)}; got {v[k]!r}")
-    if not v["gamma"] > 0:
-        out.append(f"gamma must be > 0; got {v['gamma']}")
-    if not v["tau"] >= 0:
-        out.append(f"tau must be >= 0; got {v['tau']}")
-    if not 0 <= v["decay"] <= 1:
-        out.append(f"decay must be in [0, 1]; got {v['decay']}")
-    if v["local_epochs"] < 1 or v["lr"] <= 0 or v["batch_size"] < 0 or v["decay_every"] < 0:
-        out.append(f"need local_epochs >= 1, lr > 0, batch_size >= 0, decay_every >= 0; got "
-                   f"{v['local_epochs']}, {v['lr']}, {v['batch_size']}, {v['decay_every']}")
-    if not v["turn_timeout_s"] > 0:
-        out.append(f"turn_timeout_s must be > 0; got {v['turn_timeout_s']}")
-    if v["release"] not in RELEASES:
-        out.append(f"release must be one of {', '.join(RELEASES)}; got {v['release']!r}")
-    if v["dp"]:
-        if not math.isfinite(v["gamma"]):
-            out.append("gamma must be finite with dp = true (the noise scales with Δf = 2γ)")
-        if not v["epsilon"] > 0:
-            out.append(f"epsilon must be > 0; got {v['epsilon']}")
-        if not 0 < v["selection_share"] < 1:
-            out.append(f"selection_share must be in (0, 1) with dp = true; got "
-                       f"{v['selection_share']}")
-        if not 0 < v["delta"] < 1:
-            out.append(f"delta must be in (0, 1); got {v['delta']}")
-    return out
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -780,66 +778,18 @@ class DSSGDParticipant(Machine):
 
 
 # ---------------------------------------------------------------- configuration
-#: The ``[dssgd]`` configuration section.
-CONFIG_SECTION: dict[str, Key] = {
-    "order": Key(str, "round_robin", "Order of access: 'round_robin' (one turn at a time in a "
-                 "fixed order), 'random_order' (one at a time, a fresh random order each cycle), "
-                 "'asynchronous' (no coordination, each participant at its own pace).",
-                 choices=ORDERS),
-    "theta_u": Key(float, 0.1, "Fraction θu of the parameters a participant uploads per turn.",
-                   min=0, max=1, min_open=True),
-    "theta_d": Key(float, 1.0, "Fraction θd of the parameters downloaded per turn (1 = all).",
-                   min=0, max=1, min_open=True),
-    "download": Key(str, "most_updated", "Which parameters a partial download takes: the most "
-                    "updated (server counters) or the most recently updated.", choices=DOWNLOADS),
-    "selection": Key(str, "topk", "Which changes are uploaded (without dp): the largest |Δw| "
-                     "('topk') or a random sample of those with |Δw| > tau.", choices=SELECTIONS),
-    "tau": Key(float, 1e-3, "Threshold τ on |Δw| (random_threshold and the dp selection).",
-               min=0),
-    "gamma": Key(float, 0.05, "Clipping bound γ of uploaded values; Δf = 2γ under dp.", min=0,
-                 min_open=True),
-    "local_epochs": Key(int, 1, "Local epochs per turn.", min=1),
-    "batch_size": Key(int, 32, "Mini-batch size (0 = full batch).", min=0),
-    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
-    "decay": Key(float, 1.0, "Counter decay β: counters are multiplied by β every decay_every "
-                 "uploads (1 = never).", min=0, max=1),
-    "decay_every": Key(int, 0, "Uploads between counter decays (0 = once per cycle, i.e. the "
-                       "number of participants).", min=0),
-    "turn_timeout_s": Key(float, math.inf, "Coordinated orders: give up on a granted turn after "
-                          "this many simulated seconds.", min=0, min_open=True),
-    "dp": Key(bool, False, "Differential privacy: select and release uploads with the sparse "
-              "vector technique."),
-    "epsilon": Key(float, 1.0, "Privacy budget per parameter ε_p (the paper's x-axis); a turn "
-                   "spends ε_p·c with c = θu·|w|.", min=0, min_open=True),
-    "selection_share": Key(float, 0.5, "Share ε1/(ε1+ε2) of a turn's budget spent on selection.",
-                           min=0, max=1, min_open=True),
-    "release": Key(str, "clipped", "The SVT release under dp: 'clipped' clips Δw to [-γ, γ] "
-                   "before adding the noise (differentially private); 'paper' adds the noise to "
-                   "the unclipped Δw as published (not DP for |Δw| > γ: its ε is reported as "
-                   "nominal, beside the auditor's measured lower bound).", choices=RELEASES),
-    "delta": Key(float, 1e-5, "δ at which the composed ε of each participant is reported.",
-                 min=0, max=1, min_open=True),
-}
+#: The ``[dssgd]`` configuration section (derived from :class:`DSSGDParams`).
+CONFIG_SECTION: Mapping[str, Key] = keys(DSSGDParams)
 
 
 def cross_check(section: dict) -> list[str]:
     """Problems of a resolved ``[dssgd]`` section that single keys cannot express."""
-    v = {k: section[k] for k in CONFIG_SECTION}
-    out = []
-    if v["dp"] and not math.isfinite(v["gamma"]):
-        out.append("dssgd.gamma: must be finite with dssgd.dp = true")
-    if v["dp"] and v["selection_share"] >= 1:
-        out.append(f"dssgd.selection_share: must be < 1 with dssgd.dp = true (ε2 > 0); got "
-                   f"{v['selection_share']}")
-    if v["delta"] >= 1:
-        out.append(f"dssgd.delta: must be < 1; got {v['delta']}")
-    return out
+    return relation_problems(DSSGDParams, section, section="dssgd")
 
 
 def params_from_config(cfg) -> DSSGDParams:
     """:class:`DSSGDParams` from a resolved config (``cfg.rounds`` and ``cfg.dssgd.*``)."""
-    s = cfg.dssgd
-    return DSSGDParams(rounds=cfg.rounds, **{k: getattr(s, k) for k in CONFIG_SECTION})
+    return from_section(DSSGDParams, cfg.dssgd, rounds=cfg.rounds)
 
 
 def audit_release(params: DSSGDParams, value: float, *, rng: np.random.Generator,
@@ -892,8 +842,8 @@ def build(ctx) -> dict:
 #: found by :mod:`crowdlearn.registry`
 PROTOCOLS = (
     Protocol("dssgd", build, doc="Distributed selective SGD (Shokri & Shmatikov 2015), with "
-             "optional differential privacy.", sections={"dssgd": CONFIG_SECTION},
-             check_sections=lambda v: cross_check(v["dssgd"]), runners=read_train_runners,
+             "optional differential privacy.", params={"dssgd": DSSGDParams},
+             runners=read_train_runners,
              summary=lambda sim: sim.driver.machines[SERVER].staleness_summary(),
              server_view="crowdlearn.privacy.attacks.views:DSSGDServerView"),
 )

@@ -37,6 +37,7 @@ from crowdlearn.protocols.aggregate import weighted_average
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
 from crowdlearn.protocols.rounds import ReadTrainJob, RoundBook, model_report, round_report
 from crowdlearn.protocols.validate import check_weights, misbehaved
+from crowdlearn.schema import MISSING, param, validate
 from crowdlearn.training.jobs import TrainJob
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
@@ -64,26 +65,33 @@ SERVER: NodeId = "server"
 
 @dataclass(frozen=True)
 class FedAvgParams:
-    rounds: int
-    clients_per_round: int
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    deadline_s: float = math.inf
-    over_selection: float = 0.0
-    min_clients: int = 1
+    """``rounds`` and the ``[fedavg]`` config section (shared by FedAvg and the centralized and
+    standalone baselines), declared once here (:mod:`crowdlearn.schema`: each field's default,
+    documentation and limits).  The server needs ``clients_per_round >= 1``: a config's 0 ("use
+    fraction") is resolved against the fleet by
+    :func:`crowdlearn.protocols.fedavg_family.params_from_config`."""
+
+    rounds: int = param(MISSING, "Rounds.", type=int, min=1, config=False)
+    clients_per_round: int = param(0, "Updates the server waits for per round (m); 0 = use "
+                                   "fraction.", min=0)
+    fraction: float = param(0.1, "Fraction C of devices per round when clients_per_round = 0.",
+                            min=0, max=1, min_open=True)
+    local_epochs: int = param(1, "Local epochs E per round.", min=1)
+    batch_size: int = param(32, "Local mini-batch size B (0 = full batch).", min=0)
+    lr: float = param(0.05, "SGD learning rate.", min=0, min_open=True)
+    deadline_s: float = param(math.inf, "Round deadline in simulated seconds; the server "
+                              "aggregates what arrived by then.", min=0, min_open=True)
+    over_selection: float = param(0.0, "Select this fraction more devices than needed and keep "
+                                  "the first m updates.", min=0)
+    min_clients: int = param(1, "Devices that must be present to start a round.", min=1)
+    secure_aggregation: str = param("none", "Secure aggregation of the updates: 'secagg' "
+                                    "(Bonawitz et al. 2017), 'secagg+' (Bell et al. 2020, k "
+                                    "neighbours) or 'none'. Settings in [secagg].",
+                                    choices=("none", "secagg", "secagg+"))
+
 
     def __post_init__(self):
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1; got {self.rounds}")
-        if self.clients_per_round < 1:
-            raise ValueError(f"clients_per_round must be >= 1; got {self.clients_per_round}")
-        if self.over_selection < 0:
-            raise ValueError(f"over_selection must be >= 0; got {self.over_selection}")
-        if self.deadline_s <= 0:
-            raise ValueError(f"deadline_s must be > 0; got {self.deadline_s}")
-        if self.min_clients < 1:
-            raise ValueError(f"min_clients must be >= 1; got {self.min_clients}")
+        validate(self)
 
     @property
     def selected_per_round(self) -> int:
@@ -186,6 +194,10 @@ class FedAvgServer(Machine):
     def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator,
                  dp=None):
         super().__init__(node_id)
+        if params.clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1 at the server (a config's 0, 'use "
+                             f"fraction', is resolved by params_from_config); got "
+                             f"{params.clients_per_round}")
         self.weights = [np.asarray(w) for w in weights]
         self.params = params
         self.rng = rng

@@ -125,6 +125,7 @@ from crowdlearn.privacy import functional as F
 from crowdlearn.protocols.fm.config import (
     CONFIG_SECTION,
     cross_check,
+    neighbours,
     params_from_config,
 )
 from crowdlearn.protocols.fm.evaluator import LinearEvaluator
@@ -218,8 +219,9 @@ def build(ctx) -> dict:
 
 
 def _check_sections(v: dict) -> list[str]:
-    return cross_check(v["fm"], protocol=v["protocol"], model=v["model"], data=v["data"],
-                       quality=v["quality"])
+    # the [fm] section's own rules are FMParams.relations, checked by the registry
+    return neighbours(protocol=v["protocol"], model=v["model"], data=v["data"],
+                      quality=v["quality"])
 
 
 def _check(v: dict) -> list[str]:
@@ -233,7 +235,7 @@ def _check(v: dict) -> list[str]:
 PROTOCOLS = (
     Protocol("fm", build, doc="Functional mechanism (Zhang et al. 2012) in a fleet, with "
              "quality-weighted aggregation.",
-             sections={"fm": CONFIG_SECTION, "quality": _quality.CONFIG_SECTION},
+             params={"fm": FMParams}, sections={"quality": _quality.CONFIG_SECTION},
              check_sections=_check_sections, check=_check, runners=runners),
 )
 
