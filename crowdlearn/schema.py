@@ -56,7 +56,7 @@ from dataclasses import MISSING, dataclass
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Key", "MISSING", "check", "from_section", "is_params", "keys", "param",
+__all__ = ["Key", "check", "from_section", "is_params", "keys", "param",
            "relation_problems", "validate"]
 
 
