@@ -78,3 +78,14 @@ def test_crowdlearnings_section_builds_the_machines_params():
     assert (mp.epochs, mp.theta, mp.omega, mp.peer_to_peer, mp.lr) == (3, 0.3, 4, True, 0.05)
     with pytest.raises(ValueError, match="theta: must be <= 1; got 2"):
         type(sl)(theta=2.0)
+
+
+def test_fedavgs_server_refuses_the_configs_unresolved_clients_per_round():
+    import numpy as np
+
+    from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
+    from crowdlearn.protocols.fedavg_family import params_from_config
+    assert params_from_config(from_dict({"fleet": {"devices": 30}})).clients_per_round == 3
+    with pytest.raises(ValueError, match=r"resolved by params_from_config\); got 0"):
+        FedAvgServer("server", [np.zeros(2, np.float32)], FedAvgParams(rounds=1),
+                     rng=np.random.default_rng(0))
