@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from crowdlearn.crypto.sealing import KeyRing
+from crowdlearn.protocols.crowdlearning import config as _config
 from crowdlearn.protocols.crowdlearning import machines as sp
 from crowdlearn.protocols.crowdlearning.passjob import as_array
 
@@ -59,9 +60,8 @@ def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
         ctx.extra.update(plan=plan, graph=graph)
     else:
         layout = SliceLayout(desc, None, None, 0) if conv else sp.whole_model_layout(desc)
-    params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
-                            tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
-                            peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
+    params = _config.params_from_config(cfg).slice_params(epochs=cfg.rounds, group_size=n,
+                                                          pieces=pieces)
     # every node generates its own key pair; only public keys travel (insecure derivation from
     # the seed only when slicenet.deterministic_keys is set, for reproducible crypto tests)
     det = cfg.seed if sc.deterministic_keys else None
