@@ -443,6 +443,9 @@ class _Recorder:
     def on_energy(self, node, joules):
         pass
 
+    def on_compute(self, node, flops, seconds, energy):
+        pass
+
 
 def test_the_relay_sees_no_plaintext_of_a_sealed_payload():
     from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
@@ -708,3 +711,75 @@ def test_emulated_links_deliver_no_faster_than_their_bandwidth_and_latency():
     arrived = mon.reports[0][1].value
     # up at 100 kB/s, down at 50 kB/s, one latency: about 0.2 + 0.4 + 0.05 emulated seconds
     assert stats.halted and arrived >= nbytes / 1e5 + nbytes / 5e4 + 0.05
+
+
+# ---------------------------------------------------------------- FIFO per channel (NotReady)
+@message(0x7F33)
+@dataclass(frozen=True)
+class _Tensors:
+    values: object          # a deferred list of arrays (duck type of training.jobs.Deferred)
+
+
+class _Later:
+    """A value a job computes: encoding it raises ``NotReady`` until ``done`` is set."""
+
+    shapes, dtypes = [(2,)], [np.float32]
+
+    def __init__(self):
+        self.done = False
+
+    def value(self):
+        if not self.done:
+            raise wire.NotReady("not computed yet")
+        return [np.ones(2, np.float32)]
+
+
+class _OneJobExecutor:
+    """The executor interface the job pool calls, for jobs whose result is themselves."""
+
+    def submit(self, job):
+        return job
+
+    def result(self, handle):
+        return handle
+
+    def complete(self, handle):
+        return handle
+
+    def cancel(self, handle):
+        pass
+
+
+def test_a_message_waiting_for_its_values_is_not_overtaken_on_its_channel():
+    from types import SimpleNamespace
+
+    from sim.aio.runtime import run
+    from sim.machine import JobDone, RunJob
+
+    later = _Later()
+
+    class Sender(Machine):
+        def handle(self, event, now):
+            if isinstance(event, Start):        # first a message not computed yet, then a ready one
+                return [Send(2, _Tensors(later)), Send(2, _PlainNote(b"second")),
+                        RunJob("j", SimpleNamespace(flops=0.0, kind="x"))]
+            if isinstance(event, JobDone):
+                later.done = True               # the job computed the first message's values
+            return []
+
+    class Receiver(Machine):
+        def __init__(self, node):
+            super().__init__(node)
+            self.got = []
+
+        def handle(self, event, now):
+            if isinstance(event, Received):
+                self.got.append(type(event.message).__name__)
+                return [Halt()] if len(self.got) == 2 else []
+            return []
+
+    rx = Receiver(2)
+    stats = run({1: Sender(1), 2: rx}, executor=_OneJobExecutor(), monitor=_Recorder(),
+                options=Options(timeout_s=30))
+    assert stats.halted and stats.send_retries >= 1 and stats.never_sent == 0
+    assert rx.got == ["_Tensors", "_PlainNote"]          # the order they were sent in

@@ -26,6 +26,7 @@ bytes, like h11 and aioquic pair their protocol objects with asyncio transports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import os
 import threading
@@ -299,18 +300,36 @@ class Sink:
 
 
 # ---------------------------------------------------------------- sending
+class _Out:
+    """One send on its channel: ``body`` once encoded, ``state`` "encoding" (on the worker),
+    "waiting" (its values not computed yet), "held" (behind a waiting one, not encoded yet),
+    "never" (its values never will be) or "ready"."""
+
+    __slots__ = ("node", "eff", "body", "state", "was_waiting")
+
+    def __init__(self, node: Node, eff: Send):
+        self.node, self.eff, self.body, self.state = node, eff, None, "encoding"
+        self.was_waiting = False
+
+
 class Outbox:
     """Every node's sends of one process, encoded on the worker thread (a message may carry
     values a job computes, and sealing encrypts: the loop never computes), written in the order
-    they were sent.  A message whose encoding raises :class:`sim.wire.NotReady` (boundary
-    tensors of a Crowdlearning pass whose other parts have not arrived) waits, and is encoded
-    again after the next completed job or delivered message of any node (:meth:`retry`), as a
-    device sends it once its computation is done; dropped if it never can be (``never``), or
-    if the run ends first (counted in :attr:`never_sent`)."""
+    they were sent, first in first out on each channel (sender, receiver).
+
+    A message whose encoding raises :class:`sim.wire.NotReady` (boundary tensors of a
+    Crowdlearning pass whose other parts have not arrived) waits, and is encoded again after the
+    next completed job or delivered message of any node (:meth:`retry`), as a device sends it
+    once its computation is done; the later messages of its channel wait behind it (written
+    once it is, in order: a receiver's replay check on sealed payloads expects each channel's
+    order), and those sent once it waits are encoded only when their turn comes (so a seal
+    numbered at encoding time is numbered in channel order too).  A message that never can be encoded (``never``) is dropped, and so is every message
+    still waiting when the run ends (both counted in :attr:`never_sent`)."""
 
     def __init__(self, pool: JobPool):
         self.pool = pool
-        self.waiting: list[tuple[Node, Send]] = []
+        self.channels: dict[tuple, collections.deque] = {}     # (src, dst) -> _Out, in order
+        self.waiting: set[tuple] = set()    # channels whose head waits for its values
         self.encoding = 0               # encodings on the worker, not back yet
         self.retries = 0                # encodings tried again
         self.never_sent = 0             # dropped: their values were never computed
@@ -323,9 +342,20 @@ class Outbox:
             return exc
 
     def send(self, node: Node, eff: Send) -> None:
+        key = (node.node, eff.dst)
+        out = _Out(node, eff)
+        q = self.channels.setdefault(key, collections.deque())
+        q.append(out)
+        if len(q) > 1 and (q[0].was_waiting or q[-2].state == "held"):
+            out.state = "held"          # encoded when it comes to the head of its channel
+        else:
+            self._encode_on_worker(key, out)
+
+    def _encode_on_worker(self, key: tuple, out: _Out) -> None:
+        out.state = "encoding"
         self.encoding += 1
-        self.pool.run(self._encode, eff.message).add_done_callback(
-            lambda f: self._encoded(node, eff, f))
+        self.pool.run(self._encode, out.eff.message).add_done_callback(
+            lambda f: self._encoded(key, out, f))
 
     def after(self, fn: Callable, *args) -> None:
         """``fn(*args)`` on the loop once every send before it was written (or set aside)."""
@@ -336,7 +366,7 @@ class Outbox:
             fn(*args)
         self.pool.run(lambda: None).add_done_callback(done)
 
-    def _encoded(self, node: Node, eff: Send, f: asyncio.Future) -> None:
+    def _encoded(self, key: tuple, out: _Out, f: asyncio.Future) -> None:
         self.encoding -= 1
         if f.cancelled():
             return
@@ -346,22 +376,52 @@ class Outbox:
         body = f.result()
         if isinstance(body, wire.NotReady):
             if body.never:
-                self.never_sent += 1
+                out.state = "never"
             else:
-                self.waiting.append((node, eff))
-            return
-        node._send_body(eff.dst, body)
+                out.state, out.was_waiting = "waiting", True
+        else:
+            out.body, out.state = body, "ready"
+        self._flush(key)
+
+    def _flush(self, key: tuple) -> None:
+        """Write the channel's messages from its head on, up to the first not ready."""
+        q = self.channels.get(key)
+        self.waiting.discard(key)
+        while q:
+            head = q[0]
+            if head.state == "ready":
+                q.popleft()
+                head.node._send_body(head.eff.dst, head.body)
+            elif head.state == "never":
+                q.popleft()
+                self.never_sent += 1
+            elif head.state == "held":
+                self._encode_on_worker(key, head)
+                return
+            else:
+                if head.state == "waiting":
+                    self.waiting.add(key)
+                return
+        self.channels.pop(key, None)
 
     def retry(self) -> None:
-        """Encode the waiting messages again (their nodes still running)."""
-        waiting, self.waiting = self.waiting, []
-        for node, eff in waiting:
-            if not node.stopped.is_set():
-                self.retries += 1
-                self.send(node, eff)
+        """Encode the waiting messages at the head of their channels again (their nodes still
+        running); what waits behind them follows once they are written."""
+        keys, self.waiting = self.waiting, set()
+        for key in keys:
+            q = self.channels.get(key)
+            if not q or q[0].state != "waiting":
+                continue
+            if q[0].node.stopped.is_set():
+                self.never_sent += len(q)
+                del self.channels[key]
+                continue
+            self.retries += 1
+            self._encode_on_worker(key, q[0])
 
     def close(self) -> None:
-        self.never_sent += len(self.waiting)
+        self.never_sent += sum(len(q) for q in self.channels.values())
+        self.channels.clear()
         self.waiting.clear()
 
 
