@@ -33,6 +33,23 @@ def _peer_to_peer(cfg) -> bool:
     return cfg.protocol in ("crowdlearning", "ssgd") and bool(cfg.slicenet.peer_to_peer)
 
 
+def modelled_presence(cfg) -> bool:
+    """Whether devices come and go in ``cfg``'s run (availability model, churn or batteries)."""
+    av = cfg.availability
+    return av.model != "always" or av.churn > 0 or bool(av.battery)
+
+
+def _presence(sim):
+    """The run's :class:`sim.aio.presence.Presence`: the SimPy driver's availability model,
+    fault parameters, generator and device records, driven on the asyncio runtime's clock."""
+    from sim.aio.presence import Presence
+
+    drv = sim.driver
+    devices = [n for n, is_dev in drv.is_device.items() if is_dev and n in drv.machines]
+    return Presence(devices, availability=drv.availability, faults=drv.faults, rng=drv.rng,
+                    states=drv.devices, on_offline=sim.monitor.on_offline)
+
+
 def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     """Drive ``sim``'s machines under asyncio and return its :class:`Results`."""
     from crowdlearn.signals import as_interrupts, signal_of
@@ -47,6 +64,9 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     if _peer_to_peer(cfg) and "local" not in kwargs:
         devices = set(range(cfg.fleet.devices))     # device-to-device messages go direct
         kwargs["direct"] = lambda src, dst: src in devices and dst in devices
+    presence = None
+    if modelled_presence(cfg) and "local" not in kwargs:
+        presence = kwargs["presence"] = _presence(sim)
     try:
         with as_interrupts():
             stats = aio.run(machines, executor=sim.executor, monitor=sim.monitor,
@@ -58,6 +78,10 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
         sim.signal = signal_of(exc)[1]
     emulated = stats.emulated_time_s if stats else 0.0
     sim.halted = bool(stats and stats.halted)
+    if presence is not None and emulated > 0:
+        # the per-device table's online fractions are online seconds over the run's time
+        # (the SimPy environment's clock, never started here: moved to the emulated end)
+        sim.env.run(until=emulated)
     sim.monitor.flush(emulated)
     results = sim._results(time.perf_counter() - wall0, interrupted)
     s = results.summary
@@ -72,6 +96,8 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
                  incidents=stats.incidents, peers_lost=stats.lost, connect_s=stats.connect_s,
                  send_retries=stats.send_retries, never_sent=stats.never_sent,
                  direct_frames=stats.direct_frames)
+        if presence is not None:
+            s["presence_transitions"] = presence.transitions
     s["stopped_by"] = (sim.signal or ("completed" if s["completed"] else
                                       "timeout" if stats and stats.stopped_by == "timeout"
                                       else "stalled"))
@@ -103,6 +129,11 @@ def check_separable(cfg) -> None:
     slicenet.errors.UserError: protocol 'ssgd' cannot run as separate processes yet: a pass is one collective job over the group's parts, computed by one executor; run it in one process with crowdlearn run CONFIG --runtime asyncio
     """
     from slicenet.errors import UserError
+    if hasattr(cfg, "availability") and modelled_presence(cfg):
+        raise UserError("availability, churn and batteries cannot run as separate processes yet "
+                        "(one generator draws every device's schedule); run it in one process "
+                        "with crowdlearn run CONFIG --runtime asyncio, or set "
+                        "availability.model = 'always', churn = 0, battery = false")
     why = ONE_PROCESS_ONLY.get(cfg.protocol)
     if why:
         raise UserError(f"protocol {cfg.protocol!r} cannot run as separate processes yet: {why}; "

@@ -709,8 +709,9 @@ def test_emulated_links_deliver_no_faster_than_their_bandwidth_and_latency():
                 options=Options(time_scale=10.0, timeout_s=30))
     nbytes = mon.transfers[0][2]
     arrived = mon.reports[0][1].value
-    # up at 100 kB/s, down at 50 kB/s, one latency: about 0.2 + 0.4 + 0.05 emulated seconds
-    assert stats.halted and arrived >= nbytes / 1e5 + nbytes / 5e4 + 0.05
+    # up at 800 kB/s, down at 400 kB/s (the profiles' rates are bytes per second, as SimPy's
+    # network reads them), one latency: about 0.025 + 0.05 + 0.05 emulated seconds
+    assert stats.halted and arrived >= nbytes / 8e5 + nbytes / 4e5 + 0.05
 
 
 # ---------------------------------------------------------------- FIFO per channel (NotReady)
@@ -783,3 +784,101 @@ def test_a_message_waiting_for_its_values_is_not_overtaken_on_its_channel():
                 options=Options(timeout_s=30))
     assert stats.halted and stats.send_retries >= 1 and stats.never_sent == 0
     assert rx.got == ["_Tensors", "_PlainNote"]          # the order they were sent in
+
+
+def test_a_deadline_simpy_meets_is_met_at_a_high_time_scale():
+    # rounds close at a 0.8 s deadline with some of the 4 selected devices' updates in (SimPy:
+    # [0, 5, 6], [0, 7], [5, 6]); at 200 emulated seconds per real second, the real TensorFlow
+    # training (tens to thousands of real milliseconds, hundreds of emulated seconds) must cost
+    # no emulated time beyond its modelled duration, or every update would miss the deadline
+    over = {"model.hidden": [256, 256], "fedavg.deadline_s": 0.8, "fedavg.min_clients": 1}
+    ref = Simulation(small_config(**over)).run()
+    got = run_asyncio(Simulation(small_config(**AIO, **over, **{"runtime.time_scale": 200.0})))
+    want = [(r["closed_by"], r["aggregated"]) for r in ref.rounds]
+    assert [(r["closed_by"], r["aggregated"]) for r in got.rounds] == want
+    assert all(agg for _, agg in want) and any(len(agg) < 4 for _, agg in want)
+    s = got.summary
+    # the clock stood still for the real computation: less emulated time than 200 × real
+    assert s["emulated_time_s"] < 200 * s["real_time_s"]
+
+
+# ---------------------------------------------------------------- availability, churn, batteries
+def _offline_events(sim):
+    """Record the monitor's ``on_offline`` calls of ``sim`` (node, reason, emulated time)."""
+    seen = []
+    orig = sim.monitor.on_offline
+    sim.monitor.on_offline = lambda node, reason, now: (seen.append((node, reason, now)),
+                                                        orig(node, reason, now))[1]
+    return seen
+
+
+FLAKY_FLEET = {"rounds": 5, "training.backend": "none", "fedavg.deadline_s": 1.0,
+               "fedavg.min_clients": 1}
+
+
+def test_a_sessions_availability_schedule_under_asyncio_is_simpys_draw_for_draw():
+    over = {**FLAKY_FLEET, "availability.model": "sessions",
+            "availability.mean_online_s": 0.3, "availability.mean_offline_s": 0.3}
+    ref_sim = Simulation(small_config(**over))
+    want = _offline_events(ref_sim)
+    ref = ref_sim.run()
+    sim = Simulation(small_config(**AIO, **over, **{"runtime.time_scale": 100.0}))
+    got = _offline_events(sim)
+    res = run_asyncio(sim)
+    s = res.summary
+    assert s["completed"] and s["incidents"] == [] and s["peers_lost"] == []
+    # with no churn the generator draws only availability changes, in time order: the same
+    # devices go offline at the same emulated instants as under SimPy, up to the shorter run
+    end = min(s["emulated_time_s"], ref.summary["sim_time_s"])
+    assert got and [e for e in got if e[2] <= end] == [e for e in want if e[2] <= end]
+    drops = {d["device"]: d["drops_availability"] for d in res.devices}
+    assert sum(drops.values()) == len(got)
+    assert all(0.0 <= d["online_fraction"] <= 1.0 for d in res.devices)
+    # a device offline from the start, or gone mid-round, is not aggregated while away
+    assert any(r["closed_by"] == "dropouts" for r in res.rounds) or \
+        any(len(r["aggregated"]) < 4 for r in res.rounds)
+
+
+def test_churn_under_asyncio_drops_devices_mid_training_and_they_come_back():
+    over = {**FLAKY_FLEET, "availability.churn": 0.5, "availability.churn_offline_s": 0.2}
+    sim = Simulation(small_config(**AIO, **over, **{"runtime.time_scale": 100.0}))
+    got = _offline_events(sim)
+    server = sim.driver.machines["server"]
+    lost = []
+    orig = server.handle
+    server.handle = lambda event, now: (lost.append(event.peer) if type(event).__name__ ==
+                                        "PeerLost" else None, orig(event, now))[1]
+    res = run_asyncio(sim)
+    s = res.summary
+    assert s["completed"] and s["incidents"] == [] and s["peers_lost"] == []
+    churned = [n for n, reason, _ in got if reason == "churn"]
+    assert churned and len(churned) == len(got)
+    assert sum(d["drops_churn"] for d in res.devices) == len(churned)
+    assert sorted(lost) == sorted(churned)          # each drop-out reached the server
+    # a device that churned mid-training is not aggregated that round, and comes back
+    assert any(r["closed_by"] == "dropouts" for r in res.rounds)
+    assert any(n in r["aggregated"] for r in res.rounds[1:] for n in churned)
+
+
+def test_batteries_under_asyncio_take_a_drained_device_offline():
+    # batteries ~7 mJ above the drop-out level: a round's radio and compute drain them
+    over = {**FLAKY_FLEET, "rounds": 2, "availability.battery": True,
+            "availability.initial_battery": [0.9999901, 0.9999901],
+            "availability.battery_min_fraction": 0.99999, "availability.recharge_s": 0.05}
+    sim = Simulation(small_config(**AIO, **over, **{"runtime.time_scale": 100.0}))
+    got = _offline_events(sim)
+    res = run_asyncio(sim)
+    assert res.summary["completed"]
+    assert got and {r for _, r, _ in got} == {"battery"}
+    assert sum(d["drops_battery"] for d in res.devices) == len(got)
+
+
+def test_availability_under_asyncio_needs_emulated_time_and_one_process():
+    from crowdlearn.config import ConfigError
+    from crowdlearn.realtime import check_separable
+    from slicenet.errors import UserError
+    with pytest.raises(ConfigError, match="time_scale > 0"):
+        small_config(**AIO, **{"availability.churn": 0.1})
+    cfg = small_config(**AIO, **{"availability.churn": 0.1, "runtime.time_scale": 10.0})
+    with pytest.raises(UserError, match="cannot run as separate processes"):
+        check_separable(cfg)

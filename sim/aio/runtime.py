@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import math
 import os
 import threading
@@ -55,6 +56,7 @@ from sim.aio.frames import (
 )
 from sim.machine import (
     CancelJob,
+    Disconnected,
     Halt,
     JobDone,
     JobFailed,
@@ -105,22 +107,158 @@ class Options:
 
 
 class Clock:
-    """Machine time: real seconds since the start, or emulated seconds (``time_scale`` each)."""
+    """Machine time: real seconds since the start, or emulated seconds (``time_scale`` each).
+
+    Emulated time stands still while the process computes for real (:meth:`hold`, by the job
+    pool while jobs wait to be batched or run, and while it encodes messages or feeds the
+    monitor): under SimPy a computation takes no simulated time beyond its modelled duration,
+    so a job ends at its modelled end whatever the executor's real speed, and a deadline the
+    SimPy run meets is met at any ``time_scale``.  Events on the emulated clock
+    (:meth:`call_at`) wait on one heap, so a pause moves them all.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, scale: float):
         self.loop, self.scale = loop, float(scale)
         self.t0 = loop.time()
+        self.paused_s = 0.0             # real seconds the emulated clock stood still
+        self.paused_since: float | None = None
+        self._holds = 0
+        self._heap: list = []           # [t, seq, fn, args, live]
+        self._seq = 0
+        self._armed: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
+        self.track_wire = False         # hold while frames between local nodes are in flight
+        self._wire: dict[tuple, collections.deque] = {}
 
     def now(self) -> float:
-        dt = self.loop.time() - self.t0
-        return dt * self.scale if self.scale > 0 else dt
+        if self.scale <= 0:
+            return self.loop.time() - self.t0
+        real = (self.paused_since if self.paused_since is not None else self.loop.time())
+        t = (real - self.t0 - self.paused_s) * self.scale
+        # never past an event not handled yet: a loop timer that fires late (the loop busy, the
+        # machine loaded) would otherwise cost emulated time, time_scale times the delay
+        return t if self._armed_at is None or t <= self._armed_at else self._armed_at
 
-    def real_at(self, t: float) -> float:
-        """Loop time at which machine time ``t`` comes."""
-        return self.t0 + (t / self.scale if self.scale > 0 else t)
+    def hold(self) -> None:
+        """Stop emulated time until as many :meth:`release` calls (real computation runs)."""
+        if self.scale <= 0:
+            return
+        self._holds += 1
+        if self._holds == 1:
+            self.paused_since = self.loop.time()
+            self._disarm()
 
-    def real_delay(self, dt: float) -> float:
-        return dt / self.scale if self.scale > 0 else 0.0
+    def release(self) -> None:
+        if self.scale <= 0:
+            return
+        self._holds -= 1
+        if self._holds < 0:
+            raise RuntimeError("clock released more often than held")
+        if self._holds == 0:
+            self.paused_s += self.loop.time() - self.paused_since
+            self.paused_since = None
+            self._arm()
+
+    @property
+    def paused(self) -> bool:
+        return self._holds > 0
+
+    #: real seconds after which a frame not seen arriving no longer holds the clock (a frame
+    #: lost with its connection)
+    STUCK_S = 1.0
+
+    def sent(self, src: NodeId, dst: NodeId) -> None:
+        """A frame ``src`` → ``dst`` left (``track_wire``: both ends in this process): the clock
+        stands still until it :meth:`arrived` (or ``STUCK_S`` real seconds), so the real time it
+        spends in sockets, the hub and the loop costs no emulated time (its emulated time is the
+        link model's, already spent in the sender's token bucket)."""
+        if self.scale <= 0 or not self.track_wire:
+            return
+        self.hold()
+        token: list = [None]
+        token[0] = self.loop.call_later(self.STUCK_S, self._stuck, (src, dst), token)
+        self._wire.setdefault((src, dst), collections.deque()).append(token)
+
+    def arrived(self, src: NodeId, dst: NodeId) -> None:
+        """The oldest frame in flight ``src`` → ``dst`` arrived (or was dropped)."""
+        q = self._wire.get((src, dst))
+        if not q:
+            return
+        token = q.popleft()
+        if not q:
+            del self._wire[(src, dst)]
+        token[0].cancel()
+        self.release()
+
+    def _stuck(self, key: tuple, token: list) -> None:
+        q = self._wire.get(key)
+        if q and token in q:
+            q.remove(token)
+            if not q:
+                del self._wire[key]
+            self.release()
+
+    def call_at(self, t: float, fn: Callable, *args) -> _Timer:
+        """Call ``fn(*args)`` on the loop when machine time reaches ``t``; a handle whose
+        ``cancel()`` forgets it."""
+        if self.scale <= 0:
+            return self.loop.call_at(self.t0 + t, fn, *args)
+        self._seq += 1
+        entry = _Timer(t, self._seq, fn, args)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._arm()
+        return entry
+
+    def _disarm(self) -> None:
+        if self._armed is not None:
+            self._armed.cancel()
+            self._armed = self._armed_at = None
+
+    def _arm(self) -> None:
+        heap = self._heap
+        while heap and not heap[0].live:
+            heapq.heappop(heap)
+        if self._holds or not heap:
+            self._disarm()
+            return
+        t = heap[0].t
+        if t < self.now():               # due already (armed while the clock was held)
+            t = self.now()
+        if self._armed is not None and self._armed_at == t:
+            return
+        self._disarm()
+        self._armed_at = t
+        self._armed = self.loop.call_at(self.t0 + self.paused_s + t / self.scale, self._due, t)
+
+    def _due(self, t: float) -> None:
+        self._armed = self._armed_at = None
+        late = self.now() - t
+        if late > 0:                    # the loop's timer fired late: that time did not pass
+            self.paused_s += late / self.scale
+        now = t                         # (or a hair early)
+        heap = self._heap
+        while heap and not self._holds and (heap[0].t <= now or not heap[0].live):
+            e = heapq.heappop(heap)
+            if e.live:
+                e.live = False
+                e.fn(*e.args)
+        self._arm()
+
+
+class _Timer:
+    """An event on the emulated clock (:meth:`Clock.call_at`)."""
+
+    __slots__ = ("t", "seq", "fn", "args", "live")
+
+    def __init__(self, t: float, seq: int, fn: Callable, args: tuple):
+        self.t, self.seq, self.fn, self.args, self.live = t, seq, fn, args, True
+
+    def __lt__(self, other: _Timer) -> bool:
+        return (self.t, self.seq) < (other.t, other.seq)
+
+    def cancel(self) -> None:
+        self.live = False
 
 
 # ---------------------------------------------------------------- the worker thread
@@ -130,8 +268,11 @@ class JobPool:
     calls run there in the order they were made.  Exceptions raised there are kept in
     :attr:`errors` and re-raised by :meth:`check` ("we broke" is never swallowed)."""
 
-    def __init__(self, executor, loop: asyncio.AbstractEventLoop, *, window: float):
+    def __init__(self, executor, loop: asyncio.AbstractEventLoop, *, window: float,
+                 clock: Clock | None = None):
         self.executor, self.loop, self.window = executor, loop, float(window)
+        self.clock = clock              # held (stopped) while the worker has work
+        self._work = 0                  # jobs, encodings and monitor calls not finished
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crowdlearn-jobs")
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._flush: asyncio.TimerHandle | None = None
@@ -142,6 +283,16 @@ class JobPool:
         self.worker_threads: set[int] = set()
         self._handles: dict[int, tuple] = {}     # id(job) -> (job, executor handle)
 
+    def _begin(self) -> None:
+        self._work += 1
+        if self._work == 1 and self.clock is not None:
+            self.clock.hold()
+
+    def _end(self, n: int = 1) -> None:
+        self._work -= n
+        if self._work == 0 and self.clock is not None:
+            self.clock.release()
+
     #: a gathering window is extended by each new job, up to this many windows
     MAX_WINDOWS = 20
 
@@ -150,6 +301,7 @@ class JobPool:
         joined it (at most ``MAX_WINDOWS`` windows after the first), and never while the worker
         is still computing the previous batch (the jobs that arrive meanwhile join the next)."""
         fut = self.loop.create_future()
+        self._begin()
         now = self.loop.time()
         if not self._pending:
             self._first = now
@@ -166,6 +318,8 @@ class JobPool:
             return                      # flushed when the running batch is done
         batch, self._pending = self._pending, []
         live = [(j, f) for j, f in batch if not f.cancelled()]
+        if len(live) < len(batch):
+            self._end(len(batch) - len(live))
         if not live:
             return
         self.batches += 1
@@ -181,10 +335,11 @@ class JobPool:
                 for _, f in live:
                     if not f.done():
                         f.set_exception(c.exception())
-                return
-            for (_, f), r in zip(live, c.result(), strict=True):
-                if not f.done():
-                    f.set_result(r)
+            else:
+                for (_, f), r in zip(live, c.result(), strict=True):
+                    if not f.done():
+                        f.set_result(r)
+            self.loop.call_soon(self._end, len(live))   # after the results' callbacks ran
 
         cf.add_done_callback(done)
 
@@ -216,7 +371,10 @@ class JobPool:
         def call():
             self.worker_threads.add(threading.get_ident())
             return fn(*args)
-        return self.loop.run_in_executor(self._thread, call)
+        self._begin()
+        fut = self.loop.run_in_executor(self._thread, call)
+        fut.add_done_callback(lambda f: self.loop.call_soon(self._end))   # after its callbacks
+        return fut
 
     def cancel(self, fut: asyncio.Future, job: Any) -> None:
         """Cancel a job: its future, and its handle in the executor if it was submitted (so
@@ -241,6 +399,12 @@ class JobPool:
                 fn(*args)
             except BaseException as exc:       # noqa: BLE001 - kept and re-raised by check()
                 self.errors.append(exc)
+            finally:
+                try:
+                    self.loop.call_soon_threadsafe(self._end)
+                except RuntimeError:            # the loop is closed: the run is over
+                    pass
+        self._begin()
         self._thread.submit(run)
 
     def drain(self) -> None:
@@ -266,6 +430,7 @@ class Sink:
     def __init__(self, monitor, pool: JobPool, profile: Callable[[NodeId], Any]):
         self.monitor, self.pool, self.profile = monitor, pool, profile
         self.parts = PartsBoard()       # models reported in parts (sim.parts), joined first
+        self.battery: Callable | None = None    # battery(node, joules), on the loop
 
     def report(self, node, rep: Report, now: float) -> None:
         self.pool.call(self._report, node, rep, now)
@@ -275,6 +440,11 @@ class Sink:
 
     def transfer(self, src, dst, nbytes: int, now: float, msg) -> None:
         self.pool.call(self._transfer, src, dst, nbytes, now, msg)
+        if self.battery is not None:
+            for node, attr in ((src, "j_per_byte_up"), (dst, "j_per_byte_down")):
+                p = self.profile(node)
+                if p is not None:
+                    self.battery(node, nbytes * float(getattr(p, attr)))
 
     def _transfer(self, src, dst, nbytes, now, msg) -> None:
         self.monitor.on_transfer(src, dst, nbytes, now, msg)
@@ -290,6 +460,8 @@ class Sink:
         p = self.profile(node)
         energy = flops * float(p.j_per_flop) if p is not None else 0.0
         self.pool.call(self._compute, node, flops, seconds, energy)
+        if self.battery is not None and energy:
+            self.battery(node, energy)
 
     def _compute(self, node, flops, seconds, energy) -> None:
         self.monitor.on_compute(node, flops, seconds, energy)
@@ -427,7 +599,7 @@ class Outbox:
 
 # ---------------------------------------------------------------- shaping
 class TokenBucket:
-    """A link of ``rate`` bytes per emulated second: :meth:`reserve` returns when (loop time)
+    """A link of ``rate`` bytes per emulated second: :meth:`reserve` returns when (machine time)
     ``nbytes`` will have gone through, FIFO after what was reserved before."""
 
     def __init__(self, rate_bytes_s: float, clock: Clock):
@@ -435,10 +607,9 @@ class TokenBucket:
         self.free_at = 0.0
 
     def reserve(self, nbytes: int) -> float:
-        now = self.clock.loop.time()
-        start = max(now, self.free_at)
+        start = max(self.clock.now(), self.free_at)
         if self.rate > 0 and math.isfinite(self.rate):
-            self.free_at = start + self.clock.real_delay(nbytes / self.rate)
+            self.free_at = start + nbytes / self.rate
         else:
             self.free_at = start
         return self.free_at
@@ -483,6 +654,7 @@ class Hub:
         self.pub = frames.public_bytes(self.key)
         self.capture, self.on_drop, self.on_relay = capture, on_drop, on_relay
         self.conns: dict[NodeId, _Conn] = {}
+        self.away: set = set()          # connected but offline (the fleet model's presence)
         self.incidents: list[dict] = []
         self.stats = HubStats()
         self.started = asyncio.Event()
@@ -569,7 +741,7 @@ class Hub:
         self.ever_joined.add(node)
         self._write(conn, wire.encode(Welcome(node)))
         if self.started.is_set():
-            if self.server in self.conns and node != self.server:
+            if self.server in self.conns and node != self.server and node not in self.away:
                 self._write(self.conns[self.server], wire.encode(Presence(node, True)))
             self._write(conn, wire.encode(Go()))
         elif self.expect <= set(self.conns):
@@ -586,7 +758,7 @@ class Hub:
         if self.server in self.conns:
             c = self.conns[self.server]
             for node in self.conns:
-                if node != self.server:
+                if node != self.server and node not in self.away:
                     self._write(c, wire.encode(Presence(node, True)))
             self._write(c, wire.encode(Go()))
 
@@ -595,7 +767,17 @@ class Hub:
             body = await self._read(reader, dec, queue)
             if body is None:
                 return
-            msg = frames.parse(body, allowed=(Envelope, Halted))
+            msg = frames.parse(body, allowed=(Envelope, Halted, Presence))
+            if isinstance(msg, Presence):       # the node goes offline or comes back
+                if msg.peer != conn.node or conn.node == self.server:
+                    raise FrameError(f"{conn.node!r} announced the presence of {msg.peer!r}")
+                if msg.up == (conn.node not in self.away):
+                    continue                    # no change
+                (self.away.discard if msg.up else self.away.add)(conn.node)
+                srv = self.conns.get(self.server)
+                if srv is not None:
+                    self._write(srv, wire.encode(Presence(conn.node, msg.up)))
+                continue
             if isinstance(msg, Halted):
                 if self.server is not None and conn.node != self.server:
                     raise FrameError(f"{conn.node!r} tried to halt the run (only the server may)")
@@ -604,7 +786,7 @@ class Hub:
             if msg.src != conn.node:
                 raise FrameError(f"{conn.node!r} sent an envelope from {msg.src!r}")
             dst = self.conns.get(msg.dst)
-            if dst is None:
+            if dst is None or msg.dst in self.away:
                 if self.on_drop is not None:
                     self.on_drop(msg.src, msg.dst, len(msg.body))
                 continue
@@ -776,18 +958,23 @@ class Node:
         self.halted = False
         self.stop_reason: str | None = None
         self.stopped = asyncio.Event()
+        self.went = asyncio.Event()      # told to start (Go)
+        self.online = True              # the fleet model's presence (sim.aio.presence)
+        self.presence = None
+        self.job_times: dict[Any, tuple] = {}   # job id -> (start, modelled s, flops)
         self.events_handled = 0
         self.sent = self.received = 0
         self.socket_bytes = 0
         self.writer: asyncio.StreamWriter | None = None
-        self.cpu_free_at = 0.0          # loop time its modelled CPU is free (emulation)
+        self.cpu_free_at = 0.0          # machine time its modelled CPU is free (emulation)
         prof = sink.profile(node)
-        self.up = TokenBucket(prof.up_bps / 8, clock) if prof is not None and clock.scale > 0 \
+        # the profiles' rates are bytes per second (sim.profiles.DeviceProfile), as SimPy's
+        self.up = TokenBucket(prof.up_bps, clock) if prof is not None and clock.scale > 0 \
             else None
-        self.down = TokenBucket(prof.down_bps / 8, clock) if prof is not None and clock.scale > 0 \
+        self.down = TokenBucket(prof.down_bps, clock) if prof is not None and clock.scale > 0 \
             else None
         self.latency = float(prof.latency_s) if prof is not None and clock.scale > 0 else 0.0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set = set()        # its events on the clock (shaped links, job ends)
         self.task: asyncio.Task | None = None
 
     @property
@@ -821,9 +1008,11 @@ class Node:
                         self.stop_reason = "stop"
                         break
                     if isinstance(msg, Go):
-                        self.inbox.put_nowait(Start())
+                        if self.online:
+                            self.post(Start())
+                        self.went.set()
                     elif isinstance(msg, Presence):
-                        self.inbox.put_nowait(PeerJoined(msg.peer) if msg.up
+                        self.post(PeerJoined(msg.peer) if msg.up
                                               else PeerLost(msg.peer))
                     else:
                         self._arrived(msg)
@@ -843,7 +1032,12 @@ class Node:
             self.sink.report(self.node, Report("malformed_message", str(exc),
                                                (("device", env.src),)), self.clock.now())
             return
+        finally:
+            self.clock.arrived(env.src, self.node)
         n = len(env.body)
+        if not self.online:
+            self.sink.dropped(env.src, self.node, n)
+            return
         if self.down is None:
             self._deliver_msg(env.src, msg, n)
             return
@@ -851,22 +1045,35 @@ class Node:
         self._at(at, self._deliver_msg, env.src, msg, n)
 
     def _deliver_msg(self, src, msg, nbytes: int) -> None:
+        if not self.online:             # it went offline while the message came down
+            self.sink.dropped(src, self.node, nbytes)
+            return
         self.sink.transfer(src, self.node, nbytes, self.clock.now(), msg)
-        self.inbox.put_nowait(Received(src, msg))
+        self.post(Received(src, msg))
 
     def _at(self, at: float, fn, *args) -> None:
-        """Call ``fn(*args)`` at loop time ``at`` (tracked, so the node is not idle meanwhile)."""
-        async def later():
-            await asyncio.sleep(max(0.0, at - self.clock.loop.time()))
+        """Call ``fn(*args)`` at machine time ``at`` (tracked, so the node is not idle
+        meanwhile)."""
+        def call(h):
+            self._tasks.discard(h)
             fn(*args)
-        t = asyncio.ensure_future(later())
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        box: list = []
+        h = self.clock.call_at(at, lambda: call(box[0]))
+        box.append(h)
+        self._tasks.add(h)
+
+    def post(self, event) -> None:
+        """Queue ``event`` for the machine (the emulated clock waits until it is handled)."""
+        self.clock.hold()
+        self.inbox.put_nowait(event)
 
     async def _handle_loop(self) -> None:
         while True:
             event = await self.inbox.get()
-            self.handle(event)
+            try:
+                self.handle(event)
+            finally:
+                self.clock.release()
 
     def handle(self, event) -> None:
         self.events_handled += 1
@@ -883,9 +1090,7 @@ class Node:
         elif isinstance(eff, RunJob):
             self._run_job(eff.job_id, eff.job)
         elif isinstance(eff, CancelJob):
-            fut = self.jobs.pop(eff.job_id, None)
-            if fut is not None:
-                self.pool.cancel(fut, self.job_of.pop(eff.job_id, None))
+            self._cancel_job(eff.job_id)
         elif isinstance(eff, Report):
             self.sink.report(self.node, eff, now)
         elif isinstance(eff, Halt):
@@ -899,15 +1104,25 @@ class Node:
         """Write an encoded message to ``dst`` (through the uplink's bucket, if emulated)."""
         if self.stopped.is_set():
             return
+        if not self.online:
+            self.sink.dropped(self.node, dst, len(body))
+            return
         data = wire.encode(Envelope(self.node, dst, body))
         self.sent += 1
-        write = self._write
+        out = self._write
         if self.direct is not None and self.peers is not None and self.direct(self.node, dst):
-            write = self._link_to(dst).write
+            out = self._link_to(dst).write
+
+        def write(data: bytes) -> None:
+            if not self.online:         # it went offline while the message went up
+                self.sink.dropped(self.node, dst, len(body))
+                return
+            self.clock.sent(self.node, dst)
+            out(data)
         if self.up is None:
             write(data)
         else:
-            at = self.up.reserve(len(body)) + self.clock.real_delay(self.latency)
+            at = self.up.reserve(len(body)) + self.latency
             self._at(at, write, data)
 
     def _count(self, n: int) -> None:
@@ -990,34 +1205,85 @@ class Node:
         mem = getattr(job, "memory_bytes", 0)
         if prof is not None and mem > prof.memory_bytes:
             self.sink.job_failed(self.node, "memory")
-            self.inbox.put_nowait(JobFailed(job_id, "memory"))
+            self.post(JobFailed(job_id, "memory"))
             return
         flops = float(getattr(job, "flops", 0.0))
         modelled = flops / float(prof.flops) if prof is not None and prof.flops > 0 else 0.0
-        loop = self.clock.loop
-        start = max(loop.time(), self.cpu_free_at)
-        ready_at = start + self.clock.real_delay(modelled)
+        clock = self.clock
+        start = max(clock.now(), self.cpu_free_at)
+        ready_at = start + (modelled if clock.scale > 0 else 0.0)
         self.cpu_free_at = ready_at
         fut = self.pool.submit(job)
         self.job_of[job_id] = job       # for cancelling it in the executor
         self.jobs[job_id] = fut
+        self.job_times[job_id] = (start, modelled, flops)
+        churn_at = self.presence.churn_moment(self.node, modelled, getattr(job, "kind", None)) \
+            if self.presence is not None else None
+        if churn_at is not None:        # the device drops out during this training job
+            self._at(start + churn_at, self._churned, job_id, fut)
 
         def done(f: asyncio.Future) -> None:
             if self.jobs.get(job_id) is not f or f.cancelled():
                 return
             if f.exception() is not None:
                 return                      # kept by the pool; the run re-raises it
-            del self.jobs[job_id]
-            self.job_of.pop(job_id, None)
             self.pool.forget(job)
-            self.sink.compute(self.node, flops, modelled)
             result = f.result()
-            if ready_at > loop.time():
-                self._at(ready_at, self.inbox.put_nowait, JobDone(job_id, result))
+
+            def finish() -> None:           # at its modelled end: the job is over
+                if self.jobs.get(job_id) is not f:
+                    return                  # cancelled meanwhile (or the device dropped out)
+                del self.jobs[job_id]
+                self.job_of.pop(job_id, None)
+                self.job_times.pop(job_id, None)
+                self.sink.compute(self.node, flops, modelled)
+                if self.online:
+                    self.post(JobDone(job_id, result))
+            if ready_at > clock.now():
+                self._at(ready_at, finish)
             else:
-                self.inbox.put_nowait(JobDone(job_id, result))
+                finish()
 
         fut.add_done_callback(done)
+
+    def _cancel_job(self, job_id) -> None:
+        """Cancel a job; under emulation, charge the part of its modelled time that ran."""
+        fut = self.jobs.pop(job_id, None)
+        if fut is None:
+            return
+        self.pool.cancel(fut, self.job_of.pop(job_id, None))
+        start, modelled, flops = self.job_times.pop(job_id, (0.0, 0.0, 0.0))
+        if self.clock.scale > 0 and modelled > 0:     # as SimPy charges an abandoned job
+            ran = min(max(0.0, self.clock.now() - start), modelled)
+            if ran > 0:
+                self.sink.compute(self.node, flops * ran / modelled, ran)
+
+    def _churned(self, job_id, fut) -> None:
+        if self.jobs.get(job_id) is fut and self.presence is not None:
+            self.presence.churned(self.node)
+
+    def go_offline(self, reason: str) -> None:
+        """The fleet model takes this device offline: its jobs are cancelled, what it sends or
+        receives from now on is dropped, its machine gets ``Disconnected()`` and the hub is told
+        (the server gets ``PeerLost``)."""
+        if not self.online:
+            return
+        self.online = False
+        for job_id in list(self.jobs):
+            self._cancel_job(job_id)
+        self.cpu_free_at = self.clock.now()
+        self.post(Disconnected())
+        self._write(wire.encode(Presence(self.node, False)))
+
+    def go_online(self) -> None:
+        """Back online: the hub is told (the server gets ``PeerJoined``), then its machine gets
+        ``Start()``."""
+        if self.online:
+            return
+        self.online = True
+        self._write(wire.encode(Presence(self.node, True)))
+        if self.went.is_set():
+            self.post(Start())
 
     def _arm(self) -> None:
         t = self.machine.next_timer()
@@ -1029,11 +1295,11 @@ class Node:
         self.timer_at = t
         if t is None or not math.isfinite(t):
             return
-        self.timer = self.clock.loop.call_at(self.clock.real_at(t), self._fire)
+        self.timer = self.clock.call_at(t, self._fire)
 
     def _fire(self) -> None:
         self.timer, self.timer_at = None, None
-        self.inbox.put_nowait(TimerFired())
+        self.post(TimerFired())
 
     def _shutdown(self) -> None:
         if self._listener is not None:
@@ -1050,6 +1316,9 @@ class Node:
         self.jobs.clear()
         for t in list(self._tasks):
             t.cancel()
+        while not self.inbox.empty():       # never handled: they hold the clock no more
+            self.inbox.get_nowait()
+            self.clock.release()
 
 
 # ---------------------------------------------------------------- one process, every node
@@ -1087,7 +1356,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                     listen: tuple[str, int] = (LOOPBACK, 0),
                     on_listening: Callable[[int], None] | None = None,
                     on_started: Callable[[], None] | None = None,
-                    direct: Callable[[NodeId, NodeId], bool] | None = None) -> RunStats:
+                    direct: Callable[[NodeId, NodeId], bool] | None = None,
+                    presence=None) -> RunStats:
     """Run ``machines`` to completion, each a :class:`Node` on its own loopback connection.
 
     ``local``: the nodes run in this process (default: all); the others connect from other
@@ -1098,15 +1368,17 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     peers with it; ``hub.started`` says when every node is in); ``on_listening(port)`` and ``on_started()`` are told when the hub
     listens and when every node is in.  ``direct(src, dst)``: the messages sent over a direct
     connection between the two nodes instead of through the hub (local nodes only; e.g.
-    Crowdlearning's device-to-device messages in peer-to-peer mode).  Returns when a machine halts, when nothing has been in flight for
+    Crowdlearning's device-to-device messages in peer-to-peer mode).  ``presence``: a
+    :class:`sim.aio.presence.Presence` that takes devices offline and back on the emulated
+    clock (availability, churn, batteries; local nodes only).  Returns when a machine halts, when nothing has been in flight for
     ``options.quiet_s`` (only if every node is local), or after ``options.timeout_s``.
     """
     loop = asyncio.get_running_loop()
     wall0 = time.perf_counter()
-    pool = JobPool(executor, loop, window=options.batch_window_s)
+    clock = Clock(loop, options.time_scale)
+    pool = JobPool(executor, loop, window=options.batch_window_s, clock=clock)
     sink = Sink(monitor, pool, profile)
     outbox = Outbox(pool)
-    clock = Clock(loop, options.time_scale)
     local = list(machines) if local is None else list(local)
     all_local = set(local) == set(machines)
     keys = dict(keys) if keys is not None else {n: X25519PrivateKey.generate() for n in machines}
@@ -1115,9 +1387,19 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
         def on_relay(src, dst, body: bytes) -> None:
             if dst not in nodes:
                 sink.transfer(src, dst, len(body), clock.now(), wire.decode(body))
+    clock.track_wire = all_local
+
+    def on_drop(src, dst, nbytes: int) -> None:
+        sink.dropped(src, dst, nbytes)
+        clock.arrived(src, dst)         # it will not arrive
     hub = Hub({n: frames.public_bytes(keys[n]) for n in machines}, server=server,
-              options=options, capture=capture, on_drop=sink.dropped, on_relay=on_relay)
+              options=options, capture=capture, on_drop=on_drop, on_relay=on_relay)
     nodes: dict = {}
+    if presence is not None:
+        if not all_local:
+            raise ValueError("availability under asyncio needs every node in this process")
+        hub.away = presence.initial()
+        sink.battery = presence.spend
     peers = Peers(hub.roster) if direct is not None else None
     if direct is not None and not all_local:
         raise ValueError("direct connections need every node in this process (local = None)")
@@ -1132,9 +1414,22 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
             on_listening(port)
         await asyncio.sleep(0)
         clock.t0 = loop.time()
+        clock.hold()                    # emulated time starts when every node is in
+
+        async def go() -> None:
+            await hub.started.wait()
+            for nd in nodes.values():      # and each local node was told to start
+                await nd.went.wait()
+            if presence is not None:
+                presence.start(nodes, clock)
+            clock.release()
+        tasks.append(asyncio.ensure_future(go()))
         for n in local:
             nodes[n] = Node(n, machines[n], key=keys[n], pool=pool, sink=sink, clock=clock,
                             options=options, outbox=outbox, direct=direct, peers=peers)
+            if presence is not None:
+                nodes[n].presence = presence
+                nodes[n].online = n not in hub.away
             tasks.append(asyncio.ensure_future(nodes[n].run(LOOPBACK, port)))
         if faults is not None:
             fault_task = asyncio.ensure_future(faults(hub, nodes, clock))
@@ -1170,6 +1465,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
             except asyncio.TimeoutError:
                 pass
         emulated = clock.now()
+        if presence is not None:
+            presence.finish(emulated)
         await hub.stop(stopped_by)
     finally:
         if fault_task is not None:
@@ -1217,8 +1514,8 @@ async def join_async(node: NodeId, machine: Machine, *, key: X25519PrivateKey, h
     """Run one node in this process against a hub elsewhere, until the hub stops the run
     (returns ``{"stopped_by": "stop", ...}``) or the connection is lost (``"lost"``)."""
     loop = asyncio.get_running_loop()
-    pool = JobPool(executor, loop, window=options.batch_window_s)
     clock = Clock(loop, options.time_scale)
+    pool = JobPool(executor, loop, window=options.batch_window_s, clock=clock)
     nd = Node(node, machine, key=key, pool=pool, sink=Sink(monitor, pool, profile), clock=clock,
               options=options)
     try:
