@@ -154,16 +154,34 @@ def _node_keys(cfg, nodes) -> dict:
     return {n: node_key(secret, n) for n in nodes}
 
 
-def serve(sim, *, host: str, port: int, on_listening=None, on_started=None) -> Any:
+def roster_keys(roster: dict, devices) -> dict:
+    """Device → raw public key for every one of ``devices`` from a roster (device → hex, from
+    :func:`sim.aio.keys.read_roster`); raises naming the devices the roster lacks."""
+    from slicenet.errors import UserError
+    missing = [d for d in devices if d not in roster]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise UserError(f"the roster lists no key for device(s) {shown}: enrol each with "
+                        "crowdlearn join CONFIG --key KEY --enrol ROSTER --device I")
+    return {d: bytes.fromhex(roster[d]) for d in devices}
+
+
+def serve(sim, *, host: str, port: int, on_listening=None, on_started=None,
+          roster: dict | None = None) -> Any:
     """Run the server side of ``sim`` (the server and any infrastructure nodes, and the hub) on
-    ``host:port``; the devices join from other processes (:func:`join`).  Returns the results:
-    every message is charged here (the hub sees those it relays to devices); the devices' own
-    compute and reports stay in their processes."""
+    ``host:port``; the devices join from other processes (:func:`join`).  ``roster``: device →
+    public key hex of the devices accepted (each proves its key when it connects); ``None``:
+    the testbed's keys derived from the config (:func:`_secret`).  Returns the results: every
+    message is charged here (the hub sees those it relays to devices); the devices' own compute
+    and reports stay in their processes."""
     machines = sim.driver.machines
     local = [n for n in machines if not isinstance(n, int)]      # server, infrastructure
-    keys = _node_keys(sim.config, list(machines))
-    kwargs = dict(local=local, keys=keys, listen=(host, port), on_listening=on_listening,
-                  on_started=on_started)
+    if roster is None:
+        keys, public = _node_keys(sim.config, list(machines)), None
+    else:
+        keys, public = None, roster_keys(roster, [n for n in machines if n not in local])
+    kwargs = dict(local=local, keys=keys, public=public, listen=(host, port),
+                  on_listening=on_listening, on_started=on_started)
     return run_asyncio(sim, **kwargs)
 
 
@@ -213,8 +231,10 @@ def device_simulation(cfg, device: int):
     return sim
 
 
-def join(cfg, *, host: str, port: int, device: int) -> dict:
-    """Run device ``device`` of ``cfg`` against a :func:`serve` process until it stops the run."""
+def join(cfg, *, host: str, port: int, device: int, key=None) -> dict:
+    """Run device ``device`` of ``cfg`` against a :func:`serve` process until it stops the run,
+    proving ``key`` (its X25519 private key; ``None``: the testbed's key derived from the
+    config)."""
     import asyncio
 
     sim = device_simulation(cfg, device)
@@ -222,7 +242,8 @@ def join(cfg, *, host: str, port: int, device: int) -> dict:
     if device not in machines:
         raise KeyError(f"device {device} is not in this run (devices 0..{cfg.fleet.devices - 1})")
     fleet = sim.driver.fleet
-    key = _node_keys(cfg, [device])[device]
+    if key is None:
+        key = _node_keys(cfg, [device])[device]
     out = asyncio.run(aio.join_async(
         device, machines[device], key=key, host=host, port=port, executor=sim.executor,
         monitor=sim.monitor, profile=lambda n: fleet[n] if n in fleet else None,

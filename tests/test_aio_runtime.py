@@ -344,10 +344,11 @@ def test_an_envelope_with_a_forged_sender_drops_the_connection():
 
 
 # ---------------------------------------------------------------- separate processes
-def _processes(tmp_path, sets, devices, *, kill=None):
+def _processes(tmp_path, sets, devices, *, kill=None, roster=False):
     """A `crowdlearn serve` and one `crowdlearn join` per device, on 127.0.0.1; every process is
     waited for (and killed if it outlives the test's timeouts).  ``kill``: a device whose process
-    is killed (SIGKILL) once the server says every node has joined."""
+    is killed (SIGKILL) once the server says every node has joined.  ``roster``: each device
+    has its own key file, enrolled in the server's roster first (else ``--testbed-keys``)."""
     import os
     import subprocess
     import sys
@@ -357,16 +358,24 @@ def _processes(tmp_path, sets, devices, *, kill=None):
     cli = [sys.executable, "-m", "crowdlearn.cli"]
     flags = [x for s in sets for x in ("--set", s)]
     procs = []
+    srv_keys, dev_keys = ["--testbed-keys"], [["--testbed-keys"]] * devices
+    if roster:
+        from crowdlearn.cli import main
+        dev_keys = [["--key", str(tmp_path / f"dev{i}.key")] for i in range(devices)]
+        for i in range(devices):
+            assert main(["join", *dev_keys[i], "--enrol", str(tmp_path / "roster.txt"),
+                         "--device", str(i)] + flags) == 0
+        srv_keys = ["--roster", str(tmp_path / "roster.txt")]
     try:
         srv = subprocess.Popen(cli + ["serve", "--listen", "127.0.0.1:0", "--out",
-                                      str(tmp_path / "served"), "--no-plots"] + flags,
+                                      str(tmp_path / "served"), "--no-plots"] + srv_keys + flags,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         procs.append(srv)
         line = srv.stdout.readline()                     # "listening on 127.0.0.1:PORT"
         assert line.startswith("listening on 127.0.0.1:"), (line, srv.stderr.read())
         port = int(line.rsplit(":", 1)[1])
         joins = [subprocess.Popen(cli + ["join", "--connect", f"127.0.0.1:{port}",
-                                         "--device", str(i)] + flags,
+                                         "--device", str(i)] + dev_keys[i] + flags,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=env) for i in range(devices)]
         procs += joins
@@ -391,7 +400,7 @@ def test_a_server_and_three_device_processes_run_fedavg_with_simpys_bytes(tmp_pa
     import json
     sets = ["fleet.devices=3", "rounds=2", "fedavg.clients_per_round=3", "training.backend=none",
             "runtime.timeout_s=200"]
-    rc, (out, err), joins = _processes(tmp_path, sets, 3)
+    rc, (out, err), joins = _processes(tmp_path, sets, 3, roster=True)
     assert rc == 0, err
     for jrc, (jout, jerr) in joins:
         assert jrc == 0, jerr
@@ -882,3 +891,78 @@ def test_availability_under_asyncio_needs_emulated_time_and_one_process():
     cfg = small_config(**AIO, **{"availability.churn": 0.1, "runtime.time_scale": 10.0})
     with pytest.raises(UserError, match="cannot run as separate processes"):
         check_separable(cfg)
+
+
+# ---------------------------------------------------------------- device keys and the roster
+def test_a_device_key_file_is_created_private_reused_and_never_overwritten(tmp_path, capsys):
+    import os
+
+    from crowdlearn.cli import main
+    from sim.aio.keys import load_or_create_key, public_hex, read_roster
+    key, roster = tmp_path / "dev1.key", tmp_path / "roster.txt"
+    base = ["join", "--set", "fleet.devices=3", "--device", "1"]
+    assert main(base + ["--key", str(key), "--enrol", str(roster)]) == 0
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    pub = public_hex(load_or_create_key(key))
+    assert read_roster(roster) == {1: pub}                     # the same key, read back
+    assert main(base + ["--key", str(key), "--enrol", str(roster)]) == 0     # idempotent
+    assert roster.read_text().count(pub) == 1
+    # a user's file of another format is left alone
+    other = tmp_path / "notes.txt"
+    other.write_text("my notes\n")
+    capsys.readouterr()
+    assert main(base + ["--key", str(other), "--enrol", str(roster)]) == 2
+    assert other.read_text() == "my notes\n" and "left as it is" in capsys.readouterr().err
+    # missing folders and missing choices: exit 2, naming the fix
+    assert main(base + ["--key", str(tmp_path / "no" / "k"), "--enrol", str(roster)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(base + ["--connect", "127.0.0.1:1"]) == 2
+    assert "--key PATH" in capsys.readouterr().err
+    # another device's key under an enrolled id is refused
+    assert main(["join", "--set", "fleet.devices=3", "--device", "1", "--key",
+                 str(tmp_path / "k2"), "--enrol", str(roster)]) == 2
+    assert "already lists device 1" in capsys.readouterr().err
+
+
+def test_serve_needs_a_roster_naming_every_device_or_the_testbed_flag(tmp_path, capsys):
+    from crowdlearn.cli import main
+    base = ["serve", "--set", "fleet.devices=3", "--set", "training.backend=none",
+            "--out", str(tmp_path / "o"), "--no-plots"]
+    assert main(base) == 2 and "--roster FILE" in capsys.readouterr().err
+    assert main(base + ["--roster", str(tmp_path / "none.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    roster = tmp_path / "roster.txt"
+    roster.write_text("0 " + "ab" * 32 + "\n")
+    assert main(base + ["--roster", str(roster)]) == 2
+    assert "no key for device(s) 1, 2" in capsys.readouterr().err
+    roster.write_text("0 not-hex\n")
+    assert main(base + ["--roster", str(roster)]) == 2
+    assert "line 1" in capsys.readouterr().err
+
+
+def test_devices_with_their_own_keys_join_a_hub_that_knows_only_their_public_keys():
+    from crowdlearn.realtime import roster_keys
+    from sim.aio.runtime import join_async, run_async
+    cfg = small_config(**AIO, **{"fleet.devices": 3, "fedavg.clients_per_round": 3,
+                                 "rounds": 2, "training.backend": "none"})
+    sim = Simulation(cfg)
+    machines = sim.driver.machines
+    keys = {d: X25519PrivateKey.generate() for d in range(3)}
+    public = roster_keys({d: frames.public_bytes(k).hex() for d, k in keys.items()}, range(3))
+
+    async def body():
+        ports = asyncio.get_running_loop().create_future()
+        server = asyncio.ensure_future(run_async(
+            machines, executor=sim.executor, monitor=sim.monitor, server="server",
+            local=["server"], public=public, on_listening=ports.set_result,
+            options=Options(timeout_s=60)))
+        port = await ports
+        devs = asyncio.gather(*(join_async(d, machines[d], key=keys[d], host="127.0.0.1",
+                                           port=port, executor=sim.executor,
+                                           monitor=sim.monitor) for d in range(3)))
+        return await server, await devs
+
+    stats, outs = asyncio.run(body())
+    assert stats.halted and stats.incidents == []
+    assert [o["stopped_by"] for o in outs] == ["stop"] * 3
+    assert len(sim.monitor.rounds) == 2

@@ -1357,12 +1357,13 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
                     on_listening: Callable[[int], None] | None = None,
                     on_started: Callable[[], None] | None = None,
                     direct: Callable[[NodeId, NodeId], bool] | None = None,
-                    presence=None) -> RunStats:
+                    presence=None, public: Mapping[NodeId, bytes] | None = None) -> RunStats:
     """Run ``machines`` to completion, each a :class:`Node` on its own loopback connection.
 
     ``local``: the nodes run in this process (default: all); the others connect from other
     processes (:func:`join_async`) with the keys of ``keys`` (node → X25519 private key; default:
-    fresh keys, which only local nodes can know).  With remote nodes, the hub charges the
+    fresh keys, which only local nodes can know) or, better, those whose public keys ``public``
+    lists (node → 32 raw bytes: the server's roster; their private keys stay with them).  With remote nodes, the hub charges the
     monitor for the envelopes it relays to them, so this process's monitor sees every message.
     ``faults(hub, nodes, clock)``, if given, is started as a task with the nodes (tests kill
     peers with it; ``hub.started`` says when every node is in); ``on_listening(port)`` and ``on_started()`` are told when the hub
@@ -1381,7 +1382,11 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     outbox = Outbox(pool)
     local = list(machines) if local is None else list(local)
     all_local = set(local) == set(machines)
-    keys = dict(keys) if keys is not None else {n: X25519PrivateKey.generate() for n in machines}
+    keys = dict(keys) if keys is not None else {}
+    public = dict(public or {})         # remote nodes' public keys (a roster)
+    for n in machines:
+        if n not in public and n not in keys:
+            keys[n] = X25519PrivateKey.generate()
     on_relay = None
     if not all_local:
         def on_relay(src, dst, body: bytes) -> None:
@@ -1392,7 +1397,8 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
     def on_drop(src, dst, nbytes: int) -> None:
         sink.dropped(src, dst, nbytes)
         clock.arrived(src, dst)         # it will not arrive
-    hub = Hub({n: frames.public_bytes(keys[n]) for n in machines}, server=server,
+    hub = Hub({n: public[n] if n in public else frames.public_bytes(keys[n]) for n in machines},
+              server=server,
               options=options, capture=capture, on_drop=on_drop, on_relay=on_relay)
     nodes: dict = {}
     if presence is not None:
