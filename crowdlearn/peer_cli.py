@@ -64,18 +64,23 @@ def _tensorflow(cfg) -> None:
         import_tensorflow_quietly()
 
 
+def _keys_or_testbed(cmd: str, value, option: str, what: str, testbed: bool) -> None:
+    """Exactly one of ``option`` (real keys) and ``--testbed-keys``, or a :class:`UserError`."""
+    if value is not None and testbed:
+        raise CrowdlearnError(f"{cmd} takes {option} or --testbed-keys, not both")
+    if value is None and not testbed:
+        raise CrowdlearnError(f"{cmd} needs {option} ({what}) or --testbed-keys (keys derived "
+                              "from the config's seed: a testbed only)")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from crowdlearn.cli import _write
     from crowdlearn.results import check_out
     from sim.aio.keys import KeyFileError, read_roster
 
     host, port = parse_address(args.listen)
-    if args.roster is not None and args.testbed_keys:
-        raise CrowdlearnError("serve takes --roster FILE or --testbed-keys, not both")
-    if args.roster is None and not args.testbed_keys:
-        raise CrowdlearnError("serve needs --roster FILE (the devices' public keys, written by "
-                              "crowdlearn join --key KEY --enrol FILE) or --testbed-keys (keys "
-                              "derived from the config's seed: a testbed only)")
+    _keys_or_testbed("serve", args.roster, "--roster FILE", "the devices' public keys, "
+                     "written by crowdlearn join --key KEY --enrol FILE", args.testbed_keys)
     roster = None
     if args.roster is not None:
         try:
@@ -117,12 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _join(args: argparse.Namespace) -> int:
     from sim.aio.keys import KeyFileError, enrol, load_or_create_key
 
-    if args.key is not None and args.testbed_keys:
-        raise CrowdlearnError("join takes --key PATH or --testbed-keys, not both")
-    if args.key is None and not args.testbed_keys:
-        raise CrowdlearnError("join needs --key PATH (the device's own key file, created if "
-                              "absent) or --testbed-keys (keys derived from the config's seed: "
-                              "a testbed only)")
+    _keys_or_testbed("join", args.key, "--key PATH", "the device's own key file, created if "
+                     "absent", args.testbed_keys)
     if args.enrol is not None and args.key is None:
         raise CrowdlearnError("--enrol ROSTER needs --key PATH (the key to enrol)")
     if args.enrol is None and args.connect is None:
