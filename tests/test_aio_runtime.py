@@ -69,7 +69,9 @@ def test_asyncio_runs_report_the_simpy_runs_models_and_bytes(name):
 
 
 def test_jobs_run_off_the_event_loop_and_a_rounds_training_is_one_batch():
-    cfg = small_config(**AIO, rounds=2)
+    # a gathering window of 50 ms: on a loaded machine the round's messages can reach the four
+    # devices more than the default 5 ms apart (the window is extended by each job, up to 20)
+    cfg = small_config(**AIO, rounds=2, **{"runtime.batch_window_s": 0.05})
     sim = Simulation(cfg)
     threads = []
     train = sim.executor.runners["train"]
@@ -966,3 +968,44 @@ def test_devices_with_their_own_keys_join_a_hub_that_knows_only_their_public_key
     assert stats.halted and stats.incidents == []
     assert [o["stopped_by"] for o in outs] == ["stop"] * 3
     assert len(sim.monitor.rounds) == 2
+
+
+def test_devices_in_other_processes_open_direct_links_from_the_hubs_directory():
+    from sim.aio.runtime import join_async, run_async
+
+    class Talker(Machine):          # device 1 → device 2 directly; device 2 → server via the hub
+        def handle(self, event, now):
+            if isinstance(event, Start) and self.node_id == 1:
+                return [Send(2, _PlainNote(b"peer to peer"))]
+            if isinstance(event, Received) and self.node_id == 2:
+                return [Send("server", _PlainNote(event.message.data))]
+            return []
+
+    class Server(Machine):
+        def handle(self, event, now):
+            return [Report("got", event.message.data), Halt()] \
+                if isinstance(event, Received) else []
+
+    keys = {n: X25519PrivateKey.generate() for n in ("server", 1, 2)}
+    public = {n: frames.public_bytes(k) for n, k in keys.items() if n != "server"}
+    between = lambda s, d: isinstance(s, int) and isinstance(d, int)    # noqa: E731
+    srv_mon, dev_mon = _Recorder(), {1: _Recorder(), 2: _Recorder()}
+
+    async def body():
+        ports = asyncio.get_running_loop().create_future()
+        server = asyncio.ensure_future(run_async(
+            {"server": Server("server"), 1: Talker(1), 2: Talker(2)}, executor=None,
+            monitor=srv_mon, server="server", local=["server"], keys={"server": keys["server"]},
+            public=public, on_listening=ports.set_result, direct=between,
+            options=Options(timeout_s=30)))
+        port = await ports
+        devs = asyncio.gather(*(join_async(d, Talker(d), key=keys[d], host="127.0.0.1",
+                                           port=port, executor=None, monitor=dev_mon[d],
+                                           direct=between) for d in (1, 2)))
+        return await server, await devs
+
+    stats, outs = asyncio.run(body())
+    assert stats.halted and stats.incidents == [] and srv_mon.reports[0][1].value == b"peer to peer"
+    assert [o["direct_sent"] for o in outs] == [1, 0]        # 1 → 2 over their own link
+    assert stats.frames_relayed == 1                           # only 2 → server went by the hub
+    assert dev_mon[2].transfers[0][:2] == (1, 2) and outs[1]["link_incidents"] == []

@@ -43,6 +43,7 @@ from sim import wire
 from sim.aio import frames
 from sim.aio.frames import (
     Challenge,
+    Directory,
     Envelope,
     FrameDecoder,
     FrameError,
@@ -655,6 +656,7 @@ class Hub:
         self.capture, self.on_drop, self.on_relay = capture, on_drop, on_relay
         self.conns: dict[NodeId, _Conn] = {}
         self.away: set = set()          # connected but offline (the fleet model's presence)
+        self.listening: dict = {}       # node -> (host, port) it accepts direct connections on
         self.incidents: list[dict] = []
         self.stats = HubStats()
         self.started = asyncio.Event()
@@ -739,8 +741,17 @@ class Hub:
         conn.node = node
         self.conns[node] = conn
         self.ever_joined.add(node)
+        if hello.port:
+            self.listening[node] = (conn.peer.rpartition(":")[0], int(hello.port))
         self._write(conn, wire.encode(Welcome(node)))
         if self.started.is_set():
+            if self.listening:              # the directory to it, its own entry to the others
+                self._write(conn, self._directory(self.listening))
+                if node in self.listening:
+                    entry = self._directory({node: self.listening[node]})
+                    for other, c in self.conns.items():
+                        if other != node:
+                            self._write(c, entry)
             if self.server in self.conns and node != self.server and node not in self.away:
                 self._write(self.conns[self.server], wire.encode(Presence(node, True)))
             self._write(conn, wire.encode(Go()))
@@ -752,6 +763,10 @@ class Hub:
         """Every expected node is in: devices start first, the server last (after learning who
         is there), as under SimPy."""
         self.started.set()
+        if self.listening:                  # where to open direct links, before any Go
+            d = self._directory(self.listening)
+            for c in self.conns.values():
+                self._write(c, d)
         for node, c in self.conns.items():
             if node != self.server:
                 self._write(c, wire.encode(Go()))
@@ -761,6 +776,13 @@ class Hub:
                 if node != self.server and node not in self.away:
                     self._write(c, wire.encode(Presence(node, True)))
             self._write(c, wire.encode(Go()))
+
+    def _directory(self, entries: Mapping) -> bytes:
+        """A :class:`Directory` frame body for ``entries`` (node → (host, port))."""
+        nodes = tuple(entries)
+        return wire.encode(Directory(nodes, tuple(entries[n][0] for n in nodes),
+                                     tuple(entries[n][1] for n in nodes),
+                                     tuple(self.roster[n] for n in nodes)))
 
     async def _serve(self, reader, conn: _Conn, dec, queue) -> None:
         while True:
@@ -862,13 +884,20 @@ class _Frames:
 
 @dataclass
 class Peers:
-    """What nodes need for direct connections to each other (one process): every node's public
-    key (``roster``) and listening port (``ports``, filled as they listen); ``incidents``: links
-    dropped for misbehaving."""
+    """What nodes need for direct connections to each other: every node's public key
+    (``roster``) and listening port (``ports``; filled as they listen in this process, and from
+    the hub's :class:`Directory` for nodes in other processes); ``incidents``: links dropped for
+    misbehaving."""
 
     roster: Mapping[NodeId, bytes]
     ports: dict = field(default_factory=dict)
     incidents: list = field(default_factory=list)
+    hosts: dict = field(default_factory=dict)   # node -> host (default 127.0.0.1)
+
+    def learn(self, d: Directory) -> None:
+        """Entries of a hub's :class:`Directory` (other processes' nodes)."""
+        for n, host, port, key in zip(d.nodes, d.hosts, d.ports, d.keys, strict=True):
+            self.roster[n], self.hosts[n], self.ports[n] = bytes(key), host, int(port)
 
 
 class _Link:
@@ -903,7 +932,8 @@ class _Link:
 
     async def _open(self) -> None:
         nd = self.node
-        reader, writer = await asyncio.open_connection(LOOPBACK, nd.peers.ports[self.dst])
+        reader, writer = await asyncio.open_connection(nd.peers.hosts.get(self.dst, LOOPBACK),
+                                                       nd.peers.ports[self.dst])
         frs = _Frames(reader, nd.options.max_frame_bytes, nd._count_direct)
 
         async def read() -> bytes:
@@ -919,6 +949,8 @@ class _Link:
 
         send(wire.encode(Hello(nd.node)))
         ch = frames.parse(await read(), allowed=(Challenge,))
+        if ch.hub_key != nd.peers.roster.get(self.dst):
+            raise FrameError(f"the node listening for {self.dst!r} holds another key")
         send(wire.encode(Proof(frames.prove(nd.key, ch.hub_key, ch.nonce, nd.node))))
         frames.parse(await read(), allowed=(Welcome,))
         self.writer = writer
@@ -992,7 +1024,8 @@ class Node:
         read = _Frames(reader, self.options.max_frame_bytes, self._count).read
 
         try:
-            self._write(wire.encode(Hello(self.node)))
+            port = self.peers.ports[self.node] if self._listener is not None else 0
+            self._write(wire.encode(Hello(self.node, port=port)))
             ch = frames.parse(await read() or b"", allowed=(Challenge,))
             self._write(wire.encode(Proof(frames.prove(self.key, ch.hub_key, ch.nonce,
                                                         self.node))))
@@ -1003,7 +1036,11 @@ class Node:
                     body = await read()
                     if body is None:
                         break
-                    msg = frames.parse(body, allowed=(Envelope, Presence, Go, Stop))
+                    msg = frames.parse(body, allowed=(Envelope, Presence, Go, Stop, Directory))
+                    if isinstance(msg, Directory):
+                        if self.peers is not None:
+                            self.peers.learn(msg)
+                        continue
                     if isinstance(msg, Stop):
                         self.stop_reason = "stop"
                         break
@@ -1161,6 +1198,10 @@ class Node:
             hello = frames.parse(await asyncio.wait_for(read(), self.options.handshake_timeout_s)
                                  or b"", allowed=(Hello,))
             claimed = hello.node
+            for _ in range(100):        # a node in another process: its key comes with the
+                if hello.node in self.peers.roster:     # hub's Directory, maybe still in flight
+                    break
+                await asyncio.sleep(0.01)
             if hello.node not in self.peers.roster:
                 raise FrameError(f"unknown node {hello.node!r}")
             nonce = os.urandom(16)
@@ -1406,9 +1447,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
             raise ValueError("availability under asyncio needs every node in this process")
         hub.away = presence.initial()
         sink.battery = presence.spend
-    peers = Peers(hub.roster) if direct is not None else None
-    if direct is not None and not all_local:
-        raise ValueError("direct connections need every node in this process (local = None)")
+    peers = Peers(dict(hub.roster)) if direct is not None else None
     tasks: list[asyncio.Task] = []
     fault_task = None
     stopped_by = "halted"
@@ -1516,14 +1555,17 @@ def run(machines: Mapping[NodeId, Machine], **kwargs) -> RunStats:
 async def join_async(node: NodeId, machine: Machine, *, key: X25519PrivateKey, host: str,
                      port: int, executor, monitor,
                      profile: Callable[[NodeId], Any] = lambda node: None,
-                     options: Options = Options()) -> dict:
+                     options: Options = Options(),
+                     direct: Callable[[NodeId, NodeId], bool] | None = None) -> dict:
     """Run one node in this process against a hub elsewhere, until the hub stops the run
-    (returns ``{"stopped_by": "stop", ...}``) or the connection is lost (``"lost"``)."""
+    (returns ``{"stopped_by": "stop", ...}``) or the connection is lost (``"lost"``).
+    ``direct(src, dst)``: the messages sent over a direct connection to the other node (its
+    address and key from the hub's :class:`Directory`), as in :func:`run_async`."""
     loop = asyncio.get_running_loop()
     clock = Clock(loop, options.time_scale)
     pool = JobPool(executor, loop, window=options.batch_window_s, clock=clock)
     nd = Node(node, machine, key=key, pool=pool, sink=Sink(monitor, pool, profile), clock=clock,
-              options=options)
+              options=options, direct=direct, peers=Peers({}) if direct is not None else None)
     try:
         await nd.run(host, port)
     finally:
@@ -1532,4 +1574,6 @@ async def join_async(node: NodeId, machine: Machine, *, key: X25519PrivateKey, h
     pool.check()
     return {"stopped_by": nd.stop_reason or "lost", "events_handled": nd.events_handled,
             "sent": nd.sent, "received": nd.received, "socket_bytes": nd.socket_bytes,
+            "direct_sent": nd.direct_sent,
+            "link_incidents": nd.peers.incidents if nd.peers is not None else [],
             "emulated_time_s": clock.now()}
