@@ -840,8 +840,9 @@ def test_a_sessions_availability_schedule_under_asyncio_is_simpys_draw_for_draw(
     assert s["completed"] and s["incidents"] == [] and s["peers_lost"] == []
     # with no churn the generator draws only availability changes, in time order: the same
     # devices go offline at the same emulated instants as under SimPy, up to the shorter run
+    # (strictly before its end: the asyncio run may stop at the instant of a change not yet made)
     end = min(s["emulated_time_s"], ref.summary["sim_time_s"])
-    assert got and [e for e in got if e[2] <= end] == [e for e in want if e[2] <= end]
+    assert got and [e for e in got if e[2] < end] == [e for e in want if e[2] < end]
     drops = {d["device"]: d["drops_availability"] for d in res.devices}
     assert sum(drops.values()) == len(got)
     assert all(0.0 <= d["online_fraction"] <= 1.0 for d in res.devices)
@@ -857,15 +858,21 @@ def test_churn_under_asyncio_drops_devices_mid_training_and_they_come_back():
     server = sim.driver.machines["server"]
     lost = []
     orig = server.handle
-    server.handle = lambda event, now: (lost.append(event.peer) if type(event).__name__ ==
-                                        "PeerLost" else None, orig(event, now))[1]
+    server.handle = lambda event, now: (lost.append((event.peer, now)) if type(event).__name__
+                                        == "PeerLost" else None, orig(event, now))[1]
     res = run_asyncio(sim)
     s = res.summary
     assert s["completed"] and s["incidents"] == [] and s["peers_lost"] == []
     churned = [n for n, reason, _ in got if reason == "churn"]
     assert churned and len(churned) == len(got)
     assert sum(d["drops_churn"] for d in res.devices) == len(churned)
-    assert sorted(lost) == sorted(churned)          # each drop-out reached the server
+    # each drop-out reached the server, at once (a frame in flight holds the emulated clock),
+    # but for one in the run's last instants, whose notice may still be on its way at the halt
+    told = [n for n, _ in lost]
+    assert set(told) <= set(churned) and all(
+        n in told for n, _, t in got if t < res.rounds[-1]["start_s"])
+    assert all(abs(t - dict((n, t2) for n, _, t2 in got)[n]) < 0.05 for n, t in lost
+               if [m for m, _, _ in got].count(n) == 1)
     # a device that churned mid-training is not aggregated that round, and comes back
     assert any(r["closed_by"] == "dropouts" for r in res.rounds)
     assert any(n in r["aggregated"] for r in res.rounds[1:] for n in churned)

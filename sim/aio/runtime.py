@@ -129,6 +129,7 @@ class Clock:
         self._armed: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
         self.track_wire = False         # hold while frames between local nodes are in flight
+        self.track_presence = False     # ... and presence changes on their way to the server
         self._wire: dict[tuple, collections.deque] = {}
 
     def now(self) -> float:
@@ -1049,6 +1050,7 @@ class Node:
                             self.post(Start())
                         self.went.set()
                     elif isinstance(msg, Presence):
+                        self.clock.arrived(msg.peer, "presence")
                         self.post(PeerJoined(msg.peer) if msg.up
                                               else PeerLost(msg.peer))
                     else:
@@ -1314,6 +1316,8 @@ class Node:
             self._cancel_job(job_id)
         self.cpu_free_at = self.clock.now()
         self.post(Disconnected())
+        if self.clock.track_presence:              # the clock waits for the server to hear it
+            self.clock.sent(self.node, "presence")
         self._write(wire.encode(Presence(self.node, False)))
 
     def go_online(self) -> None:
@@ -1322,6 +1326,8 @@ class Node:
         if self.online:
             return
         self.online = True
+        if self.clock.track_presence:
+            self.clock.sent(self.node, "presence")
         self._write(wire.encode(Presence(self.node, True)))
         if self.went.is_set():
             self.post(Start())
@@ -1447,6 +1453,7 @@ async def run_async(machines: Mapping[NodeId, Machine], *, executor, monitor,
             raise ValueError("availability under asyncio needs every node in this process")
         hub.away = presence.initial()
         sink.battery = presence.spend
+        clock.track_presence = server in machines
     peers = Peers(dict(hub.roster)) if direct is not None else None
     tasks: list[asyncio.Task] = []
     fault_task = None
