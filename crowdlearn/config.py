@@ -390,14 +390,16 @@ ASYNCIO_UNSUPPORTED: dict[str, str] = {}
 
 
 def _asyncio_check(v: dict[str, Any]) -> list[str]:
-    """What the asyncio runtime cannot run: some protocols, availability other than 'always'.
+    """What the asyncio runtime cannot run: some protocols; availability, churn and batteries
+    need emulated time (``runtime.time_scale > 0``: they are the fleet model's, on its clock).
 
-    >>> _asyncio_check({"runtime": {"engine": "asyncio"}, "protocol": "crowdlearning",
+    >>> _asyncio_check({"runtime": {"engine": "asyncio", "time_scale": 0.0},
+    ...                 "protocol": "crowdlearning",
     ...                 "availability": {"model": "always", "churn": 0.0, "battery": False}})
     []
-    >>> _asyncio_check({"runtime": {"engine": "asyncio"}, "protocol": "fedavg",
-    ...                 "availability": {"model": "always", "churn": 0.1, "battery": False}})[0][:56]
-    "runtime.engine: 'asyncio' runs every device always onlin"
+    >>> _asyncio_check({"runtime": {"engine": "asyncio", "time_scale": 0.0}, "protocol": "fedavg",
+    ...                 "availability": {"model": "always", "churn": 0.1, "battery": False}})[0][:58]
+    "runtime.engine: 'asyncio' models availability, churn and b"
     """
     if v["runtime"]["engine"] != "asyncio":
         return []
@@ -407,10 +409,11 @@ def _asyncio_check(v: dict[str, Any]) -> list[str]:
         out.append(f"runtime.engine: 'asyncio' cannot run protocol {v['protocol']!r} yet: "
                    f"{why}; use runtime.engine = 'simpy' (--runtime simpy)")
     av = v["availability"]
-    if av["model"] != "always" or av["churn"] > 0 or av["battery"]:
-        out.append("runtime.engine: 'asyncio' runs every device always online (availability "
-                   "model, churn and battery are SimPy's); set availability.model = 'always', "
-                   "churn = 0, battery = false, or use runtime.engine = 'simpy'")
+    if (av["model"] != "always" or av["churn"] > 0 or av["battery"]) \
+            and not v["runtime"].get("time_scale", 0.0) > 0:
+        out.append("runtime.engine: 'asyncio' models availability, churn and batteries on its "
+                   "emulated clock only; set runtime.time_scale > 0 (e.g. 100), or "
+                   "availability.model = 'always', churn = 0, battery = false")
     return out
 
 
