@@ -1256,6 +1256,9 @@ class Node:
         start = max(clock.now(), self.cpu_free_at)
         ready_at = start + (modelled if clock.scale > 0 else 0.0)
         self.cpu_free_at = ready_at
+        # a declared latency chain (a pipelined pass's fill and drain) is propagation, not
+        # compute: the job ends that much later, the CPU free meanwhile, as under SimPy
+        ready_at += self._latency_chain_s(job)
         fut = self.pool.submit(job)
         self.job_of[job_id] = job       # for cancelling it in the executor
         self.jobs[job_id] = fut
@@ -1288,6 +1291,22 @@ class Node:
                 finish()
 
         fut.add_done_callback(done)
+
+    def _latency_chain_s(self, job) -> float:
+        """The latency chain a job declares (``latency_chain = (stages, relay, links)``, see
+        :meth:`sim.driver.Driver._latency_chain_s`), priced by this runtime's link model:
+        ``stages`` × the slowest link, a link ``a → b`` lasting the latency of the slower of its
+        two ends (a frame waits its sender's latency, a relayed one is forwarded at once).  0
+        without emulated time or without a chain."""
+        chain = getattr(job, "latency_chain", None)
+        if self.clock.scale <= 0 or not chain or not chain[2]:
+            return 0.0
+        stages, _relay, links = chain
+
+        def lat(node) -> float:
+            p = self.sink.profile(node)
+            return float(p.latency_s) if p is not None else 0.0
+        return stages * max(max(lat(a), lat(b)) for a, b in links)
 
     def _cancel_job(self, job_id) -> None:
         """Cancel a job; under emulation, charge the part of its modelled time that ran."""
