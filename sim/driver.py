@@ -655,15 +655,18 @@ class Driver:
 
     # ---------------------------------------------------------------- messages
     def _send(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int) -> None:
-        if not (self.online(src) and self.online(dst)):
+        # rows looked up once per message, here, and carried to the delivery
+        row_of, online = self.fleet.row_of, self._online
+        s, d = row_of(src), row_of(dst)
+        if not ((s is None or online[s]) and (d is None or online[d])):
             self.monitor.on_message_dropped(src, dst, nbytes)
             return
         self.network.transfer(src, dst, nbytes,
-                              on_done=lambda _ev: self._delivered(src, dst, msg, nbytes))
+                              on_done=lambda _ev: self._delivered(src, dst, msg, nbytes, s, d))
 
-    def _delivered(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int) -> None:
+    def _delivered(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int, s: int | None,
+                   d: int | None) -> None:
         self.monitor.on_transfer(src, dst, nbytes, self.env.now, msg)
-        s, d = self._row(src), self._row(dst)
         if s is not None:
             self._spend(s, src, nbytes * float(self._j_up[s]))
         if d is not None:
@@ -803,8 +806,10 @@ class Driver:
 
     def _spend(self, row: int, node: NodeId, joules: float) -> None:
         self.monitor.on_energy(node, joules)
+        if not self.faults.battery:
+            return
         full = float(self._battery_full[row])
-        if not self.faults.battery or not math.isfinite(full):
+        if not math.isfinite(full):
             return
         self._battery[row] -= joules
         if self._battery[row] < self.faults.battery_min_fraction * full \

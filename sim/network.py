@@ -673,12 +673,13 @@ class NodeBytes(MutableMapping):
 class _Route:
     __slots__ = ("path", "links", "latency", "bottleneck", "ids", "caps")
 
-    def __init__(self, path, links, latency, bottleneck, caps):
+    def __init__(self, path, links, latency, bottleneck, caps, ids=None):
         self.path = path              # tuple of nodes
         self.links = links            # np.ndarray[intp] of link indices
         self.latency = latency        # sum of edge latencies (s)
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
-        self.ids = links.tolist()     # the same link indices as a list (per-event code)
+        # the same link indices as a list of ints (per-event code)
+        self.ids = links.tolist() if ids is None else ids
         self.caps = caps              # their bandwidths, a list of floats
 
 
@@ -996,11 +997,11 @@ class Network:
             path = ("server", "core", f"cell{c}", dst)
         else:
             return None
-        caps = self._cap[ids].tolist()
-        lat = self._latency
+        cap, lat = self._cap, self._latency
+        a, b, c = ids
+        caps = [float(cap[a]), float(cap[b]), float(cap[c])]
         return _Route(path, np.array(ids, dtype=np.intp),
-                      float(lat[ids[0]]) + float(lat[ids[1]]) + float(lat[ids[2]]), min(caps),
-                      caps)
+                      float(lat[a]) + float(lat[b]) + float(lat[c]), min(caps), caps, ids)
 
     def _route(self, src: Node, dst: Node) -> _Route:
         key = (src, dst)
@@ -1620,7 +1621,9 @@ class Network:
         if nbytes:
             self.bytes_sent[t.src] += nbytes
             self.bytes_received[t.dst] += nbytes
-            self._link_bytes[t._route.links] += nbytes
+            lb = self._link_bytes
+            for k in t._route.ids:     # a route crosses a link once; 3 scalar adds beat a gather
+                lb[k] += nbytes
         self._forget(t)
         if t._on_done is None:
             t.done.succeed(t)
