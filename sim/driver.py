@@ -550,11 +550,12 @@ class Driver:
         stop: Any = self.halted
         if until is not None and math.isfinite(until):
             stop = self.halted | self.env.timeout(max(0.0, until - self.env.now))
-        # A full (generation-2) collection walks every object that outlived the young ones:
-        # at 10,000 devices a round that was ~1 s of collector per round for no garbage (the
-        # driver's and the network's records form no reference cycles, see Network.transfer's
-        # ``on_done``).  Full collections are made ten times rarer for the run; young ones,
-        # which catch short-lived cycles, keep their thresholds.
+        # A full (generation-2) collection walks every object that outlived the young ones.
+        # The driver's and the network's records form no reference cycles (see
+        # Network.transfer's ``on_done``), so at 10,000 devices a round full collections found
+        # nothing and cost CPU: they are made ten times rarer for the run (measured in
+        # docs/benchmarks.md, issue 12 third pass); young ones, which catch short-lived
+        # cycles, keep their thresholds.
         thresholds = gc.get_threshold()
         gc.set_threshold(thresholds[0], thresholds[1], max(thresholds[2], _FULL_GC_THRESHOLD))
         try:

@@ -998,10 +998,10 @@ class Network:
         else:
             return None
         cap, lat = self._cap, self._latency
-        a, b, c = ids
-        caps = [float(cap[a]), float(cap[b]), float(cap[c])]
+        k0, k1, k2 = ids
+        caps = [float(cap[k0]), float(cap[k1]), float(cap[k2])]
         return _Route(path, np.array(ids, dtype=np.intp),
-                      float(lat[a]) + float(lat[b]) + float(lat[c]), min(caps), caps, ids)
+                      float(lat[k0]) + float(lat[k1]) + float(lat[k2]), min(caps), caps, ids)
 
     def _route(self, src: Node, dst: Node) -> _Route:
         key = (src, dst)
