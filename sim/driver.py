@@ -552,7 +552,7 @@ class Driver:
             stop = self.halted | self.env.timeout(max(0.0, until - self.env.now))
         # A full (generation-2) collection walks every object that outlived the young ones.
         # The driver's and the network's records form no reference cycles (see
-        # Network.transfer's ``on_done``), so at 10,000 devices a round full collections found
+        # Transfer.on_done), so at 10,000 devices a round full collections found
         # nothing and cost CPU: they are made ten times rarer for the run (measured in
         # docs/benchmarks.md, issue 12 third pass); young ones, which catch short-lived
         # cycles, keep their thresholds.
@@ -662,8 +662,8 @@ class Driver:
         if not ((s is None or online[s]) and (d is None or online[d])):
             self.monitor.on_message_dropped(src, dst, nbytes)
             return
-        self.network.transfer(src, dst, nbytes,
-                              on_done=lambda _ev: self._delivered(src, dst, msg, nbytes, s, d))
+        self.network.transfer(src, dst, nbytes).on_done(
+            lambda _ev: self._delivered(src, dst, msg, nbytes, s, d))
 
     def _delivered(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int, s: int | None,
                    d: int | None) -> None:

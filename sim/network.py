@@ -695,8 +695,8 @@ class Transfer:
     done
         SimPy event that succeeds with this transfer when its last byte arrives.  It is
         **never triggered** for a cancelled transfer: wait on ``done | something_else`` or use
-        ``done.callbacks`` if the transfer may be cancelled.  None for a transfer started with
-        ``on_done`` (see :meth:`Network.transfer`).
+        ``done.callbacks`` if the transfer may be cancelled.  Made on first access (a
+        transfer whose ``done`` nobody reads holds no event: see :meth:`on_done`).
     start_time
         When :meth:`Network.transfer` was called.
     end_time
@@ -716,23 +716,24 @@ class Transfer:
     0.516
     """
 
-    __slots__ = ("src", "dst", "nbytes", "path", "done", "start_time", "end_time", "_net",
+    __slots__ = ("src", "dst", "nbytes", "path", "_done", "start_time", "end_time", "_net",
                  "_route", "_state", "_seq", "_delivered", "_mode", "_grp", "_tok", "_ocap",
                  "_r", "_rem0", "_t0", "_thr", "_on_done")
 
     def __init__(self, net: Network, src: Node, dst: Node, nbytes: int, route: _Route,
-                 seq: int, on_done: Callable[[Event], None] | None = None):
+                 seq: int):
         self._net = net
         self.src = src
         self.dst = dst
         self.nbytes = nbytes
         self.path = route.path
         self._route = route
-        # a done event holds the transfer as its value, and the transfer holds it: a reference
-        # cycle that outlives the young generations.  A caller's ``on_done`` gets an event of
-        # its own instead (no cycle: finished transfers are freed by reference counting).
-        self.done = Event(net.env) if on_done is None else None
-        self._on_done = on_done
+        # A done event holds the transfer as its value and the transfer holds it: a reference
+        # cycle that outlives the young generations.  So it is made only when someone reads
+        # ``done``; the driver uses on_done(), whose event does not point back (a finished
+        # transfer is then freed by reference counting).
+        self._done: Event | None = None
+        self._on_done: Callable[[Event], None] | None = None
         self.start_time = net.env.now
         self.end_time: float | None = None
         self._state = _PENDING
@@ -749,6 +750,25 @@ class Transfer:
         self._rem0 = float(nbytes)
         self._t0 = 0.0
         self._thr = 0.0
+
+    @property
+    def done(self) -> Event:
+        ev = self._done
+        if ev is None:
+            ev = self._done = Event(self._net.env)
+            if self._state == _DONE:       # finished before anyone asked: already processed
+                ev._ok, ev._value, ev.callbacks = True, self, None
+        return ev
+
+    def on_done(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` when the last byte arrives (never if cancelled), at the point
+        of the event queue where ``done``'s callbacks would run, without making ``done``: the
+        transfer and the event then form no reference cycle.  One callback per transfer."""
+        if self._on_done is not None:
+            raise RuntimeError(f"{self!r} already has an on_done callback")
+        if self._state == _DONE or self._state == _CANCELLED:
+            raise RuntimeError(f"{self!r} has already ended")
+        self._on_done = callback
 
     @property
     def cancelled(self) -> bool:
@@ -1049,14 +1069,8 @@ class Network:
         return self._route(src, dst).bottleneck
 
     # ------------------------------------------------------------------ public API
-    def transfer(self, src: Node, dst: Node, nbytes: int, *,
-                 on_done: Callable[[Event], None] | None = None) -> Transfer:
+    def transfer(self, src: Node, dst: Node, nbytes: int) -> Transfer:
         """Start sending ``nbytes`` from ``src`` to ``dst`` now.
-
-        ``on_done``, if given, is called (with a SimPy event whose value is None) when the last
-        byte arrives, at the same point of the event queue as ``done``'s callbacks would run;
-        the transfer then has no ``done`` event.  A driver of a large fleet uses it: the
-        transfer and its event then form no reference cycle.
 
         Returns
         -------
@@ -1077,7 +1091,7 @@ class Network:
             raise ValueError(f"nbytes must be >= 0; got {nbytes}")
         route = self._route(src, dst)
         self._seq += 1
-        t = Transfer(self, src, dst, nbytes, route, self._seq, on_done)
+        t = Transfer(self, src, dst, nbytes, route, self._seq)
         by_node = self._by_node
         for node in route.path:
             bucket = by_node.get(node)
@@ -1625,9 +1639,9 @@ class Network:
             for k in t._route.ids:     # a route crosses a link once; 3 scalar adds beat a gather
                 lb[k] += nbytes
         self._forget(t)
-        if t._on_done is None:
-            t.done.succeed(t)
-        else:
+        if t._done is not None:
+            t._done.succeed(t)
+        if t._on_done is not None:
             ev = Event(self.env)
             ev.callbacks.append(t._on_done)
             t._on_done = None

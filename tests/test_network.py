@@ -423,9 +423,10 @@ def test_experiment_server_link_follows_the_server_profile():
     assert link["server_latency_s"] == edge.latency_s
 
 
+
 def test_on_done_transfers_end_with_done_events_and_leave_no_reference_cycle():
     """``on_done`` runs where ``done``'s callbacks would (same times, same order), and a finished
-    transfer is freed by reference counting alone (no cycle through its event)."""
+    transfer whose ``done`` nobody read is freed by reference counting alone."""
     import gc
 
     from sim.network import Transfer
@@ -439,10 +440,10 @@ def test_on_done_transfers_end_with_done_events_and_leave_no_reference_cycle():
                                                ("server", 2, 500_000, 0.05),
                                                (2, "server", 0, 0.1)]):
             def go(src=src, dst=dst, n=n, k=k):
+                t = net.transfer(src, dst, n)
                 if hook:
-                    net.transfer(src, dst, n, on_done=lambda _ev, k=k: ends.append((k, env.now)))
+                    t.on_done(lambda _ev, k=k: ends.append((k, env.now)))
                 else:
-                    t = net.transfer(src, dst, n)
                     t.done.callbacks.append(lambda _ev, k=k: ends.append((k, env.now)))
             at(env, t0, go)
         env.run()
@@ -459,14 +460,22 @@ def test_on_done_transfers_end_with_done_events_and_leave_no_reference_cycle():
     assert alive == 0
 
 
-def test_a_transfer_with_on_done_has_no_done_event_and_a_cancelled_one_never_calls_it():
+def test_on_done_is_never_called_for_a_cancelled_transfer_and_done_read_late_is_processed():
     env = simpy.Environment()
     net = Network(env, tree(2))
     called = []
-    t = net.transfer(0, "server", 10_000_000, on_done=lambda _ev: called.append(env.now))
-    u = net.transfer(1, "server", 1000, on_done=lambda _ev: called.append(env.now))
-    assert t.done is None
+    t = net.transfer(0, "server", 10_000_000)
+    t.on_done(lambda _ev: called.append(env.now))
+    u = net.transfer(1, "server", 1000)
+    u.on_done(lambda _ev: called.append(env.now))
+    with pytest.raises(RuntimeError, match="already has an on_done"):
+        u.on_done(print)
     at(env, 0.5, lambda: net.cancel(t))
     env.run()
     # both uploads share the 4 MB/s backhaul (2 MB/s each) until u's 1,000 bytes are in
     assert t.cancelled and u.completed and called == [approx(1000 / 2e6)]
+    # ``done`` made after the end: already processed, valued with the transfer
+    assert u.done.processed and u.done.value is u and not t.done.triggered
+    with pytest.raises(RuntimeError, match="already ended"):
+        u.on_done(print)
+    assert env.run(u.done) is u
