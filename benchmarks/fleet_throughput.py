@@ -479,7 +479,8 @@ def sim_alone_child(opts: dict) -> dict:
     sim = Simulation(from_dict(raw), parts=parts,
                      on_row=lambda row: marks.append((time.perf_counter(),
                                                       sim.driver.events_handled,
-                                                      _simpy_processed(sim.env), _rss_mib())))
+                                                      _simpy_processed(sim.env), _rss_mib(),
+                                                      time.process_time())))
     t1 = time.perf_counter()
     out["rss_after_build_mib"] = _rss_mib()
     res = sim.run()
@@ -506,9 +507,10 @@ def sim_alone_child(opts: dict) -> dict:
                                       if not opts["profile"] else math.nan)
     # steady state: from the end of the first round to the end of the last
     if len(marks) >= 2:
-        (ta, ea, sa, _), (tb, eb, sb, _) = marks[0], marks[-1]
+        (ta, ea, sa, _, ca), (tb, eb, sb, _, cb) = marks[0], marks[-1]
         rounds = len(marks) - 1
         out["steady"] = {"rounds": rounds, "wall_per_round_s": (tb - ta) / rounds,
+                         "cpu_per_round_s": (cb - ca) / rounds,
                          "driver_events_per_round": (eb - ea) / rounds,
                          "simpy_events_per_round": (sb - sa) / rounds,
                          "driver_events_per_s": (eb - ea) / (tb - ta),
@@ -570,6 +572,8 @@ def sim_report(r: dict, p: dict | None) -> str:
             f"{r['first_round_s']:.2f} s |",
             f"| steady state, wall per round (rounds 2..{st['rounds'] + 1}) | "
             f"{st['wall_per_round_s']:.3f} s |",
+            f"| steady state, process CPU per round (time not lost to other load) | "
+            f"{st['cpu_per_round_s']:.3f} s |",
             f"| steady state, driver events per round / per s | "
             f"{st['driver_events_per_round']:,.0f} / {st['driver_events_per_s']:,.0f} |",
             f"| steady state, SimPy events per round / per s | "

@@ -17,6 +17,7 @@ churned out.  Going offline cancels its transfers and jobs, tells its own machin
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -82,6 +83,8 @@ class FaultParams:
 
 
 _REASONS = ("availability", "battery", "churn")
+#: generation-2 threshold during :meth:`Driver.run` (CPython's default is 10): see there
+_FULL_GC_THRESHOLD = 100
 _FLAG_REASON = {"avail_on": "availability", "battery_out": "battery", "churn_out": "churn"}
 
 
@@ -547,11 +550,21 @@ class Driver:
         stop: Any = self.halted
         if until is not None and math.isfinite(until):
             stop = self.halted | self.env.timeout(max(0.0, until - self.env.now))
+        # A full (generation-2) collection walks every object that outlived the young ones.
+        # The driver's and the network's records form no reference cycles (see
+        # Transfer.on_done), so at 10,000 devices a round full collections found
+        # nothing and cost CPU: they are made ten times rarer for the run (measured in
+        # docs/benchmarks.md, issue 12 third pass); young ones, which catch short-lived
+        # cycles, keep their thresholds.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(thresholds[0], thresholds[1], max(thresholds[2], _FULL_GC_THRESHOLD))
         try:
             self.env.run(until=stop)
         except RuntimeError as exc:   # no events left and the stop event never fired
             if "No scheduled events left" not in str(exc):
                 raise
+        finally:
+            gc.set_threshold(*thresholds)
         self.finish()
         return self.halted.triggered
 
@@ -643,15 +656,18 @@ class Driver:
 
     # ---------------------------------------------------------------- messages
     def _send(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int) -> None:
-        if not (self.online(src) and self.online(dst)):
+        # rows looked up once per message, here, and carried to the delivery
+        row_of, online = self.fleet.row_of, self._online
+        s, d = row_of(src), row_of(dst)
+        if not ((s is None or online[s]) and (d is None or online[d])):
             self.monitor.on_message_dropped(src, dst, nbytes)
             return
-        tr = self.network.transfer(src, dst, nbytes)
-        tr.done.callbacks.append(lambda _ev: self._delivered(src, dst, msg, nbytes))
+        self.network.transfer(src, dst, nbytes).on_done(
+            lambda _ev: self._delivered(src, dst, msg, nbytes, s, d))
 
-    def _delivered(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int) -> None:
+    def _delivered(self, src: NodeId, dst: NodeId, msg: Any, nbytes: int, s: int | None,
+                   d: int | None) -> None:
         self.monitor.on_transfer(src, dst, nbytes, self.env.now, msg)
-        s, d = self._row(src), self._row(dst)
         if s is not None:
             self._spend(s, src, nbytes * float(self._j_up[s]))
         if d is not None:
@@ -809,8 +825,10 @@ class Driver:
 
     def _spend(self, row: int, node: NodeId, joules: float) -> None:
         self.monitor.on_energy(node, joules)
+        if not self.faults.battery:
+            return
         full = float(self._battery_full[row])
-        if not self.faults.battery or not math.isfinite(full):
+        if not math.isfinite(full):
             return
         self._battery[row] -= joules
         if self._battery[row] < self.faults.battery_min_fraction * full \

@@ -50,7 +50,7 @@ import heapq
 import math
 import operator
 from collections import Counter
-from collections.abc import Hashable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, MutableMapping, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -673,12 +673,13 @@ class NodeBytes(MutableMapping):
 class _Route:
     __slots__ = ("path", "links", "latency", "bottleneck", "ids", "caps")
 
-    def __init__(self, path, links, latency, bottleneck, caps):
+    def __init__(self, path, links, latency, bottleneck, caps, ids=None):
         self.path = path              # tuple of nodes
         self.links = links            # np.ndarray[intp] of link indices
         self.latency = latency        # sum of edge latencies (s)
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
-        self.ids = links.tolist()     # the same link indices as a list (per-event code)
+        # the same link indices as a list of ints (per-event code)
+        self.ids = links.tolist() if ids is None else ids
         self.caps = caps              # their bandwidths, a list of floats
 
 
@@ -694,7 +695,8 @@ class Transfer:
     done
         SimPy event that succeeds with this transfer when its last byte arrives.  It is
         **never triggered** for a cancelled transfer: wait on ``done | something_else`` or use
-        ``done.callbacks`` if the transfer may be cancelled.
+        ``done.callbacks`` if the transfer may be cancelled.  Made on first access (a
+        transfer whose ``done`` nobody reads holds no event: see :meth:`on_done`).
     start_time
         When :meth:`Network.transfer` was called.
     end_time
@@ -714,9 +716,9 @@ class Transfer:
     0.516
     """
 
-    __slots__ = ("src", "dst", "nbytes", "path", "done", "start_time", "end_time", "_net",
+    __slots__ = ("src", "dst", "nbytes", "path", "_done", "start_time", "end_time", "_net",
                  "_route", "_state", "_seq", "_delivered", "_mode", "_grp", "_tok", "_ocap",
-                 "_r", "_rem0", "_t0", "_thr")
+                 "_r", "_rem0", "_t0", "_thr", "_on_done")
 
     def __init__(self, net: Network, src: Node, dst: Node, nbytes: int, route: _Route,
                  seq: int):
@@ -726,7 +728,12 @@ class Transfer:
         self.nbytes = nbytes
         self.path = route.path
         self._route = route
-        self.done = Event(net.env)
+        # A done event holds the transfer as its value and the transfer holds it: a reference
+        # cycle that outlives the young generations.  So it is made only when someone reads
+        # ``done``; the driver uses on_done(), whose event does not point back (a finished
+        # transfer is then freed by reference counting).
+        self._done: Event | None = None
+        self._on_done: Callable[[Event], None] | None = None
         self.start_time = net.env.now
         self.end_time: float | None = None
         self._state = _PENDING
@@ -743,6 +750,25 @@ class Transfer:
         self._rem0 = float(nbytes)
         self._t0 = 0.0
         self._thr = 0.0
+
+    @property
+    def done(self) -> Event:
+        ev = self._done
+        if ev is None:
+            ev = self._done = Event(self._net.env)
+            if self._state == _DONE:       # finished before anyone asked: already processed
+                ev._ok, ev._value, ev.callbacks = True, self, None
+        return ev
+
+    def on_done(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` when the last byte arrives (never if cancelled), at the point
+        of the event queue where ``done``'s callbacks would run, without making ``done``: the
+        transfer and the event then form no reference cycle.  One callback per transfer."""
+        if self._on_done is not None:
+            raise RuntimeError(f"{self!r} already has an on_done callback")
+        if self._state == _DONE or self._state == _CANCELLED:
+            raise RuntimeError(f"{self!r} has already ended")
+        self._on_done = callback
 
     @property
     def cancelled(self) -> bool:
@@ -991,11 +1017,11 @@ class Network:
             path = ("server", "core", f"cell{c}", dst)
         else:
             return None
-        caps = self._cap[ids].tolist()
-        lat = self._latency
+        cap, lat = self._cap, self._latency
+        k0, k1, k2 = ids
+        caps = [float(cap[k0]), float(cap[k1]), float(cap[k2])]
         return _Route(path, np.array(ids, dtype=np.intp),
-                      float(lat[ids[0]]) + float(lat[ids[1]]) + float(lat[ids[2]]), min(caps),
-                      caps)
+                      float(lat[k0]) + float(lat[k1]) + float(lat[k2]), min(caps), caps, ids)
 
     def _route(self, src: Node, dst: Node) -> _Route:
         key = (src, dst)
@@ -1096,6 +1122,7 @@ class Network:
                 self.bytes_partial_received[transfer.dst] += whole
                 self._link_bytes[transfer._route.links] += whole
         transfer._state = _CANCELLED
+        transfer._on_done = None
         transfer.end_time = now
         self._forget(transfer)
         return True
@@ -1608,6 +1635,14 @@ class Network:
         if nbytes:
             self.bytes_sent[t.src] += nbytes
             self.bytes_received[t.dst] += nbytes
-            self._link_bytes[t._route.links] += nbytes
+            lb = self._link_bytes
+            for k in t._route.ids:     # a route crosses a link once; 3 scalar adds beat a gather
+                lb[k] += nbytes
         self._forget(t)
-        t.done.succeed(t)
+        if t._done is not None:
+            t._done.succeed(t)
+        if t._on_done is not None:
+            ev = Event(self.env)
+            ev.callbacks.append(t._on_done)
+            t._on_done = None
+            ev.succeed()

@@ -421,3 +421,61 @@ def test_experiment_server_link_follows_the_server_profile():
     link = _server_link(from_dict({"fleet": {"server_mbps": 2000.0}}))
     assert link["server_bps"] == link["server_down_bps"] == 2000.0 * MBPS
     assert link["server_latency_s"] == edge.latency_s
+
+
+
+def test_on_done_transfers_end_with_done_events_and_leave_no_reference_cycle():
+    """``on_done`` runs where ``done``'s callbacks would (same times, same order), and a finished
+    transfer whose ``done`` nobody read is freed by reference counting alone."""
+    import gc
+
+    from sim.network import Transfer
+
+    def run(hook):
+        env = simpy.Environment()
+        net = Network(env, tree(3, lat=0.01, up=1e6, down=2e6, backhaul=1.5e6))
+        ends = []
+        for k, (src, dst, n, t0) in enumerate([(0, "server", 400_000, 0.0),
+                                               (1, "server", 300_000, 0.05),
+                                               ("server", 2, 500_000, 0.05),
+                                               (2, "server", 0, 0.1)]):
+            def go(src=src, dst=dst, n=n, k=k):
+                t = net.transfer(src, dst, n)
+                if hook:
+                    t.on_done(lambda _ev, k=k: ends.append((k, env.now)))
+                else:
+                    t.done.callbacks.append(lambda _ev, k=k: ends.append((k, env.now)))
+            at(env, t0, go)
+        env.run()
+        return ends
+
+    gc.collect()
+    gc.disable()
+    try:
+        with_hook = run(True)
+        alive = sum(1 for o in gc.get_objects() if type(o) is Transfer)
+    finally:
+        gc.enable()
+    assert with_hook == run(False) and len(with_hook) == 4
+    assert alive == 0
+
+
+def test_on_done_is_never_called_for_a_cancelled_transfer_and_done_read_late_is_processed():
+    env = simpy.Environment()
+    net = Network(env, tree(2))
+    called = []
+    t = net.transfer(0, "server", 10_000_000)
+    t.on_done(lambda _ev: called.append(env.now))
+    u = net.transfer(1, "server", 1000)
+    u.on_done(lambda _ev: called.append(env.now))
+    with pytest.raises(RuntimeError, match="already has an on_done"):
+        u.on_done(print)
+    at(env, 0.5, lambda: net.cancel(t))
+    env.run()
+    # both uploads share the 4 MB/s backhaul (2 MB/s each) until u's 1,000 bytes are in
+    assert t.cancelled and u.completed and called == [approx(1000 / 2e6)]
+    # ``done`` made after the end: already processed, valued with the transfer
+    assert u.done.processed and u.done.value is u and not t.done.triggered
+    with pytest.raises(RuntimeError, match="already ended"):
+        u.on_done(print)
+    assert env.run(u.done) is u
