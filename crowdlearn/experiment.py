@@ -338,7 +338,8 @@ class Simulation:
         # What exists now (the fleet, the parts, the dataset) lives for the whole run: out of the
         # collector's sight (unfrozen when the run ends).  Raising the young generation's
         # threshold as well cut collection time by half at 1M devices but let RSS grow ~7 MB a
-        # round instead of ~1 MB (docs/benchmarks.md), so the thresholds stay.
+        # round instead of ~1 MB (docs/benchmarks.md), so the young generations' thresholds stay
+        # (sim.driver.Driver.run makes full collections rarer during the run).
         gc.freeze()
         try:
             with as_interrupts():      # SIGTERM and SIGHUP end a run like Ctrl-C does
