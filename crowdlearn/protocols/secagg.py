@@ -255,11 +255,17 @@ STAGE_MESSAGES = {"advertise": ("AdvertiseKeys", "KeyList"), "share": ("ShareKey
 
 @dataclass(frozen=True, eq=False)
 class CryptoJob:
-    """A client's cryptographic work of one stage: charged in simulated time, computed already."""
+    """A client's cryptographic work of one stage: charged in simulated time, computed already.
+
+    ``settles``: job kinds whose pending batch is complete once this job is submitted (the
+    key-sharing stage starts only after every selected client has trained or dropped), so the
+    executor may start that batch early (:class:`~crowdlearn.training.jobs.Executor`).
+    """
 
     flops: float
     stage: str
     memory_bytes: int = 0
+    settles: tuple = ()
     kind: str = field(default="secagg_crypto", init=False)
 
 
@@ -413,7 +419,10 @@ class SecAggClient(FedAvgClient):
     def _after(self, stage: str, ops: Mapping, reply) -> list[Effect]:
         self._outbox = reply
         self.stage_job = ("secagg", self.rnd, stage)
-        return [RunJob(self.stage_job, CryptoJob(self.costs.flops(**ops), stage))]
+        # the share stage follows everyone's training: the round's training batch is settled
+        settles = ("train",) if stage == "share" else ()
+        return [RunJob(self.stage_job, CryptoJob(self.costs.flops(**ops), stage,
+                                                 settles=settles))]
 
     def _share_key(self, v) -> bytes:
         """The AES-GCM key shared with ``v`` this round (agreed once, used both ways)."""
