@@ -381,6 +381,7 @@ class SecAggClient(FedAvgClient):
         self.threshold = 0
         self.clip_norm = 0.0
         self._ckeys: dict = {}
+        self._mkeys: dict = {}
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received) and isinstance(event.message, RoundStart):
@@ -430,6 +431,12 @@ class SecAggClient(FedAvgClient):
             self._ckeys[v] = self._agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
         return self._ckeys[v]
 
+    def _mask_seed(self, v) -> bytes:
+        """The pairwise mask seed ``s_uv`` agreed with ``v`` this round (agreed once)."""
+        if v not in self._mkeys:
+            self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd))
+        return self._mkeys[v]
+
     def _advertise(self) -> list[Effect]:
         if self.sa.priced:
             c_pk, s_pk = self.crng.bytes(32), self.crng.bytes(32)
@@ -469,6 +476,12 @@ class SecAggClient(FedAvgClient):
                 box = ka.seal(key, plain, aad=_box_aad(self.rnd, me, v))
             dsts.append(v)
             boxes.append(box)
+        if self.shared is not None and not self.sa.priced:
+            # the simulator derives the mask seeds now, while the round's training runs on a
+            # worker thread (the executor's early batch); the device is charged for them at the
+            # masked-input stage, for the peers whose shares arrived, as Bonawitz et al. order it
+            for v in self.peers:
+                self._mask_seed(v)
         ops = {"agree": len(dsts), "field_muls": 2 * len(recipients) * max(t - 1, 0),
                "aead_bytes": len(dsts) * SHARE_PLAIN}
         return self._after("share", ops, ShareKeys(self.rnd, tuple(dsts), tuple(boxes)))
@@ -512,9 +525,8 @@ class SecAggClient(FedAvgClient):
         bits = sa.modulus_bits
         d = len(y)
         if not sa.priced:
-            terms = [(self.b_seed, +1)] + [
-                (self._agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd)),
-                 +1 if me < v else -1) for v in self.u2]
+            terms = [(self.b_seed, +1)] + [(self._mask_seed(v), +1 if me < v else -1)
+                                           for v in self.u2]
             if self.shared is not None:         # computed with the others' on first read
                 y = self.shared.batch(d, bits).register(y, terms)
             else:
