@@ -331,6 +331,7 @@ def test_adaptive_clipping_estimates_the_fraction_from_the_centred_count(rng):
         cohort=m, population=100))
     # five of ten updates within C: the exact centred count is 0, the noise is the server's
     deltas = [np.full(4, 0.1)] * 5 + [np.full(4, 10.0)] * 5
+    central.accountant.epsilon = lambda rounds: 0.0     # the estimator only: skip 400 ε's
     fracs = []
     for _ in range(400):
         central.server_aggregate(deltas, rng)
