@@ -269,8 +269,9 @@ class Simulation:
                 TRAINERS[cfg.training.backend], self.spec, self.dataset.x_train,
                 self.dataset.y_train, actors=cfg.training.ray_actors,
                 address=cfg.training.ray_address, local=self.trainer)
-        # the batched trainer may start a round's training on a worker thread once every job of
-        # it is due (jobs.Executor: same batches and results; a protocol's own or Ray's: not)
+        # the batched trainer may start a round's training on a worker thread once a job settles
+        # it (SecAgg's key sharing; jobs.Executor: same batches and results); a protocol's own
+        # trainer or Ray's: not
         early = ("train",) if "trainer" not in self.ctx.extra \
             and cfg.training.executor != "ray" else ()
         self.executor = Executor({

@@ -386,8 +386,9 @@ CONFIG_SECTION: dict[str, Key] = {
                                    "updates left unclipped (norm <= C); the norm tracks that "
                                    "quantile of the update norms (Flower's name).", min=0, max=1),
     "clip_norm_lr": Key(float, 0.2, "Adaptive clipping: geometric learning rate η_C.", min=0),
-    "clipped_count_stddev": Key(float, 0.0, "Adaptive clipping: noise σ_b on the unclipped "
-                                "count; 0 = max(m/20, z).", min=0),
+    "clipped_count_stddev": Key(float, 0.0, "Adaptive clipping: noise σ_b on the centred "
+                                "unclipped count Σ(b − ½) (distributed: each client adds its "
+                                "share); 0 = max(m/20, z); needs 2σ_b > z.", min=0),
 }
 
 
