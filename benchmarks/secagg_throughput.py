@@ -8,21 +8,36 @@ settings of ``examples/secagg_fashion.toml`` otherwise.  Each contender is a fre
 the four SecAgg stages with the real cryptography (X25519, HKDF, AES-GCM shares, AES-128-CTR
 masks, Shamir over GF(2^256+297)), unmasking, evaluation.  As in every simulation, each pair's
 X25519 key and mask keystream are derived once for both ends (``secagg.SharedCrypto``); the
-compute charged to each simulated device is its own operations' calibrated cost.  One plain round first warms TensorFlow up
-(not timed); then the contenders run interleaved ``--repeats`` times and the medians are
-compared.  Prints ``ratio X`` (SecAgg round wall ÷ plain round wall; target <= 2) last; the
-process CPU time of each run is printed too (``ratio_cpu``: less sensitive to other processes on
-a shared machine, though TensorFlow's threads count in it).
+compute charged to each simulated device is its own operations' calibrated cost.
+
+Where the wall time goes and what runs in parallel (``docs/benchmarks.md``): TensorFlow's
+training uses every core; X25519 holds the GIL (one core); the mask keystreams (AES-CTR) and
+their in-place adds release it and run on the mask batch's worker threads, one coordinate slice
+each (``masking.MaskBatch``), and the round's training batch starts on a worker thread as soon
+as the key-sharing stage begins, so the clients' key-sharing cryptography runs while TensorFlow
+trains (``jobs.Executor`` early batches).  Neither changes a message or a result (tested).
+``--sequential-too`` adds a fourth contender, SecAgg with both switched off (mask threads 0, no
+early training): this change's effect, measured in the same process.
+
+One plain round first warms TensorFlow up (not timed); then the contenders run interleaved
+``--repeats`` times and the medians are compared.  Prints ``ratio X`` (SecAgg round wall ÷
+plain round wall; target <= 2) last.  Also printed: the process CPU time of each contender and
+``ratio_cpu`` (SecAgg CPU ÷ plain CPU: the work done, less sensitive to other processes on a
+shared machine, though TensorFlow's threads count in it), and the load average (1 min) before
+and after: on a loaded machine the wall ratio stretches, since the plain round's TensorFlow is
+the part that uses several cores.
 
 Run::
 
-    .venv/bin/python benchmarks/secagg_throughput.py              # ~2-4 min on the shared box
+    .venv/bin/python benchmarks/secagg_throughput.py --repeats 7          # ~3-6 min
+    .venv/bin/python benchmarks/secagg_throughput.py --repeats 5 --sequential-too
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 1 --clients 20   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +51,10 @@ except ModuleNotFoundError:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: contender -> (fedavg.secure_aggregation, sequential)
+CONTENDERS = {"plain": ("none", False), "secagg": ("secagg", False),
+              "secagg+": ("secagg+", False), "secagg-seq": ("secagg", True)}
+
 
 def config(mode: str, clients: int):
     raw = tomllib.loads((ROOT / "examples" / "secagg_fashion.toml").read_text())
@@ -45,43 +64,74 @@ def config(mode: str, clients: int):
     return from_dict(raw, base_dir=ROOT / "examples")
 
 
-def one(mode: str, clients: int) -> dict:
+def one(name: str, clients: int) -> dict:
+    from crowdlearn.crypto import masking
     from crowdlearn.experiment import Simulation
+    mode, sequential = CONTENDERS[name]
+    default_threads = masking.default_threads
     t0, c0 = time.perf_counter(), time.process_time()
-    res = Simulation(config(mode, clients)).run()
+    try:
+        if sequential:                   # no mask worker threads, no early training batch
+            masking.default_threads = lambda: 0
+        sim = Simulation(config(mode, clients))
+        if sequential:
+            sim.executor.background_kinds = frozenset()
+        res = sim.run()
+    finally:
+        masking.default_threads = default_threads
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"wall": wall, "cpu": cpu, "acc": res.summary["final_accuracy"],
             "expansion": res.summary.get("secagg_expansion"),
             "client_bytes": res.summary.get("secagg_client_bytes_per_round"),
-            "ok": res.summary.get("secagg_rounds_ok")}
+            "ok": res.summary.get("secagg_rounds_ok"),
+            "early": dict(sim.executor.early_batches),
+            "threads": 0 if sequential else masking.default_threads()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--sequential-too", action="store_true",
+                    help="also run SecAgg without mask threads and early training")
     a = ap.parse_args(argv)
-    one("none", a.clients)                                  # warm-up: TF, dataset, calibration
+    load0 = os.getloadavg()[0]
+    one("plain", a.clients)                                  # warm-up: TF, dataset, calibration
     from crowdlearn.crypto.costs import calibrate
     calibrate()
-    runs: dict[str, list] = {"none": [], "secagg": [], "secagg+": []}
+    names = ["plain", "secagg", "secagg+"] + (["secagg-seq"] if a.sequential_too else [])
+    runs: dict[str, list] = {m: [] for m in names}
     for _ in range(a.repeats):
-        for mode in runs:
-            runs[mode].append(one(mode, a.clients))
+        for m in names:
+            runs[m].append(one(m, a.clients))
+    load1 = os.getloadavg()[0]
     med = {m: statistics.median(r["wall"] for r in rs) for m, rs in runs.items()}
     cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in runs.items()}
-    print(f"one round, {a.clients} clients x 109,386-parameter MLP, median of {a.repeats}")
+    print(f"one FedAvg round, {a.clients} clients x 109,386-parameter MLP, median of "
+          f"{a.repeats} interleaved runs each")
+    print(f"machine: {os.cpu_count()} cores; load average (1 min) {load0:.2f} before, "
+          f"{load1:.2f} after")
     for m, rs in runs.items():
         r = rs[-1]
-        extra = "" if m == "none" else (f"  expansion {r['expansion']:.3f}  client bytes "
-                                        f"{r['client_bytes']:,.0f}  rounds ok {r['ok']}")
+        extra = ""
+        if m != "plain":
+            extra = (f"  expansion {r['expansion']:.3f}  client bytes {r['client_bytes']:,.0f}"
+                     f"  rounds ok {r['ok']}  mask threads {r['threads']}  early training "
+                     f"batches used {r['early']['used']}")
+            if r["early"]["discarded"]:
+                extra += f" (discarded {r['early']['discarded']})"
         walls = ", ".join(f"{x['wall']:.2f}" for x in rs)
-        print(f"{m:8s} wall {med[m]:7.2f} s  (runs: {walls})  cpu {cpu[m]:6.2f} s  "
+        print(f"{m:10s} wall {med[m]:6.2f} s (runs: {walls})  cpu {cpu[m]:6.2f} s  "
               f"accuracy {r['acc']:.4f}{extra}")
-    print(f"ratio_cpu {cpu['secagg'] / cpu['none']:.2f}  ratio_cpu_secagg_plus "
-          f"{cpu['secagg+'] / cpu['none']:.2f}")
-    print(f"ratio_secagg_plus {med['secagg+'] / med['none']:.2f}")
-    print(f"ratio {med['secagg'] / med['none']:.2f}")
+    if "secagg-seq" in runs:
+        print(f"ratio_sequential {med['secagg-seq'] / med['plain']:.2f}  ratio_cpu_sequential "
+              f"{cpu['secagg-seq'] / cpu['plain']:.2f}   (SecAgg with no mask threads and no "
+              f"early training)")
+    print(f"ratio_cpu {cpu['secagg'] / cpu['plain']:.2f}  ratio_cpu_secagg_plus "
+          f"{cpu['secagg+'] / cpu['plain']:.2f}   (process CPU, SecAgg / plain)")
+    print(f"ratio_secagg_plus {med['secagg+'] / med['plain']:.2f}")
+    print(f"ratio {med['secagg'] / med['plain']:.2f}   (SecAgg round wall / plain round wall; "
+          f"target <= 2)")
 
 
 if __name__ == "__main__":

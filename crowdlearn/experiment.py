@@ -269,10 +269,15 @@ class Simulation:
                 TRAINERS[cfg.training.backend], self.spec, self.dataset.x_train,
                 self.dataset.y_train, actors=cfg.training.ray_actors,
                 address=cfg.training.ray_address, local=self.trainer)
+        # the batched trainer may start a round's training on a worker thread once a job settles
+        # it (SecAgg's key sharing; jobs.Executor: same batches and results); a protocol's own
+        # trainer or Ray's: not
+        early = ("train",) if "trainer" not in self.ctx.extra \
+            and cfg.training.executor != "ray" else ()
         self.executor = Executor({
             "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
             **(self.protocol.runners(self) if self.protocol.runners else {}),
-        }, deferred_kinds=("train", *self.protocol.deferred_kinds))
+        }, deferred_kinds=("train", *self.protocol.deferred_kinds), background_kinds=early)
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
                                ledger_factory=PrivacyLedger, infrastructure=tuple(infra))
 

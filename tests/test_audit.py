@@ -305,16 +305,17 @@ def _distributed_round(z: float, *, delivered: int, cohort: int = 4, quant_bits:
 
     def run(updates, rng, trials):
         assert len(updates) == delivered
-        total = np.zeros(trials + 1, np.uint64)
+        total = np.zeros(trials, np.uint64)
         for u in updates:
-            clipped, bit = dp.client_privatise(np.array([u], np.float64), dp.clip_norm, rng)
-            x = np.append(np.full(trials, clipped[0]), bit * clip)
+            clipped, count = dp.client_privatise(np.array([u], np.float64), dp.clip_norm, rng)
+            assert count is None                 # fixed clipping: no count coordinate
+            x = np.full(trials, clipped[0])
             y = masking.quantise(x, clip=clip, quant_bits=quant_bits, modulus_bits=bits)
             noise = dp.client_noise(trials, dp.clip_norm, step, rng)
-            y[:-1] = masking.add_mod(y[:-1], noise.view(np.uint64), bits)
+            y = masking.add_mod(y, noise.view(np.uint64), bits)
             total = masking.add_mod(total, y, bits)
         vec = masking.dequantise(total, clip=clip, quant_bits=quant_bits, modulus_bits=bits)
-        mean, _ = dp.server_aggregate_sum(vec, delivered, rng=rng, bit_scale=clip)
+        mean, _ = dp.server_aggregate_sum(vec, delivered, rng=rng, bit_scale=2 * clip)
         return mean
     return run, dp
 

@@ -103,6 +103,10 @@ def test_config_rejects_threshold_neighbours_and_overflow():
         assert msg in str(err.value)
     with pytest.raises(ConfigError, match="'distributed' noise is added by each client"):
         from_dict({**base, "dp": {"mode": "distributed"}})
+    with pytest.raises(ConfigError, match=r"needs 2·σ_b > z; got σ_b = 0.5. Set "
+                                          r"clipped_count_stddev > 1"):
+        from_dict({**base, "dp": {"mode": "central", "clipping": "adaptive",
+                                  "noise_multiplier": 2.0, "clipped_count_stddev": 0.5}})
     ok = from_dict({**base, "fedavg": {"clients_per_round": 5, "secure_aggregation": "secagg"},
                     "secagg": {"modulus_bits": 19}})
     assert ok.secagg.modulus_bits == 19
@@ -213,7 +217,7 @@ def test_epsilon_under_secagg_uses_the_rounding_bound_and_the_noise_that_arrived
     dp = dp_fedavg.DPFedAvg(dp_fedavg.DPParams(mode="distributed", noise_multiplier=1.1,
                                                clip_norm=0.2, cohort=4, population=8))
     dp.set_quantisation(step=0.5 / masking.levels(16), dim=server.d)
-    dp.server_aggregate_sum(np.zeros(server.d + 1), 2, rng=np.random.default_rng(0))
+    dp.server_aggregate_sum(np.zeros(server.d), 2, rng=np.random.default_rng(0))
     assert dp.history[-1]["noise_multiplier_effective"] == pytest.approx(z_eff * 0.5 ** 0.5)
     assert dp.summary()["epsilon"] == pytest.approx(
         dp_fedavg.epsilon_direct(z_eff * 0.5 ** 0.5, 0.5, 1, 1e-5), rel=1e-9)
@@ -261,3 +265,134 @@ def test_same_seed_same_simulated_times_across_processes(tmp_path):
                                       capture_output=True, text=True).stdout) for _ in range(2)]
     assert list((tmp_path / "cache").glob("secagg-costs-*.json"))
     assert runs[0] == runs[1]
+
+
+def _direct_epsilon(multipliers, q, delta=1e-5):
+    """dp-accounting's RDP ε for one Poisson-sampled Gaussian per entry, built here directly."""
+    import dp_accounting as dpa
+    from dp_accounting import rdp
+    acc = rdp.RdpAccountant(dp_fedavg._ORDERS)
+    acc.compose(dpa.ComposedDpEvent([dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z))
+                                     for z in multipliers]))
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("mode", ["central", "distributed"])
+@pytest.mark.parametrize("count_stddev", [0.0, 3.0])
+def test_adaptive_clipping_charges_the_combined_multiplier_of_andrew_et_al(mode, count_stddev):
+    """The update noise z_Δ = (z^-2 - (2σ_b)^-2)^-1/2 and the count noise σ_b (sensitivity 1/2)
+    together are one Gaussian of multiplier z; with the rounding bound ρ = C/(C + √d·s/2) and,
+    distributed, n of m shares, each part shrinks and the round is charged
+    ((z_Δ ρ √(n/m))^-2 + (2σ_b √(n/m))^-2)^-1/2: ε equals dp-accounting's for those."""
+    z, m, big_k = 1.3, 8, 80
+    p = dp_fedavg.DPParams(mode=mode, noise_multiplier=z, clip_norm=0.5, adaptive=True,
+                           count_stddev=count_stddev, cohort=m, population=big_k)
+    sigma_b = count_stddev or max(m / 20, z)
+    assert p.sigma_b == sigma_b
+    assert p.update_noise_multiplier == pytest.approx((z ** -2 - (2 * sigma_b) ** -2) ** -0.5)
+    dp = dp_fedavg.DPFedAvg(p)
+    rng = np.random.default_rng(0)
+    zs = []
+    for shares in (m, m, 3):                 # no rounding yet: full rounds cost exactly z
+        c = dp.clip_norm
+        dp.server_aggregate_sum(np.zeros(6), shares, rng=rng)
+        arrived = (shares / m) ** 0.5 if mode == "distributed" else 1.0
+        zs.append(((p.update_noise_multiplier * arrived) ** -2
+                   + (2 * sigma_b * arrived) ** -2) ** -0.5)
+        assert dp.history[-1]["noise_multiplier_effective"] == pytest.approx(zs[-1], rel=1e-12)
+        assert dp.history[-1]["clip_norm"] == c
+    assert zs[0] == pytest.approx(z, rel=1e-12)
+    dp.set_quantisation(step=0.5 / masking.levels(16), dim=109_386)
+    rho = dp.clip_norm / (dp.clip_norm + dp.rounding)
+    dp.server_aggregate_sum(np.zeros(6), m, rng=rng)
+    zs.append(((p.update_noise_multiplier * rho) ** -2 + (2 * sigma_b) ** -2) ** -0.5)
+    assert zs[-1] < z
+    assert dp.accountant.recorded == pytest.approx(zs, rel=1e-12)
+    assert dp.summary()["epsilon"] == pytest.approx(_direct_epsilon(zs, m / big_k), rel=1e-9)
+
+
+def test_adaptive_clipping_estimates_the_fraction_from_the_centred_count(rng):
+    """b̃ = clamp((Σ(b - 1/2) + noise)/m + 1/2, 0, 1) (Andrew et al.; TF Privacy's quantile
+    estimator): in distributed mode the server adds nothing (the clients' shares are in the
+    sum), in central mode it draws N(0, σ_b²)."""
+    m = 10
+    dist = dp_fedavg.DPFedAvg(dp_fedavg.DPParams(
+        mode="distributed", noise_multiplier=1.0, clip_norm=1.0, adaptive=True,
+        target_quantile=0.5, clip_lr=0.2, cohort=m, population=100))
+    for centred, frac in [(0.0, 0.5), (2.5, 0.75), (-7.0, 0.0), (9.0, 1.0)]:
+        c = dist.clip_norm
+        # the sum as the server dequantises it: model coordinates, then Σ(b - 1/2)·2·clip
+        dist.server_aggregate_sum(np.append(np.zeros(3), centred * 2 * 0.5), m, rng=rng,
+                                  bit_scale=2 * 0.5)
+        assert dist.history[-1]["unclipped_fraction"] == frac
+        assert dist.clip_norm == pytest.approx(c * np.exp(-0.2 * (frac - 0.5)), rel=1e-12)
+    central = dp_fedavg.DPFedAvg(dp_fedavg.DPParams(
+        mode="central", noise_multiplier=1.0, clip_norm=1.0, adaptive=True, count_stddev=2.0,
+        cohort=m, population=100))
+    # five of ten updates within C: the exact centred count is 0, the noise is the server's
+    deltas = [np.full(4, 0.1)] * 5 + [np.full(4, 10.0)] * 5
+    central.accountant.epsilon = lambda rounds: 0.0     # the estimator only: skip 400 ε's
+    fracs = []
+    for _ in range(400):
+        central.server_aggregate(deltas, rng)
+        fracs.append(central.history[-1]["unclipped_fraction"])
+        central.clip_norm = 1.0
+    # clamped N(0.5, (σ_b/m)²) = N(0.5, 0.2²): almost never clamped
+    assert np.mean(fracs) == pytest.approx(0.5, abs=0.03)
+    assert np.std(fracs) == pytest.approx(0.2, rel=0.1)
+
+
+@pytest.mark.parametrize("mode", ["distributed", "central"])
+def test_the_unclipped_count_the_server_sees_carries_the_clients_noise(mode):
+    """Distributed DP with adaptive clipping: each client's quantised input (what it masks)
+    carries its count share N(0, σ_b²/m) on the grid, so the count in the unmasked sum has
+    variance σ_b² around the true Σ(b - 1/2) (chi-square-sized tolerance on 3,000 sums);
+    central mode sends the exact indicator (the server adds the noise after unmasking)."""
+    from crowdlearn.crypto.costs import CryptoCosts
+    from crowdlearn.protocols.secagg import SecAggClient, _count_scale
+
+    m, d, sigma_b = 4, 5, 1.5
+    dp = dp_fedavg.DPFedAvg(dp_fedavg.DPParams(
+        mode=mode, noise_multiplier=1.0, clip_norm=1.0, adaptive=True, count_stddev=sigma_b,
+        cohort=m, population=40))
+    sa = SecAggParams(threshold=2, quant_bits=16, clip=0.5, modulus_bits=40)
+    clients = []
+    for u in range(m):
+        c = SecAggClient(u, None, np.arange(1), rng=np.random.default_rng(u), params=sa,
+                         costs=CryptoCosts(1.0, 0, 0, 0, 0, 0),
+                         crypto_rng=np.random.default_rng(100 + u),
+                         privatise=dp.client_privatise, noise=dp.client_noise)
+        c.global_w = [np.zeros(d, np.float32)]
+        # clients 0 and 1 within C (b = 1), 2 and 3 clipped (b = 0): Σ(b - 1/2) = 0
+        c.trained = [np.full(d, 0.01 if u < 2 else 5.0, np.float32)]
+        c.clip_norm = 1.0
+        clients.append(c)
+    sums = []
+    for _ in range(3000):
+        total = np.zeros(d + 1, np.uint64)
+        for c in clients:
+            total = masking.add_mod(total, c._quantised_input(), sa.modulus_bits)
+        vec = masking.dequantise(total, clip=sa.clip, quant_bits=sa.quant_bits,
+                                 modulus_bits=sa.modulus_bits)
+        sums.append(vec[-1] / _count_scale(sa))
+    sums = np.array(sums)
+    if mode == "central":
+        assert np.all(sums == 0.0)                 # exact: the server's own noise comes later
+        return
+    assert np.mean(sums) == pytest.approx(0.0, abs=4 * sigma_b / np.sqrt(len(sums)))
+    assert np.var(sums) == pytest.approx(sigma_b ** 2, rel=0.1)
+    assert len(np.unique(sums)) > 100              # not a handful of values: Gaussian noise
+
+
+def test_asyncio_runs_secure_dp_like_simpy_with_the_count_coordinate():
+    """The server reads a masked vector off a real wire with the length the clients send: the
+    model's coordinates, plus the count under adaptive clipping (it used the model's length
+    alone, and every DP round over asyncio was refused as malformed)."""
+    for clipping in ("fixed", "adaptive"):
+        over = {"fedavg.secure_aggregation": "secagg", "dp.mode": "distributed",
+                "dp.noise_multiplier": 1.0, "dp.clipping": clipping, "rounds": 2}
+        a = _run(**over, **{"runtime.engine": "asyncio"}).summary
+        s = _run(**over).summary
+        assert a["secagg_rounds_ok"] == s["secagg_rounds_ok"] == 2
+        for key in ("final_accuracy", "epsilon", "dp_final_clip_norm", "bytes_total"):
+            assert a[key] == s[key], (clipping, key)

@@ -1,5 +1,7 @@
 """Laws of the secure-aggregation primitives: Shamir, PRG masks, quantisation, key agreement."""
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -140,24 +142,61 @@ def test_prg_is_the_aes128_ctr_keystream_nist_vector():
     assert np.array_equal(masking.prg(key + ctr, 8, 12), words & np.uint64(0xFFF))
 
 
-@settings(max_examples=30, deadline=None)
-@given(d=st.integers(0, 50), bits=st.integers(1, 62), data=st.data())
-def test_mask_batch_equals_each_party_accumulating_alone(d, bits, data):
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(0, 50), bits=st.integers(1, 62), threads=st.integers(0, 3),
+       reads=st.integers(0, 4), data=st.data())
+def test_mask_batch_equals_each_party_accumulating_alone(d, bits, threads, reads, data):
+    """Bit for bit, with any number of worker threads (coordinate slices) and with results read
+    between registrations (a read computes what is pending; later parties start afresh)."""
     seeds = [bytes([i]) * 32 for i in range(4)]
     parties = data.draw(st.lists(st.tuples(
         st.lists(st.integers(0, 2**62), min_size=d, max_size=d),
         st.lists(st.tuples(st.sampled_from(seeds), st.sampled_from([1, -1])), max_size=5)),
         min_size=1, max_size=4))
-    batch = masking.MaskBatch(d, bits)
-    pending = [batch.register(np.array(base, np.uint64) & np.uint64((1 << bits) - 1), terms)
-               for base, terms in parties]
+    batch = masking.MaskBatch(d, bits, threads=threads)
+    pending = []
+    for i, (base, terms) in enumerate(parties):
+        pending.append(batch.register(np.array(base, np.uint64) & np.uint64((1 << bits) - 1),
+                                      terms))
+        if i + 1 == reads:
+            pending[0].result()
     for p, (base, terms) in zip(pending, parties):
         acc = masking.MaskAccumulator(d, bits)
         acc.add(np.array(base, np.uint64), +1)
         for seed, sign in terms:
             acc.add_prg(seed, sign)
         assert np.array_equal(p.result(), acc.result())
-    assert batch.expansions == len({s for _, terms in parties for s, _ in terms})
+    # a seed is expanded when a second party holds it, leftovers at a read: ceil(holders / 2)
+    # for each seed within each stretch of registrations between reads
+    stretches = [parties[:reads], parties[reads:]] if 0 < reads < len(parties) else [parties]
+    want = 0
+    for part in stretches:
+        count: dict = {}
+        for _, terms in part:
+            for s, _ in terms:
+                count[s] = count.get(s, 0) + 1
+        want += sum(-(-k // 2) for k in count.values())
+    assert batch.expansions == want
+    assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-mask")]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32), wrap=st.booleans(), d=st.integers(1, 200),
+       bits=st.sampled_from([12, 32, 40, 62]), k=st.integers(1, 5))
+def test_keystream_slices_are_the_full_prg_counter_wrap_included(seed, wrap, d, bits, k):
+    """A slice starts the CTR counter at its first block: the slices of every cut, put
+    together, are PRG(seed), also when the counter passes 2^128 - 1 (OpenSSL increments the
+    whole 128-bit block)."""
+    if wrap:
+        seed = seed[:16] + b"\xff" * 15 + bytes([256 - k])
+    dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+    parts = [masking._Keystream(b - a, dtype, a).expand(seed).copy()
+             for a, b in masking._slices(d, dtype, k)]
+    full = masking.prg(seed, d, bits)
+    assert np.array_equal(np.concatenate(parts).astype(np.uint64)
+                          & np.uint64((1 << bits) - 1), full)
+    with pytest.raises(ValueError, match="16-byte block"):
+        masking._Keystream(3, dtype, 1)
 
 
 @settings(max_examples=10, deadline=None)

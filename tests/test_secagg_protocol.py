@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from crowdlearn.crypto import masking
 from sim import wire
-from crowdlearn.protocols.secagg import MaskedInput, SecAggParams, run_round
+from crowdlearn.protocols.secagg import MaskedInput, SecAggParams, SharedCrypto, run_round
 
 STAGES = ("advertise", "share", "masked_input", "unmask")
 
@@ -208,20 +208,24 @@ def test_a_client_refuses_to_reveal_both_secrets_of_a_peer(rng):
        mode=st.sampled_from(["secagg", "secagg+"]), data=st.data())
 def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, seed, mode,
                                                                            data):
-    """The simulator's shortcut (pairwise keys and mask keystreams derived once for both ends)
-    changes no byte any machine sends, with drop-outs at every stage."""
+    """The simulator's shortcut (pairwise keys and mask keystreams derived once for both ends,
+    the keystreams expanded on worker threads or not) changes no byte any machine sends and
+    not the unmasked sum, with drop-outs at every stage."""
     rng = np.random.default_rng(seed)
     xs = {u: rng.normal(0, 0.5, d) for u in range(n)}
     p = SecAggParams(mode=mode, threshold=2, neighbours=2 if mode == "secagg+" else 0,
-                     quant_bits=10, modulus_bits=masking.min_modulus_bits(n, 10))
+                     quant_bits=10, modulus_bits=data.draw(st.sampled_from(
+                         [masking.min_modulus_bits(n, 10), 40])))
     drop = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=1))) for s in STAGES}
+    threads = data.draw(st.integers(1, 3))
     runs = [run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop, shared=sh)
-            for sh in (True, False)]
-    assert runs[0].status == runs[1].status
+            for sh in (False, SharedCrypto(threads=0), SharedCrypto(threads=threads))]
     logs = [[(s, t, wire.encode(m)) for s, t, m in r.messages] for r in runs]
-    assert logs[0] == logs[1]
-    if runs[0].status == "ok":
-        assert np.array_equal(runs[0].server.last_sum, runs[1].server.last_sum)
+    for r, log in zip(runs[1:], logs[1:]):
+        assert r.status == runs[0].status
+        assert log == logs[0]
+        if r.status == "ok":
+            assert np.array_equal(r.server.last_sum, runs[0].server.last_sum)
 
 
 def test_shared_computation_derives_each_pair_key_and_keystream_once(rng):
@@ -238,3 +242,64 @@ def test_shared_computation_derives_each_pair_key_and_keystream_once(rng):
     alone = run_round(xs, p, rng=np.random.default_rng(2), shared=False)
     assert alone.clients[0].shared is None
     assert np.array_equal(alone.server.last_sum, out.server.last_sum)
+
+
+class _NoScan(tuple):
+    """A cohort that may be counted but not searched or walked."""
+
+    def __contains__(self, item):
+        raise AssertionError("the cohort tuple was scanned")
+
+    def __iter__(self):
+        raise AssertionError("the cohort tuple was walked")
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(4, 30), data=st.data())
+def test_a_loss_or_a_stage_message_costs_no_scan_of_the_cohort(n, data):
+    """The server tracks who each stage still waits for (a set): a peer loss or a message never
+    walks the selected tuple, and a stage closes exactly when everyone it expected has answered
+    or gone (the rule the set replaced), in any order of answers and losses."""
+    from sim.machine import PeerJoined, PeerLost, Received, Send, Start
+
+    from crowdlearn.protocols.fedavg import FedAvgParams
+    from crowdlearn.protocols.secagg import AdvertiseKeys, KeyList, SecAggServer, ShareKeys
+
+    t = 2
+    fp = FedAvgParams(rounds=1, clients_per_round=n, min_clients=n)
+    server = SecAggServer("server", [np.zeros(3, np.float32)], fp, rng=np.random.default_rng(0),
+                          secagg=SecAggParams(threshold=t, quant_bits=10, modulus_bits=16))
+    server.handle(Start(), 0.0)
+    for u in range(n):
+        server.handle(PeerJoined(u), 0.0)
+    assert server.stage == "advertise" and len(server.selected) == n
+    server.selected = _NoScan(server.selected)
+    fate = data.draw(st.lists(st.sampled_from(["answer", "lost"]), min_size=n, max_size=n))
+    order = data.draw(st.permutations(range(n)))
+    answered: list = []
+    for i, u in enumerate(order):
+        if fate[u] == "answer":
+            out = server.handle(Received(u, AdvertiseKeys(0, bytes(32), bytes(32))), 0.0)
+            answered.append(u)
+        else:
+            out = server.handle(PeerLost(u), 0.0)
+        done = i == n - 1
+        lists = [e for e in out if isinstance(e, Send) and isinstance(e.message, KeyList)]
+        if not done:
+            assert out == [] and server.stage == "advertise"
+        elif len(answered) >= t:
+            assert server.stage == "share" and sorted(e.dst for e in lists) == sorted(answered)
+            assert lists[0].message.ids == tuple(sorted(answered))
+        else:
+            assert server.stage is None and not lists      # aborted below t
+    if server.stage != "share":
+        return
+    # the share stage waits for the advertisers only; a late or foreign message is refused
+    late = server.handle(Received(order[0], AdvertiseKeys(0, bytes(32), bytes(32))), 0.0)
+    assert [e.name for e in late] == ["late_update"]
+    rest = list(answered)
+    for u in rest[:-1]:
+        assert server.handle(Received(u, ShareKeys(0, (), ())), 0.0) == []
+    assert server.stage == "share"
+    server.handle(PeerLost(rest[-1]), 0.0)
+    assert server.stage == ("masked_input" if len(rest) - 1 >= t else None)

@@ -55,9 +55,12 @@ def private_bytes(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def agree(key: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
-    """X25519 with the peer's public key, then HKDF-SHA256 to 32 bytes bound to ``info``."""
-    shared = key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+def agree(key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, info: bytes) -> bytes:
+    """X25519 with the peer's public key (32 raw bytes, or the key object), then HKDF-SHA256 to
+    32 bytes bound to ``info``."""
+    if not isinstance(peer_public, X25519PublicKey):
+        peer_public = X25519PublicKey.from_public_bytes(peer_public)
+    shared = key.exchange(peer_public)
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
 
 
@@ -83,6 +86,7 @@ class AgreementMemo:
         self.keep = keep
         self._by_info: dict[bytes, dict] = {}
         self._public: dict[int, tuple] = {}
+        self._peer_keys: dict[bytes, X25519PublicKey] = {}     # raw bytes -> parsed, once
         self.exchanges = 0
         self.hits = 0
 
@@ -109,7 +113,13 @@ class AgreementMemo:
         if hit is not None:
             self.hits += 1
             return hit
-        derived = agree(key, peer_public, info)
+        # each public key is parsed once, not once per peer that agrees with it
+        peer = self._peer_keys.get(peer_public)
+        if peer is None:
+            if len(self._peer_keys) > 100_000:
+                self._peer_keys.clear()
+            peer = self._peer_keys[peer_public] = X25519PublicKey.from_public_bytes(peer_public)
+        derived = agree(key, peer, info)
         self.exchanges += 1
         if own != peer_public:
             memo[pair] = derived
@@ -118,6 +128,7 @@ class AgreementMemo:
     def forget(self) -> None:
         self._by_info.clear()
         self._public.clear()
+        self._peer_keys.clear()
 
 
 def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:

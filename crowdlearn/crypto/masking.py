@@ -35,6 +35,8 @@ True
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -188,16 +190,32 @@ class MaskAccumulator:
 
 
 class _Keystream:
-    """One reusable buffer of ``d`` keystream words (and the zeros the cipher encrypts)."""
+    """One reusable buffer of ``d`` keystream words (and the zeros the cipher encrypts).
 
-    def __init__(self, d: int, dtype: np.dtype):
+    ``offset`` (a multiple of the 16-byte AES block, in words) makes :meth:`expand` return the
+    words ``offset … offset + d − 1`` of PRG(seed): CTR mode encrypts counter block ``c + k``
+    for the ``k``-th block (OpenSSL increments the whole 128-bit block, big-endian), so starting
+    the cipher at ``c + offset·w/16`` gives that slice of the same keystream (tested against the
+    full expansion, the counter wrap at 2^128 included).
+    """
+
+    def __init__(self, d: int, dtype: np.dtype, offset: int = 0):
         self.d, self.dtype = d, dtype
+        start = offset * dtype.itemsize
+        if start % 16:
+            raise ValueError(f"a keystream slice starts on a 16-byte block; got word {offset}")
+        self._blocks = start // 16
         n = d * dtype.itemsize
         self._zeros = bytes(n)
         self._buf = bytearray(n + 15)       # update_into wants block-size slack
 
     def expand(self, seed: bytes) -> np.ndarray:
-        """The first ``d`` words of PRG(seed), a view of the buffer (valid until the next call)."""
+        """Words ``offset …`` of PRG(seed), a view of the buffer (valid until the next call)."""
+        if self._blocks:
+            if len(seed) != 32:
+                raise ValueError(f"PRG seed must be 32 bytes; got {len(seed)}")
+            ctr = (int.from_bytes(seed[16:], "big") + self._blocks) % (1 << 128)
+            seed = seed[:16] + ctr.to_bytes(16, "big")
         _keystream_cipher(seed).update_into(self._zeros, self._buf)
         return np.frombuffer(self._buf, self.dtype, count=self.d)
 
@@ -218,19 +236,47 @@ class PendingMask:
         return self._value
 
 
+def default_threads() -> int:
+    """Worker threads of a :class:`MaskBatch`: the cores, at most 4 (0 on one core: there is
+    nothing to overlap with)."""
+    cores = os.cpu_count() or 1
+    return min(cores, 4) if cores > 1 else 0
+
+
+def _slices(d: int, dtype: np.dtype, k: int) -> list[tuple[int, int]]:
+    """``k`` contiguous word ranges covering ``0 … d``, cut on 16-byte AES blocks."""
+    per_block = 16 // dtype.itemsize
+    blocks = -(-d // per_block)
+    cuts = [min(d, (blocks * i // k) * per_block) for i in range(k + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, d)]
+
+
 class MaskBatch:
-    """Masked vectors of many parties computed together, each distinct seed expanded once.
+    """Masked vectors of many parties computed together, each pairwise seed expanded once.
 
     In secure aggregation both ends of a pair ``(u, v)`` expand the same pairwise seed
     ``s_uv`` (u adds it, v subtracts it).  A simulator running every party in one process may
     expand it once and add it to both: :meth:`register` records what a party would compute from
     its own inputs (its quantised vector and its ``(seed, sign)`` terms, the seeds it derived
-    itself); :meth:`compute` (on the first read of any pending result) groups equal seeds and
-    expands each once.  Sharing is by the seed's value, so a party only ever gets
-    ``PRG(seed)`` for seeds it holds; each result equals what :class:`MaskAccumulator` gives
-    for the same terms (tested), and nothing in the protocol's accounting changes (the compute
-    charged to a device is the cost model's, not this process's wall time).  Memory: one word
-    vector per pending party (what the server holds once their uploads arrive anyway).
+    itself).  Sharing is by the seed's value, so a party only ever gets ``PRG(seed)`` for seeds
+    it holds; each result equals what :class:`MaskAccumulator` gives for the same terms
+    (tested), and nothing in the protocol's accounting changes (the compute charged to a device
+    is the cost model's, not this process's wall time).
+
+    When a seed's second holder registers (both ends of a pair are in), the seed is expanded
+    and added to both; every other seed is expanded at the first read of any pending result
+    (:meth:`compute`), added to all its holders.  A seed held by more than two parties is
+    therefore expanded once per two holders, plus once for any holders left at the first read.
+
+    ``threads``: the vectors are cut into that many coordinate slices (on AES blocks), each
+    owned by one worker thread that expands its part of the keystream (the CTR counter started
+    at the slice) and adds it in place.  The ``cryptography`` cipher and numpy's adds release
+    the GIL, so this runs beside the caller's own work (the next party's X25519 agreements) and
+    on several cores; every addition is mod 2^32 or 2^64, so the result does not depend on the
+    order of the adds (equal, bit for bit, to the single-threaded path: tested).  0 computes
+    everything in the calling thread at the first read.  Worker threads live from the first
+    expansion to the end of :meth:`compute`.  Memory: one word vector per pending party (what
+    the server holds once their uploads arrive anyway).
 
     >>> batch = MaskBatch(3, 12)
     >>> a = batch.register(np.arange(3), [(b"p" * 32, +1), (b"a" * 32, +1)])
@@ -244,12 +290,20 @@ class MaskBatch:
     3
     """
 
-    def __init__(self, d: int, bits: int):
+    def __init__(self, d: int, bits: int, *, threads: int | None = None):
         _check_bits(bits)
         self.d, self.bits = d, bits
         self.dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+        self.threads = default_threads() if threads is None else int(threads)
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0; got {threads}")
+        self._slices = _slices(d, self.dtype, max(1, self.threads))
         self._pending: list[PendingMask] = []
-        self._stream: _Keystream | None = None
+        self._held: dict[bytes, list] = {}     # seed -> holders not yet sent for expansion
+        self._ready: list = []                 # (seed, holders) to expand (threads = 0)
+        self._streams: list[_Keystream] | None = None
+        self._workers: list[ThreadPoolExecutor] | None = None
+        self._futures: list = []
         self.expansions = 0              # keystreams expanded so far (for tests and benchmarks)
 
     def register(self, base, terms) -> PendingMask:
@@ -260,31 +314,64 @@ class MaskBatch:
         for s, _ in terms:
             if len(s) != 32:
                 raise ValueError(f"PRG seed must be 32 bytes; got {len(s)}")
-        p = PendingMask(self, base.astype(self.dtype), terms)
+        p = PendingMask(self, base.astype(self.dtype), terms)   # a copy: the accumulator
         self._pending.append(p)
+        both = []
+        for s, sign in terms:
+            holders = self._held.setdefault(s, [])
+            holders.append((p, sign))
+            if len(holders) == 2:                # both ends of a pair are in
+                both.append((s, self._held.pop(s)))
+        if both:
+            self._expand(both)
         return p
 
-    def compute(self) -> None:
-        """Compute every pending result (each distinct seed's keystream expanded once)."""
-        pending, self._pending = self._pending, []
-        if not pending:
+    def _expand(self, groups: list) -> None:
+        """Add ``sign · PRG(seed)`` to each holder of each ``(seed, holders)`` group."""
+        self.expansions += len(groups)
+        if self._streams is None:
+            self._streams = [_Keystream(b - a, self.dtype, a) for a, b in self._slices]
+        if not self.threads:
+            self._ready.extend(groups)
             return
-        if self._stream is None:
-            self._stream = _Keystream(self.d, self.dtype)
-        users: dict[bytes, list] = {}
-        for p in pending:
-            for s, sign in p.terms:
-                users.setdefault(s, []).append((p, sign))
-        accs = {id(p): p.base for p in pending}         # base was copied by astype: ours
-        for s, holders in users.items():
-            words = self._stream.expand(s)
-            self.expansions += 1
+        if self._workers is None:
+            self._workers = [ThreadPoolExecutor(1, thread_name_prefix="crowdlearn-mask")
+                             for _ in self._slices]
+        for i, ex in enumerate(self._workers):      # one thread per slice: no shared writes
+            self._futures.append(ex.submit(self._add_slice, i, groups))
+
+    def _add_slice(self, i: int, groups: list) -> None:
+        lo, hi = self._slices[i]
+        stream = self._streams[i]
+        for seed, holders in groups:
+            words = stream.expand(seed)
             for p, sign in holders:
+                part = p.base[lo:hi]
                 if sign > 0:
-                    accs[id(p)] += words
+                    part += words
                 else:
-                    accs[id(p)] -= words
+                    part -= words
+
+    def compute(self) -> None:
+        """Compute every pending result (the seeds not yet expanded first)."""
+        pending, self._pending = self._pending, []
+        rest, self._held = list(self._held.items()), {}
+        if rest:
+            self._expand(rest)
+        if self.threads:
+            futures, self._futures = self._futures, []
+            workers, self._workers = self._workers or [], None
+            try:
+                for f in futures:
+                    f.result()
+            finally:
+                for ex in workers:
+                    ex.shutdown(wait=True)
+        else:
+            ready, self._ready = self._ready, []
+            if ready:
+                self._add_slice(0, ready)
         mask = self.dtype.type((1 << self.bits) - 1)
-        for p in pending:
-            p._value = np.bitwise_and(accs[id(p)], mask, out=accs[id(p)])
+        for p in pending:                      # base was copied by astype: ours
+            p._value = np.bitwise_and(p.base, mask, out=p.base)
             p.base = p.terms = None

@@ -17,9 +17,13 @@ clients (user-level DP: a neighbouring dataset adds or removes one client's whol
   ``σ / Δ`` (:meth:`DPFedAvg.set_quantisation`; ``docs/design.md``).
 * clipping ``fixed`` or ``adaptive`` (Andrew et al.): the norm follows the ``γ`` quantile of the
   update norms, ``C ← C · exp(−η_C (b̃ − γ))`` with ``b̃`` the noised fraction of clients that were
-  not clipped (count noise ``σ_b``); the update noise is then raised to
-  ``z_Δ = (z^−2 − (2σ_b)^−2)^−1/2`` so that both releases together cost what one Gaussian
-  mechanism with multiplier ``z`` costs.
+  not clipped: each client contributes ``b_u − ½`` (``b_u = 1`` when ``‖Δ_u‖ ≤ C``), a sum of
+  sensitivity ½, noised with ``N(0, σ_b²)`` (central: by the server; distributed: each client
+  adds its share ``N(0, σ_b²/m)`` on the grid, so the server never sees the exact count), and
+  ``b̃ = clamp((Σ(b_u − ½) + noise)/m + ½, 0, 1)`` (Andrew et al.'s estimator, TF Privacy's
+  ``QuantileEstimatorQuery``).  The update noise is raised to ``z_Δ = (z^−2 − (2σ_b)^−2)^−1/2``
+  so that both releases together cost what one Gaussian mechanism with multiplier ``z`` costs;
+  the accountant charges that combined multiplier, each part with the shares that arrived.
 
 ε comes from ``dp-accounting``: the composition of ``rounds`` Poisson-sampled Gaussian events at
 rate ``q = m / K`` (RDP or PLD).  FedAvg samples exactly ``m`` clients without replacement; using
@@ -196,6 +200,9 @@ class DPFedAvg:
     """
 
     def __init__(self, params: DPParams):
+        if params.adaptive and params.noise_multiplier > 0 \
+                and not 2 * params.sigma_b > params.noise_multiplier:
+            raise ValueError(_count_noise_problem(params.sigma_b, params.noise_multiplier))
         self.p = params
         self.clip_norm = params.clip_norm
         self.rounds = 0
@@ -225,34 +232,66 @@ class DPFedAvg:
     def effective_multiplier(self, clip_norm: float, shares: int | None = None) -> float:
         """The noise multiplier a round really has: the update's noise standard deviation over
         the sensitivity ``C + rounding``, ``shares`` of ``m`` noise shares in a distributed
-        sum, combined with the count's noise under adaptive clipping (Andrew et al.)."""
+        sum, combined under adaptive clipping with the count's: ``Σ(b_u − ½)`` has sensitivity
+        ½ and noise ``σ_b`` (its delivered shares too), multiplier ``2σ_b``, and the pair is one
+        Gaussian of multiplier ``(z_u^−2 + (2σ_b)^−2)^−1/2`` (Andrew et al., Theorem 1).
+
+        >>> dp = DPFedAvg(DPParams(mode="distributed", noise_multiplier=1.0, clip_norm=1.0,
+        ...                        adaptive=True, count_stddev=2.0, cohort=4, population=40))
+        >>> round(dp.effective_multiplier(1.0), 6), round(dp.effective_multiplier(1.0, 1), 6)
+        (1.0, 0.5)
+        """
         p = self.p
         if p.noise_multiplier == 0:
             return 0.0
-        rho = clip_norm / (clip_norm + self.rounding)
+        arrived = 1.0
         if p.mode == "distributed":
             n = p.cohort if shares is None else shares
-            rho *= math.sqrt(min(n, p.cohort) / p.cohort)
-        z_update = p.update_noise_multiplier * rho
+            arrived = math.sqrt(max(0, min(n, p.cohort)) / p.cohort)
+        if arrived == 0:
+            return 0.0
+        z_update = p.update_noise_multiplier * clip_norm / (clip_norm + self.rounding) * arrived
         if not p.adaptive:
             return z_update
-        return (z_update ** -2 + (2 * p.sigma_b) ** -2) ** -0.5
+        z_count = 2 * p.sigma_b * arrived
+        return (z_update ** -2 + z_count ** -2) ** -0.5
+
+    @property
+    def count_coordinates(self) -> int:
+        """Coordinates a client appends to its update under secure aggregation: 1 (its centred
+        unclipped indicator ``b − ½``) with adaptive clipping, else 0 (fixed clipping needs no
+        count, so the server learns none)."""
+        return 1 if self.p.adaptive else 0
 
     # client side (secure aggregation): clip; in distributed mode also this client's noise share
     def client_privatise(self, delta: np.ndarray, clip_norm: float,
-                         rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        return clip_update(delta, clip_norm)
+                         rng: np.random.Generator) -> tuple[np.ndarray, float | None]:
+        """The clipped delta and, under adaptive clipping, the centred unclipped indicator
+        ``b − ½`` (``±½``) the client appends to it (None with fixed clipping)."""
+        clipped, bit = clip_update(delta, clip_norm)
+        return clipped, (bit - 0.5) if self.p.adaptive else None
 
     def client_noise(self, dim: int, clip_norm: float, step: float,
-                     rng: np.random.Generator) -> np.ndarray | None:
+                     rng: np.random.Generator, *,
+                     count_step: float | None = None) -> np.ndarray | None:
         """Distributed mode: this client's share ``N(0, (z_Δ C)² / m)`` of the noise, in units of
         the quantisation grid (rounded Gaussian, int64), added to its quantised update so that
-        the noise never passes through the per-coordinate clipping or the rounding.  None in
-        central mode."""
-        if self.p.mode != "distributed" or self.p.noise_multiplier == 0:
+        the noise never passes through the per-coordinate clipping or the rounding.  Under
+        adaptive clipping one more integer follows: the share ``N(0, σ_b² / m)`` of the count's
+        noise in units of ``count_step`` (the grid step of the count coordinate, in count
+        units).  None in central mode."""
+        p = self.p
+        if p.mode != "distributed" or p.noise_multiplier == 0:
             return None
-        sd = self.p.update_noise_multiplier * clip_norm / math.sqrt(self.p.cohort)
-        return np.rint(rng.normal(0.0, sd / step, dim)).astype(np.int64)
+        sd = p.update_noise_multiplier * clip_norm / math.sqrt(p.cohort)
+        ints = np.rint(rng.normal(0.0, sd / step, dim)).astype(np.int64)
+        if not p.adaptive:
+            return ints
+        if count_step is None or not count_step > 0:
+            raise ValueError("adaptive clipping with distributed noise: the count coordinate's "
+                             f"grid step is needed for its noise share; got {count_step!r}")
+        share = rng.normal(0.0, p.sigma_b / math.sqrt(p.cohort) / count_step)
+        return np.append(ints, np.int64(np.rint(share)))
 
     def server_aggregate(self, deltas: list[np.ndarray], rng: np.random.Generator):
         """Plain FedAvg: clip each delta and aggregate (returns the mean delta and reports)."""
@@ -260,36 +299,46 @@ class DPFedAvg:
             raise ValueError("plain FedAvg sees every update: only central DP applies "
                              f"(distributed noise needs secure aggregation); got {self.p.mode!r}")
         total = np.zeros_like(deltas[0], dtype=np.float64)
-        bits = 0.0
+        centred = 0.0
         for d in deltas:
             c, b = clip_update(np.asarray(d, np.float64), self.clip_norm)
             total += c
-            bits += b
-        return self._finish(total, bits, len(deltas), rng)
+            centred += b - 0.5
+        return self._finish(total, centred, len(deltas), rng)
 
     def server_aggregate_sum(self, vec: np.ndarray, count: int, *, rng: np.random.Generator,
                              bit_scale: float = 1.0):
-        """Secure aggregation: ``vec`` is Σ clipped deltas with Σ bits·bit_scale appended."""
-        return self._finish(vec[:-1], float(vec[-1]) / bit_scale, count, rng)
+        """Secure aggregation: ``vec`` is Σ clipped deltas, under adaptive clipping followed by
+        ``Σ(b − ½)·bit_scale`` (with the clients' count noise in distributed mode)."""
+        if self.count_coordinates:
+            return self._finish(vec[:-1], float(vec[-1]) / bit_scale, count, rng)
+        return self._finish(vec, 0.0, count, rng)
 
-    def _finish(self, total: np.ndarray, bits: float, count: int, rng: np.random.Generator):
+    def _finish(self, total: np.ndarray, centred: float, count: int,
+                rng: np.random.Generator):
+        """Noise (central), average, adapt the norm from ``centred`` = Σ(b − ½) (its noise
+        added here in central mode; in distributed mode the clients' shares are in it), and
+        charge the round."""
         p = self.p
         c = self.clip_norm
         if p.mode == "central" and p.noise_multiplier > 0:
             total = total + rng.normal(0.0, p.update_noise_multiplier * c, total.shape)
         # a fixed denominator (the planned cohort) keeps the sensitivity at C / m
         mean = total / max(p.cohort, 1)
+        frac = None
         if p.adaptive:
-            noisy = bits + (rng.normal(0.0, p.sigma_b) if p.noise_multiplier > 0 else 0.0)
-            frac = noisy / max(p.cohort, 1)
+            noisy = centred
+            if p.mode == "central" and p.noise_multiplier > 0:
+                noisy += rng.normal(0.0, p.sigma_b)
+            frac = min(1.0, max(0.0, noisy / max(p.cohort, 1) + 0.5))
             self.clip_norm = c * math.exp(-p.clip_lr * (frac - p.target_quantile))
         self.rounds += 1
         z_eff = self.effective_multiplier(c, count)
         self.accountant.record(z_eff)
         eps = self.accountant.epsilon(self.rounds)
-        self.history.append({"round": self.rounds - 1, "clip_norm": c, "unclipped": bits,
-                             "aggregated": count, "noise_multiplier_effective": z_eff,
-                             "epsilon": eps})
+        self.history.append({"round": self.rounds - 1, "clip_norm": c,
+                             "unclipped_fraction": frac, "aggregated": count,
+                             "noise_multiplier_effective": z_eff, "epsilon": eps})
         return mean, [Report("epsilon", eps), Report("dp_round", self.history[-1])]
 
     def summary(self) -> dict:
@@ -297,10 +346,17 @@ class DPFedAvg:
         zs = self.accountant.multipliers(self.rounds)
         eff = (f"effective z {min(zs):.4g}" + (f"-{max(zs):.4g}" if max(zs) > min(zs) else "")
                if zs else "no round")
+        count = (f"; adaptive clipping: update noise z_Δ = {p.update_noise_multiplier:.4g} and "
+                 f"count noise σ_b = {p.sigma_b:.4g} on Σ(b − ½) charged as one Gaussian"
+                 if p.adaptive else "")
+        approx = ("; the clients' noise shares are rounded Gaussians on the quantisation grid, "
+                  "accounted as the continuous Gaussian of the same σ (not charged: "
+                  "docs/design.md)" if p.mode == "distributed" else "")
         return {"epsilon": self.accountant.epsilon(self.rounds), "delta": p.delta,
                 "accountant": f"dp-accounting {p.accountant.upper()}, Poisson-sampled Gaussian "
                               f"(q = {p.sampling_rate:g}, z = {p.noise_multiplier:.4g}, {eff} "
-                              f"with sensitivity C + {self.rounding:.3g}, {self.rounds} rounds)",
+                              f"with sensitivity C + {self.rounding:.3g}, {self.rounds} rounds)"
+                              + count + approx,
                 "dp_mode": p.mode, "dp_noise_multiplier": p.noise_multiplier,
                 "dp_rounding_bound": self.rounding,
                 "dp_effective_multipliers": [round(z, 6) for z in zs],
@@ -330,8 +386,9 @@ CONFIG_SECTION: dict[str, Key] = {
                                    "updates left unclipped (norm <= C); the norm tracks that "
                                    "quantile of the update norms (Flower's name).", min=0, max=1),
     "clip_norm_lr": Key(float, 0.2, "Adaptive clipping: geometric learning rate η_C.", min=0),
-    "clipped_count_stddev": Key(float, 0.0, "Adaptive clipping: noise σ_b on the unclipped "
-                                "count; 0 = max(m/20, z).", min=0),
+    "clipped_count_stddev": Key(float, 0.0, "Adaptive clipping: noise σ_b on the centred "
+                                "unclipped count Σ(b − ½) (distributed: each client adds its "
+                                "share); 0 = max(m/20, z); needs 2σ_b > z.", min=0),
 }
 
 
@@ -347,11 +404,21 @@ def cross_check(section: dict, *, protocol: str, cohort: int,
     if section["mode"] != "none" and protocol != "fedavg":
         out.append(f"dp.mode: client-level DP is for protocol 'fedavg'; got protocol "
                    f"{protocol!r} (remove [dp] or set protocol = 'fedavg')")
+    sb, z = section["clipped_count_stddev"], section["noise_multiplier"]
+    if section["mode"] != "none" and section["clipping"] == "adaptive" and sb > 0 \
+            and section["target_epsilon"] == 0 and z > 0 and not 2 * sb > z:
+        out.append(_count_noise_problem(sb, z))
     if section["mode"] == "distributed" and section["noise_multiplier"] == 0 \
             and section["target_epsilon"] == 0:
         out.append("dp.noise_multiplier: distributed DP with no noise; set noise_multiplier > 0 "
                    "or target_epsilon")
     return out
+
+
+def _count_noise_problem(sigma_b: float, z: float) -> str:
+    return (f"dp.clipped_count_stddev: adaptive clipping splits the noise multiplier z = {z:.4g} "
+            f"between the update and the count, which needs 2·σ_b > z; got σ_b = {sigma_b:.4g}. "
+            f"Set clipped_count_stddev > {z / 2:.4g} (or 0 for max(m/20, z))")
 
 
 def params_from_config(cfg) -> DPParams | None:

@@ -255,11 +255,17 @@ STAGE_MESSAGES = {"advertise": ("AdvertiseKeys", "KeyList"), "share": ("ShareKey
 
 @dataclass(frozen=True, eq=False)
 class CryptoJob:
-    """A client's cryptographic work of one stage: charged in simulated time, computed already."""
+    """A client's cryptographic work of one stage: charged in simulated time, computed already.
+
+    ``settles``: job kinds whose pending batch is complete once this job is submitted (the
+    key-sharing stage starts only after every selected client has trained or dropped), so the
+    executor may start that batch early (:class:`~crowdlearn.training.jobs.Executor`).
+    """
 
     flops: float
     stage: str
     memory_bytes: int = 0
+    settles: tuple = ()
     kind: str = field(default="secagg_crypto", init=False)
 
 
@@ -274,17 +280,20 @@ class SharedCrypto:
 
     Each machine still derives only values it could compute from its own keys and messages, and
     the compute charged to its device is the cost model's count of its own operations
-    (``CryptoJob``), unchanged.
+    (``CryptoJob``), unchanged.  ``threads``: the mask batches' worker threads
+    (:class:`~crowdlearn.crypto.masking.MaskBatch`; None = the default, 0 = none); no message
+    depends on it (tested).
     """
 
-    def __init__(self):
+    def __init__(self, *, threads: int | None = None):
         self.memo = ka.AgreementMemo()
+        self.threads = threads
         self._batches: dict = {}
 
     def batch(self, d: int, bits: int) -> masking.MaskBatch:
         key = (d, bits)
         if key not in self._batches:
-            self._batches[key] = masking.MaskBatch(d, bits)
+            self._batches[key] = masking.MaskBatch(d, bits, threads=self.threads)
         return self._batches[key]
 
 
@@ -312,6 +321,12 @@ def neighbour_graph(ids, k: int, rng: np.random.Generator) -> dict:
     return {u: frozenset(v) for u, v in out.items()}
 
 
+def _count_scale(sa: SecAggParams) -> float:
+    """Value of the count coordinate per unit of DP count: the centred indicator ``b − ½``
+    (±½) becomes ±clip, which the quantiser maps exactly to ±L."""
+    return 2 * sa.clip
+
+
 def _xcoord(u) -> int:
     return int(u) + 1
 
@@ -335,9 +350,10 @@ class SecAggClient(FedAvgClient):
     Parameters beyond :class:`FedAvgClient`: ``params``; ``costs`` (FLOP-equivalents of the
     primitives); ``crypto_rng`` (keys, self-mask seeds and Shamir coefficients; kept apart from
     the training stream so training is identical with and without SecAgg); ``privatise`` (an
-    optional client-level DP hook ``(delta, clip_norm, rng) -> (delta', unclipped_bit)``);
-    ``noise`` (distributed DP: ``(dim, clip_norm, step, rng) -> int64 noise in grid units`` or
-    None, added to the quantised update); ``shared`` (a :class:`SharedCrypto` of the
+    optional client-level DP hook ``(delta, clip_norm, rng) -> (delta', count)``, ``count`` the
+    centred unclipped indicator ``b − ½`` of adaptive clipping or None); ``noise`` (distributed
+    DP: ``(dim, clip_norm, step, rng, count_step=...) -> int64 noise in grid units`` or None,
+    added to the quantised update and count); ``shared`` (a :class:`SharedCrypto` of the
     simulation, or None to compute alone).
     """
 
@@ -365,6 +381,7 @@ class SecAggClient(FedAvgClient):
         self.threshold = 0
         self.clip_norm = 0.0
         self._ckeys: dict = {}
+        self._mkeys: dict = {}
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received) and isinstance(event.message, RoundStart):
@@ -403,13 +420,22 @@ class SecAggClient(FedAvgClient):
     def _after(self, stage: str, ops: Mapping, reply) -> list[Effect]:
         self._outbox = reply
         self.stage_job = ("secagg", self.rnd, stage)
-        return [RunJob(self.stage_job, CryptoJob(self.costs.flops(**ops), stage))]
+        # the share stage follows everyone's training: the round's training batch is settled
+        settles = ("train",) if stage == "share" else ()
+        return [RunJob(self.stage_job, CryptoJob(self.costs.flops(**ops), stage,
+                                                 settles=settles))]
 
     def _share_key(self, v) -> bytes:
         """The AES-GCM key shared with ``v`` this round (agreed once, used both ways)."""
         if v not in self._ckeys:
             self._ckeys[v] = self._agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
         return self._ckeys[v]
+
+    def _mask_seed(self, v) -> bytes:
+        """The pairwise mask seed ``s_uv`` agreed with ``v`` this round (agreed once)."""
+        if v not in self._mkeys:
+            self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd))
+        return self._mkeys[v]
 
     def _advertise(self) -> list[Effect]:
         if self.sa.priced:
@@ -450,19 +476,30 @@ class SecAggClient(FedAvgClient):
                 box = ka.seal(key, plain, aad=_box_aad(self.rnd, me, v))
             dsts.append(v)
             boxes.append(box)
+        if self.shared is not None and not self.sa.priced:
+            # the simulator derives the mask seeds now, while the round's training runs on a
+            # worker thread (the executor's early batch); the device is charged for them at the
+            # masked-input stage, for the peers whose shares arrived, as Bonawitz et al. order it
+            for v in self.peers:
+                self._mask_seed(v)
         ops = {"agree": len(dsts), "field_muls": 2 * len(recipients) * max(t - 1, 0),
                "aead_bytes": len(dsts) * SHARE_PLAIN}
         return self._after("share", ops, ShareKeys(self.rnd, tuple(dsts), tuple(boxes)))
 
-    def _update_vector(self) -> tuple[np.ndarray, float]:
+    def _update_vector(self) -> tuple[np.ndarray, bool]:
+        """The delta to aggregate (clipped under DP, then its count coordinate if any) and
+        whether DP applies."""
         new = np.concatenate([np.asarray(w).ravel() for w in self.trained])
         old = np.concatenate([np.asarray(w).ravel() for w in self.global_w])
         delta = np.subtract(new, old, dtype=np.float64)
         if self.privatise is not None and self.clip_norm > 0:
-            delta, bit = self.privatise(delta, self.clip_norm, self.crng)
-            # the unclipped bit rides along as one more coordinate, scaled into the clip range
-            return np.append(delta, bit * self.sa.clip), 1.0
-        return delta, 0.0
+            delta, count = self.privatise(delta, self.clip_norm, self.crng)
+            if count is None:
+                return delta, True
+            # adaptive clipping: the centred indicator b − ½ rides along as one more
+            # coordinate, ±½ scaled to ±clip (exactly ±L on the grid: no rounding)
+            return np.append(delta, count * _count_scale(self.sa)), True
+        return delta, False
 
     def _masked_input(self, m: ShareRelay) -> list[Effect]:
         me, sa = self.node_id, self.sa
@@ -484,21 +521,12 @@ class SecAggClient(FedAvgClient):
         self.u2 = tuple(sorted(v for v in self.held if v != me))
         if len(self.u2) + 1 < self.threshold:
             return [Report("secagg_client_abort", "share", (("device", me),))]
-        x, dp = self._update_vector()
+        y = self._quantised_input()
         bits = sa.modulus_bits
-        y = masking.quantise(x, clip=sa.clip, quant_bits=sa.quant_bits, modulus_bits=bits)
-        if dp and self.noise is not None:
-            # distributed DP: the noise share goes onto the grid after the rounding, so neither
-            # the per-coordinate clipping nor the rounding touches it (docs/design.md)
-            step = sa.clip / masking.levels(sa.quant_bits)
-            ints = self.noise(len(y) - 1, self.clip_norm, step, self.crng)
-            if ints is not None:
-                y[:-1] = masking.add_mod(y[:-1], ints.view(np.uint64), bits)
         d = len(y)
         if not sa.priced:
-            terms = [(self.b_seed, +1)] + [
-                (self._agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd)),
-                 +1 if me < v else -1) for v in self.u2]
+            terms = [(self.b_seed, +1)] + [(self._mask_seed(v), +1 if me < v else -1)
+                                           for v in self.u2]
             if self.shared is not None:         # computed with the others' on first read
                 y = self.shared.batch(d, bits).register(y, terms)
             else:
@@ -511,6 +539,27 @@ class SecAggClient(FedAvgClient):
         ops = {"agree": len(self.u2), "aead_bytes": opened * SHARE_PLAIN,
                "prg_bytes": (len(self.u2) + 1) * d * width}
         return self._after("masked_input", ops, MaskedInput(self.rnd, MaskedVector(y, bits)))
+
+    def _quantised_input(self) -> np.ndarray:
+        """``q(x_u)`` in Z_R before masking: the (clipped) delta quantised, with its DP count
+        coordinate; in distributed DP, plus this client's noise shares on the grid (after the
+        rounding, so neither the per-coordinate clipping nor the rounding touches them:
+        ``docs/design.md``)."""
+        sa = self.sa
+        x, dp = self._update_vector()
+        y = masking.quantise(x, clip=sa.clip, quant_bits=sa.quant_bits,
+                             modulus_bits=sa.modulus_bits)
+        if dp and self.noise is not None:
+            step = sa.clip / masking.levels(sa.quant_bits)
+            dim = sum(int(np.size(w)) for w in self.global_w)     # the model's coordinates
+            ints = self.noise(dim, self.clip_norm, step, self.crng,
+                              count_step=step / _count_scale(sa))
+            if ints is not None:
+                if len(ints) != len(y):
+                    raise RuntimeError(f"DP noise for {len(ints)} coordinates, update has "
+                                       f"{len(y)}")
+                y = masking.add_mod(y, ints.view(np.uint64), sa.modulus_bits)
+        return y
 
     def _unmask(self, m: UnmaskRequest) -> list[Effect]:
         # Bonawitz et al.: refuse to help unmask fewer than t inputs, or a client named both as
@@ -549,10 +598,13 @@ class SecAggServer(FedAvgServer):
         super().__init__(node_id, weights, params, rng=rng, dp=dp)
         self.sa, self.costs = secagg, costs
         self._agree = shared.memo.agree if shared is not None else ka.agree
+        self._threads = shared.threads if shared is not None else 0
         # the SecAgg+ graph has its own stream, so client selection matches plain FedAvg's
         self.graph_rng = graph_rng if graph_rng is not None else np.random.default_rng(0)
         self.shapes = [np.shape(w) for w in self.weights]
         self.d = int(sum(np.prod(s, dtype=np.int64) for s in self.shapes))
+        # a client's masked vector: the model's coordinates, then DP's count coordinate if any
+        self.d_sent = self.d + (dp.count_coordinates if dp is not None else 0)
         if dp is not None:      # the clients' fixed-point rounding enters the sensitivity
             dp.set_quantisation(step=secagg.clip / masking.levels(secagg.quant_bits), dim=self.d)
         self.plain_update_bytes = wire.size(Update(0, tuple(np.asarray(w, np.float32)
@@ -569,6 +621,10 @@ class SecAggServer(FedAvgServer):
         self.graph: dict = {}
         self.sent_by: dict = {}        # client -> bytes it sent this round (what we received)
         self._stage_deadline: float | None = None
+        # the clients the current stage still waits for: its expected set (the previous stage's
+        # responders, or the selected for the first) less those that answered or were lost,
+        # kept up to date per event so that a message or a loss costs O(1)
+        self._waiting: set = set()
 
     # ---- the machine
     def next_timer(self) -> float | None:
@@ -590,8 +646,9 @@ class SecAggServer(FedAvgServer):
                                               and isinstance(event.message, Decline)):
             effects = super().handle(event, now) if isinstance(event, PeerLost) else []
             peer = event.peer if isinstance(event, PeerLost) else event.src
-            if self.phase == "training" and peer in self.selected:
+            if self.phase == "training" and peer in self._chosen:
                 self.gone.add(peer)
+                self._waiting.discard(peer)
                 return effects + self._advance(now)
             return effects
         return super().handle(event, now)
@@ -601,31 +658,27 @@ class SecAggServer(FedAvgServer):
         if self.phase == "training":
             self._new_round_state()
             self.stage = "advertise"
+            self._waiting = set(self.selected)
         return effects
 
     def _on_gone(self, peer: NodeId, now: float) -> list[Effect]:
         return []                                 # handled in handle(): stages, not updates
 
-    def _expected(self) -> set:
-        prev = {"advertise": set(self.selected), "share": set(self.u1),
-                "masked_input": set(self.resp["share"]),
-                "unmask": set(self.resp["masked_input"])}[self.stage]
-        return prev - self.gone
-
     def _on_stage_message(self, src, msg, now: float) -> list[Effect]:
         want = {AdvertiseKeys: "advertise", ShareKeys: "share", MaskedInput: "masked_input",
                 UnmaskShares: "unmask"}[type(msg)]
         if self.phase != "training" or msg.round != self.round or want != self.stage \
-                or src not in self._expected() or src in self.resp[want]:
+                or src not in self._waiting:
             return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
         if want == "masked_input" and not isinstance(msg.vector, MaskedVector):
             # what crossed a wire: the packed bytes, read with this round's length and bits
             try:
                 msg = MaskedInput(msg.round, MaskedVector.from_wire(
-                    msg.vector, bits=self.sa.modulus_bits, d=self.d))
+                    msg.vector, bits=self.sa.modulus_bits, d=self.d_sent))
             except (TypeError, ValueError) as exc:
                 return [Report("malformed_message", f"MaskedInput: {exc}", (("device", src),))]
         self.resp[want][src] = msg
+        self._waiting.discard(src)
         self.sent_by[src] = self.sent_by.get(src, 0) + wire.size(msg)
         return self._advance(now)
 
@@ -633,9 +686,8 @@ class SecAggServer(FedAvgServer):
         if self.stage is None:
             return []
         got = self.resp[self.stage]
-        expected = self._expected() | set(got)
         enough = self.stage == "advertise" and len(got) >= self.params.clients_per_round
-        if not (timeout or enough or set(got) >= expected):
+        if not (timeout or enough or not self._waiting):
             return []
         t = self.sa.threshold
         self._closing = self.stage
@@ -644,6 +696,8 @@ class SecAggServer(FedAvgServer):
         stage = self.stage
         nxt = _STAGES[_STAGES.index(stage) + 1] if stage != "unmask" else None
         self.stage = nxt
+        # the next stage waits for this one's responders that are still here
+        self._waiting = set(got) - self.gone if nxt is not None else set()
         self._stage_deadline = now + self.sa.stage_timeout_s \
             if math.isfinite(self.sa.stage_timeout_s) else None
         if stage == "advertise":
@@ -721,7 +775,8 @@ class SecAggServer(FedAvgServer):
     def _unmask(self, u3: tuple) -> tuple[np.ndarray | None, str]:
         """Rebuild the secrets and remove the masks: ``Σ_{u ∈ U3} q(x_u) mod R``."""
         bits = self.sa.modulus_bits
-        acc = masking.MaskAccumulator(self.resp["masked_input"][u3[0]].vector.d, bits)
+        d = self.resp["masked_input"][u3[0]].vector.d
+        acc = masking.MaskAccumulator(d, bits)
         for u in u3:
             acc.add(self.resp["masked_input"][u].vector.values, +1)
         dropped = sorted(set(self.resp["share"]) - set(u3))
@@ -746,16 +801,17 @@ class SecAggServer(FedAvgServer):
             acc = sum(int(c) * y for c, (_, y) in zip(lag_cache[xs], pts, strict=True))
             return acc % int(shamir.PRIME)
 
-        for u in u3:
-            acc.add_prg(rebuild(u).to_bytes(32, "big"), -1)
+        terms = [(rebuild(u).to_bytes(32, "big"), -1) for u in u3]     # self masks
         adv = self.resp["advertise"]
         for v in dropped:
             s_sk = ka.keypair(rebuild(-1 - v).to_bytes(32, "big"))
             for u in u3:
                 if u in self.graph[v]:      # u added +PRG(s_uv) when u < v: remove it
-                    acc.add_prg(self._agree(s_sk, adv[u].s_pk, _mask_info(self.round)),
-                                -1 if u < v else +1)
-        return acc.result(), ""
+                    terms.append((self._agree(s_sk, adv[u].s_pk, _mask_info(self.round)),
+                                  -1 if u < v else +1))
+        # the keystreams expanded and subtracted on the mask batch's worker threads
+        batch = masking.MaskBatch(d, bits, threads=self._threads)
+        return np.asarray(batch.register(acc.result(), terms).result(), np.uint64), ""
 
     def _close_secure(self, now: float, result, *, reason: str) -> list[Effect]:
         """Apply the unmasked sum (if any) and close the round as FedAvg does."""
@@ -767,7 +823,7 @@ class SecAggServer(FedAvgServer):
                                      modulus_bits=sa.modulus_bits)
             if self.dp is not None:
                 delta, eff = self.dp.server_aggregate_sum(vec, len(u3), rng=self.rng,
-                                                          bit_scale=sa.clip)
+                                                          bit_scale=_count_scale(sa))
                 extra = eff
             else:
                 delta = vec / len(u3)
@@ -839,7 +895,8 @@ class RoundOutcome:
 
 def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
               drop: Mapping[str, set] | None = None, stall: Mapping[str, set] | None = None,
-              costs: CryptoCosts | None = None, shared: bool = True) -> RoundOutcome:
+              costs: CryptoCosts | None = None,
+              shared: bool | SharedCrypto = True) -> RoundOutcome:
     """One secure aggregation of ``xs`` (client → vector), with clients dropping before a stage.
 
     ``drop`` maps a stage (``"advertise"``, ``"share"``, ``"masked_input"``, ``"unmask"``) to the
@@ -849,7 +906,8 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
     timer fires (``params.stage_timeout_s`` must then be finite; it is also the round deadline
     here) and the late message is refused.  Machines are driven by hand through an in-memory
     wire; this is what the tests and the priced-size tables use.  ``shared``: the machines
-    share one :class:`SharedCrypto` as in a simulation (False: each computes alone).
+    share one :class:`SharedCrypto` as in a simulation (False: each computes alone; or the
+    :class:`SharedCrypto` to use).
     """
     from crowdlearn.crypto.costs import CryptoCosts as _C
     from sim.machine import PeerJoined, Start
@@ -862,7 +920,7 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
     zero = [np.zeros(d, np.float32)]
     fp = FedAvgParams(rounds=1, clients_per_round=len(ids), min_clients=len(ids),
                       deadline_s=params.stage_timeout_s)
-    common = SharedCrypto() if shared else None
+    common = shared if isinstance(shared, SharedCrypto) else SharedCrypto() if shared else None
     server = SecAggServer(SERVER, zero, fp, rng=rng, secagg=params, costs=costs,
                           graph_rng=np.random.default_rng(int(rng.integers(2**63))),
                           shared=common)
@@ -1023,13 +1081,17 @@ def params_from_config(cfg) -> SecAggParams | None:
 def _noise_modulus_bits(cfg, cohort: int, section: dict) -> int:
     """Automatic R with room for distributed DP noise: the sum of ``cohort + 1`` full-scale
     values plus 12 standard deviations of the summed noise (in grid units) stays below R/2
-    (adaptive clipping: for a clipping norm up to 4× the initial one)."""
+    (adaptive clipping: for a clipping norm up to 4× the initial one, and the count
+    coordinate's noise σ_b, one count unit being 2L grid steps)."""
     from crowdlearn.privacy import dp_fedavg
     dp = dp_fedavg.params_from_config(cfg)
     if dp is None or dp.mode != "distributed":
         return 0
     lv = masking.levels(section["quant_bits"])
-    sd = dp.noise_multiplier * dp.clip_norm * (4 if dp.adaptive else 1) * lv / section["clip"]
+    sd = dp.update_noise_multiplier * dp.clip_norm * (4 if dp.adaptive else 1) * lv \
+        / section["clip"]
+    if dp.adaptive:
+        sd = max(sd, dp.sigma_b * 2 * lv)
     bound = (cohort + 1) * lv + 12 * sd
     return math.floor(math.log2(bound)) + 2
 

@@ -11,6 +11,7 @@ This module is pure (numpy only); the TensorFlow-backed runners live in ``fleet_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -85,14 +86,16 @@ TrainerFactory = Callable[[ModelSpec, np.ndarray, np.ndarray], Trainer]
 
 
 class Handle:
-    """A submitted job; ``result`` is filled when its batch has run."""
+    """A submitted job; ``result`` is filled when its batch has run.  ``due``: its simulated
+    time is over (:meth:`Executor.complete`), so it can no longer be cancelled by churn."""
 
-    __slots__ = ("job", "result", "state")
+    __slots__ = ("job", "result", "state", "due")
 
     def __init__(self, job: Any):
         self.job = job
         self.result: Any = None
         self.state = "pending"          # pending | done | cancelled
+        self.due = False
 
 
 class Deferred(Sequence):
@@ -142,6 +145,18 @@ class Executor:
     in simulated time (:meth:`complete`): training, so that every device's training of a round
     runs in one batch when the first result is read.  Other kinds are computed at completion.
 
+    ``background_kinds`` (deferred kinds whose runner may run on another thread): a submitted
+    job may name kinds whose pending batch its submission settles (``settles``: SecAgg's
+    key-sharing job, which a client runs only after every selected client has finished training
+    or dropped).  If every pending job of such a kind is then due (its simulated time over) and
+    ready, the batch that the first read would run is started on a worker thread, so that it
+    computes while the simulation goes on (the clients' key-sharing cryptography runs while
+    TensorFlow trains).  The first read takes that batch's results only if the batch it would
+    run is the same jobs in the same order; otherwise (a job submitted or cancelled meanwhile)
+    the early run is waited for and discarded, and the batch runs as without it.  So results,
+    batches and job counts are exactly those of the sequential executor (tested); only the
+    wall time moves.
+
     Examples
     --------
     >>> ex = Executor({"double": lambda jobs: [2 * j.x for j in jobs]})
@@ -154,9 +169,13 @@ class Executor:
     """
 
     def __init__(self, runners: dict[str, Runner], *,
-                 deferred_kinds: Sequence[str] = ("train",)):
+                 deferred_kinds: Sequence[str] = ("train",),
+                 background_kinds: Sequence[str] = ()):
         self.runners = dict(runners)
         self.deferred_kinds = frozenset(deferred_kinds)
+        self.background_kinds = frozenset(background_kinds) & self.deferred_kinds
+        self._early: dict[str, tuple[list[Handle], Future, ThreadPoolExecutor]] = {}
+        self.early_batches = {"used": 0, "discarded": 0}
         self._pending: dict[str, list[Handle]] = {}
         self.batches_run: dict[str, int] = {}
         self.jobs_run: dict[str, int] = {}
@@ -170,6 +189,9 @@ class Executor:
         hook = getattr(job, "on_submit", None)
         if hook is not None:           # a job whose messages carry its deferred values
             hook(self, h)
+        for kind in getattr(job, "settles", ()):
+            if kind in self.background_kinds:
+                self._maybe_start_early(kind)
         return h
 
     def abandoned(self, h: Handle) -> bool:
@@ -190,7 +212,10 @@ class Executor:
     def complete(self, h: Handle) -> Any:
         """The result of a job whose simulated time is over: a :class:`Deferred` for the
         declared deferred kinds, else computed now (with the other pending jobs of its kind)."""
-        return self.deferred(h) if h.job.kind in self.deferred_kinds else self.result(h)
+        h.due = True
+        if h.job.kind not in self.deferred_kinds:
+            return self.result(h)
+        return self.deferred(h)
 
     def cancel(self, h: Handle) -> None:
         if h.state == "pending":
@@ -198,6 +223,26 @@ class Executor:
             key = _collective(h.job)
             if key is not None:      # the other members of its collective can never run
                 self._broken.add((h.job.kind, key))
+
+    def _maybe_start_early(self, kind: str) -> None:
+        """Start the batch the first read of ``kind`` would run, on a worker thread, if every
+        pending job of the kind is due and ready (and none is part of a collective)."""
+        if kind in self._early:
+            return
+        batch = []
+        for h in self._pending.get(kind, ()):
+            if h.state != "pending":
+                continue
+            if not h.due or _collective(h.job) is not None \
+                    or any(d.state != "done" for d in _input_handles(h.job)):
+                return
+            batch.append(h)
+        if not batch:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="crowdlearn-early")
+        fut = pool.submit(self.runners[kind], [h.job for h in batch])
+        pool.shutdown(wait=False)            # the thread ends with this one batch
+        self._early[kind] = (batch, fut, pool)
 
     def result(self, h: Handle) -> Any:
         """Compute (if needed) and return the result of ``h``.
@@ -268,9 +313,21 @@ class Executor:
             (batch if type(hs[0].job).collective_complete([h.job for h in hs]) else rest) \
                 .extend(hs)
         self._pending[kind] = rest
+        early = self._early.pop(kind, None)
+        if early is not None:
+            same = len(early[0]) == len(batch) and all(
+                a is b for a, b in zip(early[0], batch, strict=True))
+            self.early_batches["used" if same else "discarded"] += 1
+            early[1].exception()             # waited for even when discarded: one run at a time
+            early[2].shutdown(wait=True)     # and its thread is gone
+            if same:
+                results = early[1].result()
+            else:
+                early = None
         if not batch:
             return False
-        results = self.runners[kind]([h.job for h in batch])
+        if early is None:
+            results = self.runners[kind]([h.job for h in batch])
         for h, r in zip(batch, results, strict=True):
             h.result, h.state = r, "done"
         self.batches_run[kind] = self.batches_run.get(kind, 0) + 1
