@@ -273,11 +273,14 @@ def test_a_loss_or_a_stage_message_costs_no_scan_of_the_cohort(n, data):
     for u in range(n):
         server.handle(PeerJoined(u), 0.0)
     assert server.stage == "advertise" and len(server.selected) == n
-    server.selected = _NoScan(server.selected)
+    cohort = server.book.selected
+    server.book.selected = _NoScan(cohort)
     fate = data.draw(st.lists(st.sampled_from(["answer", "lost"]), min_size=n, max_size=n))
     order = data.draw(st.permutations(range(n)))
     answered: list = []
     for i, u in enumerate(order):
+        if i == n - 1:      # the event that may end the stage, so the round: its report
+            server.book.selected = cohort       # names the cohort once (per round, not per loss)
         if fate[u] == "answer":
             out = server.handle(Received(u, AdvertiseKeys(0, bytes(32), bytes(32))), 0.0)
             answered.append(u)
@@ -298,8 +301,31 @@ def test_a_loss_or_a_stage_message_costs_no_scan_of_the_cohort(n, data):
     late = server.handle(Received(order[0], AdvertiseKeys(0, bytes(32), bytes(32))), 0.0)
     assert [e.name for e in late] == ["late_update"]
     rest = list(answered)
+    server.book.selected = _NoScan(cohort)
     for u in rest[:-1]:
         assert server.handle(Received(u, ShareKeys(0, (), ())), 0.0) == []
     assert server.stage == "share"
+    server.book.selected = cohort
     server.handle(PeerLost(rest[-1]), 0.0)
     assert server.stage == ("masked_input" if len(rest) - 1 >= t else None)
+
+
+def test_a_late_decline_of_an_earlier_round_does_not_drop_the_client_from_this_one():
+    from sim.machine import PeerJoined, Received, Start
+
+    from crowdlearn.protocols.fedavg import FedAvgParams
+    from crowdlearn.protocols.messages import Decline
+    from crowdlearn.protocols.secagg import SecAggServer
+
+    fp = FedAvgParams(rounds=3, clients_per_round=3, min_clients=3)
+    server = SecAggServer("server", [np.zeros(3, np.float32)], fp, rng=np.random.default_rng(0),
+                          secagg=SecAggParams(threshold=2, quant_bits=10, modulus_bits=16))
+    server.handle(Start(), 0.0)
+    for u in range(3):
+        server.handle(PeerJoined(u), 0.0)
+    assert server.stage == "advertise" and server.round == 0
+    server.round = 1                    # as if round 0 had ended and round 1 begun
+    server.handle(Received(0, Decline(0, "memory")), 0.0)
+    assert 0 not in server.gone
+    server.handle(Received(1, Decline(1, "memory")), 0.0)
+    assert 1 in server.gone

@@ -642,11 +642,14 @@ class SecAggServer(FedAvgServer):
             return self._on_stage_message(event.src, event.message, now)
         if isinstance(event, TimerFired) and self.phase == "training":
             return self._advance(now, timeout=True)
+        if isinstance(event, Received) and isinstance(event.message, Decline) \
+                and event.message.round != self.round:
+            return []                   # a late decline of an earlier round: not this one's
         if isinstance(event, (PeerLost,)) or (isinstance(event, Received)
                                               and isinstance(event.message, Decline)):
             effects = super().handle(event, now) if isinstance(event, PeerLost) else []
             peer = event.peer if isinstance(event, PeerLost) else event.src
-            if self.phase == "training" and peer in self._chosen:
+            if self.phase == "training" and self.book.asked(peer):
                 self.gone.add(peer)
                 self._waiting.discard(peer)
                 return effects + self._advance(now)
