@@ -163,6 +163,8 @@ def check(path: str, key: Key, value: Any, problems: list[str]) -> Any:
         return key.default
     if isinstance(value, tuple) and list in want:
         value = list(value)
+    if isinstance(value, MappingProxyType) and dict in want:    # a resolved config's table
+        value = dict(value)
     if not isinstance(value, want):
         problems.append(f"{path}: expected {_names(want)}; got {type(value).__name__} {value!r}")
         return key.default

@@ -17,7 +17,8 @@ EXTRA = {"fedavg": {"rounds": 2, "clients_per_round": 1}}
 
 
 def test_every_protocol_declares_its_sections_by_a_params_dataclass():
-    assert set(PARAMS) >= {"fedavg", "dssgd", "fm", "he"}
+    assert set(PARAMS) >= {"fedavg", "dssgd", "fm", "he", "slicenet", "secagg", "dp", "quality"}
+    assert all(not set(p.sections) - set(p.params) for p in registry.protocols())
     for p in registry.protocols():
         for sec, cls in p.params.items():
             assert p.sections[sec] is schema.keys(cls)

@@ -61,9 +61,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crowdlearn.schema import Key
+from crowdlearn.schema import keys, param, validate
 
-__all__ = ["KINDS", "Corrupted", "assignment", "corrupt", "cross_check",
+__all__ = ["KINDS", "Corrupted", "QualitySection", "assignment", "corrupt", "cross_check",
            "from_config", "stream"]
 
 KINDS = ("label_flip", "feature_noise", "random", "underrepresented")
@@ -241,29 +241,34 @@ def _underrepresent(labels, num_classes, keep_fraction, classes, rng):
 
 
 # ---------------------------------------------------------------- configuration
-def _section() -> dict:
+@dataclass(frozen=True)
+class QualitySection:
+    """The ``[quality]`` config section (unreliable participants), declared once here
+    (:mod:`crowdlearn.schema`: each field's default, documentation and limits)."""
 
-    return {
-        "fraction": Key(float, 0.0, "Fraction of the fleet that is unreliable (devices drawn at "
-                        "random; 0 = none).", min=0, max=1),
-        "kind": Key(str, "label_flip", "What is wrong with the unreliable devices' data: "
-                    "'label_flip', 'feature_noise', 'random' (random features and labels) or "
-                    "'underrepresented' (classes mostly missing).", choices=KINDS),
-        "devices": Key(dict, {}, "Explicit unreliable devices: a table of device id = kind "
-                       "(added to, and overriding, the random fraction)."),
-        "flip_rate": Key(float, 1.0, "Fraction of an unreliable device's labels flipped "
-                         "(label_flip).", min=0, max=1),
-        "feature_sigma": Key(float, 1.0, "Std of the Gaussian noise added to features "
-                             "(feature_noise), in standardised units.", min=0),
-        "keep_fraction": Key(float, 0.1, "Share of the under-represented classes' rows a device "
-                             "keeps (underrepresented).", min=0, max=1),
-        "classes": Key(list, [], "Under-represented classes (empty: one drawn per device).",
-                       item_type=int),
-    }
+    fraction: float = param(0.0, "Fraction of the fleet that is unreliable (devices drawn at "
+                            "random; 0 = none).", min=0, max=1)
+    kind: str = param("label_flip", "What is wrong with the unreliable devices' data: "
+                      "'label_flip', 'feature_noise', 'random' (random features and labels) or "
+                      "'underrepresented' (classes mostly missing).", choices=KINDS)
+    devices: dict = param({}, "Explicit unreliable devices: a table of device id = kind "
+                          "(added to, and overriding, the random fraction).")
+    flip_rate: float = param(1.0, "Fraction of an unreliable device's labels flipped "
+                             "(label_flip).", min=0, max=1)
+    feature_sigma: float = param(1.0, "Std of the Gaussian noise added to features "
+                                 "(feature_noise), in standardised units.", min=0)
+    keep_fraction: float = param(0.1, "Share of the under-represented classes' rows a device "
+                                 "keeps (underrepresented).", min=0, max=1)
+    classes: list = param([], "Under-represented classes (empty: one drawn per device).",
+                          item_type=int)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
-#: the ``[quality]`` config section (registered by :mod:`crowdlearn.config`)
-CONFIG_SECTION: dict = _section()
+#: the ``[quality]`` config section (derived from :class:`QualitySection`; registered by the
+#: protocols that read it)
+CONFIG_SECTION = keys(QualitySection)
 
 
 def cross_check(section: dict, *, task: str | None = None) -> list[str]:

@@ -60,9 +60,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.machine import Report
-from crowdlearn.schema import Key
+from crowdlearn.schema import keys, param, validate
 
-__all__ = ["CONFIG_SECTION", "DPParams", "DPFedAvg", "FedAvgAccountant", "clip_update",
+__all__ = ["CONFIG_SECTION", "DPParams", "DPSection", "DPFedAvg", "FedAvgAccountant", "clip_update",
            "epsilon_direct", "epsilon_of_rounds", "noise_for_epsilon", "cross_check",
            "params_from_config"]
 
@@ -366,30 +366,42 @@ class DPFedAvg:
 
 #: Key names follow Flower's DP wrappers (``clipping_norm``, ``noise_multiplier``,
 #: ``clip_norm_lr``, ``target_clipped_quantile``, ``clipped_count_stddev``).
-CONFIG_SECTION: dict[str, Key] = {
-    "mode": Key(str, "none", "Client-level DP for FedAvg (McMahan et al. 2018): 'central' (the "
-                "server noises the sum), 'distributed' (each client adds its share of the "
-                "noise; pairs with secure aggregation) or 'none'.",
-                choices=("none", "central", "distributed")),
-    "clipping": Key(str, "fixed", "Update clipping: a 'fixed' L2 norm or 'adaptive' (Andrew et "
-                    "al. 2021: the norm tracks a quantile of the update norms).",
-                    choices=("fixed", "adaptive")),
-    "clipping_norm": Key(float, 1.0, "L2 clipping norm C of a client's update (initial C when "
-                     "adaptive).", min=0, min_open=True),
-    "noise_multiplier": Key(float, 1.0, "Noise multiplier z: the sum's noise is N(0, (zC)^2). "
-                            "Ignored when target_epsilon > 0.", min=0),
-    "target_epsilon": Key(float, 0.0, "If > 0, choose the noise multiplier so that ε after all "
-                          "rounds is this (at delta).", min=0),
-    "delta": Key(float, 1e-5, "δ of the reported (ε, δ).", min=0, max=1, min_open=True),
-    "accountant": Key(str, "rdp", "dp-accounting accountant.", choices=("rdp", "pld")),
-    "target_clipped_quantile": Key(float, 0.5, "Adaptive clipping: the target fraction γ of "
-                                   "updates left unclipped (norm <= C); the norm tracks that "
-                                   "quantile of the update norms (Flower's name).", min=0, max=1),
-    "clip_norm_lr": Key(float, 0.2, "Adaptive clipping: geometric learning rate η_C.", min=0),
-    "clipped_count_stddev": Key(float, 0.0, "Adaptive clipping: noise σ_b on the centred "
-                                "unclipped count Σ(b − ½) (distributed: each client adds its "
-                                "share); 0 = max(m/20, z); needs 2σ_b > z.", min=0),
-}
+@dataclass(frozen=True)
+class DPSection:
+    """The ``[dp]`` config section, declared once here (:mod:`crowdlearn.schema`: each field's
+    default, documentation and limits); :func:`params_from_config` resolves it into
+    :class:`DPParams`."""
+
+    mode: str = param("none", "Client-level DP for FedAvg (McMahan et al. 2018): 'central' (the "
+                      "server noises the sum), 'distributed' (each client adds its share of the "
+                      "noise; pairs with secure aggregation) or 'none'.",
+                      choices=("none", "central", "distributed"))
+    clipping: str = param("fixed", "Update clipping: a 'fixed' L2 norm or 'adaptive' (Andrew et "
+                          "al. 2021: the norm tracks a quantile of the update norms).",
+                          choices=("fixed", "adaptive"))
+    clipping_norm: float = param(1.0, "L2 clipping norm C of a client's update (initial C when "
+                                 "adaptive).", min=0, min_open=True)
+    noise_multiplier: float = param(1.0, "Noise multiplier z: the sum's noise is N(0, (zC)^2). "
+                                    "Ignored when target_epsilon > 0.", min=0)
+    target_epsilon: float = param(0.0, "If > 0, choose the noise multiplier so that ε after all "
+                                  "rounds is this (at delta).", min=0)
+    delta: float = param(1e-5, "δ of the reported (ε, δ).", min=0, max=1, min_open=True)
+    accountant: str = param("rdp", "dp-accounting accountant.", choices=("rdp", "pld"))
+    target_clipped_quantile: float = param(0.5, "Adaptive clipping: the target fraction γ of "
+                                           "updates left unclipped (norm <= C); the norm tracks "
+                                           "that quantile of the update norms (Flower's name).",
+                                           min=0, max=1)
+    clip_norm_lr: float = param(0.2, "Adaptive clipping: geometric learning rate η_C.", min=0)
+    clipped_count_stddev: float = param(0.0, "Adaptive clipping: noise σ_b on the centred "
+                                        "unclipped count Σ(b − ½) (distributed: each client adds "
+                                        "its share); 0 = max(m/20, z); needs 2σ_b > z.", min=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+#: the ``[dp]`` section (derived from :class:`DPSection`)
+CONFIG_SECTION = keys(DPSection)
 
 
 def cross_check(section: dict, *, protocol: str, cohort: int,

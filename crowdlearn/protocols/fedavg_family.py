@@ -183,22 +183,21 @@ def summary(sim) -> dict:
     return out
 
 
-_PARAMS = {"fedavg": FedAvgParams}
-_SECTIONS = {"secagg": secagg.CONFIG_SECTION, "dp": dp_fedavg.CONFIG_SECTION}
+_PARAMS = {"fedavg": FedAvgParams, "secagg": secagg.SecAggSection, "dp": dp_fedavg.DPSection}
 
 #: found by :mod:`crowdlearn.registry`
 PROTOCOLS = (
     Protocol("fedavg", build, doc="Federated averaging (McMahan et al. 2017).",
-             params=_PARAMS, sections=_SECTIONS, check_sections=check_section, check=check_fedavg,
+             params=_PARAMS, check_sections=check_section, check=check_fedavg,
              runners=runners, summary=summary, server_view="crowdlearn.privacy.attacks.views:FedAvgServerView"),
     Protocol("centralized", build_centralized, doc="Baseline: one model trained on the union "
              "of the devices' data at the server (C-SGD with the paper's network).",
-             params=_PARAMS, sections=_SECTIONS, check=crowdlearning_config.check_paper_mlp,
+             params=_PARAMS, check=crowdlearning_config.check_paper_mlp,
              # C-SGD runs Crowdlearning's machines and jobs
              runners=lambda sim: {**crowdlearning_build.runners(sim),
                                   **read_train_runners(sim)},
              deferred_kinds=("slice_pass",),
              summary=crowdlearning_build.summary),
     Protocol("standalone", build_standalone, doc="Baseline: every device trains alone.",
-             params=_PARAMS, sections=_SECTIONS, check=check_standalone, runners=read_train_runners),
+             params=_PARAMS, check=check_standalone, runners=read_train_runners),
 )

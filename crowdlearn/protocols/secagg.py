@@ -86,7 +86,7 @@ from sim.machine import (
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
 from sim.wire import message
 
-__all__ = ["SecAggParams", "SecAggServer", "SecAggClient", "AdvertiseKeys", "KeyList",
+__all__ = ["SecAggParams", "SecAggSection", "SecAggServer", "SecAggClient", "AdvertiseKeys", "KeyList",
            "ShareKeys", "ShareRelay", "MaskedInput", "UnmaskRequest", "UnmaskShares",
            "MaskedVector", "CryptoJob", "neighbour_graph", "run_round", "RoundOutcome",
            "STAGE_MESSAGES", "client_round_bytes", "client_round_ops", "SharedCrypto"]
@@ -989,27 +989,39 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
 
 
 # ---------------------------------------------------------------- configuration
-from crowdlearn.schema import Key  # noqa: E402
+from crowdlearn.schema import keys, param, validate  # noqa: E402
 
-CONFIG_SECTION: dict[str, Key] = {
-    "threshold": Key(int, 0, "Shamir threshold t: shares needed to rebuild a secret. SecAgg: "
-                     "of the cohort (0 = ceil(2m/3), tolerating a third dropping); SecAgg+: of a "
-                     "client's k neighbours and itself (0 = ceil(2(k+1)/3)).", min=0),
-    "neighbours": Key(int, 0, "SecAgg+: neighbours k of each client on the random k-regular "
-                      "graph (even; 0 = 2*ceil(log2(m)/2), O(log m)).", min=0),
-    "quant_bits": Key(int, 16, "Fixed-point bits per coordinate: [-clip, clip] maps to the "
-                      "integers [-(2^(b-1)-1), 2^(b-1)-1].", min=2, max=48),
-    "clip": Key(float, 0.5, "Per-coordinate clipping range of an update before quantisation.",
-                min=0, min_open=True),
-    "modulus_bits": Key(int, 0, "Bits of R (Z_R holds the masked sums); 0 = the fewest that "
-                        "cannot overflow for the cohort and quant_bits (with distributed DP: "
-                        "and 12 standard deviations of the summed noise).", min=0, max=62),
-    "stage_timeout_s": Key(float, math.inf, "Deadline of each stage after the first (simulated "
-                           "s); the first stage ends at the round deadline.", min=0,
-                           min_open=True),
-    "priced": Key(bool, False, "Skip the cryptography but send messages of exactly the real "
-                  "sizes and charge the same modelled compute (for large studies)."),
-}
+
+@dataclass(frozen=True)
+class SecAggSection:
+    """The ``[secagg]`` config section, declared once here (:mod:`crowdlearn.schema`: each
+    field's default, documentation and limits); the builder resolves the automatic values into
+    :class:`SecAggParams` (:func:`resolve`)."""
+
+    threshold: int = param(0, "Shamir threshold t: shares needed to rebuild a secret. SecAgg: "
+                           "of the cohort (0 = ceil(2m/3), tolerating a third dropping); SecAgg+: of a "
+                           "client's k neighbours and itself (0 = ceil(2(k+1)/3)).", min=0)
+    neighbours: int = param(0, "SecAgg+: neighbours k of each client on the random k-regular "
+                            "graph (even; 0 = 2*ceil(log2(m)/2), O(log m)).", min=0)
+    quant_bits: int = param(16, "Fixed-point bits per coordinate: [-clip, clip] maps to the "
+                            "integers [-(2^(b-1)-1), 2^(b-1)-1].", min=2, max=48)
+    clip: float = param(0.5, "Per-coordinate clipping range of an update before quantisation.",
+                        min=0, min_open=True)
+    modulus_bits: int = param(0, "Bits of R (Z_R holds the masked sums); 0 = the fewest that "
+                              "cannot overflow for the cohort and quant_bits (with distributed DP: "
+                              "and 12 standard deviations of the summed noise).", min=0, max=62)
+    stage_timeout_s: float = param(math.inf, "Deadline of each stage after the first (simulated "
+                                   "s); the first stage ends at the round deadline.", min=0,
+                                   min_open=True)
+    priced: bool = param(False, "Skip the cryptography but send messages of exactly the real "
+                         "sizes and charge the same modelled compute (for large studies).")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+#: the ``[secagg]`` section (derived from :class:`SecAggSection`)
+CONFIG_SECTION = keys(SecAggSection)
 
 
 def auto_neighbours(cohort: int) -> int:

@@ -235,7 +235,7 @@ def _check(v: dict) -> list[str]:
 PROTOCOLS = (
     Protocol("fm", build, doc="Functional mechanism (Zhang et al. 2012) in a fleet, with "
              "quality-weighted aggregation.",
-             params={"fm": FMParams}, sections={"quality": _quality.CONFIG_SECTION},
+             params={"fm": FMParams, "quality": _quality.QualitySection},
              check_sections=_check_sections, check=_check, runners=runners),
 )
 
