@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +78,73 @@ def test_dssgd_claims_on_fewer_than_ten_seeds_are_not_made():
     rows = [_row(s_, seed, 0.9 if s_ == "a" else 0.1) for s_ in "ab" for seed in range(9)]
     d, _ = mod.by_setting(rows, "digits")
     assert mod.claim_row("a > b", d, "a", "b").endswith("| not claimed (< 10 seeds) |")
+
+
+def _slicenet_rows(label, errors, *, table="I", epochs=1, cpu=""):
+    return [{"table": table, "label": label, "protocol": "crowdlearning", "group_size": "",
+             "theta": "", "tau": "", "omega": "", "epochs": epochs, "seed": s,
+             "error_pct": e, "best_error_pct": e, "error_by_epoch": f"{e}",
+             "sim_time_s": 1.0, "bytes_total": 10, "cpu_s": cpu, "run": f"{label}-{s}"}
+            for s, e in enumerate(errors)]
+
+
+def test_slicenet_orderings_are_paired_over_the_seeds_both_settings_have():
+    mod = _module("slicenet_experiments")
+    rows = _slicenet_rows("S-SGD", [40.0, 41.0, 45.0, 39.0]) + \
+        _slicenet_rows("n = 5", [30.0, 31.5, 34.0])            # seed 3 missing
+    cells = mod._by_label(rows, 1)
+    text, verdict = mod.compare(cells, "S-SGD", "n = 5")
+    assert verdict == "holds" and "(n = 3)" in text
+    assert text.startswith("+10.17")                           # mean of 10, 9.5, 11
+    assert mod.compare(cells, "n = 5", "S-SGD")[1] == "fails"
+    assert mod.compare(cells, "S-SGD", "C-SGD") == ("—", "not measured")
+
+
+def test_slicenet_u_shape_needs_an_interior_minimum_and_both_ends_worse():
+    mod = _module("slicenet_experiments")
+    rows = (_slicenet_rows("a", [5.0, 5.2, 5.1]) + _slicenet_rows("b", [3.0, 3.3, 3.1])
+            + _slicenet_rows("c", [6.0, 6.1, 6.4]))
+    cells = mod._by_label(rows, 1)
+    assert mod._u_shape(cells, ["a", "b", "c"]).startswith("**holds**")
+    assert mod._u_shape(cells, ["b", "a", "c"]).startswith("no interior minimum")
+
+
+def test_slicenet_rows_merge_into_the_csv_keeping_measured_cpu(tmp_path, monkeypatch):
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "DATA", tmp_path / "slicenet.csv")
+    mod.save_rows(_slicenet_rows("n = 5", [30.0, 31.0], cpu=12.5))
+    mod.save_rows(_slicenet_rows("n = 5", [30.0], cpu="") + _slicenet_rows("S-SGD", [40.0]))
+    got = {(r["label"], r["seed"]): r for r in mod.load_rows()}
+    assert set(got) == {("n = 5", "0"), ("n = 5", "1"), ("S-SGD", "0")}
+    assert got[("n = 5", "0")]["cpu_s"] == "12.5"           # a skipped rerun keeps it
+    assert [r["label"] for r in mod.load_rows()][0] == "S-SGD"  # settings' order
+
+
+def test_slicenet_doc_renders_every_table_from_rows_alone(monkeypatch):
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
+    rows = []
+    for i, s in enumerate(mod.settings()):
+        rows += _slicenet_rows(s.label, [20.0 + i, 21.0 + i], table=s.table, cpu=10.0)
+    doc = mod.render(rows, 1, "slicenet_experiments.py --render --epochs 1")
+    for head in ("Table I", "Table II", "Table III", "Table IV", "Traffic per training sample"):
+        assert f"## {head}" in doc
+    assert "| S-SGD | 5.15 | 46.88 | 20.50 ± 6.35 | 0, 1 |" in doc   # paper beside ours
+    assert "≈ 31 CPU-hours" in doc              # 22 settings × 50 epochs × 10 seeds × 10 s
+    assert "Cells with fewer than 10 seeds" in doc
+
+
+def test_batchnorm_unfolding_lets_the_follower_invert_exact_batch_statistics():
+    mod = _module("privacy_attacks")
+    from crowdlearn.privacy.attacks.views import reconstruct_from_weighted_sums
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 6))
+    w = rng.standard_normal((6, 8))                   # |P| = 8 ≥ d = 6: exactly invertible
+    gamma, beta = rng.random(6) + 0.5, rng.standard_normal(6)
+    mu, var = x.mean(axis=0), x.var(axis=0)
+    z = ((x - mu) / np.sqrt(var + 1e-3) * gamma + beta) @ w       # what the follower receives
+    w_eff, shift = mod.bn_unfold(w, gamma, beta, mu, var, eps=1e-3)
+    xh = reconstruct_from_weighted_sums(z - shift, w_eff, method="min_norm")
+    np.testing.assert_allclose(xh, x, atol=1e-9)
+    naive = reconstruct_from_weighted_sums(z, w, method="min_norm")   # BN ignored
+    assert np.abs(naive - x).max() > 0.1
