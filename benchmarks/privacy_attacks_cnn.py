@@ -12,8 +12,9 @@ Attacks (the attacker never sees the dominator's images; only the scoring does):
 
 * **labels**: argmin of each output-error row (negative only at the label);
 * **images from the channel maps**: ``z`` is linear in ``x`` (``conv_sums_operator``); with the
-  filters the follower solves it (``min_norm``: least squares / minimum norm; ``mean_centred``:
-  the prior mean plus the minimum-norm correction).  Filters the follower can hold: the pass's
+  filters the follower solves it (``min_norm``: least squares / minimum norm, ``z·pinv(A)``;
+  ``mean_centred``: the prior mean plus the minimum-norm correction, as
+  :func:`~crowdlearn.privacy.attacks.views.reconstruct_from_weighted_sums`).  Filters the follower can hold: the pass's
   **start filters** (it was the previous dominator: the first convolution is handed over at
   every shuffle), exact for the first mini-batch and stale by one step more per later batch;
   the **filters after the pass** (it is the next dominator), stale by the whole pass;
@@ -48,7 +49,6 @@ def run(seed: int, samples: int, devices: int = 5) -> dict:
     from crowdlearn.privacy.attacks.views import (
         conv_sums_operator,
         labels_from_output_errors,
-        reconstruct_from_weighted_sums,
         watch_followers,
     )
 
@@ -93,14 +93,20 @@ def run(seed: int, samples: int, devices: int = 5) -> dict:
         attempt, node = dom.job.key[1], dom.job.node
         rec = dom.job.promise.value()
         start_k = np.asarray(rec.start[st.kernel], np.float64)
-        end_k = np.asarray(sim.executor.result(dom)[0], np.float64)   # the dominator's kernel
-        end_k = end_k[:start_k.size].reshape(start_k.shape) if end_k.ndim == 1 else end_k
+        # the dominator's new values, part by part (the first convolution is all its own)
+        flat = np.full(lay.num_params, np.nan)
+        new_parts = sim.executor.result(dom)[:len(dom.job.parts)]
+        for (idx, _, _), vals in zip(dom.job.parts, new_parts, strict=True):
+            flat[np.asarray(idx)] = np.asarray(vals, np.float64)
+        lo = lay.offsets[st.kernel]
+        end_k = flat[lo:lo + start_k.size].reshape(start_k.shape)
+        assert not np.isnan(end_k).any()
         batches = [b[b >= 0] for b in np.asarray(dom.job.batches)]
         for v in views.values():
             if (attempt, node) not in v.payloads:
                 continue
             got = v.sums_from(node, attempt)
-            for e, rows in zip(got["errors"], batches, strict=True):
+            for e, rows in zip(got["errors"], batches if got["errors"] else [], strict=True):
                 labels_ok += int(np.sum(labels_from_output_errors(e) == y_all[rows]))
                 labels_n += len(rows)
             if not len(got["units"]):
@@ -109,19 +115,20 @@ def run(seed: int, samples: int, devices: int = 5) -> dict:
             ops = {name: conv_sums_operator(k, shape, strides=st.strides, padding=st.padding,
                                             channels=got["units"])
                    for name, k in (("start", start_k), ("end", end_k))}
-            for i, (z, rows) in enumerate(zip(got["z"], batches, strict=True)):
-                truth, labels = x_all[rows], y_all[rows]
-                zf = z.reshape(len(rows), -1)
-                for name, a in ops.items():
-                    for method in ("min_norm", "mean_centred"):
-                        xh = reconstruct_from_weighted_sums(zf, a, method=method,
-                                                            prior_mean=mean)
-                        score(f"{name}|{method}|all", truth, xh, labels)
-                        if i == 0:
-                            score(f"{name}|{method}|first", truth, xh, labels)
-                score("prior|mean|all", truth, np.tile(mean, (len(rows), 1)), labels)
-                pick = public[rng.integers(len(public), size=len(rows))]
-                score("random|public|all", truth, pick, labels)
+            # every mini-batch's maps at once (one pseudo-inverse per filters and method)
+            rows = np.concatenate(batches)
+            first = len(batches[0])
+            truth, labels = x_all[rows], y_all[rows]
+            zf = np.concatenate([z.reshape(len(z), -1) for z in got["z"]])
+            for name, a in ops.items():
+                pinv = np.linalg.pinv(a)
+                for method in ("min_norm", "mean_centred"):
+                    xh = zf @ pinv if method == "min_norm" else mean + (zf - mean @ a) @ pinv
+                    score(f"{name}|{method}|all", truth, xh, labels)
+                    score(f"{name}|{method}|first", truth[:first], xh[:first], labels[:first])
+            score("prior|mean|all", truth, np.tile(mean, (len(rows), 1)), labels)
+            score("random|public|all", truth, public[rng.integers(len(public), size=len(rows))],
+                  labels)
     out = {}
     for key, vals in cells.items():
         p = np.concatenate([v[0] for v in vals])
