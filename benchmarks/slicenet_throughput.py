@@ -131,18 +131,18 @@ def _unique_check():
 
 def ab_upload_check(devices: int, group_size: int, seed: int, pairs: int = 2) -> None:
     from crowdlearn.protocols import validate
-    from crowdlearn.protocols.crowdlearning import machines
+    from crowdlearn.protocols.crowdlearning import device, server
 
     current = validate.check_sparse
     old = _unique_check()
     times: dict[str, list[float]] = {"previous": [], "current": []}
     for _ in range(pairs):
         for name, fn in (("previous", old), ("current", current)):
-            machines.check_sparse = fn
+            server.check_sparse = device.check_sparse = fn
             try:
                 times[name].append(simulated_epoch(devices, group_size, seed)["wall_s"])
             finally:
-                machines.check_sparse = current
+                server.check_sparse = device.check_sparse = current
     for name, ts in times.items():
         print(f"warm epoch with the {name} upload check: "
               + ", ".join(f"{t:.1f}" for t in ts) + " s")

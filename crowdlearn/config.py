@@ -42,6 +42,7 @@ TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
 
 
 from crowdlearn.schema import Key  # noqa: E402  (protocol modules import it too)
+from crowdlearn.schema import check as _check  # noqa: E402  (one key's problems)
 
 MBPS = "Mbit/s"
 
@@ -288,47 +289,6 @@ def _json_default(v):
     raise TypeError(type(v))
 
 
-def _check(path: str, key: Key, value: Any, problems: list[str]) -> Any:
-    want = key.type if isinstance(key.type, tuple) else (key.type,)
-    if float in want and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, bool) and bool not in want:
-        problems.append(f"{path}: expected {_names(want)}; got a boolean {value!r}")
-        return key.default
-    if not isinstance(value, want):
-        problems.append(f"{path}: expected {_names(want)}; got {type(value).__name__} {value!r}")
-        return key.default
-    if key.choices is not None and value not in key.choices:
-        hint = difflib.get_close_matches(str(value), key.choices, n=1)
-        problems.append(f"{path}: must be one of {', '.join(key.choices)}; got {value!r}"
-                        + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and math.isnan(value):
-            problems.append(f"{path}: must be a number; got nan")
-        if key.min is not None and (value < key.min or (key.min_open and value == key.min)):
-            problems.append(f"{path}: must be {'>' if key.min_open else '>='} {key.min:g}; got {value}")
-        if key.max is not None and value > key.max:
-            problems.append(f"{path}: must be <= {key.max:g}; got {value}")
-    if isinstance(value, list) and key.item_type is not None:
-        items = []
-        for i, item in enumerate(value):
-            if key.item_type is float and isinstance(item, int) and not isinstance(item, bool):
-                item = float(item)
-            if not isinstance(item, key.item_type) or isinstance(item, bool):
-                problems.append(f"{path}[{i}]: expected {key.item_type.__name__}; got {item!r}")
-            elif isinstance(item, (int, float)) and item <= 0 and key.item_type is int:
-                problems.append(f"{path}[{i}]: must be > 0; got {item}")
-            items.append(item)
-        value = items
-    return value
-
-
-def _names(types: tuple) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a table"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
 def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     """Validate a raw mapping (as parsed from TOML) and resolve defaults."""
     problems: list[str] = []
@@ -417,6 +377,7 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
         problems.append(f"model.arch: 'cnn' needs image data; {data['dataset']} is tabular "
                         "(use 'mlp' or 'linear')")
     problems.extend(_asyncio_check(v))
+    problems.extend(registry.param_problems(v))   # the parameters dataclasses' relations
     seen = set()
     for p in registry.protocols():           # every registered section is checked
         if p.check_sections is not None and p.check_sections not in seen:
@@ -436,14 +397,16 @@ ASYNCIO_UNSUPPORTED: dict[str, str] = {}
 
 
 def _asyncio_check(v: dict[str, Any]) -> list[str]:
-    """What the asyncio runtime cannot run: some protocols, availability other than 'always'.
+    """What the asyncio runtime cannot run: some protocols; availability, churn and batteries
+    need emulated time (``runtime.time_scale > 0``: they are the fleet model's, on its clock).
 
-    >>> _asyncio_check({"runtime": {"engine": "asyncio"}, "protocol": "crowdlearning",
+    >>> _asyncio_check({"runtime": {"engine": "asyncio", "time_scale": 0.0},
+    ...                 "protocol": "crowdlearning",
     ...                 "availability": {"model": "always", "churn": 0.0, "battery": False}})
     []
-    >>> _asyncio_check({"runtime": {"engine": "asyncio"}, "protocol": "fedavg",
-    ...                 "availability": {"model": "always", "churn": 0.1, "battery": False}})[0][:56]
-    "runtime.engine: 'asyncio' runs every device always onlin"
+    >>> _asyncio_check({"runtime": {"engine": "asyncio", "time_scale": 0.0}, "protocol": "fedavg",
+    ...                 "availability": {"model": "always", "churn": 0.1, "battery": False}})[0][:58]
+    "runtime.engine: 'asyncio' models availability, churn and b"
     """
     if v["runtime"]["engine"] != "asyncio":
         return []
@@ -453,10 +416,11 @@ def _asyncio_check(v: dict[str, Any]) -> list[str]:
         out.append(f"runtime.engine: 'asyncio' cannot run protocol {v['protocol']!r} yet: "
                    f"{why}; use runtime.engine = 'simpy' (--runtime simpy)")
     av = v["availability"]
-    if av["model"] != "always" or av["churn"] > 0 or av["battery"]:
-        out.append("runtime.engine: 'asyncio' runs every device always online (availability "
-                   "model, churn and battery are SimPy's); set availability.model = 'always', "
-                   "churn = 0, battery = false, or use runtime.engine = 'simpy'")
+    if (av["model"] != "always" or av["churn"] > 0 or av["battery"]) \
+            and not v["runtime"].get("time_scale", 0.0) > 0:
+        out.append("runtime.engine: 'asyncio' models availability, churn and batteries on its "
+                   "emulated clock only; set runtime.time_scale > 0 (e.g. 100), or "
+                   "availability.model = 'always', churn = 0, battery = false")
     return out
 
 

@@ -5,8 +5,14 @@ Examples
 --------
 ::
 
-    crowdlearn serve examples/default.toml --listen 127.0.0.1:7070 --out results/served
-    crowdlearn join examples/default.toml --connect 127.0.0.1:7070 --device 0   # one per device
+    # each device: its own key file (created 0600 if absent), enrolled in the server's roster
+    crowdlearn join examples/default.toml --key dev0.key --enrol roster.txt --device 0
+    crowdlearn serve examples/default.toml --listen 127.0.0.1:7070 --roster roster.txt
+    crowdlearn join examples/default.toml --connect 127.0.0.1:7070 --device 0 --key dev0.key
+
+``--testbed-keys`` (on ``serve`` and every ``join``) derives every node's key from the config's
+seed instead: anyone holding the config can then impersonate any device, which is what a testbed
+on one machine is, and nothing more.
 
 ``serve`` prints ``listening on HOST:PORT`` (``--listen 127.0.0.1:0`` picks a free port), waits
 until every device has joined and proved its key, runs the protocol and writes the results folder
@@ -58,11 +64,29 @@ def _tensorflow(cfg) -> None:
         import_tensorflow_quietly()
 
 
+def _keys_or_testbed(cmd: str, value, option: str, what: str, testbed: bool) -> None:
+    """Exactly one of ``option`` (real keys) and ``--testbed-keys``, or a :class:`UserError`."""
+    if value is not None and testbed:
+        raise CrowdlearnError(f"{cmd} takes {option} or --testbed-keys, not both")
+    if value is None and not testbed:
+        raise CrowdlearnError(f"{cmd} needs {option} ({what}) or --testbed-keys (keys derived "
+                              "from the config's seed: a testbed only)")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from crowdlearn.cli import _write
     from crowdlearn.results import check_out
+    from sim.aio.keys import KeyFileError, read_roster
 
     host, port = parse_address(args.listen)
+    _keys_or_testbed("serve", args.roster, "--roster FILE", "the devices' public keys, "
+                     "written by crowdlearn join --key KEY --enrol FILE", args.testbed_keys)
+    roster = None
+    if args.roster is not None:
+        try:
+            roster = read_roster(args.roster)
+        except KeyFileError as exc:
+            raise CrowdlearnError(str(exc)) from None
     cfg = _config(args)
     out = Path(args.out) if args.out else Path("results") / "served"
     check_out(out, overwrite=args.overwrite)
@@ -81,7 +105,11 @@ def _serve(args: argparse.Namespace) -> int:
     def started() -> None:
         print(f"all {len(sim.driver.machines)} nodes joined: running", flush=True)
 
-    results = serve(sim, host=host, port=port, on_listening=listening, on_started=started)
+    from crowdlearn.realtime import roster_keys
+    if roster is not None:      # every device enrolled: checked before anything listens
+        roster_keys(roster, [n for n in sim.driver.machines if isinstance(n, int)])
+    results = serve(sim, host=host, port=port, on_listening=listening, on_started=started,
+                    roster=roster)
     folder = _write(results, out, args)
     s = results.summary
     print(f"{s['protocol']}: {s['rounds_completed']} rounds, final accuracy "
@@ -92,15 +120,35 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _join(args: argparse.Namespace) -> int:
-    host, port = parse_address(args.connect)
+    from sim.aio.keys import KeyFileError, enrol, load_or_create_key
+
+    _keys_or_testbed("join", args.key, "--key PATH", "the device's own key file, created if "
+                     "absent", args.testbed_keys)
+    if args.enrol is not None and args.key is None:
+        raise CrowdlearnError("--enrol ROSTER needs --key PATH (the key to enrol)")
+    if args.enrol is None and args.connect is None:
+        raise CrowdlearnError("join needs --connect HOST:PORT (or --enrol ROSTER to enrol the "
+                              "device's key and exit)")
+    host, port = parse_address(args.connect) if args.connect else (None, None)
     cfg = _config(args)
     if not 0 <= args.device < cfg.fleet.devices:
         raise CrowdlearnError(f"--device {args.device}: this run has devices 0.."
                               f"{cfg.fleet.devices - 1}")
+    key = None
+    if args.key is not None:
+        try:
+            key = load_or_create_key(args.key)
+            if args.enrol is not None:
+                enrol(args.enrol, args.device, key)
+        except KeyFileError as exc:
+            raise CrowdlearnError(str(exc)) from None
+        if args.enrol is not None:
+            print(f"device {args.device} enrolled in {args.enrol}", flush=True)
+            return 0
     _tensorflow(cfg)
     from crowdlearn.realtime import join
     try:
-        out = join(cfg, host=host, port=port, device=args.device)
+        out = join(cfg, host=host, port=port, device=args.device, key=key)
     except ConnectionRefusedError:
         raise CrowdlearnError(f"nothing listens on {host}:{port}: start `crowdlearn serve` "
                               "first") from None
@@ -121,12 +169,23 @@ def add_peer_parsers(sub, *, parents) -> None:
     s.add_argument("--out", metavar="DIR", help="results folder (default results/served)")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier results folder")
     s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    s.add_argument("--roster", metavar="FILE", help="accepted devices' public keys, one "
+                   "'DEVICE HEX' line each (written by join --enrol)")
+    s.add_argument("--testbed-keys", action="store_true", help="derive every key from the "
+                   "config's seed instead (a testbed: whoever has the config can impersonate "
+                   "any device)")
     s.set_defaults(func=_serve)
     j = sub.add_parser("join", parents=parents, help="run one device of a served run",
                        description=__doc__.split("\n\n")[0])
     j.add_argument("config", nargs="?", help="the server's TOML config file")
-    j.add_argument("--connect", required=True, metavar="HOST:PORT", help="the server's address")
+    j.add_argument("--connect", metavar="HOST:PORT", help="the server's address")
     j.add_argument("--device", required=True, type=int, metavar="I", help="device id (0-based)")
     j.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key (the same overrides as the server's)")
+    j.add_argument("--key", metavar="PATH", help="the device's X25519 key file (PEM; created "
+                   "with mode 0600 if absent, never overwritten)")
+    j.add_argument("--enrol", metavar="ROSTER", help="add the device's public key to the "
+                   "server's roster file and exit")
+    j.add_argument("--testbed-keys", action="store_true", help="derive the key from the "
+                   "config's seed instead (a testbed only)")
     j.set_defaults(func=_join)

@@ -33,6 +33,23 @@ def _peer_to_peer(cfg) -> bool:
     return cfg.protocol in ("crowdlearning", "ssgd") and bool(cfg.slicenet.peer_to_peer)
 
 
+def modelled_presence(cfg) -> bool:
+    """Whether devices come and go in ``cfg``'s run (availability model, churn or batteries)."""
+    av = cfg.availability
+    return av.model != "always" or av.churn > 0 or bool(av.battery)
+
+
+def _presence(sim):
+    """The run's :class:`sim.aio.presence.Presence`: the SimPy driver's availability model,
+    fault parameters, generator and device records, driven on the asyncio runtime's clock."""
+    from sim.aio.presence import Presence
+
+    drv = sim.driver
+    devices = [n for n, is_dev in drv.is_device.items() if is_dev and n in drv.machines]
+    return Presence(devices, availability=drv.availability, faults=drv.faults, rng=drv.rng,
+                    states=drv.devices, on_offline=sim.monitor.on_offline)
+
+
 def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     """Drive ``sim``'s machines under asyncio and return its :class:`Results`."""
     from crowdlearn.signals import as_interrupts, signal_of
@@ -47,6 +64,9 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     if _peer_to_peer(cfg) and "local" not in kwargs:
         devices = set(range(cfg.fleet.devices))     # device-to-device messages go direct
         kwargs["direct"] = lambda src, dst: src in devices and dst in devices
+    presence = None
+    if modelled_presence(cfg) and "local" not in kwargs:
+        presence = kwargs["presence"] = _presence(sim)
     try:
         with as_interrupts():
             stats = aio.run(machines, executor=sim.executor, monitor=sim.monitor,
@@ -58,6 +78,10 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
         sim.signal = signal_of(exc)[1]
     emulated = stats.emulated_time_s if stats else 0.0
     sim.halted = bool(stats and stats.halted)
+    if presence is not None and emulated > 0:
+        # the per-device table's online fractions are online seconds over the run's time
+        # (the SimPy environment's clock, never started here: moved to the emulated end)
+        sim.env.run(until=emulated)
     sim.monitor.flush(emulated)
     results = sim._results(time.perf_counter() - wall0, interrupted)
     s = results.summary
@@ -72,6 +96,8 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
                  incidents=stats.incidents, peers_lost=stats.lost, connect_s=stats.connect_s,
                  send_retries=stats.send_retries, never_sent=stats.never_sent,
                  direct_frames=stats.direct_frames)
+        if presence is not None:
+            s["presence_transitions"] = presence.transitions
     s["stopped_by"] = (sim.signal or ("completed" if s["completed"] else
                                       "timeout" if stats and stats.stopped_by == "timeout"
                                       else "stalled"))
@@ -103,6 +129,11 @@ def check_separable(cfg) -> None:
     slicenet.errors.UserError: protocol 'ssgd' cannot run as separate processes yet: a pass is one collective job over the group's parts, computed by one executor; run it in one process with crowdlearn run CONFIG --runtime asyncio
     """
     from slicenet.errors import UserError
+    if hasattr(cfg, "availability") and modelled_presence(cfg):
+        raise UserError("availability, churn and batteries cannot run as separate processes yet "
+                        "(one generator draws every device's schedule); run it in one process "
+                        "with crowdlearn run CONFIG --runtime asyncio, or set "
+                        "availability.model = 'always', churn = 0, battery = false")
     why = ONE_PROCESS_ONLY.get(cfg.protocol)
     if why:
         raise UserError(f"protocol {cfg.protocol!r} cannot run as separate processes yet: {why}; "
@@ -123,16 +154,34 @@ def _node_keys(cfg, nodes) -> dict:
     return {n: node_key(secret, n) for n in nodes}
 
 
-def serve(sim, *, host: str, port: int, on_listening=None, on_started=None) -> Any:
+def roster_keys(roster: dict, devices) -> dict:
+    """Device → raw public key for every one of ``devices`` from a roster (device → hex, from
+    :func:`sim.aio.keys.read_roster`); raises naming the devices the roster lacks."""
+    from slicenet.errors import UserError
+    missing = [d for d in devices if d not in roster]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise UserError(f"the roster lists no key for device(s) {shown}: enrol each with "
+                        "crowdlearn join CONFIG --key KEY --enrol ROSTER --device I")
+    return {d: bytes.fromhex(roster[d]) for d in devices}
+
+
+def serve(sim, *, host: str, port: int, on_listening=None, on_started=None,
+          roster: dict | None = None) -> Any:
     """Run the server side of ``sim`` (the server and any infrastructure nodes, and the hub) on
-    ``host:port``; the devices join from other processes (:func:`join`).  Returns the results:
-    every message is charged here (the hub sees those it relays to devices); the devices' own
-    compute and reports stay in their processes."""
+    ``host:port``; the devices join from other processes (:func:`join`).  ``roster``: device →
+    public key hex of the devices accepted (each proves its key when it connects); ``None``:
+    the testbed's keys derived from the config (:func:`_secret`).  Returns the results: every
+    message is charged here (the hub sees those it relays to devices); the devices' own compute
+    and reports stay in their processes."""
     machines = sim.driver.machines
     local = [n for n in machines if not isinstance(n, int)]      # server, infrastructure
-    keys = _node_keys(sim.config, list(machines))
-    kwargs = dict(local=local, keys=keys, listen=(host, port), on_listening=on_listening,
-                  on_started=on_started)
+    if roster is None:
+        keys, public = _node_keys(sim.config, list(machines)), None
+    else:
+        keys, public = None, roster_keys(roster, [n for n in machines if n not in local])
+    kwargs = dict(local=local, keys=keys, public=public, listen=(host, port),
+                  on_listening=on_listening, on_started=on_started)
     return run_asyncio(sim, **kwargs)
 
 
@@ -182,8 +231,10 @@ def device_simulation(cfg, device: int):
     return sim
 
 
-def join(cfg, *, host: str, port: int, device: int) -> dict:
-    """Run device ``device`` of ``cfg`` against a :func:`serve` process until it stops the run."""
+def join(cfg, *, host: str, port: int, device: int, key=None) -> dict:
+    """Run device ``device`` of ``cfg`` against a :func:`serve` process until it stops the run,
+    proving ``key`` (its X25519 private key; ``None``: the testbed's key derived from the
+    config)."""
     import asyncio
 
     sim = device_simulation(cfg, device)
@@ -191,7 +242,8 @@ def join(cfg, *, host: str, port: int, device: int) -> dict:
     if device not in machines:
         raise KeyError(f"device {device} is not in this run (devices 0..{cfg.fleet.devices - 1})")
     fleet = sim.driver.fleet
-    key = _node_keys(cfg, [device])[device]
+    if key is None:
+        key = _node_keys(cfg, [device])[device]
     out = asyncio.run(aio.join_async(
         device, machines[device], key=key, host=host, port=port, executor=sim.executor,
         monitor=sim.monitor, profile=lambda n: fleet[n] if n in fleet else None,

@@ -1,8 +1,9 @@
 """The one protocol registry: where a protocol plugs into config, experiment, executor, results
 and the attack suite.
 
-A protocol declares itself once, as a :class:`Protocol`: its name, the config sections it owns,
-how to check them, how to build its machines, the job runners it needs, the observer views the
+A protocol declares itself once, as a :class:`Protocol`: its name, its parameters (one dataclass
+per config section it owns, the single source of the section's keys, defaults, documentation,
+limits and cross-key rules, :mod:`crowdlearn.schema`), what else to check, how to build its machines, the job runners it needs, the observer views the
 attack suite may use and its own summary fields.  Config (the ``protocol`` key's choices, the
 sections, the cross-checks, the README reference), the experiment (building, the executor's
 runners, the summary), the CLI and :class:`~crowdlearn.privacy.attacks.views.PrivacyProbe` read it
@@ -35,10 +36,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crowdlearn import schema
 from crowdlearn.schema import Key
 
-__all__ = ["Protocol", "get", "names", "protocols", "register", "sections", "server_view",
-           "unregister"]
+__all__ = ["Protocol", "get", "names", "param_problems", "protocols", "register", "sections",
+           "server_view", "unregister"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,17 @@ class Protocol:
         simulations).
     doc
         One line for the README's protocol list and the ``protocol`` key's documentation.
+    params
+        Config sections this protocol owns, each declared by its parameters dataclass: section
+        name → a class whose fields are :func:`~crowdlearn.schema.param` s (the section's keys,
+        defaults, documentation and limits) and whose ``relations`` state the rules between
+        keys, checked in every config.  :attr:`sections` lists their keys.  Protocols that share
+        a section (FedAvg and its baselines) name the same class.
     sections
-        Config sections this protocol owns: section name → {key: :class:`~crowdlearn.schema.Key`}.
-        Protocols that share a section (FedAvg and its baselines) name the same mapping; every
-        registered section is valid in every config, whatever the protocol.
+        Config sections this protocol owns given as plain mappings, section name → {key:
+        :class:`~crowdlearn.schema.Key`} (a section declared elsewhere); after construction,
+        every section of the protocol, :attr:`params`' included.  Every registered section is
+        valid in every config, whatever the protocol.
     check_sections
         ``check_sections(values) -> [problem]``: problems of the owned sections, checked in every
         config (``values`` is the whole resolved config as nested dicts).
@@ -95,6 +104,7 @@ class Protocol:
     build: Callable[[Any], dict]
     doc: str = ""
     sections: Mapping[str, Mapping[str, Key]] = field(default_factory=dict)
+    params: Mapping[str, type] = field(default_factory=dict)
     check_sections: Callable[[dict], list[str]] | None = None
     check: Callable[[dict], list[str]] | None = None
     runners: Callable[[Any], dict] | None = None
@@ -107,6 +117,14 @@ class Protocol:
     def __post_init__(self):
         if not self.name.isidentifier():
             raise ValueError(f"protocol name must be an identifier; got {self.name!r}")
+        for sec, cls in self.params.items():
+            if not schema.is_params(cls):
+                raise TypeError(f"params[{sec!r}] must be a dataclass with schema.param fields; "
+                                f"got {cls!r}")
+            if sec in self.sections and self.sections[sec] is not schema.keys(cls):
+                raise ValueError(f"section [{sec}] is declared both in sections and in params")
+        object.__setattr__(self, "sections", {**{
+            sec: schema.keys(cls) for sec, cls in self.params.items()}, **self.sections})
 
 
 _REGISTRY: dict[str, Protocol] = {}
@@ -183,6 +201,19 @@ def sections() -> dict[str, Mapping[str, Key]]:
     for p in protocols():
         for sec, keys in p.sections.items():
             out.setdefault(sec, keys)
+    return out
+
+
+def param_problems(values: dict) -> list[str]:
+    """The cross-key problems (``relations``) of every registered parameters dataclass, each
+    section once, on a resolved config's ``values`` (nested dicts)."""
+    seen: dict[str, type] = {}
+    for p in protocols():
+        for sec, cls in p.params.items():
+            seen.setdefault(sec, cls)
+    out: list[str] = []
+    for sec, cls in seen.items():
+        out.extend(schema.relation_problems(cls, values[sec], section=sec))
     return out
 
 

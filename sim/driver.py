@@ -703,8 +703,26 @@ class Driver:
         result = self.executor.complete(rec.handle)
         self._cpu_free(row, rec)
         self._charge_compute(row, node, job.flops, rec.duration)
-        if self._online[row]:
+        wait = self._latency_chain_s(job)
+        if wait > 0:        # the CPU is free meanwhile: this is propagation, not compute
+            ev = self.env.timeout(wait)
+            ev.callbacks.append(lambda _ev: self._online[row]
+                                and self.deliver(node, JobDone(rec.job_id, result)))
+        elif self._online[row]:
             self.deliver(node, JobDone(rec.job_id, result))
+
+    def _latency_chain_s(self, job: Any) -> float:
+        """The latency chain a job declares (``latency_chain = (stages, relay, links)``, e.g. a
+        pipelined pass's fill and drain): ``stages`` × the slowest of ``links``' path latencies,
+        each ``src → relay → dst`` (or ``src → dst`` if ``relay`` is None), from the topology,
+        which no machine knows.  0 for a job that declares none."""
+        chain = getattr(job, "latency_chain", None)
+        if not chain or not chain[2]:
+            return 0.0
+        stages, relay, links = chain
+        lat = self.network.path_latency
+        return stages * max(lat(a, b) if relay is None else lat(a, relay) + lat(relay, b)
+                            for a, b in links)
 
     def _job_churned(self, rec: _Job) -> None:
         if rec.state != "running":

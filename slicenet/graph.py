@@ -448,6 +448,122 @@ def _ro(a: np.ndarray, dtype: Any = np.int64) -> np.ndarray:
     return a
 
 
+def _check_options(granularity: str, cost_model: str, block_size: int,
+                   activation_batch: int) -> None:
+    """The options of :meth:`CostGraph.from_layers`, each echoed back if invalid."""
+    if granularity not in GRANULARITIES:
+        raise UserError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if cost_model not in COST_MODELS:
+        raise UserError(f"cost_model must be one of {COST_MODELS}, got {cost_model!r}")
+    if int(block_size) < 1:
+        raise UserError(f"block_size must be ≥ 1, got {block_size}")
+    if int(activation_batch) < 0:
+        raise UserError(f"activation_batch must be ≥ 0, got {activation_batch}")
+
+
+def _vertices(hidden: list[_Stage], block_size: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The vertices of the hidden stages: ``(starts, layer, first, size)`` — each layer's first
+    vertex (and the total, last), and per vertex its layer, first channel and channel count
+    (dense layers cut in blocks of ``block_size`` neurons, convolutions one vertex per
+    channel)."""
+    per_layer_first, per_layer_size = [], []
+    for st in hidden:
+        step = block_size if st.kind == "dense" else 1
+        f = np.arange(0, st.channels, step, dtype=np.int64)
+        per_layer_first.append(f)
+        per_layer_size.append(np.minimum(f + step, st.channels) - f)
+    nv = [len(f) for f in per_layer_first]
+    starts = np.concatenate([[0], np.cumsum(nv)]).astype(np.int64)
+    layer = np.repeat(np.arange(len(hidden), dtype=np.int64), nv)
+    first = np.concatenate(per_layer_first) if starts[-1] else np.zeros(0, np.int64)
+    size = np.concatenate(per_layer_size) if starts[-1] else np.zeros(0, np.int64)
+    return starts, layer, first, size
+
+
+def _vertex_costs(inp: _Stage, stages: list[_Stage], layer: np.ndarray, size: np.ndarray, *,
+                  cost_model: str, activation_cost: float, activation_batch: int
+                  ) -> dict[str, np.ndarray]:
+    """Per vertex: ``units``, ``out_units``, ``weights_owned`` (its outgoing weights),
+    ``params``, ``compute`` (under ``cost_model``) and ``memory_bytes``."""
+    hidden = stages[:-1]
+    upc = np.array([s.units_per_channel for s in hidden], dtype=np.int64)
+    opc = np.array([s.out_per_channel for s in hidden], dtype=np.int64)
+    ppc = np.array([s.params_per_channel for s in hidden], dtype=np.int64)
+    nxt = stages[1:]  # the stage each hidden layer feeds
+    fan_out_w = np.array([s.channels * s.pair_weights for s in nxt], dtype=np.int64)
+    fan_out_c = np.array([s.channels * s.pair_connections for s in nxt], dtype=np.int64)
+    prev = ([inp] + hidden)[:len(hidden)]
+    fan_in_c = np.array([p.channels * s.pair_connections for p, s in zip(prev, hidden, strict=True)],
+                        dtype=np.int64)
+    if len(size):
+        units = size * upc[layer]
+        out_units = size * opc[layer]
+        weights_owned = size * fan_out_w[layer]
+        params = size * ppc[layer]
+        out_conn = size * fan_out_c[layer]
+        in_conn = size * fan_in_c[layer]
+    else:
+        units = out_units = weights_owned = params = out_conn = in_conn = np.zeros(0, np.int64)
+    if cost_model == "paper":
+        compute = units + out_conn
+    else:
+        compute = np.ceil((in_conn + out_conn) * float(activation_cost)).astype(np.int64)
+        compute = np.maximum(compute, 1)
+    memory = BYTES_PER_VALUE * (weights_owned + params) \
+        + BYTES_PER_VALUE * activation_batch * (units + out_units)
+    return {"compute": compute, "memory_bytes": memory, "units": units,
+            "out_units": out_units, "weights_owned": weights_owned, "params": params}
+
+
+def _layer_edges(hidden: list[_Stage], starts: np.ndarray, size: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Directed edges between consecutive hidden layers (complete bipartite between their
+    vertex sets): ``(src, dst, weights, connections)``."""
+    srcs, dsts, ws, cs = [], [], [], []
+    for li in range(len(hidden) - 1):
+        a = np.arange(starts[li], starts[li + 1], dtype=np.int64)
+        b = np.arange(starts[li + 1], starts[li + 2], dtype=np.int64)
+        s = np.repeat(a, len(b))
+        d = np.tile(b, len(a))
+        sz = size[s] * size[d]
+        srcs.append(s)
+        dsts.append(d)
+        ws.append(sz * hidden[li + 1].pair_weights)
+        cs.append(sz * hidden[li + 1].pair_connections)
+
+    def cat(xs: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(xs) if xs else np.zeros(0, np.int64)
+
+    return cat(srcs), cat(dsts), cat(ws), cat(cs)
+
+
+def _undirected_csr(src: np.ndarray, dst: np.ndarray, num_vertices: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The undirected CSR of directed edges: ``(xadj, adjncy, edge_id)``, each vertex's
+    neighbours sorted, ``edge_id`` the directed edge behind every adjacency entry."""
+    E = len(src)
+    u = np.concatenate([src, dst])
+    v = np.concatenate([dst, src])
+    eid = np.concatenate([np.arange(E), np.arange(E)]).astype(np.int64)
+    order = np.lexsort((v, u))
+    xadj = np.concatenate([[0], np.cumsum(np.bincount(u, minlength=num_vertices))]).astype(np.int64)
+    return xadj, v[order], eid[order]
+
+
+def _dominator(inp: _Stage, stages: list[_Stage], input_params: int,
+               activation_batch: int) -> Dominator:
+    """What the dominator holds: the input and output layers, the input→first-stage weights."""
+    out, first_stage = stages[-1], stages[0]
+    in_units = inp.channels * inp.units_per_channel
+    out_units = out.channels * out.units_per_channel
+    weights = inp.channels * first_stage.channels * first_stage.pair_weights
+    params = input_params * inp.channels + out.params_per_channel * out.channels
+    return Dominator(in_units, out_units, int(weights), int(params),
+                     int(BYTES_PER_VALUE * (weights + params)
+                         + BYTES_PER_VALUE * activation_batch * (in_units + out_units)))
+
+
 @dataclass(frozen=True, eq=False)
 class CostGraph:
     """The cost graph of a model's hidden units (see the module docstring for the cost model).
@@ -551,14 +667,7 @@ class CostGraph:
         >>> g.num_vertices, int(g.compute.sum())
         (14, 101700)
         """
-        if granularity not in GRANULARITIES:
-            raise UserError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        if cost_model not in COST_MODELS:
-            raise UserError(f"cost_model must be one of {COST_MODELS}, got {cost_model!r}")
-        if int(block_size) < 1:
-            raise UserError(f"block_size must be ≥ 1, got {block_size}")
-        if int(activation_batch) < 0:
-            raise UserError(f"activation_batch must be ≥ 0, got {activation_batch}")
+        _check_options(granularity, cost_model, block_size, activation_batch)
         desc = ModelDescription(tuple(input_shape), tuple(layers), name=name)  # type: ignore[arg-type]
         inp, stages, input_params = _compile(desc.input_shape, desc.layers)
         if not stages:
@@ -566,84 +675,15 @@ class CostGraph:
         hidden, out = stages[:-1], stages[-1]
         bsz = int(block_size) if granularity == "block" else 1
         ab = int(activation_batch)
-
-        # vertices
-        per_layer_first, per_layer_size = [], []
-        for st in hidden:
-            step = bsz if st.kind == "dense" else 1
-            f = np.arange(0, st.channels, step, dtype=np.int64)
-            per_layer_first.append(f)
-            per_layer_size.append(np.minimum(f + step, st.channels) - f)
-        nv = [len(f) for f in per_layer_first]
-        starts = np.concatenate([[0], np.cumsum(nv)]).astype(np.int64)
-        V = int(starts[-1])
-        layer = np.repeat(np.arange(len(hidden), dtype=np.int64), nv)
-        first = np.concatenate(per_layer_first) if V else np.zeros(0, np.int64)
-        size = np.concatenate(per_layer_size) if V else np.zeros(0, np.int64)
-
-        upc = np.array([s.units_per_channel for s in hidden], dtype=np.int64)
-        opc = np.array([s.out_per_channel for s in hidden], dtype=np.int64)
-        ppc = np.array([s.params_per_channel for s in hidden], dtype=np.int64)
-        nxt = stages[1:]  # the stage each hidden layer feeds
-        fan_out_w = np.array([s.channels * s.pair_weights for s in nxt], dtype=np.int64)
-        fan_out_c = np.array([s.channels * s.pair_connections for s in nxt], dtype=np.int64)
-        prev = ([inp] + hidden)[:len(hidden)]
-        fan_in_c = np.array([p.channels * s.pair_connections for p, s in zip(prev, hidden, strict=True)],
-                            dtype=np.int64)
-        if V:
-            units = size * upc[layer]
-            out_units = size * opc[layer]
-            weights_owned = size * fan_out_w[layer]
-            params = size * ppc[layer]
-            out_conn = size * fan_out_c[layer]
-            in_conn = size * fan_in_c[layer]
-        else:
-            units = out_units = weights_owned = params = out_conn = in_conn = np.zeros(0, np.int64)
-        if cost_model == "paper":
-            compute = units + out_conn
-        else:
-            compute = np.ceil((in_conn + out_conn) * float(activation_cost)).astype(np.int64)
-            compute = np.maximum(compute, 1)
-        memory = BYTES_PER_VALUE * (weights_owned + params) + BYTES_PER_VALUE * ab * (units + out_units)
-
-        # directed edges between consecutive hidden layers: complete bipartite between vertex sets
-        srcs, dsts, ws, cs = [], [], [], []
-        for li in range(len(hidden) - 1):
-            a = np.arange(starts[li], starts[li + 1], dtype=np.int64)
-            b = np.arange(starts[li + 1], starts[li + 2], dtype=np.int64)
-            s = np.repeat(a, len(b))
-            d = np.tile(b, len(a))
-            sz = size[s] * size[d]
-            srcs.append(s)
-            dsts.append(d)
-            ws.append(sz * hidden[li + 1].pair_weights)
-            cs.append(sz * hidden[li + 1].pair_connections)
-        def cat(xs: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(xs) if xs else np.zeros(0, np.int64)
-
-        esrc, edst, ew, ec = cat(srcs), cat(dsts), cat(ws), cat(cs)
-
-        # undirected CSR
-        E = len(esrc)
-        u = np.concatenate([esrc, edst])
-        v = np.concatenate([edst, esrc])
-        eid = np.concatenate([np.arange(E), np.arange(E)]).astype(np.int64)
-        order = np.lexsort((v, u))
-        adjncy, eid = v[order], eid[order]
-        xadj = np.concatenate([[0], np.cumsum(np.bincount(u, minlength=V))]).astype(np.int64)
-
-        # dominator and totals
-        in_units = inp.channels * inp.units_per_channel
+        starts, layer, first, size = _vertices(hidden, bsz)
+        v = _vertex_costs(inp, stages, layer, size, cost_model=cost_model,
+                          activation_cost=float(activation_cost), activation_batch=ab)
+        esrc, edst, ew, ec = _layer_edges(hidden, starts, size)
+        xadj, adjncy, eid = _undirected_csr(esrc, edst, int(starts[-1]))
+        dom = _dominator(inp, stages, input_params, ab)
         out_units_total = out.channels * out.units_per_channel
-        first_stage = stages[0]
-        prev_first = inp
-        dom_weights = prev_first.channels * first_stage.channels * first_stage.pair_weights
-        dom_params = input_params * inp.channels + out.params_per_channel * out.channels
-        dom = Dominator(in_units, out_units_total, int(dom_weights), int(dom_params),
-                        int(BYTES_PER_VALUE * (dom_weights + dom_params)
-                            + BYTES_PER_VALUE * ab * (in_units + out_units_total)))
-        total_neurons = in_units + out_units_total + int(units.sum())
-        total_weights = int(dom_weights + weights_owned.sum())
+        total_neurons = dom.input_units + out_units_total + int(v["units"].sum())
+        total_weights = int(dom.weights + v["weights_owned"].sum())
 
         return cls(
             description=desc,
@@ -658,15 +698,10 @@ class CostGraph:
             dominator=dom,
             total_neurons=int(total_neurons),
             total_weights=total_weights,
-            compute=_ro(compute),
-            memory_bytes=_ro(memory),
             layer=_ro(layer),
             first=_ro(first),
             size=_ro(size),
-            units=_ro(units),
-            out_units=_ro(out_units),
-            weights_owned=_ro(weights_owned),
-            params=_ro(params),
+            **{k: _ro(x) for k, x in v.items()},
             edge_src=_ro(esrc),
             edge_dst=_ro(edst),
             edge_weights=_ro(ew),

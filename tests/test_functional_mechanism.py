@@ -330,12 +330,12 @@ def test_participant_fits_once_then_takes_admm_steps():
     x = rng.normal(size=(30, 2)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
     model = FMModel("logistic", F.Scaling(x_bound=3.0), 2, 2)
-    p = FMParticipant(4, model, x, y, np.arange(30), FMParams(rounds=3, epsilon=2.0, mu=1.5),
+    p = FMParticipant(4, model, np.arange(30), FMParams(rounds=3, epsilon=2.0, mu=1.5),
                       rng=np.random.default_rng(0))
     (run,) = p.handle(Received("server", FMRound(0, None)), 0.0)
     assert isinstance(run, RunJob) and run.job.objective is None and run.job.kind == "fm_fit"
     assert run.job.flops == 30 * 3 * 4 + 2 * 30 * 3 + 9 * 27
-    res = run.job.run()
+    res = run.job.run(x, y)
     eff = p.handle(JobDone(0, res), 1.0)
     up = next(e.message for e in eff if isinstance(e, Send))
     assert np.allclose(up.params, res.w.astype(np.float32))
@@ -348,7 +348,7 @@ def test_participant_fits_once_then_takes_admm_steps():
     (run,) = p.handle(Received("server", FMRound(1, z.astype(np.float32))), 2.0)
     assert run.job.objective is res.objective            # perturbed once, reused
     assert np.allclose(p.u, res.w - z, atol=1e-6)
-    res2 = run.job.run()
+    res2 = run.job.run(x, y)
     assert np.allclose(res2.w, F.solve(res.objective, center=z - p.u, mu=1.5), atol=1e-6)
     eff = p.handle(JobDone(1, res2), 3.0)
     up = next(e.message for e in eff if isinstance(e, Send))
@@ -366,9 +366,9 @@ def test_fit_job_is_reproducible_from_its_seed():
     x = rng.normal(size=(25, 3)).astype(np.float32)
     y = rng.normal(size=25).astype(np.float32)
     model = FMModel("linear", F.Scaling(x_bound=3.0), 1, 3)
-    mk = lambda: FMFitJob.build(model, x, y, np.arange(25), epsilon=1.0, bound="spec",  # noqa
+    mk = lambda: FMFitJob.build(model, np.arange(25), epsilon=1.0, bound="spec",  # noqa
                                 ridge=1.0, seed=42)
-    assert np.array_equal(mk().run().w, mk().run().w)
+    assert np.array_equal(mk().run(x, y).w, mk().run(x, y).w)
 
 
 # ---------------------------------------------------------------- fleets
@@ -463,7 +463,7 @@ def test_standard_evaluator_agrees_and_deep_mode_learns(registered):
                                            "model.activation": "tanh", "fm.epsilon": math.inf,
                                            "fm.public_size": 100, "fm.pretrain_epochs": 10})
     sim, res = run_fm(cfg, trainer_factory=None)
-    assert res.summary["jobs_run"] == {"train": 1, "fm_fit": 20}
+    assert res.summary["jobs_run"] == {"train_read": 1, "fm_fit": 20}
     assert res.metrics[-1]["accuracy"] > 0.8
 
 
@@ -482,7 +482,24 @@ def test_config_section_cross_check_and_params(registered):
     assert cross_check(section, model={"arch": "linear", "activation": "relu"}) == []
     with pytest.raises(ValueError, match="bound"):
         FMParams(rounds=1, bound="l1")
-    assert fm.runners()["fm_fit"] is fm.run_jobs
+
+
+def test_fit_jobs_carry_row_ids_resolved_by_the_runner_in_the_rows_it_holds():
+    import pickle
+    import types
+
+    from crowdlearn.protocols import fm
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2000, 3)).astype(np.float32)
+    y = rng.normal(size=2000).astype(np.float32)
+    model = FMModel("linear", F.Scaling(x_bound=3.0), 1, 3)
+    job = FMFitJob.build(model, np.arange(10, 40), epsilon=1.0, bound="spec", ridge=1.0, seed=3)
+    assert len(pickle.dumps(job)) < x.nbytes / 4        # row ids, not the rows
+    sim = types.SimpleNamespace(ctx=types.SimpleNamespace(extra={fm.jobs.ROWS: (x, y)}))
+    (res,) = fm.runners(sim)["fm_fit"]([job])
+    direct = FMFitJob.build(model, np.arange(30), epsilon=1.0, bound="spec", ridge=1.0,
+                            seed=3).run(x[10:40], y[10:40])
+    assert np.array_equal(res.w, direct.w)
 
 
 def test_ring0_modules_import_no_driver_or_tensorflow():

@@ -9,7 +9,7 @@ import pytest
 
 from crowdlearn import registry
 from crowdlearn.config import ConfigError, from_dict, load, reference_markdown
-from crowdlearn.schema import Key
+from crowdlearn.schema import from_section, param, validate
 from sim import wire
 from sim.machine import Halt, Machine, Received, Report, Send, Start
 
@@ -68,11 +68,24 @@ class AskDevice(Machine):
         return []
 
 
-SECTION = {"payload_floats": Key(int, 10, "Floats each answer carries.", min=1)}
+@dataclass(frozen=True)
+class AskParams:
+    """The [askround] section, declared once: keys, defaults, docs, limits and a relation."""
+
+    payload_floats: int = param(10, "Floats each answer carries.", min=1)
+    max_floats: int = param(1000, "Most floats an answer may carry.", min=1)
+
+    def __post_init__(self):
+        validate(self)
+
+    @staticmethod
+    def relations(v, key):
+        return [f"{key('payload_floats')}: must be <= {key('max_floats')}"] \
+            if v["payload_floats"] > v["max_floats"] else []
 
 
 def build(ctx):
-    width = ctx.config.askround.payload_floats
+    width = from_section(AskParams, ctx.config.askround).payload_floats
     machines = {"server": AskServer("server", ctx.devices, ctx.init_weights, ctx.config.rounds)}
     for d in ctx.devices:
         machines[d] = AskDevice(d, len(ctx.parts[d]), width)
@@ -87,7 +100,7 @@ def check(v):
 def askround():
     p = registry.register(registry.Protocol(
         "askround", build, doc="Test protocol: ask, answer, report.",
-        sections={"askround": SECTION}, check=check,
+        params={"askround": AskParams}, check=check,
         summary=lambda sim: {"askround_answers": sim.monitor.messages_by_kind["Answer"]}))
     yield p
     registry.unregister("askround")
@@ -124,7 +137,8 @@ def test_the_registered_section_is_validated_documented_and_removed_with_the_pro
         from_dict({"protocol": "askround", "fleet": {"devices": 1},
                    "askround": {"payload_floats": 0, "payload": 3}})
     assert err.value.problems == [
-        "askround.payload: unknown key; did you mean 'payload_floats'? (valid: payload_floats)",
+        "askround.payload: unknown key; did you mean 'payload_floats'? (valid: max_floats, "
+        "payload_floats)",
         "askround.payload_floats: must be >= 1; got 0",
         "askround: needs at least 2 devices"]
     assert "| `askround.payload_floats` | `10` | Floats each answer carries. |" \
@@ -140,5 +154,21 @@ def test_a_second_declaration_of_a_name_or_a_section_is_refused(askround):
     with pytest.raises(ValueError, match="registered already"):
         registry.register(registry.Protocol("askround", build))
     with pytest.raises(ValueError, match=r"declares config section \[fedavg\]"):
-        registry.register(registry.Protocol("other", build, sections={"fedavg": SECTION}))
+        registry.register(registry.Protocol("other", build, params={"fedavg": AskParams}))
     assert "other" not in registry.names()
+
+
+def test_a_registered_protocols_params_dataclass_is_its_section_and_its_validation(askround):
+    assert "| `askround.payload_floats` | `10` | Floats each answer carries. |" \
+        in reference_markdown()
+    with pytest.raises(ConfigError) as info:
+        from_dict({"protocol": "askround", "fleet": {"devices": 4},
+                   "askround": {"payload_floats": 0}})
+    assert info.value.problems == ["askround.payload_floats: must be >= 1; got 0"]
+    with pytest.raises(ConfigError) as info:
+        from_dict({"protocol": "askround", "fleet": {"devices": 4},
+                   "askround": {"payload_floats": 20, "max_floats": 10}})
+    assert info.value.problems == ["askround.payload_floats: must be <= askround.max_floats"]
+    with pytest.raises(ValueError, match="payload_floats: must be <= max_floats"):
+        AskParams(payload_floats=20, max_floats=10)
+

@@ -193,12 +193,12 @@ def test_a_dummy_opens_the_checkpoint_the_server_kept_and_rejects_a_tampered_one
     # the weights and their |gradient| sums (trainable weights)
     nbytes = 4 * int(lay.params_per_owner[2]) + 4 * len(lay.owned_flat([1], trainable=True))
     eff = sender.handle(Received("server", PassPlan(0, 1, "follower", (0,), ((9, nbytes, 1),),
-                                                    0, (), 0, 10.0, 100, 0.0)), 0.0)
+                                                    0, (), 0, 10.0, 100, ())), 0.0)
     relay = next(e.message for e in eff if isinstance(getattr(e, "message", None), Relay))
     blob = wire.decode(wire.encode(relay)).payload      # what the server stores: bytes
     # attempt 1's holder 9 is lost; in attempt 2 the dummy 11 receives the checkpoint
     dummy.handle(Received("server", PassPlan(0, 2, "follower", (1,), (), 1, (), 0, 10.0, 100,
-                                             0.0)), 1.0)
+                                             ())), 1.0)
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
     bad = dummy.handle(Received("server", Relayed(0, 2, 7, "checkpoint", tampered)), 1.5)
     assert [e.name for e in bad if isinstance(e, Report)] == ["peer_misbehaved"]
@@ -273,7 +273,7 @@ def _crowd_over_bytes(seed):
     params = SliceParams(epochs=1, group_size=3, pieces=2)
     members = (1, 2, 3)
     server = SlicingServer("server", lay, [list(members)], params, weights,
-                           data_sizes={d: 4 for d in members}, latency={d: 0.0 for d in members},
+                           data_sizes={d: 4 for d in members},
                            ring=KeyRing("server"), rng=rng)
     devs = {d: SliceDevice(d, lay, 0, np.arange(4), params, ring=KeyRing(d),
                            rng=np.random.default_rng(d)) for d in members}

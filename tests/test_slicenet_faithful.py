@@ -5,6 +5,7 @@ import pytest
 
 from crowdlearn.experiment import Simulation
 from crowdlearn.protocols.crowdlearning import machines as sp
+from crowdlearn.protocols.crowdlearning.passjob import as_array
 from tests.test_slicenet_protocol import crowd_config
 
 
@@ -31,7 +32,9 @@ def test_groups_with_dummies_train_every_pass_without_churn(devices, n, pieces):
 
 def test_a_run_whose_groups_stall_is_not_completed_and_says_which(monkeypatch):
     """Group 0's devices never finish a pass: the run must not claim completion (it did, on
-    the other group's rows) and the summary names the stuck group and where it stopped."""
+    the other group's rows) and the summary names the stuck group and where it stopped.  The
+    other group's sharing waits for group 0's upload of the epoch (its window applies an
+    epoch's uploads once all are in), and the summary says so."""
     sim = Simulation(crowd_config())
     stuck = set(sim.ctx.extra["groups"][0])
     orig = sp.SliceDevice._maybe_done
@@ -40,8 +43,10 @@ def test_a_run_whose_groups_stall_is_not_completed_and_says_which(monkeypatch):
     res = sim.run()
     s = res.summary
     assert s["completed"] is False and s["stopped_by"] == "stalled"
-    assert "1 of 2 Crowdlearning groups did not finish" in s["stall"]
+    assert "2 of 2 Crowdlearning groups did not finish" in s["stall"]
     assert "group 0 at epoch 1 of 2: pass 1 of 5" in s["stall"]
+    assert "group 1 at epoch 1 of 2: sharing, its uploads in, waiting for other groups' " \
+        "uploads" in s["stall"]
     from crowdlearn.cli import _why_stopped
     assert "group 0" in _why_stopped(s, sim.config)
 
@@ -73,7 +78,7 @@ def test_a_dummy_resumes_from_the_checkpoint_it_opens_not_the_latest_state(monke
                 for owner, (_, _, values) in zip(job.owners, job.parts, strict=True):
                     want = opened.pop((self.node_id, owner), None)
                     if want is not None:
-                        np.testing.assert_array_equal(sp._arr(values), want)
+                        np.testing.assert_array_equal(as_array(values), want)
                         seen["used"] += 1
         return out
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.protocols.crowdlearning import machines as sp
+from crowdlearn.protocols.crowdlearning.sharing import top_k
 
 
 @settings(max_examples=200, deadline=None)
@@ -15,7 +16,7 @@ from crowdlearn.protocols.crowdlearning import machines as sp
 def test_top_k_is_the_stable_sort_s_first_k(scores, k):
     a = np.asarray(scores, np.float64)
     want = np.sort(np.argsort(-a, kind="stable")[:max(k, 0)])
-    got = sp._top_k(a, k)
+    got = top_k(a, k)
     assert got.tolist() == want.tolist()
 
 

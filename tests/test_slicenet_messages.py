@@ -8,6 +8,7 @@ import pytest
 from crowdlearn.crypto.sealing import Header, KeyRing, SealError
 from crowdlearn.experiment import Simulation
 from crowdlearn.protocols.crowdlearning import machines as sp
+from crowdlearn.protocols.crowdlearning.passjob import as_array
 from sim.harness import Wire
 from tests.conftest import small_config
 
@@ -21,12 +22,13 @@ def run():
     sim = Simulation(cfg)
     jobs, handed = [], {}
     submit = sim.executor.submit
-    sim.executor.submit = lambda job: (jobs.append(job), submit(job))[1]
+    sim.executor.submit = lambda job: (job.kind == "slice_pass" and jobs.append(job),
+                                       submit(job))[1]
     send = sp.SliceDevice._send_payload
 
     def capture(self, dst, kind, nbytes, owner=None):
         if kind == "handover":        # what the sender holds when it hands the weights over
-            handed[(self.node_id, dst, self.plan.attempt, owner)] = sp._arr(self.held[owner])
+            handed[(self.node_id, dst, self.plan.attempt, owner)] = as_array(self.held[owner])
         return send(self, dst, kind, nbytes, owner)
 
     sp.SliceDevice._send_payload = capture
@@ -68,7 +70,7 @@ def test_boundary_payloads_carry_the_dominators_real_weighted_sums(run):
             continue                   # a follower's partial sums: checked through the size
         # the dominator's first message of the pass: x_batch · W1[:, J] for the units J of the
         # receiver's first piece in hidden layer 1, under the weights the dominator held
-        w1 = sp._arr(dom.parts[0][2])[:d * h1].reshape(d, h1).astype(np.float64)
+        w1 = as_array(dom.parts[0][2])[:d * h1].reshape(d, h1).astype(np.float64)
         rows = dom.batches[0][dom.batches[0] >= 0]
         first = min(p for p in parts[dst].owners if np.any(lay.piece_of_unit[0] == p))
         units = np.flatnonzero(lay.piece_of_unit[0] == first)
@@ -118,7 +120,8 @@ def test_the_follower_view_reads_the_dominators_sums_and_labels_off_delivered_pa
     sim = Simulation(cfg)
     jobs = []
     submit = sim.executor.submit
-    sim.executor.submit = lambda job: (jobs.append(job), submit(job))[1]
+    sim.executor.submit = lambda job: (job.kind == "slice_pass" and jobs.append(job),
+                                       submit(job))[1]
     follower = sim.ctx.extra["groups"][0][1]
     lay = sim.ctx.extra["layout"]
     view = SliceNetFollowerView(node=follower, layout=lay, batch_size=cfg.slicenet.batch_size)
@@ -134,7 +137,7 @@ def test_the_follower_view_reads_the_dominators_sums_and_labels_off_delivered_pa
         if dom is None or dom.node != src:
             continue                          # another follower's partial sums
         got = view.sums_from(src, attempt)
-        w1 = sp._arr(dom.parts[0][2])[:d * h1].reshape(d, h1).astype(np.float64)
+        w1 = as_array(dom.parts[0][2])[:d * h1].reshape(d, h1).astype(np.float64)
         rows = dom.batches[0][dom.batches[0] >= 0]
         np.testing.assert_allclose(got["z"][0], x[rows] @ w1[:, got["units"]],
                                    rtol=1e-4, atol=1e-5)

@@ -176,7 +176,7 @@ def test_handover_payload_decrypts_to_the_pieces_real_weights():
     # a hand-over carries the weights and their |gradient| sums this epoch (none yet: zeros)
     nbytes = 4 * int(lay.params_per_owner[1 + 1]) + 4 * len(lay.owned_flat([1], trainable=True))
     eff = dev.handle(Received("server", PassPlan(0, 1, "follower", (0,), ((9, nbytes, 1),), 0,
-                                                 (), 0, 10.0, 100, 0.0)), 0.0)
+                                                 (), 0, 10.0, 100, ())), 0.0)
     relay = next(e.message for e in eff if hasattr(e, "message") and isinstance(e.message, Relay))
     data = wire.encode(relay)
     assert len(data) == wire.size(relay)
@@ -213,3 +213,155 @@ def test_proximity_grouping_puts_devices_of_a_cell_together():
     assert all(len({cell[d] for d in g}) == 1 for g in groups)     # 2 cells of 5, groups of 5
     rnd = Simulation(crowd_config(**{"rounds": 1})).ctx.extra["groups"]
     assert any(len({cell[d] for d in g}) > 1 for g in rnd)
+
+
+def _sharing_server(groups: int, *, epochs: int = 1, tau: float = 0.5):
+    """A hand-driven S-SGD server (every device its own group, no slicing) brought to the
+    sharing step of epoch 0: keys announced, every lone dominator's pass done."""
+    from itertools import chain
+
+    from crowdlearn.crypto.sealing import KeyRing
+    from crowdlearn.protocols.crowdlearning.machines import (
+        KeyAnnounce,
+        PassDone,
+        PassPlan,
+        SliceParams,
+        SlicingServer,
+    )
+    from sim.machine import PeerJoined, Send, Start
+
+    lay = whole_model_layout(description_for([4], 3, 2))
+    init = [np.zeros(s, np.float32) for s in lay.shapes]
+    members = list(range(1, groups + 1))
+    server = SlicingServer("server", lay, [[d] for d in members],
+                           SliceParams(epochs=epochs, group_size=1, pieces=0, tau=tau), init,
+                           data_sizes={d: 8 for d in members},
+                           ring=KeyRing("server"), rng=np.random.default_rng(0))
+    out = list(chain.from_iterable(server.handle(PeerJoined(d), 0.0) for d in members))
+    out += server.handle(Start(), 0.0)
+    for d in members:
+        out += server.handle(Received(d, KeyAnnounce(KeyRing(d).card().to_bytes())), 0.0)
+    plans = [(e.dst, e.message) for e in out
+             if isinstance(e, Send) and isinstance(e.message, PassPlan)]
+    assert sorted(d for d, _ in plans) == members
+    requests = []
+    for d, plan in plans:
+        requests += server.handle(Received(d, PassDone(plan.group, plan.attempt)), 1.0)
+    return server, lay, members, requests
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_downloads_wait_for_every_groups_upload_and_do_not_depend_on_arrival_order(order):
+    from crowdlearn.protocols.crowdlearning.machines import Download, ShareRequest, Upload
+    from sim.machine import Send
+
+    server, lay, members, requests = _sharing_server(3)
+    asked = {e.dst: e.message for e in requests if isinstance(e, Send)
+             and isinstance(e.message, ShareRequest)}
+    assert sorted(asked) == members
+    owned = lay.owned_flat([DOMINATOR], trainable=True)
+    # group g uploads weights owned[g:g + 3] with values 10·(g + 1) + position
+    ups = {g: (owned[g:g + 3].astype(np.int32), 10.0 * (g + 1) + np.arange(3, dtype=np.float32))
+           for g in range(3)}
+    answers = []
+    for k, g in enumerate(order):
+        got = server.handle(Received(members[g], Upload(g, 0, *ups[g])), 2.0 + k)
+        answers += [(e.dst, e.message) for e in got if isinstance(e, Send)]
+        if k < 2:
+            assert answers == []          # other groups' uploads of the epoch are not all in
+    # every member answered once, in group order, whatever the arrival order
+    assert [d for d, _ in answers] == members
+    # ω = 3 groups, τ = 0.5: a weight uploaded by more than 1.5 groups comes back with the mean
+    # of its uploads; owned[1] by groups 0 and 1 (11, 20), owned[2] by all three (12, 21, 30),
+    # owned[3] by groups 1 and 2 (22, 31)
+    want = {owned[1]: (11 + 20) / 2, owned[2]: (12 + 21 + 30) / 3, owned[3]: (22 + 31) / 2}
+    for _, msg in answers:
+        assert isinstance(msg, Download)
+        assert dict(zip(msg.indices.tolist(), msg.values.tolist(), strict=True)) == \
+            pytest.approx(want)
+
+
+def test_a_group_waiting_for_members_does_not_hold_up_the_other_groups_downloads():
+    from crowdlearn.protocols.crowdlearning.machines import Download, Upload
+    from sim.machine import Send
+
+    server, lay, members, _ = _sharing_server(2)
+    server.groups[1].phase = "waiting"     # as if too few of its members were online
+    owned = lay.owned_flat([DOMINATOR], trainable=True)
+    got = server.handle(Received(members[0], Upload(0, 0, owned[:2].astype(np.int32),
+                                                     np.ones(2, np.float32))), 2.0)
+    assert [type(e.message) for e in got if isinstance(e, Send)] == [Download]
+
+
+def test_a_pass_lasts_its_slowest_stage_plus_fill_plus_the_runtimes_latency_chain():
+    """Hand-computed pass time under SimPy, peer-to-peer: a participant that starts its part at
+    t is busy until ``e = max(t + c, arrivals)`` — its compute ``c`` (FLOPs ÷ its speed) and the
+    boundary payloads it receives (sent when their senders start, each arriving ``ℓ + bytes ÷
+    rate`` later over its d2d link: the slowest stage sets the pace) — then sends PassDone at
+    ``e + (e − t)·(S − 1)/B + S·ℓ``: the pipeline's fill of ``S − 1`` batch times (S = 2(L + 1)
+    stages, B batches of the dominator's data) and the latency chain ``S·ℓ`` over the d2d links
+    (ℓ = fleet.d2d_latency_s), which the driver charges: the server is given no latency and
+    sends none."""
+    import math
+
+    from crowdlearn.protocols.crowdlearning.machines import (
+        PassDone,
+        PassPlan,
+        Relayed,
+        SlicePassJob,
+    )
+    from sim.machine import RunJob, Send
+
+    ell, mbps = 0.05, 80.0
+    cfg = crowd_config(**{"rounds": 1, "fleet.devices": 3, "fleet.mix": "mid_range",
+                          "fleet.jitter": 0.0, "fleet.d2d_mbps": mbps, "fleet.d2d_latency_s": ell,
+                          "slicenet.group_size": 3, "slicenet.peer_to_peer": True,
+                          "fedavg.clients_per_round": 3})
+    sim = Simulation(cfg)
+    log = []
+    orig = sim.driver._apply
+
+    def apply(node, effects):
+        log.extend((sim.env.now, node, e) for e in effects)
+        return orig(node, effects)
+    sim.driver._apply = apply
+    assert sim.run().summary["completed"]
+    stages = 2 * (len(cfg.model.hidden) + 1)
+    parts = sim.ctx.parts
+    starts, done, plans, arrivals = {}, {}, {}, {}
+    for t, node, e in log:
+        if isinstance(e, Send) and isinstance(e.message, Relayed) and e.message.kind == "boundary":
+            at = t + ell + wire.size(e.message) / (mbps * 1e6 / 8)
+            key = (e.dst, e.message.attempt)
+            arrivals[key] = max(arrivals.get(key, 0.0), at)
+        if isinstance(e, RunJob) and isinstance(e.job, SlicePassJob):
+            starts[(node, e.job_id)] = (t, e.job)
+        elif isinstance(e, Send) and isinstance(e.message, PassDone):
+            done[(node, e.message.attempt)] = t
+        elif isinstance(e, Send) and isinstance(e.message, PassPlan):
+            plans[(e.dst, e.message.attempt)] = e.message
+            assert e.message.links                   # the pass's links, no time
+    assert len(starts) == len(done) >= 4             # two passes of two participants at least
+    for (node, attempt), (t, job) in starts.items():
+        dom = next(d for (d, a), p in plans.items() if a == attempt and p.role == "dominator")
+        batches = math.ceil(len(parts[dom]) / cfg.slicenet.batch_size)
+        end = max(t + job.flops / sim.driver.devices[node].profile.flops,
+                  arrivals[(node, attempt)])
+        want = end + (end - t) * (stages - 1) / batches + stages * ell
+        assert done[(node, attempt)] == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_the_driver_prices_a_relayed_latency_chain_from_the_topology():
+    """Relayed, a link's hop is ``src → server → dst``: the chain is S × the slowest of
+    ``latency(src, server) + latency(dst, server)`` (the cell tree's path latencies, which the
+    server was handed before issue 8); a job that declares no chain waits nothing."""
+    from crowdlearn.protocols.crowdlearning.passjob import PipelineDrain
+
+    sim = Simulation(crowd_config(**{"rounds": 1}))
+    lat = {d: sim.ctx.path_latency(d, "server") for d in range(sim.config.fleet.devices)}
+    links = ((0, 3), (3, 0), (2, 7), (9, 1))
+    want = 6 * max(lat[a] + lat[b] for a, b in links)
+    got = sim.driver._latency_chain_s(PipelineDrain(6, "server", links))
+    assert got == pytest.approx(want, rel=1e-12) and got > 0
+    assert sim.driver._latency_chain_s(PipelineDrain(6, "server", ())) == 0.0
+    assert sim.driver._latency_chain_s(object()) == 0.0

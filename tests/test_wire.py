@@ -87,7 +87,8 @@ def _valid_messages():
     return [Update(1, w, 5), RoundStart(0, w, 1, 8, 0.1), Decline(3, "memory"),
             sp.Upload(0, 1, np.array([1, 4], np.int32), np.array([0.5, 2.0], np.float32)),
             sp.Relay(1, 2, 7, "boundary", b"\x01" * 40),
-            sp.PassPlan(0, 1, "follower", (0, 1), ((3, 40, 0),), 1, ((4, 80),), 1, 10.0, 9, 0.0)]
+            sp.PassPlan(0, 1, "follower", (0, 1), ((3, 40, 0),), 1, ((4, 80),), 1, 10.0, 9,
+                        ((1, 4), (4, 1)), 0.25)]
 
 
 def _decodes_or_wire_error(data: bytes) -> None:

@@ -9,7 +9,8 @@ per parameter.  A participant's *turn*:
 
 1. **download** a ``θd`` fraction of ``w`` (the most updated by the counters, the most recently
    updated, or all when ``θd = 1``) and overwrite its local copies;
-2. **train** one local epoch of mini-batch SGD (a ``TrainJob``);
+2. **train** one local epoch of mini-batch SGD (a
+   :class:`~crowdlearn.protocols.rounds.ReadTrainJob`, run by the executor);
 3. compute ``Δw = new − old`` over all layers, flattened;
 4. **select** at most ``c = ⌊θu·|w|⌋`` entries: the largest ``|Δw_j|`` (``topk``) or a random
    sample among ``|Δw_j| > τ`` (``random_threshold``), or, with differential privacy, the sparse
@@ -72,10 +73,9 @@ One coordinated turn by hand:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +83,10 @@ import numpy as np
 
 from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.privacy.mechanisms import RELEASES, clip, svt_select
+from crowdlearn.protocols.rounds import ReadTrainJob, TurnWindow, declined, read_train_runners
 from crowdlearn.protocols.validate import check_bounded
 from crowdlearn.registry import Protocol
-from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
+from crowdlearn.schema import MISSING, Key, from_section, keys, param, relation_problems, validate
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
@@ -211,34 +211,67 @@ def _fraction_count(theta: float, n: int) -> int:
 
 @dataclass(frozen=True)
 class DSSGDParams:
-    """Protocol parameters (see ``CONFIG_SECTION`` for the meaning of each)."""
+    """Protocol parameters: ``rounds`` and the ``[dssgd]`` config section, declared once here
+    (:mod:`crowdlearn.schema`: each field's default, documentation and limits; the rules
+    between keys in :meth:`relations`)."""
 
-    rounds: int
-    theta_u: float = 0.1
-    theta_d: float = 1.0
-    download: str = "most_updated"
-    selection: str = "topk"
-    tau: float = 1e-3
-    gamma: float = 0.05
-    order: str = "round_robin"
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    decay: float = 1.0
-    decay_every: int = 0
-    turn_timeout_s: float = math.inf
-    dp: bool = False
-    epsilon: float = 1.0
-    selection_share: float = 0.5
-    release: str = "clipped"
-    delta: float = 1e-5
+    rounds: int = param(MISSING, "Epochs per participant.", type=int, min=1, config=False)
+    order: str = param("round_robin", "Order of access: 'round_robin' (one turn at a time in a "
+                       "fixed order), 'random_order' (one at a time, a fresh random order each "
+                       "cycle), 'asynchronous' (no coordination, each participant at its own "
+                       "pace).", choices=ORDERS)
+    theta_u: float = param(0.1, "Fraction θu of the parameters a participant uploads per "
+                           "turn.", min=0, max=1, min_open=True)
+    theta_d: float = param(1.0, "Fraction θd of the parameters downloaded per turn (1 = all).",
+                           min=0, max=1, min_open=True)
+    download: str = param("most_updated", "Which parameters a partial download takes: the most "
+                          "updated (server counters) or the most recently updated.",
+                          choices=DOWNLOADS)
+    selection: str = param("topk", "Which changes are uploaded (without dp): the largest |Δw| "
+                           "('topk') or a random sample of those with |Δw| > tau.",
+                           choices=SELECTIONS)
+    tau: float = param(1e-3, "Threshold τ on |Δw| (random_threshold and the dp selection).",
+                       min=0)
+    gamma: float = param(0.05, "Clipping bound γ of uploaded values; Δf = 2γ under dp.", min=0,
+                         min_open=True)
+    local_epochs: int = param(1, "Local epochs per turn.", min=1)
+    batch_size: int = param(32, "Mini-batch size (0 = full batch).", min=0)
+    lr: float = param(0.05, "SGD learning rate.", min=0, min_open=True)
+    decay: float = param(1.0, "Counter decay β: counters are multiplied by β every decay_every "
+                         "uploads (1 = never).", min=0, max=1)
+    decay_every: int = param(0, "Uploads between counter decays (0 = once per cycle, i.e. the "
+                             "number of participants).", min=0)
+    turn_timeout_s: float = param(math.inf, "Coordinated orders: give up on a granted turn "
+                                  "after this many simulated seconds.", min=0, min_open=True)
+    dp: bool = param(False, "Differential privacy: select and release uploads with the sparse "
+                     "vector technique.")
+    epsilon: float = param(1.0, "Privacy budget per parameter ε_p (the paper's x-axis); a turn "
+                           "spends ε_p·c with c = θu·|w|.", min=0, min_open=True)
+    selection_share: float = param(0.5, "Share ε1/(ε1+ε2) of a turn's budget spent on "
+                                   "selection.", min=0, max=1, min_open=True)
+    release: str = param("clipped", "The SVT release under dp: 'clipped' clips Δw to [-γ, γ] "
+                         "before adding the noise (differentially private); 'paper' adds the "
+                         "noise to the unclipped Δw as published (not DP for |Δw| > γ: its ε is "
+                         "reported as nominal, beside the auditor's measured lower bound).",
+                         choices=RELEASES)
+    delta: float = param(1e-5, "δ at which the composed ε of each participant is reported.",
+                         min=0, max=1, min_open=True)
 
     def __post_init__(self):
-        problems = _problems(dataclasses.asdict(self))
-        if self.rounds < 1:
-            problems.append(f"rounds must be >= 1; got {self.rounds}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        validate(self)
+
+    @staticmethod
+    def relations(v, key) -> list[str]:
+        """The rules between keys (``key(name)`` spells a key as the reader knows it)."""
+        out = []
+        if v["dp"] and not math.isfinite(v["gamma"]):
+            out.append(f"{key('gamma')}: must be finite with {key('dp')} = true")
+        if v["dp"] and v["selection_share"] >= 1:
+            out.append(f"{key('selection_share')}: must be < 1 with {key('dp')} = true "
+                       f"(ε2 > 0); got {v['selection_share']}")
+        if v["delta"] >= 1:
+            out.append(f"{key('delta')}: must be < 1; got {v['delta']}")
+        return out
 
     def upload_count(self, n: int) -> int:
         """``c = ⌊θu·n⌋`` (at least 1): the most entries a participant uploads per turn."""
@@ -255,40 +288,6 @@ class DSSGDParams:
     @property
     def coordinated(self) -> bool:
         return self.order != "asynchronous"
-
-
-def _problems(v: dict) -> list[str]:
-    out = []
-    for k in ("theta_u", "theta_d"):
-        if not 0 < v[k] <= 1:
-            out.append(f"{k} must be in (0, 1]; got {v[k]}")
-    for k, allowed in (("order", ORDERS), ("download", DOWNLOADS), ("selection", SELECTIONS)):
-        if v[k] not in allowed:
-            out.append(f"{k} must be one of {', '.join(allowed)}; got {v[k]!r}")
-    if not v["gamma"] > 0:
-        out.append(f"gamma must be > 0; got {v['gamma']}")
-    if not v["tau"] >= 0:
-        out.append(f"tau must be >= 0; got {v['tau']}")
-    if not 0 <= v["decay"] <= 1:
-        out.append(f"decay must be in [0, 1]; got {v['decay']}")
-    if v["local_epochs"] < 1 or v["lr"] <= 0 or v["batch_size"] < 0 or v["decay_every"] < 0:
-        out.append(f"need local_epochs >= 1, lr > 0, batch_size >= 0, decay_every >= 0; got "
-                   f"{v['local_epochs']}, {v['lr']}, {v['batch_size']}, {v['decay_every']}")
-    if not v["turn_timeout_s"] > 0:
-        out.append(f"turn_timeout_s must be > 0; got {v['turn_timeout_s']}")
-    if v["release"] not in RELEASES:
-        out.append(f"release must be one of {', '.join(RELEASES)}; got {v['release']!r}")
-    if v["dp"]:
-        if not math.isfinite(v["gamma"]):
-            out.append("gamma must be finite with dp = true (the noise scales with Δf = 2γ)")
-        if not v["epsilon"] > 0:
-            out.append(f"epsilon must be > 0; got {v['epsilon']}")
-        if not 0 < v["selection_share"] < 1:
-            out.append(f"selection_share must be in (0, 1) with dp = true; got "
-                       f"{v['selection_share']}")
-        if not 0 < v["delta"] < 1:
-            out.append(f"delta must be in (0, 1); got {v['delta']}")
-    return out
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -392,11 +391,8 @@ class DSSGDServer(Machine):
         self.phase = "idle"                   # idle | running | waiting | done
         self.uploads = 0                      # accepted uploads (the upload sequence number)
         self.next_turn = 0
-        self.round = 0
         # the current reporting window (a cycle, or len(participants) asynchronous uploads)
-        self.window_start = 0.0
-        self.window_selected: list[NodeId] = []
-        self.window_applied: list[NodeId] = []
+        self.window = TurnWindow()
         # coordinated orders
         self.queue: deque = deque()
         self.grant: tuple[NodeId, int] | None = None
@@ -413,6 +409,11 @@ class DSSGDServer(Machine):
         self.staleness: list[int] = []
         self.entries_uploaded = 0
         self.entries_at_gamma = 0             # uploaded values clipped to ±γ
+
+    @property
+    def round(self) -> int:
+        """Reporting windows closed so far."""
+        return self.window.round
 
     # ------------------------------------------------------------ transition table
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -432,7 +433,7 @@ class DSSGDServer(Machine):
     # ------------------------------------------------------------ presence and start
     def _on_start(self, event: Start, now: float) -> list[Effect]:
         self.phase = "running"
-        self.window_start = now
+        self.window.open(now)
         if self.params.coordinated:
             self._plan_cycle()
             return self._grant_next(now)
@@ -489,7 +490,7 @@ class DSSGDServer(Machine):
                 p = self.queue.popleft()
                 self.grant, self.grant_served, self.granted_at = (p, self.next_turn), False, now
                 self.next_turn += 1
-                self.window_selected.append(p)
+                self.window.selected.append(p)
                 effects.append(Send(p, TurnGrant(self.grant[1])))
         return effects
 
@@ -538,7 +539,7 @@ class DSSGDServer(Machine):
         ok, effects = self._apply(src, msg, now)
         if ok:
             self.accepted[src] += 1
-            self.window_selected.append(src)
+            self.window.selected.append(src)
             if self.uploads % len(self.participants) == 0:
                 effects.extend(self._close_window(now))
         return effects + self._after_async(src, now)
@@ -546,7 +547,7 @@ class DSSGDServer(Machine):
     def _after_async(self, src: NodeId, now: float) -> list[Effect]:
         """After a participant's turn ended: halt when all are done, else serve its request."""
         if self._all_finished():
-            effects = self._close_window(now) if self.window_applied else []
+            effects = self._close_window(now) if self.window.applied else []
             return effects + self._halt()
         req = self.deferred.pop(src, None)
         if req is not None and self.accepted[src] < self.params.rounds:
@@ -554,7 +555,7 @@ class DSSGDServer(Machine):
         return []
 
     def _on_decline(self, src: NodeId, msg: TurnDecline, now: float) -> list[Effect]:
-        rep = [Report("turn_declined", msg.reason, (("device", src), ("turn", msg.turn)))]
+        rep = [declined(src, msg.reason, turn=msg.turn)]
         if self.params.coordinated:
             if self.grant is None or self.grant != (src, msg.turn):
                 return rep
@@ -597,22 +598,13 @@ class DSSGDServer(Machine):
         every = self.params.decay_every or len(self.participants)
         if self.params.decay < 1.0 and self.uploads % every == 0:
             self.counters *= self.params.decay
-        self.window_applied.append(src)
+        self.window.applied.append(src)
         return True, [Report("dssgd_upload", msg, (("device", src), ("turn", msg.turn),
                                                    ("entries", int(idx.size))))]
 
     def _close_window(self, now: float) -> list[Effect]:
-        uniq = tuple(dict.fromkeys(self.window_selected))
-        info = {"round": self.round, "start_s": self.window_start, "end_s": now,
-                "selected": uniq, "aggregated": tuple(dict.fromkeys(self.window_applied)),
-                "closed_by": "complete", "uploads": len(self.window_applied)}
-        tags = (("round", self.round),)
-        effects: list[Effect] = [Report("round", info),
-                                 Report("global_model", unflatten(self.weights, self.shapes), tags)]
-        self.round += 1
-        self.window_start = now
-        self.window_selected, self.window_applied = [], []
-        return effects
+        return self.window.close(now, unflatten(self.weights, self.shapes),
+                                 uploads=len(self.window.applied))
 
     def _all_finished(self) -> bool:
         return all(p in self.finished or self.accepted[p] >= self.params.rounds
@@ -709,14 +701,15 @@ class DSSGDParticipant(Machine):
         self.start = self.local.copy()
         self.phase = "training"
         p = self.params
-        job = TrainJob.build(self.spec, unflatten(self.local, self.shapes), self.indices,
-                             epochs=p.local_epochs, batch_size=p.batch_size, lr=p.lr, rng=self.rng)
+        job = ReadTrainJob.build(self.spec, unflatten(self.local, self.shapes), self.indices,
+                                 epochs=p.local_epochs, batch_size=p.batch_size, lr=p.lr,
+                                 rng=self.rng)
         return [RunJob(msg.turn, job)]
 
     def _on_job_done(self, event: JobDone, now: float) -> list[Effect]:
         if self.phase != "training" or event.job_id != self.turn:
             return []
-        new = flatten(event.result)                    # forces the (batched) training to run
+        new = flatten(event.result)      # arrays: the executor ran the job (ReadTrainJob)
         dw = np.nan_to_num(new.astype(np.float64) - self.start, nan=0.0, posinf=0.0, neginf=0.0)
         self.local = new
         idx, vals = self.select(dw)
@@ -785,66 +778,18 @@ class DSSGDParticipant(Machine):
 
 
 # ---------------------------------------------------------------- configuration
-#: The ``[dssgd]`` configuration section.
-CONFIG_SECTION: dict[str, Key] = {
-    "order": Key(str, "round_robin", "Order of access: 'round_robin' (one turn at a time in a "
-                 "fixed order), 'random_order' (one at a time, a fresh random order each cycle), "
-                 "'asynchronous' (no coordination, each participant at its own pace).",
-                 choices=ORDERS),
-    "theta_u": Key(float, 0.1, "Fraction θu of the parameters a participant uploads per turn.",
-                   min=0, max=1, min_open=True),
-    "theta_d": Key(float, 1.0, "Fraction θd of the parameters downloaded per turn (1 = all).",
-                   min=0, max=1, min_open=True),
-    "download": Key(str, "most_updated", "Which parameters a partial download takes: the most "
-                    "updated (server counters) or the most recently updated.", choices=DOWNLOADS),
-    "selection": Key(str, "topk", "Which changes are uploaded (without dp): the largest |Δw| "
-                     "('topk') or a random sample of those with |Δw| > tau.", choices=SELECTIONS),
-    "tau": Key(float, 1e-3, "Threshold τ on |Δw| (random_threshold and the dp selection).",
-               min=0),
-    "gamma": Key(float, 0.05, "Clipping bound γ of uploaded values; Δf = 2γ under dp.", min=0,
-                 min_open=True),
-    "local_epochs": Key(int, 1, "Local epochs per turn.", min=1),
-    "batch_size": Key(int, 32, "Mini-batch size (0 = full batch).", min=0),
-    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
-    "decay": Key(float, 1.0, "Counter decay β: counters are multiplied by β every decay_every "
-                 "uploads (1 = never).", min=0, max=1),
-    "decay_every": Key(int, 0, "Uploads between counter decays (0 = once per cycle, i.e. the "
-                       "number of participants).", min=0),
-    "turn_timeout_s": Key(float, math.inf, "Coordinated orders: give up on a granted turn after "
-                          "this many simulated seconds.", min=0, min_open=True),
-    "dp": Key(bool, False, "Differential privacy: select and release uploads with the sparse "
-              "vector technique."),
-    "epsilon": Key(float, 1.0, "Privacy budget per parameter ε_p (the paper's x-axis); a turn "
-                   "spends ε_p·c with c = θu·|w|.", min=0, min_open=True),
-    "selection_share": Key(float, 0.5, "Share ε1/(ε1+ε2) of a turn's budget spent on selection.",
-                           min=0, max=1, min_open=True),
-    "release": Key(str, "clipped", "The SVT release under dp: 'clipped' clips Δw to [-γ, γ] "
-                   "before adding the noise (differentially private); 'paper' adds the noise to "
-                   "the unclipped Δw as published (not DP for |Δw| > γ: its ε is reported as "
-                   "nominal, beside the auditor's measured lower bound).", choices=RELEASES),
-    "delta": Key(float, 1e-5, "δ at which the composed ε of each participant is reported.",
-                 min=0, max=1, min_open=True),
-}
+#: The ``[dssgd]`` configuration section (derived from :class:`DSSGDParams`).
+CONFIG_SECTION: Mapping[str, Key] = keys(DSSGDParams)
 
 
 def cross_check(section: dict) -> list[str]:
     """Problems of a resolved ``[dssgd]`` section that single keys cannot express."""
-    v = {k: section[k] for k in CONFIG_SECTION}
-    out = []
-    if v["dp"] and not math.isfinite(v["gamma"]):
-        out.append("dssgd.gamma: must be finite with dssgd.dp = true")
-    if v["dp"] and v["selection_share"] >= 1:
-        out.append(f"dssgd.selection_share: must be < 1 with dssgd.dp = true (ε2 > 0); got "
-                   f"{v['selection_share']}")
-    if v["delta"] >= 1:
-        out.append(f"dssgd.delta: must be < 1; got {v['delta']}")
-    return out
+    return relation_problems(DSSGDParams, section, section="dssgd")
 
 
 def params_from_config(cfg) -> DSSGDParams:
     """:class:`DSSGDParams` from a resolved config (``cfg.rounds`` and ``cfg.dssgd.*``)."""
-    s = cfg.dssgd
-    return DSSGDParams(rounds=cfg.rounds, **{k: getattr(s, k) for k in CONFIG_SECTION})
+    return from_section(DSSGDParams, cfg.dssgd, rounds=cfg.rounds)
 
 
 def audit_release(params: DSSGDParams, value: float, *, rng: np.random.Generator,
@@ -897,8 +842,8 @@ def build(ctx) -> dict:
 #: found by :mod:`crowdlearn.registry`
 PROTOCOLS = (
     Protocol("dssgd", build, doc="Distributed selective SGD (Shokri & Shmatikov 2015), with "
-             "optional differential privacy.", sections={"dssgd": CONFIG_SECTION},
-             check_sections=lambda v: cross_check(v["dssgd"]),
+             "optional differential privacy.", params={"dssgd": DSSGDParams},
+             runners=read_train_runners,
              summary=lambda sim: sim.driver.machines[SERVER].staleness_summary(),
              server_view="crowdlearn.privacy.attacks.views:DSSGDServerView"),
 )

@@ -34,6 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from crowdlearn.protocols.aggregate import weighted_average
+from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from crowdlearn.protocols.rounds import ReadTrainJob, RoundBook, model_report, round_report
+from crowdlearn.protocols.validate import check_weights, misbehaved
+from crowdlearn.schema import MISSING, param, validate
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -53,36 +59,39 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.messages import Decline, RoundStart, Update
-from crowdlearn.protocols.validate import check_weights, misbehaved
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import ModelSpec
 
 SERVER: NodeId = "server"
 
 
 @dataclass(frozen=True)
 class FedAvgParams:
-    rounds: int
-    clients_per_round: int
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    deadline_s: float = math.inf
-    over_selection: float = 0.0
-    min_clients: int = 1
+    """``rounds`` and the ``[fedavg]`` config section (shared by FedAvg and the centralized and
+    standalone baselines), declared once here (:mod:`crowdlearn.schema`: each field's default,
+    documentation and limits).  The server needs ``clients_per_round >= 1``: a config's 0 ("use
+    fraction") is resolved against the fleet by
+    :func:`crowdlearn.protocols.fedavg_family.params_from_config`."""
+
+    rounds: int = param(MISSING, "Rounds.", type=int, min=1, config=False)
+    clients_per_round: int = param(0, "Updates the server waits for per round (m); 0 = use "
+                                   "fraction.", min=0)
+    fraction: float = param(0.1, "Fraction C of devices per round when clients_per_round = 0.",
+                            min=0, max=1, min_open=True)
+    local_epochs: int = param(1, "Local epochs E per round.", min=1)
+    batch_size: int = param(32, "Local mini-batch size B (0 = full batch).", min=0)
+    lr: float = param(0.05, "SGD learning rate.", min=0, min_open=True)
+    deadline_s: float = param(math.inf, "Round deadline in simulated seconds; the server "
+                              "aggregates what arrived by then.", min=0, min_open=True)
+    over_selection: float = param(0.0, "Select this fraction more devices than needed and keep "
+                                  "the first m updates.", min=0)
+    min_clients: int = param(1, "Devices that must be present to start a round.", min=1)
+    secure_aggregation: str = param("none", "Secure aggregation of the updates: 'secagg' "
+                                    "(Bonawitz et al. 2017), 'secagg+' (Bell et al. 2020, k "
+                                    "neighbours) or 'none'. Settings in [secagg].",
+                                    choices=("none", "secagg", "secagg+"))
+
 
     def __post_init__(self):
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1; got {self.rounds}")
-        if self.clients_per_round < 1:
-            raise ValueError(f"clients_per_round must be >= 1; got {self.clients_per_round}")
-        if self.over_selection < 0:
-            raise ValueError(f"over_selection must be >= 0; got {self.over_selection}")
-        if self.deadline_s <= 0:
-            raise ValueError(f"deadline_s must be > 0; got {self.deadline_s}")
-        if self.min_clients < 1:
-            raise ValueError(f"min_clients must be >= 1; got {self.min_clients}")
+        validate(self)
 
     @property
     def selected_per_round(self) -> int:
@@ -174,30 +183,66 @@ class FedAvgServer(Machine):
     Besides the machine contract it takes the driver's optional bulk presence input,
     :meth:`peers_joined` (see ``sim.driver``): the devices ``0 .. n-1`` all present at start-up
     become a :class:`_RangePool` rather than n ``PeerJoined`` inputs and set entries.
+
+    A round is a :class:`~crowdlearn.protocols.rounds.RoundBook` (:attr:`book`).  What a
+    subclass (:class:`~crowdlearn.protocols.secagg.SecAggServer`) overrides: ``handle``,
+    ``next_timer``, ``_try_start`` (a round starts), ``_on_gone`` (a selected device will not
+    deliver), ``_close_round``; it reads the round through :attr:`selected`, :attr:`updates`,
+    :attr:`gone` and ``_deadline``.
     """
 
     def __init__(self, node_id: NodeId, weights, params: FedAvgParams, *, rng: np.random.Generator,
                  dp=None):
         super().__init__(node_id)
+        if params.clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1 at the server (a config's 0, 'use "
+                             f"fraction', is resolved by params_from_config); got "
+                             f"{params.clients_per_round}")
         self.weights = [np.asarray(w) for w in weights]
         self.params = params
         self.rng = rng
         self.dp = dp                        # client-level DP (crowdlearn.privacy.dp_fedavg)
         self.present: set[NodeId] = set()
-        self.round = 0
         self.phase = "idle"               # idle | waiting | training | done
-        self.selected: tuple = ()
-        self._chosen: frozenset = frozenset()
-        self.updates: dict[NodeId, Update] = {}
-        self.gone: set[NodeId] = set()      # selected this round but lost or declined
-        self.round_started = 0.0
-        self._deadline: float | None = None
+        self.book = RoundBook()           # the round: selected, updates, gone, deadline
         # ``present`` sorted by str (the order devices are sampled from), with its keys; built
         # when a round first needs it and then kept up to date, so a fleet of millions is not
         # re-sorted every round
         self._pool: list[NodeId] | None = None
         self._pool_keys: list[str] = []
         self._bulk: _RangePool | None = None    # devices 0..n-1 that joined in bulk
+
+    # the round, as the subclass reads it
+    @property
+    def round(self) -> int:
+        return self.book.round
+
+    @round.setter
+    def round(self, value: int) -> None:
+        self.book.round = value
+
+    @property
+    def selected(self) -> tuple:
+        """The devices selected this round (sorted by str)."""
+        return self.book.selected
+
+    @property
+    def updates(self) -> dict:
+        """The updates accepted this round, by device."""
+        return self.book.answers
+
+    @updates.setter
+    def updates(self, value: dict) -> None:
+        self.book.answers = value
+
+    @property
+    def gone(self) -> set:
+        """Devices selected this round but lost or declined."""
+        return self.book.gone
+
+    @property
+    def _deadline(self) -> float | None:
+        return self.book.deadline
 
     def peers_joined(self, peers, now: float) -> list[Effect]:
         """Handle ``PeerJoined(p)`` for every ``p`` of ``peers``, in order, as one input."""
@@ -282,41 +327,33 @@ class FedAvgServer(Machine):
         pool = self._sorted_pool()
         k = min(p.selected_per_round, len(pool))
         chosen = self.rng.choice(len(pool), size=k, replace=False)
-        self.selected = tuple(sorted((pool[i] for i in chosen), key=str))
-        self._chosen = frozenset(self.selected)   # membership tests in O(1)
-        self.updates = {}
-        self.gone = set()
+        self.book.open(self.round, sorted((pool[i] for i in chosen), key=str), now=now,
+                       deadline_s=p.deadline_s)
         self.phase = "training"
-        self.round_started = now
-        self._deadline = now + p.deadline_s if math.isfinite(p.deadline_s) else None
         msg = RoundStart(self.round, tuple(self.weights), p.local_epochs, p.batch_size, p.lr)
         return [Send(d, msg) for d in self.selected]
 
     def _on_update(self, src: NodeId, msg: Update, now: float) -> list[Effect]:
-        if self.phase != "training" or msg.round != self.round or src not in self._chosen \
-                or src in self.updates:
+        if self.phase != "training" or msg.round != self.round or src in self.updates \
+                or not self.book.asked(src):
             return [Report("late_update", 1, (("device", src), ("round", msg.round)))]
         bad = check_weights(msg.weights, [np.shape(w) for w in self.weights],
                             num_samples=msg.num_samples)
         if bad is not None:      # dropped: the device counts as gone for this round
             return [misbehaved(src, f"Update: {bad}", round=msg.round)] + self._on_gone(src, now)
-        self.updates[src] = msg
+        self.book.answer(src, msg)
         return self._maybe_close(now)
 
     def _on_gone(self, peer: NodeId, now: float) -> list[Effect]:
         """A selected device will not deliver; close early once nobody is left to wait for."""
-        if self.phase != "training" or peer not in self._chosen or peer in self.updates:
+        if self.phase != "training" or not self.book.give_up(peer):
             return []
-        self.gone.add(peer)
         return self._maybe_close(now)
 
     def _maybe_close(self, now: float) -> list[Effect]:
         """Close when m updates are in, or when nobody is left to wait for."""
-        if len(self.updates) >= self.params.clients_per_round:
-            return self._close_round(now, reason="complete")
-        if len(self.updates) + len(self.gone) >= len(self.selected):
-            return self._close_round(now, reason="dropouts")
-        return []
+        reason = self.book.closable(quorum=self.params.clients_per_round)
+        return [] if reason is None else self._close_round(now, reason=reason)
 
     def _dp_aggregate(self, ups: list[Update]) -> list[Effect]:
         """DP-FedAvg: clipped deltas averaged uniformly, noised (McMahan et al. 2018)."""
@@ -341,12 +378,8 @@ class FedAvgServer(Machine):
             elif sum(u.num_samples for u in ups) > 0:
                 self.weights = weighted_average([u.weights for u in ups],
                                                 [u.num_samples for u in ups])
-        info = {"round": self.round, "start_s": self.round_started, "end_s": now,
-                "selected": self.selected, "aggregated": used, "closed_by": reason}
-        effects += [
-            Report("round", info),
-            Report("global_model", tuple(self.weights), (("round", self.round),)),
-        ]
+        effects += [self.book.report(now=now, closed_by=reason, aggregated=used),
+                     model_report(self.round, self.weights)]
         self.round += 1
         self.updates = {}
         if self.round >= self.params.rounds:
@@ -406,9 +439,11 @@ class _LocalTrainer(Machine):
         self.round = 0
 
     def _job(self) -> RunJob:
-        return RunJob(self.round, TrainJob.build(self.spec, self.weights, self.indices,
-                                                 epochs=self.epochs, batch_size=self.batch_size,
-                                                 lr=self.lr, rng=self.rng))
+        # kept as soon as it arrives: a job the executor runs (ReadTrainJob), not deferred
+        return RunJob(self.round, ReadTrainJob.build(self.spec, self.weights, self.indices,
+                                                     epochs=self.epochs,
+                                                     batch_size=self.batch_size, lr=self.lr,
+                                                     rng=self.rng))
 
 
 class CentralizedTrainer(_LocalTrainer):
@@ -422,10 +457,10 @@ class CentralizedTrainer(_LocalTrainer):
             return [self._job()]
         if isinstance(event, JobDone) and event.job_id == self.round:
             self.weights = tuple(event.result)
-            info = {"round": self.round, "start_s": self.started, "end_s": now,
-                    "selected": (), "aggregated": (), "closed_by": "complete"}
-            effects: list[Effect] = [Report("round", info),
-                                     Report("global_model", self.weights, (("round", self.round),))]
+            effects: list[Effect] = [
+                round_report(self.round, start=self.started, end=now, selected=(),
+                             aggregated=(), closed_by="complete"),
+                model_report(self.round, self.weights)]
             self.round += 1
             if self.round >= self.rounds:
                 return effects + [Halt()]

@@ -22,42 +22,25 @@ from crowdlearn.protocols.fedavg import (
     FedAvgServer,
     StandaloneClient,
 )
+from crowdlearn.protocols.rounds import read_train_runners
 from crowdlearn.registry import Protocol
-from crowdlearn.schema import Key
+from crowdlearn.schema import from_section, keys
 from sim.driver import LazyMachines
 
 __all__ = ["CONFIG_SECTION", "PROTOCOLS", "build", "build_centralized", "build_standalone",
            "params_from_config"]
 
 
-#: the ``[fedavg]`` config section, shared by FedAvg and the two baselines (centralized, standalone)
-CONFIG_SECTION = {
-    "clients_per_round": Key(int, 0, "Updates the server waits for per round (m); 0 = use "
-                             "fraction.", min=0),
-    "fraction": Key(float, 0.1, "Fraction C of devices per round when clients_per_round = 0.",
-                    min=0, max=1, min_open=True),
-    "local_epochs": Key(int, 1, "Local epochs E per round.", min=1),
-    "batch_size": Key(int, 32, "Local mini-batch size B (0 = full batch).", min=0),
-    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
-    "deadline_s": Key(float, math.inf, "Round deadline in simulated seconds; the server "
-                      "aggregates what arrived by then.", min=0, min_open=True),
-    "over_selection": Key(float, 0.0, "Select this fraction more devices than needed and "
-                          "keep the first m updates.", min=0),
-    "min_clients": Key(int, 1, "Devices that must be present to start a round.", min=1),
-    "secure_aggregation": Key(str, "none", "Secure aggregation of the updates: 'secagg' "
-                              "(Bonawitz et al. 2017), 'secagg+' (Bell et al. 2020, k "
-                              "neighbours) or 'none'. Settings in [secagg].",
-                              choices=("none", "secagg", "secagg+")),
-}
+#: the ``[fedavg]`` config section, shared by FedAvg and the two baselines (centralized, standalone),
+#: derived from :class:`~crowdlearn.protocols.fedavg.FedAvgParams`
+CONFIG_SECTION = keys(FedAvgParams)
 
 
 def params_from_config(cfg) -> FedAvgParams:
-    """The FedAvg server's parameters from a config's ``rounds`` and ``[fedavg]`` section."""
-    f = cfg.fedavg
-    return FedAvgParams(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
-                        local_epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr,
-                        deadline_s=f.deadline_s, over_selection=f.over_selection,
-                        min_clients=f.min_clients)
+    """The FedAvg server's parameters from a config's ``rounds`` and ``[fedavg]`` section (its
+    ``clients_per_round`` resolved: 0 means ``fraction`` of the fleet)."""
+    return from_section(FedAvgParams, cfg.fedavg, rounds=cfg.rounds,
+                        clients_per_round=cfg.clients_per_round)
 
 
 def build(ctx) -> dict:
@@ -200,20 +183,22 @@ def summary(sim) -> dict:
     return out
 
 
-_SECTIONS = {"fedavg": CONFIG_SECTION, "secagg": secagg.CONFIG_SECTION,
-             "dp": dp_fedavg.CONFIG_SECTION}
+_PARAMS = {"fedavg": FedAvgParams}
+_SECTIONS = {"secagg": secagg.CONFIG_SECTION, "dp": dp_fedavg.CONFIG_SECTION}
 
 #: found by :mod:`crowdlearn.registry`
 PROTOCOLS = (
     Protocol("fedavg", build, doc="Federated averaging (McMahan et al. 2017).",
-             sections=_SECTIONS, check_sections=check_section, check=check_fedavg,
+             params=_PARAMS, sections=_SECTIONS, check_sections=check_section, check=check_fedavg,
              runners=runners, summary=summary, server_view="crowdlearn.privacy.attacks.views:FedAvgServerView"),
     Protocol("centralized", build_centralized, doc="Baseline: one model trained on the union "
              "of the devices' data at the server (C-SGD with the paper's network).",
-             sections=_SECTIONS, check=crowdlearning_config.check_paper_mlp,
+             params=_PARAMS, sections=_SECTIONS, check=crowdlearning_config.check_paper_mlp,
              # C-SGD runs Crowdlearning's machines and jobs
-             runners=crowdlearning_build.runners, deferred_kinds=("slice_pass",),
+             runners=lambda sim: {**crowdlearning_build.runners(sim),
+                                  **read_train_runners(sim)},
+             deferred_kinds=("slice_pass",),
              summary=crowdlearning_build.summary),
     Protocol("standalone", build_standalone, doc="Baseline: every device trains alone.",
-             sections=_SECTIONS, check=check_standalone),
+             params=_PARAMS, sections=_SECTIONS, check=check_standalone, runners=read_train_runners),
 )

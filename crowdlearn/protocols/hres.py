@@ -139,9 +139,9 @@ def _calibrated_build(ctx) -> dict:
 #: found by :mod:`crowdlearn.registry`
 PROTOCOLS = (
     Protocol("hres", _calibrated_build, doc="HRES: encrypted asynchronous SGD with per-"
-             "participant keys and a key transform server.", sections=phong._SECTIONS,
+             "participant keys and a key transform server.", params=phong._PARAMS,
              check_sections=phong.check_section,
-             runners=lambda sim: {"crypto": phong.run_crypto_jobs}, summary=phong.he_summary,
+             runners=phong.runners, summary=phong.he_summary,
              attack_records=phong.collusion_records),
 )
 

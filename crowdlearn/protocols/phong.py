@@ -8,7 +8,8 @@ holds the one shared key pair.  A participant's turn:
 
 1. request and download ``E(W)`` (:class:`EncryptedModel`);
 2. **decrypt** it (a crypto job on the device) and replace its local weights;
-3. **train** ``local_epochs`` of mini-batch SGD on its own samples (a ``TrainJob``);
+3. **train** ``local_epochs`` of mini-batch SGD on its own samples (a
+   :class:`~crowdlearn.protocols.rounds.ReadTrainJob`, run by the executor);
 4. **encrypt** the change ``ΔW = W_new − W`` (``= −α ΣG``) as fixed-point integers (a crypto job);
 5. upload ``E(ΔW)`` (:class:`EncryptedUpdate`).
 
@@ -34,7 +35,7 @@ Collusion: with one shared key, the server colluding with any participant decryp
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +43,9 @@ import numpy as np
 
 from crowdlearn.crypto.lwe import LWEParams
 from crowdlearn.crypto.payload import Payload  # message field type, checked by wire
+from crowdlearn.protocols.rounds import ReadTrainJob, TurnWindow, read_train_runners
 from crowdlearn.registry import Protocol
-from crowdlearn.schema import Key
-from crowdlearn.training.jobs import TrainJob
+from crowdlearn.schema import MISSING, Key, from_section, keys, param, validate
 from crowdlearn.training.models import ModelSpec
 from sim.machine import (
     Disconnected,
@@ -151,12 +152,51 @@ def unflatten(flat, shapes) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class PhongParams:
-    """The schedule and training parameters of encrypted ASGD (from ``rounds`` and ``[phong]``)."""
-    rounds: int
-    order: str = "asynchronous"
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
+    """``rounds`` and the ``[he]`` config section (shared by phong and hres), declared once here
+    (:mod:`crowdlearn.schema`: each field's default, documentation and limits): the scheme's
+    sizes and the schedule and training parameters of encrypted ASGD.  The rules that depend on
+    the protocol, the rounds and the fleet are :func:`cross_check`'s."""
+
+    rounds: int = param(MISSING, "Turns per participant.", type=int, min=1, config=False)
+    scheme: str = param("paillier", "Homomorphic scheme of protocol 'phong': 'paillier' "
+                        "(packed), 'lwe' (Phong's LWE scheme) or 'none' (the same schedule in "
+                        "plaintext). Protocol 'hres' always uses HRES, sized by key_bits, prec, "
+                        "pad and frac_bits.", choices=SCHEMES)
+    mode: str = param("real", "'real' runs the big-number work; 'priced' computes the same "
+                      "fixed-point sums, sizes and calibrated costs without encrypting (for "
+                      "sweeps).", choices=MODES)
+    key_bits: int = param(3072, "Paillier (and HRES) modulus size in bits (Phong used 3072; 2048"
+                          " is faster). Below 2048 is insecure and only for tests.", min=256)
+    paillier_variant: str = param("standard", "Paillier key type: 'standard' (p, q random "
+                                  "primes; decryption exponent p-1) or 'subgroup' (Paillier's "
+                                  "scheme 3: 224-bit prime factors alpha_p of p-1 and alpha_q of "
+                                  "q-1, randomness h^r, decryption exponent alpha_p; about 4x "
+                                  "faster decryption, security under the decisional partial "
+                                  "discrete log assumption). Same ciphertext sizes.",
+                                  choices=PAILLIER_VARIANTS)
+    prec: int = param(32, "Paillier: bits per packed value (fixed point).", min=2)
+    pad: int = param(15, "Paillier: guard bits per slot; a ciphertext can sum 2**pad encodings.",
+                     min=0)
+    frac_bits: int = param(24, "Paillier: fractional bits of the fixed-point encoding (|value| <"
+                           " 2**(prec-1-frac_bits)).", min=0)
+    n_lwe: int = param(3000, "LWE dimension (Phong: 3000).", min=1)
+    value_bits: int = param(33, "LWE: signed bits per encoded value at 32 fractional bits (33: "
+                            "|value| < 1); a ciphertext can sum (p-1)/2**value_bits encodings.",
+                            min=33, max=48)
+    n_pu: int = param(1, "LWE only: processing units the weight vector is split over (each adds "
+                      "an n_lwe-element c1 to a ciphertext). Paillier packs the whole vector (a "
+                      "split would only round each part's ciphertext count up).", min=1)
+    order: str = param("asynchronous", "Order of access: 'asynchronous' or 'round_robin'.",
+                       choices=ORDERS)
+    local_epochs: int = param(1, "Local epochs per turn.", min=1)
+    batch_size: int = param(32, "Mini-batch size.", min=1)
+    lr: float = param(0.05, "SGD learning rate α.", min=0, min_open=True)
+    workers: int = param(1, "Processes (Paillier) or threads (LWE) for real-mode crypto on this "
+                         "machine; does not change simulated costs.", min=1)
+
+
+    def __post_init__(self):
+        validate(self)
 
 
 class _Costs:
@@ -188,8 +228,7 @@ class PhongServer(Machine):
         self.pending: deque = deque()          # (src, turn, payload) waiting for the adder
         self.adding = False
         self.applied = 0
-        self.round = 0
-        self.window_start = 0.0
+        self.window = TurnWindow()        # every len(participants) applied uploads
         self.phase = "idle"
         self.queue: deque = deque()
         self.grant: tuple | None = None
@@ -200,7 +239,8 @@ class PhongServer(Machine):
         if self.phase == "done":
             return []
         if isinstance(event, Start):
-            self.phase, self.window_start = "running", now
+            self.phase = "running"
+            self.window.open(now)
             return self._grant_next(now) if self.params.order == "round_robin" else []
         if isinstance(event, Received):
             m = event.message
@@ -274,13 +314,10 @@ class PhongServer(Machine):
 
     def _close_window(self, now: float) -> list[Effect]:
         w = self.costs.scheme.decode(self.enc_w.oracle)      # the monitor's oracle view
-        info = {"round": self.round, "start_s": self.window_start, "end_s": now,
-                "uploads": len(self.participants), "closed_by": "complete",
-                "selected": tuple(self.participants), "aggregated": tuple(self.participants)}
-        tags = (("round", self.round),)
-        self.round += 1
-        self.window_start = now
-        return [Report("round", info), Report("global_model", unflatten(w, self.shapes), tags)]
+        return self.window.close(now, unflatten(w, self.shapes),
+                                 selected=tuple(self.participants),
+                                 aggregated=tuple(self.participants),
+                                 uploads=len(self.participants))
 
     def collusion_view(self, scheme: Scheme, colluder: NodeId) -> dict[NodeId, list[np.ndarray]]:
         """What the server learns with ``colluder``'s key: under Phong's one shared key, every
@@ -330,9 +367,9 @@ class PhongParticipant(Machine):
                 self.w = scheme.decode(event.result).astype(np.float64)
                 self.phase = "training"
                 p = self.params
-                job = TrainJob.build(self.spec, unflatten(self.w, self.shapes), self.indices,
-                                     epochs=p.local_epochs, batch_size=p.batch_size, lr=p.lr,
-                                     rng=self.rng)
+                job = ReadTrainJob.build(self.spec, unflatten(self.w, self.shapes),
+                                         self.indices, epochs=p.local_epochs,
+                                         batch_size=p.batch_size, lr=p.lr, rng=self.rng)
                 return [RunJob(("train", self.turn), job)]
             if op == "train" and self.phase == "training":
                 new = flatten(event.result)
@@ -363,43 +400,8 @@ class PhongParticipant(Machine):
 
 
 # ---------------------------------------------------------------- configuration
-#: The ``[he]`` configuration section.
-CONFIG_SECTION: dict[str, Key] = {
-    "scheme": Key(str, "paillier", "Homomorphic scheme of protocol 'phong': 'paillier' (packed), "
-                  "'lwe' (Phong's LWE scheme) or 'none' (the same schedule in plaintext). Protocol 'hres' "
-                  "always uses HRES, sized by key_bits, prec, pad and frac_bits.",
-                  choices=SCHEMES),
-    "mode": Key(str, "real", "'real' runs the big-number work; 'priced' computes the same "
-                "fixed-point sums, sizes and calibrated costs without encrypting (for sweeps).",
-                choices=MODES),
-    "key_bits": Key(int, 3072, "Paillier (and HRES) modulus size in bits (Phong used 3072; 2048 is faster). "
-                    "Below 2048 is insecure and only for tests.", min=256),
-    "paillier_variant": Key(str, "standard", "Paillier key type: 'standard' (p, q random primes; "
-                            "decryption exponent p-1) or 'subgroup' (Paillier's scheme 3: 224-bit "
-                            "prime factors alpha_p of p-1 and alpha_q of q-1, randomness h^r, decryption "
-                            "exponent alpha_p; about 4x faster decryption, security under the "
-                            "decisional partial discrete log assumption). Same ciphertext sizes.",
-                            choices=PAILLIER_VARIANTS),
-    "prec": Key(int, 32, "Paillier: bits per packed value (fixed point).", min=2),
-    "pad": Key(int, 15, "Paillier: guard bits per slot; a ciphertext can sum 2**pad encodings.",
-               min=0),
-    "frac_bits": Key(int, 24, "Paillier: fractional bits of the fixed-point encoding "
-                     "(|value| < 2**(prec-1-frac_bits)).", min=0),
-    "n_lwe": Key(int, 3000, "LWE dimension (Phong: 3000).", min=1),
-    "value_bits": Key(int, 33, "LWE: signed bits per encoded value at 32 fractional bits (33: "
-                      "|value| < 1); a ciphertext can sum (p-1)/2**value_bits encodings.", min=33,
-                      max=48),
-    "n_pu": Key(int, 1, "LWE only: processing units the weight vector is split over (each adds "
-                "an n_lwe-element c1 to a ciphertext). Paillier packs the whole vector (a split "
-                "would only round each part's ciphertext count up).", min=1),
-    "order": Key(str, "asynchronous", "Order of access: 'asynchronous' or 'round_robin'.",
-                 choices=ORDERS),
-    "local_epochs": Key(int, 1, "Local epochs per turn.", min=1),
-    "batch_size": Key(int, 32, "Mini-batch size.", min=1),
-    "lr": Key(float, 0.05, "SGD learning rate α.", min=0, min_open=True),
-    "workers": Key(int, 1, "Processes (Paillier) or threads (LWE) for real-mode crypto on this "
-                   "machine; does not change simulated costs.", min=1),
-}
+#: The ``[he]`` configuration section (derived from :class:`PhongParams`).
+CONFIG_SECTION: Mapping[str, Key] = keys(PhongParams)
 
 
 def cross_check(section: dict, *, protocol: str = "phong", rounds: int = 1, devices: int = 1) -> list[str]:
@@ -454,8 +456,7 @@ def setup(ctx, scheme_name: str, *, calibrate=None, rand=None, participants=()) 
                          value_bits=h.value_bits, n_pu=h.n_pu, rand=rand, workers=h.workers,
                          participants=participants, paillier_variant=h.paillier_variant)
     costs = _Costs(scheme, calibrate(scheme) if calibrate is not None else {})
-    params = PhongParams(rounds=cfg.rounds, order=h.order, local_epochs=h.local_epochs,
-                         batch_size=h.batch_size, lr=h.lr)
+    params = from_section(PhongParams, h, rounds=cfg.rounds)
     ctx.extra["he"] = HEReport(scheme, costs)
     return scheme, costs, params, shapes, scheme.encrypt(scheme.encode(w0))
 
@@ -524,13 +525,18 @@ def collusion_records(sim, uploads: int) -> tuple[dict, list]:
     return out, records
 
 
-_SECTIONS = {"he": CONFIG_SECTION}
+_PARAMS = {"he": PhongParams}
+
+def runners(sim) -> dict:
+    """The executor's runners: the crypto jobs, and the local training a participant reads."""
+    return {"crypto": run_crypto_jobs, **read_train_runners(sim)}
+
 
 #: found by :mod:`crowdlearn.registry`
 PROTOCOLS = (
     Protocol("phong", _calibrated_build, doc="Encrypted asynchronous SGD (Phong et al. 2018): "
-             "additively homomorphic updates (packed Paillier or LWE).", sections=_SECTIONS,
-             check_sections=check_section, runners=lambda sim: {"crypto": run_crypto_jobs},
+             "additively homomorphic updates (packed Paillier or LWE).", params=_PARAMS,
+             check_sections=check_section, runners=runners,
              summary=he_summary, attack_records=collusion_records),
 )
 

@@ -43,8 +43,8 @@ from sim import wire
 from sim.wire import message
 
 __all__ = ["FrameError", "FrameDecoder", "frame", "Hello", "Challenge", "Proof", "Welcome",
-           "Envelope", "Presence", "Go", "Halted", "Stop", "CONTROL", "node_key", "public_bytes",
-           "prove", "verify", "parse"]
+           "Envelope", "Presence", "Go", "Halted", "Stop", "Directory", "CONTROL", "node_key",
+           "public_bytes", "prove", "verify", "parse"]
 
 HEADER = struct.Struct(">I")
 #: default largest frame a connection accepts (bytes)
@@ -99,10 +99,12 @@ class FrameDecoder:
 @message(0x7D01)
 @dataclass(frozen=True)
 class Hello:
-    """Node → hub, first frame: who I claim to be."""
+    """Node → hub, first frame: who I claim to be; ``port``: where I accept direct connections
+    from other nodes (0: nowhere)."""
 
     node: int | str
     version: int = 1
+    port: int = 0
 
 
 @message(0x7D02)
@@ -169,7 +171,19 @@ class Stop:
     reason: str
 
 
-CONTROL = (Hello, Challenge, Proof, Welcome, Envelope, Presence, Go, Halted, Stop)
+@message(0x7D0A)
+@dataclass(frozen=True)
+class Directory:
+    """Hub → node: where other nodes accept direct connections (``hosts[i]:ports[i]`` for
+    ``nodes[i]``) and the X25519 public key each must prove there (``keys[i]``)."""
+
+    nodes: tuple
+    hosts: tuple
+    ports: tuple
+    keys: tuple
+
+
+CONTROL = (Hello, Challenge, Proof, Welcome, Envelope, Presence, Go, Halted, Stop, Directory)
 
 
 def parse(body: bytes, *, allowed: tuple) -> object:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from crowdlearn.crypto.sealing import KeyRing
+from crowdlearn.protocols.crowdlearning import config as _config
 from crowdlearn.protocols.crowdlearning import machines as sp
+from crowdlearn.protocols.crowdlearning.passjob import as_array
 
 __all__ = ["build", "build_ssgd", "model_description", "runners", "summary"]
 
@@ -58,23 +60,18 @@ def build(ctx, *, alone: bool = False, central: bool = False) -> dict:
         ctx.extra.update(plan=plan, graph=graph)
     else:
         layout = SliceLayout(desc, None, None, 0) if conv else sp.whole_model_layout(desc)
-    params = sp.SliceParams(epochs=cfg.rounds, group_size=n, pieces=pieces, theta=sc.theta,
-                            tau=sc.tau, omega=sc.omega, batch_size=sc.batch_size, lr=sc.lr,
-                            peer_to_peer=sc.peer_to_peer, pipeline_latency=sc.pipeline_latency)
+    params = _config.params_from_config(cfg).slice_params(epochs=cfg.rounds, group_size=n,
+                                                          pieces=pieces)
     # every node generates its own key pair; only public keys travel (insecure derivation from
     # the seed only when slicenet.deterministic_keys is set, for reproducible crypto tests)
     det = cfg.seed if sc.deterministic_keys else None
     rings = {node: KeyRing(node, deterministic_seed=det) for node in [SERVER, *devices]}
     if sc.peer_to_peer and n > 1:
         ctx.d2d_pairs = [(a, b) for grp in groups for i, a in enumerate(grp) for b in grp[i + 1:]]
-        latency = {d: cfg.fleet.d2d_latency_s / 2 for d in devices}
-    else:
-        latency = {d: ctx.path_latency(d, SERVER) for d in devices} if n > 1 else \
-            {d: 0.0 for d in devices}
     ctx.extra.update(groups=groups, layout=layout)
     machines: dict = {SERVER: sp.SlicingServer(
         SERVER, layout, groups, params, init,
-        data_sizes={d: len(parts[d]) for d in devices}, latency=latency,
+        data_sizes={d: len(parts[d]) for d in devices},
         ring=rings[SERVER], rng=rng)}
     for gid, grp in enumerate(groups):
         for d in grp:
@@ -117,10 +114,12 @@ def build_ssgd(ctx) -> dict:
 
 
 def runners(sim) -> dict:
-    """The executor's runner of Crowdlearning's job kind: every pass whose participants' parts
+    """The executor's runners of Crowdlearning's job kinds: every pass whose participants' parts
     are all in, trained together on the fused path (with the accumulated ``|gradient|`` the sharing
-    rule needs), each participant given back its own entries."""
-    return {"slice_pass": lambda jobs: run_passes(jobs, sim.trainer, _replayer(sim))}
+    rule needs), each participant given back its own entries; and the pipeline's drain, which
+    computes nothing (its time is the runtime's)."""
+    return {"slice_pass": lambda jobs: run_passes(jobs, sim.trainer, _replayer(sim)),
+            "pipeline_drain": lambda jobs: [None] * len(jobs)}
 
 
 def run_passes(jobs, trainer, replay=None) -> list:
@@ -144,7 +143,7 @@ def run_passes(jobs, trainer, replay=None) -> list:
         dom, given = None, 0
         for i in members:
             for idx, _, values in jobs[i].parts:
-                flat[idx] = sp._arr(values)
+                flat[idx] = as_array(values)
                 covered[idx] = True
                 given += len(idx)
             if jobs[i].batches is not None:

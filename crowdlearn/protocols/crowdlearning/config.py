@@ -2,49 +2,86 @@
 
 from __future__ import annotations
 
-from crowdlearn.schema import Key
+from dataclasses import dataclass
 
-__all__ = ["CONFIG_SECTION", "check", "check_paper_mlp", "check_ssgd"]
+from crowdlearn.schema import from_section, keys, param, validate
 
-#: the ``[slicenet]`` section, shared by ``crowdlearning`` and ``ssgd``
-CONFIG_SECTION = {
-    "group_size": Key(int, 5, "Devices per group, n (crowdlearning). ssgd uses 1.", min=1),
-    "pieces": Key(int, 0, "Pieces the hidden layers are cut into; 0 = group_size - 1 "
-                  "(fewer pieces leave dummies).", min=0),
-    "theta": Key(float, 0.5, "Fraction θ of its owned weights a device uploads per epoch "
-                 "(largest accumulated |gradient| first).", min=0, max=1),
-    "tau": Key(float, 0.5, "Download threshold τ: a weight is sent when its upload count in "
-               "the window exceeds ω·τ (τ = 1: groups do not collaborate).", min=0, max=1),
-    "omega": Key(int, 0, "Sliding window ω in group uploads; 0 = number of groups.", min=0),
-    "strategy": Key(str, "metis", "Partitioner.", choices=("metis", "layerwise", "random",
-                                                           "contiguous")),
-    "objective": Key(str, "cut", "METIS objective: 'cut' minimises cut edges (the paper's "
-                     "problem statement, the default); 'volume' minimises the traffic the "
-                     "weighted-sum refinement actually sends (paper-mlp: a quarter to a third less "
-                     "slice traffic, same balance).", choices=("cut", "volume")),
-    "grouping": Key(str, "random", "How devices are grouped: at random (the paper) or by "
-                    "network proximity (same cell first).", choices=("random", "proximity")),
-    "peer_to_peer": Key(bool, False, "Route slice traffic over device-to-device links "
-                        "instead of relaying it through the server."),
-    "pipeline_latency": Key(bool, True, "A pass pays the pipeline's fill and drain once: "
-                            "the latency chain (every layer boundary both ways) and "
-                            "(stages - 1) batch times, on top of the slowest piece or "
-                            "link; false: compute and transfers only."),
-    "deterministic_keys": Key(bool, False, "INSECURE, for reproducible tests only: derive "
-                              "every node's key pair and session salt from the seed instead "
-                              "of the OS's randomness (anyone with the config can then open "
-                              "every sealed payload)."),
-    "batch_size": Key(int, 32, "Mini-batch size of intra-group SGD.", min=1),
-    "lr": Key(float, 0.05, "SGD learning rate.", min=0, min_open=True),
-    "model": Key(str, "config", "'config': the [model] MLP; 'paper-mlp': the paper's "
-                 "784-400-200-100-10 with BatchNorm (needs 784 features, 10 classes); "
-                 "'paper-cnn': the paper's CNN (conv 5x5 64 - pool - conv 5x5 128 - pool - "
-                 "128 - 64 - classes) on the dataset's images, sliced by feature map; or a "
-                 "path to a .keras/.h5 file (a chain of Conv2D, MaxPooling2D, Flatten, Dense, "
-                 "BatchNormalization, Activation layers ending in a Dense layer)."),
-    "batchnorm": Key(bool, False, "Add BatchNorm (input and before every activation) to "
-                     "the [model] MLP, as in the paper's network."),
-}
+__all__ = ["CONFIG_SECTION", "SlicenetParams", "check", "check_paper_mlp", "check_ssgd",
+           "params_from_config"]
+
+STRATEGIES = ("metis", "layerwise", "random", "contiguous")
+OBJECTIVES = ("cut", "volume")
+GROUPINGS = ("random", "proximity")
+
+
+@dataclass(frozen=True)
+class SlicenetParams:
+    """The ``[slicenet]`` config section (Crowdlearning and S-SGD), declared once here
+    (:mod:`crowdlearn.schema`: each field's default, documentation and limits).  The machines'
+    own :class:`~crowdlearn.protocols.crowdlearning.machines.SliceParams` is built from it by
+    :meth:`slice_params`."""
+
+    group_size: int = param(5, "Devices per group, n (crowdlearning). ssgd uses 1.", min=1)
+    pieces: int = param(0, "Pieces the hidden layers are cut into; 0 = group_size - 1 (fewer "
+                        "pieces leave dummies).", min=0)
+    theta: float = param(0.5, "Fraction θ of its owned weights a device uploads per epoch "
+                         "(largest accumulated |gradient| first).", min=0, max=1)
+    tau: float = param(0.5, "Download threshold τ: a weight is sent when its upload count in the"
+                       " window exceeds ω·τ (τ = 1: groups do not collaborate).", min=0, max=1)
+    omega: int = param(0, "Sliding window ω in group uploads; 0 = number of groups.", min=0)
+    strategy: str = param("metis", "Partitioner.",
+                          choices=STRATEGIES)
+    objective: str = param("cut", "METIS objective: 'cut' minimises cut edges (the paper's "
+                           "problem statement, the default); 'volume' minimises the traffic the "
+                           "weighted-sum refinement actually sends (paper-mlp: a quarter to a "
+                           "third less slice traffic, same balance).", choices=OBJECTIVES)
+    grouping: str = param("random", "How devices are grouped: at random (the paper) or by "
+                          "network proximity (same cell first).", choices=GROUPINGS)
+    peer_to_peer: bool = param(False, "Route slice traffic over device-to-device links instead "
+                               "of relaying it through the server.")
+    pipeline_latency: bool = param(True, "A pass pays the pipeline's fill and drain once: the "
+                                   "latency chain (every layer boundary both ways) and (stages - "
+                                   "1) batch times, on top of the slowest piece or link; false: "
+                                   "compute and transfers only.")
+    deterministic_keys: bool = param(False, "INSECURE, for reproducible tests only: derive every"
+                                     " node's key pair and session salt from the seed instead of "
+                                     "the OS's randomness (anyone with the config can then open "
+                                     "every sealed payload).")
+    batch_size: int = param(32, "Mini-batch size of intra-group SGD.", min=1)
+    lr: float = param(0.05, "SGD learning rate.", min=0, min_open=True)
+    model: str = param("config", "'config': the [model] MLP; 'paper-mlp': the paper's "
+                       "784-400-200-100-10 with BatchNorm (needs 784 features, 10 classes); "
+                       "'paper-cnn': the paper's CNN (conv 5x5 64 - pool - conv 5x5 128 - pool - "
+                       "128 - 64 - classes) on the dataset's images, sliced by feature map; or a "
+                       "path to a .keras/.h5 file (a chain of Conv2D, MaxPooling2D, Flatten, "
+                       "Dense, BatchNormalization, Activation layers ending in a Dense layer).")
+    batchnorm: bool = param(False, "Add BatchNorm (input and before every activation) to the "
+                            "[model] MLP, as in the paper's network.")
+
+
+    def __post_init__(self):
+        validate(self)
+
+    def slice_params(self, *, epochs: int, group_size: int, pieces: int):
+        """The machines' :class:`~crowdlearn.protocols.crowdlearning.machines.SliceParams`:
+        ``epochs`` (the config's ``rounds``), the group size and pieces the builder resolved
+        (S-SGD: 1 and 0), the rest from this section."""
+        from crowdlearn.protocols.crowdlearning.machines import SliceParams
+
+        return SliceParams(epochs=epochs, group_size=group_size, pieces=pieces, theta=self.theta,
+                           tau=self.tau, omega=self.omega, batch_size=self.batch_size, lr=self.lr,
+                           peer_to_peer=self.peer_to_peer,
+                           pipeline_latency=self.pipeline_latency)
+
+
+#: the ``[slicenet]`` section, shared by ``crowdlearning`` and ``ssgd`` (derived from
+#: :class:`SlicenetParams`)
+CONFIG_SECTION = keys(SlicenetParams)
+
+
+def params_from_config(cfg) -> SlicenetParams:
+    """:class:`SlicenetParams` of a resolved config's ``[slicenet]`` section."""
+    return from_section(SlicenetParams, cfg.slicenet)
 
 
 MODELS = ("config", "paper-mlp", "paper-cnn")

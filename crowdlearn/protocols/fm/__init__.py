@@ -76,7 +76,8 @@ layers carry no privacy guarantee for the public rows they were trained on.
 
 Messages: ``FMRound`` (server → participant: round, global FM parameters or ``None`` in round 0,
 hidden layers once), ``FMUpload`` (participant → server: ``v_i``, float32), ``FMDecline``.
-Jobs: :class:`FMFitJob`, kind ``"fm_fit"`` (numpy; register :func:`runners` with the executor).
+Jobs: :class:`FMFitJob`, kind ``"fm_fit"`` (numpy), carrying the participant's row ids; the
+executor's runner (:func:`runners`) resolves them in the training rows the simulation holds.
 Reports per round: ``round`` (with the weights and noisy scores), ``global_model``.  Privacy:
 a participant charges its release to its own ledger and reports ``privacy_charge`` when it sends
 its first upload (the only release: later uploads are post-processing of it), whether or not the
@@ -124,10 +125,11 @@ from crowdlearn.privacy import functional as F
 from crowdlearn.protocols.fm.config import (
     CONFIG_SECTION,
     cross_check,
+    neighbours,
     params_from_config,
 )
 from crowdlearn.protocols.fm.evaluator import LinearEvaluator
-from crowdlearn.protocols.fm.jobs import FitResult, FMFitJob, run_jobs, runners
+from crowdlearn.protocols.fm.jobs import ROWS, FitResult, FMFitJob, run_jobs, runners
 from crowdlearn.protocols.fm.machines import FMParticipant, FMServer
 from crowdlearn.protocols.fm.messages import FMDecline, FMRound, FMUpload
 from crowdlearn.protocols.fm.model import FMModel, model_for
@@ -140,6 +142,7 @@ from crowdlearn.protocols.fm.params import (
     FMParams,
 )
 from crowdlearn.protocols.fm.scoring import quality_weights, score_models
+from crowdlearn.protocols.rounds import ReadTrainJob
 from crowdlearn.registry import Protocol
 
 # the protocol is split by concern: messages, params, model, jobs, scoring, machines, evaluator,
@@ -163,8 +166,8 @@ def build(ctx) -> dict:
 
     The server's public rows are a seeded sample of ``public_size`` training rows taken out of
     the devices' index arrays; the ``[quality]`` section (if registered) then corrupts the
-    unreliable devices' rows (:mod:`crowdlearn.data.quality`).  Records ``public``, ``parts``,
-    ``corrupted`` and ``model`` in ``ctx.extra``.
+    unreliable devices' rows (:mod:`crowdlearn.data.quality`).  Records ``fm_rows`` (the rows the
+    jobs read), ``public``, ``parts``, ``corrupted`` and ``model`` in ``ctx.extra``.
     """
     from crowdlearn.data import quality as q
 
@@ -196,13 +199,14 @@ def build(ctx) -> dict:
     params = params_from_config(cfg, mu=mu)
     pretrain = None
     if model.deep:
-        from crowdlearn.training.jobs import TrainJob
         if public.size == 0:
             raise ValueError("deep mode needs fm.public_size > 0 (the server pre-trains on them)")
-        pretrain = TrainJob.build(ctx.spec, ctx.init_weights, public,
-                                  epochs=s.pretrain_epochs, batch_size=s.pretrain_batch_size,
-                                  lr=s.pretrain_lr, rng=rng)
+        pretrain = ReadTrainJob.build(ctx.spec, ctx.init_weights, public,
+                                      epochs=s.pretrain_epochs,
+                                      batch_size=s.pretrain_batch_size, lr=s.pretrain_lr,
+                                      rng=rng)
     ctx.extra.update(public=public, parts=parts, corrupted=corrupted, model=model)
+    ctx.extra[ROWS] = (x, y)         # the rows the executor's fm_fit runner resolves jobs in
     if math.isfinite(s.epsilon):    # what the results say about ε (crowdlearn.experiment reads it)
         ctx.extra["privacy"] = {"mechanism": "functional_mechanism", "delta": s.delta,
                                 "guarantee": "dp", "audit": None}
@@ -210,13 +214,14 @@ def build(ctx) -> dict:
                                        validation=(ds.x_train[public], ds.y_train[public]),
                                        rng=rng, pretrain=pretrain)}
     for d in ctx.devices:
-        machines[d] = FMParticipant(d, model, x, y, parts[d], params, rng=ctx.device_rngs[d])
+        machines[d] = FMParticipant(d, model, parts[d], params, rng=ctx.device_rngs[d])
     return machines
 
 
 def _check_sections(v: dict) -> list[str]:
-    return cross_check(v["fm"], protocol=v["protocol"], model=v["model"], data=v["data"],
-                       quality=v["quality"])
+    # the [fm] section's own rules are FMParams.relations, checked by the registry
+    return neighbours(protocol=v["protocol"], model=v["model"], data=v["data"],
+                      quality=v["quality"])
 
 
 def _check(v: dict) -> list[str]:
@@ -230,7 +235,7 @@ def _check(v: dict) -> list[str]:
 PROTOCOLS = (
     Protocol("fm", build, doc="Functional mechanism (Zhang et al. 2012) in a fleet, with "
              "quality-weighted aggregation.",
-             sections={"fm": CONFIG_SECTION, "quality": _quality.CONFIG_SECTION},
+             params={"fm": FMParams}, sections={"quality": _quality.CONFIG_SECTION},
              check_sections=_check_sections, check=_check, runners=runners),
 )
 

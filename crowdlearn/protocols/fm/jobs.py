@@ -26,16 +26,15 @@ class FitResult:
 class FMFitJob:
     """Form + perturb + trim the objective (first time), then solve; or re-solve (later rounds).
 
-    Holds references to the shared training arrays and the device's index array (no copy
-    until it runs).  Priced in FLOPs: forming the coefficients ``n·r(r+1) + 2·n·r·K`` (the
+    Carries the device's row ids (``indices``), not its rows: the runner resolves them in the
+    training rows the executor holds (:func:`runners`), so a job stays small enough to cross to
+    another process.  Priced in FLOPs: forming the coefficients ``n·r(r+1) + 2·n·r·K`` (the
     upper triangle of ``Σ z zᵀ`` and the linear terms, ``r`` the row length), the mapping through
     the hidden layers (deep mode), the symmetric eigendecomposition ``9r³`` (+ ``9K³``) of the
     trimming; a re-solve costs ``4·p·k + 8p`` (two products with the ``p×k`` kept basis).
     """
 
     model: FMModel
-    x: Any
-    y: Any
     indices: np.ndarray
     epsilon: float
     bound: str
@@ -49,7 +48,7 @@ class FMFitJob:
     kind: str = field(default="fm_fit", init=False)
 
     @classmethod
-    def build(cls, model: FMModel, x, y, indices, *, epsilon: float, bound: str, ridge: float,
+    def build(cls, model: FMModel, indices, *, epsilon: float, bound: str, ridge: float,
               seed: int, objective: F.Trimmed | None = None, center=None,
               mu: float = 0.0) -> FMFitJob:
         n, r, p = int(len(indices)), model.row_dim, model.num_params
@@ -62,14 +61,15 @@ class FMFitJob:
             k = objective.lam.size
             flops = 4 * p * k + 8 * p
             mem = 8 * (p * k + 4 * p)
-        return cls(model, x, y, np.asarray(indices, np.int64), float(epsilon), bound,
+        return cls(model, np.asarray(indices, np.int64), float(epsilon), bound,
                    float(ridge), int(seed), objective, center, float(mu), float(flops), int(mem))
 
-    def run(self) -> FitResult:
+    def run(self, x, y) -> FitResult:
+        """Run on the training rows ``x``, ``y`` (all of them: the job takes its own)."""
         t, fitted = self.objective, False
         if t is None:
-            z = self.model.rows(np.asarray(self.x)[self.indices])
-            y = self.model.targets(np.asarray(self.y)[self.indices])
+            z = self.model.rows(np.asarray(x)[self.indices])
+            y = self.model.targets(np.asarray(y)[self.indices])
             K = self.model.num_classes if self.model.kind == "softmax" else None
             poly = F.coefficients(self.model.kind, z, y, num_classes=K)
             poly = F.perturb(poly, epsilon=self.epsilon, rng=np.random.default_rng(self.seed),
@@ -80,11 +80,21 @@ class FMFitJob:
         return FitResult(t, w, fitted)
 
 
-def run_jobs(jobs: Sequence[FMFitJob]) -> list[FitResult]:
-    """Executor runner for kind ``"fm_fit"`` (plain numpy, one job after the other)."""
-    return [j.run() for j in jobs]
+def run_jobs(jobs: Sequence[FMFitJob], x, y) -> list[FitResult]:
+    """Executor runner for kind ``"fm_fit"`` (plain numpy, one job after the other), on the
+    training rows ``x``, ``y``."""
+    return [j.run(x, y) for j in jobs]
 
 
-def runners(sim: Any = None) -> dict:
-    """``{"fm_fit": run_jobs}``: merge into the simulation's ``Executor`` runners."""
-    return {"fm_fit": run_jobs}
+#: ``ctx.extra`` key of the training rows FM's jobs read (:func:`crowdlearn.protocols.fm.build`
+#: puts them there: the dataset's, or their corrupted copy under ``[quality]``)
+ROWS = "fm_rows"
+
+
+def runners(sim: Any) -> dict:
+    """The executor's runners: ``"fm_fit"`` jobs on the rows the simulation holds
+    (``sim.ctx.extra[ROWS]``), and the server's pre-training (deep mode)."""
+    from crowdlearn.protocols.rounds import read_train_runners
+
+    return {"fm_fit": lambda jobs: run_jobs(jobs, *sim.ctx.extra[ROWS]),
+            **read_train_runners(sim)}

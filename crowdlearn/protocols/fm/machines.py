@@ -15,6 +15,7 @@ from crowdlearn.protocols.fm.messages import FMDecline, FMRound, FMUpload
 from crowdlearn.protocols.fm.model import FMModel
 from crowdlearn.protocols.fm.params import _PRETRAIN, SERVER, FMParams
 from crowdlearn.protocols.fm.scoring import quality_weights, score_models
+from crowdlearn.protocols.rounds import RoundBook, declined, model_report
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -52,7 +53,8 @@ class FMServer(Machine):
     rng : numpy.random.Generator
         Source of the score noise.
     pretrain : job, optional
-        Deep mode: the ``TrainJob`` of the whole network on the public rows.
+        Deep mode: the :class:`~crowdlearn.protocols.rounds.ReadTrainJob` of the whole network
+        on the public rows.
     """
 
     def __init__(self, node_id: NodeId, model: FMModel, participants: Sequence[NodeId],
@@ -73,13 +75,8 @@ class FMServer(Machine):
         self.charges: list[Effect] = []     # privacy_charge reports of the scoring, to emit
         self.present: set = set()
         self.phase = "idle"                 # idle | pretraining | waiting | running | done
-        self.round = 0
+        self.book = RoundBook()             # the round: asked, uploads (v_i), gone, deadline
         self.z: np.ndarray | None = None
-        self.expected: set = set()
-        self.sent: list = []
-        self.uploads: dict = {}
-        self.deadline: float | None = None
-        self.round_start = 0.0
         self.scores: dict = {}              # participant → noisy score (first scoring)
         self.raw_scores: dict = {}          # participant → exact score (for tests / analysis)
         self.has_hidden: set = set()
@@ -89,8 +86,17 @@ class FMServer(Machine):
         self.duals: dict = {}
         self.models: dict = {}
 
+    @property
+    def round(self) -> int:
+        return self.book.round
+
+    @property
+    def uploads(self) -> dict:
+        """This round's accepted uploads ``v_i`` (float64), by participant."""
+        return self.book.answers
+
     def next_timer(self) -> float | None:
-        return self.deadline if self.phase == "running" else None
+        return self.book.deadline if self.phase == "running" else None
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received):
@@ -121,13 +127,13 @@ class FMServer(Machine):
             return []
         if isinstance(event, PeerLost):
             self.present.discard(event.peer)
-            if self.phase == "running" and event.peer in self.expected \
-                    and event.peer not in self.uploads:
-                self.expected.discard(event.peer)
+            if self.phase == "running" and self.book.waiting_for(event.peer):
+                self.book.give_up(event.peer)
                 return self._maybe_close(now)
             return []
         if isinstance(event, TimerFired):
-            if self.phase == "running" and self.deadline is not None and now >= self.deadline:
+            deadline = self.book.deadline
+            if self.phase == "running" and deadline is not None and now >= deadline:
                 return self._close(now, "deadline")
             return []
         return []
@@ -143,10 +149,7 @@ class FMServer(Machine):
             self.phase = "waiting"
             return []
         self.phase = "running"
-        self.expected, self.sent, self.uploads = set(targets), targets, {}
-        self.round_start = now
-        self.deadline = now + self.params.deadline_s if math.isfinite(self.params.deadline_s) \
-            else None
+        self.book.open(self.round, targets, now=now, deadline_s=self.params.deadline_s)
         z = None if self.z is None else self.z.astype(np.float32)
         plain = FMRound(self.round, z, None)
         with_hidden = FMRound(self.round, z, tuple(self.model.hidden)) if self.model.deep \
@@ -162,27 +165,28 @@ class FMServer(Machine):
 
     def _on_upload(self, src, msg: FMUpload, now: float) -> list[Effect]:
         tags = (("device", src), ("round", msg.round))
-        if self.phase != "running" or msg.round != self.round or src not in self.expected \
-                or src in self.uploads:
+        if self.phase != "running" or msg.round != self.round \
+                or not self.book.waiting_for(src):
             return [Report("late_update", msg.round, tags)]
         v = msg.params
         if v.size != self.model.num_params or not np.all(np.isfinite(v)):
-            self.expected.discard(src)
+            self.book.give_up(src)
             return [Report("bad_update", "shape or non-finite", tags)] + self._maybe_close(now)
-        self.uploads[src] = v.astype(np.float64)
+        self.book.answer(src, v.astype(np.float64))
         self.models[src] = self.uploads[src] - self.duals.get(src, 0.0)
         return self._maybe_close(now)
 
     def _on_decline(self, src, msg: FMDecline, now: float) -> list[Effect]:
-        rep = [Report("turn_declined", msg.reason, (("device", src), ("round", msg.round)))]
-        if self.phase == "running" and msg.round == self.round and src in self.expected \
-                and src not in self.uploads:
-            self.expected.discard(src)
+        rep = [declined(src, msg.reason, round=msg.round)]
+        if self.phase == "running" and msg.round == self.round and self.book.waiting_for(src):
+            self.book.give_up(src)
             return rep + self._maybe_close(now)
         return rep
 
     def _maybe_close(self, now: float) -> list[Effect]:
-        if self.phase == "running" and self.expected <= set(self.uploads):
+        """Close once every participant asked has uploaded or will not (lost, declined, sent a
+        bad upload): reported as ``complete`` either way."""
+        if self.phase == "running" and self.book.closable() is not None:
             return self._close(now, "complete")
         return []
 
@@ -217,7 +221,7 @@ class FMServer(Machine):
             self.scores[n] = float(s + e)
 
     def _close(self, now: float, how: str) -> list[Effect]:
-        got = [n for n in self.sent if n in self.uploads]
+        got = [n for n in self.book.selected if n in self.uploads]
         if self.params.aggregation == "quality" and got and len(self.val_z):
             fresh = got if self.params.rescore else [n for n in got if n not in self.scores]
             if fresh:
@@ -228,18 +232,17 @@ class FMServer(Machine):
             self.z = (a[:, None] * vs).sum(axis=0) / a.sum()
         elif self.z is None:
             self.z = np.zeros(self.model.num_params)
-        tags = (("round", self.round),)
-        info = {"round": self.round, "start_s": self.round_start, "end_s": now, "closed_by": how,
-                "selected": tuple(self.sent),
-                "aggregated": tuple(n for n, w in zip(got, a, strict=True) if w > 0),
-                "weights": {n: float(w) for n, w in zip(got, a, strict=True)},
-                "scores": {n: self.scores[n] for n in got if n in self.scores}}
+        rep = self.book.report(
+            now=now, closed_by=how,
+            aggregated=(n for n, w in zip(got, a, strict=True) if w > 0),
+            weights={n: float(w) for n, w in zip(got, a, strict=True)},
+            scores={n: self.scores[n] for n in got if n in self.scores})
         # the scoring's charges before global_model: the row of this round carries them
-        effects: list[Effect] = [Report("round", info), *self.charges,
-                                 Report("global_model", self.model.to_weights(self.z), tags)]
+        effects: list[Effect] = [rep, *self.charges,
+                                 model_report(self.round, self.model.to_weights(self.z))]
         self.charges = []
-        self.round += 1
-        self.deadline = None
+        self.book.round += 1
+        self.book.deadline = None
         if self.round >= self.params.rounds:
             self.phase = "done"
             return effects + [Halt()]
@@ -257,11 +260,10 @@ class FMParticipant(Machine):
     All three survive disconnections (device memory); only the running job is lost.
     """
 
-    def __init__(self, node_id: NodeId, model: FMModel, x, y, indices: np.ndarray,
-                 params: FMParams, *, rng: np.random.Generator, server: NodeId = SERVER):
+    def __init__(self, node_id: NodeId, model: FMModel, indices: np.ndarray, params: FMParams,
+                 *, rng: np.random.Generator, server: NodeId = SERVER):
         super().__init__(node_id)
         self.model = model
-        self.x, self.y = x, y
         self.indices = np.asarray(indices, np.int64)
         self.params = params
         self.server = server
@@ -303,7 +305,7 @@ class FMParticipant(Machine):
                 self.u = self.u + self.w - z          # the scaled dual step of ADMM
             center = z - self.u
         p = self.params
-        job = FMFitJob.build(self.model, self.x, self.y, self.indices, epsilon=p.epsilon,
+        job = FMFitJob.build(self.model, self.indices, epsilon=p.epsilon,
                              bound=p.bound, ridge=p.ridge, seed=self.seed,
                              objective=self.objective, center=center, mu=p.mu)
         self.round, self.phase = msg.round, "running"

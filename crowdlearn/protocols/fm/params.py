@@ -6,9 +6,8 @@ import math
 from dataclasses import dataclass
 
 from crowdlearn.privacy import functional as F
-from sim.machine import (
-    NodeId,
-)
+from crowdlearn.schema import MISSING, param, validate
+from sim.machine import NodeId
 
 SERVER: NodeId = "server"
 AGGREGATIONS = ("plain", "quality")
@@ -23,49 +22,65 @@ _PRETRAIN = "pretrain"
 # ---------------------------------------------------------------- parameters
 @dataclass(frozen=True)
 class FMParams:
-    """Protocol parameters (see ``CONFIG_SECTION`` for each)."""
+    """Protocol parameters: ``rounds``, the ``[fm]`` config section declared once here
+    (:mod:`crowdlearn.schema`: each field's default, documentation and limits; the rules
+    between keys in :meth:`relations`), and ``mu``, which the builder resolves."""
 
-    rounds: int
-    epsilon: float = 1.0
-    bound: str = "spec"
-    ridge: float = 1.0
-    x_bound: float = 0.0
-    y_bound: float = 3.0
-    rho: float = 0.3
-    aggregation: str = "plain"
-    weighting: str = "median"
-    margin: float = 0.1
-    trim_fraction: float = 0.3
-    score_epsilon: float = 1.0
-    score_clip: float = 0.5
-    rescore: bool = False
-    public_size: int = 40
-    deadline_s: float = math.inf
-    pretrain_epochs: int = 20
-    pretrain_lr: float = 0.1
-    pretrain_batch_size: int = 16
-    delta: float = 1e-5
-    mu: float = 0.0              # resolved ADMM penalty (objective units), set by build()
+    rounds: int = param(MISSING, "Rounds.", type=int, min=1, config=False)
+    epsilon: float = param(1.0, "Functional-mechanism budget ε of each participant, spent once "
+                           "(inf = no noise: the non-private collaborative model).", min=0,
+                           min_open=True)
+    bound: str = param('spec', "Sensitivity Δ: 'spec' (Zhang et al.'s, |z_j| ≤ 1) or 'l2' (ours:"
+                       " Σ|z_j| ≤ √d from ‖z‖₂ ≤ 1, about d times smaller).",
+                       choices=F.BOUNDS)
+    ridge: float = param(1.0, "Ridge added to the noisy objective, in units of the noise scale "
+                         "Δ/ε (0 at ε = inf).", min=0)
+    x_bound: float = param(0.0, "Public row bound B: rows are divided by B and clipped to the "
+                           "unit ball (0 = √(number of features)); linear models only.", min=0)
+    y_bound: float = param(3.0, "Regression targets are divided by this and clipped to [-1, 1].",
+                           min=0, min_open=True)
+    rho: float = param(0.3, "ADMM penalty relative to the objective's curvature (μ = rho·(n̄·c/r"
+                       " + ridge·Δ/ε)).", min=0)
+    aggregation: str = param('plain', "'plain' averaging or 'quality'-weighted (validation "
+                             "scores with privacy noise).", choices=AGGREGATIONS)
+    weighting: str = param('median', "How noisy scores become weights: 'median' (keep scores ≤ "
+                           "median + margin), 'softmax' (temperature margin), 'trim' (drop the "
+                           "worst trim_fraction).", choices=WEIGHTINGS)
+    margin: float = param(0.1, "Margin / temperature of the weighting, in units of the score "
+                          "bound C.", min=0, min_open=True)
+    trim_fraction: float = param(0.3, "Share of participants dropped by weighting = 'trim'.",
+                                 min=0, max=0.99)
+    score_epsilon: float = param(1.0, "ε of the Laplace noise on the validation scores (per "
+                                 "scoring; inf = exact scores).", min=0, min_open=True)
+    score_clip: float = param(0.5, "Regression: per-row squared error clipped at this (in [-1, "
+                              "1] target units) in the scores.", min=0, min_open=True)
+    rescore: bool = param(False, "Score every round (composes score_epsilon) instead of once, on"
+                          " a participant's first upload.")
+    public_size: int = param(40, "Training rows held by the server (removed from the devices): "
+                             "validation scores; deep mode pre-trains the hidden layers on them.",
+                             min=0)
+    deadline_s: float = param(math.inf, "Round deadline in simulated seconds.", min=0,
+                              min_open=True)
+    pretrain_epochs: int = param(20, "Deep mode: epochs of the server's (non-private) "
+                                 "pre-training on its public rows.", min=1)
+    pretrain_lr: float = param(0.1, "Deep mode: SGD learning rate of the pre-training.", min=0,
+                               min_open=True)
+    pretrain_batch_size: int = param(16, "Deep mode: mini-batch size of the pre-training.", min=1)
+    delta: float = param(1e-05, "δ at which the ledger composes ε.", min=0, max=1, min_open=True)
+
+    mu: float = param(0.0, "Resolved ADMM penalty (objective units), set by build().", min=0,
+                      config=False)
 
     def __post_init__(self):
-        problems = []
-        if self.rounds < 1:
-            problems.append(f"rounds must be >= 1; got {self.rounds}")
-        if not self.epsilon > 0:
-            problems.append(f"epsilon must be > 0; got {self.epsilon}")
-        if self.bound not in F.BOUNDS:
-            problems.append(f"bound must be one of {F.BOUNDS}; got {self.bound!r}")
-        if self.aggregation not in AGGREGATIONS:
-            problems.append(f"aggregation must be one of {AGGREGATIONS}; got {self.aggregation!r}")
-        if self.weighting not in WEIGHTINGS:
-            problems.append(f"weighting must be one of {WEIGHTINGS}; got {self.weighting!r}")
-        if not self.score_epsilon > 0:
-            problems.append(f"score_epsilon must be > 0; got {self.score_epsilon}")
-        if self.ridge < 0 or self.rho < 0 or self.mu < 0 or self.margin <= 0:
-            problems.append("ridge, rho, mu must be >= 0 and margin > 0")
-        if not 0 <= self.trim_fraction < 1:
-            problems.append(f"trim_fraction must be in [0, 1); got {self.trim_fraction}")
-        if self.aggregation == "quality" and self.public_size < 1:
-            problems.append("aggregation = 'quality' needs public_size >= 1 (validation rows)")
-        if problems:
-            raise ValueError("; ".join(problems))
+        validate(self)
+
+    @staticmethod
+    def relations(v, key) -> list[str]:
+        """The rules between keys (``key(name)`` spells a key as the reader knows it)."""
+        out = []
+        if not 0 < v["delta"] < 1:
+            out.append(f"{key('delta')}: must be < 1; got {v['delta']}")
+        if v["aggregation"] == "quality" and v["public_size"] < 1:
+            out.append(f"{key('public_size')}: aggregation = 'quality' needs validation rows "
+                       "(>= 1)")
+        return out
