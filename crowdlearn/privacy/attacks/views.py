@@ -380,9 +380,9 @@ class SliceNetFollowerView(_View):
 
 def watch_followers(sim, *, group: int = 0, batch_size: int) -> tuple[list, dict]:
     """Before ``sim.run()``: a :class:`SliceNetFollowerView` on every member of Crowdlearning
-    group ``group`` (attached), and the list every executor job handle will be appended to (the
-    passes' jobs: ``job.key = (group, attempt)``, ``job.node``, ``job.batches`` on the
-    dominator's, ``job.promise`` for the pass's start weights).  Returns ``(handles, views)``,
+    group ``group`` (attached), and the list every executor job handle will be appended to
+    (among them the passes' ``SlicePassJob``s: ``job.key = (group, attempt)``, ``job.node``,
+    ``job.batches`` on the dominator's, ``job.promise`` for the pass's start weights).  Returns ``(handles, views)``,
     views keyed by device."""
     handles: list = []
     submit = sim.executor.submit
