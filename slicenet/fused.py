@@ -19,9 +19,7 @@ References: Chen et al., "Crowdlearning: Crowded Deep Learning with Data Privacy
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
@@ -57,19 +55,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:        # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The module's worker threads (created on first use; idle threads cost nothing)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="fused")
-        return _POOL
 
 
 def _split(members: Sequence[int], lengths: Sequence[int], parts: int) -> list[list[int]]:
@@ -152,7 +137,7 @@ class FusedTrainer:
                               else x.reshape(len(x), -1))
         self._y = tf.constant(np.asarray(y, np.int32))
         self._trainable = [s.trainable for s in self.specs]
-        self.threads = _cores()     # compiled calls: groups split over this many threads
+        self.threads = _cores()     # compiled calls: groups cut into this many shares
         self.flops_per_sample = SliceLayout(desc, None, None, 0).train_flops_per_sample
         sig = [tf.TensorSpec([None, *s.shape], tf.float32) for s in self.specs]
         # many groups at once: compiled with XLA (about twice the throughput of the op-by-op
@@ -288,16 +273,12 @@ class FusedTrainer:
             lengths = [len(tasks[i].batches) for i in members]
             work = self.flops_per_sample * b * sum(lengths)
             xla = not self._conv and (len(members) >= XLA_GROUPS or work >= XLA_MIN_FLOPS)
-            # a compiled call runs on one core (its small products do not spread): the groups
-            # are cut into one share per core, run side by side (each group's arithmetic is
-            # the same whichever call holds it)
+            # a compiled call's groups are cut into shares (one per core, by default) and each
+            # share pads its own group count: fewer padding groups, a smaller working set (each
+            # group's arithmetic is its own whichever call holds it).  The shares run one after
+            # the other: run on two threads they did not overlap (wall = CPU at load 1)
             shares = _split(members, lengths, self.threads if xla else 1)
-            if len(shares) > 1:
-                pool = _pool(len(shares))
-                done = list(pool.map(self._run, [tasks] * len(shares), shares,
-                                     [b] * len(shares), [xla] * len(shares)))
-            else:
-                done = [self._run(tasks, shares[0], b, xla)]
+            done = [self._run(tasks, share, b, xla) for share in shares]
             for share, (new, acc) in zip(shares, done, strict=True):
                 for j, i in enumerate(share):
                     w = [a[j] for a in new]

@@ -119,8 +119,8 @@ def test_a_large_call_of_few_groups_is_compiled_and_equals_the_op_by_op_loop(mon
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
 
 
-def test_a_compiled_call_split_over_threads_gives_each_group_the_same_pass():
-    """A compiled call's groups cut into one share per core (run side by side) give every group
+def test_a_compiled_call_cut_into_shares_gives_each_group_the_same_pass():
+    """A compiled call's groups cut into shares (each its own padded call) give every group
     the result of the single call within float rounding (the shares' padded group counts
     differ, so XLA may order sums differently), Σ|g| included."""
     desc = small_bn_mlp()
