@@ -43,8 +43,8 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
                      "data": {"dataset": "fashion_mnist"},
                      "fleet": {"devices": devices, "cells": 12},
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
-    spent = [0.0, 0.0]
-    orig = FusedTrainer.train
+    spent = [0.0, 0.0, 0.0]
+    orig, orig_eval = FusedTrainer.train, FusedTrainer.evaluate
 
     def timed(self, tasks, **kw):
         t, c = time.perf_counter(), time.process_time()
@@ -54,18 +54,26 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
             spent[0] += time.perf_counter() - t
             spent[1] += time.process_time() - c
 
-    FusedTrainer.train = timed
+    def timed_eval(self, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return orig_eval(self, *a, **kw)
+        finally:
+            spent[2] += time.perf_counter() - t
+
+    FusedTrainer.train, FusedTrainer.evaluate = timed, timed_eval
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         res = sim.run()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        FusedTrainer.train = orig
+        FusedTrainer.train, FusedTrainer.evaluate = orig, orig_eval
     s = res.summary
     samples = sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
     return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
+            "eval_s": spent[2],
             "samples": samples,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
             "completed": s["completed"]}
@@ -140,6 +148,29 @@ def ab_upload_check(devices: int, group_size: int, seed: int, pairs: int = 2) ->
               + ", ".join(f"{t:.1f}" for t in ts) + " s")
 
 
+def _header() -> None:
+    """What ran where: the code's commit, the machine, its load; then how to read the lines."""
+    import subprocess
+
+    import slicenet
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(slicenet.__file__)))
+    try:
+        rev = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        rev = "?"
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; code {root} at {rev or '?'}; "
+          f"{len(os.sched_getaffinity(0))} CPUs; load average at the start "
+          f"{os.getloadavg()[0]:.2f}")
+    print("Lines: 'simulated epoch' = the whole simulation (build, simulator, machines, fused "
+          "trainer, evaluation) of one epoch, cold (first, tracing and XLA compilation) and "
+          "warm (second, as in a sweep); 'ratio' = warm ÷ the Keras epoch's wall time (target "
+          "<= 1.0); 'ratio_cpu' = the same over process CPU seconds (steadier on a loaded "
+          "machine); fused trainer GFLOP/s = the epoch's training FLOPs ÷ wall time inside "
+          "FusedTrainer.train (target >= 50).")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=120)
@@ -148,24 +179,34 @@ def main() -> None:
     ap.add_argument("--ab-upload-check", action="store_true",
                     help="also time warm epochs with the previous and the current upload check")
     a = ap.parse_args()
+    _header()
     mm_before = matmul_rate()
     cold = simulated_epoch(a.devices, a.group_size, a.seed)
     warm = simulated_epoch(a.devices, a.group_size, a.seed)
     ker = keras_epoch(a.seed)
     mm_after = matmul_rate()
     for name, r in (("cold", cold), ("warm", warm)):
-        print(f"simulated epoch ({name}): {r['wall_s']:.1f} s wall for {r['samples']} samples "
-              f"({a.devices} devices, n = {a.group_size}; {r['sim_time_s']:.1f} s simulated, "
-              f"accuracy {r['accuracy']:.4f}, completed {r['completed']}); fused trainer "
-              f"{r['train_s']:.1f} s, {r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s")
-    print(f"centralized Keras fit: {ker['wall_s']:.1f} s for {ker['samples']} samples")
-    print(f"ratio {warm['wall_s'] / ker['wall_s']:.2f}  (cold {cold['wall_s'] / ker['wall_s']:.2f})")
+        print(f"simulated epoch ({name}): {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU for "
+              f"{r['samples']} samples ({a.devices} devices, n = {a.group_size}; "
+              f"{r['sim_time_s']:.1f} s simulated, accuracy {r['accuracy']:.4f}, completed "
+              f"{r['completed']}); fused trainer {r['train_s']:.1f} s wall, "
+              f"{r['train_cpu_s']:.1f} s CPU, {r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s; "
+              f"evaluation {r['eval_s']:.1f} s wall")
+    print(f"centralized Keras fit: {ker['wall_s']:.1f} s wall, {ker['cpu_s']:.1f} s CPU for "
+          f"{ker['samples']} samples")
+    ratio = warm['wall_s'] / ker['wall_s']
+    rate = warm['flops'] / warm['train_s'] / 1e9
+    print(f"ratio {ratio:.2f}  (cold {cold['wall_s'] / ker['wall_s']:.2f})")
     print(f"ratio_cpu {warm['cpu_s'] / ker['cpu_s']:.2f}  (process CPU seconds: warm simulated "
           f"epoch {warm['cpu_s']:.1f}, Keras epoch {ker['cpu_s']:.1f})")
-    print(f"fused trainer GFLOP/s {warm['flops'] / warm['train_s'] / 1e9:.1f}")
+    print(f"fused trainer GFLOP/s {rate:.1f}")
     print(f"fused trainer GFLOP per CPU second {warm['flops'] / warm['train_cpu_s'] / 1e9:.1f}")
     print(f"matmul 2048 GFLOP/s (before, after) {mm_before[0]:.1f}, {mm_after[0]:.1f}; per CPU "
           f"second {mm_before[1]:.1f}, {mm_after[1]:.1f}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print(f"targets: ratio <= 1.0 {'met' if ratio <= 1.0 else 'NOT met'}; fused trainer >= 50 "
+          f"GFLOP/s {'met' if rate >= 50 else 'NOT met'}  (wall-clock figures: read them "
+          "beside the load average and the matmul rate, which measure what the machine gave)")
     if a.ab_upload_check:
         ab_upload_check(a.devices, a.group_size, a.seed)
 

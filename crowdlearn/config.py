@@ -37,7 +37,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from crowdlearn.errors import ConfigError
 
-DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist")
+DATASETS = ("digits", "breast_cancer", "diabetes", "fashion_mnist", "cifar10")
 TIERS = ("low_end", "mid_range", "flagship", "tablet", "edge_server")
 
 
@@ -60,7 +60,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
         "dataset": Key(str, "digits", "Dataset.", choices=DATASETS),
         "path": Key(str, "", "Local copy of the dataset (Fashion-MNIST: a directory of IDX files "
-                    "or a Keras-format .npz). Empty: look in the standard places."),
+                    "or a Keras-format .npz; empty: look in the standard places. CIFAR-10, "
+                    "required: the cifar-10-batches-py directory or its .tar.gz)."),
         "partition": Key(str, "iid", "How training samples are split across devices.",
                          choices=("iid", "dirichlet", "shards", "quantity")),
         "alpha": Key(float, 0.5, "Dirichlet concentration (partition = dirichlet); smaller is "
@@ -360,6 +361,12 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
     if data["path"] and data["dataset"] in ("digits", "breast_cancer", "diabetes"):
         problems.append(f"data.path: {data['dataset']} is bundled with scikit-learn and takes no "
                         "path; remove data.path")
+    elif data["dataset"] == "cifar10":         # never downloaded: the user's path, checked now
+        from crowdlearn.data.datasets import cifar10_problem
+
+        why = cifar10_problem(_resolve(data["path"], base) if data["path"] else None)
+        if why:
+            problems.append(why)
     elif data["path"] and not _resolve(data["path"], base).exists():
         problems.append(f"data.path: no such file or directory {data['path']!r}; point it at the "
                         "dataset's files or leave it empty to use the standard locations")
@@ -418,7 +425,7 @@ def _asyncio_check(v: dict[str, Any]) -> list[str]:
 
 
 #: Side of the square images of the image datasets (the CNN shape check needs it before loading).
-IMAGE_SIDE = {"digits": 8, "fashion_mnist": 28}
+IMAGE_SIDE = {"digits": 8, "fashion_mnist": 28, "cifar10": 32}
 
 
 def _cnn_check(model: dict[str, Any], dataset: str) -> list[str]:

@@ -18,6 +18,7 @@ References: Chen et al., "Crowdlearning: Crowded Deep Learning with Data Privacy
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,6 +47,31 @@ XLA_MIN_FLOPS = 1e9  # ... or fewer groups when the call's training FLOPs reach 
 #                     compiled loop does about 1.7x the work per CPU second (paper-mlp, 1-12
 #                     groups of 16 steps: 55-91 against 43-50 GFLOP per CPU second, measured
 #                     in one run), which repays a compilation (seconds, once per padded shape)
+
+
+def _cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:        # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _split(members: Sequence[int], lengths: Sequence[int], parts: int) -> list[list[int]]:
+    """``members`` cut into at most ``parts`` lists of about equal total ``lengths`` (steps),
+    longest first to the lightest list; each list keeps ascending order.
+
+    >>> _split([0, 1, 2, 3, 4], [16, 16, 16, 16, 8], 2)
+    [[0, 2, 4], [1, 3]]
+    """
+    parts = max(1, min(parts, len(members)))
+    load = [0] * parts
+    out: list[list[int]] = [[] for _ in range(parts)]
+    for m, n in sorted(zip(members, lengths), key=lambda t: -t[1]):
+        j = load.index(min(load))
+        out[j].append(m)
+        load[j] += n
+    return [sorted(o) for o in out if o]
 
 
 def _grouped_conv(h, w, layer: Conv2D):
@@ -111,6 +137,7 @@ class FusedTrainer:
                               else x.reshape(len(x), -1))
         self._y = tf.constant(np.asarray(y, np.int32))
         self._trainable = [s.trainable for s in self.specs]
+        self.threads = _cores()     # compiled calls: groups cut into this many shares
         self.flops_per_sample = SliceLayout(desc, None, None, 0).train_flops_per_sample
         sig = [tf.TensorSpec([None, *s.shape], tf.float32) for s in self.specs]
         # many groups at once: compiled with XLA (about twice the throughput of the op-by-op
@@ -242,28 +269,39 @@ class FusedTrainer:
         for i, t in enumerate(tasks):
             by_b.setdefault(int(np.asarray(t.batches).shape[1]), []).append(i)
         for b, members in by_b.items():
-            steps = max(len(tasks[i].batches) for i in members)
             # padding groups train nothing (no sample, lr 0); padding steps are never run
-            work = self.flops_per_sample * b * sum(len(tasks[i].batches) for i in members)
+            lengths = [len(tasks[i].batches) for i in members]
+            work = self.flops_per_sample * b * sum(lengths)
             xla = not self._conv and (len(members) >= XLA_GROUPS or work >= XLA_MIN_FLOPS)
-            k = _ladder(len(members)) if xla else len(members)
-            sched = np.full((_ladder(steps) if xla else steps, k, b), -1, np.int32)
-            for j, i in enumerate(members):
-                sched[:len(tasks[i].batches), j] = tasks[i].batches
-            rows = members + [members[0]] * (k - len(members))
-            params = [tf.constant(np.stack([np.asarray(tasks[i].weights[p], np.float32)
-                                            for i in rows]))
-                      for p in range(len(self.specs))]
-            lr = tf.constant(np.array([tasks[i].lr for i in members] + [0.0] * (k - len(members)),
-                                      np.float32))
-            fn = self._train_xla if xla else self._train_fn
-            new, acc = fn(params, tf.constant(sched), lr, tf.constant(steps))
-            new = [t.numpy() for t in new]
-            acc = [t.numpy() for t in acc]
-            for j, i in enumerate(members):
-                w = [a[j] for a in new]
-                out[i] = w + [a[j] for a in acc] if with_abs_grad else w
+            # a compiled call's groups are cut into shares (one per core, by default) and each
+            # share pads its own group count: fewer padding groups, a smaller working set (each
+            # group's arithmetic is its own whichever call holds it).  The shares run one after
+            # the other: run on two threads they did not overlap (wall = CPU at load 1)
+            shares = _split(members, lengths, self.threads if xla else 1)
+            done = [self._run(tasks, share, b, xla) for share in shares]
+            for share, (new, acc) in zip(shares, done, strict=True):
+                for j, i in enumerate(share):
+                    w = [a[j] for a in new]
+                    out[i] = w + [a[j] for a in acc] if with_abs_grad else w
         return out
+
+    def _run(self, tasks: Sequence, members: Sequence[int], b: int, xla: bool):
+        """One compiled (``xla``) or op-by-op call training ``tasks[i]`` for ``i`` in
+        ``members`` (mini-batches of ``b``); the stacked new weights and Σ|g| as numpy."""
+        steps = max(len(tasks[i].batches) for i in members)
+        k = _ladder(len(members)) if xla else len(members)
+        sched = np.full((_ladder(steps) if xla else steps, k, b), -1, np.int32)
+        for j, i in enumerate(members):
+            sched[:len(tasks[i].batches), j] = tasks[i].batches
+        rows = list(members) + [members[0]] * (k - len(members))
+        params = [tf.constant(np.stack([np.asarray(tasks[i].weights[p], np.float32)
+                                        for i in rows]))
+                  for p in range(len(self.specs))]
+        lr = tf.constant(np.array([tasks[i].lr for i in members] + [0.0] * (k - len(members)),
+                                  np.float32))
+        fn = self._train_xla if xla else self._train_fn
+        new, acc = fn(params, tf.constant(sched), lr, tf.constant(steps))
+        return [t.numpy() for t in new], [t.numpy() for t in acc]
 
     def evaluate(self, weight_lists: Sequence[Sequence[np.ndarray]], x: np.ndarray,
                  y: np.ndarray, max_floats: int = 2 ** 24) -> list[tuple[float, float]]:

@@ -114,6 +114,14 @@ class SliceLayout:
             else:
                 owner[nxt.kernel][...] = _feature_owner(st, co)[:, None]
         self.owner = owner
+        #: per hidden layer, the owner of every unit (a channel on a convolutional layer), as
+        #: the dense layout's ``piece_of_unit``
+        self.piece_of_unit = channel_owner
+        #: per hidden layer, the values one unit's pre-activation sums hold per sample (the
+        #: ``H'·W'`` positions of a feature map; 1 for a dense unit)
+        self.unit_floats = [int(np.prod(st.z_shape[:-1])) for st in hidden]
+        #: the first stage (what the dominator computes from the input, and sends on)
+        self.first_stage = prog.stages[0]
         self.shapes = [s.shape for s in self.specs]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)

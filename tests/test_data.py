@@ -622,6 +622,7 @@ def test_public_api():
         "Dataset",
         "load_dataset",
         "fashion_mnist_available",
+        "cifar10_problem",
         "partition",
         "PARTITIONERS",
         "partition_stats",

@@ -238,7 +238,7 @@ def test_cnn_ownership_follows_the_source_channel():
 
 
 @pytest.mark.parametrize("model, dataset, match", [
-    ("paper-cnn", "digits", "28x28 images"),
+    ("paper-cnn", "digits", "28x28x1 \\(fashion_mnist\\) or 32x32x3 \\(cifar10\\)"),
     ("no/such/model.keras", "digits", "no Keras model file"),
     ("resnet", "digits", "neither one of"),
 ])

@@ -117,3 +117,41 @@ def test_a_large_call_of_few_groups_is_compiled_and_equals_the_op_by_op_loop(mon
     for a_list, b_list in zip(compiled, loop):
         for a, b in zip(a_list, b_list):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+
+
+def test_a_compiled_call_cut_into_shares_gives_each_group_the_same_pass():
+    """A compiled call's groups cut into shares (each its own padded call) give every group
+    the result of the single call within float rounding (the shares' padded group counts
+    differ, so XLA may order sums differently), Σ|g| included."""
+    desc = small_bn_mlp()
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(600, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 600)
+    trainer = FusedTrainer(desc, x, y)
+    tasks = [TrainTask(tuple(perturbed_init(trainer, rng)),
+                       make_batches(np.arange(50 * g, 50 * g + 24 + 8 * (g % 3)), epochs=1,
+                                    batch_size=8, rng=rng), 0.1)
+             for g in range(9)]                   # 9 groups ≥ XLA_GROUPS: compiled
+    trainer.threads = 1
+    one = trainer.train(tasks)
+    trainer.threads = 3
+    split = trainer.train(tasks)
+    assert trainer._train_xla.experimental_get_tracing_count() >= 1
+    for a_list, b_list in zip(one, split, strict=True):
+        for a, b in zip(a_list, b_list, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_split_balances_steps_and_keeps_every_group_once():
+    from slicenet.fused import _split
+
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n = int(rng.integers(1, 14))
+        lengths = rng.integers(1, 20, n).tolist()
+        members = sorted(rng.choice(100, n, replace=False).tolist())
+        parts = int(rng.integers(1, 4))
+        shares = _split(members, lengths, parts)
+        assert sorted(sum(shares, [])) == members and len(shares) == min(parts, n)
+        load = [sum(lengths[members.index(m)] for m in s) for s in shares]
+        assert max(load) - min(load) <= max(lengths)       # greedy: within one task's steps

@@ -1,16 +1,19 @@
-"""Datasets: scikit-learn's bundled sets and Fashion-MNIST from local files.
+"""Datasets: scikit-learn's bundled sets, Fashion-MNIST and CIFAR-10 from local files.
 
 Every dataset comes back as a :class:`Dataset` with flat ``float32`` features, so that a device's
 data can be an index array into ``x_train`` (never a copy).  Nothing here downloads anything:
 scikit-learn's ``digits``, ``breast_cancer`` and ``diabetes`` ship inside the package, and
-Fashion-MNIST is read from files already on the machine (see :func:`load_dataset`).
+Fashion-MNIST and CIFAR-10 are read from files already on the machine (see :func:`load_dataset`).
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
+import pickle
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -22,10 +25,12 @@ import numpy as np
 from crowdlearn.errors import CrowdlearnError, DatasetNotFoundError
 
 __all__ = [
+    "CIFAR10_FILES",
     "DEBIAN_FASHION_MNIST_DIR",
     "FASHION_MNIST_ENV",
     "FASHION_MNIST_FILES",
     "Dataset",
+    "cifar10_problem",
     "fashion_mnist_available",
     "load_dataset",
 ]
@@ -201,7 +206,7 @@ _SKLEARN_LOADERS: dict[str, Callable[..., Dataset]] = {
     "breast_cancer": _load_breast_cancer,
     "diabetes": _load_diabetes,
 }
-DATASET_NAMES = (*_SKLEARN_LOADERS, "fashion_mnist")
+DATASET_NAMES = (*_SKLEARN_LOADERS, "fashion_mnist", "cifar10")
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +443,147 @@ def _load_fashion_cached(source: str, stamp: tuple) -> Dataset:
 
 
 # --------------------------------------------------------------------------------------------
+# CIFAR-10: the python-pickle batches of the official archive, from a user's path
+
+#: The six batch files of ``cifar-10-batches-py`` (Krizhevsky, "Learning Multiple Layers of
+#: Features from Tiny Images", 2009; https://www.cs.toronto.edu/~kriz/cifar.html).
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+_CIFAR_SHAPE = (32, 32, 3)
+_CIFAR_CLASSES = 10
+_CIFAR_LAYOUT = (
+    "the 'python version' of CIFAR-10: a directory (cifar-10-batches-py) holding the pickled "
+    f"batches {', '.join(CIFAR10_FILES)} (each a dict with b'data', uint8 N x 3072 rows of "
+    "1024 red, 1024 green, 1024 blue pixels, and b'labels', N integers 0-9), or the "
+    "cifar-10-python.tar.gz archive of it; crowdlearn never downloads it"
+)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch and nothing else: dicts, lists, bytes, numbers and numpy arrays
+    (a pickle can name any callable; a data file given by path must not run code)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _cifar_names(where: Path) -> list[str]:
+    """The batch files missing at ``where`` (a directory, or a tar archive holding them in any
+    folder)."""
+    if where.is_dir():
+        present = {n for n in CIFAR10_FILES if (where / n).is_file()}
+    else:
+        with tarfile.open(where, "r:*") as tar:
+            present = {Path(m.name).name for m in tar.getmembers() if m.isfile()}
+    return [n for n in CIFAR10_FILES if n not in present]
+
+
+def _cifar_read(where: Path) -> dict[str, bytes]:
+    """The bytes of each batch file at ``where`` (one pass over an archive)."""
+    if where.is_dir():
+        return {n: (where / n).read_bytes() for n in CIFAR10_FILES}
+    out: dict[str, bytes] = {}
+    with tarfile.open(where, "r:*") as tar:
+        for m in tar:
+            name = Path(m.name).name
+            if m.isfile() and name in CIFAR10_FILES and name not in out:
+                fh = tar.extractfile(m)
+                if fh is not None:
+                    out[name] = fh.read()
+    return out
+
+
+def cifar10_problem(path: str | os.PathLike | None) -> str:
+    """Why ``path`` does not hold CIFAR-10 in the expected layout ("" if it does); the files'
+    contents are checked when they are read.
+
+    >>> cifar10_problem(None)[:40]
+    'data.path: CIFAR-10 is read from a path '
+    >>> "does not exist" in cifar10_problem("/nonexistent/cifar-10-batches-py")
+    True
+    """
+    if not path:
+        return ("data.path: CIFAR-10 is read from a path you give (crowdlearn never downloads "
+                f"data); set data.path to {_CIFAR_LAYOUT}")
+    where = Path(path).expanduser()
+    if not where.exists():
+        return f"data.path: {str(where)!r} does not exist; expected {_CIFAR_LAYOUT}"
+    if where.is_file() and not tarfile.is_tarfile(where):
+        return f"data.path: {str(where)!r} is a file but not a tar archive; expected {_CIFAR_LAYOUT}"
+    try:
+        missing = _cifar_names(where)
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+        return f"data.path: cannot read {str(where)!r} ({exc}); expected {_CIFAR_LAYOUT}"
+    if missing:
+        return (f"data.path: {str(where)!r} lacks {', '.join(missing)}; expected "
+                f"{_CIFAR_LAYOUT}")
+    return ""
+
+
+def _cifar_batch(origin: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch as flat channels-last float32 images in [0, 1] and int64 labels."""
+    try:
+        d = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:    # a corrupt or foreign pickle fails in many ways
+        raise CrowdlearnError(f"{origin}: not a CIFAR-10 python batch ({exc})") from exc
+    if not isinstance(d, dict):
+        raise CrowdlearnError(f"{origin}: expected a pickled dict, got {type(d).__name__}")
+    data = d.get(b"data", d.get("data"))
+    labels = d.get(b"labels", d.get("labels"))
+    if data is None or labels is None:
+        raise CrowdlearnError(f"{origin}: the batch lacks b'data' or b'labels' "
+                              f"(keys {sorted(map(repr, d))})")
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise CrowdlearnError(f"{origin}: b'data' must be uint8 of shape (N, 3072), got "
+                              f"{data.dtype} {data.shape}")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise CrowdlearnError(f"{origin}: {len(data)} images but b'labels' has shape "
+                              f"{labels.shape} ({labels.dtype})")
+    if len(labels) and (labels.min() < 0 or labels.max() >= _CIFAR_CLASSES):
+        raise CrowdlearnError(f"{origin}: labels must lie in [0, {_CIFAR_CLASSES}), found "
+                              f"{labels.min()}..{labels.max()}")
+    # rows are 1024 red, 1024 green, 1024 blue pixels (row-major 32 x 32): channels last
+    x = data.reshape(len(data), 3, 32, 32).transpose(0, 2, 3, 1).reshape(len(data), 3072)
+    x = x.astype(np.float32)
+    x /= np.float32(255.0)
+    return x, labels.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cifar_cached(source: str, stamp: tuple) -> Dataset:
+    """Read CIFAR-10 from a checked source; ``stamp`` invalidates the cache on file change."""
+    del stamp
+    where = Path(source)
+    try:
+        raw = _cifar_read(where)
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+        raise CrowdlearnError(f"cannot read CIFAR-10 at {where}: {exc}") from exc
+    missing = [n for n in CIFAR10_FILES if n not in raw]
+    if missing:
+        raise CrowdlearnError(f"{where}: {', '.join(missing)} could not be read")
+    parts = {n: _cifar_batch(f"{where} ({n})", raw[n]) for n in CIFAR10_FILES}
+    train = [parts[n] for n in CIFAR10_FILES[:-1]]
+    x_train = np.concatenate([p[0] for p in train])
+    y_train = np.concatenate([p[1] for p in train])
+    x_test, y_test = parts["test_batch"]
+    _readonly(x_train, y_train, x_test, y_test)
+    return Dataset("cifar10", x_train, y_train, x_test, y_test, _CIFAR_CLASSES, _CIFAR_SHAPE,
+                   "classification")
+
+
+def _cifar_stamp(where: Path) -> tuple:
+    files = [where] if where.is_file() else [where / n for n in CIFAR10_FILES]
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
+# --------------------------------------------------------------------------------------------
 # public entry point
 
 
@@ -448,7 +594,7 @@ def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int 
     Parameters
     ----------
     name : str
-        ``"digits"``, ``"breast_cancer"``, ``"diabetes"`` or ``"fashion_mnist"``
+        ``"digits"``, ``"breast_cancer"``, ``"diabetes"``, ``"fashion_mnist"`` or ``"cifar10"``
         (case-insensitive; ``-`` and ``_`` are interchangeable, so ``"fashion-mnist"`` works).
     path : str or os.PathLike, optional
         Fashion-MNIST only: a directory holding the four IDX files
@@ -458,6 +604,10 @@ def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int 
         ``$CROWDLEARN_FASHION_MNIST`` (same forms), ``/usr/share/datasets/fashion-mnist`` (Debian's
         ``dataset-fashion-mnist``), then the Keras cache ``~/.keras/datasets/fashion-mnist``
         (and ``$KERAS_HOME/datasets/fashion-mnist`` first if ``KERAS_HOME`` is set).
+        CIFAR-10 (required): the ``cifar-10-batches-py`` directory of the official "python
+        version" (``data_batch_1`` .. ``data_batch_5``, ``test_batch``: pickled dicts with
+        ``b"data"``, uint8 N × 3072 rows of 1024 red, green, blue pixels, and ``b"labels"``) or
+        its ``cifar-10-python.tar.gz``; no other place is searched and nothing is downloaded.
     seed : int, default 0
         Seed of the 75/25 train/test split of the scikit-learn sets (stratified for
         classification).  Fashion-MNIST keeps its official 60 000 / 10 000 split and ignores it.
@@ -477,15 +627,18 @@ def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int 
         ``image_shape=(8, 8, 1)``; ``breast_cancer`` and ``diabetes`` are standardised
         (``standardise``; ``diabetes``' target too; it is a regression set with
         ``num_classes=0``); Fashion-MNIST pixels are scaled to [0, 1] with
-        ``image_shape=(28, 28, 1)``.  Fashion-MNIST is cached in-process per source (it is
-        about 200 MB), so repeated calls return the same object.
+        ``image_shape=(28, 28, 1)``; CIFAR-10 has 50 000 / 10 000 images, channels last
+        (``image_shape=(32, 32, 3)``), pixels in [0, 1].  Fashion-MNIST and CIFAR-10 are
+        cached in-process per source (about 200 and 740 MB), so repeated calls return the
+        same object.
 
     Raises
     ------
     CrowdlearnError
         Unknown name, ``path`` given for a scikit-learn set, or a corrupt Fashion-MNIST file.
     DatasetNotFoundError
-        Fashion-MNIST is absent, or ``path`` / ``$CROWDLEARN_FASHION_MNIST`` does not hold it.
+        Fashion-MNIST is absent, or ``path`` / ``$CROWDLEARN_FASHION_MNIST`` does not hold it;
+        CIFAR-10's ``path`` is missing or lacks a batch file.
 
     Examples
     --------
@@ -500,6 +653,12 @@ def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int 
     ((60000, 784), (10000, 784))
     """
     key = str(name).strip().lower().replace("-", "_")
+    if key == "cifar10":
+        why = cifar10_problem(path)
+        if why:
+            raise DatasetNotFoundError(f"CIFAR-10: {why}")
+        where = Path(path).expanduser().resolve()
+        return _load_cifar_cached(str(where), _cifar_stamp(where))
     if key == "fashion_mnist":
         source = _locate_fashion_mnist(path)
         return _load_fashion_cached(str(source), _stamp(source))
@@ -508,7 +667,7 @@ def load_dataset(name: str, *, path: str | os.PathLike | None = None, seed: int 
     if path is not None:
         raise CrowdlearnError(
             f"dataset {key!r} ships with scikit-learn and takes no path (got {str(path)!r}); "
-            "data.path only applies to fashion_mnist"
+            "data.path only applies to fashion_mnist and cifar10"
         )
     if standardise not in STANDARDISE:
         raise CrowdlearnError(f"standardise must be one of {', '.join(STANDARDISE)}; got "

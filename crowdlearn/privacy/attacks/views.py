@@ -82,9 +82,11 @@ __all__ = [
     "SliceNetFollowerView",
     "UploadRecord",
     "attach",
+    "conv_sums_operator",
     "follower_pass",
     "privacy_report",
     "reconstruct_from_weighted_sums",
+    "watch_followers",
 ]
 
 #: PSNR values are capped here in :func:`privacy_report` (``inf`` is not valid JSON).
@@ -298,7 +300,11 @@ class SliceNetFollowerView(_View):
         ``z`` (per step, the ``(B, |P|)`` sums of the follower's hidden-1 units ``units``) and
         ``errors`` (per step, the ``(B, classes)`` output errors, if it holds last-hidden
         units).  ``open_payload(payload) -> bytes`` opens bytes from a real wire (default: the
-        simulation's sealed object, read as its recipient reads it).
+        simulation's sealed object, read as its recipient reads it).  On a convolutional
+        model (the layout a :class:`slicenet.ownership.SliceLayout`) a hidden-1 unit is a
+        feature map of the first convolution and each ``z`` is ``(B, H', W', |P|)``: the
+        pre-activation maps (no bias) of the follower's channels, which
+        :func:`conv_sums_operator` turns back into a linear system in ``x``.
 
         The payload is the dominator's messages to the follower's pieces, mini-batch after
         mini-batch: the hidden-1 sums for each piece holding hidden-1 units, then the output
@@ -309,11 +315,16 @@ class SliceNetFollowerView(_View):
         plain = open_payload(payload) if open_payload is not None else payload.plaintext()
         floats = np.frombuffer(plain, np.float32)
         lay = self.layout
+        # a convolutional layout (slicenet.ownership.SliceLayout): a unit of hidden layer 1 is
+        # a feature map, H'·W' sums per sample, laid out (H', W', |P|) per sample and piece
+        maps = tuple(lay.first_stage.z_shape[:-1]) if getattr(lay, "first_stage", None) \
+            is not None and lay.first_stage.kind == "conv" else ()
+        per_unit = int(np.prod(maps)) if maps else 1
         mine = sorted(int(p) for p in self.plans[attempt].pieces if p >= 0)
         first = [(p, np.flatnonzero(lay.piece_of_unit[0] == p)) for p in mine]
         first = [(p, u) for p, u in first if len(u)]
         last = [p for p in mine if np.any(lay.piece_of_unit[-1] == p)]
-        per_sample = sum(len(u) for _, u in first) + lay.num_outputs * len(last)
+        per_sample = per_unit * sum(len(u) for _, u in first) + lay.num_outputs * len(last)
         if not per_sample or floats.size % per_sample:
             raise ValueError(f"a payload of {floats.size} floats is not {per_sample} per "
                              f"sample: not the dominator's to pieces {mine}")
@@ -325,14 +336,15 @@ class SliceNetFollowerView(_View):
             b = min(self.batch_size, samples - start)
             zs = []
             for _, u in first:
-                zs.append(floats[pos:pos + b * len(u)].reshape(b, len(u)))
-                pos += b * len(u)
+                n = b * len(u) * per_unit
+                zs.append(floats[pos:pos + n].reshape(b, *maps, len(u)))
+                pos += n
             errs = []
             for _ in last:
                 errs.append(floats[pos:pos + b * lay.num_outputs].reshape(b, lay.num_outputs))
                 pos += b * lay.num_outputs
             if zs:
-                out["z"].append(np.concatenate(zs, axis=1).astype(np.float64))
+                out["z"].append(np.concatenate(zs, axis=-1).astype(np.float64))
             if errs:
                 out["errors"].append(errs[0].astype(np.float64))
         self.units = out["units"]
@@ -364,6 +376,82 @@ class SliceNetFollowerView(_View):
     def all_sums(self) -> np.ndarray:
         """Every received row, ``(samples, |P|)``."""
         return np.concatenate(self.sums) if self.sums else np.zeros((0, 0))
+
+
+def watch_followers(sim, *, group: int = 0, batch_size: int) -> tuple[list, dict]:
+    """Before ``sim.run()``: a :class:`SliceNetFollowerView` on every member of Crowdlearning
+    group ``group`` (attached), and the list every executor job handle will be appended to
+    (among them the passes' ``SlicePassJob``s: ``job.key = (group, attempt)``, ``job.node``,
+    ``job.batches`` on the dominator's, ``job.promise`` for the pass's start weights).  Returns ``(handles, views)``,
+    views keyed by device."""
+    handles: list = []
+    submit = sim.executor.submit
+
+    def recording(job):
+        h = submit(job)
+        handles.append(h)
+        return h
+
+    sim.executor.submit = recording
+    lay = sim.ctx.extra["layout"]
+    views = {d: SliceNetFollowerView(node=d, layout=lay, batch_size=batch_size)
+             for d in sim.ctx.extra["groups"][group]}
+    attach(sim, *views.values())
+    return handles, views
+
+
+def conv_sums_operator(kernel, in_shape, *, strides=(1, 1), padding: str = "valid",
+                       channels=None) -> np.ndarray:
+    """The matrix ``A`` of a convolution's sums: ``z.reshape(B, -1) = x.reshape(B, -1) @ A``.
+
+    ``z`` is the ``(B, H', W', |P|)`` pre-activation (no bias) of the convolution with
+    ``kernel`` (Keras layout ``(kh, kw, c_in, filters)``) restricted to ``channels`` (all if
+    None), ``x`` the ``(B, H, W, c_in)`` input; both flattened row-major (channels last), so a
+    CNN follower's channel maps become the dense follower's sums and
+    :func:`reconstruct_from_weighted_sums` applies unchanged (``A`` is the ``W1_P``).  With
+    ``H'·W'·|P| ≥ H·W·c_in`` equations of full rank the input is determined exactly.
+
+    Examples
+    --------
+    >>> k = np.zeros((2, 2, 1, 1)); k[0, 0, 0, 0] = 1.0          # picks the top-left pixel
+    >>> conv_sums_operator(k, (3, 3, 1)).shape
+    (9, 4)
+    >>> x = np.arange(9.0).reshape(1, 9)
+    >>> (x @ conv_sums_operator(k, (3, 3, 1))).tolist()           # pixels (0,0) (0,1) (1,0) (1,1)
+    [[0.0, 1.0, 3.0, 4.0]]
+    """
+    k = np.asarray(kernel, np.float64)
+    kh, kw, cin, _ = k.shape
+    if channels is not None:
+        k = k[..., np.asarray(channels, np.int64)]
+    cout = k.shape[-1]
+    h, w, c = (int(v) for v in in_shape)
+    if c != cin:
+        raise ValueError(f"kernel reads {cin} channels, input has {c}")
+    sh, sw = strides
+    if padding == "valid":
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        top = left = 0
+    elif padding == "same":
+        oh, ow = -(-h // sh), -(-w // sw)
+        top = max((oh - 1) * sh + kh - h, 0) // 2       # TF's split: the extra row at the end
+        left = max((ow - 1) * sw + kw - w, 0) // 2
+    else:
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    a = np.zeros((h * w * c, oh * ow * cout))
+    for i in range(oh):
+        for j in range(ow):
+            col = (i * ow + j) * cout
+            for u in range(kh):
+                r = i * sh + u - top
+                if not 0 <= r < h:
+                    continue
+                for v in range(kw):
+                    q = j * sw + v - left
+                    if 0 <= q < w:
+                        row = (r * w + q) * c
+                        a[row:row + c, col:col + cout] += k[u, v]
+    return a
 
 
 def reconstruct_from_weighted_sums(z, w1_piece=None, *, method: str = "min_norm",

@@ -94,9 +94,12 @@ def check_paper_mlp(v: dict) -> list[str]:
     import os
 
     model, dataset = v["slicenet"]["model"], v["data"]["dataset"]
-    if model in ("paper-mlp", "paper-cnn") and dataset != "fashion_mnist":
+    if model == "paper-mlp" and dataset != "fashion_mnist":
         return [f"slicenet.model: {model!r} takes 28x28 images and 10 classes; use dataset "
                 "'fashion_mnist' (or model 'config')"]
+    if model == "paper-cnn" and dataset not in ("fashion_mnist", "cifar10"):
+        return [f"slicenet.model: {model!r} takes 28x28x1 (fashion_mnist) or 32x32x3 (cifar10) "
+                "images and 10 classes; use one of those datasets (or model 'config')"]
     if model not in MODELS:
         if not model.endswith((".keras", ".h5")):
             return [f"slicenet.model: {model!r} is neither one of {', '.join(MODELS)} nor a "
