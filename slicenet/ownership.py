@@ -45,7 +45,22 @@ import numpy as np
 from slicenet.errors import UserError
 from slicenet.layout import DOMINATOR, ConvStage, _out_len, conv_program
 
-__all__ = ["SliceLayout"]
+__all__ = ["SliceLayout", "index_flat"]
+
+
+def index_flat(layout: Any, specs: Sequence, owner: Sequence[np.ndarray]) -> None:
+    """Set a layout's flat view of its weights (shared by the dense ``Layout`` and
+    :class:`SliceLayout`): ``shapes``, ``sizes``, ``offsets`` of each weight array in the flat
+    vector, ``flat_owner`` (the owner of every scalar), ``flat_trainable`` (moving BatchNorm
+    statistics travel with their piece but are not ranked or shared: no gradient) and
+    ``num_params``.  ``specs`` have ``.shape`` and ``.trainable``; ``owner`` one array per spec."""
+    layout.shapes = [s.shape for s in specs]
+    layout.sizes = [int(np.prod(s)) for s in layout.shapes]
+    layout.offsets = np.concatenate([[0], np.cumsum(layout.sizes)]).astype(np.int64)
+    layout.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
+    layout.flat_trainable = np.concatenate([np.full(s.shape, s.trainable).reshape(-1)
+                                            for s in specs])
+    layout.num_params = int(layout.offsets[-1])
 
 
 def _feature_owner(st: ConvStage, channel_owner: np.ndarray) -> np.ndarray:
@@ -122,13 +137,7 @@ class SliceLayout:
         self.unit_floats = [int(np.prod(st.z_shape[:-1])) for st in hidden]
         #: the first stage (what the dominator computes from the input, and sends on)
         self.first_stage = prog.stages[0]
-        self.shapes = [s.shape for s in self.specs]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
-        self.flat_trainable = np.concatenate([np.full(s.shape, s.trainable).reshape(-1)
-                                              for s in self.specs])
-        self.num_params = int(self.offsets[-1])
+        index_flat(self, self.specs, owner)
         self._owned: dict = {}
         self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
         flat_macs = np.concatenate([m.reshape(-1) for m in macs])

@@ -10,6 +10,7 @@ import numpy as np
 
 from crowdlearn.errors import CrowdlearnError
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
+from slicenet.ownership import index_flat
 
 __all__ = ["DOMINATOR", "Layout", "description_for", "layout_from_plan", "whole_model_layout"]
 
@@ -62,15 +63,9 @@ class Layout:
                 owner.append(np.full(spec.shape, DOMINATOR, np.int64) if current is None
                              else current.copy())
         self.owner = owner
-        self.shapes = [s.shape for s in self.specs]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.flat_owner = np.concatenate([o.reshape(-1) for o in owner])
         # moving BatchNorm statistics travel with their piece but are not shared (θ counts
         # trainable weights only: they have no gradient to rank)
-        self.flat_trainable = np.concatenate([np.full(s.shape, s.trainable).reshape(-1)
-                                              for s in self.specs])
-        self.num_params = int(self.offsets[-1])
+        index_flat(self, self.specs, owner)
         self.params_per_owner = np.bincount(self.flat_owner + 1, minlength=self.pieces + 1)
         self.hidden_layers = len(hidden)
         self.num_outputs = desc.layers[dense[-1]].units
