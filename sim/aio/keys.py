@@ -34,6 +34,7 @@ class KeyFileError(ValueError):
 
 
 def public_hex(key: X25519PrivateKey) -> str:
+    """The X25519 public key of ``key`` as 64 hex digits (a roster line's second field)."""
     return public_bytes(key).hex()
 
 

@@ -63,7 +63,7 @@ class SliceDevice(Machine):
 
     It holds the weights of the owners (its pieces, or the dominator's layers) it was given —
     by the server's initial checkpoint, a hand-over or a take-over checkpoint, all sealed
-    messages — and this epoch's |gradient| sums of them; a pass's result becomes its own when
+    messages — and this epoch's ``|gradient|`` sums of them; a pass's result becomes its own when
     the server moves on (the next PassPlan or ShareRequest: every participant finished), and
     is dropped on Abort.
     """
@@ -114,7 +114,7 @@ class SliceDevice(Machine):
                 res.part(k + i, k + i + 1) if isinstance(res, Deferred) else res[k + i])
 
     def hold(self, owner: int, values: Any, acc: Any = None) -> None:
-        """Hold ``owner``'s weights from a hand-over or checkpoint (``acc``: its |gradient|
+        """Hold ``owner``'s weights from a hand-over or checkpoint (``acc``: its ``|gradient|``
         sums this epoch, as parts or one array; ``None`` for the initial weights)."""
         self.held[owner] = values
         self.acc[owner] = [] if acc is None else \
@@ -261,7 +261,7 @@ class SliceDevice(Machine):
         raise err
 
     def _weights_of(self, owner: int, plain: bytes) -> tuple[np.ndarray, Any]:
-        """An owner's values and |gradient| sums from an opened plaintext."""
+        """An owner's values and ``|gradient|`` sums from an opened plaintext."""
         lay = self.layout
         n, t = len(lay.owned_flat([owner])), len(lay.owned_flat([owner], trainable=True))
         arr = np.frombuffer(plain, np.float32)

@@ -89,6 +89,8 @@ class Relayed:
 @message(0x0304)
 @dataclass(frozen=True)
 class PassDone:
+    """Participant → server: its part of pass ``attempt`` of ``group`` is done."""
+
     group: int
     attempt: int
 
@@ -99,6 +101,9 @@ class PassDone:
 @message(0x0305)
 @dataclass(frozen=True)
 class Abort:
+    """Server → participants: pass ``attempt`` of ``group`` is abandoned (a participant was
+    lost); drop its result."""
+
     group: int
     attempt: int
 
@@ -124,6 +129,9 @@ class ShareRequest:
 @message(0x0307)
 @dataclass(frozen=True, eq=False)
 class Upload:
+    """Device → server, end of an epoch: the plain values of the top θ of the weights it owns
+    (flat ``indices``, ``values``)."""
+
     group: int
     epoch: int
     indices: np.ndarray      # int32 flat parameter indices
@@ -137,6 +145,9 @@ class Upload:
 @message(0x0309)
 @dataclass(frozen=True, eq=False)
 class Download:
+    """Server → device: the window averages of the weights it owns whose upload count in the
+    window exceeds ω·τ."""
+
     group: int
     epoch: int
     indices: np.ndarray

@@ -9,6 +9,9 @@ __all__ = ["SliceParams"]
 
 @dataclass(frozen=True)
 class SliceParams:
+    """The Crowdlearning machines' parameters, resolved by the builder from the ``[slicenet]``
+    section (:meth:`~crowdlearn.protocols.crowdlearning.config.SlicenetParams.slice_params`)."""
+
     epochs: int
     group_size: int
     pieces: int

@@ -57,7 +57,7 @@ class SlicePassJob:
     the parts of one ``key`` together cover every parameter), all pending passes of all groups
     in one batched computation (:class:`slicenet.fused.FusedTrainer`), and gives each
     participant back its own entries only: per owner it holds, the new values, then per owner
-    the Σ over the pass's mini-batches of |mean gradient| of its trainable entries (spec §5).
+    the Σ over the pass's mini-batches of ``|mean gradient|`` of its trainable entries (spec §5).
     Its inputs are what the job carries: no machine's memory is read."""
 
     key: tuple               # (group, attempt): the pass
@@ -127,7 +127,7 @@ def as_array(v: Any) -> np.ndarray:
 
 
 def acc_sum(parts: Sequence, n: int) -> np.ndarray:
-    """The float32 sum of |gradient| parts (what a hand-over carries)."""
+    """The float32 sum of ``|gradient|`` parts (what a hand-over carries)."""
     total = np.zeros(n, np.float32)
     for part in parts:
         total += as_array(part)
