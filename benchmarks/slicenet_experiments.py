@@ -239,9 +239,17 @@ def compare(cells, worse: str, better: str) -> tuple[str, str]:
     return R.fmt_paired(d, 2) + f" (n = {d['n']})", R.verdict(d)
 
 
+def _curve_epochs(epochs: int) -> list[int]:
+    """The epochs before the last shown as columns: every one of a short run, a few of a long."""
+    if epochs <= 6:
+        return list(range(1, epochs))
+    return [e for e in (1, 2, 5, 10, 20, 30, 40) if e < epochs]
+
+
 def _table(sets, cells, epochs, paper_cols) -> list[str]:
+    shown = _curve_epochs(epochs)
     head = ["setting"] + [c for c, _ in paper_cols] + [
-        f"ours: test error % after epoch {e}" for e in range(1, epochs)] + [
+        f"ours: test error % after epoch {e}" for e in shown] + [
         f"ours: test error % (final, epoch {epochs})", "seeds", "simulated time (s)",
         "GB on the wire", "CPU s per epoch"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -249,7 +257,7 @@ def _table(sets, cells, epochs, paper_cols) -> list[str]:
         c = cells.get(s.label, {})
         cpu = _vals(c, "cpu_s")
         row = [s.label] + [f(s) for _, f in paper_cols]
-        row += [R.cell(_epoch_vals(c, e), 2) for e in range(1, epochs)]
+        row += [R.cell(_epoch_vals(c, e), 2) for e in shown]
         row += [R.cell(_vals(c), 2), R.seeds_text(sorted(c)) if c else "—",
                 R.cell(_vals(c, "sim_time_s"), 1),
                 R.cell([v / 1e9 for v in _vals(c, "bytes_total")], 3),
@@ -325,9 +333,10 @@ above 0, **fails** when below, **not shown** otherwise.
 column "CPU s per epoch" is the median over seeds, which leaves out the first run's TensorFlow
 start-up and compilation): one 120-device epoch costs {_median([per_setting[k] for k in per_setting if per_setting[k] is not None]) if known else float('nan'):.1f} CPU s (median over settings,
 {min(known) if known else float('nan'):.1f}–{max(known) if known else float('nan'):.1f} by setting; S-SGD trains 120 separate models and costs most).  The
-machine's 2 cores were shared by 7 engineers during this session, so the runs had to fit in about
+machine's 2 cores were shared with other work while these ran, so the runs had to fit in about
 an hour of a fraction of one core: one epoch per run lets Table I have 10 seeds per cell and the
-sweeps as many seeds as the remaining time allowed (listed per cell).  The paper's set (50 epochs × 10 seeds × the {len(sets)}
+sweeps as many seeds as the remaining time allowed (listed per cell); Table I after 50 epochs,
+over fewer seeds, follows the sweeps.  The paper's set (50 epochs × 10 seeds × the {len(sets)}
 settings here) costs, at the measured per-epoch CPU of each setting,
 **≈ {full / 3600 if full else float('nan'):.0f} CPU-hours** ({'' if len(known) == len(sets) else 'settings not measured at the median of the measured ones; '}assuming every epoch costs what a
 1-epoch run cost: every epoch trains the same passes, and a run's CPU here also holds its set-up and
@@ -405,8 +414,66 @@ a rerun elsewhere should reproduce.
         L.append("Cells with fewer than 10 seeds (CPU budget; the command above completes them, "
                  "resuming what finished): " + ", ".join(
                      f"{lab} ({seeds_n.get(lab, 0)})" for lab in missing) + ".\n")
+    for longer in sorted({int(r["epochs"]) for r in rows} - {epochs}):
+        if longer > epochs:
+            L += _long_table_one(rows, longer, paper1, pairs)
     L.append(_traffic_section())
     return "\n".join(L)
+
+
+def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
+    """Table I from the runs of ``epochs`` epochs (the paper's 50), however few their seeds."""
+    cells = _by_label(rows, epochs)
+    t1 = [s for s in settings() if s.table == "I" and s.label in cells]
+    if not t1:
+        return []
+    seeds = sorted({s for c in cells.values() for s in c})
+    cpu = sum(float(r["cpu_s"]) for r in rows if int(r["epochs"]) == epochs and r["cpu_s"] != "")
+    L = [f"## Table I after {_epochs(epochs)}\n",
+         f"The same settings run for {_epochs(epochs)} (`benchmarks/slicenet_experiments.py "
+         f"--epochs {epochs} --seeds {len(seeds)} --sweep-seeds 0 --tables I`, one process at "
+         f"`nice -n 19`; the runs' CPU time sums to {cpu / 3600:.1f} CPU-hours).  "
+         f"Seeds {R.seeds_text(seeds)}"
+         + (": **fewer than 10**, because a Table I of this length costs about an hour of one "
+            "core per seed here; over so few seeds a 95 % interval is wide (Student's t with "
+            f"{len(seeds) - 1} degree{'s' if len(seeds) != 2 else ''} of freedom), so only "
+            "large differences can be shown" if len(seeds) < 10 else "")
+         + ".  Settings without a run are left out.\n"]
+    L += _table(t1, cells, epochs, paper1)
+    L.append("")
+    L.append(f"Orderings after {_epochs(epochs)} (paired over the seeds both settings have; "
+             "fewer than 2 seeds: not measured):\n")
+    L += _claims(cells, [p for p in pairs if p[0] in cells and p[1] in cells])
+    L.append("")
+    png = _curve_plot(cells, epochs, t1)
+    if png:
+        L.append(f"![test error against epoch, {_epochs(epochs)}]({png})\n")
+    return L
+
+
+def _curve_plot(cells, epochs, sets) -> str | None:
+    """Mean test error per epoch of each setting (a line per setting, seeds averaged)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:             # the doc still renders without the figure
+        return None
+    name = f"slicenet_table1_{epochs}.png"
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for s in sets:
+        curve = [_epoch_vals(cells[s.label], e) for e in range(1, epochs + 1)]
+        xs = [e for e, v in zip(range(1, epochs + 1), curve) if v]
+        ax.plot(xs, [sum(v) / len(v) for v in curve if v], label=s.label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error % (mean over seeds)")
+    ax.set_yscale("log")
+    ax.set_title(f"Table I settings on Fashion-MNIST, {_epochs(epochs)}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOC.parent / name, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return name
 
 
 def _previous(cells) -> list[str]:

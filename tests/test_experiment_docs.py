@@ -148,3 +148,33 @@ def test_batchnorm_unfolding_lets_the_follower_invert_exact_batch_statistics():
     np.testing.assert_allclose(xh, x, atol=1e-9)
     naive = reconstruct_from_weighted_sums(z, w, method="min_norm")   # BN ignored
     assert np.abs(naive - x).max() > 0.1
+
+
+def test_slicenet_doc_adds_table_one_of_longer_runs_with_a_curve(monkeypatch, tmp_path):
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
+    monkeypatch.setattr(mod, "DOC", tmp_path / "slicenet.md")
+    rows = []
+    for i, s in enumerate(mod.settings()):
+        rows += _slicenet_rows(s.label, [20.0 + i, 21.0 + i], table=s.table, cpu=10.0)
+    curve = lambda e, s: ";".join(f"{e + 10 - k / 10:.2f}" for k in range(50))  # noqa: E731
+    long = []
+    for label, e in (("S-SGD", 9.0), ("n = 5", 4.0)):
+        for seed in (0, 1):
+            r = _slicenet_rows(label, [e + seed], epochs=50, cpu=500.0)[0]
+            r.update(seed=seed, error_by_epoch=curve(e + seed, seed))
+            long.append(r)
+    doc = mod.render(rows + long, 1, "slicenet_experiments.py --render --epochs 1")
+    assert "## Table I after 50 epochs" in doc
+    section = doc.split("## Table I after 50 epochs")[1]
+    assert "Seeds 0, 1: **fewer than 10**" in section
+    assert "| S-SGD | 5.15 | 46.88 |" in section and "| C-SGD |" not in section
+    # epoch 10 of the curves: e + 10 − 0.9 for e = 9, 10 → mean 18.6
+    assert R_cell([18.1, 19.1]) in section.split("| S-SGD |")[1].split("\n")[0]
+    assert "| S-SGD worse than n = 5 |" in section
+    assert (tmp_path / "slicenet_table1_50.png").stat().st_size > 1000
+
+
+def R_cell(vals):
+    from results_doc import cell
+    return cell(vals, 2)
