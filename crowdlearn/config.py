@@ -88,11 +88,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "model": {
         "arch": Key(str, "mlp", "Model family.", choices=("mlp", "cnn", "linear")),
-        "hidden": Key(list, [64], "Hidden layer widths (mlp).", item_type=int),
+        "hidden": Key(list, [64], "Hidden layer widths (mlp).", item_type=int,
+                      item_min=1),
         "activation": Key(str, "relu", "Hidden activation.", choices=("relu", "tanh", "sigmoid")),
-        "filters": Key(list, [16, 32], "Convolution filters per conv block (cnn).", item_type=int),
+        "filters": Key(list, [16, 32], "Convolution filters per conv block (cnn).", item_type=int,
+                      item_min=1),
         "kernel": Key(int, 3, "Convolution kernel size (cnn).", min=1),
-        "dense": Key(list, [64], "Dense widths after the conv blocks (cnn).", item_type=int),
+        "dense": Key(list, [64], "Dense widths after the conv blocks (cnn).", item_type=int,
+                      item_min=1),
     },
     "fleet": {
         "devices": Key(int, 100, "Number of devices.", min=1),

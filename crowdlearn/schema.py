@@ -72,6 +72,7 @@ class Key:
     min_open: bool = False            # min is exclusive
     choices: tuple | None = None
     item_type: type | None = None     # for lists
+    item_min: float | None = None     # for lists of numbers: the least item allowed
 
 
 _META = "crowdlearn.key"          # field metadata: the field's Key
@@ -81,7 +82,7 @@ _CONFIG = "crowdlearn.config"     # field metadata: whether the field is a confi
 def param(default: Any, doc: str = "", *, type: type | tuple | None = None,
           min: float | None = None, max: float | None = None, min_open: bool = False,
           choices: tuple | None = None, item_type: type | None = None,
-          config: bool = True) -> Any:
+          item_min: float | None = None, config: bool = True) -> Any:
     """A parameters-dataclass field that is a config key (``config=False``: a field with the
     same limits that the config does not set, e.g. ``rounds``, a top-level key, or a value the
     builder resolves).  ``type`` defaults to the default's type (``bool``, ``int``, ``float``,
@@ -91,7 +92,7 @@ def param(default: Any, doc: str = "", *, type: type | tuple | None = None,
             raise TypeError("a required param() needs its type")
         type = list if isinstance(default, (list, tuple)) else default.__class__
     key = Key(type, default, doc, min=min, max=max, min_open=min_open, choices=choices,
-              item_type=item_type)
+              item_type=item_type, item_min=item_min)
     meta = {_META: key, _CONFIG: config}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: _copy(default), metadata=meta)
@@ -186,8 +187,8 @@ def check(path: str, key: Key, value: Any, problems: list[str]) -> Any:
                 item = float(item)
             if not isinstance(item, key.item_type) or isinstance(item, bool):
                 problems.append(f"{path}[{i}]: expected {key.item_type.__name__}; got {item!r}")
-            elif isinstance(item, (int, float)) and item <= 0 and key.item_type is int:
-                problems.append(f"{path}[{i}]: must be > 0; got {item}")
+            elif key.item_min is not None and item < key.item_min:
+                problems.append(f"{path}[{i}]: must be >= {key.item_min:g}; got {item}")
             items.append(item)
         value = items
     return value

@@ -111,3 +111,25 @@ def test_config_section():
     assert set(CONFIG_SECTION) == {"fraction", "kind", "devices", "flip_rate", "feature_sigma",
                                    "keep_fraction", "classes"}
     assert CONFIG_SECTION["kind"].choices == KINDS
+
+
+def test_class_zero_can_be_under_represented_and_classes_outside_the_dataset_are_refused():
+    from crowdlearn.config import ConfigError, from_dict as resolve
+    from crowdlearn.errors import CrowdlearnError
+    cfg = resolve({"protocol": "fm", "data": {"dataset": "breast_cancer"},
+                   "model": {"arch": "linear"},
+                   "quality": {"kind": "underrepresented", "fraction": 0.5, "classes": [0]}})
+    assert list(cfg.quality.classes) == [0]                    # once refused as "must be > 0"
+    with pytest.raises(ConfigError, match=r"quality\.classes\[0\]: must be >= 0; got -1"):
+        resolve({"protocol": "fm", "model": {"arch": "linear"}, "quality": {"classes": [-1]}})
+    with pytest.raises(ConfigError, match=r"model\.hidden\[1\]: must be >= 1; got 0"):
+        resolve({"model": {"hidden": [8, 0]}})
+    x, y, parts = fleet(n=1200, classes=4)
+    c = corrupt(x, y, parts, {2: "underrepresented"}, rng=np.random.default_rng(4),
+                num_classes=4, keep_fraction=0.1, classes=(0,))
+    before, after = (np.bincount(v, minlength=4) for v in (y[parts[2]], c.y[c.parts[2]]))
+    assert after[0] == np.ceil(0.1 * before[0]) < before[0]
+    with pytest.raises(CrowdlearnError, match=r"quality\.classes: \[4\] not among the dataset's "
+                                              r"classes 0\.\.3"):
+        corrupt(x, y, parts, {2: "underrepresented"}, rng=np.random.default_rng(4),
+                num_classes=4, classes=(4,))

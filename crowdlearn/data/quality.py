@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crowdlearn.errors import CrowdlearnError
 from crowdlearn.schema import keys, param, validate
 
 __all__ = ["KINDS", "Corrupted", "QualitySection", "assignment", "corrupt", "cross_check",
@@ -226,6 +227,10 @@ def corrupt(x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray],
 
 
 def _underrepresent(labels, num_classes, keep_fraction, classes, rng):
+    outside = [c for c in classes if not 0 <= c < num_classes]
+    if outside:
+        raise CrowdlearnError(f"quality.classes: {outside} not among the dataset's classes "
+                              f"0..{num_classes - 1}; name classes of the dataset")
     chosen = list(classes) if len(classes) else [int(rng.integers(0, num_classes))]
     keep = np.ones(labels.size, bool)
     for c in chosen:
@@ -260,7 +265,7 @@ class QualitySection:
     keep_fraction: float = param(0.1, "Share of the under-represented classes' rows a device "
                                  "keeps (underrepresented).", min=0, max=1)
     classes: list = param([], "Under-represented classes (empty: one drawn per device).",
-                          item_type=int)
+                          item_type=int, item_min=0)
 
     def __post_init__(self) -> None:
         validate(self)
