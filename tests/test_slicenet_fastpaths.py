@@ -62,3 +62,26 @@ def test_window_query_equals_the_slot_major_window_bit_for_bit(omega, seed, tau)
         got, want = w.query(q, now, omega * tau), ref.query(q, now, omega * tau)
         assert got[0].tolist() == want[0].tolist()
         assert got[1].tobytes() == want[1].tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 130), st.integers(0, 2 ** 32 - 1), st.sampled_from([0.0, 0.5, 1.0]))
+def test_many_queries_of_one_window_state_equal_the_slot_major_window(omega, seed, tau):
+    # the server's pattern: a tick's uploads, then every member's download from the same state
+    # (from the second query on, answered from one pass over the whole window); uploads
+    # between queries start a new state
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    w, ref = sp.SlidingWindow(np.zeros(n, np.float32), omega), _SlotMajorWindow(n, omega)
+    for tick in range(1, int(rng.integers(2, 2 * omega + 4))):
+        for _ in range(int(rng.integers(0, 3))):
+            idx = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
+            vals = rng.standard_normal(len(idx)).astype(np.float32)
+            w.upload(idx, vals, tick)
+            ref.upload(idx, vals, tick)
+        for _ in range(int(rng.integers(0, 5))):
+            q = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
+            now = tick + int(rng.integers(0, 2))
+            got, want = w.query(q, now, omega * tau), ref.query(q, now, omega * tau)
+            assert got[0].tolist() == want[0].tolist()
+            assert got[1].tobytes() == want[1].tobytes()
