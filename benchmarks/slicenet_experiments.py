@@ -554,6 +554,8 @@ def main(argv=None) -> int:
                     help="seeds 0..N-1 for the θ, τ, ω sweeps (0 = skip them)")
     ap.add_argument("--tables", nargs="+", default=["I", "II", "III", "IV"],
                     choices=["I", "II", "III", "IV"])
+    ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
+                    help='only these settings of the chosen tables, by label, e.g. "n = 10" C-SGD')
     ap.add_argument("--backend", choices=["local", "ray"], default="local")
     ap.add_argument("--jobs", type=int, default=1, help="local worker processes / Ray CPUs")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: local)")
@@ -581,6 +583,12 @@ def main(argv=None) -> int:
                  include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     sets = [s for s in settings() if s.table in a.tables]
+    if a.only is not None:
+        unknown = sorted(set(a.only) - {s.label for s in sets})
+        if unknown:
+            ap.error(f"--only: no setting labelled {', '.join(map(repr, unknown))} in tables "
+                     f"{' '.join(a.tables)}; labels: {', '.join(s.label for s in sets)}")
+        sets = [s for s in sets if s.label in a.only]
     seen: set[str] = set()
     plan = []                # (setting, seeds): Table I first; seed-outer so cuts stay balanced
     for table, n in (("I", a.seeds), ("sweeps", a.sweep_seeds)):
