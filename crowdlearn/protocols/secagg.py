@@ -382,6 +382,7 @@ class SecAggClient(FedAvgClient):
         self.clip_norm = 0.0
         self._ckeys: dict = {}
         self._mkeys: dict = {}
+        self._early_mask = None        # masks registered with the shared batch at key sharing
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received) and isinstance(event.message, RoundStart):
@@ -482,9 +483,27 @@ class SecAggClient(FedAvgClient):
             # masked-input stage, for the peers whose shares arrived, as Bonawitz et al. order it
             for v in self.peers:
                 self._mask_seed(v)
+            self._register_early_mask()
         ops = {"agree": len(dsts), "field_muls": 2 * len(recipients) * max(t - 1, 0),
                "aead_bytes": len(dsts) * SHARE_PLAIN}
         return self._after("share", ops, ShareKeys(self.rnd, tuple(dsts), tuple(boxes)))
+
+    def _register_early_mask(self) -> None:
+        """Register ``PRG(b_u) + Σ_v ±PRG(s_uv)`` over every peer of the key list with the
+        simulation's mask batch now, so that its keystreams are expanded on the batch's worker
+        threads while the round trains and the other clients agree on keys (the input and the
+        correction for peers whose shares never arrive are added at the masked-input stage:
+        :meth:`~crowdlearn.crypto.masking.PendingMask.plus`).  Only when the vector's length
+        is the model's (no DP count coordinate this round): otherwise the masks are computed
+        at the masked-input stage as before.  The same masked vector either way (tested)."""
+        if self.privatise is not None and self.clip_norm > 0:
+            return
+        me = self.node_id
+        d = sum(int(np.size(w)) for w in self.global_w)
+        terms = [(self.b_seed, +1)] + [(self._mask_seed(v), +1 if me < v else -1)
+                                       for v in self.peers]
+        self._early_mask = self.shared.batch(d, self.sa.modulus_bits).register(
+            None, terms, own=(self.b_seed,))
 
     def _update_vector(self) -> tuple[np.ndarray, bool]:
         """The delta to aggregate (clipped under DP, then its count coordinate if any) and
@@ -524,7 +543,14 @@ class SecAggClient(FedAvgClient):
         y = self._quantised_input()
         bits = sa.modulus_bits
         d = len(y)
-        if not sa.priced:
+        early, self._early_mask = self._early_mask, None
+        if early is not None and d == early.batch.d:
+            # masks registered at key sharing for every peer: add the input, and take back
+            # the pairwise masks of the peers whose shares did not arrive (not in U2)
+            u2 = set(self.u2)
+            y = early.plus(y, [(self._mask_seed(v), -1 if me < v else +1)
+                               for v in self.peers if v not in u2])
+        elif not sa.priced:
             terms = [(self.b_seed, +1)] + [(self._mask_seed(v), +1 if me < v else -1)
                                            for v in self.u2]
             if self.shared is not None:         # computed with the others' on first read
