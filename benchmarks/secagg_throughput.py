@@ -64,7 +64,7 @@ def config(mode: str, clients: int):
     return from_dict(raw, base_dir=ROOT / "examples")
 
 
-def one(name: str, clients: int) -> dict:
+def one(name: str, clients: int, threads: int | None = None) -> dict:
     from crowdlearn.crypto import masking
     from crowdlearn.experiment import Simulation
     mode, sequential = CONTENDERS[name]
@@ -73,6 +73,8 @@ def one(name: str, clients: int) -> dict:
     try:
         if sequential:                   # no mask worker threads, no early training batch
             masking.default_threads = lambda: 0
+        elif threads is not None:
+            masking.default_threads = lambda: threads
         sim = Simulation(config(mode, clients))
         if sequential:
             sim.executor.background_kinds = frozenset()
@@ -85,7 +87,8 @@ def one(name: str, clients: int) -> dict:
             "client_bytes": res.summary.get("secagg_client_bytes_per_round"),
             "ok": res.summary.get("secagg_rounds_ok"),
             "early": dict(sim.executor.early_batches),
-            "threads": 0 if sequential else masking.default_threads()}
+            "threads": 0 if sequential else threads if threads is not None
+            else masking.default_threads()}
 
 
 def main(argv=None):
@@ -94,6 +97,8 @@ def main(argv=None):
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--sequential-too", action="store_true",
                     help="also run SecAgg without mask threads and early training")
+    ap.add_argument("--mask-threads", type=int, default=None,
+                    help="mask batch worker threads (default: masking.default_threads())")
     a = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
     one("plain", a.clients)                                  # warm-up: TF, dataset, calibration
@@ -103,7 +108,7 @@ def main(argv=None):
     runs: dict[str, list] = {m: [] for m in names}
     for _ in range(a.repeats):
         for m in names:
-            runs[m].append(one(m, a.clients))
+            runs[m].append(one(m, a.clients, a.mask_threads))
     load1 = os.getloadavg()[0]
     med = {m: statistics.median(r["wall"] for r in rs) for m, rs in runs.items()}
     cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in runs.items()}
