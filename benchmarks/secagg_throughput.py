@@ -91,6 +91,86 @@ def one(name: str, clients: int, threads: int | None = None) -> dict:
             else masking.default_threads()}
 
 
+def phases(clients: int) -> None:
+    """Print where one sequential SecAgg round's CPU goes: the thread CPU time of each
+    primitive (wrapped for this run only; a wrapper's time excludes the wrapped calls inside
+    it), with no mask threads and no early training batch so that nothing hides in a thread."""
+    import collections
+    import threading
+
+    from crowdlearn.crypto import keyagreement as ka
+    from crowdlearn.crypto import masking, shamir
+    from crowdlearn.protocols import secagg
+    from crowdlearn.training import fleet_trainer
+    from sim import wire
+
+    spent: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    local = threading.local()
+    undo = []
+
+    def wrap(owner, name, what):
+        f = getattr(owner, name)
+
+        def timed(*a, **k):
+            stack = local.__dict__.setdefault("stack", [0.0])
+            stack.append(0.0)
+            t0 = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                dt = time.thread_time() - t0
+                inner = stack.pop()
+                stack[-1] += dt
+                spent[what] += dt - inner
+                calls[what] += 1
+        undo.append((owner, name, f))
+        setattr(owner, name, timed)
+
+    wrap(ka, "keypair", "key generation")
+    wrap(ka, "public_bytes", "key generation")
+    wrap(ka.AgreementMemo, "agree", "agreement memo (bookkeeping)")
+    wrap(ka, "agree", "X25519 (exchange, key parse)")
+    hkdf = ka.HKDF
+
+    class TimedHKDF:                     # HKDF's construction and derivation, timed apart
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def derive(self, secret):
+            return hkdf(**self.kw).derive(secret)
+    wrap(TimedHKDF, "derive", "HKDF")
+    undo.append((ka, "HKDF", hkdf))
+    ka.HKDF = TimedHKDF
+    wrap(ka, "seal", "AES-GCM (seal, open)")
+    wrap(ka, "open_sealed", "AES-GCM (seal, open)")
+    wrap(shamir, "split_many", "Shamir sharing")
+    wrap(shamir, "lagrange_at_zero", "Shamir reconstruction")
+    wrap(masking._Keystream, "expand", "AES-CTR keystreams")
+    wrap(masking.MaskBatch, "_add_slice", "mask adds")
+    wrap(masking.MaskBatch, "register", "mask registration")
+    wrap(masking.PendingMask, "plus", "input + corrections")
+    wrap(masking, "quantise", "quantisation")
+    wrap(secagg.SecAggClient, "_update_vector", "update vector")
+    wrap(wire, "size", "message sizes")
+    wrap(fleet_trainer.FleetTrainer, "_train_group", "training (calling thread)")
+    for name in ("_advertise", "_share", "_masked_input", "_unmask"):
+        wrap(secagg.SecAggClient, name, "client stages (rest)")
+    for name in ("_send_keylists", "_send_relays", "_send_unmask_requests", "_unmask",
+                 "_close_secure"):
+        wrap(secagg.SecAggServer, name, "server stages (rest)")
+    try:
+        r = one("secagg-seq", clients)
+    finally:
+        for owner, name, f in reversed(undo):
+            setattr(owner, name, f)
+    print(f"one sequential SecAgg round, {clients} clients: wall {r['wall']:.2f} s, process "
+          f"CPU {r['cpu']:.2f} s; thread CPU of each part:")
+    for what, t in spent.most_common():
+        print(f"  {what:32s} {t:6.3f} s  ({calls[what]:,} calls)")
+    print(f"  {'the rest (TensorFlow, simulator)':32s} {r['cpu'] - sum(spent.values()):6.3f} s")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -99,11 +179,17 @@ def main(argv=None):
                     help="also run SecAgg without mask threads and early training")
     ap.add_argument("--mask-threads", type=int, default=None,
                     help="mask batch worker threads (default: masking.default_threads())")
+    ap.add_argument("--phases", action="store_true",
+                    help="only print where one sequential SecAgg round's CPU goes")
     a = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
     one("plain", a.clients)                                  # warm-up: TF, dataset, calibration
     from crowdlearn.crypto.costs import calibrate
     calibrate()
+    if a.phases:
+        print(f"load average (1 min) {load0:.2f}")
+        phases(a.clients)
+        return
     names = ["plain", "secagg", "secagg+"] + (["secagg-seq"] if a.sequential_too else [])
     runs: dict[str, list] = {m: [] for m in names}
     for _ in range(a.repeats):

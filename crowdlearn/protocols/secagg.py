@@ -382,6 +382,7 @@ class SecAggClient(FedAvgClient):
         self.clip_norm = 0.0
         self._ckeys: dict = {}
         self._mkeys: dict = {}
+        self._infos = None             # this round's HKDF infos (share key, mask seed)
         self._early_mask = None        # masks registered with the shared batch at key sharing
 
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -426,17 +427,25 @@ class SecAggClient(FedAvgClient):
         return [RunJob(self.stage_job, CryptoJob(self.costs.flops(**ops), stage,
                                                  settles=settles))]
 
-    def _share_key(self, v) -> bytes:
-        """The AES-GCM key shared with ``v`` this round (agreed once, used both ways)."""
-        if v not in self._ckeys:
-            self._ckeys[v] = self._agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
-        return self._ckeys[v]
+    def _share_key(self, v) -> ka.AESGCM:
+        """The AES-GCM cipher of the key shared with ``v`` this round (agreed and built once,
+        used both ways)."""
+        got = self._ckeys.get(v)
+        if got is None:
+            if self._infos is None:
+                self._infos = (_share_info(self.rnd), _mask_info(self.rnd))
+            got = self._ckeys[v] = ka.AESGCM(
+                self._agree(self.keys[0], self.peers[v][0], self._infos[0]))
+        return got
 
     def _mask_seed(self, v) -> bytes:
         """The pairwise mask seed ``s_uv`` agreed with ``v`` this round (agreed once)."""
-        if v not in self._mkeys:
-            self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd))
-        return self._mkeys[v]
+        got = self._mkeys.get(v)
+        if got is None:
+            if self._infos is None:
+                self._infos = (_share_info(self.rnd), _mask_info(self.rnd))
+            got = self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1], self._infos[1])
+        return got
 
     def _advertise(self) -> list[Effect]:
         if self.sa.priced:
