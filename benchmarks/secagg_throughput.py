@@ -15,7 +15,9 @@ training uses every core; X25519 holds the GIL (one core); the mask keystreams (
 their in-place adds release it and run on the mask batch's worker threads, one coordinate slice
 each (``masking.MaskBatch``), and the round's training batch starts on a worker thread as soon
 as the key-sharing stage begins, so the clients' key-sharing cryptography runs while TensorFlow
-trains (``jobs.Executor`` early batches).  Neither changes a message or a result (tested).
+trains (``jobs.Executor`` early batches); each client registers its masks with the batch when it
+shares its keys (its input is added at the masked-input stage), so the keystreams run in that
+window too.  None of this changes a message or a result (tested).
 ``--sequential-too`` adds a fourth contender, SecAgg with both switched off (mask threads 0, no
 early training): this change's effect, measured in the same process.
 
@@ -27,9 +29,14 @@ shared machine, though TensorFlow's threads count in it), and the load average (
 and after: on a loaded machine the wall ratio stretches, since the plain round's TensorFlow is
 the part that uses several cores.
 
+``--phases`` prints instead where one sequential SecAgg round's CPU goes, primitive by
+primitive (thread CPU time); ``--mask-threads N`` and ``--switch-interval S`` set the mask
+batch's worker threads and Python's GIL switch interval for an A/B.
+
 Run::
 
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 7          # ~3-6 min
+    .venv/bin/python benchmarks/secagg_throughput.py --phases
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 5 --sequential-too
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 1 --clients 20   # smoke
 """
@@ -179,9 +186,15 @@ def main(argv=None):
                     help="also run SecAgg without mask threads and early training")
     ap.add_argument("--mask-threads", type=int, default=None,
                     help="mask batch worker threads (default: masking.default_threads())")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval for the whole run (Python's default 0.005 s): "
+                         "how long a mask thread may wait for the GIL that X25519 holds")
     ap.add_argument("--phases", action="store_true",
                     help="only print where one sequential SecAgg round's CPU goes")
     a = ap.parse_args(argv)
+    if a.switch_interval is not None:
+        import sys
+        sys.setswitchinterval(a.switch_interval)
     load0 = os.getloadavg()[0]
     one("plain", a.clients)                                  # warm-up: TF, dataset, calibration
     from crowdlearn.crypto.costs import calibrate
@@ -200,8 +213,9 @@ def main(argv=None):
     cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in runs.items()}
     print(f"one FedAvg round, {a.clients} clients x 109,386-parameter MLP, median of "
           f"{a.repeats} interleaved runs each")
+    import sys
     print(f"machine: {os.cpu_count()} cores; load average (1 min) {load0:.2f} before, "
-          f"{load1:.2f} after")
+          f"{load1:.2f} after; switch interval {sys.getswitchinterval():g} s")
     for m, rs in runs.items():
         r = rs[-1]
         extra = ""
