@@ -432,20 +432,23 @@ class SecAggClient(FedAvgClient):
         used both ways)."""
         got = self._ckeys.get(v)
         if got is None:
-            if self._infos is None:
-                self._infos = (_share_info(self.rnd), _mask_info(self.rnd))
             got = self._ckeys[v] = ka.AESGCM(
-                self._agree(self.keys[0], self.peers[v][0], self._infos[0]))
+                self._agree(self.keys[0], self.peers[v][0], self._round_infos()[0]))
         return got
 
     def _mask_seed(self, v) -> bytes:
         """The pairwise mask seed ``s_uv`` agreed with ``v`` this round (agreed once)."""
         got = self._mkeys.get(v)
         if got is None:
-            if self._infos is None:
-                self._infos = (_share_info(self.rnd), _mask_info(self.rnd))
-            got = self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1], self._infos[1])
+            got = self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1],
+                                               self._round_infos()[1])
         return got
+
+    def _round_infos(self) -> tuple[bytes, bytes]:
+        """This round's HKDF infos (share key, mask seed), formatted once."""
+        if self._infos is None:
+            self._infos = (_share_info(self.rnd), _mask_info(self.rnd))
+        return self._infos
 
     def _advertise(self) -> list[Effect]:
         if self.sa.priced:
