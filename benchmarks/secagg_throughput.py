@@ -15,7 +15,9 @@ training uses every core; X25519 holds the GIL (one core); the mask keystreams (
 their in-place adds release it and run on the mask batch's worker threads, one coordinate slice
 each (``masking.MaskBatch``), and the round's training batch starts on a worker thread as soon
 as the key-sharing stage begins, so the clients' key-sharing cryptography runs while TensorFlow
-trains (``jobs.Executor`` early batches).  Neither changes a message or a result (tested).
+trains (``jobs.Executor`` early batches); each client registers its masks with the batch when it
+shares its keys (its input is added at the masked-input stage), so the keystreams run in that
+window too.  None of this changes a message or a result (tested).
 ``--sequential-too`` adds a fourth contender, SecAgg with both switched off (mask threads 0, no
 early training): this change's effect, measured in the same process.
 
@@ -27,9 +29,14 @@ shared machine, though TensorFlow's threads count in it), and the load average (
 and after: on a loaded machine the wall ratio stretches, since the plain round's TensorFlow is
 the part that uses several cores.
 
+``--phases`` prints instead where one sequential SecAgg round's CPU goes, primitive by
+primitive (thread CPU time); ``--mask-threads N`` and ``--switch-interval S`` set the mask
+batch's worker threads and Python's GIL switch interval for an A/B.
+
 Run::
 
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 7          # ~3-6 min
+    .venv/bin/python benchmarks/secagg_throughput.py --phases
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 5 --sequential-too
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 1 --clients 20   # smoke
 """
@@ -64,7 +71,7 @@ def config(mode: str, clients: int):
     return from_dict(raw, base_dir=ROOT / "examples")
 
 
-def one(name: str, clients: int) -> dict:
+def one(name: str, clients: int, threads: int | None = None) -> dict:
     from crowdlearn.crypto import masking
     from crowdlearn.experiment import Simulation
     mode, sequential = CONTENDERS[name]
@@ -73,6 +80,8 @@ def one(name: str, clients: int) -> dict:
     try:
         if sequential:                   # no mask worker threads, no early training batch
             masking.default_threads = lambda: 0
+        elif threads is not None:
+            masking.default_threads = lambda: threads
         sim = Simulation(config(mode, clients))
         if sequential:
             sim.executor.background_kinds = frozenset()
@@ -85,7 +94,88 @@ def one(name: str, clients: int) -> dict:
             "client_bytes": res.summary.get("secagg_client_bytes_per_round"),
             "ok": res.summary.get("secagg_rounds_ok"),
             "early": dict(sim.executor.early_batches),
-            "threads": 0 if sequential else masking.default_threads()}
+            "threads": 0 if sequential else threads if threads is not None
+            else masking.default_threads()}
+
+
+def phases(clients: int) -> None:
+    """Print where one sequential SecAgg round's CPU goes: the thread CPU time of each
+    primitive (wrapped for this run only; a wrapper's time excludes the wrapped calls inside
+    it), with no mask threads and no early training batch so that nothing hides in a thread."""
+    import collections
+    import threading
+
+    from crowdlearn.crypto import keyagreement as ka
+    from crowdlearn.crypto import masking, shamir
+    from crowdlearn.protocols import secagg
+    from crowdlearn.training import fleet_trainer
+    from sim import wire
+
+    spent: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    local = threading.local()
+    undo = []
+
+    def wrap(owner, name, what):
+        f = getattr(owner, name)
+
+        def timed(*a, **k):
+            stack = local.__dict__.setdefault("stack", [0.0])
+            stack.append(0.0)
+            t0 = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                dt = time.thread_time() - t0
+                inner = stack.pop()
+                stack[-1] += dt
+                spent[what] += dt - inner
+                calls[what] += 1
+        undo.append((owner, name, f))
+        setattr(owner, name, timed)
+
+    wrap(ka, "keypair", "key generation")
+    wrap(ka, "public_bytes", "key generation")
+    wrap(ka.AgreementMemo, "agree", "agreement memo (bookkeeping)")
+    wrap(ka, "agree", "X25519 (exchange, key parse)")
+    hkdf = ka.HKDF
+
+    class TimedHKDF:                     # HKDF's construction and derivation, timed apart
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def derive(self, secret):
+            return hkdf(**self.kw).derive(secret)
+    wrap(TimedHKDF, "derive", "HKDF")
+    undo.append((ka, "HKDF", hkdf))
+    ka.HKDF = TimedHKDF
+    wrap(ka, "seal", "AES-GCM (seal, open)")
+    wrap(ka, "open_sealed", "AES-GCM (seal, open)")
+    wrap(shamir, "split_many", "Shamir sharing")
+    wrap(shamir, "lagrange_at_zero", "Shamir reconstruction")
+    wrap(masking._Keystream, "expand", "AES-CTR keystreams")
+    wrap(masking.MaskBatch, "_add_slice", "mask adds")
+    wrap(masking.MaskBatch, "register", "mask registration")
+    wrap(masking.PendingMask, "plus", "input + corrections")
+    wrap(masking, "quantise", "quantisation")
+    wrap(secagg.SecAggClient, "_update_vector", "update vector")
+    wrap(wire, "size", "message sizes")
+    wrap(fleet_trainer.FleetTrainer, "_train_group", "training (calling thread)")
+    for name in ("_advertise", "_share", "_masked_input", "_unmask"):
+        wrap(secagg.SecAggClient, name, "client stages (rest)")
+    for name in ("_send_keylists", "_send_relays", "_send_unmask_requests", "_unmask",
+                 "_close_secure"):
+        wrap(secagg.SecAggServer, name, "server stages (rest)")
+    try:
+        r = one("secagg-seq", clients)
+    finally:
+        for owner, name, f in reversed(undo):
+            setattr(owner, name, f)
+    print(f"one sequential SecAgg round, {clients} clients: wall {r['wall']:.2f} s, process "
+          f"CPU {r['cpu']:.2f} s; thread CPU of each part:")
+    for what, t in spent.most_common():
+        print(f"  {what:32s} {t:6.3f} s  ({calls[what]:,} calls)")
+    print(f"  {'the rest (TensorFlow, simulator)':32s} {r['cpu'] - sum(spent.values()):6.3f} s")
 
 
 def main(argv=None):
@@ -94,23 +184,38 @@ def main(argv=None):
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--sequential-too", action="store_true",
                     help="also run SecAgg without mask threads and early training")
+    ap.add_argument("--mask-threads", type=int, default=None,
+                    help="mask batch worker threads (default: masking.default_threads())")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval for the whole run (Python's default 0.005 s): "
+                         "how long a mask thread may wait for the GIL that X25519 holds")
+    ap.add_argument("--phases", action="store_true",
+                    help="only print where one sequential SecAgg round's CPU goes")
     a = ap.parse_args(argv)
+    if a.switch_interval is not None:
+        import sys
+        sys.setswitchinterval(a.switch_interval)
     load0 = os.getloadavg()[0]
     one("plain", a.clients)                                  # warm-up: TF, dataset, calibration
     from crowdlearn.crypto.costs import calibrate
     calibrate()
+    if a.phases:
+        print(f"load average (1 min) {load0:.2f}")
+        phases(a.clients)
+        return
     names = ["plain", "secagg", "secagg+"] + (["secagg-seq"] if a.sequential_too else [])
     runs: dict[str, list] = {m: [] for m in names}
     for _ in range(a.repeats):
         for m in names:
-            runs[m].append(one(m, a.clients))
+            runs[m].append(one(m, a.clients, a.mask_threads))
     load1 = os.getloadavg()[0]
     med = {m: statistics.median(r["wall"] for r in rs) for m, rs in runs.items()}
     cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in runs.items()}
     print(f"one FedAvg round, {a.clients} clients x 109,386-parameter MLP, median of "
           f"{a.repeats} interleaved runs each")
+    import sys
     print(f"machine: {os.cpu_count()} cores; load average (1 min) {load0:.2f} before, "
-          f"{load1:.2f} after")
+          f"{load1:.2f} after; switch interval {sys.getswitchinterval():g} s")
     for m, rs in runs.items():
         r = rs[-1]
         extra = ""

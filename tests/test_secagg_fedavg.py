@@ -112,6 +112,50 @@ def test_config_rejects_threshold_neighbours_and_overflow():
     assert ok.secagg.modulus_bits == 19
 
 
+def test_a_count_stddev_too_small_for_the_target_epsilon_is_a_config_error(tmp_path, capsys):
+    """With ``dp.target_epsilon`` the noise multiplier is only known once the accountant has
+    chosen it: a ``clipped_count_stddev`` below half of it is still reported with the config's
+    problems (exit status 2 from the CLI, nothing run), naming the z the target needs (equal to
+    dp-accounting's, computed directly) and the bound; one above it is accepted."""
+    from crowdlearn import cli
+    dp = {"mode": "distributed", "clipping": "adaptive", "target_epsilon": 1.0}
+    base = {"rounds": 3, "fleet": {"devices": 20},
+            "fedavg": {"clients_per_round": 5, "secure_aggregation": "secagg"}}
+    z = dp_fedavg.noise_for_epsilon(1.0, sampling_rate=5 / 20, rounds=3, delta=1e-5)
+    with pytest.raises(ConfigError) as err:
+        from_dict({**base, "dp": {**dp, "clipped_count_stddev": 0.5}})
+    msg = str(err.value)
+    assert f"needs z = {z:.4g}" in msg and f"got σ_b = 0.5. Set clipped_count_stddev > " \
+        f"{z / 2:.4g}" in msg
+    assert len(err.value.problems) == 1
+    ok = from_dict({**base, "dp": {**dp, "clipped_count_stddev": z}})
+    assert ok.dp.clipped_count_stddev == z
+    rc = cli.main(["run", "--set", "rounds=3", "--set", "fleet.devices=20", "--set",
+                   "fedavg.clients_per_round=5", "--set", 'fedavg.secure_aggregation="secagg"',
+                   "--set", 'dp.mode="distributed"', "--set", 'dp.clipping="adaptive"',
+                   "--set", "dp.target_epsilon=1.0", "--set", "dp.clipped_count_stddev=0.5",
+                   "--out", str(tmp_path / "run")])
+    err_text = capsys.readouterr().err
+    assert rc == 2 and "clipped_count_stddev" in err_text and "Traceback" not in err_text
+    assert not (tmp_path / "run").exists()
+
+
+def test_secure_aggregation_rounding_past_the_count_bound_is_a_config_error():
+    """Secure aggregation raises a target ε's noise multiplier by its rounding factor; if that
+    crosses 2σ_b the run stops as a config error naming the raised z, not a bare ValueError."""
+    z = 2.0
+    p = dp_fedavg.DPParams(mode="distributed", noise_multiplier=z, clip_norm=1.0, adaptive=True,
+                           count_stddev=z / 2 * 1.001, cohort=5, population=20,
+                           target_epsilon=1.0)
+    policy = dp_fedavg.DPFedAvg(p)                      # fine before the rounding
+    with pytest.raises(ConfigError, match=r"fixed-point rounding \(sensitivity x 1\.5\) needs "
+                                          r"z = 3; .* Set clipped_count_stddev > 1\.5 "):
+        policy.set_quantisation(step=0.01, dim=10_000)   # sensitivity x 1.5
+    ok = dp_fedavg.DPFedAvg(p)
+    ok.set_quantisation(step=1e-6, dim=100)              # x 1.000005: still below 2σ_b
+    assert ok.p.noise_multiplier == pytest.approx(z * 1.000005)
+
+
 def test_server_view_of_one_masked_upload_reveals_nothing_to_the_reconstruction_attack(rng):
     """Phong et al.'s first-layer attack recovers a one-sample update exactly in the clear and
     does no better than the mean image from the same client's masked upload."""

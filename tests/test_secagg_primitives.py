@@ -114,6 +114,9 @@ def test_key_agreement_is_symmetric_and_aead_authenticates(a, b, msg, info):
     assert k != ka.agree(ka_, ka.public_bytes(kb), info + b"x")
     box = ka.seal(k, msg, aad=b"hdr")
     assert ka.open_sealed(k, box, aad=b"hdr") == msg
+    # a party that seals and opens under one key may build its cipher once: the same bytes
+    assert ka.seal(ka.AESGCM(k), msg, aad=b"hdr") == box
+    assert ka.open_sealed(ka.AESGCM(k), box, aad=b"hdr") == msg
     with pytest.raises(ka.InvalidTag):
         ka.open_sealed(k, box, aad=b"other")
 
@@ -211,3 +214,59 @@ def test_agreement_memo_gives_each_caller_its_own_key(a, b, c):
     # another pair or another purpose is never served from the memo
     assert memo.agree(ka_, pc, b"i") == ka.agree(ka_, pc, b"i")
     assert memo.agree(kb, ka.public_bytes(ka_), b"j") == ka.agree(kb, ka.public_bytes(ka_), b"j")
+
+
+@settings(max_examples=40, deadline=None)
+@given(secrets=st.lists(secrets_, min_size=1, max_size=4), n=st.integers(1, 40),
+       big=st.booleans(), data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_split_many_in_lanes_equals_one_polynomial_at_a_time(secrets, n, big, data, seed):
+    """Several secrets evaluated in one integer (a lane each) give the shares, and consume the
+    random stream, exactly as sharing them one after the other (the points small or beyond
+    64 bits, where every step is reduced instead)."""
+    t = data.draw(st.integers(1, n))
+    xs = [x + (2**70 if big else 0) for x in
+          data.draw(st.lists(st.integers(1, 10_000), min_size=n, max_size=n, unique=True))]
+    rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+    together = shamir.split_many(secrets, xs, t=t, rng=rng_a)
+    apart = [shamir.split_many([s], xs, t=t, rng=rng_b)[0] for s in secrets]
+    assert [[int(y) for y in row] for row in together] == [[int(y) for y in row]
+                                                           for row in apart]
+    assert rng_a.bytes(8) == rng_b.bytes(8)
+    for row, s in zip(together, secrets, strict=True):
+        assert shamir.reconstruct(list(zip(xs, row))[:t]) == s
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(0, 40), bits=st.integers(1, 62), threads=st.integers(0, 3), data=st.data())
+def test_masks_registered_before_the_input_then_plus_equal_accumulating_alone(d, bits, threads,
+                                                                               data):
+    """A party may register its masks with no input (``base`` None) and its own seed expanded
+    at once (``own``), then add its input and take back some of the pairwise terms
+    (:meth:`PendingMask.plus`): bit for bit what accumulating the kept terms and the input
+    gives."""
+    seeds = [bytes([i]) * 32 for i in range(5)]
+    mask = np.uint64((1 << bits) - 1)
+    drawn = []                       # everything drawn before any worker thread starts
+    for i in range(data.draw(st.integers(1, 4))):
+        own = bytes([100 + i]) * 32
+        terms = [(own, +1)] + data.draw(st.lists(st.tuples(
+            st.sampled_from(seeds), st.sampled_from([1, -1])), max_size=4, unique_by=lambda x: x[0]))
+        drop = data.draw(st.lists(st.sampled_from(terms[1:]), unique=True)) if terms[1:] else []
+        base = np.array(data.draw(st.lists(st.integers(0, 2**62), min_size=d, max_size=d)),
+                        np.uint64) & mask
+        drawn.append((own, terms, drop, base))
+    batch = masking.MaskBatch(d, bits, threads=threads)
+    parties = [(batch.register(None, terms, own=[own]), terms, drop, base)
+               for own, terms, drop, base in drawn]
+    for pending, terms, drop, base in parties:
+        got = pending.plus(base, [(s, -sign) for s, sign in drop])
+        acc = masking.MaskAccumulator(d, bits)
+        acc.add(base, +1)
+        for seed, sign in terms:
+            if (seed, sign) not in drop:
+                acc.add_prg(seed, sign)
+        assert got.dtype == (np.uint32 if bits <= 32 else np.uint64)
+        assert np.array_equal(got.astype(np.uint64), acc.result())
+    with pytest.raises(ValueError, match="holds 7 values"):
+        masking.MaskBatch(7, 12, threads=0).register(None, []).plus(np.zeros(3))
+    assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-mask")]

@@ -244,6 +244,35 @@ def test_shared_computation_derives_each_pair_key_and_keystream_once(rng):
     assert np.array_equal(alone.server.last_sum, out.server.last_sum)
 
 
+@pytest.mark.parametrize("mode", ["secagg", "secagg+"])
+def test_masks_registered_at_key_sharing_give_the_same_messages(mode, monkeypatch, rng):
+    """With a shared computation each client registers its masks at key sharing (expanded
+    while the round trains) and adds its input, and takes back the masks of peers whose shares
+    never arrived, at the masked-input stage: the path is taken by every client that masks, and
+    every byte sent equals what each client computing alone sends, with a client lost before
+    it sent its shares (its peers' corrections) and one lost before its masked input."""
+    from crowdlearn.crypto.masking import PendingMask
+    calls = []
+    plus = PendingMask.plus
+    monkeypatch.setattr(PendingMask, "plus", lambda self, base, terms=(): calls.append(
+        len(terms)) or plus(self, base, terms))
+    n, d = 8, 37
+    xs = {u: rng.normal(0, 0.4, d) for u in range(n)}
+    p = SecAggParams(mode=mode, threshold=3, neighbours=4 if mode == "secagg+" else 0,
+                     quant_bits=12, modulus_bits=masking.min_modulus_bits(n, 12))
+    drop = {"share": {2}, "masked_input": {5}}
+    shared = run_round(xs, p, rng=np.random.default_rng(4), drop=drop)
+    alone = run_round(xs, p, rng=np.random.default_rng(4), drop=drop, shared=False)
+    assert shared.status == alone.status == "ok"
+    assert [(s, t, wire.encode(m)) for s, t, m in shared.messages] == \
+        [(s, t, wire.encode(m)) for s, t, m in alone.messages]
+    assert np.array_equal(shared.server.last_sum, _quantised_sum(xs, shared.u3, p))
+    # clients 0..7 but 2 (lost at sharing) computed a masked input (5 was lost sending it)
+    assert len(calls) == n - 1
+    peers_of_2 = {u for u in range(n) if u != 2 and 2 in shared.server.graph[u]}
+    assert sum(1 for c in calls if c == 1) == len(peers_of_2) and set(calls) <= {0, 1}
+
+
 class _NoScan(tuple):
     """A cohort that may be counted but not searched or walked."""
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 __all__ = ["keypair", "public_bytes", "private_bytes", "agree", "seal", "open_sealed",
-           "AgreementMemo", "NONCE", "TAG", "KEY_BYTES", "InvalidTag"]
+           "AgreementMemo", "AESGCM", "NONCE", "TAG", "KEY_BYTES", "InvalidTag"]
 
 NONCE, TAG, KEY_BYTES = 12, 16, 32
 
@@ -131,13 +131,17 @@ class AgreementMemo:
         self._peer_keys.clear()
 
 
-def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
+def seal(key: bytes | AESGCM, plaintext: bytes, *, aad: bytes) -> bytes:
     """AES-256-GCM with a nonce derived from the plaintext-independent ``aad`` (one message per
-    key and header in this protocol, so the nonce is never reused under a key)."""
+    key and header in this protocol, so the nonce is never reused under a key).  ``key``: 32
+    bytes, or the ``AESGCM`` of those bytes (a party that seals and opens under one key builds
+    it once: the same bytes either way)."""
     nonce = hashlib.sha256(aad).digest()[:NONCE]
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
+    return nonce + aead.encrypt(nonce, plaintext, aad)
 
 
-def open_sealed(key: bytes, box: bytes, *, aad: bytes) -> bytes:
+def open_sealed(key: bytes | AESGCM, box: bytes, *, aad: bytes) -> bytes:
     """Decrypt and authenticate; raises ``InvalidTag`` on tampering or a wrong key."""
-    return AESGCM(key).decrypt(box[:NONCE], box[NONCE:], aad)
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
+    return aead.decrypt(box[:NONCE], box[NONCE:], aad)

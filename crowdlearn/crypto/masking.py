@@ -235,6 +235,30 @@ class PendingMask:
             self.batch.compute()
         return self._value
 
+    def plus(self, base, terms=()) -> np.ndarray:
+        """``base + result() + Σ sign · PRG(seed) mod 2^bits`` for more ``(seed, sign)`` terms
+        (expanded here, in the calling thread), a new vector in machine words.
+
+        A party may register its masks before it knows its input (``base`` zeros), then add
+        its input and any correction terms (a term registered that it must not keep: the same
+        seed with the opposite sign) once it does; equal to accumulating everything at once
+        (tested).
+        """
+        words = self.result()
+        out = np.asarray(base, np.uint64).astype(words.dtype)   # a copy; exact mod 2^bits
+        if out.shape != words.shape:
+            raise ValueError(f"this mask holds {words.shape[0]} values; got {out.shape}")
+        out += words
+        if terms:
+            stream = _Keystream(len(out), words.dtype)
+            for seed, sign in terms:
+                w = stream.expand(seed)
+                if sign > 0:
+                    out += w
+                else:
+                    out -= w
+        return np.bitwise_and(out, words.dtype.type((1 << self.batch.bits) - 1), out=out)
+
 
 def default_threads() -> int:
     """Worker threads of a :class:`MaskBatch`: the cores, at most 4 (0 on one core: there is
@@ -306,24 +330,36 @@ class MaskBatch:
         self._futures: list = []
         self.expansions = 0              # keystreams expanded so far (for tests and benchmarks)
 
-    def register(self, base, terms) -> PendingMask:
-        base = np.asarray(base, np.uint64)
-        if base.shape != (self.d,):
-            raise ValueError(f"this batch holds vectors of {self.d} values; got {base.shape}")
+    def register(self, base, terms, *, own=()) -> PendingMask:
+        """Register a party's masked vector: ``base`` (None: zeros) plus ``Σ sign · PRG(seed)``
+        over ``terms``.  ``own``: seeds of ``terms`` no other party of the batch holds (a
+        self-mask seed), expanded at once rather than at the first read."""
+        if base is None:
+            words = np.zeros(self.d, self.dtype)
+        else:
+            base = np.asarray(base, np.uint64)
+            if base.shape != (self.d,):
+                raise ValueError(f"this batch holds vectors of {self.d} values; got "
+                                 f"{base.shape}")
+            words = base.astype(self.dtype)          # a copy: the accumulator
         terms = tuple((bytes(s), 1 if sign > 0 else -1) for s, sign in terms)
         for s, _ in terms:
             if len(s) != 32:
                 raise ValueError(f"PRG seed must be 32 bytes; got {len(s)}")
-        p = PendingMask(self, base.astype(self.dtype), terms)   # a copy: the accumulator
+        own = {bytes(s) for s in own}
+        p = PendingMask(self, words, terms)
         self._pending.append(p)
-        both = []
+        ready = []
         for s, sign in terms:
+            if s in own:
+                ready.append((s, [(p, sign)]))
+                continue
             holders = self._held.setdefault(s, [])
             holders.append((p, sign))
             if len(holders) == 2:                # both ends of a pair are in
-                both.append((s, self._held.pop(s)))
-        if both:
-            self._expand(both)
+                ready.append((s, self._held.pop(s)))
+        if ready:
+            self._expand(ready)
         return p
 
     def _expand(self, groups: list) -> None:

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crowdlearn.errors import ConfigError
 from sim.machine import Report
 from crowdlearn.schema import keys, param, validate
 
@@ -226,7 +227,14 @@ class DPFedAvg:
         if self.p.target_epsilon > 0 and self.p.noise_multiplier > 0:
             from dataclasses import replace
             scale = (self.p.clip_norm + self.rounding) / self.p.clip_norm
-            self.p = replace(self.p, noise_multiplier=self.p.noise_multiplier * scale)
+            raised = self.p.noise_multiplier * scale
+            if self.p.adaptive and not 2 * self.p.sigma_b > raised:
+                raise ConfigError([_count_noise_problem(
+                    self.p.sigma_b, raised,
+                    why=f"target_epsilon = {self.p.target_epsilon:g} with secure aggregation's "
+                    f"fixed-point rounding (sensitivity x {scale:.6g}) needs "
+                    f"z = {raised:.4g}; ")])
+            self.p = replace(self.p, noise_multiplier=raised)
             self.accountant.z = self.p.noise_multiplier / scale
 
     def effective_multiplier(self, clip_norm: float, shares: int | None = None) -> float:
@@ -405,8 +413,15 @@ CONFIG_SECTION = keys(DPSection)
 
 
 def cross_check(section: dict, *, protocol: str, cohort: int,
-                secure_aggregation: str = "none") -> list[str]:
-    """Problems of combining the ``[dp]`` section with the rest of the config (messages)."""
+                secure_aggregation: str = "none", rounds: int = 0,
+                population: int = 0, sampled: int = 0) -> list[str]:
+    """Problems of combining the ``[dp]`` section with the rest of the config (messages).
+
+    With ``target_epsilon`` and adaptive clipping, the noise multiplier the target needs is
+    computed here (``rounds``, ``population`` and ``sampled``, the clients sampled a round, as
+    :func:`params_from_config` does) so that a ``clipped_count_stddev`` too small for it is
+    reported with the configuration's other problems, not when the run is built.
+    """
     out = []
     if section["mode"] == "distributed" and secure_aggregation == "none":
         out.append("dp.mode: 'distributed' noise is added by each client before secure "
@@ -420,6 +435,19 @@ def cross_check(section: dict, *, protocol: str, cohort: int,
     if section["mode"] != "none" and section["clipping"] == "adaptive" and sb > 0 \
             and section["target_epsilon"] == 0 and z > 0 and not 2 * sb > z:
         out.append(_count_noise_problem(sb, z))
+    if section["mode"] != "none" and section["clipping"] == "adaptive" and sb > 0 \
+            and section["target_epsilon"] > 0 and rounds > 0 and population > 0 and sampled > 0:
+        try:
+            z = noise_for_epsilon(section["target_epsilon"],
+                                  sampling_rate=min(1.0, sampled / population), rounds=rounds,
+                                  delta=section["delta"], accountant=section["accountant"])
+        except ValueError as exc:
+            out.append(f"dp.target_epsilon: {exc}; raise target_epsilon")
+        else:
+            if not 2 * sb > z:
+                out.append(_count_noise_problem(
+                    sb, z, why=f"target_epsilon = {section['target_epsilon']:g} over {rounds} "
+                    f"rounds needs z = {z:.4g}; "))
     if section["mode"] == "distributed" and section["noise_multiplier"] == 0 \
             and section["target_epsilon"] == 0:
         out.append("dp.noise_multiplier: distributed DP with no noise; set noise_multiplier > 0 "
@@ -427,10 +455,10 @@ def cross_check(section: dict, *, protocol: str, cohort: int,
     return out
 
 
-def _count_noise_problem(sigma_b: float, z: float) -> str:
-    return (f"dp.clipped_count_stddev: adaptive clipping splits the noise multiplier z = {z:.4g} "
-            f"between the update and the count, which needs 2·σ_b > z; got σ_b = {sigma_b:.4g}. "
-            f"Set clipped_count_stddev > {z / 2:.4g} (or 0 for max(m/20, z))")
+def _count_noise_problem(sigma_b: float, z: float, *, why: str = "") -> str:
+    return (f"dp.clipped_count_stddev: {why}adaptive clipping splits the noise multiplier "
+            f"z = {z:.4g} between the update and the count, which needs 2·σ_b > z; got σ_b = "
+            f"{sigma_b:.4g}. Set clipped_count_stddev > {z / 2:.4g} (or 0 for max(m/20, z))")
 
 
 def params_from_config(cfg) -> DPParams | None:

@@ -135,13 +135,14 @@ def check_section(v: dict) -> list[str]:
     if fleet["devices"] >= 1 and fed["clients_per_round"] > fleet["devices"]:
         problems.append(f"fedavg.clients_per_round: {fed['clients_per_round']} is more than "
                         f"fleet.devices = {fleet['devices']}")
-    cohort = math.ceil((fed["clients_per_round"] or max(1, round(fed["fraction"]
-                                                                 * fleet["devices"])))
-                       * (1 + fed["over_selection"]))
+    sampled = fed["clients_per_round"] or max(1, round(fed["fraction"] * fleet["devices"]))
+    cohort = math.ceil(sampled * (1 + fed["over_selection"]))
     problems.extend(secagg.cross_check(v["secagg"], mode=fed["secure_aggregation"],
                                        protocol=v["protocol"], cohort=cohort))
     problems.extend(dp_fedavg.cross_check(v["dp"], protocol=v["protocol"], cohort=cohort,
-                                          secure_aggregation=fed["secure_aggregation"]))
+                                          secure_aggregation=fed["secure_aggregation"],
+                                          rounds=v["rounds"], population=fleet["devices"],
+                                          sampled=sampled))
     return problems
 
 

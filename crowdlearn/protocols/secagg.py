@@ -382,6 +382,8 @@ class SecAggClient(FedAvgClient):
         self.clip_norm = 0.0
         self._ckeys: dict = {}
         self._mkeys: dict = {}
+        self._infos = None             # this round's HKDF infos (share key, mask seed)
+        self._early_mask = None        # masks registered with the shared batch at key sharing
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, Received) and isinstance(event.message, RoundStart):
@@ -425,17 +427,28 @@ class SecAggClient(FedAvgClient):
         return [RunJob(self.stage_job, CryptoJob(self.costs.flops(**ops), stage,
                                                  settles=settles))]
 
-    def _share_key(self, v) -> bytes:
-        """The AES-GCM key shared with ``v`` this round (agreed once, used both ways)."""
-        if v not in self._ckeys:
-            self._ckeys[v] = self._agree(self.keys[0], self.peers[v][0], _share_info(self.rnd))
-        return self._ckeys[v]
+    def _share_key(self, v) -> ka.AESGCM:
+        """The AES-GCM cipher of the key shared with ``v`` this round (agreed and built once,
+        used both ways)."""
+        got = self._ckeys.get(v)
+        if got is None:
+            got = self._ckeys[v] = ka.AESGCM(
+                self._agree(self.keys[0], self.peers[v][0], self._round_infos()[0]))
+        return got
 
     def _mask_seed(self, v) -> bytes:
         """The pairwise mask seed ``s_uv`` agreed with ``v`` this round (agreed once)."""
-        if v not in self._mkeys:
-            self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1], _mask_info(self.rnd))
-        return self._mkeys[v]
+        got = self._mkeys.get(v)
+        if got is None:
+            got = self._mkeys[v] = self._agree(self.keys[1], self.peers[v][1],
+                                               self._round_infos()[1])
+        return got
+
+    def _round_infos(self) -> tuple[bytes, bytes]:
+        """This round's HKDF infos (share key, mask seed), formatted once."""
+        if self._infos is None:
+            self._infos = (_share_info(self.rnd), _mask_info(self.rnd))
+        return self._infos
 
     def _advertise(self) -> list[Effect]:
         if self.sa.priced:
@@ -482,9 +495,27 @@ class SecAggClient(FedAvgClient):
             # masked-input stage, for the peers whose shares arrived, as Bonawitz et al. order it
             for v in self.peers:
                 self._mask_seed(v)
+            self._register_early_mask()
         ops = {"agree": len(dsts), "field_muls": 2 * len(recipients) * max(t - 1, 0),
                "aead_bytes": len(dsts) * SHARE_PLAIN}
         return self._after("share", ops, ShareKeys(self.rnd, tuple(dsts), tuple(boxes)))
+
+    def _register_early_mask(self) -> None:
+        """Register ``PRG(b_u) + Σ_v ±PRG(s_uv)`` over every peer of the key list with the
+        simulation's mask batch now, so that its keystreams are expanded on the batch's worker
+        threads while the round trains and the other clients agree on keys (the input and the
+        correction for peers whose shares never arrive are added at the masked-input stage:
+        :meth:`~crowdlearn.crypto.masking.PendingMask.plus`).  Only when the vector's length
+        is the model's (no DP count coordinate this round): otherwise the masks are computed
+        at the masked-input stage as before.  The same masked vector either way (tested)."""
+        if self.privatise is not None and self.clip_norm > 0:
+            return
+        me = self.node_id
+        d = sum(int(np.size(w)) for w in self.global_w)
+        terms = [(self.b_seed, +1)] + [(self._mask_seed(v), +1 if me < v else -1)
+                                       for v in self.peers]
+        self._early_mask = self.shared.batch(d, self.sa.modulus_bits).register(
+            None, terms, own=(self.b_seed,))
 
     def _update_vector(self) -> tuple[np.ndarray, bool]:
         """The delta to aggregate (clipped under DP, then its count coordinate if any) and
@@ -524,7 +555,14 @@ class SecAggClient(FedAvgClient):
         y = self._quantised_input()
         bits = sa.modulus_bits
         d = len(y)
-        if not sa.priced:
+        early, self._early_mask = self._early_mask, None
+        if early is not None and d == early.batch.d:
+            # masks registered at key sharing for every peer: add the input, and take back
+            # the pairwise masks of the peers whose shares did not arrive (not in U2)
+            u2 = set(self.u2)
+            y = early.plus(y, [(self._mask_seed(v), -1 if me < v else +1)
+                               for v in self.peers if v not in u2])
+        elif not sa.priced:
             terms = [(self.b_seed, +1)] + [(self._mask_seed(v), +1 if me < v else -1)
                                            for v in self.u2]
             if self.shared is not None:         # computed with the others' on first read
