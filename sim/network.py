@@ -671,16 +671,19 @@ class NodeBytes(MutableMapping):
 
 # ---------------------------------------------------------------------------------- transfers
 class _Route:
-    __slots__ = ("path", "links", "latency", "bottleneck", "ids", "caps")
+    __slots__ = ("path", "latency", "bottleneck", "ids", "caps")
 
-    def __init__(self, path, links, latency, bottleneck, caps, ids=None):
+    def __init__(self, path, latency, bottleneck, caps, ids):
         self.path = path              # tuple of nodes
-        self.links = links            # np.ndarray[intp] of link indices
         self.latency = latency        # sum of edge latencies (s)
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
-        # the same link indices as a list of ints (per-event code)
-        self.ids = links.tolist() if ids is None else ids
+        self.ids = ids                # link indices, a list of ints (per-event code)
         self.caps = caps              # their bandwidths, a list of floats
+
+    @property
+    def links(self) -> np.ndarray:
+        """The link indices as an array (intp)."""
+        return np.array(self.ids, dtype=np.intp)
 
 
 class Transfer:
@@ -1002,8 +1005,8 @@ class Network:
 
     def _device_server_route(self, src: Node, dst: Node) -> _Route | None:
         """The route between a device and the server of a :class:`CellTree`, straight from its
-        arrays (a round of a big fleet touches a fresh set of devices: caching these would only
-        grow memory)."""
+        arrays (kept in the bounded route cache: a round of a big fleet touches a fresh set of
+        devices, a Crowdlearning group the same few many times)."""
         tree = self._tree
         if dst == "server" and type(src) is int and 0 <= src < tree.num_devices \
                 and src not in self._d2d:
@@ -1020,8 +1023,8 @@ class Network:
         cap, lat = self._cap, self._latency
         k0, k1, k2 = ids
         caps = [float(cap[k0]), float(cap[k1]), float(cap[k2])]
-        return _Route(path, np.array(ids, dtype=np.intp),
-                      float(lat[k0]) + float(lat[k1]) + float(lat[k2]), min(caps), caps, ids)
+        return _Route(path, float(lat[k0]) + float(lat[k1]) + float(lat[k2]), min(caps), caps,
+                      ids)
 
     def _route(self, src: Node, dst: Node) -> _Route:
         key = (src, dst)
@@ -1031,6 +1034,11 @@ class Network:
         if self._tree is not None:
             route = self._device_server_route(src, dst)
             if route is not None:
+                # kept like any route (the cache is bounded): a Crowdlearning epoch sends
+                # ~27,000 messages between 120 devices and the server
+                if len(self._routes) >= _ROUTE_CACHE:
+                    self._routes.clear()
+                self._routes[key] = route
                 return route
         if src == dst:
             raise ValueError(f"a transfer needs two different nodes; got src = dst = {src!r}")
@@ -1047,10 +1055,10 @@ class Network:
             except nx.NetworkXNoPath:
                 raise ValueError(f"no path from {src!r} to {dst!r}") from None
             ids = [self._link_of(u, v) for u, v in pairwise(path)]
-        links = np.array(ids, dtype=np.intp)
         lat = self._latency
-        caps = self._cap[links].tolist()
-        route = _Route(tuple(path), links, float(sum(lat[k] for k in ids)), min(caps), caps)
+        caps = self._cap[np.array(ids, dtype=np.intp)].tolist()
+        route = _Route(tuple(path), float(sum(lat[k] for k in ids)), min(caps), caps,
+                       [int(k) for k in ids])
         if len(self._routes) >= _ROUTE_CACHE:
             self._routes.clear()   # a big fleet's routes would otherwise pile up for ever
         self._routes[key] = route

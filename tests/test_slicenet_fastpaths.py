@@ -51,14 +51,47 @@ def test_window_query_equals_the_slot_major_window_bit_for_bit(omega, seed, tau)
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
     w, ref = sp.SlidingWindow(np.zeros(n, np.float32), omega), _SlotMajorWindow(n, omega)
+    for now in _random_uploads(rng, n, omega, w, ref):
+        _same_answers(rng, n, w, ref, now, omega * tau)
+
+
+def _random_uploads(rng, n, omega, *windows):
+    """Upload the same random values to every window, one tick at a time in a random order;
+    yield a random query tick after each."""
     for tick in rng.permutation(np.arange(1, int(rng.integers(2, 3 * omega + 3)))).tolist():
         idx = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
         vals = (rng.standard_normal(len(idx)) * 10.0 ** rng.uniform(-4, 4, len(idx))) \
             .astype(np.float32)
-        w.upload(idx, vals, tick)
-        ref.upload(idx, vals, tick)
-        q = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
-        now = int(rng.integers(0, 3 * omega + 4))
-        got, want = w.query(q, now, omega * tau), ref.query(q, now, omega * tau)
-        assert got[0].tolist() == want[0].tolist()
-        assert got[1].tobytes() == want[1].tobytes()
+        for w in windows:
+            w.upload(idx, vals, tick)
+        yield int(rng.integers(0, 3 * omega + 4))
+
+
+def _same_answers(rng, n, w, ref, now, min_count):
+    q = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
+    got, want = w.query(q, now, min_count), ref.query(q, now, min_count)
+    assert got[0].tolist() == want[0].tolist()
+    assert got[1].tobytes() == want[1].tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 14), st.integers(0, 2 ** 32 - 1), st.sampled_from([0.0, 0.5, 0.3, 1.0]),
+       st.sampled_from([50, 400, 20_000]))
+def test_prepared_window_answers_every_query_as_the_per_query_path_bit_for_bit(
+        omega, seed, tau, size):
+    """SlidingWindow.prepare (one pass over every weight, used by the server for an epoch's
+    downloads) against query's own gather of the asked rows: same indices, same float32 bits."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, size))
+    w, ref = sp.SlidingWindow(np.zeros(n, np.float32), omega), \
+        sp.SlidingWindow(np.zeros(n, np.float32), omega)
+    for now in _random_uploads(rng, n, omega, w, ref):
+        w.prepare(now, omega * tau)
+        for _ in range(3):
+            _same_answers(rng, n, w, ref, now, omega * tau)
+    # an upload drops the prepared answers: the next query sees it
+    w.prepare(10 ** 6, 0.0)
+    assert w.query(np.arange(n), 10 ** 6, 0.0)[0].tolist() == []
+    w.upload(np.array([0]), np.array([7.0], np.float32), 10 ** 6)
+    got = w.query(np.arange(n), 10 ** 6, 0.0)
+    assert got[0].tolist() == [0] and got[1].tolist() == [7.0]

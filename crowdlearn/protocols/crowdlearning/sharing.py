@@ -54,6 +54,7 @@ class SlidingWindow:
         # one row per weight (its ω slots side by side): a query gathers contiguous rows
         self.values = np.zeros((n, self.omega), np.float32)
         self.ticks = np.full((n, self.omega), -(10 ** 9), np.int32)     # ticks: epochs
+        self._answers: tuple | None = None    # (tick, min_count, keep, means) until an upload
 
     def upload(self, idx: np.ndarray, vals: np.ndarray, tick: int) -> None:
         """Record the values uploaded in ``tick``.  Slot ``tick mod ω`` holds a weight's value
@@ -63,14 +64,23 @@ class SlidingWindow:
         idx = np.asarray(idx, np.int64)
         if idx.size == 0:
             return
+        self._answers = None
         slot = int(tick) % self.omega
         newer = self.ticks[idx, slot] <= tick
         self.values[idx[newer], slot] = np.asarray(vals)[newer]
         self.ticks[idx[newer], slot] = tick
 
     def query(self, idx: np.ndarray, tick: int, min_count: float) -> tuple[np.ndarray, np.ndarray]:
-        """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means."""
+        """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means.
+
+        After :meth:`prepare` with the same ``tick`` and ``min_count`` (and no upload since),
+        the answer is picked from the prepared means of every weight: the same indices and
+        the same float32 bits (each weight's row is reduced by the same code either way)."""
         idx = np.asarray(idx, np.int64)
+        ans = self._answers
+        if ans is not None and ans[0] == tick and ans[1] == min_count:
+            got = idx[ans[2][idx]]
+            return got, ans[3][got]
         live = self.ticks[idx] > tick - self.omega
         count = live.sum(axis=1)
         keep = count > min_count
@@ -83,3 +93,35 @@ class SlidingWindow:
         masked = (vals.view(np.int32) & -live.astype(np.int32)).view(np.float32)
         sums = masked.sum(axis=1)
         return idx[keep], (sums / count[keep]).astype(np.float32)
+
+    def prepare(self, tick: int, min_count: float) -> None:
+        """Answer :meth:`query` at ``tick`` for every weight at once, until the next upload.
+
+        The server answers every member's download of an epoch at the same tick: one pass over
+        the whole window (its rows in order) instead of one gather of the owned rows per
+        member (120 queries of a 120-device ``paper-mlp`` epoch cost about 10× more).
+
+        Examples
+        --------
+        >>> w = SlidingWindow(np.zeros(3, np.float32), omega=2)
+        >>> w.upload(np.array([0, 2]), np.array([1.0, 4.0]), tick=1)
+        >>> before = w.query(np.array([0, 1, 2]), tick=1, min_count=0)
+        >>> w.prepare(tick=1, min_count=0)
+        >>> after = w.query(np.array([0, 1, 2]), tick=1, min_count=0)
+        >>> [a.tolist() for a in after] == [b.tolist() for b in before] == [[0, 2], [1.0, 4.0]]
+        True
+        """
+        live = self.ticks > tick - self.omega
+        count = np.zeros(len(live), np.int64)
+        for s in range(self.omega):        # column by column: ≈ 5× faster than sum(axis=1)
+            count += live[:, s]
+        keep = count > min_count
+        if min_count <= 0:
+            keep &= count > 0
+        rows = np.flatnonzero(keep)
+        vals = np.take(self.values, rows, axis=0)
+        masked = (vals.view(np.int32) & -np.take(live, rows, axis=0).astype(np.int32)) \
+            .view(np.float32)
+        means = np.zeros(len(live), np.float32)
+        means[rows] = (masked.sum(axis=1) / count[rows]).astype(np.float32)
+        self._answers = (tick, min_count, keep, means)
