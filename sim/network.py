@@ -658,6 +658,13 @@ class NodeBytes(MutableMapping):
     def __delitem__(self, node: Node) -> None:
         self[node] = 0
 
+    def add(self, node: Node, n: int) -> None:
+        """``self[node] += n`` (a device's count by one numpy update)."""
+        if type(node) is int and 0 <= node < self._n:
+            self._dev[node] += n
+        else:
+            self[node] = self[node] + n
+
     def __iter__(self) -> Iterator[Node]:
         yield from np.flatnonzero(self._dev).tolist()
         yield from self._other
@@ -886,6 +893,9 @@ class Network:
             self._tree = None
             self._init_graph(graph)
         self._routes: dict[tuple[Node, Node], _Route] = {}
+        # the capacities as Python floats too, for per-event code (the same float64 values:
+        # a numpy scalar costs more to index and to compute with)
+        self._capl: list[float] = self._cap.tolist()
 
         # The rate model (see "How a start or an end stays cheap" in the module docstring).
         self._active: dict[Transfer, None] = {}            # flowing transfers
@@ -1020,9 +1030,9 @@ class Network:
             path = ("server", "core", f"cell{c}", dst)
         else:
             return None
-        cap, lat = self._cap, self._latency
+        cap, lat = self._capl, self._latency
         k0, k1, k2 = ids
-        caps = [float(cap[k0]), float(cap[k1]), float(cap[k2])]
+        caps = [cap[k0], cap[k1], cap[k2]]
         return _Route(path, float(lat[k0]) + float(lat[k1]) + float(lat[k2]), min(caps), caps,
                       ids)
 
@@ -1303,15 +1313,18 @@ class Network:
         """Make ``t`` a member of ``g`` (at the level; :meth:`_level` sorts it out)."""
         t._grp = g
         glink = g.link
-        t._ocap = min((c for link, c in zip(t._route.ids, t._route.caps, strict=True)
-                       if link != glink), default=math.inf)
+        ocap = math.inf          # the smallest capacity of its other links
+        for link, c in zip(t._route.ids, t._route.caps):
+            if link != glink and c < ocap:
+                ocap = c
+        t._ocap = ocap
         g.members[t] = None
         self._place_level(t, g, left)
         self._dirty_groups[g] = None
 
     def _new_group(self, link: int, now: float) -> _Group:
         self._gid += 1
-        g = _Group(link, float(self._cap[link]), now, self._gid)
+        g = _Group(link, self._capl[link], now, self._gid)
         self._group[link] = g
         return g
 
@@ -1366,7 +1379,7 @@ class Network:
         self._touched.update(ids)
         t._mode = _LOST
         npin, groups = self._npin, self._group
-        if any(link in npin for link in ids):
+        if npin and any(link in npin for link in ids):
             self._bad.update(ids)
             return
         mine = [groups[link] for link in ids if link in groups]
@@ -1382,12 +1395,13 @@ class Network:
             return
         # no group on its path: found one on its most contended shared link whose other flows
         # all flow alone, or flow alone (its shared links are checked for room afterwards)
-        cap = self._cap
-        shared = sorted((float(cap[link]) / len(on_link[link]), link) for link in ids
+        cap = self._capl
+        shared = sorted((cap[link] / len(on_link[link]), link) for link in ids
                         if len(on_link[link]) >= 2)
         for _, link in shared:
-            others = [o for o in on_link[link] if o is not t]
-            if all(o._mode == _SOLO for o in others):
+            on = on_link[link]
+            if all(o._mode == _SOLO for o in on if o is not t):
+                others = [o for o in on if o is not t]
                 g = self._new_group(link, now)
                 for o in others:
                     self._enter(o, g, self._unplace(o, now))
@@ -1443,7 +1457,7 @@ class Network:
         links = set(self._touched)
         for g in self._dirty_groups:
             links.update(g.multi)
-        groups, on_link, npin, cap, bad = self._group, self._on_link, self._npin, self._cap, \
+        groups, on_link, npin, cap, bad = self._group, self._on_link, self._npin, self._capl, \
             self._bad
         for link in links:
             if link in groups:
@@ -1500,16 +1514,16 @@ class Network:
         left_of = dict(zip(flows, lefts, strict=True))
         # groups: a shared link all of whose flows are free and get what one-link water-filling
         # with their own caps gives them (most contended links first)
-        cap = self._cap
+        cap = self._capl
         free = set(flows)
-        for _, link in sorted((float(cap[link]) / len(on_link[link]), link) for link in links
+        for _, link in sorted((cap[link] / len(on_link[link]), link) for link in links
                               if len(on_link.get(link, ())) >= 2):
             members = list(on_link[link])
             if not free.issuperset(members):
                 continue
             ocaps = [min((c for k, c in zip(t._route.ids, t._route.caps, strict=True)
                           if k != link), default=math.inf) for t in members]
-            lam = _water_level(float(cap[link]), ocaps)
+            lam = _water_level(cap[link], ocaps)
             if all(abs(min(oc, lam) - rate_of[t]) <= 1e-10 * rate_of[t]
                    for t, oc in zip(members, ocaps, strict=True)):
                 g = self._new_group(link, now)
@@ -1551,7 +1565,12 @@ class Network:
 
     def _arm(self, now: float) -> None:
         heap = self._heap
-        while heap and not self._valid(heap[0]):
+        while heap:         # drop stale entries (self._valid, inline: once per event)
+            e = heap[0]
+            obj = e[3]
+            if (e[2] == obj.ver) if type(obj) is _Group else \
+                    (e[2] == obj._tok and obj._mode >= _CAPD):
+                break
             heapq.heappop(heap)
         if len(heap) > 2 * len(self._active) + 64:
             self._heap = heap = [e for e in heap if self._valid(e)]
@@ -1595,21 +1614,27 @@ class Network:
         now = self.env.now
         if self._dirty:
             return  # the pending recomputation arms the next timer
-        limit = now + _DONE_TOL_S + 4.0 * np.spacing(now)
+        limit = now + _DONE_TOL_S + 4.0 * math.ulp(now)     # = np.spacing for now >= 0
         heap = self._heap
         ended: list[Transfer] = []
         while heap:
             e = heap[0]
-            if not self._valid(e):
-                heapq.heappop(heap)
-                continue
-            if e[0] > limit:   # (it may wake early: rates fell since it was armed)
-                break
-            heapq.heappop(heap)
             obj = e[3]
             if type(obj) is not _Group:
+                if e[2] != obj._tok or obj._mode < _CAPD:      # stale (self._valid)
+                    heapq.heappop(heap)
+                    continue
+                if e[0] > limit:   # (it may wake early: rates fell since it was armed)
+                    break
+                heapq.heappop(heap)
                 ended.append(obj)
                 continue
+            if e[2] != obj.ver:
+                heapq.heappop(heap)
+                continue
+            if e[0] > limit:
+                break
+            heapq.heappop(heap)
             g = obj
             g.ver += 1
             self._advance_group(g, now)
@@ -1641,8 +1666,8 @@ class Network:
         t.end_time = self.env.now
         nbytes = t.nbytes
         if nbytes:
-            self.bytes_sent[t.src] += nbytes
-            self.bytes_received[t.dst] += nbytes
+            self.bytes_sent.add(t.src, nbytes)
+            self.bytes_received.add(t.dst, nbytes)
             lb = self._link_bytes
             for k in t._route.ids:     # a route crosses a link once; 3 scalar adds beat a gather
                 lb[k] += nbytes

@@ -95,3 +95,57 @@ def test_prepared_window_answers_every_query_as_the_per_query_path_bit_for_bit(
     w.upload(np.array([0]), np.array([7.0], np.float32), 10 ** 6)
     got = w.query(np.arange(n), 10 ** 6, 0.0)
     assert got[0].tolist() == [0] and got[1].tolist() == [7.0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 6), st.integers(0, 2 ** 32 - 1),
+       st.sampled_from(["whole", "repeat", "missing"]), st.booleans())
+def test_a_pass_s_parts_are_checked_to_cover_every_weight_once_cached_or_not(
+        size, k, seed, case, readonly):
+    """run_passes' cover check (remembered for a layout's read-only index arrays) against the
+    plain count: whole covers pass, every time; a repeated or missing weight raises, also
+    after the whole cover of the same sizes was remembered."""
+    import pytest
+
+    from crowdlearn.protocols.crowdlearning.build import _check_cover
+
+    rng = np.random.default_rng(seed)
+    owner = rng.integers(0, k, size)
+    parts = [np.flatnonzero(owner == o) for o in range(k)]
+    for a in parts:
+        a.setflags(write=not readonly)
+    for _ in range(2):                   # the second time from the remembered cover
+        _check_cover("p", parts, size)
+    bad = [a.copy() for a in parts]
+    j = int(np.argmax([len(a) for a in bad]))
+    if case == "repeat":
+        bad.append(bad[j][:1].copy())
+        match = "two parts hold the same weights"
+    elif case == "missing":
+        bad[j] = bad[j][1:]
+        match = "without all its parts"
+    else:
+        _check_cover("p", bad, size)
+        return
+    for a in bad:
+        a.setflags(write=not readonly)
+    with pytest.raises(RuntimeError, match=match):
+        _check_cover("p", bad, size)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-1, 6), max_size=300))
+def test_rank_in_owner_is_the_position_searchsorted_finds_in_the_owner_s_indices(owners):
+    """The device applies a download at rank_in_owner (computed once per layout) instead of a
+    searchsorted in the owner's sorted flat indices per owner and download: same positions."""
+    from crowdlearn.protocols.crowdlearning.device import rank_in_owner
+
+    class Lay:
+        flat_owner = np.asarray(owners, np.int64)
+
+    lay = Lay()
+    rank = rank_in_owner(lay)
+    for o in set(owners):
+        own = np.flatnonzero(lay.flat_owner == o)
+        assert rank[own].tolist() == np.searchsorted(own, own).tolist()
+    assert rank_in_owner(lay) is rank          # computed once
