@@ -1459,6 +1459,7 @@ class Network:
             links.update(g.multi)
         groups, on_link, npin, cap, bad = self._group, self._on_link, self._npin, self._capl, \
             self._bad
+        fix_sum, gon = self._fix_sum, self._gon
         for link in links:
             if link in groups:
                 continue
@@ -1466,8 +1467,14 @@ class Network:
                 bad.add(link)
                 continue
             on = on_link.get(link)
-            if on is not None and len(on) >= 2 and self._usage(link) > cap[link] * (1.0 + 1e-12):
-                bad.add(link)
+            if on is not None and len(on) >= 2:
+                used = fix_sum.get(link, 0.0)        # self._usage(link), inline
+                by = gon.get(link)
+                if by:
+                    for g, c in by.items():
+                        used += g.lam * c
+                if used > cap[link] * (1.0 + 1e-12):
+                    bad.add(link)
 
     def _refill(self, now: float) -> None:
         """Exact max-min rates of every flow connected to a bad link (progressive filling),

@@ -279,10 +279,42 @@ def _seq_size(v) -> int:
         if k is not None:
             n += k
         elif type(x) is tuple:
-            n += _seq_size(x)
+            n += _tuple_size(x) if len(x) >= _BIG else _seq_size(x)
         else:
             n += _size(x)
     return n
+
+
+def _tuple_size(v: tuple) -> int:
+    """A long tuple's size, remembered by identity when nothing in it can change size (numbers,
+    strings, bytes and tuples of them): one Crowdlearning attempt's PassPlans share one tuple
+    of its ~100 boundary links, sized once instead of once per participant.  The cache holds
+    the tuples themselves (so an id is never reused while it is cached) and is bounded."""
+    hit = _TUPLES.get(id(v))
+    if hit is not None and hit[0] is v:
+        return hit[1]
+    n = _seq_size(v)
+    if _fixed(v):
+        if len(_TUPLES) >= 256:
+            _TUPLES.clear()
+        _TUPLES[id(v)] = (v, n)
+    return n
+
+
+def _fixed(v: tuple) -> bool:
+    """Whether ``v`` holds only values whose encoded size cannot change."""
+    for x in v:
+        t = type(x)
+        if t is tuple:
+            if not _fixed(x):
+                return False
+        elif t not in _LEAF and t is not str and t is not bytes:
+            return False
+    return True
+
+
+_BIG = 16              # tuples at least this long are remembered (_tuple_size)
+_TUPLES: dict = {}     # id -> (tuple, size)
 
 
 def _size(v: Any) -> int:
@@ -290,8 +322,10 @@ def _size(v: Any) -> int:
     k = _LEAF.get(t)
     if k is not None:
         return k
-    if t is tuple or t is list:
+    if t is list:
         return _seq_size(v)
+    if t is tuple:
+        return _tuple_size(v) if len(v) >= _BIG else _seq_size(v)
     if t is str:
         return 5 + (len(v) if v.isascii() else len(v.encode()))
     if t is bytes:

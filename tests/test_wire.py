@@ -288,15 +288,28 @@ _leaves = (st.integers(-2 ** 63, 2 ** 63 - 1) | st.booleans() | st.none()
            | st.integers(0, 40).map(_Opaque))
 _values = st.recursive(_leaves, lambda inner: st.lists(inner, max_size=4)
                        | st.lists(inner, max_size=4).map(tuple)
-                       | inner.map(_Any1), max_leaves=12)
+                       | st.lists(inner, min_size=16, max_size=20).map(tuple)   # remembered
+                       | inner.map(_Any1), max_leaves=40)
 
 
 @settings(max_examples=300, deadline=None)
 @given(_values, _values, _values)
 def test_the_per_class_sizer_equals_the_generic_recursion_and_the_encoding(a, b, c):
-    for msg in (_Any3(a, b, c), _Any1(a)):
-        assert wire.size(msg) == wire._generic_message_size(msg) == len(wire.encode(msg))
-    assert wire._size(a) == wire._size_generic(a)
+    for _ in range(2):            # the second time, long tuples' sizes are remembered
+        for msg in (_Any3(a, b, c), _Any1(a)):
+            assert wire.size(msg) == wire._generic_message_size(msg) == len(wire.encode(msg))
+        assert wire._size(a) == wire._size_generic(a)
+
+
+def test_a_long_tuple_s_size_is_remembered_only_if_nothing_in_it_can_change_size():
+    links = tuple((i, "server") for i in range(40))
+    assert wire._size(links) == wire._size(links) == wire._size_generic(links)
+    assert wire._TUPLES[id(links)][0] is links
+    inner = [1, 2]
+    mutable = tuple([inner] + list(range(20)))
+    before = wire._size(mutable)
+    inner.append(3)                      # a list inside can grow: sized again, not remembered
+    assert wire._size(mutable) == before + 9 == wire._size_generic(mutable)
 
 
 def test_every_message_of_small_runs_is_sized_as_the_generic_recursion_sizes_it(monkeypatch):
