@@ -17,6 +17,13 @@ same over the process CPU time spent there (and ``ratio_cpu``, the two epochs' p
 times: work rather than waiting, steadier than the wall on a loaded machine), beside a 2048 × 2048 float32 matrix product measured
 the same two ways in the same run (what the machine gives now).
 
+Each timed section (both simulated epochs, the Keras epoch) starts after ``gc.collect()``, so
+that none pays for the garbage of the one before it (without it the warm epoch paid a full
+collection of the process's heap, mostly TensorFlow's objects, set off by the cold run's
+survivors).  A ``CPU seconds of the warm epoch`` line splits the warm epoch's process CPU time
+into the fused trainer, the evaluation, garbage collection and the rest (building the
+simulation, the simulator, the machines).
+
 ``--ab-upload-check`` also times warm epochs alternately with the server's previous upload check
 (``np.unique`` for repeated indices) and the current one, to measure that change in one run.
 

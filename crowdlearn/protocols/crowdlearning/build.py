@@ -162,7 +162,7 @@ def run_passes(jobs, trainer, replay=None) -> list:
         acc = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[n:]])
         for i in members:
             parts = jobs[i].parts
-            out[i] = [new[p[0]] for p in parts] + [acc[p[1]] for p in parts]
+            out[i] = [np.take(new, p[0]) for p in parts] + [np.take(acc, p[1]) for p in parts]
             jobs[i].promise.record = record
     return out
 

@@ -366,9 +366,14 @@ class SliceDevice(Machine):
         acc = np.zeros(lay.num_params, np.float64)
         seen = False
         for o in m.owners:
-            t = lay.owned_flat([o], trainable=True)
-            for part in self.acc.get(o, ()):
-                acc[t] += as_array(part)
+            parts = self.acc.get(o, ())
+            if parts:
+                # summed on the owner's own entries (the same additions, from 0.0, in pass
+                # order, as acc[t] += part), then placed once
+                own = np.zeros(len(lay.owned_flat([o], trainable=True)), np.float64)
+                for part in parts:
+                    own += as_array(part)
+                acc[lay.owned_flat([o], trainable=True)] = own
                 seen = True
         self.acc = {}
         if k and seen:
