@@ -287,14 +287,14 @@ def _seq_size(v) -> int:
 
 def _tuple_size(v: tuple) -> int:
     """A long tuple's size, remembered by identity when nothing in it can change size (numbers,
-    strings, bytes and tuples of them): one Crowdlearning attempt's PassPlans share one tuple
+    strings and tuples of them): one Crowdlearning attempt's PassPlans share one tuple
     of its ~100 boundary links, sized once instead of once per participant.  The cache holds
     the tuples themselves (so an id is never reused while it is cached) and is bounded."""
     hit = _TUPLES.get(id(v))
     if hit is not None and hit[0] is v:
         return hit[1]
     n = _seq_size(v)
-    if _fixed(v):
+    if len(v) <= 4096 and _fixed(v):      # (small enough to keep a while)
         if len(_TUPLES) >= 256:
             _TUPLES.clear()
         _TUPLES[id(v)] = (v, n)
@@ -302,13 +302,14 @@ def _tuple_size(v: tuple) -> int:
 
 
 def _fixed(v: tuple) -> bool:
-    """Whether ``v`` holds only values whose encoded size cannot change."""
+    """Whether ``v`` holds only numbers, strings and tuples of them (values whose encoded size
+    cannot change; no bytes, which may be large, so that the cache never holds much)."""
     for x in v:
         t = type(x)
         if t is tuple:
             if not _fixed(x):
                 return False
-        elif t not in _LEAF and t is not str and t is not bytes:
+        elif t not in _LEAF and t is not str:
             return False
     return True
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -264,16 +266,16 @@ class _Opaque:
         return bytes(self.n)
 
 
-@wire.message(0x7E01)
-@__import__("dataclasses").dataclass(frozen=True)
+@wire.message(0x7B01)
+@dataclasses.dataclass(frozen=True)
 class _Any3:
     a: object
     b: object
     c: object
 
 
-@wire.message(0x7E02)
-@__import__("dataclasses").dataclass(frozen=True)
+@wire.message(0x7B02)
+@dataclasses.dataclass(frozen=True)
 class _Any1:
     a: object
 
