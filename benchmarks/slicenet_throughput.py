@@ -17,6 +17,13 @@ same over the process CPU time spent there (and ``ratio_cpu``, the two epochs' p
 times: work rather than waiting, steadier than the wall on a loaded machine), beside a 2048 × 2048 float32 matrix product measured
 the same two ways in the same run (what the machine gives now).
 
+Each timed section (both simulated epochs, the Keras epoch) starts after ``gc.collect()``, so
+that none pays for the garbage of the one before it (without it the warm epoch paid a full
+collection of the process's heap, mostly TensorFlow's objects, set off by the cold run's
+survivors).  A ``CPU seconds of the warm epoch`` line splits the warm epoch's process CPU time
+into the fused trainer, the evaluation, garbage collection and the rest (building the
+simulation, the simulator, the machines).
+
 ``--ab-upload-check`` also times warm epochs alternately with the server's previous upload check
 (``np.unique`` for repeated indices) and the current one, to measure that change in one run.
 
@@ -28,6 +35,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 
@@ -43,37 +51,52 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
                      "data": {"dataset": "fashion_mnist"},
                      "fleet": {"devices": devices, "cells": 12},
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
-    spent = [0.0, 0.0, 0.0]
+    spent = [0.0, 0.0, 0.0, 0.0, 0.0]      # trainer wall, CPU; evaluation wall, CPU; GC in them
+    collecting = [0.0, 0.0]       # garbage collection: process CPU seconds, collections
     orig, orig_eval = FusedTrainer.train, FusedTrainer.evaluate
 
     def timed(self, tasks, **kw):
-        t, c = time.perf_counter(), time.process_time()
+        t, c, g = time.perf_counter(), time.process_time(), collecting[0]
         try:
             return orig(self, tasks, **kw)
         finally:
             spent[0] += time.perf_counter() - t
             spent[1] += time.process_time() - c
+            spent[4] += collecting[0] - g
 
     def timed_eval(self, *a, **kw):
-        t = time.perf_counter()
+        t, c, g = time.perf_counter(), time.process_time(), collecting[0]
         try:
             return orig_eval(self, *a, **kw)
         finally:
             spent[2] += time.perf_counter() - t
+            spent[3] += time.process_time() - c
+            spent[4] += collecting[0] - g
+
+    def on_gc(phase, info):
+        if phase == "start":
+            collecting.append(time.process_time())
+        else:
+            collecting[0] += time.process_time() - collecting.pop()
+            collecting[1] += 1
 
     FusedTrainer.train, FusedTrainer.evaluate = timed, timed_eval
+    gc.collect()          # no timed section pays for the garbage of the one before it
+    gc.callbacks.append(on_gc)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         res = sim.run()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
+        gc.callbacks.remove(on_gc)
         FusedTrainer.train, FusedTrainer.evaluate = orig, orig_eval
     s = res.summary
     samples = sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
     return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
-            "eval_s": spent[2],
+            "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
+            "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
             "samples": samples,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
             "completed": s["completed"]}
@@ -94,6 +117,7 @@ def keras_epoch(seed: int, lr: float = 0.05, batch: int = 32) -> dict:
     model.compile(optimizer=keras.optimizers.SGD(lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:2048], y[:2048], batch_size=batch, epochs=1, verbose=0)     # tracing
+    gc.collect()
     t, c = time.perf_counter(), time.process_time()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True)
     return {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
@@ -192,6 +216,12 @@ def main() -> None:
               f"{r['completed']}); fused trainer {r['train_s']:.1f} s wall, "
               f"{r['train_cpu_s']:.1f} s CPU, {r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s; "
               f"evaluation {r['eval_s']:.1f} s wall")
+    rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["eval_cpu_s"] - warm["gc_cpu_s"] \
+        + warm["gc_in_tf_cpu_s"]      # (a collection inside the trainer is counted there)
+    print(f"CPU seconds of the warm epoch: {warm['cpu_s']:.2f} = fused trainer "
+          f"{warm['train_cpu_s']:.2f} + evaluation {warm['eval_cpu_s']:.2f} + garbage "
+          f"collection {warm['gc_cpu_s']:.2f} ({warm['gc_runs']} collections) + the rest "
+          f"(building, simulator, machines) {rest:.2f}")
     print(f"centralized Keras fit: {ker['wall_s']:.1f} s wall, {ker['cpu_s']:.1f} s CPU for "
           f"{ker['samples']} samples")
     ratio = warm['wall_s'] / ker['wall_s']

@@ -658,6 +658,13 @@ class NodeBytes(MutableMapping):
     def __delitem__(self, node: Node) -> None:
         self[node] = 0
 
+    def add(self, node: Node, n: int) -> None:
+        """``self[node] += n`` (a device's count by one numpy update)."""
+        if type(node) is int and 0 <= node < self._n:
+            self._dev[node] += n
+        else:
+            self[node] = self[node] + n
+
     def __iter__(self) -> Iterator[Node]:
         yield from np.flatnonzero(self._dev).tolist()
         yield from self._other
@@ -671,16 +678,19 @@ class NodeBytes(MutableMapping):
 
 # ---------------------------------------------------------------------------------- transfers
 class _Route:
-    __slots__ = ("path", "links", "latency", "bottleneck", "ids", "caps")
+    __slots__ = ("path", "latency", "bottleneck", "ids", "caps")
 
-    def __init__(self, path, links, latency, bottleneck, caps, ids=None):
+    def __init__(self, path, latency, bottleneck, caps, ids):
         self.path = path              # tuple of nodes
-        self.links = links            # np.ndarray[intp] of link indices
         self.latency = latency        # sum of edge latencies (s)
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
-        # the same link indices as a list of ints (per-event code)
-        self.ids = links.tolist() if ids is None else ids
+        self.ids = ids                # link indices, a list of ints (per-event code)
         self.caps = caps              # their bandwidths, a list of floats
+
+    @property
+    def links(self) -> np.ndarray:
+        """The link indices as an array (intp)."""
+        return np.array(self.ids, dtype=np.intp)
 
 
 class Transfer:
@@ -883,6 +893,9 @@ class Network:
             self._tree = None
             self._init_graph(graph)
         self._routes: dict[tuple[Node, Node], _Route] = {}
+        # the capacities as Python floats too, for per-event code (the same float64 values:
+        # a numpy scalar costs more to index and to compute with)
+        self._capl: list[float] = self._cap.tolist()
 
         # The rate model (see "How a start or an end stays cheap" in the module docstring).
         self._active: dict[Transfer, None] = {}            # flowing transfers
@@ -1002,8 +1015,8 @@ class Network:
 
     def _device_server_route(self, src: Node, dst: Node) -> _Route | None:
         """The route between a device and the server of a :class:`CellTree`, straight from its
-        arrays (a round of a big fleet touches a fresh set of devices: caching these would only
-        grow memory)."""
+        arrays (kept in the bounded route cache: a round of a big fleet touches a fresh set of
+        devices, a Crowdlearning group the same few many times)."""
         tree = self._tree
         if dst == "server" and type(src) is int and 0 <= src < tree.num_devices \
                 and src not in self._d2d:
@@ -1017,11 +1030,11 @@ class Network:
             path = ("server", "core", f"cell{c}", dst)
         else:
             return None
-        cap, lat = self._cap, self._latency
+        cap, lat = self._capl, self._latency
         k0, k1, k2 = ids
-        caps = [float(cap[k0]), float(cap[k1]), float(cap[k2])]
-        return _Route(path, np.array(ids, dtype=np.intp),
-                      float(lat[k0]) + float(lat[k1]) + float(lat[k2]), min(caps), caps, ids)
+        caps = [cap[k0], cap[k1], cap[k2]]
+        return _Route(path, float(lat[k0]) + float(lat[k1]) + float(lat[k2]), min(caps), caps,
+                      ids)
 
     def _route(self, src: Node, dst: Node) -> _Route:
         key = (src, dst)
@@ -1031,6 +1044,11 @@ class Network:
         if self._tree is not None:
             route = self._device_server_route(src, dst)
             if route is not None:
+                # kept like any route (the cache is bounded): a Crowdlearning epoch sends
+                # ~27,000 messages between 120 devices and the server
+                if len(self._routes) >= _ROUTE_CACHE:
+                    self._routes.clear()
+                self._routes[key] = route
                 return route
         if src == dst:
             raise ValueError(f"a transfer needs two different nodes; got src = dst = {src!r}")
@@ -1047,10 +1065,10 @@ class Network:
             except nx.NetworkXNoPath:
                 raise ValueError(f"no path from {src!r} to {dst!r}") from None
             ids = [self._link_of(u, v) for u, v in pairwise(path)]
-        links = np.array(ids, dtype=np.intp)
         lat = self._latency
-        caps = self._cap[links].tolist()
-        route = _Route(tuple(path), links, float(sum(lat[k] for k in ids)), min(caps), caps)
+        caps = self._cap[np.array(ids, dtype=np.intp)].tolist()
+        route = _Route(tuple(path), float(sum(lat[k] for k in ids)), min(caps), caps,
+                       [int(k) for k in ids])
         if len(self._routes) >= _ROUTE_CACHE:
             self._routes.clear()   # a big fleet's routes would otherwise pile up for ever
         self._routes[key] = route
@@ -1295,15 +1313,18 @@ class Network:
         """Make ``t`` a member of ``g`` (at the level; :meth:`_level` sorts it out)."""
         t._grp = g
         glink = g.link
-        t._ocap = min((c for link, c in zip(t._route.ids, t._route.caps, strict=True)
-                       if link != glink), default=math.inf)
+        ocap = math.inf          # the smallest capacity of its other links
+        for link, c in zip(t._route.ids, t._route.caps):
+            if link != glink and c < ocap:
+                ocap = c
+        t._ocap = ocap
         g.members[t] = None
         self._place_level(t, g, left)
         self._dirty_groups[g] = None
 
     def _new_group(self, link: int, now: float) -> _Group:
         self._gid += 1
-        g = _Group(link, float(self._cap[link]), now, self._gid)
+        g = _Group(link, self._capl[link], now, self._gid)
         self._group[link] = g
         return g
 
@@ -1358,7 +1379,7 @@ class Network:
         self._touched.update(ids)
         t._mode = _LOST
         npin, groups = self._npin, self._group
-        if any(link in npin for link in ids):
+        if npin and any(link in npin for link in ids):
             self._bad.update(ids)
             return
         mine = [groups[link] for link in ids if link in groups]
@@ -1374,12 +1395,13 @@ class Network:
             return
         # no group on its path: found one on its most contended shared link whose other flows
         # all flow alone, or flow alone (its shared links are checked for room afterwards)
-        cap = self._cap
-        shared = sorted((float(cap[link]) / len(on_link[link]), link) for link in ids
+        cap = self._capl
+        shared = sorted((cap[link] / len(on_link[link]), link) for link in ids
                         if len(on_link[link]) >= 2)
         for _, link in shared:
-            others = [o for o in on_link[link] if o is not t]
-            if all(o._mode == _SOLO for o in others):
+            on = on_link[link]
+            if all(o._mode == _SOLO for o in on if o is not t):
+                others = [o for o in on if o is not t]
                 g = self._new_group(link, now)
                 for o in others:
                     self._enter(o, g, self._unplace(o, now))
@@ -1435,8 +1457,9 @@ class Network:
         links = set(self._touched)
         for g in self._dirty_groups:
             links.update(g.multi)
-        groups, on_link, npin, cap, bad = self._group, self._on_link, self._npin, self._cap, \
+        groups, on_link, npin, cap, bad = self._group, self._on_link, self._npin, self._capl, \
             self._bad
+        fix_sum, gon = self._fix_sum, self._gon
         for link in links:
             if link in groups:
                 continue
@@ -1444,8 +1467,14 @@ class Network:
                 bad.add(link)
                 continue
             on = on_link.get(link)
-            if on is not None and len(on) >= 2 and self._usage(link) > cap[link] * (1.0 + 1e-12):
-                bad.add(link)
+            if on is not None and len(on) >= 2:
+                used = fix_sum.get(link, 0.0)        # self._usage(link), inline
+                by = gon.get(link)
+                if by:
+                    for g, c in by.items():
+                        used += g.lam * c
+                if used > cap[link] * (1.0 + 1e-12):
+                    bad.add(link)
 
     def _refill(self, now: float) -> None:
         """Exact max-min rates of every flow connected to a bad link (progressive filling),
@@ -1492,16 +1521,16 @@ class Network:
         left_of = dict(zip(flows, lefts, strict=True))
         # groups: a shared link all of whose flows are free and get what one-link water-filling
         # with their own caps gives them (most contended links first)
-        cap = self._cap
+        cap = self._capl
         free = set(flows)
-        for _, link in sorted((float(cap[link]) / len(on_link[link]), link) for link in links
+        for _, link in sorted((cap[link] / len(on_link[link]), link) for link in links
                               if len(on_link.get(link, ())) >= 2):
             members = list(on_link[link])
             if not free.issuperset(members):
                 continue
             ocaps = [min((c for k, c in zip(t._route.ids, t._route.caps, strict=True)
                           if k != link), default=math.inf) for t in members]
-            lam = _water_level(float(cap[link]), ocaps)
+            lam = _water_level(cap[link], ocaps)
             if all(abs(min(oc, lam) - rate_of[t]) <= 1e-10 * rate_of[t]
                    for t, oc in zip(members, ocaps, strict=True)):
                 g = self._new_group(link, now)
@@ -1543,7 +1572,12 @@ class Network:
 
     def _arm(self, now: float) -> None:
         heap = self._heap
-        while heap and not self._valid(heap[0]):
+        while heap:         # drop stale entries (self._valid, inline: once per event)
+            e = heap[0]
+            obj = e[3]
+            if (e[2] == obj.ver) if type(obj) is _Group else \
+                    (e[2] == obj._tok and obj._mode >= _CAPD):
+                break
             heapq.heappop(heap)
         if len(heap) > 2 * len(self._active) + 64:
             self._heap = heap = [e for e in heap if self._valid(e)]
@@ -1587,21 +1621,27 @@ class Network:
         now = self.env.now
         if self._dirty:
             return  # the pending recomputation arms the next timer
-        limit = now + _DONE_TOL_S + 4.0 * np.spacing(now)
+        limit = now + _DONE_TOL_S + 4.0 * math.ulp(now)     # = np.spacing for now >= 0
         heap = self._heap
         ended: list[Transfer] = []
         while heap:
             e = heap[0]
-            if not self._valid(e):
-                heapq.heappop(heap)
-                continue
-            if e[0] > limit:   # (it may wake early: rates fell since it was armed)
-                break
-            heapq.heappop(heap)
             obj = e[3]
             if type(obj) is not _Group:
+                if e[2] != obj._tok or obj._mode < _CAPD:      # stale (self._valid)
+                    heapq.heappop(heap)
+                    continue
+                if e[0] > limit:   # (it may wake early: rates fell since it was armed)
+                    break
+                heapq.heappop(heap)
                 ended.append(obj)
                 continue
+            if e[2] != obj.ver:
+                heapq.heappop(heap)
+                continue
+            if e[0] > limit:
+                break
+            heapq.heappop(heap)
             g = obj
             g.ver += 1
             self._advance_group(g, now)
@@ -1633,8 +1673,8 @@ class Network:
         t.end_time = self.env.now
         nbytes = t.nbytes
         if nbytes:
-            self.bytes_sent[t.src] += nbytes
-            self.bytes_received[t.dst] += nbytes
+            self.bytes_sent.add(t.src, nbytes)
+            self.bytes_received.add(t.dst, nbytes)
             lb = self._link_bytes
             for k in t._route.ids:     # a route crosses a link once; 3 scalar adds beat a gather
                 lb[k] += nbytes

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import struct
 import types
 import typing
@@ -84,7 +85,8 @@ def message(tag: int):
             raise ValueError(f"wire tag must fit in 16 bits; got {tag}")
         _BY_TAG[tag] = cls
         _TAG_OF[cls] = tag
-        cls.__wire_fields__ = tuple(f.name for f in dataclasses.fields(cls))
+        cls.__wire_fields__ = names = tuple(f.name for f in dataclasses.fields(cls))
+        _SIZER[cls] = _message_sizer(names)
         return cls
 
     return register
@@ -234,11 +236,154 @@ def size(msg: Any) -> int:
     """Encoded size in bytes (what the network charges), equal to ``len(encode(msg))``.
 
     Computed arithmetically, without building the bytes or computing deferred values: an
-    array's encoding length depends only on its dtype and shape.
+    array's encoding length depends only on its dtype and shape.  Each message class has a
+    sizer made once when it is registered (its fields read by one ``attrgetter``, then summed
+    as a list's items are, leaves by exact type first); :func:`_size_generic` is the plain
+    recursion it must equal (``tests/test_wire.py``).
     """
+    sizer = _SIZER.get(type(msg))
+    if sizer is None:
+        raise TypeError(f"{type(msg).__name__} is not a registered wire message")
+    return sizer(msg)
+
+
+#: message class -> its sizer (made by :func:`message`)
+_SIZER: dict = {}
+
+
+def _message_sizer(names: tuple):
+    """A message's size: its 2-byte tag plus its fields sized as a list's items are (without
+    the list's own 5-byte header)."""
+    if not names:
+        return lambda msg: 2
+    if len(names) == 1:
+        name = names[0]
+        return lambda msg: 2 + _size(getattr(msg, name))
+    get = operator.attrgetter(*names)
+    return lambda msg: _seq_size(get(msg)) - 3
+
+
+# exact leaf types and their encoded sizes: the common case found by one dict look-up (the
+# generic chain below answers the rest: subclasses, strings, arrays, objects)
+_LEAF = {int: 9, float: 9, bool: 1, type(None): 1, np.bool_: 1, np.float32: 9, np.float64: 9,
+         np.int64: 9, np.int32: 9, np.int16: 9, np.int8: 9, np.uint8: 9, np.uint16: 9,
+         np.uint32: 9, np.uint64: 9, np.float16: 9}
+
+
+def _seq_size(v) -> int:
+    """A list's or tuple's encoded size (5-byte header, then each item)."""
+    n = 5
+    leaf = _LEAF
+    for x in v:
+        k = leaf.get(type(x))
+        if k is not None:
+            n += k
+        elif type(x) is tuple:
+            n += _tuple_size(x) if len(x) >= _BIG else _seq_size(x)
+        else:
+            n += _size(x)
+    return n
+
+
+def _tuple_size(v: tuple) -> int:
+    """A long tuple's size, remembered by identity when nothing in it can change size (numbers,
+    strings and tuples of them): one Crowdlearning attempt's PassPlans share one tuple
+    of its ~100 boundary links, sized once instead of once per participant.  The cache holds
+    the tuples themselves (so an id is never reused while it is cached) and is bounded."""
+    hit = _TUPLES.get(id(v))
+    if hit is not None and hit[0] is v:
+        return hit[1]
+    n = _seq_size(v)
+    if len(v) <= 4096 and _fixed(v):      # (small enough to keep a while)
+        if len(_TUPLES) >= 256:
+            _TUPLES.clear()
+        _TUPLES[id(v)] = (v, n)
+    return n
+
+
+def _fixed(v: tuple) -> bool:
+    """Whether ``v`` holds only numbers, strings and tuples of them (values whose encoded size
+    cannot change; no bytes, which may be large, so that the cache never holds much)."""
+    for x in v:
+        t = type(x)
+        if t is tuple:
+            if not _fixed(x):
+                return False
+        elif t not in _LEAF and t is not str:
+            return False
+    return True
+
+
+_BIG = 16              # tuples at least this long are remembered (_tuple_size)
+_TUPLES: dict = {}     # id -> (tuple, size)
+
+
+def _size(v: Any) -> int:
+    t = type(v)
+    k = _LEAF.get(t)
+    if k is not None:
+        return k
+    if t is list:
+        return _seq_size(v)
+    if t is tuple:
+        return _tuple_size(v) if len(v) >= _BIG else _seq_size(v)
+    if t is str:
+        return 5 + (len(v) if v.isascii() else len(v.encode()))
+    if t is bytes:
+        return 5 + len(v)
+    if t is np.ndarray:
+        return 3 + 4 * v.ndim + v.nbytes
+    if t in _WIRE_LEN_TYPES:
+        return 5 + v.wire_len()
+    sizer = _SIZER.get(t)
+    if sizer is not None:
+        return 5 + sizer(v)
+    return _size_generic(v)
+
+
+# classes whose instances the generic rule sized by ``wire_len()`` (no other rule before it
+# applies to them: it is decided by their type), so that later ones skip the chain
+_WIRE_LEN_TYPES: set = set()
+
+
+def _size_generic(v: Any) -> int:
+    """The reference sizer: any encodable value by its type's rule, recursively."""
+    t = type(v)
+    if t is bytes:
+        return 5 + len(v)
+    if t is tuple or t is list:
+        return 5 + sum(map(_size_generic, v))
+    if v is None or isinstance(v, (bool, np.bool_)):
+        return 1
+    if isinstance(v, (int, np.integer, float, np.floating)):
+        return 9
+    if isinstance(v, str):
+        return 5 + len(v.encode())
+    if isinstance(v, (bytes, bytearray)):
+        return 5 + len(v)
+    if isinstance(v, memoryview):
+        return 5 + v.nbytes              # no copy just to measure
+    if isinstance(v, np.ndarray):
+        return 3 + 4 * v.ndim + v.nbytes
+    if isinstance(v, (tuple, list)):
+        return 5 + sum(_size_generic(x) for x in v)
+    if hasattr(v, "wire_len"):
+        if hasattr(t, "wire_len"):
+            _WIRE_LEN_TYPES.add(t)
+        return 5 + v.wire_len()
+    if _is_deferred(v):
+        return 5 + sum(3 + 4 * len(s) + math.prod(s) * _itemsize(d)
+                       for s, d in zip(v.shapes, v.dtypes))
+    if dataclasses.is_dataclass(v) and type(v) in _TAG_OF:
+        return 5 + _generic_message_size(v)
+    raise TypeError(f"cannot encode a {type(v).__name__} on the wire")
+
+
+def _generic_message_size(msg: Any) -> int:
+    """:func:`size` by the reference recursion (for tests)."""
     if type(msg) not in _TAG_OF:
         raise TypeError(f"{type(msg).__name__} is not a registered wire message")
-    return 2 + sum(_size(getattr(msg, name)) for name in type(msg).__wire_fields__)
+    return 2 + sum(_size_generic(getattr(msg, name)) for name in type(msg).__wire_fields__)
 
 
 _ITEMSIZE: dict = {}
@@ -254,36 +399,6 @@ def _itemsize(dtype: Any) -> int:
 def _is_deferred(v: Any) -> bool:
     """A lazily computed list of arrays (``crowdlearn.training.jobs.Deferred``) by duck type."""
     return hasattr(v, "shapes") and hasattr(v, "dtypes") and hasattr(v, "value")
-
-
-def _size(v: Any) -> int:
-    t = type(v)                         # exact-type fast paths: the common leaves and sequences
-    if t is bytes:
-        return 5 + len(v)
-    if t is tuple or t is list:
-        return 5 + sum(map(_size, v))
-    if v is None or isinstance(v, (bool, np.bool_)):
-        return 1
-    if isinstance(v, (int, np.integer, float, np.floating)):
-        return 9
-    if isinstance(v, str):
-        return 5 + len(v.encode())
-    if isinstance(v, (bytes, bytearray)):
-        return 5 + len(v)
-    if isinstance(v, memoryview):
-        return 5 + v.nbytes              # no copy just to measure
-    if isinstance(v, np.ndarray):
-        return 3 + 4 * v.ndim + v.nbytes
-    if isinstance(v, (tuple, list)):
-        return 5 + sum(_size(x) for x in v)
-    if hasattr(v, "wire_len"):
-        return 5 + v.wire_len()
-    if _is_deferred(v):
-        return 5 + sum(3 + 4 * len(s) + math.prod(s) * _itemsize(d)
-                       for s, d in zip(v.shapes, v.dtypes))
-    if dataclasses.is_dataclass(v) and type(v) in _TAG_OF:
-        return 5 + size(v)
-    raise TypeError(f"cannot encode a {type(v).__name__} on the wire")
 
 
 def _put(out: list[bytes], v: Any) -> None:

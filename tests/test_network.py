@@ -479,3 +479,13 @@ def test_on_done_is_never_called_for_a_cancelled_transfer_and_done_read_late_is_
     with pytest.raises(RuntimeError, match="already ended"):
         u.on_done(print)
     assert env.run(u.done) is u
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 1e15, allow_nan=False) | st.integers(0, 10 ** 6))
+def test_the_completion_tolerance_uses_math_ulp_which_is_numpy_spacing_for_times_from_zero(now):
+    """Network._on_timer's tolerance ``4 ulp(now)`` by math.ulp (no numpy call per wake-up):
+    np.spacing's value for every time a simulation can have (>= 0)."""
+    import math
+    assert math.ulp(now) == float(np.spacing(now))
+    assert now + 1e-9 + 4.0 * math.ulp(now) == now + 1e-9 + 4.0 * np.spacing(now)

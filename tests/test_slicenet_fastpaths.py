@@ -51,37 +51,141 @@ def test_window_query_equals_the_slot_major_window_bit_for_bit(omega, seed, tau)
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
     w, ref = sp.SlidingWindow(np.zeros(n, np.float32), omega), _SlotMajorWindow(n, omega)
+    for now in _random_uploads(rng, n, omega, w, ref):
+        _same_answers(rng, n, w, ref, now, omega * tau)
+
+
+def _random_uploads(rng, n, omega, *windows):
+    """Upload the same random values to every window, one tick at a time in a random order;
+    yield a random query tick after each."""
     for tick in rng.permutation(np.arange(1, int(rng.integers(2, 3 * omega + 3)))).tolist():
         idx = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
         vals = (rng.standard_normal(len(idx)) * 10.0 ** rng.uniform(-4, 4, len(idx))) \
             .astype(np.float32)
-        w.upload(idx, vals, tick)
-        ref.upload(idx, vals, tick)
-        q = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
-        now = int(rng.integers(0, 3 * omega + 4))
-        got, want = w.query(q, now, omega * tau), ref.query(q, now, omega * tau)
-        assert got[0].tolist() == want[0].tolist()
-        assert got[1].tobytes() == want[1].tobytes()
+        for w in windows:
+            w.upload(idx, vals, tick)
+        yield int(rng.integers(0, 3 * omega + 4))
+
+
+def _same_answers(rng, n, w, ref, now, min_count):
+    q = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
+    got, want = w.query(q, now, min_count), ref.query(q, now, min_count)
+    assert got[0].tolist() == want[0].tolist()
+    assert got[1].tobytes() == want[1].tobytes()
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 130), st.integers(0, 2 ** 32 - 1), st.sampled_from([0.0, 0.5, 1.0]))
-def test_many_queries_of_one_window_state_equal_the_slot_major_window(omega, seed, tau):
-    # the server's pattern: a tick's uploads, then every member's download from the same state
-    # (from the second query on, answered from one pass over the whole window); uploads
-    # between queries start a new state
+@given(st.integers(1, 14), st.integers(0, 2 ** 32 - 1), st.sampled_from([0.0, 0.5, 0.3, 1.0]),
+       st.sampled_from([50, 400, 20_000]))
+def test_prepared_window_answers_every_query_as_the_per_query_path_bit_for_bit(
+        omega, seed, tau, size):
+    """SlidingWindow.prepare (one pass over every weight, used by the server for an epoch's
+    downloads) against query's own gather of the asked rows: same indices, same float32 bits."""
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 300))
-    w, ref = sp.SlidingWindow(np.zeros(n, np.float32), omega), _SlotMajorWindow(n, omega)
-    for tick in range(1, int(rng.integers(2, 2 * omega + 4))):
-        for _ in range(int(rng.integers(0, 3))):
-            idx = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
-            vals = rng.standard_normal(len(idx)).astype(np.float32)
-            w.upload(idx, vals, tick)
-            ref.upload(idx, vals, tick)
-        for _ in range(int(rng.integers(0, 5))):
-            q = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
-            now = tick + int(rng.integers(0, 2))
-            got, want = w.query(q, now, omega * tau), ref.query(q, now, omega * tau)
-            assert got[0].tolist() == want[0].tolist()
-            assert got[1].tobytes() == want[1].tobytes()
+    n = int(rng.integers(1, size))
+    w, ref = sp.SlidingWindow(np.zeros(n, np.float32), omega), \
+        sp.SlidingWindow(np.zeros(n, np.float32), omega)
+    for now in _random_uploads(rng, n, omega, w, ref):
+        w.prepare(now, omega * tau)
+        for _ in range(3):
+            _same_answers(rng, n, w, ref, now, omega * tau)
+    # an upload drops the prepared answers: the next query sees it
+    w.prepare(10 ** 6, 0.0)
+    assert w.query(np.arange(n), 10 ** 6, 0.0)[0].tolist() == []
+    w.upload(np.array([0]), np.array([7.0], np.float32), 10 ** 6)
+    got = w.query(np.arange(n), 10 ** 6, 0.0)
+    assert got[0].tolist() == [0] and got[1].tolist() == [7.0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 6), st.integers(0, 2 ** 32 - 1),
+       st.sampled_from(["whole", "repeat", "missing"]), st.booleans())
+def test_a_pass_s_parts_are_checked_to_cover_every_weight_once_cached_or_not(
+        size, k, seed, case, readonly):
+    """run_passes' cover check (remembered for a layout's read-only index arrays) against the
+    plain count: whole covers pass, every time; a repeated or missing weight raises, also
+    after the whole cover of the same sizes was remembered."""
+    import pytest
+
+    from crowdlearn.protocols.crowdlearning.build import _check_cover
+
+    rng = np.random.default_rng(seed)
+    owner = rng.integers(0, k, size)
+    parts = [np.flatnonzero(owner == o) for o in range(k)]
+    for a in parts:
+        a.setflags(write=not readonly)
+    for _ in range(2):                   # the second time from the remembered cover
+        _check_cover("p", parts, size)
+    bad = [a.copy() for a in parts]
+    j = int(np.argmax([len(a) for a in bad]))
+    if case == "repeat":
+        bad.append(bad[j][:1].copy())
+        match = "two parts hold the same weights"
+    elif case == "missing":
+        bad[j] = bad[j][1:]
+        match = "without all its parts"
+    else:
+        _check_cover("p", bad, size)
+        return
+    for a in bad:
+        a.setflags(write=not readonly)
+    with pytest.raises(RuntimeError, match=match):
+        _check_cover("p", bad, size)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-1, 6), max_size=300))
+def test_rank_in_owner_is_the_position_searchsorted_finds_in_the_owner_s_indices(owners):
+    """The device applies a download at rank_in_owner (computed once per layout) instead of a
+    searchsorted in the owner's sorted flat indices per owner and download: same positions."""
+    from crowdlearn.protocols.crowdlearning.device import rank_in_owner
+
+    class Lay:
+        flat_owner = np.asarray(owners, np.int64)
+
+    lay = Lay()
+    rank = rank_in_owner(lay)
+    for o in set(owners):
+        own = np.flatnonzero(lay.flat_owner == o)
+        assert rank[own].tolist() == np.searchsorted(own, own).tolist()
+    assert rank_in_owner(lay) is rank          # computed once
+
+
+def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatch):
+    """The whole of a small Crowdlearning run (3 epochs, relayed, 12 devices in groups of 4)
+    with the epoch-speed paths and again with the reference code each replaced: the generic
+    wire recursion for message sizes, one window query per download, a searchsorted per owner
+    for downloads, and every pass's cover counted out.  Same summary (accuracy, bytes,
+    simulated time, events, messages) and the same metrics rows, bit for bit."""
+    from crowdlearn.experiment import run
+    from crowdlearn.protocols.crowdlearning import build, device
+    from sim import wire
+    from tests.conftest import small_config
+
+    cfg = small_config(protocol="crowdlearning", rounds=3, **{
+        "fleet.devices": 12, "fleet.cells": 3, "model.hidden": [32, 16],
+        "slicenet.group_size": 4, "slicenet.lr": 0.1})
+    fast = run(cfg)
+
+    def searchsorted_rank(lay):
+        rank = np.empty(len(lay.flat_owner), np.int64)
+        for o in np.unique(lay.flat_owner):
+            own = lay.owned_flat([int(o)])
+            rank[own] = np.searchsorted(own, own)
+        return rank
+
+    class Forgetful(dict):
+        def __setitem__(self, key, value):
+            pass
+
+    monkeypatch.setattr(wire, "size", wire._generic_message_size)
+    monkeypatch.setattr(sp.SlidingWindow, "prepare", lambda self, tick, min_count: None)
+    monkeypatch.setattr(device, "rank_in_owner", searchsorted_rank)
+    monkeypatch.setattr(build, "_COVERS", Forgetful())
+    ref = run(cfg)
+    for res in (fast, ref):
+        res.summary.pop("wall_time_s")
+    assert fast.summary == ref.summary
+    assert fast.summary["completed"] and fast.summary["bytes_total"] > 0
+    assert fast.metrics == ref.metrics and len(fast.metrics) == 3
+    assert fast.devices == ref.devices

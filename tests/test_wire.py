@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -248,3 +250,101 @@ def test_an_empty_array_declaring_unindexable_dimensions_is_a_wire_error():
     bad = raw.replace(good, struct.pack("<4I", 0, 2**32 - 1, 2**32 - 1, 2**32 - 1))
     with pytest.raises(WireError, match="array shape"):
         wire.decode(bad)
+
+
+# ------------------------------------------------------------------ the per-class sizer
+class _Opaque:
+    """An object that travels as opaque bytes (as a sealed payload does)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def wire_len(self):
+        return self.n
+
+    def wire_bytes(self):
+        return bytes(self.n)
+
+
+@wire.message(0x7B01)
+@dataclasses.dataclass(frozen=True)
+class _Any3:
+    a: object
+    b: object
+    c: object
+
+
+@wire.message(0x7B02)
+@dataclasses.dataclass(frozen=True)
+class _Any1:
+    a: object
+
+
+_leaves = (st.integers(-2 ** 63, 2 ** 63 - 1) | st.booleans() | st.none()
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6)
+           | st.binary(max_size=6) | st.binary(max_size=6).map(bytearray)
+           | st.binary(max_size=6).map(memoryview) | arrays
+           | st.sampled_from([np.float32(1.5), np.int64(-3), np.int32(4), np.bool_(True),
+                              np.uint8(7), np.float64(2.0), np.float16(1.0), np.longlong(5),
+                              np.int8(-1)])
+           | st.integers(0, 40).map(_Opaque))
+_values = st.recursive(_leaves, lambda inner: st.lists(inner, max_size=4)
+                       | st.lists(inner, max_size=4).map(tuple)
+                       | st.lists(inner, min_size=16, max_size=20).map(tuple)   # remembered
+                       | inner.map(_Any1), max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_values, _values, _values)
+def test_the_per_class_sizer_equals_the_generic_recursion_and_the_encoding(a, b, c):
+    for _ in range(2):            # the second time, long tuples' sizes are remembered
+        for msg in (_Any3(a, b, c), _Any1(a)):
+            assert wire.size(msg) == wire._generic_message_size(msg) == len(wire.encode(msg))
+        assert wire._size(a) == wire._size_generic(a)
+
+
+def test_a_long_tuple_s_size_is_remembered_only_if_nothing_in_it_can_change_size():
+    links = tuple((i, "server") for i in range(40))
+    assert wire._size(links) == wire._size(links) == wire._size_generic(links)
+    assert wire._TUPLES[id(links)][0] is links
+    inner = [1, 2]
+    mutable = tuple([inner] + list(range(20)))
+    before = wire._size(mutable)
+    inner.append(3)                      # a list inside can grow: sized again, not remembered
+    assert wire._size(mutable) == before + 9 == wire._size_generic(mutable)
+
+
+def test_every_message_of_small_runs_is_sized_as_the_generic_recursion_sizes_it(monkeypatch):
+    """Every message the SimPy runs of several protocols send (Crowdlearning relayed and
+    peer-to-peer, FedAvg, secure aggregation, DSSGD, FM), sized by the per-class sizer and
+    by the generic recursion: equal, and equal to the encoding where it can be built."""
+    from crowdlearn.experiment import run
+    from tests.conftest import small_config
+
+    seen = {}
+    real = wire.size
+
+    def spy(msg):
+        seen.setdefault(type(msg).__name__, []).append(msg)
+        return real(msg)
+
+    monkeypatch.setattr(wire, "size", spy)
+    slice_ = {"protocol": "crowdlearning", "rounds": 1, "fleet.devices": 8,
+              "slicenet.group_size": 4, "model.hidden": [16, 8]}
+    for overrides in (slice_, {**slice_, "slicenet.peer_to_peer": True}, {},
+                      {"rounds": 1, "fedavg.secure_aggregation": "secagg"},
+                      {"protocol": "dssgd", "rounds": 1, "fleet.devices": 4},
+                      {"protocol": "fm", "rounds": 1, "data.dataset": "breast_cancer",
+                       "model.arch": "linear"}):
+        run(small_config(**overrides))
+    monkeypatch.setattr(wire, "size", real)
+    assert {"PassPlan", "Relay", "Relayed", "Upload", "Download", "KeyDirectory"} <= set(seen)
+    assert len(seen) >= 12
+    for msgs in seen.values():
+        for msg in msgs:
+            assert wire.size(msg) == wire._generic_message_size(msg)
+            try:
+                data = wire.encode(msg)
+            except (wire.NotReady, RuntimeError):
+                continue          # a deferred value the executor no longer holds
+            assert len(data) == wire.size(msg)

@@ -85,6 +85,8 @@ def party_label(party: Any) -> str:
     >>> party_label(np.int64(7)) == party_label(7) != party_label("7")
     True
     """
+    if type(party) is int:                  # the common case (not a bool: its type is bool)
+        return f"i{party}"
     if isinstance(party, (bool, np.bool_)):
         raise TypeError(f"a party is an int, a str or a tuple of them; got {party!r}")
     if isinstance(party, (int, np.integer)):

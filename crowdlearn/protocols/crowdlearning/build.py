@@ -3,6 +3,8 @@ fused trainer, per-node key rings, and the runners of their job kinds."""
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from crowdlearn.crypto.sealing import KeyRing
@@ -139,21 +141,15 @@ def run_passes(jobs, trainer, replay=None) -> list:
     tasks, records = [], []
     for key, members in passes.items():
         flat = np.empty(int(offsets[-1]), np.float32)
-        covered = np.zeros(len(flat), bool)
-        dom, given = None, 0
+        dom = None
         for i in members:
             for idx, _, values in jobs[i].parts:
                 flat[idx] = as_array(values)
-                covered[idx] = True
-                given += len(idx)
             if jobs[i].batches is not None:
                 dom = jobs[i]
-        # the parts cover every weight once: as many distinct indices as indices, and all
-        distinct = int(np.count_nonzero(covered))
-        if distinct != given:
-            raise RuntimeError(f"pass {key}: two parts hold the same weights")
-        if dom is None or distinct != len(flat):
+        if dom is None:
             raise RuntimeError(f"pass {key} ran without all its parts")
+        _check_cover(key, [p[0] for i in members for p in jobs[i].parts], len(flat))
         start = tuple(flat[offsets[k]:offsets[k + 1]].reshape(s) for k, s in enumerate(shapes))
         tasks.append(TrainTask(start, dom.batches, dom.lr))
         records.append(PassRecord(start, dom.batches, dom.lr,
@@ -166,9 +162,38 @@ def run_passes(jobs, trainer, replay=None) -> list:
         acc = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[n:]])
         for i in members:
             parts = jobs[i].parts
-            out[i] = [new[p[0]] for p in parts] + [acc[p[1]] for p in parts]
+            out[i] = [np.take(new, p[0]) for p in parts] + [np.take(acc, p[1]) for p in parts]
             jobs[i].promise.record = record
     return out
+
+
+def _check_cover(key, parts: list, size: int) -> None:
+    """The parts of a pass cover every weight once (as many distinct indices as indices, and
+    all of them), else :class:`RuntimeError`.  The parts are a layout's read-only index arrays,
+    the same few sets pass after pass: a set found whole is remembered (by the arrays'
+    identities, held weakly) and not marked out again."""
+    ids = tuple(sorted(map(id, parts)))
+    known = _COVERS.get(ids)
+    if known is not None and known[0] == size and all(r() is not None for r in known[1]):
+        return
+    covered = np.zeros(size, bool)
+    given = 0
+    for idx in parts:
+        covered[idx] = True
+        given += len(idx)
+    distinct = int(np.count_nonzero(covered))
+    if distinct != given:
+        raise RuntimeError(f"pass {key}: two parts hold the same weights")
+    if distinct != size:
+        raise RuntimeError(f"pass {key} ran without all its parts")
+    if all(isinstance(a, np.ndarray) and not a.flags.writeable for a in parts):
+        if len(_COVERS) >= 1024:
+            _COVERS.clear()
+        _COVERS[ids] = (size, [weakref.ref(a) for a in parts])
+
+
+# sorted ids of a pass's part index arrays -> (size, weak references to those arrays)
+_COVERS: dict = {}
 
 
 class PassRecord:

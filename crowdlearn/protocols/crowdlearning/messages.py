@@ -205,6 +205,8 @@ class KeyDirectory:
 def _non_negative(msg: Any, *names: str) -> None:
     for name in names:
         v = getattr(msg, name)
+        if type(v) is int and v >= 0:       # the common case, decided at once
+            continue
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) \
                 or not v >= 0:
             raise ValueError(f"{type(msg).__name__}.{name} must be a number >= 0; got {v!r}")

@@ -512,6 +512,8 @@ class SlicingServer(Machine):
                 self.window.upload(idx, vals, self._tick_of(epoch, gid))
             self.released = epoch
             self.tick = self._tick_of(epoch, len(self.groups) - 1)
+            if len(ups) > 1:     # every download below is answered at this tick
+                self.window.prepare(self.tick, self.min_count)
             for gid, src, _, _ in ups:
                 g = self.groups[gid]
                 if g.phase == "share" and g.epoch == epoch and src in g.sharing:

@@ -54,12 +54,7 @@ class SlidingWindow:
         # one row per weight (its ω slots side by side): a query gathers contiguous rows
         self.values = np.zeros((n, self.omega), np.float32)
         self.ticks = np.full((n, self.omega), -(10 ** 9), np.int32)     # ticks: epochs
-        # the server answers every download of a tick from one unchanged window: from the
-        # second query of a window state and tick on, every weight's count and sum are read
-        # from one pass over the whole window instead of one gather per query
-        self._version = 0
-        self._asked: tuple | None = None     # (version, tick) of the last query
-        self._full: tuple | None = None      # (version, tick, count, sums) of every weight
+        self._answers: tuple | None = None    # (tick, min_count, keep, means) until an upload
 
     def upload(self, idx: np.ndarray, vals: np.ndarray, tick: int) -> None:
         """Record the values uploaded in ``tick``.  Slot ``tick mod ω`` holds a weight's value
@@ -69,43 +64,64 @@ class SlidingWindow:
         idx = np.asarray(idx, np.int64)
         if idx.size == 0:
             return
-        self._version += 1
+        self._answers = None
         slot = int(tick) % self.omega
         newer = self.ticks[idx, slot] <= tick
         self.values[idx[newer], slot] = np.asarray(vals)[newer]
         self.ticks[idx[newer], slot] = tick
 
     def query(self, idx: np.ndarray, tick: int, min_count: float) -> tuple[np.ndarray, np.ndarray]:
-        """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means."""
-        idx = np.asarray(idx, np.int64)
-        state = (self._version, int(tick))
-        if self._full is not None and self._full[:2] == state:
-            count, sums = self._full[2][idx], self._full[3][idx]
-            keep = self._keep(count, min_count)
-            return idx[keep], (sums[keep] / count[keep]).astype(np.float32)
-        if self._asked == state:             # a second query of this state: read all once
-            count, sums = self._count_sums(self.ticks, self.values, tick)
-            self._full = (*state, count, sums)
-            return self.query(idx, tick, min_count)
-        self._asked = state
-        ticks = self.ticks[idx]
-        count = (ticks > tick - self.omega).sum(axis=1)
-        keep = self._keep(count, min_count)
-        _, sums = self._count_sums(ticks[keep], self.values[idx[keep]], tick)
-        return idx[keep], (sums / count[keep]).astype(np.float32)
+        """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means.
 
-    @staticmethod
-    def _keep(count: np.ndarray, min_count: float) -> np.ndarray:
+        After :meth:`prepare` with the same ``tick`` and ``min_count`` (and no upload since),
+        the answer is picked from the prepared means of every weight: the same indices and
+        the same float32 bits (each weight's row is reduced by the same code either way)."""
+        idx = np.asarray(idx, np.int64)
+        ans = self._answers
+        if ans is not None and ans[0] == tick and ans[1] == min_count:
+            got = idx[ans[2][idx]]
+            return got, ans[3][got]
+        live = self.ticks[idx] > tick - self.omega
+        count = live.sum(axis=1)
         keep = count > min_count
         if min_count <= 0:
             keep &= count > 0
-        return keep
-
-    def _count_sums(self, ticks: np.ndarray, vals: np.ndarray, tick: int):
-        """Per row: the uploads inside the window ending at ``tick``, and their sum."""
-        live = ticks > tick - self.omega
+        live = live[keep]
+        vals = self.values[idx[keep]]
         # np.where(live, vals, 0.0) bit for bit (0.0 is all bits clear) without a branch per
-        # entry; summed along each contiguous row (every row the same length ω, so a row's sum
-        # does not depend on which other rows are summed with it)
+        # entry; summed along each contiguous row, as numpy summed the slot-major view before
         masked = (vals.view(np.int32) & -live.astype(np.int32)).view(np.float32)
-        return live.sum(axis=1), masked.sum(axis=1)
+        sums = masked.sum(axis=1)
+        return idx[keep], (sums / count[keep]).astype(np.float32)
+
+    def prepare(self, tick: int, min_count: float) -> None:
+        """Answer :meth:`query` at ``tick`` for every weight at once, until the next upload.
+
+        The server answers every member's download of an epoch at the same tick: one pass over
+        the whole window (its rows in order) instead of one gather of the owned rows per
+        member (120 queries of a 120-device ``paper-mlp`` epoch cost about 10× more).
+
+        Examples
+        --------
+        >>> w = SlidingWindow(np.zeros(3, np.float32), omega=2)
+        >>> w.upload(np.array([0, 2]), np.array([1.0, 4.0]), tick=1)
+        >>> before = w.query(np.array([0, 1, 2]), tick=1, min_count=0)
+        >>> w.prepare(tick=1, min_count=0)
+        >>> after = w.query(np.array([0, 1, 2]), tick=1, min_count=0)
+        >>> [a.tolist() for a in after] == [b.tolist() for b in before] == [[0, 2], [1.0, 4.0]]
+        True
+        """
+        live = self.ticks > tick - self.omega
+        count = np.zeros(len(live), np.int64)
+        for s in range(self.omega):        # column by column: ≈ 5× faster than sum(axis=1)
+            count += live[:, s]
+        keep = count > min_count
+        if min_count <= 0:
+            keep &= count > 0
+        rows = np.flatnonzero(keep)
+        vals = np.take(self.values, rows, axis=0)
+        masked = (vals.view(np.int32) & -np.take(live, rows, axis=0).astype(np.int32)) \
+            .view(np.float32)
+        means = np.zeros(len(live), np.float32)
+        means[rows] = (masked.sum(axis=1) / count[rows]).astype(np.float32)
+        self._answers = (tick, min_count, keep, means)
