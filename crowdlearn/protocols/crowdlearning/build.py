@@ -163,7 +163,7 @@ def run_passes(jobs, trainer, replay=None) -> list:
         for i in members:
             parts = jobs[i].parts
             out[i] = [np.take(new, p[0]) for p in parts] + [np.take(acc, p[1]) for p in parts]
-            jobs[i].promise.record = record
+            jobs[i].promise.fulfil(record)
     return out
 
 

@@ -33,6 +33,13 @@ class PassPromise:
     def bind(self, executor, handle) -> None:
         self._executor, self._handle = executor, handle
 
+    def fulfil(self, record: Any) -> None:
+        """The runner's record of the pass; the executor and the handle are let go.  (The
+        handle holds the job, whose promise this is: kept, the cycle would hold the pass's
+        weights until a full garbage collection, gigabytes over a long run.)"""
+        self.record = record
+        self._executor = self._handle = None
+
     def value(self) -> Any:
         if self.record is None:
             ex, h = self._executor, self._handle
