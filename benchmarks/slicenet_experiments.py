@@ -550,6 +550,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run (paper: 50)")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 for Table I")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="start the seeds here (to split a set over processes: each runs "
+                         "--first-seed K --seeds N for its own K..K+N-1)")
     ap.add_argument("--sweep-seeds", type=int, default=10,
                     help="seeds 0..N-1 for the θ, τ, ω sweeps (0 = skip them)")
     ap.add_argument("--tables", nargs="+", default=["I", "II", "III", "IV"],
@@ -567,9 +570,9 @@ def main(argv=None) -> int:
     ap.add_argument("--render", action="store_true",
                     help="only re-render the doc from the CSV (no runs)")
     a = ap.parse_args(argv)
-    if a.epochs < 1 or a.seeds < 0 or a.sweep_seeds < 0:
-        ap.error(f"--epochs must be ≥ 1 and --seeds/--sweep-seeds ≥ 0; got {a.epochs}, "
-                 f"{a.seeds}, {a.sweep_seeds}")
+    if a.epochs < 1 or a.seeds < 0 or a.sweep_seeds < 0 or a.first_seed < 0:
+        ap.error(f"--epochs must be ≥ 1 and --seeds/--sweep-seeds/--first-seed ≥ 0; got "
+                 f"{a.epochs}, {a.seeds}, {a.sweep_seeds}, {a.first_seed}")
     cmd = "benchmarks/slicenet_experiments.py " + " ".join(argv if argv is not None
                                                             else sys.argv[1:])
     if a.render:
@@ -594,9 +597,10 @@ def main(argv=None) -> int:
     for table, n in (("I", a.seeds), ("sweeps", a.sweep_seeds)):
         group = [s for s in sets if (s.table == "I") == (table == "I")]
         if a.backend == "ray":
-            plan += [(s, list(range(n))) for s in group]
+            plan += [(s, list(range(a.first_seed, a.first_seed + n))) for s in group]
         else:
-            plan += [(s, [seed]) for seed in range(n) for s in group]
+            plan += [(s, [seed]) for seed in range(a.first_seed, a.first_seed + n)
+                     for s in group]
     kw = dict(epochs=a.epochs, out=out, backend=a.backend, jobs=a.jobs, address=a.address)
     for s, seeds in plan:
         t = time.perf_counter()
