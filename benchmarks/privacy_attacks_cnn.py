@@ -239,7 +239,7 @@ def render(data: dict) -> str:
          "`--write-docs`, or `--render` from the per-seed values).  The dense-network attacks "
          "are in [Privacy attacks](privacy_attacks.md).\n",
          f"Command: {data['command']}; model seeds {seeds_text([int(s) for s in seeds])} "
-         f"({n} seeds); wall time {data['elapsed_s'] / 60:.1f} min (summed over the measuring "
+         f"({n} seed{'s' * (n != 1)}); wall time {data['elapsed_s'] / 60:.1f} min (summed over the measuring "
          "processes) on the shared 2-core machine"
          + (f"; CPU per seed (the measuring process, every thread) {np.mean(cpu):,.0f} s "
             f"(range {min(cpu):,.0f}–{max(cpu):,.0f} s)" if cpu else "")
@@ -364,7 +364,9 @@ def combine(parts: list[dict]) -> dict:
                 raise SystemExit(f"--render: seed {s} is in two of the files given; give each "
                                  "seed once")
             per[s] = r
-    return {"command": " + ".join(dict.fromkeys(d["command"] for d in parts)),
+    from privacy_attacks import commands
+
+    return {"command": commands(dict.fromkeys(d["command"] for d in parts)),
             "elapsed_s": sum(d["elapsed_s"] for d in parts),
             "when": max(d["when"] for d in parts), "samples": samples.pop(), "per_seed": per}
 
