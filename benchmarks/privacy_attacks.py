@@ -867,8 +867,9 @@ def write_docs(out: dict, cmd: str, elapsed: float) -> None:
   over all seeds.  A rerun on another machine may move single values in the last digits
   (floating-point order in TensorFlow and BLAS); the intervals are the result.
 * **clf**: the fraction of reconstructions that a logistic regression trained on the real
-  training data assigns to the true label (its accuracy on real test images is the ceiling,
-  given per dataset below).
+  training data (at most 5,000 seeded training images: all of digits' training split, a subset
+  of Fashion-MNIST's) assigns to the true label (its accuracy on real test images is the
+  ceiling, given per dataset below).
 * Sections 1-3 and 5 attack models at their initial (Glorot) weights, as in a run's first
   turn; how the figures change as training progresses is not measured here.  Section 4 attacks
   the final models of whole (small) runs.
