@@ -91,3 +91,71 @@ def test_a_cnn_followers_payload_is_the_dominators_channel_maps_and_output_error
                 assert np.array_equal(labels_from_output_errors(got["errors"][0]), labels)
                 labels_checked += 1
     assert checked and labels_checked
+
+
+def _cnn_module():
+    from tests.test_experiment_docs import _module
+
+    return _module("privacy_attacks_cnn")
+
+
+def _synthetic_seed(rng, keys):
+    cells = {k: {"psnr": float(rng.uniform(10, 100)), "ssim": float(rng.uniform(0, 1)),
+                 "clf": float(rng.uniform(0, 1)), "images": 64, "exact": int(rng.integers(0, 64))}
+             for k in keys}
+    return {"cells": cells, "labels_ok": 60, "labels_n": 64, "channels_per_follower": [15, 17],
+            "clf_ceiling": 0.81, "accuracy": float(rng.uniform(0.3, 0.5)), "completed": True,
+            "wall_s": 3.0, "cpu_s": 100.0 + float(rng.uniform(0, 10)),
+            "first_conv": "5x5, 64 filters, maps 24x24"}
+
+
+def _t_cell(values, digits):
+    """mean ± t(0.975, n−1)·s/√n, computed here without the project's helpers."""
+    from scipy import stats
+
+    x = np.asarray(values, float)
+    h = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return f"{x.mean():.{digits}f} ± {h:.{digits}f}"
+
+
+def test_the_cnn_doc_renders_each_cell_as_the_mean_and_t_interval_over_the_seeds():
+    mod = _cnn_module()
+    rng = np.random.default_rng(3)
+    keys = [k for k, *_ in mod.ROWS]
+    per = {str(s): _synthetic_seed(rng, keys) for s in (0, 1, 2)}
+    doc = mod.render({"command": "`x`", "elapsed_s": 600.0, "when": "2026-11-30",
+                      "samples": 64, "per_seed": per})
+    for key, who, method, which in mod.ROWS:
+        vals = [per[s]["cells"][key] for s in per]
+        want = (f"| {who} | {method} | {which} | {3 * 64} | "
+                f"{_t_cell([v['psnr'] for v in vals], 1)} | {sum(v['exact'] for v in vals)} | "
+                f"{_t_cell([v['ssim'] for v in vals], 3)} | "
+                f"{_t_cell([v['clf'] for v in vals], 3)} |")
+        assert want in doc
+    assert "180/192 labels exact" in doc
+    assert "model seeds 0–2 (3 seeds)" in doc and "**3 seeds, not the 10" in doc
+    assert "Environment: Python" in doc
+    # the paired comparison is the t-test of the per-seed differences
+    from scipy import stats
+    a = [per[s]["cells"]["end|min_norm|all"]["psnr"] for s in per]
+    b = [per[s]["cells"]["prior|mean|all"]["psnr"] for s in per]
+    d = np.subtract(a, b)
+    h = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert f"{d.mean():+.1f} [{d.mean() - h:+.1f}, {d.mean() + h:+.1f}]" in doc
+
+
+def test_cnn_per_seed_files_merge_and_refuse_a_seed_twice():
+    mod = _cnn_module()
+    rng = np.random.default_rng(0)
+    keys = [k for k, *_ in mod.ROWS]
+
+    def part(*seeds, samples=64):
+        return {"command": "`c`", "elapsed_s": 1.0, "when": "2026-11-30", "samples": samples,
+                "per_seed": {str(s): _synthetic_seed(rng, keys) for s in seeds}}
+
+    got = mod.combine([part(0, 1), part(2)])
+    assert sorted(got["per_seed"]) == ["0", "1", "2"] and got["elapsed_s"] == 2.0
+    with pytest.raises(SystemExit, match="seed 1 is in two"):
+        mod.combine([part(0, 1), part(1)])
+    with pytest.raises(SystemExit, match="different --samples"):
+        mod.combine([part(0), part(1, samples=256)])
