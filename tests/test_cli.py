@@ -166,7 +166,11 @@ def test_signal_mid_run_writes_partial_results(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "crowdlearn.cli", "run", "--set", "rounds=100000",
                              "--set", "fleet.devices=6", "--set", "fedavg.clients_per_round=3",
                              "--no-plots", "--out", "partial"], cwd=tmp_path, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started under nohup passes SIGHUP on ignored, and a run
+                            # keeps an ignored SIGHUP ignored (crowdlearn.signals): the child
+                            # starts as from a terminal
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:     # plain progress lines: the first comes after round 1
         seen.append(line)
