@@ -29,10 +29,13 @@ def _finite(values) -> list[float]:
 
 
 def cell(values: Sequence[float], digits: int = 3) -> str:
-    """``mean ± half-width`` of a 95 % t interval over the values (``—`` when empty)."""
+    """``mean ± half-width`` of a 95 % t interval over the values (``—`` when empty; a single
+    value has no interval: ``value (n = 1)``, never ``± 0``)."""
     xs = _finite(values)
     if not xs:
         return "—"
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f} (n = 1)"
     m, h = interval95(xs)
     return f"{m:.{digits}f} ± {h:.{digits}f}"
 

@@ -430,9 +430,11 @@ def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
     seeds = sorted({s for c in cells.values() for s in c})
     cpu = sum(float(r["cpu_s"]) for r in rows if int(r["epochs"]) == epochs and r["cpu_s"] != "")
     L = [f"## Table I after {_epochs(epochs)}\n",
-         f"The same settings run for {_epochs(epochs)} (`benchmarks/slicenet_experiments.py "
-         f"--epochs {epochs} --seeds {len(seeds)} --sweep-seeds 0 --tables I`, one process at "
-         f"`nice -n 19`; the runs' CPU time sums to {cpu / 3600:.1f} CPU-hours).  "
+         f"The same settings run for {_epochs(epochs)}: `benchmarks/slicenet_experiments.py "
+         f"--epochs {epochs} --first-seed S --seeds 1 --sweep-seeds 0 --tables I` for each "
+         "seed S below, one process per seed at `nice -n 19`, two at a time, beside other work "
+         f"(the runs' CPU time sums to {cpu / 3600:.1f} CPU-hours; a cell's CPU per epoch is "
+         "this process's, the set-up and evaluation included).  "
          f"Seeds {R.seeds_text(seeds)}"
          + (": **fewer than 10**, because a Table I of this length costs about an hour of one "
             "core per seed here; over so few seeds a 95 % interval is wide (Student's t with "

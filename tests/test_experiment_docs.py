@@ -178,3 +178,10 @@ def test_slicenet_doc_adds_table_one_of_longer_runs_with_a_curve(monkeypatch, tm
 def R_cell(vals):
     from results_doc import cell
     return cell(vals, 2)
+
+
+def test_a_single_value_has_no_interval_in_a_generated_cell():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from results_doc import cell
+    assert cell([12.3456], 2) == "12.35 (n = 1)"          # never "± 0.00"
+    assert cell([1.0, 3.0], 1) == "2.0 ± 12.7" and cell([]) == "—"
