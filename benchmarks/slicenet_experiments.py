@@ -436,8 +436,8 @@ def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
          f"(the runs' CPU time sums to {cpu / 3600:.1f} CPU-hours; a cell's CPU per epoch is "
          "this process's, the set-up and evaluation included).  "
          f"Seeds {R.seeds_text(seeds)}"
-         + (": **fewer than 10**, because a Table I of this length costs about an hour of one "
-            "core per seed here; over so few seeds a 95 % interval is wide (Student's t with "
+         + (": **fewer than 10**, because a Table I of this length costs "
+            f"{cpu / 3600 / len(seeds):.1f} CPU-hours per seed here (measured, above); over so few seeds a 95 % interval is wide (Student's t with "
             f"{len(seeds) - 1} degree{'s' if len(seeds) != 2 else ''} of freedom), so only "
             "large differences can be shown" if len(seeds) < 10 else "")
          + ".  Settings without a run are left out.\n"]
