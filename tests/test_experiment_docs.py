@@ -185,3 +185,70 @@ def test_a_single_value_has_no_interval_in_a_generated_cell():
     from results_doc import cell
     assert cell([12.3456], 2) == "12.35 (n = 1)"          # never "± 0.00"
     assert cell([1.0, 3.0], 1) == "2.0 ± 12.7" and cell([]) == "—"
+
+
+# ---------------------------------------------------------------- committed docs = rendered data
+def _footer(doc):
+    """The measurement date and environment a committed doc records (metadata, not figures)."""
+    import re
+    when = re.search(r"Measured (\d{4}-\d\d-\d\d)", doc).group(1)
+    env = re.search(r"(Environment: .*?\.) A rerun", doc).group(1)
+    return when, env
+
+
+def test_dssgd_doc_is_exactly_what_write_docs_renders_from_the_stored_csv():
+    mod = _module("dssgd_experiments")
+    doc = mod.DOC.read_text()
+    when, env = _footer(doc)
+    assert mod.render_doc(mod.load_rows(), doc, when=when, environment=env) == doc
+    reading = doc.split(mod.READING_BEGIN)[1].split(mod.READING_END)[0]
+    assert "copied" not in reading and "not yet measured" not in reading
+
+
+def _flat(text):
+    """The prose with its line breaks (wrapping) undone."""
+    return " ".join(text.replace("\n  ", " ").split())
+
+
+def _dssgd_rendered(mod, rows):
+    return _flat(mod.reading(rows)), _flat(mod.claims_changed(rows))
+
+
+def test_dssgd_reading_verdicts_and_figures_follow_the_stored_values():
+    mod = _module("dssgd_experiments")
+    rows = mod.load_rows()
+    reading, changed = _dssgd_rendered(mod, rows)
+    assert "on digits θu = 100 % is *above* centralized (the claim fails" in reading
+    assert "digits: θu = 1 above by" in changed
+    # centralized 5 points better on every digits seed: the claim now holds there
+    bumped = [{**r, "final": r["final"] + 0.05}
+              if (r["dataset"], r["setting"]) == ("digits", "centralized") else r for r in rows]
+    reading2, changed2 = _dssgd_rendered(mod, bumped)
+    assert "on digits centralized is above (the claim holds" in reading2
+    assert "θu = 100 % is *above* centralized" not in reading2
+    assert "digits: centralized above by" in changed2
+    # a figure: the per-device energy of round robin θu = 1 on Fashion-MNIST, doubled
+    from results_doc import cell
+    d, _ = mod.by_setting(rows, "fashion_mnist")
+    old = cell(mod.col(d, "round_robin θu=1", "energy_device_mean_j"), 1)
+    doubled = [{**r, "energy_device_mean_j": 2 * r["energy_device_mean_j"]}
+               if (r["dataset"], r["setting"]) == ("fashion_mnist", "round_robin θu=1") else r
+               for r in rows]
+    new = cell([2 * v for v in mod.col(d, "round_robin θu=1", "energy_device_mean_j")], 1)
+    assert f"spends {old} J at θu = 1" in reading
+    assert f"spends {new} J at θu = 1" in _flat(mod.reading(doubled))
+    # the asynchronous γ = 0.005 runs no better than γ = 0.05: "recovers" is no longer said
+    same = [{**r, "final": next(q["final"] for q in rows if q["dataset"] == r["dataset"]
+                                and q["seed"] == r["seed"] and q["setting"] == "asynchronous θu=0.1")
+             + 0.001 * (r["seed"] % 3 - 1)}
+            if r["setting"] == "asynchronous θu=0.1 γ=0.005" else r for r in rows]
+    reading3 = _flat(mod.reading(same))
+    assert "the asynchronous order recovers" not in reading3
+    assert "γ = 0.005 > γ = 0.05 is not shown on both datasets" in reading3
+
+
+def test_dssgd_reading_is_not_rendered_from_fewer_than_ten_paired_seeds():
+    mod = _module("dssgd_experiments")
+    rows = [r for r in mod.load_rows() if r["seed"] < 9]
+    assert mod.reading(rows).startswith("_The reading needs every setting")
+    assert mod.claims_changed(rows).startswith("_The table needs every setting")
