@@ -576,11 +576,11 @@ def reading(rows: list[dict]) -> str:
         f"; at θu = {R.and_list([short(th) for th in THETAS if th not in dom])} the uploads are "
         "larger")
     ups = [up[fm, th] for th in THETAS]
-    scale = "scale" if all(a > b for a, b in zip(ups, ups[1:])) else "do not scale"
+    scale = "scale" if all(a > b for a, b in zip(ups, ups[1:], strict=False)) else "do not scale"
     en = [col(X.d[fm], t(RR, th), "energy_device_mean_j") for th in THETAS]
     en_m = [X.m(fm, t(RR, th), "energy_device_mean_j") for th in THETAS]
     busy = [X.m(fm, t(RR, th), "energy_device_max_j") for th in THETAS]
-    follows = "follows" if all(a > b for a, b in zip(en_m, en_m[1:])) else "does not follow"
+    follows = "follows" if all(a > b for a, b in zip(en_m, en_m[1:], strict=False)) else "does not follow"
     out.append(
         f"* **Traffic and energy.**  Downloads dominate{where} (θd = 1: {DEVICES} × R full "
         f"vectors: {down[fm]:.2f} MB on Fashion-MNIST, {down[DS[1]]:.2f} MB on digits{note}); uploads "

@@ -188,11 +188,12 @@ def wrap(text: str, width: int = 100, indent: str = "") -> str:
     import re
     import textwrap
 
-    lines = textwrap.wrap(text, width=width, subsequent_indent=indent, break_long_words=False,
+    glued = re.sub(r" (?=[%=±])|(?<=[=±]) ", "\x00", text)   # never "ε =⏎ 10", "12⏎ %"
+    lines = textwrap.wrap(glued, width=width, subsequent_indent=indent, break_long_words=False,
                           break_on_hyphens=False)
     if any(re.match(r"\s*([-+*]|\d+[.)])(\s|$)|\s*[#>|]", ln) for ln in lines[1:]):
         return text
-    return "\n".join(lines)
+    return "\n".join(lines).replace("\x00", " ")
 
 
 def replace_between(text: str, begin: str, end: str, body: str) -> str:

@@ -252,3 +252,83 @@ def test_dssgd_reading_is_not_rendered_from_fewer_than_ten_paired_seeds():
     rows = [r for r in mod.load_rows() if r["seed"] < 9]
     assert mod.reading(rows).startswith("_The reading needs every setting")
     assert mod.claims_changed(rows).startswith("_The table needs every setting")
+
+
+def _fm_results(mod):
+    import json
+    return json.loads(mod.DATA.read_text())
+
+
+def test_fm_doc_is_exactly_what_write_docs_renders_from_the_stored_json():
+    mod = _module("fm_experiments")
+    doc = mod.DOC.read_text()
+    assert mod.render_doc(_fm_results(mod), doc) == doc
+    for begin, end in (mod.SETUP_BLOCK, mod.READING_BLOCK, mod.CLAIMS_BLOCK, mod.LIMITS_BLOCK):
+        assert doc.count(begin) == doc.count(end) == 1
+    assert "copied" not in doc.split(mod.READING_BLOCK[0])[1].split(mod.READING_BLOCK[1])[0]
+
+
+def test_fm_rerender_from_the_stored_values_keeps_doc_data_and_date(tmp_path, monkeypatch):
+    """``--only "" --write-docs`` measures nothing: the doc, the data file (key order and the
+    measurement date included) come back byte for byte."""
+    import shutil
+    mod = _module("fm_experiments")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    for name in ("DOC", "DATA", "PLOT"):
+        src = getattr(mod, name)
+        dst = tmp_path / src.relative_to(ROOT)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+        monkeypatch.setattr(mod, name, dst)
+    monkeypatch.setattr(mod.time, "strftime", lambda *_: "2099-01-01")   # another day
+    monkeypatch.setattr(mod.R, "environment", lambda: "Environment: elsewhere.")
+    assert mod.main(["--only", "", "--write-docs"]) == 0
+    for name in ("DOC", "DATA"):
+        rel = getattr(mod, name).relative_to(tmp_path)
+        assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), rel
+
+
+def test_fm_reading_verdicts_and_figures_follow_the_stored_values():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    reading, claims = _flat(mod.reading(res)), _flat(mod.claims_changed(res))
+    assert "is not met at ε = 10.**" in reading and "| **not met**: 65 %" in claims
+    # the quality-weighted runs of the acceptance cell 0.06 better on every seed: now it is met
+    better = copy.deepcopy(res)
+    cell = better["unreliable"]["10"]["breast_cancer"]["label_flip"]["0.3"]
+    cell["quality"] = [v + 0.06 for v in cell["quality"]]
+    reading2, claims2 = _flat(mod.reading(better)), _flat(mod.claims_changed(better))
+    assert "is met only on breast cancer at ε = 10.**" in reading2
+    assert "| **met**: " in claims2 and "**not met**" not in claims2
+    a = mod.acceptance(better["unreliable"]["10"]["breast_cancer"], "accuracy", "label_flip", "0.3")
+    from results_doc import ratio_pct
+    assert f"Breast cancer recovers {ratio_pct(a['recovered'])}" in reading2
+    # a figure: the consensus distance after 20 rounds (breast cancer, ε = 10), doubled
+    far = copy.deepcopy(res)
+    far["consensus"]["breast_cancer"]["10"]["20"] = [
+        2 * v for v in res["consensus"]["breast_cancer"]["10"]["20"]]
+    assert "ADMM is still 13.6 % ± 1.7 % (breast cancer)" in reading
+    assert "ADMM is still 27.3 % ± 3.4 % (breast cancer)" in _flat(mod.reading(far))
+    # the deep mode at ε = ∞ no better than the public-only network on digits: no "beats"
+    flat = copy.deepcopy(res)
+    flat["deep"]["digits"]["rows"]["∞"]["l2"] = list(res["deep"]["digits"]["pretrained"])
+    flat["deep"]["digits"]["rows"]["∞"]["l2"][0] += 0.01
+    assert "beats the network trained on the public rows alone on digits" in reading
+    deep = _flat(mod.reading(flat))
+    assert "does not beat the network trained on the public rows alone" in deep
+    assert "digits not shown" in _flat(mod.claims_changed(flat))
+
+
+def test_fm_setup_and_limitations_quote_the_stored_references():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    from results_doc import cell
+    assert f"predicting the training mean: {cell(res['sklearn']['diabetes']['trivial'])}" in \
+        _flat(mod._setup(res))
+    worse = copy.deepcopy(res)
+    worse["sklearn"]["breast_cancer"]["sklearn"] = [
+        v - 0.1 for v in res["sklearn"]["breast_cancer"]["sklearn"]]
+    assert "below scikit-learn's LogisticRegression" in _flat(mod.limits(res))
+    assert "above scikit-learn's LogisticRegression" in _flat(mod.limits(worse))
