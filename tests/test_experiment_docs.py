@@ -332,3 +332,18 @@ def test_fm_setup_and_limitations_quote_the_stored_references():
         v - 0.1 for v in res["sklearn"]["breast_cancer"]["sklearn"]]
     assert "below scikit-learn's LogisticRegression" in _flat(mod.limits(res))
     assert "above scikit-learn's LogisticRegression" in _flat(mod.limits(worse))
+
+
+def test_dssgd_setting_and_caveat_figures_follow_the_stored_values():
+    mod = _module("dssgd_experiments")
+    rows = mod.load_rows()
+    minutes = mod.cpu_minutes(rows)
+    assert f"({minutes:.0f} CPU minutes in all, measured)" in _flat(mod.setting_training(rows))
+    slow = [{**r, "cpu_s": 3 * r["cpu_s"]} for r in rows]
+    assert f"({3 * minutes:.0f} CPU minutes in all, measured)" in _flat(mod.setting_training(slow))
+    assert "10 seeds × 19 settings × 2 datasets" in _flat(mod.setting_training(rows))
+    fewer = [r for r in rows if not (r["setting"] == "standalone" and r["seed"] == 9)]
+    assert "9–10 seeds" in _flat(mod.setting_training(fewer))
+    assert "each setting’s count" in mod.setting_seeds(fewer)
+    longer = [{**r, "rounds": 7} if r["dataset"] == "digits" else r for r in rows]
+    assert "7 on digits" in _flat(mod.caveat_rounds(longer))
