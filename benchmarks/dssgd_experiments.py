@@ -735,7 +735,8 @@ def reading(rows: list[dict]) -> str:
         R.wrap("**The spec's ordering** \"centralized > DSSGD(θu = 100 %) ≈ DSSGD(10 %) > "
                "DSSGD(1 %) > standalone\", in the coordinated orders:"), "",
         ordering, "", dp_par, "",
-        "**The asynchronous order collapses, and staleness is the cause.**" if breaks else
+        ("**The asynchronous order collapses, and staleness is the cause.**"
+         if gv == {"holds"} else "**The asynchronous order collapses.**") if breaks else
         "**The asynchronous order and staleness.**", "",
         "\n".join(R.wrap(b, indent="  ") for b in bullets)])
 

@@ -347,3 +347,16 @@ def test_dssgd_setting_and_caveat_figures_follow_the_stored_values():
     assert "each setting’s count" in mod.setting_seeds(fewer)
     longer = [{**r, "rounds": 7} if r["dataset"] == "digits" else r for r in rows]
     assert "7 on digits" in _flat(mod.caveat_rounds(longer))
+
+
+def test_dssgd_staleness_explanation_needs_the_lead_to_grow_with_the_participants():
+    mod = _module("dssgd_experiments")
+    rows = mod.load_rows()
+    assert "staleness is the cause" in _flat(mod.reading(rows))
+    # the asynchronous order with 5 participants collapsed as far as with 30: no growth
+    worst = [{**r, "final": 0.10 + 0.001 * r["seed"]}
+             if r["setting"] == "asynchronous θu=0.1 N=5" else r for r in rows]
+    reading = _flat(mod.reading(worst))
+    assert "staleness is the cause" not in reading
+    assert "*Accuracy does not clearly fall with staleness.*" in reading
+    assert "the collapse is not shown to grow" in _flat(mod.claims_changed(worst))
