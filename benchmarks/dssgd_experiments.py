@@ -902,6 +902,16 @@ def block_markers(name: str) -> tuple[str, str]:
             f"<!-- END {name} -->")
 
 
+def recorded_footer(doc: str) -> tuple[str | None, str | None]:
+    """The measurement date and environment the doc's measured block records (None if none)."""
+    import re
+
+    block = doc.split(BEGIN, 1)[-1].split(END, 1)[0]
+    when = re.search(r"Measured (\d{4}-\d\d-\d\d)", block)
+    env = re.search(r"(Environment: .*?\.) A rerun", block)
+    return (when.group(1) if when else None), (env.group(1) if env else None)
+
+
 def render_doc(rows: list[dict], doc: str, *, when: str | None = None,
                environment: str | None = None) -> str:
     """``doc`` with its generated blocks (the measured tables, the reading, the claims that
@@ -955,7 +965,10 @@ def main(argv=None) -> int:
     if args.dataset:
         measure(args.dataset, args.rounds, parse_seeds(args.seeds), args.only, args.setting)
     if args.write_docs:
-        DOC.write_text(render_doc(load_rows(), DOC.read_text()))
+        doc = DOC.read_text()
+        # a render that measured nothing keeps the measurement's date and environment
+        when, env = (None, None) if args.dataset else recorded_footer(doc)
+        DOC.write_text(render_doc(load_rows(), doc, when=when, environment=env))
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

@@ -188,18 +188,11 @@ def test_a_single_value_has_no_interval_in_a_generated_cell():
 
 
 # ---------------------------------------------------------------- committed docs = rendered data
-def _footer(doc):
-    """The measurement date and environment a committed doc records (metadata, not figures)."""
-    import re
-    when = re.search(r"Measured (\d{4}-\d\d-\d\d)", doc).group(1)
-    env = re.search(r"(Environment: .*?\.) A rerun", doc).group(1)
-    return when, env
-
-
 def test_dssgd_doc_is_exactly_what_write_docs_renders_from_the_stored_csv():
     mod = _module("dssgd_experiments")
     doc = mod.DOC.read_text()
-    when, env = _footer(doc)
+    when, env = mod.recorded_footer(doc)
+    assert when and env.startswith("Environment: ")
     assert mod.render_doc(mod.load_rows(), doc, when=when, environment=env) == doc
     reading = doc.split(mod.READING_BEGIN)[1].split(mod.READING_END)[0]
     assert "copied" not in reading and "not yet measured" not in reading
@@ -286,6 +279,22 @@ def test_fm_rerender_from_the_stored_values_keeps_doc_data_and_date(tmp_path, mo
     for name in ("DOC", "DATA"):
         rel = getattr(mod, name).relative_to(tmp_path)
         assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), rel
+
+
+def test_dssgd_write_docs_without_measuring_keeps_the_doc(tmp_path, monkeypatch):
+    """``--write-docs`` alone (another day, another machine) reproduces the committed doc."""
+    import shutil
+    mod = _module("dssgd_experiments")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    for name in ("DOC", "DATA"):
+        dst = tmp_path / getattr(mod, name).relative_to(ROOT)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(getattr(mod, name), dst)
+        monkeypatch.setattr(mod, name, dst)
+    monkeypatch.setattr(mod.time, "strftime", lambda *_: "2099-01-01")
+    monkeypatch.setattr(mod.R, "environment", lambda: "Environment: elsewhere.")
+    assert mod.main(["--write-docs"]) == 0
+    assert mod.DOC.read_text() == (ROOT / "docs/experiments/dssgd.md").read_text()
 
 
 def test_fm_reading_verdicts_and_figures_follow_the_stored_values():
