@@ -111,3 +111,97 @@ def environment() -> str:
     parts.append(f"BLAS {blas}")
     parts.append(f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}")
     return "Environment: " + ", ".join(parts) + "."
+
+
+# ---------------------------------------------------------------- figures in generated prose
+#: the minus sign of figures in prose (tables keep the ASCII hyphen of ``fmt_paired``)
+MINUS = "−"
+
+
+def num(x: float, digits: int = 2, *, sign: bool = False) -> str:
+    """A figure for prose: ``+1.83`` / ``−0.35`` (unicode minus).
+
+    >>> num(-0.354, 2, sign=True), num(1.0, 1)
+    ('−0.35', '1.0')
+    """
+    return (f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}").replace("-", MINUS)
+
+
+def interval(d: dict, digits: int = 2, *, sign: bool = True, flip: bool = False) -> str:
+    """A :func:`paired` result in prose: ``+1.83 [+1.58, +2.08]``; ``flip`` gives ``b − a``
+    (when the words say which is larger, ``sign=False`` drops the signs).
+
+    >>> d = {"mean": -0.019, "lo": -0.027, "hi": -0.010}
+    >>> interval(d, 3), interval(d, 3, sign=False, flip=True)
+    ('−0.019 [−0.027, −0.010]', '0.019 [0.010, 0.027]')
+    """
+    m, lo, hi = d["mean"], d["lo"], d["hi"]
+    if flip:
+        m, lo, hi = -m, -hi, -lo
+    return f"{num(m, digits, sign=sign)} [{num(lo, digits, sign=sign)}, {num(hi, digits, sign=sign)}]"
+
+
+def ratio_pct(r: tuple[float, float, float]) -> str:
+    """A :func:`bootstrap_ratio` in prose: ``65 % [38 %, 91 %]``."""
+    est, lo, hi = r
+    if not math.isfinite(est):
+        return "n/a"
+    return " ".join([num(100 * est, 0) + " %", f"[{num(100 * lo, 0)} %,", f"{num(100 * hi, 0)} %]"])
+
+
+def within(d: dict, bound: float) -> str:
+    """``holds`` if the whole paired interval lies inside ``±bound`` (an "≈" claim), else
+    ``not shown``."""
+    return "holds" if -bound <= d["lo"] and d["hi"] <= bound else "not shown"
+
+
+VERBS = {"holds": "holds", "fails": "fails", "not shown": "is not shown"}
+
+
+def verdict_phrase(items: Sequence[tuple[str, str, str]], *, everywhere: str) -> str:
+    """Items ``(where, verdict, figure)`` in words: one verdict for all → ``fails on
+    both datasets (A −1 [−2, −0.5], B …)``; else ``holds on A (…) and is not shown on B (…)``.
+
+    >>> verdict_phrase([("A", "fails", "−1"), ("B", "fails", "−2")], everywhere="both")
+    'fails on both (A −1, B −2)'
+    >>> verdict_phrase([("A", "holds", "+1"), ("B", "not shown", "+0")], everywhere="both")
+    'holds on A (+1) and is not shown on B (+0)'
+    """
+    verdicts = {v for _, v, _ in items}
+    if len(verdicts) == 1:
+        (v,) = verdicts
+        return f"{VERBS[v]} on {everywhere} (" + ", ".join(f"{w} {f}" for w, _, f in items) + ")"
+    parts = [f"{VERBS[v]} on {w} ({f})" for w, v, f in items]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def and_list(words: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    words = list(words)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def wrap(text: str, width: int = 100, indent: str = "") -> str:
+    """``text`` filled to ``width`` (continuation lines indented by ``indent``), unless a
+    continuation line would start like a markdown block (a list item, a heading, a quote):
+    then the paragraph stays on one line."""
+    import re
+    import textwrap
+
+    glued = re.sub(r" (?=[%=±])|(?<=[=±]) ", "\x00", text)   # never "ε =⏎ 10", "12⏎ %"
+    lines = textwrap.wrap(glued, width=width, subsequent_indent=indent, break_long_words=False,
+                          break_on_hyphens=False)
+    if any(re.match(r"\s*([-+*]|\d+[.)])(\s|$)|\s*[#>|]", ln) for ln in lines[1:]):
+        return text
+    return "\n".join(lines).replace("\x00", " ")
+
+
+def replace_between(text: str, begin: str, end: str, body: str) -> str:
+    """``text`` with what lies between the markers ``begin`` and ``end`` replaced by ``body``
+    (the markers kept, each on its own line); a missing marker is an error naming it."""
+    for m in (begin, end):
+        if text.count(m) != 1:
+            raise ValueError(f"the doc must hold the marker {m!r} exactly once "
+                             f"(found {text.count(m)}); add it where the block goes")
+    head, rest = text.split(begin, 1)
+    return head + begin + "\n" + body.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]

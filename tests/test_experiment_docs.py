@@ -185,3 +185,187 @@ def test_a_single_value_has_no_interval_in_a_generated_cell():
     from results_doc import cell
     assert cell([12.3456], 2) == "12.35 (n = 1)"          # never "± 0.00"
     assert cell([1.0, 3.0], 1) == "2.0 ± 12.7" and cell([]) == "—"
+
+
+# ---------------------------------------------------------------- committed docs = rendered data
+def test_dssgd_doc_is_exactly_what_write_docs_renders_from_the_stored_csv():
+    mod = _module("dssgd_experiments")
+    doc = mod.DOC.read_text()
+    when, env = mod.recorded_footer(doc)
+    assert when and env.startswith("Environment: ")
+    assert mod.render_doc(mod.load_rows(), doc, when=when, environment=env) == doc
+    reading = doc.split(mod.READING_BEGIN)[1].split(mod.READING_END)[0]
+    assert "copied" not in reading and "not yet measured" not in reading
+
+
+def _flat(text):
+    """The prose with its line breaks (wrapping) undone."""
+    return " ".join(text.replace("\n  ", " ").split())
+
+
+def _dssgd_rendered(mod, rows):
+    return _flat(mod.reading(rows)), _flat(mod.claims_changed(rows))
+
+
+def test_dssgd_reading_verdicts_and_figures_follow_the_stored_values():
+    mod = _module("dssgd_experiments")
+    rows = mod.load_rows()
+    reading, changed = _dssgd_rendered(mod, rows)
+    assert "on digits θu = 100 % is *above* centralized (the claim fails" in reading
+    assert "digits: θu = 1 above by" in changed
+    # centralized 5 points better on every digits seed: the claim now holds there
+    bumped = [{**r, "final": r["final"] + 0.05}
+              if (r["dataset"], r["setting"]) == ("digits", "centralized") else r for r in rows]
+    reading2, changed2 = _dssgd_rendered(mod, bumped)
+    assert "on digits centralized is above (the claim holds" in reading2
+    assert "θu = 100 % is *above* centralized" not in reading2
+    assert "digits: centralized above by" in changed2
+    # a figure: the per-device energy of round robin θu = 1 on Fashion-MNIST, doubled
+    from results_doc import cell
+    d, _ = mod.by_setting(rows, "fashion_mnist")
+    old = cell(mod.col(d, "round_robin θu=1", "energy_device_mean_j"), 1)
+    doubled = [{**r, "energy_device_mean_j": 2 * r["energy_device_mean_j"]}
+               if (r["dataset"], r["setting"]) == ("fashion_mnist", "round_robin θu=1") else r
+               for r in rows]
+    new = cell([2 * v for v in mod.col(d, "round_robin θu=1", "energy_device_mean_j")], 1)
+    assert f"spends {old} J at θu = 1" in reading
+    assert f"spends {new} J at θu = 1" in _flat(mod.reading(doubled))
+    # the asynchronous γ = 0.005 runs no better than γ = 0.05: "recovers" is no longer said
+    same = [{**r, "final": next(q["final"] for q in rows if q["dataset"] == r["dataset"]
+                                and q["seed"] == r["seed"] and q["setting"] == "asynchronous θu=0.1")
+             + 0.001 * (r["seed"] % 3 - 1)}
+            if r["setting"] == "asynchronous θu=0.1 γ=0.005" else r for r in rows]
+    reading3 = _flat(mod.reading(same))
+    assert "the asynchronous order recovers" not in reading3
+    assert "γ = 0.005 > γ = 0.05 is not shown on both datasets" in reading3
+
+
+def test_dssgd_reading_is_not_rendered_from_fewer_than_ten_paired_seeds():
+    mod = _module("dssgd_experiments")
+    rows = [r for r in mod.load_rows() if r["seed"] < 9]
+    assert mod.reading(rows).startswith("_The reading needs every setting")
+    assert mod.claims_changed(rows).startswith("_The table needs every setting")
+
+
+def _fm_results(mod):
+    import json
+    return json.loads(mod.DATA.read_text())
+
+
+def test_fm_doc_is_exactly_what_write_docs_renders_from_the_stored_json():
+    mod = _module("fm_experiments")
+    doc = mod.DOC.read_text()
+    assert mod.render_doc(_fm_results(mod), doc) == doc
+    for begin, end in (mod.SETUP_BLOCK, mod.READING_BLOCK, mod.CLAIMS_BLOCK, mod.LIMITS_BLOCK):
+        assert doc.count(begin) == doc.count(end) == 1
+    assert "copied" not in doc.split(mod.READING_BLOCK[0])[1].split(mod.READING_BLOCK[1])[0]
+
+
+def test_fm_rerender_from_the_stored_values_keeps_doc_data_and_date(tmp_path, monkeypatch):
+    """``--only "" --write-docs`` measures nothing: the doc, the data file (key order and the
+    measurement date included) come back byte for byte."""
+    import shutil
+    mod = _module("fm_experiments")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    for name in ("DOC", "DATA", "PLOT"):
+        src = getattr(mod, name)
+        dst = tmp_path / src.relative_to(ROOT)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+        monkeypatch.setattr(mod, name, dst)
+    monkeypatch.setattr(mod.time, "strftime", lambda *_: "2099-01-01")   # another day
+    monkeypatch.setattr(mod.R, "environment", lambda: "Environment: elsewhere.")
+    assert mod.main(["--only", "", "--write-docs"]) == 0
+    for name in ("DOC", "DATA"):
+        rel = getattr(mod, name).relative_to(tmp_path)
+        assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), rel
+
+
+def test_dssgd_write_docs_without_measuring_keeps_the_doc(tmp_path, monkeypatch):
+    """``--write-docs`` alone (another day, another machine) reproduces the committed doc."""
+    import shutil
+    mod = _module("dssgd_experiments")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    for name in ("DOC", "DATA"):
+        dst = tmp_path / getattr(mod, name).relative_to(ROOT)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(getattr(mod, name), dst)
+        monkeypatch.setattr(mod, name, dst)
+    monkeypatch.setattr(mod.time, "strftime", lambda *_: "2099-01-01")
+    monkeypatch.setattr(mod.R, "environment", lambda: "Environment: elsewhere.")
+    assert mod.main(["--write-docs"]) == 0
+    assert mod.DOC.read_text() == (ROOT / "docs/experiments/dssgd.md").read_text()
+
+
+def test_fm_reading_verdicts_and_figures_follow_the_stored_values():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    reading, claims = _flat(mod.reading(res)), _flat(mod.claims_changed(res))
+    assert "is not met at ε = 10.**" in reading and "| **not met**: 65 %" in claims
+    # the quality-weighted runs of the acceptance cell 0.06 better on every seed: now it is met
+    better = copy.deepcopy(res)
+    cell = better["unreliable"]["10"]["breast_cancer"]["label_flip"]["0.3"]
+    cell["quality"] = [v + 0.06 for v in cell["quality"]]
+    reading2, claims2 = _flat(mod.reading(better)), _flat(mod.claims_changed(better))
+    assert "is met only on breast cancer at ε = 10.**" in reading2
+    assert "| **met**: " in claims2 and "**not met**" not in claims2
+    a = mod.acceptance(better["unreliable"]["10"]["breast_cancer"], "accuracy", "label_flip", "0.3")
+    from results_doc import ratio_pct
+    assert f"Breast cancer recovers {ratio_pct(a['recovered'])}" in reading2
+    # a figure: the consensus distance after 20 rounds (breast cancer, ε = 10), doubled
+    far = copy.deepcopy(res)
+    far["consensus"]["breast_cancer"]["10"]["20"] = [
+        2 * v for v in res["consensus"]["breast_cancer"]["10"]["20"]]
+    assert "ADMM is still 13.6 % ± 1.7 % (breast cancer)" in reading
+    assert "ADMM is still 27.3 % ± 3.4 % (breast cancer)" in _flat(mod.reading(far))
+    # the deep mode at ε = ∞ no better than the public-only network on digits: no "beats"
+    flat = copy.deepcopy(res)
+    flat["deep"]["digits"]["rows"]["∞"]["l2"] = list(res["deep"]["digits"]["pretrained"])
+    flat["deep"]["digits"]["rows"]["∞"]["l2"][0] += 0.01
+    assert "beats the network trained on the public rows alone on digits" in reading
+    deep = _flat(mod.reading(flat))
+    assert "does not beat the network trained on the public rows alone" in deep
+    assert "digits not shown" in _flat(mod.claims_changed(flat))
+
+
+def test_fm_setup_and_limitations_quote_the_stored_references():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    from results_doc import cell
+    assert f"predicting the training mean: {cell(res['sklearn']['diabetes']['trivial'])}" in \
+        _flat(mod._setup(res))
+    worse = copy.deepcopy(res)
+    worse["sklearn"]["breast_cancer"]["sklearn"] = [
+        v - 0.1 for v in res["sklearn"]["breast_cancer"]["sklearn"]]
+    assert "below scikit-learn's LogisticRegression" in _flat(mod.limits(res))
+    assert "above scikit-learn's LogisticRegression" in _flat(mod.limits(worse))
+
+
+def test_dssgd_setting_and_caveat_figures_follow_the_stored_values():
+    mod = _module("dssgd_experiments")
+    rows = mod.load_rows()
+    minutes = mod.cpu_minutes(rows)
+    assert f"({minutes:.0f} CPU minutes in all, measured)" in _flat(mod.setting_training(rows))
+    slow = [{**r, "cpu_s": 3 * r["cpu_s"]} for r in rows]
+    assert f"({3 * minutes:.0f} CPU minutes in all, measured)" in _flat(mod.setting_training(slow))
+    assert "10 seeds × 19 settings × 2 datasets" in _flat(mod.setting_training(rows))
+    fewer = [r for r in rows if not (r["setting"] == "standalone" and r["seed"] == 9)]
+    assert "9–10 seeds" in _flat(mod.setting_training(fewer))
+    assert "each setting’s count" in mod.setting_seeds(fewer)
+    longer = [{**r, "rounds": 7} if r["dataset"] == "digits" else r for r in rows]
+    assert "7 on digits" in _flat(mod.caveat_rounds(longer))
+
+
+def test_dssgd_staleness_explanation_needs_the_lead_to_grow_with_the_participants():
+    mod = _module("dssgd_experiments")
+    rows = mod.load_rows()
+    assert "staleness is the cause" in _flat(mod.reading(rows))
+    # the asynchronous order with 5 participants collapsed as far as with 30: no growth
+    worst = [{**r, "final": 0.10 + 0.001 * r["seed"]}
+             if r["setting"] == "asynchronous θu=0.1 N=5" else r for r in rows]
+    reading = _flat(mod.reading(worst))
+    assert "staleness is the cause" not in reading
+    assert "*Accuracy does not clearly fall with staleness.*" in reading
+    assert "the collapse is not shown to grow" in _flat(mod.claims_changed(worst))
