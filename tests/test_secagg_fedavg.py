@@ -140,6 +140,38 @@ def test_a_count_stddev_too_small_for_the_target_epsilon_is_a_config_error(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unreachable_target_epsilon_is_a_config_error_naming_the_reachable_range(
+        tmp_path, capsys):
+    """A ``dp.target_epsilon`` below what the noise search can reach (ε at its largest noise
+    multiplier, from dp-accounting directly) is reported with the config's problems: exit status
+    2 from the CLI, nothing run, the floor and the fix named; the floor itself is reachable
+    (``noise_for_epsilon`` finds a multiplier for it) and a hair below it is not."""
+    from crowdlearn import cli
+    q, rounds = 5 / 20, 3
+    floor = dp_fedavg.epsilon_direct(dp_fedavg.Z_MAX, q, rounds, 1e-5)
+    assert dp_fedavg.smallest_epsilon(sampling_rate=q, rounds=rounds, delta=1e-5) == floor
+    assert dp_fedavg.noise_for_epsilon(floor, sampling_rate=q, rounds=rounds, delta=1e-5) \
+        <= dp_fedavg.Z_MAX
+    with pytest.raises(ValueError, match="out of reach"):
+        dp_fedavg.noise_for_epsilon(floor * 0.999, sampling_rate=q, rounds=rounds, delta=1e-5)
+    base = {"rounds": rounds, "fleet": {"devices": 20},
+            "fedavg": {"clients_per_round": 5, "secure_aggregation": "secagg"}}
+    dp = {"mode": "distributed", "target_epsilon": floor * 0.999}
+    with pytest.raises(ConfigError) as err:
+        from_dict({**base, "dp": dp})
+    assert len(err.value.problems) == 1
+    assert f"ε >= {floor:.4g}" in str(err.value) and "set target_epsilon >=" in str(err.value)
+    assert from_dict({**base, "dp": {**dp, "target_epsilon": floor}}).dp.target_epsilon == floor
+    rc = cli.main(["run", "--set", f"rounds={rounds}", "--set", "fleet.devices=20", "--set",
+                   "fedavg.clients_per_round=5", "--set", 'fedavg.secure_aggregation="secagg"',
+                   "--set", 'dp.mode="distributed"', "--set", "dp.target_epsilon=0.0001",
+                   "--out", str(tmp_path / "run")])
+    err_text = capsys.readouterr().err
+    assert rc == 2 and "dp.target_epsilon: 0.0001 is out of reach" in err_text
+    assert f"reachable targets are ε >= {floor:.4g}" in err_text and "Traceback" not in err_text
+    assert not (tmp_path / "run").exists()
+
+
 def test_secure_aggregation_rounding_past_the_count_bound_is_a_config_error():
     """Secure aggregation raises a target ε's noise multiplier by its rounding factor; if that
     crosses 2σ_b the run stops as a config error naming the raised z, not a bare ValueError."""
