@@ -311,6 +311,53 @@ def test_target_epsilon_under_secagg_raises_the_noise_to_keep_the_target(fixed_c
     assert s["epsilon"] <= 4.0
 
 
+@pytest.mark.parametrize("mode", ["secagg", "secagg+"])
+def test_the_agreement_process_changes_no_result_and_ends_with_the_run(fixed_costs, monkeypatch,
+                                                                        mode):
+    """A simulation with the X25519 agreements computed in a worker process gives the same
+    results as with them computed in-process: every summary figure (bytes per stage, the
+    compute charged to devices, simulated time, accuracy) and every metrics row; one process is
+    started per simulation, every round's agreements go through it, and none is left when the
+    run ends (reaped), on success and when the run fails."""
+    import os
+
+    from crowdlearn.experiment import Simulation
+    from crowdlearn.protocols import secagg
+    made = []
+    real = secagg.SharedCrypto
+
+    def forced(value):
+        def make(**kw):
+            made.append(real(**{**kw, "agreement_process": value}))
+            return made[-1]
+        return make
+
+    over = {"fedavg.secure_aggregation": mode, "rounds": 2, "fleet.devices": 8}
+    monkeypatch.setattr(secagg, "SharedCrypto", forced(False))
+    inproc = _run(**over)
+    monkeypatch.setattr(secagg, "SharedCrypto", forced(True))
+    sim = Simulation(small_config(**over))
+    pid = made[-1].process.pid
+    assert pid is not None                               # started with the simulation
+    res = sim.run()
+    assert made[-1].process.frames >= 2 * 4              # two rounds, two keys per client
+    assert made[-1].process.pid is None
+    with pytest.raises(ChildProcessError):               # reaped: no process left behind
+        os.waitpid(pid, os.WNOHANG)
+    skip = {"wall_time_s", "real_time_s", "secagg_cost_model"}
+    assert {k: v for k, v in res.summary.items() if k not in skip} == \
+        {k: v for k, v in inproc.summary.items() if k not in skip}
+    assert res.metrics == inproc.metrics and res.summary["secagg_rounds_ok"] == 2
+    # a run that fails still ends its process
+    sim = Simulation(small_config(**over))
+    pid = made[-1].process.pid
+    monkeypatch.setattr(sim.driver, "run", lambda **kw: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        sim.run()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def test_priced_simulation_equals_the_real_one_in_bytes_and_model(fixed_costs):
     real = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "fleet.devices": 8})
     priced = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "secagg.priced": True})

@@ -7,6 +7,7 @@ aggregation, :mod:`crowdlearn.protocols.secagg`, and client-level DP,
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -72,7 +73,12 @@ def build(ctx) -> dict:
     costs = calibrate()
     ctx.extra["crypto_costs"] = costs
     streams = np.random.SeedSequence([cfg.seed, 0x5EC]).spawn(len(ctx.devices) + 1)
-    shared = secagg.SharedCrypto()      # pairwise keys and mask keystreams derived once a pair
+    # pairwise keys and mask keystreams derived once a pair; in a SimPy run on several cores
+    # the agreements are computed ahead in a worker process, ended when the run ends
+    # (Simulation.close); the asyncio runtime's machines may live in other processes: not there
+    shared = secagg.SharedCrypto(agreement_process=not sa.priced and (os.cpu_count() or 1) > 1
+                                 and cfg.runtime.engine == "simpy")
+    ctx.extra.setdefault("on_close", []).append(shared.close)
     machines = {SERVER: secagg.SecAggServer(SERVER, ctx.init_weights, params,
                                             rng=ctx.rngs["protocol"], secagg=sa, costs=costs,
                                             dp=dp, graph_rng=np.random.default_rng(streams[-1]),

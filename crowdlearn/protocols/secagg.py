@@ -283,12 +283,41 @@ class SharedCrypto:
     (``CryptoJob``), unchanged.  ``threads``: the mask batches' worker threads
     (:class:`~crowdlearn.crypto.masking.MaskBatch`; None = the default, 0 = none); no message
     depends on it (tested).
+
+    ``agreement_process``: compute the pairwise agreements in a worker process
+    (:class:`~crowdlearn.crypto.keyagreement.AgreementProcess`), ahead of their use: each
+    client :meth:`~crowdlearn.crypto.keyagreement.AgreementMemo.hold` s its keys when it makes
+    them and the server, when it sends the key lists, says who agrees with whom
+    (:meth:`expect`), so the round's X25519 runs beside the training and the clients' other
+    work instead of holding this process's GIL.  The owner ends the process with
+    :meth:`close` (the simulation does, when its run ends; it starts at once, so that it has
+    booted when the first key list goes out).  No message depends on it (tested).
     """
 
-    def __init__(self, *, threads: int | None = None):
-        self.memo = ka.AgreementMemo()
+    def __init__(self, *, threads: int | None = None, agreement_process: bool = False):
+        self.process = ka.AgreementProcess() if agreement_process else None
+        if self.process is not None:
+            self.process.start()          # it boots while the simulation is built and trains
+        self.memo = ka.AgreementMemo(process=self.process)
         self.threads = threads
         self._batches: dict = {}
+
+    def expect(self, rnd: int, keys: Mapping, graph: Mapping) -> None:
+        """The round's key list is out: client ``u`` (public keys ``keys[u] = (c_pk, s_pk)``)
+        will agree with each ``v`` of ``graph[u]``.  Queues the agreements on the worker
+        process, client by client in ``keys``'s order, each pair once (nothing without one)."""
+        if self.process is None:
+            return
+        infos = (_share_info(rnd), _mask_info(rnd))
+        for u, own in keys.items():
+            peers = [v for v in sorted(graph.get(u, ())) if v in keys]
+            for j in (0, 1):
+                self.memo.expect(own[j], [keys[v][j] for v in peers], infos[j])
+
+    def close(self) -> None:
+        """End the worker process, if any (idempotent)."""
+        if self.process is not None:
+            self.process.close()
 
     def batch(self, d: int, bits: int) -> masking.MaskBatch:
         key = (d, bits)
@@ -399,7 +428,8 @@ class SecAggClient(FedAvgClient):
             return self._advertise()
         if isinstance(event, JobDone) and event.job_id == self.stage_job:
             self.stage_job = None
-            return [Send(self.server, self._outbox)]
+            out = self._outbox
+            return [Send(self.server, out() if callable(out) else out)]
         if isinstance(event, Disconnected):
             self._reset()
             return super().handle(event, now)
@@ -418,7 +448,9 @@ class SecAggClient(FedAvgClient):
             return []                            # a stage of a round I am not part of
         return super().handle(event, now)
 
-    # each stage: compute the reply now (pure), charge its cost as a job, send it when done
+    # each stage: compute the reply (pure), charge its cost as a job, send it when done; the
+    # reply is computed now, or when the job is done if ``reply`` is a function (key sharing:
+    # its draws are made now, its keys may still be on their way from the agreement process)
     def _after(self, stage: str, ops: Mapping, reply) -> list[Effect]:
         self._outbox = reply
         self.stage_job = ("secagg", self.rnd, stage)
@@ -458,6 +490,9 @@ class SecAggClient(FedAvgClient):
             c, s = ka.keypair(self.crng.bytes(32)), ka.keypair(self.crng.bytes(32))
             self.keys = (c, s)
             c_pk, s_pk = ka.public_bytes(c), ka.public_bytes(s)
+            if self.shared is not None:      # the simulator may agree with these ahead of use
+                self.shared.memo.hold(c, c_pk)
+                self.shared.memo.hold(s, s_pk)
         return self._after("advertise", {"keygen": 2}, AdvertiseKeys(self.rnd, c_pk, s_pk))
 
     def _share(self, m: KeyList) -> list[Effect]:
@@ -476,29 +511,35 @@ class SecAggClient(FedAvgClient):
             s_sk = int.from_bytes(ka.private_bytes(self.keys[1]), "big")
             rows = shamir.split_many([s_sk, int.from_bytes(self.b_seed, "big")],
                                      [_xcoord(v) for v in recipients], t=t, rng=self.crng)
-        dsts, boxes = [], []
-        for j, v in enumerate(recipients):
-            plain = shamir.share_to_bytes(rows[0][j]) + shamir.share_to_bytes(rows[1][j])
-            if v == me:
-                self.held[me] = (int(rows[0][j]), int(rows[1][j]))
-                continue
-            if self.sa.priced:
-                box = bytes(SHARE_BOX)
-            else:
-                key = self._share_key(v)
-                box = ka.seal(key, plain, aad=_box_aad(self.rnd, me, v))
-            dsts.append(v)
-            boxes.append(box)
-        if self.shared is not None and not self.sa.priced:
-            # the simulator derives the mask seeds now, while the round's training runs on a
-            # worker thread (the executor's early batch); the device is charged for them at the
-            # masked-input stage, for the peers whose shares arrived, as Bonawitz et al. order it
-            for v in self.peers:
-                self._mask_seed(v)
-            self._register_early_mask()
+        j_me = recipients.index(me)
+        self.held[me] = (int(rows[0][j_me]), int(rows[1][j_me]))
+        dsts = tuple(v for v in recipients if v != me)
+
+        def reply() -> ShareKeys:
+            # at the end of the job (the same bytes as computed at its start): in a shared
+            # simulation the pairwise keys are agreed ahead in a worker process, so by now
+            # they are there, and the round's training started with the job
+            boxes = []
+            for j, v in enumerate(recipients):
+                if v == me:
+                    continue
+                if self.sa.priced:
+                    boxes.append(bytes(SHARE_BOX))
+                    continue
+                plain = shamir.share_to_bytes(rows[0][j]) + shamir.share_to_bytes(rows[1][j])
+                boxes.append(ka.seal(self._share_key(v), plain, aad=_box_aad(self.rnd, me, v)))
+            if self.shared is not None and not self.sa.priced:
+                # the simulator derives the mask seeds now, while the round's training runs on
+                # a worker thread (the executor's early batch); the device is charged for them
+                # at the masked-input stage, for the peers whose shares arrived, as Bonawitz et
+                # al. order it
+                for v in self.peers:
+                    self._mask_seed(v)
+                self._register_early_mask()
+            return ShareKeys(self.rnd, dsts, tuple(boxes))
         ops = {"agree": len(dsts), "field_muls": 2 * len(recipients) * max(t - 1, 0),
                "aead_bytes": len(dsts) * SHARE_PLAIN}
-        return self._after("share", ops, ShareKeys(self.rnd, tuple(dsts), tuple(boxes)))
+        return self._after("share", ops, reply)
 
     def _register_early_mask(self) -> None:
         """Register ``PRG(b_u) + Σ_v ±PRG(s_uv)`` over every peer of the key list with the
@@ -637,6 +678,7 @@ class SecAggServer(FedAvgServer):
         self.sa, self.costs = secagg, costs
         self._agree = shared.memo.agree if shared is not None else ka.agree
         self._threads = shared.threads if shared is not None else 0
+        self._shared = shared
         # the SecAgg+ graph has its own stream, so client selection matches plain FedAvg's
         self.graph_rng = graph_rng if graph_rng is not None else np.random.default_rng(0)
         self.shapes = [np.shape(w) for w in self.weights]
@@ -755,6 +797,10 @@ class SecAggServer(FedAvgServer):
         k = self.sa.neighbours if self.sa.mode == "secagg+" else len(self.u1)
         self.graph = neighbour_graph(self.u1, k, self.graph_rng)
         clip = self.dp.clip_norm if self.dp is not None else 0.0
+        if self._shared is not None and not self.sa.priced:
+            # a hint to the simulator (no message depends on it): who will agree with whom
+            self._shared.expect(self.round, {u: (adv[u].c_pk, adv[u].s_pk) for u in self.u1},
+                                self.graph)
         if self.sa.mode == "secagg":
             msg = KeyList(self.round, self.u1, tuple(adv[v].c_pk for v in self.u1),
                           tuple(adv[v].s_pk for v in self.u1), self.sa.threshold, clip)
@@ -983,7 +1029,7 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
                 queue.append((src, e.dst, e.message))
             elif isinstance(e, RunJob) and isinstance(e.job, CryptoJob):
                 c = clients[src]
-                msg = c._outbox
+                msg = c._outbox() if callable(c._outbox) else c._outbox
                 c.stage_job = None
                 if src in drop.get(stage_of[type(msg)], ()):
                     offline.add(src)
