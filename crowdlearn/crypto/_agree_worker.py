@@ -11,6 +11,7 @@ reads frames from stdin and answers each on stdout, in order, until stdin closes
   :func:`~crowdlearn.crypto.keyagreement.agree` returns, byte for byte (tested).
 """
 
+import signal
 import struct
 import sys
 
@@ -24,6 +25,11 @@ FAILED = bytes(33)
 
 
 def main() -> None:
+    # a terminal's Ctrl-C or hang-up is the simulation's to handle (it may still need answers
+    # while it winds down); this process ends when its stdin closes, at the latest when the
+    # simulation's process ends
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     read, write = sys.stdin.buffer.read, sys.stdout.buffer
     publics: dict = {}                    # each peer's key parsed once (it recurs in many frames)
     while True:

@@ -115,6 +115,7 @@ class AgreementProcess:
         if self._proc is not None:
             return
         worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_agree_worker.py")
+        self._failed, self._outbox, self._done = None, queue.SimpleQueue(), {}
         self._proc = subprocess.Popen([sys.executable, "-I", worker], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE)
         self._finalizer = weakref.finalize(self, _end_process, self._proc)
