@@ -225,9 +225,7 @@ def test_agreement_process_returns_agrees_bytes_and_ends_with_its_owner():
             assert pool.result(fid, len(pubs)) is None
         memo = ka.AgreementMemo(process=pool)
         for k, pk in zip(keys, pubs, strict=True):
-            memo.hold(k, pk)
-        for pk in pubs:
-            memo.expect(pk, [q for q in pubs if q != pk] + [bad], b"i")
+            memo.expect(k, pk, [q for q in pubs if q != pk] + [bad], b"i")
         assert pool.frames == len(fids) + len(pubs)    # one frame a key: its pairs not queued yet
         for a, ka_ in enumerate(keys):
             for b in range(len(keys)):

@@ -244,10 +244,10 @@ class AgreementMemo:
     ``info`` values old are dropped too (a simulator's infos name the round).
 
     With a ``process`` (:class:`AgreementProcess`) the agreements can be computed ahead, beside
-    the caller: a party :meth:`hold` s its private key when it makes it, and :meth:`expect`
-    says which public keys a held key will agree with (a simulated server knows that once it
-    has the key list); the memo queues those pairs on the process, and :meth:`agree` waits for
-    a queued pair's answer instead of computing it.  The same keys either way (tested).
+    the caller: a party says with :meth:`expect` which public keys its key will agree with (a
+    SecAgg client, when its key list arrives); the memo queues the pairs not queued yet on the
+    process, and :meth:`agree` waits for a queued pair's answer instead of computing it.  The
+    same keys either way (tested).
 
     >>> memo = AgreementMemo()
     >>> a, b = keypair(bytes(range(32))), keypair(bytes(range(1, 33)))
@@ -264,7 +264,6 @@ class AgreementMemo:
         self._frames: dict[bytes, list] = {}                   # info -> frames queued for it
         self._public: dict[int, tuple] = {}
         self._peer_keys: dict[bytes, X25519PublicKey] = {}     # raw bytes -> parsed, once
-        self._held: dict[bytes, X25519PrivateKey] = {}         # public -> private, to expect
         self.exchanges = 0
         self.hits = 0
 
@@ -293,20 +292,12 @@ class AgreementMemo:
                     self.process.drop(self._frames.pop(old, ()))
         return memo
 
-    def hold(self, key: X25519PrivateKey, public: bytes) -> None:
-        """``key`` (whose public half is ``public``, as its owner computed it) may be named by
-        :meth:`expect`.  Without a process: only remembers ``public``."""
+    def expect(self, key: X25519PrivateKey, public: bytes, peers, info: bytes) -> None:
+        """The holder of ``key`` (whose public half is ``public``, as its owner computed it)
+        will agree with each of ``peers`` under ``info``: queue the pairs not queued or known
+        yet on the process, in one frame (without a process: only remembers ``public``)."""
         self._remember_public(key, public)
-        if self.process is not None:
-            if len(self._held) > 100_000:
-                self._held.clear()
-            self._held[public] = key
-
-    def expect(self, public: bytes, peers, info: bytes) -> None:
-        """The holder of ``public`` will agree with each of ``peers`` under ``info``: queue the
-        pairs not queued or known yet on the process (if ``public`` was :meth:`hold` en)."""
-        key = self._held.pop(public, None) if self.process is not None else None
-        if key is None:
+        if self.process is None:
             return
         memo = self._info_memo(info)
         todo, pairs = [], {}
@@ -353,7 +344,6 @@ class AgreementMemo:
         self._frames.clear()
         self._public.clear()
         self._peer_keys.clear()
-        self._held.clear()
 
 
 def seal(key: bytes | AESGCM, plaintext: bytes, *, aad: bytes) -> bytes:

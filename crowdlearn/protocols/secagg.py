@@ -286,10 +286,9 @@ class SharedCrypto:
 
     ``agreement_process``: compute the pairwise agreements in a worker process
     (:class:`~crowdlearn.crypto.keyagreement.AgreementProcess`), ahead of their use: each
-    client :meth:`~crowdlearn.crypto.keyagreement.AgreementMemo.hold` s its keys when it makes
-    them and the server, when it sends the key lists, says who agrees with whom
-    (:meth:`expect`), so the round's X25519 runs beside the training and the clients' other
-    work instead of holding this process's GIL.  The owner ends the process with
+    client, when its key list arrives, says with whom it will agree
+    (:meth:`~crowdlearn.crypto.keyagreement.AgreementMemo.expect`), so the round's X25519 runs
+    beside the training and the clients' other work instead of holding this process's GIL.  The owner ends the process with
     :meth:`close` (the simulation does, when its run ends; it starts at once, so that it has
     booted when the first key list goes out).  No message depends on it (tested).
     """
@@ -301,18 +300,6 @@ class SharedCrypto:
         self.memo = ka.AgreementMemo(process=self.process)
         self.threads = threads
         self._batches: dict = {}
-
-    def expect(self, rnd: int, keys: Mapping, graph: Mapping) -> None:
-        """The round's key list is out: client ``u`` (public keys ``keys[u] = (c_pk, s_pk)``)
-        will agree with each ``v`` of ``graph[u]``.  Queues the agreements on the worker
-        process, client by client in ``keys``'s order, each pair once (nothing without one)."""
-        if self.process is None:
-            return
-        infos = (_share_info(rnd), _mask_info(rnd))
-        for u, own in keys.items():
-            peers = [v for v in sorted(graph.get(u, ())) if v in keys]
-            for j in (0, 1):
-                self.memo.expect(own[j], [keys[v][j] for v in peers], infos[j])
 
     def close(self) -> None:
         """End the worker process, if any (idempotent)."""
@@ -490,9 +477,6 @@ class SecAggClient(FedAvgClient):
             c, s = ka.keypair(self.crng.bytes(32)), ka.keypair(self.crng.bytes(32))
             self.keys = (c, s)
             c_pk, s_pk = ka.public_bytes(c), ka.public_bytes(s)
-            if self.shared is not None:      # the simulator may agree with these ahead of use
-                self.shared.memo.hold(c, c_pk)
-                self.shared.memo.hold(s, s_pk)
         return self._after("advertise", {"keygen": 2}, AdvertiseKeys(self.rnd, c_pk, s_pk))
 
     def _share(self, m: KeyList) -> list[Effect]:
@@ -503,6 +487,15 @@ class SecAggClient(FedAvgClient):
         self.peers = {v: (c, s) for v, c, s in zip(m.ids, m.c_pks, m.s_pks, strict=True) if v != me}
         recipients = sorted(self.peers) + [me]
         t = m.threshold
+        if self.shared is not None and not self.sa.priced:
+            # a hint to the simulator (no message depends on it): the agreements this client
+            # will need, queued now on the agreement process (if any) in the order clients
+            # receive their key lists, so they are there when the job ends
+            me_at = m.ids.index(me)
+            for j, (key, own) in enumerate(((self.keys[0], m.c_pks[me_at]),
+                                            (self.keys[1], m.s_pks[me_at]))):
+                self.shared.memo.expect(key, own, [pk[j] for pk in self.peers.values()],
+                                        self._round_infos()[j])
         self.b_seed = self.crng.bytes(32)
         if self.sa.priced:
             rows = [[0] * len(recipients)] * 2
@@ -678,7 +671,6 @@ class SecAggServer(FedAvgServer):
         self.sa, self.costs = secagg, costs
         self._agree = shared.memo.agree if shared is not None else ka.agree
         self._threads = shared.threads if shared is not None else 0
-        self._shared = shared
         # the SecAgg+ graph has its own stream, so client selection matches plain FedAvg's
         self.graph_rng = graph_rng if graph_rng is not None else np.random.default_rng(0)
         self.shapes = [np.shape(w) for w in self.weights]
@@ -797,10 +789,6 @@ class SecAggServer(FedAvgServer):
         k = self.sa.neighbours if self.sa.mode == "secagg+" else len(self.u1)
         self.graph = neighbour_graph(self.u1, k, self.graph_rng)
         clip = self.dp.clip_norm if self.dp is not None else 0.0
-        if self._shared is not None and not self.sa.priced:
-            # a hint to the simulator (no message depends on it): who will agree with whom
-            self._shared.expect(self.round, {u: (adv[u].c_pk, adv[u].s_pk) for u in self.u1},
-                                self.graph)
         if self.sa.mode == "secagg":
             msg = KeyList(self.round, self.u1, tuple(adv[v].c_pk for v in self.u1),
                           tuple(adv[v].s_pk for v in self.u1), self.sa.threshold, clip)
