@@ -201,6 +201,11 @@ class AgreementProcess:
         with self._cond:
             self._done.clear()
 
+    def __deepcopy__(self, memo):
+        # a service, like a thread pool: a deep-copied owner (a machine copied for isolation)
+        # shares it; frames are told apart by their ids and its owner still closes it
+        return self
+
     def __enter__(self):
         return self
 
