@@ -288,9 +288,10 @@ class SharedCrypto:
     (:class:`~crowdlearn.crypto.keyagreement.AgreementProcess`), ahead of their use: each
     client, when its key list arrives, says with whom it will agree
     (:meth:`~crowdlearn.crypto.keyagreement.AgreementMemo.expect`), so the round's X25519 runs
-    beside the training and the clients' other work instead of holding this process's GIL.  The owner ends the process with
-    :meth:`close` (the simulation does, when its run ends; it starts at once, so that it has
-    booted when the first key list goes out).  No message depends on it (tested).
+    beside the training and the clients' other work instead of holding this process's GIL.
+    The owner ends the process with :meth:`close` (the simulation does, when its run ends; it
+    starts at once, so that it has booted when the first key list goes out).  No message
+    depends on it (tested).
     """
 
     def __init__(self, *, threads: int | None = None, agreement_process: bool = False):
