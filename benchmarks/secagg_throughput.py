@@ -18,6 +18,10 @@ as the key-sharing stage begins, so the clients' key-sharing cryptography runs w
 trains (``jobs.Executor`` early batches); each client registers its masks with the batch when it
 shares its keys (its input is added at the masked-input stage), so the keystreams run in that
 window too.  None of this changes a message or a result (tested).
+The round's X25519 + HKDF agreements run in a worker process (``fedavg_family.agreement_process``:
+one per simulation, started with it, ended with its run), queued by each client when its key
+list arrives; its CPU is counted in the round's (an ended child's, ``os.times``).
+``--inproc-too`` adds "secagg-inproc": the same code with the agreements in this process.
 ``--sequential-too`` adds a fourth contender, SecAgg with both switched off (mask threads 0, no
 early training): this change's effect, measured in the same process.
 
@@ -38,6 +42,7 @@ Run::
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 7          # ~3-6 min
     .venv/bin/python benchmarks/secagg_throughput.py --phases
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 5 --sequential-too
+    .venv/bin/python benchmarks/secagg_throughput.py --repeats 5 --inproc-too
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 1 --clients 20   # smoke
 """
 
@@ -82,10 +87,10 @@ def _cpu() -> float:
 def one(name: str, clients: int, threads: int | None = None) -> dict:
     from crowdlearn.crypto import masking
     from crowdlearn.experiment import Simulation
-    from crowdlearn.protocols import secagg
+    from crowdlearn.protocols import fedavg_family
     mode, sequential, inproc = CONTENDERS[name]
     default_threads = masking.default_threads
-    shared_crypto = secagg.SharedCrypto
+    agreement_process = fedavg_family.agreement_process
     t0, c0 = time.perf_counter(), _cpu()
     try:
         if sequential:                   # no mask worker threads, no early training batch
@@ -93,16 +98,14 @@ def one(name: str, clients: int, threads: int | None = None) -> dict:
         elif threads is not None:
             masking.default_threads = lambda: threads
         if sequential or inproc:         # the agreements in this process, as before
-            def in_process(**kw):
-                return shared_crypto(**{**kw, "agreement_process": False})
-            secagg.SharedCrypto = in_process
+            fedavg_family.agreement_process = lambda cfg, sa: None
         sim = Simulation(config(mode, clients))
         if sequential:
             sim.executor.background_kinds = frozenset()
         res = sim.run()
     finally:
         masking.default_threads = default_threads
-        secagg.SharedCrypto = shared_crypto
+        fedavg_family.agreement_process = agreement_process
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     return {"wall": wall, "cpu": cpu, "acc": res.summary["final_accuracy"],
             "expansion": res.summary.get("secagg_expansion"),

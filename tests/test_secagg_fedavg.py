@@ -321,27 +321,26 @@ def test_the_agreement_process_changes_no_result_and_ends_with_the_run(fixed_cos
     run ends (reaped), on success and when the run fails."""
     import os
 
+    from crowdlearn.crypto.agreement_process import AgreementProcess
     from crowdlearn.experiment import Simulation
-    from crowdlearn.protocols import secagg
+    from crowdlearn.protocols import fedavg_family
     made = []
-    real = secagg.SharedCrypto
 
-    def forced(value):
-        def make(**kw):
-            made.append(real(**{**kw, "agreement_process": value}))
-            return made[-1]
-        return make
+    def started(cfg, sa):
+        made.append(AgreementProcess())
+        made[-1].start()
+        return made[-1]
 
     over = {"fedavg.secure_aggregation": mode, "rounds": 2, "fleet.devices": 8}
-    monkeypatch.setattr(secagg, "SharedCrypto", forced(False))
+    monkeypatch.setattr(fedavg_family, "agreement_process", lambda cfg, sa: None)
     inproc = _run(**over)
-    monkeypatch.setattr(secagg, "SharedCrypto", forced(True))
+    monkeypatch.setattr(fedavg_family, "agreement_process", started)
     sim = Simulation(small_config(**over))
-    pid = made[-1].process.pid
-    assert pid is not None                               # started with the simulation
+    pid = made[-1].pid
+    assert pid is not None and len(made) == 1            # started with the simulation
     res = sim.run()
-    assert made[-1].process.frames >= 2 * 4              # two rounds, two keys per client
-    assert made[-1].process.pid is None
+    assert made[-1].frames >= 2 * 4                      # two rounds, two keys per client
+    assert made[-1].pid is None and len(made) == 1
     with pytest.raises(ChildProcessError):               # reaped: no process left behind
         os.waitpid(pid, os.WNOHANG)
     skip = {"wall_time_s", "real_time_s", "secagg_cost_model"}
@@ -350,7 +349,7 @@ def test_the_agreement_process_changes_no_result_and_ends_with_the_run(fixed_cos
     assert res.metrics == inproc.metrics and res.summary["secagg_rounds_ok"] == 2
     # a run that fails still ends its process
     sim = Simulation(small_config(**over))
-    pid = made[-1].process.pid
+    pid = made[-1].pid
     monkeypatch.setattr(sim.driver, "run", lambda **kw: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         sim.run()

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.crypto import keyagreement as ka
+from crowdlearn.crypto.agreement_process import AgreementProcess
 from crowdlearn.crypto import masking, shamir
 
 secrets_ = st.integers(min_value=0, max_value=int(shamir.PRIME) - 1)
@@ -215,7 +216,7 @@ def test_agreement_process_returns_agrees_bytes_and_ends_with_its_owner():
     bad = bytes(32)                                  # the all-zero point: X25519 refuses it
     with pytest.raises(ValueError):
         ka.agree(keys[0], bad, b"x")
-    pool = ka.AgreementProcess()
+    pool = AgreementProcess()
     try:
         fids = {(i, info): pool.submit(ka.private_bytes(keys[i]), pubs + [bad], info)
                 for i in range(3) for info in (b"share r0", b"mask seed r0")}
@@ -244,6 +245,18 @@ def test_agreement_process_returns_agrees_bytes_and_ends_with_its_owner():
         os.waitpid(pid, os.WNOHANG)
     with pytest.raises(ValueError):
         pool.submit(bytes(31), [], b"")
+    # a worker that dies leaves its queued agreements to the caller: the same keys
+    pool = AgreementProcess()
+    try:
+        memo = ka.AgreementMemo(process=pool)
+        pool.start()
+        pool._proc.kill()
+        pool._proc.wait()
+        memo.expect(keys[0], pubs[0], pubs[1:], b"k")
+        assert [memo.agree(keys[0], pk, b"k") for pk in pubs[1:]] == \
+            [ka.agree(keys[0], pk, b"k") for pk in pubs[1:]]
+    finally:
+        pool.close()
 
 
 @settings(max_examples=10, deadline=None)

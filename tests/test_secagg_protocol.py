@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from crowdlearn.crypto import masking
 from sim import wire
+from crowdlearn.crypto.agreement_process import AgreementProcess
 from crowdlearn.protocols.secagg import MaskedInput, SecAggParams, SharedCrypto, run_round
 
 STAGES = ("advertise", "share", "masked_input", "unmask")
@@ -219,7 +220,7 @@ def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, 
                          [masking.min_modulus_bits(n, 10), 40])))
     drop = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=1))) for s in STAGES}
     threads = data.draw(st.integers(1, 3))
-    with_process = SharedCrypto(threads=threads, agreement_process=True)
+    with_process = SharedCrypto(threads=threads, process=AgreementProcess())
     try:
         runs = [run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop, shared=sh)
                 for sh in (False, SharedCrypto(threads=0), SharedCrypto(threads=threads),

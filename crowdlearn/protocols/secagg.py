@@ -284,21 +284,19 @@ class SharedCrypto:
     (:class:`~crowdlearn.crypto.masking.MaskBatch`; None = the default, 0 = none); no message
     depends on it (tested).
 
-    ``agreement_process``: compute the pairwise agreements in a worker process
-    (:class:`~crowdlearn.crypto.keyagreement.AgreementProcess`), ahead of their use: each
+    ``process``: a worker process computing the pairwise agreements ahead of their use
+    (:class:`~crowdlearn.crypto.agreement_process.AgreementProcess`, made and started by the
+    composition root; this module starts none): each
     client, when its key list arrives, says with whom it will agree
     (:meth:`~crowdlearn.crypto.keyagreement.AgreementMemo.expect`), so the round's X25519 runs
     beside the training and the clients' other work instead of holding this process's GIL.
-    The owner ends the process with :meth:`close` (the simulation does, when its run ends; it
-    starts at once, so that it has booted when the first key list goes out).  No message
-    depends on it (tested).
+    :meth:`close` ends it (the simulation does, when its run ends).  No message depends on it
+    (tested).
     """
 
-    def __init__(self, *, threads: int | None = None, agreement_process: bool = False):
-        self.process = ka.AgreementProcess() if agreement_process else None
-        if self.process is not None:
-            self.process.start()          # it boots while the simulation is built and trains
-        self.memo = ka.AgreementMemo(process=self.process)
+    def __init__(self, *, threads: int | None = None, process=None):
+        self.process = process
+        self.memo = ka.AgreementMemo(process=process)
         self.threads = threads
         self._batches: dict = {}
 
