@@ -18,6 +18,10 @@ as the key-sharing stage begins, so the clients' key-sharing cryptography runs w
 trains (``jobs.Executor`` early batches); each client registers its masks with the batch when it
 shares its keys (its input is added at the masked-input stage), so the keystreams run in that
 window too.  None of this changes a message or a result (tested).
+The round's X25519 + HKDF agreements run in a worker process (``fedavg_family.agreement_process``:
+one per simulation, started with it, ended with its run), queued by each client when its key
+list arrives; its CPU is counted in the round's (an ended child's, ``os.times``).
+``--inproc-too`` adds "secagg-inproc": the same code with the agreements in this process.
 ``--sequential-too`` adds a fourth contender, SecAgg with both switched off (mask threads 0, no
 early training): this change's effect, measured in the same process.
 
@@ -38,6 +42,7 @@ Run::
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 7          # ~3-6 min
     .venv/bin/python benchmarks/secagg_throughput.py --phases
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 5 --sequential-too
+    .venv/bin/python benchmarks/secagg_throughput.py --repeats 5 --inproc-too
     .venv/bin/python benchmarks/secagg_throughput.py --repeats 1 --clients 20   # smoke
 """
 
@@ -58,9 +63,10 @@ except ModuleNotFoundError:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: contender -> (fedavg.secure_aggregation, sequential)
-CONTENDERS = {"plain": ("none", False), "secagg": ("secagg", False),
-              "secagg+": ("secagg+", False), "secagg-seq": ("secagg", True)}
+#: contender -> (fedavg.secure_aggregation, sequential, agreements in this process)
+CONTENDERS = {"plain": ("none", False, None), "secagg": ("secagg", False, None),
+              "secagg+": ("secagg+", False, None), "secagg-seq": ("secagg", True, True),
+              "secagg-inproc": ("secagg", False, True)}
 
 
 def config(mode: str, clients: int):
@@ -71,24 +77,36 @@ def config(mode: str, clients: int):
     return from_dict(raw, base_dir=ROOT / "examples")
 
 
+def _cpu() -> float:
+    """This process's CPU time plus its ended children's (the X25519 worker process, waited
+    for when its simulation ends)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
 def one(name: str, clients: int, threads: int | None = None) -> dict:
     from crowdlearn.crypto import masking
     from crowdlearn.experiment import Simulation
-    mode, sequential = CONTENDERS[name]
+    from crowdlearn.protocols import fedavg_family
+    mode, sequential, inproc = CONTENDERS[name]
     default_threads = masking.default_threads
-    t0, c0 = time.perf_counter(), time.process_time()
+    agreement_process = fedavg_family.agreement_process
+    t0, c0 = time.perf_counter(), _cpu()
     try:
         if sequential:                   # no mask worker threads, no early training batch
             masking.default_threads = lambda: 0
         elif threads is not None:
             masking.default_threads = lambda: threads
+        if sequential or inproc:         # the agreements in this process, as before
+            fedavg_family.agreement_process = lambda cfg, sa: None
         sim = Simulation(config(mode, clients))
         if sequential:
             sim.executor.background_kinds = frozenset()
         res = sim.run()
     finally:
         masking.default_threads = default_threads
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        fedavg_family.agreement_process = agreement_process
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
     return {"wall": wall, "cpu": cpu, "acc": res.summary["final_accuracy"],
             "expansion": res.summary.get("secagg_expansion"),
             "client_bytes": res.summary.get("secagg_client_bytes_per_round"),
@@ -184,6 +202,9 @@ def main(argv=None):
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--sequential-too", action="store_true",
                     help="also run SecAgg without mask threads and early training")
+    ap.add_argument("--inproc-too", action="store_true",
+                    help="also run SecAgg with the X25519 agreements in this process (no "
+                         "agreement worker process)")
     ap.add_argument("--mask-threads", type=int, default=None,
                     help="mask batch worker threads (default: masking.default_threads())")
     ap.add_argument("--switch-interval", type=float, default=None,
@@ -203,7 +224,8 @@ def main(argv=None):
         print(f"load average (1 min) {load0:.2f}")
         phases(a.clients)
         return
-    names = ["plain", "secagg", "secagg+"] + (["secagg-seq"] if a.sequential_too else [])
+    names = ["plain", "secagg", "secagg+"] + (["secagg-seq"] if a.sequential_too else []) \
+        + (["secagg-inproc"] if a.inproc_too else [])
     runs: dict[str, list] = {m: [] for m in names}
     for _ in range(a.repeats):
         for m in names:
@@ -226,12 +248,16 @@ def main(argv=None):
             if r["early"]["discarded"]:
                 extra += f" (discarded {r['early']['discarded']})"
         walls = ", ".join(f"{x['wall']:.2f}" for x in rs)
-        print(f"{m:10s} wall {med[m]:6.2f} s (runs: {walls})  cpu {cpu[m]:6.2f} s  "
+        print(f"{m:13s} wall {med[m]:6.2f} s (runs: {walls})  cpu {cpu[m]:6.2f} s  "
               f"accuracy {r['acc']:.4f}{extra}")
     if "secagg-seq" in runs:
         print(f"ratio_sequential {med['secagg-seq'] / med['plain']:.2f}  ratio_cpu_sequential "
               f"{cpu['secagg-seq'] / cpu['plain']:.2f}   (SecAgg with no mask threads and no "
               f"early training)")
+    if "secagg-inproc" in runs:
+        print(f"ratio_inproc {med['secagg-inproc'] / med['plain']:.2f}  ratio_cpu_inproc "
+              f"{cpu['secagg-inproc'] / cpu['plain']:.2f}   (SecAgg with the agreements in this "
+              f"process)")
     print(f"ratio_cpu {cpu['secagg'] / cpu['plain']:.2f}  ratio_cpu_secagg_plus "
           f"{cpu['secagg+'] / cpu['plain']:.2f}   (process CPU, SecAgg / plain)")
     print(f"ratio_secagg_plus {med['secagg+'] / med['plain']:.2f}")

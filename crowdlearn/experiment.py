@@ -327,6 +327,18 @@ class Simulation:
         return [{"rmse": rmse, "loss": mse} for mse, rmse in scores]
 
     def run(self) -> Results:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release what the protocol's builder started for the run (``ctx.extra["on_close"]``:
+        SecAgg's agreement worker process); idempotent."""
+        for close in self.ctx.extra.get("on_close", ()):
+            close()
+
+    def _run(self) -> Results:
         cfg = self.config
         if cfg.runtime.engine == "asyncio":          # the same machines over loopback sockets
             from crowdlearn.realtime import run_asyncio

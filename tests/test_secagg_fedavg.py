@@ -140,6 +140,38 @@ def test_a_count_stddev_too_small_for_the_target_epsilon_is_a_config_error(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unreachable_target_epsilon_is_a_config_error_naming_the_reachable_range(
+        tmp_path, capsys):
+    """A ``dp.target_epsilon`` below what the noise search can reach (ε at its largest noise
+    multiplier, from dp-accounting directly) is reported with the config's problems: exit status
+    2 from the CLI, nothing run, the floor and the fix named; the floor itself is reachable
+    (``noise_for_epsilon`` finds a multiplier for it) and a hair below it is not."""
+    from crowdlearn import cli
+    q, rounds = 5 / 20, 3
+    floor = dp_fedavg.epsilon_direct(dp_fedavg.Z_MAX, q, rounds, 1e-5)
+    assert dp_fedavg.smallest_epsilon(sampling_rate=q, rounds=rounds, delta=1e-5) == floor
+    assert dp_fedavg.noise_for_epsilon(floor, sampling_rate=q, rounds=rounds, delta=1e-5) \
+        <= dp_fedavg.Z_MAX
+    with pytest.raises(ValueError, match="out of reach"):
+        dp_fedavg.noise_for_epsilon(floor * 0.999, sampling_rate=q, rounds=rounds, delta=1e-5)
+    base = {"rounds": rounds, "fleet": {"devices": 20},
+            "fedavg": {"clients_per_round": 5, "secure_aggregation": "secagg"}}
+    dp = {"mode": "distributed", "target_epsilon": floor * 0.999}
+    with pytest.raises(ConfigError) as err:
+        from_dict({**base, "dp": dp})
+    assert len(err.value.problems) == 1
+    assert f"ε >= {floor:.4g}" in str(err.value) and "set target_epsilon >=" in str(err.value)
+    assert from_dict({**base, "dp": {**dp, "target_epsilon": floor}}).dp.target_epsilon == floor
+    rc = cli.main(["run", "--set", f"rounds={rounds}", "--set", "fleet.devices=20", "--set",
+                   "fedavg.clients_per_round=5", "--set", 'fedavg.secure_aggregation="secagg"',
+                   "--set", 'dp.mode="distributed"', "--set", "dp.target_epsilon=0.0001",
+                   "--out", str(tmp_path / "run")])
+    err_text = capsys.readouterr().err
+    assert rc == 2 and "dp.target_epsilon: 0.0001 is out of reach" in err_text
+    assert f"reachable targets are ε >= {floor:.4g}" in err_text and "Traceback" not in err_text
+    assert not (tmp_path / "run").exists()
+
+
 def test_secure_aggregation_rounding_past_the_count_bound_is_a_config_error():
     """Secure aggregation raises a target ε's noise multiplier by its rounding factor; if that
     crosses 2σ_b the run stops as a config error naming the raised z, not a bare ValueError."""
@@ -277,6 +309,52 @@ def test_target_epsilon_under_secagg_raises_the_noise_to_keep_the_target(fixed_c
     assert s["dp_noise_multiplier"] == pytest.approx(z0 * scale)
     assert s["epsilon"] == pytest.approx(dp_fedavg.epsilon_direct(z0, 0.5, 2, 1e-5), rel=1e-6)
     assert s["epsilon"] <= 4.0
+
+
+@pytest.mark.parametrize("mode", ["secagg", "secagg+"])
+def test_the_agreement_process_changes_no_result_and_ends_with_the_run(fixed_costs, monkeypatch,
+                                                                        mode):
+    """A simulation with the X25519 agreements computed in a worker process gives the same
+    results as with them computed in-process: every summary figure (bytes per stage, the
+    compute charged to devices, simulated time, accuracy) and every metrics row; one process is
+    started per simulation, every round's agreements go through it, and none is left when the
+    run ends (reaped), on success and when the run fails."""
+    import os
+
+    from crowdlearn.crypto.agreement_process import AgreementProcess
+    from crowdlearn.experiment import Simulation
+    from crowdlearn.protocols import fedavg_family
+    made = []
+
+    def started(cfg, sa):
+        made.append(AgreementProcess())
+        made[-1].start()
+        return made[-1]
+
+    over = {"fedavg.secure_aggregation": mode, "rounds": 2, "fleet.devices": 8}
+    monkeypatch.setattr(fedavg_family, "agreement_process", lambda cfg, sa: None)
+    inproc = _run(**over)
+    monkeypatch.setattr(fedavg_family, "agreement_process", started)
+    sim = Simulation(small_config(**over))
+    pid = made[-1].pid
+    assert pid is not None and len(made) == 1            # started with the simulation
+    res = sim.run()
+    assert made[-1].frames >= 2 * 4                      # two rounds, two keys per client
+    assert made[-1].pid is None and len(made) == 1
+    with pytest.raises(ChildProcessError):               # reaped: no process left behind
+        os.waitpid(pid, os.WNOHANG)
+    skip = {"wall_time_s", "real_time_s", "secagg_cost_model"}
+    assert {k: v for k, v in res.summary.items() if k not in skip} == \
+        {k: v for k, v in inproc.summary.items() if k not in skip}
+    assert res.metrics == inproc.metrics and res.summary["secagg_rounds_ok"] == 2
+    # a run that fails still ends its process
+    sim = Simulation(small_config(**over))
+    pid = made[-1].pid
+    monkeypatch.setattr(sim.driver, "run", lambda **kw: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        sim.run()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def test_priced_simulation_equals_the_real_one_in_bytes_and_model(fixed_costs):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.crypto import keyagreement as ka
+from crowdlearn.crypto.agreement_process import AgreementProcess
 from crowdlearn.crypto import masking, shamir
 
 secrets_ = st.integers(min_value=0, max_value=int(shamir.PRIME) - 1)
@@ -200,6 +201,62 @@ def test_keystream_slices_are_the_full_prg_counter_wrap_included(seed, wrap, d, 
                           & np.uint64((1 << bits) - 1), full)
     with pytest.raises(ValueError, match="16-byte block"):
         masking._Keystream(3, dtype, 1)
+
+
+def test_agreement_process_returns_agrees_bytes_and_ends_with_its_owner():
+    """The worker process computes X25519 + HKDF exactly as :func:`agree` (several frames,
+    infos and keys, answers read out of order); an agreement it cannot compute (a low-order
+    public key) is left to the caller, who gets the library's error as without the process; a
+    memo fed by the process gives every caller its own key, each pair computed once; ``close``
+    reaps the process and ends its threads."""
+    import os
+    rng = np.random.default_rng(5)
+    keys = [ka.keypair(rng.bytes(32)) for _ in range(6)]
+    pubs = [ka.public_bytes(k) for k in keys]
+    bad = bytes(32)                                  # the all-zero point: X25519 refuses it
+    with pytest.raises(ValueError):
+        ka.agree(keys[0], bad, b"x")
+    pool = AgreementProcess()
+    try:
+        fids = {(i, info): pool.submit(ka.private_bytes(keys[i]), pubs + [bad], info)
+                for i in range(3) for info in (b"share r0", b"mask seed r0")}
+        for (i, info), fid in reversed(list(fids.items())):
+            for j, pk in enumerate(pubs):
+                assert pool.result(fid, j) == ka.agree(keys[i], pk, info)
+            assert pool.result(fid, len(pubs)) is None
+        memo = ka.AgreementMemo(process=pool)
+        for k, pk in zip(keys, pubs, strict=True):
+            memo.expect(k, pk, [q for q in pubs if q != pk] + [bad], b"i")
+        assert pool.frames == len(fids) + len(pubs)    # one frame a key: its pairs not queued yet
+        for a, ka_ in enumerate(keys):
+            for b in range(len(keys)):
+                if b != a:
+                    assert memo.agree(ka_, pubs[b], b"i") == ka.agree(ka_, pubs[b], b"i")
+            with pytest.raises(ValueError):
+                memo.agree(ka_, bad, b"i")
+        pairs = len(keys) * (len(keys) - 1) // 2
+        assert (memo.exchanges, memo.hits) == (pairs, pairs)      # each pair computed once
+        pid, threads = pool.pid, list(pool._threads)
+        assert pid is not None and all(t.is_alive() for t in threads)
+    finally:
+        pool.close()
+    assert pool.pid is None and not any(t.is_alive() for t in threads)
+    with pytest.raises(ChildProcessError):          # reaped: no process left behind
+        os.waitpid(pid, os.WNOHANG)
+    with pytest.raises(ValueError):
+        pool.submit(bytes(31), [], b"")
+    # a worker that dies leaves its queued agreements to the caller: the same keys
+    pool = AgreementProcess()
+    try:
+        memo = ka.AgreementMemo(process=pool)
+        pool.start()
+        pool._proc.kill()
+        pool._proc.wait()
+        memo.expect(keys[0], pubs[0], pubs[1:], b"k")
+        assert [memo.agree(keys[0], pk, b"k") for pk in pubs[1:]] == \
+            [ka.agree(keys[0], pk, b"k") for pk in pubs[1:]]
+    finally:
+        pool.close()
 
 
 @settings(max_examples=10, deadline=None)

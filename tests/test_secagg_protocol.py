@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from crowdlearn.crypto import masking
 from sim import wire
+from crowdlearn.crypto.agreement_process import AgreementProcess
 from crowdlearn.protocols.secagg import MaskedInput, SecAggParams, SharedCrypto, run_round
 
 STAGES = ("advertise", "share", "masked_input", "unmask")
@@ -209,8 +210,9 @@ def test_a_client_refuses_to_reveal_both_secrets_of_a_peer(rng):
 def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, seed, mode,
                                                                            data):
     """The simulator's shortcut (pairwise keys and mask keystreams derived once for both ends,
-    the keystreams expanded on worker threads or not) changes no byte any machine sends and
-    not the unmasked sum, with drop-outs at every stage."""
+    the keystreams expanded on worker threads or not, the agreements computed ahead in a worker
+    process or not) changes no byte any machine sends and not the unmasked sum, with drop-outs
+    at every stage."""
     rng = np.random.default_rng(seed)
     xs = {u: rng.normal(0, 0.5, d) for u in range(n)}
     p = SecAggParams(mode=mode, threshold=2, neighbours=2 if mode == "secagg+" else 0,
@@ -218,8 +220,14 @@ def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, 
                          [masking.min_modulus_bits(n, 10), 40])))
     drop = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=1))) for s in STAGES}
     threads = data.draw(st.integers(1, 3))
-    runs = [run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop, shared=sh)
-            for sh in (False, SharedCrypto(threads=0), SharedCrypto(threads=threads))]
+    with_process = SharedCrypto(threads=threads, process=AgreementProcess())
+    try:
+        runs = [run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop, shared=sh)
+                for sh in (False, SharedCrypto(threads=0), SharedCrypto(threads=threads),
+                           with_process)]
+    finally:
+        with_process.close()
+    assert with_process.process.frames > 0        # the agreements went through the process
     logs = [[(s, t, wire.encode(m)) for s, t, m in r.messages] for r in runs]
     for r, log in zip(runs[1:], logs[1:]):
         assert r.status == runs[0].status

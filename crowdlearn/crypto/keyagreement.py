@@ -64,6 +64,15 @@ def agree(key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, info: byt
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
 
 
+class _Ticket:
+    """An agreement queued on an agreement process: frame id and index in it."""
+
+    __slots__ = ("fid", "i")
+
+    def __init__(self, fid: int, i: int):
+        self.fid, self.i = fid, i
+
+
 class AgreementMemo:
     """:func:`agree` for many parties in one process, each pair's key derived once.
 
@@ -74,6 +83,13 @@ class AgreementMemo:
     after its second use (both ends); entries of an ``info`` more than ``keep`` distinct
     ``info`` values old are dropped too (a simulator's infos name the round).
 
+    With a ``process`` (:class:`crowdlearn.crypto.agreement_process.AgreementProcess`, or any
+    object with its ``submit``, ``result`` and ``drop``) the agreements can be computed ahead,
+    beside the caller: a party says with :meth:`expect` which public keys its key will agree with (a
+    SecAgg client, when its key list arrives); the memo queues the pairs not queued yet on the
+    process, and :meth:`agree` waits for a queued pair's answer instead of computing it.  The
+    same keys either way (tested).
+
     >>> memo = AgreementMemo()
     >>> a, b = keypair(bytes(range(32))), keypair(bytes(range(1, 33)))
     >>> memo.agree(a, public_bytes(b), b"x") == memo.agree(b, public_bytes(a), b"x")
@@ -82,9 +98,11 @@ class AgreementMemo:
     (1, 1)
     """
 
-    def __init__(self, keep: int = 4):
+    def __init__(self, keep: int = 4, *, process=None):
         self.keep = keep
+        self.process = process
         self._by_info: dict[bytes, dict] = {}
+        self._frames: dict[bytes, list] = {}                   # info -> frames queued for it
         self._public: dict[int, tuple] = {}
         self._peer_keys: dict[bytes, X25519PublicKey] = {}     # raw bytes -> parsed, once
         self.exchanges = 0
@@ -95,38 +113,76 @@ class AgreementMemo:
         # dies: keep the object alongside)
         got = self._public.get(id(key))
         if got is None or got[0] is not key:
-            if len(self._public) > 100_000:
-                self._public.clear()
-            got = (key, public_bytes(key))
-            self._public[id(key)] = got
+            got = self._remember_public(key, public_bytes(key))
         return got[1]
 
-    def agree(self, key: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
-        own = self._own_public(key)
-        pair = (own, peer_public) if own <= peer_public else (peer_public, own)
+    def _remember_public(self, key: X25519PrivateKey, public: bytes) -> tuple:
+        if len(self._public) > 100_000:
+            self._public.clear()
+        got = self._public[id(key)] = (key, public)
+        return got
+
+    def _info_memo(self, info: bytes) -> dict:
         memo = self._by_info.get(info)
         if memo is None:
             memo = self._by_info[info] = {}
             while len(self._by_info) > self.keep:
-                del self._by_info[next(iter(self._by_info))]
+                old = next(iter(self._by_info))
+                del self._by_info[old]
+                if self.process is not None:
+                    self.process.drop(self._frames.pop(old, ()))
+        return memo
+
+    def expect(self, key: X25519PrivateKey, public: bytes, peers, info: bytes) -> None:
+        """The holder of ``key`` (whose public half is ``public``, as its owner computed it)
+        will agree with each of ``peers`` under ``info``: queue the pairs not queued or known
+        yet on the process, in one frame (without a process: only remembers ``public``)."""
+        self._remember_public(key, public)
+        if self.process is None:
+            return
+        memo = self._info_memo(info)
+        todo, pairs = [], {}
+        for peer in peers:
+            pair = (public, peer) if public <= peer else (peer, public)
+            if peer != public and pair not in memo and pair not in pairs:
+                pairs[pair] = len(todo)
+                todo.append(peer)
+        if not todo:
+            return
+        fid = self.process.submit(private_bytes(key), todo, info)
+        self._frames.setdefault(info, []).append(fid)
+        for pair, i in pairs.items():
+            memo[pair] = _Ticket(fid, i)
+
+    def agree(self, key: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
+        own = self._own_public(key)
+        pair = (own, peer_public) if own <= peer_public else (peer_public, own)
+        memo = self._info_memo(info)
         hit = memo.pop(pair, None)
-        if hit is not None:
+        if hit is not None and not isinstance(hit, _Ticket):
             self.hits += 1
             return hit
-        # each public key is parsed once, not once per peer that agrees with it
-        peer = self._peer_keys.get(peer_public)
-        if peer is None:
-            if len(self._peer_keys) > 100_000:
-                self._peer_keys.clear()
-            peer = self._peer_keys[peer_public] = X25519PublicKey.from_public_bytes(peer_public)
-        derived = agree(key, peer, info)
+        derived = self.process.result(hit.fid, hit.i) if hit is not None else None
+        if derived is None:
+            # each public key is parsed once, not once per peer that agrees with it
+            peer = self._peer_keys.get(peer_public)
+            if peer is None:
+                if len(self._peer_keys) > 100_000:
+                    self._peer_keys.clear()
+                peer = self._peer_keys[peer_public] = X25519PublicKey.from_public_bytes(
+                    peer_public)
+            derived = agree(key, peer, info)
         self.exchanges += 1
         if own != peer_public:
             memo[pair] = derived
         return derived
 
     def forget(self) -> None:
+        if self.process is not None:
+            for fids in self._frames.values():
+                self.process.drop(fids)
         self._by_info.clear()
+        self._frames.clear()
         self._public.clear()
         self._peer_keys.clear()
 

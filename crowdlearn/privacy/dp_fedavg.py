@@ -54,6 +54,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ from crowdlearn.schema import keys, param, validate
 
 __all__ = ["CONFIG_SECTION", "DPParams", "DPSection", "DPFedAvg", "FedAvgAccountant", "clip_update",
            "epsilon_direct", "epsilon_of_rounds", "noise_for_epsilon", "cross_check",
+           "smallest_epsilon", "unreachable_target", "Z_MAX",
            "params_from_config"]
 
 #: RDP orders: dp-accounting's default grid.
@@ -101,14 +103,58 @@ def epsilon_of_rounds(multipliers, sampling_rate: float, delta: float,
     return float(acc.get_epsilon(delta))
 
 
+#: The largest noise multiplier :func:`noise_for_epsilon` tries (its doubling search from 1).
+Z_MAX = 8192.0
+
+
+@functools.lru_cache(maxsize=64)
+def smallest_epsilon(*, sampling_rate: float, rounds: int, delta: float,
+                     accountant: str = "rdp") -> float:
+    """ε after ``rounds`` at :data:`Z_MAX`, the least any target can ask: ε falls as the noise
+    multiplier grows, so a target below this is out of :func:`noise_for_epsilon`'s reach.  One
+    accountant evaluation (≈ 20 ms), cached, so the config check costs no bisection.
+
+    >>> e = smallest_epsilon(sampling_rate=0.1, rounds=20, delta=1e-5)
+    >>> e == epsilon_direct(Z_MAX, 0.1, 20, 1e-5) and 0 < e < 0.01
+    True
+    """
+    return epsilon_direct(Z_MAX, sampling_rate, rounds, delta, accountant)
+
+
+def unreachable_target(target: float, *, sampling_rate: float, rounds: int, delta: float,
+                       accountant: str = "rdp") -> str | None:
+    """Why ``dp.target_epsilon = target`` cannot be met (a config problem naming the reachable
+    range and the fixes), or None.  Cheap: :func:`smallest_epsilon`, not the bisection.
+
+    >>> unreachable_target(1.0, sampling_rate=0.1, rounds=20, delta=1e-5) is None
+    True
+    >>> unreachable_target(1e-4, sampling_rate=0.1, rounds=20, delta=1e-5)[:49]
+    'dp.target_epsilon: 0.0001 is out of reach: over 2'
+    """
+    floor = smallest_epsilon(sampling_rate=sampling_rate, rounds=rounds, delta=delta,
+                             accountant=accountant)
+    if target >= floor:
+        return None
+    return (f"dp.target_epsilon: {target:g} is out of reach: over {rounds} rounds at sampling "
+            f"rate {sampling_rate:g} and δ = {delta:g}, the {accountant} accountant gives ε >= "
+            f"{floor:.4g} even at noise multiplier {Z_MAX:g} (the largest the search tries), so "
+            f"reachable targets are ε >= {floor:.4g}; set target_epsilon >= {floor:.4g}, or "
+            f"fewer rounds, fewer clients per round, a larger dp.delta"
+            + (" or dp.accountant = 'pld' (tighter)" if accountant == "rdp" else ""))
+
+
 def noise_for_epsilon(target: float, *, sampling_rate: float, rounds: int, delta: float,
                       accountant: str = "rdp") -> float:
-    """The smallest noise multiplier (to 0.1 %) whose ε after ``rounds`` is at most ``target``."""
+    """The smallest noise multiplier (to 0.1 %) whose ε after ``rounds`` is at most ``target``
+    (a ``ValueError`` when even :data:`Z_MAX` is not enough: :func:`unreachable_target`)."""
     lo, hi = 0.05, 1.0
     while epsilon_direct(hi, sampling_rate, rounds, delta, accountant) > target:
         hi *= 2
-        if hi > 1e4:
-            raise ValueError(f"target ε = {target} is out of reach (noise multiplier > 1e4)")
+        if hi > Z_MAX:
+            raise ValueError(unreachable_target(target, sampling_rate=sampling_rate,
+                                                rounds=rounds, delta=delta,
+                                                accountant=accountant)
+                             or f"target ε = {target} is out of reach")
     while hi - lo > 1e-3 * hi:
         mid = (lo + hi) / 2
         if epsilon_direct(mid, sampling_rate, rounds, delta, accountant) > target:
@@ -435,8 +481,18 @@ def cross_check(section: dict, *, protocol: str, cohort: int,
     if section["mode"] != "none" and section["clipping"] == "adaptive" and sb > 0 \
             and section["target_epsilon"] == 0 and z > 0 and not 2 * sb > z:
         out.append(_count_noise_problem(sb, z))
+    unreachable = None
+    if section["mode"] != "none" and section["target_epsilon"] > 0 and rounds > 0 \
+            and population > 0 and sampled > 0:
+        # the bisection's reach, found by one cached accountant call (not the bisection)
+        unreachable = unreachable_target(
+            section["target_epsilon"], sampling_rate=min(1.0, sampled / population),
+            rounds=rounds, delta=section["delta"], accountant=section["accountant"])
+        if unreachable:
+            out.append(unreachable)
     if section["mode"] != "none" and section["clipping"] == "adaptive" and sb > 0 \
-            and section["target_epsilon"] > 0 and rounds > 0 and population > 0 and sampled > 0:
+            and section["target_epsilon"] > 0 and rounds > 0 and population > 0 and sampled > 0 \
+            and not unreachable:
         try:
             z = noise_for_epsilon(section["target_epsilon"],
                                   sampling_rate=min(1.0, sampled / population), rounds=rounds,

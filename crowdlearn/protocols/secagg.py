@@ -283,12 +283,27 @@ class SharedCrypto:
     (``CryptoJob``), unchanged.  ``threads``: the mask batches' worker threads
     (:class:`~crowdlearn.crypto.masking.MaskBatch`; None = the default, 0 = none); no message
     depends on it (tested).
+
+    ``process``: a worker process computing the pairwise agreements ahead of their use
+    (:class:`~crowdlearn.crypto.agreement_process.AgreementProcess`, made and started by the
+    composition root; this module starts none): each
+    client, when its key list arrives, says with whom it will agree
+    (:meth:`~crowdlearn.crypto.keyagreement.AgreementMemo.expect`), so the round's X25519 runs
+    beside the training and the clients' other work instead of holding this process's GIL.
+    :meth:`close` ends it (the simulation does, when its run ends).  No message depends on it
+    (tested).
     """
 
-    def __init__(self, *, threads: int | None = None):
-        self.memo = ka.AgreementMemo()
+    def __init__(self, *, threads: int | None = None, process=None):
+        self.process = process
+        self.memo = ka.AgreementMemo(process=process)
         self.threads = threads
         self._batches: dict = {}
+
+    def close(self) -> None:
+        """End the worker process, if any (idempotent)."""
+        if self.process is not None:
+            self.process.close()
 
     def batch(self, d: int, bits: int) -> masking.MaskBatch:
         key = (d, bits)
@@ -399,7 +414,8 @@ class SecAggClient(FedAvgClient):
             return self._advertise()
         if isinstance(event, JobDone) and event.job_id == self.stage_job:
             self.stage_job = None
-            return [Send(self.server, self._outbox)]
+            out = self._outbox
+            return [Send(self.server, out() if callable(out) else out)]
         if isinstance(event, Disconnected):
             self._reset()
             return super().handle(event, now)
@@ -418,7 +434,9 @@ class SecAggClient(FedAvgClient):
             return []                            # a stage of a round I am not part of
         return super().handle(event, now)
 
-    # each stage: compute the reply now (pure), charge its cost as a job, send it when done
+    # each stage: compute the reply (pure), charge its cost as a job, send it when done; the
+    # reply is computed now, or when the job is done if ``reply`` is a function (key sharing:
+    # its draws are made now, its keys may still be on their way from the agreement process)
     def _after(self, stage: str, ops: Mapping, reply) -> list[Effect]:
         self._outbox = reply
         self.stage_job = ("secagg", self.rnd, stage)
@@ -468,6 +486,15 @@ class SecAggClient(FedAvgClient):
         self.peers = {v: (c, s) for v, c, s in zip(m.ids, m.c_pks, m.s_pks, strict=True) if v != me}
         recipients = sorted(self.peers) + [me]
         t = m.threshold
+        if self.shared is not None and not self.sa.priced:
+            # a hint to the simulator (no message depends on it): the agreements this client
+            # will need, queued now on the agreement process (if any) in the order clients
+            # receive their key lists, so they are there when the job ends
+            me_at = m.ids.index(me)
+            for j, (key, own) in enumerate(((self.keys[0], m.c_pks[me_at]),
+                                            (self.keys[1], m.s_pks[me_at]))):
+                self.shared.memo.expect(key, own, [pk[j] for pk in self.peers.values()],
+                                        self._round_infos()[j])
         self.b_seed = self.crng.bytes(32)
         if self.sa.priced:
             rows = [[0] * len(recipients)] * 2
@@ -476,29 +503,35 @@ class SecAggClient(FedAvgClient):
             s_sk = int.from_bytes(ka.private_bytes(self.keys[1]), "big")
             rows = shamir.split_many([s_sk, int.from_bytes(self.b_seed, "big")],
                                      [_xcoord(v) for v in recipients], t=t, rng=self.crng)
-        dsts, boxes = [], []
-        for j, v in enumerate(recipients):
-            plain = shamir.share_to_bytes(rows[0][j]) + shamir.share_to_bytes(rows[1][j])
-            if v == me:
-                self.held[me] = (int(rows[0][j]), int(rows[1][j]))
-                continue
-            if self.sa.priced:
-                box = bytes(SHARE_BOX)
-            else:
-                key = self._share_key(v)
-                box = ka.seal(key, plain, aad=_box_aad(self.rnd, me, v))
-            dsts.append(v)
-            boxes.append(box)
-        if self.shared is not None and not self.sa.priced:
-            # the simulator derives the mask seeds now, while the round's training runs on a
-            # worker thread (the executor's early batch); the device is charged for them at the
-            # masked-input stage, for the peers whose shares arrived, as Bonawitz et al. order it
-            for v in self.peers:
-                self._mask_seed(v)
-            self._register_early_mask()
+        j_me = recipients.index(me)
+        self.held[me] = (int(rows[0][j_me]), int(rows[1][j_me]))
+        dsts = tuple(v for v in recipients if v != me)
+
+        def reply() -> ShareKeys:
+            # at the end of the job (the same bytes as computed at its start): in a shared
+            # simulation the pairwise keys are agreed ahead in a worker process, so by now
+            # they are there, and the round's training started with the job
+            boxes = []
+            for j, v in enumerate(recipients):
+                if v == me:
+                    continue
+                if self.sa.priced:
+                    boxes.append(bytes(SHARE_BOX))
+                    continue
+                plain = shamir.share_to_bytes(rows[0][j]) + shamir.share_to_bytes(rows[1][j])
+                boxes.append(ka.seal(self._share_key(v), plain, aad=_box_aad(self.rnd, me, v)))
+            if self.shared is not None and not self.sa.priced:
+                # the simulator derives the mask seeds now, while the round's training runs on
+                # a worker thread (the executor's early batch); the device is charged for them
+                # at the masked-input stage, for the peers whose shares arrived, as Bonawitz et
+                # al. order it
+                for v in self.peers:
+                    self._mask_seed(v)
+                self._register_early_mask()
+            return ShareKeys(self.rnd, dsts, tuple(boxes))
         ops = {"agree": len(dsts), "field_muls": 2 * len(recipients) * max(t - 1, 0),
                "aead_bytes": len(dsts) * SHARE_PLAIN}
-        return self._after("share", ops, ShareKeys(self.rnd, tuple(dsts), tuple(boxes)))
+        return self._after("share", ops, reply)
 
     def _register_early_mask(self) -> None:
         """Register ``PRG(b_u) + Σ_v ±PRG(s_uv)`` over every peer of the key list with the
@@ -983,7 +1016,7 @@ def run_round(xs: Mapping, params: SecAggParams, *, rng: np.random.Generator,
                 queue.append((src, e.dst, e.message))
             elif isinstance(e, RunJob) and isinstance(e.job, CryptoJob):
                 c = clients[src]
-                msg = c._outbox
+                msg = c._outbox() if callable(c._outbox) else c._outbox
                 c.stage_job = None
                 if src in drop.get(stage_of[type(msg)], ()):
                     offline.add(src)
