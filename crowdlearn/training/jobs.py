@@ -3,7 +3,9 @@
 A protocol machine returns ``RunJob(job_id, TrainJob(...))``.  The driver charges the job's
 ``flops`` on the device's CPU in simulated time *before* anything runs; the real computation is
 done by an :class:`Executor` the first time a result is needed, and then every pending job of the
-same kind runs together (all the devices of a round in one batched TensorFlow computation).
+same kind runs together (all the devices of a round in one batched TensorFlow computation).  A
+kind whose runner allows it may have those same batches computed ahead of the read, on a worker
+thread beside the simulation (``overlap``: same batches, same results).
 
 This module is pure (numpy only); the TensorFlow-backed runners live in ``fleet_trainer``.
 """
