@@ -64,9 +64,10 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
     spent = [0.0, 0.0, 0.0, 0.0, 0.0]      # trainer wall, CPU; evaluation wall, CPU; GC in them
     ahead = [0.0, 0.0, 0]         # trained on the worker: wall, the thread's CPU, calls
-    blocked = [0.0]               # wall time of the event loop's thread in pass reads
+    blocked = [0.0, 0.0]          # wall time of the event loop's thread in pass reads, close()
     collecting = [0.0, 0.0]       # garbage collection: process CPU seconds, collections
     orig, orig_eval, orig_read = FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind
+    orig_close = Executor.close
     main = threading.current_thread()
 
     def timed(self, tasks, **kw):
@@ -85,6 +86,13 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             spent[0] += time.perf_counter() - t
             spent[1] += time.process_time() - c
             spent[4] += collecting[0] - g
+
+    def timed_close(self):
+        t = time.perf_counter()
+        try:
+            return orig_close(self)
+        finally:
+            blocked[1] += time.perf_counter() - t
 
     def timed_read(self, kind):
         t = time.perf_counter()
@@ -111,6 +119,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             collecting[1] += 1
 
     FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = timed, timed_eval, timed_read
+    Executor.close = timed_close
     gc.collect()          # no timed section pays for the garbage of the one before it
     gc.callbacks.append(on_gc)
     try:
@@ -124,13 +133,15 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         gc.callbacks.remove(on_gc)
         FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = \
             orig, orig_eval, orig_read
+        Executor.close = orig_close
     s = res.summary
     samples = sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
     return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0] + ahead[0],
             "train_loop_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
             "ahead_s": ahead[0], "ahead_thread_cpu_s": ahead[1], "ahead_calls": ahead[2],
-            "blocked_s": blocked[0], "overlap": dict(sim.executor.overlap_batches),
+            "blocked_s": blocked[0], "close_s": blocked[1],
+            "overlap": dict(sim.executor.overlap_batches),
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
             "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
             "samples": samples,
@@ -262,7 +273,8 @@ def main() -> None:
               f"{r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s (on the event loop's thread "
               f"{r['train_loop_s']:.1f} s wall, {r['train_cpu_s']:.1f} s CPU; ahead on the "
               f"worker {r['ahead_s']:.1f} s wall in {r['ahead_calls']} calls); event loop "
-              f"blocked in reads {r['blocked_s']:.1f} s; batches run ahead: "
+              f"blocked in reads {r['blocked_s']:.1f} s (at the end, waiting for the worker "
+              f"{r['close_s']:.2f} s); batches run ahead: "
               f"{r['overlap']['used']} used, {r['overlap']['discarded']} discarded; "
               f"evaluation {r['eval_s']:.1f} s wall")
     rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["ahead_thread_cpu_s"] \
