@@ -24,6 +24,14 @@ survivors).  A ``CPU seconds of the warm epoch`` line splits the warm epoch's pr
 into the fused trainer, the evaluation, garbage collection and the rest (building the
 simulation, the simulator, the machines).
 
+The executor runs the passes' batches ahead of their first read on a worker thread, beside the
+event loop (``jobs.Executor``'s overlap; same batches and results); ``--no-overlap`` runs them
+at their read, as before (the reference to compare with).  With the overlap, the trainer's time
+is split into the batches trained on the event loop's thread (at a read) and those trained
+ahead on the worker (their wall time, and the worker thread's own CPU time, which leaves out
+TensorFlow's pool threads); ``event loop blocked in reads`` is the wall time the simulation
+waited for pass results (training them, or waiting for the worker).
+
 ``--ab-upload-check`` also times warm epochs alternately with the server's previous upload check
 (``np.unique`` for repeated indices) and the current one, to measure that change in one run.
 
@@ -42,9 +50,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
+def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True) -> dict:
+    import threading
+
     from crowdlearn.config import from_dict
     from crowdlearn.experiment import Simulation
+    from crowdlearn.training.jobs import Executor
     from slicenet.fused import FusedTrainer
 
     cfg = from_dict({"protocol": "crowdlearning", "rounds": 1, "seed": seed,
@@ -52,10 +63,22 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
                      "fleet": {"devices": devices, "cells": 12},
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
     spent = [0.0, 0.0, 0.0, 0.0, 0.0]      # trainer wall, CPU; evaluation wall, CPU; GC in them
+    ahead = [0.0, 0.0, 0]         # trained on the worker: wall, the thread's CPU, calls
+    blocked = [0.0, 0.0]          # wall time of the event loop's thread in pass reads, close()
     collecting = [0.0, 0.0]       # garbage collection: process CPU seconds, collections
-    orig, orig_eval = FusedTrainer.train, FusedTrainer.evaluate
+    orig, orig_eval, orig_read = FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind
+    orig_close = Executor.close
+    main = threading.current_thread()
 
     def timed(self, tasks, **kw):
+        if threading.current_thread() is not main:       # run ahead, beside the event loop
+            t, c = time.perf_counter(), time.thread_time()
+            try:
+                return orig(self, tasks, **kw)
+            finally:
+                ahead[0] += time.perf_counter() - t
+                ahead[1] += time.thread_time() - c
+                ahead[2] += 1
         t, c, g = time.perf_counter(), time.process_time(), collecting[0]
         try:
             return orig(self, tasks, **kw)
@@ -63,6 +86,21 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
             spent[0] += time.perf_counter() - t
             spent[1] += time.process_time() - c
             spent[4] += collecting[0] - g
+
+    def timed_close(self):
+        t = time.perf_counter()
+        try:
+            return orig_close(self)
+        finally:
+            blocked[1] += time.perf_counter() - t
+
+    def timed_read(self, kind):
+        t = time.perf_counter()
+        try:
+            return orig_read(self, kind)
+        finally:
+            if kind == "slice_pass":
+                blocked[0] += time.perf_counter() - t
 
     def timed_eval(self, *a, **kw):
         t, c, g = time.perf_counter(), time.process_time(), collecting[0]
@@ -80,21 +118,30 @@ def simulated_epoch(devices: int, group_size: int, seed: int) -> dict:
             collecting[0] += time.process_time() - collecting.pop()
             collecting[1] += 1
 
-    FusedTrainer.train, FusedTrainer.evaluate = timed, timed_eval
+    FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = timed, timed_eval, timed_read
+    Executor.close = timed_close
     gc.collect()          # no timed section pays for the garbage of the one before it
     gc.callbacks.append(on_gc)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
+        if not overlap:
+            sim.executor.overlap_kinds = frozenset()
         res = sim.run()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         gc.callbacks.remove(on_gc)
-        FusedTrainer.train, FusedTrainer.evaluate = orig, orig_eval
+        FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = \
+            orig, orig_eval, orig_read
+        Executor.close = orig_close
     s = res.summary
     samples = sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
-    return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
+    return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0] + ahead[0],
+            "train_loop_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
+            "ahead_s": ahead[0], "ahead_thread_cpu_s": ahead[1], "ahead_calls": ahead[2],
+            "blocked_s": blocked[0], "close_s": blocked[1],
+            "overlap": dict(sim.executor.overlap_batches),
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
             "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
             "samples": samples,
@@ -202,11 +249,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ab-upload-check", action="store_true",
                     help="also time warm epochs with the previous and the current upload check")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="train every batch of passes at its first read (the executor without "
+                         "its overlap: the reference)")
+    ap.add_argument("--ab-overlap", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch without the overlap, one with it and a "
+                         "Keras epoch, each pair's ratios printed (same conditions)")
     a = ap.parse_args()
     _header()
+    overlap = not a.no_overlap
+    print(f"overlap (passes trained ahead of their read, beside the event loop): "
+          f"{'on' if overlap else 'off'}")
     mm_before = matmul_rate()
-    cold = simulated_epoch(a.devices, a.group_size, a.seed)
-    warm = simulated_epoch(a.devices, a.group_size, a.seed)
+    cold = simulated_epoch(a.devices, a.group_size, a.seed, overlap)
+    warm = simulated_epoch(a.devices, a.group_size, a.seed, overlap)
     ker = keras_epoch(a.seed)
     mm_after = matmul_rate()
     for name, r in (("cold", cold), ("warm", warm)):
@@ -214,14 +270,22 @@ def main() -> None:
               f"{r['samples']} samples ({a.devices} devices, n = {a.group_size}; "
               f"{r['sim_time_s']:.1f} s simulated, accuracy {r['accuracy']:.4f}, completed "
               f"{r['completed']}); fused trainer {r['train_s']:.1f} s wall, "
-              f"{r['train_cpu_s']:.1f} s CPU, {r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s; "
+              f"{r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s (on the event loop's thread "
+              f"{r['train_loop_s']:.1f} s wall, {r['train_cpu_s']:.1f} s CPU; ahead on the "
+              f"worker {r['ahead_s']:.1f} s wall in {r['ahead_calls']} calls); event loop "
+              f"blocked in reads {r['blocked_s']:.1f} s (at the end, waiting for the worker "
+              f"{r['close_s']:.2f} s); batches run ahead: "
+              f"{r['overlap']['used']} used, {r['overlap']['discarded']} discarded; "
               f"evaluation {r['eval_s']:.1f} s wall")
-    rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["eval_cpu_s"] - warm["gc_cpu_s"] \
+    rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["ahead_thread_cpu_s"] \
+        - warm["eval_cpu_s"] - warm["gc_cpu_s"] \
         + warm["gc_in_tf_cpu_s"]      # (a collection inside the trainer is counted there)
-    print(f"CPU seconds of the warm epoch: {warm['cpu_s']:.2f} = fused trainer "
-          f"{warm['train_cpu_s']:.2f} + evaluation {warm['eval_cpu_s']:.2f} + garbage "
+    print(f"CPU seconds of the warm epoch: {warm['cpu_s']:.2f} = fused trainer on the loop's "
+          f"thread {warm['train_cpu_s']:.2f} + trained ahead (the worker thread's own CPU) "
+          f"{warm['ahead_thread_cpu_s']:.2f} + evaluation {warm['eval_cpu_s']:.2f} + garbage "
           f"collection {warm['gc_cpu_s']:.2f} ({warm['gc_runs']} collections) + the rest "
-          f"(building, simulator, machines) {rest:.2f}")
+          f"(building, simulator, machines; TensorFlow's pool threads while training ahead) "
+          f"{rest:.2f}")
     print(f"centralized Keras fit: {ker['wall_s']:.1f} s wall, {ker['cpu_s']:.1f} s CPU for "
           f"{ker['samples']} samples")
     ratio = warm['wall_s'] / ker['wall_s']
@@ -230,7 +294,9 @@ def main() -> None:
     print(f"ratio_cpu {warm['cpu_s'] / ker['cpu_s']:.2f}  (process CPU seconds: warm simulated "
           f"epoch {warm['cpu_s']:.1f}, Keras epoch {ker['cpu_s']:.1f})")
     print(f"fused trainer GFLOP/s {rate:.1f}")
-    print(f"fused trainer GFLOP per CPU second {warm['flops'] / warm['train_cpu_s'] / 1e9:.1f}")
+    if warm["ahead_calls"] == 0:
+        print(f"fused trainer GFLOP per CPU second "
+              f"{warm['flops'] / warm['train_cpu_s'] / 1e9:.1f}")
     print(f"matmul 2048 GFLOP/s (before, after) {mm_before[0]:.1f}, {mm_after[0]:.1f}; per CPU "
           f"second {mm_before[1]:.1f}, {mm_after[1]:.1f}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
@@ -239,6 +305,18 @@ def main() -> None:
           "beside the load average and the matmul rate, which measure what the machine gave)")
     if a.ab_upload_check:
         ab_upload_check(a.devices, a.group_size, a.seed)
+    for pair in range(a.ab_overlap):
+        off = simulated_epoch(a.devices, a.group_size, a.seed, False)
+        on = simulated_epoch(a.devices, a.group_size, a.seed, True)
+        k = keras_epoch(a.seed)
+        same = (off["accuracy"], off["sim_time_s"]) == (on["accuracy"], on["sim_time_s"])
+        print(f"A/B pair {pair + 1} (load {os.getloadavg()[0]:.2f}): without overlap "
+              f"{off['wall_s']:.2f} s wall / {off['cpu_s']:.2f} s CPU, with "
+              f"{on['wall_s']:.2f} / {on['cpu_s']:.2f} s ({on['overlap']['used']} used, "
+              f"{on['overlap']['discarded']} discarded), Keras {k['wall_s']:.2f} / "
+              f"{k['cpu_s']:.2f} s: ratio {off['wall_s'] / k['wall_s']:.2f} -> "
+              f"{on['wall_s'] / k['wall_s']:.2f}, ratio_cpu {off['cpu_s'] / k['cpu_s']:.2f} -> "
+              f"{on['cpu_s'] / k['cpu_s']:.2f}; same accuracy and simulated time: {same}")
 
 
 if __name__ == "__main__":

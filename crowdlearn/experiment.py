@@ -365,6 +365,9 @@ class Simulation:
             interrupted = True
             self.signal = signal_of(exc)[1]
             self.driver.finish()
+        except BaseException:
+            self.executor.close()      # no batch run ahead outlives a failed run
+            raise
         finally:
             gc.unfreeze()
         self.halted = halted
@@ -376,6 +379,7 @@ class Simulation:
         if probe is not None and not interrupted:
             from crowdlearn.privacy.attacks.views import privacy_report
             results.summary.update(privacy_report(self, probe, seed=cfg.seed))
+        self.executor.close()          # no batch run ahead outlives the run (jobs.Executor)
         return results
 
     def _stopped_by(self, results: Results) -> str:

@@ -67,6 +67,8 @@ def run_asyncio(sim, *, faults=None, capture=None, **kwargs) -> Any:
     presence = None
     if modelled_presence(cfg) and "local" not in kwargs:
         presence = kwargs["presence"] = _presence(sim)
+    # the worker reads every result as soon as it submits it: nothing to run ahead of a read
+    sim.executor.overlap_kinds = frozenset()
     try:
         with as_interrupts():
             stats = aio.run(machines, executor=sim.executor, monitor=sim.monitor,

@@ -138,6 +138,7 @@ class FusedTrainer:
         self._y = tf.constant(np.asarray(y, np.int32))
         self._trainable = [s.trainable for s in self.specs]
         self.threads = _cores()     # compiled calls: groups cut into this many shares
+        self._compiled: set = set()   # (groups, steps, batch) of the XLA programs built
         self.flops_per_sample = SliceLayout(desc, None, None, 0).train_flops_per_sample
         sig = [tf.TensorSpec([None, *s.shape], tf.float32) for s in self.specs]
         # many groups at once: compiled with XLA (about twice the throughput of the op-by-op
@@ -265,25 +266,45 @@ class FusedTrainer:
         if not tasks:
             return []
         out: list = [None] * len(tasks)
-        by_b: dict[int, list[int]] = {}
-        for i, t in enumerate(tasks):
-            by_b.setdefault(int(np.asarray(t.batches).shape[1]), []).append(i)
-        for b, members in by_b.items():
-            # padding groups train nothing (no sample, lr 0); padding steps are never run
-            lengths = [len(tasks[i].batches) for i in members]
-            work = self.flops_per_sample * b * sum(lengths)
-            xla = not self._conv and (len(members) >= XLA_GROUPS or work >= XLA_MIN_FLOPS)
-            # a compiled call's groups are cut into shares (one per core, by default) and each
-            # share pads its own group count: fewer padding groups, a smaller working set (each
-            # group's arithmetic is its own whichever call holds it).  The shares run one after
-            # the other: run on two threads they did not overlap (wall = CPU at load 1)
-            shares = _split(members, lengths, self.threads if xla else 1)
+        for b, xla, shares in self._calls([t.batches for t in tasks]):
             done = [self._run(tasks, share, b, xla) for share in shares]
             for share, (new, acc) in zip(shares, done, strict=True):
                 for j, i in enumerate(share):
                     w = [a[j] for a in new]
                     out[i] = w + [a[j] for a in acc] if with_abs_grad else w
         return out
+
+    def _calls(self, schedules: Sequence) -> list[tuple[int, bool, list[list[int]]]]:
+        """How :meth:`train` runs tasks with these batch schedules: per mini-batch size ``b``,
+        whether compiled, and the shares (task positions) of one call each."""
+        by_b: dict[int, list[int]] = {}
+        for i, sched in enumerate(schedules):
+            by_b.setdefault(int(np.asarray(sched).shape[1]), []).append(i)
+        calls = []
+        for b, members in by_b.items():
+            # padding groups train nothing (no sample, lr 0); padding steps are never run
+            lengths = [len(schedules[i]) for i in members]
+            work = self.flops_per_sample * b * sum(lengths)
+            xla = not self._conv and (len(members) >= XLA_GROUPS or work >= XLA_MIN_FLOPS)
+            # a compiled call's groups are cut into shares (one per core, by default) and each
+            # share pads its own group count: fewer padding groups, a smaller working set (each
+            # group's arithmetic is its own whichever call holds it).  The shares run one after
+            # the other: run on two threads they did not overlap (wall = CPU at load 1)
+            calls.append((b, xla, _split(members, lengths, self.threads if xla else 1)))
+        return calls
+
+    def compiled_for(self, schedules: Sequence) -> bool:
+        """Whether :meth:`train` on tasks with these batch schedules would run only programs
+        already compiled (XLA compiles each padded shape once, in seconds): a caller that may
+        train ahead of need (the executor's overlap) leaves new shapes to the call that
+        needs them."""
+        for b, xla, shares in self._calls(schedules):
+            if xla:
+                for share in shares:
+                    steps = max(len(schedules[i]) for i in share)
+                    if (_ladder(len(share)), _ladder(steps), b) not in self._compiled:
+                        return False
+        return True
 
     def _run(self, tasks: Sequence, members: Sequence[int], b: int, xla: bool):
         """One compiled (``xla``) or op-by-op call training ``tasks[i]`` for ``i`` in
@@ -301,6 +322,8 @@ class FusedTrainer:
                                   np.float32))
         fn = self._train_xla if xla else self._train_fn
         new, acc = fn(params, tf.constant(sched), lr, tf.constant(steps))
+        if xla:
+            self._compiled.add(sched.shape[:2][::-1] + (b,))
         return [t.numpy() for t in new], [t.numpy() for t in acc]
 
     def evaluate(self, weight_lists: Sequence[Sequence[np.ndarray]], x: np.ndarray,

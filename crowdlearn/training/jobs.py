@@ -3,13 +3,16 @@
 A protocol machine returns ``RunJob(job_id, TrainJob(...))``.  The driver charges the job's
 ``flops`` on the device's CPU in simulated time *before* anything runs; the real computation is
 done by an :class:`Executor` the first time a result is needed, and then every pending job of the
-same kind runs together (all the devices of a round in one batched TensorFlow computation).
+same kind runs together (all the devices of a round in one batched TensorFlow computation).  A
+kind whose runner allows it may have those same batches computed ahead of the read, on a worker
+thread beside the simulation (``overlap``: same batches, same results).
 
 This module is pure (numpy only); the TensorFlow-backed runners live in ``fleet_trainer``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +60,53 @@ class EvalJob:
 
 
 Runner = Callable[[Sequence[Any]], list[Any]]
+
+
+class Outcome(list):
+    """A runner's results (a list, one per job) with work left for the moment the executor
+    *commits* them to the jobs' handles, on the executor's thread: e.g. a Crowdlearning pass's
+    promise filled with its record.  A runner that may run ahead of its first read on a worker
+    thread (:class:`Executor`, ``overlap``) has no other side effect, so a run whose batch
+    turns out not to be the one the read would run is dropped without a trace.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> out = Outcome([1, 2], on_commit=lambda: seen.append("committed"))
+    >>> list(out), out.on_commit(), seen
+    ([1, 2], None, ['committed'])
+    """
+
+    __slots__ = ("on_commit",)
+
+    def __init__(self, results=(), *, on_commit: Callable[[], None] | None = None):
+        super().__init__(results)
+        self.on_commit = on_commit
+
+
+class _Wave:
+    """One batch run ahead of its read (``Executor``'s overlap): its handles in the order the
+    read would run them, the worker's future, and its results once the future is done."""
+
+    __slots__ = ("batch", "future", "results")
+
+    def __init__(self, batch: list, future: Future):
+        self.batch, self.future = batch, future
+        self.results: list | None = None
+
+
+#: On an overlap worker thread, the results of the chain's earlier batches by handle: what a
+#: deferred input of the batch being run reads (``Executor.result``), the executor's own state
+#: untouched.
+_AHEAD = threading.local()
+
+
+def _run_ahead(runner: Runner, jobs: list, view: dict) -> list:
+    _AHEAD.view = view
+    try:
+        return runner(jobs)
+    finally:
+        _AHEAD.view = None
 
 
 @runtime_checkable
@@ -157,6 +207,25 @@ class Executor:
     batches and job counts are exactly those of the sequential executor (tested); only the
     wall time moves.
 
+    ``overlap`` (on by default): a deferred kind whose runner declares ``overlap = True`` (it
+    has no side effect but its :class:`Outcome`'s ``on_commit``, and may run on another thread)
+    has its batches computed *ahead* of their first read, one at a time on a worker thread,
+    while the simulation goes on.  The executor keeps a *chain* of batches: the first is the
+    batch the first read would run if it came now (every pending job of the kind whose inputs
+    are done and whose collective is complete), the next one the batch the read would run
+    after it (its inputs the chain's results, read on the worker from the chain itself), and
+    so on.  A job that would join a batch of the chain (a collective completed, a job
+    cancelled) cuts the chain there.  A read runs exactly the batches it runs without overlap,
+    in the same order; for each one it takes the chain's head if it holds the same jobs in the
+    same order (waiting for it if it is still running), otherwise it drops the chain (waiting
+    for a running batch, so that one runs at a time) and runs its own.  So batches, results,
+    counts and commits are the sequential executor's, bit for bit (tested); only the moment the
+    computation happens moves.  When to run a batch ahead is a guess (``overlap_wait``): at
+    once if it holds as many collectives as the chain's batch before it (or, first in the
+    chain, as the widest batch of the kind so far), else once ``overlap_wait`` submissions of
+    the kind have left it unchanged.  :meth:`close` waits for the worker (no thread outlives a
+    simulation).
+
     Examples
     --------
     >>> ex = Executor({"double": lambda jobs: [2 * j.x for j in jobs]})
@@ -170,10 +239,25 @@ class Executor:
 
     def __init__(self, runners: dict[str, Runner], *,
                  deferred_kinds: Sequence[str] = ("train",),
-                 background_kinds: Sequence[str] = ()):
+                 background_kinds: Sequence[str] = (), overlap: bool = True,
+                 overlap_wait: int = 32):
         self.runners = dict(runners)
         self.deferred_kinds = frozenset(deferred_kinds)
         self.background_kinds = frozenset(background_kinds) & self.deferred_kinds
+        #: kinds whose batches may run ahead of their read (empty: the sequential executor)
+        self.overlap_kinds = frozenset(
+            k for k in self.deferred_kinds if overlap and getattr(self.runners.get(k), "overlap",
+                                                                  False))
+        self.overlap_wait = int(overlap_wait)
+        self.overlap_batches = {"used": 0, "discarded": 0}
+        self._chain: dict[str, list[_Wave]] = {}
+        self._wave_of: dict[Handle, int] = {}      # handle -> its batch's number in the chain
+        self._chain_base: dict[str, int] = {}      # number of the chain's first batch
+        self._members: dict[tuple, list[Handle]] = {}   # (kind, collective key) -> its parts
+        self._next: dict[str, tuple] = {}          # kind -> (batch, collectives, since) or ()
+        self._ticks: dict[str, int] = {}           # submissions of the kind
+        self._widest: dict[str, int] = {}          # most collectives in one batch of the kind
+        self._running: list[tuple] = []            # (future, pool) of batches run ahead
         self._early: dict[str, tuple[list[Handle], Future, ThreadPoolExecutor]] = {}
         self.early_batches = {"used": 0, "discarded": 0}
         self._pending: dict[str, list[Handle]] = {}
@@ -192,6 +276,9 @@ class Executor:
         for kind in getattr(job, "settles", ()):
             if kind in self.background_kinds:
                 self._maybe_start_early(kind)
+        if job.kind in self.overlap_kinds:
+            self._joined(h)
+            self._ahead(job.kind)
         return h
 
     def abandoned(self, h: Handle) -> bool:
@@ -215,6 +302,8 @@ class Executor:
         h.due = True
         if h.job.kind not in self.deferred_kinds:
             return self.result(h)
+        if h.job.kind in self.overlap_kinds:
+            self._ahead(h.job.kind)
         return self.deferred(h)
 
     def cancel(self, h: Handle) -> None:
@@ -223,6 +312,152 @@ class Executor:
             key = _collective(h.job)
             if key is not None:      # the other members of its collective can never run
                 self._broken.add((h.job.kind, key))
+            kind = h.job.kind
+            if kind in self.overlap_kinds:
+                # the batch holding it (or its collective) no longer is the one a read runs
+                mates = self._members.get((kind, key), [h]) if key is not None else [h]
+                cut = min((self._wave_of[m] for m in mates if m in self._wave_of), default=None)
+                if cut is not None:
+                    self._cut(kind, cut - self._chain_base.get(kind, 0))
+                self._next[kind] = None
+                self._members.pop((kind, key), None)
+
+    def close(self) -> None:
+        """Wait for a batch running ahead and drop the chains (results still unread are
+        computed by their read, as without overlap); no worker thread is left."""
+        for kind in list(self._chain):
+            self._cut(kind, 0)
+            self._next[kind] = None
+        self._settle_running()
+        self.overlap_kinds = frozenset()
+        for kind in list(self._early):
+            batch, fut, pool = self._early[kind]
+            fut.exception()
+            pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ overlap
+    def _joined(self, h: Handle) -> None:
+        """``h`` was submitted: if it completes its collective (or has none), the batch of the
+        chain it would join, and every later one, no longer is what a read runs."""
+        kind, key = h.job.kind, _collective(h.job)
+        self._ticks[kind] = self._ticks.get(kind, 0) + 1
+        chain = self._chain.get(kind, [])
+        if key is not None:
+            mates = self._members.setdefault((kind, key), [])
+            mates.append(h)
+            if not type(h.job).collective_complete([m.job for m in mates]):
+                nxt = self._next.get(kind)
+                if nxt and self._level(h.job, kind) == len(chain):
+                    nxt[3].add(key)          # a collective that would join the next batch
+                return
+        else:
+            mates = [h]
+        levels = [self._level(m.job, kind) for m in mates]
+        if None in levels:
+            return                   # waits for a job outside the chain: joins no batch of it
+        level = max(levels)
+        if level < len(chain):
+            self._cut(kind, level)
+        if level <= len(chain):
+            self._next[kind] = None              # the next batch to run ahead changed
+
+    def _level(self, job: Any, kind: str) -> int | None:
+        """The position in the chain of the batch ``job`` would join once its collective is
+        complete: 0 if its inputs are done, one after its latest input's batch; ``None`` if an
+        input is outside the chain."""
+        base = self._chain_base.get(kind, 0)
+        level = 0
+        for d in _input_handles(job):
+            if d.state == "done":
+                continue
+            w = self._wave_of.get(d)
+            if w is None:
+                return None
+            level = max(level, w - base + 1)
+        return level
+
+    def _cut(self, kind: str, at: int) -> None:
+        """Drop the chain's batches from position ``at`` on (a running one finishes on its
+        thread, unread: nothing runs beside it, see :meth:`_settle_running`)."""
+        chain = self._chain.get(kind)
+        if not chain or at >= len(chain):
+            return
+        for w in chain[at:]:
+            for m in w.batch:
+                self._wave_of.pop(m, None)
+            self.overlap_batches["discarded"] += 1
+        del chain[at:]
+
+    def _settle_running(self) -> None:
+        """Wait for every batch still running ahead (kept or dropped)."""
+        for fut, pool in self._running:
+            fut.exception()
+            pool.shutdown(wait=True)         # and its thread is gone
+        self._running.clear()
+
+    def _busy(self) -> bool:
+        running = []
+        for fut, pool in self._running:
+            if fut.done():
+                pool.shutdown(wait=True)     # its thread is ending: joined, never left behind
+            else:
+                running.append((fut, pool))
+        self._running = running
+        return bool(running)
+
+    def _ahead(self, kind: str) -> None:
+        """Start the chain's next batch on the worker if the worker is free and the guess
+        (see the class) says its jobs are all in."""
+        if self._busy():
+            return                               # one batch at a time
+        chain = self._chain.setdefault(kind, [])
+        if chain and chain[-1].results is None:
+            if chain[-1].future.exception() is not None:
+                # left to the read, which runs it itself (and raises if it must)
+                self._cut(kind, len(chain) - 1)
+                self._next[kind] = None
+                return
+            chain[-1].results = chain[-1].future.result()
+        nxt = self._next.get(kind)
+        ticks = self._ticks.get(kind, 0)
+        if nxt is None:
+            vdone = self._wave_of
+            starting: set = set()
+            batch, _ = self._select(kind, lambda d: d.state == "done" or d in vdone,
+                                    starting=starting)
+            nxt = self._next[kind] = (batch, self._wave_count(batch), ticks, starting)
+        batch, count, since, starting = nxt
+        if not batch:
+            return
+        # as wide as the batch before it (every collective moved on), and no collective that
+        # would join it still collecting its parts: at once; else after overlap_wait quiet
+        # submissions (four times that while collectives that would join are collecting)
+        wide = self._wave_count(chain[-1].batch) if chain else self._widest.get(kind, 0)
+        quiet = ticks - since
+        if len(starting) > count:
+            if quiet < 4 * self.overlap_wait:
+                return
+        elif count < wide and quiet < self.overlap_wait:
+            return
+        runner, jobs = self.runners[kind], [h.job for h in batch]
+        ok = getattr(runner, "ahead_ok", None)
+        if ok is not None and not ok(jobs):
+            return                 # e.g. a program to compile first: left to the read
+        view = {h: r for w in chain for h, r in zip(w.batch, w.results, strict=True)}
+        pool = ThreadPoolExecutor(1, thread_name_prefix="crowdlearn-overlap")
+        fut = pool.submit(_run_ahead, runner, jobs, view)
+        pool.shutdown(wait=False)            # the thread ends with this one batch
+        self._running.append((fut, pool))
+        base = self._chain_base.setdefault(kind, 0)
+        for h in batch:
+            self._wave_of[h] = base + len(chain)
+        chain.append(_Wave(batch, fut))
+        self._next[kind] = None
+
+    @staticmethod
+    def _wave_count(batch: list) -> int:
+        return len({_collective(h.job) if _collective(h.job) is not None else id(h)
+                    for h in batch})
 
     def _maybe_start_early(self, kind: str) -> None:
         """Start the batch the first read of ``kind`` would run, on a worker thread, if every
@@ -255,6 +490,12 @@ class Executor:
         one computation held by several machines, e.g. one Crowdlearning pass: each
         participant's job carries the weights it holds).
         """
+        view = getattr(_AHEAD, "view", None)
+        if view is not None and h.state != "done":   # on the overlap worker: the chain's
+            try:
+                return view[h]
+            except KeyError:
+                raise RuntimeError("a batch run ahead read a result outside its chain") from None
         if h.state == "cancelled":
             raise RuntimeError("result of a cancelled job")
         while h.state == "pending":
@@ -292,27 +533,56 @@ class Executor:
                 return True
         return False
 
-    def _run_kind(self, kind: str) -> bool:
-        queue = self._pending.get(kind, [])
+    def _select(self, kind: str, done: Callable[[Handle], bool], *,
+                starting: set | None = None) -> tuple[list, list]:
+        """The batch a read of ``kind`` runs (every pending job whose inputs are ``done`` and
+        whose collective is complete, in submission order, collectives after the other jobs)
+        and the jobs left pending; ``starting`` gets the keys of every collective with a part
+        ready, complete or not (and the ids of the lone jobs of the batch)."""
         batch, rest = [], []
         members: dict = {}
-        for h in queue:
-            if h.state != "pending":
+        for h in self._pending.get(kind, []):
+            if h.state != "pending" or h in self._wave_of and done is not _done:
                 continue
             key = _collective(h.job)
             if key is not None and (kind, key) in self._broken:
                 continue                 # a member was cancelled: the collective is abandoned
-            if all(d.state == "done" for d in _input_handles(h.job)):
+            if all(done(d) for d in _input_handles(h.job)):
                 if key is not None:
                     members.setdefault(key, []).append(h)
                     continue
                 batch.append(h)
             else:
                 rest.append(h)
+        if starting is not None:
+            starting.update(members)
+            starting.update(id(h) for h in batch)
         for hs in members.values():
             (batch if type(hs[0].job).collective_complete([h.job for h in hs]) else rest) \
                 .extend(hs)
+        return batch, rest
+
+    def _run_kind(self, kind: str) -> bool:
+        batch, rest = self._select(kind, _done)
         self._pending[kind] = rest
+        results = None
+        chain = self._chain.get(kind)
+        if chain:
+            head = chain[0]
+            if len(head.batch) == len(batch) and all(
+                    a is b for a, b in zip(head.batch, batch, strict=True)) \
+                    and head.future.exception() is None:     # (waits if it is still running)
+                results = head.future.result()
+                chain.pop(0)
+                for m in head.batch:
+                    self._wave_of.pop(m, None)
+                self._chain_base[kind] = self._chain_base.get(kind, 0) + 1
+                self.overlap_batches["used"] += 1
+            else:
+                self._cut(kind, 0)
+            self._next[kind] = None
+        if results is None and batch:
+            self._settle_running()           # one run at a time: a dropped batch ends first
         early = self._early.pop(kind, None)
         if early is not None:
             same = len(early[0]) == len(batch) and all(
@@ -326,13 +596,24 @@ class Executor:
                 early = None
         if not batch:
             return False
-        if early is None:
+        if early is None and results is None:
             results = self.runners[kind]([h.job for h in batch])
         for h, r in zip(batch, results, strict=True):
             h.result, h.state = r, "done"
+        commit = getattr(results, "on_commit", None)
+        if commit is not None:
+            commit()
         self.batches_run[kind] = self.batches_run.get(kind, 0) + 1
         self.jobs_run[kind] = self.jobs_run.get(kind, 0) + len(batch)
+        if kind in self.overlap_kinds:
+            self._widest[kind] = max(self._widest.get(kind, 0), self._wave_count(batch))
+            for h in batch:                  # (held, they would keep every pass's weights)
+                self._members.pop((kind, _collective(h.job)), None)
         return True
+
+
+def _done(h: Handle) -> bool:
+    return h.state == "done"
 
 
 def _collective(job: Any) -> Any:

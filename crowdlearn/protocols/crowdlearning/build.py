@@ -11,8 +11,9 @@ from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.protocols.crowdlearning import config as _config
 from crowdlearn.protocols.crowdlearning import machines as sp
 from crowdlearn.protocols.crowdlearning.passjob import as_array
+from crowdlearn.training.jobs import Outcome
 
-__all__ = ["build", "build_ssgd", "model_description", "runners", "summary"]
+__all__ = ["PassRunner", "build", "build_ssgd", "model_description", "runners", "summary"]
 
 SERVER = sp.SERVER
 
@@ -120,17 +121,47 @@ def runners(sim) -> dict:
     are all in, trained together on the fused path (with the accumulated ``|gradient|`` the sharing
     rule needs), each participant given back its own entries; and the pipeline's drain, which
     computes nothing (its time is the runtime's)."""
-    return {"slice_pass": lambda jobs: run_passes(jobs, sim.trainer, _replayer(sim)),
+    return {"slice_pass": PassRunner(sim, _replayer(sim)),
             "pipeline_drain": lambda jobs: [None] * len(jobs)}
 
 
-def run_passes(jobs, trainer, replay=None) -> list:
+class PassRunner:
+    """The ``slice_pass`` runner: :func:`run_passes` on the simulation's trainer.  It may run
+    on the executor's overlap worker ahead of the first read (``overlap``): it reads nothing
+    but its jobs (deferred inputs through the executor) and changes nothing until the executor
+    commits its :class:`~crowdlearn.training.jobs.Outcome` (the passes' promises filled)."""
+
+    overlap = True
+
+    def __init__(self, sim, replay=None):
+        self.sim, self.replay = sim, replay
+
+    def __call__(self, jobs) -> list:
+        return run_passes(jobs, self.sim.trainer, self.replay)
+
+    def ahead_ok(self, jobs) -> bool:
+        """Whether running these parts ahead needs no new compiled program (a compilation,
+        seconds of both cores, is left to the read that needs it, as without overlap)."""
+        compiled = getattr(self.sim.trainer, "compiled_for", None)
+        if compiled is None:
+            return True
+        schedules: dict = {}
+        for j in jobs:                 # the passes in run_passes' order, each its dominator's
+            schedules.setdefault(j.key, None)
+            if j.batches is not None:
+                schedules[j.key] = j.batches
+        found = list(schedules.values())
+        return all(x is not None for x in found) and compiled(found)
+
+
+def run_passes(jobs, trainer, replay=None) -> Outcome:
     """Results of :class:`~crowdlearn.protocols.crowdlearning.machines.SlicePassJob` parts:
     the parts of each pass joined into the group's whole network (every value comes from a
     part's job), all passes trained in one :meth:`FusedTrainer.train` call, and each part's
     entries handed back (new values per owner, then ``|gradient|`` sums of its trainable entries
     per owner).  Each part's promise gets a :class:`PassRecord` of the pass (start weights and
-    schedule), from which its boundary payloads are computed if they are ever encoded."""
+    schedule), from which its boundary payloads are computed if they are ever encoded, when the
+    executor commits the results (the returned :class:`~crowdlearn.training.jobs.Outcome`)."""
     from crowdlearn.training.batching import TrainTask
 
     shapes = [tuple(s.shape) for s in trainer.specs]
@@ -156,6 +187,7 @@ def run_passes(jobs, trainer, replay=None) -> list:
                                   {jobs[i].node: jobs[i].owners for i in members}, replay))
     results = trainer.train(tasks, with_abs_grad=True)
     out: list = [None] * len(jobs)
+    promised: list = []
     n = len(shapes)
     for members, res, record in zip(passes.values(), results, records, strict=True):
         new = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[:n]])
@@ -163,8 +195,12 @@ def run_passes(jobs, trainer, replay=None) -> list:
         for i in members:
             parts = jobs[i].parts
             out[i] = [np.take(new, p[0]) for p in parts] + [np.take(acc, p[1]) for p in parts]
-            jobs[i].promise.fulfil(record)
-    return out
+            promised.append((jobs[i].promise, record))
+
+    def fulfil():
+        for promise, record in promised:
+            promise.fulfil(record)
+    return Outcome(out, on_commit=fulfil)
 
 
 def _check_cover(key, parts: list, size: int) -> None:

@@ -1,0 +1,178 @@
+"""Batches run ahead of their read (``jobs.Executor``'s overlap): a Crowdlearning run is the
+sequential executor's bit for bit, whatever runs ahead, and no worker thread outlives it."""
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crowdlearn.training.jobs import Deferred, Executor, Outcome
+
+
+def _overlap_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith("crowdlearn-overlap")]
+
+
+def _run(cfg, *, overlap: bool):
+    """A simulation with the overlap on or off; its results and every delivered message
+    (source, destination, bytes, type, arrival time as a float's hex)."""
+    from crowdlearn.experiment import Simulation
+
+    sim = Simulation(cfg)
+    if not overlap:
+        sim.executor.overlap_kinds = frozenset()
+    transfers = []
+    seen = sim.monitor.on_transfer
+
+    def on_transfer(src, dst, nbytes, now, msg=None):
+        transfers.append((src, dst, nbytes, type(msg).__name__, float(now).hex()))
+        return seen(src, dst, nbytes, now, msg)
+
+    sim.monitor.on_transfer = on_transfer
+    res = sim.run()
+    res.summary.pop("wall_time_s")
+    return sim, res, transfers
+
+
+@pytest.mark.parametrize("extra", [
+    {},                                                      # relayed, groups of 4
+    {"slicenet.peer_to_peer": True, "availability.churn": 0.1,   # aborted passes, churn
+     "fleet.devices": 14},                                   # leftovers join groups
+])
+def test_a_crowdlearning_run_with_passes_run_ahead_is_the_sequential_one(extra):
+    """Same summary (accuracy, bytes, simulated time, events), metrics, per-device and round
+    rows, and every message at the same simulated time, with the passes' batches computed
+    ahead of their read on a worker thread and without; some batches did run ahead, and no
+    worker thread is left after the run."""
+    from tests.conftest import small_config
+
+    cfg = small_config(protocol="crowdlearning", rounds=3, **{
+        "fleet.devices": 12, "fleet.cells": 3, "model.hidden": [32, 16],
+        "slicenet.group_size": 4, "slicenet.lr": 0.1, **extra})
+    sim_on, on, t_on = _run(cfg, overlap=True)
+    assert not _overlap_threads()
+    sim_off, off, t_off = _run(cfg, overlap=False)
+    assert sim_on.executor.overlap_batches["used"] > 0
+    assert sim_off.executor.overlap_batches == {"used": 0, "discarded": 0}
+    assert on.summary == off.summary and on.summary["completed"]
+    assert on.metrics == off.metrics and len(on.metrics) == 3
+    assert on.devices == off.devices and on.rounds == off.rounds
+    assert t_on == t_off and len(t_on) > 100
+    assert sim_on.executor.batches_run == sim_off.executor.batches_run
+    assert sim_on.executor.jobs_run == sim_off.executor.jobs_run
+
+
+class _Part:
+    """A part of a collective computation: done when ``size`` parts of ``key`` are in; starts
+    from other jobs' results (``inputs``)."""
+    kind = "step"
+
+    def __init__(self, key, size, inputs, x):
+        self.key, self.size, self.inputs, self.x = key, size, inputs, x
+
+    @property
+    def collective(self):
+        return self.key
+
+    @staticmethod
+    def collective_complete(jobs):
+        return len(jobs) == jobs[0].size
+
+    result_shapes = [()]
+
+    def deferred_inputs(self):
+        return self.inputs
+
+
+def _executor(overlap: bool, calls: list, commits: list):
+    def runner(jobs):
+        # a job's result depends on its inputs' values and on the whole batch (as XLA's
+        # per-shape programs make a pass depend on the passes batched with it)
+        width = len(jobs)
+        out = [[j.x * 100 + width + sum(float(d[0]) for d in j.inputs)] for j in jobs]
+        calls.append((tuple(j.x for j in jobs), threading.current_thread().name))
+        return Outcome(out, on_commit=lambda: commits.append(tuple(j.x for j in jobs)))
+    runner.overlap = True
+    return Executor({"step": runner}, deferred_kinds=("step",), overlap=overlap, overlap_wait=2)
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["part", "part", "part", "complete", "cancel",
+                                           "read"]),
+                          st.integers(0, 30), st.integers(1, 3)), max_size=50)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_ops)
+def test_batches_run_ahead_change_no_result_batch_count_or_commit(ops):
+    """Any interleaving of parts of collectives (chained on earlier results), completions,
+    cancellations and reads: the executor running batches ahead returns the same results,
+    runs the same batches, commits them in the same order and counts the same jobs as the
+    sequential one; every thread it started has ended after :meth:`Executor.close`."""
+    runs = []
+    for overlap in (False, True):
+        calls: list = []
+        commits: list = []
+        ex = _executor(overlap, calls, commits)
+        hs: list = []
+        open_keys: dict = {}            # key -> (size, parts so far)
+        out = []
+        for op, i, size in ops:
+            if op == "part":
+                # join an open collective, or open one that starts from an earlier result
+                keys = sorted(open_keys)
+                if keys and i % 3:
+                    key = keys[i % len(keys)]
+                else:
+                    key = len(hs)
+                    open_keys[key] = size
+                inputs = [ex.deferred(hs[i % len(hs)])] if hs and i % 2 else []
+                h = ex.submit(_Part(key, open_keys[key], inputs, len(hs)))
+                hs.append(h)
+                if sum(1 for g in hs if g.job.key == key) >= open_keys[key]:
+                    del open_keys[key]
+                continue
+            if not hs:
+                continue
+            h = hs[i % len(hs)]
+            if op == "complete" and h.state == "pending" and not h.due:
+                ex.complete(h)
+            elif op == "cancel":
+                ex.cancel(h)
+            elif op == "read" and h.state != "cancelled" and not ex.abandoned(h):
+                try:
+                    out.append(("read", hs.index(h), ex.result(h)))
+                except RuntimeError as exc:
+                    out.append(("never", hs.index(h), str(exc)))
+        ex.close()
+        assert not _overlap_threads()
+        runs.append((out, [c[0] for c in calls if not c[1].startswith("crowdlearn-overlap")]
+                     if not overlap else None, commits, ex.batches_run, ex.jobs_run))
+        if overlap:
+            used = ex.overlap_batches["used"]
+            assert used <= len([c for c in calls if c[1].startswith("crowdlearn-overlap")])
+    (out0, _, commits0, b0, j0), (out1, _, commits1, b1, j1) = runs
+    assert out0 == out1 and commits0 == commits1 and b0 == b1 and j0 == j1
+
+
+def test_a_chain_runs_ahead_reading_its_own_earlier_results():
+    """Two collectives, the second starting from the first's result: both run ahead on the
+    worker (the second reads the first's result from the chain, not from the executor), and
+    the reads take them without running anything on the calling thread."""
+    calls: list = []
+    commits: list = []
+    ex = _executor(True, calls, commits)
+    a = [ex.submit(_Part("a", 2, [], x)) for x in (0, 1)]     # runs ahead at once
+    for f, _p in list(ex._running):
+        f.exception()                     # (so that the worker is free for the next one)
+    b = ex.submit(_Part("b", 1, [ex.deferred(a[0])], 2))      # one collective, as wide
+    assert [ex.result(h) for h in a] == [[2.0], [102.0]]
+    assert commits == [(0, 1)]
+    assert ex.result(b) == [201.0 + 2.0]
+    assert commits == [(0, 1), (2,)]
+    assert all(name.startswith("crowdlearn-overlap") for _, name in calls)
+    assert ex.overlap_batches == {"used": 2, "discarded": 0} and ex.batches_run == {"step": 2}
+    ex.close()
+    assert not _overlap_threads()
+    assert isinstance(ex.deferred(b), Deferred) and np.isfinite(ex.result(b)[0])
