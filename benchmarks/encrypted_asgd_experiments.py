@@ -121,13 +121,15 @@ def measure(seeds, *, devices: int, rounds: int, data: Path, dataset: str, examp
     key = ("setting", "seed")
     R.record_environment(data.with_suffix(".env.json"))
     for seed in seeds:
-        done = {(r["setting"], int(r["seed"])) for r in R.read_rows(data)}
+        done = {(r["setting"], int(r["seed"])) for r in R.read_rows(data)
+                if r["completed"] == "True"}   # an interrupted run is run again
         for name, raw in configs(devices, rounds, seed, dataset=dataset).items():
             if (name, seed) not in done and (only is None or name in only):
                 R.merge_rows(data, FIELDS, [run_one(name, seed, from_dict(raw))], key)
                 gc.collect()   # a finished simulation holds cycles: free them per run
     for seed in examples:
-        done = {(r["setting"], int(r["seed"])) for r in R.read_rows(data)}
+        done = {(r["setting"], int(r["seed"])) for r in R.read_rows(data)
+                if r["completed"] == "True"}   # an interrupted run is run again
         for name in EXAMPLES:
             for n in (name, f"{name} priced"):
                 if (n, seed) not in done:
@@ -280,7 +282,7 @@ def examples_table(d) -> list[str]:
 
 def render(rows: list[dict], env: str = "Environment not recorded.") -> str:
     d = by_setting(rows)
-    main = {k: v for k, v in d.items() if not k.startswith("example ")}
+    main = {k: v for k, v in d.items() if not k.startswith(("example ", "rerun "))}
     ex = {k: v for k, v in d.items() if k.startswith("example ")}
     seeds = sorted({s for v in main.values() for s in v})
     first = next((r for v in main.values() for r in v.values()), None)
@@ -359,10 +361,10 @@ def render(rows: list[dict], env: str = "Environment not recorded.") -> str:
         "## Environment and drift on rerun", "",
         (f"{env} Runs: {R.cpu_note(cpu)}, at `nice -n 10` on a shared machine "
          f"(load average {min(loads):.1f}–{max(loads):.1f})." if loads else env), "",
-        "A run is deterministic given its seed on one installation (the crypto calibration is "
-        "cached per host, so the simulated crypto seconds repeat); another machine "
-        "(BLAS, thread count, TensorFlow build, its own calibration) moves single accuracies in "
-        "the third or fourth digit and the simulated crypto time by its calibration: the "
+        f"{R.rerun_drift(rows)}  The crypto calibration is cached per host, so the simulated "
+        "crypto seconds of a seed repeat on this host; another machine "
+        "(BLAS, thread count, TensorFlow build, its own calibration) may move single accuracies "
+        "in the third or fourth digit and the simulated crypto time by its calibration: the "
         "intervals, not the digits, are the result.  Bytes and communication factors are exact.",
         "",
         "## Caveats", "",
@@ -388,6 +390,8 @@ def main(argv=None) -> int:
     ap.add_argument("--examples", action="store_true",
                     help="also the three examples, real crypto and priced")
     ap.add_argument("--example-seeds", default="0", help="seeds of --examples (default 0)")
+    ap.add_argument("--rerun-check", action="store_true",
+                    help="run seed 0 of every setting again in this process (drift on rerun)")
     ap.add_argument("--write-docs", action="store_true", help="render the doc after measuring")
     ap.add_argument("--render", action="store_true", help="only re-render the doc from the CSV")
     ap.add_argument("--quick", action="store_true",
@@ -412,6 +416,13 @@ def main(argv=None) -> int:
     if not a.render:
         measure(seeds, devices=a.devices, rounds=a.rounds, data=data, dataset=dataset,
                 examples=ex_seeds, only=a.only)
+    if a.rerun_check and not a.render:
+        from crowdlearn.config import from_dict
+        R.record_environment(data.with_suffix(".env.json"))
+        for name, raw in configs(a.devices, a.rounds, 0, dataset=dataset).items():
+            R.merge_rows(data, FIELDS, [run_one(f"rerun {name}", 0, from_dict(raw))],
+                         ("setting", "seed"))
+            gc.collect()
     if a.render or a.write_docs or a.quick:
         doc.write_text(render(R.read_rows(data), R.environments_text(data.with_suffix(".env.json"))))
         print(f"wrote {doc}")

@@ -129,15 +129,28 @@ def read_rows(path) -> list[dict]:
 def merge_rows(path, fields: Sequence[str], new: Sequence[dict], key: Sequence[str]) -> None:
     """Merge ``new`` into the CSV at ``path``: a row with the same ``key`` columns is replaced,
     the others are kept; written sorted by ``key`` (seeds numerically), so reruns are stable."""
-    import csv
+    import fcntl
+    import hashlib
+    import tempfile
     from pathlib import Path
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # processes measuring other seeds into the same file: one read-merge-write at a time (the
+    # lock file lives in the temp folder, not beside the data)
+    tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"results_doc-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_locked(path, fields, new, key)
+
+
+def _merge_locked(path, fields, new, key) -> None:
+    import csv
+
     k = lambda r: tuple(str(r[c]) for c in key)  # noqa: E731
     rows = {k(r): r for r in read_rows(path)}
     for r in new:
         rows[k(r)] = {f: r.get(f, "") for f in fields}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fields)
@@ -164,8 +177,11 @@ def exact_or_cell(values: Sequence[float], digits: int = 3, *, thousands: bool =
     ('2.0 (every seed)', '1,234,567 (every seed)')
     """
     xs = _finite(values)
+    one = (lambda x: f"{x:,.{digits}f}") if thousands else (lambda x: f"{x:.{digits}f}")
     if len(xs) > 1 and max(xs) == min(xs):
-        return (f"{xs[0]:,.{digits}f}" if thousands else f"{xs[0]:.{digits}f}") + " (every seed)"
+        return one(xs[0]) + " (every seed)"
+    if len(xs) == 1:
+        return one(xs[0]) + " (n = 1)"
     return cell(xs, digits)
 
 
@@ -287,3 +303,22 @@ def identical_seeds(d: dict, a: str, b: str, keys: Sequence[str] = ("final",)) -
     exact-equality claim is counted, not tested."""
     seeds = sorted(set(d.get(a, {})) & set(d.get(b, {})))
     return sum(all(d[a][s][k] == d[b][s][k] for k in keys) for s in seeds), len(seeds)
+
+
+def rerun_drift(rows: Sequence[dict]) -> str:
+    """One sentence: how far each ``rerun <setting>`` row (the same seed run again in another
+    process) is from its first run in final accuracy, simulated time and bytes."""
+    first = {(r["setting"], r["seed"]): r for r in rows}
+    parts = []
+    for r in rows:
+        o = first.get((r["setting"].removeprefix("rerun "), r["seed"]))
+        if not r["setting"].startswith("rerun ") or o is None:
+            continue
+        parts.append(f"{o['setting']}, seed {o['seed']}: final accuracy "
+                     f"{abs(fnum(r['final']) - fnum(o['final'])):g} apart, simulated time "
+                     f"{abs(fnum(r['sim_s']) - fnum(o['sim_s'])):.3g} s, bytes "
+                     f"{abs(fnum(r['bytes_total']) - fnum(o['bytes_total'])):g}")
+    if not parts:
+        return "No same-seed rerun is recorded in the data file."
+    return ("The same seed run again in another process (`--rerun-check`): " + "; ".join(parts)
+            + ".")

@@ -131,7 +131,8 @@ def measure(seeds: list[int], names: list[str], *, data: Path, quick: bool) -> N
 
     R.record_environment(data.with_suffix(".env.json"))
     for seed in seeds:
-        done = {(r["setting"], int(r["seed"])) for r in R.read_rows(data)}
+        done = {(r["setting"], int(r["seed"])) for r in R.read_rows(data)
+                if r["completed"] == "True"}   # an interrupted run is run again
         todo = [n for n in names if (n, seed) not in done]
         if not todo:
             continue
@@ -252,7 +253,7 @@ def dropout_section(d) -> list[str]:
         sa = n.startswith("secagg")
         lost = (" / ".join(R.exact_or_cell(_col(d, n, f"lost_{k}"), 1) for k in STAGES)
                 if sa else "—")
-        out.append(f"| {DROP_LABELS[n]} ({_kt(d, n) if sa else 'no SecAgg'}) | "
+        out.append(f"| {DROP_LABELS[n]}{', ' + _kt(d, n) if sa else ''} | "
                    f"{R.exact_or_cell(_col(d, n, 'rounds_completed'), 0)} | "
                    f"{R.exact_or_cell(_col(d, n, 'unmasked'), 1) if sa else '—'} | "
                    f"{R.exact_or_cell(_col(d, n, 'aborted'), 1) if sa else '—'} | {lost} | "
@@ -322,22 +323,7 @@ def dp_section(d) -> list[str]:
     return out
 
 
-def drift(rows: list[dict]) -> str:
-    reruns = [r for r in rows if r["setting"].startswith("rerun ")]
-    first = {(r["setting"], r["seed"]): r for r in rows}
-    parts = []
-    for r in reruns:
-        o = first.get((r["setting"].removeprefix("rerun "), r["seed"]))
-        if o is None:
-            continue
-        parts.append(f"{o['setting']}, seed {o['seed']}: final accuracy "
-                     f"{abs(R.fnum(r['final']) - R.fnum(o['final'])):g} apart, simulated time "
-                     f"{abs(R.fnum(r['sim_s']) - R.fnum(o['sim_s'])):.3g} s, bytes "
-                     f"{abs(R.fnum(r['bytes_total']) - R.fnum(o['bytes_total'])):g}")
-    if not parts:
-        return "No same-seed rerun is recorded in the data file."
-    return ("The same seed run again in another process (`--rerun-check`): " + "; ".join(parts)
-            + ".")
+drift = R.rerun_drift
 
 
 def costs_sections(costs: dict | None) -> tuple[list[str], list[str]]:
@@ -495,12 +481,11 @@ def render(rows: list[dict], costs: dict | None, env: str = "Environment not rec
         "See `docs/benchmarks.md`, \"Secure aggregation round\".", "",
         "## Environment and drift on rerun", "",
         env, "",
-        f"{drift(rows)}  A single simulation is deterministic given its seed on one "
-        "installation (the crypto calibration is cached per host, `crowdlearn/crypto/costs.py`); "
-        "on another machine (BLAS, thread count, TensorFlow build) floating-point order moves "
-        "single accuracies in the third or fourth digit and the calibrated costs move the "
-        "simulated times, so the intervals, not the digits, are the result.  Bytes, z, ε and R "
-        "are exact.", "",
+        f"{drift(rows)}  The crypto calibration is cached per host "
+        "(`crowdlearn/crypto/costs.py`); on another machine (BLAS, thread count, TensorFlow "
+        "build) floating-point order may move single accuracies in the third or fourth digit "
+        "and its own calibration moves the simulated times, so the intervals, not the digits, "
+        "are the result.  Bytes, z, ε and R do not depend on the machine.", "",
         "Earlier hand-written versions of this page (seed 0 or seeds 0–2 only, before the "
         "fixes they describe) are in the git history of this file.", ""])
 
