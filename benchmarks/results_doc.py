@@ -205,3 +205,212 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
                              f"(found {text.count(m)}); add it where the block goes")
     head, rest = text.split(begin, 1)
     return head + begin + "\n" + body.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
+# ---------------------------------------------------------------- per-seed CSV rows and claims
+def read_rows(path) -> list[dict]:
+    """The rows of a per-seed CSV (strings; ``[]`` when the file does not exist yet)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def merge_rows(path, fields: Sequence[str], new: Sequence[dict], key: Sequence[str]) -> None:
+    """Merge ``new`` into the CSV at ``path``: a row with the same ``key`` columns is replaced,
+    the others are kept; written sorted by ``key`` (seeds numerically), so reruns are stable."""
+    import fcntl
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # processes measuring other seeds into the same file: one read-merge-write at a time (the
+    # lock file lives in the temp folder, not beside the data)
+    tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"results_doc-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_locked(path, fields, new, key)
+
+
+def _merge_locked(path, fields, new, key) -> None:
+    import csv
+
+    k = lambda r: tuple(str(r[c]) for c in key)  # noqa: E731
+    rows = {k(r): r for r in read_rows(path)}
+    for r in new:
+        rows[k(r)] = {f: r.get(f, "") for f in fields}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fields)
+        w.writeheader()
+        for r in sorted(rows.values(), key=lambda r: tuple(
+                (0, int(r[c]), "") if str(r[c]).lstrip("-").isdigit() else (1, 0, str(r[c]))
+                for c in key)):
+            w.writerow({f: r.get(f, "") for f in fields})
+    tmp.replace(path)
+
+
+def fnum(v) -> float:
+    """A CSV cell as a float (``nan`` for an empty or missing cell)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def exact_or_cell(values: Sequence[float], digits: int = 3, *, thousands: bool = False) -> str:
+    """The value alone when it is the same on every seed (bytes, z, R: exact), else :func:`cell`.
+
+    >>> exact_or_cell([2.0, 2.0, 2.0], 1), exact_or_cell([1234567.0] * 2, 0, thousands=True)
+    ('2.0 (every seed)', '1,234,567 (every seed)')
+    """
+    xs = _finite(values)
+    one = (lambda x: f"{x:,.{digits}f}") if thousands else (lambda x: f"{x:.{digits}f}")
+    if len(xs) > 1 and max(xs) == min(xs):
+        return one(xs[0]) + " (every seed)"
+    if len(xs) == 1:
+        return one(xs[0]) + " (n = 1)"
+    return cell(xs, digits)
+
+
+def within_verdict(d: dict, tol: float) -> str:
+    """Verdict of an equivalence claim ``|a − b| ≤ tol``: the whole paired interval inside."""
+    if -tol <= d["lo"] and d["hi"] <= tol:
+        return f"holds (interval within ±{tol:g})"
+    return f"not shown (interval leaves ±{tol:g})"
+
+
+def claim_row(claim: str, a: Sequence[float], b: Sequence[float], *, digits: int = 3,
+              tol: float | None = None, min_seeds: int = 10) -> str:
+    """One Markdown row ``| claim | seeds | a − b [95 %], p | verdict |``: "a > b" (``tol`` None)
+    or "a ≈ b within tol", paired over the seeds both have; no verdict on fewer than
+    ``min_seeds`` seeds.  ``a − b`` identical on every seed (e.g. exactly 0) is said so."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 2:
+        return f"| {claim} | {n} | — | not measured |"
+    d = paired(x[ok], y[ok])
+    diff = x[ok] - y[ok]
+    if np.all(diff == diff[0]):
+        text = f"{diff[0]:+.{digits}f} on every seed"
+        v = (("holds" if diff[0] > 0 else "fails") if tol is None
+             else ("holds (identical)" if abs(diff[0]) <= tol else "fails"))
+    else:
+        text = fmt_paired(d, digits)
+        v = verdict(d) if tol is None else within_verdict(d, tol)
+    if n < min_seeds:
+        v = f"not claimed (< {min_seeds} seeds)"
+    return f"| {claim} | {n} | {text} | {v} |"
+
+
+def cpu_note(cpu_seconds: Sequence[float]) -> str:
+    """``N runs, X CPU min in all (median Y s per run)`` of the rows' measured CPU seconds."""
+    xs = sorted(_finite(cpu_seconds))
+    if not xs:
+        return "CPU time not recorded"
+    med = xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    return f"{len(xs)} runs, {sum(xs) / 60:.1f} CPU min in all (median {med:.1f} s per run)"
+
+
+def record_environment(path) -> None:
+    """Add this process's :func:`environment` to the JSON list at ``path`` (the environments
+    the rows of a data file were measured in), so a later ``--render`` states them, not its own."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    envs = recorded_environments(path)
+    env = environment()
+    if env not in envs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(envs + [env], indent=1, ensure_ascii=False) + "\n")
+
+
+def recorded_environments(path) -> list[str]:
+    """The environments :func:`record_environment` stored at ``path`` (``[]`` if none)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def environments_text(path) -> str:
+    """The recorded environments as one paragraph (``Environment not recorded.`` if none)."""
+    envs = recorded_environments(path)
+    if not envs:
+        return "Environment not recorded."
+    if len(envs) == 1:
+        return envs[0]
+    return "Rows measured in " + str(len(envs)) + " environments: " + " / ".join(envs)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"`` → 0…9, ``"0,3,5"`` → [0, 3, 5] (ranges and lists mix: ``"0-2,7"``).
+
+    >>> parse_seeds("0-2,7")
+    [0, 1, 2, 7]
+    """
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
+def by_setting_seed(rows: Sequence[dict]) -> dict[str, dict[int, dict]]:
+    """``{setting: {seed: row}}`` of CSV rows with ``setting``, ``seed`` and ``completed``
+    columns; rows of runs that did not complete are left out."""
+    out: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        if r["completed"] == "True":
+            out.setdefault(r["setting"], {})[int(r["seed"])] = r
+    return out
+
+
+def column(d: dict, name: str, key: str, scale: float = 1.0, seeds=None) -> list[float]:
+    """``key`` × ``scale`` of setting ``name`` of a :func:`by_setting_seed` mapping, seed by
+    seed (``seeds``: these seeds, ``nan`` where missing)."""
+    cells = d.get(name, {})
+    seeds = sorted(cells) if seeds is None else seeds
+    return [fnum(cells[s][key]) * scale if s in cells else math.nan for s in seeds]
+
+
+def claim_between(d: dict, claim: str, a: str, b: str, key: str = "final", *,
+                  tol: float | None = None, digits: int = 4, scale: float = 1.0,
+                  min_seeds: int = 10) -> str:
+    """:func:`claim_row` of settings ``a`` and ``b`` over the seeds both have."""
+    seeds = sorted(set(d.get(a, {})) & set(d.get(b, {})))
+    return claim_row(claim, column(d, a, key, scale, seeds), column(d, b, key, scale, seeds),
+                     digits=digits, tol=tol, min_seeds=min_seeds)
+
+
+def identical_seeds(d: dict, a: str, b: str, keys: Sequence[str] = ("final",)) -> tuple[int, int]:
+    """(seeds on which settings ``a`` and ``b`` have the same ``keys``, seeds both have): an
+    exact-equality claim is counted, not tested."""
+    seeds = sorted(set(d.get(a, {})) & set(d.get(b, {})))
+    return sum(all(d[a][s][k] == d[b][s][k] for k in keys) for s in seeds), len(seeds)
+
+
+def rerun_drift(rows: Sequence[dict]) -> str:
+    """One sentence: how far each ``rerun <setting>`` row (the same seed run again in another
+    process) is from its first run in final accuracy, simulated time and bytes."""
+    first = {(r["setting"], r["seed"]): r for r in rows}
+    parts = []
+    for r in rows:
+        o = first.get((r["setting"].removeprefix("rerun "), r["seed"]))
+        if not r["setting"].startswith("rerun ") or o is None:
+            continue
+        parts.append(f"{o['setting']}, seed {o['seed']}: final accuracy "
+                     f"{abs(fnum(r['final']) - fnum(o['final'])):g} apart, simulated time "
+                     f"{abs(fnum(r['sim_s']) - fnum(o['sim_s'])):.3g} s, bytes "
+                     f"{abs(fnum(r['bytes_total']) - fnum(o['bytes_total'])):g}")
+    if not parts:
+        return "No same-seed rerun is recorded in the data file."
+    return ("The same seed run again in another process (`--rerun-check`): " + "; ".join(parts)
+            + ".")

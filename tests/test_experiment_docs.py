@@ -369,3 +369,113 @@ def test_dssgd_staleness_explanation_needs_the_lead_to_grow_with_the_participant
     assert "staleness is the cause" not in reading
     assert "*Accuracy does not clearly fall with staleness.*" in reading
     assert "the collapse is not shown to grow" in _flat(mod.claims_changed(worst))
+# ---------------------------------------------------------------- secure aggregation (issue 11)
+def _rows(setting, finals, **extra):
+    return [{"setting": setting, "seed": str(s), "rounds": "20", "completed": "True",
+             "final": repr(float(f)), **{k: str(v) for k, v in extra.items()}}
+            for s, f in enumerate(finals)]
+
+
+def test_secagg_equivalence_claim_needs_its_interval_inside_the_tolerance():
+    mod = _module("secagg_experiments")
+    rng = np.random.default_rng(0)
+    plain = 0.83 + 0.005 * rng.standard_normal(12)
+    d = mod.by_setting(_rows("plain", plain) + _rows("secagg", plain - 0.001
+                                                     + 0.0005 * rng.standard_normal(12))
+                       + _rows("far", plain - 0.004 + 0.004 * rng.standard_normal(12)))
+    assert mod._claim(d, "c", "secagg", "plain", tol=0.005).endswith(
+        "| holds (interval within ±0.005) |")
+    assert "not shown (interval leaves ±0.005)" in mod._claim(d, "c", "far", "plain", tol=0.005)
+    assert "| 12 |" in mod._claim(d, "c", "secagg", "plain")
+    few = mod.by_setting(_rows("a", plain[:9]) + _rows("b", plain[:9] - 0.1))
+    assert mod._claim(few, "a > b", "a", "b").endswith("| not claimed (< 10 seeds) |")
+    same = mod.by_setting(_rows("a", plain) + _rows("b", plain))
+    assert "+0.0000 on every seed | holds (identical)" in mod._claim(same, "c", "a", "b", tol=0.005)
+
+
+def test_secagg_rows_merge_by_setting_and_seed_and_rerun_rows_measure_drift(tmp_path):
+    mod = _module("secagg_experiments")
+    import results_doc as R
+    path = tmp_path / "x.csv"
+    R.merge_rows(path, mod.FIELDS, _rows("plain", [0.8, 0.81]), ("setting", "seed"))
+    R.merge_rows(path, mod.FIELDS, _rows("plain", [0.9]) + _rows("rerun plain", [0.8004]),
+                 ("setting", "seed"))
+    rows = R.read_rows(path)
+    assert [(r["setting"], r["seed"], r["final"]) for r in rows] == [
+        ("plain", "0", "0.9"), ("plain", "1", "0.81"), ("rerun plain", "0", "0.8004")]
+    rows = [{**r, "sim_s": "1", "bytes_total": "5"} for r in rows]
+    assert "plain, seed 0: final accuracy 0.0996 apart" in mod.drift(rows)
+
+
+def test_secagg_quick_measures_resumably_and_renders_every_section(tmp_path):
+    mod = _module("secagg_experiments")
+    import results_doc as R
+    data = tmp_path / "secagg.csv"
+    names = ["plain", "secagg", "secagg+", "secagg churn 0.3"]
+    mod.measure([0, 1], names, data=data, quick=True)
+    mod.measure([0, 1], names, data=data, quick=True)          # resumes: nothing to do
+    rows = R.read_rows(data)
+    assert sorted((r["setting"], r["seed"]) for r in rows) == sorted(
+        (n, str(s)) for n in names for s in (0, 1))
+    by = {(r["setting"], r["seed"]): r for r in rows}
+    for s in "01":
+        assert by[("secagg", s)]["unmasked"] == "2" and by[("plain", s)]["unmasked"] == ""
+        # SecAgg and SecAgg+ unmask the same quantised sum: the same model
+        assert by[("secagg", s)]["final"] == by[("secagg+", s)]["final"]
+    assert (tmp_path / "secagg.env.json").is_file()
+    doc = tmp_path / "doc.md"
+    mod.write_doc(doc, data, tmp_path / "no-costs.json")
+    text = doc.read_text()
+    for head in ("## 1 ·", "## 3 ·", "### Drop-outs", "## 5 ·", "## Environment and drift"):
+        assert head in text
+    assert "SecAgg and SecAgg+ end at the same accuracy on 2 of 2 seeds" in text
+    assert "not claimed (< 10 seeds)" in text and R.environment() in text
+
+
+def test_secure_aggregation_doc_is_what_render_makes_of_the_data():
+    mod = _module("secagg_experiments")
+    import json
+
+    import results_doc as R
+    costs = json.loads(mod.COSTS.read_text())
+    assert mod.DOC.read_text() == mod.render(R.read_rows(mod.DATA), costs,
+                                             R.environments_text(mod.ENV))
+
+
+def test_secure_aggregation_stored_byte_columns_are_what_the_protocol_measures_now():
+    mod = _module("secagg_experiments")
+    import json
+
+    import secagg_expansion as X
+    costs = json.loads(mod.COSTS.read_text())
+    assert costs["plain_update_bytes"] == X.plain_update_bytes()
+    now = X.per_client_rows(X.calibrate())
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "compute_s"} for r in rs]  # noqa: E731
+    assert strip(costs["per_client"]) == strip(now)
+    assert costs["expansion"][0] == X.expansion_rows()[0]   # 2^10 clients (2^14: seconds more)
+
+
+# ---------------------------------------------------------------- encrypted ASGD (Phong et al.)
+def test_encrypted_asgd_quick_measures_and_renders_paired_claims(tmp_path):
+    mod = _module("encrypted_asgd_experiments")
+    import results_doc as R
+    data = tmp_path / "enc.csv"
+    mod.measure([0, 1], devices=3, rounds=1, data=data, dataset="digits")
+    rows = R.read_rows(data)
+    assert len(rows) == 2 * 6 and all(r["completed"] == "True" for r in rows)
+    d = mod.by_setting(rows)
+    # HRES packs like Paillier: the same model on every seed; bytes do not depend on the seed
+    assert mod._identical(d, mod.HRES, mod.PAILLIER) == (2, 2)
+    assert len({r["bytes_total"] for r in d[mod.PAILLIER].values()}) == 1
+    assert float(d[mod.PAILLIER][0]["comm_factor"]) > 2.9
+    text = mod.render(rows, "Env.")
+    assert "| Phong Paillier-3072 | 2 |" in text and "(every seed)" in text
+    assert "| Paillier-3072 reaches plaintext ASGD's accuracy within 0.005 (the acceptance) | 2 |" \
+        in text and "not claimed (< 10 seeds)" in text
+    assert "| **2.954** | 2.93 |" in text and "| **2.472** | 2.47 |" in text
+
+
+def test_encrypted_asgd_doc_is_what_render_makes_of_the_data():
+    mod = _module("encrypted_asgd_experiments")
+    import results_doc as R
+    assert mod.DOC.read_text() == mod.render(R.read_rows(mod.DATA), R.environments_text(mod.ENV))
