@@ -11,10 +11,14 @@ on 120 devices holding 500 Fashion-MNIST samples each, mini-batch 32, learning r
   trained by one node on the union of the 120 devices' data);
 * **Tables II–IV** at the paper's m = 120, n = 12 (g = 10), ω = 10: θ ∈ {0.1, 0.3, 0.5, 0.7,
   0.9} (τ = 0.5), τ ∈ {0, 0.2, 0.4, 0.6, 0.8, 1} (θ = 0.5), ω ∈ {5, 10, 15, 20, 25} (θ = τ = 0.5);
-* the traffic per sample of the METIS plans (no training).
+* the traffic per sample of the METIS plans (no training);
+* with ``--model paper-cnn --tables I``: Table I again with the paper's CNN (its 28×28×1
+  variant) in every run, C-SGD included, beside the paper's CIFAR-10 CNN figures.
 
 Per-seed rows (final and per-epoch test error, simulated time, bytes, the CPU seconds each run
-took in this process) are merged into ``docs/experiments/data/slicenet.csv``; ``--write-docs``
+took in this process, the network: ``model``, empty or absent in rows written before the CNN
+table, which are all ``paper-mlp``'s) are merged into ``docs/experiments/data/slicenet.csv``
+(``--merge-rows OTHER.csv`` merges another file's rows, of either format); ``--write-docs``
 renders ``docs/experiments/slicenet.md`` from that file alone (cells: mean ± 95 % t half-width
 over seeds; orderings: paired differences over seeds, :mod:`results_doc`).
 
@@ -26,6 +30,9 @@ Usage::
     # the paper's scale: 50 epochs × 10 seeds × every setting, on a Ray cluster
     .venv/bin/python benchmarks/slicenet_experiments.py --epochs 50 --seeds 10 --sweep-seeds 10 \\
         --backend ray --address auto --write-docs
+    # Table I with the paper's CNN (the committed rows: a few epochs and seeds, nice'd)
+    nice -n 19 .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn \\
+        --tables I --epochs 3 --seeds 2
     # re-render the doc from the CSV only
     .venv/bin/python benchmarks/slicenet_experiments.py --render
 """
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -193,6 +201,17 @@ def save_rows(new: list[dict]) -> None:
     """Merge ``new`` into the CSV (a (model, table, label, epochs, seed) row is replaced; a
     skipped run's empty ``cpu_s`` keeps the measured one; a row without ``model``, as the
     script wrote them before the CNN table, is the MLP's)."""
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    # processes that run seeds side by side merge one at a time (a lock on the folder)
+    fd = os.open(DATA.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _merge_rows(new)
+    finally:
+        os.close(fd)            # releases the lock
+
+
+def _merge_rows(new: list[dict]) -> None:
     key = lambda r: (r["model"], r["table"], r["label"], str(r["epochs"]),  # noqa: E731
                      str(r["seed"]))
     rows = {key(r): r for r in load_rows()}
@@ -201,7 +220,6 @@ def save_rows(new: list[dict]) -> None:
         if old is not None and r["cpu_s"] == "" and old.get("cpu_s"):
             r = {**r, "cpu_s": old["cpu_s"]}
         rows[key(r)] = {k: r[k] for k in FIELDS}
-    DATA.parent.mkdir(parents=True, exist_ok=True)
     order = {s.label: i for i, s in enumerate(settings())}
     with DATA.open("w", newline="") as fh:
         w = csv.DictWriter(fh, FIELDS)
