@@ -483,6 +483,7 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
     cost = {lab: _median(v) for lab, v in per_epoch.items() if lab in labels}
     full = (sum(cost.get(s.label, _median(list(cost.values()))) for s in t1) * 50 * 10
             if cost else None)
+    unpriced = [s.label for s in t1 if s.label not in cost]
     lengths = sorted({int(r["epochs"]) for r in rows}, reverse=True)
     cpu_all = sum(float(r["cpu_s"]) for r in rows if r["cpu_s"] != "")
     paper = [("paper CIFAR-10 CNN %", lambda s: f"{PAPER['I'][s.label][1]:.2f}")]
@@ -521,8 +522,13 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
              + ", ".join(f"{lab} {cost[lab]:.0f} s" for lab in (s.label for s in t1)
                          if lab in cost)
              + (f" — the paper's 50 epochs × 10 seeds × {len(t1)} settings cost "
-                f"**≈ {full / 3600:.0f} CPU-hours** (settings not measured at the median of "
-                "the measured ones).  Command (a Ray cluster, resumable in `--out`):\n"
+                f"**≈ {full / 3600:.0f} CPU-hours**"
+                + ("" if not unpriced else
+                   f" ({', '.join(unpriced)}: no run, priced at the median of the measured "
+                   "settings" + (", likely low for S-SGD: with the MLP its 120 separate "
+                                 "models cost the most per epoch (Table I above)"
+                                 if "S-SGD" in unpriced else "") + ")")
+                + ".  Command (a Ray cluster, resumable in `--out`):\n"
                 if full is not None else ".\n"))
     L.append("    .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn "
              "--tables I --epochs 50 --seeds 10 \\\n        --backend ray --address auto "

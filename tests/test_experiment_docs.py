@@ -256,6 +256,12 @@ def test_slicenet_cnn_table_renders_beside_the_papers_cnn_and_leaves_the_mlp_pag
     # cost: per-epoch CPU medians 60 s (n = 5: median of 60, 60, 70) × 6 settings × 50 × 10
     assert "n = 5 60 s" in section and "**≈ 50 CPU-hours**" in section
     assert "--model paper-cnn --tables I --epochs 50 --seeds 10" in section
+    assert "no run, priced" not in section
+    without = mod.render(mlp + [r for r in cnn if r["label"] != "S-SGD"], 1, cmd)
+    section = without.partition("## Table I with the paper's CNN\n")[2]
+    assert "| S-SGD |" not in section and "| S-SGD worse than C-SGD | — | **not measured** |" \
+        in section
+    assert "(S-SGD: no run, priced at the median of the measured settings, likely low" in section
 
 
 def test_slicenet_cnn_runs_table_one_only_in_a_folder_of_its_own(monkeypatch, tmp_path):
