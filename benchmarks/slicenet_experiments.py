@@ -504,10 +504,17 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
         seeds = sorted({s for v in c.values() for s in v})
         L.append(f"**{_epochs(e)} and {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
                  f"({R.seeds_text(seeds)}), not the paper's 50 epochs** (nor 10 seeds: CPU "
-                 "budget, cost below).  Measured with `nice -n 19 .venv/bin/python "
+                 "budget, cost below).  The runs of `nice -n 19 .venv/bin/python "
                  f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
-                 f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}` (one process, "
-                 "beside two other experiment runs on the 2 cores).\n")
+                 f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
+                 "`--first-seed`/`--only` over up to three processes side by side (S-SGD, "
+                 "whose 120 CNNs need the most memory, in its own), beside other work on the 2 cores; a "
+                 "cell's CPU per epoch is its process's CPU for that run, set-up and evaluation "
+                 "included (the first run of a process also pays TensorFlow's start-up).  "
+                 "After so few epochs the ordering is largely steps and data per model (an "
+                 "epoch gives a group's model ≈ 16n mini-batch steps, S-SGD's ≈ 16, C-SGD's "
+                 "1,875), as in the MLP's 1-epoch Table I; the paper's figures are after 50 "
+                 "epochs on CIFAR-10.\n")
         sets = [s for s in t1 if s.label in c]
         L += _table(sets, c, e, paper)
         L.append("")
