@@ -507,8 +507,10 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
                  "budget, cost below).  The runs of `nice -n 19 .venv/bin/python "
                  f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
                  f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
-                 "`--first-seed`/`--only` over up to three processes side by side (S-SGD, "
-                 "whose 120 CNNs need the most memory, in its own), beside other work on the 2 cores; a "
+                 "`--first-seed`/`--only` over up to three processes at a time"
+                 + (" (S-SGD, whose 120 CNNs need the most memory, in its own)"
+                    if "S-SGD" in c else "")
+                 + ", beside other work on the 2 cores; a "
                  "cell's CPU per epoch is its process's CPU for that run, set-up and evaluation "
                  "included (the first run of a process also pays TensorFlow's start-up).  "
                  "After so few epochs the ordering is largely steps and data per model (an "
@@ -518,6 +520,10 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
         sets = [s for s in t1 if s.label in c]
         L += _table(sets, c, e, paper)
         L.append("")
+        if len(sets) < len(t1):
+            L.append("No run of " + ", ".join(s.label for s in t1 if s.label not in c)
+                     + f" finished at {_epochs(e)} (CPU budget): "
+                     "left out of the table, their orderings not measured.\n")
         L.append(f"Orderings after {_epochs(e)} (S-SGD worst, C-SGD best, error falling as n "
                  "grows; paired over the seeds both settings have, fewer than 2 seeds: not "
                  "measured):\n")

@@ -262,6 +262,8 @@ def test_slicenet_cnn_table_renders_beside_the_papers_cnn_and_leaves_the_mlp_pag
     assert "| S-SGD |" not in section and "| S-SGD worse than C-SGD | — | **not measured** |" \
         in section
     assert "(S-SGD: no run, priced at the median of the measured settings, likely low" in section
+    assert "No run of S-SGD finished at 2 epochs (CPU budget)" in section
+    assert "No run of" not in two and "No run of S-SGD, n = 10, n = 15, n = 20, C-SGD" in one
 
 
 def test_slicenet_cnn_runs_table_one_only_in_a_folder_of_its_own(monkeypatch, tmp_path):
