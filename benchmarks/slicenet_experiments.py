@@ -32,7 +32,7 @@ Usage::
         --backend ray --address auto --write-docs
     # Table I with the paper's CNN (the committed rows: a few epochs and seeds, nice'd)
     nice -n 19 .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn \\
-        --tables I --epochs 3 --seeds 2
+        --tables I --epochs 1 --seeds 2
     # re-render the doc from the CSV only
     .venv/bin/python benchmarks/slicenet_experiments.py --render
 """
@@ -507,7 +507,7 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
                  "budget, cost below).  The runs of `nice -n 19 .venv/bin/python "
                  f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
                  f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
-                 "`--first-seed`/`--only` over up to three processes at a time"
+                 "`--first-seed`/`--only` over up to four processes at a time"
                  + (" (S-SGD, whose 120 CNNs need the most memory, in its own)"
                     if "S-SGD" in c else "")
                  + ", beside other work on the 2 cores; a "
