@@ -244,6 +244,7 @@ def test_slicenet_cnn_table_renders_beside_the_papers_cnn_and_leaves_the_mlp_pag
     two, one = section.split("**1 epoch and 1 seed (0)")
     assert "**2 epochs and 2 seeds (0, 1), not the paper's 50 epochs**" in two
     assert "--model paper-cnn --tables I --epochs 2 --first-seed 0 --seeds 2" in two
+    assert "(Student's t with 1 degree of freedom)" in two and "Student" not in one
     # the paper's CIFAR-10 CNN figure beside ours (epoch 1 = error + 5, final = error)
     assert "| S-SGD | 46.88 | 56.00 ± 12.71 | 51.00 ± 12.71 | 0, 1 |" in two
     assert "| n = 5 worse than n = 10 | +5.25 [" in two
