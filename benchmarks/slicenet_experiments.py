@@ -11,10 +11,14 @@ on 120 devices holding 500 Fashion-MNIST samples each, mini-batch 32, learning r
   trained by one node on the union of the 120 devices' data);
 * **Tables II–IV** at the paper's m = 120, n = 12 (g = 10), ω = 10: θ ∈ {0.1, 0.3, 0.5, 0.7,
   0.9} (τ = 0.5), τ ∈ {0, 0.2, 0.4, 0.6, 0.8, 1} (θ = 0.5), ω ∈ {5, 10, 15, 20, 25} (θ = τ = 0.5);
-* the traffic per sample of the METIS plans (no training).
+* the traffic per sample of the METIS plans (no training);
+* with ``--model paper-cnn --tables I``: Table I again with the paper's CNN (its 28×28×1
+  variant) in every run, C-SGD included, beside the paper's CIFAR-10 CNN figures.
 
 Per-seed rows (final and per-epoch test error, simulated time, bytes, the CPU seconds each run
-took in this process) are merged into ``docs/experiments/data/slicenet.csv``; ``--write-docs``
+took in this process, the network: ``model``, empty or absent in rows written before the CNN
+table, which are all ``paper-mlp``'s) are merged into ``docs/experiments/data/slicenet.csv``
+(``--merge-rows OTHER.csv`` merges another file's rows, of either format); ``--write-docs``
 renders ``docs/experiments/slicenet.md`` from that file alone (cells: mean ± 95 % t half-width
 over seeds; orderings: paired differences over seeds, :mod:`results_doc`).
 
@@ -26,6 +30,9 @@ Usage::
     # the paper's scale: 50 epochs × 10 seeds × every setting, on a Ray cluster
     .venv/bin/python benchmarks/slicenet_experiments.py --epochs 50 --seeds 10 --sweep-seeds 10 \\
         --backend ray --address auto --write-docs
+    # Table I with the paper's CNN (the committed rows: a few epochs and seeds, nice'd)
+    nice -n 19 .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn \\
+        --tables I --epochs 1 --seeds 2
     # re-render the doc from the CSV only
     .venv/bin/python benchmarks/slicenet_experiments.py --render
 """
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -55,7 +63,10 @@ DOC = ROOT / "docs" / "experiments" / "slicenet.md"
 DATA = ROOT / "docs" / "experiments" / "data" / "slicenet.csv"
 FIELDS = ("table", "label", "protocol", "group_size", "theta", "tau", "omega", "epochs", "seed",
           "error_pct", "best_error_pct", "error_by_epoch", "sim_time_s", "bytes_total",
-          "cpu_s", "run")
+          "cpu_s", "run", "model")
+#: the network of a row written before the ``model`` column existed (every such row is the MLP's)
+DEFAULT_MODEL = "paper-mlp"
+MODELS = ("paper-mlp", "paper-cnn")
 
 #: the paper's reported test error (spec: MNIST MLP, CIFAR-10 CNN, 120 devices, 50 epochs)
 PAPER = {
@@ -101,11 +112,11 @@ def settings(sizes=SIZES) -> list[Setting]:
     return out
 
 
-def base_config(epochs: int) -> dict:
+def base_config(epochs: int, model: str = DEFAULT_MODEL) -> dict:
     return {"protocol": "crowdlearning", "rounds": epochs, "seed": 0,
             "data": {"dataset": "fashion_mnist"},
             "fleet": {"devices": 120, "cells": 12},
-            "slicenet": {"model": "paper-mlp", "lr": 0.05, "batch_size": 32,
+            "slicenet": {"model": model, "lr": 0.05, "batch_size": 32,
                          "theta": 0.5, "tau": 0.5}}
 
 
@@ -131,12 +142,12 @@ def _epoch_errors(run_dir: Path) -> list[float]:
 
 
 def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs: int,
-                address: str | None) -> list[dict]:
+                address: str | None, model: str = DEFAULT_MODEL) -> list[dict]:
     """Run (or resume) one setting over ``seeds``; one CSV row per finished seed."""
     from crowdlearn.sweeps import sweep
 
     cpu0 = _cpu()
-    df = sweep(base_config(epochs), s.grid(), list(seeds), out=out, backend=backend,
+    df = sweep(base_config(epochs, model), s.grid(), list(seeds), out=out, backend=backend,
                jobs=jobs, address=address, plots=False)
     cpu = _cpu() - cpu0
     fresh = int((df["status"] == "ok").sum())
@@ -160,34 +171,62 @@ def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs
             # in-process runs only: this process's CPU over the fresh runs of this call
             "cpu_s": (round(cpu / fresh, 2) if rec["status"] == "ok" and backend == "local"
                       and jobs == 1 else ""),
-            "run": rec["run"]})
+            "run": rec["run"], "model": model})
     return rows
 
 
-def load_rows() -> list[dict]:
-    if not DATA.is_file():
+def with_model(r: dict) -> dict:
+    """``r`` with its ``model`` (a row of the format before the column, or with it empty, is
+    the MLP's: :data:`DEFAULT_MODEL`).
+
+    >>> with_model({"label": "C-SGD"})["model"], with_model({"model": "paper-cnn"})["model"]
+    ('paper-mlp', 'paper-cnn')
+    """
+    return r if r.get("model") else {**r, "model": DEFAULT_MODEL}
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV of this script, of either format (with or without ``model``)."""
+    if not path.is_file():
         return []
-    with DATA.open() as fh:
-        return list(csv.DictReader(fh))
+    with path.open() as fh:
+        return [with_model(r) for r in csv.DictReader(fh)]
+
+
+def load_rows() -> list[dict]:
+    return read_rows(DATA)
 
 
 def save_rows(new: list[dict]) -> None:
-    """Merge ``new`` into the CSV (a (table, label, epochs, seed) row is replaced; a skipped
-    run's empty ``cpu_s`` keeps the measured one)."""
-    key = lambda r: (r["table"], r["label"], str(r["epochs"]), str(r["seed"]))  # noqa: E731
+    """Merge ``new`` into the CSV (a (model, table, label, epochs, seed) row is replaced; a
+    skipped run's empty ``cpu_s`` keeps the measured one; a row without ``model``, as the
+    script wrote them before the CNN table, is the MLP's)."""
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    # processes that run seeds side by side merge one at a time (a lock on the folder)
+    fd = os.open(DATA.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _merge_rows(new)
+    finally:
+        os.close(fd)            # releases the lock
+
+
+def _merge_rows(new: list[dict]) -> None:
+    key = lambda r: (r["model"], r["table"], r["label"], str(r["epochs"]),  # noqa: E731
+                     str(r["seed"]))
     rows = {key(r): r for r in load_rows()}
-    for r in new:
+    for r in map(with_model, new):
         old = rows.get(key(r))
         if old is not None and r["cpu_s"] == "" and old.get("cpu_s"):
             r = {**r, "cpu_s": old["cpu_s"]}
         rows[key(r)] = {k: r[k] for k in FIELDS}
-    DATA.parent.mkdir(parents=True, exist_ok=True)
     order = {s.label: i for i, s in enumerate(settings())}
     with DATA.open("w", newline="") as fh:
         w = csv.DictWriter(fh, FIELDS)
         w.writeheader()
-        for r in sorted(rows.values(), key=lambda r: (int(r["epochs"]), order.get(r["label"], 99),
-                                                      int(r["seed"]))):
+        for r in sorted(rows.values(), key=lambda r: (r["model"] != DEFAULT_MODEL, r["model"],
+                                                      int(r["epochs"]),
+                                                      order.get(r["label"], 99), int(r["seed"]))):
             w.writerow(r)
 
 
@@ -291,6 +330,8 @@ def _u_shape(cells, labels) -> str:
 
 
 def render(rows: list[dict], epochs: int, cmd: str) -> str:
+    everything = [with_model(r) for r in rows]
+    rows = [r for r in everything if r["model"] == DEFAULT_MODEL]   # the MLP's page as before
     cells = _by_label(rows, epochs)
     sets = settings()
     t1 = [s for s in sets if s.table == "I"]
@@ -418,7 +459,98 @@ a rerun elsewhere should reproduce.
         if longer > epochs:
             L += _long_table_one(rows, longer, paper1, pairs)
     L.append(_traffic_section())
+    L += cnn_section([r for r in everything if r["model"] == "paper-cnn"], pairs)
     return "\n".join(L)
+
+
+#: the 28x28x1 variant of the paper's CNN that ``slicenet.model = "paper-cnn"`` trains here
+CNN_TEXT = ("conv 5×5 (64) → ReLU → max-pool 2 → conv 5×5 (128) → ReLU → max-pool 2 → flatten "
+            "(2,048) → 128 → ReLU → 64 → ReLU → 10")
+
+
+def cnn_section(rows: list[dict], pairs) -> list[str]:
+    """Table I trained with ``paper-cnn``: one table per run length present in ``rows`` (longest
+    first), the paper's CIFAR-10 CNN figures beside ours, the same paired orderings as the MLP
+    table's, and the measured cost of the paper's 50-epoch × 10-seed set.  Empty without rows."""
+    if not rows:
+        return []
+    t1 = [s for s in settings() if s.table == "I"]
+    labels = {s.label for s in t1}
+    per_epoch: dict[str, list[float]] = {}      # CPU s per epoch of every run, by setting
+    for r in rows:
+        if r["cpu_s"] != "":
+            per_epoch.setdefault(r["label"], []).append(float(r["cpu_s"]) / int(r["epochs"]))
+    cost = {lab: _median(v) for lab, v in per_epoch.items() if lab in labels}
+    full = (sum(cost.get(s.label, _median(list(cost.values()))) for s in t1) * 50 * 10
+            if cost else None)
+    unpriced = [s.label for s in t1 if s.label not in cost]
+    lengths = sorted({int(r["epochs"]) for r in rows}, reverse=True)
+    cpu_all = sum(float(r["cpu_s"]) for r in rows if r["cpu_s"] != "")
+    paper = [("paper CIFAR-10 CNN %", lambda s: f"{PAPER['I'][s.label][1]:.2f}")]
+    L = ["## Table I with the paper's CNN\n",
+         "The paper's Table I also trains its CNN on CIFAR-10 (32×32×3, not available offline "
+         "here).  The same settings as Table I above, with `slicenet.model = \"paper-cnn\"` "
+         f"in every run: the paper's CNN on 28×28×1 Fashion-MNIST ({CNN_TEXT}; the paper's "
+         "32×32×3 input flattens to 3,200), 120 devices with the IID split of 500 samples "
+         "each, mini-batch 32, learning rate 0.05, θ = τ = 0.5, ω = g, the same fleet and "
+         "seeds.  A group's CNN is cut by feature map (a channel of a convolution, a unit of a "
+         "dense layer is a vertex; METIS, edge cut) into n − 1 pieces beside the dominator; "
+         "S-SGD trains 120 separate CNNs (`protocol = \"ssgd\"`); C-SGD is `protocol = "
+         "\"centralized\"` with the same CNN, trainer, learning rate and batch size on one node "
+         "holding all 60,000 samples.  Different dataset, so compare orderings, not the "
+         "figures.\n"]
+    for e in lengths:
+        c = _by_label(rows, e)
+        seeds = sorted({s for v in c.values() for s in v})
+        L.append(f"**{_epochs(e)} and {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+                 f"({R.seeds_text(seeds)}), not the paper's 50 epochs** (nor 10 seeds: CPU "
+                 "budget, cost below).  The runs of `nice -n 19 .venv/bin/python "
+                 f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
+                 f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
+                 "`--first-seed`/`--only` over up to four processes at a time"
+                 + (" (S-SGD, whose 120 CNNs need the most memory, in its own)"
+                    if "S-SGD" in c else "")
+                 + ", beside other work on the 2 cores; a "
+                 "cell's CPU per epoch is its process's CPU for that run, set-up and evaluation "
+                 "included (the first run of a process also pays TensorFlow's start-up).  "
+                 "After so few epochs the ordering is largely steps and data per model (an "
+                 "epoch gives a group's model ≈ 16n mini-batch steps, S-SGD's ≈ 16, C-SGD's "
+                 "1,875), as in the MLP's 1-epoch Table I; the paper's figures are after 50 "
+                 "epochs on CIFAR-10."
+                 + (f"  Over {len(seeds)} seeds a 95 % interval is wide (Student's t with "
+                    f"{len(seeds) - 1} degree{'s' if len(seeds) != 2 else ''} of freedom): "
+                    "only large, consistent differences can be shown."
+                    if 1 < len(seeds) < 10 else "") + "\n")
+        sets = [s for s in t1 if s.label in c]
+        L += _table(sets, c, e, paper)
+        L.append("")
+        if len(sets) < len(t1):
+            L.append("No run of " + ", ".join(s.label for s in t1 if s.label not in c)
+                     + f" finished at {_epochs(e)} (CPU budget): "
+                     "left out of the table, their orderings not measured.\n")
+        L.append(f"Orderings after {_epochs(e)} (S-SGD worst, C-SGD best, error falling as n "
+                 "grows; paired over the seeds both settings have, fewer than 2 seeds: not "
+                 "measured):\n")
+        L += _claims(c, pairs)
+        L.append("")
+    L.append(f"**Cost of the paper's set.**  The CNN runs above took {cpu_all / 60:.0f} "
+             "CPU-minutes in all.  At the measured CPU per epoch of each setting (median over "
+             "its runs, set-up and evaluation included, so this errs high): "
+             + ", ".join(f"{lab} {cost[lab]:.0f} s" for lab in (s.label for s in t1)
+                         if lab in cost)
+             + (f" — the paper's 50 epochs × 10 seeds × {len(t1)} settings cost "
+                f"**≈ {full / 3600:.0f} CPU-hours**"
+                + ("" if not unpriced else
+                   f" ({', '.join(unpriced)}: no run, priced at the median of the measured "
+                   "settings" + (", likely low for S-SGD: with the MLP its 120 separate "
+                                 "models cost the most per epoch (Table I above)"
+                                 if "S-SGD" in unpriced else "") + ")")
+                + ".  Command (a Ray cluster, resumable in `--out`):\n"
+                if full is not None else ".\n"))
+    L.append("    .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn "
+             "--tables I --epochs 50 --seeds 10 \\\n        --backend ray --address auto "
+             "--write-docs\n")
+    return L
 
 
 def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
@@ -561,6 +693,12 @@ def main(argv=None) -> int:
                     choices=["I", "II", "III", "IV"])
     ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                     help='only these settings of the chosen tables, by label, e.g. "n = 10" C-SGD')
+    ap.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
+                    help="the network of every run (paper-cnn: Table I only, the paper's CNN "
+                         "on 28x28x1 Fashion-MNIST; rows keep their model in the CSV)")
+    ap.add_argument("--merge-rows", type=Path, default=None, metavar="CSV",
+                    help="merge the rows of another CSV of this script (either format; rows "
+                         "without a model column are paper-mlp's) into the data file, then stop")
     ap.add_argument("--backend", choices=["local", "ray"], default="local")
     ap.add_argument("--jobs", type=int, default=1, help="local worker processes / Ray CPUs")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: local)")
@@ -575,13 +713,24 @@ def main(argv=None) -> int:
     if a.epochs < 1 or a.seeds < 0 or a.sweep_seeds < 0 or a.first_seed < 0:
         ap.error(f"--epochs must be ≥ 1 and --seeds/--sweep-seeds/--first-seed ≥ 0; got "
                  f"{a.epochs}, {a.seeds}, {a.sweep_seeds}, {a.first_seed}")
+    if a.model != DEFAULT_MODEL and set(a.tables) - {"I"}:
+        ap.error(f"--model {a.model} runs Table I only (the paper's CNN figures are Table I's); "
+                 f"got --tables {' '.join(a.tables)}: pass --tables I")
     cmd = "benchmarks/slicenet_experiments.py " + " ".join(argv if argv is not None
                                                             else sys.argv[1:])
+    if a.merge_rows is not None:
+        rows = read_rows(a.merge_rows)
+        if not rows:
+            ap.error(f"--merge-rows: no rows in {a.merge_rows} (missing or empty file)")
+        save_rows(rows)
+        print(f"merged {len(rows)} rows of {a.merge_rows} into {DATA}")
+        return 0
     if a.render:
         DOC.write_text(render(load_rows(), a.epochs, cmd))
         print(f"wrote {DOC.relative_to(ROOT)}")
         return 0
-    out = a.out or ROOT / "results" / "slicenet_experiments" / f"epochs={a.epochs}"
+    out = a.out or ROOT / "results" / "slicenet_experiments" / (
+        f"epochs={a.epochs}" if a.model == DEFAULT_MODEL else f"{a.model}/epochs={a.epochs}")
     if a.backend == "ray":
         import ray
         ray.init(address=a.address, num_cpus=None if a.address else a.jobs,
@@ -603,7 +752,8 @@ def main(argv=None) -> int:
         else:
             plan += [(s, [seed]) for seed in range(a.first_seed, a.first_seed + n)
                      for s in group]
-    kw = dict(epochs=a.epochs, out=out, backend=a.backend, jobs=a.jobs, address=a.address)
+    kw = dict(epochs=a.epochs, out=out, backend=a.backend, jobs=a.jobs, address=a.address,
+              model=a.model)
     for s, seeds in plan:
         t = time.perf_counter()
         rows = run_setting(s, seeds, **kw)

@@ -479,3 +479,107 @@ def test_encrypted_asgd_doc_is_what_render_makes_of_the_data():
     mod = _module("encrypted_asgd_experiments")
     import results_doc as R
     assert mod.DOC.read_text() == mod.render(R.read_rows(mod.DATA), R.environments_text(mod.ENV))
+def _cnn_rows(label, errors, *, epochs=2, cpu=""):
+    return [{**r, "model": "paper-cnn", "error_by_epoch": f"{e + 5};{e}"}
+            for r, e in zip(_slicenet_rows(label, errors, epochs=epochs, cpu=cpu), errors)]
+
+
+def test_slicenet_rows_without_a_model_column_stay_the_mlps_beside_cnn_rows(tmp_path,
+                                                                            monkeypatch):
+    import csv
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "DATA", tmp_path / "slicenet.csv")
+    old_fields = [f for f in mod.FIELDS if f != "model"]     # the file before the CNN table
+    with mod.DATA.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, old_fields)
+        w.writeheader()
+        w.writerows(_slicenet_rows("n = 5", [30.0, 31.0], epochs=50, cpu=9.0))
+    assert {r["model"] for r in mod.load_rows()} == {"paper-mlp"}
+    # rows as the script wrote them before (no "model" key) and CNN rows of the same cells
+    mod.save_rows(_slicenet_rows("n = 5", [29.0], epochs=50, cpu="")
+                  + _slicenet_rows("C-SGD", [10.0], epochs=50, cpu=3.0)
+                  + _cnn_rows("n = 5", [60.0, 61.0], epochs=50, cpu=70.0))
+    got = {(r["model"], r["label"], r["seed"]): r for r in mod.load_rows()}
+    assert set(got) == {("paper-mlp", "n = 5", "0"), ("paper-mlp", "n = 5", "1"),
+                        ("paper-mlp", "C-SGD", "0"), ("paper-cnn", "n = 5", "0"),
+                        ("paper-cnn", "n = 5", "1")}
+    assert got[("paper-mlp", "n = 5", "0")]["error_pct"] == "29.0"   # replaced, cpu kept
+    assert got[("paper-mlp", "n = 5", "0")]["cpu_s"] == "9.0"
+    assert got[("paper-cnn", "n = 5", "0")]["error_pct"] == "60.0"   # not the MLP's cell
+    assert [r["model"] for r in mod.load_rows()] == ["paper-mlp"] * 3 + ["paper-cnn"] * 2
+    # --merge-rows: another CSV in the old format joins the file as the MLP's
+    other = tmp_path / "theirs.csv"
+    with other.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, old_fields)
+        w.writeheader()
+        w.writerows(_slicenet_rows("S-SGD", [40.0], epochs=50, cpu=5.0))
+    assert mod.main(["--merge-rows", str(other)]) == 0
+    assert ("paper-mlp", "S-SGD", "0") in {(r["model"], r["label"], r["seed"])
+                                            for r in mod.load_rows()}
+
+
+def test_slicenet_cnn_table_renders_beside_the_papers_cnn_and_leaves_the_mlp_page_alone(
+        monkeypatch):
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
+    mlp = []
+    for i, s in enumerate(mod.settings()):
+        mlp += _slicenet_rows(s.label, [20.0 + i, 21.0 + i], table=s.table, cpu=10.0)
+    errors = {"S-SGD": [50.0, 52.0], "n = 5": [40.0, 41.0], "n = 10": [35.0, 35.5],
+              "n = 15": [33.0, 34.0], "n = 20": [33.5, 33.2], "C-SGD": [20.0, 21.0]}
+    cnn = [r for lab, e in errors.items() for r in _cnn_rows(lab, e, cpu=120.0)]
+    cnn += _cnn_rows("n = 5", [44.0], epochs=1, cpu=70.0)    # a one-seed measurement run
+    cmd = "slicenet_experiments.py --render --epochs 1"
+    alone, both = mod.render(mlp, 1, cmd), mod.render(mlp + cnn, 1, cmd)
+    head, _, section = both.partition("## Table I with the paper's CNN\n")
+    assert head == alone + "\n" and section          # the MLP page exactly as without CNN rows
+    two, one = section.split("**1 epoch and 1 seed (0)")
+    assert "**2 epochs and 2 seeds (0, 1), not the paper's 50 epochs**" in two
+    assert "--model paper-cnn --tables I --epochs 2 --first-seed 0 --seeds 2" in two
+    assert "(Student's t with 1 degree of freedom)" in two and "Student" not in one
+    # the paper's CIFAR-10 CNN figure beside ours (epoch 1 = error + 5, final = error)
+    assert "| S-SGD | 46.88 | 56.00 ± 12.71 | 51.00 ± 12.71 | 0, 1 |" in two
+    assert "| n = 5 worse than n = 10 | +5.25 [" in two
+    verdicts = {line.split(" | ")[0][2:]: line.split("**")[1]
+                for line in two.splitlines() if line.endswith("** |")}
+    assert verdicts["n = 15 worse than n = 20"] == "not shown"
+    assert verdicts["S-SGD worse than C-SGD"] == "holds"
+    assert "| n = 5 | 46.11 | 44.00 (n = 1) |" in one
+    assert "| S-SGD worse than n = 5 | — | **not measured** |" in one
+    # cost: per-epoch CPU medians 60 s (n = 5: median of 60, 60, 70) × 6 settings × 50 × 10
+    assert "n = 5 60 s" in section and "**≈ 50 CPU-hours**" in section
+    assert "--model paper-cnn --tables I --epochs 50 --seeds 10" in section
+    assert "no run, priced" not in section
+    without = mod.render(mlp + [r for r in cnn if r["label"] != "S-SGD"], 1, cmd)
+    section = without.partition("## Table I with the paper's CNN\n")[2]
+    assert "| S-SGD |" not in section and "| S-SGD worse than C-SGD | — | **not measured** |" \
+        in section
+    assert "(S-SGD: no run, priced at the median of the measured settings, likely low" in section
+    assert "No run of S-SGD finished at 2 epochs (CPU budget)" in section
+    assert "No run of" not in two and "No run of S-SGD, n = 10, n = 15, n = 20, C-SGD" in one
+
+
+def test_slicenet_cnn_runs_table_one_only_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    mod = _module("slicenet_experiments")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--model", "paper-cnn", "--tables", "I", "II"])
+    assert e.value.code == 2
+    from crowdlearn.config import from_dict
+    for s in (x for x in mod.settings() if x.table == "I"):
+        cfg = mod.base_config(3, "paper-cnn")
+        for k, v in s.values.items():          # the sweep's dotted keys
+            *path, last = k.split(".")
+            d = cfg
+            for p in path:
+                d = d.setdefault(p, {})
+            d[last] = v
+        c = from_dict(cfg)                     # raises on a config the runner would refuse
+        assert c.slicenet.model == "paper-cnn" and c.protocol == s.values["protocol"]
+    seen = []
+    monkeypatch.setattr(mod, "DATA", tmp_path / "slicenet.csv")
+    monkeypatch.setattr(mod, "run_setting", lambda s, seeds, **kw: seen.append(
+        (s.label, seeds, kw["out"], kw["model"])) or [])
+    mod.main(["--model", "paper-cnn", "--tables", "I", "--epochs", "2", "--seeds", "1",
+              "--only", "C-SGD"])
+    assert seen == [("C-SGD", [0], mod.ROOT / "results" / "slicenet_experiments"
+                     / "paper-cnn" / "epochs=2", "paper-cnn")]
