@@ -458,6 +458,7 @@ a rerun elsewhere should reproduce.
     for longer in sorted({int(r["epochs"]) for r in rows} - {epochs}):
         if longer > epochs:
             L += _long_table_one(rows, longer, paper1, pairs)
+            L += _long_sweeps(rows, longer)
     L.append(_traffic_section())
     L += cnn_section([r for r in everything if r["model"] == "paper-cnn"], pairs)
     return "\n".join(L)
@@ -582,6 +583,70 @@ def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
     png = _curve_plot(cells, epochs, t1)
     if png:
         L.append(f"![test error against epoch, {_epochs(epochs)}]({png})\n")
+    return L
+
+
+def _shape(labels, errs, knob: str) -> str:
+    """How an error moves along a sweep, in words (a description, not a test)."""
+    steps = [b - a for a, b in zip(errs, errs[1:])]
+    if all(d < 0 for d in steps):
+        return f"falls at every step as {knob} grows"
+    if all(d > 0 for d in steps):
+        return f"rises at every step as {knob} grows"
+    best = labels[min(range(len(errs)), key=errs.__getitem__)]
+    ends = best not in (labels[0], labels[-1])
+    return (f"is lowest at {best}" + (", with both ends higher" if ends else "")
+            + f" (it rises at {sum(d > 0 for d in steps)} of {len(steps)} steps)")
+
+
+def _direction(cells, sets, key: str, knob: str) -> str:
+    """One seed's final error along a sweep beside the paper's, in words (no test: one seed)."""
+    labels = [s.label for s in sets]
+    errs = [_vals(cells[lab])[0] for lab in labels]
+    paper = [PAPER[key][s.x] for s in sets]
+    seq = " → ".join(f"{v:.2f}" for v in errs)
+    return (f"One seed, final error by {knob}: {seq} % — it {_shape(labels, errs, knob)}; "
+            f"over the same points the paper's MNIST error "
+            f"{_shape(labels, paper, knob)}.")
+
+
+def _long_sweeps(rows, epochs) -> list[str]:
+    """Tables II–IV from the runs of ``epochs`` epochs (the paper's 50), however few seeds."""
+    cells = _by_label(rows, epochs)
+    sets = settings()
+    tables = [(k, knob, [s for s in sets if s.table == k and s.label in cells])
+              for k, knob in (("II", "θ"), ("III", "τ"), ("IV", "ω"))]
+    tables = [t for t in tables if t[2]]
+    if not tables:
+        return []
+    seeds = sorted({sd for _, _, ts in tables for s in ts for sd in cells[s.label]})
+    cpu = sum(float(cells[s.label][sd]["cpu_s"]) for _, _, ts in tables for s in ts
+              for sd in cells[s.label] if cells[s.label][sd]["cpu_s"] != "")
+    tabs = " ".join(k for k, _, _ in tables)
+    L = [f"## Tables II–IV after {_epochs(epochs)}\n",
+         f"The sweeps run for {_epochs(epochs)} at the paper's m = 120, n = {SWEEP_N}, "
+         f"ω = {SWEEP_OMEGA} (θ = τ = 0.5 unless swept): `benchmarks/slicenet_experiments.py "
+         f"--epochs {epochs} --seeds 0 --sweep-seeds 1 --tables {tabs}` (split over processes "
+         f"with `--tables` and `--only`; the runs' CPU time sums to {cpu / 3600:.1f} "
+         f"CPU-hours).  Seeds {R.seeds_text(seeds)}"
+         + (": **one seed**, so no ordering below is a tested claim: the lines after each "
+            "table say how that seed's error moves, which a second seed could contradict (the "
+            "1-epoch tables above show the seed-to-seed spread of a cell)" if len(seeds) == 1
+            else "") + ".\n"]
+    for k, knob, ts in tables:
+        def paper(s, key=k):
+            return f"{PAPER[key][s.x]:.2f}"
+        L.append(f"### Table {k} after {_epochs(epochs)} — error against {knob}\n")
+        L += _table(ts, cells, epochs, [("paper MNIST MLP %", paper)])
+        L.append("")
+        labels = [s.label for s in ts]
+        if len(seeds) == 1:
+            L.append(_direction(cells, ts, k, knob) + "\n")
+        else:
+            L += _claims(cells, list(zip(labels, labels[1:])) + [(labels[0], labels[-1])])
+            L.append("")
+            if k != "II":
+                L.append(f"U-shape in {knob}: {_u_shape(cells, labels)}.\n")
     return L
 
 

@@ -175,6 +175,43 @@ def test_slicenet_doc_adds_table_one_of_longer_runs_with_a_curve(monkeypatch, tm
     assert (tmp_path / "slicenet_table1_50.png").stat().st_size > 1000
 
 
+def test_slicenet_doc_adds_the_sweeps_of_longer_runs_and_reads_one_seed_as_a_direction(
+        monkeypatch, tmp_path):
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
+    monkeypatch.setattr(mod, "DOC", tmp_path / "slicenet.md")
+    rows = []
+    for i, s in enumerate(mod.settings()):
+        rows += _slicenet_rows(s.label, [20.0 + i, 21.0 + i], table=s.table, cpu=10.0)
+    sets = {s.label: s for s in mod.settings()}
+
+    def long(errors):
+        out = []
+        for label, e in errors.items():
+            out += _slicenet_rows(label, [e], table=sets[label].table, epochs=50, cpu=300.0)
+        return out
+
+    theta = {"θ = 0.1": 15.0, "θ = 0.3": 14.5, "θ = 0.5": 12.7, "θ = 0.7": 11.5, "θ = 0.9": 10.5}
+    tau = {"τ = 0.0": 11.4, "τ = 0.2": 11.8, "τ = 0.4": 12.2, "τ = 0.6": 13.3, "τ = 0.8": 14.4,
+           "τ = 1.0": 15.3}
+    doc = mod.render(rows + long(theta) + long(tau), 1, "x")
+    section = doc.split("## Tables II–IV after 50 epochs")[1].split("## Traffic")[0]
+    assert "**one seed**" in section and "CPU time sums to 0.9 CPU-hours" in section
+    assert "### Table IV" not in section                     # no ω run of that length
+    assert ("by θ: 15.00 → 14.50 → 12.70 → 11.50 → 10.50 % — it falls at every step as θ "
+            "grows; over the same points the paper's MNIST error falls at every step") in section
+    assert ("it rises at every step as τ grows; over the same points the paper's MNIST error is "
+            "lowest at τ = 0.4, with both ends higher") in section
+    tau["τ = 0.4"] = 11.0                                     # the wording follows the values
+    doc = mod.render(rows + long(theta) + long(tau), 1, "x")
+    assert "it is lowest at τ = 0.4, with both ends higher (it rises at 4 of 5 steps)" in doc
+    # a second seed turns the description into paired claims
+    two = long(theta) + [dict(r, seed=1, error_pct=r["error_pct"] + 0.1) for r in long(theta)]
+    doc = mod.render(rows + two, 1, "x")
+    section = doc.split("## Tables II–IV after 50 epochs")[1].split("## Traffic")[0]
+    assert "**one seed**" not in section and "| θ = 0.1 worse than θ = 0.3 |" in section
+
+
 def R_cell(vals):
     from results_doc import cell
     return cell(vals, 2)
