@@ -150,13 +150,20 @@ def test_batchnorm_unfolding_lets_the_follower_invert_exact_batch_statistics():
     assert np.abs(naive - x).max() > 0.1
 
 
-def test_slicenet_doc_adds_table_one_of_longer_runs_with_a_curve(monkeypatch, tmp_path):
+def _slicenet_page(monkeypatch, tmp_path):
+    """The script with a stub traffic table and the doc in ``tmp_path``, and two seeds of
+    1-epoch rows for every setting."""
     mod = _module("slicenet_experiments")
     monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
     monkeypatch.setattr(mod, "DOC", tmp_path / "slicenet.md")
     rows = []
     for i, s in enumerate(mod.settings()):
         rows += _slicenet_rows(s.label, [20.0 + i, 21.0 + i], table=s.table, cpu=10.0)
+    return mod, rows
+
+
+def test_slicenet_doc_adds_table_one_of_longer_runs_with_a_curve(monkeypatch, tmp_path):
+    mod, rows = _slicenet_page(monkeypatch, tmp_path)
     curve = lambda e, s: ";".join(f"{e + 10 - k / 10:.2f}" for k in range(50))  # noqa: E731
     long = []
     for label, e in (("S-SGD", 9.0), ("n = 5", 4.0)):
@@ -177,12 +184,7 @@ def test_slicenet_doc_adds_table_one_of_longer_runs_with_a_curve(monkeypatch, tm
 
 def test_slicenet_doc_adds_the_sweeps_of_longer_runs_and_reads_one_seed_as_a_direction(
         monkeypatch, tmp_path):
-    mod = _module("slicenet_experiments")
-    monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
-    monkeypatch.setattr(mod, "DOC", tmp_path / "slicenet.md")
-    rows = []
-    for i, s in enumerate(mod.settings()):
-        rows += _slicenet_rows(s.label, [20.0 + i, 21.0 + i], table=s.table, cpu=10.0)
+    mod, rows = _slicenet_page(monkeypatch, tmp_path)
     sets = {s.label: s for s in mod.settings()}
 
     def long(errors):
