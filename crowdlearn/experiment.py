@@ -333,8 +333,10 @@ class Simulation:
             self.close()
 
     def close(self) -> None:
-        """Release what the protocol's builder started for the run (``ctx.extra["on_close"]``:
-        SecAgg's agreement worker process); idempotent."""
+        """Release what the run started: a batch the executor runs ahead (``jobs.Executor``)
+        and what the protocol's builder started (``ctx.extra["on_close"]``: SecAgg's agreement
+        worker process); idempotent, and called by :meth:`run` whether it ends or fails."""
+        self.executor.close()
         for close in self.ctx.extra.get("on_close", ()):
             close()
 
@@ -365,9 +367,6 @@ class Simulation:
             interrupted = True
             self.signal = signal_of(exc)[1]
             self.driver.finish()
-        except BaseException:
-            self.executor.close()      # no batch run ahead outlives a failed run
-            raise
         finally:
             gc.unfreeze()
         self.halted = halted
@@ -379,7 +378,6 @@ class Simulation:
         if probe is not None and not interrupted:
             from crowdlearn.privacy.attacks.views import privacy_report
             results.summary.update(privacy_report(self, probe, seed=cfg.seed))
-        self.executor.close()          # no batch run ahead outlives the run (jobs.Executor)
         return results
 
     def _stopped_by(self, results: Results) -> str:
