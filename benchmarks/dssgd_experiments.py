@@ -450,7 +450,7 @@ def _audit_release_words(audit: dict, release: str) -> tuple[str, str]:
     if max(lbs) - min(lbs) < 5e-4:
         move = f"the bound is the same at every change tried, {lbs[0]:.3f} for v = " \
                f"{_gammas(rows, g)}"
-    elif all(b2 >= b1 for b1, b2 in zip(lbs, lbs[1:])):
+    elif all(b2 >= b1 for b1, b2 in zip(lbs, lbs[1:], strict=False)):
         move = (f"the bound grows with the change ({lbs[0]:.3f} at v = {rows[0]['value'] / g:g} γ "
                 f"to {lbs[-1]:.3f} at {rows[-1]['value'] / g:g} γ)")
     else:
