@@ -23,12 +23,15 @@ Usage::
         --seeds 0-9                                   # measure (appends to the CSV)
     .venv/bin/python benchmarks/dssgd_experiments.py --write-docs    # render the doc from the CSV
     .venv/bin/python benchmarks/dssgd_experiments.py --audit-only --write-docs   # auditor table
+                          # (stored in docs/experiments/data/dssgd_audit.json; --write-docs
+                          # alone re-renders it and the paragraph reading it from there)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import sys
@@ -365,8 +368,18 @@ def render(rows: list[dict], *, when: str | None = None, environment: str | None
 
 
 # ---------------------------------------------------------------- the auditor (no training)
+#: the auditor's measured rows (one per release and neighbour value), from which the auditor
+#: table and the paragraph reading it are rendered
+AUDIT_DATA = ROOT / "docs" / "experiments" / "data" / "dssgd_audit.json"
+AUDIT_READING_BEGIN = ("<!-- BEGIN AUDIT READING (benchmarks/dssgd_experiments.py "
+                       "--write-docs) -->")
+AUDIT_READING_END = "<!-- END AUDIT READING -->"
+
+
 def audit_rows(seed: int) -> list[dict]:
-    """The auditor on the one-value SVT of a DSSGD turn (ε_p = 1, γ = 0.05), neighbours ±v."""
+    """The auditor on the one-value SVT of a DSSGD turn (ε_p = 1, γ = 0.05), neighbours ±v:
+    one row per release and value, the :class:`~crowdlearn.privacy.audit.AuditResult` as a
+    dict beside them."""
     from crowdlearn.protocols.dssgd import DSSGDParams, audit_release
 
     out = []
@@ -374,32 +387,123 @@ def audit_rows(seed: int) -> list[dict]:
         for v in AUDIT_VALUES:
             p = DSSGDParams(rounds=1, dp=True, epsilon=1.0, gamma=GAMMA, release=release)
             r = audit_release(p, v, rng=np.random.default_rng(seed), trials=AUDIT_TRIALS)
-            out.append({"release": release, "value": v, "res": r})
+            out.append({"release": release, "value": v, **r.as_dict()})
             print(f"audit {release:7s} ±{v:<5g}: ε_p ≥ {r.epsilon_lower_bound:.3f} "
                   f"(estimate {r.epsilon_estimate:.3f}, event {r.event})", flush=True)
     return out
 
 
-def audit_table(rows: list[dict]) -> str:
-    out = ["| release | neighbours Δw = ±v | v / γ | ε_p lower bound (95 %) | point estimate | "
+def measure_audit(seed: int = 0) -> dict:
+    """Run the auditor and return everything the auditor block and its reading quote: the
+    rows, the mechanism's parameters, the seed, the measured wall and CPU seconds, the date and
+    the environment."""
+    from crowdlearn.protocols.dssgd import DSSGDParams
+
+    p = DSSGDParams(rounds=1, dp=True, epsilon=1.0, gamma=GAMMA)
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = audit_rows(seed)
+    return {"epsilon": p.epsilon, "gamma": p.gamma, "tau": p.tau,
+            "selection_share": p.selection_share, "seed": seed, "trials": AUDIT_TRIALS,
+            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "when": time.strftime("%Y-%m-%d"), "environment": R.environment(), "rows": rows}
+
+
+def _refutes(r: dict) -> bool:
+    """Whether a stored row's lower bound exceeds the claimed ε (``AuditResult.refutes_claim``
+    recomputed from the stored figures, so the reading follows them)."""
+    return r["claimed_epsilon"] is not None and r["epsilon_lower_bound"] > r["claimed_epsilon"]
+
+
+def audit_table(audit: dict) -> str:
+    """The auditor block: the command, what ran, and one row per release and value."""
+    g = audit["gamma"]
+    out = [f"Command: `.venv/bin/python benchmarks/dssgd_experiments.py --audit-only "
+           f"--write-docs` — one DSSGD turn's single-value SVT at ε_p = {audit['epsilon']:g}, "
+           f"γ = {g:g}, τ = {audit['tau']:g}, seed {audit['seed']}, {audit['trials']:,} runs "
+           f"per neighbour (a quarter choose the event); {audit['wall_s'] / 60:.1f} min wall, "
+           f"{audit['cpu_s'] / 60:.1f} CPU min, measured {audit['when']}. "
+           f"{audit['environment']} Per-row values: `{AUDIT_DATA.relative_to(ROOT)}`.", "",
+           "| release | neighbours Δw = ±v | v / γ | ε_p lower bound (95 %) | point estimate | "
            "claimed ε_p | refuted |", "|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        a = r["res"]
-        out.append(f"| {r['release']} | ±{r['value']:g} | {r['value'] / GAMMA:g} | "
-                   f"{a.epsilon_lower_bound:.3f} | {a.epsilon_estimate:.3f} | "
-                   f"{a.claimed_epsilon:g} | {'**yes**' if a.refutes_claim else 'no'} |")
+    for r in audit["rows"]:
+        out.append(f"| {r['release']} | ±{r['value']:g} | {r['value'] / g:g} | "
+                   f"{r['epsilon_lower_bound']:.3f} | {r['epsilon_estimate']:.3f} | "
+                   f"{r['claimed_epsilon']:g} | {'**yes**' if _refutes(r) else 'no'} |")
     return "\n".join(out)
 
 
-def replace_block(text: str, begin: str, end: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else ""
-    if begin in doc and end in doc:
-        head, rest = doc.split(begin, 1)
-        doc = head + text + rest.split(end, 1)[1]
+def _gammas(rows: list[dict], g: float) -> str:
+    """``1–20 γ`` of the rows' values."""
+    lo, hi = (min(r["value"] for r in rows) / g, max(r["value"] for r in rows) / g)
+    return f"{lo:g} γ" if lo == hi else f"{lo:g}–{hi:g} γ"
+
+
+def _audit_release_words(audit: dict, release: str) -> tuple[str, str]:
+    """What the auditor shows of one release: how the bound moves with the change, and from
+    which change on it refutes the claimed ε_p (or that it refutes it nowhere)."""
+    g, eps = audit["gamma"], audit["epsilon"]
+    rows = sorted((r for r in audit["rows"] if r["release"] == release),
+                  key=lambda r: r["value"])
+    if not rows:
+        return "it was not audited", "nothing is claimed of it"
+    lbs = [r["epsilon_lower_bound"] for r in rows]
+    if max(lbs) - min(lbs) < 5e-4:
+        move = f"the bound is the same at every change tried, {lbs[0]:.3f} for v = " \
+               f"{_gammas(rows, g)}"
+    elif all(b2 >= b1 for b1, b2 in zip(lbs, lbs[1:], strict=False)):
+        move = (f"the bound grows with the change ({lbs[0]:.3f} at v = {rows[0]['value'] / g:g} γ "
+                f"to {lbs[-1]:.3f} at {rows[-1]['value'] / g:g} γ)")
     else:
-        doc = doc + "\n" + text + "\n"
-    DOC.write_text(doc)
-    print(f"wrote {DOC.relative_to(ROOT)}")
+        move = f"the bound moves with the change ({min(lbs):.3f}–{max(lbs):.3f}, not monotone)"
+    bad = [r for r in rows if _refutes(r)]
+    if not bad:
+        return move, (f"the auditor refutes the claimed ε_p = {eps:g} at no change tried "
+                      f"(largest bound {max(lbs):.3f}; an audit can refute a guarantee, not "
+                      f"prove it)")
+    first = bad[0]
+    below = [r for r in rows if r["value"] < first["value"]]
+    tail = rows[rows.index(first):]
+    at = [f"{r['value'] / g:g} γ" for r in bad]
+    where = (f"from v = {at[0]} on" if all(_refutes(r) for r in tail)
+             else f"at v = {R.and_list(at)}")
+    last_ok = (f"; not at {below[-1]['value'] / g:g} γ, {below[-1]['epsilon_lower_bound']:.3f}"
+               if below and not _refutes(below[-1]) else "")
+    return move, (f"the auditor refutes the claimed ε_p = {eps:g} {where} (lower bound "
+                  f"{first['epsilon_lower_bound']:.3f} > {eps:g}{last_ok}): the release is not "
+                  f"ε_p-DP")
+
+
+def audit_reading(audit: dict) -> str:
+    """The paragraph that reads the auditor table, every figure and verdict from ``audit``."""
+    eps, share = audit["epsilon"], audit["selection_share"]
+    analytic = (1 - share) * eps / 2     # ε2/(2c) of the clipped release, c = 1
+    clipped = [r for r in audit["rows"] if r["release"] == "clipped"]
+    est = ("" if not clipped else
+           f"; point estimates {min(r['epsilon_estimate'] for r in clipped):.3f}"
+           + ("" if len({round(r['epsilon_estimate'], 3) for r in clipped}) == 1 else
+              f"–{max(r['epsilon_estimate'] for r in clipped):.3f}"))
+    (cm, cv), (pm, pv) = (_audit_release_words(audit, r) for r in ("clipped", "paper"))
+    return R.wrap(
+        f"\"Auditor\": the single-value SVT at ε_p = {eps:g} (a turn of c releases at ε_p·c "
+        f"draws its noise at the scales of a one-value turn at ε_p) on the neighbouring changes "
+        f"±v, {audit['trials']:,} runs per neighbour, a Clopper-Pearson lower bound at 95 % on "
+        f"the per-parameter ε, to compare with the claimed ε_p. With the clipped release the "
+        f"output depends only on clip(Δw): {cm} (the analytic loss of that release is "
+        f"ε2/(2c) = {analytic:g}{est}), and {cv}. With the paper's release (`dssgd.release = "
+        f"\"paper\"`, noise added to the unclipped change) {pm}, and {pv}. Runs with DP also "
+        f"carry the auditor's bound at the largest value they released (`summary.json`, "
+        f"`epsilon_audit`).")
+
+
+def render_audit(audit: dict, doc: str) -> str:
+    """``doc`` with the auditor table and the paragraph reading it rendered from ``audit``."""
+    doc = R.replace_between(doc, AUDIT_BEGIN, AUDIT_END, audit_table(audit))
+    return R.replace_between(doc, AUDIT_READING_BEGIN, AUDIT_READING_END, audit_reading(audit))
+
+
+def load_audit() -> dict | None:
+    """The stored auditor measurement (None before the first ``--audit-only --write-docs``)."""
+    return json.loads(AUDIT_DATA.read_text()) if AUDIT_DATA.is_file() else None
 
 
 # ---------------------------------------------------------------- the reading (prose)
@@ -915,8 +1019,8 @@ def recorded_footer(doc: str) -> tuple[str | None, str | None]:
 def render_doc(rows: list[dict], doc: str, *, when: str | None = None,
                environment: str | None = None) -> str:
     """``doc`` with its generated blocks (the measured tables, the reading, the claims that
-    changed, the setting's and caveats' figures) rendered from the rows; the auditor block is
-    left as it is."""
+    changed, the setting's and caveats' figures) rendered from the rows; the auditor blocks are
+    :func:`render_audit`'s."""
     doc = replace_between(doc, BEGIN, END, render(rows, when=when, environment=environment))
     doc = replace_between(doc, READING_BEGIN, READING_END, reading(rows))
     for name, fn in SMALL_BLOCKS.items():
@@ -950,17 +1054,13 @@ def main(argv=None) -> int:
                     help="only the auditor on one released value (both releases)")
     args = ap.parse_args(argv)
     if args.audit_only:
-        t0 = time.perf_counter()
-        text = audit_table(audit_rows(0))
-        print(text)
+        audit = measure_audit(0)
+        print(audit_table(audit))
         if args.write_docs:
-            replace_block("\n".join([
-                AUDIT_BEGIN,
-                "Command: `.venv/bin/python benchmarks/dssgd_experiments.py --audit-only "
-                f"--write-docs` — one DSSGD turn's single-value SVT at ε_p = 1, γ = {GAMMA}, "
-                f"τ = 1e-3, seed 0, {AUDIT_TRIALS:,} runs per neighbour (a quarter choose the "
-                f"event); {(time.perf_counter() - t0) / 60:.1f} min.", "", text, AUDIT_END]),
-                AUDIT_BEGIN, AUDIT_END)
+            AUDIT_DATA.parent.mkdir(parents=True, exist_ok=True)
+            AUDIT_DATA.write_text(json.dumps(audit, indent=1, ensure_ascii=False) + "\n")
+            DOC.write_text(render_audit(audit, DOC.read_text()))
+            print(f"wrote {AUDIT_DATA.relative_to(ROOT)}, {DOC.relative_to(ROOT)}")
         return 0
     if args.dataset:
         measure(args.dataset, args.rounds, parse_seeds(args.seeds), args.only, args.setting)
@@ -968,7 +1068,9 @@ def main(argv=None) -> int:
         doc = DOC.read_text()
         # a render that measured nothing keeps the measurement's date and environment
         when, env = (None, None) if args.dataset else recorded_footer(doc)
-        DOC.write_text(render_doc(load_rows(), doc, when=when, environment=env))
+        doc = render_doc(load_rows(), doc, when=when, environment=env)
+        audit = load_audit()
+        DOC.write_text(doc if audit is None else render_audit(audit, doc))
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

@@ -25,8 +25,14 @@ processes (``--jobs``; the sweep runner's ``Simulation`` would train and write a
 Usage::
 
     .venv/bin/python benchmarks/fm_experiments.py --quick                   # 2 seeds, smoke
-    .venv/bin/python benchmarks/fm_experiments.py --jobs 2 --write-docs     # the doc (~1 h CPU)
+    .venv/bin/python benchmarks/fm_experiments.py --jobs 2 --write-docs     # the doc (its
+                                                          # measured time: the Reproduce block)
     .venv/bin/python benchmarks/fm_experiments.py --only consensus --write-docs   # one section
+    .venv/bin/python benchmarks/fm_experiments.py --only "" --write-docs --previous git:REV
+                                      # re-render, listing what changed against REV's data
+
+Each measured section stores its wall and CPU seconds, ``--jobs``, the load average at its end
+and the standardisation ``load_dataset`` applied (issue 13), which the doc quotes.
 """
 
 from __future__ import annotations
@@ -578,6 +584,8 @@ READING_BLOCK = ("<!-- fm-reading:start -->", "<!-- fm-reading:end -->")
 CLAIMS_BLOCK = ("<!-- fm-claims:start -->", "<!-- fm-claims:end -->")
 LIMITS_BLOCK = ("<!-- fm-limits:start -->", "<!-- fm-limits:end -->")
 TABLES_BLOCK = ("<!-- fm-tables:start -->", "<!-- fm-tables:end -->")
+REPRODUCE_BLOCK = ("<!-- fm-reproduce:start -->", "<!-- fm-reproduce:end -->")
+UNRELIABLE_SETUP_BLOCK = ("<!-- fm-unreliable-setup:start -->", "<!-- fm-unreliable-setup:end -->")
 BC, DB = DATASETS
 
 
@@ -670,6 +678,75 @@ def _beats_trivial_from(f, finite) -> str | None:
 VERDICT_ACCEPT = {"holds": "met", "fails": "refuted", "not shown": "neither shown nor refuted"}
 
 
+#: ``load_dataset``'s ``standardise`` values in words
+STANDARDISE_WORDS = {"public": "the held-out (public) test part's mean and std",
+                     "train": "the training part's mean and std (the participants' rows, outside "
+                              "the functional mechanism's guarantee)"}
+
+
+def _standardisation(results) -> str:
+    """Which standardisation the stored sections were measured with (``results["standardise"]``,
+    stored per section by the run): one sentence, a caveat naming the sections where it is the
+    training part's or not recorded."""
+    measured = [s for s in SECTIONS if s in results]
+    used = results.get("standardise") or {}
+    by: dict = {}
+    for sec in measured:
+        by.setdefault(used.get(sec), []).append(sec)
+    if set(by) == {"public"}:
+        return (f"Every section was measured with `load_dataset`'s default `standardise = "
+                f"\"public\"` (issue 13; stored per section in the data file): breast cancer "
+                f"and diabetes are standardised with {STANDARDISE_WORDS['public']}, so the "
+                f"scaling depends on no participant's row (digits and Fashion-MNIST, deep mode, "
+                f"are scaled by constants); `load_dataset(..., standardise=\"train\")` gives "
+                f"the training part's instead.")
+    parts = [f"{STANDARDISE_WORDS.get(k, repr(k))}: {R.and_list(v)}" for k, v in by.items()
+             if k is not None]
+    if None in by:
+        parts.append(f"not recorded (measured before the data file stored it): "
+                     f"{R.and_list(by[None])}")
+    return ("*The sections were standardised differently* — " + "; ".join(parts) + ".  Only "
+            "the public test part's constants keep the scaling outside the participants' rows; "
+            "re-measure the others with `--only`.")
+
+
+def _unreliable_setup(results) -> str:
+    """The setup bullet on unreliable participants: every model the stored tables ran, at the
+    fractions they ran, with the corruption parameters the runs used (``QualitySection``'s
+    defaults: the configs here set only ``fraction`` and ``kind``)."""
+    import dataclasses
+
+    from crowdlearn.data.quality import QualitySection
+    q = {f.name: f.default for f in dataclasses.fields(QualitySection)}
+    rows = next(iter(next(iter((results.get("unreliable") or {}).values()), {}).values()), {})
+    what = {"label_flip": (f"label flip (`\"label_flip\"`, `flip_rate = {q['flip_rate']:g}`: "
+                           f"that share of an unreliable device's labels is flipped, `1 − y`; "
+                           f"diabetes `y ↦ −y`)"),
+            "feature_noise": (f"feature noise (`\"feature_noise\"`: `N(0, σ²)` added to every "
+                              f"feature of every row, σ = `feature_sigma` = "
+                              f"{q['feature_sigma']:g} standardised unit)"),
+            "random": ("random data (`\"random\"`: every feature drawn from a normal with the "
+                       "training set's column mean and std, labels uniform over the classes; "
+                       "diabetes: targets from a normal with the targets' mean and std)")}
+    kinds = [k for k in KINDS if k in rows]
+    if not kinds:
+        return "* **Unreliable participants.** Not measured in the stored data."
+    exact = [k for k in kinds if any("exact" in c for c in rows[k].values())]
+    items = [f"{what[k]} at " + ", ".join(f"{100 * float(fr):.0f}" for fr in rows[k]) + " %"
+             for k in kinds]
+    return R.wrap(
+        f"* **Unreliable participants** (`[quality]`, one table per model and ε): "
+        f"{'; '.join(items)} of the {DEVICES} devices, drawn at random per seed.  Plain "
+        f"averaging (`fm.aggregation = \"plain\"`) against the quality-weighted aggregation "
+        f"(`\"quality\"`, rule `median`, margin 0.1, `score_epsilon = 1`), and, to show what the "
+        f"score noise costs, the same weighting with exact scores ("
+        + (R.and_list([k.replace("_", " ") for k in exact]) + " tables" if exact else "none")
+        + ").  \"Recovered\" is `(mitigated − plain) / (clean − plain)` with clean = plain "
+        "averaging with 0 % unreliable at the same ε; it is only meaningful where plain "
+        "averaging loses clearly more than the seed-to-seed spread (\"lost by plain\").",
+        indent="  ")
+
+
 def _setup(results) -> str:
     f = _Facts(results)
     seeds = results["seeds"]
@@ -677,17 +754,15 @@ def _setup(results) -> str:
     triv = R.cell(f.sk(DB, "trivial"))
     n_ref = len(seeds["references"])
     n_deep = sorted({len(d["seeds"]) for d in (results.get("deep") or {}).values() if d})
+    used = set((results.get("standardise") or {}).values())
+    part = "test (public)" if used == {"public"} else "training" if used == {"train"} else \
+        "standardising"
     return "\n".join([
         R.wrap(f"* **Data.** Breast cancer: 426 training / 143 test rows, 30 standardised "
                f"features, two classes (majority {maj:.1f} %). Diabetes: 331 / 111 rows, 10 "
-               f"standardised features, the target standardised on the training part, so RMSE is "
-               f"in standard deviations of the training part (predicting the training mean: "
-               f"{triv} on the test part). *These runs predate the fix of issue 13*: the "
-               f"standardisation used the training part's mean and std, i.e. the participants' "
-               f"rows, outside the functional mechanism's guarantee. `load_dataset` now "
-               f"standardises with the held-out (public) test part's constants by default; the "
-               f"tables below were not re-measured with it (`load_dataset(..., "
-               f"standardise=\"train\")` reproduces the old data).", indent="  "),
+               f"standardised features, the target standardised too, so RMSE is in standard "
+               f"deviations of the {part} part (predicting the training mean: {triv} on the test "
+               f"part). {_standardisation(results)}", indent="  "),
         R.wrap(f"* **Fleet.** {DEVICES} devices, iid split, always online, 2 cells. The server "
                f"keeps 40 training rows (its validation / public split, taken out of the devices' "
                f"data); each device holds ≈ 39 (breast cancer) or ≈ 29 (diabetes) rows.",
@@ -1049,9 +1124,9 @@ def reading(results) -> str:
         _deep_par(results)])
 
 
-def claims_changed(results) -> str:
-    """"Claims that changed": the old column is history (fixed text), the new one is computed
-    from the stored values."""
+def claim_rows(results) -> list[tuple[str, str, str]]:
+    """The rows of "Claims that changed": ``(claim, old, new)``, the old figure history (fixed
+    text), the new one computed from ``results``."""
     f = _Facts(results)
     seeds = results["seeds"]
     a = {(e, ds): f.acc(e, ds) for e in ("10", "∞") for ds in DATASETS}
@@ -1172,13 +1247,94 @@ def claims_changed(results) -> str:
          f"{100 * np.mean(cond['small_share_20']):.2f} % of the distance in the "
          f"{np.mean(cond['small_dirs']):.1f} directions with λ < 10⁻³λ_max; objective gap "
          f"{100 * np.mean(cond['gap_200']):.2f} % after 200 rounds")]
+    return rows
+
+
+def claims_changed(results) -> str:
+    """"Claims that changed": the old column is history (fixed text), the new one is computed
+    from the stored values; then what the last re-measurement changed (:func:`rerun_text`)."""
+    rows = claim_rows(results)
     return "\n".join([
         R.wrap("The earlier page drew its conclusions from seeds 0–9 (mean ± sd, before issue 13 "
                "standardised the tabular datasets with public test-part constants).  Old figure "
                "→ new figure (95 % intervals; the old column is history, the new one is computed "
                "by `--write-docs` from the stored values):"), "",
         "| claim | old | new |", "| --- | --- | --- |",
-        *(f"| {c} | {o} | {n} |" for c, o, n in rows)])
+        *(f"| {c} | {o} | {n} |" for c, o, n in rows),
+        *(["", rerun_text(results)] if results.get("rerun") else [])])
+
+
+# ---------------------------------------------------------------- re-measurement against before
+def _leaves(x, path=()):
+    """``{path: number}`` of every numeric leaf of a stored section (lists by index)."""
+    if isinstance(x, dict):
+        return {k: v for key, val in x.items() for k, v in _leaves(val, path + (key,)).items()}
+    if isinstance(x, list):
+        return {k: v for i, val in enumerate(x) for k, v in _leaves(val, path + (i,)).items()}
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return {path: float(x)}
+    return {}
+
+
+def compare_runs(previous: dict, results: dict, sections, label: str) -> dict:
+    """What a re-measurement changed against ``previous`` (another stored results file): per
+    re-measured section, how many per-seed values it compares, how many are identical and the
+    largest absolute difference; and the new column of "Claims that changed" as ``previous``
+    renders it (``claims_before``), so the doc can name every claim whose figure or verdict
+    moved.  ``label`` says where ``previous`` came from."""
+    out = {"previous": label, "previous_when": previous.get("when"), "sections": {}}
+    for sec in sections:
+        extra = ("references",) if sec == "utility" else ()
+        if sec not in previous or sec not in results:
+            continue
+        old = _leaves({k: previous.get(k) for k in (sec, *extra)})
+        new = _leaves({k: results.get(k) for k in (sec, *extra)})
+        both = sorted(set(old) & set(new), key=str)
+        same = sum(1 for k in both if old[k] == new[k] or (math.isnan(old[k]) and
+                                                           math.isnan(new[k])))
+        diff = [abs(old[k] - new[k]) for k in both if math.isfinite(old[k] - new[k])]
+        out["sections"][sec] = {"values": len(both), "identical": same,
+                                "max_abs_diff": max(diff, default=0.0),
+                                "only_before": len(set(old) - set(new)),
+                                "only_now": len(set(new) - set(old))}
+    try:
+        out["claims_before"] = [[c, n] for c, _, n in claim_rows(previous)]
+    except (KeyError, TypeError, ValueError) as e:   # an older file without every section
+        out["claims_before"] = None
+        out["claims_before_missing"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def rerun_text(results) -> str:
+    """The last re-measurement against the data before it: values reproduced per section, and
+    every claim of the table above whose figure or verdict moved (before → after)."""
+    rr = results["rerun"]
+    secs = rr["sections"]
+    per = []
+    for sec, c in secs.items():
+        t = f"{sec} {c['identical']} of {c['values']}"
+        if c["identical"] < c["values"]:
+            t += f" (largest difference {c['max_abs_diff']:.3g})"
+        if c.get("only_before") or c.get("only_now"):
+            t += (f" ({c['only_before']} values stored before that this run no longer writes, "
+                  f"{c['only_now']} new ones)")
+        per.append(t)
+    head = (f"**Re-measured on today's code** ({results['when']}; previous data: "
+            f"{rr['previous']}, measured {rr['previous_when']}).  Per-seed values identical to "
+            f"the previous ones, per section: {R.and_list(per) if per else 'no section compared'}.")
+    before = rr.get("claims_before")
+    if before is None:
+        return R.wrap(head + "  The previous data cannot render the claims above ("
+                      + rr.get("claims_before_missing", "?") + "): moved claims not listed.")
+    now = {c: n for c, _, n in claim_rows(results)}
+    moved = [(c, n0, now[c]) for c, n0 in before if c in now and now[c] != n0]
+    if not moved:
+        return R.wrap(head + f"  No claim of the table above moved: all {len(before)} "
+                             f"render the same figures and verdicts from the previous data.")
+    return "\n".join([R.wrap(head + f"  Claims of the table above whose figure or verdict "
+                                     f"moved ({len(moved)} of {len(before)}):"), "",
+                      "| claim | before the re-measurement | after |", "| --- | --- | --- |",
+                      *(f"| {c} | {a} | {b} |" for c, a, b in moved)])
 
 
 def limits(results) -> str:
@@ -1201,11 +1357,58 @@ def limits(results) -> str:
         "we keep the spec's value for `bound = \"spec\"`."])
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}" if seconds < 600 else f"{seconds / 60:.0f}"
+
+
+def reproduce(results) -> str:
+    """The Reproduce block: the commands, with the stored sections' measured wall and CPU time
+    (and each section's ``--jobs`` and the load it ran under, where the data file has them)."""
+    secs = [s for s in SECTIONS if s in results and s in results.get("wall_s", {})]
+    wall = sum(results["wall_s"][s] for s in secs)
+    cpu_s = results.get("cpu_s", {})
+    with_cpu = [s for s in secs if s in cpu_s]
+    jobs = sorted({results.get("jobs_by_section", {}).get(s) for s in secs} - {None})
+    cost = (f"measured {results['when']}: {_minutes(wall)} min wall"
+            + (f", {_minutes(sum(cpu_s[s] for s in with_cpu))} CPU-min" if with_cpu else "")
+            + (f" ({R.and_list([s for s in secs if s not in cpu_s])}: CPU not recorded)"
+               if with_cpu and len(with_cpu) < len(secs) else "")
+            + (f"; --jobs {'–'.join(map(str, (jobs[0], jobs[-1]) if len(jobs) > 1 else jobs))}"
+               if jobs else ""))
+
+    def one(sec):
+        t = f"{sec} {results['wall_s'][sec]:.0f} s wall"
+        if sec in cpu_s:
+            t += f" / {cpu_s[sec]:.0f} s CPU"
+        extra = []
+        if sec in results.get("jobs_by_section", {}):
+            extra.append(f"--jobs {results['jobs_by_section'][sec]}")
+        if sec in results.get("load_1min", {}):
+            extra.append(f"load {results['load_1min'][sec]:g}")
+        return t + (f" ({', '.join(extra)})" if extra else "")
+
+    cmd = ".venv/bin/python benchmarks/fm_experiments.py"
+    return "\n".join([
+        "```sh",
+        f"{cmd} --quick                  # 2 seeds, a smoke run",
+        f"{cmd} --jobs 2 --write-docs    # every section ({cost})",
+        f"{cmd} --only unreliable --jobs 2 --write-docs   # one section",
+        f"{cmd} --only \"\" --write-docs   # re-render from the stored values",
+        f"{cmd} --only \"\" --write-docs --previous git:REV   # ...and list what changed "
+        f"against the data file at REV",
+        "```", "",
+        R.wrap("Per section as stored (wall / CPU time; `--jobs`; the machine's 1-minute load "
+               "average at the section's end, the machine shared with other jobs; its CPUs: the "
+               "environment under the tables): " + "; ".join(one(s) for s in secs) + ".")])
+
+
 def render_doc(results, doc: str) -> str:
     """``doc`` with every generated block (the tables, the setup's figures, the reading, the
     claims that changed, the limitations' figures) rendered from ``results``."""
     doc = R.replace_between(doc, *TABLES_BLOCK, markdown(results))
-    for (begin, end), fn in ((SETUP_BLOCK, _setup), (READING_BLOCK, reading),
+    for (begin, end), fn in ((REPRODUCE_BLOCK, reproduce),
+                             (UNRELIABLE_SETUP_BLOCK, _unreliable_setup),
+                             (SETUP_BLOCK, _setup), (READING_BLOCK, reading),
                              (CLAIMS_BLOCK, claims_changed), (LIMITS_BLOCK, limits)):
         doc = R.replace_between(doc, begin, end, fn(results))
     return doc
@@ -1265,6 +1468,52 @@ SECTIONS = ("utility", "unreliable", "consensus", "deep", "sklearn", "conditioni
             "variants")
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (``--jobs`` workers) so far."""
+    import resource
+    return time.process_time() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime \
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+
+
+def _standardise_default() -> str:
+    """The ``standardise`` that ``load_dataset`` applies when the config names none (the runs
+    here name none): stored per section, so the doc says which standardisation each table used."""
+    import inspect
+
+    from crowdlearn.data import load_dataset
+    return inspect.signature(load_dataset).parameters["standardise"].default
+
+
+def _measured(results, section, t_wall, t_cpu, jobs) -> None:
+    """Store a section's wall and CPU seconds, its ``--jobs``, the machine's 1-minute load
+    average at its end and the standardisation its runs used."""
+    results["wall_s"][section] = time.perf_counter() - t_wall
+    results.setdefault("cpu_s", {})[section] = _cpu_s() - t_cpu
+    results.setdefault("jobs_by_section", {})[section] = jobs
+    results.setdefault("load_1min", {})[section] = round(os.getloadavg()[0], 2)
+    results.setdefault("standardise", {})[section] = _standardise_default()
+
+
+def load_previous(source: str) -> dict:
+    """An older results file: a path, or ``git:REV`` for the data file at that revision."""
+    if source.startswith("git:"):
+        import subprocess
+        rev = source[4:]
+        try:
+            text = subprocess.run(["git", "-C", str(ROOT), "show",
+                                   f"{rev}:{DATA.relative_to(ROOT).as_posix()}"],
+                                  check=True, capture_output=True, text=True).stdout
+        except subprocess.CalledProcessError as e:
+            raise SystemExit(f"--previous {source}: git cannot show the data file at {rev!r} "
+                             f"({e.stderr.strip()}); give a revision that has it, or a "
+                             f"path") from None
+        return json.loads(text)
+    path = Path(source)
+    if not path.is_file():
+        raise SystemExit(f"--previous {source}: no such file; give a results JSON or git:REV")
+    return json.loads(path.read_text())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=20, help="seeds of the utility table (20)")
@@ -1278,6 +1527,10 @@ def main(argv=None) -> int:
     ap.add_argument("--write-docs", action="store_true",
                     help=f"rewrite the tables of {DOC.relative_to(ROOT)}, the plot and "
                          f"{DATA.relative_to(ROOT)}")
+    ap.add_argument("--previous", metavar="FILE|git:REV",
+                    help="with --write-docs: compare the (re-)measured sections with this older "
+                         "data file (or the data file at git revision REV) and render what "
+                         "changed under \"Claims that changed\"")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = sorted(set(only) - set(SECTIONS))
@@ -1293,13 +1546,13 @@ def main(argv=None) -> int:
         results["seeds"]["utility"] = seeds
         results["seeds"]["references"] = seeds[:3]
         results["utility"], results["references"] = {}, {}
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_s()
         for dataset in DATASETS:
             log(f"utility against ε: {dataset}")
             results["utility"][dataset] = utility_table(dataset, seeds, args.jobs, log)
             log(f"non-private references: {dataset}")
             results["references"][dataset] = nonprivate_references(dataset, seeds[:3])
-        results["wall_s"]["utility"] = time.perf_counter() - t
+        _measured(results, "utility", t, c, args.jobs)
     if "utility" in only or "sklearn" in only:
         # per seed, on the utility seeds' own splits (cheap: scikit-learn only)
         seeds = list(range(n_util))
@@ -1307,59 +1560,62 @@ def main(argv=None) -> int:
         results.setdefault("sklearn", {})
         for dataset in DATASETS:
             results["sklearn"][dataset] = sklearn_references(dataset, seeds)
+        results.setdefault("standardise", {})["sklearn"] = _standardise_default()
     if "unreliable" in only:
         seeds = list(range(n_unrel))
         results["seeds"]["unreliable"] = seeds
         results["unreliable"] = {}
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_s()
         for eps in (10.0, math.inf):
             results["unreliable"][eps_label(eps)] = {}
             for dataset in DATASETS:
                 log(f"unreliable participants: {dataset}, ε = {eps_label(eps)}")
                 results["unreliable"][eps_label(eps)][dataset] = unreliable_table(
                     dataset, seeds, eps, args.jobs, log)
-        results["wall_s"]["unreliable"] = time.perf_counter() - t
+        _measured(results, "unreliable", t, c, args.jobs)
     if "consensus" in only:
         seeds = list(range(min(n_util, 10)))
         results["seeds"]["consensus"] = seeds
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_s()
         results["consensus"] = {d: {eps_label(e): consensus(d, seeds, e)
                                     for e in (10.0, math.inf)} for d in DATASETS}
         log("consensus tolerance measured")
-        results["wall_s"]["consensus"] = time.perf_counter() - t
+        _measured(results, "consensus", t, c, args.jobs)
     if "variants" in only:
         seeds = list(range(n_unrel))
         results["seeds"]["variants"] = seeds
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_s()
         results["variants"] = acceptance_variants(seeds, 10.0, args.jobs)
-        results["wall_s"]["variants"] = time.perf_counter() - t
+        _measured(results, "variants", t, c, args.jobs)
     if "conditioning" in only:
         seeds = list(range(min(n_util, 10)))
         results["seeds"]["conditioning"] = seeds
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_s()
         results["conditioning"] = {"breast_cancer": {"∞": conditioning("breast_cancer", seeds,
                                                                        math.inf)}}
         log("conditioning measured")
-        results["wall_s"]["conditioning"] = time.perf_counter() - t
+        _measured(results, "conditioning", t, c, args.jobs)
     if "deep" in only:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_s()
         results["deep"] = {}
         for dataset in ("digits", "fashion_mnist"):
             log(f"deep mode: {dataset}")
             hidden, public = (32, 100) if dataset == "digits" else (64, 1000)
             results["deep"][dataset] = deep_table(dataset, list(range(2 if args.quick else 3)),
                                                   log, hidden=hidden, public=public)
-        results["wall_s"]["deep"] = time.perf_counter() - t
+        _measured(results, "deep", t, c, args.jobs)
     results["when"] = time.strftime("%Y-%m-%d")
     results["environment"] = R.environment()
     results["jobs"] = args.jobs
+    stored: dict = {}
     if args.write_docs and DATA.exists() and set(only) != set(SECTIONS):
         # the sections not measured now come from the stored per-seed values
         stored = json.loads(DATA.read_text())
-        for key in ("seeds", "wall_s"):
-            results[key] = {**stored.get(key, {}), **results[key]}
+        for key in ("seeds", "wall_s", "cpu_s", "standardise", "jobs_by_section", "load_1min"):
+            results[key] = {**stored.get(key, {}), **results.get(key, {})}
         for sec in SECTIONS:
-            if sec not in only and sec in stored:
+            if sec not in only and sec in stored and not (sec == "sklearn" and
+                                                          "utility" in only):
                 results[sec] = stored[sec]
                 if sec == "utility":
                     results["references"] = stored["references"]
@@ -1368,6 +1624,12 @@ def main(argv=None) -> int:
             # (and so does the file, key order included)
             results.update({k: stored[k] for k in ("when", "environment", "jobs") if k in stored})
             results = {**{k: results[k] for k in stored if k in results}, **results}
+    if args.write_docs and DATA.exists() and not only and "rerun" in stored:
+        results["rerun"] = stored["rerun"]     # a re-render keeps the stored comparison
+    if args.previous:
+        results["rerun"] = compare_runs(load_previous(args.previous), results,
+                                        only or [s for s in SECTIONS if s in results],
+                                        args.previous)
     results["wall"] = ", ".join(f"{k} {v:.0f} s" for k, v in results["wall_s"].items()) + \
         " wall time"
     md = markdown(results)

@@ -300,9 +300,8 @@ def test_fm_doc_is_exactly_what_write_docs_renders_from_the_stored_json():
     assert "copied" not in doc.split(mod.READING_BLOCK[0])[1].split(mod.READING_BLOCK[1])[0]
 
 
-def test_fm_rerender_from_the_stored_values_keeps_doc_data_and_date(tmp_path, monkeypatch):
-    """``--only "" --write-docs`` measures nothing: the doc, the data file (key order and the
-    measurement date included) come back byte for byte."""
+def _fm_in(tmp_path, monkeypatch):
+    """The FM script with its doc, data file and plot copied under ``tmp_path``."""
     import shutil
     mod = _module("fm_experiments")
     monkeypatch.setattr(mod, "ROOT", tmp_path)
@@ -312,6 +311,13 @@ def test_fm_rerender_from_the_stored_values_keeps_doc_data_and_date(tmp_path, mo
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
         monkeypatch.setattr(mod, name, dst)
+    return mod
+
+
+def test_fm_rerender_from_the_stored_values_keeps_doc_data_and_date(tmp_path, monkeypatch):
+    """``--only "" --write-docs`` measures nothing: the doc, the data file (key order and the
+    measurement date included) come back byte for byte."""
+    mod = _fm_in(tmp_path, monkeypatch)
     monkeypatch.setattr(mod.time, "strftime", lambda *_: "2099-01-01")   # another day
     monkeypatch.setattr(mod.R, "environment", lambda: "Environment: elsewhere.")
     assert mod.main(["--only", "", "--write-docs"]) == 0
@@ -325,7 +331,7 @@ def test_dssgd_write_docs_without_measuring_keeps_the_doc(tmp_path, monkeypatch)
     import shutil
     mod = _module("dssgd_experiments")
     monkeypatch.setattr(mod, "ROOT", tmp_path)
-    for name in ("DOC", "DATA"):
+    for name in ("DOC", "DATA", "AUDIT_DATA"):
         dst = tmp_path / getattr(mod, name).relative_to(ROOT)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(getattr(mod, name), dst)
@@ -340,6 +346,7 @@ def test_fm_reading_verdicts_and_figures_follow_the_stored_values():
     import copy
     mod = _module("fm_experiments")
     res = _fm_results(mod)
+    res.pop("rerun", None)      # the stored re-measurement record: its own test below
     reading, claims = _flat(mod.reading(res)), _flat(mod.claims_changed(res))
     assert "is not met at ε = 10.**" in reading and "| **not met**: 65 %" in claims
     # the quality-weighted runs of the acceptance cell 0.06 better on every seed: now it is met
@@ -622,3 +629,186 @@ def test_slicenet_cnn_runs_table_one_only_in_a_folder_of_its_own(monkeypatch, tm
               "--only", "C-SGD"])
     assert seen == [("C-SGD", [0], mod.ROOT / "results" / "slicenet_experiments"
                      / "paper-cnn" / "epochs=2", "paper-cnn")]
+
+
+# ---------------------------------------------------------------- issue 17: prose from stored data
+def test_dssgd_auditor_reading_follows_the_stored_audit_rows():
+    import copy
+    mod = _module("dssgd_experiments")
+    audit = mod.load_audit()
+    doc = mod.DOC.read_text()
+    assert mod.render_audit(audit, doc) == doc          # the committed doc is the stored audit
+    text = _flat(mod.audit_reading(audit))
+    assert "refutes the claimed ε_p = 1 from v = 10 γ on (lower bound 1.845 > 1; not at 3.32 γ" \
+        in text and "the release is not ε_p-DP" in text
+    assert "the bound is the same at every change tried, 0.234 for v = 1–20 γ" in text
+    # the paper's release at 3.32 γ measured above 1: the refutation starts there
+    earlier = copy.deepcopy(audit)
+    row = next(r for r in earlier["rows"] if r["release"] == "paper" and r["value"] == 0.166)
+    row["epsilon_lower_bound"] = 1.2
+    assert "from v = 3.32 γ on (lower bound 1.200 > 1; not at 2 γ" in \
+        _flat(mod.audit_reading(earlier))
+    assert "| paper | ±0.166 | 3.32 | 1.200 |" in mod.audit_table(earlier)
+    # no bound above the claim: no refutation, and no "not ε_p-DP"
+    below = copy.deepcopy(audit)
+    for r in below["rows"]:
+        r["epsilon_lower_bound"] = min(r["epsilon_lower_bound"], 0.9)
+    text2 = _flat(mod.audit_reading(below))
+    assert "not ε_p-DP" not in text2 and text2.count("refutes the claimed ε_p = 1 at no change") \
+        == 2
+    # a clipped bound that moves with the change is reported as moving, not "the same"
+    moved = copy.deepcopy(audit)
+    moved["rows"][-1 - 5]["epsilon_lower_bound"] = 0.5       # clipped, the largest value
+    assert "the bound grows with the change (0.234 at v = 1 γ to 0.500 at 20 γ)" in \
+        _flat(mod.audit_reading(moved)).split("With the paper's release")[0]
+
+
+def test_dssgd_audit_only_stores_its_rows_and_write_docs_renders_them(tmp_path, monkeypatch):
+    import json
+    import shutil
+    mod = _module("dssgd_experiments")
+    for name in ("DOC", "DATA", "AUDIT_DATA"):
+        dst = tmp_path / getattr(mod, name).relative_to(ROOT)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(getattr(mod, name), dst)
+        monkeypatch.setattr(mod, name, dst)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    monkeypatch.setattr(mod, "AUDIT_TRIALS", 2000)           # seconds, not minutes
+    monkeypatch.setattr(mod, "AUDIT_VALUES", (0.05, 1.0))
+    assert mod.main(["--audit-only", "--write-docs"]) == 0
+    stored = json.loads(mod.AUDIT_DATA.read_text())
+    assert stored["trials"] == 2000 and [r["value"] for r in stored["rows"]] == [0.05, 1.0] * 2
+    assert all(r["claimed_epsilon"] == 1.0 for r in stored["rows"])
+    doc = mod.DOC.read_text()
+    assert "2,000 runs per neighbour" in doc and mod.audit_reading(stored) in doc
+
+
+def _secagg_d(mod, change=None):
+    import results_doc as R
+    rows = R.read_rows(mod.DATA)
+    return mod.by_setting([change(r) if change else r for r in rows])
+
+
+def test_secagg_why_shorter_quotes_the_stored_upload_ratio_and_time_difference():
+    mod = _module("secagg_experiments")
+    import results_doc as R
+    d = _secagg_d(mod)
+    text = mod.why_shorter(d)
+    exp = {round(R.fnum(r["expansion"]), 4) for r in d["secagg"].values()}
+    assert len(exp) == 1 and f"sends {exp.pop():.4f}× the plain update" in text
+    assert "packed at log2 R = 20 bits a coordinate" in text and "0.625× the size" in text
+    dt = R.paired(R.column(d, "plain", "sim_s"), R.column(d, "secagg", "sim_s"))
+    assert text.startswith("**Why SecAgg is *shorter*")
+    assert f"SecAgg finishes {R.interval(dt, 2, sign=False)} s earlier" in text
+    assert text in mod.DOC.read_text()
+    # SecAgg runs 5 s longer on every seed: the paragraph says so and drops the "why shorter"
+    slow = _secagg_d(mod, lambda r: {**r, "sim_s": str(R.fnum(r["sim_s"]) + 5)}
+                     if r["setting"] == "secagg" else r)
+    text2 = mod.why_shorter(slow)
+    assert "*shorter*" not in text2 and "SecAgg takes" in text2 and "s longer" in text2
+    assert "do not outweigh" in text2
+    # a 24-bit modulus: the masked vector is 0.750× the float32 update
+    wide = _secagg_d(mod, lambda r: {**r, "modulus_bits": "24"} if r["setting"] == "secagg"
+                     else r)
+    assert "log2 R = 24 bits a coordinate" in mod.why_shorter(wide)
+    assert "0.750× the size" in mod.why_shorter(wide)
+
+
+def test_fm_standardisation_sentence_follows_the_stored_flags():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    measured = [s for s in mod.SECTIONS if s in res]
+    public = copy.deepcopy(res)
+    public["standardise"] = {s: "public" for s in measured}
+    text = _flat(mod._setup(public))
+    assert "standardised with the held-out (public) test part's mean and std, so the scaling " \
+        "depends on no participant's row" in text
+    assert "predate" not in text and "standard deviations of the test (public) part" in text
+    mixed = copy.deepcopy(public)
+    mixed["standardise"]["variants"] = "train"
+    del mixed["standardise"]["deep"]
+    text2 = _flat(mod._setup(mixed))
+    assert "*The sections were standardised differently*" in text2
+    assert "the training part's mean and std (the participants' rows, outside the functional " \
+           "mechanism's guarantee): variants" in text2
+    assert "not recorded (measured before the data file stored it): deep" in text2
+
+
+def test_fm_unreliable_setup_names_every_model_the_tables_ran():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    text = _flat(mod._unreliable_setup(res))
+    for words in ("label flip (`\"label_flip\"`", "feature noise (`\"feature_noise\"`",
+                  "random data (`\"random\"`", "at 10, 20, 30, 40, 50 %", "at 10, 30, 50 %"):
+        assert words in text
+    fewer = copy.deepcopy(res)
+    for by_ds in fewer["unreliable"].values():
+        for rows in by_ds.values():
+            del rows["random"]
+    assert "random data" not in _flat(mod._unreliable_setup(fewer))
+
+
+def test_fm_reproduce_block_quotes_the_measured_times():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    secs = [s for s in mod.SECTIONS if s in res["wall_s"] and s in res]
+    text = _flat(mod.reproduce(res))
+    assert "~25 min" not in text
+    assert f"{mod._minutes(sum(res['wall_s'][s] for s in secs))} min wall" in text
+    slower = copy.deepcopy(res)
+    slower["wall_s"] = {k: 2 * v for k, v in res["wall_s"].items()}
+    slower["cpu_s"] = {k: 3.0 for k in secs}
+    text2 = _flat(mod.reproduce(slower))
+    assert f"{mod._minutes(sum(slower['wall_s'][s] for s in secs))} min wall" in text2
+    assert f"{mod._minutes(3.0 * len(secs))} CPU-min" in text2
+    assert f"{secs[0]} {slower['wall_s'][secs[0]]:.0f} s wall / 3 s CPU" in text2
+
+
+def test_fm_rerun_lists_every_claim_whose_figure_moved():
+    import copy
+    mod = _module("fm_experiments")
+    res = _fm_results(mod)
+    same = copy.deepcopy(res)
+    same["rerun"] = mod.compare_runs(res, res, [s for s in mod.SECTIONS if s in res], "x.json")
+    text = _flat(mod.rerun_text(same))
+    assert "No claim of the table above moved" in text and "utility " in text
+    n = same["rerun"]["sections"]["utility"]["values"]
+    assert f"utility {n} of {n}" in text
+    # the previous data had breast cancer's ε = 10 cell 0.01 lower on every seed
+    before = copy.deepcopy(res)
+    cell = before["utility"]["breast_cancer"]["10"]["collab_l2"]
+    before["utility"]["breast_cancer"]["10"]["collab_l2"] = [v - 0.01 for v in cell]
+    moved = copy.deepcopy(res)
+    moved["rerun"] = mod.compare_runs(before, res, ["utility"], "git:abc")
+    text2 = _flat(mod.rerun_text(moved))
+    k = len(cell)
+    assert f"utility {n - k} of {n} (largest difference 0.01)" in text2
+    assert "| l2 Δ, breast cancer, ε = 2 / 5 / 10 (centralized FM at 10) |" in text2
+    assert "previous data: git:abc" in text2
+
+
+def test_fm_previous_option_stores_the_comparison_and_the_doc_quotes_it(tmp_path, monkeypatch):
+    """``--only "" --write-docs --previous FILE``: the data file keeps what moved against FILE,
+    the claims block lists it; a later plain re-render keeps it."""
+    import copy
+    import json
+    mod = _fm_in(tmp_path, monkeypatch)
+    res = _fm_results(mod)
+    old = copy.deepcopy(res)
+    old["deep"]["digits"]["pretrained"] = [v - 0.05 for v in res["deep"]["digits"]["pretrained"]]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert mod.main(["--only", "", "--write-docs", "--previous", str(tmp_path / "old.json")]) == 0
+    stored = json.loads(mod.DATA.read_text())
+    assert stored["rerun"]["previous"] == str(tmp_path / "old.json")
+    assert stored["rerun"]["sections"]["deep"]["identical"] == \
+        stored["rerun"]["sections"]["deep"]["values"] - len(res["deep"]["digits"]["pretrained"])
+    doc = mod.DOC.read_text()
+    assert "| deep mode: FM output layer beats the public-only network without noise |" in \
+        doc.split("before the re-measurement")[1]
+    assert mod.main(["--only", "", "--write-docs"]) == 0
+    assert mod.DOC.read_text() == doc
+    with pytest.raises(SystemExit, match="no such file"):
+        mod.main(["--only", "", "--write-docs", "--previous", str(tmp_path / "none.json")])
