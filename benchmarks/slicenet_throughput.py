@@ -38,6 +38,10 @@ waited for pass results (training them, or waiting for the worker).
 The metrics row is evaluated beside the event loop, on a thread of the monitor's
 (``sim.monitor``: same rows), and printed as ``… s wall beside it``; in a one-epoch run
 the row is the run's last event, so the loop waits for it at the end all the same.
+``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
+checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
+at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
+of ``tests/test_slicenet_fastpaths.py``; run from the repository's root) and by the current code.
 ``--ab-evaluate PAIRS`` times warm runs of ``--ab-epochs`` epochs (3 by default) with every row
 evaluated on the event loop's thread and beside it, alternately, each beside as many Keras
 epochs: there an epoch's evaluation runs while the next epoch is simulated.
@@ -50,6 +54,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import time
@@ -240,6 +245,48 @@ def ab_upload_check(devices: int, group_size: int, seed: int, pairs: int = 2) ->
               + ", ".join(f"{t:.1f}" for t in ts) + " s")
 
 
+@contextlib.contextmanager
+def reference_paths():
+    """The code the fifth session replaced, put back (the reference paths of
+    ``tests/test_slicenet_fastpaths.py``): owned-index checks by ``searchsorted``, a device's
+    share on full-length vectors, a pass's collective key made at each ask.  (The metrics row
+    on the loop's thread: ``simulated_epoch(..., concurrent_evaluate=False)``.)"""
+    from crowdlearn.protocols.crowdlearning import device, passjob
+    from crowdlearn.protocols.crowdlearning.layout import Layout
+    from tests.test_slicenet_fastpaths import full_length_share, owns_all_by_search
+
+    saved = [(Layout, "owns_all", Layout.__dict__["owns_all"]),
+             (device.SliceDevice, "_share", device.SliceDevice.__dict__["_share"]),
+             (passjob.SlicePassJob, "collective", passjob.SlicePassJob.__dict__["collective"])]
+    Layout.owns_all = owns_all_by_search
+    device.SliceDevice._share = full_length_share
+    passjob.SlicePassJob.collective = property(lambda self: ("slice_pass",) + tuple(self.key))
+    try:
+        yield
+    finally:
+        for cls, name, value in saved:
+            setattr(cls, name, value)
+
+
+def ab_paths(devices: int, group_size: int, seed: int, overlap: bool, pairs: int) -> None:
+    """``pairs`` times: a warm epoch by the reference paths, one by the current code, and a
+    Keras epoch (in one process, alternately: the same conditions)."""
+    for pair in range(pairs):
+        with reference_paths():
+            ref = simulated_epoch(devices, group_size, seed, overlap, 1, False)
+        cur = simulated_epoch(devices, group_size, seed, overlap)
+        k = keras_epoch(seed)
+        same = ref["metrics"] == cur["metrics"] and \
+            (ref["accuracy"], ref["sim_time_s"]) == (cur["accuracy"], cur["sim_time_s"])
+        print(f"A/B paths pair {pair + 1} (load {os.getloadavg()[0]:.2f}): reference paths "
+              f"{ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU, current "
+              f"{cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s, Keras {k['wall_s']:.2f} / "
+              f"{k['cpu_s']:.2f} s: ratio {ref['wall_s'] / k['wall_s']:.2f} -> "
+              f"{cur['wall_s'] / k['wall_s']:.2f}, ratio_cpu {ref['cpu_s'] / k['cpu_s']:.2f} -> "
+              f"{cur['cpu_s'] / k['cpu_s']:.2f}; same metrics, accuracy and simulated time: "
+              f"{same}")
+
+
 def _header() -> None:
     """What ran where: the code's commit, the machine, its load; then how to read the lines."""
     import subprocess
@@ -276,6 +323,9 @@ def main() -> None:
     ap.add_argument("--ab-overlap", type=int, default=0, metavar="PAIRS",
                     help="then PAIRS times: a warm epoch without the overlap, one with it and a "
                          "Keras epoch, each pair's ratios printed (same conditions)")
+    ap.add_argument("--ab-paths", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch by the reference paths of the fifth "
+                         "session's changes, one by the current code, and a Keras epoch")
     ap.add_argument("--ab-evaluate", type=int, default=0, metavar="PAIRS",
                     help="then PAIRS times: a warm run of --ab-epochs epochs with every metrics "
                          "row evaluated on the event loop's thread, one with the rows evaluated "
@@ -311,7 +361,8 @@ def main() -> None:
     print(f"CPU seconds of the warm epoch: {warm['cpu_s']:.2f} = fused trainer on the loop's "
           f"thread {warm['train_cpu_s']:.2f} + trained ahead (the worker thread's own CPU) "
           f"{warm['ahead_thread_cpu_s']:.2f} + evaluation {warm['eval_cpu_s']:.2f} (beside "
-          f"the loop, the thread's own CPU: {warm['eval_beside_thread_cpu_s']:.2f}) + garbage "
+          f"the loop, the thread's own CPU: {warm['eval_beside_thread_cpu_s']:.2f}; its "
+          f"TensorFlow pool threads are in the rest) + garbage "
           f"collection {warm['gc_cpu_s']:.2f} ({warm['gc_runs']} collections) + the rest "
           f"(building, simulator, machines; TensorFlow's pool threads while training ahead) "
           f"{rest:.2f}")
@@ -347,6 +398,8 @@ def main() -> None:
               f"{on['wall_s'] / k['wall_s']:.2f}, ratio_cpu {off['cpu_s'] / k['cpu_s']:.2f} -> "
               f"{on['cpu_s'] / k['cpu_s']:.2f}; same accuracy and simulated time: {same}")
 
+    if a.ab_paths:
+        ab_paths(a.devices, a.group_size, a.seed, overlap, a.ab_paths)
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)

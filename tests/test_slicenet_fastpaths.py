@@ -163,7 +163,6 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     from crowdlearn.experiment import run
     from crowdlearn.protocols.crowdlearning import build, device, passjob
     from crowdlearn.protocols.crowdlearning.layout import Layout
-    from crowdlearn.protocols.validate import check_sparse
     from sim import wire
     from slicenet.fused import FusedTrainer
     from tests.conftest import small_config
@@ -188,14 +187,8 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     monkeypatch.setattr(sp.SlidingWindow, "prepare", lambda self, tick, min_count: None)
     monkeypatch.setattr(device, "rank_in_owner", searchsorted_rank)
     monkeypatch.setattr(build, "_COVERS", Forgetful())
-
-    def owns_all_by_search(self, owners, indices, *, trainable=False):
-        allowed = self.owned_flat(owners, trainable=trainable)
-        return check_sparse(indices, np.zeros(len(indices), np.float32), size=self.num_params,
-                            allowed=allowed) is None
-
     monkeypatch.setattr(Layout, "owns_all", owns_all_by_search)
-    monkeypatch.setattr(device.SliceDevice, "_share", _full_length_share)
+    monkeypatch.setattr(device.SliceDevice, "_share", full_length_share)
     monkeypatch.setattr(passjob.SlicePassJob, "collective",
                         property(lambda self: ("slice_pass",) + tuple(self.key)))
     monkeypatch.setattr(FusedTrainer, "concurrent_evaluate", False)
@@ -208,7 +201,16 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     assert fast.devices == ref.devices and fast.rounds == ref.rounds
 
 
-def _full_length_share(self, m):
+def owns_all_by_search(self, owners, indices, *, trainable=False):
+    """``Layout.owns_all`` as check_sparse's ``allowed`` search (the reference)."""
+    from crowdlearn.protocols.validate import check_sparse
+
+    allowed = self.owned_flat(owners, trainable=trainable)
+    return check_sparse(indices, np.zeros(len(indices), np.float32), size=self.num_params,
+                        allowed=allowed) is None
+
+
+def full_length_share(self, m):
     """A device's share as it was: Σ|gradient| and the values on full-length vectors, the
     top θ of ``acc[idx]`` (the reference of ``SliceDevice._share``)."""
     from crowdlearn.protocols.crowdlearning.messages import Upload
