@@ -10,14 +10,14 @@ import numpy as np
 
 from crowdlearn.errors import CrowdlearnError
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
-from slicenet.ownership import index_flat
+from slicenet.ownership import OwnedIndices, index_flat
 
 __all__ = ["DOMINATOR", "Layout", "description_for", "layout_from_plan", "whole_model_layout"]
 
 DOMINATOR = -1            # owner id of the dominator's parameters
 
 
-class Layout:
+class Layout(OwnedIndices):
     """Ownership of a dense model's parameters under a slice plan, and its traffic.
 
     ``owner[k]`` (one int array per entry of :func:`slicenet.execution.weight_specs`, same
@@ -106,68 +106,6 @@ class Layout:
             t[0, q + 1] += self.num_outputs
         np.fill_diagonal(t, 0)      # units an owner holds itself cost no traffic
         return t
-
-    def owned_flat(self, owners: Sequence[int], *, trainable: bool = False) -> np.ndarray:
-        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``); only
-        the trainable ones (what is shared, spec §5) if ``trainable``."""
-        key = (tuple(sorted(int(o) for o in owners)), bool(trainable))
-        got = self._owned.get(key)
-        if got is None:
-            mine = np.isin(self.flat_owner, np.asarray(key[0], np.int64))
-            got = np.flatnonzero(mine & self.flat_trainable if trainable else mine)
-            got.setflags(write=False)
-            self._owned[key] = got
-        return got
-
-    def position_in(self, owners: Sequence[int], owner: int) -> tuple[np.ndarray, np.ndarray]:
-        """Where ``owner``'s trainable entries sit in ``owned_flat(owners, trainable=True)``
-        (``owner`` one of ``owners``), and which of ``owner``'s entries (``owned_flat([owner])``)
-        they are: a device's share works on its owned entries only, not on full-length
-        vectors.  Made once per owner set.
-
-        Examples
-        --------
-        >>> lay = whole_model_layout(description_for([3], 2, 2))
-        >>> at, which = lay.position_in([DOMINATOR], DOMINATOR)
-        >>> bool((lay.owned_flat([DOMINATOR], trainable=True)[at]
-        ...       == lay.owned_flat([DOMINATOR])[which]).all())
-        True
-        """
-        key = (tuple(sorted(int(o) for o in owners)), int(owner), "position")
-        got = self._owned.get(key)
-        if got is None:
-            mine = self.owned_flat([owner])
-            at = np.searchsorted(self.owned_flat(owners, trainable=True),
-                                 self.owned_flat([owner], trainable=True))
-            which = np.flatnonzero(self.flat_trainable[mine])
-            at.setflags(write=False)
-            which.setflags(write=False)
-            got = self._owned[key] = (at, which)
-        return got
-
-    def owns_all(self, owners: Sequence[int], indices: np.ndarray, *,
-                 trainable: bool = False) -> bool:
-        """Whether every one of ``indices`` (in ``range(num_params)``, as
-        :func:`~crowdlearn.protocols.validate.check_sparse` has checked) is in
-        :meth:`owned_flat` of ``owners``: the same answer as its ``allowed`` check (a
-        ``searchsorted`` of the indices in the owned ones), by a lookup per index in a mask made
-        once per owner set (the upload and download checks of a 120-device epoch spent ≈ 0.1 s
-        in the search).
-
-        Examples
-        --------
-        >>> lay = whole_model_layout(description_for([3], 2, 2))
-        >>> lay.owns_all([DOMINATOR], np.array([0, 5])), lay.owns_all([0], np.array([1]))
-        (True, False)
-        """
-        key = (tuple(sorted(int(o) for o in owners)), bool(trainable), "mask")
-        mask = self._owned.get(key)
-        if mask is None:
-            mask = np.zeros(self.num_params, np.bool_)
-            mask[self.owned_flat(owners, trainable=trainable)] = True
-            mask.setflags(write=False)
-            self._owned[key] = mask
-        return bool(mask[np.asarray(indices)].all())
 
     def flops_share(self, owners: Sequence[int]) -> float:
         """Fraction of a training step's FLOPs done by ``owners`` [ours: ∝ parameters owned]."""
