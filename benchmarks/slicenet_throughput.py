@@ -252,13 +252,13 @@ def reference_paths():
     share on full-length vectors, a pass's collective key made at each ask.  (The metrics row
     on the loop's thread: ``simulated_epoch(..., concurrent_evaluate=False)``.)"""
     from crowdlearn.protocols.crowdlearning import device, passjob
-    from crowdlearn.protocols.crowdlearning.layout import Layout
+    from slicenet.ownership import OwnedIndices
     from tests.test_slicenet_fastpaths import full_length_share, owns_all_by_search
 
-    saved = [(Layout, "owns_all", Layout.__dict__["owns_all"]),
+    saved = [(OwnedIndices, "owns_all", OwnedIndices.__dict__["owns_all"]),
              (device.SliceDevice, "_share", device.SliceDevice.__dict__["_share"]),
              (passjob.SlicePassJob, "collective", passjob.SlicePassJob.__dict__["collective"])]
-    Layout.owns_all = owns_all_by_search
+    OwnedIndices.owns_all = owns_all_by_search
     device.SliceDevice._share = full_length_share
     passjob.SlicePassJob.collective = property(lambda self: ("slice_pass",) + tuple(self.key))
     try:
