@@ -35,6 +35,17 @@ waited for pass results (training them, or waiting for the worker).
 ``--ab-upload-check`` also times warm epochs alternately with the server's previous upload check
 (``np.unique`` for repeated indices) and the current one, to measure that change in one run.
 
+The metrics row is evaluated beside the event loop, on a thread of the monitor's
+(``sim.monitor``: same rows), and printed as ``… s wall beside it``; in a one-epoch run
+the row is the run's last event, so the loop waits for it at the end all the same.
+``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
+checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
+at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
+of ``tests/test_slicenet_fastpaths.py``; run from the repository's root) and by the current code.
+``--ab-evaluate PAIRS`` times warm runs of ``--ab-epochs`` epochs (3 by default) with every row
+evaluated on the event loop's thread and beside it, alternately, each beside as many Keras
+epochs: there an epoch's evaluation runs while the next epoch is simulated.
+
 Run::
 
     .venv/bin/python benchmarks/slicenet_throughput.py [--group-size 10] [--devices 120]
@@ -43,6 +54,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import time
@@ -50,7 +62,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True) -> dict:
+def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
+                    epochs: int = 1, concurrent_evaluate: bool = True) -> dict:
     import threading
 
     from crowdlearn.config import from_dict
@@ -58,7 +71,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     from crowdlearn.training.jobs import Executor
     from slicenet.fused import FusedTrainer
 
-    cfg = from_dict({"protocol": "crowdlearning", "rounds": 1, "seed": seed,
+    cfg = from_dict({"protocol": "crowdlearning", "rounds": epochs, "seed": seed,
                      "data": {"dataset": "fashion_mnist"},
                      "fleet": {"devices": devices, "cells": 12},
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
@@ -66,6 +79,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     ahead = [0.0, 0.0, 0]         # trained on the worker: wall, the thread's CPU, calls
     blocked = [0.0, 0.0]          # wall time of the event loop's thread in pass reads, close()
     collecting = [0.0, 0.0]       # garbage collection: process CPU seconds, collections
+    beside = [0.0, 0.0, 0]        # evaluated beside the loop: wall, the thread's CPU, calls
     orig, orig_eval, orig_read = FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind
     orig_close = Executor.close
     main = threading.current_thread()
@@ -103,6 +117,14 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                 blocked[0] += time.perf_counter() - t
 
     def timed_eval(self, *a, **kw):
+        if threading.current_thread() is not main:      # the monitor's evaluation thread
+            t, c = time.perf_counter(), time.thread_time()
+            try:
+                return orig_eval(self, *a, **kw)
+            finally:
+                beside[0] += time.perf_counter() - t
+                beside[1] += time.thread_time() - c
+                beside[2] += 1
         t, c, g = time.perf_counter(), time.process_time(), collecting[0]
         try:
             return orig_eval(self, *a, **kw)
@@ -120,6 +142,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
 
     FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = timed, timed_eval, timed_read
     Executor.close = timed_close
+    FusedTrainer.concurrent_evaluate = concurrent_evaluate
     gc.collect()          # no timed section pays for the garbage of the one before it
     gc.callbacks.append(on_gc)
     try:
@@ -134,8 +157,9 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = \
             orig, orig_eval, orig_read
         Executor.close = orig_close
+        FusedTrainer.concurrent_evaluate = True
     s = res.summary
-    samples = sum(len(p) for p in sim.parts)
+    samples = epochs * sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
     return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0] + ahead[0],
             "train_loop_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
@@ -143,10 +167,12 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             "blocked_s": blocked[0], "close_s": blocked[1],
             "overlap": dict(sim.executor.overlap_batches),
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
+            "eval_beside_s": beside[0], "eval_beside_thread_cpu_s": beside[1],
+            "eval_beside_calls": beside[2],
             "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
             "samples": samples,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
-            "completed": s["completed"]}
+            "completed": s["completed"], "metrics": res.metrics}
 
 
 def keras_epoch(seed: int, lr: float = 0.05, batch: int = 32) -> dict:
@@ -219,6 +245,48 @@ def ab_upload_check(devices: int, group_size: int, seed: int, pairs: int = 2) ->
               + ", ".join(f"{t:.1f}" for t in ts) + " s")
 
 
+@contextlib.contextmanager
+def reference_paths():
+    """The code the fifth session replaced, put back (the reference paths of
+    ``tests/test_slicenet_fastpaths.py``): owned-index checks by ``searchsorted``, a device's
+    share on full-length vectors, a pass's collective key made at each ask.  (The metrics row
+    on the loop's thread: ``simulated_epoch(..., concurrent_evaluate=False)``.)"""
+    from crowdlearn.protocols.crowdlearning import device, passjob
+    from slicenet.ownership import OwnedIndices
+    from tests.test_slicenet_fastpaths import full_length_share, owns_all_by_search
+
+    saved = [(OwnedIndices, "owns_all", OwnedIndices.__dict__["owns_all"]),
+             (device.SliceDevice, "_share", device.SliceDevice.__dict__["_share"]),
+             (passjob.SlicePassJob, "collective", passjob.SlicePassJob.__dict__["collective"])]
+    OwnedIndices.owns_all = owns_all_by_search
+    device.SliceDevice._share = full_length_share
+    passjob.SlicePassJob.collective = property(lambda self: ("slice_pass",) + tuple(self.key))
+    try:
+        yield
+    finally:
+        for cls, name, value in saved:
+            setattr(cls, name, value)
+
+
+def ab_paths(devices: int, group_size: int, seed: int, overlap: bool, pairs: int) -> None:
+    """``pairs`` times: a warm epoch by the reference paths, one by the current code, and a
+    Keras epoch (in one process, alternately: the same conditions)."""
+    for pair in range(pairs):
+        with reference_paths():
+            ref = simulated_epoch(devices, group_size, seed, overlap, 1, False)
+        cur = simulated_epoch(devices, group_size, seed, overlap)
+        k = keras_epoch(seed)
+        same = ref["metrics"] == cur["metrics"] and \
+            (ref["accuracy"], ref["sim_time_s"]) == (cur["accuracy"], cur["sim_time_s"])
+        print(f"A/B paths pair {pair + 1} (load {os.getloadavg()[0]:.2f}): reference paths "
+              f"{ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU, current "
+              f"{cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s, Keras {k['wall_s']:.2f} / "
+              f"{k['cpu_s']:.2f} s: ratio {ref['wall_s'] / k['wall_s']:.2f} -> "
+              f"{cur['wall_s'] / k['wall_s']:.2f}, ratio_cpu {ref['cpu_s'] / k['cpu_s']:.2f} -> "
+              f"{cur['cpu_s'] / k['cpu_s']:.2f}; same metrics, accuracy and simulated time: "
+              f"{same}")
+
+
 def _header() -> None:
     """What ran where: the code's commit, the machine, its load; then how to read the lines."""
     import subprocess
@@ -255,6 +323,15 @@ def main() -> None:
     ap.add_argument("--ab-overlap", type=int, default=0, metavar="PAIRS",
                     help="then PAIRS times: a warm epoch without the overlap, one with it and a "
                          "Keras epoch, each pair's ratios printed (same conditions)")
+    ap.add_argument("--ab-paths", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch by the reference paths of the fifth "
+                         "session's changes, one by the current code, and a Keras epoch")
+    ap.add_argument("--ab-evaluate", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm run of --ab-epochs epochs with every metrics "
+                         "row evaluated on the event loop's thread, one with the rows evaluated "
+                         "beside it (the default), and as many Keras epochs (same conditions)")
+    ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
+                    help="epochs of each --ab-evaluate run (default 3)")
     a = ap.parse_args()
     _header()
     overlap = not a.no_overlap
@@ -276,13 +353,16 @@ def main() -> None:
               f"blocked in reads {r['blocked_s']:.1f} s (at the end, waiting for the worker "
               f"{r['close_s']:.2f} s); batches run ahead: "
               f"{r['overlap']['used']} used, {r['overlap']['discarded']} discarded; "
-              f"evaluation {r['eval_s']:.1f} s wall")
+              f"evaluation {r['eval_s']:.1f} s wall on the loop's thread, "
+              f"{r['eval_beside_s']:.1f} s wall beside it in {r['eval_beside_calls']} calls")
     rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["ahead_thread_cpu_s"] \
-        - warm["eval_cpu_s"] - warm["gc_cpu_s"] \
+        - warm["eval_cpu_s"] - warm["eval_beside_thread_cpu_s"] - warm["gc_cpu_s"] \
         + warm["gc_in_tf_cpu_s"]      # (a collection inside the trainer is counted there)
     print(f"CPU seconds of the warm epoch: {warm['cpu_s']:.2f} = fused trainer on the loop's "
           f"thread {warm['train_cpu_s']:.2f} + trained ahead (the worker thread's own CPU) "
-          f"{warm['ahead_thread_cpu_s']:.2f} + evaluation {warm['eval_cpu_s']:.2f} + garbage "
+          f"{warm['ahead_thread_cpu_s']:.2f} + evaluation {warm['eval_cpu_s']:.2f} (beside "
+          f"the loop, the thread's own CPU: {warm['eval_beside_thread_cpu_s']:.2f}; its "
+          f"TensorFlow pool threads are in the rest) + garbage "
           f"collection {warm['gc_cpu_s']:.2f} ({warm['gc_runs']} collections) + the rest "
           f"(building, simulator, machines; TensorFlow's pool threads while training ahead) "
           f"{rest:.2f}")
@@ -317,6 +397,26 @@ def main() -> None:
               f"{k['cpu_s']:.2f} s: ratio {off['wall_s'] / k['wall_s']:.2f} -> "
               f"{on['wall_s'] / k['wall_s']:.2f}, ratio_cpu {off['cpu_s'] / k['cpu_s']:.2f} -> "
               f"{on['cpu_s'] / k['cpu_s']:.2f}; same accuracy and simulated time: {same}")
+
+    if a.ab_paths:
+        ab_paths(a.devices, a.group_size, a.seed, overlap, a.ab_paths)
+    for pair in range(a.ab_evaluate):
+        n = a.ab_epochs
+        on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)
+        beside = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, True)
+        ks = [keras_epoch(a.seed) for _ in range(n)]
+        kw, kc = sum(k["wall_s"] for k in ks), sum(k["cpu_s"] for k in ks)
+        same = on_loop["metrics"] == beside["metrics"] and \
+            (on_loop["accuracy"], on_loop["sim_time_s"]) == (beside["accuracy"],
+                                                             beside["sim_time_s"])
+        print(f"A/B evaluation pair {pair + 1} ({n} epochs, load {os.getloadavg()[0]:.2f}): "
+              f"rows evaluated on the loop {on_loop['wall_s']:.2f} s wall / "
+              f"{on_loop['cpu_s']:.2f} s CPU, beside it {beside['wall_s']:.2f} / "
+              f"{beside['cpu_s']:.2f} s ({beside['eval_beside_calls']} evaluations there, "
+              f"{beside['eval_beside_s']:.2f} s wall), {n} Keras epochs {kw:.2f} / {kc:.2f} s: "
+              f"ratio {on_loop['wall_s'] / kw:.2f} -> {beside['wall_s'] / kw:.2f}, ratio_cpu "
+              f"{on_loop['cpu_s'] / kc:.2f} -> {beside['cpu_s'] / kc:.2f}; same metrics rows, "
+              f"accuracy and simulated time: {same}")
 
 
 if __name__ == "__main__":

@@ -279,7 +279,10 @@ class Simulation:
             **(self.protocol.runners(self) if self.protocol.runners else {}),
         }, deferred_kinds=("train", *self.protocol.deferred_kinds), background_kinds=early)
         self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
-                               ledger_factory=PrivacyLedger, infrastructure=tuple(infra))
+                               ledger_factory=PrivacyLedger, infrastructure=tuple(infra),
+                               # a trainer whose evaluation may run beside the event loop
+                               evaluate_concurrently=bool(
+                                   getattr(self.trainer, "concurrent_evaluate", False)))
 
         av = cfg.availability
         if av.model == "sessions":
@@ -333,10 +336,12 @@ class Simulation:
             self.close()
 
     def close(self) -> None:
-        """Release what the run started: a batch the executor runs ahead (``jobs.Executor``)
-        and what the protocol's builder started (``ctx.extra["on_close"]``: SecAgg's agreement
+        """Release what the run started: a batch the executor runs ahead (``jobs.Executor``),
+        an evaluation the monitor runs beside the event loop, and what the protocol's builder
+        started (``ctx.extra["on_close"]``: SecAgg's agreement
         worker process); idempotent, and called by :meth:`run` whether it ends or fails."""
         self.executor.close()
+        self.monitor.close()
         for close in self.ctx.extra.get("on_close", ()):
             close()
 

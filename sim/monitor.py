@@ -16,11 +16,19 @@ Evaluation is delegated to ``evaluator(list_of_weight_lists) -> list[dict]`` so 
 free of TensorFlow.  ``global_model`` reports are evaluated at once; ``local_model`` reports of the
 standalone baseline are collected per round and evaluated together when every device has reported
 (or at :meth:`flush`), their metrics averaged.
+
+With ``evaluate_concurrently`` (an evaluator that may run beside the event loop: the fused
+trainer's), a row's evaluation runs on a worker thread while the simulation goes on, and the
+row (its other columns taken when the model was reported, as always) is written, and ``on_row``
+called, once the evaluation is done: at the next report that finds it done, at the next row, at
+:meth:`flush`, or when :attr:`rows` is read.  Same rows, in the same order, with the same
+values; the next epoch's events no longer wait for the evaluation.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
@@ -44,7 +52,8 @@ def _id_order(node: NodeId) -> tuple:
 class Monitor:
     def __init__(self, devices: Iterable[NodeId], *, evaluator: Evaluator | None = None,
                  server: NodeId = "server", on_row: Callable[[dict], None] | None = None,
-                 ledger_factory: Callable[..., Any] | None = None, infrastructure: tuple = ()):
+                 ledger_factory: Callable[..., Any] | None = None, infrastructure: tuple = (),
+                 evaluate_concurrently: bool = False):
         # ledger_factory(delta=δ) builds the run's ε ledger on the first privacy_charge report
         # (the composition root passes crowdlearn's PrivacyLedger: the runtime knows no privacy
         # accounting of its own)
@@ -55,7 +64,10 @@ class Monitor:
         self.on_row = on_row
         # a range stays a range: a fleet of millions need not list its ids
         self.devices = devices if isinstance(devices, range) else list(devices)
-        self.rows: list[dict] = []
+        self._rows: list[dict] = []
+        self.evaluate_concurrently = evaluate_concurrently
+        # rows whose evaluation runs on a worker, oldest first: (row so far, the rest, future)
+        self._evaluating: list[tuple[dict, dict, Future, ThreadPoolExecutor]] = []
         self.bytes_up = 0          # bytes sent by devices
         self.bytes_down = 0        # bytes received by devices
         self.bytes_total = 0       # every delivered message, once
@@ -124,6 +136,8 @@ class Monitor:
 
     # ------------------------------------------------------------ reports
     def on_report(self, node: NodeId, rep: Report, now: float) -> None:
+        if self._evaluating and self._evaluating[0][2].done():
+            self._write_evaluated(wait=False)
         self.reports[rep.name] += 1
         if rep.name == "round":
             info = dict(rep.value)
@@ -190,30 +204,71 @@ class Monitor:
         return max(eps) if eps else self.epsilon
 
     def flush(self, now: float) -> None:
-        """Evaluate standalone rounds that not every device finished."""
+        """Evaluate standalone rounds that not every device finished (and write every row
+        still being evaluated)."""
         for r in sorted(self._local):
             self._row(now, r, self._local.pop(r))
+        self._write_evaluated(wait=True)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The metrics rows so far (evaluations still running are waited for)."""
+        self._write_evaluated(wait=True)
+        return self._rows
 
     def _row(self, now: float, rnd: Any, models: list) -> None:
         row: dict[str, Any] = {"time_s": now, "round": rnd}
+        future = pool = None
         if self.evaluator is not None:
-            scores = self.evaluator(models)
-            for key in scores[0]:
-                row[key] = float(np.mean([s[key] for s in scores]))
+            if self.evaluate_concurrently and _plain(models):
+                # the models are arrays the run no longer changes (copied all the same: a
+                # machine could still hold them); evaluated on a thread of its own
+                models = [[np.array(w, copy=True) for w in m] for m in models]
+                pool = ThreadPoolExecutor(1, thread_name_prefix="crowdlearn-evaluate")
+                future = pool.submit(self.evaluator, models)
+                pool.shutdown(wait=False)        # the thread ends with this evaluation
+            else:
+                _add_scores(row, self.evaluator(models))
+        rest: dict[str, Any] = {}
         info = self._pending_round if self._pending_round and self._pending_round["round"] == rnd \
             else None
-        row["clients_selected"] = len(info["selected"]) if info else len(models)
-        row["clients_aggregated"] = len(info["aggregated"]) if info else len(models)
+        rest["clients_selected"] = len(info["selected"]) if info else len(models)
+        rest["clients_aggregated"] = len(info["aggregated"]) if info else len(models)
         eps = self.device_epsilon()
         if eps is not None:
             # a release whose ε is no guarantee (DSSGD's release = "paper") names its column so
-            row["epsilon_nominal" if self.nominal else "epsilon"] = eps
-        row.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down,
-                   bytes_total=self.bytes_total, messages=self.messages, flops=self.flops,
-                   compute_s=self.compute_s, energy_j=self.energy_j)
-        self.rows.append(row)
+            rest["epsilon_nominal" if self.nominal else "epsilon"] = eps
+        rest.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down,
+                    bytes_total=self.bytes_total, messages=self.messages, flops=self.flops,
+                    compute_s=self.compute_s, energy_j=self.energy_j)
+        if future is not None:
+            self._evaluating.append((row, rest, future, pool))
+            return
+        self._write_evaluated(wait=True)           # rows stay in order
+        row.update(rest)
+        self._write(row)
+
+    def close(self) -> None:
+        """Wait for the evaluations still running (a run that failed leaves no thread)."""
+        for _, _, future, pool in self._evaluating:
+            future.exception()
+            pool.shutdown(wait=True)
+
+    def _write(self, row: dict) -> None:
+        self._rows.append(row)
         if self.on_row is not None:
             self.on_row(row)
+
+    def _write_evaluated(self, *, wait: bool) -> None:
+        """Write the rows whose evaluation is done (all of them, waiting, if ``wait``), in
+        order; an evaluation that failed raises here."""
+        while self._evaluating and (wait or self._evaluating[0][2].done()):
+            row, rest, future, pool = self._evaluating.pop(0)
+            future.exception()
+            pool.shutdown(wait=True)                # its thread is gone
+            _add_scores(row, future.result())
+            row.update(rest)
+            self._write(row)
 
     # ------------------------------------------------------------ tables
     def device_rows(self, states: Mapping, sim_time: float) -> Sequence[dict]:
@@ -221,6 +276,19 @@ class Monitor:
         and the counters of the devices that did something."""
         snap = states.snapshot() if hasattr(states, "snapshot") else None
         return DeviceRows(self.devices, self.dev.copy(), states, snap, sim_time)
+
+
+def _add_scores(row: dict, scores: list[dict]) -> None:
+    """The models' scores, averaged, into ``row``."""
+    for key in scores[0]:
+        row[key] = float(np.mean([s[key] for s in scores]))
+
+
+def _plain(models: list) -> bool:
+    """Whether every model is a list of numpy arrays (what can be copied and evaluated
+    elsewhere; a deferred result is evaluated where it is read)."""
+    return all(isinstance(m, (list, tuple)) and all(isinstance(w, np.ndarray) for w in m)
+               for m in models)
 
 
 class DeviceCounters(Mapping):

@@ -118,6 +118,11 @@ class FusedTrainer:
     weight (zeros for moving statistics).
     """
 
+    #: :meth:`evaluate` may run on another thread while training calls run (TensorFlow's
+    #: functions are thread-safe; it reads nothing that training changes): the monitor
+    #: evaluates a metrics row beside the event loop (``sim.monitor``).
+    concurrent_evaluate = True
+
     def __init__(self, desc: ModelDescription, x: np.ndarray, y: np.ndarray):
         self.desc = desc
         self.specs = weight_specs(desc)

@@ -15,12 +15,12 @@ def _overlap_threads() -> list:
     return [t for t in threading.enumerate() if t.name.startswith("crowdlearn-overlap")]
 
 
-def _run(cfg, *, overlap: bool):
+def _run(cfg, *, overlap: bool = True, on_row=None):
     """A simulation with the overlap on or off; its results and every delivered message
     (source, destination, bytes, type, arrival time as a float's hex)."""
     from crowdlearn.experiment import Simulation
 
-    sim = Simulation(cfg)
+    sim = Simulation(cfg, on_row=on_row)
     if not overlap:
         sim.executor.overlap_kinds = frozenset()
     transfers = []
@@ -176,3 +176,43 @@ def test_a_chain_runs_ahead_reading_its_own_earlier_results():
     ex.close()
     assert not _overlap_threads()
     assert isinstance(ex.deferred(b), Deferred) and np.isfinite(ex.result(b)[0])
+
+
+def test_metrics_rows_evaluated_beside_the_event_loop_are_the_ones_evaluated_on_it(monkeypatch):
+    """With the fused trainer, a metrics row's evaluation runs on a worker thread while the
+    simulation goes on (``sim.monitor``): the same rows (values and column order), handed to
+    ``on_row`` in the same order, the same summary and messages as evaluating each row on the
+    event loop's thread; the evaluations did run on the worker, and no thread is left."""
+    from slicenet.fused import FusedTrainer
+    from tests.conftest import small_config
+
+    cfg = small_config(protocol="crowdlearning", rounds=4, **{
+        "fleet.devices": 12, "fleet.cells": 3, "model.hidden": [32, 16],
+        "slicenet.group_size": 4, "slicenet.lr": 0.1})
+    where: list = []
+    evaluate = FusedTrainer.evaluate
+
+    def recorded(self, *a, **kw):
+        where.append(threading.current_thread().name)
+        return evaluate(self, *a, **kw)
+
+    monkeypatch.setattr(FusedTrainer, "evaluate", recorded)
+
+    def run(concurrent: bool):
+        monkeypatch.setattr(FusedTrainer, "concurrent_evaluate", concurrent)
+        seen: list = []
+        sim, res, transfers = _run(cfg, on_row=lambda row: seen.append(list(row.items())))
+        assert sim.monitor.evaluate_concurrently is concurrent
+        return res, seen, transfers
+
+    beside, rows_beside, t_beside = run(True)
+    assert where and all(name.startswith("crowdlearn-evaluate") for name in where)
+    assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-evaluate")]
+    where.clear()
+    on_loop, rows_on_loop, t_on_loop = run(False)
+    assert where == [threading.main_thread().name] * len(where) and where
+    assert len(rows_beside) == 4 and rows_beside == rows_on_loop
+    assert [list(r.items()) for r in beside.metrics] == rows_beside
+    assert beside.summary == on_loop.summary and beside.summary["completed"]
+    assert beside.devices == on_loop.devices and beside.rounds == on_loop.rounds
+    assert t_beside == t_on_loop

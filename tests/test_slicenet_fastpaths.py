@@ -155,11 +155,16 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     """The whole of a small Crowdlearning run (3 epochs, relayed, 12 devices in groups of 4)
     with the epoch-speed paths and again with the reference code each replaced: the generic
     wire recursion for message sizes, one window query per download, a searchsorted per owner
-    for downloads, and every pass's cover counted out.  Same summary (accuracy, bytes,
-    simulated time, events, messages) and the same metrics rows, bit for bit."""
+    for downloads, every pass's cover counted out, the owned-index checks of uploads and
+    downloads by check_sparse's searchsorted (allowed=), a device's share on full-length
+    vectors, a pass's collective key made at each ask, and every metrics row evaluated on
+    the event loop's thread.  Same summary (accuracy, bytes, simulated time, events,
+    messages), the same metrics, device and round rows, bit for bit."""
     from crowdlearn.experiment import run
-    from crowdlearn.protocols.crowdlearning import build, device
+    from crowdlearn.protocols.crowdlearning import build, device, passjob
+    from crowdlearn.protocols.crowdlearning.layout import Layout
     from sim import wire
+    from slicenet.fused import FusedTrainer
     from tests.conftest import small_config
 
     cfg = small_config(protocol="crowdlearning", rounds=3, **{
@@ -182,13 +187,84 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     monkeypatch.setattr(sp.SlidingWindow, "prepare", lambda self, tick, min_count: None)
     monkeypatch.setattr(device, "rank_in_owner", searchsorted_rank)
     monkeypatch.setattr(build, "_COVERS", Forgetful())
+    monkeypatch.setattr(Layout, "owns_all", owns_all_by_search)
+    monkeypatch.setattr(device.SliceDevice, "_share", full_length_share)
+    monkeypatch.setattr(passjob.SlicePassJob, "collective",
+                        property(lambda self: ("slice_pass",) + tuple(self.key)))
+    monkeypatch.setattr(FusedTrainer, "concurrent_evaluate", False)
     ref = run(cfg)
     for res in (fast, ref):
         res.summary.pop("wall_time_s")
     assert fast.summary == ref.summary
     assert fast.summary["completed"] and fast.summary["bytes_total"] > 0
     assert fast.metrics == ref.metrics and len(fast.metrics) == 3
-    assert fast.devices == ref.devices
+    assert fast.devices == ref.devices and fast.rounds == ref.rounds
+
+
+def owns_all_by_search(self, owners, indices, *, trainable=False):
+    """``Layout.owns_all`` as check_sparse's ``allowed`` search (the reference)."""
+    from crowdlearn.protocols.validate import check_sparse
+
+    allowed = self.owned_flat(owners, trainable=trainable)
+    return check_sparse(indices, np.zeros(len(indices), np.float32), size=self.num_params,
+                        allowed=allowed) is None
+
+
+def full_length_share(self, m):
+    """A device's share as it was: Σ|gradient| and the values on full-length vectors, the
+    top θ of ``acc[idx]`` (the reference of ``SliceDevice._share``)."""
+    from crowdlearn.protocols.crowdlearning.messages import Upload
+    from crowdlearn.protocols.crowdlearning.passjob import as_array
+    from sim.machine import Send
+
+    self._commit()
+    lay = self.layout
+    idx = lay.owned_flat(m.owners, trainable=True)
+    k = int(round(self.params.theta * len(idx)))
+    acc = np.zeros(lay.num_params, np.float64)
+    seen = False
+    for o in m.owners:
+        own = self._acc_of(o)
+        if own is not None:
+            acc[lay.owned_flat([o], trainable=True)] = own
+            seen = True
+    self.acc = {}
+    top = idx[top_k(acc[idx], k)] if k and seen else idx[:0]
+    self.held = {o: as_array(v) for o, v in self.held.items()}
+    flat = self._flat(m.owners)
+    self.share_owners = {m.epoch: tuple(m.owners)}
+    return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32),
+                                     flat[top].astype(np.float32)))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-1, 3), min_size=1, max_size=40),
+       st.lists(st.integers(-1, 3), min_size=1, max_size=4),
+       st.lists(st.integers(0, 39), max_size=12), st.booleans())
+def test_owned_index_checks_by_mask_and_positions_equal_the_searches(owner_of, owners, idx,
+                                                                     trainable):
+    """``Layout.owns_all`` (a mask per owner set) answers as check_sparse's ``allowed``
+    search; ``Layout.position_in`` places each owner's trainable entries where they sit in the
+    owner set's, and picks them out of the owner's own entries."""
+    from crowdlearn.protocols.crowdlearning.layout import Layout
+    from crowdlearn.protocols.validate import check_sparse
+
+    lay = Layout.__new__(Layout)
+    lay.flat_owner = np.asarray(owner_of, np.int64)
+    lay.flat_trainable = np.arange(len(owner_of)) % 3 != 1
+    lay.num_params = len(owner_of)
+    lay._owned = {}
+    ind = np.unique(np.asarray(idx, np.int64) % len(owner_of))
+    allowed = lay.owned_flat(owners, trainable=trainable)
+    want = check_sparse(ind, np.zeros(len(ind), np.float32), size=len(owner_of),
+                        allowed=allowed) is None
+    assert lay.owns_all(owners, ind, trainable=trainable) is want
+    assert lay.owns_all(owners, ind, trainable=trainable) is want      # (the cached mask)
+    full = lay.owned_flat(owners, trainable=True)
+    for o in set(owners):
+        at, which = lay.position_in(owners, o)
+        assert full[at].tolist() == lay.owned_flat([o], trainable=True).tolist()
+        assert lay.owned_flat([o])[which].tolist() == lay.owned_flat([o], trainable=True).tolist()
 
 
 def test_a_finished_pass_is_freed_without_waiting_for_a_full_garbage_collection(monkeypatch):

@@ -88,10 +88,11 @@ class _Wave:
     """One batch run ahead of its read (``Executor``'s overlap): its handles in the order the
     read would run them, the worker's future, and its results once the future is done."""
 
-    __slots__ = ("batch", "future", "results")
+    __slots__ = ("batch", "count", "future", "results")
 
-    def __init__(self, batch: list, future: Future):
+    def __init__(self, batch: list, future: Future, count: int):
         self.batch, self.future = batch, future
+        self.count = count              # its collectives (Executor._wave_count), counted once
         self.results: list | None = None
 
 
@@ -432,7 +433,7 @@ class Executor:
         # as wide as the batch before it (every collective moved on), and no collective that
         # would join it still collecting its parts: at once; else after overlap_wait quiet
         # submissions (four times that while collectives that would join are collecting)
-        wide = self._wave_count(chain[-1].batch) if chain else self._widest.get(kind, 0)
+        wide = chain[-1].count if chain else self._widest.get(kind, 0)
         quiet = ticks - since
         if len(starting) > count:
             if quiet < 4 * self.overlap_wait:
@@ -451,13 +452,16 @@ class Executor:
         base = self._chain_base.setdefault(kind, 0)
         for h in batch:
             self._wave_of[h] = base + len(chain)
-        chain.append(_Wave(batch, fut))
+        chain.append(_Wave(batch, fut, count))
         self._next[kind] = None
 
     @staticmethod
     def _wave_count(batch: list) -> int:
-        return len({_collective(h.job) if _collective(h.job) is not None else id(h)
-                    for h in batch})
+        keys = set()
+        for h in batch:
+            key = _collective(h.job)
+            keys.add(id(h) if key is None else key)
+        return len(keys)
 
     def _maybe_start_early(self, kind: str) -> None:
         """Start the batch the first read of ``kind`` would run, on a worker thread, if every

@@ -362,32 +362,43 @@ class SliceDevice(Machine):
         lay = self.layout
         idx = lay.owned_flat(m.owners, trainable=True)
         k = int(round(self.params.theta * len(idx)))
-        # Σ |mean gradient| over the epoch's passes, per weight it owns (float64, pass order)
-        acc = np.zeros(lay.num_params, np.float64)
+        # Σ |mean gradient| over the epoch's passes, per weight it owns (float64, pass order),
+        # at its position in idx (what the full-length vector's acc[idx] was)
+        acc = np.zeros(len(idx), np.float64)
         seen = False
         for o in m.owners:
-            parts = self.acc.get(o, ())
-            if parts:
-                # summed on the owner's own entries (the same additions, from 0.0, in pass
-                # order, as acc[t] += part), then placed once
-                own = np.zeros(len(lay.owned_flat([o], trainable=True)), np.float64)
-                for part in parts:
-                    own += as_array(part)
-                acc[lay.owned_flat([o], trainable=True)] = own
+            own = self._acc_of(o)
+            if own is not None:
+                acc[lay.position_in(m.owners, o)[0]] = own
                 seen = True
         self.acc = {}
-        if k and seen:
-            top = idx[top_k(acc[idx], k)]
-        else:
-            top = idx[:0]
+        pos = top_k(acc, k) if k and seen else np.arange(0)
+        top = idx[pos]
         # the epoch is over: hold plain arrays, so that a deferred result does not keep every
         # pass of the run alive through the chain of jobs that produced it
         self.held = {o: as_array(v) for o, v in self.held.items()}
-        flat = self._flat(m.owners)
+        # the values at idx (those of owners it holds; zeros for the others), as _flat's [idx]
+        vals = np.zeros(len(idx), np.float32)
+        for o in m.owners:
+            if o in self.held:
+                at, which = lay.position_in(m.owners, o)
+                vals[at] = self.held[o][which]
         self.share_owners = {m.epoch: tuple(m.owners)}
         # the server answers the upload with this member's download
         return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32),
-                                         flat[top].astype(np.float32)))]
+                                         vals[pos].astype(np.float32)))]
+
+    def _acc_of(self, owner: int) -> np.ndarray | None:
+        """Σ |mean gradient| of ``owner``'s trainable entries over the epoch's passes
+        (float64), summed on the owner's own entries (the same additions, from 0.0, in pass
+        order, as ``acc[t] += part``); ``None`` if it trained none."""
+        parts = self.acc.get(owner, ())
+        if not parts:
+            return None
+        own = np.zeros(len(self.layout.owned_flat([owner], trainable=True)), np.float64)
+        for part in parts:
+            own += as_array(part)
+        return own
 
     def _flat(self, owners) -> np.ndarray:
         """A full-length vector with the values of ``owners`` (zeros elsewhere)."""
@@ -404,8 +415,9 @@ class SliceDevice(Machine):
         if owners is None:
             return [misbehaved(self.server, f"Download for epoch {m.epoch} not asked for")]
         lay = self.layout
-        bad = check_sparse(m.indices, m.values, size=lay.num_params,
-                           allowed=lay.owned_flat(owners, trainable=True))
+        bad = check_sparse(m.indices, m.values, size=lay.num_params)
+        if bad is None and not lay.owns_all(owners, m.indices, trainable=True):
+            bad = "index not owned by the sender"     # (check_sparse's allowed=, by a mask)
         out: list[Effect] = []
         if bad is not None:        # applied nothing; the epoch still closes
             out.append(misbehaved(self.server, f"Download: {bad}"))

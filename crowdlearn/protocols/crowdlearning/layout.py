@@ -10,14 +10,14 @@ import numpy as np
 
 from crowdlearn.errors import CrowdlearnError
 from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
-from slicenet.ownership import index_flat
+from slicenet.ownership import OwnedIndices, index_flat
 
 __all__ = ["DOMINATOR", "Layout", "description_for", "layout_from_plan", "whole_model_layout"]
 
 DOMINATOR = -1            # owner id of the dominator's parameters
 
 
-class Layout:
+class Layout(OwnedIndices):
     """Ownership of a dense model's parameters under a slice plan, and its traffic.
 
     ``owner[k]`` (one int array per entry of :func:`slicenet.execution.weight_specs`, same
@@ -106,18 +106,6 @@ class Layout:
             t[0, q + 1] += self.num_outputs
         np.fill_diagonal(t, 0)      # units an owner holds itself cost no traffic
         return t
-
-    def owned_flat(self, owners: Sequence[int], *, trainable: bool = False) -> np.ndarray:
-        """Flat parameter indices owned by any of ``owners`` (pieces or ``DOMINATOR``); only
-        the trainable ones (what is shared, spec §5) if ``trainable``."""
-        key = (tuple(sorted(int(o) for o in owners)), bool(trainable))
-        got = self._owned.get(key)
-        if got is None:
-            mine = np.isin(self.flat_owner, np.asarray(key[0], np.int64))
-            got = np.flatnonzero(mine & self.flat_trainable if trainable else mine)
-            got.setflags(write=False)
-            self._owned[key] = got
-        return got
 
     def flops_share(self, owners: Sequence[int]) -> float:
         """Fraction of a training step's FLOPs done by ``owners`` [ours: ∝ parameters owned]."""

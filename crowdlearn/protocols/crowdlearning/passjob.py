@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -79,8 +80,9 @@ class SlicePassJob:
     promise: PassPromise = field(default_factory=PassPromise)
     kind: str = field(default="slice_pass", init=False)
 
-    @property
+    @cached_property
     def collective(self) -> tuple:
+        # (made once: the executor asks for it per pending job at every submission)
         return ("slice_pass",) + tuple(self.key)
 
     @staticmethod

@@ -477,8 +477,10 @@ class SlicingServer(Machine):
         if g.phase != "share" or m.epoch != g.epoch or src not in g.awaiting:
             return []
         g.awaiting.discard(src)
-        owned = self.layout.owned_flat(self._owners(g, src), trainable=True)
-        bad = check_sparse(m.indices, m.values, size=self.layout.num_params, allowed=owned)
+        owners = self._owners(g, src)
+        bad = check_sparse(m.indices, m.values, size=self.layout.num_params)
+        if bad is None and not self.layout.owns_all(owners, m.indices, trainable=True):
+            bad = "index not owned by the sender"     # (check_sparse's allowed=, by a mask)
         if bad is not None:
             g.sharing.discard(src)
             return [misbehaved(src, f"Upload: {bad}", group=g.gid)] + \
