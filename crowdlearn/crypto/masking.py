@@ -310,9 +310,12 @@ class MaskBatch:
     is the cost model's, not this process's wall time).
 
     When a seed's second holder registers (both ends of a pair are in), the seed is expanded
-    and added to both; every other seed is expanded at the first read of any pending result
-    (:meth:`compute`), added to all its holders.  A seed held by more than two parties is
-    therefore expanded once per two holders, plus once for any holders left at the first read.
+    and added to both, with the other seeds completed by the same tile of :data:`_TILE`
+    registrations (:meth:`_flush`: ordered so that each earlier party's vector takes the tile's
+    adds in a row, while it is in cache); every other seed is expanded at the first read of
+    any pending result (:meth:`compute`), added to all its holders.  A seed held by more than
+    two parties is therefore expanded once per two holders, plus once for any holders left at
+    the first read.
 
     ``threads``: the vectors are cut into that many coordinate slices (on AES blocks), each
     owned by one worker thread that expands its part of the keystream (the CTR counter started
@@ -322,7 +325,8 @@ class MaskBatch:
     order of the adds (equal, bit for bit, to the single-threaded path: tested).  0 computes
     everything in the calling thread at the first read.  Worker threads live from the first
     expansion to the end of :meth:`compute`.  Memory: one word vector per pending party (what
-    the server holds once their uploads arrive anyway).
+    the server holds once their uploads arrive anyway), the rows of 16 MiB slabs
+    (:meth:`_row`).
 
     >>> batch = MaskBatch(3, 12)
     >>> a = batch.register(np.arange(3), [(b"p" * 32, +1), (b"a" * 32, +1)])
@@ -360,7 +364,8 @@ class MaskBatch:
     def register(self, base, terms, *, own=()) -> PendingMask:
         """Register a party's masked vector: ``base`` (None: zeros) plus ``Σ sign · PRG(seed)``
         over ``terms``.  ``own``: seeds of ``terms`` no other party of the batch holds (a
-        self-mask seed), expanded at once rather than at the first read."""
+        self-mask seed), expanded with this registration's tile rather than at the first
+        read."""
         if base is not None:
             base = np.asarray(base, np.uint64)
             if base.shape != (self.d,):
@@ -409,7 +414,8 @@ class MaskBatch:
         of a fresh 4 KiB-paged mapping each (≈ 107 page faults for 109,386 words, and the TLB
         misses of adds that sweep 100 such vectors).  A slab is freed when its last row is."""
         if self._slab is None or self._slab_next == len(self._slab):
-            rows = max(1, min(_SLAB_ROWS, -(-_SLAB_BYTES // max(1, self.d * self.dtype.itemsize))))
+            row_bytes = max(1, self.d * self.dtype.itemsize)
+            rows = max(1, min(_SLAB_ROWS, -(-_SLAB_BYTES // row_bytes)))
             self._slab, self._slab_next = np.zeros((rows, self.d), self.dtype), 0
         row = self._slab[self._slab_next]
         self._slab_next += 1
@@ -463,6 +469,6 @@ class MaskBatch:
                 self._add_slice(0, ready)
         self._slab = None                      # its rows live as long as their results
         mask = self.dtype.type((1 << self.bits) - 1)
-        for p in pending:                      # base was copied by astype: ours
+        for p in pending:                      # base is a row of our slab: ours
             p._value = np.bitwise_and(p.base, mask, out=p.base)
             p.base = p.terms = None
