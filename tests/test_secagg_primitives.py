@@ -191,6 +191,28 @@ def test_mask_batch_equals_each_party_accumulating_alone(d, bits, threads, reads
     assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-mask")]
 
 
+def test_a_tile_of_pairs_is_expanded_when_full_or_when_no_seed_waits():
+    """Completed pairs wait for the tile (4 registrations), or go at once when no registered
+    seed waits for another holder (the cohort's last registration); what is left, at the
+    first read."""
+    s = {k: bytes([i]) * 32 for i, k in enumerate(["01", "23", "09", "19", "29", "39", "x"])}
+    batch = masking.MaskBatch(5, 16, threads=0)
+    for i, pair in enumerate(["01", "01", "23", "23"]):
+        batch.register(None, [(s[pair], 1 if i % 2 == 0 else -1), (s[f"{i}9"], 1)])
+        assert batch.expansions == (0 if i < 3 else 2)        # the tile is full at the 4th
+    three = masking.MaskBatch(5, 16, threads=0)
+    a = three.register(None, [(s["01"], 1), (s["23"], 1)])
+    three.register(None, [(s["01"], -1), (s["09"], 1)])
+    assert three.expansions == 0                                  # 23 and 09 wait
+    three.register(None, [(s["23"], -1), (s["09"], -1)])
+    assert three.expansions == 3                                  # none waits: at once
+    three.register(None, [(s["x"], 1)])
+    assert three.expansions == 3
+    assert a.result().tolist() == masking.add_mod(masking.prg(s["01"], 5, 16),
+                                                  masking.prg(s["23"], 5, 16), 16).tolist()
+    assert three.expansions == 4                                  # x at the first read
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.binary(min_size=32, max_size=32), wrap=st.booleans(), d=st.integers(1, 200),
        bits=st.sampled_from([12, 32, 40, 62]), k=st.integers(1, 5))
