@@ -157,6 +157,7 @@ def phases(clients: int) -> None:
     wrap(ka, "keypair", "key generation")
     wrap(ka, "public_bytes", "key generation")
     wrap(ka.AgreementMemo, "agree", "agreement memo (bookkeeping)")
+    wrap(ka.AgreementMemo, "agree_many", "agreement memo (bookkeeping)")
     wrap(ka, "agree", "X25519 (exchange, key parse)")
     hkdf = ka.HKDF
 

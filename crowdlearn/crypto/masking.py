@@ -263,7 +263,7 @@ class PendingMask:
             raise ValueError(f"this mask holds {out.shape[0]} values; got {base.shape}")
         self._value, self.batch = None, _CONSUMED     # the result becomes the returned vector
         # in place: unsigned narrowing wraps mod the word, exact mod 2^bits
-        np.add(out, base, out=out, casting="unsafe")
+        np.add(out, base, out=out, dtype=out.dtype, casting="unsafe")
         if terms:
             stream = _Keystream(len(out), out.dtype)
             for seed, sign in terms:
