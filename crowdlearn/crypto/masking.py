@@ -208,6 +208,7 @@ class _Keystream:
         n = d * dtype.itemsize
         self._zeros = bytes(n)
         self._buf = bytearray(n + 15)       # update_into wants block-size slack
+        self._words = np.frombuffer(self._buf, dtype, count=d)    # what expand returns
 
     def expand(self, seed: bytes) -> np.ndarray:
         """Words ``offset …`` of PRG(seed), a view of the buffer (valid until the next call)."""
@@ -217,7 +218,7 @@ class _Keystream:
             ctr = (int.from_bytes(seed[16:], "big") + self._blocks) % (1 << 128)
             seed = seed[:16] + ctr.to_bytes(16, "big")
         _keystream_cipher(seed).update_into(self._zeros, self._buf)
-        return np.frombuffer(self._buf, self.dtype, count=self.d)
+        return self._words
 
 
 class _UsedUp:
@@ -234,11 +235,12 @@ _CONSUMED = _UsedUp()
 class PendingMask:
     """A masked vector registered with a :class:`MaskBatch`, computed when first read."""
 
-    __slots__ = ("batch", "base", "terms", "_value", "index")
+    __slots__ = ("batch", "base", "terms", "_value", "index", "parts")
 
     def __init__(self, batch: "MaskBatch", base: np.ndarray, terms: tuple, index: int = 0):
         self.batch, self.base, self.terms, self._value = batch, base, terms, None
         self.index = index               # its registration's rank in the batch
+        self.parts = [base[a:b] for a, b in batch._slices]     # its slice of each thread
 
     def result(self) -> np.ndarray:
         """``base + Σ sign · PRG(seed) mod 2^bits`` in machine words (uint32 when bits <= 32,
@@ -437,12 +439,11 @@ class MaskBatch:
             self._futures.append(ex.submit(self._add_slice, i, groups))
 
     def _add_slice(self, i: int, groups: list) -> None:
-        lo, hi = self._slices[i]
         stream = self._streams[i]
         for seed, holders in groups:
             words = stream.expand(seed)
             for p, sign in holders:
-                part = p.base[lo:hi]
+                part = p.parts[i]               # p.base[lo:hi] of the slice, made once
                 if sign > 0:
                     part += words
                 else:
@@ -472,4 +473,4 @@ class MaskBatch:
         mask = self.dtype.type((1 << self.bits) - 1)
         for p in pending:                      # base is a row of our slab: ours
             p._value = np.bitwise_and(p.base, mask, out=p.base)
-            p.base = p.terms = None
+            p.base = p.terms = p.parts = None
