@@ -17,7 +17,9 @@ each (``masking.MaskBatch``), and the round's training batch starts on a worker 
 as the key-sharing stage begins, so the clients' key-sharing cryptography runs while TensorFlow
 trains (``jobs.Executor`` early batches); each client registers its masks with the batch when it
 shares its keys (its input is added at the masked-input stage), so the keystreams run in that
-window too.  None of this changes a message or a result (tested).
+window too (a tile of four registrations' pairs at a time, ordered so that each vector takes
+its adds in a row while in cache, the vectors in huge-page slabs: "Fifth session").  None of
+this changes a message or a result (tested).
 The round's X25519 + HKDF agreements run in a worker process (``fedavg_family.agreement_process``:
 one per simulation, started with it, ended with its run), queued by each client when its key
 list arrives; its CPU is counted in the round's (an ended child's, ``os.times``).
@@ -155,6 +157,7 @@ def phases(clients: int) -> None:
     wrap(ka, "keypair", "key generation")
     wrap(ka, "public_bytes", "key generation")
     wrap(ka.AgreementMemo, "agree", "agreement memo (bookkeeping)")
+    wrap(ka.AgreementMemo, "agree_many", "agreement memo (bookkeeping)")
     wrap(ka, "agree", "X25519 (exchange, key parse)")
     hkdf = ka.HKDF
 

@@ -357,6 +357,43 @@ def test_the_agreement_process_changes_no_result_and_ends_with_the_run(fixed_cos
         os.waitpid(pid, os.WNOHANG)
 
 
+@pytest.mark.parametrize("mode", ["secagg", "secagg+"])
+def test_the_mask_and_memo_shortcuts_change_no_result(fixed_costs, monkeypatch, mode):
+    """The simulator's host-side shortcuts for the masks and the agreements (a tile of
+    registrations' pairs expanded together, the masked vectors in shared slabs, the input added
+    in place, a client's agreements in one memo call) against the same run without them (each
+    registration's pairs at once, one allocation per vector, the input added to a copy, one
+    memo call per peer): every summary figure (bytes per stage, the compute charged to
+    devices, simulated time, accuracy) and every metrics row equal, no mask thread left."""
+    import threading
+
+    from crowdlearn.crypto import keyagreement as ka
+    over = {"fedavg.secure_aggregation": mode, "rounds": 2, "fleet.devices": 8}
+    fast = _run(**over)
+    monkeypatch.setattr(masking, "_TILE", 1)
+    monkeypatch.setattr(masking, "_SLAB_BYTES", 1)
+    used = []
+
+    def plus_on_a_copy(self, base, terms=()):
+        used.append(1)
+        acc = masking.MaskAccumulator(len(base), self.batch.bits)
+        acc.add(self.result(), +1)
+        acc.add(base, +1)
+        for seed, sign in terms:
+            acc.add_prg(seed, sign)
+        return acc.result().astype(self.result().dtype)
+    monkeypatch.setattr(masking.PendingMask, "plus", plus_on_a_copy)
+    monkeypatch.setattr(ka.AgreementMemo, "agree_many",
+                        lambda self, key, peers, info: [self.agree(key, p, info) for p in peers])
+    slow = _run(**over)
+    assert used                                          # the reference path was taken
+    skip = {"wall_time_s", "real_time_s", "secagg_cost_model"}
+    assert {k: v for k, v in fast.summary.items() if k not in skip} == \
+        {k: v for k, v in slow.summary.items() if k not in skip}
+    assert fast.metrics == slow.metrics and fast.summary["secagg_rounds_ok"] == 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-mask")]
+
+
 def test_priced_simulation_equals_the_real_one_in_bytes_and_model(fixed_costs):
     real = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "fleet.devices": 8})
     priced = _run(rounds=2, **{"fedavg.secure_aggregation": "secagg+", "secagg.priced": True})

@@ -148,22 +148,29 @@ def test_prg_is_the_aes128_ctr_keystream_nist_vector():
 
 @settings(max_examples=40, deadline=None)
 @given(d=st.integers(0, 50), bits=st.integers(1, 62), threads=st.integers(0, 3),
-       reads=st.integers(0, 4), data=st.data())
-def test_mask_batch_equals_each_party_accumulating_alone(d, bits, threads, reads, data):
-    """Bit for bit, with any number of worker threads (coordinate slices) and with results read
-    between registrations (a read computes what is pending; later parties start afresh)."""
+       reads=st.integers(0, 7), tile=st.integers(1, 5), slab=st.sampled_from([1, 64, 1 << 24]),
+       data=st.data())
+def test_mask_batch_equals_each_party_accumulating_alone(d, bits, threads, reads, tile, slab,
+                                                         data):
+    """Bit for bit, with any number of worker threads (coordinate slices), with results read
+    between registrations (a read computes what is pending; later parties start afresh), any
+    tile of registrations whose pairs are expanded together (1: each registration's at once)
+    and vectors in slabs of any size (1 byte: one allocation each)."""
     seeds = [bytes([i]) * 32 for i in range(4)]
     parties = data.draw(st.lists(st.tuples(
         st.lists(st.integers(0, 2**62), min_size=d, max_size=d),
         st.lists(st.tuples(st.sampled_from(seeds), st.sampled_from([1, -1])), max_size=5)),
-        min_size=1, max_size=4))
-    batch = masking.MaskBatch(d, bits, threads=threads)
-    pending = []
-    for i, (base, terms) in enumerate(parties):
-        pending.append(batch.register(np.array(base, np.uint64) & np.uint64((1 << bits) - 1),
-                                      terms))
-        if i + 1 == reads:
-            pending[0].result()
+        min_size=1, max_size=7))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(masking, "_TILE", tile)
+        mp.setattr(masking, "_SLAB_BYTES", slab)
+        batch = masking.MaskBatch(d, bits, threads=threads)
+        pending = []
+        for i, (base, terms) in enumerate(parties):
+            pending.append(batch.register(np.array(base, np.uint64)
+                                          & np.uint64((1 << bits) - 1), terms))
+            if i + 1 == reads:
+                pending[0].result()
     for p, (base, terms) in zip(pending, parties):
         acc = masking.MaskAccumulator(d, bits)
         acc.add(np.array(base, np.uint64), +1)
@@ -182,6 +189,28 @@ def test_mask_batch_equals_each_party_accumulating_alone(d, bits, threads, reads
         want += sum(-(-k // 2) for k in count.values())
     assert batch.expansions == want
     assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-mask")]
+
+
+def test_a_tile_of_pairs_is_expanded_when_full_or_when_no_seed_waits():
+    """Completed pairs wait for the tile (4 registrations), or go at once when no registered
+    seed waits for another holder (the cohort's last registration); what is left, at the
+    first read."""
+    s = {k: bytes([i]) * 32 for i, k in enumerate(["01", "23", "09", "19", "29", "39", "x"])}
+    batch = masking.MaskBatch(5, 16, threads=0)
+    for i, pair in enumerate(["01", "01", "23", "23"]):
+        batch.register(None, [(s[pair], 1 if i % 2 == 0 else -1), (s[f"{i}9"], 1)])
+        assert batch.expansions == (0 if i < 3 else 2)        # the tile is full at the 4th
+    three = masking.MaskBatch(5, 16, threads=0)
+    a = three.register(None, [(s["01"], 1), (s["23"], 1)])
+    three.register(None, [(s["01"], -1), (s["09"], 1)])
+    assert three.expansions == 0                                  # 23 and 09 wait
+    three.register(None, [(s["23"], -1), (s["09"], -1)])
+    assert three.expansions == 3                                  # none waits: at once
+    three.register(None, [(s["x"], 1)])
+    assert three.expansions == 3
+    assert a.result().tolist() == masking.add_mod(masking.prg(s["01"], 5, 16),
+                                                  masking.prg(s["23"], 5, 16), 16).tolist()
+    assert three.expansions == 4                                  # x at the first read
 
 
 @settings(max_examples=30, deadline=None)
@@ -259,6 +288,33 @@ def test_agreement_process_returns_agrees_bytes_and_ends_with_its_owner():
         pool.close()
 
 
+@settings(max_examples=15, deadline=None)
+@given(raws=st.lists(st.binary(min_size=32, max_size=32), min_size=2, max_size=6, unique=True),
+       data=st.data(), with_process=st.booleans())
+def test_agree_many_is_agree_for_each_peer_in_turn(raws, data, with_process):
+    """A client's agreements with its peers in one memo call (the share keys, the mask seeds)
+    equal :func:`agree` for each, in any order of callers, with repeated peers, its own key
+    among them, and the pairs computed ahead on a worker process or not; the memo derives each
+    pair once either way."""
+    keys = [ka.keypair(r) for r in raws]
+    pubs = [ka.public_bytes(k) for k in keys]
+    calls = data.draw(st.lists(st.tuples(st.sampled_from(range(len(keys))),
+                                         st.lists(st.sampled_from(range(len(keys))),
+                                                  max_size=6)), min_size=1, max_size=6))
+    process = AgreementProcess() if with_process else None
+    try:
+        memo, apart = ka.AgreementMemo(process=process), ka.AgreementMemo()
+        for i, peers in calls:
+            memo.expect(keys[i], pubs[i], [pubs[j] for j in peers], b"r0")
+            got = memo.agree_many(keys[i], [pubs[j] for j in peers], b"r0")
+            assert got == [ka.agree(keys[i], pubs[j], b"r0") for j in peers]
+            assert got == [apart.agree(keys[i], pubs[j], b"r0") for j in peers]
+        assert (memo.exchanges, memo.hits) == (apart.exchanges, apart.hits)
+    finally:
+        if process is not None:
+            process.close()
+
+
 @settings(max_examples=10, deadline=None)
 @given(a=st.binary(min_size=32, max_size=32), b=st.binary(min_size=32, max_size=32),
        c=st.binary(min_size=32, max_size=32))
@@ -324,6 +380,8 @@ def test_masks_registered_before_the_input_then_plus_equal_accumulating_alone(d,
                 acc.add_prg(seed, sign)
         assert got.dtype == (np.uint32 if bits <= 32 else np.uint64)
         assert np.array_equal(got.astype(np.uint64), acc.result())
+        with pytest.raises(RuntimeError, match="used up"):     # plus() handed its vector out
+            pending.result()
     with pytest.raises(ValueError, match="holds 7 values"):
         masking.MaskBatch(7, 12, threads=0).register(None, []).plus(np.zeros(3))
     assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-mask")]

@@ -211,8 +211,10 @@ def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, 
                                                                            data):
     """The simulator's shortcut (pairwise keys and mask keystreams derived once for both ends,
     the keystreams expanded on worker threads or not, the agreements computed ahead in a worker
-    process or not) changes no byte any machine sends and not the unmasked sum, with drop-outs
-    at every stage."""
+    process or not, a client's agreements in one memo call, the pairs of a tile of
+    registrations expanded together or each registration's at once, the masked vectors in
+    shared slabs or allocated one by one) changes no byte any machine sends and not the
+    unmasked sum, with drop-outs at every stage."""
     rng = np.random.default_rng(seed)
     xs = {u: rng.normal(0, 0.5, d) for u in range(n)}
     p = SecAggParams(mode=mode, threshold=2, neighbours=2 if mode == "secagg+" else 0,
@@ -221,10 +223,16 @@ def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, 
     drop = {s: set(data.draw(st.lists(st.sampled_from(range(n)), max_size=1))) for s in STAGES}
     threads = data.draw(st.integers(1, 3))
     with_process = SharedCrypto(threads=threads, process=AgreementProcess())
+    tile, slab = data.draw(st.integers(1, 5)), data.draw(st.sampled_from([1, 64, 1 << 24]))
     try:
         runs = [run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop, shared=sh)
                 for sh in (False, SharedCrypto(threads=0), SharedCrypto(threads=threads),
                            with_process)]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(masking, "_TILE", tile)
+            mp.setattr(masking, "_SLAB_BYTES", slab)
+            runs.append(run_round(xs, p, rng=np.random.default_rng(seed + 1), drop=drop,
+                                  shared=SharedCrypto(threads=threads)))
     finally:
         with_process.close()
     assert with_process.process.frames > 0        # the agreements went through the process

@@ -162,6 +162,36 @@ class AgreementMemo:
         if hit is not None and not isinstance(hit, _Ticket):
             self.hits += 1
             return hit
+        return self._derive(key, own, peer_public, pair, memo, hit, info)
+
+    def agree_many(self, key: X25519PrivateKey, peers, info: bytes) -> list[bytes]:
+        """``[self.agree(key, p, info) for p in peers]``, the caller's public key and the
+        ``info``'s entries looked up once (a SecAgg client agrees with each of its peers in a
+        row: 19,800 look-ups in a round of 100).
+
+        >>> memo = AgreementMemo()
+        >>> a, b, c = (keypair(bytes([i]) * 32) for i in (1, 2, 3))
+        >>> peers = [public_bytes(b), public_bytes(c)]
+        >>> memo.agree_many(a, peers, b"x") == [agree(a, p, b"x") for p in peers]
+        True
+        """
+        own = self._own_public(key)
+        memo = self._info_memo(info)
+        out = []
+        for peer_public in peers:
+            pair = (own, peer_public) if own <= peer_public else (peer_public, own)
+            hit = memo.pop(pair, None)
+            if hit is not None and not isinstance(hit, _Ticket):
+                self.hits += 1
+                out.append(hit)
+            else:
+                out.append(self._derive(key, own, peer_public, pair, memo, hit, info))
+        return out
+
+    def _derive(self, key, own: bytes, peer_public: bytes, pair: tuple, memo: dict, hit,
+                info: bytes) -> bytes:
+        """A pair not derived yet: the process's answer to its ticket ``hit`` (if any), else
+        computed here; kept for the other end."""
         derived = self.process.result(hit.fid, hit.i) if hit is not None else None
         if derived is None:
             # each public key is parsed once, not once per peer that agrees with it

@@ -208,6 +208,7 @@ class _Keystream:
         n = d * dtype.itemsize
         self._zeros = bytes(n)
         self._buf = bytearray(n + 15)       # update_into wants block-size slack
+        self._words = np.frombuffer(self._buf, dtype, count=d)    # what expand returns
 
     def expand(self, seed: bytes) -> np.ndarray:
         """Words ``offset …`` of PRG(seed), a view of the buffer (valid until the next call)."""
@@ -217,16 +218,29 @@ class _Keystream:
             ctr = (int.from_bytes(seed[16:], "big") + self._blocks) % (1 << 128)
             seed = seed[:16] + ctr.to_bytes(16, "big")
         _keystream_cipher(seed).update_into(self._zeros, self._buf)
-        return np.frombuffer(self._buf, self.dtype, count=self.d)
+        return self._words
+
+
+class _UsedUp:
+    """The batch of a :class:`PendingMask` whose result :meth:`PendingMask.plus` handed out."""
+
+    def compute(self):
+        raise RuntimeError("this pending mask was used up by plus(): read the vector it "
+                           "returned")
+
+
+_CONSUMED = _UsedUp()
 
 
 class PendingMask:
     """A masked vector registered with a :class:`MaskBatch`, computed when first read."""
 
-    __slots__ = ("batch", "base", "terms", "_value")
+    __slots__ = ("batch", "base", "terms", "_value", "index", "parts")
 
-    def __init__(self, batch: "MaskBatch", base: np.ndarray, terms: tuple):
+    def __init__(self, batch: "MaskBatch", base: np.ndarray, terms: tuple, index: int = 0):
         self.batch, self.base, self.terms, self._value = batch, base, terms, None
+        self.index = index               # its registration's rank in the batch
+        self.parts = [base[a:b] for a, b in batch._slices]     # its slice of each thread
 
     def result(self) -> np.ndarray:
         """``base + Σ sign · PRG(seed) mod 2^bits`` in machine words (uint32 when bits <= 32,
@@ -237,27 +251,37 @@ class PendingMask:
 
     def plus(self, base, terms=()) -> np.ndarray:
         """``base + result() + Σ sign · PRG(seed) mod 2^bits`` for more ``(seed, sign)`` terms
-        (expanded here, in the calling thread), a new vector in machine words.
+        (expanded here, in the calling thread), in machine words: computed in place in this
+        mask's result, which it then is (the pending mask is used up: reading it again raises).
 
         A party may register its masks before it knows its input (``base`` zeros), then add
         its input and any correction terms (a term registered that it must not keep: the same
         seed with the opposite sign) once it does; equal to accumulating everything at once
         (tested).
         """
-        words = self.result()
-        out = np.asarray(base, np.uint64).astype(words.dtype)   # a copy; exact mod 2^bits
-        if out.shape != words.shape:
-            raise ValueError(f"this mask holds {words.shape[0]} values; got {out.shape}")
-        out += words
+        out, bits = self.result(), self.batch.bits
+        base = np.asarray(base, np.uint64)
+        if base.shape != out.shape:
+            raise ValueError(f"this mask holds {out.shape[0]} values; got {base.shape}")
+        self._value, self.batch = None, _CONSUMED     # the result becomes the returned vector
+        # in place: unsigned narrowing wraps mod the word, exact mod 2^bits
+        np.add(out, base, out=out, dtype=out.dtype, casting="unsafe")
         if terms:
-            stream = _Keystream(len(out), words.dtype)
+            stream = _Keystream(len(out), out.dtype)
             for seed, sign in terms:
                 w = stream.expand(seed)
                 if sign > 0:
                     out += w
                 else:
                     out -= w
-        return np.bitwise_and(out, words.dtype.type((1 << self.batch.bits) - 1), out=out)
+        return np.bitwise_and(out, out.dtype.type((1 << bits) - 1), out=out)
+
+
+#: registrations whose completed pairs are expanded together (:meth:`MaskBatch._flush`)
+_TILE = 4
+
+#: a slab of masked vectors (:meth:`MaskBatch._row`): 16 MiB, at most 256 rows
+_SLAB_BYTES, _SLAB_ROWS = 1 << 24, 256
 
 
 def default_threads() -> int:
@@ -288,9 +312,12 @@ class MaskBatch:
     is the cost model's, not this process's wall time).
 
     When a seed's second holder registers (both ends of a pair are in), the seed is expanded
-    and added to both; every other seed is expanded at the first read of any pending result
-    (:meth:`compute`), added to all its holders.  A seed held by more than two parties is
-    therefore expanded once per two holders, plus once for any holders left at the first read.
+    and added to both, with the other seeds completed by the same tile of :data:`_TILE`
+    registrations (:meth:`_flush`: ordered so that each earlier party's vector takes the tile's
+    adds in a row, while it is in cache); every other seed is expanded at the first read of
+    any pending result (:meth:`compute`), added to all its holders.  A seed held by more than
+    two parties is therefore expanded once per two holders, plus once for any holders left at
+    the first read.
 
     ``threads``: the vectors are cut into that many coordinate slices (on AES blocks), each
     owned by one worker thread that expands its part of the keystream (the CTR counter started
@@ -300,7 +327,8 @@ class MaskBatch:
     order of the adds (equal, bit for bit, to the single-threaded path: tested).  0 computes
     everything in the calling thread at the first read.  Worker threads live from the first
     expansion to the end of :meth:`compute`.  Memory: one word vector per pending party (what
-    the server holds once their uploads arrive anyway).
+    the server holds once their uploads arrive anyway), the rows of 16 MiB slabs
+    (:meth:`_row`).
 
     >>> batch = MaskBatch(3, 12)
     >>> a = batch.register(np.arange(3), [(b"p" * 32, +1), (b"a" * 32, +1)])
@@ -328,26 +356,33 @@ class MaskBatch:
         self._streams: list[_Keystream] | None = None
         self._workers: list[ThreadPoolExecutor] | None = None
         self._futures: list = []
+        self._tile: list = []                  # (seed, holders) completed, not yet sent
+        self._tile_parties = 0                 # registrations since the last _flush
+        self._registered = 0
+        self._slab: np.ndarray | None = None   # rows handed out by _row
+        self._slab_next = 0
         self.expansions = 0              # keystreams expanded so far (for tests and benchmarks)
 
     def register(self, base, terms, *, own=()) -> PendingMask:
         """Register a party's masked vector: ``base`` (None: zeros) plus ``Σ sign · PRG(seed)``
         over ``terms``.  ``own``: seeds of ``terms`` no other party of the batch holds (a
-        self-mask seed), expanded at once rather than at the first read."""
-        if base is None:
-            words = np.zeros(self.d, self.dtype)
-        else:
+        self-mask seed), expanded with this registration's tile rather than at the first
+        read."""
+        if base is not None:
             base = np.asarray(base, np.uint64)
             if base.shape != (self.d,):
                 raise ValueError(f"this batch holds vectors of {self.d} values; got "
                                  f"{base.shape}")
-            words = base.astype(self.dtype)          # a copy: the accumulator
+        words = self._row()                          # zeros: the accumulator
+        if base is not None:      # unsigned narrowing wraps mod the word: exact mod 2^bits
+            np.copyto(words, base, casting="unsafe")
         terms = tuple((bytes(s), 1 if sign > 0 else -1) for s, sign in terms)
         for s, _ in terms:
             if len(s) != 32:
                 raise ValueError(f"PRG seed must be 32 bytes; got {len(s)}")
         own = {bytes(s) for s in own}
-        p = PendingMask(self, words, terms)
+        p = PendingMask(self, words, terms, self._registered)
+        self._registered += 1
         self._pending.append(p)
         ready = []
         for s, sign in terms:
@@ -358,9 +393,36 @@ class MaskBatch:
             holders.append((p, sign))
             if len(holders) == 2:                # both ends of a pair are in
                 ready.append((s, self._held.pop(s)))
-        if ready:
-            self._expand(ready)
+        self._tile.extend(ready)
+        self._tile_parties += 1
+        if self._tile_parties >= _TILE or not self._held:
+            self._flush()      # a full tile, or no seed waits for its other holder (the last)
         return p
+
+    def _flush(self) -> None:
+        """Expand the seeds completed by the last :data:`_TILE` registrations (fewer when no
+        registered seed waits for another holder: the cohort's last registration), ordered by
+        their earlier holder: a holder's vector is then added to for each of the tile's
+        parties in a row, while it is in cache, instead of once per registration (the adds
+        of a 100-party round: 0.14 → 0.10 s of CPU here).  The order of the adds does not
+        change a result (mod 2^32 or 2^64; tested)."""
+        groups, self._tile, self._tile_parties = self._tile, [], 0
+        if groups:
+            groups.sort(key=lambda g: g[1][0][0].index)
+            self._expand(groups)
+
+    def _row(self) -> np.ndarray:
+        """A zeroed vector of ``d`` words, a row of a slab of several (:data:`_SLAB_BYTES`):
+        one allocation for many parties, which numpy backs with huge pages from 4 MiB, instead
+        of a fresh 4 KiB-paged mapping each (≈ 107 page faults for 109,386 words, and the TLB
+        misses of adds that sweep 100 such vectors).  A slab is freed when its last row is."""
+        if self._slab is None or self._slab_next == len(self._slab):
+            row_bytes = max(1, self.d * self.dtype.itemsize)
+            rows = max(1, min(_SLAB_ROWS, -(-_SLAB_BYTES // row_bytes)))
+            self._slab, self._slab_next = np.zeros((rows, self.d), self.dtype), 0
+        row = self._slab[self._slab_next]
+        self._slab_next += 1
+        return row
 
     def _expand(self, groups: list) -> None:
         """Add ``sign · PRG(seed)`` to each holder of each ``(seed, holders)`` group."""
@@ -377,12 +439,11 @@ class MaskBatch:
             self._futures.append(ex.submit(self._add_slice, i, groups))
 
     def _add_slice(self, i: int, groups: list) -> None:
-        lo, hi = self._slices[i]
         stream = self._streams[i]
         for seed, holders in groups:
             words = stream.expand(seed)
             for p, sign in holders:
-                part = p.base[lo:hi]
+                part = p.parts[i]               # p.base[lo:hi] of the slice, made once
                 if sign > 0:
                     part += words
                 else:
@@ -390,6 +451,7 @@ class MaskBatch:
 
     def compute(self) -> None:
         """Compute every pending result (the seeds not yet expanded first)."""
+        self._flush()
         pending, self._pending = self._pending, []
         rest, self._held = list(self._held.items()), {}
         if rest:
@@ -407,7 +469,8 @@ class MaskBatch:
             ready, self._ready = self._ready, []
             if ready:
                 self._add_slice(0, ready)
+        self._slab = None                      # its rows live as long as their results
         mask = self.dtype.type((1 << self.bits) - 1)
-        for p in pending:                      # base was copied by astype: ours
+        for p in pending:                      # base is a row of our slab: ours
             p._value = np.bitwise_and(p.base, mask, out=p.base)
-            p.base = p.terms = None
+            p.base = p.terms = p.parts = None

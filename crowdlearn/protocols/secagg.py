@@ -454,6 +454,23 @@ class SecAggClient(FedAvgClient):
                 self._agree(self.keys[0], self.peers[v][0], self._round_infos()[0]))
         return got
 
+    def _agree_with(self, j: int, vs) -> None:
+        """Agree key ``j`` (0: the share keys, 1: the mask seeds) with each of ``vs`` not
+        agreed with yet this round, in one call of the shared memo (the same keys as
+        :meth:`_share_key` and :meth:`_mask_seed` one peer at a time)."""
+        cache = self._ckeys if j == 0 else self._mkeys
+        todo = [v for v in vs if v not in cache]
+        if not todo:
+            return
+        info = self._round_infos()[j]
+        pubs = [self.peers[v][j] for v in todo]
+        if self.shared is not None:
+            got = self.shared.memo.agree_many(self.keys[j], pubs, info)
+        else:
+            got = [ka.agree(self.keys[j], pk, info) for pk in pubs]
+        for v, k in zip(todo, got, strict=True):
+            cache[v] = ka.AESGCM(k) if j == 0 else k
+
     def _mask_seed(self, v) -> bytes:
         """The pairwise mask seed ``s_uv`` agreed with ``v`` this round (agreed once)."""
         got = self._mkeys.get(v)
@@ -512,6 +529,8 @@ class SecAggClient(FedAvgClient):
             # simulation the pairwise keys are agreed ahead in a worker process, so by now
             # they are there, and the round's training started with the job
             boxes = []
+            if not self.sa.priced:
+                self._agree_with(0, dsts)
             for j, v in enumerate(recipients):
                 if v == me:
                     continue
@@ -525,8 +544,7 @@ class SecAggClient(FedAvgClient):
                 # a worker thread (the executor's early batch); the device is charged for them
                 # at the masked-input stage, for the peers whose shares arrived, as Bonawitz et
                 # al. order it
-                for v in self.peers:
-                    self._mask_seed(v)
+                self._agree_with(1, self.peers)
                 self._register_early_mask()
             return ShareKeys(self.rnd, dsts, tuple(boxes))
         ops = {"agree": len(dsts), "field_muls": 2 * len(recipients) * max(t - 1, 0),
