@@ -414,3 +414,29 @@ def rerun_drift(rows: Sequence[dict]) -> str:
         return "No same-seed rerun is recorded in the data file."
     return ("The same seed run again in another process (`--rerun-check`): " + "; ".join(parts)
             + ".")
+
+
+# ---------------------------------------------------------------- a measured value against its expectation
+def one_sample(values: Sequence[float], expected: float) -> dict:
+    """``values − expected`` over seeds as a :func:`paired` result (a one-sample t-test: the
+    expectation is the same on every seed).
+
+    >>> d = one_sample([0.049, 0.051, 0.050, 0.052], 0.05)
+    >>> round(d["mean"], 4), d["n"], target_check(d)
+    (0.0005, 4, 'inside')
+    """
+    xs = _finite(values)
+    return paired(xs, [float(expected)] * len(xs))
+
+
+def target_check(d: dict) -> str:
+    """Whether the expectation lies in the 95 % interval of a :func:`one_sample` result:
+    ``inside``, ``outside (above)`` (the values lie above it) or ``outside (below)``; ``—``
+    with fewer than two values."""
+    if d["n"] < 2 or not (math.isfinite(d["lo"]) and math.isfinite(d["hi"])):
+        return "—"
+    if d["lo"] > 0:
+        return "outside (above)"
+    if d["hi"] < 0:
+        return "outside (below)"
+    return "inside"

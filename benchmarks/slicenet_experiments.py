@@ -17,8 +17,11 @@ on 120 devices holding 500 Fashion-MNIST samples each, mini-batch 32, learning r
 
 Per-seed rows (final and per-epoch test error, simulated time, bytes, the CPU seconds each run
 took in this process, the network: ``model``, empty or absent in rows written before the CNN
-table, which are all ``paper-mlp``'s) are merged into ``docs/experiments/data/slicenet.csv``
-(``--merge-rows OTHER.csv`` merges another file's rows, of either format); ``--write-docs``
+table, which are all ``paper-mlp``'s; and how a run was made when this process made it: the
+command line, niceness, process id, start and end time and the load average at its end, from
+which the pages of longer runs say how they were made) are merged into
+``docs/experiments/data/slicenet.csv`` (``--merge-rows OTHER.csv`` merges another file's rows,
+of either format); ``--write-docs``
 renders ``docs/experiments/slicenet.md`` from that file alone (cells: mean ± 95 % t half-width
 over seeds; orderings: paired differences over seeds, :mod:`results_doc`).
 
@@ -63,7 +66,10 @@ DOC = ROOT / "docs" / "experiments" / "slicenet.md"
 DATA = ROOT / "docs" / "experiments" / "data" / "slicenet.csv"
 FIELDS = ("table", "label", "protocol", "group_size", "theta", "tau", "omega", "epochs", "seed",
           "error_pct", "best_error_pct", "error_by_epoch", "sim_time_s", "bytes_total",
-          "cpu_s", "run", "model")
+          "cpu_s", "run", "model", "argv", "nice", "pid", "started", "ended", "load")
+#: how a run was made, stored with its row when it is measured (empty in rows written before
+#: these columns existed, and for a run found finished in ``--out``: it was made elsewhere)
+PROVENANCE = ("argv", "nice", "pid", "started", "ended", "load")
 #: the network of a row written before the ``model`` column existed (every such row is the MLP's)
 DEFAULT_MODEL = "paper-mlp"
 MODELS = ("paper-mlp", "paper-cnn")
@@ -141,15 +147,25 @@ def _epoch_errors(run_dir: Path) -> list[float]:
     return [round(100 * (1 - by_round[r]), 4) for r in sorted(by_round)]
 
 
+def provenance(argv: str) -> dict:
+    """This process's part of a row's :data:`PROVENANCE`: the command line, niceness and id."""
+    return {"argv": argv, "nice": os.nice(0), "pid": os.getpid()}
+
+
 def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs: int,
-                address: str | None, model: str = DEFAULT_MODEL) -> list[dict]:
-    """Run (or resume) one setting over ``seeds``; one CSV row per finished seed."""
+                address: str | None, model: str = DEFAULT_MODEL,
+                how: dict | None = None) -> list[dict]:
+    """Run (or resume) one setting over ``seeds``; one CSV row per finished seed.  A run made
+    by this call stores ``how`` (:func:`provenance`), its start and end (Unix s) and the load
+    average at its end; a run found finished in ``out`` stores none of them."""
     from crowdlearn.sweeps import sweep
 
-    cpu0 = _cpu()
+    cpu0, started = _cpu(), time.time()
     df = sweep(base_config(epochs, model), s.grid(), list(seeds), out=out, backend=backend,
                jobs=jobs, address=address, plots=False)
     cpu = _cpu() - cpu0
+    made = {**(how or {}), "started": round(started, 1), "ended": round(time.time(), 1),
+            "load": round(os.getloadavg()[0], 2)} if how else {}
     fresh = int((df["status"] == "ok").sum())
     rows = []
     for rec in df.to_dict("records"):
@@ -171,7 +187,8 @@ def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs
             # in-process runs only: this process's CPU over the fresh runs of this call
             "cpu_s": (round(cpu / fresh, 2) if rec["status"] == "ok" and backend == "local"
                       and jobs == 1 else ""),
-            "run": rec["run"], "model": model})
+            "run": rec["run"], "model": model,
+            **{k: (made.get(k, "") if rec["status"] == "ok" else "") for k in PROVENANCE}})
     return rows
 
 
@@ -217,9 +234,10 @@ def _merge_rows(new: list[dict]) -> None:
     rows = {key(r): r for r in load_rows()}
     for r in map(with_model, new):
         old = rows.get(key(r))
-        if old is not None and r["cpu_s"] == "" and old.get("cpu_s"):
-            r = {**r, "cpu_s": old["cpu_s"]}
-        rows[key(r)] = {k: r[k] for k in FIELDS}
+        if old is not None:        # a run found finished keeps what its first row measured
+            r = {**r, **{k: old[k] for k in ("cpu_s", *PROVENANCE)
+                         if r.get(k, "") == "" and old.get(k)}}
+        rows[key(r)] = {k: r.get(k, "") for k in FIELDS}
     order = {s.label: i for i, s in enumerate(settings())}
     with DATA.open("w", newline="") as fh:
         w = csv.DictWriter(fh, FIELDS)
@@ -554,6 +572,52 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
     return L
 
 
+def how_made(rows: list[dict], *, unrecorded: str) -> str:
+    """How the runs of ``rows`` were made, from what each row stores (:data:`PROVENANCE`): the
+    processes (process id and command line), their niceness, how many ran at once (their
+    stored start and end times overlapping) and the load average at the runs' ends.  Rows
+    without the record (written before it existed) are counted and ``unrecorded`` says what is
+    known of them.
+
+    >>> rows = [{"argv": "x.py --first-seed 0", "nice": "19", "pid": "7", "started": "0",
+    ...          "ended": "10", "load": "3.5"},
+    ...         {"argv": "x.py --first-seed 1", "nice": "19", "pid": "8", "started": "5",
+    ...          "ended": "20", "load": "4.0"}, {"pid": ""}]
+    >>> print(how_made(rows, unrecorded="not recorded"))
+    2 runs made by 2 processes at `nice -n 19`, at most 2 at a time (load average 3.5–4.0 at \
+the runs' ends): `x.py --first-seed 0`; `x.py --first-seed 1`; 1 run not recorded
+    """
+    rec = [r for r in rows if r.get("pid", "") != ""]
+    old = len(rows) - len(rec)
+    if not rec:
+        return unrecorded
+    procs: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in rec:
+        key, s, e = (r["pid"], r["argv"]), float(r["started"]), float(r["ended"])
+        lo, hi = procs.get(key, (s, e))
+        procs[key] = (min(lo, s), max(hi, e))
+    at_once = peak = 0     # an end before a start at the same instant
+    for _, step in sorted([(s, 1) for s, _ in procs.values()] + [(e, -1) for _, e in procs.values()]):
+        at_once += step
+        peak = max(peak, at_once)
+    nices = "/".join(sorted({str(r["nice"]) for r in rec}, key=int))
+    loads = sorted(float(r["load"]) for r in rec if r.get("load", "") != "")
+    cmds = sorted({r["argv"] for r in rec})
+    text = (f"{len(rec)} run{'s' if len(rec) != 1 else ''} made by {len(procs)} "
+            f"process{'es' if len(procs) != 1 else ''} at `nice -n {nices}`, at most {peak} at "
+            "a time"
+            + (f" (load average {loads[0]:.1f}–{loads[-1]:.1f} at the runs' ends)" if loads
+               else "")
+            + ": " + "; ".join(f"`{c}`" for c in cmds[:4])
+            + (f" and {len(cmds) - 4} more commands" if len(cmds) > 4 else ""))
+    return text + (f"; {old} run{'s' if old != 1 else ''} {unrecorded}" if old else "")
+
+
+#: what the page said of the 50-epoch runs before their rows stored how they were made
+UNRECORDED = "not recorded with the rows (written before they stored the command, niceness and " \
+    "process); the page's hand-written note of the time"
+
+
 def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
     """Table I from the runs of ``epochs`` epochs (the paper's 50), however few their seeds."""
     cells = _by_label(rows, epochs)
@@ -561,13 +625,17 @@ def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
     if not t1:
         return []
     seeds = sorted({s for c in cells.values() for s in c})
+    mine = [r for r in rows if int(r["epochs"]) == epochs and r["label"] in cells
+            and r["table"] == "I"]
     cpu = sum(float(r["cpu_s"]) for r in rows if int(r["epochs"]) == epochs and r["cpu_s"] != "")
+    how = how_made(mine, unrecorded=UNRECORDED + ": `benchmarks/slicenet_experiments.py "
+                   f"--epochs {epochs} --first-seed S --seeds 1 --sweep-seeds 0 --tables I` "
+                   "for each seed S, one process per seed at `nice -n 19`, two at a time, "
+                   "beside other work")
     L = [f"## Table I after {_epochs(epochs)}\n",
-         f"The same settings run for {_epochs(epochs)}: `benchmarks/slicenet_experiments.py "
-         f"--epochs {epochs} --first-seed S --seeds 1 --sweep-seeds 0 --tables I` for each "
-         "seed S below, one process per seed at `nice -n 19`, two at a time, beside other work "
-         f"(the runs' CPU time sums to {cpu / 3600:.1f} CPU-hours; a cell's CPU per epoch is "
-         "this process's, the set-up and evaluation included).  "
+         f"The same settings run for {_epochs(epochs)}.  How the runs were made: {how}.  The "
+         f"runs' CPU time sums to {cpu / 3600:.1f} CPU-hours (a cell's CPU per epoch is its "
+         "process's, the set-up and evaluation included).  "
          f"Seeds {R.seeds_text(seeds)}"
          + (": **fewer than 10**, because a Table I of this length costs "
             f"{cpu / 3600 / len(seeds):.1f} CPU-hours per seed here (measured, above); over so few seeds a 95 % interval is wide (Student's t with "
@@ -623,12 +691,14 @@ def _long_sweeps(rows, epochs) -> list[str]:
     cpu = sum(float(cells[s.label][sd]["cpu_s"]) for _, _, ts in tables for s in ts
               for sd in cells[s.label] if cells[s.label][sd]["cpu_s"] != "")
     tabs = " ".join(k for k, _, _ in tables)
+    mine = [cells[s.label][sd] for _, _, ts in tables for s in ts for sd in cells[s.label]]
+    how = how_made(mine, unrecorded=UNRECORDED + ": `benchmarks/slicenet_experiments.py "
+                   f"--epochs {epochs} --seeds 0 --sweep-seeds 1 --tables {tabs}`, split over "
+                   "processes with `--tables` and `--only`")
     L = [f"## Tables II–IV after {_epochs(epochs)}\n",
          f"The sweeps run for {_epochs(epochs)} at the paper's m = 120, n = {SWEEP_N}, "
-         f"ω = {SWEEP_OMEGA} (θ = τ = 0.5 unless swept): `benchmarks/slicenet_experiments.py "
-         f"--epochs {epochs} --seeds 0 --sweep-seeds 1 --tables {tabs}` (split over processes "
-         f"with `--tables` and `--only`; the runs' CPU time sums to {cpu / 3600:.1f} "
-         f"CPU-hours).  Seeds {R.seeds_text(seeds)}"
+         f"ω = {SWEEP_OMEGA} (θ = τ = 0.5 unless swept).  How the runs were made: {how}.  The "
+         f"runs' CPU time sums to {cpu / 3600:.1f} CPU-hours.  Seeds {R.seeds_text(seeds)}"
          + (": **one seed**, so no ordering below is a tested claim: the lines after each "
             "table say how that seed's error moves, which a second seed could contradict (the "
             "1-epoch tables above show the seed-to-seed spread of a cell)" if len(seeds) == 1
@@ -818,7 +888,7 @@ def main(argv=None) -> int:
             plan += [(s, [seed]) for seed in range(a.first_seed, a.first_seed + n)
                      for s in group]
     kw = dict(epochs=a.epochs, out=out, backend=a.backend, jobs=a.jobs, address=a.address,
-              model=a.model)
+              model=a.model, how=provenance(cmd))
     for s, seeds in plan:
         t = time.perf_counter()
         rows = run_setting(s, seeds, **kw)

@@ -819,3 +819,143 @@ def test_fm_previous_option_stores_the_comparison_and_the_doc_quotes_it(tmp_path
     assert mod.DOC.read_text() == doc
     with pytest.raises(SystemExit, match="no such file"):
         mod.main(["--only", "", "--write-docs", "--previous", str(tmp_path / "none.json")])
+
+
+# ---------------------------------------------------------------- fleet model (issue 16)
+def _fleet_data(mod):
+    import json
+    return json.loads(mod.DATA.read_text())
+
+
+def test_fleet_model_doc_is_what_render_makes_of_the_stored_data():
+    mod = _module("fleet_model")
+    data = _fleet_data(mod)
+    assert mod.DOC.read_text() == mod.render(data)
+    assert len(data["seeds"]) >= mod.MIN_SEEDS
+    assert "History (not re-measured)" in mod.DOC.read_text()
+
+
+def test_fleet_model_stored_tier_figures_are_what_sim_profiles_give_now():
+    mod = _module("fleet_model")
+    assert _fleet_data(mod)["tiers"] == mod.tier_rows()
+
+
+def _fleet_row(text, start):
+    """The cells of the row starting with ``start`` above the history block."""
+    (line,) = [ln for ln in text.split("## History")[0].splitlines() if ln.startswith(start)]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_fleet_model_verdicts_follow_the_stored_values():
+    """Raising a stored count or share on every seed moves the cell and turns its expectation
+    check from inside to outside (and the count of checks outside follows)."""
+    import copy
+    mod = _module("fleet_model")
+    data = _fleet_data(mod)
+    before = mod.render(data)
+    changed = copy.deepcopy(data)
+    for s in data["seeds"]:
+        c = changed["per_seed"][str(s)]["churn"]["0.05"]
+        c["full_drops"] = round(0.08 * c["full"])                # 8 % instead of p = 5 %
+        changed["per_seed"][str(s)]["diurnal"]["3600/10800/0.3"]["mean"] += 0.05
+    after = mod.render(changed)
+    row_b, row_a = _fleet_row(before, "| 0.05 |"), _fleet_row(after, "| 0.05 |")
+    assert row_a[2].startswith("0.08") and row_a[2] != row_b[2]
+    assert row_a[4] == "outside (above)" and row_a[8] == row_b[8]   # cut tasks untouched
+    d_b, d_a = (_fleet_row(t, "| 1 h / 3 h | 0.250 | 0.3 |") for t in (before, after))
+    assert d_a[12] == "outside (above)" and d_a[10] != d_b[10] and d_a[9] == d_b[9]
+    n_out = lambda t: int(t.split(" of the 30 expectations")[0].rsplit("\n", 1)[1])  # noqa: E731
+    newly = (row_b[4] != "outside (above)") + (d_b[12] != "outside (above)")
+    assert n_out(after) == n_out(before) + newly
+    # fewer than ten seeds: the checks are not claimed
+    few = copy.deepcopy(data)
+    few["seeds"] = data["seeds"][:3]
+    assert "not claimed (< 10 seeds)" in mod.render(few)
+
+
+def test_fleet_model_rerun_sentence_reports_what_moved():
+    mod = _module("fleet_model")
+    data = {**_fleet_data(mod), "rerun": {"seed": 0, "figures": 39, "identical": 38,
+                                          "max_abs_diff": 0.003, "environment": "elsewhere",
+                                          "measured": "2099-01-01"}}
+    text = mod.render(data)
+    assert "38 of 39 figures identical, the largest difference 0.003" in text
+    assert "another environment" in text
+
+
+def test_fleet_model_quick_run_writes_the_data_and_every_section(tmp_path):
+    import json
+    mod = _module("fleet_model")
+    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "fleet_model.json").read_text())
+    assert data["seeds"] == [0, 1] and data["devices"] == mod.QUICK_DEVICES
+    counts = [data["per_seed"][s]["churn"]["0.5"] for s in "01"]
+    assert counts[0] != counts[1]                 # each seed its own churn draws
+    assert all(c["idle_drops"] == 0 and 0 < c["full_drops"] < c["full"] for c in counts)
+    text = (tmp_path / "fleet_model.md").read_text()
+    assert text == mod.render(data)
+    for head in ("## Churn under cancellations", "## Diurnal sessions", "## Tiers",
+                 "## Environment and drift on rerun"):
+        assert head in text
+    assert "Seeds 0, 1 (2 seeds" in text and "not claimed (< 10 seeds)" in text
+    assert data["environment"] in text
+    # --rerun-check measures seed 0 again: the same figures
+    assert mod.main(["--quick", "--out", str(tmp_path), "--rerun-check"]) == 0
+    rerun = json.loads((tmp_path / "fleet_model.json").read_text())["rerun"]
+    assert rerun["identical"] == rerun["figures"] == 3 * 5 + 8 * 3
+
+
+# ---------------------------------------------------------------- SliceNet: how the runs were made
+def test_slicenet_run_rows_store_how_a_fresh_run_was_made_and_not_a_found_one(tmp_path,
+                                                                               monkeypatch):
+    import os
+
+    import pandas as pd
+
+    import crowdlearn.sweeps
+    mod = _module("slicenet_experiments")
+    df = pd.DataFrame([{"status": "ok", "seed": 0, "final_accuracy": 0.8, "best_accuracy": 0.8,
+                        "sim_time_s": 1.0, "bytes_total": 10, "run": "a"},
+                       {"status": "skipped", "seed": 1, "final_accuracy": 0.7,
+                        "best_accuracy": 0.7, "sim_time_s": 1.0, "bytes_total": 10, "run": "b"}])
+    monkeypatch.setattr(crowdlearn.sweeps, "sweep", lambda *a, **k: df)
+    s = next(x for x in mod.settings() if x.label == "n = 5")
+    fresh, found = mod.run_setting(s, [0, 1], epochs=1, out=tmp_path, backend="local", jobs=1,
+                                   address=None, how=mod.provenance("x.py --epochs 1"))
+    assert fresh["argv"] == "x.py --epochs 1" and fresh["pid"] == os.getpid()
+    assert fresh["nice"] == os.nice(0) and fresh["started"] <= fresh["ended"]
+    assert all(found[k] == "" for k in mod.PROVENANCE)   # made by an earlier process
+    # merged over a row that has the record, the found run keeps it
+    monkeypatch.setattr(mod, "DATA", tmp_path / "slicenet.csv")
+    mod.save_rows([{**found, "argv": "first.py", "nice": 19, "pid": 3, "started": 1.0,
+                    "ended": 2.0, "load": 4.0}])
+    mod.save_rows([found])
+    (row,) = [r for r in mod.load_rows() if r["seed"] == "1"]
+    assert (row["argv"], row["pid"], row["nice"]) == ("first.py", "3", "19")
+
+
+def test_slicenet_long_runs_say_how_they_were_made_from_their_rows(monkeypatch, tmp_path):
+    mod, rows = _slicenet_page(monkeypatch, tmp_path)
+    long = []
+    for label, e in (("S-SGD", 9.0), ("n = 5", 4.0)):
+        for seed in (0, 1):
+            long.append({**_slicenet_rows(label, [e + seed], epochs=50, cpu=500.0)[0],
+                         "seed": seed, "error_by_epoch": ";".join(["10"] * 50)})
+    section = lambda d: d.split("## Table I after 50 epochs")[1].split("\n\n")[1]  # noqa: E731
+    old = section(mod.render(rows + long, 1, "x"))
+    assert "How the runs were made: not recorded with the rows" in old
+    assert "two at a time" in old                             # the note of the time, so labelled
+    # seed 0 by process 11 (0–100 s), seed 1 by process 12 (50–150 s): two at a time, nice 19
+    for r in long:
+        r.update(argv=f"s.py --first-seed {r['seed']}", nice="19", pid=str(11 + r["seed"]),
+                 started=str(50.0 * r["seed"]), ended=str(50.0 * r["seed"] + 100), load="3.0")
+    new = section(mod.render(rows + long, 1, "x"))
+    assert ("How the runs were made: 4 runs made by 2 processes at `nice -n 19`, at most 2 at a "
+            "time (load average 3.0–3.0 at the runs' ends): `s.py --first-seed 0`; "
+            "`s.py --first-seed 1`.") in new and "not recorded" not in new
+    for r in long:                                        # one after the other, at nice 10
+        r.update(started=str(200.0 * r["seed"]), ended=str(200.0 * r["seed"] + 100), nice="10")
+    new = section(mod.render(rows + long, 1, "x"))
+    assert "by 2 processes at `nice -n 10`, at most 1 at a time" in new
+    long[0].update(pid="")                                # one row from before the record
+    assert "; 1 run not recorded with the rows" in section(mod.render(rows + long, 1, "x"))
