@@ -718,7 +718,7 @@ def paired_claims(out: dict) -> list[dict]:
                 continue
             d = paired([a[s] for s in both], [b[s] for s in both])
             rows.append({"id": cid, "dataset": name, "text": text, "n": len(both),
-                         "diff": fmt_paired(d, nd), "verdict": verdict(d), "d": d})
+                         "diff": fmt_paired(d, nd), "verdict": verdict(d), "d": d, "nd": nd})
     return rows
 
 
@@ -824,7 +824,9 @@ def _seeds_paragraph(out: dict) -> list[str]:
     return ["\n".join(L) + "\n"]
 
 
-def write_docs(out: dict, cmd: str, elapsed: float) -> None:
+def write_docs(out: dict, cmd: str, elapsed: float, earlier: dict | None = None) -> None:
+    """The doc from :func:`merged`'s view; ``earlier``: the seeds per dataset of the previous
+    version (``earlier_seeds`` of the data file), whose claims are set beside the new ones."""
     from results_doc import environment, seeds_text
 
     seeds = out["seeds"]
@@ -1071,6 +1073,7 @@ BatchNorm).  The labels row reads the same output errors.
         L += [f"* {c['dataset']}: {c['text']}: {c['diff']} over {c['n']} seeds -- "
               f"**{c['verdict']}**." for c in untested]
         L.append("")
+    L += more_seeds_section(out, earlier or {})
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(L))
     print(f"wrote {DOC}")
@@ -1221,6 +1224,72 @@ def merged(per_seed: dict) -> dict:
     return out
 
 
+def restrict(per_seed: dict, seeds: dict) -> dict:
+    """``per_seed`` cut to ``seeds`` (``{dataset: [seed, ...]}``): each seed keeps only the
+    datasets it is listed for (their rows and per-dataset entries).
+
+    >>> per = {"0": {"full": [{"dataset": "digits"}, {"dataset": "fashion_mnist (MLP)"}],
+    ...              "clf_ceiling": {"digits": 0.9, "fashion_mnist": 0.8}},
+    ...        "1": {"full": [{"dataset": "digits"}], "clf_ceiling": {"digits": 0.9}}}
+    >>> cut = restrict(per, {"fashion_mnist": [0]})
+    >>> sorted(cut), cut["0"]["full"], cut["0"]["clf_ceiling"]
+    (['0'], [{'dataset': 'fashion_mnist (MLP)'}], {'fashion_mnist': 0.8})
+    """
+    out: dict = {}
+    for seed, o in per_seed.items():
+        names = [n for n, ss in seeds.items() if int(seed) in {int(x) for x in ss}]
+        if not names:
+            continue
+        out[seed] = {k: ([r for r in v if any(_of(r, n) for n in names)] if k in LISTS else
+                         {n: x for n, x in v.items() if n in names} if k in PER_NAME else v)
+                     for k, v in o.items()}
+    return out
+
+
+def earlier_seeds(previous: dict | None, per_seed: dict) -> dict:
+    """The seeds per dataset of the version a render replaces: those of the ``previous`` data
+    file if this render adds seeds to it, else the ``earlier_seeds`` it recorded itself (a
+    re-render keeps them).
+
+    >>> old = {"per_seed": {"0": {"clf_ceiling": {"digits": 1}}}}
+    >>> new = {"0": {"clf_ceiling": {"digits": 1}}, "1": {"clf_ceiling": {"digits": 1}}}
+    >>> earlier_seeds(old, new), earlier_seeds({**old, "earlier_seeds": {"x": [7]}}, old["per_seed"])
+    ({'digits': [0]}, {'x': [7]})
+    """
+    if not previous:
+        return {}
+    before = merged(previous["per_seed"])["seeds"]
+    if before != merged(per_seed)["seeds"]:
+        return before
+    return previous.get("earlier_seeds", {})
+
+
+def more_seeds_section(out: dict, earlier: dict) -> list[str]:
+    """"With more seeds": for every dataset whose seeds grew since the previous version
+    (``earlier``), each paired claim over the earlier seeds beside the same claim over all
+    seeds (old → new), rendered from the per-seed values (the earlier seeds are a subset)."""
+    from results_doc import more_seeds_changes
+
+    grown = {n: ss for n, ss in earlier.items()
+             if n in out["seeds"] and set(ss) < set(out["seeds"][n])}
+    if not grown:
+        return []
+    old = {(c["dataset"], c["id"]): c
+           for c in paired_claims(merged(restrict(out["per_seed"], grown)))}
+    L = ["### With more seeds\n",
+         "The previous version of this page measured "
+         + "; ".join(f"{n} over {len(ss)} seeds" for n, ss in grown.items())
+         + ".  Every comparison of the reading, over those seeds and over all seeds now "
+         "(old → new; the same per-seed values, so the old column is the previous page's):\n"]
+    for n, ss in grown.items():
+        rows = [(c["text"], old[(n, c["id"])]["d"], c["d"], c["nd"]) for c in paired_claims(out)
+                if c["dataset"] == n and (n, c["id"]) in old]
+        L.append(f"*{n}*:\n")
+        L += more_seeds_changes(rows, old_seeds=ss, new_seeds=out["seeds"][n])
+        L.append("")
+    return L
+
+
 def update_follower(args) -> int:
     """Section 5's realistic-piece rows (``follower_real``) re-measured for the seeds given,
     merged into the per-seed file, rendered; the |P| sweep rows are kept."""
@@ -1248,7 +1317,8 @@ def update_follower(args) -> int:
     data["elapsed_s"] += elapsed
     data["when"] = time.strftime("%Y-%m-%d")
     DATA.write_text(json.dumps(data, indent=1))
-    write_docs(merged(data["per_seed"]), data["command"], data["elapsed_s"])
+    write_docs(merged(data["per_seed"]), data["command"], data["elapsed_s"],
+               data.get("earlier_seeds"))
     return 0
 
 
@@ -1308,9 +1378,12 @@ def main(argv=None) -> int:
                 "elapsed_s": sum(d["elapsed_s"] for d in parts),
                 "when": max(d["when"] for d in parts),
                 "per_seed": combine(parts)}
+        previous = json.loads(DATA.read_text()) if DATA.exists() else None
+        data["earlier_seeds"] = earlier_seeds(previous, data["per_seed"])
         if args.render:
             DATA.write_text(json.dumps(data, indent=1))
-        write_docs(merged(data["per_seed"]), data["command"], data["elapsed_s"])
+        write_docs(merged(data["per_seed"]), data["command"], data["elapsed_s"],
+                   data["earlier_seeds"])
         return 0
     if args.quick:
         args.samples, args.trials, args.iterations, args.fashion_iterations, args.rounds = \

@@ -347,7 +347,46 @@ and SSIM 0.986 (after the pass), 10.9 dB (public mean image), 1,280/1,280 labels
 0.4164.  Now: {n} seeds at {samples} images per device{fewer}, rendered from the per-seed
 values.
 """)
+    L += more_seeds(per, claims, data.get("earlier_seeds"))
     return "\n".join(L)
+
+
+def more_seeds(per: dict, claims: list, earlier) -> list[str]:
+    """Every comparison over the previous version's seeds (``earlier``, a subset of the seeds
+    now) beside the same comparison over all seeds (old → new), from the per-seed values."""
+    from results_doc import more_seeds_changes
+
+    seeds = sorted(int(s) for s in per)
+    if not earlier or not set(earlier) < set(seeds):
+        return []
+    sub = {s: r for s, r in per.items() if int(s) in set(earlier)}
+    rows = []
+    for (label, a, b, nd), (_, new) in zip(CLAIMS, claims):
+        old = _compare(sub, a, b, nd)
+        if "d" in old and "d" in new:
+            rows.append((label, old["d"], new["d"], nd))
+    return (["### With more seeds\n",
+             f"The previous version of this page had {len(earlier)} seeds.  Every comparison, "
+             "over those seeds and over all seeds now (old → new; the same per-seed values, so "
+             "the old column is the previous page's):\n"]
+            + more_seeds_changes(rows, old_seeds=earlier, new_seeds=seeds) + [""])
+
+
+def earlier_seeds(previous: dict | None, per_seed: dict) -> list[int]:
+    """The seeds of the version a render replaces: the ``previous`` data file's if this render
+    adds seeds to it, else the ``earlier_seeds`` it recorded (a re-render keeps them).
+
+    >>> earlier_seeds({"per_seed": {"0": {}}}, {"0": {}, "1": {}})
+    [0]
+    >>> earlier_seeds({"per_seed": {"0": {}}, "earlier_seeds": [5]}, {"0": {}})
+    [5]
+    """
+    if not previous:
+        return []
+    before = sorted(int(s) for s in previous["per_seed"])
+    if before != sorted(int(s) for s in per_seed):
+        return before
+    return previous.get("earlier_seeds", [])
 
 
 def combine(parts: list[dict]) -> dict:
@@ -394,6 +433,8 @@ def main(argv=None) -> int:
         ap.error(f"--seeds {a.seeds} and --samples {a.samples} must be at least 1")
     if a.render is not None:
         data = combine([json.loads(f.read_text()) for f in (a.render or [DATA])])
+        data["earlier_seeds"] = earlier_seeds(
+            json.loads(DATA.read_text()) if DATA.exists() else None, data["per_seed"])
         if a.render:
             DATA.write_text(json.dumps(data, indent=1, default=_item))
         DOC.write_text(render(data))

@@ -440,3 +440,45 @@ def target_check(d: dict) -> str:
     if d["hi"] < 0:
         return "outside (below)"
     return "inside"
+
+
+def more_seeds_changes(rows: Sequence[tuple[str, dict, dict]], *, old_seeds: Sequence[int],
+                       new_seeds: Sequence[int], digits: int = 2) -> list[str]:
+    """Markdown lines of the claims re-tested with more seeds: each paired comparison over the
+    earlier seeds beside the same comparison over all seeds (old → new), its verdict marked
+    where it changed, and a closing sentence listing the verdicts that changed.
+
+    ``rows``: ``(claim, old, new)`` or ``(claim, old, new, digits)`` with ``old`` / ``new``
+    :func:`paired` results (``new`` over ``new_seeds``, ``old`` over ``old_seeds``, a subset).
+    Empty when the seeds did not grow.
+
+    >>> a, b = paired([1, 2, 3], [0, 1, 2]), paired([1, 2, 3, 1, 0], [0, 1, 2, 2, 1])
+    >>> lines = more_seeds_changes([("x above y", a, b)], old_seeds=[0, 1, 2],
+    ...                            new_seeds=range(5))
+    >>> lines[0]
+    '| claim | seeds 0–2 (3): a − b [95 % interval], p | seeds 0–4 (5) | verdict (3 → 5 seeds) |'
+    >>> lines[2].endswith("| **holds → not shown** |")
+    True
+    >>> lines[-1]
+    'Verdicts that changed with the added seeds: x above y (holds → not shown).'
+    """
+    old_s, new_s = sorted(int(s) for s in old_seeds), sorted(int(s) for s in new_seeds)
+    if not set(old_s) < set(new_s):
+        return []
+    n0, n1 = len(old_s), len(new_s)
+    out = [f"| claim | seeds {seeds_text(old_s)} ({n0}): a − b [95 % interval], p | "
+           f"seeds {seeds_text(new_s)} ({n1}) | verdict ({n0} → {n1} seeds) |",
+           "| --- | --- | --- | --- |"]
+    changed = []
+    for claim, old, new, *nd in rows:
+        nd = nd[0] if nd else digits
+        v0, v1 = verdict(old), verdict(new)
+        v = f"**{v0} → {v1}**" if v0 != v1 else v1
+        if v0 != v1:
+            changed.append(f"{claim} ({v0} → {v1})")
+        out.append(f"| {claim} | {fmt_paired(old, nd)} | {fmt_paired(new, nd)} | {v} |")
+    out.append("")
+    out.append("Verdicts that changed with the added seeds: " + "; ".join(changed) + "."
+               if changed else "No verdict changed with the added seeds; only the figures "
+                               "(the table's old → new columns) moved.")
+    return out

@@ -87,3 +87,30 @@ def test_no_digits_leaves_fashion_only_and_refuses_an_empty_run(mod, monkeypatch
     assert mod._datasets(ns(no_digits=False, no_fashion=True)) == ["digits"]
     with pytest.raises(SystemExit, match="no dataset left"):
         mod._datasets(ns(no_digits=True, no_fashion=True))
+
+
+def test_added_seeds_set_every_claim_old_beside_new_and_mark_changed_verdicts(mod):
+    """Seeds 5-9 added to seeds 0-4: each claim over the earlier seeds (the previous page,
+    from the same per-seed values) beside all seeds, a changed verdict marked."""
+    def seed(s, gap):
+        o = _seed_out(mod, "digits", np.random.default_rng(s))
+        fed = next(r for r in o["membership"] if r["model"] == "FedAvg global model")
+        solo = next(r for r in o["membership"] if r["model"] == "standalone local models")
+        solo["auc"] = fed["auc"] + gap
+        return o
+
+    gaps = [0.02, -0.03, 0.04, -0.01, 0.01] + [0.05] * 5      # 0-4: not shown; 0-9: holds
+    old = {str(s): seed(s, g) for s, g in enumerate(gaps[:5])}
+    new = {**old, **{str(s): seed(s, g) for s, g in enumerate(gaps) if s >= 5}}
+    earlier = mod.earlier_seeds(_file(old), new)
+    assert earlier == {"digits": [0, 1, 2, 3, 4]}
+    assert mod.earlier_seeds({**_file(new), "earlier_seeds": earlier}, new) == earlier
+    lines = mod.more_seeds_section(mod.merged(new), earlier)
+    row = next(x for x in lines if x.startswith("| membership AUC: standalone local models "
+                                                "above the FedAvg global model |"))
+    assert row.endswith("| **not shown → holds** |")
+    d_old = mod.paired_claims(mod.merged(old))
+    want = next(c["diff"] for c in d_old if c["id"] == "mem_fedavg")
+    assert f"| {want} |" in row                                 # the previous page's figure
+    assert "seeds 0–4 (5)" in lines[3] and "seeds 0–9 (10)" in lines[3]
+    assert mod.more_seeds_section(mod.merged(new), {"digits": list(range(10))}) == []

@@ -159,3 +159,22 @@ def test_cnn_per_seed_files_merge_and_refuse_a_seed_twice():
         mod.combine([part(0, 1), part(1)])
     with pytest.raises(SystemExit, match="different --samples"):
         mod.combine([part(0), part(1, samples=256)])
+
+
+def test_cnn_doc_sets_each_comparison_over_the_earlier_seeds_beside_all_seeds():
+    """Seeds added to a page: the comparisons over its earlier seeds (from the same per-seed
+    values) beside all seeds; no such section when no seed was added."""
+    mod = _cnn_module()
+    rng = np.random.default_rng(5)
+    keys = [k for k, *_ in mod.ROWS]
+    per = {str(s): _synthetic_seed(rng, keys) for s in range(6)}
+    data = {"command": "`x`", "elapsed_s": 1.0, "when": "2026-11-30", "samples": 64,
+            "per_seed": per}
+    assert mod.earlier_seeds({"per_seed": {s: per[s] for s in "012"}}, per) == [0, 1, 2]
+    doc = mod.render({**data, "earlier_seeds": [0, 1, 2]})
+    label, a, b, nd = mod.CLAIMS[2]
+    old = mod._compare({s: per[s] for s in "012"}, a, b, nd)
+    new = mod._compare(per, a, b, nd)
+    assert f"| {label} | {old['text']} | {new['text']} |" in doc
+    assert "seeds 0–2 (3)" in doc and "verdict (3 → 6 seeds)" in doc
+    assert "### With more seeds" not in mod.render(data)
