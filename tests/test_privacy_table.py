@@ -145,3 +145,27 @@ def test_a_pick_above_one_baseline_only_is_no_leak_and_the_reading_says_which():
     rec_both = (rec[0], [13.0] * 4, rec[2])
     res = [("phong", "default", {}, _runs(range(4), [0.5] * 4, rec=rec_both))]
     assert "The server's reconstruction beats both baselines** for phong" in mod.reading(res)
+
+
+def test_the_drift_sentence_follows_the_stored_rerun_comparison():
+    import copy
+    import json
+    mod = _module()
+    data = json.loads(mod.DATA.read_text())
+    assert data["rerun"]["compared"] > 0
+    page = mod.DOC.read_text()
+    assert mod.drift_text(data) in page                 # the committed page is the render
+    moved = copy.deepcopy(data)
+    # a fresh run whose accuracy moved on one run: the comparison and the sentence say so
+    fresh = copy.deepcopy(data)
+    v = next(v for v in fresh["variants"] if v.get("runs"))
+    v["runs"] = [dict(v["runs"][0], final_accuracy=-1.0)]
+    fresh["variants"] = [v]
+    c = mod.rerun_compare(data, fresh)
+    assert c["identical"] == c["compared"] - 1 and c["moved"][0][3] == "final_accuracy"
+    moved["rerun"] = {**c, "when": "2026-01-01"}
+    text = mod.drift_text(moved)
+    assert f"{c['identical']} of {c['compared']} stored values identical" in text
+    assert "final_accuracy" in text and "→ -1.0" in text
+    del moved["rerun"]
+    assert "not measured" in mod.drift_text(moved)
