@@ -1311,7 +1311,7 @@ def update_follower(args) -> int:
                               if not any(_of(r, n) for n in names)] + \
             _plain(got["follower_real"])
     elapsed = time.perf_counter() - t0
-    data["command"] += (" + `nice -n 10 .venv/bin/python benchmarks/privacy_attacks.py "
+    data["command"] += (f" + `nice -n {os.nice(0)} .venv/bin/python benchmarks/privacy_attacks.py "
                         + " ".join(sys.argv[1:]) + "` (section 5's realistic-piece rows re-measured, "
                         "with the input-BatchNorm case)")
     data["elapsed_s"] += elapsed
@@ -1417,8 +1417,8 @@ def main(argv=None) -> int:
                                        ("ssim", "SSIM"), ("clf", "clf")]))
     print(f"total {elapsed:.0f} s")
     if args.write_docs:
-        command = "`nice -n 10 .venv/bin/python benchmarks/privacy_attacks.py " + " ".join(
-            sys.argv[1:]) + "`"
+        command = (f"`nice -n {os.nice(0)} .venv/bin/python benchmarks/privacy_attacks.py "
+                   + " ".join(sys.argv[1:]) + "`")
         args.data.parent.mkdir(parents=True, exist_ok=True)
         args.data.write_text(json.dumps({"command": command, "elapsed_s": elapsed,
                                     "when": time.strftime("%Y-%m-%d"),

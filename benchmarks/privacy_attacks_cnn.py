@@ -459,7 +459,8 @@ def main(argv=None) -> int:
                       f"{cc['exact']} | {cc['ssim']:.3f} | {cc['clf']:.3f} |", flush=True)
         print(f"| labels | {r['labels_ok']}/{r['labels_n']} |", flush=True)
     if a.write_docs:
-        data = {"command": "`nice -n 10 .venv/bin/python benchmarks/privacy_attacks_cnn.py "
+        nice = os.nice(0)
+        data = {"command": f"`nice -n {nice} .venv/bin/python benchmarks/privacy_attacks_cnn.py "
                            + " ".join(sys.argv[1:] if argv is None else argv) + "`",
                 "elapsed_s": time.perf_counter() - t0, "when": time.strftime("%Y-%m-%d"),
                 "samples": a.samples, "per_seed": per_seed}
