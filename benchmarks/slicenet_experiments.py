@@ -368,10 +368,15 @@ def render(rows: list[dict], epochs: int, cmd: str) -> str:
     n2 = max((seeds_n.get(s.label, 0) for s in sets if s.table != "I"), default=0)
     total_cpu = sum(float(r["cpu_s"]) for r in rows
                     if int(r["epochs"]) == epochs and r["cpu_s"] != "")
-    L.append(f"Measured with `nice -n 10 .venv/bin/python benchmarks/slicenet_experiments.py "
-             f"--epochs {epochs} --seeds {n1} --sweep-seeds {n2}` (one process, runs in the "
-             f"order Table I seed by seed, then the sweeps seed by seed; the sum of the runs' "
-             f"CPU time is {total_cpu / 60:.0f} CPU-minutes) and rendered by `{cmd}`.\n")
+    made = how_made([r for r in rows if int(r["epochs"]) == epochs],
+                    unrecorded="not recorded with the rows (written before they stored the "
+                               "command, niceness and process; the page's note of the time: one "
+                               "process at `nice -n 10`, Table I seed by seed, then the sweeps "
+                               "seed by seed)")
+    L.append(f"The set's command: `.venv/bin/python benchmarks/slicenet_experiments.py "
+             f"--epochs {epochs} --seeds {n1} --sweep-seeds {n2}` (resumable: it runs only "
+             f"what is missing).  How the runs were made: {made}.  The sum of the runs' CPU "
+             f"time is {total_cpu / 60:.0f} CPU-minutes; rendered by `{cmd}`.\n")
     L.append(R.environment() + "\n")
     L.append(f"""Setting: the paper's MLP (784 → BN → 400 → BN → ReLU → 200 → BN → ReLU → 100 → BN →
 ReLU → 10) on Fashion-MNIST (Debian's `dataset-fashion-mnist`), 120 devices with an IID split
@@ -597,7 +602,8 @@ the runs' ends): `x.py --first-seed 0`; `x.py --first-seed 1`; 1 run not recorde
         lo, hi = procs.get(key, (s, e))
         procs[key] = (min(lo, s), max(hi, e))
     at_once = peak = 0     # an end before a start at the same instant
-    for _, step in sorted([(s, 1) for s, _ in procs.values()] + [(e, -1) for _, e in procs.values()]):
+    edges = [(s, 1) for s, _ in procs.values()] + [(e, -1) for _, e in procs.values()]
+    for _, step in sorted(edges):
         at_once += step
         peak = max(peak, at_once)
     nices = "/".join(sorted({str(r["nice"]) for r in rec}, key=int))
