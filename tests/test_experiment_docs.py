@@ -668,6 +668,13 @@ def test_dssgd_auditor_reading_follows_the_stored_audit_rows():
     moved["rows"][-1 - 5]["epsilon_lower_bound"] = 0.5       # clipped, the largest value
     assert "the bound grows with the change (0.234 at v = 1 γ to 0.500 at 20 γ)" in \
         _flat(mod.audit_reading(moved)).split("With the paper's release")[0]
+    # the claims table's word on the paper's release follows the same rows
+    rows = mod.load_rows()
+    assert "(the auditor refutes its claimed ε_p = 1 from v = 10 γ)" in \
+        _flat(mod.claims_changed(rows, audit))
+    assert "from v = 3.32 γ)" in _flat(mod.claims_changed(rows, earlier))
+    assert "refutes its claimed ε_p at no change tried" in _flat(mod.claims_changed(rows, below))
+    assert "its privacy was not audited" in _flat(mod.claims_changed(rows, None))
 
 
 def test_dssgd_audit_only_stores_its_rows_and_write_docs_renders_them(tmp_path, monkeypatch):
