@@ -673,13 +673,14 @@ def _shape(labels, errs, knob: str) -> str:
             + f" (it rises at {sum(d > 0 for d in steps)} of {len(steps)} steps)")
 
 
-def _direction(cells, sets, key: str, knob: str) -> str:
+def _direction(cells, sets, key: str, knob: str, seed: int) -> str:
     """One seed's final error along a sweep beside the paper's, in words (no test: one seed)."""
     labels = [s.label for s in sets]
-    errs = [_vals(cells[lab])[0] for lab in labels]
+    errs = [_vals(cells[lab], seeds=[seed])[0] for lab in labels]
     paper = [PAPER[key][s.x] for s in sets]
     seq = " → ".join(f"{v:.2f}" for v in errs)
-    return (f"One seed, final error by {knob}: {seq} % — it {_shape(labels, errs, knob)}; "
+    return (f"One seed ({seed}), final error by {knob}: {seq} % — it "
+            f"{_shape(labels, errs, knob)}; "
             f"over the same points the paper's MNIST error "
             f"{_shape(labels, paper, knob)}.")
 
@@ -694,6 +695,10 @@ def _long_sweeps(rows, epochs) -> list[str]:
     if not tables:
         return []
     seeds = sorted({sd for _, _, ts in tables for s in ts for sd in cells[s.label]})
+    # a table's seeds: those every cell of it has (a paired claim needs the seed in both cells)
+    common = {k: sorted(set.intersection(*(set(cells[s.label]) for s in ts)))
+              for k, _, ts in tables}
+    one = [k for k, _, _ in tables if len(common[k]) < 2]
     cpu = sum(float(cells[s.label][sd]["cpu_s"]) for _, _, ts in tables for s in ts
               for sd in cells[s.label] if cells[s.label][sd]["cpu_s"] != "")
     tabs = " ".join(k for k, _, _ in tables)
@@ -704,11 +709,14 @@ def _long_sweeps(rows, epochs) -> list[str]:
     L = [f"## Tables II–IV after {_epochs(epochs)}\n",
          f"The sweeps run for {_epochs(epochs)} at the paper's m = 120, n = {SWEEP_N}, "
          f"ω = {SWEEP_OMEGA} (θ = τ = 0.5 unless swept).  How the runs were made: {how}.  The "
-         f"runs' CPU time sums to {cpu / 3600:.1f} CPU-hours.  Seeds {R.seeds_text(seeds)}"
-         + (": **one seed**, so no ordering below is a tested claim: the lines after each "
-            "table say how that seed's error moves, which a second seed could contradict (the "
-            "1-epoch tables above show the seed-to-seed spread of a cell)" if len(seeds) == 1
-            else "") + ".\n"]
+         f"runs' CPU time sums to {cpu / 3600:.1f} CPU-hours.  Seeds "
+         + "; ".join(f"Table {k}: {R.seeds_text(common[k]) or 'none common to its cells'}"
+                     for k, _, _ in tables)
+         + (f" (the seeds every cell of the table has).  **One seed** in Table"
+            f"{'s' if len(one) > 1 else ''} {R.and_list(one)}, so no ordering there is a "
+            "tested claim: the line after such a table says how that seed's error moves, which "
+            "a second seed could contradict (the 1-epoch tables above show the seed-to-seed "
+            "spread of a cell)" if one else " (the seeds every cell of the table has)") + ".\n"]
     for k, knob, ts in tables:
         def paper(s, key=k):
             return f"{PAPER[key][s.x]:.2f}"
@@ -716,8 +724,9 @@ def _long_sweeps(rows, epochs) -> list[str]:
         L += _table(ts, cells, epochs, [("paper MNIST MLP %", paper)])
         L.append("")
         labels = [s.label for s in ts]
-        if len(seeds) == 1:
-            L.append(_direction(cells, ts, k, knob) + "\n")
+        if k in one:
+            L.append((_direction(cells, ts, k, knob, common[k][0]) if common[k] else
+                      "No seed was run in every cell of this table.") + "\n")
         else:
             L += _claims(cells, list(zip(labels, labels[1:])) + [(labels[0], labels[-1])])
             L.append("")

@@ -198,7 +198,8 @@ def test_slicenet_doc_adds_the_sweeps_of_longer_runs_and_reads_one_seed_as_a_dir
            "τ = 1.0": 15.3}
     doc = mod.render(rows + long(theta) + long(tau), 1, "x")
     section = doc.split("## Tables II–IV after 50 epochs")[1].split("## Traffic")[0]
-    assert "**one seed**" in section and "CPU time sums to 0.9 CPU-hours" in section
+    assert "**One seed** in Tables II and III" in section
+    assert "CPU time sums to 0.9 CPU-hours" in section
     assert "### Table IV" not in section                     # no ω run of that length
     assert ("by θ: 15.00 → 14.50 → 12.70 → 11.50 → 10.50 % — it falls at every step as θ "
             "grows; over the same points the paper's MNIST error falls at every step") in section
@@ -211,7 +212,13 @@ def test_slicenet_doc_adds_the_sweeps_of_longer_runs_and_reads_one_seed_as_a_dir
     two = long(theta) + [dict(r, seed=1, error_pct=r["error_pct"] + 0.1) for r in long(theta)]
     doc = mod.render(rows + two, 1, "x")
     section = doc.split("## Tables II–IV after 50 epochs")[1].split("## Traffic")[0]
-    assert "**one seed**" not in section and "| θ = 0.1 worse than θ = 0.3 |" in section
+    assert "**One seed**" not in section and "| θ = 0.1 worse than θ = 0.3 |" in section
+    # ... per table: a second seed of θ only leaves τ's table read as one seed's direction
+    doc = mod.render(rows + two + long(tau), 1, "x")
+    section = doc.split("## Tables II–IV after 50 epochs")[1].split("## Traffic")[0]
+    assert "Seeds Table II: 0, 1; Table III: 0" in section
+    assert "**One seed** in Table III," in section and "| θ = 0.1 worse than θ = 0.3 |" in section
+    assert "One seed (0), final error by τ" in section and "| τ = 0.0 worse" not in section
 
 
 def R_cell(vals):
