@@ -101,10 +101,11 @@ def eps_label(e):
     return "∞" if math.isinf(e) else f"{e:g}"
 
 
-def _pool(jobs):
+def _pool(jobs, max_tasks_per_child=None):
     import concurrent.futures as cf
     import multiprocessing as mp
-    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                  max_tasks_per_child=max_tasks_per_child)
 
 
 def _map(fn, tasks, jobs):
@@ -358,14 +359,11 @@ def deep_table(dataset, seeds, log, hidden=32, public=100, epsilons=(1.0, 10.0, 
     """Deep mode over ``seeds``, each seed in a fresh spawned process: a long in-process loop of
     TensorFlow simulations keeps memory (≈ 0.45 GB per Fashion-MNIST run here; one such loop
     was killed by the kernel at 21 GB), a process per seed returns it."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
     from crowdlearn.data import fashion_mnist_available
     if dataset == "fashion_mnist" and not fashion_mnist_available():
         return None
     tasks = [(dataset, seed, hidden, public, epsilons) for seed in seeds]
-    with cf.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("spawn"),
-                                max_tasks_per_child=1) as ex:
+    with _pool(max(1, jobs), max_tasks_per_child=1) as ex:
         per_seed = list(ex.map(_deep_seed, tasks))
     rows = {eps_label(e): {b: [acc[eps_label(e)][b] for acc, _ in per_seed]
                            for b in ("spec", "l2")} for e in epsilons}
