@@ -67,7 +67,7 @@ DIURNAL_KEYS = ("peak_h", "swing", "mean")
 def churn_counts(n: int, p: float, seed: int) -> dict:
     """Task counts and drop-outs of ``n`` devices under churn ``p`` (driver seeded by ``seed``);
     tasks still running when the run ends are left out (their fate is unknown)."""
-    from tests.test_driver_churn import Worker, make_driver
+    from crowdlearn.probes import Worker, make_driver
 
     driver, machines = make_driver(
         n, lambda i, reasons: Worker(i, duration=100.0, idle=50.0, cut=lambda k: k % 2 == 0,
