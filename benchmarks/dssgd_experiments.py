@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import results_doc as R  # noqa: E402
+
 from crowdlearn.config import from_dict  # noqa: E402
 
 DOC = ROOT / "docs" / "experiments" / "dssgd.md"

@@ -182,9 +182,9 @@ def fleet_round(args) -> dict:
 
     from crowdlearn.config import from_dict
     from crowdlearn.data import load_dataset
+    from crowdlearn.experiment import Simulation
     from crowdlearn.training.fleet_trainer import FleetTrainer
     from crowdlearn.training.keras_ref import KerasReferenceTrainer, build_keras_model
-    from crowdlearn.experiment import Simulation
 
     tf.get_logger().setLevel("ERROR")   # the per-instance retracing warning: reported below
     out: dict = {"tf": tf.__version__, "keras": keras.__version__,

@@ -361,7 +361,7 @@ def more_seeds(per: dict, claims: list, earlier) -> list[str]:
         return []
     sub = {s: r for s, r in per.items() if int(s) in set(earlier)}
     rows = []
-    for (label, a, b, nd), (_, new) in zip(CLAIMS, claims):
+    for (label, a, b, nd), (_, new) in zip(CLAIMS, claims, strict=True):
         old = _compare(sub, a, b, nd)
         if "d" in old and "d" in new:
             rows.append((label, old["d"], new["d"], nd))

@@ -154,7 +154,7 @@ OBSERVER = {"global": "holder of the final global model (server, every participa
 def table_rows(results) -> list[dict]:
     """One dict per protocol (variant) and observer."""
     out = []
-    for proto, label, over, df in results:
+    for proto, label, _over, df in results:
         name = proto if label == "default" else f"{proto} + {label}"
         if isinstance(df, str):
             out.append({"protocol": name, "observer": "—", "note": f"cannot run: {df}"})
@@ -379,7 +379,7 @@ def results_of(data: dict, seeds=None) -> list:
 def _per_seed(df, col) -> dict[int, float]:
     ok = df[df["status"].isin(DONE)]
     out = {}
-    for seed, v in zip(ok["seed"], ok[col]):
+    for seed, v in zip(ok["seed"], ok[col], strict=True):
         try:
             f = float(v)
         except (TypeError, ValueError):

@@ -46,13 +46,13 @@ import argparse
 import csv
 import fcntl
 import json
-import math
 import os
 import resource
 import sys
 import time
-from typing import NamedTuple
+from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -427,7 +427,7 @@ a rerun elsewhere should reproduce.
     L.append("")
     sizes = [s.label for s in t1 if s.label.startswith("n = ")]
     pairs = [("S-SGD", lab) for lab in sizes] + [(lab, "C-SGD") for lab in sizes]
-    pairs += list(zip(sizes, sizes[1:]))
+    pairs += list(pairwise(sizes))
     pairs.append(("S-SGD", "C-SGD"))
     L.append("Reading: an epoch is one pass over a group's data, so a model of a group of n "
              "devices takes n × 500 / 32 ≈ 16n mini-batch steps per epoch (S-SGD ≈ 16, C-SGD "
@@ -448,7 +448,7 @@ a rerun elsewhere should reproduce.
     L.append("")
     lab2 = [s.label for s in t2]
     L.append("Ordering (error falling as θ grows):\n")
-    L += _claims(cells, list(zip(lab2, lab2[1:])) + [(lab2[0], lab2[-1])])
+    L += _claims(cells, list(pairwise(lab2)) + [(lab2[0], lab2[-1])])
     L.append("")
     L.append(f"## Table III — error against τ (n = {SWEEP_N}, θ = 0.5, ω = {SWEEP_OMEGA})\n")
     L += _table(t3, cells, epochs, paper_col("III"))
@@ -662,7 +662,7 @@ def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
 
 def _shape(labels, errs, knob: str) -> str:
     """How an error moves along a sweep, in words (a description, not a test)."""
-    steps = [b - a for a, b in zip(errs, errs[1:])]
+    steps = [b - a for a, b in pairwise(errs)]
     if all(d < 0 for d in steps):
         return f"falls at every step as {knob} grows"
     if all(d > 0 for d in steps):
@@ -694,7 +694,6 @@ def _long_sweeps(rows, epochs) -> list[str]:
     tables = [t for t in tables if t[2]]
     if not tables:
         return []
-    seeds = sorted({sd for _, _, ts in tables for s in ts for sd in cells[s.label]})
     # a table's seeds: those every cell of it has (a paired claim needs the seed in both cells)
     common = {k: sorted(set.intersection(*(set(cells[s.label]) for s in ts)))
               for k, _, ts in tables}
@@ -728,7 +727,7 @@ def _long_sweeps(rows, epochs) -> list[str]:
             L.append((_direction(cells, ts, k, knob, common[k][0]) if common[k] else
                       "No seed was run in every cell of this table.") + "\n")
         else:
-            L += _claims(cells, list(zip(labels, labels[1:])) + [(labels[0], labels[-1])])
+            L += _claims(cells, list(pairwise(labels)) + [(labels[0], labels[-1])])
             L.append("")
             if k != "II":
                 L.append(f"U-shape in {knob}: {_u_shape(cells, labels)}.\n")
@@ -747,7 +746,7 @@ def _curve_plot(cells, epochs, sets) -> str | None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for s in sets:
         curve = [_epoch_vals(cells[s.label], e) for e in range(1, epochs + 1)]
-        xs = [e for e, v in zip(range(1, epochs + 1), curve) if v]
+        xs = [e for e, v in zip(range(1, epochs + 1), curve, strict=True) if v]
         ax.plot(xs, [sum(v) / len(v) for v in curve if v], label=s.label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error % (mean over seeds)")

@@ -299,7 +299,7 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     full = schema()     # the built-in sections and every registered protocol's
     top = full[""]
     sections = [s for s in full if s]
-    for k, v in raw.items():
+    for k in raw:
         if k in top:
             continue
         if k in full:      # a section; a non-table value is reported below

@@ -212,7 +212,7 @@ class Simulation:
         self.config = cfg
         root = np.random.SeedSequence(cfg.seed)
         children = root.spawn(len(STREAMS))
-        self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, children)}
+        self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, children, strict=True)}
         n = cfg.fleet.devices
         # a caller's preloaded copy (sweeps share one per dataset, e.g. from Ray's object store)
         self.dataset = dataset if dataset is not None else load_dataset(

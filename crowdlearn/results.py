@@ -365,12 +365,12 @@ def load(dirs: str | os.PathLike | Sequence[str | os.PathLike]) -> RunData:
     if not folders:
         raise CrowdlearnError("load: no results folder given")
     names = [f.name for f in folders]
-    names = [n if names.count(n) == 1 else f"{f.parent.name}/{n}" for n, f in zip(names, folders)]
+    names = [n if names.count(n) == 1 else f"{f.parent.name}/{n}" for n, f in zip(names, folders, strict=True)]
     loaded = [_load_one(f) for f in folders]
     tables: dict[str, Any] = {}
     for key in dict.fromkeys(k for _, _, t in loaded for k in t):
         parts = []
-        for name, (_, _, t) in zip(names, loaded):
+        for name, (_, _, t) in zip(names, loaded, strict=True):
             if key in t:
                 df = t[key]
                 df.insert(0, "run", pd.Series([name] * len(df), dtype="object", index=df.index))
@@ -383,5 +383,5 @@ def load(dirs: str | os.PathLike | Sequence[str | os.PathLike]) -> RunData:
         summary, config, _ = loaded[0]
         return RunData(summary, config, tables)
     summary = pd.DataFrame([{"run": n, **{k: v for k, v in s.items() if not isinstance(v, dict)}}
-                            for n, (s, _, _) in zip(names, loaded)])
-    return RunData(summary, {n: c for n, (_, c, _) in zip(names, loaded)}, tables)
+                            for n, (s, _, _) in zip(names, loaded, strict=True)])
+    return RunData(summary, {n: c for n, (_, c, _) in zip(names, loaded, strict=True)}, tables)

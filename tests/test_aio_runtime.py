@@ -159,7 +159,7 @@ def test_asyncio_runs_crowdlearning_and_ssgd_with_simpys_boundary_traffic(name):
     assert got.keys() == want.keys() and got
     for k in want:
         assert [a.shape for a in got[k]] == [b.shape for b in want[k]], k
-        for a, b in zip(got[k], want[k]):
+        for a, b in zip(got[k], want[k], strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=str(k))
     by_kind, ref_kind = s["bytes_by_kind"], dict(ref.monitor.bytes_by_kind)
     assert by_kind.keys() == ref_kind.keys()

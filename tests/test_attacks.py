@@ -275,8 +275,8 @@ def test_follower_min_norm_improves_with_piece_size(digits):
 # ---------------------------------------------------------------- views in a simulation
 def test_privacy_report_on_a_small_dssgd_run():
     from crowdlearn.config import from_dict
-    from crowdlearn.privacy.attacks.views import PrivacyProbe, privacy_report
     from crowdlearn.experiment import Simulation
+    from crowdlearn.privacy.attacks.views import PrivacyProbe, privacy_report
 
     cfg = from_dict({"protocol": "dssgd", "rounds": 2, "seed": 3,
                      "fleet": {"devices": 4, "cells": 1}, "model": {"hidden": [16]},

@@ -27,9 +27,9 @@ import pytest
 from crowdlearn import cli
 from crowdlearn.config import from_dict, load
 from crowdlearn.errors import ConfigError, CrowdlearnError
+from crowdlearn.experiment import Simulation
 from crowdlearn.results import MARKER, check_out, write
 from crowdlearn.results import load as load_results
-from crowdlearn.experiment import Simulation
 from tests.conftest import small_config
 
 ROOT = Path(__file__).resolve().parent.parent

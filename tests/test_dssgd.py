@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 
-from sim import wire
 from crowdlearn.protocols.dssgd import (
     CONFIG_SECTION,
     DownloadRequest,
@@ -21,6 +20,9 @@ from crowdlearn.protocols.dssgd import (
     select_topk,
     unflatten,
 )
+from crowdlearn.training.jobs import TrainJob
+from crowdlearn.training.models import mlp
+from sim import wire
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -36,8 +38,6 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-from crowdlearn.training.jobs import TrainJob
-from crowdlearn.training.models import mlp
 
 
 def sends(effects):

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from sim import wire
+from crowdlearn.experiment import Simulation
 from crowdlearn.protocols.messages import RoundStart, Update
 from crowdlearn.results import write
-from crowdlearn.experiment import Simulation
+from sim import wire
 from tests.conftest import small_config
 
 

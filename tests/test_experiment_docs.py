@@ -541,7 +541,7 @@ def test_encrypted_asgd_doc_is_what_render_makes_of_the_data():
     assert mod.DOC.read_text() == mod.render(R.read_rows(mod.DATA), R.environments_text(mod.ENV))
 def _cnn_rows(label, errors, *, epochs=2, cpu=""):
     return [{**r, "model": "paper-cnn", "error_by_epoch": f"{e + 5};{e}"}
-            for r, e in zip(_slicenet_rows(label, errors, epochs=epochs, cpu=cpu), errors)]
+            for r, e in zip(_slicenet_rows(label, errors, epochs=epochs, cpu=cpu), errors, strict=True)]
 
 
 def test_slicenet_rows_without_a_model_column_stay_the_mlps_beside_cnn_rows(tmp_path,

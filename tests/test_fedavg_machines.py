@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 from crowdlearn.protocols.fedavg import FedAvgClient, FedAvgParams, FedAvgServer
+from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from crowdlearn.training.jobs import Executor, TrainJob
+from crowdlearn.training.models import mlp
 from sim.machine import (
     Disconnected,
     Halt,
@@ -19,9 +22,6 @@ from sim.machine import (
     Start,
     TimerFired,
 )
-from crowdlearn.protocols.messages import Decline, RoundStart, Update
-from crowdlearn.training.jobs import Executor, TrainJob
-from crowdlearn.training.models import mlp
 
 
 def server(rounds=2, m=2, **kw):

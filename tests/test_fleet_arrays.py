@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.config import from_dict
-from crowdlearn.protocols.fedavg import FedAvgClient
-from sim.machine import Machine, Start
-from sim.driver import Driver, Fleet, LazyMachines
 from crowdlearn.experiment import DeviceRngs, Simulation
+from crowdlearn.protocols.fedavg import FedAvgClient
+from sim.driver import Driver, Fleet, LazyMachines
+from sim.machine import Machine, Start
 from sim.monitor import Monitor
 from sim.network import Network, build_topology, cell_tree, max_min_rates
 from sim.profiles import TIERS, FleetProfiles, sample_fleet, sample_fleet_table
@@ -376,8 +376,8 @@ def test_fedavg_bulk_join_selects_what_one_peer_joined_per_device_selects(n, cha
 def test_a_device_runs_its_jobs_one_at_a_time_and_a_cancelled_queued_job_never_runs():
     from dataclasses import dataclass
 
-    from sim.machine import CancelJob, JobDone, RunJob, TimerFired
     from crowdlearn.training.jobs import Executor
+    from sim.machine import CancelJob, JobDone, RunJob, TimerFired
 
     @dataclass(frozen=True)
     class Task:

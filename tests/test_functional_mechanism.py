@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from crowdlearn.privacy import functional as F
-from sim import wire
 from crowdlearn.protocols.fm import (
     FMDecline,
     FMFitJob,
@@ -21,6 +20,7 @@ from crowdlearn.protocols.fm import (
     quality_weights,
     score_models,
 )
+from sim import wire
 from sim.machine import (
     CancelJob,
     JobDone,
@@ -470,7 +470,6 @@ def test_standard_evaluator_agrees_and_deep_mode_learns(registered):
 def test_config_section_cross_check_and_params(registered):
     import dataclasses
 
-    from crowdlearn.protocols import fm
     from crowdlearn.protocols.fm import CONFIG_SECTION, cross_check, params_from_config
     fields = {f.name for f in dataclasses.fields(FMParams)} - {"rounds", "mu"}
     assert set(CONFIG_SECTION) == fields

@@ -6,12 +6,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.crypto.sealing import Header, KeyRing, Sealed
-from crowdlearn.protocols.dssgd import DownloadRequest, DSSGDParams, DSSGDServer, SparseUpdate
-from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
-from sim.machine import PeerJoined, Received, Report, Send, Start
-from crowdlearn.protocols.messages import Update
-from crowdlearn.protocols.validate import check_sparse
-from slicenet.partition import partition
 from crowdlearn.protocols.crowdlearning.machines import (
     Download,
     KeyAnnounce,
@@ -27,6 +21,12 @@ from crowdlearn.protocols.crowdlearning.machines import (
     description_for,
     layout_from_plan,
 )
+from crowdlearn.protocols.dssgd import DownloadRequest, DSSGDParams, DSSGDServer, SparseUpdate
+from crowdlearn.protocols.fedavg import FedAvgParams, FedAvgServer
+from crowdlearn.protocols.messages import Update
+from crowdlearn.protocols.validate import check_sparse
+from sim.machine import PeerJoined, Received, Report, Send, Start
+from slicenet.partition import partition
 
 
 def names(effects):

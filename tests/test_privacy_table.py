@@ -56,7 +56,7 @@ def _runs(seeds, aucs, *, status="ok", rec=None):
     reconstruction and its two baselines per seed."""
     import pandas as pd
     rows = []
-    for i, (s, a) in enumerate(zip(seeds, aucs)):
+    for i, (s, a) in enumerate(zip(seeds, aucs, strict=True)):
         r = {"seed": s, "status": status, "error": None, "stopped_by": "completed",
              "completed": True, "rounds_completed": 2, "final_accuracy": 0.5 + 0.01 * i,
              "bytes_total": 1000 + i, "epsilon": None, "membership_target": "global",

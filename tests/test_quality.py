@@ -114,7 +114,8 @@ def test_config_section():
 
 
 def test_class_zero_can_be_under_represented_and_classes_outside_the_dataset_are_refused():
-    from crowdlearn.config import ConfigError, from_dict as resolve
+    from crowdlearn.config import ConfigError
+    from crowdlearn.config import from_dict as resolve
     from crowdlearn.errors import CrowdlearnError
     cfg = resolve({"protocol": "fm", "data": {"dataset": "breast_cancer"},
                    "model": {"arch": "linear"},

@@ -209,8 +209,8 @@ def test_ray_training_executor_gives_the_weights_of_the_in_process_trainer():
     import numpy as np
 
     from crowdlearn.config import from_dict
-    from crowdlearn.training.ray_trainer import RayShardedTrainer
     from crowdlearn.experiment import SERVER, Simulation
+    from crowdlearn.training.ray_trainer import RayShardedTrainer
 
     raw = {**BASE, "fleet": {"devices": 7}, "fedavg": {"clients_per_round": 5}}
     local = Simulation(from_dict(raw))

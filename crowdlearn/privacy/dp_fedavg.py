@@ -61,8 +61,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from crowdlearn.errors import ConfigError
-from sim.machine import Report
 from crowdlearn.schema import keys, param, validate
+from sim.machine import Report
 
 __all__ = ["CONFIG_SECTION", "DPParams", "DPSection", "DPFedAvg", "FedAvgAccountant", "clip_update",
            "epsilon_direct", "epsilon_of_rounds", "noise_for_epsilon", "cross_check",
