@@ -460,8 +460,7 @@ class MaskBatch:
                 self._futures.append(ex.submit(self._add, self._streams[i],
                                                share[::-1] if i % 2 else share, True))
 
-    @staticmethod
-    def _add(stream: _Keystream, groups: list, lock: bool) -> None:
+    def _add(self, stream: _Keystream, groups: list, lock: bool) -> None:
         """Expand each group's seed and add ``sign · PRG(seed)`` to each of its holders (under
         the holder's lock when other threads may write to it)."""
         for seed, holders in groups:
