@@ -200,6 +200,36 @@ def test_mask_batch_equals_each_party_accumulating_alone(d, bits, threads, reads
     assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-mask")]
 
 
+@pytest.mark.parametrize("tile", [1, 4])
+def test_mask_threads_sharing_out_seeds_lose_no_add(tile, monkeypatch):
+    """Two or three worker threads adding whole keystreams to the same vectors (every pair of
+    12 parties, 2^18 words, so that adds overlap in time): each result equals the party's own
+    accumulation, and every thread took seeds (the work is shared out).  With the holders'
+    locks taken out, this lost adds in 3 of 3 runs here."""
+    monkeypatch.setattr(masking, "_TILE", tile)
+    n, d, bits = 12, 1 << 18, 31
+    rng = np.random.default_rng(7)
+    seed = {(u, v): rng.bytes(32) for u in range(n) for v in range(u + 1, n)}
+    terms = [[(seed[min(u, v), max(u, v)], 1 if u < v else -1) for v in range(n) if v != u]
+             for u in range(n)]
+    for threads in (2, 3):
+        batch = masking.MaskBatch(d, bits, threads=threads)
+        used = set()
+        add = batch._add
+
+        def spy(stream, groups, lock, used=used, add=add):
+            used.add(threading.get_ident())
+            return add(stream, groups, lock)
+        monkeypatch.setattr(batch, "_add", spy)
+        pending = [batch.register(None, t) for t in terms]
+        for p, t in zip(pending, terms, strict=True):
+            acc = masking.MaskAccumulator(d, bits)
+            for s, sign in t:
+                acc.add_prg(s, sign)
+            assert np.array_equal(p.result(), acc.result())
+        assert len(used) == threads and batch.expansions == n * (n - 1) // 2
+
+
 def test_a_tile_of_pairs_is_expanded_when_full_or_when_no_seed_waits():
     """Completed pairs wait for the tile (4 registrations), or go at once when no registered
     seed waits for another holder (the cohort's last registration); what is left, at the

@@ -455,7 +455,7 @@ class MaskBatch:
         shares: list[list] = [[] for _ in range(k)]
         for g in groups:                    # by the last holder: the tile's party
             shares[g[1][-1][0].index % k].append(g)
-        for i, (ex, share) in enumerate(zip(self._workers, shares)):
+        for i, (ex, share) in enumerate(zip(self._workers, shares, strict=True)):
             if share:                       # odd threads walk the earlier holders backwards
                 self._futures.append(ex.submit(self._add, self._streams[i],
                                                share[::-1] if i % 2 else share, True))
