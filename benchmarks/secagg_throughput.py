@@ -6,14 +6,14 @@ parameters), 2 local epochs, batch 32, every device selected (``clients_per_roun
 settings of ``examples/secagg_fashion.toml`` otherwise.  Each contender is a fresh
 ``Simulation(...).run()``: config, fleet, the batched TensorFlow training of the 100 devices,
 the four SecAgg stages with the real cryptography (X25519, HKDF, AES-GCM shares, AES-128-CTR
-masks, Shamir over GF(2^256+297)), unmasking, evaluation.  As in every simulation, each pair's
+mask keystreams computed through AES-GCM, Shamir over GF(2^256+297)), unmasking, evaluation.  As in every simulation, each pair's
 X25519 key and mask keystream are derived once for both ends (``secagg.SharedCrypto``); the
 compute charged to each simulated device is its own operations' calibrated cost.
 
 Where the wall time goes and what runs in parallel (``docs/benchmarks.md``): TensorFlow's
-training uses every core; X25519 holds the GIL (one core); the mask keystreams (AES-CTR) and
-their in-place adds release it and run on the mask batch's worker threads, one coordinate slice
-each (``masking.MaskBatch``), and the round's training batch starts on a worker thread as soon
+training uses every core; X25519 holds the GIL (one core); the mask keystreams (AES-CTR, made
+by GCM) and their in-place adds release it and run on the mask batch's worker threads, the
+seeds shared out among them (``masking.MaskBatch``), and the round's training batch starts on a worker thread as soon
 as the key-sharing stage begins, so the clients' key-sharing cryptography runs while TensorFlow
 trains (``jobs.Executor`` early batches); each client registers its masks with the batch when it
 shares its keys (its input is added at the masked-input stage), so the keystreams run in that
@@ -28,12 +28,16 @@ list arrives; its CPU is counted in the round's (an ended child's, ``os.times``)
 early training): this change's effect, measured in the same process.
 
 One plain round first warms TensorFlow up (not timed); then the contenders run interleaved
-``--repeats`` times and the medians are compared.  Prints ``ratio X`` (SecAgg round wall ÷
+``--repeats`` times and the medians are compared; before each timed run ``gc.collect()``, so
+that no contender's window collects an earlier one's garbage (measured: none was cyclic, so
+this is hygiene, not a speed-up).  Prints ``ratio X`` (SecAgg round wall ÷
 plain round wall; target <= 2) last.  Also printed: the process CPU time of each contender and
 ``ratio_cpu`` (SecAgg CPU ÷ plain CPU: the work done, less sensitive to other processes on a
 shared machine, though TensorFlow's threads count in it), and the load average (1 min) before
 and after: on a loaded machine the wall ratio stretches, since the plain round's TensorFlow is
-the part that uses several cores.
+the part that uses several cores.  Each run's run-queue wait (seconds its threads were runnable
+but had no core, ``/proc/self/task/*/schedstat``) shows how much of its wall other processes
+took: the plain round's wall moves with it ("Sixth session" in ``docs/benchmarks.md``).
 
 ``--phases`` prints instead where one sequential SecAgg round's CPU goes, primitive by
 primitive (thread CPU time); ``--mask-threads N`` and ``--switch-interval S`` set the mask
@@ -51,6 +55,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -86,6 +91,25 @@ def _cpu() -> float:
     return time.process_time() + t.children_user + t.children_system
 
 
+def _runq_wait() -> float | None:
+    """Seconds this process's live threads have spent runnable but waiting for a core
+    (``/proc/self/task/*/schedstat``, second field; Linux with schedstats), or None.  Over a
+    timed run, the part of its wall time that other processes (or its own surplus threads)
+    took: what moves the plain round's wall on a shared machine ("Sixth session").  Threads
+    that start and end inside the run (the mask workers) are not in the difference."""
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    except OSError:
+        return None
+    return total / 1e9
+
+
 def one(name: str, clients: int, threads: int | None = None) -> dict:
     from crowdlearn.crypto import masking
     from crowdlearn.experiment import Simulation
@@ -93,6 +117,8 @@ def one(name: str, clients: int, threads: int | None = None) -> dict:
     mode, sequential, inproc = CONTENDERS[name]
     default_threads = masking.default_threads
     agreement_process = fedavg_family.agreement_process
+    gc.collect()       # hygiene: no garbage of an earlier contender collected in this window
+    q0 = _runq_wait()
     t0, c0 = time.perf_counter(), _cpu()
     try:
         if sequential:                   # no mask worker threads, no early training batch
@@ -109,7 +135,9 @@ def one(name: str, clients: int, threads: int | None = None) -> dict:
         masking.default_threads = default_threads
         fedavg_family.agreement_process = agreement_process
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
-    return {"wall": wall, "cpu": cpu, "acc": res.summary["final_accuracy"],
+    q1 = _runq_wait()
+    return {"wall": wall, "cpu": cpu, "runq": None if q0 is None or q1 is None else q1 - q0,
+            "acc": res.summary["final_accuracy"],
             "expansion": res.summary.get("secagg_expansion"),
             "client_bytes": res.summary.get("secagg_client_bytes_per_round"),
             "ok": res.summary.get("secagg_rounds_ok"),
@@ -174,8 +202,8 @@ def phases(clients: int) -> None:
     wrap(ka, "open_sealed", "AES-GCM (seal, open)")
     wrap(shamir, "split_many", "Shamir sharing")
     wrap(shamir, "lagrange_at_zero", "Shamir reconstruction")
-    wrap(masking._Keystream, "expand", "AES-CTR keystreams")
-    wrap(masking.MaskBatch, "_add_slice", "mask adds")
+    wrap(masking._Keystream, "expand", "AES keystreams (GCM)")
+    wrap(masking.MaskBatch, "_add", "mask adds")
     wrap(masking.MaskBatch, "register", "mask registration")
     wrap(masking.PendingMask, "plus", "input + corrections")
     wrap(masking, "quantise", "quantisation")
@@ -251,8 +279,9 @@ def main(argv=None):
             if r["early"]["discarded"]:
                 extra += f" (discarded {r['early']['discarded']})"
         walls = ", ".join(f"{x['wall']:.2f}" for x in rs)
+        waits = ", ".join("?" if x["runq"] is None else f"{x['runq']:.2f}" for x in rs)
         print(f"{m:13s} wall {med[m]:6.2f} s (runs: {walls})  cpu {cpu[m]:6.2f} s  "
-              f"accuracy {r['acc']:.4f}{extra}")
+              f"run-queue wait (runs: {waits}) s  accuracy {r['acc']:.4f}{extra}")
     if "secagg-seq" in runs:
         print(f"ratio_sequential {med['secagg-seq'] / med['plain']:.2f}  ratio_cpu_sequential "
               f"{cpu['secagg-seq'] / cpu['plain']:.2f}   (SecAgg with no mask threads and no "

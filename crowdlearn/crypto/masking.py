@@ -1,11 +1,16 @@
 """Masks and fixed-point vectors in Z_R, R = 2^bits.
 
-* :func:`prg` expands a 32-byte seed into a vector uniform in Z_R with the AES-128-CTR keystream
-  (``cryptography``; the seed's first half is the key, its second half the initial counter
-  block): a cryptographic PRG, so masks derived from a seed are indistinguishable from uniform to
-  anyone without the seed.  128-bit AES matches the ~128-bit security of the X25519 agreement
-  the seeds come from, and runs twice as fast here as AES-256 or ChaCha20 (``docs/design.md``).
-  R is a power of two, so reducing the keystream's words modulo R keeps them exactly uniform.
+* :func:`prg` expands a 32-byte seed into a vector uniform in Z_R with an AES-128-CTR keystream
+  (``cryptography``): key ``seed[:16]``, initial counter block ``seed[16:28] || 00000002``,
+  32-bit big-endian increment (the seed's last 4 bytes are unused): a cryptographic PRG, so
+  masks derived from a seed are indistinguishable from uniform to anyone without the seed.
+  That counter layout is AES-GCM's with the 96-bit nonce ``seed[16:28]`` (NIST SP 800-38D:
+  encryption starts at ``inc32(J0)``, ``J0 = nonce || 00000001``), so GCM's ciphertext of zeros
+  is this keystream: :class:`_Keystream` computes it through GCM, which runs twice as fast here
+  as CTR mode (stitched AES + GHASH, ``docs/design.md``), while :func:`prg` is written with
+  plain CTR as the reference (equal, tested).  128-bit AES matches the ~128-bit security of the
+  X25519 agreement the seeds come from.  R is a power of two, so reducing the keystream's words
+  modulo R keeps them exactly uniform.
 * :func:`quantise` / :func:`dequantise` map real vectors to Z_R and back: clip each coordinate to
   ``[−c, c]``, scale to the integers ``[−L, L]`` with ``L = 2^(quant_bits−1) − 1``, round, reduce
   mod R.  A sum of ``n`` such vectors is exact in Z_R as long as ``n·L < R/2``
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,11 +51,31 @@ __all__ = ["prg", "quantise", "dequantise", "min_modulus_bits", "levels", "pack"
            "packed_len", "add_mod", "sub_mod", "MaskAccumulator", "MaskBatch", "PendingMask"]
 
 
-def _keystream_cipher(seed: bytes):
-    """The AES-128-CTR encryptor of ``seed``: key ``seed[:16]``, initial counter ``seed[16:]``."""
+#: the first counter value of the keystream (GCM's first block for the plaintext, inc32(J0))
+_FIRST_COUNTER = 2
+
+#: AES blocks one keystream may take: the 32-bit counter runs from 2 and must not wrap (where
+#: GCM's inc32 and a 128-bit CTR increment would part)
+_MAX_BLOCKS = (1 << 32) - _FIRST_COUNTER
+
+
+def _check_seed(seed: bytes, nbytes: int) -> None:
     if len(seed) != 32:
         raise ValueError(f"PRG seed must be 32 bytes; got {len(seed)}")
-    return Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
+    if -(-nbytes // 16) > _MAX_BLOCKS:
+        raise ValueError(f"a PRG keystream holds at most {_MAX_BLOCKS} AES blocks (its 32-bit "
+                         f"counter must not wrap); {nbytes} bytes asked: split the vector")
+
+
+def _counter_block(seed: bytes) -> bytes:
+    """The first counter block: ``seed[16:28] || 00000002`` (GCM's ``inc32(J0)``)."""
+    return seed[16:28] + _FIRST_COUNTER.to_bytes(4, "big")
+
+
+def _fast_keystream(seed: bytes):
+    """An encryptor whose output on zeros is PRG(seed)'s keystream: AES-128-GCM with key
+    ``seed[:16]`` and nonce ``seed[16:28]`` (its tag is never made)."""
+    return Cipher(algorithms.AES(seed[:16]), modes.GCM(seed[16:28])).encryptor()
 
 
 def _check_bits(bits: int) -> None:
@@ -60,12 +86,16 @@ def _check_bits(bits: int) -> None:
 def prg(seed: bytes, d: int, bits: int) -> np.ndarray:
     """``d`` values uniform in Z_(2^bits) from the AES-128-CTR keystream of ``seed`` (uint64).
 
+    The reference, in plain CTR mode from the counter block ``seed[16:28] || 00000002`` (at
+    most :data:`_MAX_BLOCKS` blocks, so the 128-bit increment never carries out of the low 32
+    bits and equals GCM's ``inc32``); :class:`_Keystream` gives the same words through GCM.
     Each seed is used once per purpose (callers derive it per round and per pair), so a
     (key, counter) block never repeats.
     """
     _check_bits(bits)
     width = 4 if bits <= 32 else 8
-    enc = _keystream_cipher(seed)
+    _check_seed(seed, d * width)
+    enc = Cipher(algorithms.AES(seed[:16]), modes.CTR(_counter_block(seed))).encryptor()
     raw = enc.update(bytes(d * width)) + enc.finalize()
     words = np.frombuffer(raw, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
     return words & np.uint64((1 << bits) - 1)
@@ -192,32 +222,23 @@ class MaskAccumulator:
 class _Keystream:
     """One reusable buffer of ``d`` keystream words (and the zeros the cipher encrypts).
 
-    ``offset`` (a multiple of the 16-byte AES block, in words) makes :meth:`expand` return the
-    words ``offset … offset + d − 1`` of PRG(seed): CTR mode encrypts counter block ``c + k``
-    for the ``k``-th block (OpenSSL increments the whole 128-bit block, big-endian), so starting
-    the cipher at ``c + offset·w/16`` gives that slice of the same keystream (tested against the
-    full expansion, the counter wrap at 2^128 included).
+    :meth:`expand` returns PRG(seed) (equal to :func:`prg` before the reduction mod 2^bits,
+    tested) computed as AES-128-GCM's ciphertext of zeros: the same counter blocks, at GCM's
+    speed.  GCM cannot start mid-stream (its first counter is fixed by the nonce), so a
+    keystream is always expanded whole, by one thread.
     """
 
-    def __init__(self, d: int, dtype: np.dtype, offset: int = 0):
+    def __init__(self, d: int, dtype: np.dtype):
         self.d, self.dtype = d, dtype
-        start = offset * dtype.itemsize
-        if start % 16:
-            raise ValueError(f"a keystream slice starts on a 16-byte block; got word {offset}")
-        self._blocks = start // 16
         n = d * dtype.itemsize
         self._zeros = bytes(n)
         self._buf = bytearray(n + 15)       # update_into wants block-size slack
         self._words = np.frombuffer(self._buf, dtype, count=d)    # what expand returns
 
     def expand(self, seed: bytes) -> np.ndarray:
-        """Words ``offset …`` of PRG(seed), a view of the buffer (valid until the next call)."""
-        if self._blocks:
-            if len(seed) != 32:
-                raise ValueError(f"PRG seed must be 32 bytes; got {len(seed)}")
-            ctr = (int.from_bytes(seed[16:], "big") + self._blocks) % (1 << 128)
-            seed = seed[:16] + ctr.to_bytes(16, "big")
-        _keystream_cipher(seed).update_into(self._zeros, self._buf)
+        """The words of PRG(seed), a view of the buffer (valid until the next call)."""
+        _check_seed(seed, len(self._zeros))
+        _fast_keystream(seed).update_into(self._zeros, self._buf)
         return self._words
 
 
@@ -235,12 +256,12 @@ _CONSUMED = _UsedUp()
 class PendingMask:
     """A masked vector registered with a :class:`MaskBatch`, computed when first read."""
 
-    __slots__ = ("batch", "base", "terms", "_value", "index", "parts")
+    __slots__ = ("batch", "base", "terms", "_value", "index", "lock")
 
     def __init__(self, batch: "MaskBatch", base: np.ndarray, terms: tuple, index: int = 0):
         self.batch, self.base, self.terms, self._value = batch, base, terms, None
         self.index = index               # its registration's rank in the batch
-        self.parts = [base[a:b] for a, b in batch._slices]     # its slice of each thread
+        self.lock = threading.Lock()     # held by a worker thread while it adds to base
 
     def result(self) -> np.ndarray:
         """``base + Σ sign · PRG(seed) mod 2^bits`` in machine words (uint32 when bits <= 32,
@@ -291,14 +312,6 @@ def default_threads() -> int:
     return min(cores, 4) if cores > 1 else 0
 
 
-def _slices(d: int, dtype: np.dtype, k: int) -> list[tuple[int, int]]:
-    """``k`` contiguous word ranges covering ``0 … d``, cut on 16-byte AES blocks."""
-    per_block = 16 // dtype.itemsize
-    blocks = -(-d // per_block)
-    cuts = [min(d, (blocks * i // k) * per_block) for i in range(k + 1)]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, d)]
-
-
 class MaskBatch:
     """Masked vectors of many parties computed together, each pairwise seed expanded once.
 
@@ -319,12 +332,16 @@ class MaskBatch:
     two parties is therefore expanded once per two holders, plus once for any holders left at
     the first read.
 
-    ``threads``: the vectors are cut into that many coordinate slices (on AES blocks), each
-    owned by one worker thread that expands its part of the keystream (the CTR counter started
-    at the slice) and adds it in place.  The ``cryptography`` cipher and numpy's adds release
-    the GIL, so this runs beside the caller's own work (the next party's X25519 agreements) and
-    on several cores; every addition is mod 2^32 or 2^64, so the result does not depend on the
-    order of the adds (equal, bit for bit, to the single-threaded path: tested).  0 computes
+    ``threads``: that many worker threads share out the seeds, each expanding a seed's whole
+    keystream (GCM cannot start mid-stream: :class:`_Keystream`) and adding it in place to its
+    holders, one holder's lock held per add.  A seed goes to the thread of its last holder
+    (the tile's party, :meth:`_expand`), so within a tile a later holder's vector is only ever
+    written by one thread, and the threads walk the earlier holders in opposite directions, so
+    they seldom want the same vector at once.  The ``cryptography`` cipher and numpy's adds
+    release the GIL, so this runs beside the caller's own work (the next party's X25519
+    agreements) and on several cores; every addition is mod 2^32 or 2^64, so the result does
+    not depend on the order of the adds (equal, bit for bit, to the single-threaded path:
+    tested).  0 computes
     everything in the calling thread at the first read.  Worker threads live from the first
     expansion to the end of :meth:`compute`.  Memory: one word vector per pending party (what
     the server holds once their uploads arrive anyway), the rows of 16 MiB slabs
@@ -349,7 +366,6 @@ class MaskBatch:
         self.threads = default_threads() if threads is None else int(threads)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0; got {threads}")
-        self._slices = _slices(d, self.dtype, max(1, self.threads))
         self._pending: list[PendingMask] = []
         self._held: dict[bytes, list] = {}     # seed -> holders not yet sent for expansion
         self._ready: list = []                 # (seed, holders) to expand (threads = 0)
@@ -427,27 +443,39 @@ class MaskBatch:
     def _expand(self, groups: list) -> None:
         """Add ``sign · PRG(seed)`` to each holder of each ``(seed, holders)`` group."""
         self.expansions += len(groups)
-        if self._streams is None:
-            self._streams = [_Keystream(b - a, self.dtype, a) for a, b in self._slices]
-        if not self.threads:
+        k = self.threads
+        if self._streams is None:           # one keystream buffer per thread, reused
+            self._streams = [_Keystream(self.d, self.dtype) for _ in range(max(1, k))]
+        if not k:
             self._ready.extend(groups)
             return
         if self._workers is None:
             self._workers = [ThreadPoolExecutor(1, thread_name_prefix="crowdlearn-mask")
-                             for _ in self._slices]
-        for i, ex in enumerate(self._workers):      # one thread per slice: no shared writes
-            self._futures.append(ex.submit(self._add_slice, i, groups))
+                             for _ in range(k)]
+        shares: list[list] = [[] for _ in range(k)]
+        for g in groups:                    # by the last holder: the tile's party
+            shares[g[1][-1][0].index % k].append(g)
+        for i, (ex, share) in enumerate(zip(self._workers, shares, strict=True)):
+            if share:                       # odd threads walk the earlier holders backwards
+                self._futures.append(ex.submit(self._add, self._streams[i],
+                                               share[::-1] if i % 2 else share, True))
 
-    def _add_slice(self, i: int, groups: list) -> None:
-        stream = self._streams[i]
+    def _add(self, stream: _Keystream, groups: list, lock: bool) -> None:
+        """Expand each group's seed and add ``sign · PRG(seed)`` to each of its holders (under
+        the holder's lock when other threads may write to it)."""
         for seed, holders in groups:
             words = stream.expand(seed)
             for p, sign in holders:
-                part = p.parts[i]               # p.base[lo:hi] of the slice, made once
-                if sign > 0:
-                    part += words
-                else:
-                    part -= words
+                if lock:
+                    p.lock.acquire()
+                try:
+                    if sign > 0:
+                        p.base += words
+                    else:
+                        p.base -= words
+                finally:
+                    if lock:
+                        p.lock.release()
 
     def compute(self) -> None:
         """Compute every pending result (the seeds not yet expanded first)."""
@@ -468,9 +496,9 @@ class MaskBatch:
         else:
             ready, self._ready = self._ready, []
             if ready:
-                self._add_slice(0, ready)
+                self._add(self._streams[0], ready, False)
         self._slab = None                      # its rows live as long as their results
         mask = self.dtype.type((1 << self.bits) - 1)
         for p in pending:                      # base is a row of our slab: ours
             p._value = np.bitwise_and(p.base, mask, out=p.base)
-            p.base = p.terms = p.parts = None
+            p.base = p.terms = p.lock = None
