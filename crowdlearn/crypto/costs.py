@@ -33,7 +33,7 @@ class CryptoCosts:
     host_flops: float          # measured float32 matmul FLOP/s of the host
     keygen: float              # one X25519 key pair
     agree: float               # one X25519 exchange + HKDF
-    prg_byte: float            # one byte of AES-128-CTR keystream (+ the modular add it feeds)
+    prg_byte: float            # one byte of the mask keystream (AES-128 counter blocks through GCM) + its add
     aead_byte: float           # one byte through AES-GCM
     field_mul: float           # one multiply-add mod p (Shamir sharing and reconstruction)
 
@@ -107,8 +107,12 @@ def cached_calibration(name: str, measure) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def calibrate() -> CryptoCosts:
-    """The primitives' FLOP-equivalents on this machine (measured once, then cached)."""
-    return CryptoCosts(**cached_calibration("secagg-costs-v2", lambda: asdict(_measure())))
+    """The primitives' FLOP-equivalents on this machine (measured once, then cached).
+
+    The cache's name changes with what is measured: v3 since the mask PRG runs through AES-GCM
+    (``masking._Keystream``), so a PRG byte's cost is that of the keystream the protocol expands.
+    """
+    return CryptoCosts(**cached_calibration("secagg-costs-v3", lambda: asdict(_measure())))
 
 
 def _measure() -> CryptoCosts:
