@@ -720,8 +720,8 @@ class _Route:
         self.caps = caps              # their bandwidths, a list of floats
         # link -> the smallest bandwidth of the route's other links: a flow's own cap in a
         # group on that link (the same min of the same floats, once per route, not per join)
-        self.ocap = {k: min((c for j, c in zip(ids, caps) if j != k), default=math.inf)
-                     for k in ids}
+        self.ocap = {k: min((c for j, c in zip(ids, caps, strict=True) if j != k),
+                            default=math.inf) for k in ids}
 
     @property
     def links(self) -> np.ndarray:
