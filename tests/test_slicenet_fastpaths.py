@@ -157,20 +157,35 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     wire recursion for message sizes, one window query per download, a searchsorted per owner
     for downloads, every pass's cover counted out, the owned-index checks of uploads and
     downloads by check_sparse's searchsorted (allowed=), a device's share on full-length
-    vectors, a pass's collective key made at each ask, and every metrics row evaluated on
-    the event loop's thread.  Same summary (accuracy, bytes, simulated time, events,
-    messages), the same metrics, device and round rows, bit for bit."""
+    vectors, a pass's collective key made at each ask, every metrics row evaluated on
+    the event loop's thread, the network's rate model as it was before its per-event paths
+    were cut (``tests/test_network_fastpaths.py``), each message sized afresh and the
+    window's uploads by 2-d indexing.  Same summary (accuracy, bytes, simulated time, events,
+    messages), the same metrics, device and round rows, and every message delivered at the
+    same simulated time (the float's bits), bit for bit."""
+    from crowdlearn import experiment
     from crowdlearn.experiment import run
     from crowdlearn.protocols.crowdlearning import build, device, passjob
     from crowdlearn.protocols.crowdlearning.layout import Layout
     from sim import wire
+    from sim.driver import Driver
     from slicenet.fused import FusedTrainer
     from tests.conftest import small_config
+    from tests.test_network_fastpaths import ReferenceNetwork
 
     cfg = small_config(protocol="crowdlearning", rounds=3, **{
         "fleet.devices": 12, "fleet.cells": 3, "model.hidden": [32, 16],
         "slicenet.group_size": 4, "slicenet.lr": 0.1})
+    log: list = []
+    delivered = Driver._delivered
+
+    def logged(self, src, dst, msg, nbytes, s, d):
+        log.append((src, dst, nbytes, type(msg).__name__, float(self.env.now).hex()))
+        return delivered(self, src, dst, msg, nbytes, s, d)
+
+    monkeypatch.setattr(Driver, "_delivered", logged)
     fast = run(cfg)
+    fast_log, log[:] = list(log), []
 
     def searchsorted_rank(lay):
         rank = np.empty(len(lay.flat_owner), np.int64)
@@ -192,6 +207,8 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     monkeypatch.setattr(passjob.SlicePassJob, "collective",
                         property(lambda self: ("slice_pass",) + tuple(self.key)))
     monkeypatch.setattr(FusedTrainer, "concurrent_evaluate", False)
+    monkeypatch.setattr(experiment, "Network", ReferenceNetwork)
+    monkeypatch.setattr(sp.SlidingWindow, "upload", upload_by_2d_indexing)
     ref = run(cfg)
     for res in (fast, ref):
         res.summary.pop("wall_time_s")
@@ -199,6 +216,19 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     assert fast.summary["completed"] and fast.summary["bytes_total"] > 0
     assert fast.metrics == ref.metrics and len(fast.metrics) == 3
     assert fast.devices == ref.devices and fast.rounds == ref.rounds
+    assert fast_log == log and len(log) == fast.summary["messages"] > 1000
+
+
+def upload_by_2d_indexing(self, idx, vals, tick):
+    """``SlidingWindow.upload`` as it was: 2-d fancy indexing of the (weight, slot) window."""
+    idx = np.asarray(idx, np.int64)
+    if idx.size == 0:
+        return
+    self._answers = None
+    slot = int(tick) % self.omega
+    newer = self.ticks[idx, slot] <= tick
+    self.values[idx[newer], slot] = np.asarray(vals)[newer]
+    self.ticks[idx[newer], slot] = tick
 
 
 def owns_all_by_search(self, owners, indices, *, trainable=False):
