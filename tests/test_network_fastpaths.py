@@ -7,7 +7,9 @@ methods as they were before issue 15's sixth session (verbatim, docstrings dropp
 made by ``env.timeout`` / ``Event`` + ``env.schedule`` rather than pushed on SimPy's heap, each
 flow's own cap found by a loop over its route at every join, the refill's link matrix filled
 column by column, the join's groups and contention by comprehensions, ``NodeBytes.add`` by
-item access, the link bytes in a numpy array."""
+item access, the link bytes in a numpy array.  (The refill differs only in its link matrix and
+own caps: the reference runs the current one with those two put back.  ``_on_timer`` now skips
+sorting a single completion, which changes nothing: the reference uses the current one.)"""
 
 from __future__ import annotations
 
@@ -178,72 +180,19 @@ class ReferenceNetwork(Network):
         self._place_fixed(t, _SOLO, t._route.bottleneck, left, now)
 
     def _refill(self, now: float) -> None:
-        on_link = self._on_link
-        comp: dict[Transfer, None] = {}
-        seen: set[int] = set()
-        stack = list(self._bad)
-        while stack:
-            link = stack.pop()
-            if link in seen:
-                continue
-            seen.add(link)
-            for t in on_link.get(link, ()):
-                if t not in comp:
-                    comp[t] = None
-                    stack.extend(t._route.ids)
-        if not comp:
-            return
-        self.refills += 1
-        flows = list(comp)
-        for t in flows:
-            if t._grp is not None:
-                self._advance_group(t._grp, now)
-        lefts = [self._unplace(t, now) for t in flows]
-        for t in flows:
-            g = t._grp
-            if g is not None:
-                t._grp = None
-                if self._group.get(g.link) is g:
-                    self._drop_group(g)
-        # progressive filling over compact link ids (the padding id is the last)
-        links = sorted(seen)
-        cid = {link: k for k, link in enumerate(links)}
-        width = max(len(t._route.ids) for t in flows)
-        pad = len(links)
-        lk = np.full((width, len(flows)), pad, dtype=np.intp)
-        for f, t in enumerate(flows):
-            ids = t._route.ids
-            lk[:len(ids), f] = [cid[link] for link in ids]
-        capc = np.append(self._cap[links], np.inf)
-        rates = _progressive_filling(lk, capc).tolist()
-        rate_of = dict(zip(flows, rates, strict=True))
-        left_of = dict(zip(flows, lefts, strict=True))
-        # groups: a shared link all of whose flows are free and get what one-link water-filling
-        # with their own caps gives them (most contended links first)
-        cap = self._capl
-        free = set(flows)
-        for _, link in sorted((cap[link] / len(on_link[link]), link) for link in links
-                              if len(on_link.get(link, ())) >= 2):
-            members = list(on_link[link])
-            if not free.issuperset(members):
-                continue
-            ocaps = [min((c for k, c in zip(t._route.ids, t._route.caps, strict=True)
-                          if k != link), default=math.inf) for t in members]
-            lam = _water_level(cap[link], ocaps)
-            if all(abs(min(oc, lam) - rate_of[t]) <= 1e-10 * rate_of[t]
-                   for t, oc in zip(members, ocaps, strict=True)):
-                g = self._new_group(link, now)
-                for t in members:
-                    free.discard(t)
-                    self._enter(t, g, left_of[t])
-                self._level(g, now)
-        for t in flows:
-            if t in free:
-                r = rate_of[t]
-                if r >= t._route.bottleneck * (1.0 - 1e-12):
-                    self._place_fixed(t, _SOLO, t._route.bottleneck, left_of[t], now)
-                else:
-                    self._place_fixed(t, _PIN, r, left_of[t], now)
+        # the current refill with what it did differently put back: the link matrix filled
+        # column by column, each member's own cap by a loop over its route (_OwnCapsByLoop)
+        fast, N._compact_links = N._compact_links, _compact_links_by_column
+        try:
+            super()._refill(now)
+        finally:
+            N._compact_links = fast
+
+    def _route(self, src, dst):
+        route = super()._route(src, dst)
+        if type(route.ocap) is dict:
+            route.ocap = _OwnCapsByLoop(route)
+        return route
 
     def _arm(self, now: float) -> None:
         heap = self._heap
@@ -289,59 +238,6 @@ class ReferenceNetwork(Network):
             self.recomputations += 1
         self._arm(now)
 
-    def _on_timer(self, ev: Event) -> None:
-        if ev._value != self._version:
-            return  # superseded by an earlier wake-up
-        self._armed = None
-        now = self.env.now
-        if self._dirty:
-            return  # the pending recomputation arms the next timer
-        limit = now + _DONE_TOL_S + 4.0 * math.ulp(now)     # = np.spacing for now >= 0
-        heap = self._heap
-        ended: list[Transfer] = []
-        while heap:
-            e = heap[0]
-            obj = e[3]
-            if type(obj) is not _Group:
-                if e[2] != obj._tok or obj._mode < _CAPD:      # stale (self._valid)
-                    heapq.heappop(heap)
-                    continue
-                if e[0] > limit:   # (it may wake early: rates fell since it was armed)
-                    break
-                heapq.heappop(heap)
-                ended.append(obj)
-                continue
-            if e[2] != obj.ver:
-                heapq.heappop(heap)
-                continue
-            if e[0] > limit:
-                break
-            heapq.heappop(heap)
-            g = obj
-            g.ver += 1
-            self._advance_group(g, now)
-            due = g.V + g.lam * (limit - now)
-            thr, first = g.thr, True
-            while thr:
-                te = thr[0]
-                if te[2] != te[3]._tok:
-                    heapq.heappop(thr)
-                    continue
-                if te[0] > due and not first:
-                    break
-                heapq.heappop(thr)
-                ended.append(te[3])
-                first = False
-        if not ended:
-            self._arm(now)
-            return
-        for t in ended:
-            self._leave(t, now)
-        self._mark_dirty()
-        ended.sort(key=operator.attrgetter("_seq"))
-        for t in ended:
-            self._complete(t)
-
     def _complete(self, t: Transfer) -> None:
         t._state = _DONE
         t._delivered = float(t.nbytes)
@@ -361,6 +257,29 @@ class ReferenceNetwork(Network):
             ev.callbacks.append(t._on_done)
             t._on_done = None
             ev.succeed()
+
+class _OwnCapsByLoop:
+    """A route's own caps as the refill found them: the smallest bandwidth of its links other
+    than the asked one, by ``min`` over the route at every ask."""
+
+    def __init__(self, route):
+        self.route = route
+
+    def __getitem__(self, link):
+        r = self.route
+        return min((c for k, c in zip(r.ids, r.caps, strict=True) if k != link),
+                   default=math.inf)
+
+
+def _compact_links_by_column(rows, links):
+    """The refill's link matrix as it was filled: column by column."""
+    cid = {link: k for k, link in enumerate(links)}
+    lk = np.full((max(map(len, rows)), len(rows)), len(links), dtype=np.intp)
+    for f, ids in enumerate(rows):
+        lk[:len(ids), f] = [cid[link] for link in ids]
+    return lk
+
+
 
 # ------------------------------------------------------------------------------ the laws
 def _run(cls, topology, flows, cancels, drops, checks):
@@ -486,10 +405,7 @@ def test_events_go_on_the_heap_as_simpy_would_put_them():
                 min_size=1, max_size=12))
 def test_compact_links_equal_the_column_by_column_matrix(rows):
     links = sorted({k for r in rows for k in r})
-    cid = {link: k for k, link in enumerate(links)}
-    want = np.full((max(map(len, rows)), len(rows)), len(links), dtype=np.intp)
-    for f, ids in enumerate(rows):
-        want[:len(ids), f] = [cid[link] for link in ids]
+    want = _compact_links_by_column(rows, links)
     got = N._compact_links(rows, links)
     assert got.dtype == want.dtype and got.tolist() == want.tolist()
     assert got.flags.c_contiguous
