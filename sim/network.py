@@ -710,7 +710,7 @@ class NodeBytes(MutableMapping):
 
 # ---------------------------------------------------------------------------------- transfers
 class _Route:
-    __slots__ = ("path", "latency", "bottleneck", "ids", "caps", "ocap")
+    __slots__ = ("path", "latency", "bottleneck", "ids", "caps", "_ocap")
 
     def __init__(self, path, latency, bottleneck, caps, ids):
         self.path = path              # tuple of nodes
@@ -718,10 +718,19 @@ class _Route:
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
         self.ids = ids                # link indices, a list of ints (per-event code)
         self.caps = caps              # their bandwidths, a list of floats
-        # link -> the smallest bandwidth of the route's other links: a flow's own cap in a
-        # group on that link (the same min of the same floats, once per route, not per join)
-        self.ocap = {k: min((c for j, c in zip(ids, caps, strict=True) if j != k),
-                            default=math.inf) for k in ids}
+        self._ocap = None
+
+    @property
+    def ocap(self) -> dict[int, float]:
+        """Link -> the smallest bandwidth of the route's other links: a flow's own cap in a
+        group on that link (the same ``min`` of the same floats, once per route instead of
+        once per join; made on first use, so that routes used by no group cost nothing)."""
+        oc = self._ocap
+        if oc is None:
+            ids, caps = self.ids, self.caps
+            oc = self._ocap = {k: min((c for j, c in zip(ids, caps, strict=True) if j != k),
+                                      default=math.inf) for k in ids}
+        return oc
 
     @property
     def links(self) -> np.ndarray:

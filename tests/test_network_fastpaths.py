@@ -190,8 +190,8 @@ class ReferenceNetwork(Network):
 
     def _route(self, src, dst):
         route = super()._route(src, dst)
-        if type(route.ocap) is dict:
-            route.ocap = _OwnCapsByLoop(route)
+        if route._ocap is None:
+            route._ocap = _OwnCapsByLoop(route)
         return route
 
     def _arm(self, now: float) -> None:
