@@ -85,6 +85,11 @@ _ROUTE_CACHE = 1 << 16
 
 _PENDING, _FLOWING, _DONE, _CANCELLED = "pending", "flowing", "done", "cancelled"
 
+_NORMAL = 1     # simpy.events.NORMAL
+_SIMPY_SCHEDULE = simpy.Environment.schedule
+_new_event = object.__new__
+_BY_SEQ = operator.attrgetter("_seq")
+
 # Where a flowing transfer sits in the rate model (Transfer._mode): started at this instant and not
 # placed yet; placed nowhere (in the middle of a move); on its links without a rate (its start
 # needs the exact refill of this instant); at its group's level; at its own cap inside its group;
@@ -534,6 +539,26 @@ def _progressive_filling(lk: np.ndarray, cap: np.ndarray) -> np.ndarray:
     return rate
 
 
+def _compact_links(rows: list[list[int]], links: list[int]) -> np.ndarray:
+    """The ``(P, F)`` matrix of :func:`_progressive_filling` for flows whose link ids are
+    ``rows``: each id replaced by its position in the sorted ``links`` (which hold every one),
+    short rows padded with ``len(links)``.
+
+    >>> _compact_links([[7, 2], [2]], [2, 7]).tolist()
+    [[1, 0], [0, 2]]
+    """
+    width = max(map(len, rows))
+    pad = len(links)
+    if all(len(r) == width for r in rows):      # one route shape (a tree's device <-> server)
+        ids = np.array(rows, dtype=np.intp)
+        return np.ascontiguousarray(np.searchsorted(np.array(links, dtype=np.intp), ids).T)
+    cid = {link: k for k, link in enumerate(links)}
+    lk = np.full((width, len(rows)), pad, dtype=np.intp)
+    for f, ids in enumerate(rows):
+        lk[:len(ids), f] = [cid[link] for link in ids]
+    return lk
+
+
 def max_min_rates(flow_links: np.ndarray | Sequence[Sequence[int]],
                   capacity: np.ndarray | Sequence[float]) -> np.ndarray:
     """Max-min fair rates of flows over links, by progressive filling.
@@ -662,6 +687,13 @@ class NodeBytes(MutableMapping):
         """``self[node] += n`` (a device's count by one numpy update)."""
         if type(node) is int and 0 <= node < self._n:
             self._dev[node] += n
+        elif type(node) is str or self._row(node) is None:    # the server, a cell, ...
+            other = self._other
+            value = other.get(node, 0) + n
+            if value:
+                other[node] = value
+            else:
+                other.pop(node, None)
         else:
             self[node] = self[node] + n
 
@@ -678,7 +710,7 @@ class NodeBytes(MutableMapping):
 
 # ---------------------------------------------------------------------------------- transfers
 class _Route:
-    __slots__ = ("path", "latency", "bottleneck", "ids", "caps")
+    __slots__ = ("path", "latency", "bottleneck", "ids", "caps", "_ocap")
 
     def __init__(self, path, latency, bottleneck, caps, ids):
         self.path = path              # tuple of nodes
@@ -686,6 +718,19 @@ class _Route:
         self.bottleneck = bottleneck  # min edge bandwidth (bytes/s)
         self.ids = ids                # link indices, a list of ints (per-event code)
         self.caps = caps              # their bandwidths, a list of floats
+        self._ocap = None
+
+    @property
+    def ocap(self) -> dict[int, float]:
+        """Link -> the smallest bandwidth of the route's other links: a flow's own cap in a
+        group on that link (the same ``min`` of the same floats, once per route instead of
+        once per join; made on first use, so that routes used by no group cost nothing)."""
+        oc = self._ocap
+        if oc is None:
+            ids, caps = self.ids, self.caps
+            oc = self._ocap = {k: min((c for j, c in zip(ids, caps, strict=True) if j != k),
+                                      default=math.inf) for k in ids}
+        return oc
 
     @property
     def links(self) -> np.ndarray:
@@ -878,6 +923,9 @@ class Network:
 
     def __init__(self, env: simpy.Environment, graph: nx.DiGraph | CellTree):
         self.env = env
+        # events go straight on SimPy's heap when its schedule is SimPy's own (see _post)
+        self._own_schedule = getattr(type(env), "schedule", None) is _SIMPY_SCHEDULE and \
+            hasattr(env, "_queue") and hasattr(env, "_eid")
         self._parent: dict[Node, Node] | None = None
         self._d2d: set[Node] = set()
         if isinstance(graph, CellTree):
@@ -887,7 +935,7 @@ class Network:
             self._cap = np.append(caps, np.inf)
             self._latency = lat.tolist() if lat.size < 4096 else lat
             self._pad = lat.size
-            self._link_bytes = np.zeros(lat.size, dtype=np.int64)
+            self._link_bytes = [0] * lat.size
             self._d2d = {i for pair in graph.d2d_pairs for i in pair}
         else:
             self._tree = None
@@ -952,7 +1000,8 @@ class Network:
         caps[-1] = np.inf  # the padding "link" of the path-links x flows matrix
         self._cap = caps
         self._pad = len(edges)
-        self._link_bytes = np.zeros(len(edges), dtype=np.int64)
+        # bytes per link: a list (an int's += is a fraction of a numpy item's, 3 per transfer)
+        self._link_bytes = [0] * len(edges)
 
         # Tree routing on cell_tree graphs: each node's chain of ancestors up to the server.
         if graph.graph.get("topology") == "cell_tree" and "server" in graph and "core" in graph:
@@ -1104,7 +1153,8 @@ class Network:
         TypeError
             ``nbytes`` is not an integer.
         """
-        nbytes = operator.index(nbytes)
+        if type(nbytes) is not int:
+            nbytes = operator.index(nbytes)
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0; got {nbytes}")
         route = self._route(src, dst)
@@ -1117,8 +1167,7 @@ class Network:
                 by_node[node] = {t: None}
             else:
                 bucket[t] = None
-        ev = self.env.timeout(route.latency, t)
-        ev.callbacks.append(self._on_latency)
+        self._post(route.latency, _NORMAL, t, self._on_latency)    # env.timeout(latency, t)
         return t
 
     def cancel(self, transfer: Transfer) -> bool:
@@ -1138,7 +1187,9 @@ class Network:
             if whole:
                 self.bytes_partial_sent[transfer.src] += whole
                 self.bytes_partial_received[transfer.dst] += whole
-                self._link_bytes[transfer._route.links] += whole
+                lb = self._link_bytes
+                for k in transfer._route.ids:
+                    lb[k] += whole
         transfer._state = _CANCELLED
         transfer._on_done = None
         transfer.end_time = now
@@ -1165,8 +1216,7 @@ class Network:
     def bytes_on_link(self) -> Counter:
         """A snapshot ``{(u, v): bytes}`` of what crossed each link: completed transfers plus
         the delivered part of cancelled ones."""
-        nz = np.flatnonzero(self._link_bytes)
-        return Counter({self._edge_of(k): int(self._link_bytes[k]) for k in nz})
+        return Counter({self._edge_of(k): b for k, b in enumerate(self._link_bytes) if b})
 
     def capacity(self, u: Node, v: Node) -> float:
         """Bandwidth of link ``(u, v)`` in bytes/s."""
@@ -1187,11 +1237,27 @@ class Network:
     def _mark_dirty(self) -> None:
         if not self._dirty:
             self._dirty = True
-            ev = Event(self.env)
-            ev._ok = True  # trigger it by hand, as simpy's own Initialize does
-            ev._value = None
-            ev.callbacks.append(self._recompute)
-            self.env.schedule(ev, _LATE)
+            self._post(0, _LATE, None, self._recompute)
+
+    def _post(self, delay: float, priority: int, value: Any,
+              callback: Callable[[Event], None]) -> Event:
+        """A triggered event with one callback, processed at ``now + delay`` with
+        ``priority``: what ``env.timeout(delay, value)`` (priority NORMAL) or a hand-triggered
+        ``env.schedule(ev, priority)`` make, built without their calls.  With SimPy's own
+        ``Environment.schedule`` the entry pushed is the one it would push (same time,
+        priority and insertion id, so the same order); an environment that overrides
+        ``schedule`` gets the call."""
+        env = self.env
+        ev = _new_event(Event)
+        ev.env = env
+        ev.callbacks = [callback]
+        ev._ok = True           # triggered by hand, as simpy's own Initialize is
+        ev._value = value
+        if self._own_schedule:
+            heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), ev))
+        else:
+            env.schedule(ev, priority, delay)
+        return ev
 
     def _on_latency(self, ev: Event) -> None:
         t: Transfer = ev._value
@@ -1312,12 +1378,7 @@ class Network:
     def _enter(self, t: Transfer, g: _Group, left: float) -> None:
         """Make ``t`` a member of ``g`` (at the level; :meth:`_level` sorts it out)."""
         t._grp = g
-        glink = g.link
-        ocap = math.inf          # the smallest capacity of its other links
-        for link, c in zip(t._route.ids, t._route.caps):
-            if link != glink and c < ocap:
-                ocap = c
-        t._ocap = ocap
+        t._ocap = t._route.ocap[g.link]      # the smallest capacity of its other links
         g.members[t] = None
         self._place_level(t, g, left)
         self._dirty_groups[g] = None
@@ -1379,28 +1440,35 @@ class Network:
         self._touched.update(ids)
         t._mode = _LOST
         npin, groups = self._npin, self._group
-        if npin and any(link in npin for link in ids):
+        if npin and not npin.keys().isdisjoint(ids):
             self._bad.update(ids)
             return
-        mine = [groups[link] for link in ids if link in groups]
-        if len(mine) > 1:
-            self._bad.update(ids)
-            return
+        mine = None          # the one group on its path
+        for link in ids:
+            g = groups.get(link)
+            if g is not None:
+                if mine is not None:      # it would need two groups
+                    self._bad.update(ids)
+                    return
+                mine = g
         left = float(t.nbytes)
         t._mode = _NEW
-        if mine:
-            g = mine[0]
-            self._advance_group(g, now)
-            self._enter(t, g, left)
+        if mine is not None:
+            self._advance_group(mine, now)
+            self._enter(t, mine, left)
             return
         # no group on its path: found one on its most contended shared link whose other flows
         # all flow alone, or flow alone (its shared links are checked for room afterwards)
         cap = self._capl
-        shared = sorted((cap[link] / len(on_link[link]), link) for link in ids
-                        if len(on_link[link]) >= 2)
+        shared = [(cap[link] / n, link) for link in ids if (n := len(on_link[link])) >= 2]
+        if len(shared) > 1:
+            shared.sort()
         for _, link in shared:
             on = on_link[link]
-            if all(o._mode == _SOLO for o in on if o is not t):
+            for o in on:
+                if o is not t and o._mode != _SOLO:
+                    break
+            else:           # every other flow on it flows alone
                 others = [o for o in on if o is not t]
                 g = self._new_group(link, now)
                 for o in others:
@@ -1508,13 +1576,7 @@ class Network:
                     self._drop_group(g)
         # progressive filling over compact link ids (the padding id is the last)
         links = sorted(seen)
-        cid = {link: k for k, link in enumerate(links)}
-        width = max(len(t._route.ids) for t in flows)
-        pad = len(links)
-        lk = np.full((width, len(flows)), pad, dtype=np.intp)
-        for f, t in enumerate(flows):
-            ids = t._route.ids
-            lk[:len(ids), f] = [cid[link] for link in ids]
+        lk = _compact_links([t._route.ids for t in flows], links)
         capc = np.append(self._cap[links], np.inf)
         rates = _progressive_filling(lk, capc).tolist()
         rate_of = dict(zip(flows, rates, strict=True))
@@ -1528,8 +1590,7 @@ class Network:
             members = list(on_link[link])
             if not free.issuperset(members):
                 continue
-            ocaps = [min((c for k, c in zip(t._route.ids, t._route.caps, strict=True)
-                          if k != link), default=math.inf) for t in members]
+            ocaps = [t._route.ocap[link] for t in members]
             lam = _water_level(cap[link], ocaps)
             if all(abs(min(oc, lam) - rate_of[t]) <= 1e-10 * rate_of[t]
                    for t, oc in zip(members, ocaps, strict=True)):
@@ -1589,8 +1650,7 @@ class Network:
             return   # an earlier wake-up is due; it arms the next one
         self._version += 1
         self._armed = when
-        timer = self.env.timeout(max(0.0, when - now), self._version)
-        timer.callbacks.append(self._on_timer)
+        self._post(max(0.0, when - now), _NORMAL, self._version, self._on_timer)  # a timeout
 
     def _recompute(self, _ev: Event | None = None) -> None:
         self._dirty = False
@@ -1599,8 +1659,11 @@ class Network:
         for t in joins:
             if t._mode == _WAIT and t._state == _FLOWING:
                 self._join(t, now)
-        for g in list(self._dirty_groups):
-            self._advance_group(g, now)
+        for g in self._dirty_groups:        # (_level adds and removes no dirty group)
+            if g.t != now:                  # self._advance_group(g, now), inline
+                if g.n_unc:
+                    g.V += g.lam * (now - g.t)
+                g.t = now
             self._level(g, now)
         self._check()
         if self._bad:
@@ -1663,7 +1726,8 @@ class Network:
         for t in ended:
             self._leave(t, now)
         self._mark_dirty()
-        ended.sort(key=operator.attrgetter("_seq"))
+        if len(ended) > 1:
+            ended.sort(key=_BY_SEQ)
         for t in ended:
             self._complete(t)
 
@@ -1682,7 +1746,5 @@ class Network:
         if t._done is not None:
             t._done.succeed(t)
         if t._on_done is not None:
-            ev = Event(self.env)
-            ev.callbacks.append(t._on_done)
-            t._on_done = None
-            ev.succeed()
+            cb, t._on_done = t._on_done, None
+            self._post(0, _NORMAL, None, cb)       # Event(env) with cb, then succeed()

@@ -241,14 +241,27 @@ def size(msg: Any) -> int:
     as a list's items are, leaves by exact type first); :func:`_size_generic` is the plain
     recursion it must equal (``tests/test_wire.py``).
     """
+    last = _LAST
+    if last[0] is msg:            # asked twice in a row: once for a Report, once to charge it
+        last[0] = None
+        return last[1]
     sizer = _SIZER.get(type(msg))
     if sizer is None:
         raise TypeError(f"{type(msg).__name__} is not a registered wire message")
-    return sizer(msg)
+    n = sizer(msg)
+    last[0], last[1] = msg, n
+    return n
 
 
 #: message class -> its sizer (made by :func:`message`)
 _SIZER: dict = {}
+
+# The last message sized and its size, for the next ask only.  A machine that reports what it
+# sends sizes the message for its Report, and the driver sizes it again to charge the network:
+# the second ask is this hit, which forgets it (so the message is not kept alive, and a later
+# ask sizes it afresh).  Held, the message's id cannot be reused meanwhile; messages are frozen
+# values, not changed between a machine's Report and the driver's charge.
+_LAST: list = [None, 0]
 
 
 def _message_sizer(names: tuple):

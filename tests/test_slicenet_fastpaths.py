@@ -3,6 +3,7 @@ bit: top-θ by a partition against the stable sort, the weight-major sliding win
 slot-major one (same float32 sums)."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -157,20 +158,35 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     wire recursion for message sizes, one window query per download, a searchsorted per owner
     for downloads, every pass's cover counted out, the owned-index checks of uploads and
     downloads by check_sparse's searchsorted (allowed=), a device's share on full-length
-    vectors, a pass's collective key made at each ask, and every metrics row evaluated on
-    the event loop's thread.  Same summary (accuracy, bytes, simulated time, events,
-    messages), the same metrics, device and round rows, bit for bit."""
+    vectors, a pass's collective key made at each ask, every metrics row evaluated on
+    the event loop's thread, the network's rate model as it was before its per-event paths
+    were cut (``tests/test_network_fastpaths.py``), each message sized afresh and the
+    window's uploads by 2-d indexing.  Same summary (accuracy, bytes, simulated time, events,
+    messages), the same metrics, device and round rows, and every message delivered at the
+    same simulated time (the float's bits), bit for bit."""
+    from crowdlearn import experiment
     from crowdlearn.experiment import run
     from crowdlearn.protocols.crowdlearning import build, device, passjob
     from crowdlearn.protocols.crowdlearning.layout import Layout
     from sim import wire
+    from sim.driver import Driver
     from slicenet.fused import FusedTrainer
     from tests.conftest import small_config
+    from tests.test_network_fastpaths import ReferenceNetwork
 
     cfg = small_config(protocol="crowdlearning", rounds=3, **{
         "fleet.devices": 12, "fleet.cells": 3, "model.hidden": [32, 16],
         "slicenet.group_size": 4, "slicenet.lr": 0.1})
+    log: list = []
+    delivered = Driver._delivered
+
+    def logged(self, src, dst, msg, nbytes, s, d):
+        log.append((src, dst, nbytes, type(msg).__name__, float(self.env.now).hex()))
+        return delivered(self, src, dst, msg, nbytes, s, d)
+
+    monkeypatch.setattr(Driver, "_delivered", logged)
     fast = run(cfg)
+    fast_log, log[:] = list(log), []
 
     def searchsorted_rank(lay):
         rank = np.empty(len(lay.flat_owner), np.int64)
@@ -192,6 +208,8 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     monkeypatch.setattr(passjob.SlicePassJob, "collective",
                         property(lambda self: ("slice_pass",) + tuple(self.key)))
     monkeypatch.setattr(FusedTrainer, "concurrent_evaluate", False)
+    monkeypatch.setattr(experiment, "Network", ReferenceNetwork)
+    monkeypatch.setattr(sp.SlidingWindow, "upload", upload_by_2d_indexing)
     ref = run(cfg)
     for res in (fast, ref):
         res.summary.pop("wall_time_s")
@@ -199,6 +217,19 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     assert fast.summary["completed"] and fast.summary["bytes_total"] > 0
     assert fast.metrics == ref.metrics and len(fast.metrics) == 3
     assert fast.devices == ref.devices and fast.rounds == ref.rounds
+    assert fast_log == log and len(log) == fast.summary["messages"] > 1000
+
+
+def upload_by_2d_indexing(self, idx, vals, tick):
+    """``SlidingWindow.upload`` as it was: 2-d fancy indexing of the (weight, slot) window."""
+    idx = np.asarray(idx, np.int64)
+    if idx.size == 0:
+        return
+    self._answers = None
+    slot = int(tick) % self.omega
+    newer = self.ticks[idx, slot] <= tick
+    self.values[idx[newer], slot] = np.asarray(vals)[newer]
+    self.ticks[idx[newer], slot] = tick
 
 
 def owns_all_by_search(self, owners, indices, *, trainable=False):
@@ -304,3 +335,43 @@ def test_a_finished_pass_is_freed_without_waiting_for_a_full_garbage_collection(
         gc.enable()
     assert len(seen) > 40                       # 3 groups × 4 passes × 4 epochs, 4 parts each
     assert alive_at_end and alive_at_end[0] <= len(seen) // 4, (alive_at_end, len(seen))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"fleet.devices": 14, "slicenet.peer_to_peer": True, "availability.churn": 0.1},
+    {"fleet.devices": 26, "slicenet.group_size": 6, "slicenet.pieces": 2,
+     "availability.churn": 0.1},
+], ids=["peer-to-peer-churn", "dummies-churn"])
+def test_crowdlearning_with_churn_delivers_every_message_as_by_the_reference_network(
+        monkeypatch, overrides):
+    """Peer-to-peer slices with churn (device-to-device routes, transfers cancelled by
+    drop-outs), and groups with dummies and churn: the same summary, rows and every message
+    delivered at the same simulated time with the network's fast paths as with the rate
+    model's previous per-event methods (``tests/test_network_fastpaths.py``)."""
+    from crowdlearn import experiment
+    from crowdlearn.experiment import run
+    from sim.driver import Driver
+    from tests.conftest import small_config
+    from tests.test_network_fastpaths import ReferenceNetwork
+
+    cfg = small_config(protocol="crowdlearning", rounds=3, **{
+        "fleet.cells": 3, "model.hidden": [32, 16], "slicenet.group_size": 4,
+        "slicenet.lr": 0.1, **overrides})
+    logs: list = [[], []]
+    delivered = Driver._delivered
+
+    def logged(self, src, dst, msg, nbytes, s, d):
+        logs[-1].append((src, dst, nbytes, type(msg).__name__, float(self.env.now).hex()))
+        return delivered(self, src, dst, msg, nbytes, s, d)
+
+    monkeypatch.setattr(Driver, "_delivered", logged)
+    fast = run(cfg)
+    fast_log = logs.pop()
+    monkeypatch.setattr(experiment, "Network", ReferenceNetwork)
+    ref = run(cfg)
+    for res in (fast, ref):
+        res.summary.pop("wall_time_s")
+    assert fast.summary == ref.summary and fast.summary["bytes_total"] > 0
+    assert fast.metrics == ref.metrics and fast.devices == ref.devices
+    assert fast.rounds == ref.rounds
+    assert fast_log == logs[-1] and len(fast_log) == fast.summary["messages"] > 400

@@ -303,6 +303,23 @@ def test_the_per_class_sizer_equals_the_generic_recursion_and_the_encoding(a, b,
         assert wire._size(a) == wire._size_generic(a)
 
 
+def test_a_message_asked_twice_in_a_row_is_sized_once_and_then_forgotten(monkeypatch):
+    """The driver charges the message a machine has just sized for its Report: the second ask
+    is remembered; any other message, or a third ask, is sized afresh."""
+    calls = []
+    sizer = wire._SIZER[_Any1]
+    monkeypatch.setitem(wire._SIZER, _Any1, lambda m: calls.append(m) or sizer(m))
+    inner = [1, 2]
+    a, b = _Any1((inner, 3.0)), _Any1("four")
+    sizes = [wire.size(m) for m in (a, a, b, a, b, b)]
+    assert sizes == [len(wire.encode(m)) for m in (a, a, b, a, b, b)]
+    assert [m is a for m in calls] == [True, False, True, False]     # a, b, a, b
+    wire.size(a)
+    inner.append(5)              # (not done between a Report and its charge; here, after one)
+    wire.size(a)
+    assert wire.size(a) == len(wire.encode(a)) == sizes[0] + 9
+
+
 def test_a_long_tuple_s_size_is_remembered_only_if_nothing_in_it_can_change_size():
     links = tuple((i, "server") for i in range(40))
     assert wire._size(links) == wire._size(links) == wire._size_generic(links)

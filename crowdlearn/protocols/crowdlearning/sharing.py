@@ -65,10 +65,16 @@ class SlidingWindow:
         if idx.size == 0:
             return
         self._answers = None
-        slot = int(tick) % self.omega
-        newer = self.ticks[idx, slot] <= tick
-        self.values[idx[newer], slot] = np.asarray(vals)[newer]
-        self.ticks[idx[newer], slot] = tick
+        # flat positions idx·ω + slot of the row-major window (a 1-d take and put instead of
+        # 2-d fancy indexing; and no compress when every value is newer, as in-order uploads are)
+        flat = idx * self.omega + int(tick) % self.omega
+        ticks, values = self.ticks.reshape(-1), self.values.reshape(-1)
+        newer = ticks.take(flat) <= tick
+        vals = np.asarray(vals)
+        if not newer.all():
+            flat, vals = flat[newer], vals[newer]
+        values[flat] = vals
+        ticks[flat] = tick
 
     def query(self, idx: np.ndarray, tick: int, min_count: float) -> tuple[np.ndarray, np.ndarray]:
         """Indices among ``idx`` with more than ``min_count`` uploads in the window, and means.
