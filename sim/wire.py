@@ -241,15 +241,16 @@ def size(msg: Any) -> int:
     as a list's items are, leaves by exact type first); :func:`_size_generic` is the plain
     recursion it must equal (``tests/test_wire.py``).
     """
-    last = _LAST
+    global _LAST
+    last = _LAST                  # one read of the pair: no other thread's half can mix in
     if last[0] is msg:            # asked twice in a row: once for a Report, once to charge it
-        last[0] = None
+        _LAST = _NOTHING
         return last[1]
     sizer = _SIZER.get(type(msg))
     if sizer is None:
         raise TypeError(f"{type(msg).__name__} is not a registered wire message")
     n = sizer(msg)
-    last[0], last[1] = msg, n
+    _LAST = (msg, n)
     return n
 
 
@@ -260,8 +261,11 @@ _SIZER: dict = {}
 # sends sizes the message for its Report, and the driver sizes it again to charge the network:
 # the second ask is this hit, which forgets it (so the message is not kept alive, and a later
 # ask sizes it afresh).  Held, the message's id cannot be reused meanwhile; messages are frozen
-# values, not changed between a machine's Report and the driver's charge.
-_LAST: list = [None, 0]
+# values, not changed between a machine's Report and the driver's charge.  The pair is one
+# tuple, replaced whole, so a thread that sizes messages at the same time as another (the
+# asyncio runtime's, a sweep's) can only miss the memo, never get another message's size.
+_NOTHING = (None, 0)
+_LAST: tuple = _NOTHING
 
 
 def _message_sizer(names: tuple):
