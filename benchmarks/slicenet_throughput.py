@@ -37,7 +37,8 @@ waited for pass results (training them, or waiting for the worker).
 
 The metrics row is evaluated beside the event loop, on a thread of the monitor's
 (``sim.monitor``: same rows), and printed as ``… s wall beside it``; in a one-epoch run
-the row is the run's last event, so the loop waits for it at the end all the same.
+the row is the run's last event, so the loop waits for it at the end all the same (printed as
+``the loop waiting for it``).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -69,6 +70,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     from crowdlearn.config import from_dict
     from crowdlearn.experiment import Simulation
     from crowdlearn.training.jobs import Executor
+    from sim.monitor import Monitor
     from slicenet.fused import FusedTrainer
 
     cfg = from_dict({"protocol": "crowdlearning", "rounds": epochs, "seed": seed,
@@ -80,7 +82,9 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     blocked = [0.0, 0.0]          # wall time of the event loop's thread in pass reads, close()
     collecting = [0.0, 0.0]       # garbage collection: process CPU seconds, collections
     beside = [0.0, 0.0, 0]        # evaluated beside the loop: wall, the thread's CPU, calls
+    waited = [0.0]                # the loop's wall time waiting for rows evaluated beside it
     orig, orig_eval, orig_read = FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind
+    orig_write = Monitor._write_evaluated
     orig_close = Executor.close
     main = threading.current_thread()
 
@@ -133,6 +137,14 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             spent[3] += time.process_time() - c
             spent[4] += collecting[0] - g
 
+    def timed_write(self, *, wait):
+        t = time.perf_counter()
+        try:
+            return orig_write(self, wait=wait)
+        finally:
+            if wait and threading.current_thread() is main:
+                waited[0] += time.perf_counter() - t
+
     def on_gc(phase, info):
         if phase == "start":
             collecting.append(time.process_time())
@@ -143,6 +155,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = timed, timed_eval, timed_read
     Executor.close = timed_close
     FusedTrainer.concurrent_evaluate = concurrent_evaluate
+    Monitor._write_evaluated = timed_write
     gc.collect()          # no timed section pays for the garbage of the one before it
     gc.callbacks.append(on_gc)
     try:
@@ -158,6 +171,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             orig, orig_eval, orig_read
         Executor.close = orig_close
         FusedTrainer.concurrent_evaluate = True
+        Monitor._write_evaluated = orig_write
     s = res.summary
     samples = epochs * sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
@@ -168,7 +182,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             "overlap": dict(sim.executor.overlap_batches),
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
             "eval_beside_s": beside[0], "eval_beside_thread_cpu_s": beside[1],
-            "eval_beside_calls": beside[2],
+            "eval_beside_calls": beside[2], "eval_waited_s": waited[0],
             "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
             "samples": samples,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
@@ -354,7 +368,8 @@ def main() -> None:
               f"{r['close_s']:.2f} s); batches run ahead: "
               f"{r['overlap']['used']} used, {r['overlap']['discarded']} discarded; "
               f"evaluation {r['eval_s']:.1f} s wall on the loop's thread, "
-              f"{r['eval_beside_s']:.1f} s wall beside it in {r['eval_beside_calls']} calls")
+              f"{r['eval_beside_s']:.1f} s wall beside it in {r['eval_beside_calls']} calls, "
+              f"the loop waiting for it {r['eval_waited_s']:.2f} s")
     rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["ahead_thread_cpu_s"] \
         - warm["eval_cpu_s"] - warm["eval_beside_thread_cpu_s"] - warm["gc_cpu_s"] \
         + warm["gc_in_tf_cpu_s"]      # (a collection inside the trainer is counted there)

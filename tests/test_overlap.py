@@ -54,7 +54,10 @@ def test_a_crowdlearning_run_with_passes_run_ahead_is_the_sequential_one(extra):
     sim_on, on, t_on = _run(cfg, overlap=True)
     assert not _overlap_threads()
     sim_off, off, t_off = _run(cfg, overlap=False)
-    assert sim_on.executor.overlap_batches["used"] > 0
+    # batches did run ahead (how many is the wall clock's: the worker must be free when a
+    # batch is ready); with churn, some of them may all be dropped
+    ahead = sim_on.executor.overlap_batches
+    assert ahead["used"] > 0 if not extra else ahead["used"] + ahead["discarded"] > 0
     assert sim_off.executor.overlap_batches == {"used": 0, "discarded": 0}
     assert on.summary == off.summary and on.summary["completed"]
     assert on.metrics == off.metrics and len(on.metrics) == 3

@@ -259,6 +259,7 @@ class Executor:
         self._ticks: dict[str, int] = {}           # submissions of the kind
         self._widest: dict[str, int] = {}          # most collectives in one batch of the kind
         self._running: list[tuple] = []            # (future, pool) of batches run ahead
+        self._waiting: set = set()                 # kinds whose next batch waits for the worker
         self._early: dict[str, tuple[list[Handle], Future, ThreadPoolExecutor]] = {}
         self.early_batches = {"used": 0, "discarded": 0}
         self._pending: dict[str, list[Handle]] = {}
@@ -269,6 +270,7 @@ class Executor:
     def submit(self, job: Any) -> Handle:
         if job.kind not in self.runners:
             raise KeyError(f"no runner for job kind {job.kind!r}; have {sorted(self.runners)}")
+        self._poll()
         h = Handle(job)
         self._pending.setdefault(job.kind, []).append(h)
         hook = getattr(job, "on_submit", None)
@@ -301,6 +303,7 @@ class Executor:
         """The result of a job whose simulated time is over: a :class:`Deferred` for the
         declared deferred kinds, else computed now (with the other pending jobs of its kind)."""
         h.due = True
+        self._poll()
         if h.job.kind not in self.deferred_kinds:
             return self.result(h)
         if h.job.kind in self.overlap_kinds:
@@ -406,11 +409,22 @@ class Executor:
         self._running = running
         return bool(running)
 
+    def _poll(self) -> None:
+        """If the worker has finished the batch it was running, start the next one that was
+        waiting for it (checked at every submission and completion, of any kind: a batch that
+        became ready while the worker was busy starts as soon as it is free, not at the
+        kind's next submission)."""
+        if self._waiting and not self._busy():
+            for kind in sorted(self._waiting):
+                self._waiting.discard(kind)
+                self._ahead(kind)
+
     def _ahead(self, kind: str) -> None:
         """Start the chain's next batch on the worker if the worker is free and the guess
         (see the class) says its jobs are all in."""
         if self._busy():
-            return                               # one batch at a time
+            self._waiting.add(kind)              # one batch at a time: tried again by _poll
+            return
         chain = self._chain.setdefault(kind, [])
         if chain and chain[-1].results is None:
             if chain[-1].future.exception() is not None:
@@ -585,8 +599,12 @@ class Executor:
             else:
                 self._cut(kind, 0)
             self._next[kind] = None
-        if results is None and batch:
-            self._settle_running()           # one run at a time: a dropped batch ends first
+        if results is None and batch and kind in self.overlap_kinds:
+            # one run of the kind at a time: a dropped batch ends first.  (Only then: a batch
+            # of another kind, e.g. a pass's pipeline drain, which computes nothing, need not
+            # wait for the worker; it did, ≈ 1,200 times an epoch, the loop blocked for the
+            # batch running ahead each time.)
+            self._settle_running()
         early = self._early.pop(kind, None)
         if early is not None:
             same = len(early[0]) == len(batch) and all(
