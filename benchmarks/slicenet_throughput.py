@@ -39,6 +39,10 @@ The metrics row is evaluated beside the event loop, on a thread of the monitor's
 (``sim.monitor``: same rows), and printed as ``… s wall beside it``; in a one-epoch run
 the row is the run's last event, so the loop waits for it at the end all the same (printed as
 ``the loop waiting for it``).
+``--ab-waits PAIRS`` times warm epochs alternately by the executor's reference waits
+(``Executor.reference_waits``: a pass's pipeline drain, which computes nothing, waiting for
+the batch running ahead on the worker, as before the sixth session) and by the current
+executor; ``blocked … in other kinds' reads`` is the loop's wall time in those drains.
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -64,7 +68,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
-                    epochs: int = 1, concurrent_evaluate: bool = True) -> dict:
+                    epochs: int = 1, concurrent_evaluate: bool = True,
+                    reference_waits: bool = False) -> dict:
     import threading
 
     from crowdlearn.config import from_dict
@@ -79,7 +84,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
     spent = [0.0, 0.0, 0.0, 0.0, 0.0]      # trainer wall, CPU; evaluation wall, CPU; GC in them
     ahead = [0.0, 0.0, 0]         # trained on the worker: wall, the thread's CPU, calls
-    blocked = [0.0, 0.0]          # wall time of the event loop's thread in pass reads, close()
+    blocked = [0.0, 0.0, 0.0]     # the event loop's wall time in pass reads, close(), other reads
     collecting = [0.0, 0.0]       # garbage collection: process CPU seconds, collections
     beside = [0.0, 0.0, 0]        # evaluated beside the loop: wall, the thread's CPU, calls
     waited = [0.0]                # the loop's wall time waiting for rows evaluated beside it
@@ -117,8 +122,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         try:
             return orig_read(self, kind)
         finally:
-            if kind == "slice_pass":
-                blocked[0] += time.perf_counter() - t
+            blocked[0 if kind == "slice_pass" else 2] += time.perf_counter() - t
 
     def timed_eval(self, *a, **kw):
         if threading.current_thread() is not main:      # the monitor's evaluation thread
@@ -161,6 +165,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
+        sim.executor.reference_waits = reference_waits
         if not overlap:
             sim.executor.overlap_kinds = frozenset()
         res = sim.run()
@@ -178,7 +183,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0] + ahead[0],
             "train_loop_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
             "ahead_s": ahead[0], "ahead_thread_cpu_s": ahead[1], "ahead_calls": ahead[2],
-            "blocked_s": blocked[0], "close_s": blocked[1],
+            "blocked_s": blocked[0], "close_s": blocked[1], "blocked_other_s": blocked[2],
             "overlap": dict(sim.executor.overlap_batches),
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
             "eval_beside_s": beside[0], "eval_beside_thread_cpu_s": beside[1],
@@ -290,15 +295,19 @@ def ab_paths(devices: int, group_size: int, seed: int, overlap: bool, pairs: int
             ref = simulated_epoch(devices, group_size, seed, overlap, 1, False)
         cur = simulated_epoch(devices, group_size, seed, overlap)
         k = keras_epoch(seed)
-        same = ref["metrics"] == cur["metrics"] and \
-            (ref["accuracy"], ref["sim_time_s"]) == (cur["accuracy"], cur["sim_time_s"])
         print(f"A/B paths pair {pair + 1} (load {os.getloadavg()[0]:.2f}): reference paths "
               f"{ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU, current "
               f"{cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s, Keras {k['wall_s']:.2f} / "
-              f"{k['cpu_s']:.2f} s: ratio {ref['wall_s'] / k['wall_s']:.2f} -> "
-              f"{cur['wall_s'] / k['wall_s']:.2f}, ratio_cpu {ref['cpu_s'] / k['cpu_s']:.2f} -> "
-              f"{cur['cpu_s'] / k['cpu_s']:.2f}; same metrics, accuracy and simulated time: "
-              f"{same}")
+              f"{k['cpu_s']:.2f} s: {_compared(ref, cur, k)}")
+
+
+def _compared(ref: dict, cur: dict, k: dict) -> str:
+    """A pair's ratios, reference -> current, and whether the two runs' results agree."""
+    same = ref["metrics"] == cur["metrics"] and \
+        (ref["accuracy"], ref["sim_time_s"]) == (cur["accuracy"], cur["sim_time_s"])
+    return (f"ratio {ref['wall_s'] / k['wall_s']:.2f} -> {cur['wall_s'] / k['wall_s']:.2f}, "
+            f"ratio_cpu {ref['cpu_s'] / k['cpu_s']:.2f} -> {cur['cpu_s'] / k['cpu_s']:.2f}; "
+            f"same metrics, accuracy and simulated time: {same}")
 
 
 def _header() -> None:
@@ -344,6 +353,10 @@ def main() -> None:
                     help="then PAIRS times: a warm run of --ab-epochs epochs with every metrics "
                          "row evaluated on the event loop's thread, one with the rows evaluated "
                          "beside it (the default), and as many Keras epochs (same conditions)")
+    ap.add_argument("--ab-waits", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch by the executor's reference waits (a "
+                         "pipeline drain waiting for the batch running ahead), one by the "
+                         "current executor, and a Keras epoch (same conditions)")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     a = ap.parse_args()
@@ -364,7 +377,8 @@ def main() -> None:
               f"{r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s (on the event loop's thread "
               f"{r['train_loop_s']:.1f} s wall, {r['train_cpu_s']:.1f} s CPU; ahead on the "
               f"worker {r['ahead_s']:.1f} s wall in {r['ahead_calls']} calls); event loop "
-              f"blocked in reads {r['blocked_s']:.1f} s (at the end, waiting for the worker "
+              f"blocked in reads {r['blocked_s']:.1f} s (in other kinds' reads, the pipeline "
+              f"drains: {r['blocked_other_s']:.2f} s; at the end, waiting for the worker "
               f"{r['close_s']:.2f} s); batches run ahead: "
               f"{r['overlap']['used']} used, {r['overlap']['discarded']} discarded; "
               f"evaluation {r['eval_s']:.1f} s wall on the loop's thread, "
@@ -415,6 +429,17 @@ def main() -> None:
 
     if a.ab_paths:
         ab_paths(a.devices, a.group_size, a.seed, overlap, a.ab_paths)
+    for pair in range(a.ab_waits):
+        ref = simulated_epoch(a.devices, a.group_size, a.seed, overlap, reference_waits=True)
+        cur = simulated_epoch(a.devices, a.group_size, a.seed, overlap)
+        k = keras_epoch(a.seed)
+        print(f"A/B waits pair {pair + 1} (load {os.getloadavg()[0]:.2f}): reference waits "
+              f"{ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU (loop blocked: pass reads "
+              f"{ref['blocked_s']:.2f} s, drains {ref['blocked_other_s']:.2f} s; "
+              f"{ref['overlap']['used']} run ahead and used), current {cur['wall_s']:.2f} / "
+              f"{cur['cpu_s']:.2f} s ({cur['blocked_s']:.2f} s, {cur['blocked_other_s']:.2f} s; "
+              f"{cur['overlap']['used']} used), Keras {k['wall_s']:.2f} / {k['cpu_s']:.2f} s: "
+              f"{_compared(ref, cur, k)}")
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)
