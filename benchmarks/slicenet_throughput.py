@@ -43,6 +43,9 @@ the row is the run's last event, so the loop waits for it at the end all the sam
 (``Executor.reference_waits``: a pass's pipeline drain, which computes nothing, waiting for
 the batch running ahead on the worker, as before the sixth session) and by the current
 executor; ``blocked … in other kinds' reads`` is the loop's wall time in those drains.
+``--ab-eval-threads PAIRS`` times warm epochs alternately with the metrics row's chunks
+evaluated one after the other (``FusedTrainer.evaluate(..., threads=1)``) and a thread per core
+(the default; same scores).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -69,7 +72,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
                     epochs: int = 1, concurrent_evaluate: bool = True,
-                    reference_waits: bool = False) -> dict:
+                    reference_waits: bool = False, eval_threads: int | None = None) -> dict:
     import threading
 
     from crowdlearn.config import from_dict
@@ -125,6 +128,8 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             blocked[0 if kind == "slice_pass" else 2] += time.perf_counter() - t
 
     def timed_eval(self, *a, **kw):
+        if eval_threads is not None:
+            kw["threads"] = eval_threads
         if threading.current_thread() is not main:      # the monitor's evaluation thread
             t, c = time.perf_counter(), time.thread_time()
             try:
@@ -301,6 +306,18 @@ def ab_paths(devices: int, group_size: int, seed: int, overlap: bool, pairs: int
               f"{k['cpu_s']:.2f} s: {_compared(ref, cur, k)}")
 
 
+def ab_pairs(a, overlap: bool, pairs: int, title: str, reference: dict, detail) -> None:
+    """``pairs`` times: a warm epoch with the ``reference`` options of :func:`simulated_epoch`,
+    one by the current code, and a Keras epoch (alternately in one process); ``detail(ref,
+    cur)`` says what differed."""
+    for pair in range(pairs):
+        ref = simulated_epoch(a.devices, a.group_size, a.seed, overlap, **reference)
+        cur = simulated_epoch(a.devices, a.group_size, a.seed, overlap)
+        k = keras_epoch(a.seed)
+        print(f"A/B {title} pair {pair + 1} (load {os.getloadavg()[0]:.2f}): {detail(ref, cur)}, "
+              f"Keras {k['wall_s']:.2f} / {k['cpu_s']:.2f} s: {_compared(ref, cur, k)}")
+
+
 def _compared(ref: dict, cur: dict, k: dict) -> str:
     """A pair's ratios, reference -> current, and whether the two runs' results agree."""
     same = ref["metrics"] == cur["metrics"] and \
@@ -357,6 +374,10 @@ def main() -> None:
                     help="then PAIRS times: a warm epoch by the executor's reference waits (a "
                          "pipeline drain waiting for the batch running ahead), one by the "
                          "current executor, and a Keras epoch (same conditions)")
+    ap.add_argument("--ab-eval-threads", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch with the metrics row's chunks "
+                         "evaluated one after the other, one with a thread per core (the "
+                         "default), and a Keras epoch (same conditions)")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     a = ap.parse_args()
@@ -429,17 +450,19 @@ def main() -> None:
 
     if a.ab_paths:
         ab_paths(a.devices, a.group_size, a.seed, overlap, a.ab_paths)
-    for pair in range(a.ab_waits):
-        ref = simulated_epoch(a.devices, a.group_size, a.seed, overlap, reference_waits=True)
-        cur = simulated_epoch(a.devices, a.group_size, a.seed, overlap)
-        k = keras_epoch(a.seed)
-        print(f"A/B waits pair {pair + 1} (load {os.getloadavg()[0]:.2f}): reference waits "
-              f"{ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU (loop blocked: pass reads "
-              f"{ref['blocked_s']:.2f} s, drains {ref['blocked_other_s']:.2f} s; "
-              f"{ref['overlap']['used']} run ahead and used), current {cur['wall_s']:.2f} / "
-              f"{cur['cpu_s']:.2f} s ({cur['blocked_s']:.2f} s, {cur['blocked_other_s']:.2f} s; "
-              f"{cur['overlap']['used']} used), Keras {k['wall_s']:.2f} / {k['cpu_s']:.2f} s: "
-              f"{_compared(ref, cur, k)}")
+    ab_pairs(a, overlap, a.ab_waits, "waits", {"reference_waits": True}, lambda ref, cur: (
+        f"reference waits {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU (loop blocked: "
+        f"pass reads {ref['blocked_s']:.2f} s, drains {ref['blocked_other_s']:.2f} s; "
+        f"{ref['overlap']['used']} run ahead and used), current {cur['wall_s']:.2f} / "
+        f"{cur['cpu_s']:.2f} s ({cur['blocked_s']:.2f} s, {cur['blocked_other_s']:.2f} s; "
+        f"{cur['overlap']['used']} used)"))
+    ab_pairs(a, overlap, a.ab_eval_threads, "evaluation threads", {"eval_threads": 1},
+             lambda ref, cur: (
+                 f"chunks one after the other {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s "
+                 f"CPU (the row {ref['eval_beside_s']:.2f} s wall, the loop waiting for it "
+                 f"{ref['eval_waited_s']:.2f} s), on a thread per core {cur['wall_s']:.2f} / "
+                 f"{cur['cpu_s']:.2f} s ({cur['eval_beside_s']:.2f} s, "
+                 f"{cur['eval_waited_s']:.2f} s)"))
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)

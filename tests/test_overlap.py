@@ -270,3 +270,36 @@ def test_other_kinds_do_not_wait_for_the_worker_and_a_waiting_batch_starts_when_
     assert all(name.startswith("crowdlearn-overlap") for _, name in calls) is not reference
     ex.close()
     assert not _overlap_threads()
+
+
+@pytest.mark.parametrize("which", ["dense", "cnn"])
+def test_evaluation_chunks_on_several_threads_score_as_one_after_the_other(which):
+    """``FusedTrainer.evaluate`` with its chunks on 2 or 3 threads gives the scores of the
+    chunks evaluated one after the other (``threads=1``), bit for bit, for a dense network with
+    BatchNorm and a small CNN, rows cut into 5 chunks (the last one short); no thread is left;
+    a thread count below 1 is refused."""
+    from slicenet.fused import FusedTrainer
+    from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
+    from tests.test_slicenet_cnn import small_cnn
+
+    desc = small_cnn() if which == "cnn" else ModelDescription(
+        (20,), (Dense(16), BatchNorm(), Activation("relu"), Dense(5),
+                Activation("log_softmax")), name="mlp")
+    rng = np.random.default_rng(1)
+    n, classes = int(np.prod(desc.input_shape)), desc.layers[-2].units
+    x, y = rng.normal(size=(290, n)).astype(np.float32), rng.integers(0, classes, 290)
+    trainer = FusedTrainer(desc, x[:10], y[:10])
+    models = []
+    for g in range(3):
+        r = np.random.default_rng(g)
+        m = [w + r.normal(0, 0.1, w.shape).astype(np.float32) for w in trainer.init_weights(r)]
+        models.append([np.abs(w) + 0.5 if s.role == "moving_variance" else w
+                       for w, s in zip(m, trainer.specs, strict=True)])
+    small = 3 * trainer._widest * 64                  # chunks of 64 rows
+    one = trainer.evaluate(models, x, y, max_floats=small, threads=1)
+    assert len({s for s in one}) == 3 and all(np.isfinite(s).all() for s in one)
+    for threads in (2, 3, None):
+        assert trainer.evaluate(models, x, y, max_floats=small, threads=threads) == one
+    assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-evaluate")]
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        trainer.evaluate(models, x, y, threads=0)
