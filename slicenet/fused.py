@@ -383,7 +383,8 @@ class FusedTrainer:
             n = min(chunk, len(x) - s)
             tot_loss += loss * n
             tot_acc += acc * n
-        return [(float(a), float(b)) for a, b in zip(tot_loss / len(x), tot_acc / len(x), strict=True)]
+        return [(float(a), float(b))
+                for a, b in zip(tot_loss / len(x), tot_acc / len(x), strict=True)]
 
     def init_weights(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Glorot-uniform kernels (Keras' fans: receptive field × input / output channels for a
