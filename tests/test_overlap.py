@@ -234,14 +234,10 @@ class _Noop:
     flops = 0.0
 
 
-@pytest.mark.parametrize("reference", [False, True])
-def test_other_kinds_do_not_wait_for_the_worker_and_a_waiting_batch_starts_when_it_is_free(
-        reference):
-    """A job of another kind completes while a batch runs ahead (it waited for the worker, ≈
-    1,200 times an epoch at the paper's scale, in ``Executor.reference_waits``); a batch that
-    became ready while the worker was busy starts as soon as it is free, at the next completion
-    of any kind (the reference: only at its own kind's next submission).  The reads' results
-    and batches are the same either way."""
+def _gated(reference: bool):
+    """An executor whose runner waits for ``gate``: collective ``a`` (two parts) running ahead
+    on the worker, held by the gate, and ``b`` (from ``a``'s first result) ready, waiting for
+    the worker."""
     gate = threading.Event()
     calls: list = []
 
@@ -257,6 +253,31 @@ def test_other_kinds_do_not_wait_for_the_worker_and_a_waiting_batch_starts_when_
     a = [ex.submit(_Part("a", 2, [], x)) for x in (0, 1)]     # runs ahead at once
     b = ex.submit(_Part("b", 1, [ex.deferred(a[0])], 2))      # ready, the worker busy
     assert len(ex._chain["step"]) == 1 and not ex._running[0][0].done()
+    return ex, gate, calls, a, b
+
+
+def test_no_batch_starts_ahead_after_close():
+    """A batch waiting for the worker when the executor is closed never starts ahead: a
+    completion after :meth:`Executor.close` leaves no worker thread, and the read computes the
+    batch itself."""
+    ex, gate, calls, a, b = _gated(False)
+    gate.set()
+    ex.close()
+    ex.complete(ex.submit(_Noop()))
+    assert not _overlap_threads() and ex._chain.get("step") == []
+    assert ex.result(b) == [201.0 + 2.0]
+    assert [name.startswith("crowdlearn-overlap") for _, name in calls] == [True, False, False]
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_other_kinds_do_not_wait_for_the_worker_and_a_waiting_batch_starts_when_it_is_free(
+        reference):
+    """A job of another kind completes while a batch runs ahead (it waited for the worker, ≈
+    1,200 times an epoch at the paper's scale, in ``Executor.reference_waits``); a batch that
+    became ready while the worker was busy starts as soon as it is free, at the next completion
+    of any kind (the reference: only at its own kind's next submission).  The reads' results
+    and batches are the same either way."""
+    ex, gate, calls, a, b = _gated(reference)
     if not reference:
         assert ex.complete(ex.submit(_Noop())) is None       # does not wait for the gate
         assert not gate.is_set() and not ex._running[0][0].done()

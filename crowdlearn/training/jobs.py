@@ -224,8 +224,11 @@ class Executor:
     computation happens moves.  When to run a batch ahead is a guess (``overlap_wait``): at
     once if it holds as many collectives as the chain's batch before it (or, first in the
     chain, as the widest batch of the kind so far), else once ``overlap_wait`` submissions of
-    the kind have left it unchanged.  :meth:`close` waits for the worker (no thread outlives a
-    simulation).
+    the kind have left it unchanged.  A batch that is ready while the worker is busy starts at
+    the first submission or completion of any kind after it is free; a batch of a kind that does
+    not run ahead (e.g. a pass's pipeline drain) never waits for the worker
+    (:attr:`reference_waits` puts back the waits of before, for comparison).  :meth:`close` waits
+    for the worker (no thread outlives a simulation).
 
     Examples
     --------
@@ -339,6 +342,7 @@ class Executor:
             self._next[kind] = None
         self._settle_running()
         self.overlap_kinds = frozenset()
+        self._waiting.clear()
         for kind in list(self._early):
             batch, fut, pool = self._early[kind]
             fut.exception()
@@ -422,7 +426,8 @@ class Executor:
         if self._waiting and not self.reference_waits and not self._busy():
             for kind in sorted(self._waiting):
                 self._waiting.discard(kind)
-                self._ahead(kind)
+                if kind in self.overlap_kinds:       # (none after close)
+                    self._ahead(kind)
 
     def _ahead(self, kind: str) -> None:
         """Start the chain's next batch on the worker if the worker is free and the guess
