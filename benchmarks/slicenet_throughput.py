@@ -37,7 +37,15 @@ waited for pass results (training them, or waiting for the worker).
 
 The metrics row is evaluated beside the event loop, on a thread of the monitor's
 (``sim.monitor``: same rows), and printed as ``… s wall beside it``; in a one-epoch run
-the row is the run's last event, so the loop waits for it at the end all the same.
+the row is the run's last event, so the loop waits for it at the end all the same (printed as
+``the loop waiting for it``).
+``--ab-waits PAIRS`` times warm epochs alternately by the executor's reference waits
+(``Executor.reference_waits``: a pass's pipeline drain, which computes nothing, waiting for
+the batch running ahead on the worker, as before the sixth session) and by the current
+executor; ``blocked … in other kinds' reads`` is the loop's wall time in those drains.
+``--ab-eval-threads PAIRS`` times warm epochs alternately with the metrics row's chunks
+evaluated one after the other (``FusedTrainer.evaluate(..., threads=1)``) and a thread per core
+(the default; same scores).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -63,12 +71,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
-                    epochs: int = 1, concurrent_evaluate: bool = True) -> dict:
+                    epochs: int = 1, concurrent_evaluate: bool = True,
+                    reference_waits: bool = False, eval_threads: int | None = None) -> dict:
     import threading
 
     from crowdlearn.config import from_dict
     from crowdlearn.experiment import Simulation
     from crowdlearn.training.jobs import Executor
+    from sim.monitor import Monitor
     from slicenet.fused import FusedTrainer
 
     cfg = from_dict({"protocol": "crowdlearning", "rounds": epochs, "seed": seed,
@@ -77,10 +87,12 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                      "slicenet": {"model": "paper-mlp", "group_size": group_size}})
     spent = [0.0, 0.0, 0.0, 0.0, 0.0]      # trainer wall, CPU; evaluation wall, CPU; GC in them
     ahead = [0.0, 0.0, 0]         # trained on the worker: wall, the thread's CPU, calls
-    blocked = [0.0, 0.0]          # wall time of the event loop's thread in pass reads, close()
+    blocked = [0.0, 0.0, 0.0]     # the event loop's wall time in pass reads, close(), other reads
     collecting = [0.0, 0.0]       # garbage collection: process CPU seconds, collections
     beside = [0.0, 0.0, 0]        # evaluated beside the loop: wall, the thread's CPU, calls
+    waited = [0.0]                # the loop's wall time waiting for rows evaluated beside it
     orig, orig_eval, orig_read = FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind
+    orig_write = Monitor._write_evaluated
     orig_close = Executor.close
     main = threading.current_thread()
 
@@ -113,10 +125,11 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         try:
             return orig_read(self, kind)
         finally:
-            if kind == "slice_pass":
-                blocked[0] += time.perf_counter() - t
+            blocked[0 if kind == "slice_pass" else 2] += time.perf_counter() - t
 
     def timed_eval(self, *a, **kw):
+        if eval_threads is not None:
+            kw["threads"] = eval_threads
         if threading.current_thread() is not main:      # the monitor's evaluation thread
             t, c = time.perf_counter(), time.thread_time()
             try:
@@ -133,6 +146,14 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             spent[3] += time.process_time() - c
             spent[4] += collecting[0] - g
 
+    def timed_write(self, *, wait):
+        t = time.perf_counter()
+        try:
+            return orig_write(self, wait=wait)
+        finally:
+            if wait and threading.current_thread() is main:
+                waited[0] += time.perf_counter() - t
+
     def on_gc(phase, info):
         if phase == "start":
             collecting.append(time.process_time())
@@ -143,11 +164,13 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = timed, timed_eval, timed_read
     Executor.close = timed_close
     FusedTrainer.concurrent_evaluate = concurrent_evaluate
+    Monitor._write_evaluated = timed_write
     gc.collect()          # no timed section pays for the garbage of the one before it
     gc.callbacks.append(on_gc)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
+        sim.executor.reference_waits = reference_waits
         if not overlap:
             sim.executor.overlap_kinds = frozenset()
         res = sim.run()
@@ -158,17 +181,18 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             orig, orig_eval, orig_read
         Executor.close = orig_close
         FusedTrainer.concurrent_evaluate = True
+        Monitor._write_evaluated = orig_write
     s = res.summary
     samples = epochs * sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
     return {"wall_s": wall, "cpu_s": cpu, "train_s": spent[0] + ahead[0],
             "train_loop_s": spent[0], "train_cpu_s": spent[1], "flops": flops,
             "ahead_s": ahead[0], "ahead_thread_cpu_s": ahead[1], "ahead_calls": ahead[2],
-            "blocked_s": blocked[0], "close_s": blocked[1],
+            "blocked_s": blocked[0], "close_s": blocked[1], "blocked_other_s": blocked[2],
             "overlap": dict(sim.executor.overlap_batches),
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
             "eval_beside_s": beside[0], "eval_beside_thread_cpu_s": beside[1],
-            "eval_beside_calls": beside[2],
+            "eval_beside_calls": beside[2], "eval_waited_s": waited[0],
             "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
             "samples": samples,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
@@ -276,15 +300,31 @@ def ab_paths(devices: int, group_size: int, seed: int, overlap: bool, pairs: int
             ref = simulated_epoch(devices, group_size, seed, overlap, 1, False)
         cur = simulated_epoch(devices, group_size, seed, overlap)
         k = keras_epoch(seed)
-        same = ref["metrics"] == cur["metrics"] and \
-            (ref["accuracy"], ref["sim_time_s"]) == (cur["accuracy"], cur["sim_time_s"])
         print(f"A/B paths pair {pair + 1} (load {os.getloadavg()[0]:.2f}): reference paths "
               f"{ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU, current "
               f"{cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s, Keras {k['wall_s']:.2f} / "
-              f"{k['cpu_s']:.2f} s: ratio {ref['wall_s'] / k['wall_s']:.2f} -> "
-              f"{cur['wall_s'] / k['wall_s']:.2f}, ratio_cpu {ref['cpu_s'] / k['cpu_s']:.2f} -> "
-              f"{cur['cpu_s'] / k['cpu_s']:.2f}; same metrics, accuracy and simulated time: "
-              f"{same}")
+              f"{k['cpu_s']:.2f} s: {_compared(ref, cur, k)}")
+
+
+def ab_pairs(a, overlap: bool, pairs: int, title: str, reference: dict, detail) -> None:
+    """``pairs`` times: a warm epoch with the ``reference`` options of :func:`simulated_epoch`,
+    one by the current code, and a Keras epoch (alternately in one process); ``detail(ref,
+    cur)`` says what differed."""
+    for pair in range(pairs):
+        ref = simulated_epoch(a.devices, a.group_size, a.seed, overlap, **reference)
+        cur = simulated_epoch(a.devices, a.group_size, a.seed, overlap)
+        k = keras_epoch(a.seed)
+        print(f"A/B {title} pair {pair + 1} (load {os.getloadavg()[0]:.2f}): {detail(ref, cur)}, "
+              f"Keras {k['wall_s']:.2f} / {k['cpu_s']:.2f} s: {_compared(ref, cur, k)}")
+
+
+def _compared(ref: dict, cur: dict, k: dict) -> str:
+    """A pair's ratios, reference -> current, and whether the two runs' results agree."""
+    same = ref["metrics"] == cur["metrics"] and \
+        (ref["accuracy"], ref["sim_time_s"]) == (cur["accuracy"], cur["sim_time_s"])
+    return (f"ratio {ref['wall_s'] / k['wall_s']:.2f} -> {cur['wall_s'] / k['wall_s']:.2f}, "
+            f"ratio_cpu {ref['cpu_s'] / k['cpu_s']:.2f} -> {cur['cpu_s'] / k['cpu_s']:.2f}; "
+            f"same metrics, accuracy and simulated time: {same}")
 
 
 def _header() -> None:
@@ -330,6 +370,14 @@ def main() -> None:
                     help="then PAIRS times: a warm run of --ab-epochs epochs with every metrics "
                          "row evaluated on the event loop's thread, one with the rows evaluated "
                          "beside it (the default), and as many Keras epochs (same conditions)")
+    ap.add_argument("--ab-waits", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch by the executor's reference waits (a "
+                         "pipeline drain waiting for the batch running ahead), one by the "
+                         "current executor, and a Keras epoch (same conditions)")
+    ap.add_argument("--ab-eval-threads", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch with the metrics row's chunks "
+                         "evaluated one after the other, one with a thread per core (the "
+                         "default), and a Keras epoch (same conditions)")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     a = ap.parse_args()
@@ -350,11 +398,13 @@ def main() -> None:
               f"{r['flops'] / r['train_s'] / 1e9:.1f} GFLOP/s (on the event loop's thread "
               f"{r['train_loop_s']:.1f} s wall, {r['train_cpu_s']:.1f} s CPU; ahead on the "
               f"worker {r['ahead_s']:.1f} s wall in {r['ahead_calls']} calls); event loop "
-              f"blocked in reads {r['blocked_s']:.1f} s (at the end, waiting for the worker "
+              f"blocked in reads {r['blocked_s']:.1f} s (in other kinds' reads, the pipeline "
+              f"drains: {r['blocked_other_s']:.2f} s; at the end, waiting for the worker "
               f"{r['close_s']:.2f} s); batches run ahead: "
               f"{r['overlap']['used']} used, {r['overlap']['discarded']} discarded; "
               f"evaluation {r['eval_s']:.1f} s wall on the loop's thread, "
-              f"{r['eval_beside_s']:.1f} s wall beside it in {r['eval_beside_calls']} calls")
+              f"{r['eval_beside_s']:.1f} s wall beside it in {r['eval_beside_calls']} calls, "
+              f"the loop waiting for it {r['eval_waited_s']:.2f} s")
     rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["ahead_thread_cpu_s"] \
         - warm["eval_cpu_s"] - warm["eval_beside_thread_cpu_s"] - warm["gc_cpu_s"] \
         + warm["gc_in_tf_cpu_s"]      # (a collection inside the trainer is counted there)
@@ -400,6 +450,19 @@ def main() -> None:
 
     if a.ab_paths:
         ab_paths(a.devices, a.group_size, a.seed, overlap, a.ab_paths)
+    ab_pairs(a, overlap, a.ab_waits, "waits", {"reference_waits": True}, lambda ref, cur: (
+        f"reference waits {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU (loop blocked: "
+        f"pass reads {ref['blocked_s']:.2f} s, drains {ref['blocked_other_s']:.2f} s; "
+        f"{ref['overlap']['used']} run ahead and used), current {cur['wall_s']:.2f} / "
+        f"{cur['cpu_s']:.2f} s ({cur['blocked_s']:.2f} s, {cur['blocked_other_s']:.2f} s; "
+        f"{cur['overlap']['used']} used)"))
+    ab_pairs(a, overlap, a.ab_eval_threads, "evaluation threads", {"eval_threads": 1},
+             lambda ref, cur: (
+                 f"chunks one after the other {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s "
+                 f"CPU (the row {ref['eval_beside_s']:.2f} s wall, the loop waiting for it "
+                 f"{ref['eval_waited_s']:.2f} s), on a thread per core {cur['wall_s']:.2f} / "
+                 f"{cur['cpu_s']:.2f} s ({cur['eval_beside_s']:.2f} s, "
+                 f"{cur['eval_waited_s']:.2f} s)"))
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)
