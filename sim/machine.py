@@ -18,9 +18,9 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
-NodeId = Union[str, int]
+NodeId = str | int
 
 
 # ---------------------------------------------------------------- inputs
@@ -77,7 +77,7 @@ class Disconnected:
     """This machine's own device went offline: drop all round state."""
 
 
-Input = Union[Start, Received, TimerFired, JobDone, JobFailed, PeerJoined, PeerLost, Disconnected]
+Input = Start | Received | TimerFired | JobDone | JobFailed | PeerJoined | PeerLost | Disconnected
 
 
 # ---------------------------------------------------------------- effects
@@ -124,7 +124,7 @@ class Halt:
     """The protocol is finished; the driver stops the simulation."""
 
 
-Effect = Union[Send, RunJob, CancelJob, Report, Halt]
+Effect = Send | RunJob | CancelJob | Report | Halt
 
 
 class Machine:

@@ -28,8 +28,8 @@ values; the next epoch's events no longer wait for the evaluation.
 from __future__ import annotations
 
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from numbers import Integral
 from typing import Any
 

@@ -390,7 +390,7 @@ def _size_generic(v: Any) -> int:
         return 5 + v.wire_len()
     if _is_deferred(v):
         return 5 + sum(3 + 4 * len(s) + math.prod(s) * _itemsize(d)
-                       for s, d in zip(v.shapes, v.dtypes))
+                       for s, d in zip(v.shapes, v.dtypes, strict=True))
     if dataclasses.is_dataclass(v) and type(v) in _TAG_OF:
         return 5 + _generic_message_size(v)
     raise TypeError(f"cannot encode a {type(v).__name__} on the wire")
@@ -443,7 +443,7 @@ def _put(out: list[bytes], v: Any) -> None:
         out.append(np.ascontiguousarray(v, dtype=dt).tobytes())
     elif isinstance(v, (tuple, list)) or _is_deferred(v):
         if _is_deferred(v):
-            v = [np.asarray(a, dtype=d) for a, d in zip(v.value(), v.dtypes)]
+            v = [np.asarray(a, dtype=d) for a, d in zip(v.value(), v.dtypes, strict=True)]
         out.append(b"l" + struct.pack("<I", len(v)))
         for item in v:
             _put(out, item)

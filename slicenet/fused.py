@@ -68,7 +68,7 @@ def _split(members: Sequence[int], lengths: Sequence[int], parts: int) -> list[l
     parts = max(1, min(parts, len(members)))
     load = [0] * parts
     out: list[list[int]] = [[] for _ in range(parts)]
-    for m, n in sorted(zip(members, lengths), key=lambda t: -t[1]):
+    for m, n in sorted(zip(members, lengths, strict=True), key=lambda t: -t[1]):
         j = load.index(min(load))
         out[j].append(m)
         load[j] += n
@@ -230,7 +230,7 @@ class FusedTrainer:
             xb = tf.gather(self._x, tf.maximum(idx, 0))
             yb = tf.gather(self._y, tf.maximum(idx, 0))
             ps = list(ps)
-            watched = [p for p, t in zip(ps, trainable) if t]
+            watched = [p for p, t in zip(ps, trainable, strict=True) if t]
             with tf.GradientTape() as tape:
                 tape.watch(watched)
                 logits, moving = self._forward(ps, xb, mask, count, True)
@@ -239,7 +239,7 @@ class FusedTrainer:
             grads = iter(tape.gradient(loss, watched))
             active = tf.cast(count > 0, tf.float32)
             new, new_acc = [], []
-            for i, (p, a) in enumerate(zip(ps, acc)):
+            for i, (p, a) in enumerate(zip(ps, acc, strict=True)):
                 shape = [-1] + [1] * (len(p.shape) - 1)
                 on = tf.reshape(active, shape)
                 if trainable[i]:

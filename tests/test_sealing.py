@@ -14,10 +14,7 @@ from crowdlearn.crypto.sealing import (
     escrow_len,
     party_label,
 )
-from sim import wire
-from sim.machine import Received, Report
 from crowdlearn.experiment import Simulation
-from slicenet.partition import partition
 from crowdlearn.protocols.crowdlearning.machines import (
     KeyDirectory,
     PassPlan,
@@ -28,6 +25,9 @@ from crowdlearn.protocols.crowdlearning.machines import (
     description_for,
     layout_from_plan,
 )
+from sim import wire
+from sim.machine import Received, Report
+from slicenet.partition import partition
 from tests.test_slicenet_protocol import crowd_config
 
 H = Header("boundary", group=0, attempt=3)
@@ -262,8 +262,8 @@ def test_docstring_examples_run(name):
 def _crowd_over_bytes(seed):
     """A Crowdlearning server and three devices joined by an in-memory wire that encodes and
     decodes every message (so sealed payloads travel as real ciphertext)."""
-    from sim.machine import PeerJoined, PeerLost, Send, Start
     from crowdlearn.protocols.crowdlearning.machines import PassDone, SlicingServer
+    from sim.machine import PeerJoined, PeerLost, Send, Start
 
     desc = description_for([6, 4], 5, 3)
     graph = desc.graph()

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from crowdlearn.config import load
-from crowdlearn.privacy import dp_fedavg
 from crowdlearn.experiment import Simulation
+from crowdlearn.privacy import dp_fedavg
 from tests.test_data import require_fashion
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -6,9 +6,9 @@ import pytest
 from crowdlearn.config import from_dict
 from crowdlearn.crypto import masking
 from crowdlearn.errors import ConfigError
+from crowdlearn.experiment import run
 from crowdlearn.privacy import dp_fedavg
 from crowdlearn.protocols.secagg import SecAggParams, run_round
-from crowdlearn.experiment import run
 from tests.conftest import small_config
 
 

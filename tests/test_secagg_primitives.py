@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.crypto import keyagreement as ka
-from crowdlearn.crypto.agreement_process import AgreementProcess
 from crowdlearn.crypto import masking, shamir
+from crowdlearn.crypto.agreement_process import AgreementProcess
 
 secrets_ = st.integers(min_value=0, max_value=int(shamir.PRIME) - 1)
 
@@ -146,7 +146,7 @@ def test_prg_is_the_aes128_gcm_keystream_nist_vectors():
                           "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255")
     cipher = bytes.fromhex("42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e"
                            "21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985")
-    stream = bytes(a ^ b for a, b in zip(plain, cipher))
+    stream = bytes(a ^ b for a, b in zip(plain, cipher, strict=True))
     words = np.frombuffer(stream, "<u4").astype(np.uint64)
     assert np.array_equal(masking.prg(key + iv + bytes(4), 16, 32), words)
     assert np.array_equal(masking.prg(key + iv + bytes(4), 16, 12), words & np.uint64(0xFFF))
@@ -180,7 +180,7 @@ def test_mask_batch_equals_each_party_accumulating_alone(d, bits, threads, reads
                                           & np.uint64((1 << bits) - 1), terms))
             if i + 1 == reads:
                 pending[0].result()
-    for p, (base, terms) in zip(pending, parties):
+    for p, (base, terms) in zip(pending, parties, strict=True):
         acc = masking.MaskAccumulator(d, bits)
         acc.add(np.array(base, np.uint64), +1)
         for seed, sign in terms:
@@ -392,7 +392,7 @@ def test_split_many_in_lanes_equals_one_polynomial_at_a_time(secrets, n, big, da
                                                            for row in apart]
     assert rng_a.bytes(8) == rng_b.bytes(8)
     for row, s in zip(together, secrets, strict=True):
-        assert shamir.reconstruct(list(zip(xs, row))[:t]) == s
+        assert shamir.reconstruct(list(zip(xs, row, strict=True))[:t]) == s
 
 
 @settings(max_examples=40, deadline=None)

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.crypto import masking
-from sim import wire
 from crowdlearn.crypto.agreement_process import AgreementProcess
 from crowdlearn.protocols.secagg import MaskedInput, SecAggParams, SharedCrypto, run_round
+from sim import wire
 
 STAGES = ("advertise", "share", "masked_input", "unmask")
 
@@ -118,8 +118,8 @@ def test_priced_mode_has_the_real_sizes_and_sum(mode, k, rng):
 
 def test_a_tampered_share_box_is_dropped_not_trusted(rng):
     xs = {u: rng.normal(0, 0.3, 5) for u in range(4)}
-    from sim.machine import Received
     from crowdlearn.protocols.secagg import ShareRelay
+    from sim.machine import Received
     p = SecAggParams(threshold=2, quant_bits=12, modulus_bits=16)
     out = run_round(xs, p, rng=np.random.default_rng(1))
     relay = next(m for s, d, m in out.messages if isinstance(m, ShareRelay) and d == 0)
@@ -135,8 +135,8 @@ def test_a_tampered_share_box_is_dropped_not_trusted(rng):
 @pytest.mark.parametrize("mode,k", [("secagg", 0), ("secagg+", 2)])
 def test_sizes_and_ops_without_running_equal_a_real_round(mode, k, rng):
     from crowdlearn.crypto.costs import CryptoCosts
-    from sim.machine import RunJob
     from crowdlearn.protocols.secagg import client_round_bytes, client_round_ops
+    from sim.machine import RunJob
     n, d = 6, 30
     costs = CryptoCosts(1.0, keygen=3.0, agree=5.0, prg_byte=0.5, aead_byte=0.25, field_mul=7.0)
     xs = {u: rng.normal(0, 0.3, d) for u in range(n)}
@@ -191,8 +191,8 @@ def test_stage_deadlines_close_stages_without_the_slow_clients(seed, data):
 
 
 def test_a_client_refuses_to_reveal_both_secrets_of_a_peer(rng):
-    from sim.machine import Received, Report
     from crowdlearn.protocols.secagg import UnmaskRequest
+    from sim.machine import Received, Report
     xs = {u: rng.normal(0, 0.3, 5) for u in range(4)}
     out = run_round(xs, SecAggParams(threshold=2, quant_bits=12, modulus_bits=16),
                     rng=np.random.default_rng(2))
@@ -237,7 +237,7 @@ def test_shared_computation_sends_exactly_what_each_client_computes_alone(n, d, 
         with_process.close()
     assert with_process.process.frames > 0        # the agreements went through the process
     logs = [[(s, t, wire.encode(m)) for s, t, m in r.messages] for r in runs]
-    for r, log in zip(runs[1:], logs[1:]):
+    for r, log in zip(runs[1:], logs[1:], strict=True):
         assert r.status == runs[0].status
         assert log == logs[0]
         if r.status == "ok":
@@ -305,10 +305,9 @@ def test_a_loss_or_a_stage_message_costs_no_scan_of_the_cohort(n, data):
     """The server tracks who each stage still waits for (a set): a peer loss or a message never
     walks the selected tuple, and a stage closes exactly when everyone it expected has answered
     or gone (the rule the set replaced), in any order of answers and losses."""
-    from sim.machine import PeerJoined, PeerLost, Received, Send, Start
-
     from crowdlearn.protocols.fedavg import FedAvgParams
     from crowdlearn.protocols.secagg import AdvertiseKeys, KeyList, SecAggServer, ShareKeys
+    from sim.machine import PeerJoined, PeerLost, Received, Send, Start
 
     t = 2
     fp = FedAvgParams(rounds=1, clients_per_round=n, min_clients=n)
@@ -356,11 +355,10 @@ def test_a_loss_or_a_stage_message_costs_no_scan_of_the_cohort(n, data):
 
 
 def test_a_late_decline_of_an_earlier_round_does_not_drop_the_client_from_this_one():
-    from sim.machine import PeerJoined, Received, Start
-
     from crowdlearn.protocols.fedavg import FedAvgParams
     from crowdlearn.protocols.messages import Decline
     from crowdlearn.protocols.secagg import SecAggServer
+    from sim.machine import PeerJoined, Received, Start
 
     fp = FedAvgParams(rounds=3, clients_per_round=3, min_clients=3)
     server = SecAggServer("server", [np.zeros(3, np.float32)], fp, rng=np.random.default_rng(0),

@@ -130,13 +130,13 @@ def test_fused_cnn_passes_equal_repeated_monolithic_steps(small, groups):
     tasks = []
     for k in range(groups):
         w = [a + rng.normal(0, 0.05, a.shape).astype(np.float32) if s.role != "moving_variance"
-             else a for a, s in zip(trainer.init_weights(rng), trainer.specs)]
+             else a for a, s in zip(trainer.init_weights(rng), trainer.specs, strict=True)]
         lo, hi = 40 * k, 40 * k + 24 + 8 * (k % 2)       # different lengths, a padded batch
         tasks.append(TrainTask(tuple(w), make_batches(np.arange(lo, hi), epochs=1,
                                                       batch_size=16, rng=rng), 0.1))
     out = trainer.train(tasks, with_abs_grad=True)
     n = len(trainer.specs)
-    for task, res in zip(tasks, out):
+    for task, res in zip(tasks, out, strict=True):
         w = [np.asarray(a) for a in task.weights]
         acc = [np.zeros_like(a) for a in w]
         for batch in task.batches:

@@ -97,7 +97,7 @@ class _ListWindow:
         self.omega, self.rows = omega, []
 
     def upload(self, idx, vals, tick):
-        self.rows += [(tick, int(i), float(v)) for i, v in zip(idx, vals)]
+        self.rows += [(tick, int(i), float(v)) for i, v in zip(idx, vals, strict=True)]
 
     def query(self, idx, tick, min_count):
         out = {}

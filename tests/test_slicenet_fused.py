@@ -18,7 +18,7 @@ def perturbed_init(trainer, rng):
     # move biases, BN parameters and statistics off their trivial values
     return [a + rng.normal(0, 0.1, a.shape).astype(np.float32) if s.role != "moving_variance"
             else a * rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
-            for a, s in zip(w, trainer.specs)]
+            for a, s in zip(w, trainer.specs, strict=True)]
 
 
 @pytest.mark.parametrize("desc_fn", [small_bn_mlp, paper_mlp_description])
@@ -39,7 +39,7 @@ def test_fused_passes_equal_repeated_monolithic_steps(desc_fn):
         tasks.append(TrainTask(tuple(w), batches, 0.1))
     out = trainer.train(tasks, with_abs_grad=True)
     n = len(weight_specs(desc))
-    for task, res in zip(tasks, out):
+    for task, res in zip(tasks, out, strict=True):
         w = [np.asarray(a) for a in task.weights]
         acc = [np.zeros_like(a) for a in w]
         for batch in task.batches:
@@ -89,9 +89,9 @@ def test_many_groups_take_the_xla_path_and_equal_one_group_at_a_time():
                                     batch_size=8, rng=rng), 0.1)
              for g in range(XLA_GROUPS + 1)]                   # 7 groups: padded to 8
     together = trainer.train(tasks)
-    for task, got in zip(tasks, together):
+    for task, got in zip(tasks, together, strict=True):
         alone = trainer.train([task])[0]
-        for a, b in zip(got, alone):
+        for a, b in zip(got, alone, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -114,8 +114,8 @@ def test_a_large_call_of_few_groups_is_compiled_and_equals_the_op_by_op_loop(mon
     monkeypatch.setattr(fused, "XLA_MIN_FLOPS", float("inf"))
     loop = trainer.train(tasks)
     assert trainer._train_fn.experimental_get_tracing_count() == 1
-    for a_list, b_list in zip(compiled, loop):
-        for a, b in zip(a_list, b_list):
+    for a_list, b_list in zip(compiled, loop, strict=True):
+        for a, b in zip(a_list, b_list, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
 
 

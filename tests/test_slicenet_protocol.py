@@ -2,11 +2,7 @@
 import numpy as np
 import pytest
 
-from sim import wire
-from sim.machine import Received
 from crowdlearn.experiment import Simulation
-from slicenet.graph import paper_mlp_description, traffic_per_sample
-from slicenet.partition import partition
 from crowdlearn.protocols.crowdlearning.machines import (
     DOMINATOR,
     SlidingWindow,
@@ -14,6 +10,10 @@ from crowdlearn.protocols.crowdlearning.machines import (
     layout_from_plan,
     whole_model_layout,
 )
+from sim import wire
+from sim.machine import Received
+from slicenet.graph import paper_mlp_description, traffic_per_sample
+from slicenet.partition import partition
 from tests.conftest import small_config
 
 
@@ -46,7 +46,7 @@ def test_paper_mlp_batchnorm_parameters_follow_their_neurons():
     assert lay.params_per_owner[0] == 4 * 784 + 784 * 400 + 10
     for p in range(5):      # each piece: its neurons' outgoing rows, biases and 4 BN values
         units = sum(int(np.sum(u == p)) for u in lay.piece_of_unit)
-        outgoing = sum(int(np.sum(u == p)) * w for u, w in zip(lay.piece_of_unit, (200, 100, 10)))
+        outgoing = sum(int(np.sum(u == p)) * w for u, w in zip(lay.piece_of_unit, (200, 100, 10), strict=True))
         assert lay.params_per_owner[p + 1] == outgoing + 5 * units
 
 

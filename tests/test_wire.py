@@ -6,8 +6,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sim import wire
 from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from sim import wire
 
 arrays = hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8]),
                     shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=5))
@@ -21,7 +21,7 @@ def test_update_round_trips_exactly(rnd, ws, n):
     back = wire.decode(wire.encode(msg))
     assert back.round == rnd and back.num_samples == n
     assert len(back.weights) == len(ws)
-    for a, b in zip(ws, back.weights):
+    for a, b in zip(ws, back.weights, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
 
@@ -78,9 +78,9 @@ def test_deferred_results_are_sized_without_computing_and_encode_their_value():
 import struct  # noqa: E402
 import tracemalloc  # noqa: E402
 
+import crowdlearn.protocols.crowdlearning.machines as sp  # noqa: E402
 import crowdlearn.protocols.dssgd  # noqa: E402,F401  (registers its messages)
 import crowdlearn.protocols.fm  # noqa: E402,F401
-import crowdlearn.protocols.crowdlearning.machines as sp  # noqa: E402
 from crowdlearn.errors import CrowdlearnError, WireError  # noqa: E402
 
 

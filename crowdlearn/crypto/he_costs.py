@@ -96,8 +96,7 @@ def _measure(scheme: Scheme) -> dict:
         out["decrypt_s"] = _best(lambda: k.decrypt(c)) * per
         out["add_s"] = _best(lambda: zq_add((c.c2_hi, c.c2_lo), (c.c2_hi, c.c2_lo))) * per
     elif scheme.name == "hres":
-        from crowdlearn.crypto.hres import (HRESGroup, HRESPacking, dsp_reencrypt,
-                                            kts_reencrypt)
+        from crowdlearn.crypto.hres import HRESGroup, HRESPacking, dsp_reencrypt, kts_reencrypt
         g = HRESGroup.generate(scheme.key_bits)
         dsp, kts, who = g.keypair(), g.keypair(), g.keypair()
         PK = g.joint_key(dsp.pk, kts.sk)

@@ -165,8 +165,8 @@ class HRESVector:
             raise ValueError("cannot add packed vectors of different shapes")
         total = check_count(self.count + other.count, prec=self.prec, pad=self.pad)
         N2 = self.group.N2
-        T = tuple(gmpy2.f_mod(x * y, N2) for x, y in zip(self.T, other.T))
-        T1 = tuple(gmpy2.f_mod(x * y, N2) for x, y in zip(self.T1, other.T1))
+        T = tuple(gmpy2.f_mod(x * y, N2) for x, y in zip(self.T, other.T, strict=True))
+        T1 = tuple(gmpy2.f_mod(x * y, N2) for x, y in zip(self.T1, other.T1, strict=True))
         return HRESVector(self.group, self.key_tag, T, T1, self.length, total, self.prec, self.pad)
 
     HEADER = struct.Struct(">IIIBB8s")   # pairs, length, count, prec, pad, key tag
@@ -178,7 +178,7 @@ class HRESVector:
     def to_bytes(self) -> bytes:
         w = self.group.element_bytes
         head = self.HEADER.pack(len(self.T), self.length, self.count, self.prec, self.pad, self.key_tag)
-        return head + b"".join(int(x).to_bytes(w, "big") for pair in zip(self.T, self.T1) for x in pair)
+        return head + b"".join(int(x).to_bytes(w, "big") for pair in zip(self.T, self.T1, strict=True) for x in pair)
 
     @classmethod
     def from_bytes(cls, group: HRESGroup, data: bytes) -> HRESVector:
@@ -212,7 +212,7 @@ class ReencryptionRequest:
         w = self.group.element_bytes
         head = self.HEADER.pack(len(self.T1), self.length, self.count, self.prec, self.pad, self.target_tag)
         return head + b"".join(int(x).to_bytes(w, "big")
-                               for trip in zip(self.T1, self.A, self.B) for x in trip)
+                               for trip in zip(self.T1, self.A, self.B, strict=True) for x in trip)
 
     @classmethod
     def from_bytes(cls, group: HRESGroup, data: bytes) -> ReencryptionRequest:
@@ -240,7 +240,7 @@ def dsp_reencrypt(group: HRESGroup, vec: HRESVector, sk_dsp, pk_target, *, rand=
     N2 = group.N2
     A = gmpy2.powmod_base_list(list(vec.T1), mpz(sk_dsp), N2)
     pairs = _take(pool, len(vec.T), lambda: group.randomness(pk_target, rand))
-    T1 = tuple(gmpy2.f_mod(t * pr, N2) for t, (pr, _) in zip(vec.T, pairs))
+    T1 = tuple(gmpy2.f_mod(t * pr, N2) for t, (pr, _) in zip(vec.T, pairs, strict=True))
     return ReencryptionRequest(group, group.key_tag(pk_target), T1, tuple(A), tuple(g for _, g in pairs),
                                vec.length, vec.count, vec.prec, vec.pad)
 
@@ -254,8 +254,8 @@ def kts_reencrypt(group: HRESGroup, req: ReencryptionRequest, sk_kts, pk_target,
     N2 = group.N2
     Ab = gmpy2.powmod_base_list(list(req.A), mpz(sk_kts), N2)
     pairs = _take(pool, len(req.T1), lambda: group.randomness(pk_target, rand))
-    T = tuple(gmpy2.f_mod(t * gmpy2.invert(ab, N2) * pr, N2) for t, ab, (pr, _) in zip(req.T1, Ab, pairs))
-    T1 = tuple(gmpy2.f_mod(b * g, N2) for b, (_, g) in zip(req.B, pairs))
+    T = tuple(gmpy2.f_mod(t * gmpy2.invert(ab, N2) * pr, N2) for t, ab, (pr, _) in zip(req.T1, Ab, pairs, strict=True))
+    T1 = tuple(gmpy2.f_mod(b * g, N2) for b, (_, g) in zip(req.B, pairs, strict=True))
     return HRESVector(group, req.target_tag, T, T1, req.length, req.count, req.prec, req.pad)
 
 
@@ -288,7 +288,7 @@ class HRESPacking(SlotPacking):
         ms = self.plaintexts(values)
         pairs = _take(pool, len(ms), lambda: self.group.randomness(pk, rand))
         N, N2 = self.group.N, self.group.N2
-        T = tuple(gmpy2.f_mod((1 + m * N) * pr, N2) for m, (pr, _) in zip(ms, pairs))
+        T = tuple(gmpy2.f_mod((1 + m * N) * pr, N2) for m, (pr, _) in zip(ms, pairs, strict=True))
         return HRESVector(self.group, self.group.key_tag(pk), T, tuple(g for _, g in pairs),
                           len(np.asarray(values)), 1, self.prec, self.pad)
 
@@ -297,7 +297,7 @@ class HRESPacking(SlotPacking):
         N, N2 = self.group.N, self.group.N2
         masks = gmpy2.powmod_base_list(list(vec.T1), mpz(sk), N2)
         ms = []
-        for t, mk in zip(vec.T, masks):
+        for t, mk in zip(vec.T, masks, strict=True):
             x = gmpy2.f_mod(t * gmpy2.invert(mk, N2), N2)
             if x % N != 1:
                 raise HRESDecryptionError("ciphertext does not open under this key (not 1 mod N)")

@@ -52,6 +52,7 @@ from __future__ import annotations
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -134,7 +135,7 @@ def zq_from_ints(values, log_q: int = 77) -> tuple[np.ndarray, np.ndarray]:
 
 def zq_to_ints(hi: np.ndarray, lo: np.ndarray) -> list[int]:
     """``(hi, lo)`` limbs back to Python ints in ``[0, q)``."""
-    return [(int(h) << LO_BITS) | int(x) for h, x in zip(hi.tolist(), lo.tolist())]
+    return [(int(h) << LO_BITS) | int(x) for h, x in zip(hi.tolist(), lo.tolist(), strict=True)]
 
 
 def zq_add(a: tuple, b: tuple, log_q: int = 77) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +177,7 @@ def _matvec_zq(S: np.ndarray, hi: np.ndarray, lo: np.ndarray, log_q: int, *,
         if workers > 1 and rows >= 2 * chunk:
             cut = np.linspace(0, rows, workers + 1).astype(int)
             with ThreadPoolExecutor(workers) as ex:
-                list(ex.map(lambda ab: run(*ab), zip(cut[:-1], cut[1:])))
+                list(ex.map(lambda ab: run(*ab), pairwise(cut)))
         else:
             run(0, rows)
     P = P.astype(np.int64)                        # exact: |entries| < 2**53
@@ -293,7 +294,7 @@ class LWEKey:
         if not 1 <= n_pu <= self.length:
             raise ValueError(f"n_pu must be in 1..{self.length}; got {n_pu}")
         bounds = np.linspace(0, self.length, n_pu + 1).round().astype(int)
-        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
 
     def encrypt(self, values, *, n_pu: int = 1, rand=None) -> LWEVector:
         """Encrypt signed integers (``|v| < 2**(value_bits-1)``), e.g. ``FixedPoint(prec=32).encode(x)``."""

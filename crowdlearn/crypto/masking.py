@@ -258,7 +258,7 @@ class PendingMask:
 
     __slots__ = ("batch", "base", "terms", "_value", "index", "lock")
 
-    def __init__(self, batch: "MaskBatch", base: np.ndarray, terms: tuple, index: int = 0):
+    def __init__(self, batch: MaskBatch, base: np.ndarray, terms: tuple, index: int = 0):
         self.batch, self.base, self.terms, self._value = batch, base, terms, None
         self.index = index               # its registration's rank in the batch
         self.lock = threading.Lock()     # held by a worker thread while it adds to base

@@ -160,7 +160,7 @@ class PaillierPrivateKey:
         ep = gmpy2.powmod_base_list([c % self._psq for c in cs], self._ep, self._psq)
         eq = gmpy2.powmod_base_list([c % self._qsq for c in cs], self._eq, self._qsq)
         out = []
-        for xp, xq in zip(ep, eq):
+        for xp, xq in zip(ep, eq, strict=True):
             mp = ((xp - 1) // p) * self._hp % p
             mq = ((xq - 1) // q) * self._hq % q
             out.append(mp + p * ((mq - mp) * self._pinv_q % q))
@@ -277,7 +277,7 @@ class RandomnessPool:
             # each worker gets its own AES key: 32 fresh bytes of ``rand``
             seeds = [rand.bytes(32) for _ in range(workers)]
             sizes = [size // workers + (i < size % workers) for i in range(workers)]
-            parts = _parallel(_fill_part, [(key, s, sd) for s, sd in zip(sizes, seeds)], workers)
+            parts = _parallel(_fill_part, [(key, s, sd) for s, sd in zip(sizes, seeds, strict=True)], workers)
             return cls(pub, [v for part in parts for v in part])
         return cls(pub, [make(rand) for _ in range(int(size))])
 
@@ -362,7 +362,7 @@ class PaillierVector:
         if total is NotImplemented:
             return total
         nsq = self.public_key.nsquare
-        cs = tuple(gmpy2.f_mod(a * b, nsq) for a, b in zip(self.ciphertexts, other.ciphertexts))
+        cs = tuple(gmpy2.f_mod(a * b, nsq) for a, b in zip(self.ciphertexts, other.ciphertexts, strict=True))
         return PaillierVector(self.public_key, cs, self.length, total, self.prec, self.pad)
 
     HEADER = struct.Struct(">IIIBB")   # ciphertexts, length, count, prec, pad
@@ -453,7 +453,7 @@ class PaillierPacking(SlotPacking):
                 raise ValueError("randomness pool belongs to another key")
             rns = pool.take(len(ms))
         n, nsq = self.public_key.n, self.public_key.nsquare
-        cs = tuple(gmpy2.f_mod((1 + m * n) * rn, nsq) for m, rn in zip(ms, rns))
+        cs = tuple(gmpy2.f_mod((1 + m * n) * rn, nsq) for m, rn in zip(ms, rns, strict=True))
         return PaillierVector(self.public_key, cs, len(np.asarray(values)), 1, self.prec, self.pad)
 
     def decrypt(self, vec: PaillierVector, private_key: PaillierPrivateKey, *, workers: int = 1) -> np.ndarray:

@@ -67,8 +67,9 @@ import numpy as np
 from crowdlearn.crypto import keyagreement as ka
 from crowdlearn.crypto import masking, shamir
 from crowdlearn.crypto.costs import CryptoCosts
-from sim import wire
 from crowdlearn.protocols.fedavg import SERVER, FedAvgClient, FedAvgParams, FedAvgServer
+from crowdlearn.protocols.messages import Decline, RoundStart, Update
+from sim import wire
 from sim.machine import (
     CancelJob,
     Disconnected,
@@ -83,7 +84,6 @@ from sim.machine import (
     Send,
     TimerFired,
 )
-from crowdlearn.protocols.messages import Decline, RoundStart, Update
 from sim.wire import message
 
 __all__ = ["SecAggParams", "SecAggSection", "SecAggServer", "SecAggClient", "AdvertiseKeys", "KeyList",

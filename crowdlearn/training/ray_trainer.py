@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def shards(n: int, parts: int) -> list[range]:
     """Contiguous, nearly equal, non-empty ranges covering ``0..n-1`` (at most ``parts``)."""
     parts = max(1, min(parts, n))
     bounds = np.linspace(0, n, parts + 1).round().astype(int)
-    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [range(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
 class _TrainerActor:
@@ -97,7 +98,7 @@ class RayShardedTrainer:
             raise TypeError(f"RayShardedTrainer.train takes no options; got {sorted(kwargs)}")
         tasks = [_concrete(t) for t in tasks]
         parts = shards(len(tasks), len(self.actors))
-        futures = [a.train.remote([tasks[i] for i in part]) for a, part in zip(self.actors, parts)]
+        futures = [a.train.remote([tasks[i] for i in part]) for a, part in zip(self.actors, parts, strict=True)]
         out: list = []
         for res in ray.get(futures):
             out.extend(res)
