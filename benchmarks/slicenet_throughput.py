@@ -276,8 +276,8 @@ def reference_paths():
     share on full-length vectors, a pass's collective key made at each ask.  (The metrics row
     on the loop's thread: ``simulated_epoch(..., concurrent_evaluate=False)``.)"""
     from crowdlearn.protocols.crowdlearning import device, passjob
+    from crowdlearn.protocols.crowdlearning.reference import full_length_share, owns_all_by_search
     from slicenet.ownership import OwnedIndices
-    from tests.test_slicenet_fastpaths import full_length_share, owns_all_by_search
 
     saved = [(OwnedIndices, "owns_all", OwnedIndices.__dict__["owns_all"]),
              (device.SliceDevice, "_share", device.SliceDevice.__dict__["_share"]),

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdlearn.protocols.crowdlearning import machines as sp
+from crowdlearn.protocols.crowdlearning.reference import full_length_share, owns_all_by_search
 from crowdlearn.protocols.crowdlearning.sharing import top_k
 
 
@@ -230,42 +231,6 @@ def upload_by_2d_indexing(self, idx, vals, tick):
     newer = self.ticks[idx, slot] <= tick
     self.values[idx[newer], slot] = np.asarray(vals)[newer]
     self.ticks[idx[newer], slot] = tick
-
-
-def owns_all_by_search(self, owners, indices, *, trainable=False):
-    """``Layout.owns_all`` as check_sparse's ``allowed`` search (the reference)."""
-    from crowdlearn.protocols.validate import check_sparse
-
-    allowed = self.owned_flat(owners, trainable=trainable)
-    return check_sparse(indices, np.zeros(len(indices), np.float32), size=self.num_params,
-                        allowed=allowed) is None
-
-
-def full_length_share(self, m):
-    """A device's share as it was: Σ|gradient| and the values on full-length vectors, the
-    top θ of ``acc[idx]`` (the reference of ``SliceDevice._share``)."""
-    from crowdlearn.protocols.crowdlearning.messages import Upload
-    from crowdlearn.protocols.crowdlearning.passjob import as_array
-    from sim.machine import Send
-
-    self._commit()
-    lay = self.layout
-    idx = lay.owned_flat(m.owners, trainable=True)
-    k = int(round(self.params.theta * len(idx)))
-    acc = np.zeros(lay.num_params, np.float64)
-    seen = False
-    for o in m.owners:
-        own = self._acc_of(o)
-        if own is not None:
-            acc[lay.owned_flat([o], trainable=True)] = own
-            seen = True
-    self.acc = {}
-    top = idx[top_k(acc[idx], k)] if k and seen else idx[:0]
-    self.held = {o: as_array(v) for o, v in self.held.items()}
-    flat = self._flat(m.owners)
-    self.share_owners = {m.epoch: tuple(m.owners)}
-    return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32),
-                                     flat[top].astype(np.float32)))]
 
 
 @settings(max_examples=60, deadline=None)
