@@ -446,17 +446,13 @@ a rerun elsewhere should reproduce.
     L.append(f"## Table II — error against θ (n = {SWEEP_N}, g = 10, τ = 0.5, ω = {SWEEP_OMEGA})\n")
     L += _table(t2, cells, epochs, paper_col("II"))
     L.append("")
-    lab2 = [s.label for s in t2]
-    L.append("Ordering (error falling as θ grows):\n")
-    L += _claims(cells, list(pairwise(lab2)) + [(lab2[0], lab2[-1])])
+    L += _ordering("II", [s.label for s in t2], cells)
     L.append("")
     L.append(f"## Table III — error against τ (n = {SWEEP_N}, θ = 0.5, ω = {SWEEP_OMEGA})\n")
     L += _table(t3, cells, epochs, paper_col("III"))
     L.append("")
     lab3 = [s.label for s in t3]
-    L.append("Ordering (error falling as τ falls below 1; the paper's U-shape with its best at "
-             "τ = 0.4):\n")
-    L += _claims(cells, [(lab3[-1], lab) for lab in lab3[:-1]])
+    L += _ordering("III", lab3, cells)
     L.append("")
     L.append(f"U-shape in τ: {_u_shape(cells, lab3)}.\n")
     L.append(f"## Table IV — error against ω (n = {SWEEP_N}, θ = τ = 0.5)\n")
@@ -470,7 +466,7 @@ a rerun elsewhere should reproduce.
                  "ω ≥ 20 (ω·τ ≥ 10) nothing is downloaded and the runs equal τ = 1 (no "
                  "collaboration) to the bit, an artefact of reading after one epoch.  The ω = 10 "
                  "column is the θ = 0.5 run (the same point), whose CPU is listed there.\n")
-    L += _claims(cells, [(lab, "ω = 10") for lab in lab4 if lab != "ω = 10"])
+    L += _ordering("IV", lab4, cells)
     L.append("")
     L += _previous(cells)
     missing = [s.label for s in sets if seeds_n.get(s.label, 0) < 10]
@@ -630,10 +626,10 @@ def _long_table_one(rows, epochs, paper1, pairs) -> list[str]:
     t1 = [s for s in settings() if s.table == "I" and s.label in cells]
     if not t1:
         return []
-    seeds = sorted({s for c in cells.values() for s in c})
     mine = [r for r in rows if int(r["epochs"]) == epochs and r["label"] in cells
             and r["table"] == "I"]
-    cpu = sum(float(r["cpu_s"]) for r in rows if int(r["epochs"]) == epochs and r["cpu_s"] != "")
+    seeds = sorted({int(r["seed"]) for r in mine})      # Table I's own runs, not the sweeps'
+    cpu = sum(float(r["cpu_s"]) for r in mine if r["cpu_s"] != "")
     how = how_made(mine, unrecorded=UNRECORDED + ": `benchmarks/slicenet_experiments.py "
                    f"--epochs {epochs} --first-seed S --seeds 1 --sweep-seeds 0 --tables I` "
                    "for each seed S, one process per seed at `nice -n 19`, two at a time, "
@@ -685,6 +681,25 @@ def _direction(cells, sets, key: str, knob: str, seed: int) -> str:
             f"{_shape(labels, paper, knob)}.")
 
 
+def _ordering(table: str, labels: list[str], cells) -> list[str]:
+    """The claims a sweep table is read by, the same after any number of epochs: Table II
+    error falling as θ grows (each step and end to end), Table III every τ < 1 better than
+    τ = 1 (error falling as τ falls below 1), Table IV every ω against the paper's best ω = 10.
+    ``labels`` in the grid's order."""
+    if table == "II":
+        head = "Ordering (error falling as θ grows):\n"
+        pairs = list(pairwise(labels)) + [(labels[0], labels[-1])]
+    elif table == "III":
+        head = ("Ordering (error falling as τ falls below 1; the paper's U-shape with its best "
+                "at τ = 0.4):\n")
+        pairs = [(labels[-1], lab) for lab in labels[:-1]]
+    else:
+        best = f"ω = {SWEEP_OMEGA}"
+        head = f"Against the paper's best, {best}:\n"
+        pairs = [(lab, best) for lab in labels if lab != best]
+    return [head] + _claims(cells, pairs)
+
+
 def _long_sweeps(rows, epochs) -> list[str]:
     """Tables II–IV from the runs of ``epochs`` epochs (the paper's 50), however few seeds."""
     cells = _by_label(rows, epochs)
@@ -727,7 +742,7 @@ def _long_sweeps(rows, epochs) -> list[str]:
             L.append((_direction(cells, ts, k, knob, common[k][0]) if common[k] else
                       "No seed was run in every cell of this table.") + "\n")
         else:
-            L += _claims(cells, list(pairwise(labels)) + [(labels[0], labels[-1])])
+            L += _ordering(k, labels, cells)
             L.append("")
             if k != "II":
                 L.append(f"U-shape in {knob}: {_u_shape(cells, labels)}.\n")

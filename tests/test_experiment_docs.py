@@ -180,6 +180,13 @@ def test_slicenet_doc_adds_table_one_of_longer_runs_with_a_curve(monkeypatch, tm
     assert R_cell([18.1, 19.1]) in section.split("| S-SGD |")[1].split("\n")[0]
     assert "| S-SGD worse than n = 5 |" in section
     assert (tmp_path / "slicenet_table1_50.png").stat().st_size > 1000
+    # 4 runs × 500 CPU s: Table I's cost is its own runs', whatever the sweeps of that length add
+    assert "CPU time sums to 0.6 CPU-hours" in section and "costs 0.3 CPU-hours per seed" in section
+    sweep = _slicenet_rows("θ = 0.1", [15.0], table="II", epochs=50, cpu=3000.0)
+    sweep[0].update(seed=7)
+    doc = mod.render(rows + long + sweep, 1, "x")
+    section = doc.split("## Table I after 50 epochs")[1].split("## Tables II–IV")[0]
+    assert "CPU time sums to 0.6 CPU-hours" in section and "Seeds 0, 1:" in section
 
 
 def test_slicenet_doc_adds_the_sweeps_of_longer_runs_and_reads_one_seed_as_a_direction(
@@ -219,6 +226,22 @@ def test_slicenet_doc_adds_the_sweeps_of_longer_runs_and_reads_one_seed_as_a_dir
     assert "Seeds Table II: 0, 1; Table III: 0" in section
     assert "**One seed** in Table III," in section and "| θ = 0.1 worse than θ = 0.3 |" in section
     assert "One seed (0), final error by τ" in section and "| τ = 0.0 worse" not in section
+    # two seeds of τ and ω: read by the claims of the 1-epoch tables (τ = 1 against each τ < 1;
+    # each ω against the paper's best ω = 10), not by neighbouring steps
+    omega = {"ω = 5": 13.2, "ω = 10": 12.8, "ω = 15": 12.7, "ω = 20": 12.9, "ω = 25": 12.9}
+    more = long(tau) + long(omega)
+    more += [dict(r, seed=1, error_pct=r["error_pct"] + 0.1 * (k % 3)) for k, r in
+             enumerate(long(tau) + long(omega))]
+    doc = mod.render(rows + two + more, 1, "x")
+    section = doc.split("## Tables II–IV after 50 epochs")[1].split("## Traffic")[0]
+    first = doc.split("## Tables II–IV after 50 epochs")[0]
+    for claim in ("| τ = 1.0 worse than τ = 0.0 |", "| τ = 1.0 worse than τ = 0.8 |",
+                  "| ω = 5 worse than ω = 10 |", "| ω = 25 worse than ω = 10 |"):
+        assert claim in section and claim in first, claim
+    assert "| τ = 0.0 worse than τ = 0.2 |" not in section
+    assert "| ω = 5 worse than ω = 25 |" not in section
+    assert section.split("| τ = 1.0 worse than τ = 0.0 |")[1].split("\n")[0].endswith(
+        "**holds** |")
 
 
 def R_cell(vals):
