@@ -20,10 +20,13 @@ wall on the loop's thread and on the worker, the loop's wall blocked in pass rea
 whether the run's metrics rows, accuracy and simulated time equal the first current run's.
 ``--timeline`` also prints, for the last oracle epoch, the submission count (of pass parts) at
 which each batch started ahead and at which its read came: the window a perfect guess has.
+``--ab-switch PAIRS`` then times warm epochs (current executor) alternately with the
+interpreter's switch interval as it is and at ``--switch`` seconds (0.5 ms) for the whole epoch
+(``sys.setswitchinterval``; a lead, not a change: the same results).
 
 Run::
 
-    .venv/bin/python benchmarks/runahead_ceiling.py [--pairs 3] [--timeline]
+    .venv/bin/python benchmarks/runahead_ceiling.py [--pairs 3] [--timeline] [--ab-switch 3]
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--timeline", action="store_true")
+    ap.add_argument("--ab-switch", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS pairs of warm epochs with the interpreter's switch "
+                         "interval as it is and at --switch seconds for the whole epoch")
+    ap.add_argument("--switch", type=float, default=0.0005)
     a = ap.parse_args()
 
     import slicenet_throughput as st
@@ -106,6 +113,27 @@ def main() -> None:
         if a.timeline:
             print("last oracle epoch, pass submissions at each batch's start ahead / read: "
                   + " ".join(f"{e}@{t}" for e, t in state["events"]))
+        state["mode"] = "current"
+        before = sys.getswitchinterval()
+        for pair in range(a.ab_switch):
+            for value in (before, a.switch):
+                sys.setswitchinterval(value)
+                try:
+                    r = st.simulated_epoch(a.devices, a.group_size, a.seed)
+                finally:
+                    sys.setswitchinterval(before)
+                k = st.keras_epoch(a.seed)
+                res = (r["metrics"], r["accuracy"], r["sim_time_s"])
+                first = first or res
+                print(f"switch pair {pair + 1}, {value * 1e3:g} ms (load "
+                      f"{os.getloadavg()[0]:.2f}): warm epoch {r['wall_s']:.2f} s wall / "
+                      f"{r['cpu_s']:.2f} s CPU; batches ahead {r['overlap']['used']} used, "
+                      f"{r['overlap']['discarded']} dropped; trainer on the loop "
+                      f"{r['train_loop_s']:.2f} s wall, on the worker {r['ahead_s']:.2f} s "
+                      f"wall; loop blocked in pass reads {r['blocked_s']:.2f} s; Keras "
+                      f"{k['wall_s']:.2f} / {k['cpu_s']:.2f} s: ratio "
+                      f"{r['wall_s'] / k['wall_s']:.2f}, ratio_cpu {r['cpu_s'] / k['cpu_s']:.2f}; "
+                      f"same results: {res == first}")
     finally:
         Executor._run_kind, Executor._ahead = orig_run, orig_ahead
 
