@@ -29,8 +29,12 @@ early training): this change's effect, measured in the same process.
 
 One plain round first warms TensorFlow up (not timed); then the contenders run interleaved
 ``--repeats`` times and the medians are compared; before each timed run ``gc.collect()``, so
-that no contender's window collects an earlier one's garbage (measured: none was cyclic, so
-this is hygiene, not a speed-up).  Prints ``ratio X`` (SecAgg round wall ÷
+that no contender's window pays a collection its predecessors' allocations brought due.  It
+matters: without it (this script before the sixth session, run on the same code, quiet
+machine) the plain rounds that follow a SecAgg contender took 0.59–0.60 s instead of
+0.44–0.46 s (median of 5), most likely a full collection of the process's large heap inside
+their window (not profiled), which made the ratio look better than it is (1.48–1.61 instead of
+1.99; ``docs/benchmarks.md``, "Quiet-machine figures …, sixth session").  Prints ``ratio X`` (SecAgg round wall ÷
 plain round wall; target <= 2) last.  Also printed: the process CPU time of each contender and
 ``ratio_cpu`` (SecAgg CPU ÷ plain CPU: the work done, less sensitive to other processes on a
 shared machine, though TensorFlow's threads count in it), and the load average (1 min) before
