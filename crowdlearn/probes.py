@@ -37,6 +37,9 @@ FLOPS = TIERS["mid_range"].flops
 
 @dataclass(frozen=True)
 class Task:
+    """A job's payload: ``flops`` of work of ``kind`` (what the driver's executor runs; churn is
+    drawn only for training kinds), holding ``memory_bytes`` while it runs."""
+
     flops: float
     kind: str = "noop"
     memory_bytes: int = 0
