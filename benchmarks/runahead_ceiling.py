@@ -39,6 +39,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def _epoch_line(r: dict, k: dict) -> str:
+    """One warm epoch ``r`` beside its Keras epoch ``k``: the load, walls, CPU, run-ahead and
+    the two ratios."""
+    return (f"(load {os.getloadavg()[0]:.2f}): warm epoch {r['wall_s']:.2f} s wall / "
+            f"{r['cpu_s']:.2f} s CPU; batches ahead {r['overlap']['used']} used, "
+            f"{r['overlap']['discarded']} dropped; trainer on the loop {r['train_loop_s']:.2f} s "
+            f"wall, on the worker {r['ahead_s']:.2f} s wall; loop blocked in pass reads "
+            f"{r['blocked_s']:.2f} s; Keras {k['wall_s']:.2f} / {k['cpu_s']:.2f} s: ratio "
+            f"{r['wall_s'] / k['wall_s']:.2f}, ratio_cpu {r['cpu_s'] / k['cpu_s']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=120)
@@ -102,14 +113,8 @@ def main() -> None:
                 k = st.keras_epoch(a.seed)
                 res = (r["metrics"], r["accuracy"], r["sim_time_s"])
                 first = first or res
-                print(f"pair {pair + 1} {mode:7s} (load {os.getloadavg()[0]:.2f}): warm epoch "
-                      f"{r['wall_s']:.2f} s wall / {r['cpu_s']:.2f} s CPU; batches ahead "
-                      f"{r['overlap']['used']} used, {r['overlap']['discarded']} dropped; "
-                      f"trainer on the loop {r['train_loop_s']:.2f} s wall, on the worker "
-                      f"{r['ahead_s']:.2f} s wall; loop blocked in pass reads "
-                      f"{r['blocked_s']:.2f} s; Keras {k['wall_s']:.2f} / {k['cpu_s']:.2f} s: "
-                      f"ratio {r['wall_s'] / k['wall_s']:.2f}, ratio_cpu "
-                      f"{r['cpu_s'] / k['cpu_s']:.2f}; same results: {res == first}")
+                print(f"pair {pair + 1} {mode:7s} {_epoch_line(r, k)}; same results: "
+                      f"{res == first}")
         if a.timeline:
             print("last oracle epoch, pass submissions at each batch's start ahead / read: "
                   + " ".join(f"{e}@{t}" for e, t in state["events"]))
@@ -125,14 +130,7 @@ def main() -> None:
                 k = st.keras_epoch(a.seed)
                 res = (r["metrics"], r["accuracy"], r["sim_time_s"])
                 first = first or res
-                print(f"switch pair {pair + 1}, {value * 1e3:g} ms (load "
-                      f"{os.getloadavg()[0]:.2f}): warm epoch {r['wall_s']:.2f} s wall / "
-                      f"{r['cpu_s']:.2f} s CPU; batches ahead {r['overlap']['used']} used, "
-                      f"{r['overlap']['discarded']} dropped; trainer on the loop "
-                      f"{r['train_loop_s']:.2f} s wall, on the worker {r['ahead_s']:.2f} s "
-                      f"wall; loop blocked in pass reads {r['blocked_s']:.2f} s; Keras "
-                      f"{k['wall_s']:.2f} / {k['cpu_s']:.2f} s: ratio "
-                      f"{r['wall_s'] / k['wall_s']:.2f}, ratio_cpu {r['cpu_s'] / k['cpu_s']:.2f}; "
+                print(f"switch pair {pair + 1}, {value * 1e3:g} ms {_epoch_line(r, k)}; "
                       f"same results: {res == first}")
     finally:
         Executor._run_kind, Executor._ahead = orig_run, orig_ahead
