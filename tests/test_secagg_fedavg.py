@@ -426,6 +426,59 @@ def test_same_seed_same_simulated_times_across_processes(tmp_path):
     assert runs[0] == runs[1]
 
 
+def test_calibration_timings_charge_cpu_not_time_spent_waiting():
+    """Calibration timings are the process's CPU time: a call that waits (here: sleeps, as when
+    descheduled while other tenants run) costs nothing, work on another thread of the process is
+    charged (a primitive using threads pays all of their work, as a one-core device would)."""
+    import threading
+    import time
+
+    import crowdlearn.crypto.costs as cc
+    from crowdlearn.crypto import he_costs
+
+    assert cc._best(lambda: time.sleep(0.03), reps=3) < 0.01
+    assert he_costs._best(lambda: time.sleep(0.03), reps=3) < 0.01
+
+    def spin(seconds):
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    def on_a_thread():
+        t = threading.Thread(target=spin, args=(0.03,))
+        t.start()
+        t.join()
+    assert cc._best(on_a_thread, reps=3) >= 0.03
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_a_calibration_records_the_load_and_warns_when_made_on_a_busy_machine(
+        tmp_path, monkeypatch, recwarn, loaded):
+    """The machine's load is cached with a calibration (and reaches ``summary.json`` through the
+    cost model); a calibration made on a busy machine warns, naming the fix, every time it is
+    used, until it is measured again."""
+    import crowdlearn.crypto.costs as cc
+
+    monkeypatch.setenv("CROWDLEARN_CACHE", str(tmp_path))
+    monkeypatch.delenv("CROWDLEARN_RECALIBRATE", raising=False)
+    state = {"load_average_1min": 9.5 if loaded else 0.1, "cpus": 2, "loaded": loaded}
+    monkeypatch.setattr(cc, "machine_load", lambda: dict(state))
+    calls = []
+    measure = lambda: calls.append(1) or {"x": 1.0}                      # noqa: E731
+    first = cc.cached_calibration("probe", measure)
+    state.update(load_average_1min=0.0, loaded=False)           # the machine is quiet now
+    second = cc.cached_calibration("probe", measure)             # read from the cache
+    assert calls == [1] and first == second
+    assert first["measured_load"]["load_average_1min"] == (9.5 if loaded else 0.1)
+    warned = [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
+    assert len(warned) == (2 if loaded else 0)
+    if loaded:
+        assert "CROWDLEARN_RECALIBRATE=1" in str(warned[0].message)
+    monkeypatch.setenv("CROWDLEARN_RECALIBRATE", "1")          # measured again, now quiet
+    third = cc.cached_calibration("probe", measure)
+    assert calls == [1, 1] and not third["measured_load"]["loaded"]
+
+
 def _direct_epsilon(multipliers, q, delta=1e-5):
     """dp-accounting's RDP ε for one Poisson-sampled Gaussian per entry, built here directly."""
     import dp_accounting as dpa

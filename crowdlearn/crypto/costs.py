@@ -4,10 +4,14 @@ A device's simulated time for a job is ``flops / profile.flops``.  Cryptography 
 each primitive is timed here on the host and converted to *FLOP-equivalents*: seconds on the host
 × the host's measured dense-matmul rate.  A device then runs the primitive ``profile.flops /
 host_flops`` times slower or faster than the host, the same scaling the simulator applies to
-training.  Calibration (about 0.3 s; best of 7 per primitive) runs once per machine: its result
-is kept in a cache file (:func:`cached_calibration`) and reused, so that the same seed gives the
-same simulated times in every run on this machine; it is recorded in ``summary.json``.  Set
-``CROWDLEARN_RECALIBRATE=1`` to measure again (e.g. after a hardware change).
+training.  Calibration (about 0.3 s; the least CPU time of 7 per primitive) runs once per machine:
+its result is kept in a cache file (:func:`cached_calibration`) and reused, so that the same seed
+gives the same simulated times in every run on this machine; it is recorded in ``summary.json``
+with the machine's load when it was measured.  A calibration measured on a busy machine is off
+(here: host rate 43-55 G FLOP/s at load 3-6 on 2 CPUs against 93-95 G quiet, the primitives
+slowed less, so every primitive's FLOP-equivalents about halved), so it is flagged and every run
+that uses it warns.  Set ``CROWDLEARN_RECALIBRATE=1`` to measure again (on a quiet machine, or
+after a hardware change).
 
 Examples
 --------
@@ -19,11 +23,11 @@ True
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["CryptoCosts", "cached_calibration", "calibrate"]
+__all__ = ["CryptoCosts", "cached_calibration", "calibrate", "machine_load"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class CryptoCosts:
     prg_byte: float            # one byte of the mask keystream (AES-128 counter blocks through GCM) + its add
     aead_byte: float           # one byte through AES-GCM
     field_mul: float           # one multiply-add mod p (Shamir sharing and reconstruction)
+    # the machine's load when these were measured (machine_load); None in older caches
+    measured_load: dict | None = field(default=None, compare=False)
 
     def flops(self, *, keygen: int = 0, agree: int = 0, prg_bytes: float = 0,
               aead_bytes: float = 0, field_muls: float = 0) -> float:
@@ -47,15 +53,46 @@ class CryptoCosts:
 
 
 def _best(fn, reps: int = 7) -> float:
+    """The least CPU time of ``reps`` calls of ``fn``, in seconds (this process's CPU clock, every
+    thread of it): a call descheduled while other tenants run is not charged their time slices,
+    and a primitive that used several threads is charged all their work, as a one-core device pays
+    it.  (Cores shared with a busy hyperthread still run slower: :func:`cached_calibration`
+    records the load and warns.)
+
+    >>> import time
+    >>> _best(lambda: time.sleep(0.02)) < 0.01       # waiting is not charged
+    True
+    """
     # measurement only: imported here so the primitives' module graph stays clock-free
     import time
 
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best
+
+
+# a calibration measured above this 1-minute load average per CPU is flagged (see cached_calibration)
+LOADED = 1.0
+
+
+def machine_load() -> dict:
+    """The machine's 1-minute load average and CPU count now (``os.getloadavg``), as recorded
+    beside a calibration; ``loaded`` when the load per CPU exceeds :data:`LOADED`.
+
+    >>> sorted(machine_load())
+    ['cpus', 'load_average_1min', 'loaded']
+    """
+    import os
+
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:                      # not available on this platform: nothing to flag
+        return {"load_average_1min": None, "cpus": cpus, "loaded": False}
+    return {"load_average_1min": round(load, 2), "cpus": cpus, "loaded": load / cpus > LOADED}
 
 
 def cache_path(name: str):
@@ -83,25 +120,39 @@ def cached_calibration(name: str, measure) -> dict:
 
     A missing, unreadable or unwritable cache falls back to measuring (the run still works; only
     the cross-run reproducibility of simulated times is lost).  ``CROWDLEARN_RECALIBRATE=1``
-    measures again and replaces the file.
+    measures again and replaces the file.  The machine's load during the measurement is kept
+    under ``measured_load`` (:func:`machine_load`); when it was busy, a :class:`RuntimeWarning`
+    says so and how to measure again.
     """
     import json
     import os
 
     path = cache_path(name)
+    values = None
     if os.environ.get("CROWDLEARN_RECALIBRATE") != "1":
         try:
-            return json.loads(path.read_text())
+            values = json.loads(path.read_text())
         except (OSError, ValueError):
             pass
-    values = measure()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(values, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    if values is None:
+        before = machine_load()
+        values = dict(measure())
+        after = machine_load()
+        values["measured_load"] = max(before, after, key=lambda m: m["load_average_1min"] or 0)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(values, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    load = values.get("measured_load") or {}
+    if load.get("loaded"):
+        import warnings
+        warnings.warn(f"the {name} calibration was measured on a busy machine (load average "
+                      f"{load['load_average_1min']} on {load['cpus']} CPUs), so the simulated "
+                      f"cost of cryptography may be far off; measure it again on a quiet machine "
+                      f"with CROWDLEARN_RECALIBRATE=1 (cache: {path})", RuntimeWarning, stacklevel=2)
     return values
 
 
@@ -112,12 +163,16 @@ def calibrate() -> CryptoCosts:
     The cache's name changes with what is measured: v3 since the mask PRG runs through AES-GCM
     (``masking._Keystream``), so a PRG byte's cost is that of the keystream the protocol expands.
     """
-    return CryptoCosts(**cached_calibration("secagg-costs-v3", lambda: asdict(_measure())))
+    values = cached_calibration("secagg-costs-v3", lambda: asdict(_measure()))
+    return CryptoCosts(**{f.name: values[f.name] for f in fields(CryptoCosts)
+                          if f.name != "measured_load"},
+                       measured_load=values.get("measured_load"))
 
 
 def _measure() -> CryptoCosts:
-    """Time each primitive on this machine (best of 7) and convert to FLOP-equivalents."""
+    """Time each primitive on this machine (least CPU time of 7) and convert to FLOP-equivalents."""
     import gmpy2
+    from threadpoolctl import threadpool_limits
 
     from crowdlearn.crypto import keyagreement as ka
     from crowdlearn.crypto import masking, shamir
@@ -125,7 +180,8 @@ def _measure() -> CryptoCosts:
     # small matrices: BLAS runs them on one thread, like the (single-threaded) primitives, and a
     # loaded machine's thread contention does not distort the rate
     a = np.ones((64, 64), np.float32)
-    mm = _best(lambda: [a @ a for _ in range(200)])
+    with threadpool_limits(limits=1, user_api="blas"):
+        mm = _best(lambda: [a @ a for _ in range(200)])
     host = 200 * 2 * 64 ** 3 / mm
     keys = [ka.keypair(bytes([i + 1]) * 32) for i in range(20)]
     pubs = [ka.public_bytes(k) for k in keys]

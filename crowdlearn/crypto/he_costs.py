@@ -1,6 +1,6 @@
 """Cost model of the homomorphic primitives, calibrated by timing them on the running machine.
 
-This module measures wall time, so it belongs with the drivers (ring 2): ``crowdlearn.experiment`` calls
+This module measures CPU time, so it belongs with the drivers (ring 2): ``crowdlearn.experiment`` calls
 :func:`calibrate` and hands the result to the protocol builder; protocol code only reads numbers.
 
 A job's cost is charged in FLOP-equivalents: ``seconds measured here x host FLOP/s`` (the host's
@@ -16,8 +16,6 @@ schedules for the same seed (``real`` and ``priced`` mode included).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from crowdlearn.crypto.schemes import Scheme
@@ -30,33 +28,27 @@ _CACHE: dict = {}
 def host_flops(reps: int = 10, n: int = 384) -> float:
     """Single-thread float64 matmul FLOP/s of this machine (best of ``reps`` ``n^3`` products).
 
-    One thread, like the crypto it prices; the best of several runs, because on a shared machine
-    the slower runs measure the other tenants."""
+    One thread, like the crypto it prices; the least CPU time of several runs
+    (:func:`crowdlearn.crypto.costs._best`: a shared machine's other tenants are not charged)."""
     from threadpoolctl import threadpool_limits
+
+    from crowdlearn.crypto.costs import _best as cpu_best
     a = np.random.default_rng(0).standard_normal((n, n))
-    best = np.inf
     with threadpool_limits(limits=1, user_api="blas"):
-        for _ in range(reps):
-            t = time.perf_counter()
-            a @ a
-            best = min(best, time.perf_counter() - t)
+        best = cpu_best(lambda: a @ a, reps)
     return 2 * n ** 3 / best
 
 
 def _best(fn, reps=10):
-    """Best of ``reps`` timings: on a shared machine the slower ones measure the other tenants
-    (the same rule as :func:`host_flops`, so the two stay comparable)."""
-    best = np.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    """Least CPU time of ``reps`` calls (the same clock and rule as :func:`host_flops`, so the two
+    stay comparable: :func:`crowdlearn.crypto.costs._best`)."""
+    from crowdlearn.crypto.costs import _best as cpu_best
+    return cpu_best(fn, reps)
 
 
 def calibrate(scheme: Scheme) -> dict:
     """Seconds per whole-vector ``encrypt``, ``decrypt`` and ``add`` of ``scheme`` on this machine,
-    from the best of 10 timings of one ciphertext (Paillier) or 512 rows (LWE), scaled linearly."""
+    from the least CPU time of 10 calls on one ciphertext (Paillier) or 512 rows (LWE), scaled linearly."""
     key = (scheme.name, scheme.length, getattr(scheme, "key_bits", None),
            getattr(scheme, "pad", None), getattr(getattr(scheme, "params", None), "n_lwe", None),
            getattr(scheme, "n_pu", None))
