@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fleet_throughput.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check crowdlearn sim slicenet tests benchmarks
+	$(VENV)/bin/ruff check crowdlearn sim slicenet tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) results build *.egg-info docs/_generated

@@ -1,4 +1,5 @@
-"""The code passes the project's lint (``pyproject.toml``'s ruff rules), so ``make test`` keeps it so.
+"""The code, the notebooks' cells included, passes the project's lint (``pyproject.toml``'s ruff
+rules), so ``make test`` keeps it so.
 
 ruff is pinned in the ``test`` extra: a newer ruff may add rules, and a rule added upstream should
 reach the code as a chosen change, not as a red CI run.
@@ -17,7 +18,7 @@ def test_ruff_finds_nothing():
     exe = str(ruff) if ruff.exists() else shutil.which("ruff")
     assert exe, "ruff is not installed: `pip install -e .[test]` installs the pinned version"
     out = subprocess.run([exe, "check", "--no-cache", "crowdlearn", "sim", "slicenet", "tests",
-                          "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+                          "benchmarks", "notebooks"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
