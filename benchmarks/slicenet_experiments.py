@@ -522,9 +522,26 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
     for e in lengths:
         c = _by_label(rows, e)
         seeds = sorted({s for v in c.values() for s in v})
-        L.append(f"**{_epochs(e)} and {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
-                 f"({R.seeds_text(seeds)}), not the paper's 50 epochs** (nor 10 seeds: CPU "
-                 "budget, cost below).  The runs of `nice -n 19 .venv/bin/python "
+        paper_length = e >= 50
+        head = (f"**The paper's {_epochs(e)}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+                f"({R.seeds_text(seeds)}), not its 10 seeds** (CPU budget, cost below)."
+                if paper_length else
+                f"**{_epochs(e)} and {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+                f"({R.seeds_text(seeds)}), not the paper's 50 epochs** (nor 10 seeds: CPU "
+                "budget, cost below).")
+        reading = ("  The paper's figures are after the same 50 epochs, on CIFAR-10."
+                   if paper_length else
+                   "  After so few epochs the ordering is largely steps and data per model (an "
+                   "epoch gives a group's model ≈ 16n mini-batch steps, S-SGD's ≈ 16, C-SGD's "
+                   "1,875), as in the MLP's 1-epoch Table I; the paper's figures are after 50 "
+                   "epochs on CIFAR-10.")
+        spread = (f"  Over {len(seeds)} seeds a 95 % interval is wide (Student's t with "
+                  f"{len(seeds) - 1} degree{'s' if len(seeds) != 2 else ''} of freedom): "
+                  "only large, consistent differences can be shown."
+                  if 1 < len(seeds) < 10 else
+                  "  With one seed there is no spread, so no ordering is tested: the cells "
+                  "are single runs." if len(seeds) == 1 and paper_length else "")
+        L.append(head + "  The runs of `nice -n 19 .venv/bin/python "
                  f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
                  f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
                  "`--first-seed`/`--only` over up to four processes at a time"
@@ -532,15 +549,8 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
                     if "S-SGD" in c else "")
                  + ", beside other work on the 2 cores; a "
                  "cell's CPU per epoch is its process's CPU for that run, set-up and evaluation "
-                 "included (the first run of a process also pays TensorFlow's start-up).  "
-                 "After so few epochs the ordering is largely steps and data per model (an "
-                 "epoch gives a group's model ≈ 16n mini-batch steps, S-SGD's ≈ 16, C-SGD's "
-                 "1,875), as in the MLP's 1-epoch Table I; the paper's figures are after 50 "
-                 "epochs on CIFAR-10."
-                 + (f"  Over {len(seeds)} seeds a 95 % interval is wide (Student's t with "
-                    f"{len(seeds) - 1} degree{'s' if len(seeds) != 2 else ''} of freedom): "
-                    "only large, consistent differences can be shown."
-                    if 1 < len(seeds) < 10 else "") + "\n")
+                 "included (the first run of a process also pays TensorFlow's start-up)."
+                 + reading + spread + "\n")
         sets = [s for s in t1 if s.label in c]
         L += _table(sets, c, e, paper)
         L.append("")

@@ -642,6 +642,30 @@ def test_slicenet_cnn_table_renders_beside_the_papers_cnn_and_leaves_the_mlp_pag
     assert "No run of" not in two and "No run of S-SGD, n = 10, n = 15, n = 20, C-SGD" in one
 
 
+def test_slicenet_cnn_table_at_the_papers_50_epochs_says_so_and_tests_nothing_on_one_seed(
+        monkeypatch):
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
+    mlp = []
+    for i, s in enumerate(mod.settings()):
+        mlp += _slicenet_rows(s.label, [20.0 + i, 21.0 + i], table=s.table, cpu=10.0)
+    curve = lambda e: ";".join(f"{e + 50 - k:.1f}" for k in range(1, 51))   # noqa: E731
+    cnn = [{**r, "model": "paper-cnn", "error_by_epoch": curve(e)}
+           for lab, e in (("n = 20", 12.0), ("C-SGD", 9.0))
+           for r in _slicenet_rows(lab, [e], epochs=50, cpu=3000.0)]
+    cnn += _cnn_rows("n = 5", [40.0, 41.0], epochs=1, cpu=70.0)
+    section = mod.render(mlp + cnn, 1, "x").partition("## Table I with the paper's CNN\n")[2]
+    fifty, one = section.split("**1 epoch and 2 seeds (0, 1)")
+    assert "**The paper's 50 epochs, 1 seed (0), not its 10 seeds**" in fifty
+    assert "not the paper's 50 epochs" not in fifty and "After so few epochs" not in fifty
+    assert "With one seed there is no spread, so no ordering is tested" in fifty
+    assert "--model paper-cnn --tables I --epochs 50 --first-seed 0 --seeds 1" in fifty
+    assert "| n = 20 | 32.40 | 61.00 (n = 1) |" in fifty and "| C-SGD | 29.54 | 58.00 (n = 1) |" in fifty
+    assert "| n = 20 worse than C-SGD | — | **not measured** |" in fifty
+    assert "No run of S-SGD, n = 5, n = 10, n = 15 finished at 50 epochs" in fifty
+    assert "After so few epochs" in one and "not the paper's 50 epochs" in one
+
+
 def test_slicenet_cnn_runs_table_one_only_in_a_folder_of_its_own(monkeypatch, tmp_path):
     mod = _module("slicenet_experiments")
     with pytest.raises(SystemExit) as e:
