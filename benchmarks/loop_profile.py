@@ -8,7 +8,8 @@ or the worker), waiting for the metrics row evaluated beside the loop, making th
 the loop, and the rest, *the loop's own Python* (simulator, network, machines, monitor).  That rest is then
 listed by the deepest frame of the project's code (self time) and by function (inclusive).
 
-Run (py-spy must be allowed to read this process, as it is when it runs as the same user)::
+Needs py-spy (``pip install -e .[bench]``; it must be allowed to read this process, as it is
+when it runs as the same user without a ptrace restriction).  Run::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/loop_profile.py [--rate 200] [--top 30]
 """
