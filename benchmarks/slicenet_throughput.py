@@ -351,7 +351,14 @@ def ab_eval_row(reps: int, models: int = 12, seed: int = 0) -> None:
           for _ in range(models)]
     ways = {"whole chunks": {"piece_floats": None}, "pieces": {}}
     first = {name: trainer.evaluate(ws, x, y, **kw) for name, kw in ways.items()}   # tracing
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in [*ways, "alone"]}
+    # each model evaluated alone, with the stack's chunk rows (what evaluating each group's
+    # model as it reports would do): not the same bits, so not a way of the A/B, only timed
+    alone_rows = 2 ** 24 // models
+
+    def alone():
+        return [trainer.evaluate([w], x, y, max_floats=alone_rows)[0] for w in ws]
+    first["alone"] = alone()
     gc.collect()
     load = os.getloadavg()[0]
     for _ in range(reps):
@@ -361,6 +368,16 @@ def ab_eval_row(reps: int, models: int = 12, seed: int = 0) -> None:
             times[name].append((time.perf_counter() - t, time.process_time() - c))
             if got != first["whole chunks"]:
                 raise SystemExit(f"{name}: scores differ from whole chunks'")
+        t, c = time.perf_counter(), time.process_time()
+        alone()
+        times["alone"].append((time.perf_counter() - t, time.process_time() - c))
+    stack = first["whole chunks"]
+    print(f"each model evaluated alone: loss the same bits for "
+          f"{sum(a[0] == b[0] for a, b in zip(first['alone'], stack, strict=True))} of "
+          f"{models} models (largest difference "
+          f"{max(abs(a[0] - b[0]) for a, b in zip(first['alone'], stack, strict=True)):.3g}), "
+          f"accuracy for {sum(a[1] == b[1] for a, b in zip(first['alone'], stack, strict=True))}"
+          f" of {models}")
     print(f"A/B metrics row alone ({models} paper-mlp models x {len(x)} test images, {reps} "
           f"each, load {load:.2f} -> {os.getloadavg()[0]:.2f}; same scores, bit for bit, every "
           f"time: {first['pieces'] == first['whole chunks']}): " + "; ".join(
