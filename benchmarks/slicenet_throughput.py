@@ -46,13 +46,6 @@ executor; ``blocked … in other kinds' reads`` is the loop's wall time in those
 ``--ab-eval-threads PAIRS`` times warm epochs alternately with the metrics row's chunks
 evaluated one after the other (``FusedTrainer.evaluate(..., threads=1)``) and a thread per core
 (the default; same scores).
-``--ab-eval-pieces PAIRS`` times warm epochs alternately with each chunk of the metrics row
-evaluated in one TensorFlow call (``FusedTrainer.evaluate(..., piece_floats=None)``, as before
-the seventh session) and in cache-sized pieces (the default; same scores).
-``--ab-eval-row N`` times the metrics row's evaluation alone, N times each way alternately:
-12 ``paper-mlp`` models (random, their BatchNorm statistics moved off the defaults) on the
-10,000 test images, whole chunks and pieces, wall and process CPU seconds (no simulation: the
-same row's work without an epoch's noise around it).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -79,8 +72,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
                     epochs: int = 1, concurrent_evaluate: bool = True,
-                    reference_waits: bool = False, eval_threads: int | None = None,
-                    eval_whole_chunks: bool = False) -> dict:
+                    reference_waits: bool = False, eval_threads: int | None = None) -> dict:
     import threading
 
     from crowdlearn.config import from_dict
@@ -138,8 +130,6 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     def timed_eval(self, *a, **kw):
         if eval_threads is not None:
             kw["threads"] = eval_threads
-        if eval_whole_chunks:                           # the reference of --ab-eval-pieces
-            kw["piece_floats"] = None
         if threading.current_thread() is not main:      # the monitor's evaluation thread
             t, c = time.perf_counter(), time.thread_time()
             try:
@@ -328,65 +318,6 @@ def ab_pairs(a, overlap: bool, pairs: int, title: str, reference: dict, detail) 
               f"Keras {k['wall_s']:.2f} / {k['cpu_s']:.2f} s: {_compared(ref, cur, k)}")
 
 
-def ab_eval_row(reps: int, models: int = 12, seed: int = 0) -> None:
-    """``reps`` times, alternately: the metrics row's evaluation (``models`` ``paper-mlp``
-    models on the 10,000 test images) with each chunk in one call and in pieces; wall and
-    process CPU seconds (min and median), and whether the scores are the same bits."""
-    import statistics
-
-    import numpy as np
-
-    from crowdlearn.data.datasets import load_dataset
-    from slicenet.fused import FusedTrainer
-    from slicenet.graph import paper_mlp_description
-
-    ds = load_dataset("fashion_mnist")
-    x, y = np.asarray(ds.x_test, np.float32), np.asarray(ds.y_test, np.int32)
-    trainer = FusedTrainer(paper_mlp_description(), np.asarray(ds.x_train[:8], np.float32),
-                           ds.y_train[:8])
-    rng = np.random.default_rng(seed)
-    ws = [[w + rng.normal(0, 0.05, w.shape).astype(np.float32) if s.role != "moving_variance"
-           else w * np.exp(rng.normal(0, 0.1, w.shape)).astype(np.float32)
-           for w, s in zip(trainer.init_weights(rng), trainer.specs, strict=True)]
-          for _ in range(models)]
-    ways = {"whole chunks": {"piece_floats": None}, "pieces": {}}
-    first = {name: trainer.evaluate(ws, x, y, **kw) for name, kw in ways.items()}   # tracing
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in [*ways, "alone"]}
-    # each model evaluated alone, with the stack's chunk rows (what evaluating each group's
-    # model as it reports would do): not the same bits, so not a way of the A/B, only timed
-    alone_rows = 2 ** 24 // models
-
-    def alone():
-        return [trainer.evaluate([w], x, y, max_floats=alone_rows)[0] for w in ws]
-    first["alone"] = alone()
-    gc.collect()
-    load = os.getloadavg()[0]
-    for _ in range(reps):
-        for name, kw in ways.items():
-            t, c = time.perf_counter(), time.process_time()
-            got = trainer.evaluate(ws, x, y, **kw)
-            times[name].append((time.perf_counter() - t, time.process_time() - c))
-            if got != first["whole chunks"]:
-                raise SystemExit(f"{name}: scores differ from whole chunks'")
-        t, c = time.perf_counter(), time.process_time()
-        alone()
-        times["alone"].append((time.perf_counter() - t, time.process_time() - c))
-    stack = first["whole chunks"]
-    print(f"each model evaluated alone: loss the same bits for "
-          f"{sum(a[0] == b[0] for a, b in zip(first['alone'], stack, strict=True))} of "
-          f"{models} models (largest difference "
-          f"{max(abs(a[0] - b[0]) for a, b in zip(first['alone'], stack, strict=True)):.3g}), "
-          f"accuracy for {sum(a[1] == b[1] for a, b in zip(first['alone'], stack, strict=True))}"
-          f" of {models}")
-    print(f"A/B metrics row alone ({models} paper-mlp models x {len(x)} test images, {reps} "
-          f"each, load {load:.2f} -> {os.getloadavg()[0]:.2f}; same scores, bit for bit, every "
-          f"time: {first['pieces'] == first['whole chunks']}): " + "; ".join(
-              f"{name} wall min {min(w for w, _ in ts):.3f} median "
-              f"{statistics.median(w for w, _ in ts):.3f} s, CPU min {min(c for _, c in ts):.3f}"
-              f" median {statistics.median(c for _, c in ts):.3f} s"
-              for name, ts in times.items()))
-
-
 def _compared(ref: dict, cur: dict, k: dict) -> str:
     """A pair's ratios, reference -> current, and whether the two runs' results agree."""
     same = ref["metrics"] == cur["metrics"] and \
@@ -447,14 +378,6 @@ def main() -> None:
                     help="then PAIRS times: a warm epoch with the metrics row's chunks "
                          "evaluated one after the other, one with a thread per core (the "
                          "default), and a Keras epoch (same conditions)")
-    ap.add_argument("--ab-eval-pieces", type=int, default=0, metavar="PAIRS",
-                    help="then PAIRS times: a warm epoch with the metrics row's chunks each "
-                         "evaluated in one call, one in cache-sized pieces (the default), and "
-                         "a Keras epoch (same conditions)")
-    ap.add_argument("--ab-eval-row", type=int, default=0, metavar="N",
-                    help="then N times each, alternately: the metrics row's evaluation alone "
-                         "(12 paper-mlp models, 10,000 test images) with whole chunks and in "
-                         "pieces")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     a = ap.parse_args()
@@ -540,15 +463,6 @@ def main() -> None:
                  f"{ref['eval_waited_s']:.2f} s), on a thread per core {cur['wall_s']:.2f} / "
                  f"{cur['cpu_s']:.2f} s ({cur['eval_beside_s']:.2f} s, "
                  f"{cur['eval_waited_s']:.2f} s)"))
-    ab_pairs(a, overlap, a.ab_eval_pieces, "evaluation pieces", {"eval_whole_chunks": True},
-             lambda ref, cur: (
-                 f"whole chunks {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU (loop "
-                 f"blocked in reads {ref['blocked_s']:.2f} s; the row {ref['eval_beside_s']:.2f} "
-                 f"s wall, the loop waiting for it {ref['eval_waited_s']:.2f} s), pieces "
-                 f"{cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s ({cur['blocked_s']:.2f} s; "
-                 f"{cur['eval_beside_s']:.2f} s, {cur['eval_waited_s']:.2f} s)"))
-    if a.ab_eval_row:
-        ab_eval_row(a.ab_eval_row)
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)

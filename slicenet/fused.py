@@ -161,13 +161,6 @@ class FusedTrainer:
             sig, tf.TensorSpec([None, *self._x.shape[1:]], tf.float32),
             tf.TensorSpec([None], tf.int32)],
             reduce_retracing=True)
-        self._eval_rows_fn = tf.function(self._eval_rows, input_signature=[
-            sig, tf.TensorSpec([None, *self._x.shape[1:]], tf.float32),
-            tf.TensorSpec([None], tf.int32)],
-            reduce_retracing=True)
-        self._eval_mean_fn = tf.function(self._eval_mean, input_signature=[
-            tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.bool)],
-            reduce_retracing=True)
 
     # ------------------------------------------------------------------ forward
     def _forward(self, ps, h, mask, count, training):
@@ -264,23 +257,14 @@ class FusedTrainer:
         return out, acc
 
     def _eval(self, params, x, y):
-        return self._eval_mean(*self._eval_rows(params, x, y))
-
-    def _eval_rows(self, params, x, y):
-        """Per model and row: the cross-entropy ([K, B] float32) and whether the prediction is
-        right ([K, B] bool)."""
         k = tf.shape(params[0])[0]
         xb = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
         logits, _ = self._forward(list(params), xb, None, None, False)
         yb = tf.broadcast_to(y[None], [k, tf.shape(y)[0]])
-        return (tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits),
-                tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb))
-
-    @staticmethod
-    def _eval_mean(loss, right):
-        """A chunk's mean loss and accuracy per model from its rows' (:meth:`_eval_rows`)."""
-        return (tf.reduce_mean(loss, axis=1),
-                tf.reduce_mean(tf.cast(right, tf.float32), axis=1))
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits), axis=1)
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb),
+                                     tf.float32), axis=1)
+        return loss, acc
 
     # ------------------------------------------------------------------ public
     def train(self, tasks: Sequence, *, with_abs_grad: bool = True) -> list[list[np.ndarray]]:
@@ -350,30 +334,23 @@ class FusedTrainer:
 
     def evaluate(self, weight_lists: Sequence[Sequence[np.ndarray]], x: np.ndarray,
                  y: np.ndarray, max_floats: int = 2 ** 24, *,
-                 threads: int | None = None,
-                 piece_floats: int | None = 2 ** 22) -> list[tuple[float, float]]:
+                 threads: int | None = None) -> list[tuple[float, float]]:
         """(mean loss, accuracy) per model, BatchNorm in inference mode.
 
         Rows are taken in chunks so that the per-model activations stay under ``max_floats``;
-        each chunk's mean loss and accuracy (float32, one TensorFlow reduction over its rows)
-        are summed in chunk order, weighted by the chunk's rows.  The forward pass runs on
-        *pieces* of a chunk, at most ``piece_floats`` floats of activations each (rows that
-        fit the caches: 12 ``paper-mlp`` models on 10,000 images, in 1,783-row chunks, take
-        0.83 s of wall and 0.63 s of CPU at load 6 with pieces of a chunk's size, 0.44 s with
-        pieces of 445 rows), whose per-row losses and hits are put together into the chunk's
-        rows before the same reduction: a row's logits do not depend on the rows evaluated
-        beside it, so the scores are the same bits as with whole chunks (``piece_floats=None``,
-        the reference; tested, dense and CNN).  ``threads`` pieces (by default one per core,
-        :attr:`threads`) are evaluated at a time, each on a thread of a pool that ends with the
-        call: the same scores, bit for bit, as one after the other (``threads=1``).  At most
-        ``threads × min(max_floats, piece_floats)`` floats of activations are in flight.
+        ``threads`` chunks (by default one per core, :attr:`threads`) are evaluated at a time,
+        each on a thread of a pool that ends with the call, and summed in chunk order: the same
+        scores, bit for bit, as one chunk after the other (``threads=1``), in less wall time
+        when a core is free (one call of TensorFlow's evaluation keeps about one core busy:
+        12 ``paper-mlp`` models on 10,000 images, 0.66 s of CPU in 0.85-1.1 s of wall at load
+        4.5, and 0.76-0.79 s two chunks at a time).  At most ``threads × max_floats`` floats of
+        activations are in flight.
 
         >>> from slicenet.graph import Dense, ModelDescription
         >>> t = FusedTrainer(ModelDescription((4,), (Dense(3),)), np.zeros((1, 4)), np.zeros(1))
         >>> ws = [t.init_weights(np.random.default_rng(i)) for i in range(2)]
         >>> x, y = np.random.default_rng(0).normal(size=(50, 4)), np.arange(50) % 3
-        >>> one = t.evaluate(ws, x, y, max_floats=64, threads=1, piece_floats=None)
-        >>> t.evaluate(ws, x, y, max_floats=64, piece_floats=16) == one
+        >>> t.evaluate(ws, x, y, max_floats=64) == t.evaluate(ws, x, y, max_floats=64, threads=1)
         True
         """
         if not weight_lists:
@@ -381,48 +358,25 @@ class FusedTrainer:
         threads = self.threads if threads is None else int(threads)
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
-        if piece_floats is not None and piece_floats < 1:
-            raise ValueError(f"piece_floats must be >= 1 or None, got {piece_floats!r}")
-        per_row = len(weight_lists) * self._widest
-        chunk = max(1, max_floats // per_row)
-        piece = chunk if piece_floats is None else min(chunk, max(1, piece_floats // per_row))
+        chunk = max(1, max_floats // (len(weight_lists) * self._widest))
         params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in weight_lists]))
                   for p in range(len(self.specs))]
         x = np.asarray(x, np.float32)
         x = x.reshape(len(x), *self.desc.input_shape) if self._conv else x.reshape(len(x), -1)
         y = np.asarray(y, np.int32)
         starts = range(0, len(x), chunk)
-        if piece == chunk:          # a chunk in one call (the reference)
-            work, fn = [(s, s + chunk) for s in starts], self._eval_fn
-        else:                       # pieces that do not cross a chunk's end
-            work = [(p, min(p + piece, s + chunk, len(x))) for s in starts
-                    for p in range(s, min(s + chunk, len(x)), piece)]
-            fn = self._eval_rows_fn
 
-        def run(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-            a, b = span
-            first, second = fn(params, tf.constant(x[a:b]), tf.constant(y[a:b]))
-            return first.numpy(), second.numpy()
+        def scores(s: int) -> tuple[np.ndarray, np.ndarray]:
+            loss, acc = self._eval_fn(params, tf.constant(x[s:s + chunk]),
+                                      tf.constant(y[s:s + chunk]))
+            return loss.numpy(), acc.numpy()
 
-        if threads == 1 or len(work) == 1:
-            done = list(map(run, work))
+        if threads == 1 or len(starts) == 1:
+            done = map(scores, starts)
         else:
-            with ThreadPoolExecutor(min(threads, len(work)),
+            with ThreadPoolExecutor(min(threads, len(starts)),
                                     thread_name_prefix="crowdlearn-evaluate-chunk") as pool:
-                done = list(pool.map(run, work))       # (the threads end here)
-        if piece != chunk:          # each chunk's rows, reduced as in one call
-            at, done_chunks = 0, []
-            for s in starts:
-                end = min(s + chunk, len(x))
-                mine = []
-                while at < len(work) and work[at][1] <= end:
-                    mine.append(done[at])
-                    at += 1
-                loss, acc = self._eval_mean_fn(
-                    tf.constant(np.concatenate([m[0] for m in mine], axis=1)),
-                    tf.constant(np.concatenate([m[1] for m in mine], axis=1)))
-                done_chunks.append((loss.numpy(), acc.numpy()))
-            done = done_chunks
+                done = list(pool.map(scores, starts))       # (the threads end here)
         tot_loss = np.zeros(len(weight_lists))
         tot_acc = np.zeros(len(weight_lists))
         for s, (loss, acc) in zip(starts, done, strict=True):
