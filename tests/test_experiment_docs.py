@@ -601,7 +601,7 @@ def test_slicenet_rows_without_a_model_column_stay_the_mlps_beside_cnn_rows(tmp_
                                             for r in mod.load_rows()}
 
 
-def _slicenet_page(monkeypatch):
+def _mlp_rows_for_cnn_page(monkeypatch):
     """The experiment module (its traffic table stubbed) and MLP rows for every setting."""
     mod = _module("slicenet_experiments")
     monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
@@ -613,7 +613,7 @@ def _slicenet_page(monkeypatch):
 
 def test_slicenet_cnn_table_renders_beside_the_papers_cnn_and_leaves_the_mlp_page_alone(
         monkeypatch):
-    mod, mlp = _slicenet_page(monkeypatch)
+    mod, mlp = _mlp_rows_for_cnn_page(monkeypatch)
     errors = {"S-SGD": [50.0, 52.0], "n = 5": [40.0, 41.0], "n = 10": [35.0, 35.5],
               "n = 15": [33.0, 34.0], "n = 20": [33.5, 33.2], "C-SGD": [20.0, 21.0]}
     cnn = [r for lab, e in errors.items() for r in _cnn_rows(lab, e, cpu=120.0)]
@@ -650,7 +650,7 @@ def test_slicenet_cnn_table_renders_beside_the_papers_cnn_and_leaves_the_mlp_pag
 
 def test_slicenet_cnn_table_at_the_papers_50_epochs_says_so_and_tests_nothing_on_one_seed(
         monkeypatch):
-    mod, mlp = _slicenet_page(monkeypatch)
+    mod, mlp = _mlp_rows_for_cnn_page(monkeypatch)
     curve = lambda e: ";".join(f"{e + 50 - k:.1f}" for k in range(1, 51))   # noqa: E731
     cnn = [{**r, "model": "paper-cnn", "error_by_epoch": curve(e)}
            for lab, e in (("n = 20", 12.0), ("C-SGD", 9.0))
