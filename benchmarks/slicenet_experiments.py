@@ -541,13 +541,17 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
                   if 1 < len(seeds) < 10 else
                   "  With one seed there is no spread, so no ordering is tested: the cells "
                   "are single runs." if len(seeds) == 1 and paper_length else "")
-        L.append(head + "  The runs of `nice -n 19 .venv/bin/python "
-                 f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
-                 f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
-                 "`--first-seed`/`--only` over up to four processes at a time"
-                 + (" (S-SGD, whose 120 CNNs need the most memory, in its own)"
-                    if "S-SGD" in c else "")
-                 + ", beside other work on the 2 cores; a "
+        runs = [r for r in rows if int(r["epochs"]) == e]
+        made = ("  " + how_made(runs, unrecorded="") + ", beside other work on the 2 cores; a "
+                if paper_length and all(r.get("pid", "") != "" for r in runs) else
+                "  The runs of `nice -n 19 .venv/bin/python "
+                f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
+                f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
+                "`--first-seed`/`--only` over up to four processes at a time"
+                + (" (S-SGD, whose 120 CNNs need the most memory, in its own)"
+                   if "S-SGD" in c else "")
+                + ", beside other work on the 2 cores; a ")
+        L.append(head + made +
                  "cell's CPU per epoch is its process's CPU for that run, set-up and evaluation "
                  "included (the first run of a process also pays TensorFlow's start-up)."
                  + reading + spread + "\n")
