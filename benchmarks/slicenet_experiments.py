@@ -543,7 +543,7 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
                   "are single runs." if len(seeds) == 1 and paper_length else "")
         runs = [r for r in rows if int(r["epochs"]) == e]
         made = ("  " + how_made(runs, unrecorded="") + ", beside other work on the 2 cores; a "
-                if paper_length and all(r.get("pid", "") != "" for r in runs) else
+                if all(r.get("pid", "") != "" for r in runs) else
                 "  The runs of `nice -n 19 .venv/bin/python "
                 f"benchmarks/slicenet_experiments.py --model paper-cnn --tables I --epochs {e} "
                 f"--first-seed {seeds[0]} --seeds {seeds[-1] - seeds[0] + 1}`, split with "
