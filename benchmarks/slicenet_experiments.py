@@ -158,11 +158,13 @@ def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs
     """Run (or resume) one setting over ``seeds``; one CSV row per finished seed.  A run made
     by this call stores ``how`` (:func:`provenance`), its start and end (Unix s) and the load
     average at its end; a run found finished in ``out`` stores none of them."""
-    from crowdlearn.sweeps import sweep
+    from crowdlearn.sweeps import cli_progress, sweep
 
     cpu0, started = _cpu(), time.time()
+    # a line per finished run, and every minute of a run made in this process its epoch
     df = sweep(base_config(epochs, model), s.grid(), list(seeds), out=out, backend=backend,
-               jobs=jobs, address=address, plots=False)
+               jobs=jobs, address=address, plots=False, progress=cli_progress,
+               progress_every=60.0)
     cpu = _cpu() - cpu0
     made = {**(how or {}), "started": round(started, 1), "ended": round(time.time(), 1),
             "load": round(os.getloadavg()[0], 2)} if how else {}

@@ -151,9 +151,18 @@ def _sweep(args: argparse.Namespace) -> int:
     stem = Path(args.config).stem if args.config else "default"
     out = Path(args.out) if args.out else Path("results") / f"sweep-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-    df = sweep(cfg, grid, args.seeds, out=out, backend=args.backend, jobs=jobs,
-               address=args.address, cpus_per_run=args.cpus_per_run, plots=not args.no_plots,
-               progress=None if args.quiet else cli_progress)
+    try:
+        df = sweep(cfg, grid, args.seeds, out=out, backend=args.backend, jobs=jobs,
+                   address=args.address, cpus_per_run=args.cpus_per_run,
+                   plots=not args.no_plots, progress=None if args.quiet else cli_progress)
+    except KeyboardInterrupt as exc:
+        signum, name = signal_of(exc)
+        if not (out / "sweep.csv").is_file():
+            raise
+        print(f"crowdlearn: sweep interrupted by {name}: {out / 'sweep.csv'} holds the runs "
+              "that finished, and a run it stopped keeps what it measured in its folder under "
+              f"{out / 'runs'}; the same command resumes the sweep", file=sys.stderr)
+        return exit_status(signum)
     failed = int((df["status"] == "failed").sum()) if "status" in df else 0
     skipped = int((df["status"] == "skipped").sum()) if "status" in df else 0
     print(f"sweep: {len(df)} runs ({len(df) - failed - skipped} ran, {skipped} already finished, "
@@ -331,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "start a local one)")
     w.add_argument("--cpus-per-run", type=float, default=1.0,
                    help="CPUs each Ray task requests (default 1)")
-    w.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    w.add_argument("--quiet", action="store_true", help="no progress lines")
     w.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     w.set_defaults(func=_sweep)
 

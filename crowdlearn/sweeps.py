@@ -5,9 +5,12 @@ A sweep is the cartesian product of a grid (``{"fedavg.lr": [0.02, 0.05], ...}``
 the sweep with every problem listed).  Each run is written by the driver process into
 ``OUT/runs/<id>/`` with the usual files; ``OUT/sweep.csv`` holds one row per run (the grid values,
 the seed, the status and every scalar of its ``summary.json``) and is rewritten as runs finish, so
-an interrupted sweep keeps what finished.  Run ids are derived from the values, so re-running the
-same sweep skips the runs that already have a ``summary.json`` (resumable).  A run that fails is
-recorded with its error in ``sweep.csv`` and does not stop the others; the next invocation retries it.
+an interrupted sweep keeps what finished; the run that Ctrl-C (or SIGTERM, SIGHUP) stopped keeps
+what it measured in its folder, its ``summary.json`` saying ``"interrupted": true``.  Run ids are
+derived from the values, so re-running the same sweep skips the runs that already have a
+``summary.json`` of a run that was not interrupted (resumable; an interrupted run is made
+again).  A run that fails is recorded with its error in ``sweep.csv`` and does not stop the
+others; the next invocation retries it.
 
 Backends
 --------
@@ -182,19 +185,52 @@ def _dataset_key(cfg) -> tuple:
 
 
 # ---------------------------------------------------------------- workers
-def run_point(cfg, dataset=None):
-    """Run one simulation (in whatever process calls it) and return its ``Results``."""
+def run_point(cfg, dataset=None, *, on_row: Callable[[dict], None] | None = None):
+    """Run one simulation (in whatever process calls it) and return its ``Results``
+    (``on_row``: called with each metrics row as it is measured)."""
     from crowdlearn.experiment import Simulation
 
-    return Simulation(cfg, dataset=dataset).run()
+    return Simulation(cfg, dataset=dataset, on_row=on_row).run()
 
 
-def _local_worker(payload: tuple) -> tuple[str, Any, str | None]:
+def _local_worker(payload: tuple, on_row: Callable[[dict], None] | None = None
+                  ) -> tuple[str, Any, str | None]:
     run_id, cfg = payload
     try:
-        return run_id, run_point(cfg), None
+        return run_id, (run_point(cfg) if on_row is None else run_point(cfg, on_row=on_row)), None
     except Exception as exc:   # reported in sweep.csv; the other runs go on
         return run_id, None, _describe(exc)
+
+
+class _RunProgress:
+    """The ``on_row`` of an in-process run: a progress line (through the sweep's ``progress``)
+    at most every ``every`` seconds of wall time, so that a long run is seen to advance.
+
+    >>> lines, clock = [], iter([0.0, 5.0, 31.0])
+    >>> p = _RunProgress(lines.append, "[1/2] lr=0.1_seed=0", rounds=50, every=30.0,
+    ...                  clock=lambda: next(clock))
+    >>> p({"round": 0, "time_s": 12.0, "accuracy": 0.5}); p({"round": 1, "time_s": 24.0})
+    >>> lines
+    ['[1/2] lr=0.1_seed=0: round 2/50, simulated 24.0 s, 31 s']
+    """
+
+    def __init__(self, progress: Callable[[str], None], label: str, *, rounds: int,
+                 every: float = 30.0, clock: Callable[[], float] | None = None):
+        import time
+
+        self.progress, self.label, self.rounds, self.every = progress, label, rounds, every
+        self.clock = clock or time.monotonic
+        self.t0 = self.last = self.clock()
+
+    def __call__(self, row: dict) -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        metric = next((f", {k} {row[k]:.4f}" for k in ("accuracy", "rmse")
+                       if row.get(k) is not None), "")
+        self.progress(f"{self.label}: round {int(row['round']) + 1}/{self.rounds}, "
+                      f"simulated {float(row['time_s']):.1f} s{metric}, {now - self.t0:.0f} s")
 
 
 def _describe(exc: BaseException) -> str:
@@ -245,7 +281,16 @@ class SweepFolder:
         return self.root / "runs" / run_id
 
     def finished(self, run_id: str) -> bool:
-        return (self.run_dir(run_id) / "summary.json").is_file()
+        """Whether the run has results that a resumed sweep keeps: a ``summary.json`` of a run
+        that was not interrupted (an interrupted run's folder keeps what it measured until the
+        run is made again)."""
+        path = self.run_dir(run_id) / "summary.json"
+        if not path.is_file():
+            return False
+        try:
+            return not json.loads(path.read_text()).get("interrupted", False)
+        except (OSError, ValueError):
+            return False
 
 
 def _scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -279,7 +324,7 @@ def _write_table(path: Path, rows: list[dict]) -> None:
 def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), seeds=1, *,
           out: str | os.PathLike | None = None, backend: str = "local", jobs: int | None = None,
           address: str | None = None, cpus_per_run: float = 1.0, plots: bool = True,
-          progress: Callable[[str], None] | None = None):
+          progress: Callable[[str], None] | None = None, progress_every: float = 30.0):
     """Run every point of ``grid`` × ``seeds`` and return one row per run as a DataFrame.
 
     Parameters
@@ -297,14 +342,16 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
         ``"local"`` (``jobs`` processes; 1 = in this process) or ``"ray"`` (see the module doc).
     plots
         Write each run's PNGs and the sweep's metric-against-key plots (needs ``out``).
-    progress
-        Called with one line per finished run.
+    progress, progress_every
+        ``progress`` is called with one line per finished run and, for runs made in this
+        process (``backend="local"``, ``jobs=1``), a line on the run's round, simulated time
+        and accuracy at most every ``progress_every`` seconds while it runs (0: none).
 
     Returns
     -------
     pandas.DataFrame
         Columns: ``run``, the grid keys, ``seed``, ``status`` (``ok``, ``skipped`` = finished
-        earlier, ``failed``), ``error``, then every scalar of the run's summary.
+        earlier, ``failed``, ``interrupted``), ``error``, then every scalar of the run's summary.
 
     Examples
     --------
@@ -370,15 +417,16 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
 
     def finish(run_id: str, results, error: str | None) -> None:
         spec = by_id[run_id]
-        if error is None and results.interrupted:
-            # Ctrl-C reached the run: it is not finished (a resumed sweep runs it again)
-            raise KeyboardInterrupt
+        stopped = error is None and results.interrupted
         if error is None:
             if folder is not None:
                 from crowdlearn.results import write
-                # overwrite replaces only an unfinished crowdlearn results folder of this run
+                # overwrite replaces only an unfinished crowdlearn results folder of this run;
+                # an interrupted run's folder keeps what it measured (its summary says
+                # "interrupted"), and a resumed sweep makes the run again
                 write(results, folder.run_dir(run_id), plots=plots, overwrite=True)
-            rows[run_id] = _row(spec, "ok", summary=results.summary)
+            rows[run_id] = _row(spec, "interrupted" if stopped else "ok",
+                                summary=results.summary)
         else:
             rows[run_id] = _row(spec, "failed", error=error)
         if folder is not None:
@@ -387,14 +435,28 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
         if progress is not None:
             done = sum(1 for r in rows.values() if r["status"] != "skipped")
             progress(f"[{done}/{len(todo)}] {run_id}: "
-                     + (error.splitlines()[0] if error else "ok"))
+                     + (error.splitlines()[0] if error else
+                        "interrupted (what it measured is kept in its folder; the run is made "
+                        "again on resume)" if stopped else "ok"))
+        if stopped:     # Ctrl-C (or SIGTERM) reached the run: the sweep stops here
+            import signal
+
+            from crowdlearn.signals import Interrupted
+            raise Interrupted(signal.Signals[results.summary.get("signal") or "SIGINT"])
+
+    def in_run(i: int, spec: RunSpec):
+        """In-process runs: a progress line every ``progress_every`` seconds while it runs."""
+        if progress is None or not progress_every:
+            return None
+        return _RunProgress(progress, f"[{i}/{len(todo)}] {spec.run_id}",
+                            rounds=cfgs[spec.run_id].rounds, every=progress_every)
 
     try:
         if backend == "ray":
             _run_ray(todo, cfgs, finish, jobs=jobs, address=address, cpus_per_run=cpus_per_run)
         elif (jobs or 1) == 1 or len(todo) <= 1:
-            for spec in todo:
-                finish(*_local_worker((spec.run_id, cfgs[spec.run_id])))
+            for i, spec in enumerate(todo, 1):
+                finish(*_local_worker((spec.run_id, cfgs[spec.run_id]), in_run(i, spec)))
         else:
             _run_pool(todo, cfgs, finish, jobs=jobs)
     finally:
@@ -422,6 +484,12 @@ def _run_pool(todo, cfgs, finish, *, jobs: int) -> None:
         except BaseException:
             for fut in pending:
                 fut.cancel()
+            for fut in pending:     # runs the same Ctrl-C stopped: keep what they measured
+                if not fut.cancelled():
+                    try:
+                        finish(*fut.result())
+                    except BaseException:     # its row is written; the sweep stops below
+                        pass
             raise
 
 
@@ -500,7 +568,7 @@ def summarize(df, keys: Sequence[str], metric: str):
     """Mean and 95 % half-width of ``metric`` over seeds for each combination of ``keys``."""
     import pandas as pd
 
-    ok = df[df["status"] != "failed"] if "status" in df else df
+    ok = df[~df["status"].isin(["failed", "interrupted"])] if "status" in df else df
     out = []
     for vals, grp in ok.groupby(list(keys), sort=True, dropna=False):
         vals = vals if isinstance(vals, tuple) else (vals,)

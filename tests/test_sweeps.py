@@ -122,6 +122,103 @@ def test_ctrl_c_keeps_what_finished_and_the_interrupted_run_is_not_marked_done(t
     assert len(list((out / "runs").glob("*/summary.json"))) == 1
 
 
+def _interrupting(real, at_call: int, at_round: int):
+    """A ``run_point`` whose ``at_call``-th run gets a real SIGINT while it measures round
+    ``at_round`` (0-based): the simulation stops as under Ctrl-C and returns what it measured."""
+    import os
+    import signal
+
+    calls = []
+
+    def run_point(cfg, dataset=None, *, on_row=None):
+        calls.append(cfg)
+        if len(calls) != at_call:
+            return real(cfg, dataset, on_row=on_row)
+
+        def row(r):
+            if on_row is not None:
+                on_row(r)
+            if r["round"] == at_round:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(cfg, dataset, on_row=row)
+    return run_point
+
+
+def test_a_run_stopped_by_ctrl_c_keeps_what_it_measured_and_is_made_again_on_resume(
+        tmp_path, monkeypatch):
+    real = sweeps.run_point
+    base = {**BASE, "rounds": 4}
+    monkeypatch.setattr(sweeps, "run_point", _interrupting(real, at_call=2, at_round=1))
+    out = tmp_path / "sw"
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        crowdlearn.sweep(base, GRID, seeds=2, out=out, jobs=1, plots=False,
+                         progress=lines.append)
+    table = (out / "sweep.csv").read_text().splitlines()
+    assert len(table) == 3                           # header, the finished run, the stopped one
+    assert ",ok," in table[1] and ",interrupted," in table[2]
+    stopped = table[2].split(",")[0]
+    folder = out / "runs" / stopped
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["completed"] is False
+    measured = (folder / "metrics.csv").read_text().splitlines()
+    assert 2 <= len(measured) <= 4                   # header + the rounds it measured, not all 4
+    assert summary["rounds_completed"] == len(measured) - 1
+    assert any("interrupted" in line and stopped in line for line in lines)
+
+    monkeypatch.setattr(sweeps, "run_point", real)   # resume: the stopped run is made again
+    df = crowdlearn.sweep(base, GRID, seeds=2, out=out, jobs=1, plots=False)
+    status = dict(zip(df["run"], df["status"], strict=True))
+    assert list(status.values()).count("skipped") == 1 and status[stopped] == "ok"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["interrupted"] is False and summary["rounds_completed"] == 4
+    again = crowdlearn.sweep(base, GRID, seeds=2, out=out, jobs=1, plots=False)
+    assert set(again["status"]) == {"skipped"}
+
+
+def test_a_pool_sweep_stopped_by_ctrl_c_keeps_what_every_stopped_run_measured(tmp_path,
+                                                                             monkeypatch):
+    import concurrent.futures as cf
+
+    class Threads(cf.ThreadPoolExecutor):     # the pool's logic, with workers as threads
+        def __init__(self, max_workers=None, mp_context=None):
+            super().__init__(max_workers)
+
+    def worker(payload, on_row=None):         # each run stopped by Ctrl-C in its second round
+        run_id, cfg = payload
+
+        def stop(row):
+            if row["round"] == 1:
+                raise KeyboardInterrupt
+        return run_id, sweeps.run_point(cfg, on_row=stop), None
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", Threads)
+    monkeypatch.setattr(sweeps, "_local_worker", worker)
+    out = tmp_path / "sw"
+    with pytest.raises(KeyboardInterrupt):
+        crowdlearn.sweep({**BASE, "rounds": 4}, GRID, seeds=1, out=out, jobs=2, plots=False)
+    table = (out / "sweep.csv").read_text().splitlines()
+    assert len(table) == 3 and all(",interrupted," in line for line in table[1:])
+    for summary in (out / "runs").glob("*/summary.json"):
+        assert json.loads(summary.read_text())["interrupted"] is True
+    assert len(list((out / "runs").glob("*/metrics.csv"))) == 2
+
+
+def test_a_long_in_process_run_reports_its_progress_while_it_runs():
+    lines = []
+    crowdlearn.sweep({**BASE, "rounds": 3}, {"fedavg.lr": [0.05]}, seeds=1, jobs=1,
+                     progress=lines.append, progress_every=1e-9)
+    during = [line for line in lines if ": round " in line]
+    assert [line.split(": round ")[1].split(",")[0] for line in during] == ["1/3", "2/3", "3/3"]
+    assert all(line.startswith("[1/1] fedavg.lr=0.05_seed=0: ") for line in during)
+    assert all("simulated " in line and "accuracy " in line for line in during)
+    assert lines[-1] == "[1/1] fedavg.lr=0.05_seed=0: ok"
+    quiet = []
+    crowdlearn.sweep({**BASE, "rounds": 3}, {"fedavg.lr": [0.05]}, seeds=1, jobs=1,
+                     progress=quiet.append, progress_every=0)
+    assert quiet == ["[1/1] fedavg.lr=0.05_seed=0: ok"]
+
+
 def test_invalid_grid_points_are_all_rejected_before_anything_runs(tmp_path):
     out = tmp_path / "sw"
     with pytest.raises(ConfigError) as err:
@@ -202,6 +299,25 @@ def test_cli_sweep_and_its_errors(tmp_path):
     assert not (tmp_path / "b").exists()
     bad_seeds = _cli("sweep", str(cfg), "--seeds", "0", cwd=tmp_path)
     assert bad_seeds.returncode == 2 and "--seeds" in bad_seeds.stderr
+
+
+def test_cli_sweep_stopped_by_ctrl_c_says_what_was_kept_and_exits_130(tmp_path, monkeypatch,
+                                                                       capsys):
+    from crowdlearn.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sweeps, "run_point", _interrupting(sweeps.run_point, 1, 1))
+    out = tmp_path / "sw"
+    code = main(["sweep", str(root / "examples" / "default.toml"), "--set", "rounds=3",
+                 "--set", "fleet.devices=6", "--set", "fedavg.clients_per_round=3",
+                 "--grid", "fedavg.lr=0.02,0.05", "--out", str(out), "--jobs", "1",
+                 "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "sweep interrupted by SIGINT" in err and "the same command resumes" in err
+    assert "nothing was written" not in err
+    assert len((out / "sweep.csv").read_text().splitlines()) == 2
+    assert json.loads(next((out / "runs").glob("*/summary.json")).read_text())["interrupted"]
 
 
 def test_ray_training_executor_gives_the_weights_of_the_in_process_trainer():
