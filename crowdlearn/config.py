@@ -26,6 +26,8 @@ import difflib
 import json
 import math
 import os
+from collections.abc import Callable
+from numbers import Integral
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -55,6 +57,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "participant (DSSGD) or epoch blocks (baselines) to run.", min=1),
         "max_sim_time_s": Key(float, math.inf, "Stop the simulation at this simulated time "
                               "(seconds).", min=0, min_open=True),
+        "eval_every": Key(int, 1, "Score the model(s) on the test set after every this many "
+                          "rounds (and after eval_at's rounds and the last round); the other "
+                          "rows of metrics.csv have every column but the test scores. Training, "
+                          "bytes, times and the scored rows are the same as with 1. Evaluation "
+                          "is most of the CPU of a run with many models (S-SGD's 120, "
+                          "Crowdlearning with small groups).", min=1),
+        "eval_at": Key(list, [], "Rounds (1 = the first) also scored when eval_every skips "
+                       "them, e.g. [1, 2, 5] with eval_every = 10.", item_type=int, item_min=1),
         "name": Key(str, "", "Free-form run name, copied into the results."),
     },
     "data": {
@@ -351,6 +361,10 @@ def _cross_checks(v: dict[str, Any], problems: list[str], base: Path) -> None:
         if mix and all(isinstance(w, (int, float)) and w == 0 for w in mix.values()):
             problems.append("fleet.mix: at least one tier needs a positive weight")
     problems.extend(_cnn_check(model, data["dataset"]))
+    late = sorted({r for r in v["eval_at"] if isinstance(r, int) and r > v["rounds"]})
+    if late and isinstance(v["rounds"], int):
+        problems.append(f"eval_at: round(s) {late} come after the last round (rounds = "
+                        f"{v['rounds']}); remove them or raise rounds")
     lo_hi = av["initial_battery"]
     if len(lo_hi) != 2 or not all(isinstance(x, float) and 0 < x <= 1 for x in lo_hi) \
             or lo_hi[0] > lo_hi[1]:
@@ -532,3 +546,27 @@ def reference_markdown() -> str:
             doc = key.doc + (f" One of: {', '.join(key.choices)}." if key.choices else "")
             lines.append(f"| `{name}` | `{default}` | {doc} |")
     return "\n".join(lines)
+
+
+def evaluation_schedule(cfg) -> Callable[[Any], bool] | None:
+    """Which rows of a run are scored on the test set (``eval_every``, ``eval_at``; the last
+    round always): a predicate of a row's 0-based ``round``, or ``None`` (every row).  A row
+    whose round is not an integer is scored.
+
+    >>> due = evaluation_schedule(from_dict({"rounds": 50, "eval_every": 10, "eval_at": [1, 2, 5]}))
+    >>> [r + 1 for r in range(50) if due(r)]
+    [1, 2, 5, 10, 20, 30, 40, 50]
+    >>> due = evaluation_schedule(from_dict({"rounds": 7, "eval_every": 3}))
+    >>> [r + 1 for r in range(7) if due(r)], evaluation_schedule(from_dict({"rounds": 7}))
+    ([3, 6, 7], None)
+    """
+    every, at, last = int(cfg.eval_every), frozenset(cfg.eval_at), int(cfg.rounds)
+    if every == 1:
+        return None
+
+    def due(rnd: Any) -> bool:
+        if not isinstance(rnd, Integral):
+            return True
+        k = int(rnd) + 1
+        return k % every == 0 or k in at or k >= last
+    return due

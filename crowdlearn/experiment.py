@@ -21,7 +21,7 @@ import numpy as np
 import simpy
 
 from crowdlearn import registry
-from crowdlearn.config import Config
+from crowdlearn.config import Config, evaluation_schedule
 from crowdlearn.data import load_dataset, partition
 from crowdlearn.privacy.accountant import PrivacyLedger
 from crowdlearn.protocols.fedavg import SERVER
@@ -282,7 +282,8 @@ class Simulation:
                                ledger_factory=PrivacyLedger, infrastructure=tuple(infra),
                                # a trainer whose evaluation may run beside the event loop
                                evaluate_concurrently=bool(
-                                   getattr(self.trainer, "concurrent_evaluate", False)))
+                                   getattr(self.trainer, "concurrent_evaluate", False)),
+                               evaluate_round=evaluation_schedule(cfg))
 
         av = cfg.availability
         if av.model == "sessions":

@@ -24,9 +24,11 @@ def curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike | Non
     axes = fig.subplots(1, 2)
     for label, rows in runs:
         m = _metric(rows)
-        ys = [r[m] for r in rows if m in r]
-        t = [r["time_s"] for r in rows if m in r]
-        b = [r["bytes_total"] / 1e6 for r in rows if m in r]
+        # the scored rows (eval_every leaves the others without scores, or NaN read from a CSV)
+        scored = [r for r in rows if r.get(m) is not None and r[m] == r[m]]
+        ys = [r[m] for r in scored]
+        t = [r["time_s"] for r in scored]
+        b = [r["bytes_total"] / 1e6 for r in scored]
         axes[0].plot(t, ys, marker=".", label=label)
         axes[1].plot(b, ys, marker=".", label=label)
     m = _metric(runs[0][1]) if runs else "accuracy"

@@ -476,15 +476,17 @@ def _run_pool(todo, cfgs, finish, *, jobs: int) -> None:
     ctx = mp.get_context("spawn")      # never fork a process that may hold TensorFlow threads
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
         pending = {pool.submit(_local_worker, (s.run_id, cfgs[s.run_id])) for s in todo}
+        unfinished = set(pending)       # not yet given to finish()
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
+                    unfinished.discard(fut)
                     finish(*fut.result())
         except BaseException:
-            for fut in pending:
+            for fut in unfinished:
                 fut.cancel()
-            for fut in pending:     # runs the same Ctrl-C stopped: keep what they measured
+            for fut in unfinished:  # runs the same Ctrl-C stopped: keep what they measured
                 if not fut.cancelled():
                     try:
                         finish(*fut.result())

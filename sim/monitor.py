@@ -53,7 +53,8 @@ class Monitor:
     def __init__(self, devices: Iterable[NodeId], *, evaluator: Evaluator | None = None,
                  server: NodeId = "server", on_row: Callable[[dict], None] | None = None,
                  ledger_factory: Callable[..., Any] | None = None, infrastructure: tuple = (),
-                 evaluate_concurrently: bool = False):
+                 evaluate_concurrently: bool = False,
+                 evaluate_round: Callable[[Any], bool] | None = None):
         # ledger_factory(delta=δ) builds the run's ε ledger on the first privacy_charge report
         # (the composition root passes crowdlearn's PrivacyLedger: the runtime knows no privacy
         # accounting of its own)
@@ -66,6 +67,10 @@ class Monitor:
         self.devices = devices if isinstance(devices, range) else list(devices)
         self._rows: list[dict] = []
         self.evaluate_concurrently = evaluate_concurrently
+        # which rows are scored (None: all); the latest row left unscored keeps its models, so
+        # that flush() scores it if the run ends there (interrupted, stalled, out of time)
+        self.evaluate_round = evaluate_round
+        self._unscored: tuple[dict, list] | None = None
         # rows whose evaluation runs on a worker, oldest first: (row so far, the rest, future)
         self._evaluating: list[tuple[dict, dict, Future, ThreadPoolExecutor]] = []
         self.bytes_up = 0          # bytes sent by devices
@@ -205,10 +210,15 @@ class Monitor:
 
     def flush(self, now: float) -> None:
         """Evaluate standalone rounds that not every device finished (and write every row
-        still being evaluated)."""
+        still being evaluated); a last row that the evaluation schedule skipped is scored now,
+        so a run that ends early still has the scores of its last model."""
         for r in sorted(self._local):
             self._row(now, r, self._local.pop(r))
         self._write_evaluated(wait=True)
+        if self._unscored is not None and self._rows and self._rows[-1] is self._unscored[0]:
+            row, models = self._unscored
+            _add_scores(row, self.evaluator(models))
+        self._unscored = None
 
     @property
     def rows(self) -> list[dict]:
@@ -219,7 +229,13 @@ class Monitor:
     def _row(self, now: float, rnd: Any, models: list) -> None:
         row: dict[str, Any] = {"time_s": now, "round": rnd}
         future = pool = None
-        if self.evaluator is not None:
+        self._unscored = None
+        if self.evaluator is not None and self.evaluate_round is not None \
+                and not self.evaluate_round(rnd):
+            # not scored (eval_every): kept for flush() in case the run ends at this row
+            self._unscored = (row, [[np.array(w, copy=True) for w in m] for m in models]
+                              if _plain(models) else models)
+        elif self.evaluator is not None:
             if self.evaluate_concurrently and _plain(models):
                 # the models are arrays the run no longer changes (copied all the same: a
                 # machine could still hold them); evaluated on a thread of its own

@@ -205,3 +205,58 @@ def test_cli_prints_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path)
             "--set", "fedavg.clients_per_round=3", "--out", str(tmp_path / "p"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "fedavg: round 2/2, simulated" in r.stderr and "accuracy" in r.stderr
+
+
+#: one run per evaluation path: FedAvg's global model, Crowdlearning's group models in parts,
+#: S-SGD's one model per device (a round scored when every device reported)
+SCHEDULED = {
+    "fedavg": {"rounds": 5},
+    "crowdlearning": {"protocol": "crowdlearning", "rounds": 5, "fleet.devices": 10,
+                      "model.hidden": [32, 16], "slicenet.group_size": 5, "slicenet.lr": 0.1},
+    "ssgd": {"protocol": "ssgd", "rounds": 5, "fleet.devices": 4, "model.hidden": [16],
+             "slicenet.lr": 0.1},
+}
+SCORES = ("accuracy", "loss")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULED))
+def test_an_evaluation_schedule_scores_only_its_rounds_and_changes_nothing_else(name):
+    full = Simulation(small_config(**SCHEDULED[name])).run()
+    some = Simulation(small_config(**SCHEDULED[name], eval_every=2, eval_at=[1])).run()
+    assert len(full.metrics) == len(some.metrics) == 5
+    scored = [r["round"] + 1 for r in some.metrics if "accuracy" in r]
+    assert scored == [1, 2, 4, 5]                 # eval_at 1, every 2nd, and the last
+    for a, b in zip(full.metrics, some.metrics, strict=True):
+        assert {k: v for k, v in a.items() if k not in SCORES} == \
+            {k: v for k, v in b.items() if k not in SCORES}
+        if "accuracy" in b:                       # the same model scored, bit for bit
+            assert (a["accuracy"], a["loss"]) == (b["accuracy"], b["loss"])
+        else:
+            assert not set(SCORES) & set(b)
+    for key in ("final_accuracy", "sim_time_s", "bytes_total", "device_flops", "completed",
+                "events_handled"):
+        assert full.summary[key] == some.summary[key], key
+    assert some.summary["best_accuracy"] == max(r["accuracy"] for r in some.metrics
+                                                if "accuracy" in r)
+
+
+def test_a_run_that_ends_on_an_unscored_round_still_scores_its_last_model():
+    full = Simulation(small_config(rounds=6)).run()
+
+    def stop(row):
+        if row["round"] == 2:
+            raise KeyboardInterrupt
+    cut = Simulation(small_config(rounds=6, eval_every=5), on_row=stop).run()
+    assert cut.interrupted and len(cut.metrics) == 3
+    assert "accuracy" not in cut.metrics[1]
+    assert cut.metrics[-1]["accuracy"] == full.metrics[2]["accuracy"]
+    assert cut.summary["final_accuracy"] == full.metrics[2]["accuracy"]
+
+
+def test_an_evaluation_schedule_past_the_last_round_is_refused():
+    from crowdlearn.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"eval_at: round\(s\) \[9\] come after the last round "
+                                          r"\(rounds = 5\); remove them or raise rounds"):
+        small_config(rounds=5, eval_at=[2, 9])
+    with pytest.raises(ConfigError, match="eval_every: must be >= 1"):
+        small_config(eval_every=0)

@@ -675,7 +675,7 @@ def test_slicenet_cnn_runs_table_one_only_in_a_folder_of_its_own(monkeypatch, tm
     assert e.value.code == 2
     from crowdlearn.config import from_dict
     for s in (x for x in mod.settings() if x.table == "I"):
-        cfg = mod.base_config(3, "paper-cnn")
+        cfg = mod.base_config(3, "paper-cnn", mod.table_epochs(3))
         for k, v in s.values.items():          # the sweep's dotted keys
             *path, last = k.split(".")
             d = cfg
@@ -687,11 +687,41 @@ def test_slicenet_cnn_runs_table_one_only_in_a_folder_of_its_own(monkeypatch, tm
     seen = []
     monkeypatch.setattr(mod, "DATA", tmp_path / "slicenet.csv")
     monkeypatch.setattr(mod, "run_setting", lambda s, seeds, **kw: seen.append(
-        (s.label, seeds, kw["out"], kw["model"])) or [])
+        (s.label, seeds, kw["out"], kw["model"], kw["scored"])) or [])
     mod.main(["--model", "paper-cnn", "--tables", "I", "--epochs", "2", "--seeds", "1",
               "--only", "C-SGD"])
-    assert seen == [("C-SGD", [0], mod.ROOT / "results" / "slicenet_experiments"
-                     / "paper-cnn" / "epochs=2", "paper-cnn")]
+    mod.main(["--model", "paper-cnn", "--tables", "I", "--epochs", "2", "--seeds", "1",
+              "--only", "C-SGD", "--score", "every"])
+    mod.main(["--tables", "I", "--epochs", "2", "--seeds", "1", "--only", "C-SGD"])
+    folder = mod.ROOT / "results" / "slicenet_experiments"
+    assert seen == [
+        # the CNN's runs score only the table's epochs by default, in a folder of their own
+        ("C-SGD", [0], folder / "paper-cnn" / "epochs=2-scored-at-table-epochs", "paper-cnn",
+         [1, 2]),
+        ("C-SGD", [0], folder / "paper-cnn" / "epochs=2", "paper-cnn", None),
+        ("C-SGD", [0], folder / "epochs=2", "paper-mlp", None)]
+
+
+def test_slicenet_runs_scored_at_the_table_epochs_fill_the_table_and_are_marked():
+    mod = _module("slicenet_experiments")
+    cfg = mod.base_config(50, "paper-cnn", mod.table_epochs(50))
+    assert (cfg["eval_every"], cfg["eval_at"]) == (50, [1, 2, 5, 10, 20, 30, 40])
+    every = [";".join(f"{30 - e * 0.4:g}" for e in range(50))]
+    scored = [";".join(f"{20 - e * 0.2:g}" if e + 1 in mod.table_epochs(50) else ""
+                       for e in range(50))]
+    rows = [{**r, "epochs": 50, "model": "paper-cnn", "error_by_epoch": b,
+             "scored_epochs": sc, "cpu_s": "5000"}
+            for r, b, sc in ((_slicenet_rows("n = 10", [10.0])[0], every[0], ""),
+                             (_slicenet_rows("S-SGD", [10.2])[0], scored[0],
+                              "1;2;5;10;20;30;40;50"))]
+    cells = mod._by_label(rows, 50)
+    assert mod._epoch_vals(cells["S-SGD"], 5) == [pytest.approx(19.2)]
+    assert mod._epoch_vals(cells["S-SGD"], 3) == []            # not scored: no value
+    assert mod._epoch_vals(cells["n = 10"], 3) == [pytest.approx(29.2)]
+    text = "\n".join(mod.cnn_section(rows, []))
+    assert "| 100.0† |" in text and "| 100.0 |" in text
+    assert mod.SCORED_NOTE in text
+    assert "| 19.20 (n = 1) |" in text           # S-SGD after epoch 5, read past the gaps
 
 
 # ---------------------------------------------------------------- issue 17: prose from stored data
