@@ -229,12 +229,12 @@ class Monitor:
     def _row(self, now: float, rnd: Any, models: list) -> None:
         row: dict[str, Any] = {"time_s": now, "round": rnd}
         future = pool = None
-        self._unscored = None
+        unscored = None
         if self.evaluator is not None and self.evaluate_round is not None \
                 and not self.evaluate_round(rnd):
             # not scored (eval_every): kept for flush() in case the run ends at this row
-            self._unscored = (row, [[np.array(w, copy=True) for w in m] for m in models]
-                              if _plain(models) else models)
+            unscored = (row, [[np.array(w, copy=True) for w in m] for m in models]
+                        if _plain(models) else models)
         elif self.evaluator is not None:
             if self.evaluate_concurrently and _plain(models):
                 # the models are arrays the run no longer changes (copied all the same: a
@@ -259,10 +259,13 @@ class Monitor:
                     compute_s=self.compute_s, energy_j=self.energy_j)
         if future is not None:
             self._evaluating.append((row, rest, future, pool))
+            self._unscored = None
             return
         self._write_evaluated(wait=True)           # rows stay in order
         row.update(rest)
-        self._write(row)
+        # the previous row's models are let go only once this row is written: an interrupt
+        # that lands inside this call leaves the last written row scorable by flush()
+        self._write(row, unscored)
 
     def close(self) -> None:
         """Wait for the evaluations still running (a run that failed leaves no thread)."""
@@ -270,8 +273,10 @@ class Monitor:
             future.exception()
             pool.shutdown(wait=True)
 
-    def _write(self, row: dict) -> None:
+    def _write(self, row: dict, unscored: tuple[dict, list] | None = None) -> None:
+        """Append ``row`` (``unscored``: it with its models, when the schedule skipped it)."""
         self._rows.append(row)
+        self._unscored = unscored
         if self.on_row is not None:
             self.on_row(row)
 

@@ -260,3 +260,25 @@ def test_an_evaluation_schedule_past_the_last_round_is_refused():
         small_config(rounds=5, eval_at=[2, 9])
     with pytest.raises(ConfigError, match="eval_every: must be >= 1"):
         small_config(eval_every=0)
+
+
+def test_an_interrupt_inside_a_row_leaves_the_last_written_row_scorable():
+    """Ctrl-C may land while the monitor makes a row (copying or scoring its models): the row
+    before, if the schedule skipped it, is still scored when the run is flushed."""
+    from sim.monitor import Monitor
+
+    def due(rnd):
+        if rnd == 2:
+            raise KeyboardInterrupt          # the interrupt, inside the third row
+        return rnd == 5
+    import numpy as np
+    mon = Monitor(range(2), evaluator=lambda models: [{"accuracy": float(m[0][0])}
+                                                      for m in models],
+                  evaluate_round=due)
+    for rnd in range(3):
+        try:
+            mon._row(float(rnd), rnd, [[np.array([rnd + 0.5])]])
+        except KeyboardInterrupt:
+            break
+    mon.flush(3.0)
+    assert [(r["round"], r.get("accuracy")) for r in mon.rows] == [(0, None), (1, 1.5)]
