@@ -44,6 +44,7 @@ import math
 import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ def _local_worker(payload: tuple, on_row: Callable[[dict], None] | None = None
                   ) -> tuple[str, Any, str | None]:
     run_id, cfg = payload
     try:
-        return run_id, (run_point(cfg) if on_row is None else run_point(cfg, on_row=on_row)), None
+        return run_id, run_point(cfg, on_row=on_row), None
     except Exception as exc:   # reported in sweep.csv; the other runs go on
         return run_id, None, _describe(exc)
 
@@ -216,8 +217,6 @@ class _RunProgress:
 
     def __init__(self, progress: Callable[[str], None], label: str, *, rounds: int,
                  every: float = 30.0, clock: Callable[[], float] | None = None):
-        import time
-
         self.progress, self.label, self.rounds, self.every = progress, label, rounds, every
         self.clock = clock or time.monotonic
         self.t0 = self.last = self.clock()

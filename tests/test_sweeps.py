@@ -71,8 +71,8 @@ def test_local_sweep_writes_runs_table_and_plots_then_resumes(tmp_path, monkeypa
 
     calls = []
     real = sweeps.run_point
-    monkeypatch.setattr(sweeps, "run_point", lambda cfg, dataset=None: calls.append(cfg) or
-                        real(cfg, dataset))
+    monkeypatch.setattr(sweeps, "run_point", lambda cfg, dataset=None, **kw: calls.append(cfg)
+                        or real(cfg, dataset, **kw))
     again = crowdlearn.sweep(BASE, {"fedavg.lr": [0.02, 0.05, 0.1]}, seeds=2, out=out, jobs=1)
     assert len(calls) == 2                        # only the new lr's two seeds ran
     assert list(again["status"]).count("skipped") == 4
@@ -83,10 +83,10 @@ def test_local_sweep_writes_runs_table_and_plots_then_resumes(tmp_path, monkeypa
 def test_a_failing_run_is_recorded_the_others_finish_and_a_rerun_retries_it(tmp_path, monkeypatch):
     real = sweeps.run_point
 
-    def flaky(cfg, dataset=None):
+    def flaky(cfg, dataset=None, **kw):
         if cfg.fedavg.lr == 0.05 and cfg.seed == 0:
             raise RuntimeError("boom in run")
-        return real(cfg, dataset)
+        return real(cfg, dataset, **kw)
 
     monkeypatch.setattr(sweeps, "run_point", flaky)
     out = tmp_path / "sw"
@@ -107,11 +107,11 @@ def test_ctrl_c_keeps_what_finished_and_the_interrupted_run_is_not_marked_done(t
     real = sweeps.run_point
     seen = []
 
-    def interrupt_second(cfg, dataset=None):
+    def interrupt_second(cfg, dataset=None, **kw):
         seen.append(cfg)
         if len(seen) == 2:
             raise KeyboardInterrupt
-        return real(cfg, dataset)
+        return real(cfg, dataset, **kw)
 
     monkeypatch.setattr(sweeps, "run_point", interrupt_second)
     out = tmp_path / "sw"
