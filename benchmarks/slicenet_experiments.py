@@ -206,7 +206,8 @@ def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs
             "best_error_pct": round(100 * (1 - rec["best_accuracy"]), 4),
             "error_by_epoch": ";".join("" if e is None else f"{e:g}" for e in
                                        _epoch_errors(out / "runs" / rec["run"])),
-            "scored_epochs": ";".join(map(str, table_epochs(epochs))) if scored else "",
+            # what the run's config scored (eval_at, and the last epoch always)
+            "scored_epochs": ";".join(map(str, sorted({*scored, epochs}))) if scored else "",
             "sim_time_s": round(float(rec["sim_time_s"]), 3),
             "bytes_total": int(rec["bytes_total"]),
             # in-process runs only: this process's CPU over the fresh runs of this call

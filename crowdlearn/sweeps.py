@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from crowdlearn.errors import ConfigError, CrowdlearnError
+from crowdlearn.signals import Interrupted
 
 #: Marker written into every sweep folder; a folder holding it may be resumed.
 MARKER = "sweep.json"
@@ -438,9 +440,6 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
                         "interrupted (what it measured is kept in its folder; the run is made "
                         "again on resume)" if stopped else "ok"))
         if stopped:     # Ctrl-C (or SIGTERM) reached the run: the sweep stops here
-            import signal
-
-            from crowdlearn.signals import Interrupted
             raise Interrupted(signal.Signals[results.summary.get("signal") or "SIGINT"])
 
     def in_run(i: int, spec: RunSpec):
