@@ -48,6 +48,8 @@ XLA_MIN_FLOPS = 1e9  # ... or fewer groups when the call's training FLOPs reach 
 #                     compiled loop does about 1.7x the work per CPU second (paper-mlp, 1-12
 #                     groups of 16 steps: 55-91 against 43-50 GFLOP per CPU second, measured
 #                     in one run), which repays a compilation (seconds, once per padded shape)
+CONV_EVAL_MODELS = 1  # convolutional models scored per call: one (a plain convolution) costs
+#                       less CPU than a grouped one over several models (FusedTrainer.evaluate)
 
 
 def _cores() -> int:
@@ -257,14 +259,15 @@ class FusedTrainer:
         return out, acc
 
     def _eval(self, params, x, y):
+        """Per model: the sum of the rows' losses and the count of rows classified right."""
         k = tf.shape(params[0])[0]
         xb = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
         logits, _ = self._forward(list(params), xb, None, None, False)
         yb = tf.broadcast_to(y[None], [k, tf.shape(y)[0]])
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits), axis=1)
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb),
-                                     tf.float32), axis=1)
-        return loss, acc
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits), axis=1)
+        right = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb),
+                                      tf.int32), axis=1)
+        return loss, right
 
     # ------------------------------------------------------------------ public
     def train(self, tasks: Sequence, *, with_abs_grad: bool = True) -> list[list[np.ndarray]]:
@@ -337,14 +340,18 @@ class FusedTrainer:
                  threads: int | None = None) -> list[tuple[float, float]]:
         """(mean loss, accuracy) per model, BatchNorm in inference mode.
 
-        Rows are taken in chunks so that the per-model activations stay under ``max_floats``;
-        ``threads`` chunks (by default one per core, :attr:`threads`) are evaluated at a time,
-        each on a thread of a pool that ends with the call, and summed in chunk order: the same
-        scores, bit for bit, as one chunk after the other (``threads=1``), in less wall time
-        when a core is free (one call of TensorFlow's evaluation keeps about one core busy:
-        12 ``paper-mlp`` models on 10,000 images, 0.66 s of CPU in 0.85-1.1 s of wall at load
-        4.5, and 0.76-0.79 s two chunks at a time).  At most ``threads × max_floats`` floats of
-        activations are in flight.
+        Dense models are scored together (one batched call per chunk of rows); convolutional
+        models one at a time (:data:`CONV_EVAL_MODELS`), since a grouped convolution over many
+        models costs more than the models' plain convolutions (paper-cnn, 28x28x1, quiet
+        machine: 12 models on 2,000 images 5.5 s of CPU together against 4.2 s one by one; 120
+        models 2.0x; ``docs/benchmarks.md``, "Scoring CNNs one model at a time").  Rows are
+        taken in chunks so that each call's activations stay under ``max_floats``; ``threads``
+        calls (by default one per core, :attr:`threads`) run at a time, each on a thread of a
+        pool that ends with this call.  A model's score is its rows' summed losses (float32 per
+        chunk, added in chunk order in float64) over their count, and its count of rows
+        classified right over the row count: exact, and the same bit for bit whatever
+        ``threads`` (one chunk after the other with ``threads=1``).  At most
+        ``threads × max_floats`` floats of activations are in flight.
 
         >>> from slicenet.graph import Dense, ModelDescription
         >>> t = FusedTrainer(ModelDescription((4,), (Dense(3),)), np.zeros((1, 4)), np.zeros(1))
@@ -358,33 +365,37 @@ class FusedTrainer:
         threads = self.threads if threads is None else int(threads)
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
-        chunk = max(1, max_floats // (len(weight_lists) * self._widest))
-        params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in weight_lists]))
-                  for p in range(len(self.specs))]
+        per_call = CONV_EVAL_MODELS if self._conv else len(weight_lists)
         x = np.asarray(x, np.float32)
         x = x.reshape(len(x), *self.desc.input_shape) if self._conv else x.reshape(len(x), -1)
         y = np.asarray(y, np.int32)
-        starts = range(0, len(x), chunk)
+        calls = []                    # (first model, its params, first row, rows)
+        for m in range(0, len(weight_lists), per_call):
+            share = weight_lists[m:m + per_call]
+            chunk = max(1, max_floats // (len(share) * self._widest))
+            params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in share]))
+                      for p in range(len(self.specs))]
+            calls += [(m, params, s, chunk) for s in range(0, len(x), chunk)]
 
-        def scores(s: int) -> tuple[np.ndarray, np.ndarray]:
-            loss, acc = self._eval_fn(params, tf.constant(x[s:s + chunk]),
-                                      tf.constant(y[s:s + chunk]))
-            return loss.numpy(), acc.numpy()
+        def scores(call) -> tuple[np.ndarray, np.ndarray]:
+            _, params, s, chunk = call
+            loss, right = self._eval_fn(params, tf.constant(x[s:s + chunk]),
+                                        tf.constant(y[s:s + chunk]))
+            return loss.numpy(), right.numpy()
 
-        if threads == 1 or len(starts) == 1:
-            done = map(scores, starts)
+        if threads == 1 or len(calls) == 1:
+            done = map(scores, calls)
         else:
-            with ThreadPoolExecutor(min(threads, len(starts)),
+            with ThreadPoolExecutor(min(threads, len(calls)),
                                     thread_name_prefix="crowdlearn-evaluate-chunk") as pool:
-                done = list(pool.map(scores, starts))       # (the threads end here)
+                done = list(pool.map(scores, calls))       # (the threads end here)
         tot_loss = np.zeros(len(weight_lists))
-        tot_acc = np.zeros(len(weight_lists))
-        for s, (loss, acc) in zip(starts, done, strict=True):
-            n = min(chunk, len(x) - s)
-            tot_loss += loss * n
-            tot_acc += acc * n
+        right = np.zeros(len(weight_lists), np.int64)
+        for (m, _, _, _), (loss, ok) in zip(calls, done, strict=True):
+            tot_loss[m:m + len(loss)] += loss
+            right[m:m + len(ok)] += ok
         return [(float(a), float(b))
-                for a, b in zip(tot_loss / len(x), tot_acc / len(x), strict=True)]
+                for a, b in zip(tot_loss / len(x), right / len(x), strict=True)]
 
     def init_weights(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Glorot-uniform kernels (Keras' fans: receptive field × input / output channels for a

@@ -157,6 +157,39 @@ def test_fused_cnn_passes_equal_repeated_monolithic_steps(small, groups):
     assert ev[0][1] == pytest.approx(float(np.mean(logits.argmax(1) == y[:50])))
 
 
+def test_scores_of_cnns_scored_together_are_each_models_own_and_keras():
+    """Several CNNs scored in one ``evaluate`` call (chunks of rows on threads) get exactly the
+    scores each gets alone; accuracy is an exact count of right rows over the rows, equal to
+    Keras' inference-mode predictions whatever the chunking, and the loss Keras' mean
+    cross-entropy (its last bits follow the chunking: float32 sums per chunk)."""
+    import keras
+    from slicenet.fused import FusedTrainer
+
+    desc = small_cnn()
+    x, y = _images(desc, 9, 137)                 # a prime count: a short last chunk
+    trainer = FusedTrainer(desc, x.reshape(len(x), -1), y)
+    rng = np.random.default_rng(5)
+    models = [[a + rng.normal(0, 0.3, a.shape).astype(np.float32) if s.role != "moving_variance"
+               else a for a, s in zip(trainer.init_weights(rng), trainer.specs, strict=True)]
+              for _ in range(5)]
+    flat = x.reshape(len(x), -1)
+    together = trainer.evaluate(models, flat, y, max_floats=20_000)
+    assert together == trainer.evaluate(models, flat, y, max_floats=20_000, threads=1)
+    assert together == [trainer.evaluate([m], flat, y, max_floats=20_000)[0] for m in models]
+    whole = [trainer.evaluate([m], flat, y)[0] for m in models]              # one chunk
+    assert [a for _, a in whole] == [a for _, a in together]
+    assert [lo for lo, _ in whole] == pytest.approx([lo for lo, _ in together], rel=1e-6)
+    keras_model = build_keras(desc)
+    lossf = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for (loss, acc), m in zip(together, models, strict=True):
+        keras_model.set_weights(m)
+        logits = np.asarray(keras_model(x, training=False))
+        assert acc * len(x) == pytest.approx(round(acc * len(x)), abs=1e-9)
+        assert acc == np.sum(logits.argmax(1) == y) / len(x)
+        assert loss == pytest.approx(float(lossf(y, logits)), rel=1e-5)
+    assert len({acc for _, acc in together}) > 1                 # the models differ
+
+
 # --------------------------------------------------------------------------- in the fleet
 
 
