@@ -120,6 +120,13 @@ def test_seeds_merge_into_the_data_file_and_the_doc_renders_claims_old_to_new(
     assert "**not shown → holds**" in text                    # the verdict that changed
     assert "fedavg: membership AUC above chance (0.5) (not shown → holds)." in text
     assert "No server reconstruction beats its baselines here" in text
+    # the baselines' order, computed at render time on the bundled digits: the mean image is
+    # closer to one sample, a random public image to the nearest of a device's samples
+    bullet = next(ln for ln in text.splitlines() if ln.startswith("* **Why a random public"))
+    pairs = [tuple(map(float, p.split(": ")[1].split(" against ")))
+             for p in bullet.split("samples (400 draws each, computed when this page was "
+                                   "rendered): ")[1].split(".  So")[0].split("; ")]
+    assert pairs[0][1] > pairs[0][0] and pairs[-1][0] > pairs[-1][1]
     with pytest.raises(SystemExit, match="holds runs of 2 rounds"):
         mod.merge_data(data, _data(mod, [10], [0.5], None, rounds=5))
 

@@ -163,6 +163,7 @@ def test_scores_of_cnns_scored_together_are_each_models_own_and_keras():
     Keras' inference-mode predictions whatever the chunking, and the loss Keras' mean
     cross-entropy (its last bits follow the chunking: float32 sums per chunk)."""
     import keras
+
     from slicenet.fused import FusedTrainer
 
     desc = small_cnn()
