@@ -357,9 +357,12 @@ def _deep_seed(task):
 
 def deep_table(dataset, seeds, log, hidden=32, public=100, epsilons=(1.0, 10.0, 100.0,
                                                                        math.inf), jobs=1):
-    """Deep mode over ``seeds``, each seed in a fresh spawned process: a long in-process loop of
-    TensorFlow simulations keeps memory (≈ 0.45 GB per Fashion-MNIST run here; one such loop
-    was killed by the kernel at 21 GB), a process per seed returns it."""
+    """Deep mode over ``seeds``, each seed in a fresh spawned process (``jobs`` at a time).  A
+    long in-process loop of these simulations used to keep ≈ 0.94 GB a Fashion-MNIST seed (one
+    such loop was killed by the kernel at 21 GB): dropped trainers and simulations sat in
+    reference cycles until a full collection.  Since the ninth session they are freed at once
+    (``tests/test_memory.py``; ``docs/benchmarks.md``, "Memory of a loop of simulations"); the
+    process per seed stays, as a fence."""
     from crowdlearn.data import fashion_mnist_available
     if dataset == "fashion_mnist" and not fashion_mnist_available():
         return None

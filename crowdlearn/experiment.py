@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from sim.driver import Driver, FaultParams, Fleet
 from sim.monitor import Monitor
 from sim.network import CellTree, Network, cell_tree
 from sim.profiles import TIERS, sample_fleet_table
+from slicenet.weak import weak_method
 
 MBPS = 1e6 / 8  # bytes per second in one Mbit/s
 
@@ -274,11 +276,14 @@ class Simulation:
         # trainer or Ray's: not
         early = ("train",) if "trainer" not in self.ctx.extra \
             and cfg.training.executor != "ray" else ()
+        # the executor (its runners too: a weak proxy) and the monitor call back into this
+        # simulation through weak references (slicenet.weak), so that a dropped simulation,
+        # its trainer and its data go at once, not at the interpreter's next full collection
         self.executor = Executor({
-            "train": lambda jobs: self.trainer.train([j.task for j in jobs]),
-            **(self.protocol.runners(self) if self.protocol.runners else {}),
+            "train": weak_method(self, "_train_jobs"),
+            **(self.protocol.runners(weakref.proxy(self)) if self.protocol.runners else {}),
         }, deferred_kinds=("train", *self.protocol.deferred_kinds), background_kinds=early)
-        self.monitor = Monitor(range(n), evaluator=self._evaluate, on_row=on_row,
+        self.monitor = Monitor(range(n), evaluator=weak_method(self, "_evaluate"), on_row=on_row,
                                ledger_factory=PrivacyLedger, infrastructure=tuple(infra),
                                # a trainer whose evaluation may run beside the event loop
                                evaluate_concurrently=bool(
@@ -322,6 +327,9 @@ class Simulation:
             cells=cfg.fleet.cells, backhaul_bps=cfg.fleet.backhaul_mbps * MBPS,
             **_server_link(cfg), d2d_pairs=d2d_pairs,
             d2d_bps=cfg.fleet.d2d_mbps * MBPS, d2d_latency_s=cfg.fleet.d2d_latency_s)
+
+    def _train_jobs(self, jobs) -> list:
+        return self.trainer.train([j.task for j in jobs])
 
     def _evaluate(self, weight_lists: list) -> list[dict]:
         ds = self.dataset

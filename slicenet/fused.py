@@ -38,6 +38,7 @@ from slicenet.graph import (
 )
 from slicenet.layout import BN_EPSILON, BN_MOMENTUM, conv_program, is_convolutional, weight_specs
 from slicenet.ownership import SliceLayout
+from slicenet.weak import weak_method
 
 _ACTS = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid, "linear": tf.identity,
          None: tf.identity}
@@ -153,13 +154,18 @@ class FusedTrainer:
         # loop on a CPU); XLA compiles once per shape (seconds each), so train() pads the group
         # and step counts to a short ladder; calls of fewer than XLA_GROUPS groups and less
         # than XLA_MIN_FLOPS of training run op by op
+        # the training set is an argument, not a capture: a traced graph is a web of reference
+        # cycles that would keep a captured dataset until the interpreter's next full collection
         train_sig = [sig, tf.TensorSpec([None, None, None], tf.int32),
-                     tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32)]
-        self._train_fn = tf.function(self._train_loop, input_signature=train_sig,
-                                     reduce_retracing=True)
-        self._train_xla = tf.function(self._train_loop, input_signature=train_sig,
-                                      reduce_retracing=True, jit_compile=True)
-        self._eval_fn = tf.function(self._eval, input_signature=[
+                     tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32),
+                     tf.TensorSpec([None, *self._x.shape[1:]], tf.float32),
+                     tf.TensorSpec([None], tf.int32)]
+        # (through a weak reference, slicenet.weak: no cycle through the traced functions)
+        loop = weak_method(self, "_train_loop")
+        self._train_fn = tf.function(loop, input_signature=train_sig, reduce_retracing=True)
+        self._train_xla = tf.function(loop, input_signature=train_sig, reduce_retracing=True,
+                                      jit_compile=True)
+        self._eval_fn = tf.function(weak_method(self, "_eval"), input_signature=[
             sig, tf.TensorSpec([None, *self._x.shape[1:]], tf.float32),
             tf.TensorSpec([None], tf.int32)],
             reduce_retracing=True)
@@ -220,7 +226,7 @@ class FusedTrainer:
             # Dropout(0): nothing
         return h, moving
 
-    def _train_loop(self, params, batches, lr, steps):
+    def _train_loop(self, params, batches, lr, steps, x_all, y_all):
         trainable = self._trainable
         acc0 = [tf.zeros_like(p) for p in params]
 
@@ -229,8 +235,8 @@ class FusedTrainer:
             valid = idx >= 0
             mask = tf.cast(valid, tf.float32)
             count = tf.reduce_sum(mask, axis=1)
-            xb = tf.gather(self._x, tf.maximum(idx, 0))
-            yb = tf.gather(self._y, tf.maximum(idx, 0))
+            xb = tf.gather(x_all, tf.maximum(idx, 0))
+            yb = tf.gather(y_all, tf.maximum(idx, 0))
             ps = list(ps)
             watched = [p for p, t in zip(ps, trainable, strict=True) if t]
             with tf.GradientTape() as tape:
@@ -330,7 +336,7 @@ class FusedTrainer:
         lr = tf.constant(np.array([tasks[i].lr for i in members] + [0.0] * (k - len(members)),
                                   np.float32))
         fn = self._train_xla if xla else self._train_fn
-        new, acc = fn(params, tf.constant(sched), lr, tf.constant(steps))
+        new, acc = fn(params, tf.constant(sched), lr, tf.constant(steps), self._x, self._y)
         if xla:
             self._compiled.add(sched.shape[:2][::-1] + (b,))
         return [t.numpy() for t in new], [t.numpy() for t in acc]

@@ -66,6 +66,7 @@ import tensorflow as tf
 from crowdlearn.errors import CrowdlearnError
 from crowdlearn.training.batching import TrainTask
 from crowdlearn.training.models import ModelSpec
+from slicenet.weak import weak_method
 
 __all__ = ["FleetTrainer"]
 
@@ -273,10 +274,14 @@ class FleetTrainer:
         self._shapes = [tuple(s) for s in spec.param_shapes()]
         param_sig = [tf.TensorSpec([None, *s], tf.float32) for s in self._shapes]
         y_dtype = tf.int32 if spec.loss == "sparse_ce" else tf.float32
+        # through a weak reference: no cycle trainer -> tf.function -> bound method -> trainer
+        # (slicenet.weak), so an evicted or dropped trainer and its training set go at once
         if strategy == "vectorized":
-            train_body, eval_body = self._train_vectorized, self._eval_vectorized
+            train_body = weak_method(self, "_train_vectorized")
+            eval_body = weak_method(self, "_eval_vectorized")
         else:
-            train_body, eval_body = self._train_per_device, self._eval_per_device
+            train_body = weak_method(self, "_train_per_device")
+            eval_body = weak_method(self, "_eval_per_device")
         self._train_fn = tf.function(
             train_body,
             input_signature=[
@@ -284,6 +289,11 @@ class FleetTrainer:
                 tf.TensorSpec([None, None, None], tf.int32),  # schedule
                 tf.TensorSpec([None], tf.float32),  # lr [K]
                 tf.TensorSpec([], tf.int32),  # number of steps to run (vectorized)
+                # the training set, an argument rather than a capture: a traced function's
+                # graph is a web of reference cycles, and a captured 188 MB tensor would stay
+                # with it until the interpreter's next full collection
+                tf.TensorSpec([None, *self._x.shape[1:]], self._x.dtype),
+                tf.TensorSpec([None, *self._y.shape[1:]], self._y.dtype),
             ],
             jit_compile=self.jit_compile,
         )
@@ -318,9 +328,10 @@ class FleetTrainer:
         return int(self._train_fn.experimental_get_tracing_count())
 
     # ------------------------------------------------------------------ TF bodies: vectorized
-    def _train_vectorized(self, params, batches, lr, n_steps):
-        """``batches`` is ``[S, K, B]``; runs the first ``n_steps`` steps."""
-        spec, x_all, y_all = self.spec, self._x, self._y
+    def _train_vectorized(self, params, batches, lr, n_steps, x_all, y_all):
+        """``batches`` is ``[S, K, B]`` (rows of ``x_all``, ``y_all``: the training set);
+        runs the first ``n_steps`` steps."""
+        spec = self.spec
         ranks = [len(s) for s in self._shapes]
 
         def body(s, *ps):
@@ -363,10 +374,11 @@ class FleetTrainer:
         return loss, metric
 
     # ------------------------------------------------------------------ TF bodies: per device
-    def _train_per_device(self, params, batches, lr, n_steps):
-        """``batches`` is ``[K, S, B]``; each device runs up to its last non-empty row."""
+    def _train_per_device(self, params, batches, lr, n_steps, x_all, y_all):
+        """``batches`` is ``[K, S, B]`` (rows of ``x_all``, ``y_all``: the training set); each
+        device runs up to its last non-empty row."""
         del n_steps  # every device stops after its own last step
-        spec, x_all, y_all = self.spec, self._x, self._y
+        spec = self.spec
         rows = tf.range(1, tf.shape(batches)[1] + 1)
 
         def one_device(args):
@@ -497,7 +509,8 @@ class FleetTrainer:
             params.append(tf.constant(stacked))
         lr = np.zeros(k_pad, np.float32)
         lr[:k] = [t.lr for t in tasks]
-        out = self._train_fn(params, tf.constant(sched), tf.constant(lr), tf.constant(steps))
+        out = self._train_fn(params, tf.constant(sched), tf.constant(lr), tf.constant(steps),
+                             self._x, self._y)
         out = [o.numpy() for o in out]
         return [[o[j] for o in out] for j in range(k)]
 
