@@ -10,6 +10,12 @@ reference cycles until the interpreter's full collection grows by what each kept
     .venv/bin/python benchmarks/loop_memory.py --dataset fashion_mnist --seeds 7
     .venv/bin/python benchmarks/loop_memory.py --dataset digits --seeds 10
 
+``--fleet N`` runs instead a loop of FedAvg simulations of ``N`` devices with the simulator alone
+(``training.backend = "none"``, 3 rounds of 1,000 clients, 8 digits samples a device): what a
+dropped simulation's driver, network and fleet columns keep.
+
+    .venv/bin/python benchmarks/loop_memory.py --fleet 200000 --seeds 6
+
 Figures: ``docs/benchmarks.md``, "Memory of a loop of simulations".
 """
 
@@ -56,13 +62,43 @@ def loop(dataset: str, seeds: int, log=print) -> list[float]:
     return out
 
 
+def fleet_loop(devices: int, seeds: int, log=print) -> list[float]:
+    """RSS (MB) after each of ``seeds`` simulator-only FedAvg runs of ``devices`` devices."""
+    import numpy as np
+
+    from crowdlearn import experiment
+    from crowdlearn.config import from_dict
+
+    out = []
+    t0 = time.perf_counter()
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        parts = list(rng.integers(0, 1347, (devices, 8)))       # digits' training rows
+        cfg = from_dict({"protocol": "fedavg", "rounds": 3, "seed": seed,
+                         "training": {"backend": "none"},
+                         "fleet": {"devices": devices, "cells": 50},
+                         "data": {"dataset": "digits"},
+                         "fedavg": {"clients_per_round": min(1000, devices)}})
+        experiment.Simulation(cfg, parts=parts).run()       # dropped at once
+        del parts
+        out.append(rss_mb())
+        log(f"run {seed}: RSS {out[-1]:,.0f} MB ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--seeds", type=int, default=7)
+    ap.add_argument("--fleet", type=int, default=0, metavar="N",
+                    help="a loop of simulator-only FedAvg runs of N devices instead")
     a = ap.parse_args(argv)
     if a.seeds < 2:
         ap.error(f"--seeds must be >= 2 (growth is read between seeds); got {a.seeds}")
+    if a.fleet:
+        rss = fleet_loop(a.fleet, a.seeds)
+        print(f"growth per run after the first: {(rss[-1] - rss[0]) / (len(rss) - 1):,.0f} MB")
+        return 0
     if a.dataset == "fashion_mnist":
         from crowdlearn.data import fashion_mnist_available
         if not fashion_mnist_available():

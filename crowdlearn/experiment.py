@@ -29,6 +29,7 @@ from crowdlearn.protocols.fedavg import SERVER
 from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor, Trainer, TrainerFactory
+from sim import wire
 from sim.availability import make_availability
 from sim.driver import Driver, FaultParams, Fleet
 from sim.monitor import Monitor
@@ -346,13 +347,21 @@ class Simulation:
 
     def close(self) -> None:
         """Release what the run started: a batch the executor runs ahead (``jobs.Executor``),
-        an evaluation the monitor runs beside the event loop, and what the protocol's builder
-        started (``ctx.extra["on_close"]``: SecAgg's agreement
-        worker process); idempotent, and called by :meth:`run` whether it ends or fails."""
+        an evaluation the monitor runs beside the event loop, what the protocol's builder
+        started (``ctx.extra["on_close"]``: SecAgg's agreement worker process), and the events
+        still scheduled (the simulation cannot be run further); idempotent, and called by
+        :meth:`run` whether it ends or fails."""
         self.executor.close()
         self.monitor.close()
         for close in self.ctx.extra.get("on_close", ()):
             close()
+        # the events still scheduled (timers past the run's end) hold the network's and the
+        # machines' callbacks, and SimPy's environment is itself a reference cycle: dropped,
+        # they would wait with the fleet's arrays for the interpreter's full collection
+        queue = getattr(self.env, "_queue", None)
+        if isinstance(queue, list):
+            queue.clear()
+        wire.forget()
 
     def _run(self) -> Results:
         cfg = self.config

@@ -460,7 +460,6 @@ class Driver:
         self._infra = frozenset(infrastructure)
         self._infra_rows = frozenset(r for r in (fleet.row_of(n) for n in infrastructure)
                                      if r is not None)
-        self.devices = _Devices(self)
         self.events_handled = 0
         self._avail_heap: list = []
         self._avail_seq = 0
@@ -568,6 +567,13 @@ class Driver:
             gc.set_threshold(*thresholds)
         self.finish()
         return self.halted.triggered
+
+    @property
+    def devices(self) -> _Devices:
+        """node → :class:`DeviceState` view over the whole fleet (made on each access: held as
+        an attribute it would make a reference cycle, and a dropped driver with its fleet's
+        columns would wait for the interpreter's full collection)."""
+        return _Devices(self)
 
     def finish(self) -> None:
         """Close the books on online time (idempotent)."""

@@ -35,7 +35,7 @@ import numpy as np
 
 from slicenet.errors import UserError
 
-__all__ = ["MAX_DEPTH", "NotReady", "WireError", "decode", "encode", "message", "size"]
+__all__ = ["MAX_DEPTH", "NotReady", "WireError", "decode", "encode", "forget", "message", "size"]
 
 
 
@@ -266,6 +266,14 @@ _SIZER: dict = {}
 # asyncio runtime's, a sweep's) can only miss the memo, never get another message's size.
 _NOTHING = (None, 0)
 _LAST: tuple = _NOTHING
+
+
+def forget() -> None:
+    """Drop the last message sized (a run that ends lets its last message go: held, it would
+    keep what the message refers to, a deferred result and its executor, until the next ask).
+    Only a later ask's memo hit is lost."""
+    global _LAST
+    _LAST = _NOTHING
 
 
 def _message_sizer(names: tuple):

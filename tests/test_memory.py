@@ -1,5 +1,5 @@
 """Memory a notebook loop gives back: a dropped trainer, and a finished simulation dropped by its
-user, are freed by reference counting, with the training set they hold on the TensorFlow side,
+user (driver, network, fleet columns), are freed by reference counting, with the training set they hold on the TensorFlow side,
 without waiting for the interpreter's full collection (which runs by object counts, so a few
 large tensors kept in reference cycles piled up: a loop of Fashion-MNIST FM runs grew ≈ 0.93 GB a
 seed, and one such loop was killed by the kernel at 21 GB; ``docs/benchmarks.md``, "Memory of a
@@ -96,6 +96,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_finished_simulation_dropped_by_its_user_is_freed_with_its_trainer(
         no_cyclic_collector, case):
+    """The simulation, its driver (the fleet's columns), network, monitor and executor, and an
+    uncached trainer with its training set."""
     from crowdlearn.training.fleet_trainer import FleetTrainer
 
     cfg = from_dict({**BASE, **CASES[case]})
@@ -106,7 +108,9 @@ def test_a_finished_simulation_dropped_by_its_user_is_freed_with_its_trainer(
         sim = experiment.Simulation(cfg, trainer_factory=FleetTrainer)
         res = sim.run()
         assert res.summary["rounds_completed"] >= 1
-        refs = {"simulation": weakref.ref(sim)}
+        refs = {"simulation": weakref.ref(sim), "driver": weakref.ref(sim.driver),
+                "network": weakref.ref(sim.network), "monitor": weakref.ref(sim.monitor),
+                "executor": weakref.ref(sim.executor)}
         if "trainer" not in sim.ctx.extra:      # the protocol's own trainer may be cached
             refs["trainer"] = weakref.ref(sim.trainer)
             refs["training set"] = weakref.ref(sim.trainer._x)
