@@ -618,8 +618,11 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
         L.append("")
     L.append(f"**Cost of the paper's set.**  The CNN runs above took {cpu_all / 60:.0f} "
              "CPU-minutes in all.  At the measured CPU per epoch of each setting (median over "
-             + (f"its 50-epoch runs for {', '.join(from_long)}, over its 1-epoch runs for the "
-                "others, whose set-up and scoring weigh more, so those err high"
+             + (f"its 50-epoch runs for {', '.join(from_long)}"
+                + (", over its 1-epoch runs for the others, whose set-up and scoring weigh "
+                   "more, so those err high" if set(cost) - set(from_long) else
+                   "; as each was scored: every epoch for some, at the table's epochs (†) for "
+                   "others, so the set at `--score table` would cost less")
                 if from_long else "its runs, set-up and evaluation included, so this errs high")
              + "): "
              + ", ".join(f"{lab} {cost[lab]:.0f} s" for lab in (s.label for s in t1)
