@@ -5,7 +5,8 @@ reference cycle: an object dropped by its last user (a trainer evicted from a ca
 simulation's) then waits for Python's full collection, which the interpreter runs by object
 counts, not bytes, so the training set the trainer holds on the TensorFlow side (188 MB for
 Fashion-MNIST) stays while more are made.  ``tf.function(weak_method(self, "_step"))`` traces
-the same computation and leaves the object to reference counting.
+the same computation and leaves the object to reference counting.  (``weakref.WeakMethod`` is a
+reference to dereference, not a function to call; this is the function around it.)
 """
 
 from __future__ import annotations
