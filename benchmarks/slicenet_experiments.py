@@ -338,20 +338,31 @@ def _table(sets, cells, epochs, paper_cols) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for s in sets:
         c = cells.get(s.label, {})
-        cpu = _vals(c, "cpu_s")
         row = [s.label] + [f(s) for _, f in paper_cols]
         row += [R.cell(_epoch_vals(c, e), 2) for e in shown]
         row += [R.cell(_vals(c), 2), R.seeds_text(sorted(c)) if c else "—",
                 R.cell(_vals(c, "sim_time_s"), 1),
                 R.cell([v / 1e9 for v in _vals(c, "bytes_total")], 3),
-                (f"{_median(cpu) / epochs:.1f}" + ("†" if _scored_only(c) else ""))
-                if cpu else "—"]
+                _cpu_cell(c, epochs)]
         out.append("| " + " | ".join(row) + " |")
     return out
 
 
+def _cpu_cell(cells: dict[int, dict], epochs: int) -> str:
+    """A cell's CPU s per epoch: the median over its runs scored after every epoch, and over
+    those scored only at the table's epochs (``†``); both, in that order, where it has both
+    kinds, since the two cost differently (a median across them would mix schedules)."""
+    every = [float(r["cpu_s"]) for r in cells.values()
+             if r["cpu_s"] != "" and not r.get("scored_epochs")]
+    table = [float(r["cpu_s"]) for r in cells.values()
+             if r["cpu_s"] != "" and r.get("scored_epochs")]
+    parts = ([f"{_median(every) / epochs:.1f}"] if every else []) + (
+        [f"{_median(table) / epochs:.1f}†"] if table else [])
+    return " / ".join(parts) or "—"
+
+
 def _scored_only(cells: dict[int, dict]) -> bool:
-    """Whether a cell's runs scored their models only after the table's epochs (``†``)."""
+    """Whether any of a cell's runs scored its models only after the table's epochs (``†``)."""
     return any(r.get("scored_epochs") for r in cells.values())
 
 
@@ -361,7 +372,9 @@ SCORED_NOTE = ("† Runs scored on the test set only after the epochs shown (`--
                "simulated time and scores at those epochs (tested), but their CPU per epoch "
                "leaves out most of the evaluation that the other cells pay, the larger part of "
                "an epoch where many models are scored (S-SGD's 120 CNNs, n = 5's 24 groups, "
-               "each on 10,000 test images).")
+               "each on 10,000 test images).  A cell with two figures has runs of both kinds: "
+               "the median of those scored after every epoch, then of those scored at the "
+               "table's epochs (†).")
 
 
 def _claims(cells, pairs) -> list[str]:
@@ -538,16 +551,21 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
     t1 = [s for s in settings() if s.table == "I"]
     labels = {s.label for s in t1}
     # CPU s per epoch by setting: from its runs of the paper's length where it has any (the
-    # cost of such a run, scoring included as it was made), else from its shorter runs (set-up
-    # and a scoring every epoch weigh more there, so those err high)
-    per_epoch: dict[str, dict[bool, list[float]]] = {}
+    # cost of such a run, scoring included as it was made), of those preferably the ones scored
+    # at the table's epochs (the command's default for the CNN, so the set's price); else from
+    # its shorter runs (set-up and a scoring every epoch weigh more there, so those err high)
+    per_epoch: dict[str, dict[tuple[bool, bool], list[float]]] = {}
     for r in rows:
         if r["cpu_s"] != "":
-            per_epoch.setdefault(r["label"], {}).setdefault(int(r["epochs"]) >= 50, []).append(
+            key = (int(r["epochs"]) >= 50, bool(r.get("scored_epochs")))
+            per_epoch.setdefault(r["label"], {}).setdefault(key, []).append(
                 float(r["cpu_s"]) / int(r["epochs"]))
-    cost = {lab: _median(v.get(True) or v[False]) for lab, v in per_epoch.items()
-            if lab in labels}
-    from_long = sorted(lab for lab, v in per_epoch.items() if lab in labels and v.get(True))
+    cost = {lab: _median(v.get((True, True)) or v.get((True, False))
+                         or [x for k, xs in v.items() for x in xs])
+            for lab, v in per_epoch.items() if lab in labels}
+    from_long = sorted(lab for lab, v in per_epoch.items() if lab in labels
+                       and (v.get((True, True)) or v.get((True, False))))
+    long_every = sorted(lab for lab in from_long if not per_epoch[lab].get((True, True)))
     full = (sum(cost.get(s.label, _median(list(cost.values()))) for s in t1) * 50 * 10
             if cost else None)
     unpriced = [s.label for s in t1 if s.label not in cost]
@@ -621,8 +639,11 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
              + (f"its 50-epoch runs for {', '.join(from_long)}"
                 + (", over its 1-epoch runs for the others, whose set-up and scoring weigh "
                    "more, so those err high" if set(cost) - set(from_long) else
-                   "; as each was scored: every epoch for some, at the table's epochs (†) for "
-                   "others, so the set at `--score table` would cost less")
+                   ("; scored at the table's epochs (†, the command's default) where a "
+                      "setting has such runs; " + ", ".join(long_every) + " only scored after "
+                      "every epoch, so theirs err high" if long_every else
+                      "; from their runs scored at the table's epochs (†), the command's "
+                      "default"))
                 if from_long else "its runs, set-up and evaluation included, so this errs high")
              + "): "
              + ", ".join(f"{lab} {cost[lab]:.0f} s" for lab in (s.label for s in t1)

@@ -722,6 +722,13 @@ def test_slicenet_runs_scored_at_the_table_epochs_fill_the_table_and_are_marked(
     assert "| 100.0† |" in text and "| 100.0 |" in text
     assert mod.SCORED_NOTE in text
     assert "| 19.20 (n = 1) |" in text           # S-SGD after epoch 5, read past the gaps
+    # a setting with runs of both schedules shows each median, never one across them, and the
+    # set's price takes the runs scored at the table's epochs (the CNN command's default)
+    seed1 = {**rows[0], "seed": 1, "error_by_epoch": scored[0],
+             "scored_epochs": "1;2;5;10;20;30;40;50", "cpu_s": "2500"}
+    mixed = "\n".join(mod.cnn_section(rows + [seed1], []))
+    assert "| 100.0 / 50.0† |" in mixed and "| 100.0† |" in mixed
+    assert "n = 10 50 s" in mixed and "n = 10 100 s" in text
 
 
 # ---------------------------------------------------------------- issue 17: prose from stored data
