@@ -208,13 +208,15 @@ def test_cli_prints_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path)
 
 
 #: one run per evaluation path: FedAvg's global model, Crowdlearning's group models in parts,
-#: S-SGD's one model per device (a round scored when every device reported)
+#: S-SGD's one model per device (a round scored when every device reported), C-SGD's one node
 SCHEDULED = {
     "fedavg": {"rounds": 5},
     "crowdlearning": {"protocol": "crowdlearning", "rounds": 5, "fleet.devices": 10,
                       "model.hidden": [32, 16], "slicenet.group_size": 5, "slicenet.lr": 0.1},
     "ssgd": {"protocol": "ssgd", "rounds": 5, "fleet.devices": 4, "model.hidden": [16],
              "slicenet.lr": 0.1},
+    "csgd": {"protocol": "centralized", "rounds": 5, "fleet.devices": 4, "model.hidden": [16],
+             "slicenet.batchnorm": True, "slicenet.lr": 0.1},
 }
 SCORES = ("accuracy", "loss")
 
