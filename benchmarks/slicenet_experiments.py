@@ -439,7 +439,9 @@ cells, traffic relayed through the server, **{_epochs(epochs)}, not the paper's 
 S-SGD is `protocol = "ssgd"` (every device its own group, the same sharing rule, ω = g = 120);
 C-SGD is `protocol = "centralized"` with `slicenet.model = "paper-mlp"`: the same network,
 BatchNorm included, the same trainer, learning rate and batch size, on one node holding all
-60,000 samples.  Tables II–IV use the paper's m = 120, n = 12 (g = 10 groups), ω = 10 (θ = τ =
+60,000 samples: the fleet's first device, whose tier and speeds are drawn with the seed like every
+device's, so C-SGD's simulated time varies with the seed (its interval is wide) far more than its
+error.  Tables II–IV use the paper's m = 120, n = 12 (g = 10 groups), ω = 10 (θ = τ =
 0.5 unless swept).  A seed fixes the data split, the fleet, the initial weights and every random
 stream of a run; the same seed is used for every setting, so differences between settings are
 paired over seeds.  Each cell is the mean ± the half-width of a 95 % Student-t interval over the
@@ -582,7 +584,8 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
          "dense layer is a vertex; METIS, edge cut) into n − 1 pieces beside the dominator; "
          "S-SGD trains 120 separate CNNs (`protocol = \"ssgd\"`); C-SGD is `protocol = "
          "\"centralized\"` with the same CNN, trainer, learning rate and batch size on one node "
-         "holding all 60,000 samples.  Different dataset, so compare orderings, not the "
+         "holding all 60,000 samples (the fleet's first device, its tier drawn with the seed: "
+         "C-SGD's simulated time varies with it).  Different dataset, so compare orderings, not the "
          "figures.\n"]
     for e in lengths:
         c = _by_label(rows, e)
