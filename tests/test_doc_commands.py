@@ -74,3 +74,29 @@ def test_a_documented_command_parses_and_its_config_validates(page, command, mon
         config_mod.load(args.config, sets)      # raises ConfigError naming every problem
     if args.command == "sweep":
         parse_grid(args.grid or [])
+
+
+def python_blocks(text: str) -> list[str]:
+    """The fenced ``python`` blocks of a page, in order."""
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def test_the_readme_python_examples_run_as_shown(tmp_path, monkeypatch, capsys):
+    """The README's Python blocks, verbatim: a simulation from a dict, then ``results.load`` of
+    the folders its Quickstart's commands write (made here by small runs under those names)."""
+    blocks = python_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) == 2, "a README python block was added or removed: run it here too"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md python block 1", "exec"), {})
+    accuracy, sent = capsys.readouterr().out.split()
+    assert 0 < float(accuracy) <= 1 and int(sent) > 0
+    for name in ("fashion", "fashion-churn", "central"):   # the Quickstart's folders, tiny
+        extra = ["--set", "protocol=centralized"] if name == "central" else []
+        assert cli.main(["run", "--quiet", "--no-plots", "--set", "rounds=1", "--set",
+                         "fleet.devices=4", "--set", "fedavg.clients_per_round=2", *extra,
+                         "--out", f"results/{name}"]) == 0
+    scope: dict = {}
+    exec(compile(blocks[1], "README.md python block 2", "exec"), scope)
+    runs = scope["runs"]
+    assert sorted(runs.summary["run"]) == ["central", "fashion", "fashion-churn"]
+    assert set(runs.metrics["run"]) == {"fashion", "fashion-churn", "central"}
