@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one experiment and write its results folder",
                        description=RUN_DESCRIPTION, epilog=RUN_EPILOG, formatter_class=fmt,
                        parents=[common])
-    r.add_argument("config", nargs="?", help="TOML config file (omit it for all the defaults)")
+    r.add_argument("config", nargs="?", help="TOML config file, or a results folder's "
+                   "config.json to make that run again (omit it for all the defaults)")
     r.add_argument("--out", metavar="DIR",
                    help="results folder: new, empty, or an earlier results folder with "
                         "--overwrite (default results/<config>-<date>-<time>)")

@@ -95,6 +95,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           min=1),
         "ray_address": Key(str, "", "Ray cluster for training.executor = 'ray' ('auto', "
                            "'ray://HOST:PORT'); empty: start a local one."),
+        "threads": Key(int, 0, "TensorFlow threads per op (both its pools) for this run; 0: "
+                       "TensorFlow's default, every core. A run's numbers depend on it in the "
+                       "last digits (the order of float sums), so set it to reproduce a run "
+                       "exactly elsewhere; a sweep of several jobs sets each run's share of the "
+                       "cores (recorded in its config.json). Only a process's first TensorFlow "
+                       "run can choose it.", min=0),
     },
     "model": {
         "arch": Key(str, "mlp", "Model family.", choices=("mlp", "cnn", "linear")),
@@ -514,8 +520,30 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def from_recorded(data: dict[str, Any]) -> dict[str, Any]:
+    """The raw config of a results folder's ``config.json`` (its ``"config"``, or the mapping
+    itself), with the ``"inf"`` that JSON cannot hold read back as ∞ where the key is a number.
+
+    >>> from_recorded({"config": {"max_sim_time_s": "inf", "name": "inf"}, "versions": {}})
+    {'max_sim_time_s': inf, 'name': 'inf'}
+    """
+    raw = data["config"] if isinstance(data.get("config"), dict) else data
+    out = copy.deepcopy(raw)
+    for sec, keys in schema().items():
+        node = out if not sec else out.get(sec)
+        if not isinstance(node, dict):
+            continue
+        for k, key in keys.items():
+            numeric = key.type is float or (isinstance(key.type, tuple) and float in key.type)
+            if numeric and node.get(k) in ("inf", "-inf"):
+                node[k] = float(node[k])
+    return out
+
+
 def load(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
-    """Read a TOML config (or the defaults when ``path`` is None), apply ``--set`` overrides."""
+    """Read a TOML config, or a results folder's ``config.json`` (to make a recorded run again;
+    its relative paths are read from the current folder), or the defaults when ``path`` is None;
+    apply ``--set`` overrides."""
     raw: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
@@ -523,7 +551,15 @@ def load(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
         if not p.is_file():
             raise ConfigError([f"{path}: no such config file"])
         try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+            if p.suffix.lower() == ".json":
+                data = json.loads(p.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise ConfigError([f"{path}: not a config (a JSON object is needed)"])
+                raw = from_recorded(data)
+            else:
+                raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError([f"{path}: not valid JSON: {exc}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
         except UnicodeDecodeError as exc:
@@ -531,7 +567,9 @@ def load(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
                                f"{exc.start}); give a TOML config file"]) from None
         except OSError as exc:
             raise ConfigError([f"{path}: cannot be read ({exc.strerror})"]) from None
-        base = p.resolve().parent
+        # a TOML file's relative paths are read from its folder; a recorded config.json's,
+        # as its run read them: from the folder the command runs in
+        base = Path.cwd() if p.suffix.lower() == ".json" else p.resolve().parent
     raw = apply_overrides(raw, list(overrides))
     return from_dict(raw, base_dir=base)
 

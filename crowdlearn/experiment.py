@@ -29,6 +29,7 @@ from crowdlearn.protocols.fedavg import SERVER
 from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor, Trainer, TrainerFactory
+from crowdlearn.training.threads import use_threads
 from sim import wire
 from sim.availability import make_availability
 from sim.driver import Driver, FaultParams, Fleet
@@ -213,6 +214,9 @@ class Simulation:
                  trainer_factory: TrainerFactory | None = None,
                  parts: list[np.ndarray] | None = None, dataset=None):
         self.config = cfg
+        if cfg.training.threads and (cfg.training.backend != "none"
+                                     or registry.get(cfg.protocol).needs_tensorflow):
+            use_threads(cfg.training.threads)     # before TensorFlow's first op in the process
         root = np.random.SeedSequence(cfg.seed)
         children = root.spawn(len(STREAMS))
         self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, children, strict=True)}

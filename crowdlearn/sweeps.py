@@ -54,6 +54,7 @@ from typing import Any
 
 from crowdlearn.errors import ConfigError, CrowdlearnError
 from crowdlearn.signals import Interrupted
+from crowdlearn.training.threads import threads_for
 
 #: Marker written into every sweep folder; a folder holding it may be resumed.
 MARKER = "sweep.json"
@@ -411,6 +412,22 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
             rows[spec.run_id] = _row(spec, "skipped", summary=summary)
         else:
             todo.append(spec)
+
+    # runs side by side each get their share of the cores as TensorFlow's pools (a pool of
+    # every core per run oversubscribes them: crowdlearn.training.threads), recorded in each
+    # run's config.json; a config that chose training.threads keeps its choice
+    side_by_side = min(jobs or 1, len(todo))
+    share = (threads_for(cpus_per_run, 1) if backend == "ray" else
+             threads_for(os.cpu_count() or 1, side_by_side) if side_by_side > 1 else 0)
+    if share:
+        chosen = {cfgs[s.run_id].training.threads for s in todo}
+        for spec in todo:
+            if cfgs[spec.run_id].training.threads == 0:
+                cfgs[spec.run_id] = cfgs[spec.run_id].replace({"training.threads": share})
+        if progress is not None and chosen == {0}:
+            progress(f"{len(todo)} runs, "
+                     + ("on Ray" if backend == "ray" else f"{side_by_side} at a time")
+                     + f": {share} TensorFlow thread(s) per op each (training.threads)")
 
     def table() -> pd.DataFrame:
         ordered = [rows[s.run_id] for s in specs if s.run_id in rows]

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,23 @@ def test_readme_configuration_reference_is_current():
     from pathlib import Path
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert reference_markdown() in readme, "regenerate the README table from reference_markdown()"
+
+
+def test_a_recorded_config_json_loads_back_to_the_config_that_ran(tmp_path):
+    import json
+
+    from crowdlearn.results import _jsonable  # how a results folder records a config
+    root = Path(__file__).resolve().parent.parent
+    for example in ("default.toml", "secagg_fashion.toml", "crowdlearning_small.toml"):
+        cfg = load(root / "examples" / example)
+        recorded = tmp_path / f"{example}.json"     # as results.write records it: ∞ as "inf"
+        recorded.write_text(json.dumps({"config": _jsonable(cfg.to_dict()), "versions": {}}))
+        assert "inf" in recorded.read_text()
+        assert load(recorded).to_dict() == cfg.to_dict(), example
+        assert load(recorded, ["rounds=2"]).rounds == 2
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "bad.json").write_text("{rounds: 2")
+    with pytest.raises(ConfigError, match="a JSON object is needed"):
+        load(tmp_path / "list.json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load(tmp_path / "bad.json")

@@ -1,15 +1,19 @@
 """Sweeps: grid parsing, the local and Ray backends, resuming, failures, the CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import crowdlearn
+import crowdlearn.config
 from crowdlearn import sweeps
 from crowdlearn.errors import ConfigError, CrowdlearnError
+from crowdlearn.training.threads import threads_for
 
 BASE = {"rounds": 2, "fleet": {"devices": 6}, "fedavg": {"clients_per_round": 3}}
 GRID = {"fedavg.lr": [0.02, 0.05]}
@@ -186,6 +190,7 @@ def test_a_pool_sweep_stopped_by_ctrl_c_keeps_what_every_stopped_run_measured(tm
 
     def worker(payload, on_row=None):         # each run stopped by Ctrl-C in its second round
         run_id, cfg = payload
+        cfg = cfg.replace({"training.threads": 0})    # threads, not processes: the pools it has
 
         def stop(row):
             if row["round"] == 1:
@@ -246,12 +251,84 @@ def test_resuming_with_another_base_config_is_refused(tmp_path):
         crowdlearn.sweep(other, {"fedavg.lr": [0.05]}, seeds=1, out=out, plots=False)
 
 
-def test_process_pool_gives_the_same_results_as_in_process(tmp_path):
-    serial = crowdlearn.sweep(BASE, GRID, seeds=1, jobs=1)
+def _in_fresh_process(code: str, *args: str) -> str:
+    """``code`` run by a new interpreter (TensorFlow's pools are fixed once a process computed)."""
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_process_pool_gives_the_same_results_as_in_process_with_the_same_threads(tmp_path):
     pooled = crowdlearn.sweep(BASE, GRID, seeds=1, out=tmp_path / "p", jobs=2, plots=False)
+    share = threads_for(os.cpu_count() or 1, 2)
+    base = {**BASE, "training": {"threads": share}}     # what each pooled run was given
     cols = ["run", "final_accuracy", "bytes_total", "sim_time_s", "energy_j"]
-    assert serial[cols].sort_values("run").values.tolist() == \
-        pooled[cols].sort_values("run").values.tolist()
+    serial = json.loads(_in_fresh_process(
+        "import json, sys, crowdlearn; df = crowdlearn.sweep(json.loads(sys.argv[1]), "
+        "json.loads(sys.argv[2]), seeds=1, jobs=1); "
+        "print(json.dumps(df[json.loads(sys.argv[3])].values.tolist()))",
+        json.dumps(base), json.dumps(GRID), json.dumps(cols)))
+    assert sorted(serial) == pooled[cols].sort_values("run").values.tolist()
+
+
+def _threads(config_json: Path) -> int:
+    return json.loads(config_json.read_text())["config"]["training"]["threads"]
+
+
+def test_runs_side_by_side_get_their_share_of_the_cores_recorded_in_their_config(tmp_path):
+    lines = []
+    out = tmp_path / "p"
+    crowdlearn.sweep(BASE, GRID, seeds=1, out=out, jobs=2, plots=False, progress=lines.append)
+    share = threads_for(os.cpu_count() or 1, 2)
+    assert f"2 runs, 2 at a time: {share} TensorFlow thread(s) per op each (training.threads)" \
+        in lines
+    configs = sorted((out / "runs").glob("*/config.json"))
+    assert len(configs) == 2
+    assert {_threads(c) for c in configs} == {share}
+    # a run's config.json alone makes the same run again, in a new process
+    again = _cli("run", str(configs[0]), "--out", str(tmp_path / "again"), "--no-plots",
+                 cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    cols = ["round", "accuracy", "loss", "bytes_total"]
+    assert pd.read_csv(tmp_path / "again" / "metrics.csv")[cols].values.tolist() == \
+        pd.read_csv(configs[0].parent / "metrics.csv")[cols].values.tolist()
+    assert _threads(tmp_path / "again" / "config.json") == share
+    # a config that chose its threads keeps them; in-process runs (jobs=1) are not changed
+    chose = tmp_path / "c"
+    crowdlearn.sweep({**BASE, "training": {"threads": 3}}, GRID, seeds=1, out=chose, jobs=2,
+                     plots=False)
+    assert {_threads(c) for c in (chose / "runs").glob("*/config.json")} == {3}
+    alone = tmp_path / "a"
+    crowdlearn.sweep(BASE, {"fedavg.lr": [0.05]}, seeds=1, out=alone, jobs=2, plots=False)
+    assert [_threads(c) for c in (alone / "runs").glob("*/config.json")] == [0]
+
+
+def test_threads_are_chosen_by_a_process_first_run_and_a_later_change_is_a_clear_error():
+    code = ("import tensorflow as tf; tf.constant(1.0) + 1.0\n"        # TensorFlow has started
+            "from crowdlearn.config import from_dict\n"
+            "from crowdlearn.errors import CrowdlearnError\n"
+            "from crowdlearn.experiment import Simulation\n"
+            "base = {'rounds': 1, 'fleet': {'devices': 4}, 'fedavg': {'clients_per_round': 2}}\n"
+            "Simulation(from_dict(base)).run()\n"                       # 0: the pools it has
+            "try:\n"
+            "    Simulation(from_dict({**base, 'training': {'threads': 1}}))\n"
+            "except CrowdlearnError as e:\n"
+            "    print(e)\n")
+    said = _in_fresh_process(code)
+    assert "training.threads = 1" in said and "already computes with TensorFlow's default" in \
+        said and "new process" in said
+    first = ("from crowdlearn.config import from_dict\n"
+             "from crowdlearn.experiment import Simulation\n"
+             "import tensorflow as tf\n"
+             "cfg = {'rounds': 1, 'fleet': {'devices': 4}, 'fedavg': {'clients_per_round': 2},"
+             " 'training': {'threads': 1}}\n"
+             "Simulation(from_dict(cfg)).run(); Simulation(from_dict(cfg)).run()\n"
+             "t = tf.config.threading\n"
+             "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())")
+    assert _in_fresh_process(first).split() == ["1", "1"]
+    with pytest.raises(ConfigError, match="training.threads"):
+        crowdlearn.config.from_dict({"training": {"threads": -1}})
 
 
 def test_ray_backend_runs_every_point_shares_the_dataset_and_matches_local(tmp_path, monkeypatch):
