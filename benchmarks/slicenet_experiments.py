@@ -122,10 +122,12 @@ def settings(sizes=SIZES) -> list[Setting]:
     return out
 
 
-def base_config(epochs: int, model: str = DEFAULT_MODEL, scored: list[int] | None = None
-                ) -> dict:
+def base_config(epochs: int, model: str = DEFAULT_MODEL, scored: list[int] | None = None,
+                threads: int = 0) -> dict:
     """The runs' base config; ``scored``: score the models on the test set only after these
-    epochs (and the last), not after every one (training, bytes and times are the same)."""
+    epochs (and the last), not after every one (training, bytes and times are the same);
+    ``threads``: TensorFlow's threads per op (``training.threads``; 0: not set, the config of
+    the runs made before the option, so their folders resume)."""
     cfg = {"protocol": "crowdlearning", "rounds": epochs, "seed": 0,
            "data": {"dataset": "fashion_mnist"},
            "fleet": {"devices": 120, "cells": 12},
@@ -133,6 +135,8 @@ def base_config(epochs: int, model: str = DEFAULT_MODEL, scored: list[int] | Non
                         "theta": 0.5, "tau": 0.5}}
     if scored is not None:
         cfg.update(eval_every=epochs, eval_at=[e for e in scored if e < epochs])
+    if threads:
+        cfg["training"] = {"threads": threads}
     return cfg
 
 
@@ -176,7 +180,8 @@ def provenance(argv: str) -> dict:
 
 def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs: int,
                 address: str | None, model: str = DEFAULT_MODEL,
-                how: dict | None = None, scored: list[int] | None = None) -> list[dict]:
+                how: dict | None = None, scored: list[int] | None = None,
+                threads: int = 0) -> list[dict]:
     """Run (or resume) one setting over ``seeds``; one CSV row per finished seed.  A run made
     by this call stores ``how`` (:func:`provenance`), its start and end (Unix s) and the load
     average at its end; a run found finished in ``out`` stores none of them."""
@@ -184,7 +189,7 @@ def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs
 
     cpu0, started = _cpu(), time.time()
     # a line per finished run, and every minute of a run made in this process its epoch
-    df = sweep(base_config(epochs, model, scored), s.grid(), list(seeds), out=out,
+    df = sweep(base_config(epochs, model, scored, threads), s.grid(), list(seeds), out=out,
                backend=backend, jobs=jobs, address=address, plots=False,
                progress=cli_progress, progress_every=60.0)
     cpu = _cpu() - cpu0
@@ -962,8 +967,17 @@ def main(argv=None) -> int:
                     help="merge the rows of another CSV of this script (either format; rows "
                          "without a model column are paper-mlp's) into the data file, then stop")
     ap.add_argument("--backend", choices=["local", "ray"], default="local")
-    ap.add_argument("--jobs", type=int, default=1, help="local worker processes / Ray CPUs")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="Ray CPUs; local runs go one at a time (each setting and seed is its "
+                         "own sweep): see --threads for two at once")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="TensorFlow threads per op in every run (training.threads; default 0: "
+                         "TensorFlow's, every core).  Local runs go one at a time whatever "
+                         "--jobs says (each setting and seed is its own sweep), so to use two "
+                         "cores for two runs start two processes, each with its own --only or "
+                         "--first-seed, its own --out and --threads 1: two runs with pools of "
+                         "every core on 2 cores cost more CPU per epoch")
     ap.add_argument("--out", type=Path, default=None,
                     help="sweep folder (default results/slicenet_experiments/epochs=E)")
     ap.add_argument("--rerun-check", action="store_true",
@@ -972,6 +986,8 @@ def main(argv=None) -> int:
     ap.add_argument("--render", action="store_true",
                     help="only re-render the doc from the CSV (no runs)")
     a = ap.parse_args(argv)
+    if a.threads < 0:
+        ap.error(f"--threads must be ≥ 0; got {a.threads}")
     if a.epochs < 1 or a.seeds < 0 or a.sweep_seeds < 0 or a.first_seed < 0:
         ap.error(f"--epochs must be ≥ 1 and --seeds/--sweep-seeds/--first-seed ≥ 0; got "
                  f"{a.epochs}, {a.seeds}, {a.sweep_seeds}, {a.first_seed}")
@@ -1018,7 +1034,7 @@ def main(argv=None) -> int:
                      for s in group]
     kw = dict(epochs=a.epochs, out=out, backend=a.backend, jobs=a.jobs, address=a.address,
               model=a.model, how=provenance(cmd),
-              scored=table_epochs(a.epochs) if score == "table" else None)
+              scored=table_epochs(a.epochs) if score == "table" else None, threads=a.threads)
     for s, seeds in plan:
         t = time.perf_counter()
         rows = run_setting(s, seeds, **kw)

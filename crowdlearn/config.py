@@ -89,9 +89,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        choices=("batched", "keras", "none")),
         "executor": Key(str, "local", "Where a round's training jobs run: 'local' (this "
                         "process) or 'ray' (split by device shards over Ray actors that each hold "
-                        "the training set; needs the ray extra; same weights as local).",
+                        "the training set; needs the ray extra; same weights as local with the same "
+                        "training.threads).",
                         choices=("local", "ray")),
-        "ray_actors": Key(int, 2, "Ray actors (one CPU each) for training.executor = 'ray'.",
+        "ray_actors": Key(int, 2, "Ray actors for training.executor = 'ray', each asking "
+                          "Ray for training.threads CPUs (at least one) and running "
+                          "TensorFlow with that many threads.",
                           min=1),
         "ray_address": Key(str, "", "Ray cluster for training.executor = 'ray' ('auto', "
                            "'ray://HOST:PORT'); empty: start a local one."),
@@ -99,8 +102,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "TensorFlow's default, every core. A run's numbers depend on it in the "
                        "last digits (the order of float sums), so set it to reproduce a run "
                        "exactly elsewhere; a sweep of several jobs sets each run's share of the "
-                       "cores (recorded in its config.json). Only a process's first TensorFlow "
-                       "run can choose it.", min=0),
+                       "cores (recorded in its config.json); Ray training actors use it too "
+                       "(0: one thread each). Only a process's first TensorFlow run can choose "
+                       "it.", min=0),
     },
     "model": {
         "arch": Key(str, "mlp", "Model family.", choices=("mlp", "cnn", "linear")),

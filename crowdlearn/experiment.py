@@ -275,7 +275,8 @@ class Simulation:
             self.trainer = RayShardedTrainer(
                 TRAINERS[cfg.training.backend], self.spec, self.dataset.x_train,
                 self.dataset.y_train, actors=cfg.training.ray_actors,
-                address=cfg.training.ray_address, local=self.trainer)
+                address=cfg.training.ray_address, local=self.trainer,
+                threads=cfg.training.threads)
         # the batched trainer may start a round's training on a worker thread once a job settles
         # it (SecAgg's key sharing; jobs.Executor: same batches and results); a protocol's own
         # trainer or Ray's: not

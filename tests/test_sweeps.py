@@ -411,15 +411,17 @@ def test_ray_training_executor_gives_the_weights_of_the_in_process_trainer():
     ray_sim = Simulation(from_dict({**raw, "training": {"executor": "ray", "ray_actors": 2}}))
     assert isinstance(ray_sim.trainer, RayShardedTrainer)
     res_ray = ray_sim.run()
+    import ray
     try:
         assert ray_sim.trainer.calls == 2           # one sharded call per round, 5 devices each
+        # each actor computes on the one CPU it asked Ray for, not on a pool of every core
+        assert ray.get([a.pools.remote() for a in ray_sim.trainer.actors]) == [(1, 1)] * 2
         for a, b in zip(local.driver.machines[SERVER].weights,
                         ray_sim.driver.machines[SERVER].weights, strict=True):
             np.testing.assert_array_equal(a, b)
         assert res_local.metrics == res_ray.metrics
     finally:
         ray_sim.trainer.close()
-        import ray
         ray.shutdown()
 
 

@@ -37,13 +37,26 @@ def shards(n: int, parts: int) -> list[range]:
 
 
 class _TrainerActor:
-    """Runs inside a Ray worker: one trainer (``load()`` gives its class) on the shared data."""
+    """Runs inside a Ray worker: one trainer (``load()`` gives its class) on the shared data,
+    with TensorFlow's pools of ``threads`` threads (the CPUs the actor asked Ray for), set before
+    the trainer's first op: by default each worker's TensorFlow would start a pool of every core
+    of its node, and ``actors`` of them would ask for ``actors × cores`` busy threads."""
 
-    def __init__(self, load, spec, x, y):
+    def __init__(self, load, spec, x, y, threads: int = 1):
+        from crowdlearn.training.threads import use_threads
+
+        use_threads(threads)
         self.trainer = load()(spec, x, y)
 
     def train(self, tasks):
         return self.trainer.train(tasks)
+
+    def pools(self) -> tuple[int, int]:
+        """TensorFlow's (intra-op, inter-op) pool sizes in this actor's process."""
+        import tensorflow as tf
+
+        t = tf.config.threading
+        return t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads()
 
 
 def _concrete(task: TrainTask) -> TrainTask:
@@ -62,7 +75,10 @@ class RayShardedTrainer:
     spec, x, y
         Model and training set, as for any trainer.
     actors
-        Number of actors (each requests one CPU).
+        Number of actors.
+    threads
+        TensorFlow threads per op in each actor, and the CPUs each actor requests from Ray
+        (``training.threads``; ``0`` means 1).
     address
         Ray cluster to join (``"auto"``, ``"ray://HOST:PORT"``); empty: the running Ray of this
         process, or a local one started with ``actors`` CPUs.
@@ -70,25 +86,27 @@ class RayShardedTrainer:
         The in-process trainer used for evaluation (built lazily with ``load`` if None).
     """
 
-    def __init__(self, load, spec, x, y, *, actors: int = 2, address: str = "", local=None):
+    def __init__(self, load, spec, x, y, *, actors: int = 2, address: str = "", local=None,
+                 threads: int = 0):
         try:
             import ray
         except ImportError:
             raise CrowdlearnError("training.executor = 'ray' needs Ray: pip install "
                                   "'crowdlearn[ray]' (or set training.executor = 'local')") from None
+        if actors < 1:
+            raise CrowdlearnError(f"training.ray_actors must be >= 1; got {actors}")
+        threads = max(1, threads)
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=max(actors, 1), include_dashboard=False, log_to_driver=False,
+                ray.init(num_cpus=actors * threads, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
-        if actors < 1:
-            raise CrowdlearnError(f"training.ray_actors must be >= 1; got {actors}")
         self.load, self.spec, self.x, self.y = load, spec, x, y
         self._local = local
         x_ref, y_ref = ray.put(np.asarray(x)), ray.put(np.asarray(y))
-        actor = ray.remote(num_cpus=1)(_TrainerActor)
-        self.actors = [actor.remote(load, spec, x_ref, y_ref) for _ in range(actors)]
+        actor = ray.remote(num_cpus=threads)(_TrainerActor)
+        self.actors = [actor.remote(load, spec, x_ref, y_ref, threads) for _ in range(actors)]
         self.calls = 0
 
     def train(self, tasks: Sequence[TrainTask], **kwargs) -> list:
