@@ -36,8 +36,10 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -58,6 +60,7 @@ from crowdlearn.training.threads import threads_for
 
 #: Marker written into every sweep folder; a folder holding it may be resumed.
 MARKER = "sweep.json"
+LOCK = ".sweep.lock"      # serialises the marker's updates between processes sharing a folder
 #: Summary scalars drawn against each grid key by :func:`plot_sweep`, when present.
 PLOTTED = ("final_accuracy", "final_rmse", "bytes_total", "sim_time_s", "energy_j", "epsilon")
 
@@ -258,12 +261,6 @@ class SweepFolder:
             raise CrowdlearnError(
                 f"--out {root}: the folder exists, is not empty and is not a crowdlearn sweep "
                 f"folder (no {MARKER}); choose a new --out (nothing was changed)")
-        if marker.is_file():
-            old = json.loads(marker.read_text())
-            if old.get("base_config_sha256") != self.describe["base_config_sha256"]:
-                raise CrowdlearnError(
-                    f"--out {root}: holds a sweep of a different base config; resume it with the "
-                    "same config and --set values, or choose a new --out (nothing was changed)")
         try:
             (root / "runs").mkdir(parents=True, exist_ok=True)
             import tempfile
@@ -274,10 +271,18 @@ class SweepFolder:
         except OSError as exc:
             raise CrowdlearnError(f"--out {root}: cannot write there ({exc.strerror}); choose a "
                                   "writable folder") from None
-        grids = dict(json.loads(marker.read_text()).get("grids", {})) if marker.is_file() else {}
-        grids[self.describe["grid_sha256"]] = self.describe["grid"]
-        marker.write_text(json.dumps({**self.describe, "grids": grids}, indent=2, sort_keys=True,
-                                     default=str) + "\n")
+        # several processes may share one folder (a set split with --first-seed, two machines'
+        # sweeps of other grids): the marker's read, check and write are one step under a lock
+        with _locked(root / LOCK):
+            old = json.loads(marker.read_text()) if marker.is_file() else {}
+            if old and old.get("base_config_sha256") != self.describe["base_config_sha256"]:
+                raise CrowdlearnError(
+                    f"--out {root}: holds a sweep of a different base config; resume it with the "
+                    "same config and --set values, or choose a new --out (nothing was changed)")
+            grids = dict(old.get("grids", {}))
+            grids[self.describe["grid_sha256"]] = self.describe["grid"]
+            _replace_text(marker, json.dumps({**self.describe, "grids": grids}, indent=2,
+                                             sort_keys=True, default=str) + "\n")
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
@@ -314,13 +319,47 @@ def _write_table(path: Path, rows: list[dict]) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    _replace_text(path, buf.getvalue())
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: through a temporary file of a name no other writer
+    uses (processes sharing a sweep folder write ``sweep.csv`` and the marker), then a rename."""
+    import secrets
+
+    # os.open with 0o666, not mkstemp's 0o600: the file gets the user's umask like any other
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing; POSIX ``flock``, released by the
+    kernel if the process dies) for the ``with`` block; no lock where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:                       # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), seeds=1, *,

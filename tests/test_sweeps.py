@@ -429,3 +429,41 @@ def test_ray_training_executor_is_refused_where_it_cannot_apply():
     from crowdlearn.config import from_dict
     with pytest.raises(ConfigError, match="training.executor"):
         from_dict({"protocol": "crowdlearning", "training": {"executor": "ray"}})
+
+
+def _describe(i: int) -> dict:
+    return {"kind": "crowdlearn-sweep", "base_config": {}, "base_config_sha256": "same",
+            "grid": {"k": [i]}, "grid_sha256": f"g{i}", "seeds": [0]}
+
+
+def test_processes_sharing_a_sweep_folder_lose_no_grid_and_no_table(tmp_path):
+    """Several sweeps may share one folder (a set split over processes with --first-seed):
+    the marker's grids are read, extended and written under a lock, and sweep.csv is written
+    through a temporary file no other writer uses.  Threads stand in for the processes (each
+    opens the lock file itself, so flock sets them apart as it does processes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from crowdlearn.sweeps import MARKER, SweepFolder, _write_table
+
+    out = tmp_path / "shared"
+
+    def prepare(i):
+        SweepFolder(out, describe=_describe(i)).prepare()
+
+    def table(i):
+        _write_table(out / "sweep.csv", [{"run": f"r{i}-{j}", "seed": j} for j in range(200)])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(prepare, range(64)))
+        list(pool.map(table, range(64)))
+    marker = json.loads((out / MARKER).read_text())
+    assert sorted(marker["grids"]) == sorted(f"g{i}" for i in range(64))
+    lines = (out / "sweep.csv").read_text().splitlines()
+    assert lines[0] == "run,seed" and len(lines) == 201          # one writer's whole table
+    assert len({line.split("-")[0] for line in lines[1:]}) == 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    mode = (out / "sweep.csv").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask                 # the user's umask, like any file written
+
