@@ -36,6 +36,10 @@ Usage::
     # Table I with the paper's CNN (the committed rows: a few epochs and seeds, nice'd)
     nice -n 19 .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn \\
         --tables I --epochs 1 --seeds 2
+    # the CNN table's missing seeds, two runs side by side (one TensorFlow thread each)
+    nice -n 19 .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn \\
+        --tables I --epochs 50 --first-seed 1 --seeds 1 --sweep-seeds 0 --only "n = 20" S-SGD \\
+        --jobs 2
     # re-render the doc from the CSV only
     .venv/bin/python benchmarks/slicenet_experiments.py --render
 """
@@ -221,6 +225,12 @@ def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs
             "run": rec["run"], "model": model,
             **{k: (made.get(k, "") if rec["status"] == "ok" else "") for k in PROVENANCE}})
     return rows
+
+
+def _run_in_worker(s: Setting, seeds, kw: dict) -> list[dict]:
+    """:func:`run_setting` in a worker process of ``--jobs``: its rows record the worker's id."""
+    how = kw.get("how")
+    return run_setting(s, seeds, **{**kw, "how": {**how, "pid": os.getpid()} if how else how})
 
 
 def with_model(r: dict) -> dict:
@@ -968,16 +978,15 @@ def main(argv=None) -> int:
                          "without a model column are paper-mlp's) into the data file, then stop")
     ap.add_argument("--backend", choices=["local", "ray"], default="local")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="Ray CPUs; local runs go one at a time (each setting and seed is its "
-                         "own sweep): see --threads for two at once")
+                    help="worker processes running (setting, seed) runs side by side, each with "
+                         "its share of the cores as TensorFlow threads unless --threads says / "
+                         "Ray CPUs")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     ap.add_argument("--threads", type=int, default=0,
                     help="TensorFlow threads per op in every run (training.threads; default 0: "
-                         "TensorFlow's, every core).  Local runs go one at a time whatever "
-                         "--jobs says (each setting and seed is its own sweep), so to use two "
-                         "cores for two runs start two processes, each with its own --only or "
-                         "--first-seed, its own --out and --threads 1: two runs with pools of "
-                         "every core on 2 cores cost more CPU per epoch")
+                         "TensorFlow's, every core, or with --jobs J each run's share, "
+                         "cores // J).  The count is part of a run's config: a folder's runs "
+                         "are resumed with the same count")
     ap.add_argument("--out", type=Path, default=None,
                     help="sweep folder (default results/slicenet_experiments/epochs=E)")
     ap.add_argument("--rerun-check", action="store_true",
@@ -1035,9 +1044,7 @@ def main(argv=None) -> int:
     kw = dict(epochs=a.epochs, out=out, backend=a.backend, jobs=a.jobs, address=a.address,
               model=a.model, how=provenance(cmd),
               scored=table_epochs(a.epochs) if score == "table" else None, threads=a.threads)
-    for s, seeds in plan:
-        t = time.perf_counter()
-        rows = run_setting(s, seeds, **kw)
+    def report(rows: list[dict], t: float) -> None:
         save_rows(rows)          # after every call: an interrupted set keeps what finished
         for r in rows:
             tag = (r["label"], r["seed"])
@@ -1046,6 +1053,28 @@ def main(argv=None) -> int:
                 print(json.dumps({k: r[k] for k in ("label", "seed", "error_pct", "sim_time_s",
                                                     "bytes_total", "cpu_s")})
                       + f" wall {time.perf_counter() - t:.0f} s", flush=True)
+
+    if a.backend == "local" and a.jobs > 1 and len(plan) > 1:
+        # each (setting, seed) is a sweep of one run: side by side in worker processes, each
+        # run with its share of the cores as TensorFlow's pools (crowdlearn.training.threads)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from crowdlearn.training.threads import threads_for
+
+        side = min(a.jobs, len(plan))
+        pkw = {**kw, "jobs": 1, "threads": a.threads or threads_for(os.cpu_count() or 1, side)}
+        print(f"{len(plan)} runs, {side} at a time, {pkw['threads']} TensorFlow thread(s) per "
+              f"op each", flush=True)
+        with ProcessPoolExecutor(side, mp_context=multiprocessing.get_context("spawn")) as pool:
+            started = {pool.submit(_run_in_worker, s, seeds, pkw): time.perf_counter()
+                       for s, seeds in plan}
+            for f in as_completed(started):
+                report(f.result(), started[f])
+    else:
+        for s, seeds in plan:
+            t = time.perf_counter()
+            report(run_setting(s, seeds, **kw), t)
     if a.rerun_check:
         s = next(x for x in settings() if x.label == "n = 10")
         rows = run_setting(Setting("rerun", "rerun n = 10", s.values), [0],
