@@ -176,3 +176,40 @@ def test_the_drift_sentence_follows_the_stored_rerun_comparison():
     assert "final_accuracy" in text and "→ -1.0" in text
     del moved["rerun"]
     assert "not measured" in mod.drift_text(moved)
+
+
+def test_the_table_of_more_rounds_is_read_beside_the_archived_two_round_one(
+        tmp_path, monkeypatch):
+    """A table of 20 rounds renders its accuracy and every claim beside the 2-round history
+    file (same seeds), marking the verdicts that changed; issue 17's block keeps reading the
+    history, not the new table."""
+    import json
+
+    mod = _module()
+    doc = tmp_path / "privacy_table.md"
+    doc.write_text("<!-- privacy-rounds:start -->\n<!-- privacy-rounds:end -->\n"
+                   "<!-- privacy-changed:start -->\n<!-- privacy-changed:end -->\n")
+    monkeypatch.setattr(mod, "DOC", doc)
+    seeds = list(range(5))
+    two = _data(mod, seeds, [0.50, 0.51, 0.49, 0.50, 0.50],
+                ([13.0] * 5, [15.0] * 5, [13.9] * 5))
+    twenty = _data(mod, seeds, [0.56, 0.57, 0.55, 0.58, 0.56],
+                   ([13.0] * 5, [15.0] * 5, [13.9] * 5), rounds=20)
+    history = tmp_path / "privacy_table_2rounds.json"
+    history.write_text(json.dumps(two))
+    monkeypatch.setattr(mod, "HISTORY", history)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    assert mod.history(json.loads(json.dumps(two)))["rounds"] == 2     # a 2-round file is its own
+    mod.render(json.loads(json.dumps(twenty)))
+    text = doc.read_text()
+    assert "measured after 2 rounds" in text and "It is now measured after 20." in text
+    assert "| fedavg | 0.520 ± " in text                      # accuracy beside, 2 → 20 rounds
+    assert "| fedavg: membership AUC above chance (0.5) | +0.000 [" in text
+    assert "| **not shown → holds** |" in text
+    assert ("Verdicts that changed with 20 rounds instead of 2: fedavg: membership AUC above "
+            "chance (0.5) (not shown → holds).") in text
+    # issue 17's block reads the 2-round history: its server rows are the history's
+    assert "fedavg: 13.88 ± 2.10 → 13.00 ± 0.00; 15.16 ± 2.87 → 15.00 ± 0.00" in text
+    history.unlink()
+    mod.render(json.loads(json.dumps(twenty)))
+    assert "privacy_table_2rounds.json file of issue 17's page is missing" in doc.read_text()
