@@ -261,6 +261,8 @@ class SweepFolder:
             raise CrowdlearnError(
                 f"--out {root}: the folder exists, is not empty and is not a crowdlearn sweep "
                 f"folder (no {MARKER}); choose a new --out (nothing was changed)")
+        if marker.is_file():                 # refused before anything is created (the lock too)
+            self._check(json.loads(marker.read_text()))
         try:
             (root / "runs").mkdir(parents=True, exist_ok=True)
             import tempfile
@@ -275,14 +277,17 @@ class SweepFolder:
         # sweeps of other grids): the marker's read, check and write are one step under a lock
         with _locked(root / LOCK):
             old = json.loads(marker.read_text()) if marker.is_file() else {}
-            if old and old.get("base_config_sha256") != self.describe["base_config_sha256"]:
-                raise CrowdlearnError(
-                    f"--out {root}: holds a sweep of a different base config; resume it with the "
-                    "same config and --set values, or choose a new --out (nothing was changed)")
+            self._check(old)             # again: another process may have written it since
             grids = dict(old.get("grids", {}))
             grids[self.describe["grid_sha256"]] = self.describe["grid"]
             _replace_text(marker, json.dumps({**self.describe, "grids": grids}, indent=2,
                                              sort_keys=True, default=str) + "\n")
+
+    def _check(self, old: dict) -> None:
+        if old and old.get("base_config_sha256") != self.describe["base_config_sha256"]:
+            raise CrowdlearnError(
+                f"--out {self.root}: holds a sweep of a different base config; resume it with "
+                "the same config and --set values, or choose a new --out (nothing was changed)")
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id

@@ -247,8 +247,11 @@ def test_resuming_with_another_base_config_is_refused(tmp_path):
     out = tmp_path / "sw"
     crowdlearn.sweep(BASE, {"fedavg.lr": [0.05]}, seeds=1, out=out, plots=False)
     other = {**BASE, "rounds": 3}
+    (out / sweeps.LOCK).unlink()
+    before = sorted(p.name for p in out.rglob("*"))
     with pytest.raises(CrowdlearnError, match="different base config"):
         crowdlearn.sweep(other, {"fedavg.lr": [0.05]}, seeds=1, out=out, plots=False)
+    assert sorted(p.name for p in out.rglob("*")) == before      # "nothing was changed"
 
 
 def _in_fresh_process(code: str, *args: str) -> str:
