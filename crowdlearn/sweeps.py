@@ -257,7 +257,7 @@ class SweepFolder:
         if root.exists() and not root.is_dir():
             raise CrowdlearnError(f"--out {root}: exists and is not a folder; choose another --out")
         marker = root / MARKER
-        if root.is_dir() and any(root.iterdir()) and not marker.is_file():
+        if root.is_dir() and not marker.is_file() and not _starting(root):
             raise CrowdlearnError(
                 f"--out {root}: the folder exists, is not empty and is not a crowdlearn sweep "
                 f"folder (no {MARKER}); choose a new --out (nothing was changed)")
@@ -303,6 +303,20 @@ class SweepFolder:
             return not json.loads(path.read_text()).get("interrupted", False)
         except (OSError, ValueError):
             return False
+
+
+def _starting(root: Path) -> bool:
+    """Whether a folder without the marker holds nothing or only what another process starting
+    a sweep there has made so far (an empty ``runs/``, the lock, the write probe, the marker's
+    temporary file, or the marker itself, written since the caller looked): a folder two sweeps
+    start in at once is not someone else's folder."""
+    for p in root.iterdir():
+        if p.name == "runs" and p.is_dir() and not any(p.iterdir()):
+            continue
+        if p.name in (LOCK, MARKER) or p.name.startswith((".crowdlearn-probe-", f".{MARKER}.")):
+            continue
+        return False
+    return True
 
 
 def _scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
