@@ -619,7 +619,7 @@ def longer_training(old: dict, new: dict) -> str:
 
     seeds = sorted(set(data_seeds(old)) & set(data_seeds(new)))
     r0, r1 = old["rounds"], new["rounds"]
-    a0 = {(r["protocol"]): r["accuracy"] for r in table_rows(results_of(old, seeds))
+    a0 = {r["protocol"]: r["accuracy"] for r in table_rows(results_of(old, seeds))
           if "accuracy" in r}
     out = [f"Until 2026-12-02 the table was measured after {r0} rounds, when most protocols' "
            f"models were barely trained (several near the 0.1 accuracy of chance on digits' 10 "
