@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from crowdlearn.errors import ConfigError, CrowdlearnError
+from crowdlearn.files import replace_text
 from crowdlearn.signals import Interrupted
 from crowdlearn.training.threads import threads_for
 
@@ -280,7 +281,7 @@ class SweepFolder:
             self._check(old)             # again: another process may have written it since
             grids = dict(old.get("grids", {}))
             grids[self.describe["grid_sha256"]] = self.describe["grid"]
-            _replace_text(marker, json.dumps({**self.describe, "grids": grids}, indent=2,
+            replace_text(marker, json.dumps({**self.describe, "grids": grids}, indent=2,
                                              sort_keys=True, default=str) + "\n")
 
     def _check(self, old: dict) -> None:
@@ -343,25 +344,7 @@ def _write_table(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-    _replace_text(path, buf.getvalue())
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all: through a temporary file of a name no other writer
-    uses (processes sharing a sweep folder write ``sweep.csv`` and the marker), then a rename."""
-    import secrets
-
-    # os.open with 0o666, not mkstemp's 0o600: the file gets the user's umask like any other
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    replace_text(path, buf.getvalue())
 
 
 @contextlib.contextmanager

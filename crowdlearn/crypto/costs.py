@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from crowdlearn.files import replace_text
+
 __all__ = ["CryptoCosts", "cached_calibration", "calibrate", "machine_load"]
 
 
@@ -141,9 +143,7 @@ def cached_calibration(name: str, measure) -> dict:
         values["measured_load"] = max(before, after, key=lambda m: m["load_average_1min"] or 0)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(values, sort_keys=True))
-            os.replace(tmp, path)
+            replace_text(path, json.dumps(values, sort_keys=True))
         except OSError:
             pass
     load = values.get("measured_load") or {}
