@@ -38,7 +38,7 @@ DEFAULT_FLAGS = [
 ]
 
 
-def child(groups: int, steps: int, repeats: int) -> dict:
+def child(groups: int, steps: int, repeats: int, shares: int = 0) -> dict:
     """Time ``train`` in this process (its ``XLA_FLAGS`` as inherited)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -51,6 +51,8 @@ def child(groups: int, steps: int, repeats: int) -> dict:
     ds = load_dataset("fashion_mnist")
     x = np.asarray(ds.x_train, np.float32).reshape(len(ds.x_train), -1)
     t = FusedTrainer(paper_mlp_description(), x, ds.y_train)
+    if shares:
+        t.threads = shares          # the calls the groups are cut into (default: one per core)
     rng = np.random.default_rng(0)
     w = tuple(t.init_weights(rng))
     tasks = [TrainTask(weights=w, batches=rng.integers(0, len(x), (steps, 32)), lr=0.05)
@@ -100,11 +102,14 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--shares", type=int, default=0,
+                    help="cut the groups into this many calls (FusedTrainer.threads; default one "
+                         "per core)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.flags = a.flags or DEFAULT_FLAGS
     if a.child:
-        print(json.dumps(child(a.groups, a.steps, a.repeats)))
+        print(json.dumps(child(a.groups, a.steps, a.repeats, a.shares)))
         return 0
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; load average at the start "
           f"{os.getloadavg()[0]:.2f}; {a.groups} groups x {a.steps} steps of 32, paper-mlp")
@@ -113,7 +118,8 @@ def main(argv=None) -> int:
         for f in a.flags:
             env = {**os.environ, "XLA_FLAGS": f, "PYTHONPATH": str(ROOT)}
             out = subprocess.run([sys.executable, __file__, "--child", "--groups", str(a.groups),
-                                  "--steps", str(a.steps), "--repeats", str(a.repeats)],
+                                  "--steps", str(a.steps), "--repeats", str(a.repeats),
+                                  "--shares", str(a.shares)],
                                  env=env, capture_output=True, text=True)
             if out.returncode:
                 print(f"[{f or 'no flags'}] failed:\n{out.stderr[-2000:]}")
