@@ -16,10 +16,13 @@ from pathlib import Path
 
 from crowdlearn import __version__
 from crowdlearn.errors import CrowdlearnError
+from crowdlearn.heartbeat import Heartbeat
 from crowdlearn.signals import as_interrupts, deferred, exit_status, signal_of
 
 #: Exit status of a run that completed no round or epoch.
 EXIT_NO_PROGRESS = 3
+#: seconds of wall time a round may run without a line before `run` says it is still running
+HEARTBEAT_S = 60.0
 
 DESCRIPTION = """\
 Simulate fleets of mobile devices that train a neural network together without sharing their
@@ -82,8 +85,13 @@ def _run(args: argparse.Namespace) -> int:
         bar = tqdm(total=cfg.rounds, unit="round", file=sys.stderr, dynamic_ncols=True,
                    desc=f"{cfg.protocol}")
     last_line = [0.0]
+    # a line when a round runs a minute without a row (above the bar on a terminal)
+    say = bar.write if bar is not None else (lambda line: print(line, file=sys.stderr,
+                                                                flush=True))
+    beat = Heartbeat(say, cfg.protocol, rounds=cfg.rounds, every=0 if args.quiet else HEARTBEAT_S)
 
     def on_row(row: dict) -> None:
+        beat.row(row)
         if args.quiet:
             return
         if bar is None:   # not a terminal (a log file, CI): a plain line at most every 10 s
@@ -105,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        with as_interrupts():    # a signal while building: nothing measured, nothing written
+        with as_interrupts(), beat:  # a signal while building: nothing measured, nothing written
             results = Simulation(cfg, on_row=on_row).run()
     finally:
         if bar is not None:

@@ -56,6 +56,7 @@ from typing import Any
 
 from crowdlearn.errors import ConfigError, CrowdlearnError
 from crowdlearn.files import replace_text
+from crowdlearn.heartbeat import Heartbeat
 from crowdlearn.signals import Interrupted
 from crowdlearn.training.threads import threads_for
 
@@ -212,7 +213,9 @@ def _local_worker(payload: tuple, on_row: Callable[[dict], None] | None = None
 
 class _RunProgress:
     """The ``on_row`` of an in-process run: a progress line (through the sweep's ``progress``)
-    at most every ``every`` seconds of wall time, so that a long run is seen to advance.
+    at most every ``every`` seconds of wall time, so that a long run is seen to advance; within
+    ``with progress.heartbeat:`` also a line when a round runs ``every`` seconds without a row
+    (:class:`crowdlearn.heartbeat.Heartbeat`).
 
     >>> lines, clock = [], iter([0.0, 5.0, 31.0])
     >>> p = _RunProgress(lines.append, "[1/2] lr=0.1_seed=0", rounds=50, every=30.0,
@@ -227,8 +230,11 @@ class _RunProgress:
         self.progress, self.label, self.rounds, self.every = progress, label, rounds, every
         self.clock = clock or time.monotonic
         self.t0 = self.last = self.clock()
+        #: a line while a round runs longer than ``every`` (``with progress.heartbeat:``)
+        self.heartbeat = Heartbeat(progress, label, rounds=rounds, every=every)
 
     def __call__(self, row: dict) -> None:
+        self.heartbeat.row(row)
         now = self.clock()
         if now - self.last < self.every:
             return
@@ -512,7 +518,10 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
             _run_ray(todo, cfgs, finish, jobs=jobs, address=address, cpus_per_run=cpus_per_run)
         elif (jobs or 1) == 1 or len(todo) <= 1:
             for i, spec in enumerate(todo, 1):
-                finish(*_local_worker((spec.run_id, cfgs[spec.run_id]), in_run(i, spec)))
+                shown = in_run(i, spec)
+                with shown.heartbeat if shown is not None else contextlib.nullcontext():
+                    done = _local_worker((spec.run_id, cfgs[spec.run_id]), shown)
+                finish(*done)
         else:
             _run_pool(todo, cfgs, finish, jobs=jobs)
     finally:
