@@ -60,7 +60,7 @@ WANTED_SEEDS = 10
 COLUMNS = ("seed", "status", "error", "stopped_by", "completed", "rounds_completed",
            "final_accuracy", "bytes_total", "epsilon", "reconstruction_psnr",
            "reconstruction_random_public_psnr", "reconstruction_prior_psnr",
-           "reconstruction_fill", "membership_target", "membership_auc",
+           "reconstruction_fill", "reconstruction_uploads", "membership_target", "membership_auc",
            "membership_max_advantage", "wall_time_s")
 #: a run that finished: in this process (``ok``) or in an earlier one of a resumed sweep
 DONE = ("ok", "skipped")
