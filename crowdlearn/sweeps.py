@@ -245,6 +245,36 @@ class _RunProgress:
                       f"simulated {float(row['time_s']):.1f} s{metric}, {now - self.t0:.0f} s")
 
 
+class _InFlight:
+    """Runs made in other processes (``--jobs`` > 1, Ray) send no rows to the sweep, so while
+    none finishes for ``every`` seconds the sweep says how many are finished, running and
+    waiting (``wait``: what the caller's wait-for-one should time out after; None: forever).
+
+    >>> lines, clock = [], iter([0.0, 61.0])
+    >>> f = _InFlight(lines.append, total=4, every=30.0, clock=lambda: next(clock))
+    >>> f.wait
+    30.0
+    >>> f(finished=1, running=2, waiting=1)
+    >>> lines
+    ['1/4 runs finished, 2 running, 1 waiting, 61 s']
+    """
+
+    def __init__(self, progress: Callable[[str], None] | None, *, total: int, every: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.progress, self.total, self.clock = progress, total, clock
+        self.wait = every if progress is not None and every and every > 0 else None
+        self.t0 = clock()
+
+    def __call__(self, *, finished: int, running: int | None, waiting: int) -> None:
+        """``running`` None: not known (Ray); ``waiting`` then counts every unfinished run."""
+        if self.progress is None:
+            return
+        state = (f"{waiting} not finished" if running is None
+                 else f"{running} running, {waiting} waiting")
+        self.progress(f"{finished}/{self.total} runs finished, {state}, "
+                      f"{self.clock() - self.t0:.0f} s")
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, CrowdlearnError):
         return f"{type(exc).__name__}: {exc}"
@@ -515,7 +545,8 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
 
     try:
         if backend == "ray":
-            _run_ray(todo, cfgs, finish, jobs=jobs, address=address, cpus_per_run=cpus_per_run)
+            _run_ray(todo, cfgs, finish, jobs=jobs, address=address, cpus_per_run=cpus_per_run,
+                     in_flight=_InFlight(progress, total=len(todo), every=progress_every))
         elif (jobs or 1) == 1 or len(todo) <= 1:
             for i, spec in enumerate(todo, 1):
                 shown = in_run(i, spec)
@@ -523,7 +554,8 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
                     done = _local_worker((spec.run_id, cfgs[spec.run_id]), shown)
                 finish(*done)
         else:
-            _run_pool(todo, cfgs, finish, jobs=jobs)
+            _run_pool(todo, cfgs, finish, jobs=jobs,
+                      in_flight=_InFlight(progress, total=len(todo), every=progress_every))
     finally:
         if folder is not None and rows:
             _write_table(folder.root / "sweep.csv", [rows[s.run_id] for s in specs
@@ -534,17 +566,24 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
     return df
 
 
-def _run_pool(todo, cfgs, finish, *, jobs: int) -> None:
+def _run_pool(todo, cfgs, finish, *, jobs: int, in_flight: _InFlight | None = None) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")      # never fork a process that may hold TensorFlow threads
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+    workers = min(jobs, len(todo))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending = {pool.submit(_local_worker, (s.run_id, cfgs[s.run_id])) for s in todo}
         unfinished = set(pending)       # not yet given to finish()
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, pending = wait(pending, timeout=in_flight and in_flight.wait,
+                                     return_when=FIRST_COMPLETED)
+                if not done:            # a while without a finished run: say what is going on
+                    # (the pool marks one more call than it has workers as running: queued)
+                    running = min(workers, sum(f.running() for f in pending))
+                    in_flight(finished=len(todo) - len(pending), running=running,
+                              waiting=len(pending) - running)
                 for fut in done:
                     unfinished.discard(fut)
                     finish(*fut.result())
@@ -567,7 +606,8 @@ def _ray_task(cfg, dataset):
         return None, _describe(exc)
 
 
-def _run_ray(todo, cfgs, finish, *, jobs, address, cpus_per_run) -> None:
+def _run_ray(todo, cfgs, finish, *, jobs, address, cpus_per_run,
+             in_flight: _InFlight | None = None) -> None:
     try:
         import ray
     except ImportError:
@@ -596,7 +636,12 @@ def _run_ray(todo, cfgs, finish, *, jobs, address, cpus_per_run) -> None:
             futures[remote.remote(cfg, refs[key])] = spec.run_id
         try:
             while futures:
-                done, _ = ray.wait(list(futures), num_returns=1)
+                done, _ = ray.wait(list(futures), num_returns=1,
+                                   timeout=in_flight and in_flight.wait)
+                if not done:            # (Ray does not say which of them run)
+                    in_flight(finished=len(todo) - len(futures), running=None,
+                              waiting=len(futures))
+                    continue
                 run_id = futures.pop(done[0])
                 try:
                     results, error = ray.get(done[0])

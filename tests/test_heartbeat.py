@@ -86,3 +86,41 @@ def test_a_sweep_without_progress_starts_no_heartbeat(tmp_path):
                      progress_every=0.001)
     watcher.join()
     assert not any(seen)
+
+
+def test_a_sweep_of_runs_in_other_processes_says_how_many_are_running(tmp_path):
+    """Runs in worker processes send no rows: while none finishes, the sweep says how many are
+    finished, running and waiting (--jobs 2, three runs)."""
+    import crowdlearn
+    from crowdlearn.config import from_dict
+
+    lines: list[str] = []
+    cfg = from_dict({"rounds": 1, "fleet": {"devices": 4}, "fedavg": {"clients_per_round": 2}})
+    df = crowdlearn.sweep(cfg, {"fedavg.lr": [0.05, 0.1, 0.2]}, [0], out=tmp_path / "s",
+                          jobs=2, plots=False, progress=lines.append, progress_every=0.05)
+    assert set(df["status"]) == {"ok"}
+    flight = [line for line in lines if "runs finished" in line]
+    assert flight, lines
+    assert flight[0].startswith("0/3 runs finished, ")
+    for line in flight:
+        done, rest = line.split("/3 runs finished, ")
+        running, waiting = int(rest.split(" running, ")[0]), int(rest.split(", ")[1].split()[0])
+        assert 0 <= running <= 2 and int(done) + running + waiting == 3, line
+
+
+def test_a_ray_sweep_says_how_many_runs_are_not_finished(tmp_path):
+    import pytest
+
+    pytest.importorskip("ray", reason="the Ray extra is not installed (pip install .[ray])")
+    import crowdlearn
+    from crowdlearn.config import from_dict
+
+    lines: list[str] = []
+    cfg = from_dict({"rounds": 1, "fleet": {"devices": 4}, "fedavg": {"clients_per_round": 2},
+                     "data": {"dataset": "breast_cancer"}, "model": {"arch": "linear"}})
+    df = crowdlearn.sweep(cfg, {"fedavg.lr": [0.05, 0.1]}, [0], out=tmp_path / "r",
+                          backend="ray", jobs=2, plots=False, progress=lines.append,
+                          progress_every=0.05)
+    assert set(df["status"]) == {"ok"}
+    flight = [line for line in lines if "runs finished" in line]
+    assert flight and flight[0].startswith("0/2 runs finished, 2 not finished, "), lines
