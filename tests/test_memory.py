@@ -101,8 +101,8 @@ def test_a_finished_simulation_dropped_by_its_user_is_freed_with_its_trainer(
     from crowdlearn.training.fleet_trainer import FleetTrainer
 
     cfg = from_dict({**BASE, **CASES[case]})
-    experiment.Simulation(cfg, trainer_factory=FleetTrainer).run()  # imports done (their
-    #  frames may hold the first simulation of a process until a full collection)
+    experiment.Simulation(cfg, trainer_factory=FleetTrainer).run()  # imports done (the first
+    #  simulation of a process: test_the_first_simulation_of_a_process_is_freed_too)
 
     def make():
         sim = experiment.Simulation(cfg, trainer_factory=FleetTrainer)
@@ -117,3 +117,42 @@ def test_a_finished_simulation_dropped_by_its_user_is_freed_with_its_trainer(
         return refs
 
     assert _dropped(make) == []
+
+
+_FIRST = """
+import gc, json, sys, weakref
+gc.disable()
+from crowdlearn import experiment
+from crowdlearn.config import from_dict
+cfg = from_dict(json.loads(sys.argv[1]))
+
+def make():
+    sim = experiment.Simulation(cfg)
+    sim.run()
+    return weakref.ref(sim), weakref.ref(sim.driver)
+
+refs = make()
+print(json.dumps([r() is not None for r in refs]))
+"""
+
+
+@pytest.mark.parametrize("case", ["fedavg", "crowdlearning"])
+def test_the_first_simulation_of_a_process_is_freed_too(case, tmp_path):
+    """In a new process with the cyclic collector off from the start, the first simulation (the
+    one whose trainer imports TensorFlow) is freed when dropped: TensorFlow's import keeps
+    tracebacks in cycles whose frames chained to the simulation (``_import_tensorflow_apart``)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = {"rounds": 1, "fleet": {"devices": 6}, "fedavg": {"clients_per_round": 3},
+           **({"protocol": "crowdlearning", "slicenet": {"group_size": 3}}
+              if case == "crowdlearning" else {})}
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", _FIRST, json.dumps(cfg)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]
