@@ -650,10 +650,14 @@ def longer_training(old: dict, new: dict) -> str:
                    + (f"**{v0} → {v1}** |" if v0 != v1 else f"{v1} |"))
     out += ["", (f"Verdicts that changed with {r1} rounds instead of {r0}: " + "; ".join(moved)
                  + ".") if moved else f"No verdict changed with {r1} rounds instead of {r0}."]
-    out += ["", "The server rows attack each run's first 16 uploads, not its last ones (see "
+    import inspect
+
+    from crowdlearn.privacy.attacks.views import privacy_report
+    attacked = inspect.signature(privacy_report).parameters["uploads"].default
+    out += ["", f"The server rows attack each run's first {attacked} uploads, not its last ones (see "
                 "\"Observers and attacks\" above): DSSGD's are the same uploads at both lengths, "
-                "so its server rows are equal by construction; FedAvg's 16 uploads span more "
-                "rounds in the longer runs."]
+                f"so its server rows are equal by construction; FedAvg's {attacked} uploads span "
+                "more rounds in the longer runs."]
     return "\n".join(out) + "\n"
 
 

@@ -560,16 +560,48 @@ CNN_TEXT = ("conv 5×5 (64) → ReLU → max-pool 2 → conv 5×5 (128) → ReLU
 
 
 #: runs made on another machine than the others of their table, whose CPU seconds are therefore
-#: not comparable: (model, label, epochs, seed) -> what the cost paragraph says of them
+#: not comparable: (model, label, epochs, seed) -> that machine (the figures come from the rows)
 OTHER_MACHINE = {
-    ("paper-cnn", "n = 20", 50, 1):
-        "n = 20 seed 1 ran on the twelfth session's machine (2 vCPUs of an AMD EPYC), which "
-        "takes more CPU seconds for the same work than the machine of the other runs "
-        "(`docs/benchmarks.md`, \"Figures on a new machine, twelfth session\"): scored only at "
-        "the table's epochs, it took 110 s per epoch against seed 0's 60 s scored after every "
-        "epoch on the earlier machine (the same bytes to 0.01 %), so n = 20's price above errs "
-        "high",
+    ("paper-cnn", "n = 20", 50, 1): "the twelfth session's machine (2 vCPUs of an AMD EPYC)",
 }
+
+
+def other_machine_notes(rows: list[dict]) -> list[str]:
+    """Per run of :data:`OTHER_MACHINE` in ``rows``: its CPU per epoch against the same setting's
+    other runs of that length (each said scored after every epoch or only at the table's
+    epochs), and how far their bytes differ (the same work).
+
+    >>> row = lambda seed, cpu, scored: {"model": "paper-cnn", "label": "n = 20", "epochs": "50",
+    ...     "seed": str(seed), "cpu_s": cpu, "scored_epochs": scored, "bytes_total": "1000"}
+    >>> note, = other_machine_notes([row(0, "3000", ""), row(1, "5500", "1;50")])
+    >>> "scored at the table's epochs, it took 110 CPU s per epoch against seed 0's 60 s" in note
+    True
+    >>> other_machine_notes([row(1, "5500", "1;50")])     # nothing to compare with
+    []
+    """
+    def scoring(r):
+        return "at the table's epochs" if r.get("scored_epochs") else "after every epoch"
+
+    out = []
+    for (model, label, epochs, seed), machine in OTHER_MACHINE.items():
+        same = [r for r in rows if (r["model"], r["label"], int(r["epochs"])) ==
+                (model, label, epochs) and r["cpu_s"] != ""]
+        mine = [r for r in same if int(r["seed"]) == seed]
+        others = [r for r in same if int(r["seed"]) != seed]
+        if not mine or not others:
+            continue
+        r = mine[0]
+        dbytes = max(abs(int(r["bytes_total"]) - int(o["bytes_total"])) / int(o["bytes_total"])
+                     for o in others)
+        out.append(
+            f"{label} seed {seed} ran on {machine}, not on the machine of the other runs "
+            f"(`docs/benchmarks.md`, \"Figures on a new machine, twelfth session\"): scored "
+            f"{scoring(r)}, it took {float(r['cpu_s']) / epochs:.0f} CPU s per epoch against "
+            + ", ".join(f"seed {o['seed']}'s {float(o['cpu_s']) / epochs:.0f} s scored "
+                        f"{scoring(o)}" for o in others)
+            + f", for the same bytes to {100 * dbytes:.3f} %; so its CPU seconds are not "
+            f"comparable with theirs, and {label}'s price above mixes the two machines")
+    return out
 
 
 def cnn_section(rows: list[dict], pairs) -> list[str]:
@@ -691,9 +723,7 @@ def cnn_section(rows: list[dict], pairs) -> list[str]:
     L.append("    .venv/bin/python benchmarks/slicenet_experiments.py --model paper-cnn "
              "--tables I --epochs 50 --seeds 10 \\\n        --backend ray --address auto "
              "--write-docs\n")
-    elsewhere = [text for (model, label, epochs, seed), text in OTHER_MACHINE.items()
-                 if any((r["model"], r["label"], int(r["epochs"]), int(r["seed"]))
-                        == (model, label, epochs, seed) for r in rows)]
+    elsewhere = other_machine_notes(rows)
     if elsewhere:
         L.append("**Runs on another machine.**  " + "; ".join(elsewhere) + ".\n")
     return L

@@ -241,12 +241,10 @@ class Simulation:
                  trainer_factory: TrainerFactory | None = None,
                  parts: list[np.ndarray] | None = None, dataset=None):
         self.config = cfg
-        tensorflow = (cfg.training.backend != "none"
-                      or registry.get(cfg.protocol).needs_tensorflow)
-        if tensorflow:
+        if cfg.training.backend != "none" or registry.get(cfg.protocol).needs_tensorflow:
             _import_tensorflow_apart()
-        if cfg.training.threads and tensorflow:
-            use_threads(cfg.training.threads)     # before TensorFlow's first op in the process
+            if cfg.training.threads:
+                use_threads(cfg.training.threads)     # before TensorFlow's first op in the process
         root = np.random.SeedSequence(cfg.seed)
         children = root.spawn(len(STREAMS))
         self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, children, strict=True)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from crowdlearn.heartbeat import Heartbeat
 
 
@@ -109,8 +111,6 @@ def test_a_sweep_of_runs_in_other_processes_says_how_many_are_running(tmp_path):
 
 
 def test_a_ray_sweep_says_how_many_runs_are_not_finished(tmp_path):
-    import pytest
-
     pytest.importorskip("ray", reason="the Ray extra is not installed (pip install .[ray])")
     import crowdlearn
     from crowdlearn.config import from_dict
