@@ -54,9 +54,14 @@ of ``tests/test_slicenet_fastpaths.py``; run from the repository's root) and by 
 evaluated on the event loop's thread and beside it, alternately, each beside as many Keras
 epochs: there an epoch's evaluation runs while the next epoch is simulated.
 
+A ``fused trainer by thread`` line splits the warm epoch's trainer rate into the calls on the
+event loop's thread and those run ahead on the worker (which share the cores with the event
+loop's own work), and gives the rate over the time any call ran; ``--calls`` also lists every
+call (groups, the compiled calls they were cut into, start, wall time, GFLOP/s).
+
 Run::
 
-    .venv/bin/python benchmarks/slicenet_throughput.py [--group-size 10] [--devices 120]
+    .venv/bin/python benchmarks/slicenet_throughput.py [--group-size 10] [--devices 120] [--calls]
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                     epochs: int = 1, concurrent_evaluate: bool = True,
                     reference_waits: bool = False, eval_threads: int | None = None) -> dict:
     import threading
+
+    import numpy as np
 
     from crowdlearn.config import from_dict
     from crowdlearn.experiment import Simulation
@@ -95,6 +102,18 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     orig_write = Monitor._write_evaluated
     orig_close = Executor.close
     main = threading.current_thread()
+    calls: list[dict] = []        # per FusedTrainer.train call (what --calls prints)
+    began = [time.perf_counter()]
+
+    def record(self, tasks, t0: float, on_loop: bool) -> None:
+        end = time.perf_counter()
+        samples = sum(int((np.asarray(t.batches) >= 0).sum()) for t in tasks)
+        plan = self._calls([t.batches for t in tasks])
+        calls.append({"on_loop": on_loop, "groups": len(tasks),
+                      "shares": [len(s) for _, _, shares in plan for s in shares],
+                      "compiled": all(xla for _, xla, _ in plan),
+                      "start_s": t0 - began[0], "wall_s": end - t0,
+                      "flops": self.flops_per_sample * samples})
 
     def timed(self, tasks, **kw):
         if threading.current_thread() is not main:       # run ahead, beside the event loop
@@ -105,6 +124,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                 ahead[0] += time.perf_counter() - t
                 ahead[1] += time.thread_time() - c
                 ahead[2] += 1
+                record(self, tasks, t, False)
         t, c, g = time.perf_counter(), time.process_time(), collecting[0]
         try:
             return orig(self, tasks, **kw)
@@ -112,6 +132,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             spent[0] += time.perf_counter() - t
             spent[1] += time.process_time() - c
             spent[4] += collecting[0] - g
+            record(self, tasks, t, True)
 
     def timed_close(self):
         t = time.perf_counter()
@@ -169,6 +190,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     gc.callbacks.append(on_gc)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
+        began[0] = t0
         sim = Simulation(cfg)
         sim.executor.reference_waits = reference_waits
         if not overlap:
@@ -194,9 +216,48 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             "eval_beside_s": beside[0], "eval_beside_thread_cpu_s": beside[1],
             "eval_beside_calls": beside[2], "eval_waited_s": waited[0],
             "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
-            "samples": samples,
+            "samples": samples, "calls": calls,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
             "completed": s["completed"], "metrics": res.metrics}
+
+
+def trainer_calls(r: dict, each: bool = False) -> str:
+    """The fused trainer's rate by thread over an epoch's ``FusedTrainer.train`` calls (and, with
+    ``each``, one line per call): the calls on the event loop's thread, those run ahead on the
+    worker (beside the event loop's own work, on the same cores), and over the time at least
+    one call ran (the union of their intervals).
+
+    >>> r = {"flops": 3e9, "calls": [
+    ...     {"on_loop": False, "groups": 2, "shares": [1, 1], "compiled": True, "start_s": 0.0,
+    ...      "wall_s": 0.1, "flops": 1e9},
+    ...     {"on_loop": True, "groups": 4, "shares": [2, 2], "compiled": True, "start_s": 0.05,
+    ...      "wall_s": 0.1, "flops": 2e9}]}
+    >>> print(trainer_calls(r))
+    fused trainer by thread: on the event loop's thread 20.0 GFLOP/s (1 calls, 0.10 s); ahead on the worker 10.0 GFLOP/s (1 calls, 0.10 s); busy (union of the calls' intervals) 0.15 s, 20.0 GFLOP/s; the calls' FLOPs are the epoch's: True
+    """
+    calls = r["calls"]
+    parts = []
+    for name, on in (("on the event loop's thread", True), ("ahead on the worker", False)):
+        mine = [c for c in calls if c["on_loop"] is on]
+        wall = sum(c["wall_s"] for c in mine)
+        rate = sum(c["flops"] for c in mine) / wall / 1e9 if wall else float("nan")
+        parts.append(f"{name} {rate:.1f} GFLOP/s ({len(mine)} calls, {wall:.2f} s)")
+    busy, end = 0.0, -1.0
+    for c in sorted(calls, key=lambda c: c["start_s"]):
+        s, e = c["start_s"], c["start_s"] + c["wall_s"]
+        busy += max(0.0, e - max(s, end))
+        end = max(end, e)
+    total = sum(c["flops"] for c in calls)
+    lines = [f"fused trainer by thread: {'; '.join(parts)}; busy (union of the calls' "
+             f"intervals) {busy:.2f} s, {total / busy / 1e9:.1f} GFLOP/s; the calls' FLOPs are "
+             f"the epoch's: {abs(total - r['flops']) <= 1e-9 * r['flops']}"]
+    if each:
+        for c in calls:
+            lines.append(f"  {'loop  ' if c['on_loop'] else 'worker'} {c['groups']:3d} groups "
+                         f"(calls of {c['shares']}{'' if c['compiled'] else ', op by op'}) at "
+                         f"{c['start_s']:7.2f} s: {c['wall_s']:.3f} s, "
+                         f"{c['flops'] / c['wall_s'] / 1e9:5.1f} GFLOP/s")
+    return "\n".join(lines)
 
 
 def keras_epoch(seed: int, lr: float = 0.05, batch: int = 32) -> dict:
@@ -380,6 +441,9 @@ def main() -> None:
                          "default), and a Keras epoch (same conditions)")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
+    ap.add_argument("--calls", action="store_true",
+                    help="also list the warm epoch's FusedTrainer.train calls: thread, groups, "
+                         "shares (groups per compiled call), start, wall time, GFLOP/s")
     a = ap.parse_args()
     _header()
     overlap = not a.no_overlap
@@ -405,6 +469,7 @@ def main() -> None:
               f"evaluation {r['eval_s']:.1f} s wall on the loop's thread, "
               f"{r['eval_beside_s']:.1f} s wall beside it in {r['eval_beside_calls']} calls, "
               f"the loop waiting for it {r['eval_waited_s']:.2f} s")
+    print(trainer_calls(warm, a.calls))
     rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["ahead_thread_cpu_s"] \
         - warm["eval_cpu_s"] - warm["eval_beside_thread_cpu_s"] - warm["gc_cpu_s"] \
         + warm["gc_in_tf_cpu_s"]      # (a collection inside the trainer is counted there)
