@@ -107,3 +107,60 @@ def deferred(signums=(signal.SIGINT, *TERMINATING)) -> Iterator[Deferred]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+ALL = (signal.SIGINT, *TERMINATING)
+
+
+def _keep(signum) -> bool:
+    """Whether to take over ``signum``: not if the process ignores it on purpose (``nohup``)."""
+    return signal.getsignal(signum) is not signal.SIG_IGN
+
+
+def pool_worker_init() -> None:
+    """Initializer of a worker process of a pool of runs: between runs, SIGINT, SIGTERM and
+    SIGHUP are noted and do nothing, so a worker that is idle or sending a result back is not
+    killed by them (a worker that dies breaks the whole pool and loses the results of the runs
+    still in it); the parent process decides what happens and forwards the signal to the runs
+    (:func:`forward`).  During a run, :func:`first_interrupts` turns the first of them into
+    :class:`Interrupted`."""
+    for s in ALL:
+        if _keep(s):
+            signal.signal(s, lambda signum, frame: None)
+
+
+@contextmanager
+def first_interrupts(signums=ALL) -> Iterator[None]:
+    """Within the block, the first of ``signums`` raises :class:`Interrupted`; later ones are
+    noted and do nothing, so that a run already stopping (Ctrl-C reaches a pool's workers from
+    the terminal and again from the parent) is not stopped a second time while it assembles
+    what it measured (main thread only)."""
+    if not _main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in signums if _keep(s)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def forward(signum: int, pids) -> list[int]:
+    """Send ``signum`` to each of ``pids`` still alive; the pids it reached."""
+    import os
+    reached = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+            reached.append(pid)
+        except ProcessLookupError:
+            pass
+    return reached

@@ -57,7 +57,14 @@ from typing import Any
 from crowdlearn.errors import ConfigError, CrowdlearnError
 from crowdlearn.files import replace_text
 from crowdlearn.heartbeat import Heartbeat
-from crowdlearn.signals import Interrupted
+from crowdlearn.signals import (
+    Interrupted,
+    as_interrupts,
+    first_interrupts,
+    forward,
+    pool_worker_init,
+    signal_of,
+)
 from crowdlearn.training.threads import threads_for
 
 #: Marker written into every sweep folder; a folder holding it may be resumed.
@@ -209,6 +216,14 @@ def _local_worker(payload: tuple, on_row: Callable[[dict], None] | None = None
         return run_id, run_point(cfg, on_row=on_row), None
     except Exception as exc:   # reported in sweep.csv; the other runs go on
         return run_id, None, _describe(exc)
+
+
+def _pool_worker(payload: tuple) -> tuple[str, Any, str | None]:
+    """:func:`_local_worker` in a pool's worker process (:func:`signals.pool_worker_init`): the
+    first SIGINT, SIGTERM or SIGHUP of the run stops it like Ctrl-C, and what it measured comes
+    back to the parent."""
+    with first_interrupts():
+        return _local_worker(payload)
 
 
 class _RunProgress:
@@ -572,8 +587,12 @@ def _run_pool(todo, cfgs, finish, *, jobs: int, in_flight: _InFlight | None = No
 
     ctx = mp.get_context("spawn")      # never fork a process that may hold TensorFlow threads
     workers = min(jobs, len(todo))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending = {pool.submit(_local_worker, (s.run_id, cfgs[s.run_id])) for s in todo}
+    # SIGTERM or SIGHUP to this process alone (`kill PID`, a batch scheduler) stops the sweep as
+    # Ctrl-C does: the signal is forwarded to the workers, whose runs stop and send back what
+    # they measured; the workers ignore signals between runs (a dead worker breaks the pool)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             initializer=pool_worker_init) as pool, as_interrupts():
+        pending = {pool.submit(_pool_worker, (s.run_id, cfgs[s.run_id])) for s in todo}
         unfinished = set(pending)       # not yet given to finish()
         try:
             while pending:
@@ -587,9 +606,16 @@ def _run_pool(todo, cfgs, finish, *, jobs: int, in_flight: _InFlight | None = No
                 for fut in done:
                     unfinished.discard(fut)
                     finish(*fut.result())
-        except BaseException:
+        except BaseException as exc:
             for fut in unfinished:
                 fut.cancel()
+            if isinstance(exc, KeyboardInterrupt):  # the workers' runs stop too
+                # (again each second: a call already queued to a worker cannot be cancelled,
+                # and its run may start after the first forward; a run stops at its first)
+                left = set(unfinished)
+                while left:
+                    forward(signal_of(exc)[0], list(getattr(pool, "_processes", None) or ()))
+                    _, left = wait(left, timeout=1.0)
             for fut in unfinished:  # runs the same Ctrl-C stopped: keep what they measured
                 if not fut.cancelled():
                     try:

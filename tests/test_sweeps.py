@@ -185,8 +185,8 @@ def test_a_pool_sweep_stopped_by_ctrl_c_keeps_what_every_stopped_run_measured(tm
     import concurrent.futures as cf
 
     class Threads(cf.ThreadPoolExecutor):     # the pool's logic, with workers as threads
-        def __init__(self, max_workers=None, mp_context=None):
-            super().__init__(max_workers)
+        def __init__(self, max_workers=None, mp_context=None, initializer=None):
+            super().__init__(max_workers)     # (the initializer sets a process's signals)
 
     def worker(payload, on_row=None):         # each run stopped by Ctrl-C in its second round
         run_id, cfg = payload
@@ -198,7 +198,7 @@ def test_a_pool_sweep_stopped_by_ctrl_c_keeps_what_every_stopped_run_measured(tm
         return run_id, sweeps.run_point(cfg, on_row=stop), None
 
     monkeypatch.setattr(cf, "ProcessPoolExecutor", Threads)
-    monkeypatch.setattr(sweeps, "_local_worker", worker)
+    monkeypatch.setattr(sweeps, "_pool_worker", worker)
     out = tmp_path / "sw"
     with pytest.raises(KeyboardInterrupt):
         crowdlearn.sweep({**BASE, "rounds": 4}, GRID, seeds=1, out=out, jobs=2, plots=False)
@@ -472,3 +472,80 @@ def test_processes_sharing_a_sweep_folder_lose_no_grid_and_no_table(tmp_path):
     os.umask(umask)
     assert mode == 0o666 & ~umask                 # the user's umask, like any file written
 
+
+
+def _pool_workers(parent: int) -> dict[int, float]:
+    """The pool worker processes of ``parent`` (spawned: ``spawn_main`` in their command line)
+    and the CPU seconds each has used."""
+    import signal as _signal  # noqa: F401 - (Linux's /proc only)
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == parent and b"spawn_main" in cmd:
+            out[int(d.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigterm_to_a_pool_sweep_alone_stops_its_runs_keeps_them_and_leaves_no_worker(tmp_path):
+    """`kill PID` (a batch scheduler's SIGTERM) reaches the sweep's own process, not its
+    workers: the sweep forwards it, every run stops and keeps what it measured, the workers end
+    with the sweep, and it exits 143.  (Before: the sweep died at once, its workers ran on as
+    orphans and then hung for ever trying to send back their results.)"""
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crowdlearn.cli", "sweep", str(root / "examples" / "default.toml"),
+         "--set", "rounds=100000", "--set", "fleet.devices=6", "--set",
+         "fedavg.clients_per_round=3", "--grid", "fedavg.lr=0.02,0.05", "--jobs", "2",
+         "--no-plots", "--out", "sw"], cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:   # both runs under way: past their start-up
+            workers = _pool_workers(proc.pid)
+            seen |= set(workers)
+            if len(workers) == 2 and min(workers.values()) >= 12.0:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the two runs did not get under way: {workers}")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 143, err
+        assert "sweep interrupted by SIGTERM" in err, err
+        table = (tmp_path / "sw" / "sweep.csv").read_text().splitlines()
+        assert len(table) == 3 and all(",interrupted," in line for line in table[1:]), table
+        summaries = [json.loads(p.read_text())
+                     for p in (tmp_path / "sw" / "runs").glob("*/summary.json")]
+        assert len(summaries) == 2
+        for s in summaries:
+            assert s["interrupted"] and s["signal"] == "SIGTERM"
+            assert 1 <= s["rounds_completed"] < 100000, summaries
+        time.sleep(1.0)
+        assert not [p for p in seen if Path(f"/proc/{p}").exists()
+                    and b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()], \
+            "a worker outlived the sweep"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in seen:                      # (the code before the fix left them running)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
