@@ -228,9 +228,14 @@ def run_setting(s: Setting, seeds, *, epochs: int, out: Path, backend: str, jobs
 
 
 def _run_in_worker(s: Setting, seeds, kw: dict) -> list[dict]:
-    """:func:`run_setting` in a worker process of ``--jobs``: its rows record the worker's id."""
+    """:func:`run_setting` in a worker process of ``--jobs``: its rows record the worker's id;
+    the first signal of the call stops its run, which keeps what it measured in its folder
+    (``crowdlearn.signals.first_interrupts``)."""
+    from crowdlearn.signals import first_interrupts
+
     how = kw.get("how")
-    return run_setting(s, seeds, **{**kw, "how": {**how, "pid": os.getpid()} if how else how})
+    with first_interrupts():
+        return run_setting(s, seeds, **{**kw, "how": {**how, "pid": os.getpid()} if how else how})
 
 
 def with_model(r: dict) -> dict:
@@ -1108,17 +1113,29 @@ def main(argv=None) -> int:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from crowdlearn.signals import as_interrupts, pool_worker_init
+        from crowdlearn.sweeps import stop_pool
         from crowdlearn.training.threads import threads_for
 
         side = min(a.jobs, len(plan))
         pkw = {**kw, "jobs": 1, "threads": a.threads or threads_for(os.cpu_count() or 1, side)}
         print(f"{len(plan)} runs, {side} at a time, {pkw['threads']} TensorFlow thread(s) per "
               f"op each", flush=True)
-        with ProcessPoolExecutor(side, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # SIGTERM to this process alone stops the set as Ctrl-C does: forwarded to the workers,
+        # which ignore signals between runs (crowdlearn.sweeps.stop_pool)
+        with ProcessPoolExecutor(side, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=pool_worker_init) as pool, as_interrupts():
             started = {pool.submit(_run_in_worker, s, seeds, pkw): time.perf_counter()
                        for s, seeds in plan}
-            for f in as_completed(started):
-                report(f.result(), started[f])
+            try:
+                for f in as_completed(started):
+                    report(f.result(), started[f])
+            except BaseException as exc:
+                stop_pool(pool, [f for f in started if not f.done()], exc)
+                for f in started:        # settings that finished meanwhile: keep their rows
+                    if f.done() and not f.cancelled() and f.exception() is None:
+                        report(f.result(), started[f])
+                raise
     else:
         for s, seeds in plan:
             t = time.perf_counter()
@@ -1140,4 +1157,13 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as exc:     # Ctrl-C, or SIGTERM/SIGHUP during --jobs runs
+        from crowdlearn.signals import exit_status, signal_of
+
+        signum, name = signal_of(exc)
+        print(f"interrupted by {name}: the rows of the runs that finished are in "
+              f"{DATA.relative_to(ROOT)}, a run it stopped keeps what it measured in its "
+              "folder; the same command resumes", file=sys.stderr)
+        raise SystemExit(exit_status(signum)) from None

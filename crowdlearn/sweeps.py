@@ -581,6 +581,23 @@ def sweep(config=None, grid: Mapping[str, Sequence[Any]] | Sequence[str] = (), s
     return df
 
 
+def stop_pool(pool, futures, exc: BaseException) -> None:
+    """After ``exc`` stopped a process pool's parent (whose workers run
+    :func:`signals.pool_worker_init` and stop their runs in :func:`signals.first_interrupts`):
+    cancel the ``futures`` not started and, if ``exc`` is an interrupt, forward its signal to the
+    workers once a second until every started one is done (a call already queued to a worker
+    cannot be cancelled, and its run may start after the first forward)."""
+    from concurrent.futures import wait
+
+    for fut in futures:
+        fut.cancel()
+    if isinstance(exc, KeyboardInterrupt):
+        left = set(futures)
+        while left:
+            forward(signal_of(exc)[0], list(getattr(pool, "_processes", None) or ()))
+            _, left = wait(left, timeout=1.0)
+
+
 def _run_pool(todo, cfgs, finish, *, jobs: int, in_flight: _InFlight | None = None) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -607,15 +624,7 @@ def _run_pool(todo, cfgs, finish, *, jobs: int, in_flight: _InFlight | None = No
                     unfinished.discard(fut)
                     finish(*fut.result())
         except BaseException as exc:
-            for fut in unfinished:
-                fut.cancel()
-            if isinstance(exc, KeyboardInterrupt):  # the workers' runs stop too
-                # (again each second: a call already queued to a worker cannot be cancelled,
-                # and its run may start after the first forward; a run stops at its first)
-                left = set(unfinished)
-                while left:
-                    forward(signal_of(exc)[0], list(getattr(pool, "_processes", None) or ()))
-                    _, left = wait(left, timeout=1.0)
+            stop_pool(pool, unfinished, exc)
             for fut in unfinished:  # runs the same Ctrl-C stopped: keep what they measured
                 if not fut.cancelled():
                     try:
