@@ -566,8 +566,12 @@ CNN_TEXT = ("conv 5×5 (64) → ReLU → max-pool 2 → conv 5×5 (128) → ReLU
 
 #: runs made on another machine than the others of their table, whose CPU seconds are therefore
 #: not comparable: (model, label, epochs, seed) -> that machine (the figures come from the rows)
-OTHER_MACHINE = {
-    ("paper-cnn", "n = 20", 50, 1): "the twelfth session's machine (2 vCPUs of an AMD EPYC)",
+OTHER_MACHINE = {     # run: (the machine, its section of docs/benchmarks.md)
+    ("paper-cnn", "n = 20", 50, 1): ("the twelfth session's machine (2 vCPUs of an AMD EPYC)",
+                                     "Figures on a new machine, twelfth session"),
+    ("paper-cnn", "S-SGD", 50, 1): ("the thirteenth session's machine (2 vCPUs of an AMD EPYC, "
+                                    "the twelfth's kind; 2 TensorFlow threads)",
+                                    "Thirteenth session"),
 }
 
 
@@ -588,7 +592,7 @@ def other_machine_notes(rows: list[dict]) -> list[str]:
         return "at the table's epochs" if r.get("scored_epochs") else "after every epoch"
 
     out = []
-    for (model, label, epochs, seed), machine in OTHER_MACHINE.items():
+    for (model, label, epochs, seed), (machine, section) in OTHER_MACHINE.items():
         same = [r for r in rows if (r["model"], r["label"], int(r["epochs"])) ==
                 (model, label, epochs) and r["cpu_s"] != ""]
         mine = [r for r in same if int(r["seed"]) == seed]
@@ -600,7 +604,7 @@ def other_machine_notes(rows: list[dict]) -> list[str]:
                      for o in others)
         out.append(
             f"{label} seed {seed} ran on {machine}, not on the machine of the other runs "
-            f"(`docs/benchmarks.md`, \"Figures on a new machine, twelfth session\"): scored "
+            f"(`docs/benchmarks.md`, \"{section}\"): scored "
             f"{scoring(r)}, it took {float(r['cpu_s']) / epochs:.0f} CPU s per epoch against "
             + ", ".join(f"seed {o['seed']}'s {float(o['cpu_s']) / epochs:.0f} s scored "
                         f"{scoring(o)}" for o in others)
