@@ -109,12 +109,25 @@ def _pool(jobs, max_tasks_per_child=None):
                                   max_tasks_per_child=max_tasks_per_child)
 
 
+def _pool_map(fn, tasks, jobs, max_tasks_per_child=None, chunksize=1):
+    """``list(map(fn, tasks))`` in a pool of ``jobs`` spawned processes.  Ctrl-C, or SIGTERM or
+    SIGHUP sent to this process alone, ends the workers too (their tasks keep nothing), so that
+    none is left running, or hung sending a result back to a parent that is gone."""
+    from crowdlearn.signals import as_interrupts
+    with _pool(jobs, max_tasks_per_child) as ex, as_interrupts():
+        try:
+            return list(ex.map(fn, tasks, chunksize=chunksize))
+        except KeyboardInterrupt:
+            for proc in list((getattr(ex, "_processes", None) or {}).values()):
+                proc.terminate()
+            raise
+
+
 def _map(fn, tasks, jobs):
     """``[fn(t) for t in tasks]``, in ``jobs`` spawned processes when ``jobs > 1``."""
     if jobs <= 1:
         return [fn(t) for t in tasks]
-    with _pool(jobs) as ex:
-        return list(ex.map(fn, tasks, chunksize=8))
+    return _pool_map(fn, tasks, jobs, chunksize=8)
 
 
 # ---------------------------------------------------------------- 1. utility against ε
@@ -367,8 +380,7 @@ def deep_table(dataset, seeds, log, hidden=32, public=100, epsilons=(1.0, 10.0, 
     if dataset == "fashion_mnist" and not fashion_mnist_available():
         return None
     tasks = [(dataset, seed, hidden, public, epsilons) for seed in seeds]
-    with _pool(max(1, jobs), max_tasks_per_child=1) as ex:
-        per_seed = list(ex.map(_deep_seed, tasks))
+    per_seed = _pool_map(_deep_seed, tasks, max(1, jobs), max_tasks_per_child=1)
     rows = {eps_label(e): {b: [acc[eps_label(e)][b] for acc, _ in per_seed]
                            for b in ("spec", "l2")} for e in epsilons}
     for e in epsilons:
@@ -1667,4 +1679,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as exc:     # Ctrl-C, or SIGTERM/SIGHUP while a pool runs
+        from crowdlearn.signals import exit_status, signal_of
+
+        signum, name = signal_of(exc)
+        print(f"interrupted by {name}: this run's measurements are lost (the script writes its "
+              "data file and page only after all of them)", file=sys.stderr)
+        raise SystemExit(exit_status(signum)) from None

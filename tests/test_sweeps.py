@@ -473,11 +473,9 @@ def test_processes_sharing_a_sweep_folder_lose_no_grid_and_no_table(tmp_path):
     assert mode == 0o666 & ~umask                 # the user's umask, like any file written
 
 
-
 def _pool_workers(parent: int) -> dict[int, float]:
     """The pool worker processes of ``parent`` (spawned: ``spawn_main`` in their command line)
     and the CPU seconds each has used."""
-    import signal as _signal  # noqa: F401 - (Linux's /proc only)
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for d in Path("/proc").iterdir():
