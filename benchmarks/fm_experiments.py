@@ -1679,12 +1679,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt as exc:     # Ctrl-C, or SIGTERM/SIGHUP while a pool runs
-        from crowdlearn.signals import exit_status, signal_of
+    from crowdlearn.signals import run_script  # Ctrl-C, or SIGTERM/SIGHUP while a pool runs
 
-        signum, name = signal_of(exc)
-        print(f"interrupted by {name}: this run's measurements are lost (the script writes its "
-              "data file and page only after all of them)", file=sys.stderr)
-        raise SystemExit(exit_status(signum)) from None
+    raise SystemExit(run_script(main, "this run's measurements are lost (the script writes its "
+                                      "data file and page only after all of them)"))

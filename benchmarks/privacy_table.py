@@ -650,10 +650,7 @@ def longer_training(old: dict, new: dict) -> str:
                    + (f"**{v0} → {v1}** |" if v0 != v1 else f"{v1} |"))
     out += ["", (f"Verdicts that changed with {r1} rounds instead of {r0}: " + "; ".join(moved)
                  + ".") if moved else f"No verdict changed with {r1} rounds instead of {r0}."]
-    import inspect
-
-    from crowdlearn.privacy.attacks.views import privacy_report
-    attacked = inspect.signature(privacy_report).parameters["uploads"].default
+    from crowdlearn.privacy.attacks.views import ATTACKED_UPLOADS as attacked
     out += ["", f"The server rows attack each run's first {attacked} uploads, not its last ones (see "
                 "\"Observers and attacks\" above): DSSGD's are the same uploads at both lengths, "
                 f"so its server rows are equal by construction; FedAvg's {attacked} uploads span "

@@ -1161,13 +1161,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt as exc:     # Ctrl-C, or SIGTERM/SIGHUP during --jobs runs
-        from crowdlearn.signals import exit_status, signal_of
+    from crowdlearn.signals import run_script  # Ctrl-C, or SIGTERM/SIGHUP during --jobs runs
 
-        signum, name = signal_of(exc)
-        print(f"interrupted by {name}: the rows of the runs that finished are in "
-              f"{DATA.relative_to(ROOT)}, a run it stopped keeps what it measured in its "
-              "folder; the same command resumes", file=sys.stderr)
-        raise SystemExit(exit_status(signum)) from None
+    raise SystemExit(run_script(main, f"the rows of the runs that finished are in "
+                                      f"{DATA.relative_to(ROOT)}, a run it stopped keeps what it "
+                                      "measured in its folder; the same command resumes"))

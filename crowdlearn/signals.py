@@ -24,8 +24,9 @@ SIGTERM 143
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 #: Signals turned into :class:`Interrupted` during a run (SIGINT already raises KeyboardInterrupt).
@@ -164,3 +165,24 @@ def forward(signum: int, pids) -> list[int]:
         except ProcessLookupError:
             pass
     return reached
+
+
+def run_script(main: Callable[[], int], kept: str) -> int:
+    """A script's ``main()``; if Ctrl-C (or SIGTERM/SIGHUP turned into :class:`Interrupted`)
+    stops it, ``interrupted by <signal>: <kept>`` on stderr instead of a traceback, and
+    128 + the signal's number.
+
+    >>> def main():
+    ...     raise Interrupted(signal.SIGTERM)
+    >>> sys.stderr = sys.stdout
+    >>> run_script(main, "nothing was written")
+    interrupted by SIGTERM: nothing was written
+    143
+    >>> sys.stderr = sys.__stderr__
+    """
+    try:
+        return main()
+    except KeyboardInterrupt as exc:
+        signum, name = signal_of(exc)
+        print(f"interrupted by {name}: {kept}", file=sys.stderr)
+        return exit_status(signum)

@@ -667,7 +667,12 @@ def _upload_leak(indices, values, spec, samples, prior, public, *, gamma, topk_b
             "coverage": rec.coverage}
 
 
-def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000, uploads: int = 16,
+#: uploads the server's attacks score in :func:`privacy_report`: each run's first ones
+ATTACKED_UPLOADS = 16
+
+
+def privacy_report(sim, probe: PrivacyProbe, *, max_samples: int = 1000,
+                   uploads: int = ATTACKED_UPLOADS,
                    seed: int = 0) -> dict:
     """Attack scores of a finished simulation, flat and JSON-ready (``summary.json``).
 
