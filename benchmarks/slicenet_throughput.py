@@ -46,6 +46,9 @@ executor; ``blocked … in other kinds' reads`` is the loop's wall time in those
 ``--ab-eval-threads PAIRS`` times warm epochs alternately with the metrics row's chunks
 evaluated one after the other (``FusedTrainer.evaluate(..., threads=1)``) and a thread per core
 (the default; same scores).
+``--ab-switch PAIRS`` times warm epochs alternately with the interpreter's switch interval left as
+it is (``Simulation.switch_interval_s = None``; Python's 5 ms) and at the run's 0.2 ms (the
+default, :data:`crowdlearn.training.threads.RUN_SWITCH_INTERVAL_S`; same results).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -77,7 +80,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
                     epochs: int = 1, concurrent_evaluate: bool = True,
-                    reference_waits: bool = False, eval_threads: int | None = None) -> dict:
+                    reference_waits: bool = False, eval_threads: int | None = None,
+                    switch_interval: bool = True) -> dict:
     import threading
 
     import numpy as np
@@ -193,6 +197,8 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         began[0] = t0
         sim = Simulation(cfg)
         sim.executor.reference_waits = reference_waits
+        if not switch_interval:              # the interpreter's as it is (5 ms by default)
+            sim.switch_interval_s = None
         if not overlap:
             sim.executor.overlap_kinds = frozenset()
         res = sim.run()
@@ -439,6 +445,10 @@ def main() -> None:
                     help="then PAIRS times: a warm epoch with the metrics row's chunks "
                          "evaluated one after the other, one with a thread per core (the "
                          "default), and a Keras epoch (same conditions)")
+    ap.add_argument("--ab-switch", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch with the interpreter's switch interval "
+                         "left as it is (5 ms by default), one at the run's "
+                         "(threads.RUN_SWITCH_INTERVAL_S), and a Keras epoch (same conditions)")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     ap.add_argument("--calls", action="store_true",
@@ -528,6 +538,12 @@ def main() -> None:
                  f"{ref['eval_waited_s']:.2f} s), on a thread per core {cur['wall_s']:.2f} / "
                  f"{cur['cpu_s']:.2f} s ({cur['eval_beside_s']:.2f} s, "
                  f"{cur['eval_waited_s']:.2f} s)"))
+    ab_pairs(a, overlap, a.ab_switch, "switch interval", {"switch_interval": False},
+             lambda ref, cur: (
+                 f"the interpreter's {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU "
+                 f"({ref['overlap']['used']} run ahead and used, loop blocked in pass reads "
+                 f"{ref['blocked_s']:.2f} s), the run's {cur['wall_s']:.2f} / "
+                 f"{cur['cpu_s']:.2f} s ({cur['overlap']['used']}, {cur['blocked_s']:.2f} s)"))
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)

@@ -29,7 +29,7 @@ from crowdlearn.protocols.fedavg import SERVER
 from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor, Trainer, TrainerFactory
-from crowdlearn.training.threads import use_threads
+from crowdlearn.training.threads import RUN_SWITCH_INTERVAL_S, switch_interval, use_threads
 from sim import wire
 from sim.availability import make_availability
 from sim.driver import Driver, FaultParams, Fleet
@@ -372,11 +372,16 @@ class Simulation:
             return [{"accuracy": acc, "loss": loss} for loss, acc in scores]
         return [{"rmse": rmse, "loss": mse} for mse, rmse in scores]
 
+    #: the interpreter's switch interval while :meth:`run` runs (``None``: Python's as it is);
+    #: see :mod:`crowdlearn.training.threads`
+    switch_interval_s: float | None = RUN_SWITCH_INTERVAL_S
+
     def run(self) -> Results:
-        try:
-            return self._run()
-        finally:
-            self.close()
+        with switch_interval(self.switch_interval_s):
+            try:
+                return self._run()
+            finally:
+                self.close()
 
     def close(self) -> None:
         """Release what the run started: a batch the executor runs ahead (``jobs.Executor``),

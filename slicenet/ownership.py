@@ -37,6 +37,7 @@ True
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,72 @@ import numpy as np
 from slicenet.errors import UserError
 from slicenet.layout import DOMINATOR, ConvStage, _out_len, conv_program
 
-__all__ = ["OwnedIndices", "SliceLayout", "index_flat"]
+__all__ = ["OwnedIndices", "SliceLayout", "gather", "index_flat", "scatter"]
+
+
+# an index array's contiguous runs are copied slice by slice (memory copies) instead of
+# gathered element by element when they are this long on average: a dominator's part of a
+# layer-sliced dense model is a few runs of 10^5 entries, a piece's hundreds of runs of tens
+MIN_RUN = 256
+
+# id of a read-only index array -> (a weak reference to it, its runs or None)
+_RUNS: dict[int, tuple[Any, list[tuple[int, int, int]] | None]] = {}
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int, int]] | None:
+    """``(start in the source, start in idx, length)`` of each run of consecutive indices in
+    ``idx``, or None when its runs average under :data:`MIN_RUN` (a gather is then cheaper).
+    Remembered for a read-only array (a layout's owned indices, asked for every pass)."""
+    key = id(idx)
+    hit = _RUNS.get(key)
+    if hit is not None and hit[0]() is idx:
+        return hit[1]
+    runs = None
+    if len(idx) >= MIN_RUN:
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        if len(idx) >= MIN_RUN * (len(cut) + 1):
+            starts = np.concatenate([[0], cut]).tolist()
+            ends = np.concatenate([cut, [len(idx)]]).tolist()
+            runs = [(int(idx[s]), s, e - s) for s, e in zip(starts, ends, strict=True)]
+    if isinstance(idx, np.ndarray) and not idx.flags.writeable:
+        _RUNS[key] = (weakref.ref(idx, lambda _, k=key: _RUNS.pop(k, None)), runs)
+    return runs
+
+
+def gather(src: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``np.take(src, idx)`` for a flat ``src``: a new array, by slice copies where ``idx`` is
+    made of long runs (:func:`_runs`).
+
+    >>> src = np.arange(1000.0)
+    >>> idx = np.concatenate([np.arange(3, 600), np.arange(700, 990), [995]])
+    >>> bool((gather(src, idx) == src[idx]).all()), gather(src, idx[:5]).tolist()
+    (True, [3.0, 4.0, 5.0, 6.0, 7.0])
+    """
+    runs = _runs(idx)
+    if runs is None:
+        return np.take(src, idx)
+    out = np.empty(len(idx), src.dtype)
+    for a, o, n in runs:
+        out[o:o + n] = src[a:a + n]
+    return out
+
+
+def scatter(dst: np.ndarray, idx: np.ndarray, values: np.ndarray) -> None:
+    """``dst[idx] = values`` for a flat ``dst``, by slice copies where ``idx`` is made of long
+    runs (:func:`_runs`).
+
+    >>> dst, idx = np.zeros(1000), np.concatenate([np.arange(3, 600), np.arange(700, 990)])
+    >>> scatter(dst, idx, np.ones(len(idx)))
+    >>> float(dst.sum()), float(dst[idx].min()), float(dst[600:700].max())
+    (887.0, 1.0, 0.0)
+    """
+    runs = _runs(idx)
+    if runs is None:
+        dst[idx] = values
+        return
+    values = np.asarray(values)
+    for a, o, n in runs:
+        dst[a:a + n] = values[o:o + n]
 
 
 def index_flat(layout: Any, specs: Sequence, owner: Sequence[np.ndarray]) -> None:

@@ -324,3 +324,38 @@ def test_evaluation_chunks_on_several_threads_score_as_one_after_the_other(which
     assert not [t for t in threading.enumerate() if t.name.startswith("crowdlearn-evaluate")]
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         trainer.evaluate(models, x, y, threads=0)
+
+
+def test_a_run_takes_turns_between_threads_faster_and_gives_the_interval_back(monkeypatch):
+    """While a run runs, the interpreter's switch interval is the run's (0.2 ms: the loop hands
+    the GIL to its worker threads sooner); its events and results are those of a run that
+    leaves the interval alone; afterwards, and after a run that fails, it is what it was."""
+    import sys
+
+    from crowdlearn.experiment import Simulation
+    from crowdlearn.training.threads import RUN_SWITCH_INTERVAL_S
+    from tests.conftest import small_config
+
+    cfg = small_config(protocol="crowdlearning", rounds=2, **{
+        "fleet.devices": 8, "fleet.cells": 2, "model.hidden": [16],
+        "slicenet.group_size": 4, "slicenet.lr": 0.1})
+    before = sys.getswitchinterval()
+    seen: list = []
+    sim, short, t_short = _run(cfg, on_row=lambda row: seen.append(sys.getswitchinterval()))
+    assert seen and all(abs(s - RUN_SWITCH_INTERVAL_S) < 1e-9 for s in seen)
+    assert sys.getswitchinterval() == before != RUN_SWITCH_INTERVAL_S
+    monkeypatch.setattr(Simulation, "switch_interval_s", None)
+    seen.clear()
+    _, plain, t_plain = _run(cfg, on_row=lambda row: seen.append(sys.getswitchinterval()))
+    assert seen and all(s == before for s in seen)
+    assert plain.summary == short.summary and plain.metrics == short.metrics
+    assert t_plain == t_short and len(t_short) > 50
+    monkeypatch.setattr(Simulation, "switch_interval_s", RUN_SWITCH_INTERVAL_S)
+    failing = Simulation(cfg)
+
+    def fail():
+        raise RuntimeError("a run that fails")
+    failing._run = fail
+    with pytest.raises(RuntimeError, match="fails"):
+        failing.run()
+    assert sys.getswitchinterval() == before

@@ -340,3 +340,46 @@ def test_crowdlearning_with_churn_delivers_every_message_as_by_the_reference_net
     assert fast.metrics == ref.metrics and fast.devices == ref.devices
     assert fast.rounds == ref.rounds
     assert fast_log == logs[-1] and len(fast_log) == fast.summary["messages"] > 400
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 900)), min_size=0, max_size=6),
+       st.booleans(), st.integers(0, 2 ** 31 - 1))
+def test_gather_and_scatter_by_runs_are_take_and_fancy_assignment(runs, frozen, seed):
+    """``slicenet.ownership.gather`` / ``scatter`` (slice copies where the indices are long runs,
+    as a dominator's part is) equal ``np.take`` / ``dst[idx] = v`` for any sorted distinct
+    indices: short runs, long ones, gaps, none; read-only (remembered) or not, asked twice."""
+    from slicenet.ownership import gather, scatter
+
+    parts, at = [], 0
+    for gap, length in runs:
+        at += gap
+        parts.append(np.arange(at, at + length))
+        at += length
+    idx = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    size = at + 3
+    if frozen:
+        idx.setflags(write=False)
+    rng = np.random.default_rng(seed)
+    src = rng.normal(size=size).astype(np.float32)
+    vals = rng.normal(size=len(idx)).astype(np.float32)
+    for _ in range(2):
+        got = gather(src, idx)
+        assert got.dtype == src.dtype and np.array_equal(got, np.take(src, idx))
+        got[:] = 7                                   # a copy, never a view of src
+        assert not np.any(src == 7)
+        a, b = src.copy(), src.copy()
+        scatter(a, idx, vals)
+        b[idx] = vals
+        assert np.array_equal(a, b)
+
+
+def test_long_runs_are_copied_as_slices_and_scattered_indices_gathered():
+    """The dominator's part of a sliced paper-mlp (two runs, 316,746 entries) is copied in
+    slices; a piece's (hundreds of runs of tens) by a gather."""
+    from slicenet.ownership import _runs
+
+    dom = np.concatenate([np.arange(0, 316_736), np.arange(421_236, 421_246)])
+    piece = np.concatenate([np.arange(s, s + 34) for s in range(316_736, 420_000, 300)])
+    assert _runs(dom) == [(0, 0, 316_736), (421_236, 316_736, 10)]
+    assert _runs(piece) is None

@@ -12,6 +12,7 @@ from crowdlearn.protocols.crowdlearning import config as _config
 from crowdlearn.protocols.crowdlearning import machines as sp
 from crowdlearn.protocols.crowdlearning.passjob import as_array
 from crowdlearn.training.jobs import Outcome
+from slicenet.ownership import gather, scatter
 
 __all__ = ["PassRunner", "build", "build_ssgd", "model_description", "runners", "summary"]
 
@@ -175,7 +176,7 @@ def run_passes(jobs, trainer, replay=None) -> Outcome:
         dom = None
         for i in members:
             for idx, _, values in jobs[i].parts:
-                flat[idx] = as_array(values)
+                scatter(flat, idx, as_array(values))
             if jobs[i].batches is not None:
                 dom = jobs[i]
         if dom is None:
@@ -194,7 +195,7 @@ def run_passes(jobs, trainer, replay=None) -> Outcome:
         acc = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in res[n:]])
         for i in members:
             parts = jobs[i].parts
-            out[i] = [np.take(new, p[0]) for p in parts] + [np.take(acc, p[1]) for p in parts]
+            out[i] = [gather(new, p[0]) for p in parts] + [gather(acc, p[1]) for p in parts]
             promised.append((jobs[i].promise, record))
 
     def fulfil():
