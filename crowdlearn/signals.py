@@ -59,13 +59,18 @@ def _main_thread() -> bool:
 
 
 @contextmanager
-def as_interrupts(signums=TERMINATING) -> Iterator[None]:
-    """Within the block, each of ``signums`` raises :class:`Interrupted` (main thread only)."""
+def as_interrupts(signums=TERMINATING) -> Iterator[list[int]]:
+    """Within the block, each of ``signums`` raises :class:`Interrupted` (main thread only).
+    Yields the list of the signals it turned so, in order (a library that catches the
+    exception and raises a plain ``KeyboardInterrupt`` in its place, as Ray's ``wait`` does,
+    loses the name; the list keeps it)."""
+    received: list[int] = []
     if not _main_thread():
-        yield
+        yield received
         return
 
     def handler(signum, frame):
+        received.append(int(signum))
         raise Interrupted(signum)
 
     old = {}
@@ -74,7 +79,7 @@ def as_interrupts(signums=TERMINATING) -> Iterator[None]:
             continue        # ignored on purpose (nohup): keep it so
         old[s] = signal.signal(s, handler)
     try:
-        yield
+        yield received
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -47,6 +47,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -634,11 +635,68 @@ def _run_pool(todo, cfgs, finish, *, jobs: int, in_flight: _InFlight | None = No
             raise
 
 
-def _ray_task(cfg, dataset):
+def stop_ray(ray, futures: dict, finish, exc: BaseException, grace_s: float = 60.0) -> None:
+    """After ``exc`` stopped a Ray sweep's driver: if it is an interrupt, the runs under way are
+    cancelled gently (Ray raises ``KeyboardInterrupt`` in the task, so the run stops as on
+    Ctrl-C and sends back what it measured, given to ``finish`` and kept in its folder, its
+    summary naming the sweep's signal), those not started never start; whatever has not
+    answered within ``grace_s`` seconds, or any task after another error, is cancelled by
+    force."""
+    if not isinstance(exc, KeyboardInterrupt):
+        for ref in futures:
+            ray.cancel(ref, force=True)
+        return
+    name = signal_of(exc)[1]
+    for ref in futures:
+        ray.cancel(ref, force=False)
+    deadline = time.monotonic() + grace_s
     try:
-        return run_point(cfg, dataset), None
-    except Exception as exc:
-        return None, _describe(exc)
+        while futures:
+            done, _ = ray.wait(list(futures), num_returns=1,
+                               timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                break
+            run_id = futures.pop(done[0])
+            try:
+                results, error = ray.get(done[0])
+            except Exception:                 # cancelled before it started or measured
+                continue
+            if error is None and results.interrupted:
+                # the cancellation reached the run as Ctrl-C: it stopped for the sweep's signal
+                results.summary["signal"] = results.summary["stopped_by"] = name
+            try:
+                finish(run_id, results, error)
+            except BaseException:             # its row is written; the sweep stops after
+                pass
+    finally:
+        for ref in futures:
+            ray.cancel(ref, force=True)
+
+
+def _ray_task(cfg, dataset):
+    with ctrl_c_raises():
+        try:
+            return run_point(cfg, dataset), None
+        except Exception as exc:
+            return None, _describe(exc)
+
+
+@contextlib.contextmanager
+def ctrl_c_raises():
+    """Within the block, SIGINT raises ``KeyboardInterrupt`` even where the process ignores it
+    (main thread only; what it was is put back after).  Ray cancels a running task gently by
+    simulating SIGINT in its worker, which Python skips when SIGINT is ignored, as it is in every
+    process of a local Ray cluster whose driver was started by a script in the background
+    (``cmd &``): the run would go on, and its measurements be lost to the forced cancel."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_ray(todo, cfgs, finish, *, jobs, address, cpus_per_run,
@@ -669,24 +727,32 @@ def _run_ray(todo, cfgs, finish, *, jobs, address, cpus_per_run,
                 refs[key] = ray.put(load_dataset(cfg.data.dataset, path=cfg.data.path or None,
                                                  seed=cfg.seed))
             futures[remote.remote(cfg, refs[key])] = spec.run_id
-        try:
-            while futures:
-                done, _ = ray.wait(list(futures), num_returns=1,
-                                   timeout=in_flight and in_flight.wait)
-                if not done:            # (Ray does not say which of them run)
-                    in_flight(finished=len(todo) - len(futures), running=None,
-                              waiting=len(futures))
-                    continue
-                run_id = futures.pop(done[0])
-                try:
-                    results, error = ray.get(done[0])
-                except Exception as exc:     # the task itself died (worker lost)
-                    results, error = None, _describe(exc)
-                finish(run_id, results, error)
-        except BaseException:
-            for ref in futures:
-                ray.cancel(ref, force=True)
-            raise
+        # SIGTERM or SIGHUP to this process (`kill PID`, a batch scheduler) stops the sweep as
+        # Ctrl-C does (without it the driver died at once, by the handler Ray's libraries
+        # install: no table, no message, every run's measurements lost)
+        with as_interrupts() as received:
+            try:
+                while futures:
+                    done, _ = ray.wait(list(futures), num_returns=1,
+                                       timeout=in_flight and in_flight.wait)
+                    if not done:            # (Ray does not say which of them run)
+                        in_flight(finished=len(todo) - len(futures), running=None,
+                                  waiting=len(futures))
+                        continue
+                    run_id = futures.pop(done[0])
+                    try:
+                        results, error = ray.get(done[0])
+                    except Exception as exc:     # the task itself died (worker lost)
+                        results, error = None, _describe(exc)
+                    finish(run_id, results, error)
+            except BaseException as exc:
+                if type(exc) is KeyboardInterrupt and received:
+                    # (Ray's wait raised a plain KeyboardInterrupt for the signal's Interrupted)
+                    exc = Interrupted(received[-1])
+                stop_ray(ray, futures, finish, exc)
+                if isinstance(exc, Interrupted):
+                    raise exc from None
+                raise
     finally:
         if started:
             ray.shutdown()

@@ -473,9 +473,9 @@ def test_processes_sharing_a_sweep_folder_lose_no_grid_and_no_table(tmp_path):
     assert mode == 0o666 & ~umask                 # the user's umask, like any file written
 
 
-def _pool_workers(parent: int) -> dict[int, float]:
-    """The pool worker processes of ``parent`` (spawned: ``spawn_main`` in their command line)
-    and the CPU seconds each has used."""
+def _processes(match) -> dict[int, float]:
+    """The processes for which ``match(parent pid, command line)`` holds, and the CPU seconds
+    each has used."""
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for d in Path("/proc").iterdir():
@@ -487,17 +487,30 @@ def _pool_workers(parent: int) -> dict[int, float]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == parent and b"spawn_main" in cmd:
+        if match(int(fields[1]), cmd):
             out[int(d.name)] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-def test_sigterm_to_a_pool_sweep_alone_stops_its_runs_keeps_them_and_leaves_no_worker(tmp_path):
-    """`kill PID` (a batch scheduler's SIGTERM) reaches the sweep's own process, not its
-    workers: the sweep forwards it, every run stops and keeps what it measured, the workers end
-    with the sweep, and it exits 143.  (Before: the sweep died at once, its workers ran on as
-    orphans and then hung for ever trying to send back their results.)"""
+def _pool_workers(parent: int) -> dict[int, float]:
+    """The pool worker processes of ``parent`` (spawned: ``spawn_main`` in their command line)
+    and the CPU seconds each has used."""
+    return _processes(lambda ppid, cmd: ppid == parent and b"spawn_main" in cmd)
+
+
+def _ray_tasks() -> dict[int, float]:
+    """The Ray worker processes running a sweep's runs (``ray::_ray_task``) and their CPU
+    seconds."""
+    return _processes(lambda ppid, cmd: cmd.startswith(b"ray::_ray_task"))
+
+
+def _sigterm_a_two_run_sweep(tmp_path, extra: list, running, marker: bytes, *, preexec_fn,
+                             timeout: float) -> list[dict]:
+    """A real CLI sweep of two long FedAvg runs (``extra``: its backend's options); once both
+    runs are past their start-up (``running(sweep pid)``: pid -> CPU seconds), SIGTERM to the
+    sweep's process alone.  Checks what every backend must give (exit 143 with a message, both
+    rows ``interrupted``, both runs' measurements kept, no process whose command line holds
+    ``marker`` left) and returns the runs' summaries.  Every process it saw is killed after."""
     import signal
     import time
 
@@ -506,24 +519,24 @@ def test_sigterm_to_a_pool_sweep_alone_stops_its_runs_keeps_them_and_leaves_no_w
         [sys.executable, "-m", "crowdlearn.cli", "sweep", str(root / "examples" / "default.toml"),
          "--set", "rounds=100000", "--set", "fleet.devices=6", "--set",
          "fedavg.clients_per_round=3", "--grid", "fedavg.lr=0.02,0.05", "--jobs", "2",
-         "--no-plots", "--out", "sw"], cwd=tmp_path,
+         *extra, "--no-plots", "--out", "sw"], cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+        stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 300
+        found: dict = {}
         while time.monotonic() < deadline:   # both runs under way: past their start-up
-            workers = _pool_workers(proc.pid)
-            seen |= set(workers)
-            if len(workers) == 2 and min(workers.values()) >= 12.0:
+            found = running(proc.pid)
+            seen |= set(found)
+            if len(found) == 2 and min(found.values()) >= 12.0:
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.5)
         else:
-            pytest.fail(f"the two runs did not get under way: {workers}")
+            pytest.fail(f"the two runs did not get under way: {found}")
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=180)
+        out, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 143, err
         assert "sweep interrupted by SIGTERM" in err, err
         table = (tmp_path / "sw" / "sweep.csv").read_text().splitlines()
@@ -536,14 +549,49 @@ def test_sigterm_to_a_pool_sweep_alone_stops_its_runs_keeps_them_and_leaves_no_w
             assert 1 <= s["rounds_completed"] < 100000, summaries
         time.sleep(1.0)
         assert not [p for p in seen if Path(f"/proc/{p}").exists()
-                    and b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()], \
-            "a worker outlived the sweep"
+                    and marker in Path(f"/proc/{p}/cmdline").read_bytes()], \
+            "a run's process outlived the sweep"
+        return summaries
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        for pid in seen:                      # (the code before the fix left them running)
+        for pid in seen:                      # (the code before the fixes left them running)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigterm_to_a_pool_sweep_alone_stops_its_runs_keeps_them_and_leaves_no_worker(tmp_path):
+    """`kill PID` (a batch scheduler's SIGTERM) reaches the sweep's own process, not its
+    workers: the sweep forwards it, every run stops and keeps what it measured, the workers end
+    with the sweep, and it exits 143.  (Before: the sweep died at once, its workers ran on as
+    orphans and then hung for ever trying to send back their results.)"""
+    import signal
+
+    _sigterm_a_two_run_sweep(tmp_path, [], _pool_workers, b"spawn_main", timeout=180,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigterm_to_a_ray_sweep_stops_its_runs_keeps_them_and_leaves_no_ray_process(tmp_path):
+    """`kill PID` to a Ray sweep's driver, started as a script in the background starts it
+    (SIGINT ignored, and so in every process of its local cluster): its runs stop as on Ctrl-C
+    and keep what they measured, their summaries and the sweep's message name SIGTERM, it exits
+    143 and its cluster is gone.  (Before: the driver ended at once through the handler Ray's
+    libraries install, no table, every run's measurements lost; and Ray's gentle cancel never
+    reached a run whose process ignored SIGINT: the sweep waited the 60 s grace.)"""
+    pytest.importorskip("ray", reason="the Ray extra is not installed (pip install .[ray])")
+    import signal
+
+    def background():          # as `cmd &` in a script: SIGINT and SIGQUIT ignored
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+    assert not _ray_tasks(), "Ray tasks from something else are running"
+    summaries = _sigterm_a_two_run_sweep(
+        tmp_path, ["--backend", "ray"], lambda pid: _ray_tasks(), b"ray::_ray_task",
+        preexec_fn=background, timeout=50)           # (the forced cancel comes after 60 s)
+    assert all(s["stopped_by"] == "SIGTERM" for s in summaries)
