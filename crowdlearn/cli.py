@@ -18,6 +18,7 @@ from crowdlearn import __version__
 from crowdlearn.errors import CrowdlearnError
 from crowdlearn.heartbeat import Heartbeat
 from crowdlearn.signals import as_interrupts, deferred, exit_status, signal_of
+from crowdlearn.training.tfimport import import_tensorflow
 
 #: Exit status of a run that completed no round or epoch.
 EXIT_NO_PROGRESS = 3
@@ -75,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from crowdlearn import registry
     if cfg.training.backend != "none" or registry.get(cfg.protocol).needs_tensorflow:
-        import_tensorflow_quietly()
+        import_tensorflow(quiet=True)
     from crowdlearn.experiment import Simulation  # heavy imports only once the config is valid
 
     bar = None
@@ -372,34 +373,6 @@ def _quiet_tensorflow(verbose: bool) -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL") or "2"
     import logging
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 pointed at a temporary file.
-
-    Its C++ start-up lines (oneDNN, "All log messages before absl::InitializeLog()") are written
-    straight to descriptor 2 during the import, before ``TF_CPP_MIN_LOG_LEVEL`` is read; they are
-    dropped, unless the import fails, in which case they are replayed with the error.  With
-    ``TF_CPP_MIN_LOG_LEVEL=0`` (``--verbose`` sets it) nothing is hidden.
-    """
-    import importlib
-    import tempfile
-    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            importlib.import_module("tensorflow")
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def main(argv: list[str] | None = None) -> int:

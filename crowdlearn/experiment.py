@@ -29,6 +29,7 @@ from crowdlearn.protocols.fedavg import SERVER
 from crowdlearn.signals import as_interrupts, signal_of
 from crowdlearn.training import models
 from crowdlearn.training.jobs import Executor, Trainer, TrainerFactory
+from crowdlearn.training.tfimport import import_tensorflow
 from crowdlearn.training.threads import RUN_SWITCH_INTERVAL_S, switch_interval, use_threads
 from sim import wire
 from sim.availability import make_availability
@@ -207,33 +208,6 @@ def _server_link(cfg: Config) -> dict:
     return {"server_bps": up, "server_down_bps": down, "server_latency_s": prof.latency_s}
 
 
-def _import_tensorflow_apart() -> None:
-    """Import TensorFlow, once per process, on a helper thread.
-
-    Its import keeps caught ``ImportError``s' tracebacks in reference cycles (TensorFlow Lite's
-    ``__try_import`` wrappers), and their frames chain through ``f_back`` to whatever imported it:
-    imported from a simulation's own frames, the first simulation of a process (and its
-    caller's frame) stayed until the cyclic collector's next full pass.  From a helper thread the
-    chain ends at the thread (``tests/test_memory.py``).  An import that fails here is left to
-    fail again, with its error, where the caller imports it.
-    """
-    import sys
-    import threading
-
-    if "tensorflow" in sys.modules:
-        return
-
-    def load() -> None:
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:     # noqa: BLE001 - raised again by the caller's own import
-            pass
-
-    t = threading.Thread(target=load, name="crowdlearn-import-tensorflow")
-    t.start()
-    t.join()
-
-
 class Simulation:
     """A built, not yet run, simulation (exposed for notebooks and tests)."""
 
@@ -242,7 +216,7 @@ class Simulation:
                  parts: list[np.ndarray] | None = None, dataset=None):
         self.config = cfg
         if cfg.training.backend != "none" or registry.get(cfg.protocol).needs_tensorflow:
-            _import_tensorflow_apart()
+            import_tensorflow()     # on a helper thread (crowdlearn.training.tfimport)
             if cfg.training.threads:
                 use_threads(cfg.training.threads)     # before TensorFlow's first op in the process
         root = np.random.SeedSequence(cfg.seed)

@@ -96,10 +96,10 @@ def resolve_model(spec: str) -> ModelDescription:
             f"--model {spec}: the file exists but is not a Keras model (a {path.suffix} file is "
             f"{kind}; this one is not, so it is damaged or of another kind); save the model again "
             "with model.save('name.keras')")
-    from crowdlearn.cli import import_tensorflow_quietly
+    from crowdlearn.training.tfimport import import_tensorflow
     from slicenet.keras_io import load_keras
 
-    import_tensorflow_quietly()
+    import_tensorflow(quiet=True)
     return load_keras(path)
 
 

@@ -59,9 +59,9 @@ def _config(args):
 
 def _tensorflow(cfg) -> None:
     from crowdlearn import registry
-    from crowdlearn.cli import import_tensorflow_quietly
+    from crowdlearn.training.tfimport import import_tensorflow
     if cfg.training.backend != "none" or registry.get(cfg.protocol).needs_tensorflow:
-        import_tensorflow_quietly()
+        import_tensorflow(quiet=True)
 
 
 def _keys_or_testbed(cmd: str, value, option: str, what: str, testbed: bool) -> None:

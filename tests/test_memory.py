@@ -140,7 +140,7 @@ print(json.dumps([r() is not None for r in refs]))
 def test_the_first_simulation_of_a_process_is_freed_too(case, tmp_path):
     """In a new process with the cyclic collector off from the start, the first simulation (the
     one whose trainer imports TensorFlow) is freed when dropped: TensorFlow's import keeps
-    tracebacks in cycles whose frames chained to the simulation (``_import_tensorflow_apart``)."""
+    tracebacks in cycles whose frames chained to the simulation (``crowdlearn.training.tfimport``)."""
     import json
     import os
     import subprocess
