@@ -504,6 +504,9 @@ def main() -> None:
               f"{warm['flops'] / warm['train_cpu_s'] / 1e9:.1f}")
     print(f"matmul 2048 GFLOP/s (before, after) {mm_before[0]:.1f}, {mm_after[0]:.1f}; per CPU "
           f"second {mm_before[1]:.1f}, {mm_after[1]:.1f}")
+    machine = (mm_before[0] + mm_after[0]) / 2
+    print(f"fused trainer / matmul 2048 rate {rate / machine:.3f}  (the trainer's rate as a "
+          f"share of what this machine's 2048-square matrix product gave in the same run)")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     print(f"targets: ratio <= 1.0 {'met' if ratio <= 1.0 else 'NOT met'}; fused trainer >= 50 "
           f"GFLOP/s {'met' if rate >= 50 else 'NOT met'}  (wall-clock figures: read them "
