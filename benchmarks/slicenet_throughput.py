@@ -49,6 +49,9 @@ evaluated one after the other (``FusedTrainer.evaluate(..., threads=1)``) and a 
 ``--ab-switch PAIRS`` times warm epochs alternately with the interpreter's switch interval left as
 it is (``Simulation.switch_interval_s = None``; Python's 5 ms) and at the run's 0.2 ms (the
 default, :data:`crowdlearn.training.threads.RUN_SWITCH_INTERVAL_S`; same results).
+``--ab-gather PAIRS`` times warm epochs alternately with a pass's parts copied element by element
+(``np.take``, fancy assignment) and by slices where their indices are long runs
+(``slicenet.ownership.gather``/``scatter``, the default; same results).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -81,7 +84,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
                     epochs: int = 1, concurrent_evaluate: bool = True,
                     reference_waits: bool = False, eval_threads: int | None = None,
-                    switch_interval: bool = True) -> dict:
+                    switch_interval: bool = True, gather_by_take: bool = False) -> dict:
     import threading
 
     import numpy as np
@@ -187,6 +190,11 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             collecting[1] += 1
 
     FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = timed, timed_eval, timed_read
+    from crowdlearn.protocols.crowdlearning import build
+    orig_copies = build.gather, build.scatter
+    if gather_by_take:           # a pass's parts copied element by element (before session 14)
+        build.gather = np.take
+        build.scatter = lambda dst, idx, values: dst.__setitem__(idx, values)
     Executor.close = timed_close
     FusedTrainer.concurrent_evaluate = concurrent_evaluate
     Monitor._write_evaluated = timed_write
@@ -208,6 +216,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind = \
             orig, orig_eval, orig_read
         Executor.close = orig_close
+        build.gather, build.scatter = orig_copies
         FusedTrainer.concurrent_evaluate = True
         Monitor._write_evaluated = orig_write
     s = res.summary
@@ -449,6 +458,10 @@ def main() -> None:
                     help="then PAIRS times: a warm epoch with the interpreter's switch interval "
                          "left as it is (5 ms by default), one at the run's "
                          "(threads.RUN_SWITCH_INTERVAL_S), and a Keras epoch (same conditions)")
+    ap.add_argument("--ab-gather", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch with a pass's parts copied element by "
+                         "element (np.take, fancy assignment), one by slices where their "
+                         "indices are long runs (the default), and a Keras epoch")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     ap.add_argument("--calls", action="store_true",
@@ -547,6 +560,10 @@ def main() -> None:
                  f"({ref['overlap']['used']} run ahead and used, loop blocked in pass reads "
                  f"{ref['blocked_s']:.2f} s), the run's {cur['wall_s']:.2f} / "
                  f"{cur['cpu_s']:.2f} s ({cur['overlap']['used']}, {cur['blocked_s']:.2f} s)"))
+    ab_pairs(a, overlap, a.ab_gather, "part copies", {"gather_by_take": True},
+             lambda ref, cur: (
+                 f"element by element {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU, "
+                 f"by runs {cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s"))
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)

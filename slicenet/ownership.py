@@ -37,7 +37,6 @@ True
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ import numpy as np
 
 from slicenet.errors import UserError
 from slicenet.layout import DOMINATOR, ConvStage, _out_len, conv_program
+from slicenet.weak import ByIdentity
 
 __all__ = ["OwnedIndices", "SliceLayout", "gather", "index_flat", "scatter"]
 
@@ -54,18 +54,17 @@ __all__ = ["OwnedIndices", "SliceLayout", "gather", "index_flat", "scatter"]
 # layer-sliced dense model is a few runs of 10^5 entries, a piece's hundreds of runs of tens
 MIN_RUN = 256
 
-# id of a read-only index array -> (a weak reference to it, its runs or None)
-_RUNS: dict[int, tuple[Any, list[tuple[int, int, int]] | None]] = {}
+# a read-only index array -> its runs (or None)
+_RUNS = ByIdentity()
 
 
 def _runs(idx: np.ndarray) -> list[tuple[int, int, int]] | None:
     """``(start in the source, start in idx, length)`` of each run of consecutive indices in
     ``idx``, or None when its runs average under :data:`MIN_RUN` (a gather is then cheaper).
     Remembered for a read-only array (a layout's owned indices, asked for every pass)."""
-    key = id(idx)
-    hit = _RUNS.get(key)
-    if hit is not None and hit[0]() is idx:
-        return hit[1]
+    hit = _RUNS.get((idx,))
+    if hit is not None:
+        return hit or None
     runs = None
     if len(idx) >= MIN_RUN:
         cut = np.flatnonzero(np.diff(idx) != 1) + 1
@@ -73,8 +72,7 @@ def _runs(idx: np.ndarray) -> list[tuple[int, int, int]] | None:
             starts = np.concatenate([[0], cut]).tolist()
             ends = np.concatenate([cut, [len(idx)]]).tolist()
             runs = [(int(idx[s]), s, e - s) for s, e in zip(starts, ends, strict=True)]
-    if isinstance(idx, np.ndarray) and not idx.flags.writeable:
-        _RUNS[key] = (weakref.ref(idx, lambda _, k=key: _RUNS.pop(k, None)), runs)
+    _RUNS.put((idx,), runs or [])          # ([] remembers "gather": None is "not known")
     return runs
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["weak_method"]
+import numpy as np
+
+__all__ = ["ByIdentity", "weak_method"]
 
 
 def weak_method(obj, name: str) -> Callable:
@@ -43,3 +46,43 @@ def weak_method(obj, name: str) -> Callable:
     call.__name__ = call.__qualname__ = name.lstrip("_") or name
     call.__doc__ = func.__doc__
     return call
+
+
+class ByIdentity:
+    """Values computed from read-only numpy arrays (a layout's owned-index arrays, asked for pass
+    after pass), remembered by the arrays' identities, which are held weakly: an entry answers
+    only while every one of its arrays is alive and is the same object; writable arrays (which
+    could change) are never remembered.  At most ``limit`` entries (then it starts again).
+
+    >>> memo = ByIdentity()
+    >>> a = np.arange(3); a.setflags(write=False)
+    >>> memo.put((a,), "runs of a"); memo.get((a,)), memo.get((np.arange(3),))
+    ('runs of a', None)
+    >>> del a; len(memo)
+    0
+    """
+
+    def __init__(self, limit: int = 1024):
+        self.limit = int(limit)
+        self._entries: dict[tuple, tuple[list, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, arrays: tuple) -> Any:
+        hit = self._entries.get(tuple(map(id, arrays)))
+        if hit is None or any(r() is not a for r, a in zip(hit[0], arrays, strict=True)):
+            return None
+        return hit[1]
+
+    def put(self, arrays: tuple, value: Any) -> None:
+        if not all(isinstance(a, np.ndarray) and not a.flags.writeable for a in arrays):
+            return
+        if len(self._entries) >= self.limit:
+            self._entries.clear()
+        key = tuple(map(id, arrays))
+        entries = self._entries
+
+        def gone(_, key=key):          # the first of its arrays to go takes the entry along
+            entries.pop(key, None)
+        self._entries[key] = ([weakref.ref(a, gone) for a in arrays], value)

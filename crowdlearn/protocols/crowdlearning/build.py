@@ -3,8 +3,6 @@ fused trainer, per-node key rings, and the runners of their job kinds."""
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from crowdlearn.crypto.sealing import KeyRing
@@ -13,6 +11,7 @@ from crowdlearn.protocols.crowdlearning import machines as sp
 from crowdlearn.protocols.crowdlearning.passjob import as_array
 from crowdlearn.training.jobs import Outcome
 from slicenet.ownership import gather, scatter
+from slicenet.weak import ByIdentity
 
 __all__ = ["PassRunner", "build", "build_ssgd", "model_description", "runners", "summary"]
 
@@ -209,9 +208,8 @@ def _check_cover(key, parts: list, size: int) -> None:
     all of them), else :class:`RuntimeError`.  The parts are a layout's read-only index arrays,
     the same few sets pass after pass: a set found whole is remembered (by the arrays'
     identities, held weakly) and not marked out again."""
-    ids = tuple(sorted(map(id, parts)))
-    known = _COVERS.get(ids)
-    if known is not None and known[0] == size and all(r() is not None for r in known[1]):
+    parts = tuple(sorted(parts, key=id))        # (the same set in any order)
+    if _COVERS.get(parts) == size:
         return
     covered = np.zeros(size, bool)
     given = 0
@@ -223,14 +221,11 @@ def _check_cover(key, parts: list, size: int) -> None:
         raise RuntimeError(f"pass {key}: two parts hold the same weights")
     if distinct != size:
         raise RuntimeError(f"pass {key} ran without all its parts")
-    if all(isinstance(a, np.ndarray) and not a.flags.writeable for a in parts):
-        if len(_COVERS) >= 1024:
-            _COVERS.clear()
-        _COVERS[ids] = (size, [weakref.ref(a) for a in parts])
+    _COVERS.put(parts, size)
 
 
-# sorted ids of a pass's part index arrays -> (size, weak references to those arrays)
-_COVERS: dict = {}
+# a pass's part index arrays (read-only, by identity) -> the size they were found to cover
+_COVERS = ByIdentity()
 
 
 class PassRecord:
