@@ -52,6 +52,10 @@ default, :data:`crowdlearn.training.threads.RUN_SWITCH_INTERVAL_S`; same results
 ``--ab-gather PAIRS`` times warm epochs alternately with a pass's parts copied element by element
 (``np.take``, fancy assignment) and by slices where their indices are long runs
 (``slicenet.ownership.gather``/``scatter``, the default; same results).
+``--ab-chain PAIRS`` times warm epochs alternately with the metrics row's models scored layer by
+layer (``FusedTrainer.chain_evaluate = False``) and through their inference chain
+(:mod:`slicenet.inference`: BatchNorm folded into the Dense layers, the first layer one product
+for all the models; the default): the same accuracy, the loss in its last bits (printed).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -84,7 +88,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = True,
                     epochs: int = 1, concurrent_evaluate: bool = True,
                     reference_waits: bool = False, eval_threads: int | None = None,
-                    switch_interval: bool = True, gather_by_take: bool = False) -> dict:
+                    switch_interval: bool = True, gather_by_take: bool = False,
+                    chain_evaluate: bool = True) -> dict:
     import threading
 
     import numpy as np
@@ -197,6 +202,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         build.scatter = lambda dst, idx, values: dst.__setitem__(idx, values)
     Executor.close = timed_close
     FusedTrainer.concurrent_evaluate = concurrent_evaluate
+    FusedTrainer.chain_evaluate = chain_evaluate
     Monitor._write_evaluated = timed_write
     gc.collect()          # no timed section pays for the garbage of the one before it
     gc.callbacks.append(on_gc)
@@ -218,6 +224,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         Executor.close = orig_close
         build.gather, build.scatter = orig_copies
         FusedTrainer.concurrent_evaluate = True
+        FusedTrainer.chain_evaluate = True
         Monitor._write_evaluated = orig_write
     s = res.summary
     samples = epochs * sum(len(p) for p in sim.parts)
@@ -403,6 +410,16 @@ def _compared(ref: dict, cur: dict, k: dict) -> str:
             f"same metrics, accuracy and simulated time: {same}")
 
 
+def _loss_difference(ref: dict, cur: dict) -> float:
+    """The largest |loss difference| between two runs' metrics rows (NaN if anything else in
+    the rows differs)."""
+    rows = list(zip(ref["metrics"], cur["metrics"], strict=True))
+    if any({k: v for k, v in r.items() if k != "loss"} != {k: v for k, v in c.items()
+                                                          if k != "loss"} for r, c in rows):
+        return float("nan")
+    return max(abs(r["loss"] - c["loss"]) for r, c in rows)
+
+
 def _header() -> None:
     """What ran where: the code's commit, the machine, its load; then how to read the lines."""
     import subprocess
@@ -462,6 +479,10 @@ def main() -> None:
                     help="then PAIRS times: a warm epoch with a pass's parts copied element by "
                          "element (np.take, fancy assignment), one by slices where their "
                          "indices are long runs (the default), and a Keras epoch")
+    ap.add_argument("--ab-chain", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch with the metrics row's models scored "
+                         "layer by layer, one through their inference chain (BatchNorm folded, "
+                         "the first layer one product: the default), and a Keras epoch")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     ap.add_argument("--calls", action="store_true",
@@ -564,6 +585,15 @@ def main() -> None:
              lambda ref, cur: (
                  f"element by element {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU, "
                  f"by runs {cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s"))
+    ab_pairs(a, overlap, a.ab_chain, "evaluation chain", {"chain_evaluate": False},
+             lambda ref, cur: (
+                 f"layer by layer {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU (the row "
+                 f"{ref['eval_beside_s']:.2f} s wall, the loop waiting for it "
+                 f"{ref['eval_waited_s']:.2f} s), by the chain {cur['wall_s']:.2f} / "
+                 f"{cur['cpu_s']:.2f} s ({cur['eval_beside_s']:.2f} s, "
+                 f"{cur['eval_waited_s']:.2f} s); accuracy {ref['accuracy']:.4f} / "
+                 f"{cur['accuracy']:.4f}, largest loss difference "
+                 f"{_loss_difference(ref, cur):.1e} (the metrics differ only there)"))
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)

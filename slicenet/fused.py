@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
+from slicenet import inference
 from slicenet.errors import UserError
 from slicenet.graph import (
     Activation,
@@ -126,6 +127,10 @@ class FusedTrainer:
     #: functions are thread-safe; it reads nothing that training changes): the monitor
     #: evaluates a metrics row beside the event loop (``sim.monitor``).
     concurrent_evaluate = True
+    #: dense models scored through their inference chain (:mod:`slicenet.inference`); False:
+    #: layer by layer, as convolutional models are (the reference of
+    #: ``benchmarks/slicenet_throughput.py --ab-chain``)
+    chain_evaluate = True
 
     def __init__(self, desc: ModelDescription, x: np.ndarray, y: np.ndarray):
         self.desc = desc
@@ -169,6 +174,24 @@ class FusedTrainer:
             sig, tf.TensorSpec([None, *self._x.shape[1:]], tf.float32),
             tf.TensorSpec([None], tf.int32)],
             reduce_retracing=True)
+        # dense models are scored through their inference chain (slicenet.inference: every
+        # BatchNorm folded into a Dense layer), the first Dense layer of all the models one
+        # matrix product (their kernels side by side: they read the same rows)
+        self._chain = None if self._conv else inference.chain(desc)
+        if self._chain is not None:
+            chain_sig = []
+            for j, step in enumerate(self._chain):
+                if step.kind == "act":
+                    continue
+                if j == 0 and step.kind == "dense":     # [in, K·out] and [K·out]
+                    shapes = [None, None], [None]
+                else:                                   # [K, in, out] and [K, out]; [K, d] twice
+                    shapes = [None] * (3 if step.kind == "dense" else 2), [None, None]
+                chain_sig += [tf.TensorSpec(shape, tf.float32) for shape in shapes]
+            self._eval_chain_fn = tf.function(weak_method(self, "_eval_chain"), input_signature=[
+                chain_sig, tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([None, *self._x.shape[1:]], tf.float32),
+                tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
 
     # ------------------------------------------------------------------ forward
     def _forward(self, ps, h, mask, count, training):
@@ -275,6 +298,52 @@ class FusedTrainer:
                                       tf.int32), axis=1)
         return loss, right
 
+    def _eval_chain(self, params, k, x, y):
+        """:meth:`_eval` for a dense model's inference chain: ``params`` as
+        :meth:`_chain_params` stacks them for ``k`` models."""
+        h = None
+        i = 0
+        for step in self._chain:
+            if step.kind == "dense" and h is None:      # the first step: one product for all
+                h = _ACTS[step.act](tf.matmul(x, params[0]) + params[1])
+                h = tf.transpose(tf.reshape(h, [tf.shape(x)[0], k, -1]), [1, 0, 2])
+                i = 2
+                continue
+            if h is None:
+                h = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
+            if step.kind == "dense":
+                h = _ACTS[step.act](tf.matmul(h, params[i]) + params[i + 1][:, None, :])
+            elif step.kind == "affine":
+                h = h * params[i][:, None, :] + params[i + 1][:, None, :]
+            else:
+                h = _ACTS[step.act](h)
+            i += step.params
+        if h is None:
+            h = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
+        yb = tf.broadcast_to(y[None], [k, tf.shape(y)[0]])
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, h), axis=1)
+        right = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(h, -1, output_type=tf.int32), yb),
+                                      tf.int32), axis=1)
+        return loss, right
+
+    def _chain_params(self, weight_lists) -> list:
+        """The models' folded chain parameters (:mod:`slicenet.inference`), stacked along a
+        leading model axis, except the first Dense layer's: its kernels side by side
+        (``[in, K·out]``) and its biases end to end."""
+        folded = [inference.fold(self.desc, w) for w in weight_lists]
+        out, i = [], 0
+        for j, step in enumerate(self._chain):
+            if step.kind == "act":
+                continue
+            if j == 0 and step.kind == "dense":
+                out += [tf.constant(np.concatenate([f[0] for f in folded], axis=1)),
+                        tf.constant(np.concatenate([f[1] for f in folded]))]
+            else:
+                out += [tf.constant(np.stack([f[i] for f in folded])),
+                        tf.constant(np.stack([f[i + 1] for f in folded]))]
+            i += 2
+        return out
+
     # ------------------------------------------------------------------ public
     def train(self, tasks: Sequence, *, with_abs_grad: bool = True) -> list[list[np.ndarray]]:
         """Run the tasks' SGD steps together; see the class docstring for the result layout."""
@@ -346,7 +415,11 @@ class FusedTrainer:
                  threads: int | None = None) -> list[tuple[float, float]]:
         """(mean loss, accuracy) per model, BatchNorm in inference mode.
 
-        Dense models are scored together (one batched call per chunk of rows); convolutional
+        Dense models are scored together (one batched call per chunk of rows) through their
+        inference chain (:mod:`slicenet.inference`: every BatchNorm folded into a Dense layer,
+        the first Dense layer of all the models one matrix product; ``paper-mlp``, 12 models on
+        10,000 rows: ≈ 25 % less CPU than layer by layer, ``docs/benchmarks.md``, "Fifteenth
+        session"; the loss moves in its last bits); convolutional
         models one at a time (:data:`CONV_EVAL_MODELS`), since a grouped convolution over many
         models costs more than the models' plain convolutions (paper-cnn, 28x28x1, quiet
         machine: 12 models on 2,000 images 5.5 s of CPU together against 4.2 s one by one; 120
@@ -375,18 +448,26 @@ class FusedTrainer:
         x = np.asarray(x, np.float32)
         x = x.reshape(len(x), *self.desc.input_shape) if self._conv else x.reshape(len(x), -1)
         y = np.asarray(y, np.int32)
+        by_chain = self._chain is not None and self.chain_evaluate
         calls = []                    # (first model, its params, first row, rows)
         for m in range(0, len(weight_lists), per_call):
             share = weight_lists[m:m + per_call]
             chunk = max(1, max_floats // (len(share) * self._widest))
-            params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in share]))
-                      for p in range(len(self.specs))]
+            if by_chain:
+                params = self._chain_params(share)
+            else:
+                params = [tf.constant(np.stack([np.asarray(w[p], np.float32) for w in share]))
+                          for p in range(len(self.specs))]
             calls += [(m, params, s, chunk) for s in range(0, len(x), chunk)]
+        k = tf.constant(min(per_call, len(weight_lists)), tf.int32)
 
         def scores(call) -> tuple[np.ndarray, np.ndarray]:
             _, params, s, chunk = call
-            loss, right = self._eval_fn(params, tf.constant(x[s:s + chunk]),
-                                        tf.constant(y[s:s + chunk]))
+            xs, ys = tf.constant(x[s:s + chunk]), tf.constant(y[s:s + chunk])
+            if by_chain:
+                loss, right = self._eval_chain_fn(params, k, xs, ys)
+            else:
+                loss, right = self._eval_fn(params, xs, ys)
             return loss.numpy(), right.numpy()
 
         if threads == 1 or len(calls) == 1:

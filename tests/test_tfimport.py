@@ -48,3 +48,5 @@ def test_a_failed_import_shows_its_lines_and_raises_its_error_in_the_caller(tmp_
     assert "C++ start-up line" in p.stderr
     assert "ImportError: no TensorFlow here" in p.stderr
     assert p.stderr.index("C++ start-up line") < p.stderr.index("ImportError")
+    assert p.stderr.count("C++ start-up line") == 1      # not a second import's lines again
+    assert p.stdout.count("imported on") == 1

@@ -27,16 +27,17 @@ __all__ = ["import_tensorflow"]
 def import_tensorflow(*, quiet: bool = False) -> None:
     """Import TensorFlow (if this process has not) on a helper thread; with ``quiet``, with file
     descriptor 2 pointed at a temporary file meanwhile.  An import that fails raises its error
-    here, from the caller's own import, after the lines it wrote."""
+    here, in the caller's thread, after the lines it wrote (once)."""
     if "tensorflow" in sys.modules:
         return
     quiet = quiet and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"
+    failed: list[BaseException] = []
 
     def load() -> None:
         try:
             importlib.import_module("tensorflow")
-        except BaseException:     # noqa: BLE001 - raised again below, by the caller's import
-            pass
+        except BaseException as e:     # noqa: BLE001 - raised below, in the caller's thread
+            failed.append(e)
 
     if not quiet:
         _on_a_thread(load)
@@ -53,8 +54,10 @@ def import_tensorflow(*, quiet: bool = False) -> None:
             if "tensorflow" not in sys.modules:
                 captured.seek(0)
                 sys.stderr.write(captured.read().decode(errors="replace"))
-    if "tensorflow" not in sys.modules:
-        importlib.import_module("tensorflow")      # its error, raised in the caller's thread
+    if failed:
+        # the import's own error, raised in the caller's thread (not a second import, which
+        # would write the C++ lines again after the replayed ones)
+        raise failed[0]
 
 
 def _on_a_thread(load) -> None:
