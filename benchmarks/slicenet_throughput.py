@@ -38,7 +38,9 @@ waited for pass results (training them, or waiting for the worker).
 The metrics row is evaluated beside the event loop, on a thread of the monitor's
 (``sim.monitor``: same rows), and printed as ``… s wall beside it``; in a one-epoch run
 the row is the run's last event, so the loop waits for it at the end all the same (printed as
-``the loop waiting for it``).
+``the loop waiting for it``); the line also gives when the groups' model reports (the row's
+models) came, from the run's start: a model evaluated as its group reports could only gain
+where they come well before the end.
 ``--ab-waits PAIRS`` times warm epochs alternately by the executor's reference waits
 (``Executor.reference_waits``: a pass's pipeline drain, which computes nothing, waiting for
 the batch running ahead on the worker, as before the sixth session) and by the current
@@ -112,6 +114,8 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     waited = [0.0]                # the loop's wall time waiting for rows evaluated beside it
     orig, orig_eval, orig_read = FusedTrainer.train, FusedTrainer.evaluate, Executor._run_kind
     orig_write = Monitor._write_evaluated
+    orig_report = Monitor.on_report
+    reported: list[float] = []    # wall times of the groups' model reports (the row's models)
     orig_close = Executor.close
     main = threading.current_thread()
     calls: list[dict] = []        # per FusedTrainer.train call (what --calls prints)
@@ -187,6 +191,11 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             if wait and threading.current_thread() is main:
                 waited[0] += time.perf_counter() - t
 
+    def timed_report(self, node, rep, now):
+        if rep.name == "group_model":
+            reported.append(time.perf_counter())
+        return orig_report(self, node, rep, now)
+
     def on_gc(phase, info):
         if phase == "start":
             collecting.append(time.process_time())
@@ -204,6 +213,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     FusedTrainer.concurrent_evaluate = concurrent_evaluate
     FusedTrainer.chain_evaluate = chain_evaluate
     Monitor._write_evaluated = timed_write
+    Monitor.on_report = timed_report
     gc.collect()          # no timed section pays for the garbage of the one before it
     gc.callbacks.append(on_gc)
     try:
@@ -226,6 +236,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
         FusedTrainer.concurrent_evaluate = True
         FusedTrainer.chain_evaluate = True
         Monitor._write_evaluated = orig_write
+        Monitor.on_report = orig_report
     s = res.summary
     samples = epochs * sum(len(p) for p in sim.parts)
     flops = sim.ctx.extra["layout"].train_flops_per_sample * samples
@@ -237,6 +248,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
             "eval_beside_s": beside[0], "eval_beside_thread_cpu_s": beside[1],
             "eval_beside_calls": beside[2], "eval_waited_s": waited[0],
+            "reported_s": [t - t0 for t in reported],
             "gc_runs": int(collecting[1]), "gc_in_tf_cpu_s": spent[4],
             "samples": samples, "calls": calls,
             "accuracy": s["final_accuracy"], "sim_time_s": s["sim_time_s"],
@@ -410,6 +422,11 @@ def _compared(ref: dict, cur: dict, k: dict) -> str:
             f"same metrics, accuracy and simulated time: {same}")
 
 
+def _span(times: list) -> str:
+    """``first to last`` of a list of times (``none`` if empty)."""
+    return f"{min(times):.2f} to {max(times):.2f}" if times else "none"
+
+
 def _loss_difference(ref: dict, cur: dict) -> float:
     """The largest |loss difference| between two runs' metrics rows (NaN if anything else in
     the rows differs)."""
@@ -512,7 +529,8 @@ def main() -> None:
               f"{r['overlap']['used']} used, {r['overlap']['discarded']} discarded; "
               f"evaluation {r['eval_s']:.1f} s wall on the loop's thread, "
               f"{r['eval_beside_s']:.1f} s wall beside it in {r['eval_beside_calls']} calls, "
-              f"the loop waiting for it {r['eval_waited_s']:.2f} s")
+              f"the loop waiting for it {r['eval_waited_s']:.2f} s; the groups' models "
+              f"reported from {_span(r['reported_s'])} s of the run's {r['wall_s']:.2f} s")
     print(trainer_calls(warm, a.calls))
     rest = warm["cpu_s"] - warm["train_cpu_s"] - warm["ahead_thread_cpu_s"] \
         - warm["eval_cpu_s"] - warm["eval_beside_thread_cpu_s"] - warm["gc_cpu_s"] \
