@@ -57,7 +57,8 @@ default, :data:`crowdlearn.training.threads.RUN_SWITCH_INTERVAL_S`; same results
 ``--ab-chain PAIRS`` times warm epochs alternately with the metrics row's models scored layer by
 layer (``FusedTrainer.chain_evaluate = False``) and through their inference chain
 (:mod:`slicenet.inference`: BatchNorm folded into the Dense layers, the first layer one product
-for all the models; the default): the same accuracy, the loss in its last bits (printed).
+for all the models; the default): the same accuracy, the loss in its last bits (printed);
+``--ab-row PAIRS`` times the row alone the same two ways (12 models, the 10,000 test rows).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -316,6 +317,43 @@ def keras_epoch(seed: int, lr: float = 0.05, batch: int = 32) -> dict:
             "samples": len(x)}
 
 
+def ab_row(models: int, pairs: int, seed: int) -> None:
+    """``pairs`` times: the metrics row alone — ``models`` ``paper-mlp`` models (Glorot
+    kernels, BatchNorm parameters and statistics drawn off their trivial values) scored on the
+    10,000 Fashion-MNIST test rows layer by layer, then through the inference chain."""
+    import numpy as np
+
+    from crowdlearn.data.datasets import load_dataset
+    from slicenet.fused import FusedTrainer
+    from slicenet.graph import paper_mlp_description
+
+    ds = load_dataset("fashion_mnist")
+    trainer = FusedTrainer(paper_mlp_description(), ds.x_train[:64], ds.y_train[:64])
+    rng = np.random.default_rng(seed)
+    weights = [[w if s.role == "kernel" else
+                (rng.uniform(0.5, 1.5, w.shape) if s.role == "moving_variance" else
+                 w + rng.normal(0, 0.1, w.shape)).astype(np.float32)
+                for w, s in zip(trainer.init_weights(rng), trainer.specs, strict=True)]
+               for _ in range(models)]
+
+    def timed(by_chain: bool) -> tuple[float, float, list]:
+        trainer.chain_evaluate = by_chain
+        gc.collect()
+        t, c = time.perf_counter(), time.process_time()
+        out = trainer.evaluate(weights, ds.x_test, ds.y_test)
+        return time.perf_counter() - t, time.process_time() - c, out
+
+    timed(False), timed(True)              # tracing
+    for pair in range(pairs):
+        (lw, lc, lo), (cw, cc, co) = timed(False), timed(True)
+        loss = max(abs(a[0] - b[0]) for a, b in zip(lo, co, strict=True))
+        acc = all(a[1] == b[1] for a, b in zip(lo, co, strict=True))
+        print(f"A/B the row alone pair {pair + 1} ({models} models, load "
+              f"{os.getloadavg()[0]:.2f}): layer by layer {lw:.3f} s wall / {lc:.3f} s CPU, by "
+              f"the chain {cw:.3f} / {cc:.3f} s; same accuracy: {acc}, largest loss "
+              f"difference {loss:.1e}")
+
+
 def matmul_rate(n: int = 2048, reps: int = 5) -> tuple[float, float]:
     """GFLOP/s of an n × n float32 matrix product: per wall second and per process CPU second."""
     import tensorflow as tf
@@ -500,6 +538,9 @@ def main() -> None:
                     help="then PAIRS times: a warm epoch with the metrics row's models scored "
                          "layer by layer, one through their inference chain (BatchNorm folded, "
                          "the first layer one product: the default), and a Keras epoch")
+    ap.add_argument("--ab-row", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: the metrics row alone (12 paper-mlp models on the "
+                         "test set) scored layer by layer and through the inference chain")
     ap.add_argument("--ab-epochs", type=int, default=3, metavar="N",
                     help="epochs of each --ab-evaluate run (default 3)")
     ap.add_argument("--calls", action="store_true",
@@ -612,6 +653,8 @@ def main() -> None:
                  f"{cur['eval_waited_s']:.2f} s); accuracy {ref['accuracy']:.4f} / "
                  f"{cur['accuracy']:.4f}, largest loss difference "
                  f"{_loss_difference(ref, cur):.1e} (the metrics differ only there)"))
+    if a.ab_row:
+        ab_row(12, a.ab_row, a.seed)
     for pair in range(a.ab_evaluate):
         n = a.ab_epochs
         on_loop = simulated_epoch(a.devices, a.group_size, a.seed, overlap, n, False)
