@@ -329,19 +329,38 @@ class FusedTrainer:
     def _chain_params(self, weight_lists) -> list:
         """The models' folded chain parameters (:mod:`slicenet.inference`), stacked along a
         leading model axis, except the first Dense layer's: its kernels side by side
-        (``[in, K·out]``) and its biases end to end."""
-        folded = [inference.fold(self.desc, w) for w in weight_lists]
-        out, i = [], 0
-        for j, step in enumerate(self._chain):
-            if step.kind == "act":
-                continue
-            if j == 0 and step.kind == "dense":
-                out += [tf.constant(np.concatenate([f[0] for f in folded], axis=1)),
-                        tf.constant(np.concatenate([f[1] for f in folded]))]
-            else:
-                out += [tf.constant(np.stack([f[i] for f in folded])),
-                        tf.constant(np.stack([f[i + 1] for f in folded]))]
-            i += 2
+        (``[in, K·out]``) and its biases end to end.
+
+        Each model is folded and written into its place at once, so one model's folded copy is
+        held at a time, and each array is handed to TensorFlow (which copies it) and dropped
+        in turn: the peak is that of the layer-by-layer path's stacking, not a folded copy of
+        every model more (120 ``paper-mlp`` models, S-SGD's row: ≈ 200 MB;
+        ``tests/test_slicenet_inference.py``)."""
+        k = len(weight_lists)
+        bufs: list[np.ndarray] = []
+        for m, w in enumerate(weight_lists):
+            f = inference.fold(self.desc, w)
+            i = 0
+            for j, step in enumerate(self._chain):
+                if step.kind == "act":
+                    continue
+                a, b = f[i], f[i + 1]
+                if m == 0:      # [in, K·out] and [K·out]; else [K, …] each
+                    first = j == 0 and step.kind == "dense"
+                    bufs += [np.empty((a.shape[0], k * a.shape[1]) if first else (k, *a.shape),
+                                      np.float32),
+                             np.empty((k * b.shape[0],) if first else (k, *b.shape), np.float32)]
+                if j == 0 and step.kind == "dense":
+                    bufs[i][:, m * a.shape[1]:(m + 1) * a.shape[1]] = a
+                    bufs[i + 1][m * b.shape[0]:(m + 1) * b.shape[0]] = b
+                else:
+                    bufs[i][m], bufs[i + 1][m] = a, b
+                i += 2
+            del f
+        out = []
+        for i in range(len(bufs)):
+            out.append(tf.constant(bufs[i]))
+            bufs[i] = None
         return out
 
     # ------------------------------------------------------------------ public
