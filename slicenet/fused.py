@@ -438,7 +438,7 @@ class FusedTrainer:
         inference chain (:mod:`slicenet.inference`: every BatchNorm folded into a Dense layer,
         the first Dense layer of all the models one matrix product; ``paper-mlp``, 12 models on
         10,000 rows: ≈ 25 % less CPU than layer by layer, ``docs/benchmarks.md``, "Fifteenth
-        session"; the loss moves in its last bits); convolutional
+        and sixteenth sessions"; the loss moves in its last bits); convolutional
         models one at a time (:data:`CONV_EVAL_MODELS`), since a grouped convolution over many
         models costs more than the models' plain convolutions (paper-cnn, 28x28x1, quiet
         machine: 12 models on 2,000 images 5.5 s of CPU together against 4.2 s one by one; 120
