@@ -1070,7 +1070,15 @@ def main(argv=None) -> int:
         print(f"merged {len(rows)} rows of {a.merge_rows} into {DATA}")
         return 0
     if a.render:
-        DOC.write_text(render(load_rows(), a.epochs, cmd))
+        rows = load_rows()
+        held = sorted({int(r["epochs"]) for r in rows if with_model(r)["model"] == DEFAULT_MODEL})
+        if held and a.epochs not in held:
+            # (the page's tables are of --epochs runs; longer runs get sections of their own)
+            ap.error(f"--render --epochs {a.epochs}: no {DEFAULT_MODEL} row of {a.epochs} "
+                     f"epochs in {DATA.relative_to(ROOT)} (it holds "
+                     f"{', '.join(map(str, held))}); pass the page's own, e.g. --epochs "
+                     f"{held[0]}, which its header names")
+        DOC.write_text(render(rows, a.epochs, cmd))
         print(f"wrote {DOC.relative_to(ROOT)}")
         return 0
     score = a.score or ("table" if a.model == "paper-cnn" else "every")

@@ -120,6 +120,22 @@ def test_slicenet_rows_merge_into_the_csv_keeping_measured_cpu(tmp_path, monkeyp
     assert [r["label"] for r in mod.load_rows()][0] == "S-SGD"  # settings' order
 
 
+def test_slicenet_render_refuses_an_epoch_count_with_no_rows(tmp_path, monkeypatch, capsys):
+    """``--render`` with the default ``--epochs 2`` over 1- and 50-epoch rows would write a
+    page of empty tables over the committed one: it stops with status 2 and names the fix."""
+    mod = _module("slicenet_experiments")
+    monkeypatch.setattr(mod, "DATA", tmp_path / "slicenet.csv")
+    monkeypatch.setattr(mod, "DOC", tmp_path / "slicenet.md")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    mod.save_rows(_slicenet_rows("n = 5", [30.0, 31.0]))
+    with pytest.raises(SystemExit) as stop:
+        mod.main(["--render"])
+    assert stop.value.code == 2 and not (tmp_path / "slicenet.md").exists()
+    assert "holds 1); pass the page's own, e.g. --epochs 1" in capsys.readouterr().err
+    assert mod.main(["--render", "--epochs", "1"]) == 0
+    assert "| n = 5 |" in (tmp_path / "slicenet.md").read_text()
+
+
 def test_slicenet_doc_renders_every_table_from_rows_alone(monkeypatch):
     mod = _module("slicenet_experiments")
     monkeypatch.setattr(mod, "traffic_table", lambda: [(5, 1.03, 100, 40, 80)])
