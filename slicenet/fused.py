@@ -337,7 +337,7 @@ class FusedTrainer:
         every model more (120 ``paper-mlp`` models, S-SGD's row: ≈ 200 MB;
         ``tests/test_slicenet_inference.py``)."""
         k = len(weight_lists)
-        bufs: list[np.ndarray] = []
+        bufs: list = []              # (each set to None once TensorFlow holds its copy)
         for m, w in enumerate(weight_lists):
             f = inference.fold(self.desc, w)
             i = 0
