@@ -334,8 +334,8 @@ class FusedTrainer:
         Each model is folded and written into its place at once, so one model's folded copy is
         held at a time, and each array is handed to TensorFlow (which copies it) and dropped
         in turn: the peak is that of the layer-by-layer path's stacking, not a folded copy of
-        every model more (120 ``paper-mlp`` models, S-SGD's row: ≈ 200 MB;
-        ``tests/test_slicenet_inference.py``)."""
+        every model more (120 ``paper-mlp`` models, S-SGD's row: peak 752 → 492–538 MB,
+        ``benchmarks/eval_row_memory.py``; ``tests/test_slicenet_inference.py``)."""
         k = len(weight_lists)
         bufs: list = []              # (each set to None once TensorFlow holds its copy)
         for m, w in enumerate(weight_lists):
@@ -345,12 +345,12 @@ class FusedTrainer:
                 if step.kind == "act":
                     continue
                 a, b = f[i], f[i + 1]
-                if m == 0:      # [in, K·out] and [K·out]; else [K, …] each
-                    first = j == 0 and step.kind == "dense"
+                first = j == 0 and step.kind == "dense"     # [in, K·out] and [K·out]
+                if m == 0:                                  # (else [K, …] each)
                     bufs += [np.empty((a.shape[0], k * a.shape[1]) if first else (k, *a.shape),
                                       np.float32),
                              np.empty((k * b.shape[0],) if first else (k, *b.shape), np.float32)]
-                if j == 0 and step.kind == "dense":
+                if first:
                     bufs[i][:, m * a.shape[1]:(m + 1) * a.shape[1]] = a
                     bufs[i + 1][m * b.shape[0]:(m + 1) * b.shape[0]] = b
                 else:
