@@ -178,12 +178,15 @@ class FusedTrainer:
         # BatchNorm folded into a Dense layer), the first Dense layer of all the models one
         # matrix product (their kernels side by side: they read the same rows)
         self._chain = None if self._conv else inference.chain(desc)
+        #: the chain's first step is a Dense layer, its models' kernels side by side: decided
+        #: here once, for the signature, the stacking (_chain_params) and the scoring
+        self._packed_first = self._chain is not None and inference.packs_first(self._chain)
         if self._chain is not None:
             chain_sig = []
             for j, step in enumerate(self._chain):
                 if step.kind == "act":
                     continue
-                if j == 0 and step.kind == "dense":     # [in, K·out] and [K·out]
+                if j == 0 and self._packed_first:       # [in, K·out] and [K·out]
                     shapes = [None, None], [None]
                 else:                                   # [K, in, out] and [K, out]; [K, d] twice
                     shapes = [None] * (3 if step.kind == "dense" else 2), [None, None]
@@ -301,16 +304,16 @@ class FusedTrainer:
     def _eval_chain(self, params, k, x, y):
         """:meth:`_eval` for a dense model's inference chain: ``params`` as
         :meth:`_chain_params` stacks them for ``k`` models."""
-        h = None
-        i = 0
-        for step in self._chain:
-            if step.kind == "dense" and h is None:      # the first step: one product for all
-                h = _ACTS[step.act](tf.matmul(x, params[0]) + params[1])
-                h = tf.transpose(tf.reshape(h, [tf.shape(x)[0], k, -1]), [1, 0, 2])
-                i = 2
-                continue
-            if h is None:
-                h = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
+        steps = self._chain
+        if self._packed_first:          # the first step: one product for all the models
+            step = steps[0]
+            h = _ACTS[step.act](tf.matmul(x, params[0]) + params[1])
+            h = tf.transpose(tf.reshape(h, [tf.shape(x)[0], k, -1]), [1, 0, 2])
+            i, steps = 2, steps[1:]
+        else:
+            h = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
+            i = 0
+        for step in steps:
             if step.kind == "dense":
                 h = _ACTS[step.act](tf.matmul(h, params[i]) + params[i + 1][:, None, :])
             elif step.kind == "affine":
@@ -318,8 +321,6 @@ class FusedTrainer:
             else:
                 h = _ACTS[step.act](h)
             i += step.params
-        if h is None:
-            h = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
         yb = tf.broadcast_to(y[None], [k, tf.shape(y)[0]])
         loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, h), axis=1)
         right = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(h, -1, output_type=tf.int32), yb),
@@ -345,7 +346,7 @@ class FusedTrainer:
                 if step.kind == "act":
                     continue
                 a, b = f[i], f[i + 1]
-                first = j == 0 and step.kind == "dense"     # [in, K·out] and [K·out]
+                first = j == 0 and self._packed_first      # [in, K·out] and [K·out]
                 if m == 0:                                  # (else [K, …] each)
                     bufs += [np.empty((a.shape[0], k * a.shape[1]) if first else (k, *a.shape),
                                       np.float32),

@@ -43,7 +43,7 @@ import numpy as np
 from slicenet.graph import Activation, BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 from slicenet.layout import BN_EPSILON
 
-__all__ = ["Step", "chain", "fold"]
+__all__ = ["Step", "chain", "fold", "packs_first"]
 
 _LINEAR = (None, "linear", "log_softmax")      # a Dense layer's activations that leave it linear
 #                                                 (log_softmax: the fused trainer leaves it out)
@@ -67,6 +67,20 @@ class Step:
 def chain(desc) -> tuple[Step, ...]:
     """The steps of ``desc`` in inference mode, its BatchNorms folded (a dense model only)."""
     return tuple(Step(kind, act) for kind, act, _ in _walk(desc, None))
+
+
+def packs_first(steps: Sequence[Step]) -> bool:
+    """Whether the chain's first step is a Dense layer, which reads the input rows themselves:
+    then many models' first layers are one product of the rows with their kernels side by side
+    (``[in, K·out]``; :class:`slicenet.fused.FusedTrainer` stacks, signs and scores it so).
+
+    >>> from slicenet.graph import Activation, BatchNorm, Dense, ModelDescription
+    >>> packs_first(chain(ModelDescription((3,), (BatchNorm(), Dense(2)))))
+    True
+    >>> packs_first(chain(ModelDescription((3,), (Activation("relu"), Dense(2)))))
+    False
+    """
+    return bool(steps) and steps[0].kind == "dense"
 
 
 def fold(desc, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
