@@ -59,6 +59,10 @@ layer (``FusedTrainer.chain_evaluate = False``) and through their inference chai
 (:mod:`slicenet.inference`: BatchNorm folded into the Dense layers, the first layer one product
 for all the models; the default): the same accuracy, the loss in its last bits (printed);
 ``--ab-row PAIRS`` times the row alone the same two ways (12 models, the 10,000 test rows).
+``--ab-share PAIRS`` times warm epochs alternately with each member's top-θ selection made at its
+share (``crowdlearning.reference.eager_share``: it reads the passes' deferred training there) and
+made lazily, read when the server releases the epoch's uploads (the default); the passes then run
+in fewer, wider batches, which round differently (the accuracies are printed).
 ``--ab-paths PAIRS`` times warm epochs alternately by the code this session replaced (owned-index
 checks by ``searchsorted``, a device's share on full-length vectors, a pass's collective key made
 at each ask, the row evaluated on the loop's thread: :func:`reference_paths`, the reference paths
@@ -92,7 +96,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                     epochs: int = 1, concurrent_evaluate: bool = True,
                     reference_waits: bool = False, eval_threads: int | None = None,
                     switch_interval: bool = True, gather_by_take: bool = False,
-                    chain_evaluate: bool = True) -> dict:
+                    chain_evaluate: bool = True, eager_share: bool = False) -> dict:
     import threading
 
     import numpy as np
@@ -210,6 +214,11 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     if gather_by_take:           # a pass's parts copied element by element (before session 14)
         build.gather = np.take
         build.scatter = lambda dst, idx, values: dst.__setitem__(idx, values)
+    from crowdlearn.protocols.crowdlearning import device as slice_device
+    from crowdlearn.protocols.crowdlearning.reference import eager_share as eager
+    lazy_share = slice_device.SliceDevice._share
+    if eager_share:              # the top-θ selection made at the share (before session 17)
+        slice_device.SliceDevice._share = eager
     Executor.close = timed_close
     FusedTrainer.concurrent_evaluate = concurrent_evaluate
     FusedTrainer.chain_evaluate = chain_evaluate
@@ -234,6 +243,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             orig, orig_eval, orig_read
         Executor.close = orig_close
         build.gather, build.scatter = orig_copies
+        slice_device.SliceDevice._share = lazy_share
         FusedTrainer.concurrent_evaluate = True
         FusedTrainer.chain_evaluate = True
         Monitor._write_evaluated = orig_write
@@ -246,6 +256,7 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
             "ahead_s": ahead[0], "ahead_thread_cpu_s": ahead[1], "ahead_calls": ahead[2],
             "blocked_s": blocked[0], "close_s": blocked[1], "blocked_other_s": blocked[2],
             "overlap": dict(sim.executor.overlap_batches),
+            "pass_batches": sim.executor.batches_run.get("slice_pass", 0),
             "eval_s": spent[2], "eval_cpu_s": spent[3], "gc_cpu_s": collecting[0],
             "eval_beside_s": beside[0], "eval_beside_thread_cpu_s": beside[1],
             "eval_beside_calls": beside[2], "eval_waited_s": waited[0],
@@ -538,6 +549,11 @@ def main() -> None:
                     help="then PAIRS times: a warm epoch with the metrics row's models scored "
                          "layer by layer, one through their inference chain (BatchNorm folded, "
                          "the first layer one product: the default), and a Keras epoch")
+    ap.add_argument("--ab-share", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch with each member's top-theta "
+                         "selection made at its share (reading the passes' training there), "
+                         "one with it made lazily, read when the server releases the epoch's "
+                         "uploads (the default), and a Keras epoch")
     ap.add_argument("--ab-row", type=int, default=0, metavar="PAIRS",
                     help="then PAIRS times: the metrics row alone (12 paper-mlp models on the "
                          "test set) scored layer by layer and through the inference chain")
@@ -653,6 +669,15 @@ def main() -> None:
                  f"{cur['eval_waited_s']:.2f} s); accuracy {ref['accuracy']:.4f} / "
                  f"{cur['accuracy']:.4f}, largest loss difference "
                  f"{_loss_difference(ref, cur):.1e} (the metrics differ only there)"))
+    ab_pairs(a, overlap, a.ab_share, "share", {"eager_share": True},
+             lambda ref, cur: (
+                 f"selected at the share {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU "
+                 f"(loop blocked in pass reads {ref['blocked_s']:.2f} s, "
+                 f"{ref['overlap']['used']} batches run ahead, {ref['pass_batches']} pass "
+                 f"batches), lazily {cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s "
+                 f"({cur['blocked_s']:.2f} s, {cur['overlap']['used']}, "
+                 f"{cur['pass_batches']}); accuracy {ref['accuracy']:.6f} / "
+                 f"{cur['accuracy']:.6f} (the passes batched differently round differently)"))
     if a.ab_row:
         ab_row(12, a.ab_row, a.seed)
     for pair in range(a.ab_evaluate):

@@ -360,6 +360,8 @@ def _size(v: Any) -> int:
         return 3 + 4 * v.ndim + v.nbytes
     if t in _WIRE_LEN_TYPES:
         return 5 + v.wire_len()
+    if t in _LAZY_ARRAY_TYPES:
+        return 3 + 4 * len(v.shape) + math.prod(v.shape) * v.dtype.itemsize
     sizer = _SIZER.get(t)
     if sizer is not None:
         return 5 + sizer(v)
@@ -369,6 +371,8 @@ def _size(v: Any) -> int:
 # classes whose instances the generic rule sized by ``wire_len()`` (no other rule before it
 # applies to them: it is decided by their type), so that later ones skip the chain
 _WIRE_LEN_TYPES: set = set()
+# classes of lazy arrays (:func:`_is_lazy_array`) the generic rule met, sized by type after
+_LAZY_ARRAY_TYPES: set = set()
 
 
 def _size_generic(v: Any) -> int:
@@ -396,6 +400,9 @@ def _size_generic(v: Any) -> int:
         if hasattr(t, "wire_len"):
             _WIRE_LEN_TYPES.add(t)
         return 5 + v.wire_len()
+    if _is_lazy_array(v):
+        _LAZY_ARRAY_TYPES.add(t)
+        return 3 + 4 * len(v.shape) + math.prod(v.shape) * np.dtype(v.dtype).itemsize
     if _is_deferred(v):
         return 5 + sum(3 + 4 * len(s) + math.prod(s) * _itemsize(d)
                        for s, d in zip(v.shapes, v.dtypes, strict=True))
@@ -424,6 +431,12 @@ def _itemsize(dtype: Any) -> int:
 def _is_deferred(v: Any) -> bool:
     """A lazily computed list of arrays (``crowdlearn.training.jobs.Deferred``) by duck type."""
     return hasattr(v, "shapes") and hasattr(v, "dtypes") and hasattr(v, "value")
+
+
+def _is_lazy_array(v: Any) -> bool:
+    """An array computed on first read whose shape and dtype are declared
+    (``crowdlearn.training.jobs.LazyArray``) by duck type: sized and encoded as that array."""
+    return hasattr(v, "materialize") and hasattr(v, "shape") and hasattr(v, "dtype")
 
 
 def _put(out: list[bytes], v: Any) -> None:
@@ -458,6 +471,8 @@ def _put(out: list[bytes], v: Any) -> None:
     elif dataclasses.is_dataclass(v) and type(v) in _TAG_OF:
         raw = encode(v)
         out.append(b"m" + struct.pack("<I", len(raw)) + raw)
+    elif _is_lazy_array(v):
+        _put(out, v.materialize())          # computed now: what it stands for goes out
     else:
         raise TypeError(f"cannot encode a {type(v).__name__} on the wire")
 

@@ -36,14 +36,21 @@ def misbehaved(src: NodeId, reason: str, **tags: Any) -> Report:
     return Report("peer_misbehaved", reason, (("device", src),) + tuple(tags.items()))
 
 
+def _array(v: Any) -> bool:
+    """An array, or a lazy one (``crowdlearn.training.jobs.LazyArray``, by duck type: its
+    declared shape and dtype are checked without computing it)."""
+    return isinstance(v, np.ndarray) or (hasattr(v, "materialize") and hasattr(v, "shape")
+                                         and isinstance(getattr(v, "dtype", None), np.dtype))
+
+
 def sparse_vector(indices: Any, values: Any) -> None:
     """Raise ``ValueError`` unless ``indices`` is a 1-D integer array and ``values`` a 1-D
-    floating array of the same length."""
-    if not isinstance(indices, np.ndarray) or indices.ndim != 1 \
-            or indices.dtype.kind not in "iu":
+    floating array of the same length (arrays computed lazily by their declared shape and
+    dtype)."""
+    if not _array(indices) or len(indices.shape) != 1 or indices.dtype.kind not in "iu":
         raise ValueError(f"indices must be a 1-D integer array; got {type(indices).__name__} "
                          f"{getattr(indices, 'dtype', '')} {getattr(indices, 'shape', '')}")
-    if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype.kind != "f":
+    if not _array(values) or len(values.shape) != 1 or values.dtype.kind != "f":
         raise ValueError(f"values must be a 1-D float array; got {type(values).__name__} "
                          f"{getattr(values, 'dtype', '')} {getattr(values, 'shape', '')}")
     if len(indices) != len(values):
@@ -58,6 +65,7 @@ def check_sparse(indices: Any, values: Any, *, size: int, allowed: np.ndarray | 
         sparse_vector(indices, values)
     except ValueError as exc:
         return str(exc)
+    indices, values = np.asarray(indices), np.asarray(values)     # (a lazy array: computed)
     if max_entries is not None and len(indices) > max_entries:
         return f"{len(indices)} entries > {max_entries}"
     if not len(indices):

@@ -187,6 +187,85 @@ class Deferred(Sequence):
         return iter(self.value())
 
 
+class Lazy:
+    """A value computed on first read by ``fn()`` (then kept, and ``fn`` with what it refers
+    to let go): a machine's own computation on values that may still be :class:`Deferred`,
+    put off until something needs its result, so that it does not force them early (a
+    Crowdlearning member's top-θ selection, needed when the server releases the epoch's
+    uploads, not when the member sends its upload).  The result is the one ``fn`` would give
+    at once: only the moment it is computed moves.
+
+    >>> calls = []
+    >>> v = Lazy(lambda: calls.append(1) or (np.arange(3), np.ones(3, np.float32)))
+    >>> a = LazyArray(v, 0, (3,), np.int64)
+    >>> calls, a.shape, a.computed
+    ([], (3,), False)
+    >>> np.asarray(a).tolist(), np.asarray(LazyArray(v, 1, (3,), np.float32)).tolist(), calls
+    ([0, 1, 2], [1.0, 1.0, 1.0], [1])
+    """
+
+    __slots__ = ("_fn", "_value", "_lock")
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._fn: Callable[[], Any] | None = fn
+        self._value: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def computed(self) -> bool:
+        return self._fn is None
+
+    def get(self) -> Any:
+        if self._fn is not None:
+            with self._lock:
+                if self._fn is not None:
+                    self._value = self._fn()
+                    self._fn = None
+        return self._value
+
+
+class LazyArray:
+    """Entry ``i`` of a :class:`Lazy` tuple of arrays, its ``shape`` and ``dtype`` declared in
+    advance: the wire sizes it as the array it stands for without computing it
+    (``sim.wire``), and ``np.asarray`` (or :meth:`materialize`) computes it.  Computed, it is
+    checked against what was declared."""
+
+    __slots__ = ("_lazy", "_i", "shape", "dtype")
+
+    def __init__(self, lazy: Lazy, i: int, shape: Sequence[int], dtype: Any):
+        self._lazy, self._i = lazy, int(i)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def computed(self) -> bool:
+        return self._lazy.computed
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def materialize(self) -> np.ndarray:
+        a = self._lazy.get()[self._i]
+        if a.shape != self.shape or a.dtype != self.dtype:
+            raise RuntimeError(f"a lazy array declared {self.dtype}{list(self.shape)} "
+                               f"computed {a.dtype}{list(a.shape)}")
+        return a
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.materialize()
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
+
+    def __repr__(self) -> str:
+        state = "computed" if self.computed else "not computed"
+        return f"LazyArray({self.dtype}{list(self.shape)}, {state})"
+
+
 class Executor:
     """Runs jobs lazily, in batches of one kind.
 

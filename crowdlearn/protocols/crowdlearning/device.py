@@ -5,6 +5,7 @@ was given by sealed messages, runs its part of each pass as a job, and shares it
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from crowdlearn.protocols.crowdlearning.passjob import (
 from crowdlearn.protocols.crowdlearning.sharing import top_k
 from crowdlearn.protocols.validate import check_sparse, misbehaved
 from crowdlearn.training.batching import make_batches
-from crowdlearn.training.jobs import Deferred
+from crowdlearn.training.jobs import Deferred, Lazy, LazyArray
 from sim import wire
 from sim.machine import (
     CancelJob,
@@ -358,47 +359,33 @@ class SliceDevice(Machine):
 
     # -------------------------------------------------------------- sharing
     def _share(self, m: ShareRequest) -> list[Effect]:
+        """Upload the values of the top θ of its owned weights by Σ |mean gradient| over the
+        epoch's passes (spec §5).  The selection reads the passes' results, which may still be
+        deferred (training runs in batches, possibly ahead on a worker): it is made lazily, when
+        the upload's values are first read (by the server, when it releases the epoch's
+        uploads; by the wire, when the message is encoded), so that a group finishing its
+        epoch does not force the training of every group's passes while the others are still
+        simulating theirs.  Its length is known now (k, or 0 if it trained nothing), so the
+        message is sized without it; its values are the ones an eager selection gives."""
         self._commit()
         lay = self.layout
-        idx = lay.owned_flat(m.owners, trainable=True)
+        owners = tuple(m.owners)
+        idx = lay.owned_flat(owners, trainable=True)
         k = int(round(self.params.theta * len(idx)))
-        # Σ |mean gradient| over the epoch's passes, per weight it owns (float64, pass order),
-        # at its position in idx (what the full-length vector's acc[idx] was)
-        acc = np.zeros(len(idx), np.float64)
-        seen = False
-        for o in m.owners:
-            own = self._acc_of(o)
-            if own is not None:
-                acc[lay.position_in(m.owners, o)[0]] = own
-                seen = True
+        parts = {o: tuple(self.acc.get(o, ())) for o in owners}
+        held = {o: self.held[o] for o in owners if o in self.held}
+        n = k if k and any(parts.values()) else 0
         self.acc = {}
-        pos = top_k(acc, k) if k and seen else np.arange(0)
-        top = idx[pos]
-        # the epoch is over: hold plain arrays, so that a deferred result does not keep every
-        # pass of the run alive through the chain of jobs that produced it
-        self.held = {o: as_array(v) for o, v in self.held.items()}
-        # the values at idx (those of owners it holds; zeros for the others), as _flat's [idx]
-        vals = np.zeros(len(idx), np.float32)
-        for o in m.owners:
-            if o in self.held:
-                at, which = lay.position_in(m.owners, o)
-                vals[at] = self.held[o][which]
-        self.share_owners = {m.epoch: tuple(m.owners)}
+        self.share_owners = {m.epoch: owners}
+        sel = Lazy(partial(top_theta, lay, owners, idx, k, parts, held))
         # the server answers the upload with this member's download
-        return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32),
-                                         vals[pos].astype(np.float32)))]
+        return [Send(self.server, Upload(m.group, m.epoch, LazyArray(sel, 0, (n,), np.int32),
+                                         LazyArray(sel, 1, (n,), np.float32)))]
 
     def _acc_of(self, owner: int) -> np.ndarray | None:
-        """Σ |mean gradient| of ``owner``'s trainable entries over the epoch's passes
-        (float64), summed on the owner's own entries (the same additions, from 0.0, in pass
-        order, as ``acc[t] += part``); ``None`` if it trained none."""
-        parts = self.acc.get(owner, ())
-        if not parts:
-            return None
-        own = np.zeros(len(self.layout.owned_flat([owner], trainable=True)), np.float64)
-        for part in parts:
-            own += as_array(part)
-        return own
+        """Σ |mean gradient| of ``owner``'s trainable entries over the epoch's passes (float64;
+        :func:`acc_of`); ``None`` if it trained none."""
+        return acc_of(self.layout, owner, self.acc.get(owner, ()))
 
     def _flat(self, owners) -> np.ndarray:
         """A full-length vector with the values of ``owners`` (zeros elsewhere)."""
@@ -414,6 +401,10 @@ class SliceDevice(Machine):
         owners = self.share_owners.get(m.epoch)
         if owners is None:
             return [misbehaved(self.server, f"Download for epoch {m.epoch} not asked for")]
+        # the epoch is over: hold plain arrays, so that a deferred result does not keep every
+        # pass of the run alive through the chain of jobs that produced it (they are computed:
+        # the server read the uploads to answer)
+        self.held = {o: as_array(v) for o, v in self.held.items()}
         lay = self.layout
         bad = check_sparse(m.indices, m.values, size=lay.num_params)
         if bad is None and not lay.owns_all(owners, m.indices, trainable=True):
@@ -439,6 +430,45 @@ class SliceDevice(Machine):
                               (("model", "group_model"), ("round", m.epoch),
                                ("group", self.group))))
         return out + done
+
+
+#: the share as this module defines it (a reference replacing ``SliceDevice._share`` calls it)
+lazy_share = SliceDevice._share
+
+
+def acc_of(layout, owner: int, parts) -> np.ndarray | None:
+    """Σ |mean gradient| of ``owner``'s trainable entries over an epoch's passes (float64),
+    summed on the owner's own entries (the same additions, from 0.0, in pass order, as
+    ``acc[t] += part``); ``None`` if it trained none."""
+    if not parts:
+        return None
+    own = np.zeros(len(layout.owned_flat([owner], trainable=True)), np.float64)
+    for part in parts:
+        own += as_array(part)
+    return own
+
+
+def top_theta(layout, owners: tuple, idx: np.ndarray, k: int, parts: dict,
+              held: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A member's upload (:meth:`SliceDevice._share`): the ``k`` entries of ``idx`` (the
+    trainable weights of ``owners``, flat) with the largest Σ |mean gradient| (``parts`` per
+    owner), and their values (``held`` per owner; zeros for an owner it does not hold); none
+    if no owner trained."""
+    acc = np.zeros(len(idx), np.float64)
+    seen = False
+    for o in owners:
+        own = acc_of(layout, o, parts.get(o, ()))
+        if own is not None:
+            acc[layout.position_in(owners, o)[0]] = own
+            seen = True
+    pos = top_k(acc, k) if k and seen else np.arange(0)
+    # the values at idx (those of owners it holds; zeros for the others), as _flat's [idx]
+    vals = np.zeros(len(idx), np.float32)
+    for o in owners:
+        if o in held:
+            at, which = layout.position_in(owners, o)
+            vals[at] = as_array(held[o])[which]
+    return idx[pos].astype(np.int32), vals[pos].astype(np.float32)
 
 
 def rank_in_owner(layout) -> np.ndarray:

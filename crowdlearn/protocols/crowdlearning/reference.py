@@ -12,7 +12,7 @@ import numpy as np
 
 from crowdlearn.protocols.crowdlearning.sharing import top_k
 
-__all__ = ["full_length_share", "owns_all_by_search"]
+__all__ = ["eager_share", "full_length_share", "owns_all_by_search"]
 
 
 def owns_all_by_search(self, owners, indices, *, trainable=False):
@@ -49,3 +49,20 @@ def full_length_share(self, m):
     self.share_owners = {m.epoch: tuple(m.owners)}
     return [Send(self.server, Upload(m.group, m.epoch, top.astype(np.int32),
                                      flat[top].astype(np.float32)))]
+
+
+def eager_share(self, m):
+    """``SliceDevice._share`` with its top-θ selection made at once, as before the seventeenth
+    session: it reads the passes' deferred training at the share, and the member then holds
+    plain arrays (``benchmarks/slicenet_throughput.py --ab-share`` times the two ways)."""
+    from crowdlearn.protocols.crowdlearning.device import lazy_share
+    from crowdlearn.protocols.crowdlearning.messages import Upload
+    from crowdlearn.protocols.crowdlearning.passjob import as_array
+    from sim.machine import Send
+
+    (send,) = lazy_share(self, m)
+    up = send.message
+    self.held = {o: as_array(v) for o, v in self.held.items()}
+    return [Send(send.dst, Upload(up.group, up.epoch, np.asarray(up.indices),
+                                  np.asarray(up.values)))]
+

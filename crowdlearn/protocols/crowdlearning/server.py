@@ -108,7 +108,8 @@ class SlicingServer(Machine):
         # sharing in ticks (spec §6, [ours]): group g's upload of epoch e is tick e·G + g + 1,
         # applied with the other groups' once all of epoch e's are in; downloads are answered
         # then, from the window ending at the epoch's last tick, whatever order uploads arrived
-        self.pending: dict[int, list] = {}    # epoch -> [(group, member, indices, values)]
+        self.pending: dict[int, list] = {}    # epoch -> [(group, member, indices, values,
+        #   the owners to check it by at its release, or None: checked)]
         self.released = -1                    # the last epoch whose uploads were applied
         self.tick = 0                         # the window's newest tick (of that epoch)
         self.checkpoints: dict = {}    # (group, piece) -> (sealing device, escrowed payload)
@@ -149,7 +150,7 @@ class SlicingServer(Machine):
         out = self._dispatch(event, now)
         # any event may complete an epoch's uploads (an upload, a member lost, a group that
         # cannot go on)
-        return out + self._release() if self.pending else out
+        return out + self._release(now) if self.pending else out
 
     def _dispatch(self, event: Input, now: float) -> list[Effect]:
         if isinstance(event, PeerJoined):
@@ -478,9 +479,14 @@ class SlicingServer(Machine):
             return []
         g.awaiting.discard(src)
         owners = self._owners(g, src)
-        bad = check_sparse(m.indices, m.values, size=self.layout.num_params)
-        if bad is None and not self.layout.owns_all(owners, m.indices, trainable=True):
-            bad = "index not owned by the sender"     # (check_sparse's allowed=, by a mask)
+        if m.epoch > self.released and _uncomputed(m.indices, m.values):
+            # values the sender's own simulation computes lazily (its top-θ selection over
+            # training results still deferred, SliceDevice._share): first read when the
+            # epoch's uploads are released, and checked there (refused there as here)
+            self.pending.setdefault(m.epoch, []).append(
+                (g.gid, src, m.indices, m.values, owners))
+            return []
+        bad = self._check_upload(owners, m.indices, m.values)
         if bad is not None:
             g.sharing.discard(src)
             return [misbehaved(src, f"Upload: {bad}", group=g.gid)] + \
@@ -491,8 +497,16 @@ class SlicingServer(Machine):
             # answered from the window as it is now [ours]
             self.window.upload(m.indices, m.values, self._tick_of(m.epoch, g.gid))
             return self._download(src, g)
-        self.pending.setdefault(m.epoch, []).append((g.gid, src, m.indices, m.values))
+        self.pending.setdefault(m.epoch, []).append((g.gid, src, m.indices, m.values, None))
         return []
+
+    def _check_upload(self, owners, indices, values) -> str | None:
+        """What is wrong with an upload from the member owning ``owners`` (None: nothing)."""
+        bad = check_sparse(indices, values, size=self.layout.num_params)
+        if bad is None and not self.layout.owns_all(owners, np.asarray(indices),
+                                                    trainable=True):
+            bad = "index not owned by the sender"     # (check_sparse's allowed=, by a mask)
+        return bad
 
     def _tick_of(self, epoch: int, gid: int) -> int:
         return epoch * len(self.groups) + gid + 1
@@ -504,12 +518,25 @@ class SlicingServer(Machine):
                    or (h.epoch == epoch and h.phase == "share" and not h.awaiting)
                    for h in self.groups)
 
-    def _release(self) -> list[Effect]:
+    def _release(self, now: float) -> list[Effect]:
         """Apply the uploads of every epoch whose uploads are all in, in (group, member) order,
-        and answer their downloads in that order (spec §6, [ours] deterministic ticks)."""
+        and answer their downloads in that order (spec §6, [ours] deterministic ticks).  An
+        upload whose values were computed lazily is checked here, at their first read: a bad
+        one is refused as :meth:`_upload` refuses it (the member forfeits the epoch's share)."""
         out: list[Effect] = []
         while self.pending and self._uploads_in(epoch := min(self.pending)):
-            ups = sorted(self.pending.pop(epoch), key=lambda u: (u[0], str(u[1])))
+            ups, refused = [], {}
+            for gid, src, idx, vals, owners in sorted(self.pending.pop(epoch),
+                                                      key=lambda u: (u[0], str(u[1]))):
+                if owners is not None:
+                    bad = self._check_upload(owners, idx, vals)
+                    if bad is not None:
+                        g = refused[gid] = self.groups[gid]
+                        g.sharing.discard(src)
+                        out.append(misbehaved(src, f"Upload: {bad}", group=gid))
+                        continue
+                    idx, vals = np.asarray(idx), np.asarray(vals)
+                ups.append((gid, src, idx, vals))
             for gid, _, idx, vals in ups:
                 self.window.upload(idx, vals, self._tick_of(epoch, gid))
             self.released = epoch
@@ -520,6 +547,9 @@ class SlicingServer(Machine):
                 g = self.groups[gid]
                 if g.phase == "share" and g.epoch == epoch and src in g.sharing:
                     out += self._download(src, g)
+            for g in refused.values():      # a group whose every member was refused goes on
+                if g.phase == "share" and g.epoch == epoch:
+                    out += self._maybe_finish_share(g, now)
         return out
 
     @staticmethod
@@ -550,6 +580,11 @@ class SlicingServer(Machine):
                 out.append(Halt())
             return out
         return out + self._start_epoch(g, now)
+
+
+def _uncomputed(*arrays) -> bool:
+    """Whether any of ``arrays`` is a lazy array not computed yet."""
+    return any(getattr(a, "computed", True) is False for a in arrays)
 
 
 def _fitting_owner(sends: list, size: int, members: int) -> int | None:
