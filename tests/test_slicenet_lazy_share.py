@@ -105,3 +105,48 @@ def test_no_member_forces_its_training_when_it_shares(monkeypatch):
     assert res.summary["completed"] and readers
     assert not any("_share" in names for names in readers)
     assert any("_release" in names for names in readers)
+
+
+def test_under_churn_a_run_with_lazy_shares_is_the_run_with_shares_made_at_once(monkeypatch):
+    """Members lost between their upload and the release, uploads arriving after it (a group
+    that could not go on catches up), dummies taking over: with churn, the same summary,
+    metrics and message log whether each share's selection is made lazily or at once
+    (``reference.eager_share``), the executor's batch count aside."""
+    from crowdlearn.experiment import run
+    from crowdlearn.protocols.crowdlearning import device
+    from crowdlearn.protocols.crowdlearning.reference import eager_share
+    from crowdlearn.protocols.crowdlearning.server import SlicingServer
+    from sim.driver import Driver
+    from tests.test_slicenet_protocol import crowd_config
+
+    cfg = crowd_config(**{"rounds": 3, "fleet.devices": 15, "slicenet.pieces": 3,
+                          "availability.churn": 0.3, "availability.churn_offline_s": 30.0})
+    log: list = []
+    delivered = Driver._delivered
+
+    def logged(self, src, dst, msg, nbytes, s, d):
+        log.append((src, dst, nbytes, type(msg).__name__, float(self.env.now).hex()))
+        return delivered(self, src, dst, msg, nbytes, s, d)
+
+    monkeypatch.setattr(Driver, "_delivered", logged)
+    late = []
+    upload = SlicingServer._upload
+
+    def counted(self, src, m, now):
+        g = self.groups[m.group]
+        if g.phase == "share" and m.epoch == g.epoch and src in g.awaiting:
+            late.append(m.epoch <= self.released)
+        return upload(self, src, m, now)
+
+    monkeypatch.setattr(SlicingServer, "_upload", counted)
+    lazy = run(cfg)
+    assert any(late) and not all(late)      # uploads after their epoch's release, and before
+    lazy_log, log[:] = list(log), []
+    monkeypatch.setattr(device.SliceDevice, "_share", eager_share)
+    eager = run(cfg)
+    for res in (lazy, eager):
+        res.summary.pop("wall_time_s")
+        res.summary.pop("batches_run")
+    assert lazy.summary["takeovers"] > 0 and lazy.summary["completed"]
+    assert lazy.summary == eager.summary and lazy.metrics == eager.metrics
+    assert lazy_log == log and sum(m[3] == "Upload" for m in log) > 0
