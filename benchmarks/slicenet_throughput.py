@@ -59,6 +59,9 @@ layer (``FusedTrainer.chain_evaluate = False``) and through their inference chai
 (:mod:`slicenet.inference`: BatchNorm folded into the Dense layers, the first layer one product
 for all the models; the default): the same accuracy, the loss in its last bits (printed);
 ``--ab-row PAIRS`` times the row alone the same two ways (12 models, the 10,000 test rows).
+``--ab-shares PAIRS`` times warm epochs alternately with a compiled call's shares run one after the
+other (``FusedTrainer.train(share_threads=1)``) and side by side at a read (the default; the
+overlap worker runs them in turn either way; same results).
 ``--ab-share PAIRS`` times warm epochs alternately with each member's top-θ selection made at its
 share (``crowdlearning.reference.eager_share``: it reads the passes' deferred training there) and
 made lazily, read when the server releases the epoch's uploads (the default); the passes then run
@@ -96,7 +99,8 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
                     epochs: int = 1, concurrent_evaluate: bool = True,
                     reference_waits: bool = False, eval_threads: int | None = None,
                     switch_interval: bool = True, gather_by_take: bool = False,
-                    chain_evaluate: bool = True, eager_share: bool = False) -> dict:
+                    chain_evaluate: bool = True, eager_share: bool = False,
+                    share_threads: int | None = None) -> dict:
     import threading
 
     import numpy as np
@@ -220,6 +224,12 @@ def simulated_epoch(devices: int, group_size: int, seed: int, overlap: bool = Tr
     if eager_share:              # the top-θ selection made at the share (before session 17)
         slice_device.SliceDevice._share = eager
     Executor.close = timed_close
+    orig_train_threads = FusedTrainer.train
+    if share_threads is not None:   # every call's shares on this many threads (1: in turn)
+        def fixed(self, tasks, **kw):
+            kw["share_threads"] = share_threads
+            return orig_train_threads(self, tasks, **kw)
+        FusedTrainer.train = fixed
     FusedTrainer.concurrent_evaluate = concurrent_evaluate
     FusedTrainer.chain_evaluate = chain_evaluate
     Monitor._write_evaluated = timed_write
@@ -554,6 +564,10 @@ def main() -> None:
                          "selection made at its share (reading the passes' training there), "
                          "one with it made lazily, read when the server releases the epoch's "
                          "uploads (the default), and a Keras epoch")
+    ap.add_argument("--ab-shares", type=int, default=0, metavar="PAIRS",
+                    help="then PAIRS times: a warm epoch with a compiled call's shares run one "
+                         "after the other, one with them side by side at a read (the default), "
+                         "and a Keras epoch")
     ap.add_argument("--ab-row", type=int, default=0, metavar="PAIRS",
                     help="then PAIRS times: the metrics row alone (12 paper-mlp models on the "
                          "test set) scored layer by layer and through the inference chain")
@@ -678,6 +692,11 @@ def main() -> None:
                  f"({cur['blocked_s']:.2f} s, {cur['overlap']['used']}, "
                  f"{cur['pass_batches']}); accuracy {ref['accuracy']:.6f} / "
                  f"{cur['accuracy']:.6f} (the passes batched differently round differently)"))
+    ab_pairs(a, overlap, a.ab_shares, "shares", {"share_threads": 1},
+             lambda ref, cur: (
+                 f"shares in turn {ref['wall_s']:.2f} s wall / {ref['cpu_s']:.2f} s CPU "
+                 f"(trainer on the loop's thread {ref['train_loop_s']:.2f} s), side by side "
+                 f"{cur['wall_s']:.2f} / {cur['cpu_s']:.2f} s ({cur['train_loop_s']:.2f} s)"))
     if a.ab_row:
         ab_row(12, a.ab_row, a.seed)
     for pair in range(a.ab_evaluate):

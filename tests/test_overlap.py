@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crowdlearn.training.jobs import Deferred, Executor, Outcome
+from crowdlearn.training.jobs import Deferred, Executor, Outcome, running_ahead
 
 
 def _overlap_threads() -> list:
@@ -96,13 +96,16 @@ class _Part:
         return self.inputs
 
 
-def _executor(overlap: bool, calls: list, commits: list):
+def _executor(overlap: bool, calls: list, commits: list, ahead: list | None = None):
+    ahead = [] if ahead is None else ahead
+
     def runner(jobs):
         # a job's result depends on its inputs' values and on the whole batch (as XLA's
         # per-shape programs make a pass depend on the passes batched with it)
         width = len(jobs)
         out = [[j.x * 100 + width + sum(float(d[0]) for d in j.inputs)] for j in jobs]
         calls.append((tuple(j.x for j in jobs), threading.current_thread().name))
+        ahead.append(running_ahead())
         return Outcome(out, on_commit=lambda: commits.append(tuple(j.x for j in jobs)))
     runner.overlap = True
     return Executor({"step": runner}, deferred_kinds=("step",), overlap=overlap, overlap_wait=2)
@@ -172,7 +175,8 @@ def test_a_chain_runs_ahead_reading_its_own_earlier_results():
     the reads take them without running anything on the calling thread."""
     calls: list = []
     commits: list = []
-    ex = _executor(True, calls, commits)
+    ahead: list = []
+    ex = _executor(True, calls, commits, ahead)
     a = [ex.submit(_Part("a", 2, [], x)) for x in (0, 1)]     # runs ahead at once
     for f, _p in list(ex._running):
         f.exception()                     # (so that the worker is free for the next one)
@@ -182,6 +186,7 @@ def test_a_chain_runs_ahead_reading_its_own_earlier_results():
     assert ex.result(b) == [201.0 + 2.0]
     assert commits == [(0, 1), (2,)]
     assert all(name.startswith("crowdlearn-overlap") for _, name in calls)
+    assert ahead == [True, True] and not running_ahead()     # (a runner may spare the loop)
     assert ex.overlap_batches == {"used": 2, "discarded": 0} and ex.batches_run == {"step": 2}
     ex.close()
     assert not _overlap_threads()

@@ -171,7 +171,6 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     from crowdlearn.protocols.crowdlearning import build, device, passjob
     from crowdlearn.protocols.crowdlearning.layout import Layout
     from sim import wire
-    from sim.driver import Driver
     from slicenet.fused import FusedTrainer
     from tests.conftest import small_config
     from tests.test_network_fastpaths import ReferenceNetwork
@@ -179,14 +178,7 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     cfg = small_config(protocol="crowdlearning", rounds=3, **{
         "fleet.devices": 12, "fleet.cells": 3, "model.hidden": [32, 16],
         "slicenet.group_size": 4, "slicenet.lr": 0.1})
-    log: list = []
-    delivered = Driver._delivered
-
-    def logged(self, src, dst, msg, nbytes, s, d):
-        log.append((src, dst, nbytes, type(msg).__name__, float(self.env.now).hex()))
-        return delivered(self, src, dst, msg, nbytes, s, d)
-
-    monkeypatch.setattr(Driver, "_delivered", logged)
+    log = delivery_log(monkeypatch)
     fast = run(cfg)
     fast_log, log[:] = list(log), []
 
@@ -225,6 +217,22 @@ def test_a_small_crowdlearning_run_is_the_same_by_the_reference_paths(monkeypatc
     assert fast.metrics == ref.metrics and len(fast.metrics) == 3
     assert fast.devices == ref.devices and fast.rounds == ref.rounds
     assert fast_log == log and len(log) == fast.summary["messages"] > 1000
+
+
+def delivery_log(monkeypatch) -> list:
+    """A list to which every message delivered from now on adds (source, destination, bytes,
+    type, arrival time as a float's hex)."""
+    from sim.driver import Driver
+
+    log: list = []
+    delivered = Driver._delivered
+
+    def logged(self, src, dst, msg, nbytes, s, d):
+        log.append((src, dst, nbytes, type(msg).__name__, float(self.env.now).hex()))
+        return delivered(self, src, dst, msg, nbytes, s, d)
+
+    monkeypatch.setattr(Driver, "_delivered", logged)
+    return log
 
 
 def upload_by_2d_indexing(self, idx, vals, tick):

@@ -1,4 +1,6 @@
 """The fused path (all groups batched) equals the proven monolithic step, BatchNorm included."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,20 @@ def perturbed_init(trainer, rng):
     return [a + rng.normal(0, 0.1, a.shape).astype(np.float32) if s.role != "moving_variance"
             else a * rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
             for a, s in zip(w, trainer.specs, strict=True)]
+
+
+def _groups(seed: int, groups: int, rows: int, stride: int):
+    """A trainer of :func:`small_bn_mlp` on random rows and ``groups`` tasks from perturbed
+    weights, group g on rows ``stride·g`` on, 24–40 samples in mini-batches of 8."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 20)).astype(np.float32)
+    y = rng.integers(0, 4, rows)
+    trainer = FusedTrainer(small_bn_mlp(), x, y)
+    tasks = [TrainTask(tuple(perturbed_init(trainer, rng)),
+                       make_batches(np.arange(stride * g, stride * g + 24 + 8 * (g % 3)),
+                                    epochs=1, batch_size=8, rng=rng), 0.1)
+             for g in range(groups)]
+    return trainer, tasks
 
 
 @pytest.mark.parametrize("desc_fn", [small_bn_mlp, paper_mlp_description])
@@ -79,15 +95,7 @@ def test_many_groups_take_the_xla_path_and_equal_one_group_at_a_time():
     padded (padding groups train nothing, padding steps never run): each group's result equals
     training it alone on the op-by-op path."""
     from slicenet.fused import XLA_GROUPS
-    desc = small_bn_mlp()
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(400, 20)).astype(np.float32)
-    y = rng.integers(0, 4, 400)
-    trainer = FusedTrainer(desc, x, y)
-    tasks = [TrainTask(tuple(perturbed_init(trainer, rng)),
-                       make_batches(np.arange(40 * g, 40 * g + 24 + 8 * (g % 3)), epochs=1,
-                                    batch_size=8, rng=rng), 0.1)
-             for g in range(XLA_GROUPS + 1)]                   # 7 groups: padded to 8
+    trainer, tasks = _groups(3, XLA_GROUPS + 1, 400, 40)      # 7 groups: padded to 8
     together = trainer.train(tasks)
     for task, got in zip(tasks, together, strict=True):
         alone = trainer.train([task])[0]
@@ -123,15 +131,7 @@ def test_a_compiled_call_cut_into_shares_gives_each_group_the_same_pass():
     """A compiled call's groups cut into shares (each its own padded call) give every group
     the result of the single call within float rounding (the shares' padded group counts
     differ, so XLA may order sums differently), Σ|g| included."""
-    desc = small_bn_mlp()
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(600, 20)).astype(np.float32)
-    y = rng.integers(0, 4, 600)
-    trainer = FusedTrainer(desc, x, y)
-    tasks = [TrainTask(tuple(perturbed_init(trainer, rng)),
-                       make_batches(np.arange(50 * g, 50 * g + 24 + 8 * (g % 3)), epochs=1,
-                                    batch_size=8, rng=rng), 0.1)
-             for g in range(9)]                   # 9 groups ≥ XLA_GROUPS: compiled
+    trainer, tasks = _groups(11, 9, 600, 50)       # 9 groups ≥ XLA_GROUPS: compiled
     trainer.threads = 1
     one = trainer.train(tasks)
     trainer.threads = 3
@@ -140,6 +140,26 @@ def test_a_compiled_call_cut_into_shares_gives_each_group_the_same_pass():
     for a_list, b_list in zip(one, split, strict=True):
         for a, b in zip(a_list, b_list, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_shares_side_by_side_give_the_bits_of_shares_in_turn():
+    """A compiled call's shares run on threads side by side (once compiled) or one after the
+    other: each share is its own call of the same program, so every result is the same bits."""
+    trainer, tasks = _groups(12, 12, 600, 50)      # compiled, cut into 3 shares of 4
+    trainer.threads = 3
+    first = trainer.train(tasks, share_threads=3)           # compiles: the shares in turn
+    calls: list = []
+    run = trainer._run
+    trainer._run = lambda *a, **k: calls.append(threading.current_thread().name) or run(*a, **k)
+    side = trainer.train(tasks, share_threads=3)
+    turn = trainer.train(tasks, share_threads=1)
+    assert sum(name.startswith("crowdlearn-share") for name in calls) == 3      # side by side
+    assert calls[3:] == [threading.current_thread().name] * 3                   # in turn
+    for a_list, b_list, c_list in zip(first, side, turn, strict=True):
+        for a, b, c in zip(a_list, b_list, c_list, strict=True):
+            assert np.array_equal(a, b) and np.array_equal(b, c)
+    with pytest.raises(ValueError, match="share_threads"):
+        trainer.train(tasks, share_threads=0)
 
 
 def test_split_balances_steps_and_keeps_every_group_once():

@@ -116,19 +116,12 @@ def test_under_churn_a_run_with_lazy_shares_is_the_run_with_shares_made_at_once(
     from crowdlearn.protocols.crowdlearning import device
     from crowdlearn.protocols.crowdlearning.reference import eager_share
     from crowdlearn.protocols.crowdlearning.server import SlicingServer
-    from sim.driver import Driver
+    from tests.test_slicenet_fastpaths import delivery_log
     from tests.test_slicenet_protocol import crowd_config
 
     cfg = crowd_config(**{"rounds": 3, "fleet.devices": 15, "slicenet.pieces": 3,
                           "availability.churn": 0.3, "availability.churn_offline_s": 30.0})
-    log: list = []
-    delivered = Driver._delivered
-
-    def logged(self, src, dst, msg, nbytes, s, d):
-        log.append((src, dst, nbytes, type(msg).__name__, float(self.env.now).hex()))
-        return delivered(self, src, dst, msg, nbytes, s, d)
-
-    monkeypatch.setattr(Driver, "_delivered", logged)
+    log = delivery_log(monkeypatch)
     late = []
     upload = SlicingServer._upload
 

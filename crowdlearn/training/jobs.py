@@ -102,6 +102,12 @@ class _Wave:
 _AHEAD = threading.local()
 
 
+def running_ahead() -> bool:
+    """Whether this thread is running a batch ahead of its read (the executor's overlap worker,
+    beside the event loop): a runner may then leave the loop's core alone."""
+    return getattr(_AHEAD, "view", None) is not None
+
+
 def _run_ahead(runner: Runner, jobs: list, view: dict) -> list:
     _AHEAD.view = view
     try:

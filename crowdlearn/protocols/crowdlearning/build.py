@@ -9,7 +9,7 @@ from crowdlearn.crypto.sealing import KeyRing
 from crowdlearn.protocols.crowdlearning import config as _config
 from crowdlearn.protocols.crowdlearning import machines as sp
 from crowdlearn.protocols.crowdlearning.passjob import as_array
-from crowdlearn.training.jobs import Outcome
+from crowdlearn.training.jobs import Outcome, running_ahead
 from slicenet.ownership import gather, scatter
 from slicenet.weak import ByIdentity
 
@@ -185,7 +185,10 @@ def run_passes(jobs, trainer, replay=None) -> Outcome:
         tasks.append(TrainTask(start, dom.batches, dom.lr))
         records.append(PassRecord(start, dom.batches, dom.lr,
                                   {jobs[i].node: jobs[i].owners for i in members}, replay))
-    results = trainer.train(tasks, with_abs_grad=True)
+    # a compiled call's shares side by side at a read (the loop waits for them), one after the
+    # other on the overlap worker (beside the loop's Python); the same bits either way
+    results = trainer.train(tasks, with_abs_grad=True,
+                            share_threads=1 if running_ahead() else None)
     out: list = [None] * len(jobs)
     promised: list = []
     n = len(shapes)
