@@ -494,7 +494,10 @@ act {"once" if epochs == 1 else f"{epochs} times"} per run.
 set: {_drift(rows, epochs)}  Another BLAS, TensorFlow version or CPU (oneDNN's kernels change the
 order of floating-point sums) changes single runs in their last digits and, through training,
 by amounts of the order of the seed-to-seed spread; the intervals, not single values, are what
-a rerun elsewhere should reproduce.
+a rerun elsewhere should reproduce.  So does the code: since `429e3f4` (2026-12-03) a member's
+top-θ upload is read when the server releases the epoch's uploads, so the passes train in fewer,
+wider batches, which XLA rounds differently (the 120-device benchmark epoch: accuracy 0.796225 →
+0.796092); the rows here were made before it.
 """)
     paper1 = [("paper MNIST MLP %", lambda s: f"{PAPER['I'][s.label][0]:.2f}"),
               ("paper CIFAR-10 CNN %", lambda s: f"{PAPER['I'][s.label][1]:.2f}")]
