@@ -65,4 +65,3 @@ def eager_share(self, m):
     self.held = {o: as_array(v) for o, v in self.held.items()}
     return [Send(send.dst, Upload(up.group, up.epoch, np.asarray(up.indices),
                                   np.asarray(up.values)))]
-
