@@ -371,7 +371,7 @@ def _size(v: Any) -> int:
 # classes whose instances the generic rule sized by ``wire_len()`` (no other rule before it
 # applies to them: it is decided by their type), so that later ones skip the chain
 _WIRE_LEN_TYPES: set = set()
-# classes of lazy arrays (:func:`_is_lazy_array`) the generic rule met, sized by type after
+# classes of lazy arrays (:func:`is_lazy_array`) the generic rule met, sized by type after
 _LAZY_ARRAY_TYPES: set = set()
 
 
@@ -400,7 +400,7 @@ def _size_generic(v: Any) -> int:
         if hasattr(t, "wire_len"):
             _WIRE_LEN_TYPES.add(t)
         return 5 + v.wire_len()
-    if _is_lazy_array(v):
+    if is_lazy_array(v):
         _LAZY_ARRAY_TYPES.add(t)
         return 3 + 4 * len(v.shape) + math.prod(v.shape) * np.dtype(v.dtype).itemsize
     if _is_deferred(v):
@@ -433,9 +433,10 @@ def _is_deferred(v: Any) -> bool:
     return hasattr(v, "shapes") and hasattr(v, "dtypes") and hasattr(v, "value")
 
 
-def _is_lazy_array(v: Any) -> bool:
+def is_lazy_array(v: Any) -> bool:
     """An array computed on first read whose shape and dtype are declared
-    (``crowdlearn.training.jobs.LazyArray``) by duck type: sized and encoded as that array."""
+    (``crowdlearn.training.jobs.LazyArray``) by duck type: sized and encoded as that array, and
+    checked by its declared shape and dtype (``crowdlearn.protocols.validate``)."""
     return hasattr(v, "materialize") and hasattr(v, "shape") and hasattr(v, "dtype")
 
 
@@ -471,7 +472,7 @@ def _put(out: list[bytes], v: Any) -> None:
     elif dataclasses.is_dataclass(v) and type(v) in _TAG_OF:
         raw = encode(v)
         out.append(b"m" + struct.pack("<I", len(raw)) + raw)
-    elif _is_lazy_array(v):
+    elif is_lazy_array(v):
         _put(out, v.materialize())          # computed now: what it stands for goes out
     else:
         raise TypeError(f"cannot encode a {type(v).__name__} on the wire")

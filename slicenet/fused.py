@@ -383,8 +383,10 @@ class FusedTrainer:
         if threads < 1:
             raise ValueError(f"share_threads must be >= 1, got {share_threads!r}")
         out: list = [None] * len(tasks)
-        for b, xla, shares in self._calls([t.batches for t in tasks]):
-            if threads > 1 and len(shares) > 1 and xla and self._all_compiled(tasks, shares, b):
+        schedules = [t.batches for t in tasks]
+        for b, xla, shares in self._calls(schedules):
+            if threads > 1 and len(shares) > 1 and xla and self._all_compiled(schedules, shares,
+                                                                               b):
                 with ThreadPoolExecutor(min(threads, len(shares)),
                                         thread_name_prefix="crowdlearn-share") as pool:
                     done = list(pool.map(partial(self._run, tasks, b=b, xla=xla), shares))
@@ -416,9 +418,9 @@ class FusedTrainer:
             calls.append((b, xla, _split(members, lengths, self.threads if xla else 1)))
         return calls
 
-    def _all_compiled(self, tasks: Sequence, shares: Sequence, b: int) -> bool:
-        """Whether every share's padded program is compiled (a first compilation runs alone)."""
-        return all((_ladder(len(share)), _ladder(max(len(tasks[i].batches) for i in share)), b)
+    def _all_compiled(self, schedules: Sequence, shares: Sequence, b: int) -> bool:
+        """Whether every share's padded program (mini-batches of ``b``) is compiled."""
+        return all((_ladder(len(share)), _ladder(max(len(schedules[i]) for i in share)), b)
                    in self._compiled for share in shares)
 
     def compiled_for(self, schedules: Sequence) -> bool:
@@ -426,13 +428,8 @@ class FusedTrainer:
         already compiled (XLA compiles each padded shape once, in seconds): a caller that may
         train ahead of need (the executor's overlap) leaves new shapes to the call that
         needs them."""
-        for b, xla, shares in self._calls(schedules):
-            if xla:
-                for share in shares:
-                    steps = max(len(schedules[i]) for i in share)
-                    if (_ladder(len(share)), _ladder(steps), b) not in self._compiled:
-                        return False
-        return True
+        return all(self._all_compiled(schedules, shares, b)
+                   for b, xla, shares in self._calls(schedules) if xla)
 
     def _run(self, tasks: Sequence, members: Sequence[int], b: int, xla: bool):
         """One compiled (``xla``) or op-by-op call training ``tasks[i]`` for ``i`` in

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sim import wire
 from sim.machine import NodeId, Report
 
 __all__ = ["check_bounded", "check_sparse", "check_weights", "misbehaved", "sparse_vector"]
@@ -37,10 +38,9 @@ def misbehaved(src: NodeId, reason: str, **tags: Any) -> Report:
 
 
 def _array(v: Any) -> bool:
-    """An array, or a lazy one (``crowdlearn.training.jobs.LazyArray``, by duck type: its
-    declared shape and dtype are checked without computing it)."""
-    return isinstance(v, np.ndarray) or (hasattr(v, "materialize") and hasattr(v, "shape")
-                                         and isinstance(getattr(v, "dtype", None), np.dtype))
+    """An array, or a lazy one (:func:`sim.wire.is_lazy_array`: its declared shape and dtype
+    are checked without computing it)."""
+    return isinstance(v, np.ndarray) or wire.is_lazy_array(v)
 
 
 def sparse_vector(indices: Any, values: Any) -> None:
